@@ -1,0 +1,1 @@
+//! The DRPO library (pure: no I/O).

@@ -1,0 +1,1 @@
+//! In-process inference for drpo-host (filled by the local-inference work).
