@@ -1,0 +1,334 @@
+//! The options of the DRPO beam search: every published CLI default, the extra switches this
+//! implementation adds, parsing with validation, and the JSON Schema `describe` returns.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// The options `run` accepts. Missing fields take the published defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    /// Candidate prompts per expansion (the optimizer's `n`).
+    pub n_actions: u32,
+    /// The optimizer's sampling temperature.
+    pub temperature: f64,
+    /// The optimizer's nucleus mass.
+    pub optimizer_top_p: f64,
+    /// Initial maximum path length (root included).
+    pub depth: u32,
+    /// Beam width; 1 ranks paths by their last reward, more by their mean reward.
+    pub beam_size: u32,
+    /// Most extra levels that skips may add to `depth`.
+    pub max_depth_increase: u32,
+    /// How many training queries the run may use (the host samples them; the search uses at
+    /// most this many of the ones it is given).
+    pub num_training_examples: u32,
+    /// Retrieve in-context examples by embedding similarity; otherwise use the first two.
+    pub ret_icl: bool,
+    /// How many in-context examples to retrieve (at least 1).
+    pub k: u32,
+    /// The prompt the search starts from.
+    pub initial_system_prompt: String,
+    /// Seed of every request, and of the host's query shuffle.
+    pub seed: u64,
+    /// Send one request per `complete` call, as the published code does, instead of one batch
+    /// per phase of a level.
+    pub sequential: bool,
+    /// Prompt the base model with system and user chat messages instead of one raw string.
+    pub base_chat: bool,
+    /// Token limit of a base-model answer.
+    pub base_max_tokens: u32,
+    /// Token limit of an aspect selection.
+    pub metrics_max_tokens: u32,
+    /// Token limit of a judgement.
+    pub judge_max_tokens: u32,
+    /// Token limit of each optimizer candidate.
+    pub optimizer_max_tokens: u32,
+    /// Restore the published reaction to an unusable judgement: treat it as a skip that also
+    /// grants an extra level. Off by default; see [`crate::reward::SkipReason::NoJudgement`].
+    pub unusable_judgement_extends_depth: bool,
+    /// Aspect selections already known, in the published cache shape
+    /// `{query text: {query_analysis, aspects_selection}}`. A cached query costs no call.
+    pub metrics_cache: BTreeMap<String, Value>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            n_actions: 3,
+            temperature: 0.2,
+            optimizer_top_p: 0.95,
+            depth: 20,
+            beam_size: 2,
+            max_depth_increase: 10,
+            num_training_examples: 180,
+            ret_icl: true,
+            k: 2,
+            initial_system_prompt: "You are a helpful assistant.".to_string(),
+            seed: 0,
+            sequential: false,
+            base_chat: false,
+            base_max_tokens: 2048,
+            metrics_max_tokens: 2048,
+            judge_max_tokens: 2048,
+            optimizer_max_tokens: 2048,
+            unusable_judgement_extends_depth: false,
+            metrics_cache: BTreeMap::new(),
+        }
+    }
+}
+
+/// One line per option for the schema: name, JSON type, description.
+const DESCRIPTIONS: [(&str, &str, &str); 19] = [
+    (
+        "n_actions",
+        "integer",
+        "Candidate prompts the optimizer writes per expansion (its n).",
+    ),
+    (
+        "temperature",
+        "number",
+        "Sampling temperature of the optimizer.",
+    ),
+    (
+        "optimizer_top_p",
+        "number",
+        "Nucleus mass of the optimizer.",
+    ),
+    (
+        "depth",
+        "integer",
+        "Initial maximum path length, the root included.",
+    ),
+    (
+        "beam_size",
+        "integer",
+        "Beam width; 1 ranks paths by their last reward, more by their mean reward.",
+    ),
+    (
+        "max_depth_increase",
+        "integer",
+        "Most extra levels that skipped (already good) steps may add to depth, one per level.",
+    ),
+    (
+        "num_training_examples",
+        "integer",
+        "Training queries to use; the host samples them, the search uses at most this many.",
+    ),
+    (
+        "ret_icl",
+        "boolean",
+        "Retrieve in-context examples by embedding similarity; otherwise use the first two.",
+    ),
+    ("k", "integer", "In-context examples retrieved per query."),
+    (
+        "initial_system_prompt",
+        "string",
+        "The system prompt the search starts from.",
+    ),
+    (
+        "seed",
+        "integer",
+        "Seed of every request and of the query shuffle.",
+    ),
+    (
+        "sequential",
+        "boolean",
+        "Send one request per call like the published code, instead of batching each level.",
+    ),
+    (
+        "base_chat",
+        "boolean",
+        "Prompt the base model with system and user chat messages instead of a raw string.",
+    ),
+    (
+        "base_max_tokens",
+        "integer",
+        "Token limit of a base-model answer.",
+    ),
+    (
+        "metrics_max_tokens",
+        "integer",
+        "Token limit of an aspect selection.",
+    ),
+    ("judge_max_tokens", "integer", "Token limit of a judgement."),
+    (
+        "optimizer_max_tokens",
+        "integer",
+        "Token limit of each optimizer candidate.",
+    ),
+    (
+        "unusable_judgement_extends_depth",
+        "boolean",
+        "Published behaviour: an unusable judgement counts as a skip that grants an extra level.",
+    ),
+    (
+        "metrics_cache",
+        "object",
+        "Known aspect selections, {query text: {query_analysis, aspects_selection}}.",
+    ),
+];
+
+impl Options {
+    /// Parses an options object. An empty string or `null` means all defaults. Unknown option
+    /// names are an error that lists every one of them; so are out-of-range values.
+    pub fn from_json(text: &str) -> Result<Options, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed == "null" {
+            return Ok(Options::default());
+        }
+        let value: Value =
+            serde_json::from_str(trimmed).map_err(|e| format!("options are not JSON: {e}"))?;
+        let Value::Object(map) = value else {
+            return Err("options must be a JSON object".to_string());
+        };
+        let unknown: Vec<&str> = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !DESCRIPTIONS.iter().any(|(name, _, _)| name == k))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!("unknown option(s): {}", unknown.join(", ")));
+        }
+        let options: Options = serde_json::from_value(Value::Object(map))
+            .map_err(|e| format!("invalid options: {e}"))?;
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Checks the values that the types alone do not bound.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (name, value) in [
+            ("n_actions", self.n_actions),
+            ("depth", self.depth),
+            ("beam_size", self.beam_size),
+            ("k", self.k),
+            ("base_max_tokens", self.base_max_tokens),
+            ("metrics_max_tokens", self.metrics_max_tokens),
+            ("judge_max_tokens", self.judge_max_tokens),
+            ("optimizer_max_tokens", self.optimizer_max_tokens),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            problems.push("temperature must be a number >= 0".to_string());
+        }
+        if !(self.optimizer_top_p > 0.0 && self.optimizer_top_p <= 1.0) {
+            problems.push("optimizer_top_p must be in (0, 1]".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The JSON Schema of the options object, with each option's default and description.
+    pub fn schema() -> String {
+        let defaults = serde_json::to_value(Options::default()).unwrap_or(Value::Null);
+        let mut properties = Map::new();
+        for (name, ty, description) in DESCRIPTIONS {
+            let mut prop = json!({ "type": ty, "description": description });
+            if let Some(default) = defaults.get(name) {
+                prop["default"] = default.clone();
+            }
+            if ty == "integer" {
+                prop["minimum"] = json!(0);
+            }
+            properties.insert(name.to_string(), prop);
+        }
+        for name in ["n_actions", "depth", "beam_size", "k"] {
+            properties[name]["minimum"] = json!(1);
+        }
+        properties["metrics_cache"]["additionalProperties"] = json!({ "type": "object" });
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "DRPO beam search options",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": properties,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_published_ones() {
+        let o = Options::from_json("{}").unwrap();
+        assert_eq!(o, Options::default());
+        assert_eq!(o.n_actions, 3);
+        assert_eq!(o.temperature, 0.2);
+        assert_eq!(o.depth, 20);
+        assert_eq!(o.beam_size, 2);
+        assert_eq!(o.max_depth_increase, 10);
+        assert_eq!(o.num_training_examples, 180);
+        assert!(o.ret_icl);
+        assert_eq!(o.k, 2);
+        assert_eq!(o.initial_system_prompt, "You are a helpful assistant.");
+        assert_eq!(o.seed, 0);
+        assert!(!o.sequential);
+        assert_eq!(o.base_max_tokens, 2048);
+        assert_eq!(Options::from_json("").unwrap(), o);
+        assert_eq!(Options::from_json(" null ").unwrap(), o);
+    }
+
+    #[test]
+    fn given_values_override_defaults() {
+        let o = Options::from_json(r#"{"depth": 5, "sequential": true, "k": 3}"#).unwrap();
+        assert_eq!((o.depth, o.sequential, o.k, o.beam_size), (5, true, 3, 2));
+    }
+
+    #[test]
+    fn unknown_names_are_all_reported() {
+        let err = Options::from_json(r#"{"depht": 5, "beam": 2, "k": 1}"#).unwrap_err();
+        assert!(err.contains("depht") && err.contains("beam"), "{err}");
+        assert!(!err.contains(" k"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        assert!(
+            Options::from_json(r#"{"k": 0}"#)
+                .unwrap_err()
+                .contains("k must")
+        );
+        assert!(Options::from_json(r#"{"beam_size": 0}"#).is_err());
+        assert!(Options::from_json(r#"{"depth": -1}"#).is_err());
+        assert!(Options::from_json(r#"{"temperature": -0.5}"#).is_err());
+        assert!(Options::from_json(r#"{"optimizer_top_p": 0}"#).is_err());
+        assert!(Options::from_json(r#"{"n_actions": "three"}"#).is_err());
+        assert!(Options::from_json("[1]").is_err());
+        assert!(Options::from_json("{").is_err());
+    }
+
+    #[test]
+    fn metrics_cache_is_accepted() {
+        let o = Options::from_json(
+            r#"{"metrics_cache": {"Hi?": {"aspects_selection": {"reasoning": "r", "selected_aspects": ["Clarity"]}}}}"#,
+        )
+        .unwrap();
+        assert!(o.metrics_cache.contains_key("Hi?"));
+    }
+
+    #[test]
+    fn schema_describes_every_field_with_its_default() {
+        let schema: Value = serde_json::from_str(&Options::schema()).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        let defaults = serde_json::to_value(Options::default()).unwrap();
+        let fields = defaults.as_object().unwrap();
+        assert_eq!(props.len(), fields.len());
+        for (name, value) in fields {
+            assert_eq!(&props[name]["default"], value, "{name}");
+        }
+        assert_eq!(props["k"]["minimum"], 1);
+        assert_eq!(schema["additionalProperties"], false);
+    }
+}

@@ -1,0 +1,529 @@
+//! Tolerant parsing of the metrics, judge and optimizer answers.
+//!
+//! Models wrap JSON in code fences, put prose around it, write raw newlines inside strings,
+//! give scores as `4`, `4.0`, `"4"` or `"4/5"`, invent aspect names or leave fields out. None
+//! of that may stop a run (the published code crashed on several of them, defects 2–4): every
+//! function here returns a value or a reason, never panics, and records what it dropped so the
+//! search can log it.
+
+use crate::aspects::{self, Aspect};
+use crate::prompts::MAX_ASPECTS;
+use serde_json::{Map, Value};
+
+/// Escapes raw control characters inside JSON string literals (models often emit literal
+/// newlines in long strings; Python's `json.loads(strict=False)` accepted them, serde does not).
+fn escape_raw_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+                out.push(c);
+                continue;
+            }
+            match c {
+                '\\' => {
+                    escaped = true;
+                    out.push(c);
+                }
+                '"' => {
+                    in_string = false;
+                    out.push(c);
+                }
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        } else {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text inside the first code fence, if there is one (the language tag is skipped).
+fn fenced(text: &str) -> Option<&str> {
+    let start = text.find("```")?;
+    let after = &text[start + 3..];
+    let body_start = after.find('\n').map(|i| i + 1).unwrap_or(0);
+    let body = &after[body_start..];
+    let end = body.find("```").unwrap_or(body.len());
+    Some(&body[..end])
+}
+
+fn try_object(candidate: &str) -> Option<Map<String, Value>> {
+    let candidate = candidate.trim();
+    let attempt = |s: &str| match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    if let Some(map) = attempt(candidate) {
+        return Some(map);
+    }
+    let (start, end) = (candidate.find('{')?, candidate.rfind('}')?);
+    if end < start {
+        return None;
+    }
+    let inner = &candidate[start..=end];
+    attempt(inner).or_else(|| attempt(&escape_raw_controls(inner)))
+}
+
+/// Finds the JSON object in a model's answer: the whole text, the inside of a code fence, or
+/// the span from the first `{` to the last `}`; raw control characters in strings are escaped.
+pub fn extract_object(text: &str) -> Result<Map<String, Value>, String> {
+    let candidates = fenced(text).into_iter().chain(std::iter::once(text));
+    for candidate in candidates {
+        if let Some(map) = try_object(candidate) {
+            return Ok(map);
+        }
+    }
+    let preview: String = text.trim().chars().take(80).collect();
+    Err(format!(
+        "no JSON object found in the answer (starts {preview:?})"
+    ))
+}
+
+/// A value as text: strings as they are, anything else as compact JSON, `null` as empty.
+fn text_of(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Reads a 1–5 score given as a number (`4`, `4.0`) or a string (`"4"`, `"4/5"`,
+/// `"4 out of 5"`, `"4 - agree"`). Fractional, out-of-range and other-scale scores are refused.
+pub fn parse_score(value: &Value) -> Result<u8, String> {
+    let number = match value {
+        Value::Number(n) => n.as_f64().ok_or("score is not a finite number")?,
+        Value::String(s) => {
+            let s = s.trim();
+            let digits: String = s
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if digits.is_empty() {
+                return Err(format!("score {s:?} does not start with a number"));
+            }
+            let rest = s[digits.len()..].trim_start();
+            let denominator = rest
+                .strip_prefix('/')
+                .or_else(|| rest.strip_prefix("out of"))
+                .map(|d| {
+                    d.trim()
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect::<String>()
+                });
+            if let Some(d) = denominator
+                && d != "5"
+            {
+                return Err(format!("score {s:?} is not on the 1-5 scale"));
+            }
+            digits
+                .parse::<f64>()
+                .map_err(|_| format!("score {s:?} is not a number"))?
+        }
+        other => return Err(format!("score {other} is neither a number nor a string")),
+    };
+    if number.fract() != 0.0 || !(1.0..=5.0).contains(&number) {
+        return Err(format!("score {number} is not an integer from 1 to 5"));
+    }
+    Ok(number as u8)
+}
+
+/// The metrics model's choice of aspects for one query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AspectSelection {
+    /// The chosen catalogue aspects, deduplicated, in the order given (at most five).
+    pub aspects: Vec<&'static Aspect>,
+    /// Why they were chosen (passed on to the judge).
+    pub reasoning: String,
+    /// What was dropped or missing, for the log.
+    pub problems: Vec<String>,
+}
+
+/// Reads an aspect selection in the published shape
+/// `{query_analysis, aspects_selection: {reasoning, selected_aspects}}`; the flat shape
+/// `{reasoning, selected_aspects}` and a comma-separated string of names are accepted too.
+/// Unknown names are dropped (and reported); no known aspect at all is an error.
+pub fn parse_aspect_selection(object: &Map<String, Value>) -> Result<AspectSelection, String> {
+    let inner = match object.get("aspects_selection") {
+        Some(Value::Object(inner)) => inner,
+        _ => object,
+    };
+    let mut problems = Vec::new();
+    let names: Vec<String> = match inner.get("selected_aspects") {
+        Some(Value::Array(items)) => items.iter().map(|v| text_of(Some(v))).collect(),
+        Some(Value::String(list)) => list.split(',').map(str::to_string).collect(),
+        _ => return Err("the answer has no selected_aspects list".to_string()),
+    };
+    let mut aspects: Vec<&'static Aspect> = Vec::new();
+    for name in names {
+        match aspects::find(&name) {
+            Some(a) if aspects.contains(&a) => problems.push(format!("duplicate aspect {name:?}")),
+            Some(a) => aspects.push(a),
+            None => problems.push(format!("unknown aspect {name:?} dropped")),
+        }
+    }
+    if aspects.is_empty() {
+        return Err(format!(
+            "no known aspect selected ({})",
+            if problems.is_empty() {
+                "empty list".to_string()
+            } else {
+                problems.join("; ")
+            }
+        ));
+    }
+    if aspects.len() > MAX_ASPECTS {
+        let extra: Vec<&str> = aspects[MAX_ASPECTS..].iter().map(|a| a.name).collect();
+        problems.push(format!(
+            "more than {MAX_ASPECTS} aspects; dropped {}",
+            extra.join(", ")
+        ));
+        aspects.truncate(MAX_ASPECTS);
+    }
+    let reasoning = text_of(inner.get("reasoning"));
+    if reasoning.is_empty() {
+        problems.push("no reasoning given".to_string());
+    }
+    Ok(AspectSelection {
+        aspects,
+        reasoning,
+        problems,
+    })
+}
+
+/// One aspect's score and the judge's reason for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AspectScore {
+    /// The aspect.
+    pub aspect: &'static Aspect,
+    /// The integer score, 1 to 5.
+    pub score: u8,
+    /// The judge's rationale.
+    pub rationale: String,
+}
+
+/// A judge's verdict on one answer: the usable scores, and what could not be used.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Judgement {
+    /// Scores of the selected aspects, in the selection's order.
+    pub scores: Vec<AspectScore>,
+    /// What was dropped, missing or wrong, for the log (and, when `scores` is empty, why the
+    /// judgement is unusable).
+    pub problems: Vec<String>,
+}
+
+impl Judgement {
+    /// A judgement with no scores, for the given reason.
+    pub fn unusable(reason: impl Into<String>) -> Self {
+        Judgement {
+            scores: Vec::new(),
+            problems: vec![reason.into()],
+        }
+    }
+
+    /// Whether any score survived parsing.
+    pub fn is_usable(&self) -> bool {
+        !self.scores.is_empty()
+    }
+
+    /// The published evaluation shape `{aspect: {rationale, score}}`, as shown to the optimizer
+    /// and stored in node details.
+    pub fn to_json(&self) -> Value {
+        let map: Map<String, Value> = self
+            .scores
+            .iter()
+            .map(|s| {
+                let mut entry = Map::new();
+                entry.insert("rationale".into(), Value::from(s.rationale.clone()));
+                entry.insert("score".into(), Value::from(s.score));
+                (s.aspect.name.to_string(), Value::Object(entry))
+            })
+            .collect();
+        Value::Object(map)
+    }
+}
+
+/// Reads one aspect's entry: `{rationale|reason|explanation, score|rating}`, or a bare score.
+fn parse_entry(value: &Value) -> Result<(u8, String), String> {
+    match value {
+        Value::Object(entry) => {
+            let score = ["score", "rating"]
+                .iter()
+                .find_map(|k| entry.get(*k))
+                .ok_or("no score")?;
+            let rationale = ["rationale", "reason", "explanation"]
+                .iter()
+                .find_map(|k| entry.get(*k));
+            Ok((parse_score(score)?, text_of(rationale)))
+        }
+        bare => Ok((parse_score(bare)?, String::new())),
+    }
+}
+
+/// Parses a judge's answer against the aspects that were asked for. Entries for unknown or
+/// unrequested aspects, unreadable scores and missing aspects are reported in `problems`; the
+/// remaining scores are kept. An answer with no usable score is [`Judgement::unusable`].
+pub fn parse_judgement(text: &str, selected: &[&'static Aspect]) -> Judgement {
+    let object = match extract_object(text) {
+        Ok(o) => o,
+        Err(e) => return Judgement::unusable(e),
+    };
+    // Some judges wrap the verdict in one more object ({"evaluation": {...}}).
+    let object = if object.keys().all(|k| aspects::find(k).is_none())
+        && object.len() == 1
+        && let Some(Value::Object(inner)) = object.values().next()
+    {
+        inner.clone()
+    } else {
+        object
+    };
+    let mut found: Vec<(&'static Aspect, u8, String)> = Vec::new();
+    let mut problems = Vec::new();
+    for (key, value) in &object {
+        let Some(aspect) = aspects::find(key) else {
+            problems.push(format!("unknown aspect {key:?} dropped"));
+            continue;
+        };
+        if !selected.contains(&aspect) {
+            problems.push(format!("aspect {key:?} was not asked for; dropped"));
+            continue;
+        }
+        if found.iter().any(|(a, _, _)| *a == aspect) {
+            problems.push(format!("aspect {key:?} given twice; first kept"));
+            continue;
+        }
+        match parse_entry(value) {
+            Ok((score, rationale)) => found.push((aspect, score, rationale)),
+            Err(e) => problems.push(format!("{}: {e}", aspect.name)),
+        }
+    }
+    let mut scores = Vec::new();
+    for aspect in selected {
+        match found.iter().find(|(a, _, _)| a == aspect) {
+            Some((_, score, rationale)) => scores.push(AspectScore {
+                aspect,
+                score: *score,
+                rationale: rationale.clone(),
+            }),
+            None => problems.push(format!("no usable score for {}", aspect.name)),
+        }
+    }
+    if scores.is_empty() {
+        problems.insert(0, "the judgement has no usable score".to_string());
+    }
+    Judgement { scores, problems }
+}
+
+/// One optimizer candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// The optimizer's analysis of what went wrong (logged only).
+    pub analysis: String,
+    /// Its plan for the revision (logged only).
+    pub thought: String,
+    /// The new system prompt, with literal `\n` sequences turned into newlines.
+    pub new_system_prompt: String,
+}
+
+/// Parses an optimizer candidate. A missing or empty `new_system_prompt` is an error; the other
+/// two fields may be missing.
+pub fn parse_proposal(text: &str) -> Result<Proposal, String> {
+    let object = extract_object(text)?;
+    let prompt = text_of(object.get("new_system_prompt"));
+    // Optimizers sometimes double-escape newlines; the published code undid it the same way.
+    let prompt = prompt.replace("\\n", "\n").trim().to_string();
+    if prompt.is_empty() {
+        return Err("the candidate has no new_system_prompt".to_string());
+    }
+    Ok(Proposal {
+        analysis: text_of(object.get("analysis")),
+        thought: text_of(object.get("thought")),
+        new_system_prompt: prompt,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aspects::find;
+    use serde_json::json;
+
+    fn sel(names: &[&str]) -> Vec<&'static Aspect> {
+        names.iter().map(|n| find(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn extracts_plain_fenced_and_wrapped_json() {
+        for text in [
+            r#"{"a": 1}"#,
+            "```json\n{\"a\": 1}\n```",
+            "```\n{\"a\": 1}\n```\nHope this helps!",
+            "Sure! Here is the evaluation:\n{\"a\": 1}\nLet me know.",
+            "  \n{\"a\": 1}  ",
+        ] {
+            assert_eq!(extract_object(text).unwrap()["a"], 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn raw_newlines_inside_strings_are_tolerated() {
+        let obj = extract_object("{\"p\": \"line one\nline two\ttab\"}").unwrap();
+        assert_eq!(obj["p"], "line one\nline two\ttab");
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_errors() {
+        assert!(extract_object("[1, 2]").is_err());
+        assert!(extract_object("no json here").is_err());
+        assert!(extract_object("} backwards {").is_err());
+        assert!(extract_object("").is_err());
+        assert!(extract_object("{\"a\": ").is_err());
+    }
+
+    #[test]
+    fn scores_in_many_spellings() {
+        for (v, want) in [
+            (json!(4), 4),
+            (json!(4.0), 4),
+            (json!("4"), 4),
+            (json!(" 5 "), 5),
+            (json!("4/5"), 4),
+            (json!("3 / 5"), 3),
+            (json!("2 out of 5"), 2),
+            (json!("1 - strongly disagree"), 1),
+            (json!("4.0"), 4),
+        ] {
+            assert_eq!(parse_score(&v).unwrap(), want, "{v}");
+        }
+        for v in [
+            json!(0),
+            json!(6),
+            json!(4.5),
+            json!("4.5"),
+            json!("8/10"),
+            json!("four"),
+            json!(""),
+            json!(null),
+            json!([4]),
+            json!(true),
+        ] {
+            assert!(parse_score(&v).is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn selection_in_published_shape() {
+        let obj = extract_object(
+            r#"{"query_analysis": {"main_topic": "x"}, "aspects_selection": {"reasoning": "because", "selected_aspects": ["Helpfulness", "critical-thinking", "Humor", "helpfulness"]}}"#,
+        )
+        .unwrap();
+        let s = parse_aspect_selection(&obj).unwrap();
+        assert_eq!(s.aspects, sel(&["Helpfulness", "Critical Thinking"]));
+        assert_eq!(s.reasoning, "because");
+        assert_eq!(s.problems.len(), 2, "{:?}", s.problems);
+    }
+
+    #[test]
+    fn selection_flat_string_and_limits() {
+        let obj = extract_object(
+            r#"{"selected_aspects": "Clarity, Depth, Safety, Empathy, Creativity, Conciseness"}"#,
+        )
+        .unwrap();
+        let s = parse_aspect_selection(&obj).unwrap();
+        assert_eq!(s.aspects.len(), 5);
+        assert!(s.problems.iter().any(|p| p.contains("Conciseness")));
+        assert!(s.problems.iter().any(|p| p.contains("no reasoning")));
+        let none =
+            extract_object(r#"{"aspects_selection": {"selected_aspects": ["Humor"]}}"#).unwrap();
+        assert!(parse_aspect_selection(&none).unwrap_err().contains("Humor"));
+        let missing = extract_object(r#"{"aspects_selection": {}}"#).unwrap();
+        assert!(parse_aspect_selection(&missing).is_err());
+    }
+
+    #[test]
+    fn judgement_full_and_ordered() {
+        let aspects = sel(&["Clarity", "Depth"]);
+        let j = parse_judgement(
+            r#"{"depth": {"rationale": "thin", "score": "3"}, "Clarity": {"rationale": "ok", "score": 4}}"#,
+            &aspects,
+        );
+        assert!(j.problems.is_empty(), "{:?}", j.problems);
+        assert_eq!(j.scores.len(), 2);
+        assert_eq!((j.scores[0].aspect.name, j.scores[0].score), ("Clarity", 4));
+        assert_eq!(
+            (j.scores[1].score, j.scores[1].rationale.as_str()),
+            (3, "thin")
+        );
+        assert_eq!(j.to_json()["Depth"]["score"], 3);
+    }
+
+    #[test]
+    fn judgement_drops_what_it_cannot_use() {
+        let aspects = sel(&["Clarity", "Depth", "Safety"]);
+        let j = parse_judgement(
+            "```json\n{\"Clarity\": {\"reason\": \"fine\", \"score\": \"5/5\"}, \"Humor\": {\"score\": 2}, \"Empathy\": {\"score\": 2}, \"Depth\": {\"rationale\": \"x\"}}\n```",
+            &aspects,
+        );
+        assert_eq!(j.scores.len(), 1);
+        assert_eq!(j.scores[0].rationale, "fine");
+        let text = j.problems.join("|");
+        for needle in ["Humor", "Empathy", "Depth: no score", "Safety"] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn judgement_bare_scores_and_wrapper() {
+        let aspects = sel(&["Clarity"]);
+        let j = parse_judgement(r#"{"evaluation": {"Clarity": "4"}}"#, &aspects);
+        assert_eq!(j.scores[0].score, 4);
+        let dup = parse_judgement(
+            r#"{"Clarity": {"score": 2}, "clarity": {"score": 5}}"#,
+            &aspects,
+        );
+        assert_eq!(dup.scores[0].score, 2);
+        assert!(dup.problems[0].contains("twice"));
+    }
+
+    #[test]
+    fn unusable_judgements_say_why() {
+        let aspects = sel(&["Clarity"]);
+        for text in [
+            "",
+            "I cannot rate this.",
+            r#"{"Clarity": {"score": 9}}"#,
+            "{}",
+        ] {
+            let j = parse_judgement(text, &aspects);
+            assert!(!j.is_usable(), "{text}");
+            assert!(!j.problems.is_empty());
+        }
+    }
+
+    #[test]
+    fn proposals() {
+        let p = parse_proposal(
+            r#"Here you go: {"analysis": "a", "thought": "t", "new_system_prompt": "Be kind.\\n- Be brief."}"#,
+        )
+        .unwrap();
+        assert_eq!(p.new_system_prompt, "Be kind.\n- Be brief.");
+        assert_eq!((p.analysis.as_str(), p.thought.as_str()), ("a", "t"));
+        let raw = parse_proposal("{\"new_system_prompt\": \"A\nB\"}").unwrap();
+        assert_eq!(raw.new_system_prompt, "A\nB");
+        assert!(parse_proposal(r#"{"analysis": "a"}"#).is_err());
+        assert!(parse_proposal(r#"{"new_system_prompt": "  "}"#).is_err());
+        assert!(parse_proposal("nothing").is_err());
+    }
+}

@@ -1,0 +1,894 @@
+//! The DRPO beam search, as published (reference §1.2, §1.7), with the calls of each level
+//! batched.
+//!
+//! - Level *d* uses one query, `queries[d + 1]`, for every beam; the root answers `queries[0]`
+//!   under the initial prompt. A new prompt is therefore scored on the query *after* the one whose
+//!   feedback produced it.
+//! - A node is expanded by the skip rule ([`crate::reward::decide`]): a skip keeps the prompt as
+//!   the only child and may grant one more level (at most one per level, at most
+//!   `max_depth_increase` in all); otherwise the optimizer writes `n_actions` new prompts.
+//! - Paths are ranked by the mean of their per-step rewards (the last reward when the beam is 1);
+//!   the best `beam_size` survive each level (a stable sort, so ties keep creation order, as in
+//!   Python); a path stops when its length reaches the depth limit or the queries run out; the
+//!   best terminal path wins.
+//!
+//! Batching: each level makes one `complete` call with every optimizer request, one with every
+//! base answer (plus the aspect selections still missing for upcoming queries), and one with every
+//! judgement. With `sequential`, each request goes in a call of its own, like the published code.
+//! The whole tree is kept and each node is reported through [`Host::record_node`] once its
+//! level is complete. `budget-exhausted` stops the search cleanly with the best result so far.
+
+use crate::aspects::{self, Aspect};
+use crate::icl;
+use crate::options::Options;
+use crate::parse::{self, Judgement};
+use crate::prompts;
+use crate::reward::{self, Decision, DepthLimit, SkipReason};
+use crate::types::{
+    Completion, Example, Host, LlmError, LogLevel, Node, Outcome, Query, Request, Role,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+/// Requests and calls made during a search, per role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Requests sent, per role name.
+    pub requests: BTreeMap<String, u32>,
+    /// Choices asked for (the sum of `n`), per role name.
+    pub choices: BTreeMap<String, u32>,
+    /// `complete` calls made.
+    pub complete_calls: u32,
+    /// `embed` calls made.
+    pub embed_calls: u32,
+    /// Nodes whose prompt was kept by the skip rule.
+    pub skips: u32,
+}
+
+impl Stats {
+    /// Requests sent for one role.
+    pub fn requests(&self, role: Role) -> u32 {
+        self.requests.get(role.name()).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, request: &Request) {
+        let role = request.role.name().to_string();
+        *self.requests.entry(role.clone()).or_default() += 1;
+        *self.choices.entry(role).or_default() += request.sampling.n;
+    }
+
+    /// Choices asked for one role.
+    pub fn choices(&self, role: Role) -> u32 {
+        self.choices.get(role.name()).copied().unwrap_or(0)
+    }
+}
+
+/// One node of the tree as the search keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeNode {
+    /// Node id (its index in the tree).
+    pub id: u32,
+    /// Parent id; `None` for the root.
+    pub parent: Option<u32>,
+    /// Level (root 0).
+    pub depth: u32,
+    /// The system prompt.
+    pub prompt: String,
+    /// Reward of its answer (mean judge score; 0 if unusable).
+    pub reward: f64,
+    /// Score of the path ending here (the ranking key); 0 for the root.
+    pub path_score: f64,
+    /// The details JSON reported with the node.
+    pub details: Value,
+}
+
+/// What a search produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchResult {
+    /// The best prompt (the initial prompt if nothing was scored).
+    pub best_prompt: Option<String>,
+    /// The best path's score; `None` when the best path has no scored step.
+    pub best_score: Option<f64>,
+    /// Node ids from the root to the best node.
+    pub best_path: Vec<u32>,
+    /// Every node, in creation order.
+    pub tree: Vec<TreeNode>,
+    /// Aspect selections made by the metrics model in this run, in the published cache shape.
+    pub new_metrics_cache: BTreeMap<String, Value>,
+    /// The depth limit at the end (initial depth plus levels granted).
+    pub final_depth: u32,
+    /// Why the search stopped before finishing, if it did.
+    pub stopped: Option<String>,
+    /// Calls made.
+    pub stats: Stats,
+}
+
+impl SearchResult {
+    /// The outcome `details` JSON: a tree summary, the new metrics-cache entries and the stats.
+    pub fn details(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .tree
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id,
+                    "parent": n.parent,
+                    "depth": n.depth,
+                    "reward": n.reward,
+                    "path_score": n.path_score,
+                    "skip": n.details.get("skip").cloned().unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        let trace: Vec<Value> = self
+            .best_path
+            .iter()
+            .filter_map(|id| self.tree.get(*id as usize))
+            .map(|n| json!({"id": n.id, "prompt": n.prompt, "reward": n.reward}))
+            .collect();
+        json!({
+            "final_depth": self.final_depth,
+            "stopped": self.stopped,
+            "stats": self.stats,
+            "trace": trace,
+            "tree": nodes,
+            "new_metrics_cache": self.new_metrics_cache,
+        })
+    }
+
+    /// The WIT outcome of this result.
+    pub fn to_outcome(&self) -> Outcome {
+        Outcome {
+            best_prompt: self.best_prompt.clone(),
+            best_score: self.best_score,
+            best_path: self.best_path.clone(),
+            details: self.details().to_string(),
+        }
+    }
+}
+
+/// Why the search stops early.
+struct Stop(String);
+
+/// The aspects chosen for one query.
+#[derive(Clone)]
+struct Metrics {
+    aspects: Vec<&'static Aspect>,
+    reasoning: String,
+    source: &'static str,
+}
+
+/// A beam entry: a node and the rewards along its path (the root's excluded).
+#[derive(Clone)]
+struct BeamItem {
+    node: usize,
+    rewards: Vec<f64>,
+    score: f64,
+}
+
+/// A node to be created: its parent and its prompt.
+struct Child {
+    parent: Option<usize>,
+    prompt: String,
+    kept: bool,
+}
+
+/// A scored node before it is reported.
+struct Scored {
+    answer: String,
+    judgement: Judgement,
+    icl: Vec<usize>,
+}
+
+enum Retrieval {
+    /// Example vectors, and query vectors by query index.
+    Vectors(Vec<Vec<f32>>, Vec<Vec<f32>>),
+    /// The first [`icl::FIXED_EXAMPLES`] examples for every query.
+    Fixed,
+}
+
+struct Search<'a, H: Host> {
+    host: &'a mut H,
+    options: &'a Options,
+    queries: &'a [Query],
+    examples: &'a [Example],
+    metrics: HashMap<String, Metrics>,
+    new_cache: BTreeMap<String, Value>,
+    retrieval: Retrieval,
+    tree: Vec<TreeNode>,
+    judgements: Vec<Judgement>,
+    answers: Vec<String>,
+    depth: DepthLimit,
+    beam: Vec<BeamItem>,
+    terminal: Vec<BeamItem>,
+    stats: Stats,
+}
+
+/// Runs the search. `queries` are used in order (at most `num_training_examples` of them);
+/// `examples` is the in-context example pool. Errors only for unusable input; model failures
+/// are handled inside and `budget-exhausted` ends the search with the best result so far.
+pub fn run<H: Host>(
+    host: &mut H,
+    options: &Options,
+    queries: &[Query],
+    examples: &[Example],
+) -> Result<SearchResult, String> {
+    options.validate()?;
+    let used = queries.len().min(options.num_training_examples as usize);
+    if used == 0 {
+        return Err("no training queries to search with".to_string());
+    }
+    let mut search = Search {
+        host,
+        options,
+        queries: &queries[..used],
+        examples,
+        metrics: HashMap::new(),
+        new_cache: BTreeMap::new(),
+        retrieval: Retrieval::Fixed,
+        tree: Vec::new(),
+        judgements: Vec::new(),
+        answers: Vec::new(),
+        depth: DepthLimit::new(options.depth, options.max_depth_increase),
+        beam: Vec::new(),
+        terminal: Vec::new(),
+        stats: Stats::default(),
+    };
+    let stopped = search.search().err().map(|Stop(why)| why);
+    if let Some(why) = &stopped {
+        search.log(
+            LogLevel::Warn,
+            format!("search stopped early: {why}; returning the best so far"),
+        );
+    }
+    Ok(search.finish(stopped))
+}
+
+/// The evaluation as the optimizer sees it: the published `json.dumps(eval, indent=4)` shape.
+fn pretty4(value: &Value) -> String {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    match value.serialize(&mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => value.to_string(),
+    }
+}
+
+/// Stable descending sort by path score (Python's `sort(reverse=True)` keeps ties in order).
+fn rank(items: &mut [BeamItem]) {
+    items.sort_by(|a, b| b.score.total_cmp(&a.score));
+}
+
+impl<H: Host> Search<'_, H> {
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.host.log(level, message);
+    }
+
+    fn search(&mut self) -> Result<(), Stop> {
+        self.setup_retrieval()?;
+        let root = Child {
+            parent: None,
+            prompt: self.options.initial_system_prompt.clone(),
+            kept: false,
+        };
+        let ids = self.score_level(vec![root], 0)?;
+        self.beam = vec![BeamItem {
+            node: ids[0],
+            rewards: Vec::new(),
+            score: 0.0,
+        }];
+        let mut level = 0u32;
+        while !self.beam.is_empty() {
+            self.expand(level)?;
+            level += 1;
+        }
+        Ok(())
+    }
+
+    /// Expands one level. The beam is replaced only when the whole level succeeded, so a stop
+    /// in the middle leaves the previous level's beam as the best so far.
+    fn expand(&mut self, level: u32) -> Result<(), Stop> {
+        let length = level as usize + 1;
+        // Every path in the beam has the same length, so they end together.
+        if self.depth.is_terminal(length, self.queries.len()) {
+            let why = if length >= self.queries.len() {
+                "the queries are used up"
+            } else {
+                "they reached the depth limit"
+            };
+            self.log(
+                LogLevel::Info,
+                format!(
+                    "level {level}: {} path(s) end because {why}",
+                    self.beam.len()
+                ),
+            );
+            let done = std::mem::take(&mut self.beam);
+            self.terminal.extend(done);
+            return Ok(());
+        }
+        let active = self.beam.clone();
+        let query_index = length;
+        self.log(
+            LogLevel::Info,
+            format!(
+                "level {level}: expanding {} beam(s); next query {} (depth limit {})",
+                active.len(),
+                self.queries[query_index].id,
+                self.depth.current()
+            ),
+        );
+
+        // The skip rule, and at most one extra level for this level.
+        let decisions: Vec<Decision> = active
+            .iter()
+            .map(|b| reward::decide(&self.judgements[b.node]))
+            .collect();
+        let mut extended = false;
+        for (item, decision) in active.iter().zip(&decisions) {
+            if let Decision::Skip(reason) = decision {
+                self.stats.skips += 1;
+                let level = if *reason == SkipReason::NoJudgement {
+                    LogLevel::Warn
+                } else {
+                    LogLevel::Info
+                };
+                self.log(level, format!("node {}: {}", item.node, reason.message()));
+                if !extended && reason.extends_depth(self.options.unusable_judgement_extends_depth)
+                {
+                    if self.depth.extend() {
+                        extended = true;
+                        self.log(
+                            LogLevel::Info,
+                            format!("depth limit raised to {}", self.depth.current()),
+                        );
+                    } else {
+                        self.log(
+                            LogLevel::Info,
+                            "depth limit already at its maximum increase".to_string(),
+                        );
+                    }
+                }
+            }
+        }
+
+        let actions = self.propose(&active, &decisions, query_index - 1)?;
+        let mut children = Vec::new();
+        let mut parents = Vec::new();
+        for (item, prompts) in active.iter().zip(actions) {
+            for (prompt, kept) in prompts {
+                children.push(Child {
+                    parent: Some(item.node),
+                    prompt,
+                    kept,
+                });
+                parents.push(item.clone());
+            }
+        }
+        let ids = self.score_level(children, query_index)?;
+        let mut next: Vec<BeamItem> = ids
+            .iter()
+            .zip(parents)
+            .map(|(&node, parent)| {
+                let mut rewards = parent.rewards;
+                rewards.push(self.tree[node].reward);
+                let score = reward::aggregate(&rewards, self.options.beam_size);
+                BeamItem {
+                    node,
+                    rewards,
+                    score,
+                }
+            })
+            .collect();
+        for item in &next {
+            self.tree[item.node].path_score = item.score;
+        }
+        // Report the nodes now that their path scores are known.
+        for item in &next {
+            self.report(item.node);
+        }
+        rank(&mut next);
+        next.truncate(self.options.beam_size as usize);
+        self.beam = next;
+        Ok(())
+    }
+
+    /// The prompts each active beam proposes: its own prompt on a skip, the optimizer's
+    /// candidates otherwise (its own prompt again if none is usable). The bool says "kept".
+    fn propose(
+        &mut self,
+        active: &[BeamItem],
+        decisions: &[Decision],
+        query_index: usize,
+    ) -> Result<Vec<Vec<(String, bool)>>, Stop> {
+        let query = &self.queries[query_index].text;
+        let mut requests = Vec::new();
+        for (item, decision) in active.iter().zip(decisions) {
+            if *decision == Decision::Optimize {
+                let node = &self.tree[item.node];
+                let path = self.path_prompts(item.node);
+                requests.push(prompts::optimizer_request(
+                    &node.prompt,
+                    query,
+                    &self.answers[item.node],
+                    &pretty4(&self.judgements[item.node].to_json()),
+                    &path,
+                    self.options,
+                ));
+            }
+        }
+        let mut results = self.complete(requests)?.into_iter();
+        let mut actions = Vec::new();
+        for (item, decision) in active.iter().zip(decisions) {
+            let current = self.tree[item.node].prompt.clone();
+            if *decision != Decision::Optimize {
+                actions.push(vec![(current, true)]);
+                continue;
+            }
+            let mut prompts = Vec::new();
+            match results.next() {
+                Some(Ok(completion)) => {
+                    for (i, choice) in completion.choices.iter().enumerate() {
+                        match parse::parse_proposal(choice) {
+                            Ok(p) => {
+                                self.log(
+                                    LogLevel::Debug,
+                                    format!(
+                                        "node {} candidate {i}: analysis: {} | thought: {}",
+                                        item.node, p.analysis, p.thought
+                                    ),
+                                );
+                                prompts.push((p.new_system_prompt, false));
+                            }
+                            Err(e) => self.log(
+                                LogLevel::Warn,
+                                format!("node {} candidate {i} dropped: {e}", item.node),
+                            ),
+                        }
+                    }
+                }
+                Some(Err(e)) => self.log(
+                    LogLevel::Warn,
+                    format!("node {}: optimizer failed: {e}", item.node),
+                ),
+                None => {}
+            }
+            if prompts.is_empty() {
+                self.log(
+                    LogLevel::Warn,
+                    format!(
+                        "node {}: no usable candidate; keeping its prompt",
+                        item.node
+                    ),
+                );
+                prompts.push((current, true));
+            }
+            actions.push(prompts);
+        }
+        Ok(actions)
+    }
+
+    /// The prompts from the root to `node`.
+    fn path_prompts(&self, node: usize) -> Vec<String> {
+        self.path(node)
+            .iter()
+            .map(|&i| self.tree[i as usize].prompt.clone())
+            .collect()
+    }
+
+    /// Node ids from the root to `node`.
+    fn path(&self, node: usize) -> Vec<u32> {
+        let mut ids = vec![node as u32];
+        let mut at = self.tree[node].parent;
+        while let Some(p) = at {
+            ids.push(p);
+            at = self.tree[p as usize].parent;
+        }
+        ids.reverse();
+        ids
+    }
+
+    /// Sends requests (one call, or one call each in sequential mode). Answers are padded or
+    /// cut to the number of requests; `budget-exhausted` anywhere stops the search.
+    fn complete(
+        &mut self,
+        requests: Vec<Request>,
+    ) -> Result<Vec<Result<Completion, LlmError>>, Stop> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = requests.len();
+        let mut results = Vec::with_capacity(wanted);
+        if self.options.sequential {
+            for request in requests {
+                self.stats.count(&request);
+                self.stats.complete_calls += 1;
+                let answer = self.host.complete(vec![request]).into_iter().next();
+                let answer = answer.unwrap_or_else(|| {
+                    Err(LlmError::Unavailable("the host returned no answer".into()))
+                });
+                let exhausted = answer == Err(LlmError::BudgetExhausted);
+                results.push(answer);
+                if exhausted {
+                    break;
+                }
+            }
+        } else {
+            requests.iter().for_each(|r| self.stats.count(r));
+            self.stats.complete_calls += 1;
+            results = self.host.complete(requests);
+        }
+        if results.contains(&Err(LlmError::BudgetExhausted)) {
+            return Err(Stop("the budget is exhausted".to_string()));
+        }
+        if results.len() != wanted {
+            self.log(
+                LogLevel::Warn,
+                format!("the host answered {} of {wanted} requests", results.len()),
+            );
+            results.resize_with(wanted, || {
+                Err(LlmError::Unavailable("no answer from the host".into()))
+            });
+        }
+        Ok(results)
+    }
+
+    /// Embeds the example pool and every query the search may reach, once; falls back to the
+    /// fixed examples (logged once) when embedding is off, impossible or unavailable.
+    fn setup_retrieval(&mut self) -> Result<(), Stop> {
+        if !self.options.ret_icl || self.examples.is_empty() {
+            return Ok(());
+        }
+        let reachable = self.queries.len().min(
+            (self.options.depth as usize).saturating_add(self.options.max_depth_increase as usize),
+        );
+        let mut texts: Vec<String> = self.examples.iter().map(|e| e.query.clone()).collect();
+        texts.extend(self.queries[..reachable].iter().map(|q| q.text.clone()));
+        self.stats.embed_calls += 1;
+        match self.host.embed(texts) {
+            Ok(mut vectors) if vectors.len() == self.examples.len() + reachable => {
+                let queries = vectors.split_off(self.examples.len());
+                self.retrieval = Retrieval::Vectors(vectors, queries);
+            }
+            Ok(vectors) => self.log(
+                LogLevel::Warn,
+                format!(
+                    "embedding returned {} vectors for {} texts; using the fixed in-context examples",
+                    vectors.len(),
+                    self.examples.len() + reachable
+                ),
+            ),
+            Err(LlmError::BudgetExhausted) => {
+                return Err(Stop("the budget is exhausted".to_string()));
+            }
+            Err(e) => self.log(
+                LogLevel::Warn,
+                format!("no embeddings ({e}); using the fixed in-context examples"),
+            ),
+        }
+        Ok(())
+    }
+
+    /// The in-context examples for a query: top-k by similarity, or the fixed first two.
+    fn icl_for(&self, query_index: usize) -> Vec<usize> {
+        match &self.retrieval {
+            Retrieval::Vectors(examples, queries) => match queries.get(query_index) {
+                Some(q) => icl::top_k(q, examples, self.options.k as usize),
+                None => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
+            },
+            Retrieval::Fixed => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
+        }
+    }
+
+    /// Aspect-selection requests for the given queries that neither this run nor the cache has
+    /// answered yet (cache hits are resolved here, at no cost). Returns the query texts asked.
+    fn metrics_requests(&mut self, indices: &[usize]) -> (Vec<String>, Vec<Request>) {
+        let mut texts: Vec<String> = Vec::new();
+        for &i in indices {
+            let text = self.queries[i].text.clone();
+            if self.metrics.contains_key(&text) || texts.contains(&text) {
+                continue;
+            }
+            if let Some(cached) = self.options.metrics_cache.get(&text) {
+                let parsed = match cached {
+                    Value::Object(map) => parse::parse_aspect_selection(map),
+                    _ => Err("the entry is not an object".to_string()),
+                };
+                match parsed {
+                    Ok(sel) => {
+                        self.metrics.insert(
+                            text,
+                            Metrics {
+                                aspects: sel.aspects,
+                                reasoning: sel.reasoning,
+                                source: "cache",
+                            },
+                        );
+                        continue;
+                    }
+                    Err(e) => self.log(
+                        LogLevel::Warn,
+                        format!(
+                            "metrics cache entry for query {} unusable ({e}); asking again",
+                            self.queries[i].id
+                        ),
+                    ),
+                }
+            }
+            texts.push(text);
+        }
+        let requests = texts
+            .iter()
+            .map(|t| prompts::aspect_selection_request(t, self.options))
+            .collect();
+        (texts, requests)
+    }
+
+    fn absorb_metrics(&mut self, texts: Vec<String>, results: Vec<Result<Completion, LlmError>>) {
+        for (text, result) in texts.into_iter().zip(results) {
+            let parsed = match result {
+                Ok(c) => match c.choices.first() {
+                    Some(answer) => parse::extract_object(answer)
+                        .and_then(|obj| parse::parse_aspect_selection(&obj).map(|sel| (obj, sel))),
+                    None => Err("empty completion".to_string()),
+                },
+                Err(e) => Err(format!("the call failed: {e}")),
+            };
+            let metrics = match parsed {
+                Ok((object, sel)) => {
+                    for p in &sel.problems {
+                        self.log(LogLevel::Warn, format!("aspect selection: {p}"));
+                    }
+                    self.new_cache.insert(text.clone(), Value::Object(object));
+                    Metrics {
+                        aspects: sel.aspects,
+                        reasoning: sel.reasoning,
+                        source: "model",
+                    }
+                }
+                Err(e) => {
+                    self.log(
+                        LogLevel::Warn,
+                        format!(
+                            "aspect selection unusable ({e}); using the general-quality aspects"
+                        ),
+                    );
+                    Metrics {
+                        aspects: aspects::fallback(),
+                        reasoning:
+                            "The aspect selection failed, so the general-quality aspects are used."
+                                .to_string(),
+                        source: "fallback",
+                    }
+                }
+            };
+            self.metrics.insert(text, metrics);
+        }
+    }
+
+    /// Answers and judges a set of new nodes on one query, then adds them to the tree
+    /// (reporting happens once their path scores are known). Returns their indices.
+    fn score_level(
+        &mut self,
+        children: Vec<Child>,
+        query_index: usize,
+    ) -> Result<Vec<usize>, Stop> {
+        let query = self.queries[query_index].clone();
+        // Aspect selections: batched mode fetches every query the current depth limit reaches
+        // (in the same call as the base answers); sequential mode only this level's query.
+        let ahead: Vec<usize> = if self.options.sequential {
+            vec![query_index]
+        } else {
+            (query_index
+                ..self
+                    .queries
+                    .len()
+                    .min(self.depth.current() as usize)
+                    .max(query_index + 1))
+                .collect()
+        };
+        let (metric_texts, metric_requests) = self.metrics_requests(&ahead);
+        let icl = self.icl_for(query_index);
+        let chosen: Vec<&Example> = icl.iter().map(|&i| &self.examples[i]).collect();
+        let base_requests: Vec<Request> = children
+            .iter()
+            .map(|c| icl::base_request(&c.prompt, &chosen, &query.text, self.options))
+            .collect();
+        let answers = if self.options.sequential {
+            let metric_results = self.complete(metric_requests)?;
+            self.absorb_metrics(metric_texts, metric_results);
+            self.complete(base_requests)?
+        } else {
+            let n_metrics = metric_requests.len();
+            let mut results =
+                self.complete(metric_requests.into_iter().chain(base_requests).collect())?;
+            let answers = results.split_off(n_metrics);
+            self.absorb_metrics(metric_texts, results);
+            answers
+        };
+        let metrics = self
+            .metrics
+            .get(&query.text)
+            .cloned()
+            .unwrap_or_else(|| Metrics {
+                aspects: aspects::fallback(),
+                reasoning: String::new(),
+                source: "fallback",
+            });
+
+        // Judge every answer that exists.
+        let mut texts: Vec<Result<String, String>> = Vec::new();
+        let mut judge_requests = Vec::new();
+        for answer in answers {
+            let text = match answer {
+                Ok(c) => c
+                    .choices
+                    .first()
+                    .map(|a| icl::clean_answer(a))
+                    .ok_or_else(|| "the base model returned no choice".to_string()),
+                Err(e) => Err(format!("the base model failed: {e}")),
+            };
+            if let Ok(answer) = &text {
+                judge_requests.push(prompts::judge_request(
+                    &query.text,
+                    answer,
+                    &metrics.aspects,
+                    &metrics.reasoning,
+                    self.options,
+                ));
+            }
+            texts.push(text);
+        }
+        let mut verdicts = self.complete(judge_requests)?.into_iter();
+        let mut scored = Vec::new();
+        for text in texts {
+            let (answer, judgement) = match text {
+                Ok(answer) => {
+                    let judgement = match verdicts.next() {
+                        Some(Ok(c)) => match c.choices.first() {
+                            Some(v) => parse::parse_judgement(v, &metrics.aspects),
+                            None => Judgement::unusable("the judge returned no choice"),
+                        },
+                        Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
+                        None => Judgement::unusable("the judge gave no answer"),
+                    };
+                    (answer, judgement)
+                }
+                Err(why) => (String::new(), Judgement::unusable(why)),
+            };
+            scored.push(Scored {
+                answer,
+                judgement,
+                icl: icl.clone(),
+            });
+        }
+
+        let mut ids = Vec::new();
+        for (child, s) in children.into_iter().zip(scored) {
+            ids.push(self.add_node(child, s, query_index, &metrics));
+        }
+        Ok(ids)
+    }
+
+    fn add_node(
+        &mut self,
+        child: Child,
+        s: Scored,
+        query_index: usize,
+        metrics: &Metrics,
+    ) -> usize {
+        let id = self.tree.len();
+        let depth = child.parent.map(|p| self.tree[p].depth + 1).unwrap_or(0);
+        let reward = reward::reward(&s.judgement);
+        if !s.judgement.problems.is_empty() {
+            let level = if s.judgement.is_usable() {
+                LogLevel::Info
+            } else {
+                LogLevel::Warn
+            };
+            self.log(
+                level,
+                format!("node {id} judgement: {}", s.judgement.problems.join("; ")),
+            );
+        }
+        let skip = match reward::decide(&s.judgement) {
+            Decision::Skip(reason) => Value::from(reason.name()),
+            Decision::Optimize => Value::Null,
+        };
+        let query = &self.queries[query_index];
+        let aspects: Vec<Value> = s
+            .judgement
+            .scores
+            .iter()
+            .map(|a| json!({"name": a.aspect.name, "score": a.score, "rationale": a.rationale}))
+            .collect();
+        let details = json!({
+            "query_index": query_index,
+            "query_id": query.id,
+            "query": query.text,
+            "answer": s.answer,
+            "origin": if child.parent.is_none() { "initial" } else if child.kept { "kept" } else { "optimized" },
+            "aspects": aspects,
+            "metrics_reasoning": metrics.reasoning,
+            "metrics_source": metrics.source,
+            "judge_problems": s.judgement.problems,
+            "skip": skip,
+            "icl_examples": s.icl.iter().map(|&i| self.examples[i].query.clone()).collect::<Vec<_>>(),
+        });
+        self.tree.push(TreeNode {
+            id: id as u32,
+            parent: child.parent.map(|p| p as u32),
+            depth,
+            prompt: child.prompt,
+            reward,
+            path_score: 0.0,
+            details,
+        });
+        self.answers.push(s.answer);
+        self.judgements.push(s.judgement);
+        if child.parent.is_none() {
+            self.report(id);
+        }
+        id
+    }
+
+    fn report(&mut self, id: usize) {
+        let n = &self.tree[id];
+        let mut details = n.details.clone();
+        details["path_score"] = Value::from(n.path_score);
+        let node = Node {
+            id: n.id,
+            parent: n.parent,
+            depth: n.depth,
+            prompt: n.prompt.clone(),
+            reward: n.reward,
+            details: details.to_string(),
+        };
+        self.host.record_node(node);
+    }
+
+    fn finish(mut self, stopped: Option<String>) -> SearchResult {
+        let mut candidates = std::mem::take(&mut self.terminal);
+        if stopped.is_some() {
+            for item in std::mem::take(&mut self.beam) {
+                if !candidates.iter().any(|c| c.node == item.node) {
+                    candidates.push(item);
+                }
+            }
+        }
+        rank(&mut candidates);
+        let (best_prompt, best_score, best_path) = match candidates.first() {
+            Some(best) => (
+                Some(self.tree[best.node].prompt.clone()),
+                (!best.rewards.is_empty()).then_some(best.score),
+                self.path(best.node),
+            ),
+            None => (
+                Some(self.options.initial_system_prompt.clone()),
+                None,
+                Vec::new(),
+            ),
+        };
+        if let Some(score) = best_score {
+            self.log(
+                LogLevel::Info,
+                format!("best path {best_path:?} with score {score:.3}"),
+            );
+        }
+        SearchResult {
+            best_prompt,
+            best_score,
+            best_path,
+            tree: self.tree,
+            new_metrics_cache: self.new_cache,
+            final_depth: self.depth.current(),
+            stopped,
+            stats: self.stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

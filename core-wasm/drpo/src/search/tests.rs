@@ -1,0 +1,698 @@
+//! The search against a scripted host whose answers follow each request's schema.
+
+use super::*;
+use crate::types::{Prompt, Usage};
+
+/// How the scripted judge scores: (query text, system prompt of the answer, aspect) → score.
+type ScoreFn = Box<dyn Fn(&str, &str, &str) -> u8>;
+
+/// A host that answers every request from a script and records what it was asked.
+struct Scripted {
+    score: ScoreFn,
+    /// Per `complete` call: the roles of its requests, in order.
+    calls: Vec<Vec<Role>>,
+    nodes: Vec<Node>,
+    logs: Vec<(LogLevel, String)>,
+    /// Every base prompt sent, in order.
+    base_prompts: Vec<Prompt>,
+    next_prompt: usize,
+    /// Requests answered before every further request gets `budget-exhausted`.
+    budget: Option<usize>,
+    answered: usize,
+    embed: Result<(), LlmError>,
+    embed_calls: usize,
+    /// Optimizer choices returned verbatim instead of valid JSON, when set.
+    optimizer_garbage: bool,
+    /// Judge answers returned verbatim instead of valid JSON, when set.
+    judge_garbage: bool,
+}
+
+impl Scripted {
+    fn new(score: impl Fn(&str, &str, &str) -> u8 + 'static) -> Self {
+        Scripted {
+            score: Box::new(score),
+            calls: Vec::new(),
+            nodes: Vec::new(),
+            logs: Vec::new(),
+            base_prompts: Vec::new(),
+            next_prompt: 0,
+            budget: None,
+            answered: 0,
+            embed: Ok(()),
+            embed_calls: 0,
+            optimizer_garbage: false,
+            judge_garbage: false,
+        }
+    }
+
+    /// Never triggers a skip: every aspect scores 3.
+    fn plain() -> Self {
+        Scripted::new(|_, _, _| 3)
+    }
+
+    fn requests(&self, role: Role) -> usize {
+        self.calls.iter().flatten().filter(|r| **r == role).count()
+    }
+
+    fn warnings(&self, needle: &str) -> usize {
+        self.logs
+            .iter()
+            .filter(|(l, m)| *l == LogLevel::Warn && m.contains(needle))
+            .count()
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).map(|i| i + start.len()).unwrap_or(0);
+    let rest = &text[from..];
+    &rest[..rest.find(end).unwrap_or(rest.len())]
+}
+
+fn user_text(prompt: &Prompt) -> String {
+    match prompt {
+        Prompt::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
+        Prompt::Raw(text) => text.clone(),
+    }
+}
+
+impl Host for Scripted {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        self.calls.push(batch.iter().map(|r| r.role).collect());
+        batch
+            .into_iter()
+            .map(|r| {
+                if let Some(budget) = self.budget
+                    && self.answered >= budget
+                {
+                    return Err(LlmError::BudgetExhausted);
+                }
+                self.answered += 1;
+                let text = user_text(&r.prompt);
+                let choices: Vec<String> = match r.role {
+                    Role::Metrics => vec![
+                        r#"{"query_analysis": {"main_topic": "t", "user_intent": "u", "ambiguities": "none", "response_format": "prose", "challenges": "none"}, "aspects_selection": {"reasoning": "these matter", "selected_aspects": ["Helpfulness", "Clarity", "Depth"]}}"#
+                            .to_string(),
+                    ],
+                    Role::Base => {
+                        self.base_prompts.push(r.prompt.clone());
+                        let system = between(&text, "# instructions\n\n", "\n\n");
+                        let query = between(text.rsplit_once("# Query:\n").unwrap().1, "", "\n\n# Answer:");
+                        vec![format!("[{system}] says: {query}\n<END>")]
+                    }
+                    Role::Judge => {
+                        let query = between(&text, "## Query\n", "\n\n## Reply");
+                        let reply = between(&text, "## Reply\n", "\n\n## Aspects");
+                        let system = between(reply, "[", "]");
+                        let schema: Value =
+                            serde_json::from_str(r.json_schema.as_deref().unwrap()).unwrap();
+                        let mut verdict = serde_json::Map::new();
+                        for aspect in schema["properties"].as_object().unwrap().keys() {
+                            let score = (self.score)(query, system, aspect);
+                            verdict.insert(
+                                aspect.clone(),
+                                json!({"rationale": format!("{aspect} is fine"), "score": score}),
+                            );
+                        }
+                        if self.judge_garbage {
+                            vec!["I think it is pretty good.".to_string()]
+                        } else {
+                            vec![Value::Object(verdict).to_string()]
+                        }
+                    }
+                    Role::Optimizer => (0..r.sampling.n)
+                        .map(|_| {
+                            self.next_prompt += 1;
+                            if self.optimizer_garbage {
+                                "not json".to_string()
+                            } else {
+                                json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{}", self.next_prompt)})
+                                    .to_string()
+                            }
+                        })
+                        .collect(),
+                };
+                Ok(Completion {
+                    choices,
+                    usage: Usage::default(),
+                })
+            })
+            .collect()
+    }
+
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.embed_calls += 1;
+        self.embed.clone()?;
+        // Two "topics": texts mentioning "code" point one way, the rest the other.
+        Ok(texts
+            .iter()
+            .map(|t| {
+                if t.contains("code") {
+                    vec![1.0, 0.0]
+                } else {
+                    vec![0.0, 1.0]
+                }
+            })
+            .collect())
+    }
+
+    fn record_node(&mut self, node: Node) {
+        self.nodes.push(node);
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.logs.push((level, message));
+    }
+}
+
+fn queries(n: usize) -> Vec<Query> {
+    (0..n)
+        .map(|i| Query {
+            id: format!("q{i}"),
+            text: format!("query number {i}?"),
+            tags: vec![],
+        })
+        .collect()
+}
+
+fn examples() -> Vec<Example> {
+    [
+        "How do I write code?",
+        "Tell me about rivers.",
+        "Debug my code.",
+        "Why is the sky blue?",
+    ]
+    .iter()
+    .map(|q| Example {
+        query: q.to_string(),
+        answer: format!("<START>\nAbout: {q}\n<END>"),
+    })
+    .collect()
+}
+
+fn options(json: &str) -> Options {
+    Options::from_json(json).unwrap()
+}
+
+#[test]
+fn published_call_counts_without_skips() {
+    let mut host = Scripted::plain();
+    let o = options("{}");
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(host.requests(Role::Optimizer), 37);
+    assert_eq!(r.stats.requests(Role::Optimizer), 37);
+    assert_eq!(r.stats.choices(Role::Optimizer), 111);
+    assert_eq!(host.requests(Role::Base), 112);
+    assert_eq!(host.requests(Role::Judge), 112);
+    assert_eq!(host.requests(Role::Metrics), 20);
+    assert_eq!(r.tree.len(), 112);
+    assert_eq!(host.nodes.len(), 112);
+    assert_eq!(r.final_depth, 20);
+    assert_eq!(r.stats.skips, 0);
+    assert!(r.stopped.is_none());
+    // Root: one call with the 20 aspect selections and the base answer, one with the judge;
+    // then every one of the 19 levels: optimizers, base answers, judgements.
+    assert_eq!(host.calls.len(), 2 + 19 * 3);
+    assert_eq!(
+        host.calls[0]
+            .iter()
+            .filter(|r| **r == Role::Metrics)
+            .count(),
+        20
+    );
+    assert_eq!(host.calls[1], vec![Role::Judge]);
+    for level in host.calls[2..].chunks(3) {
+        assert!(level[0].iter().all(|r| *r == Role::Optimizer));
+        assert!(level[1].iter().all(|r| *r == Role::Base));
+        assert!(level[2].iter().all(|r| *r == Role::Judge));
+        assert_eq!(level[1].len(), level[2].len());
+        assert_eq!(level[1].len(), level[0].len() * 3);
+    }
+    // The best path runs root to a terminal node at depth 19 (20 states).
+    assert_eq!(r.best_path.len(), 20);
+    assert_eq!(r.best_path[0], 0);
+    assert_eq!(r.best_score, Some(3.0));
+    assert_eq!(host.embed_calls, 1);
+}
+
+#[test]
+fn warm_metrics_cache_costs_no_selection() {
+    let mut cold = Scripted::plain();
+    let first = run(&mut cold, &options("{}"), &queries(40), &examples()).unwrap();
+    assert_eq!(first.new_metrics_cache.len(), 20);
+    let mut o = options("{}");
+    o.metrics_cache = first.new_metrics_cache.clone();
+    let mut warm = Scripted::plain();
+    let second = run(&mut warm, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(warm.requests(Role::Metrics), 0);
+    assert_eq!(warm.requests(Role::Optimizer), 37);
+    assert_eq!(warm.requests(Role::Base), 112);
+    assert_eq!(warm.requests(Role::Judge), 112);
+    assert!(second.new_metrics_cache.is_empty());
+    assert_eq!(first.best_prompt, second.best_prompt);
+    assert_eq!(first.best_path, second.best_path);
+}
+
+#[test]
+fn published_cache_entries_with_other_spellings_are_used() {
+    let mut o = options("{}");
+    let q = queries(3);
+    o.metrics_cache.insert(
+        q[0].text.clone(),
+        json!({"aspects_selection": {"reasoning": "r", "selected_aspects": ["Critical-Thinking", "Cultural Sensitivity"]}}),
+    );
+    o.depth = 1;
+    let mut host = Scripted::plain();
+    let r = run(&mut host, &o, &q, &[]).unwrap();
+    assert_eq!(host.requests(Role::Metrics), 0);
+    let names: Vec<&str> = r.tree[0].details["aspects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Critical Thinking", "Sensitivity"]);
+    assert_eq!(r.tree[0].details["metrics_source"], "cache");
+}
+
+#[test]
+fn sequential_sends_one_request_per_call() {
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"sequential": true}"#),
+        &queries(40),
+        &examples(),
+    )
+    .unwrap();
+    assert!(host.calls.iter().all(|c| c.len() == 1));
+    assert_eq!(host.calls.len(), 37 + 112 + 112 + 20);
+    assert_eq!(r.stats.complete_calls as usize, host.calls.len());
+    assert_eq!(r.stats.choices(Role::Optimizer), 111);
+    // Same search, same result as batched.
+    let mut batched = Scripted::plain();
+    let b = run(&mut batched, &options("{}"), &queries(40), &examples()).unwrap();
+    assert_eq!((r.best_prompt, r.best_path), (b.best_prompt, b.best_path));
+}
+
+#[test]
+fn all_skips_extend_depth_up_to_the_limit() {
+    // Every answer scores 5: every level skips and asks for one more level.
+    let mut host = Scripted::new(|_, _, _| 5);
+    let o = options(r#"{"depth": 5, "max_depth_increase": 3}"#);
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(r.final_depth, 8);
+    assert_eq!(host.requests(Role::Optimizer), 0);
+    // A chain: each skip keeps the prompt as the only child.
+    assert_eq!(r.tree.len(), 8);
+    assert_eq!(r.best_path.len(), 8);
+    assert_eq!(host.requests(Role::Metrics), 8);
+    assert!(r.tree.iter().all(|n| n.prompt == o.initial_system_prompt));
+    assert_eq!(r.tree[3].details["origin"], "kept");
+    assert_eq!(r.tree[3].details["skip"], "all_fives");
+    assert_eq!(r.stats.skips, 7);
+    assert_eq!(r.best_score, Some(5.0));
+}
+
+#[test]
+fn depth_grows_at_most_once_per_level() {
+    // Both beams skip at the same levels (queries 2 and 3 are easy for every prompt): each
+    // such level grants one level, not two.
+    let mut host = Scripted::new(|q, _, _| {
+        if q.contains(" 2?") || q.contains(" 3?") {
+            5
+        } else {
+            3
+        }
+    });
+    let o = options(r#"{"depth": 6, "max_depth_increase": 10}"#);
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(r.final_depth, 8);
+    let deepest = r.tree.iter().map(|n| n.depth).max().unwrap();
+    assert_eq!(deepest, 7);
+    assert!(r.stats.skips >= 3, "{}", r.stats.skips);
+    // The extra levels used queries 6 and 7, whose selections were fetched ahead.
+    assert_eq!(host.requests(Role::Metrics), 8);
+}
+
+#[test]
+fn high_mean_skips_but_four_and_a_half_does_not() {
+    // Helpfulness 5, Clarity 5, Depth 4: mean 4.67 > 4.5 → skip.
+    let mut host = Scripted::new(|_, _, a| if a == "Depth" { 4 } else { 5 });
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 3, "max_depth_increase": 0}"#),
+        &queries(9),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.tree[0].details["skip"], "high_mean");
+    assert_eq!(host.requests(Role::Optimizer), 0);
+    assert_eq!(r.final_depth, 3);
+    // Helpfulness 5, Clarity 4, Depth 4: mean 4.33, optimize.
+    let mut host = Scripted::new(|_, _, a| if a == "Helpfulness" { 5 } else { 4 });
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(9), &[]).unwrap();
+    assert_eq!(r.tree[0].details["skip"], Value::Null);
+    assert_eq!(host.requests(Role::Optimizer), 1);
+}
+
+#[test]
+fn unusable_judgements_keep_the_prompt_without_extra_depth() {
+    let mut host = Scripted::plain();
+    host.judge_garbage = true;
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 4}"#),
+        &queries(40),
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(r.final_depth, 4);
+    assert_eq!(r.tree.len(), 4);
+    assert!(r.tree.iter().all(|n| n.reward == 0.0));
+    assert_eq!(r.tree[1].details["skip"], "no_judgement");
+    assert!(host.warnings("no usable judgement") >= 3);
+    assert!(
+        r.tree[1].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no JSON")
+    );
+
+    // The published behaviour, on request: the same failures also extend the depth.
+    let mut host = Scripted::plain();
+    host.judge_garbage = true;
+    let o = options(
+        r#"{"depth": 4, "max_depth_increase": 2, "unusable_judgement_extends_depth": true}"#,
+    );
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(r.final_depth, 6);
+}
+
+#[test]
+fn ranking_by_path_mean_and_by_last_reward() {
+    // The judge likes some prompts better: prompt-1 scores 5 on the next query, prompt-2 scores
+    // 1, and everything else 3 (no skip except prompt-1's own children, which do not matter).
+    let score = |_: &str, system: &str, _: &str| match system {
+        "prompt-1" => 4,
+        "prompt-2" => 1,
+        _ => 3,
+    };
+    let mut host = Scripted::new(score);
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 3, "beam_size": 2}"#),
+        &queries(9),
+        &[],
+    )
+    .unwrap();
+    // Level 0: children prompt-1 (4), prompt-2 (1), prompt-3 (3): the beam keeps 1 and 3.
+    let level1: Vec<&TreeNode> = r.tree.iter().filter(|n| n.depth == 1).collect();
+    assert_eq!(level1.len(), 3);
+    // Level 1 expands prompt-1 then prompt-3 (ranked order), so their children come in that
+    // order: prompt-4..6 from prompt-1, prompt-7..9 from prompt-3.
+    let level2: Vec<&TreeNode> = r.tree.iter().filter(|n| n.depth == 2).collect();
+    assert_eq!(level2.len(), 6);
+    assert_eq!(level2[0].parent, Some(level1[0].id));
+    assert_eq!(level2[3].parent, Some(level1[2].id));
+    // All level-2 children score 3: path means 3.5 (under prompt-1) beat 3.0 (under prompt-3);
+    // ties keep creation order, so the first child of prompt-1 wins.
+    assert_eq!(r.best_path, vec![0, level1[0].id, level2[0].id]);
+    assert_eq!(r.best_score, Some(3.5));
+    assert_eq!(level2[0].path_score, 3.5);
+
+    // With a beam of 1 the last reward ranks: everything at level 2 scores 3, so the best is
+    // the first child (ties in creation order), with score 3.
+    let mut host = Scripted::new(score);
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 3, "beam_size": 1}"#),
+        &queries(9),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.best_score, Some(3.0));
+    assert_eq!(r.tree.iter().filter(|n| n.depth == 2).count(), 3);
+}
+
+#[test]
+fn aggregation_helpers_rank_stably() {
+    let mut items = vec![
+        BeamItem {
+            node: 0,
+            rewards: vec![3.0],
+            score: 3.0,
+        },
+        BeamItem {
+            node: 1,
+            rewards: vec![4.0],
+            score: 4.0,
+        },
+        BeamItem {
+            node: 2,
+            rewards: vec![3.0],
+            score: 3.0,
+        },
+        BeamItem {
+            node: 3,
+            rewards: vec![4.0],
+            score: 4.0,
+        },
+    ];
+    rank(&mut items);
+    let order: Vec<usize> = items.iter().map(|i| i.node).collect();
+    assert_eq!(order, [1, 3, 0, 2]);
+}
+
+#[test]
+fn new_prompts_are_scored_on_the_next_query() {
+    let mut host = Scripted::plain();
+    let r = run(&mut host, &options(r#"{"depth": 3}"#), &queries(9), &[]).unwrap();
+    for n in &r.tree {
+        assert_eq!(n.details["query_index"], n.depth, "node {}", n.id);
+    }
+    // The root answered query 0, so its optimized children answer query 1.
+    assert_eq!(r.tree[1].details["query"], "query number 1?");
+}
+
+#[test]
+fn queries_running_out_end_the_paths() {
+    let mut host = Scripted::plain();
+    let r = run(&mut host, &options("{}"), &queries(4), &examples()).unwrap();
+    assert_eq!(r.tree.iter().map(|n| n.depth).max(), Some(3));
+    assert_eq!(r.best_path.len(), 4);
+    assert!(
+        host.logs
+            .iter()
+            .any(|(_, m)| m.contains("queries are used up"))
+    );
+    // num_training_examples limits the queries used.
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"num_training_examples": 2}"#),
+        &queries(9),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.best_path.len(), 2);
+}
+
+#[test]
+fn budget_exhaustion_returns_the_best_so_far() {
+    let mut host = Scripted::plain();
+    // Root (20 selections + base, judge) is 22 requests; level 0 is 1 + 3 + 3; stop in level 1.
+    host.budget = Some(22 + 7 + 3);
+    let r = run(&mut host, &options("{}"), &queries(40), &examples()).unwrap();
+    assert!(r.stopped.as_deref().unwrap().contains("budget"));
+    assert_eq!(r.tree.len(), 4);
+    assert_eq!(r.best_path.len(), 2);
+    assert_eq!(r.best_score, Some(3.0));
+    let details = r.details();
+    assert!(details["stopped"].is_string());
+
+    // Exhausted before anything was scored: the initial prompt, no score.
+    let mut host = Scripted::plain();
+    host.budget = Some(0);
+    let r = run(&mut host, &options("{}"), &queries(40), &examples()).unwrap();
+    assert_eq!(
+        r.best_prompt.as_deref(),
+        Some("You are a helpful assistant.")
+    );
+    assert_eq!(
+        (r.best_score, r.best_path.len(), r.tree.len()),
+        (None, 0, 0)
+    );
+
+    // Sequential mode stops at the first exhausted request.
+    let mut host = Scripted::plain();
+    host.budget = Some(3);
+    let r = run(
+        &mut host,
+        &options(r#"{"sequential": true}"#),
+        &queries(40),
+        &examples(),
+    )
+    .unwrap();
+    assert!(r.stopped.is_some());
+    assert_eq!(host.calls.len(), 4);
+}
+
+#[test]
+fn garbage_optimizer_answers_keep_the_prompt() {
+    let mut host = Scripted::plain();
+    host.optimizer_garbage = true;
+    let r = run(&mut host, &options(r#"{"depth": 3}"#), &queries(9), &[]).unwrap();
+    assert_eq!(r.tree.len(), 3);
+    assert!(host.warnings("candidate 0 dropped") >= 1);
+    assert!(host.warnings("no usable candidate") >= 1);
+    assert_eq!(r.tree[1].details["origin"], "kept");
+}
+
+#[test]
+fn retrieval_picks_similar_examples() {
+    let mut host = Scripted::plain();
+    let mut qs = queries(3);
+    qs[0].text = "Write code for me?".to_string();
+    run(&mut host, &options(r#"{"depth": 1}"#), &qs, &examples()).unwrap();
+    let Prompt::Raw(text) = &host.base_prompts[0] else {
+        panic!("raw expected")
+    };
+    // The two "code" examples, in pool order (equal similarity).
+    assert!(text.contains("# Query:\nHow do I write code?\n\n#Answer:"));
+    assert!(text.contains("#Query:\nDebug my code.\n\n#Answer:"));
+    assert!(!text.contains("rivers"));
+    assert!(text.ends_with("# Query:\nWrite code for me?\n\n# Answer:\n<START>"));
+}
+
+#[test]
+fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
+    let mut host = Scripted::plain();
+    host.embed = Err(LlmError::Unavailable("no embedder".into()));
+    let mut qs = queries(5);
+    qs[0].text = "Write code for me?".to_string();
+    run(&mut host, &options(r#"{"depth": 3}"#), &qs, &examples()).unwrap();
+    assert_eq!(host.embed_calls, 1);
+    assert_eq!(host.warnings("no embeddings"), 1);
+    let Prompt::Raw(text) = &host.base_prompts[0] else {
+        panic!("raw expected")
+    };
+    assert!(text.contains("How do I write code?") && text.contains("Tell me about rivers."));
+    assert!(!text.contains("Debug my code."));
+
+    // ret_icl off: no embedding call at all, same fixed pair.
+    let mut host = Scripted::plain();
+    run(
+        &mut host,
+        &options(r#"{"depth": 1, "ret_icl": false}"#),
+        &qs,
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(host.embed_calls, 0);
+}
+
+#[test]
+fn chat_base_models_get_system_and_user_messages() {
+    let mut host = Scripted::plain();
+    run(
+        &mut host,
+        &options(r#"{"depth": 1, "base_chat": true}"#),
+        &queries(2),
+        &examples(),
+    )
+    .unwrap();
+    let Prompt::Chat(messages) = &host.base_prompts[0] else {
+        panic!("chat expected")
+    };
+    assert_eq!(messages.len(), 2);
+    assert!(
+        messages[0]
+            .content
+            .starts_with("# instructions\n\nYou are a helpful assistant.")
+    );
+    assert!(messages[1].content.starts_with("# Query:\n"));
+}
+
+#[test]
+fn nodes_are_reported_with_their_details() {
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 2}"#),
+        &queries(5),
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(host.nodes.len(), 4);
+    let root = &host.nodes[0];
+    assert_eq!((root.id, root.parent, root.depth), (0, None, 0));
+    let d: Value = serde_json::from_str(&root.details).unwrap();
+    assert_eq!(d["query"], "query number 0?");
+    assert_eq!(d["aspects"].as_array().unwrap().len(), 3);
+    assert_eq!(d["aspects"][0]["rationale"], "Helpfulness is fine");
+    assert_eq!(d["metrics_reasoning"], "these matter");
+    assert_eq!(d["origin"], "initial");
+    assert!(d["answer"].as_str().unwrap().ends_with("query number 0?"));
+    let child: Value = serde_json::from_str(&host.nodes[1].details).unwrap();
+    assert_eq!(child["origin"], "optimized");
+    assert_eq!(child["path_score"], 3.0);
+    assert_eq!(host.nodes[1].parent, Some(0));
+    assert_eq!(host.nodes[1].prompt, "prompt-1");
+
+    let outcome = r.to_outcome();
+    let details: Value = serde_json::from_str(&outcome.details).unwrap();
+    assert_eq!(details["tree"].as_array().unwrap().len(), 4);
+    assert_eq!(details["new_metrics_cache"].as_object().unwrap().len(), 2);
+    assert_eq!(details["trace"].as_array().unwrap().len(), 2);
+    assert_eq!(details["stats"]["requests"]["base"], 4);
+    assert_eq!(outcome.best_path, r.best_path);
+}
+
+#[test]
+fn failed_base_answers_score_zero_without_a_judge_call() {
+    struct FailingBase(Scripted);
+    impl Host for FailingBase {
+        fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+            let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
+            let mut out = self.0.complete(batch);
+            for (r, role) in out.iter_mut().zip(roles) {
+                if role == Role::Base {
+                    *r = Err(LlmError::Unavailable("down".into()));
+                }
+            }
+            out
+        }
+        fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+            self.0.embed(texts)
+        }
+        fn record_node(&mut self, node: Node) {
+            self.0.record_node(node)
+        }
+        fn log(&mut self, level: LogLevel, message: String) {
+            self.0.log(level, message)
+        }
+    }
+    let mut host = FailingBase(Scripted::plain());
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(5), &[]).unwrap();
+    assert_eq!(host.0.requests(Role::Judge), 0);
+    assert!(r.tree.iter().all(|n| n.reward == 0.0));
+    assert!(
+        r.tree[0].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("base model failed")
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let mut host = Scripted::plain();
+    assert!(run(&mut host, &options("{}"), &[], &[]).is_err());
+    let mut bad = options("{}");
+    bad.k = 0;
+    assert!(
+        run(&mut host, &bad, &queries(3), &[])
+            .unwrap_err()
+            .contains("k must")
+    );
+}
