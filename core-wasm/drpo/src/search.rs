@@ -29,7 +29,7 @@ use crate::types::{
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Requests and calls made during a search, per role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -193,7 +193,7 @@ struct Search<'a, H: Host> {
     options: &'a Options,
     queries: &'a [Query],
     examples: &'a [Example],
-    metrics: HashMap<String, Metrics>,
+    metrics: BTreeMap<String, Metrics>,
     new_cache: BTreeMap<String, Value>,
     retrieval: Retrieval,
     tree: Vec<TreeNode>,
@@ -224,7 +224,7 @@ pub fn run<H: Host>(
         options,
         queries: &queries[..used],
         examples,
-        metrics: HashMap::new(),
+        metrics: BTreeMap::new(),
         new_cache: BTreeMap::new(),
         retrieval: Retrieval::Fixed,
         tree: Vec::new(),
