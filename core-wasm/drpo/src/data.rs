@@ -11,6 +11,13 @@ use crate::types::{Example, Query};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+/// The demo training queries shipped with the project (`data/demo_queries.jsonl`, written for
+/// it): knowledge, advice, writing, coding, reasoning, and harmful requests to refuse.
+pub const DEMO_QUERIES_JSONL: &str = include_str!("../data/demo_queries.jsonl");
+
+/// The demo in-context examples (`data/demo_examples.json`, written for the project).
+pub const DEMO_EXAMPLES_JSON: &str = include_str!("../data/demo_examples.json");
+
 /// A small deterministic generator: SplitMix64 (Steele, Lea and Flood, 2014), the seeding
 /// generator of the xoshiro family. One 64-bit state, a Weyl increment and a 64-bit mix; its
 /// output passes BigCrush, and it is trivial to reimplement in any language, which keeps a
@@ -437,6 +444,31 @@ mod tests {
         assert_eq!(m[0].tags, ["harmful"]);
         assert!(parse_alpaca(r#"[{"query": "x"}]"#).is_err());
         assert!(parse_lima("{}").is_err());
+    }
+
+    #[test]
+    fn demo_data_is_complete() {
+        let queries = parse_queries_jsonl(DEMO_QUERIES_JSONL).unwrap();
+        assert!(queries.len() >= 60);
+        for tag in [
+            "knowledge",
+            "advice",
+            "writing",
+            "coding",
+            "reasoning",
+            "harmful",
+        ] {
+            let n = queries
+                .iter()
+                .filter(|q| q.tags.iter().any(|t| t == tag))
+                .count();
+            assert!(n >= 8, "{tag}: {n}");
+        }
+        let examples = parse_examples(DEMO_EXAMPLES_JSON).unwrap();
+        assert!(examples.len() >= 8);
+        for e in &examples {
+            assert!(e.answer.starts_with("<START>\n") && e.answer.ends_with("\n<END>"));
+        }
     }
 
     #[test]

@@ -696,3 +696,23 @@ fn bad_inputs_are_errors() {
             .contains("k must")
     );
 }
+
+#[test]
+fn the_demo_data_runs_end_to_end() {
+    let queries = crate::data::parse_queries_jsonl(crate::data::DEMO_QUERIES_JSONL).unwrap();
+    let examples = crate::data::parse_examples(crate::data::DEMO_EXAMPLES_JSON).unwrap();
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 4, "k": 3}"#),
+        &queries,
+        &examples,
+    )
+    .unwrap();
+    assert_eq!(r.best_path.len(), 4);
+    assert!(r.best_prompt.as_deref().unwrap().starts_with("prompt-"));
+    assert_eq!(
+        r.tree[0].details["icl_examples"].as_array().unwrap().len(),
+        3
+    );
+}
