@@ -1,1 +1,18 @@
-//! In-process inference for drpo-host (filled by the local-inference work).
+//! In-process inference for drpo-host: Llama-family decoders (Mistral, Llama 2/3, SmolLM2) on
+//! burn, on CPU (`flex`, the default) or on CUDA (behind the `cuda` feature).
+//!
+//! - [`config`]: the hyper-parameters, from a Hugging Face `config.json` or a preset;
+//! - [`llama`]: the decoder itself, generic over the burn backend, with a device KV cache;
+//! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
+//!   with random weights;
+//! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
+
+pub mod config;
+pub mod device;
+mod error;
+pub mod hf;
+pub mod llama;
+
+pub use config::LlamaConfig;
+pub use device::DeviceSpec;
+pub use error::ModelError;

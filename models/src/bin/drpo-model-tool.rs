@@ -1,0 +1,435 @@
+//! `drpo-model-tool`: writes random-weight models, measures decoding speed, and checks that a
+//! device computes the same logits as the CPU.
+//!
+//! ```text
+//! drpo-model-tool random-model --config mistral-7b|tiny-llama|tiny-mistral|PATH --out DIR [--seed S]
+//! drpo-model-tool bench  --config mistral-7b --device cuda [--batch 1,8,32] [--prompt-len 128] [--gen 128]
+//! drpo-model-tool parity --config tiny-mistral --device cuda
+//! ```
+//!
+//! `bench` and `parity` print human lines on stderr and one JSON object per result on stdout,
+//! for scripts to collect.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
+use clap::{Parser, Subcommand};
+use drpo_models::hf::{self, StoreDtype};
+use drpo_models::llama::{Llama, Logits};
+use drpo_models::{DeviceSpec, LlamaConfig};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Model utilities for drpo: random models, speed, device parity"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a Hugging Face model directory with random weights.
+    RandomModel {
+        /// A preset (mistral-7b, mistral-7b-v0.2, mistral-7b-v0.3, tiny-llama, tiny-mistral),
+        /// a config.json, or a model directory.
+        #[arg(long)]
+        config: String,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Storage type: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Largest shard, in MiB; bigger models are split with an index file.
+        #[arg(long, default_value_t = 2048)]
+        shard_mib: usize,
+    },
+    /// Measure prefill and greedy decode speed.
+    Bench {
+        /// Random weights of this config (preset, config.json or directory), made on the device.
+        #[arg(long, conflicts_with = "model")]
+        config: Option<String>,
+        /// A model directory to load instead.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batch: Vec<usize>,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// Tokens generated per sequence.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Seed of the weights and prompts.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Compare a device's logits and greedy tokens with the CPU's (f32) on one model.
+    Parity {
+        /// Random weights of this config, written to a temporary directory.
+        #[arg(long, conflicts_with = "model")]
+        config: Option<String>,
+        /// A model directory to load instead.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The device checked against the CPU.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Greedy tokens generated per prompt.
+        #[arg(long, default_value_t = 16)]
+        gen_tokens: usize,
+        /// Largest allowed |logit difference| relative to the largest |logit|.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f32,
+        /// Seed of the prompts (and of the random weights).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+/// Calls `$f::<B>(&device, args...)` for the backend and device that `$spec` names.
+macro_rules! with_backend {
+    ($spec:expr, $f:ident ( $($arg:expr),* $(,)? )) => {{
+        let spec: DeviceSpec = $spec;
+        spec.check_available()?;
+        match spec {
+            DeviceSpec::Cpu => {
+                let device = Default::default();
+                $f::<drpo_models::device::CpuBackend>(&device, $($arg),*)
+            }
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(index) => {
+                let device = burn::backend::cuda::CudaDevice::new(index);
+                $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
+        }
+    }};
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::RandomModel {
+            config,
+            out,
+            seed,
+            dtype,
+            shard_mib,
+        } => {
+            let config = LlamaConfig::resolve(&config)?;
+            let dtype = match dtype.as_str() {
+                "f32" => StoreDtype::F32,
+                "bf16" => StoreDtype::Bf16,
+                other => bail!("unknown --dtype {other:?}: use f32 or bf16"),
+            };
+            hf::write_random(&config, &out, seed, dtype, shard_mib << 20)?;
+            eprintln!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            config,
+            model,
+            device,
+            batch,
+            prompt_len,
+            gen_tokens,
+            seed,
+        } => {
+            let source = match (config, model) {
+                (Some(config), None) => Source::Random(LlamaConfig::resolve(&config)?),
+                (None, Some(dir)) => Source::Dir(dir),
+                _ => bail!("give --config (random weights) or --model DIR"),
+            };
+            if gen_tokens < 2 || prompt_len == 0 {
+                bail!("--gen-tokens must be at least 2 and --prompt-len at least 1");
+            }
+            let spec: DeviceSpec = device.parse()?;
+            let args = BenchArgs {
+                batch,
+                prompt_len,
+                gen_tokens,
+                seed,
+            };
+            with_backend!(spec, bench(source, &args, spec))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Parity {
+            config,
+            model,
+            device,
+            gen_tokens,
+            tolerance,
+            seed,
+        } => {
+            let temp;
+            let dir = match (config, model) {
+                (Some(config), None) => {
+                    let config = LlamaConfig::resolve(&config)?;
+                    temp = std::env::temp_dir()
+                        .join(format!("drpo-parity-{}-{seed}", std::process::id()));
+                    hf::write_random(&config, &temp, seed, StoreDtype::F32, usize::MAX)?;
+                    temp.clone()
+                }
+                (None, Some(dir)) => dir,
+                _ => bail!("give --config (random weights) or --model DIR"),
+            };
+            let spec: DeviceSpec = device.parse()?;
+            let ok = parity(&dir, spec, gen_tokens, tolerance, seed)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// Where a benchmark's weights come from.
+enum Source {
+    Random(LlamaConfig),
+    Dir(PathBuf),
+}
+
+struct BenchArgs {
+    batch: Vec<usize>,
+    prompt_len: usize,
+    gen_tokens: usize,
+    seed: u64,
+}
+
+fn bench<B: Backend>(
+    device: &B::Device,
+    source: Source,
+    args: &BenchArgs,
+    spec: DeviceSpec,
+) -> Result<()> {
+    let started = Instant::now();
+    let model = match source {
+        Source::Random(config) => Llama::<B>::random(config, device, args.seed),
+        Source::Dir(dir) => hf::load::<B>(&dir, device)?,
+    };
+    B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let load_s = started.elapsed().as_secs_f64();
+    eprintln!("model ready on {spec} in {load_s:.1} s");
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let vocab = model.config().vocab_size as u32;
+    for &batch in &args.batch {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|_| {
+                (0..args.prompt_len)
+                    .map(|_| rng.random_range(3..vocab))
+                    .collect()
+            })
+            .collect();
+        // The first pass compiles and autotunes kernels for these shapes; the second is timed.
+        let warm = Instant::now();
+        greedy(&model, &prompts, args.gen_tokens)?;
+        let warm_s = warm.elapsed().as_secs_f64();
+        let run = greedy(&model, &prompts, args.gen_tokens)?;
+        let prefill = (batch * args.prompt_len) as f64 / run.prefill_s;
+        let decode = (batch * (args.gen_tokens - 1)) as f64 / run.decode_s;
+        eprintln!(
+            "batch {batch:>3}: prefill {prefill:>9.1} tok/s, decode {decode:>8.1} tok/s \
+             ({:.2} ms/step), warm-up {warm_s:.1} s",
+            1000.0 * run.decode_s / (args.gen_tokens - 1) as f64
+        );
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": "bench", "device": spec.to_string(), "batch": batch,
+                "prompt_len": args.prompt_len, "gen_tokens": args.gen_tokens,
+                "prefill_tok_s": prefill, "decode_tok_s": decode,
+                "decode_ms_per_step": 1000.0 * run.decode_s / (args.gen_tokens - 1) as f64,
+                "warmup_s": warm_s, "load_s": load_s,
+                "peak_host_rss_mib": peak_rss_mib(),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// What a greedy run produced and how long its phases took.
+struct Greedy {
+    /// Generated tokens per row (the first comes from the prefill).
+    tokens: Vec<Vec<u32>>,
+    /// Last-position logits of the prefill, per row, in f32.
+    first_logits: Vec<Vec<f32>>,
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+/// Greedy decoding of left-padded `prompts`; the argmax runs on the device and only the chosen
+/// ids come back to the host, once per step.
+fn greedy<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], gen_tokens: usize) -> Result<Greedy> {
+    let device = model.device();
+    let batch = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let ids: Vec<i32> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(0, longest - p.len()).chain(p.iter().map(|&t| t as i32)))
+        .collect();
+    let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device error: {e:?}"));
+    sync()?;
+    let started = Instant::now();
+    let mut cache = model.new_cache(&pads, longest + gen_tokens);
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, longest]), device);
+    let logits = model
+        .forward(input, &mut cache, Logits::Last)
+        .reshape([batch, model.config().vocab_size]);
+    let first_logits = logits
+        .clone()
+        .cast(FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    let mut next = logits.argmax(1);
+    let mut tokens = vec![Vec::with_capacity(gen_tokens); batch];
+    push_tokens(&mut tokens, next.clone())?;
+    let prefill_s = started.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    for _ in 1..gen_tokens {
+        let logits = model
+            .forward(next, &mut cache, Logits::Last)
+            .reshape([batch, model.config().vocab_size]);
+        next = logits.argmax(1);
+        push_tokens(&mut tokens, next.clone())?;
+    }
+    let decode_s = decode_start.elapsed().as_secs_f64();
+    Ok(Greedy {
+        tokens,
+        first_logits: first_logits
+            .chunks(model.config().vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect(),
+        prefill_s,
+        decode_s,
+    })
+}
+
+/// Reads the `[batch, 1]` chosen ids back and appends them to each row.
+fn push_tokens<B: Backend>(tokens: &mut [Vec<u32>], next: Tensor<B, 2, Int>) -> Result<()> {
+    let ids = next.into_data();
+    for (row, id) in tokens.iter_mut().zip(ids.iter::<i64>()) {
+        row.push(id as u32);
+    }
+    Ok(())
+}
+
+fn parity(
+    dir: &std::path::Path,
+    spec: DeviceSpec,
+    gen_tokens: usize,
+    tolerance: f32,
+    seed: u64,
+) -> Result<bool> {
+    let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    // Different lengths exercise the left padding; lengths past a sliding window exercise it.
+    let window = config.sliding_window.unwrap_or(8);
+    let lengths = [3, window + 5, 2 * window + 3, 7];
+    let prompts: Vec<Vec<u32>> = lengths
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|_| rng.random_range(3..config.vocab_size as u32))
+                .collect()
+        })
+        .collect();
+
+    eprintln!("reference: cpu (f32)");
+    let reference = run_greedy_on(DeviceSpec::Cpu, dir, &prompts, gen_tokens)?;
+    eprintln!("checked: {spec}");
+    let checked = run_greedy_on(spec, dir, &prompts, gen_tokens)?;
+
+    let scale = reference
+        .first_logits
+        .iter()
+        .flatten()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let max_diff = reference
+        .first_logits
+        .iter()
+        .flatten()
+        .zip(checked.first_logits.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let relative = max_diff / scale.max(1e-6);
+    let tokens_equal = reference.tokens == checked.tokens;
+    let ok = relative <= tolerance && tokens_equal && max_diff.is_finite();
+    for (n, (a, b)) in reference.tokens.iter().zip(&checked.tokens).enumerate() {
+        if a != b {
+            eprintln!("prompt {n}: cpu {a:?}\n          {spec} {b:?}");
+        }
+    }
+    eprintln!(
+        "parity {}: max |logit diff| {max_diff:.4} (max |logit| {scale:.2}, relative {relative:.4}, \
+         tolerance {tolerance}), greedy tokens {}",
+        if ok { "PASS" } else { "FAIL" },
+        if tokens_equal { "equal" } else { "DIFFER" }
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "kind": "parity", "device": spec.to_string(), "ok": ok,
+            "max_abs_diff": max_diff, "max_abs_logit": scale, "relative": relative,
+            "tolerance": tolerance, "tokens_equal": tokens_equal,
+            "prompt_lengths": lengths, "gen_tokens": gen_tokens,
+        })
+    );
+    Ok(ok)
+}
+
+fn run_greedy_on(
+    spec: DeviceSpec,
+    dir: &std::path::Path,
+    prompts: &[Vec<u32>],
+    gen_tokens: usize,
+) -> Result<Greedy> {
+    fn go<B: Backend>(
+        device: &B::Device,
+        dir: &std::path::Path,
+        prompts: &[Vec<u32>],
+        gen_tokens: usize,
+    ) -> Result<Greedy> {
+        let model =
+            hf::load::<B>(dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        greedy(&model, prompts, gen_tokens)
+    }
+    with_backend!(spec, go(dir, prompts, gen_tokens))
+}
+
+/// Peak resident memory of this process, from the kernel (Linux only; 0 elsewhere).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}

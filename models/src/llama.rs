@@ -1,0 +1,440 @@
+//! The Llama-family decoder, generic over the burn backend.
+//!
+//! One block is `x + attn(rms_norm(x))` then `x + mlp(rms_norm(x))`, with:
+//! - RoPE in Hugging Face's layout (`rotate_half`: the two halves of each head are the pairs),
+//!   base frequency `rope_theta`;
+//! - grouped-query attention: each key/value head serves `heads / kv_heads` query heads. The
+//!   query heads of one group are folded into the query-length axis, so one batched matmul
+//!   covers a group and the KV cache is never repeated in memory;
+//! - Mistral's sliding window: a query attends to the keys at most `sliding_window - 1`
+//!   positions behind it (Hugging Face's convention);
+//! - a SwiGLU MLP: `down(silu(gate(x)) * up(x))`;
+//! - an output head that is either its own matrix or the embedding's (tied).
+//!
+//! Weights are stored `[in, out]` so that a projection is `x @ w`; the query/key/value and the
+//! gate/up projections are fused into one matrix each (fewer, larger kernels per token).
+//!
+//! Batches are left-padded: row `b` of a batch starts at slot `pad[b]` of the KV cache, its
+//! position ids start at 0 there, and the padding slots are masked out of every attention.
+//! RMSNorm statistics and the attention softmax run in `f32` whatever the storage type, as
+//! `transformers` does, so bf16 models stay close to their f32 reference.
+
+use burn::tensor::{
+    DType, Distribution, Element, FloatDType, Int, Tensor, TensorData, activation, backend::Backend,
+};
+
+use crate::config::LlamaConfig;
+
+/// Additive mask value: large enough to zero a probability, finite so that no NaN can appear.
+const MASKED: f32 = -1.0e9;
+
+/// One decoder block's weights.
+#[derive(Debug, Clone)]
+pub struct Block<B: Backend> {
+    /// RMSNorm weight before attention, `[hidden]`.
+    pub attn_norm: Tensor<B, 1>,
+    /// Fused query, key and value projection, `[hidden, (heads + 2 * kv_heads) * head_dim]`.
+    pub wqkv: Tensor<B, 2>,
+    /// Output projection, `[heads * head_dim, hidden]`.
+    pub wo: Tensor<B, 2>,
+    /// RMSNorm weight before the MLP, `[hidden]`.
+    pub mlp_norm: Tensor<B, 1>,
+    /// Fused gate and up projection, `[hidden, 2 * intermediate]` (gate first).
+    pub w_gate_up: Tensor<B, 2>,
+    /// Down projection, `[intermediate, hidden]`.
+    pub w_down: Tensor<B, 2>,
+}
+
+/// All weights of a decoder, already on the device.
+#[derive(Debug, Clone)]
+pub struct Weights<B: Backend> {
+    /// Token embedding, `[vocab, hidden]`.
+    pub embed: Tensor<B, 2>,
+    /// The decoder blocks, in order.
+    pub blocks: Vec<Block<B>>,
+    /// Final RMSNorm weight, `[hidden]`.
+    pub norm: Tensor<B, 1>,
+    /// Output head, `[hidden, vocab]` (a transposed copy of `embed` when tied).
+    pub lm_head: Tensor<B, 2>,
+}
+
+/// A Llama-family decoder on one device.
+#[derive(Debug, Clone)]
+pub struct Llama<B: Backend> {
+    config: LlamaConfig,
+    weights: Weights<B>,
+    /// RoPE tables, `[positions, head_dim]`, in the storage type (as `transformers` casts them).
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    device: B::Device,
+}
+
+/// The per-layer key/value cache of one batch, on the device.
+///
+/// Slots `0..len` are filled; each layer holds `[batch, kv_heads, capacity, head_dim]` and is
+/// written in place, so a decode step costs no copy of the past.
+#[derive(Debug)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    pads: Vec<usize>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Number of filled slots (padding included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of slots allocated.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Left padding of each row.
+    pub fn pads(&self) -> &[usize] {
+        &self.pads
+    }
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position of each row (generation).
+    Last,
+    /// Every position (tests against a reference implementation).
+    All,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds a decoder from weights already on `device`.
+    pub fn new(config: LlamaConfig, weights: Weights<B>, device: &B::Device) -> Self {
+        let (cos, sin) = rope_tables::<B>(&config, device);
+        Self {
+            config,
+            weights,
+            cos,
+            sin,
+            device: device.clone(),
+        }
+    }
+
+    /// A decoder with random weights of the configured shapes, made directly on the device
+    /// (for speed measurements with true shapes: no file is written or read).
+    ///
+    /// Projections are drawn with standard deviation `1/sqrt(fan_in)` so activations stay of
+    /// order one through the depth of the model.
+    pub fn random(config: LlamaConfig, device: &B::Device, seed: u64) -> Self {
+        B::seed(device, seed);
+        let c = &config;
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
+        let linear = |fan_in: usize, fan_out: usize| {
+            let std = 1.0 / (fan_in as f64).sqrt();
+            Tensor::<B, 2>::random([fan_in, fan_out], Distribution::Normal(0.0, std), device)
+        };
+        let blocks = (0..c.num_hidden_layers)
+            .map(|_| Block {
+                attn_norm: Tensor::ones([d], device),
+                wqkv: linear(d, (h + 2 * kv) * hd),
+                wo: linear(h * hd, d),
+                mlp_norm: Tensor::ones([d], device),
+                w_gate_up: linear(d, 2 * i),
+                w_down: linear(i, d),
+            })
+            .collect();
+        let embed = Tensor::random([c.vocab_size, d], Distribution::Normal(0.0, 1.0), device);
+        let weights = Weights {
+            lm_head: linear(d, c.vocab_size),
+            embed,
+            blocks,
+            norm: Tensor::ones([d], device),
+        };
+        Self::new(config, weights, device)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// An empty cache for `pads.len()` rows and up to `capacity` slots; `pads[b]` is the number
+    /// of padding tokens at the left of row `b`'s prompt.
+    pub fn new_cache(&self, pads: &[usize], capacity: usize) -> KvCache<B> {
+        let c = &self.config;
+        let shape = [pads.len(), c.kv_heads(), capacity, c.head_dim()];
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| {
+                (
+                    Tensor::zeros(shape, &self.device),
+                    Tensor::zeros(shape, &self.device),
+                )
+            })
+            .collect();
+        KvCache {
+            layers,
+            pads: pads.to_vec(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Runs `tokens` (`[batch, len]`, appended after what `cache` holds) through the model and
+    /// returns logits `[batch, 1 or len, vocab]` in the storage type.
+    ///
+    /// # Panics
+    /// If the cache would overflow its capacity or the RoPE table: callers size both from the
+    /// request (prompt plus `max_tokens`), so this is a programming error, not a user error.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        logits: Logits,
+    ) -> Tensor<B, 3> {
+        let [batch, len] = tokens.dims();
+        let start = cache.len;
+        let end = start + len;
+        assert!(
+            end <= cache.capacity,
+            "KV cache overflow: {end} slots needed, {} allocated",
+            cache.capacity
+        );
+        assert_eq!(
+            batch,
+            cache.pads.len(),
+            "batch size differs from the cache's"
+        );
+
+        let (cos, sin) = self.rope_for(&cache.pads, start, len);
+        let window = self.attention_window(&cache.pads, start, len);
+
+        let mut x = burn::tensor::module::embedding(self.weights.embed.clone(), tokens);
+        for (block, (k_cache, v_cache)) in self.weights.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = rms_norm(x.clone(), &block.attn_norm, self.config.rms_norm_eps);
+            let h = self.attention(h, block, k_cache, v_cache, &cos, &sin, &window, start);
+            x = x + h;
+            let h = rms_norm(x.clone(), &block.mlp_norm, self.config.rms_norm_eps);
+            x = x + mlp(h, block);
+        }
+        cache.len = end;
+
+        let x = match logits {
+            Logits::Last => x.slice([0..batch, len - 1..len]),
+            Logits::All => x,
+        };
+        let x = rms_norm(x, &self.weights.norm, self.config.rms_norm_eps);
+        let [b, t, d] = x.dims();
+        x.reshape([b * t, d])
+            .matmul(self.weights.lm_head.clone())
+            .reshape([b, t, self.config.vocab_size])
+    }
+
+    /// RoPE cosines and sines for the new slots, `[batch, len, 1, head_dim]`.
+    fn rope_for(&self, pads: &[usize], start: usize, len: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let positions: Vec<i32> = pads
+            .iter()
+            .flat_map(|&pad| (start..start + len).map(move |slot| slot.saturating_sub(pad) as i32))
+            .collect();
+        let table_len = self.cos.dims()[0];
+        assert!(
+            positions.iter().all(|&p| (p as usize) < table_len),
+            "position beyond the RoPE table ({table_len} positions)"
+        );
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(positions, [pads.len() * len]),
+            &self.device,
+        );
+        let hd = self.config.head_dim();
+        let shape = [pads.len(), len, 1, hd];
+        (
+            self.cos.clone().select(0, ids.clone()).reshape(shape),
+            self.sin.clone().select(0, ids).reshape(shape),
+        )
+    }
+
+    /// Which cached slots the new queries may see: a slot range and, when some of it must be
+    /// hidden from some queries, an additive mask `[batch, 1, 1, len, keys]` in f32.
+    fn attention_window(&self, pads: &[usize], start: usize, len: usize) -> Window<B> {
+        let end = start + len;
+        // Keys older than the window of the first new query are never seen: skip them.
+        let first = match self.config.sliding_window {
+            Some(w) => (start + 1).saturating_sub(w),
+            None => 0,
+        };
+        let keys = end - first;
+        let visible = |b: usize, q: usize, k: usize| {
+            // A padding query sees itself only, which keeps its row finite (never all-masked).
+            k == q
+                || (k <= q && k >= pads[b] && self.config.sliding_window.is_none_or(|w| q - k < w))
+        };
+        let needs_mask =
+            (0..pads.len()).any(|b| (start..end).any(|q| (first..end).any(|k| !visible(b, q, k))));
+        let mask = needs_mask.then(|| {
+            let mut values = Vec::with_capacity(pads.len() * len * keys);
+            for b in 0..pads.len() {
+                for q in start..end {
+                    values
+                        .extend((first..end).map(|k| if visible(b, q, k) { 0.0 } else { MASKED }));
+                }
+            }
+            Tensor::<B, 5>::from_data(
+                TensorData::new(values, [pads.len(), 1, 1, len, keys]),
+                (&self.device, DType::F32),
+            )
+        });
+        Window { first, mask }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        x: Tensor<B, 3>,
+        block: &Block<B>,
+        k_cache: &mut Tensor<B, 4>,
+        v_cache: &mut Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        window: &Window<B>,
+        start: usize,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let [batch, len, d] = x.dims();
+        let (h, kv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let group = h / kv;
+        let end = start + len;
+
+        let qkv = x.reshape([batch * len, d]).matmul(block.wqkv.clone());
+        let split = |from: usize, heads: usize| {
+            qkv.clone()
+                .slice([0..batch * len, from * hd..(from + heads) * hd])
+                .reshape([batch, len, heads, hd])
+        };
+        let q = rope(split(0, h), cos, sin);
+        let k = rope(split(h, kv), cos, sin);
+        let v = split(h + kv, kv);
+
+        let k = k.swap_dims(1, 2);
+        let v = v.swap_dims(1, 2);
+        *k_cache = k_cache
+            .clone()
+            .slice_assign([0..batch, 0..kv, start..end, 0..hd], k);
+        *v_cache = v_cache
+            .clone()
+            .slice_assign([0..batch, 0..kv, start..end, 0..hd], v);
+        let keys = end - window.first;
+        let k = k_cache
+            .clone()
+            .slice([0..batch, 0..kv, window.first..end, 0..hd]);
+        let v = v_cache
+            .clone()
+            .slice([0..batch, 0..kv, window.first..end, 0..hd]);
+
+        // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
+        let q = q.swap_dims(1, 2).reshape([batch, kv, group * len, hd]);
+        let dtype = q.dtype();
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .cast(FloatDType::F32)
+            .mul_scalar(1.0 / (hd as f64).sqrt());
+        let scores =
+            match &window.mask {
+                Some(mask) => (scores.reshape([batch, kv, group, len, keys]) + mask.clone())
+                    .reshape([batch, kv, group * len, keys]),
+                None => scores,
+            };
+        let probs = activation::softmax(scores, 3).cast(dtype);
+        probs
+            .matmul(v)
+            .reshape([batch, h, len, hd])
+            .swap_dims(1, 2)
+            .reshape([batch * len, h * hd])
+            .matmul(block.wo.clone())
+            .reshape([batch, len, d])
+    }
+}
+
+/// The key slots a forward pass attends to, and the mask over them if any is needed.
+struct Window<B: Backend> {
+    first: usize,
+    mask: Option<Tensor<B, 5>>,
+}
+
+/// `x / rms(x) * weight`, the statistic in f32 (as `transformers` computes it).
+fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let x = x.cast(FloatDType::F32);
+    let inv_rms = x
+        .clone()
+        .square()
+        .mean_dim(2)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    (x * inv_rms).cast(dtype) * weight.clone().unsqueeze::<3>()
+}
+
+/// Rotary embedding in the `rotate_half` layout: `x * cos + rotate_half(x) * sin`.
+fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, t, h, hd] = x.dims();
+    let half = hd / 2;
+    let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..t, 0..h, half..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let gate_up = x.reshape([b * t, d]).matmul(block.w_gate_up.clone());
+    let inner = gate_up.dims()[1] / 2;
+    let gate = gate_up.clone().slice([0..b * t, 0..inner]);
+    let up = gate_up.slice([0..b * t, inner..2 * inner]);
+    (activation::silu(gate) * up)
+        .matmul(block.w_down.clone())
+        .reshape([b, t, d])
+}
+
+/// RoPE cosine and sine tables, computed as `transformers` does (f32 inverse frequencies,
+/// f32 products), then stored in the backend's float type.
+fn rope_tables<B: Backend>(
+    config: &LlamaConfig,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let hd = config.head_dim();
+    let positions = config.max_position_embeddings;
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions * hd);
+    let mut sin = Vec::with_capacity(positions * hd);
+    for p in 0..positions {
+        // `rotate_half` pairs dimension i with i + hd/2, so the frequencies repeat once.
+        for _ in 0..2 {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    let dtype = <B::FloatElem as Element>::dtype();
+    let table = |values: Vec<f32>| {
+        Tensor::<B, 2>::from_data(
+            TensorData::new(values, [positions, hd]).convert_dtype(dtype),
+            device,
+        )
+    };
+    (table(cos), table(sin))
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Prints the table of scripts/gpu-check.sh from the files it left in one directory.
+
+Reads parity.jsonl, ours.jsonl, hf.jsonl (JSON objects, one a line) and mem-ours.txt /
+mem-hf.txt (nvidia-smi samples of used MiB); missing or partial files show as "-".
+"""
+import json
+import os
+import sys
+
+BOUND_B1 = 3.35e12 / 14.5e9  # H100 bandwidth over Mistral-7B's bf16 bytes: tokens/s at batch 1
+GOAL_B1 = 140.0
+GOAL_B32 = 2000.0
+
+
+def lines(path):
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    except OSError:
+        pass
+    return rows
+
+
+def peak_mib(path):
+    try:
+        with open(path) as f:
+            values = [float(v) for v in f.read().split() if v.replace(".", "", 1).isdigit()]
+    except OSError:
+        return None
+    if not values:
+        return None
+    # The first sample is taken before the process allocates: report the growth over it.
+    return max(values) - values[0], max(values)
+
+
+def fmt(value, digits=1):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def main():
+    out = sys.argv[1]
+    parity = lines(os.path.join(out, "parity.jsonl"))
+    ours = {r["batch"]: r for r in lines(os.path.join(out, "ours.jsonl"))}
+    hf = {r["batch"]: r for r in lines(os.path.join(out, "hf.jsonl"))}
+
+    print("parity (cpu f32 vs device):")
+    if not parity:
+        print("  no result")
+    for r in parity:
+        print(f"  {r['device']}: {'PASS' if r['ok'] else 'FAIL'}  max|diff| {r['max_abs_diff']:.4f}"
+              f" (relative {r['relative']:.4f}, tolerance {r['tolerance']}), greedy tokens "
+              f"{'equal' if r['tokens_equal'] else 'DIFFER'}, prompt lengths {r['prompt_lengths']}")
+
+    batches = sorted(set(ours) | set(hf))
+    print()
+    print(f"{'':28}{'ours (burn-cuda)':>18}{'transformers':>16}{'ratio':>8}")
+
+    def row(label, key, batch):
+        a = ours.get(batch, {}).get(key)
+        b = hf.get(batch, {}).get(key)
+        ratio = a / b if a and b else None
+        print(f"{label:28}{fmt(a):>18}{fmt(b):>16}{fmt(ratio, 2):>8}")
+
+    for batch in batches:
+        row(f"decode tok/s, batch {batch}", "decode_tok_s", batch)
+    for batch in batches:
+        row(f"prefill tok/s, batch {batch}", "prefill_tok_s", batch)
+    mem_ours = peak_mib(os.path.join(out, "mem-ours.txt"))
+    mem_hf = peak_mib(os.path.join(out, "mem-hf.txt"))
+    torch_peak = max((r.get("peak_gpu_mib_reserved", 0) for r in hf.values()), default=None)
+    print(f"{'peak GPU MiB (nvidia-smi)':28}{fmt(mem_ours and mem_ours[0], 0):>18}"
+          f"{fmt(mem_hf and mem_hf[0], 0):>16}")
+    print(f"{'peak GPU MiB (torch reserved)':28}{'':>18}{fmt(torch_peak, 0):>16}")
+
+    print()
+    b1 = ours.get(1, {}).get("decode_tok_s")
+    b32 = ours.get(32, {}).get("decode_tok_s")
+    print(f"bandwidth bound at batch 1 (3.35 TB/s / 14.5 GB): {BOUND_B1:.0f} tok/s")
+    verdict = lambda ok: "MET" if ok else "NOT MET"
+    print(f"goal batch-1 decode >= {GOAL_B1:.0f} tok/s: {fmt(b1)} "
+          f"({fmt(b1 and 100 * b1 / BOUND_B1, 0)}% of bound) -> {verdict(b1 and b1 >= GOAL_B1)}")
+    print(f"goal batch-32 decode >= {GOAL_B32:.0f} tok/s: {fmt(b32)} -> "
+          f"{verdict(b32 and b32 >= GOAL_B32)}")
+    for batch in (1, 32):
+        a = ours.get(batch, {}).get("decode_tok_s")
+        b = hf.get(batch, {}).get("decode_tok_s")
+        print(f"faster than transformers at batch {batch}: "
+              f"{'-' if not (a and b) else verdict(a > b)}")
+
+
+if __name__ == "__main__":
+    main()
