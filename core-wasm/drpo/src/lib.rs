@@ -16,6 +16,8 @@
 //! - [`reward`]: the reward, the skip rule and the depth extension;
 //! - [`search`]: the beam search itself.
 
+#![warn(missing_docs)]
+
 pub mod aspects;
 pub mod data;
 pub mod icl;
