@@ -12,7 +12,8 @@
 # then one table with the goals. Each step is time-boxed and a failed step does not stop the
 # next; the whole run stays well under 8 minutes. Outputs also go to $OUT when it is set.
 #
-# Environment: DRPO_MODEL_TOOL (binary; default target-models/release/drpo-model-tool),
+# Environment: DRPO_MODEL_TOOL (binary; default target-models/gpu/drpo-model-tool, the stripped
+# copy that is carried, else target-models/release/drpo-model-tool),
 # DEVICE (default cuda:0; `cpu` runs the same steps on the CPU for a dry run, with
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (128), SKIP_HF=1 to skip step (c). CUBECL_DEBUG_LOG=stderr shows cubecl's kernel
@@ -24,13 +25,14 @@ OUT_DIR=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
 mkdir -p "$OUT_DIR"
 exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
 
-BIN=${DRPO_MODEL_TOOL:-target-models/release/drpo-model-tool}
+BIN=${DRPO_MODEL_TOOL:-target-models/gpu/drpo-model-tool}
+[ -x "$BIN" ] || BIN=target-models/release/drpo-model-tool
 DEVICE=${DEVICE:-cuda:0}
 CONFIG=${CONFIG:-mistral-7b}
 BATCHES=${BATCHES:-1,8,32}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN_TOKENS=${GEN_TOKENS:-128}
-PY=$(command -v python3 || command -v python || echo python3)
+PY=${PY:-$(command -v python3 || command -v python || echo python3)}
 START=$(date +%s)
 
 section() { echo; echo "=== $* (t+$(( $(date +%s) - START ))s)"; }
@@ -70,66 +72,33 @@ ls -l "$BIN" && "$BIN" --version || echo "binary $BIN is missing or does not run
 
 section "CUDA runtime for burn (NVRTC library and headers)"
 # cubecl compiles its kernels at run time with NVRTC: it needs libnvrtc (cudarc loads it by
-# name through LD_LIBRARY_PATH) and the CUDA headers under $CUDA_PATH/include (cuda_bf16.h,
-# cuda_fp16.h, mma.h, cuda_runtime.h, and the CCCL headers cuda/barrier, cuda/pipeline).
-# PyTorch's pip wheels ship both under site-packages/nvidia/*/{lib,include}; a system CUDA
-# toolkit is preferred when one is installed.
+# name through LD_LIBRARY_PATH) and the CUDA headers under $CUDA_PATH/include. A system CUDA
+# toolkit is preferred when one is installed; else scripts/cuda-env.py assembles both from
+# PyTorch's wheels.
 SHIM=$(mktemp -d "${TMPDIR:-/tmp}/drpo-cuda.XXXXXX")
 if [ -z "${CUDA_PATH:-}" ] && [ -f /usr/local/cuda/include/cuda_bf16.h ]; then
   export CUDA_PATH=/usr/local/cuda
   export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 fi
-"$PY" - "$SHIM" <<'PYEOF' >"$OUT_DIR/cuda-env.sh" || echo "could not look for the pip CUDA libraries"
-import glob, os, site, sys
-shim = sys.argv[1]
-roots = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
-libdirs, incdirs, nvrtc = [], [], None
-for root in roots:
-    libdirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib")))
-    incdirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
-    candidates = sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", "libnvrtc.so*")))
-    candidates += sorted(glob.glob(os.path.join(root, "torch", "lib", "libnvrtc*.so*")))
-    for path in candidates:
-        if "builtins" not in os.path.basename(path) and nvrtc is None:
-            nvrtc = path
-            libdirs.append(os.path.dirname(path))
-os.makedirs(os.path.join(shim, "include"), exist_ok=True)
-os.makedirs(os.path.join(shim, "lib"), exist_ok=True)
-# One include directory holding every package's headers, as a toolkit would have them.
-for inc in incdirs:
-    for name in os.listdir(inc):
-        link = os.path.join(shim, "include", name)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(inc, name), link)
-if nvrtc:
-    # cudarc tries `libnvrtc.so` first, whatever the CUDA major version of the wheel.
-    link = os.path.join(shim, "lib", "libnvrtc.so")
-    if not os.path.lexists(link):
-        os.symlink(nvrtc, link)
-print(f"# nvrtc: {nvrtc}")
-print(f"# include dirs: {incdirs}")
-path = ":".join([os.path.join(shim, "lib")] + list(dict.fromkeys(libdirs)))
-print(f'export LD_LIBRARY_PATH="{path}:${{LD_LIBRARY_PATH:-}}"')
-print(f'[ -n "${{CUDA_PATH:-}}" ] || export CUDA_PATH="{shim}"')
-PYEOF
+"$PY" scripts/cuda-env.py "$SHIM" >"$OUT_DIR/cuda-env.sh" || echo "could not look for the pip CUDA libraries"
 cat "$OUT_DIR/cuda-env.sh"
 # shellcheck disable=SC1091
 . "$OUT_DIR/cuda-env.sh"
 echo "CUDA_PATH=${CUDA_PATH:-unset}"
-for h in cuda_bf16.h cuda_fp16.h cuda_runtime.h mma.h cuda/barrier cuda/pipeline; do
+for h in cuda_bf16.h cuda_fp16.h cuda_runtime.h mma.h crt/mma.h cooperative_groups.h cuda/barrier cccl/cuda/barrier cuda/pipeline; do
   [ -e "${CUDA_PATH:-/nonexistent}/include/$h" ] && echo "found include/$h" || echo "MISSING include/$h"
 done
 
 section "(a) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
 for model in tiny-mistral tiny-llama; do
-  timeout -k 5 90 "$BIN" parity --config "$model" --device "$DEVICE" >>"$OUT_DIR/parity.jsonl" \
+  timeout -k 5 50 "$BIN" parity --config "$model" --device "$DEVICE" >>"$OUT_DIR/parity.jsonl" \
     || echo "parity on $model: FAILED (exit $?)"
 done
 
 section "(b) ours: $CONFIG random weights on $DEVICE"
 start_sampling "$OUT_DIR/mem-ours.txt"
-timeout -k 5 210 "$BIN" bench --config "$CONFIG" --device "$DEVICE" --batch "$BATCHES" \
+timeout -k 5 180 "$BIN" bench --config "$CONFIG" --device "$DEVICE" --batch "$BATCHES" \
   --prompt-len "$PROMPT_LEN" --gen-tokens "$GEN_TOKENS" >"$OUT_DIR/ours.jsonl" \
   || echo "bench: FAILED (exit $?)"
 stop_sampling
@@ -140,7 +109,7 @@ if [ "${SKIP_HF:-0}" = 1 ] || [ "${DEVICE%%:*}" != cuda ]; then
   : >"$OUT_DIR/hf.jsonl"
 else
   start_sampling "$OUT_DIR/mem-hf.txt"
-  timeout -k 5 150 "$PY" scripts/hf-bench.py --batch "$BATCHES" --prompt-len "$PROMPT_LEN" \
+  timeout -k 5 120 "$PY" scripts/hf-bench.py --batch "$BATCHES" --prompt-len "$PROMPT_LEN" \
     --gen-tokens "$GEN_TOKENS" >"$OUT_DIR/hf.jsonl" || echo "transformers: FAILED (exit $?)"
   stop_sampling
 fi

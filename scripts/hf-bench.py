@@ -25,6 +25,8 @@ def main() -> int:
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager)")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
+    parser.add_argument("--tiny", action="store_true", help="small shapes, for a dry run")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -41,20 +43,26 @@ def main() -> int:
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
     )
+    if args.tiny:
+        config.hidden_size, config.intermediate_size, config.num_hidden_layers = 128, 256, 2
+        config.num_attention_heads, config.num_key_value_heads = 8, 2
+        config.head_dim = 16
     config._attn_implementation = args.attn
+    cuda = args.device.startswith("cuda")
     started = time.perf_counter()
     # Initialising on the GPU in bf16 takes seconds; on the CPU in f32 it would take minutes.
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with torch.device(args.device):
         model = MistralForCausalLM(config)
     model.eval()
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     load_s = time.perf_counter() - started
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, "
           f"model ready in {load_s:.1f} s", file=sys.stderr)
 
     for batch in [int(b) for b in args.batch.split(",")]:
-        ids = torch.randint(3, config.vocab_size, (batch, args.prompt_len), device="cuda")
+        ids = torch.randint(3, config.vocab_size, (batch, args.prompt_len), device=args.device)
         mask = torch.ones_like(ids)
         generate = dict(
             attention_mask=mask,
@@ -63,21 +71,22 @@ def main() -> int:
             max_new_tokens=args.gen_tokens,
             min_new_tokens=args.gen_tokens,
         )
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             warm = time.perf_counter()
             model.generate(ids, **{**generate, "max_new_tokens": 8, "min_new_tokens": 8})
-            torch.cuda.synchronize()
+            sync()
             warm_s = time.perf_counter() - warm
 
             t0 = time.perf_counter()
             model(ids, attention_mask=mask, use_cache=True)
-            torch.cuda.synchronize()
+            sync()
             prefill_s = time.perf_counter() - t0
 
             t0 = time.perf_counter()
             out = model.generate(ids, **generate)
-            torch.cuda.synchronize()
+            sync()
             total_s = time.perf_counter() - t0
         new = out.shape[1] - args.prompt_len
         decode_s = max(total_s - prefill_s, 1e-9)
@@ -92,9 +101,10 @@ def main() -> int:
             "decode_ms_per_step": 1000 * decode_s / max(new - 1, 1),
             "warmup_s": warm_s,
             "load_s": load_s,
-            "peak_gpu_mib_allocated": torch.cuda.max_memory_allocated() / 2**20,
-            "peak_gpu_mib_reserved": torch.cuda.max_memory_reserved() / 2**20,
         }
+        if cuda:
+            result["peak_gpu_mib_allocated"] = torch.cuda.max_memory_allocated() / 2**20
+            result["peak_gpu_mib_reserved"] = torch.cuda.max_memory_reserved() / 2**20
         print(f"batch {batch:>3}: prefill {result['prefill_tok_s']:9.1f} tok/s, decode "
               f"{result['decode_tok_s']:8.1f} tok/s", file=sys.stderr)
         print(json.dumps(result), flush=True)

@@ -112,8 +112,20 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(index) => {
-                let device = burn::backend::cuda::CudaDevice::new(index);
-                $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
+                // cubecl reports a missing driver, NVRTC or header by panicking (on its own
+                // thread, then on ours): turn that into an error with the usual remedies.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let device = burn::backend::cuda::CudaDevice::new(index);
+                    $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the CUDA backend failed on cuda:{index} (its message is above). Check \
+                         that an NVIDIA driver is installed (nvidia-smi), that LD_LIBRARY_PATH \
+                         reaches libnvrtc, and that $CUDA_PATH/include holds the CUDA headers \
+                         (cuda_bf16.h); scripts/gpu-check.sh sets both from PyTorch's wheels"
+                    ))
+                })
             }
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
