@@ -172,7 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
         } => {
             let source = match (config, model) {
-                (Some(config), None) => Source::Random(LlamaConfig::resolve(&config)?),
+                (Some(config), None) => Source::Random(Box::new(LlamaConfig::resolve(&config)?)),
                 (None, Some(dir)) => Source::Dir(dir),
                 _ => bail!("give --config (random weights) or --model DIR"),
             };
@@ -222,7 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Where a benchmark's weights come from.
 enum Source {
-    Random(LlamaConfig),
+    Random(Box<LlamaConfig>),
     Dir(PathBuf),
 }
 
@@ -241,7 +241,7 @@ fn bench<B: Backend>(
 ) -> Result<()> {
     let started = Instant::now();
     let model = match source {
-        Source::Random(config) => Llama::<B>::random(config, device, args.seed),
+        Source::Random(config) => Llama::<B>::random(*config, device, args.seed),
         Source::Dir(dir) => hf::load::<B>(&dir, device)?,
     };
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
