@@ -1,0 +1,203 @@
+//! `testkit.wasm`: a strategy that is not DRPO, for testing the host.
+//!
+//! Its `mode` option picks the behaviour:
+//!
+//! | mode | what it does |
+//! |---|---|
+//! | `chain` (default) | `steps` rounds, each one batched `complete` of `width` judge requests whose prompt carries the previous round's answers; records a node per round; returns a summary |
+//! | `spin` | loops forever (fuel or deadline must stop it) |
+//! | `alloc` | allocates without bound (the memory limit must stop it) |
+//! | `wait` | one `complete` call (a slow provider makes it outlast the deadline) |
+//! | `panic` | panics with the message in `message` |
+//! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
+
+use serde_json::{Value, json};
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "strategy",
+});
+
+use drpo::strategy::host;
+use drpo::strategy::types::{LogLevel, Message, Node, Prompt, Request, Role, Sampling};
+
+struct Testkit;
+
+impl Guest for Testkit {
+    fn describe() -> Info {
+        Info {
+            name: "testkit".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Exercises the drpo-host runtime: call chains, limits and the sandbox."
+                .into(),
+            options_schema: json!({
+                "type": "object",
+                "properties": {
+                    "mode": {"type": "string", "default": "chain",
+                             "enum": ["chain", "spin", "alloc", "wait", "panic", "probe"]},
+                    "steps": {"type": "integer", "default": 3, "minimum": 0},
+                    "width": {"type": "integer", "default": 2, "minimum": 1},
+                    "message": {"type": "string", "default": "testkit was asked to panic"},
+                    "port": {"type": "integer", "default": 0},
+                    "seed": {"type": "integer", "default": 0}
+                }
+            })
+            .to_string(),
+        }
+    }
+
+    fn run(options: String) -> Result<Outcome, String> {
+        let options: Value =
+            serde_json::from_str(&options).map_err(|e| format!("options are not JSON: {e}"))?;
+        let number = |key: &str, default: u64| options[key].as_u64().unwrap_or(default);
+        match options["mode"].as_str().unwrap_or("chain") {
+            "chain" => chain(
+                number("steps", 3),
+                number("width", 2) as u32,
+                number("seed", 0),
+            ),
+            "spin" => spin(),
+            "alloc" => alloc(),
+            "wait" => {
+                let answers = host::complete(&[request("wait".into(), 0, 0)]);
+                Ok(summary(json!({"answers": format!("{answers:?}")})))
+            }
+            "panic" => panic!("{}", options["message"].as_str().unwrap_or("panic")),
+            "probe" => Ok(summary(probe(number("port", 0) as u16))),
+            other => Err(format!("unknown mode `{other}`")),
+        }
+    }
+}
+
+fn request(text: String, index: u32, seed: u64) -> Request {
+    Request {
+        role: if index % 2 == 0 {
+            Role::Judge
+        } else {
+            Role::Optimizer
+        },
+        prompt: Prompt::Chat(vec![Message {
+            role: "user".into(),
+            content: text,
+        }]),
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 64,
+            n: 1,
+            seed,
+            stop: vec![],
+        },
+        json_schema: None,
+    }
+}
+
+fn chain(steps: u64, width: u32, seed: u64) -> Result<Outcome, String> {
+    let queries = host::queries();
+    let mut previous = String::from("start");
+    let mut score = 0.0;
+    let mut path = vec![0];
+    host::record_node(&Node {
+        id: 0,
+        parent: None,
+        depth: 0,
+        prompt: previous.clone(),
+        reward: 0.0,
+        details: "{}".into(),
+    });
+    for step in 0..steps {
+        let query = queries
+            .get(step as usize % queries.len().max(1))
+            .map_or("no query", |q| q.text.as_str());
+        let batch: Vec<Request> = (0..width)
+            .map(|i| {
+                request(
+                    format!("step {step} item {i} after [{previous}] on {query}"),
+                    i,
+                    seed,
+                )
+            })
+            .collect();
+        let answers = host::complete(&batch);
+        let mut texts = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer {
+                Ok(completion) => texts.push(completion.choices.join("|")),
+                Err(error) => return Err(format!("step {step}: {error:?}")),
+            }
+        }
+        previous = texts.join(" + ");
+        score += previous.len() as f64;
+        let id = step as u32 + 1;
+        host::record_node(&Node {
+            id,
+            parent: Some(id - 1),
+            depth: id,
+            prompt: previous.clone(),
+            reward: previous.len() as f64,
+            details: json!({"step": step}).to_string(),
+        });
+        path.push(id);
+        host::log(LogLevel::Info, &format!("step {step} done"));
+    }
+    Ok(Outcome {
+        best_prompt: Some(previous),
+        best_score: Some(score),
+        best_path: path,
+        details: json!({"steps": steps}).to_string(),
+    })
+}
+
+fn spin() -> Result<Outcome, String> {
+    let mut x: u64 = 1;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+fn alloc() -> Result<Outcome, String> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![1u8; 16 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+fn probe(port: u16) -> Value {
+    let file = std::fs::read_to_string("/etc/passwd").map(|s| s.len());
+    let root = std::fs::read_dir("/").map(|entries| entries.count());
+    let cwd = std::env::current_dir().map(|p| p.display().to_string());
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| "connected");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let started = std::time::Instant::now();
+    let elapsed_ns = started.elapsed().as_nanos() as u64;
+    let mut random = [0u8; 8];
+    let random_ok = getrandom::fill(&mut random).is_ok();
+    json!({
+        "file": format!("{file:?}"),
+        "file_readable": file.is_ok(),
+        "root_listable": root.is_ok(),
+        "cwd": format!("{cwd:?}"),
+        "env_vars": env,
+        "tcp": format!("{tcp:?}"),
+        "tcp_connected": tcp.is_ok(),
+        "wall_clock_ms": now,
+        "monotonic_step_ns": elapsed_ns,
+        "random": if random_ok { format!("{random:02x?}") } else { "unavailable".into() },
+    })
+}
+
+fn summary(details: Value) -> Outcome {
+    Outcome {
+        best_prompt: None,
+        best_score: None,
+        best_path: vec![],
+        details: details.to_string(),
+    }
+}
+
+export!(Testkit);

@@ -1,0 +1,565 @@
+//! The `drpo-host` command line.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::bindings::types::{Outcome, Role};
+use crate::bindings::{WIT_PACKAGE, WIT_VERSION};
+use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
+use crate::rundir::{RunDir, RunObserver, role_name, write_result};
+use crate::runlog::{
+    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, FORMAT_VERSION, Header,
+    LogContents, read_log,
+};
+use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
+use crate::services;
+
+/// Searches for better system prompts with DRPO (Dynamic Rewarding with Prompt Optimization).
+///
+/// The search runs as a sandboxed WebAssembly strategy plugin (e.g. beam.wasm); every model
+/// call it makes is recorded in the run directory's `run.log`, so any run can be replayed bit
+/// for bit (`replay`), finished after a crash (`resume`) and audited (`inspect`).
+#[derive(Debug, Parser)]
+#[command(name = "drpo-host", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a strategy plugin live, recording every call in LOG_DIR/run.log.
+    Run(Box<RunArgs>),
+    /// Run the plugin again against its run log, checking every request; nothing is sent to
+    /// any model.
+    Replay {
+        /// The run directory.
+        dir: PathBuf,
+        /// Replay with this plugin instead of the recorded one (its hash may differ: the
+        /// replay then shows whether it behaves the same).
+        #[arg(long)]
+        strategy: Option<PathBuf>,
+    },
+    /// Finish an interrupted run: replay its log, then continue live, appending.
+    Resume {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// Summarise a run: its header, calls and tokens per role, and the outcome.
+    Inspect {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// Show a strategy's name, version, description and options schema.
+    Describe {
+        /// The strategy plugin (`.wasm` component).
+        strategy: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The strategy plugin (`.wasm` component), e.g. target/plugins/beam.wasm.
+    #[arg(long)]
+    pub strategy: PathBuf,
+    /// Directory for the run's outputs; created if missing, must not hold a run already.
+    #[arg(long)]
+    pub log_dir: PathBuf,
+    /// TOML file with the same keys as the flags (snake_case) and an [options] table; flags win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub search: SearchFlags,
+    #[command(flatten)]
+    pub models: ModelFlags,
+    #[command(flatten)]
+    pub host: HostFlags,
+    /// A strategy option as KEY=VALUE (VALUE is JSON, or else a string); repeatable.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Do not echo the plugin's log lines on the terminal.
+    #[arg(long, alias = "disable-tqdm")]
+    pub quiet: bool,
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(*args).await,
+        Command::Replay { dir, strategy } => replay(&dir, strategy.as_deref()).await,
+        Command::Resume { dir } => resume(&dir).await,
+        Command::Inspect { dir } => inspect(&dir),
+        Command::Describe { strategy } => describe(&strategy).await,
+    }
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    Runtime::new(Runtime::default_cache_dir())
+}
+
+async fn describe(strategy: &Path) -> anyhow::Result<()> {
+    let runtime = runtime()?;
+    let plugin = runtime.load(strategy)?;
+    let info = runtime.describe(&plugin, Limits::default()).await.result?;
+    println!("{} {} ({})", info.name, info.version, plugin.wit_package());
+    println!("sha256 {}\n", plugin.sha256());
+    println!("{}\n", info.description);
+    let schema: serde_json::Value = serde_json::from_str(&info.options_schema)
+        .with_context(|| format!("the options schema of {} is not JSON", strategy.display()))?;
+    println!("options schema:\n{}", serde_json::to_string_pretty(&schema)?);
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let runtime = runtime()?;
+    let plugin = runtime.load(&args.strategy)?;
+    let info = runtime.describe(&plugin, Limits::default()).await.result?;
+    let config = ConfigInputs {
+        strategy: &args.strategy,
+        config_file: args.config.as_deref(),
+        search: &args.search,
+        models: &args.models,
+        host: &args.host,
+        extra_options: &args.options,
+    }
+    .resolve(&info.options_schema)?;
+
+    let dir = RunDir::new(&args.log_dir);
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
+    if dir.run_log().exists() {
+        bail!(
+            "{} already holds a run; finish it with `drpo-host resume {}`, or choose another --log-dir",
+            dir.root().display(),
+            dir.root().display()
+        );
+    }
+    let built = services::build(&config)?;
+    std::fs::write(dir.config(), serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("cannot write {}", dir.config().display()))?;
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        host_version: env!("CARGO_PKG_VERSION").into(),
+        wit_package: plugin.wit_package().into(),
+        plugin_sha256: plugin.sha256().into(),
+        plugin_name: info.name.clone(),
+        plugin_version: info.version.clone(),
+        options: config.options_json(),
+        seed: config.seed(),
+        models: built.models,
+        started_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let writer = crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
+    let observer = observer_for(&dir, &config, args.quiet)?;
+    eprintln!(
+        "running {} {} in {}",
+        info.name,
+        info.version,
+        dir.root().display()
+    );
+    let session = Session::live(built.services, writer).with_observer(Box::new(observer));
+    let finished = runtime
+        .run(&plugin, &header.options, header.seed, config.limits(), session)
+        .await;
+    let outcome = finish(&dir, finished, started)?;
+    print_outcome(&dir, &outcome);
+    Ok(())
+}
+
+fn observer_for(dir: &RunDir, config: &RunConfig, quiet: bool) -> anyhow::Result<RunObserver> {
+    let debug = config
+        .host
+        .logging_level
+        .as_deref()
+        .is_some_and(|level| !level.eq_ignore_ascii_case("INFO"));
+    RunObserver::open(dir, !quiet, debug)
+        .with_context(|| format!("cannot open {}", dir.human_log().display()))
+}
+
+/// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`.
+fn finish(dir: &RunDir, finished: Finished<Outcome>, started: Instant) -> anyhow::Result<Outcome> {
+    let Finished {
+        result,
+        mut session,
+        stdout,
+        stderr,
+        fuel_used,
+    } = finished;
+    let status = match &result {
+        Ok(outcome) => EndStatus::Finished(outcome.clone()),
+        Err(error) => EndStatus::Failed(error.to_string()),
+    };
+    if let Some(writer) = session.writer_mut() {
+        writer.append(&Entry::End(End {
+            status,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }))?;
+        writer.sync()?;
+    }
+    let mut observer = take_run_observer(&mut session);
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if !text.trim().is_empty() {
+            observer.line(&format!("[plugin {name}]\n{}", text.trim_end()));
+        }
+    }
+    observer.line(&format!(
+        "[end] {} calls replayed, {} live; fuel used {fuel_used}; {:.1}s",
+        session.replayed_calls(),
+        session.live_calls(),
+        started.elapsed().as_secs_f64()
+    ));
+    let outcome = result?;
+    write_result(dir, &outcome, observer.nodes())?;
+    Ok(outcome)
+}
+
+fn take_run_observer(session: &mut Session) -> RunObserver {
+    session
+        .take_observer()
+        .and_then(|observer| {
+            let any: Box<dyn Any> = observer;
+            any.downcast::<RunObserver>().ok()
+        })
+        .map_or_else(RunObserver::silent, |observer| *observer)
+}
+
+fn print_outcome(dir: &RunDir, outcome: &Outcome) {
+    if let Some(score) = outcome.best_score {
+        println!("best score: {score:.4}");
+    }
+    if let Some(prompt) = &outcome.best_prompt {
+        println!("best prompt:\n{prompt}");
+    }
+    println!("run directory: {}", dir.root().display());
+}
+
+/// The verified log of a run directory, its header, calls and end.
+struct RecordedRun {
+    header: Header,
+    calls: Vec<CallRecord>,
+    end: Option<End>,
+    contents: LogContents,
+}
+
+fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
+    let contents = read_log(&dir.run_log())?;
+    let mut header = None;
+    let mut calls = Vec::new();
+    let mut end = None;
+    for entry in &contents.entries {
+        match entry {
+            Entry::Header(h) => header = Some(h.clone()),
+            Entry::Call(call) => calls.push(call.clone()),
+            Entry::End(e) => end = Some(e.clone()),
+        }
+    }
+    let header = header.with_context(|| {
+        format!("{} holds no complete header frame", dir.run_log().display())
+    })?;
+    if header.format_version != FORMAT_VERSION {
+        bail!(
+            "{} was written in run-log format {}; this drpo-host reads format {FORMAT_VERSION}",
+            dir.run_log().display(),
+            header.format_version
+        );
+    }
+    Ok(RecordedRun {
+        header,
+        calls,
+        end,
+        contents,
+    })
+}
+
+/// Loads the plugin that recorded a run and checks it is the same file.
+fn load_recorded_plugin(
+    runtime: &Runtime,
+    dir: &RunDir,
+    header: &Header,
+    strategy: Option<&Path>,
+) -> anyhow::Result<Plugin> {
+    let path = match strategy {
+        Some(path) => path.to_owned(),
+        None => RunConfig::load(&dir.config())?.strategy,
+    };
+    let plugin = runtime.load(&path)?;
+    if plugin.sha256() != header.plugin_sha256 {
+        if strategy.is_none() {
+            bail!(
+                "{} has changed since the run was recorded (sha256 {} now, {} in the run log); \
+                 pass --strategy to replay with a different plugin on purpose",
+                path.display(),
+                short_hash(plugin.sha256()),
+                short_hash(&header.plugin_sha256)
+            );
+        }
+        eprintln!(
+            "note: {} is not the recorded plugin (sha256 {} vs {}); the replay shows whether it behaves the same",
+            path.display(),
+            short_hash(plugin.sha256()),
+            short_hash(&header.plugin_sha256)
+        );
+    }
+    Ok(plugin)
+}
+
+fn limits_of(dir: &RunDir) -> Limits {
+    RunConfig::load(&dir.config()).map_or_else(|_| Limits::default(), |config| config.limits())
+}
+
+async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
+    let dir = RunDir::new(dir);
+    let recorded = read_run(&dir)?;
+    if let Some(tail) = recorded.contents.torn_tail_bytes {
+        bail!(
+            "{}: frame {} (at byte {}) is incomplete ({tail} bytes): the run was killed while \
+             writing it, or the file was cut or altered; `drpo-host resume` can finish a killed run",
+            dir.run_log().display(),
+            recorded.contents.entries.len(),
+            recorded.contents.valid_len
+        );
+    }
+    let runtime = runtime()?;
+    let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, strategy)?;
+    let calls = recorded.calls.len();
+    let session = Session::replay(recorded.calls).with_observer(Box::new(RunObserver::silent()));
+    let finished = runtime
+        .run(
+            &plugin,
+            &recorded.header.options,
+            recorded.header.seed,
+            limits_of(&dir),
+            session,
+        )
+        .await;
+    let leftover = finished.session.unreplayed_calls();
+    match (&recorded.end, finished.result) {
+        (None, Err(error)) => bail!(
+            "the run was interrupted after call {calls} and cannot be replayed to its end ({error}); \
+             finish it with `drpo-host resume {}`",
+            dir.root().display()
+        ),
+        (_, Err(error)) => {
+            if let Some(End {
+                status: EndStatus::Failed(message),
+                ..
+            }) = &recorded.end
+                && leftover == 0
+            {
+                println!("replay reproduced the recorded failure after {calls} calls:\n{message}");
+                return Ok(());
+            }
+            Err(error).context("replay failed")
+        }
+        (end, Ok(outcome)) => {
+            if leftover > 0 {
+                bail!(
+                    "replay diverged: the plugin finished after {} calls, but the run log has {leftover} more",
+                    calls - leftover
+                );
+            }
+            match end {
+                Some(End {
+                    status: EndStatus::Finished(recorded_outcome),
+                    ..
+                }) if *recorded_outcome == outcome => {
+                    println!(
+                        "replay reproduced the run: {calls} calls matched, same outcome{}",
+                        outcome
+                            .best_score
+                            .map(|s| format!(" (best score {s:.4})"))
+                            .unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Some(End {
+                    status: EndStatus::Finished(recorded_outcome),
+                    ..
+                }) => bail!(
+                    "replay diverged: every call matched but the outcome differs\nrecorded: {recorded_outcome:?}\nreplayed: {outcome:?}"
+                ),
+                Some(End {
+                    status: EndStatus::Failed(message),
+                    ..
+                }) => bail!("replay diverged: the recorded run failed ({message}) but the replay finished"),
+                None => bail!("the run log has no end, yet the replay finished"),
+            }
+        }
+    }
+}
+
+async fn resume(dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = RunDir::new(dir);
+    let recorded = read_run(&dir)?;
+    if recorded.end.is_some() {
+        bail!(
+            "the run in {} has already ended; nothing to resume (`drpo-host replay {}` checks it)",
+            dir.root().display(),
+            dir.root().display()
+        );
+    }
+    let config = RunConfig::load(&dir.config())?;
+    let runtime = runtime()?;
+    let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, None)?;
+    let built = services::build(&config)?;
+    if let Some(tail) = recorded.contents.torn_tail_bytes {
+        eprintln!("note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run");
+    }
+    let frames = recorded.contents.entries.len() as u64;
+    let writer = crate::runlog::RunLogWriter::reopen(
+        &dir.run_log(),
+        recorded.contents.valid_len,
+        recorded.contents.last_hash,
+        frames,
+    )?;
+    let calls = recorded.calls.len();
+    let mut observer = observer_for(&dir, &config, false)?;
+    observer.line(&format!("[resume] replaying {calls} recorded calls, then continuing live"));
+    eprintln!("resuming {}: {calls} recorded calls", dir.root().display());
+    let session =
+        Session::resume(recorded.calls, built.services, writer).with_observer(Box::new(observer));
+    let finished = runtime
+        .run(
+            &plugin,
+            &recorded.header.options,
+            recorded.header.seed,
+            config.limits(),
+            session,
+        )
+        .await;
+    let outcome = finish(&dir, finished, started)?;
+    print_outcome(&dir, &outcome);
+    Ok(())
+}
+
+fn inspect(dir: &Path) -> anyhow::Result<()> {
+    let dir = RunDir::new(dir);
+    let recorded = read_run(&dir)?;
+    let header = &recorded.header;
+    println!("run            {}", dir.root().display());
+    println!(
+        "strategy       {} {} ({}, sha256 {})",
+        header.plugin_name,
+        header.plugin_version,
+        header.wit_package,
+        short_hash(&header.plugin_sha256)
+    );
+    println!("host           drpo-host {} (log format {})", header.host_version, header.format_version);
+    println!("seed           {}", header.seed);
+    for model in &header.models {
+        println!("{:<14} {} via {}", model.role, model.model, model.provider);
+    }
+    println!("options        {}", header.options);
+
+    #[derive(Default)]
+    struct RoleTotals {
+        requests: u64,
+        choices: u64,
+        failed: u64,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cache_hits: u64,
+    }
+    let roles = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
+    let mut totals: Vec<RoleTotals> = roles.iter().map(|_| RoleTotals::default()).collect();
+    let mut imports: Vec<(&str, u64)> = Vec::new();
+    for call in &recorded.calls {
+        let name = call.request.import_name();
+        match imports.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => imports.push((name, 1)),
+        }
+        if let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
+            (&call.request, &call.response)
+        {
+            for (position, (request, result)) in batch.iter().zip(results).enumerate() {
+                let slot = &mut totals[roles.iter().position(|r| *r == request.role).unwrap_or(0)];
+                slot.requests += 1;
+                if call.provenance.cache_hits.get(position).copied().unwrap_or(false) {
+                    slot.cache_hits += 1;
+                }
+                match result {
+                    Ok(completion) => {
+                        slot.choices += completion.choices.len() as u64;
+                        slot.prompt_tokens += u64::from(completion.usage.prompt_tokens);
+                        slot.completion_tokens += u64::from(completion.usage.completion_tokens);
+                    }
+                    Err(_) => slot.failed += 1,
+                }
+            }
+        }
+    }
+    println!(
+        "\ncalls          {} ({})",
+        recorded.calls.len(),
+        imports
+            .iter()
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "\n{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10}",
+        "role", "requests", "choices", "failed", "tokens in", "tokens out", "cache hits"
+    );
+    for (role, total) in roles.iter().zip(&totals) {
+        println!(
+            "{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10}",
+            role_name(*role),
+            total.requests,
+            total.choices,
+            total.failed,
+            total.prompt_tokens,
+            total.completion_tokens,
+            total.cache_hits
+        );
+    }
+    println!();
+    match &recorded.end {
+        Some(End {
+            status: EndStatus::Finished(outcome),
+            elapsed_ms,
+        }) => {
+            println!("outcome        finished in {:.1}s", *elapsed_ms as f64 / 1000.0);
+            if let Some(score) = outcome.best_score {
+                println!("best score     {score:.4}");
+            }
+            if !outcome.best_path.is_empty() {
+                println!("best path      {:?}", outcome.best_path);
+            }
+            if let Some(prompt) = &outcome.best_prompt {
+                println!("best prompt\n{prompt}");
+            }
+        }
+        Some(End {
+            status: EndStatus::Failed(message),
+            elapsed_ms,
+        }) => println!("outcome        failed after {:.1}s: {message}", *elapsed_ms as f64 / 1000.0),
+        None => println!(
+            "outcome        none yet: the run was interrupted{} (finish it with `drpo-host resume`)",
+            recorded
+                .contents
+                .torn_tail_bytes
+                .map(|b| format!(", with a {b}-byte incomplete last frame"))
+                .unwrap_or_default()
+        ),
+    }
+    Ok(())
+}
+
+fn short_hash(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// The host's contract version, for `--version` style messages.
+pub fn contract() -> String {
+    format!("{WIT_PACKAGE}@{WIT_VERSION}")
+}

@@ -1,0 +1,426 @@
+//! A run's configuration: flags, an optional TOML file, the strategy's option defaults, all
+//! resolved into one [`RunConfig`] that is saved as the run directory's `config.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::runtime::Limits;
+
+/// The search options of the published DRPO implementation, under their published names.
+/// They are strategy options: they reach the plugin in its options object.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchFlags {
+    /// Starting system prompt, or the path of a file holding it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_system_prompt: Option<String>,
+    /// Candidate prompts the optimizer writes per expansion (published default 3).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_actions: Option<u32>,
+    /// Optimizer sampling temperature (published default 0.2).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Search depth: prompt versions along a path (published default 20).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Beams kept per level (published default 2).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beam_size: Option<u32>,
+    /// Extra levels granted for queries the prompt already handles well (published default 10).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_depth_increase: Option<u32>,
+    /// Training queries sampled from the data (published default 180).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_training_examples: Option<u32>,
+    /// Retrieve in-context examples by embedding similarity (published default true).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret_icl: Option<bool>,
+    /// In-context examples retrieved per query (published default 2).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<u32>,
+}
+
+/// Where the four roles' models come from.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelFlags {
+    /// Model being aligned: an OpenAI-compatible model name, or `local:PATH`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model_name: Option<String>,
+    /// Judge model (scores each aspect).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_model_name: Option<String>,
+    /// Metrics model (chooses the aspects per query).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_model_name: Option<String>,
+    /// Optimizer model (writes new prompts).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimize_model_name: Option<String>,
+    /// Embedding model for example retrieval (an OpenAI-compatible `/v1/embeddings` model).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_model_name: Option<String>,
+    /// Base URL of the OpenAI-compatible server, up to `/v1` [env: OPENAI_BASE_URL].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+}
+
+/// Everything else a run needs.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostFlags {
+    /// Training queries: a JSONL file (`{"id","text","tags"}` per line) or a directory in the
+    /// published layout. Default: the demo set shipped with drpo-host.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// In-context examples: a JSON object `{query: answer}` or a list of `{query, answer}`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<PathBuf>,
+    /// The published per-query metrics cache (JSON); read before and updated after the run.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_cache_path: Option<PathBuf>,
+    /// Seed of the run: the query shuffle, sampling seeds, and the plugin's random numbers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Log level of `log.txt`: INFO, or DEBUG for every full prompt.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logging_level: Option<String>,
+    /// Plugin instruction budget (wasmtime fuel).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Plugin memory limit in MiB (default 1024).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
+    /// Plugin wall-clock deadline in seconds (default one day).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+/// The TOML config file: the same keys as the flags (snake_case), plus an `[options]` table for
+/// options of third-party strategies.
+#[derive(Debug, Default)]
+struct ConfigFile {
+    search: SearchFlags,
+    models: ModelFlags,
+    host: HostFlags,
+    options: Map<String, Value>,
+}
+
+impl ConfigFile {
+    fn parse(text: &str) -> anyhow::Result<ConfigFile> {
+        let mut table: Map<String, Value> = toml::from_str(text)?;
+        let options = match table.remove("options") {
+            None => Map::new(),
+            Some(Value::Object(options)) => options,
+            Some(_) => bail!("`options` must be a table"),
+        };
+        let mut parts: [Map<String, Value>; 3] = Default::default();
+        for (key, value) in table {
+            let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
+            let attempts = [
+                serde_json::from_value::<SearchFlags>(single.clone()).err(),
+                serde_json::from_value::<ModelFlags>(single.clone()).err(),
+                serde_json::from_value::<HostFlags>(single).err(),
+            ];
+            match attempts.iter().position(Option::is_none) {
+                Some(part) => {
+                    parts[part].insert(key, value);
+                }
+                None => {
+                    let wrong_type = attempts
+                        .into_iter()
+                        .flatten()
+                        .find(|e| !e.to_string().contains("unknown field"));
+                    match wrong_type {
+                        Some(error) => bail!("key `{key}`: {error}"),
+                        None => bail!(
+                            "unknown key `{key}` (keys are the flags' names in snake_case, \
+                             e.g. `beam_size`; put strategy-specific options under [options])"
+                        ),
+                    }
+                }
+            }
+        }
+        let [search, models, host] = parts;
+        Ok(ConfigFile {
+            search: serde_json::from_value(Value::Object(search))?,
+            models: serde_json::from_value(Value::Object(models))?,
+            host: serde_json::from_value(Value::Object(host))?,
+            options,
+        })
+    }
+}
+
+/// A fully resolved run configuration (saved as `config.json`). It holds no secret: the API key
+/// is read from the environment each time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    /// The strategy plugin.
+    pub strategy: PathBuf,
+    pub models: ModelFlags,
+    pub host: HostFlags,
+    /// The options object passed to the plugin's `run`.
+    pub options: Map<String, Value>,
+}
+
+impl RunConfig {
+    /// Reads a saved `config.json`.
+    pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the run configuration {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid run configuration", path.display()))
+    }
+
+    /// The run's seed (default 0, as the published code passes `seed=0` everywhere).
+    pub fn seed(&self) -> u64 {
+        self.host.seed.unwrap_or(0)
+    }
+
+    /// The plugin's limits.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            fuel: self.host.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self
+                .host
+                .memory_limit_mib
+                .map_or(defaults.memory_bytes, |mib| (mib as usize) << 20),
+            deadline: self
+                .host
+                .deadline_secs
+                .map_or(defaults.deadline, std::time::Duration::from_secs),
+        }
+    }
+
+    /// The options object as JSON text.
+    pub fn options_json(&self) -> String {
+        Value::Object(self.options.clone()).to_string()
+    }
+}
+
+/// Merges flags over the config file and resolves the strategy options against its schema.
+pub struct ConfigInputs<'a> {
+    pub strategy: &'a Path,
+    pub config_file: Option<&'a Path>,
+    pub search: &'a SearchFlags,
+    pub models: &'a ModelFlags,
+    pub host: &'a HostFlags,
+    /// `--option KEY=VALUE` pairs (VALUE parsed as JSON, else taken as a string).
+    pub extra_options: &'a [String],
+}
+
+impl ConfigInputs<'_> {
+    /// Resolves everything; `options_schema` is the strategy's (from `describe`).
+    pub fn resolve(&self, options_schema: &str) -> anyhow::Result<RunConfig> {
+        let file = match self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                ConfigFile::parse(&text)
+                    .with_context(|| format!("config file {} is not valid", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let models: ModelFlags = overlay(&file.models, self.models)?;
+        let host: HostFlags = overlay(&file.host, self.host)?;
+        let mut search: SearchFlags = overlay(&file.search, self.search)?;
+        if let Some(prompt) = &search.initial_system_prompt {
+            // As published: a value naming an existing file means the file's contents.
+            let path = Path::new(prompt);
+            if path.is_file() {
+                search.initial_system_prompt = Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                );
+            }
+        }
+
+        let mut given = file.options;
+        if let Value::Object(flags) = serde_json::to_value(&search)? {
+            given.extend(flags);
+        }
+        if let Some(seed) = host.seed {
+            given.insert("seed".into(), seed.into());
+        }
+        for pair in self.extra_options {
+            let (key, value) = pair.split_once('=').with_context(|| {
+                format!("--option {pair:?} is not KEY=VALUE")
+            })?;
+            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+            given.insert(key.replace('-', "_"), value);
+        }
+        let options = resolve_options(options_schema, given)?;
+        Ok(RunConfig {
+            strategy: self.strategy.to_owned(),
+            models,
+            host,
+            options,
+        })
+    }
+}
+
+/// `top` over `bottom`, field by field.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(bottom: &T, top: &T) -> anyhow::Result<T> {
+    let mut merged = serde_json::to_value(bottom)?;
+    if let (Value::Object(merged), Value::Object(top)) = (&mut merged, serde_json::to_value(top)?)
+    {
+        merged.extend(top);
+    }
+    Ok(serde_json::from_value(merged)?)
+}
+
+/// Fills the schema's defaults under the given options and refuses options the schema does not
+/// know (when it lists its properties). The seed is dropped silently for strategies that take
+/// none: it still seeds their random numbers.
+pub fn resolve_options(
+    options_schema: &str,
+    mut given: Map<String, Value>,
+) -> anyhow::Result<Map<String, Value>> {
+    let schema: Value = serde_json::from_str(options_schema)
+        .context("the strategy's options schema (from `describe`) is not JSON")?;
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        given.remove("seed");
+        return Ok(given);
+    };
+    if !properties.contains_key("seed") {
+        given.remove("seed");
+    }
+    let unknown: Vec<&String> = given
+        .keys()
+        .filter(|key| !properties.contains_key(*key))
+        .collect();
+    if !unknown.is_empty() {
+        let mut known: Vec<&String> = properties.keys().collect();
+        known.sort();
+        bail!(
+            "the strategy has no option {}; its options are: {}",
+            unknown
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            known
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut resolved = Map::new();
+    for (key, property) in properties {
+        if let Some(value) = given.remove(key).or_else(|| property.get("default").cloned()) {
+            resolved.insert(key.clone(), value);
+        }
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SCHEMA: &str = r#"{"type":"object","properties":{
+        "depth":{"type":"integer","default":20},
+        "beam_size":{"type":"integer","default":2},
+        "seed":{"type":"integer","default":0},
+        "note":{"type":"string"}}}"#;
+
+    fn map(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn schema_defaults_fill_what_is_not_given() {
+        let resolved = resolve_options(SCHEMA, map(json!({"depth": 3}))).unwrap();
+        assert_eq!(Value::Object(resolved), json!({"depth": 3, "beam_size": 2, "seed": 0}));
+    }
+
+    #[test]
+    fn unknown_options_are_refused_by_name() {
+        let error = resolve_options(SCHEMA, map(json!({"n_actions": 3}))).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("`n_actions`"), "{text}");
+        assert!(text.contains("beam_size, depth, note, seed"), "{text}");
+    }
+
+    #[test]
+    fn schemaless_strategies_get_what_was_given_without_the_seed() {
+        let resolved = resolve_options("{}", map(json!({"mode": "x", "seed": 4}))).unwrap();
+        assert_eq!(Value::Object(resolved), json!({"mode": "x"}));
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drpo.toml");
+        std::fs::write(
+            &file,
+            "depth = 7\nbeam_size = 4\nseed = 9\n[options]\nnote = \"from file\"\n",
+        )
+        .unwrap();
+        let search = SearchFlags {
+            depth: Some(3),
+            ..SearchFlags::default()
+        };
+        let inputs = ConfigInputs {
+            strategy: Path::new("s.wasm"),
+            config_file: Some(&file),
+            search: &search,
+            models: &ModelFlags::default(),
+            host: &HostFlags::default(),
+            extra_options: &[],
+        };
+        let config = inputs.resolve(SCHEMA).unwrap();
+        assert_eq!(
+            Value::Object(config.options),
+            json!({"depth": 3, "beam_size": 4, "seed": 9, "note": "from file"})
+        );
+        assert_eq!(config.seed(), 9);
+    }
+
+    #[test]
+    fn a_misspelt_config_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drpo.toml");
+        std::fs::write(&file, "detph = 7\n").unwrap();
+        let inputs = ConfigInputs {
+            strategy: Path::new("s.wasm"),
+            config_file: Some(&file),
+            search: &SearchFlags::default(),
+            models: &ModelFlags::default(),
+            host: &HostFlags::default(),
+            extra_options: &[],
+        };
+        let error = format!("{:#}", inputs.resolve(SCHEMA).unwrap_err());
+        assert!(error.contains("drpo.toml"), "{error}");
+        assert!(error.contains("detph"), "{error}");
+    }
+}

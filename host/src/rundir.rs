@@ -1,0 +1,227 @@
+//! The run directory: what a run leaves behind, and the observer that writes it as it goes.
+//!
+//! | file | what |
+//! |---|---|
+//! | `config.json` | the resolved [`RunConfig`](crate::config::RunConfig): repeat the run from it |
+//! | `run.log` | the binary run log (see [`crate::runlog`]) |
+//! | `log.txt` | a readable log: every call, the plugin's log lines, each scored node |
+//! | `result.json` | the outcome and the whole search tree |
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::bindings::types::{LogLevel, Node, Outcome, Prompt, Role};
+use crate::runlog::{CallRecord, CallRequest, CallResponse};
+use crate::runtime::Observer;
+
+/// Paths inside a run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> RunDir {
+        RunDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn run_log(&self) -> PathBuf {
+        self.root.join("run.log")
+    }
+    pub fn human_log(&self) -> PathBuf {
+        self.root.join("log.txt")
+    }
+    pub fn result(&self) -> PathBuf {
+        self.root.join("result.json")
+    }
+}
+
+/// Writes `log.txt` line by line as calls complete, and collects the search tree.
+pub struct RunObserver {
+    log: Option<File>,
+    nodes: Vec<Node>,
+    /// Print the plugin's info-and-above lines on stderr.
+    echo: bool,
+    debug: bool,
+}
+
+impl RunObserver {
+    /// Appends to `log.txt` in `dir` (a resumed run continues the same file).
+    pub fn open(dir: &RunDir, echo: bool, debug: bool) -> std::io::Result<RunObserver> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.human_log())?;
+        Ok(RunObserver {
+            log: Some(log),
+            nodes: Vec::new(),
+            echo,
+            debug,
+        })
+    }
+
+    /// An observer that only collects the tree (for `replay`).
+    pub fn silent() -> RunObserver {
+        RunObserver {
+            log: None,
+            nodes: Vec::new(),
+            echo: false,
+            debug: false,
+        }
+    }
+
+    /// The nodes reported so far.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Writes one line to `log.txt`.
+    pub fn line(&mut self, text: &str) {
+        if let Some(log) = &mut self.log {
+            // The human log is a convenience; the run log is the record. A failed write here
+            // must not stop the run.
+            let _ = writeln!(log, "{text}");
+        }
+    }
+}
+
+impl Observer for RunObserver {
+    fn on_call(&mut self, record: &CallRecord, replayed: bool) {
+        let origin = if replayed { " (replayed)" } else { "" };
+        let index = record.index;
+        match (&record.request, &record.response) {
+            (CallRequest::Complete(batch), CallResponse::Complete(results)) => {
+                let ok = results.iter().filter(|r| r.is_ok()).count();
+                let hits = record.provenance.cache_hits.iter().filter(|h| **h).count();
+                self.line(&format!(
+                    "[call {index}] complete{origin}: {} request(s) ({}), {ok} answered, {} failed, {hits} from cache, {:.2}s",
+                    batch.len(),
+                    role_counts(batch.iter().map(|r| r.role)),
+                    results.len() - ok,
+                    record.provenance.elapsed_us as f64 / 1e6,
+                ));
+                for (request, result) in batch.iter().zip(results) {
+                    if self.debug {
+                        self.line(&format!("  prompt ({}): {}", role_name(request.role), prompt_text(&request.prompt)));
+                    }
+                    if let Err(error) = result {
+                        self.line(&format!("  {} failed: {error:?}", role_name(request.role)));
+                    }
+                }
+            }
+            (CallRequest::Embed(texts), _) => {
+                self.line(&format!("[call {index}] embed{origin}: {} text(s)", texts.len()));
+            }
+            (CallRequest::Queries, CallResponse::Queries(queries)) => {
+                self.line(&format!("[call {index}] queries{origin}: {} queries", queries.len()));
+            }
+            (CallRequest::Examples, CallResponse::Examples(examples)) => {
+                self.line(&format!("[call {index}] examples{origin}: {} examples", examples.len()));
+            }
+            (CallRequest::RecordNode(node), _) => {
+                self.line(&format!(
+                    "[node {}] depth {} parent {} reward {:.3}\n{}",
+                    node.id,
+                    node.depth,
+                    node.parent.map_or("-".into(), |p| p.to_string()),
+                    node.reward,
+                    indent(&node.prompt),
+                ));
+                self.nodes.push(node.clone());
+            }
+            (CallRequest::Log { level, message }, _) => {
+                self.line(&format!("[{}] {message}", level_name(*level)));
+                if self.echo && !replayed && !matches!(level, LogLevel::Trace | LogLevel::Debug) {
+                    eprintln!("{message}");
+                }
+            }
+            _ => self.line(&format!("[call {index}] {}{origin}", record.request.import_name())),
+        }
+    }
+}
+
+/// Writes `result.json`: the outcome and every node of the tree.
+pub fn write_result(dir: &RunDir, outcome: &Outcome, nodes: &[Node]) -> anyhow::Result<()> {
+    let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::String(outcome.details.clone()));
+    let nodes: Vec<Value> = nodes
+        .iter()
+        .map(|node| {
+            json!({
+                "id": node.id,
+                "parent": node.parent,
+                "depth": node.depth,
+                "prompt": node.prompt,
+                "reward": node.reward,
+                "details": serde_json::from_str::<Value>(&node.details).unwrap_or(Value::String(node.details.clone())),
+            })
+        })
+        .collect();
+    let result = json!({
+        "best_prompt": outcome.best_prompt,
+        "best_score": outcome.best_score,
+        "best_path": outcome.best_path,
+        "details": details,
+        "tree": nodes,
+    });
+    std::fs::write(dir.result(), serde_json::to_string_pretty(&result)? + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.result().display()))
+}
+
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Base => "base",
+        Role::Metrics => "metrics",
+        Role::Judge => "judge",
+        Role::Optimizer => "optimizer",
+    }
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+fn role_counts(roles: impl Iterator<Item = Role>) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for role in roles {
+        let name = role_name(role);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(name, count)| format!("{name}×{count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn prompt_text(prompt: &Prompt) -> String {
+    match prompt {
+        Prompt::Raw(text) => text.clone(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| format!("<{}> {}", m.role, m.content))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+}

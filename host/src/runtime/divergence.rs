@@ -1,0 +1,206 @@
+//! Finding where a replayed call differs from the recorded one.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runlog::CallRequest;
+
+/// The first difference between a recorded call and the call the plugin made on replay.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "replay diverged at call {index} (`{import}`{role_note}): field `{field}` is {recorded} in \
+     the run log but the plugin asked for {requested}",
+    role_note = role.as_ref().map(|r| format!(", role {r}")).unwrap_or_default()
+)]
+pub struct Divergence {
+    /// 0-based index of the call among the run's import calls.
+    pub index: u64,
+    /// The import the plugin called.
+    pub import: &'static str,
+    /// For `complete`, the role of the request that differs.
+    pub role: Option<String>,
+    /// Path of the first differing field, e.g. `batch[1].sampling.temperature`.
+    pub field: String,
+    /// The recorded value (JSON, shortened).
+    pub recorded: String,
+    /// The value the plugin sent (JSON, shortened).
+    pub requested: String,
+}
+
+/// `None` when the calls are equal; else the path of the first differing field and the two
+/// values there.
+pub fn first_difference(
+    recorded: &CallRequest,
+    requested: &CallRequest,
+) -> Option<(String, String, String)> {
+    if recorded == requested {
+        return None;
+    }
+    let (recorded_name, recorded) = named_value(recorded);
+    let (requested_name, requested) = named_value(requested);
+    if recorded_name != requested_name {
+        return Some((
+            "import".into(),
+            format!("`{recorded_name}`"),
+            format!("`{requested_name}`"),
+        ));
+    }
+    let mut path = String::from(recorded_name_root(recorded_name));
+    diff(&recorded, &requested, &mut path)
+        .or_else(|| Some((path_or_root(recorded_name), "(equal JSON)".into(), "(bits differ)".into())))
+}
+
+fn named_value(request: &CallRequest) -> (&'static str, Value) {
+    let value = match request {
+        CallRequest::Complete(batch) => to_value(batch),
+        CallRequest::Embed(texts) => to_value(texts),
+        CallRequest::Queries | CallRequest::Examples => Value::Null,
+        CallRequest::RecordNode(node) => to_value(node),
+        CallRequest::Log { level, message } => {
+            serde_json::json!({ "level": to_value(level), "message": message })
+        }
+    };
+    (request.import_name(), value)
+}
+
+fn recorded_name_root(import: &str) -> &'static str {
+    match import {
+        "complete" => "batch",
+        "embed" => "texts",
+        "record-node" => "node",
+        _ => "",
+    }
+}
+
+fn path_or_root(import: &str) -> String {
+    let root = recorded_name_root(import);
+    if root.is_empty() { import.to_owned() } else { root.to_owned() }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn diff(a: &Value, b: &Value, path: &mut String) -> Option<(String, String, String)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (key, av) in x {
+                let len = path.len();
+                push_field(path, &kebab(key));
+                match y.get(key) {
+                    Some(bv) => {
+                        if let Some(found) = diff(av, bv, path) {
+                            return Some(found);
+                        }
+                    }
+                    None => return Some((path.clone(), short(av), "(missing)".into())),
+                }
+                path.truncate(len);
+            }
+            y.iter().find(|(key, _)| !x.contains_key(*key)).map(|(key, bv)| {
+                push_field(path, &kebab(key));
+                (path.clone(), "(missing)".into(), short(bv))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for (i, (av, bv)) in x.iter().zip(y).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                if let Some(found) = diff(av, bv, path) {
+                    return Some(found);
+                }
+                path.truncate(len);
+            }
+            (x.len() != y.len()).then(|| {
+                (
+                    format!("{path}.length"),
+                    x.len().to_string(),
+                    y.len().to_string(),
+                )
+            })
+        }
+        _ if a == b => None,
+        _ => Some((path.clone(), short(a), short(b))),
+    }
+}
+
+fn push_field(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+/// Field names as the WIT file spells them.
+fn kebab(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 120 {
+        format!("{}…", text.chars().take(120).collect::<String>())
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::{Message, Prompt, Request, Role, Sampling};
+
+    fn request(temperature: f32, text: &str) -> Request {
+        Request {
+            role: Role::Judge,
+            prompt: Prompt::Chat(vec![Message {
+                role: "user".into(),
+                content: text.into(),
+            }]),
+            sampling: Sampling {
+                temperature,
+                top_p: 1.0,
+                max_tokens: 10,
+                n: 1,
+                seed: 0,
+                stop: vec![],
+            },
+            json_schema: None,
+        }
+    }
+
+    #[test]
+    fn equal_calls_have_no_difference() {
+        let call = CallRequest::Complete(vec![request(0.0, "a")]);
+        assert_eq!(first_difference(&call, &call.clone()), None);
+    }
+
+    #[test]
+    fn names_the_first_differing_field_of_a_batch() {
+        let recorded = CallRequest::Complete(vec![request(0.0, "a"), request(0.0, "b")]);
+        let asked = CallRequest::Complete(vec![request(0.0, "a"), request(0.5, "b")]);
+        let (field, was, now) = first_difference(&recorded, &asked).unwrap();
+        assert_eq!(field, "batch[1].sampling.temperature");
+        assert_eq!((was.as_str(), now.as_str()), ("0.0", "0.5"));
+    }
+
+    #[test]
+    fn names_a_changed_prompt_text_and_a_different_import() {
+        let recorded = CallRequest::Complete(vec![request(0.0, "a")]);
+        let asked = CallRequest::Complete(vec![request(0.0, "z")]);
+        let (field, _, _) = first_difference(&recorded, &asked).unwrap();
+        assert_eq!(field, "batch[0].prompt.Chat[0].content");
+        let (field, was, now) = first_difference(&recorded, &CallRequest::Queries).unwrap();
+        assert_eq!(field, "import");
+        assert_eq!((was.as_str(), now.as_str()), ("`complete`", "`queries`"));
+    }
+
+    #[test]
+    fn a_shorter_batch_is_a_length_difference() {
+        let recorded = CallRequest::Complete(vec![request(0.0, "a"), request(0.0, "b")]);
+        let asked = CallRequest::Complete(vec![request(0.0, "a")]);
+        let (field, was, now) = first_difference(&recorded, &asked).unwrap();
+        assert_eq!(field, "batch.length");
+        assert_eq!((was.as_str(), now.as_str()), ("2", "1"));
+    }
+}

@@ -1,0 +1,284 @@
+//! Answers a plugin's import calls: live (through the providers), or from a recorded run log,
+//! and records every call it answers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bindings::drpo::strategy::{host, types};
+use crate::bindings::types::{Completion, Example, LlmError, LogLevel, Node, Query, Request};
+use crate::provider::Router;
+use crate::runlog::{CallRecord, CallRequest, CallResponse, Entry, Provenance, RunLogWriter};
+
+use super::divergence::{Divergence, first_difference};
+use super::sandbox::StoreState;
+
+/// What answers live calls.
+pub struct Services {
+    /// Routes `complete` and `embed` to the providers of each role.
+    pub router: Router,
+    /// Answer to `queries`.
+    pub queries: Vec<Query>,
+    /// Answer to `examples`.
+    pub examples: Vec<Example>,
+}
+
+/// Sees every call as it is answered (progress display, human log, tree collection).
+pub trait Observer: Send + std::any::Any {
+    /// Called once per answered call; `replayed` is true when the answer came from the log.
+    fn on_call(&mut self, record: &CallRecord, replayed: bool);
+}
+
+/// How the session answers the plugin.
+pub struct Session {
+    /// Recorded calls not yet replayed, in order.
+    recorded: VecDeque<CallRecord>,
+    /// Live services; `None` for a pure replay, where running past the log is an error.
+    services: Option<Arc<Services>>,
+    writer: Option<RunLogWriter>,
+    observer: Option<Box<dyn Observer>>,
+    next_index: u64,
+    replayed: u64,
+    live: u64,
+    /// Why the session stopped the plugin, when it did (a divergence, a log write failure).
+    pub(crate) failure: Option<SessionFailure>,
+}
+
+/// A reason the host (not the plugin) ended a run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionFailure {
+    #[error(transparent)]
+    Divergence(#[from] Divergence),
+    #[error(
+        "the run log ends after call {calls}, but the plugin made another `{import}` call; \
+         the recorded run was interrupted (use `drpo-host resume` to finish it)"
+    )]
+    LogExhausted { calls: u64, import: &'static str },
+    #[error("cannot append to the run log: {0}")]
+    LogWrite(String),
+}
+
+impl Session {
+    /// A session that answers every call live and records it.
+    pub fn live(services: Arc<Services>, writer: RunLogWriter) -> Session {
+        Session::new(Vec::new(), Some(services), Some(writer))
+    }
+
+    /// A session that answers from `recorded` only and fails on anything else.
+    pub fn replay(recorded: Vec<CallRecord>) -> Session {
+        Session::new(recorded, None, None)
+    }
+
+    /// A session that answers from `recorded`, then goes on live, appending to the log.
+    pub fn resume(
+        recorded: Vec<CallRecord>,
+        services: Arc<Services>,
+        writer: RunLogWriter,
+    ) -> Session {
+        Session::new(recorded, Some(services), Some(writer))
+    }
+
+    fn new(
+        recorded: Vec<CallRecord>,
+        services: Option<Arc<Services>>,
+        writer: Option<RunLogWriter>,
+    ) -> Session {
+        Session {
+            recorded: recorded.into(),
+            services,
+            writer,
+            observer: None,
+            next_index: 0,
+            replayed: 0,
+            live: 0,
+            failure: None,
+        }
+    }
+
+    /// Installs an observer of every answered call.
+    pub fn with_observer(mut self, observer: Box<dyn Observer>) -> Session {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Calls answered from the log so far.
+    pub fn replayed_calls(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Calls answered live so far.
+    pub fn live_calls(&self) -> u64 {
+        self.live
+    }
+
+    /// Recorded calls the plugin never asked for (a replay that ended early).
+    pub fn unreplayed_calls(&self) -> usize {
+        self.recorded.len()
+    }
+
+    /// The log writer, to append the end of the run.
+    pub fn writer_mut(&mut self) -> Option<&mut RunLogWriter> {
+        self.writer.as_mut()
+    }
+
+    /// Takes the observer back (to finish the human-readable outputs).
+    pub fn take_observer(&mut self) -> Option<Box<dyn Observer>> {
+        self.observer.take()
+    }
+
+    /// Answers one call. An `Err` stops the plugin; the reason is kept in `failure`.
+    async fn answer(&mut self, request: CallRequest) -> wasmtime::Result<CallResponse> {
+        let index = self.next_index;
+        self.next_index += 1;
+        if let Some(recorded) = self.recorded.pop_front() {
+            if let Some((field, logged, asked)) = first_difference(&recorded.request, &request) {
+                return Err(self.fail(SessionFailure::Divergence(Divergence {
+                    index,
+                    import: request.import_name(),
+                    role: role_at(&request, &field),
+                    field,
+                    recorded: logged,
+                    requested: asked,
+                })));
+            }
+            self.replayed += 1;
+            if let Some(observer) = &mut self.observer {
+                observer.on_call(&recorded, true);
+            }
+            return Ok(recorded.response);
+        }
+        let Some(services) = self.services.clone() else {
+            return Err(self.fail(SessionFailure::LogExhausted {
+                calls: index,
+                import: request.import_name(),
+            }));
+        };
+        let started = Instant::now();
+        let (response, cache_hits) = execute(&services, &request).await;
+        let record = CallRecord {
+            index,
+            request,
+            response,
+            provenance: Provenance {
+                elapsed_us: started.elapsed().as_micros() as u64,
+                cache_hits,
+            },
+        };
+        if let Some(writer) = &mut self.writer {
+            let entry = Entry::Call(record);
+            if let Err(error) = writer.append(&entry) {
+                return Err(self.fail(SessionFailure::LogWrite(error.to_string())));
+            }
+            let Entry::Call(written) = entry else {
+                unreachable!("constructed as a call above")
+            };
+            return Ok(self.finish_live(written));
+        }
+        Ok(self.finish_live(record))
+    }
+
+    fn finish_live(&mut self, record: CallRecord) -> CallResponse {
+        self.live += 1;
+        if let Some(observer) = &mut self.observer {
+            observer.on_call(&record, false);
+        }
+        record.response
+    }
+
+    fn fail(&mut self, failure: SessionFailure) -> wasmtime::Error {
+        let error = wasmtime::format_err!("{failure}");
+        self.failure = Some(failure);
+        error
+    }
+}
+
+async fn execute(services: &Services, request: &CallRequest) -> (CallResponse, Vec<bool>) {
+    match request {
+        CallRequest::Complete(batch) => {
+            let answers = services.router.complete(batch.clone()).await;
+            let hits = answers.iter().map(|a| a.cache_hit).collect();
+            let results = answers.into_iter().map(|a| a.result).collect();
+            (CallResponse::Complete(results), hits)
+        }
+        CallRequest::Embed(texts) => (
+            CallResponse::Embed(services.router.embed(texts.clone()).await),
+            Vec::new(),
+        ),
+        CallRequest::Queries => (CallResponse::Queries(services.queries.clone()), Vec::new()),
+        CallRequest::Examples => (
+            CallResponse::Examples(services.examples.clone()),
+            Vec::new(),
+        ),
+        CallRequest::RecordNode(_) | CallRequest::Log { .. } => (CallResponse::Unit, Vec::new()),
+    }
+}
+
+/// For a divergence inside a `complete` batch, the role of the request that differs.
+fn role_at(request: &CallRequest, field: &str) -> Option<String> {
+    let CallRequest::Complete(batch) = request else {
+        return None;
+    };
+    let index: usize = field
+        .strip_prefix("batch[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()?;
+    batch.get(index).map(|r| format!("{:?}", r.role).to_lowercase())
+}
+
+/// A response of the wrong kind can only come from a log whose request matched but whose
+/// response was altered, which the hash chain rules out; still, fail cleanly.
+fn mismatched(import: &str) -> wasmtime::Error {
+    wasmtime::format_err!("the run log answers a `{import}` call with another call's response")
+}
+
+impl types::Host for StoreState {}
+
+impl host::Host for StoreState {
+    async fn complete(
+        &mut self,
+        batch: Vec<Request>,
+    ) -> wasmtime::Result<Vec<Result<Completion, LlmError>>> {
+        match self.session.answer(CallRequest::Complete(batch)).await? {
+            CallResponse::Complete(results) => Ok(results),
+            _ => Err(mismatched("complete")),
+        }
+    }
+
+    async fn embed(
+        &mut self,
+        texts: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Vec<f32>>, LlmError>> {
+        match self.session.answer(CallRequest::Embed(texts)).await? {
+            CallResponse::Embed(result) => Ok(result),
+            _ => Err(mismatched("embed")),
+        }
+    }
+
+    async fn queries(&mut self) -> wasmtime::Result<Vec<Query>> {
+        match self.session.answer(CallRequest::Queries).await? {
+            CallResponse::Queries(queries) => Ok(queries),
+            _ => Err(mismatched("queries")),
+        }
+    }
+
+    async fn examples(&mut self) -> wasmtime::Result<Vec<Example>> {
+        match self.session.answer(CallRequest::Examples).await? {
+            CallResponse::Examples(examples) => Ok(examples),
+            _ => Err(mismatched("examples")),
+        }
+    }
+
+    async fn record_node(&mut self, node: Node) -> wasmtime::Result<()> {
+        self.session.answer(CallRequest::RecordNode(node)).await?;
+        Ok(())
+    }
+
+    async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        self.session
+            .answer(CallRequest::Log { level, message })
+            .await?;
+        Ok(())
+    }
+}
