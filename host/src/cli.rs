@@ -110,7 +110,10 @@ async fn describe(strategy: &Path) -> anyhow::Result<()> {
     println!("{}\n", info.description);
     let schema: serde_json::Value = serde_json::from_str(&info.options_schema)
         .with_context(|| format!("the options schema of {} is not JSON", strategy.display()))?;
-    println!("options schema:\n{}", serde_json::to_string_pretty(&schema)?);
+    println!(
+        "options schema:\n{}",
+        serde_json::to_string_pretty(&schema)?
+    );
     Ok(())
 }
 
@@ -156,7 +159,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let writer = crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
+    let writer =
+        crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
     let observer = observer_for(&dir, &config, args.quiet)?;
     eprintln!(
         "running {} {} in {}",
@@ -166,7 +170,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let session = Session::live(built.services, writer).with_observer(Box::new(observer));
     let finished = runtime
-        .run(&plugin, &header.options, header.seed, config.limits(), session)
+        .run(
+            &plugin,
+            &header.options,
+            header.seed,
+            config.limits(),
+            session,
+        )
         .await;
     let outcome = finish(&dir, finished, started)?;
     print_outcome(&dir, &outcome);
@@ -260,9 +270,8 @@ fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
             Entry::End(e) => end = Some(e.clone()),
         }
     }
-    let header = header.with_context(|| {
-        format!("{} holds no complete header frame", dir.run_log().display())
-    })?;
+    let header = header
+        .with_context(|| format!("{} holds no complete header frame", dir.run_log().display()))?;
     if header.format_version != FORMAT_VERSION {
         bail!(
             "{} was written in run-log format {}; this drpo-host reads format {FORMAT_VERSION}",
@@ -388,7 +397,9 @@ async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
                 Some(End {
                     status: EndStatus::Failed(message),
                     ..
-                }) => bail!("replay diverged: the recorded run failed ({message}) but the replay finished"),
+                }) => bail!(
+                    "replay diverged: the recorded run failed ({message}) but the replay finished"
+                ),
                 None => bail!("the run log has no end, yet the replay finished"),
             }
         }
@@ -411,7 +422,9 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, None)?;
     let built = services::build(&config)?;
     if let Some(tail) = recorded.contents.torn_tail_bytes {
-        eprintln!("note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run");
+        eprintln!(
+            "note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run"
+        );
     }
     let frames = recorded.contents.entries.len() as u64;
     let writer = crate::runlog::RunLogWriter::reopen(
@@ -422,7 +435,9 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     )?;
     let calls = recorded.calls.len();
     let mut observer = observer_for(&dir, &config, false)?;
-    observer.line(&format!("[resume] replaying {calls} recorded calls, then continuing live"));
+    observer.line(&format!(
+        "[resume] replaying {calls} recorded calls, then continuing live"
+    ));
     eprintln!("resuming {}: {calls} recorded calls", dir.root().display());
     let session =
         Session::resume(recorded.calls, built.services, writer).with_observer(Box::new(observer));
@@ -452,7 +467,10 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         header.wit_package,
         short_hash(&header.plugin_sha256)
     );
-    println!("host           drpo-host {} (log format {})", header.host_version, header.format_version);
+    println!(
+        "host           drpo-host {} (log format {})",
+        header.host_version, header.format_version
+    );
     println!("seed           {}", header.seed);
     for model in &header.models {
         println!("{:<14} {} via {}", model.role, model.model, model.provider);
@@ -483,7 +501,13 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
             for (position, (request, result)) in batch.iter().zip(results).enumerate() {
                 let slot = &mut totals[roles.iter().position(|r| *r == request.role).unwrap_or(0)];
                 slot.requests += 1;
-                if call.provenance.cache_hits.get(position).copied().unwrap_or(false) {
+                if call
+                    .provenance
+                    .cache_hits
+                    .get(position)
+                    .copied()
+                    .unwrap_or(false)
+                {
                     slot.cache_hits += 1;
                 }
                 match result {
@@ -528,7 +552,10 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
             status: EndStatus::Finished(outcome),
             elapsed_ms,
         }) => {
-            println!("outcome        finished in {:.1}s", *elapsed_ms as f64 / 1000.0);
+            println!(
+                "outcome        finished in {:.1}s",
+                *elapsed_ms as f64 / 1000.0
+            );
             if let Some(score) = outcome.best_score {
                 println!("best score     {score:.4}");
             }
@@ -542,7 +569,10 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         Some(End {
             status: EndStatus::Failed(message),
             elapsed_ms,
-        }) => println!("outcome        failed after {:.1}s: {message}", *elapsed_ms as f64 / 1000.0),
+        }) => println!(
+            "outcome        failed after {:.1}s: {message}",
+            *elapsed_ms as f64 / 1000.0
+        ),
         None => println!(
             "outcome        none yet: the run was interrupted{} (finish it with `drpo-host resume`)",
             recorded

@@ -270,9 +270,9 @@ impl ConfigInputs<'_> {
             given.insert("seed".into(), seed.into());
         }
         for pair in self.extra_options {
-            let (key, value) = pair.split_once('=').with_context(|| {
-                format!("--option {pair:?} is not KEY=VALUE")
-            })?;
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--option {pair:?} is not KEY=VALUE"))?;
             let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
             given.insert(key.replace('-', "_"), value);
         }
@@ -289,8 +289,7 @@ impl ConfigInputs<'_> {
 /// `top` over `bottom`, field by field.
 fn overlay<T: Serialize + serde::de::DeserializeOwned>(bottom: &T, top: &T) -> anyhow::Result<T> {
     let mut merged = serde_json::to_value(bottom)?;
-    if let (Value::Object(merged), Value::Object(top)) = (&mut merged, serde_json::to_value(top)?)
-    {
+    if let (Value::Object(merged), Value::Object(top)) = (&mut merged, serde_json::to_value(top)?) {
         merged.extend(top);
     }
     Ok(serde_json::from_value(merged)?)
@@ -335,7 +334,10 @@ pub fn resolve_options(
     }
     let mut resolved = Map::new();
     for (key, property) in properties {
-        if let Some(value) = given.remove(key).or_else(|| property.get("default").cloned()) {
+        if let Some(value) = given
+            .remove(key)
+            .or_else(|| property.get("default").cloned())
+        {
             resolved.insert(key.clone(), value);
         }
     }
@@ -360,7 +362,10 @@ mod tests {
     #[test]
     fn schema_defaults_fill_what_is_not_given() {
         let resolved = resolve_options(SCHEMA, map(json!({"depth": 3}))).unwrap();
-        assert_eq!(Value::Object(resolved), json!({"depth": 3, "beam_size": 2, "seed": 0}));
+        assert_eq!(
+            Value::Object(resolved),
+            json!({"depth": 3, "beam_size": 2, "seed": 0})
+        );
     }
 
     #[test]
@@ -400,7 +405,7 @@ mod tests {
         };
         let config = inputs.resolve(SCHEMA).unwrap();
         assert_eq!(
-            Value::Object(config.options),
+            Value::Object(config.options.clone()),
             json!({"depth": 3, "beam_size": 4, "seed": 9, "note": "from file"})
         );
         assert_eq!(config.seed(), 9);

@@ -111,7 +111,11 @@ impl Observer for RunObserver {
                 ));
                 for (request, result) in batch.iter().zip(results) {
                     if self.debug {
-                        self.line(&format!("  prompt ({}): {}", role_name(request.role), prompt_text(&request.prompt)));
+                        self.line(&format!(
+                            "  prompt ({}): {}",
+                            role_name(request.role),
+                            prompt_text(&request.prompt)
+                        ));
                     }
                     if let Err(error) = result {
                         self.line(&format!("  {} failed: {error:?}", role_name(request.role)));
@@ -119,13 +123,22 @@ impl Observer for RunObserver {
                 }
             }
             (CallRequest::Embed(texts), _) => {
-                self.line(&format!("[call {index}] embed{origin}: {} text(s)", texts.len()));
+                self.line(&format!(
+                    "[call {index}] embed{origin}: {} text(s)",
+                    texts.len()
+                ));
             }
             (CallRequest::Queries, CallResponse::Queries(queries)) => {
-                self.line(&format!("[call {index}] queries{origin}: {} queries", queries.len()));
+                self.line(&format!(
+                    "[call {index}] queries{origin}: {} queries",
+                    queries.len()
+                ));
             }
             (CallRequest::Examples, CallResponse::Examples(examples)) => {
-                self.line(&format!("[call {index}] examples{origin}: {} examples", examples.len()));
+                self.line(&format!(
+                    "[call {index}] examples{origin}: {} examples",
+                    examples.len()
+                ));
             }
             (CallRequest::RecordNode(node), _) => {
                 self.line(&format!(
@@ -144,14 +157,18 @@ impl Observer for RunObserver {
                     eprintln!("{message}");
                 }
             }
-            _ => self.line(&format!("[call {index}] {}{origin}", record.request.import_name())),
+            _ => self.line(&format!(
+                "[call {index}] {}{origin}",
+                record.request.import_name()
+            )),
         }
     }
 }
 
 /// Writes `result.json`: the outcome and every node of the tree.
 pub fn write_result(dir: &RunDir, outcome: &Outcome, nodes: &[Node]) -> anyhow::Result<()> {
-    let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::String(outcome.details.clone()));
+    let details: Value =
+        serde_json::from_str(&outcome.details).unwrap_or(Value::String(outcome.details.clone()));
     let nodes: Vec<Value> = nodes
         .iter()
         .map(|node| {
@@ -223,5 +240,8 @@ fn prompt_text(prompt: &Prompt) -> String {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -40,7 +40,11 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
         ("base", &flags.base_model_name, "--base-model-name"),
         ("metrics", &flags.metrics_model_name, "--metrics-model-name"),
         ("judge", &flags.eval_model_name, "--eval-model-name"),
-        ("optimizer", &flags.optimize_model_name, "--optimize-model-name"),
+        (
+            "optimizer",
+            &flags.optimize_model_name,
+            "--optimize-model-name",
+        ),
     ];
     let mut built: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     let mut providers = Vec::with_capacity(4);
@@ -72,9 +76,13 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
         }
         None => None,
     };
-    let [base, metrics, judge, optimizer]: [Arc<dyn Provider>; 4] =
-        providers.try_into().map_err(|_| anyhow::anyhow!("four roles"))?;
-    Ok((Router::new(base, metrics, judge, optimizer, embedder), models))
+    let [base, metrics, judge, optimizer]: [Arc<dyn Provider>; 4] = providers
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("four roles"))?;
+    Ok((
+        Router::new(base, metrics, judge, optimizer, embedder),
+        models,
+    ))
 }
 
 /// One provider per distinct model name, so that a model serving several roles exists once.
@@ -100,7 +108,9 @@ fn provider_for(
     let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(Endpoint {
         base_url,
         model: name.into(),
-        api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()),
+        api_key: std::env::var("OPENAI_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
     }));
     built.insert(name.into(), provider.clone());
     Ok(provider)
@@ -127,8 +137,10 @@ fn load_queries(
             };
             let alpaca = drpo::data::parse_alpaca(&read("alpaca_train.json")?)
                 .map_err(|e| anyhow::anyhow!("{}/alpaca_train.json: {e}", path.display()))?;
-            let lima = drpo::data::parse_lima(&read("lima_subsample_train.json")?)
-                .map_err(|e| anyhow::anyhow!("{}/lima_subsample_train.json: {e}", path.display()))?;
+            let lima =
+                drpo::data::parse_lima(&read("lima_subsample_train.json")?).map_err(|e| {
+                    anyhow::anyhow!("{}/lima_subsample_train.json: {e}", path.display())
+                })?;
             let harmful = drpo::data::parse_mal(&read("mal_train.txt")?);
             drpo::data::published_stream(&alpaca, &lima, &harmful, limit, seed)
         }

@@ -55,10 +55,12 @@ impl OpenAiProvider {
             .await
             .map_err(|e| unavailable(&url, format!("request failed: {}", without_url(&e))))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| unavailable(&url, format!("reading the body failed: {}", without_url(&e))))?;
+        let text = response.text().await.map_err(|e| {
+            unavailable(
+                &url,
+                format!("reading the body failed: {}", without_url(&e)),
+            )
+        })?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
             return Err(if status.is_client_error() && status.as_u16() != 429 {
@@ -67,8 +69,12 @@ impl OpenAiProvider {
                 unavailable(&url, message)
             });
         }
-        serde_json::from_str(&text)
-            .map_err(|e| unavailable(&url, format!("the body is not JSON ({e}): {}", excerpt(&text))))
+        serde_json::from_str(&text).map_err(|e| {
+            unavailable(
+                &url,
+                format!("the body is not JSON ({e}): {}", excerpt(&text)),
+            )
+        })
     }
 
     async fn complete_one(&self, request: Request) -> Result<Completion, LlmError> {
@@ -113,7 +119,10 @@ impl OpenAiProvider {
 
 impl Provider for OpenAiProvider {
     fn identity(&self) -> String {
-        format!("openai-compatible {} model {}", self.endpoint.base_url, self.endpoint.model)
+        format!(
+            "openai-compatible {} model {}",
+            self.endpoint.base_url, self.endpoint.model
+        )
     }
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
@@ -162,9 +171,15 @@ impl Provider for OpenAiProvider {
 }
 
 fn parse_completion(url: &str, reply: &Value, chat: bool, n: u32) -> Result<Completion, LlmError> {
-    let choices = reply["choices"]
-        .as_array()
-        .ok_or_else(|| unavailable(url, format!("the reply has no `choices`: {}", excerpt(&reply.to_string()))))?;
+    let choices = reply["choices"].as_array().ok_or_else(|| {
+        unavailable(
+            url,
+            format!(
+                "the reply has no `choices`: {}",
+                excerpt(&reply.to_string())
+            ),
+        )
+    })?;
     let mut texts = vec![None; choices.len()];
     for (position, choice) in choices.iter().enumerate() {
         let index = choice["index"].as_u64().map_or(position, |i| i as usize);

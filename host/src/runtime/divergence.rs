@@ -46,8 +46,13 @@ pub fn first_difference(
         ));
     }
     let mut path = String::from(recorded_name_root(recorded_name));
-    diff(&recorded, &requested, &mut path)
-        .or_else(|| Some((path_or_root(recorded_name), "(equal JSON)".into(), "(bits differ)".into())))
+    diff(&recorded, &requested, &mut path).or_else(|| {
+        Some((
+            path_or_root(recorded_name),
+            "(equal JSON)".into(),
+            "(bits differ)".into(),
+        ))
+    })
 }
 
 fn named_value(request: &CallRequest) -> (&'static str, Value) {
@@ -74,7 +79,11 @@ fn recorded_name_root(import: &str) -> &'static str {
 
 fn path_or_root(import: &str) -> String {
     let root = recorded_name_root(import);
-    if root.is_empty() { import.to_owned() } else { root.to_owned() }
+    if root.is_empty() {
+        import.to_owned()
+    } else {
+        root.to_owned()
+    }
 }
 
 fn to_value<T: Serialize>(value: &T) -> Value {
@@ -97,10 +106,12 @@ fn diff(a: &Value, b: &Value, path: &mut String) -> Option<(String, String, Stri
                 }
                 path.truncate(len);
             }
-            y.iter().find(|(key, _)| !x.contains_key(*key)).map(|(key, bv)| {
-                push_field(path, &kebab(key));
-                (path.clone(), "(missing)".into(), short(bv))
-            })
+            y.iter()
+                .find(|(key, _)| !x.contains_key(*key))
+                .map(|(key, bv)| {
+                    push_field(path, &kebab(key));
+                    (path.clone(), "(missing)".into(), short(bv))
+                })
         }
         (Value::Array(x), Value::Array(y)) => {
             for (i, (av, bv)) in x.iter().zip(y).enumerate() {

@@ -203,7 +203,9 @@ impl Runtime {
             return Component::new(&self.engine, bytes).map_err(invalid);
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let cached = cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
         if cached.is_file() {
             // SAFETY: the file was written by `Component::serialize` of an engine with the same
@@ -264,9 +266,7 @@ impl Runtime {
             &'a Strategy,
             &'a mut Store<StoreState>,
         ) -> std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = wasmtime::Result<Result<T, String>>> + Send + 'a,
-            >,
+            Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, String>>> + Send + 'a>,
         >,
     {
         let mut store = Store::new(
@@ -475,10 +475,7 @@ fn compatible(version: &str) -> bool {
 
 fn compatible_range() -> String {
     let mut parts = WIT_VERSION.split('.');
-    let (major, minor) = (
-        parts.next().unwrap_or("0"),
-        parts.next().unwrap_or("0"),
-    );
+    let (major, minor) = (parts.next().unwrap_or("0"), parts.next().unwrap_or("0"));
     if major == "0" {
         format!("{major}.{minor}.x")
     } else {

@@ -224,7 +224,9 @@ fn role_at(request: &CallRequest, field: &str) -> Option<String> {
         .next()?
         .parse()
         .ok()?;
-    batch.get(index).map(|r| format!("{:?}", r.role).to_lowercase())
+    batch
+        .get(index)
+        .map(|r| format!("{:?}", r.role).to_lowercase())
 }
 
 /// A response of the wrong kind can only come from a log whose request matched but whose
