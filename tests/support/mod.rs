@@ -1,1 +1,95 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: where the built binaries and plugins are, and a
+//! scripted OpenAI-compatible server on loopback.
+
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned()
+}
+
+/// A shipped plugin, built by `scripts/build-plugins` into `target/plugins/`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = workspace()
+        .join("target/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run ./scripts/build-plugins first (./scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The `drpo-host` binary of the current build (cargo builds it before running the tests of
+/// the workspace).
+pub fn host_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/drpo-host
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let binary = profile_dir.join("drpo-host");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p drpo-host` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A `drpo-host` command with an isolated cache directory and no API key in its environment.
+pub fn host(cache: &Path) -> Command {
+    let mut command = Command::new(host_binary());
+    command
+        .env("DRPO_CACHE_DIR", cache)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL");
+    command
+}
+
+/// The flags that route all four roles to `api_base`.
+pub fn roles_at(api_base: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for flag in [
+        "--base-model-name",
+        "--eval-model-name",
+        "--metrics-model-name",
+        "--optimize-model-name",
+    ] {
+        args.push(flag.to_owned());
+        args.push("test-model".to_owned());
+    }
+    args.push("--api-base".into());
+    args.push(api_base.into());
+    args
+}
+
+/// Runs a command and returns its output, printing it when the test fails later.
+pub fn output(command: &mut Command) -> Output {
+    let output = command.output().expect("start drpo-host");
+    eprintln!(
+        "--- {:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+        command,
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// stdout and stderr together, as text.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,251 @@
+//! A scripted OpenAI-compatible HTTP server on 127.0.0.1, for exercising the host's logic and
+//! faults. Its default answers are deterministic functions of the request, and any request with
+//! a JSON schema gets an answer that follows the schema.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// What the server sends back for one request.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+type Script = dyn Fn(&str, &Value) -> Reply + Send + Sync;
+
+/// A running server; it stops when dropped.
+pub struct Server {
+    address: String,
+    state: Arc<State>,
+}
+
+struct State {
+    script: Box<Script>,
+    requests: Mutex<Vec<(String, Value)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    stopped: AtomicBool,
+}
+
+impl Server {
+    /// A server answering every request with [`default_reply`].
+    pub fn start() -> Server {
+        Server::with_script(|path, request| Reply {
+            status: 200,
+            body: default_reply(path, request).to_string(),
+            delay: Duration::ZERO,
+        })
+    }
+
+    /// A server answering with `script(path, request_json)`.
+    pub fn with_script(script: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = format!("http://{}/v1", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            script: Box::new(script),
+            requests: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let accept_state = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept_state.stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let state = accept_state.clone();
+                std::thread::spawn(move || serve(stream, &state));
+            }
+        });
+        Server { address, state }
+    }
+
+    /// The base URL, up to `/v1`.
+    pub fn url(&self) -> &str {
+        &self.address
+    }
+
+    /// Every request received so far: (path, JSON body).
+    pub fn requests(&self) -> Vec<(String, Value)> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(
+            self.address
+                .trim_start_matches("http://")
+                .trim_end_matches("/v1"),
+        );
+    }
+}
+
+fn serve(stream: TcpStream, state: &State) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let mut content_length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        state
+            .requests
+            .lock()
+            .unwrap()
+            .push((path.clone(), request.clone()));
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let reply = (state.script)(&path, &request);
+        std::thread::sleep(reply.delay);
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let response = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            reply.status,
+            reply.body.len(),
+            reply.body
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A deterministic answer: chat and raw completions echo a digest of the prompt (or follow the
+/// request's JSON schema), embeddings are a digest-seeded vector.
+pub fn default_reply(path: &str, request: &Value) -> Value {
+    if path.ends_with("/embeddings") {
+        let inputs = request["input"].as_array().cloned().unwrap_or_default();
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let seed = digest(text.as_str().unwrap_or_default());
+                let vector: Vec<f64> = (0..8)
+                    .map(|k| ((seed >> (k * 4)) & 0xf) as f64 - 7.5)
+                    .collect();
+                json!({"index": i, "embedding": vector})
+            })
+            .collect();
+        return json!({"data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}});
+    }
+    let prompt = if let Some(messages) = request["messages"].as_array() {
+        messages
+            .iter()
+            .map(|m| m["content"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        request["prompt"].as_str().unwrap_or_default().to_owned()
+    };
+    let n = request["n"].as_u64().unwrap_or(1);
+    let schema = &request["response_format"]["json_schema"]["schema"];
+    let chat = request.get("messages").is_some();
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            let text = if schema.is_object() {
+                follow_schema(schema, &format!("{:x}-{i}", digest(&prompt))).to_string()
+            } else {
+                format!("answer {:x}-{i}", digest(&prompt))
+            };
+            if chat {
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+            } else {
+                json!({"index": i, "text": text, "finish_reason": "stop"})
+            }
+        })
+        .collect();
+    json!({
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt.len() / 4 + 1, "completion_tokens": 7 * n},
+    })
+}
+
+/// A value that follows `schema`: the first enum values, the smallest allowed numbers (at
+/// least 3 for integers, so judgements never trigger DRPO's skip rule), the fewest items.
+pub fn follow_schema(schema: &Value, tag: &str) -> Value {
+    if let Some(values) = schema["enum"].as_array() {
+        return values.first().cloned().unwrap_or(Value::Null);
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let mut object = serde_json::Map::new();
+            if let Some(properties) = schema["properties"].as_object() {
+                for (name, property) in properties {
+                    object.insert(
+                        name.clone(),
+                        follow_schema(property, &format!("{tag}.{name}")),
+                    );
+                }
+            }
+            Value::Object(object)
+        }
+        Some("array") => {
+            let count = schema["minItems"].as_u64().unwrap_or(1).max(1);
+            let items = &schema["items"];
+            let values: Vec<Value> = (0..count)
+                .map(|i| match items["enum"].as_array() {
+                    Some(choices) => choices[i as usize % choices.len()].clone(),
+                    None => follow_schema(items, &format!("{tag}[{i}]")),
+                })
+                .collect();
+            Value::Array(values)
+        }
+        Some("integer") => {
+            let minimum = schema["minimum"].as_i64().unwrap_or(1);
+            let maximum = schema["maximum"].as_i64().unwrap_or(5);
+            json!(3.clamp(minimum, maximum))
+        }
+        Some("number") => json!(3.0),
+        Some("boolean") => json!(false),
+        _ => json!(format!("text {tag}")),
+    }
+}
+
+fn digest(text: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms.
+    text.bytes().fold(0xcbf29ce484222325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+    })
+}
