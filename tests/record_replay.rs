@@ -1,1 +1,303 @@
+//! Recording, replaying, resuming and auditing runs.
 
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use drpo_host::bindings::types::Outcome;
+use drpo_host::runlog::{CallRequest, EndStatus, Entry, read_log};
+use drpo_host::runtime::{Limits, PluginError, Runtime, Session, SessionFailure};
+use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::{host, output, plugin, roles_at, text};
+
+fn run_args(server: &Server, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        "--strategy".into(),
+        plugin("testkit").display().to_string(),
+        "--log-dir".into(),
+        dir.display().to_string(),
+    ];
+    args.extend(roles_at(server.url()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn entries(dir: &Path) -> Vec<Entry> {
+    read_log(&dir.join("run.log")).unwrap().entries
+}
+
+fn outcome(dir: &Path) -> Outcome {
+    match entries(dir).last() {
+        Some(Entry::End(end)) => match &end.status {
+            EndStatus::Finished(outcome) => outcome.clone(),
+            EndStatus::Failed(message) => panic!("the run failed: {message}"),
+        },
+        other => panic!("the run has no end: {other:?}"),
+    }
+}
+
+/// Chat message contents of every `complete` request recorded in a log.
+fn recorded_prompts(entries: &[Entry]) -> Vec<String> {
+    let mut prompts = Vec::new();
+    for entry in entries {
+        if let Entry::Call(call) = entry
+            && let CallRequest::Complete(batch) = &call.request
+        {
+            for request in batch {
+                if let drpo_host::bindings::types::Prompt::Chat(messages) = &request.prompt {
+                    prompts.push(messages[0].content.clone());
+                }
+            }
+        }
+    }
+    prompts
+}
+
+fn served_prompts(server: &Server) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .map(|(_, body)| {
+            body["messages"][0]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let (first, second) = (work.path().join("first"), work.path().join("second"));
+    for dir in [&first, &second] {
+        let out = output(host(&cache).args(run_args(
+            &server,
+            dir,
+            &["--option", "steps=4", "--seed", "5"],
+        )));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let normalise =
+        |dir: &Path| -> Vec<Entry> { entries(dir).iter().map(Entry::without_timings).collect() };
+    assert_eq!(
+        normalise(&first),
+        normalise(&second),
+        "same plugin, seed and answers: same log"
+    );
+    let served = server.requests().len();
+
+    let replay = output(host(&cache).arg("replay").arg(&first));
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replay reproduced the run"),
+        "{}",
+        text(&replay)
+    );
+    assert_eq!(
+        server.requests().len(),
+        served,
+        "a replay sends nothing to the model"
+    );
+
+    let out_of_outcome = outcome(&first);
+    assert_eq!(out_of_outcome.best_path, vec![0, 1, 2, 3, 4]);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["tree"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        result["best_prompt"].as_str(),
+        out_of_outcome.best_prompt.as_deref()
+    );
+
+    let inspect = output(host(&cache).arg("inspect").arg(&first));
+    let summary = text(&inspect);
+    assert!(inspect.status.success(), "{summary}");
+    // 4 steps × 2 requests, alternating judge and optimizer.
+    assert!(
+        summary
+            .lines()
+            .any(|l| l.starts_with("judge") && l.split_whitespace().nth(1) == Some("4")),
+        "{summary}"
+    );
+    assert!(summary.contains("best score"), "{summary}");
+}
+
+#[test]
+fn a_changed_byte_in_the_run_log_makes_replay_refuse_and_name_the_frame() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let out = output(host(&cache).args(run_args(&server, &dir, &[])));
+    assert!(out.status.success(), "{}", text(&out));
+    let log = dir.join("run.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&log, bytes).unwrap();
+    let replay = output(host(&cache).arg("replay").arg(&dir));
+    assert!(!replay.status.success());
+    let message = text(&replay);
+    assert!(
+        message.contains("frame") && message.contains("run.log"),
+        "{message}"
+    );
+    assert!(
+        message.contains("corrupt or was altered") || message.contains("incomplete"),
+        "{message}"
+    );
+}
+
+#[test]
+fn replay_names_the_call_role_and_field_where_a_plugin_diverges() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("run");
+    let out = output(host(&work.path().join("cache")).args(run_args(
+        &server,
+        &dir,
+        &["--option", "width=2"],
+    )));
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = entries(&dir)
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Call(call) => Some(call),
+            _ => None,
+        })
+        .collect();
+
+    let runtime = Runtime::new(None).unwrap();
+    let testkit = runtime.load(&plugin("testkit")).unwrap();
+    // Same plugin, other options: its second request of the first batch now differs in length.
+    let options = r#"{"mode":"chain","steps":3,"width":3}"#;
+    let finished = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(runtime.run(
+            &testkit,
+            options,
+            0,
+            Limits::default(),
+            Session::replay(calls),
+        ));
+    match finished.result {
+        Err(PluginError::Host {
+            failure: SessionFailure::Divergence(divergence),
+            ..
+        }) => {
+            // Call 0 is `queries`, call 1 records the root; call 2 is the first batch, which
+            // now has 3 requests.
+            assert_eq!(divergence.index, 2);
+            assert_eq!(divergence.import, "complete");
+            assert_eq!(divergence.field, "batch.length");
+            let message = divergence.to_string();
+            assert!(
+                message.contains("call 2") && message.contains("batch.length"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected a divergence, got {other}"),
+        Ok(_) => panic!("expected a divergence, the replay finished"),
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_outcome_without_resending_recorded_calls() {
+    let slow = || {
+        Server::with_script(|path, request| Reply {
+            status: 200,
+            body: default_reply(path, request).to_string(),
+            delay: Duration::from_millis(150),
+        })
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let steps = ["--option", "steps=8"];
+
+    let reference_server = slow();
+    let reference = work.path().join("reference");
+    let out = output(host(&cache).args(run_args(&reference_server, &reference, &steps)));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let server = slow();
+    let dir = work.path().join("interrupted");
+    let mut child = host(&cache)
+        .args(run_args(&server, &dir, &steps))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.requests().len() < 7 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SIGKILL: no chance to clean up.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = read_log(&dir.join("run.log")).unwrap();
+    assert!(
+        !matches!(before.entries.last(), Some(Entry::End(_))),
+        "the run was killed before its end"
+    );
+    let recorded: HashSet<String> = recorded_prompts(&before.entries).into_iter().collect();
+    assert!(
+        !recorded.is_empty(),
+        "some calls were recorded before the kill"
+    );
+    let served_before = server.requests().len();
+
+    let resume = output(host(&cache).arg("resume").arg(&dir));
+    assert!(resume.status.success(), "{}", text(&resume));
+    assert_eq!(
+        outcome(&dir),
+        outcome(&reference),
+        "resume finishes with the uninterrupted outcome"
+    );
+
+    let resent: Vec<String> = served_prompts(&server)[served_before..]
+        .iter()
+        .filter(|prompt| recorded.contains(*prompt))
+        .cloned()
+        .collect();
+    assert!(
+        resent.is_empty(),
+        "recorded requests were sent again: {resent:?}"
+    );
+
+    let replay = output(host(&cache).arg("replay").arg(&dir));
+    assert!(
+        replay.status.success(),
+        "the resumed log replays: {}",
+        text(&replay)
+    );
+
+    let again = output(host(&cache).arg("resume").arg(&dir));
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already ended"), "{}", text(&again));
+}
+
+#[test]
+fn a_second_start_of_the_same_plugin_uses_the_compiled_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let out = output(host(&cache).arg("describe").arg(plugin("testkit")));
+    assert!(out.status.success(), "{}", text(&out));
+    let compiled: Vec<_> = std::fs::read_dir(cache.join("components"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+    assert!(compiled[0].ends_with(".cwasm"));
+    let again = output(host(&cache).arg("describe").arg(plugin("testkit")));
+    assert_eq!(again.stdout, out.stdout);
+}
