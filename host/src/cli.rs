@@ -145,6 +145,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let built = services::build(&config)?;
     std::fs::write(dir.config(), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", dir.config().display()))?;
+    let mut options = config.options.clone();
+    if let Some(path) = &config.host.metrics_cache_path {
+        if !options.contains_key("metrics_cache") {
+            bail!(
+                "--metrics-cache-path is set, but the strategy {} takes no `metrics_cache` option",
+                info.name
+            );
+        }
+        options.insert(
+            "metrics_cache".into(),
+            serde_json::Value::Object(crate::metrics_cache::load(path)?),
+        );
+    }
     let header = Header {
         format_version: FORMAT_VERSION,
         host_version: env!("CARGO_PKG_VERSION").into(),
@@ -152,7 +165,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         plugin_sha256: plugin.sha256().into(),
         plugin_name: info.name.clone(),
         plugin_version: info.version.clone(),
-        options: config.options_json(),
+        options: serde_json::Value::Object(options).to_string(),
         seed: config.seed(),
         models: built.models,
         started_unix_ms: SystemTime::now()
@@ -179,7 +192,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .await;
     let outcome = finish(&dir, finished, started)?;
+    save_metrics_cache(&config, &outcome)?;
     print_outcome(&dir, &outcome);
+    Ok(())
+}
+
+fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<()> {
+    if let Some(path) = &config.host.metrics_cache_path {
+        let added = crate::metrics_cache::merge_outcome(path, &outcome.details)?;
+        if added > 0 {
+            eprintln!("metrics cache {}: {added} new queries", path.display());
+        }
+    }
     Ok(())
 }
 
@@ -451,6 +475,7 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
         )
         .await;
     let outcome = finish(&dir, finished, started)?;
+    save_metrics_cache(&config, &outcome)?;
     print_outcome(&dir, &outcome);
     Ok(())
 }

@@ -218,11 +218,6 @@ impl RunConfig {
                 .map_or(defaults.deadline, std::time::Duration::from_secs),
         }
     }
-
-    /// The options object as JSON text.
-    pub fn options_json(&self) -> String {
-        Value::Object(self.options.clone()).to_string()
-    }
 }
 
 /// Merges flags over the config file and resolves the strategy options against its schema.

@@ -9,6 +9,7 @@
 //! | [`runlog`] | the run log format: record, verify, read |
 //! | [`provider`] | model providers and the per-role router |
 //! | [`config`] | flags, config file and strategy options resolved into one configuration |
+//! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
 //! | [`rundir`] | the files a run leaves |
 //! | [`cli`] | the command line |
@@ -16,6 +17,7 @@
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod metrics_cache;
 pub mod provider;
 pub mod rundir;
 pub mod runlog;

@@ -202,11 +202,17 @@ pub fn default_reply(path: &str, request: &Value) -> Value {
     })
 }
 
-/// A value that follows `schema`: the first enum values, the smallest allowed numbers (at
-/// least 3 for integers, so judgements never trigger DRPO's skip rule), the fewest items.
+/// A value that follows `schema`: the middle of a numeric scale and 3 for integers (so
+/// judgements never trigger DRPO's skip rule), the first value of other enums, the fewest items.
 pub fn follow_schema(schema: &Value, tag: &str) -> Value {
     if let Some(values) = schema["enum"].as_array() {
-        return values.first().cloned().unwrap_or(Value::Null);
+        // A numeric scale answers its middle (a 3 on 1..5), anything else its first value.
+        let pick = if values.iter().all(Value::is_number) {
+            values.len() / 2
+        } else {
+            0
+        };
+        return values.get(pick).cloned().unwrap_or(Value::Null);
     }
     match schema["type"].as_str() {
         Some("object") => {
