@@ -9,6 +9,7 @@
 //! | `alloc` | allocates without bound (the memory limit must stop it) |
 //! | `wait` | one `complete` call (a slow provider makes it outlast the deadline) |
 //! | `panic` | panics with the message in `message` |
+//! | `echo` | `count` single-request `complete` calls whose prompt is `size` bytes (for benchmarks) |
 //! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
 
 use serde_json::{Value, json};
@@ -34,7 +35,9 @@ impl Guest for Testkit {
                 "type": "object",
                 "properties": {
                     "mode": {"type": "string", "default": "chain",
-                             "enum": ["chain", "spin", "alloc", "wait", "panic", "probe"]},
+                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe"]},
+                    "count": {"type": "integer", "default": 1000, "minimum": 0},
+                    "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
                     "width": {"type": "integer", "default": 2, "minimum": 1},
                     "message": {"type": "string", "default": "testkit was asked to panic"},
@@ -62,6 +65,7 @@ impl Guest for Testkit {
                 let answers = host::complete(&[request("wait".into(), 0, 0)]);
                 Ok(summary(json!({"answers": format!("{answers:?}")})))
             }
+            "echo" => Ok(echo(number("count", 1000), number("size", 1024) as usize)),
             "panic" => panic!("{}", options["message"].as_str().unwrap_or("panic")),
             "probe" => Ok(summary(probe(number("port", 0) as u16))),
             other => Err(format!("unknown mode `{other}`")),
@@ -146,6 +150,16 @@ fn chain(steps: u64, width: u32, seed: u64) -> Result<Outcome, String> {
         best_path: path,
         details: json!({"steps": steps}).to_string(),
     })
+}
+
+fn echo(count: u64, size: usize) -> Outcome {
+    let text = "x".repeat(size);
+    let mut answered = 0u64;
+    for i in 0..count {
+        let answers = host::complete(&[request(text.clone(), i as u32, 0)]);
+        answered += answers.iter().filter(|a| a.is_ok()).count() as u64;
+    }
+    summary(json!({"answered": answered}))
 }
 
 fn spin() -> Result<Outcome, String> {
