@@ -28,6 +28,11 @@ use crate::config::LlamaConfig;
 /// Additive mask value: large enough to zero a probability, finite so that no NaN can appear.
 const MASKED: f32 = -1.0e9;
 
+/// Attention reads the cache in spans of a multiple of this many slots (the slots past the
+/// filled ones are masked), so the key length, and with it the kernels' shapes, autotune keys
+/// and fused graphs, changes once every this many decode steps instead of every step.
+pub const KV_BUCKET: usize = 64;
+
 /// One decoder block's weights.
 #[derive(Debug, Clone)]
 pub struct Block<B: Backend> {
@@ -79,6 +84,8 @@ pub struct KvCache<B: Backend> {
     pads: Vec<usize>,
     len: usize,
     capacity: usize,
+    /// Allocated slots: `capacity` rounded up to a multiple of [`KV_BUCKET`].
+    slots: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -173,7 +180,8 @@ impl<B: Backend> Llama<B> {
     /// of padding tokens at the left of row `b`'s prompt.
     pub fn new_cache(&self, pads: &[usize], capacity: usize) -> KvCache<B> {
         let c = &self.config;
-        let shape = [pads.len(), c.kv_heads(), capacity, c.head_dim()];
+        let slots = capacity.div_ceil(KV_BUCKET).max(1) * KV_BUCKET;
+        let shape = [pads.len(), c.kv_heads(), slots, c.head_dim()];
         let layers = (0..c.num_hidden_layers)
             .map(|_| {
                 (
@@ -187,6 +195,7 @@ impl<B: Backend> Llama<B> {
             pads: pads.to_vec(),
             len: 0,
             capacity,
+            slots,
         }
     }
 
@@ -217,7 +226,7 @@ impl<B: Backend> Llama<B> {
         );
 
         let (cos, sin) = self.rope_for(&cache.pads, start, len);
-        let window = self.attention_window(&cache.pads, start, len);
+        let window = self.attention_window(&cache.pads, start, len, cache.slots);
 
         let mut x = burn::tensor::module::embedding(self.weights.embed.clone(), tokens);
         for (block, (k_cache, v_cache)) in self.weights.blocks.iter().zip(cache.layers.iter_mut()) {
@@ -263,29 +272,42 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// Which cached slots the new queries may see: a slot range and, when some of it must be
-    /// hidden from some queries, an additive mask `[batch, 1, 1, len, keys]` in f32.
-    fn attention_window(&self, pads: &[usize], start: usize, len: usize) -> Window<B> {
+    /// Which cached slots the new queries may see: `keys` slots from `first`, a multiple of
+    /// [`KV_BUCKET`] when the cache allows, and, when some of them must be hidden from some
+    /// queries (padding, the future, slots not filled yet, outside the sliding window), an
+    /// additive mask `[batch, 1, 1, len, keys]` in f32.
+    fn attention_window(
+        &self,
+        pads: &[usize],
+        start: usize,
+        len: usize,
+        slots: usize,
+    ) -> Window<B> {
         let end = start + len;
         // Keys older than the window of the first new query are never seen: skip them.
         let first = match self.config.sliding_window {
             Some(w) => (start + 1).saturating_sub(w),
             None => 0,
         };
-        let keys = end - first;
+        let keys = (end - first).div_ceil(KV_BUCKET) * KV_BUCKET;
+        let keys = keys.min(slots);
+        let first = first.min(slots - keys);
         let visible = |b: usize, q: usize, k: usize| {
             // A padding query sees itself only, which keeps its row finite (never all-masked).
             k == q
                 || (k <= q && k >= pads[b] && self.config.sliding_window.is_none_or(|w| q - k < w))
         };
+        let span = first..first + keys;
         let needs_mask =
-            (0..pads.len()).any(|b| (start..end).any(|q| (first..end).any(|k| !visible(b, q, k))));
+            (0..pads.len()).any(|b| (start..end).any(|q| span.clone().any(|k| !visible(b, q, k))));
         let mask = needs_mask.then(|| {
             let mut values = Vec::with_capacity(pads.len() * len * keys);
             for b in 0..pads.len() {
                 for q in start..end {
-                    values
-                        .extend((first..end).map(|k| if visible(b, q, k) { 0.0 } else { MASKED }));
+                    values.extend(
+                        span.clone()
+                            .map(|k| if visible(b, q, k) { 0.0 } else { MASKED }),
+                    );
                 }
             }
             Tensor::<B, 5>::from_data(
@@ -293,7 +315,7 @@ impl<B: Backend> Llama<B> {
                 (&self.device, DType::F32),
             )
         });
-        Window { first, mask }
+        Window { first, keys, mask }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -332,13 +354,12 @@ impl<B: Backend> Llama<B> {
         *v_cache = v_cache
             .clone()
             .slice_assign([0..batch, 0..kv, start..end, 0..hd], v);
-        let keys = end - window.first;
+        let keys = window.keys;
+        let span = window.first..window.first + keys;
         let k = k_cache
             .clone()
-            .slice([0..batch, 0..kv, window.first..end, 0..hd]);
-        let v = v_cache
-            .clone()
-            .slice([0..batch, 0..kv, window.first..end, 0..hd]);
+            .slice([0..batch, 0..kv, span.clone(), 0..hd]);
+        let v = v_cache.clone().slice([0..batch, 0..kv, span, 0..hd]);
 
         // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
         let q = q.swap_dims(1, 2).reshape([batch, kv, group * len, hd]);
@@ -367,6 +388,8 @@ impl<B: Backend> Llama<B> {
 /// The key slots a forward pass attends to, and the mask over them if any is needed.
 struct Window<B: Backend> {
     first: usize,
+    /// Slots read from `first` on.
+    keys: usize,
     mask: Option<Tensor<B, 5>>,
 }
 

@@ -116,6 +116,7 @@ macro_rules! with_backend {
                 // thread, then on ours): turn that into an error with the usual remedies.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let device = burn::backend::cuda::CudaDevice::new(index);
+                    probe_device::<drpo_models::device::CudaBackend>(&device, spec)?;
                     $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
                 }))
                 .unwrap_or_else(|_| {
@@ -134,6 +135,14 @@ macro_rules! with_backend {
 }
 
 fn main() -> ExitCode {
+    // DRPO_WATCHDOG_S=N (default 10; 0 turns it off): report a stage that lasts N seconds.
+    let watchdog = std::env::var("DRPO_WATCHDOG_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(10.0);
+    if watchdog > 0.0 {
+        progress::start_watchdog(std::time::Duration::from_secs_f64(watchdog));
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -239,6 +248,7 @@ fn bench<B: Backend>(
     args: &BenchArgs,
     spec: DeviceSpec,
 ) -> Result<()> {
+    progress::stage(&format!("bench: building the model on {spec}"));
     let started = Instant::now();
     let model = match source {
         Source::Random(config) => Llama::<B>::random(*config, device, args.seed),
@@ -246,7 +256,7 @@ fn bench<B: Backend>(
     };
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let load_s = started.elapsed().as_secs_f64();
-    eprintln!("model ready on {spec} in {load_s:.1} s");
+    progress::note(&format!("model ready on {spec} in {load_s:.1} s"));
     let mut rng = StdRng::seed_from_u64(args.seed);
     let vocab = model.config().vocab_size as u32;
     for &batch in &args.batch {
@@ -259,16 +269,32 @@ fn bench<B: Backend>(
             .collect();
         // The first pass compiles and autotunes kernels for these shapes; the second is timed.
         let warm = Instant::now();
-        greedy(&model, &prompts, args.gen_tokens)?;
+        progress::stage(&format!(
+            "batch {batch}: warm-up run (compiles and autotunes)"
+        ));
+        greedy(
+            &model,
+            &prompts,
+            args.gen_tokens,
+            &format!("batch {batch} warm-up"),
+        )?;
         let warm_s = warm.elapsed().as_secs_f64();
-        let run = greedy(&model, &prompts, args.gen_tokens)?;
+        progress::stage(&format!(
+            "batch {batch}: timed run (warm-up took {warm_s:.1} s)"
+        ));
+        let run = greedy(
+            &model,
+            &prompts,
+            args.gen_tokens,
+            &format!("batch {batch} timed"),
+        )?;
         let prefill = (batch * args.prompt_len) as f64 / run.prefill_s;
         let decode = (batch * (args.gen_tokens - 1)) as f64 / run.decode_s;
-        eprintln!(
+        progress::stage(&format!(
             "batch {batch:>3}: prefill {prefill:>9.1} tok/s, decode {decode:>8.1} tok/s \
              ({:.2} ms/step), warm-up {warm_s:.1} s",
             1000.0 * run.decode_s / (args.gen_tokens - 1) as f64
-        );
+        ));
         println!(
             "{}",
             serde_json::json!({
@@ -280,6 +306,8 @@ fn bench<B: Backend>(
                 "peak_host_rss_mib": peak_rss_mib(),
             })
         );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
     }
     Ok(())
 }
@@ -296,7 +324,14 @@ struct Greedy {
 
 /// Greedy decoding of left-padded `prompts`; the argmax runs on the device and only the chosen
 /// ids come back to the host, once per step.
-fn greedy<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], gen_tokens: usize) -> Result<Greedy> {
+/// `label` names the run in the progress lines: the prefill and the first decode steps are
+/// timed one by one (with a device sync), later steps every 16th.
+fn greedy<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    gen_tokens: usize,
+    label: &str,
+) -> Result<Greedy> {
     let device = model.device();
     let batch = prompts.len();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -308,11 +343,16 @@ fn greedy<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], gen_tokens: usize)
     let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device error: {e:?}"));
     sync()?;
     let started = Instant::now();
+    progress::stage(&format!("{label}: prefill of {batch}x{longest} tokens"));
     let mut cache = model.new_cache(&pads, longest + gen_tokens);
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, longest]), device);
     let logits = model
         .forward(input, &mut cache, Logits::Last)
         .reshape([batch, model.config().vocab_size]);
+    progress::note(&format!(
+        "{label}: prefill queued in {:.1} ms; reading the logits back",
+        1000.0 * started.elapsed().as_secs_f64()
+    ));
     let first_logits = logits
         .clone()
         .cast(FloatDType::F32)
@@ -323,13 +363,28 @@ fn greedy<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], gen_tokens: usize)
     let mut tokens = vec![Vec::with_capacity(gen_tokens); batch];
     push_tokens(&mut tokens, next.clone())?;
     let prefill_s = started.elapsed().as_secs_f64();
+    progress::stage(&format!(
+        "{label}: prefill done in {:.1} ms; decoding {} steps",
+        1000.0 * prefill_s,
+        gen_tokens - 1
+    ));
     let decode_start = Instant::now();
-    for _ in 1..gen_tokens {
+    let mut step_start = Instant::now();
+    for step in 1..gen_tokens {
         let logits = model
             .forward(next, &mut cache, Logits::Last)
             .reshape([batch, model.config().vocab_size]);
         next = logits.argmax(1);
         push_tokens(&mut tokens, next.clone())?;
+        if step <= 6 || step % 16 == 0 || step + 1 == gen_tokens {
+            progress::stage(&format!(
+                "{label}: decode step {step} (kv {}) in {:.1} ms, {:.1} ms since the prefill",
+                cache.len(),
+                1000.0 * step_start.elapsed().as_secs_f64(),
+                1000.0 * decode_start.elapsed().as_secs_f64()
+            ));
+        }
+        step_start = Instant::now();
     }
     let decode_s = decode_start.elapsed().as_secs_f64();
     Ok(Greedy {
@@ -373,9 +428,9 @@ fn parity(
         })
         .collect();
 
-    eprintln!("reference: cpu (f32)");
+    progress::stage("parity: reference on cpu (f32)");
     let reference = run_greedy_on(DeviceSpec::Cpu, dir, &prompts, gen_tokens)?;
-    eprintln!("checked: {spec}");
+    progress::stage(&format!("parity: checked device {spec}"));
     let checked = run_greedy_on(spec, dir, &prompts, gen_tokens)?;
 
     let scale = reference
@@ -427,11 +482,38 @@ fn run_greedy_on(
         prompts: &[Vec<u32>],
         gen_tokens: usize,
     ) -> Result<Greedy> {
+        progress::stage(&format!("loading {}", dir.display()));
         let model =
             hf::load::<B>(dir, device).with_context(|| format!("loading {}", dir.display()))?;
-        greedy(&model, prompts, gen_tokens)
+        greedy(&model, prompts, gen_tokens, "parity")
     }
     with_backend!(spec, go(dir, prompts, gen_tokens))
+}
+
+/// Brings the device up and runs one tiny kernel, so that a broken setup or a stuck first
+/// launch shows in the progress lines before the model is built.
+#[allow(dead_code)]
+fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> {
+    progress::stage(&format!(
+        "{spec}: device init and first kernel (compiled with NVRTC)"
+    ));
+    let started = Instant::now();
+    let x = Tensor::<B, 1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [4]), device);
+    B::sync(device).map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
+    progress::note(&format!(
+        "{spec}: device up, upload done in {:.1} ms",
+        1000.0 * started.elapsed().as_secs_f64()
+    ));
+    let y = (x * 2.0 + 1.0)
+        .cast(FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading back: {e:?}"))?;
+    progress::stage(&format!(
+        "{spec}: first kernel ran in {:.1} ms total, result {y:?} (expected [3, 5, 7, 9])",
+        1000.0 * started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 /// Peak resident memory of this process, from the kernel (Linux only; 0 elsewhere).
@@ -444,4 +526,128 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Timestamped progress lines on stderr, and a watchdog that says what the process is doing
+/// when a stage takes long: on a GPU, kernel compilation and autotuning happen inside the first
+/// calls of each shape, and a stuck run must still show where it is.
+mod progress {
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    static START: OnceLock<Instant> = OnceLock::new();
+    static STAGE: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
+    fn now() -> f64 {
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+
+    /// Prints one line with the time since the start of the process.
+    pub fn note(msg: &str) {
+        use std::io::Write;
+        let line = format!("[{:>9.3}s] {msg}\n", now());
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(line.as_bytes());
+        let _ = err.flush();
+    }
+
+    /// Enters a stage: prints it, and the watchdog reports on it while it lasts.
+    pub fn stage(name: &str) {
+        note(name);
+        if let Ok(mut s) = STAGE.lock() {
+            *s = Some((name.to_string(), Instant::now()));
+        }
+    }
+
+    /// Starts the watchdog thread: every `period`, while one stage has lasted that long, it
+    /// prints the stage and the busiest threads of this process (CPU share since the last
+    /// report, kernel wait channel) from /proc: a compiling run shows a busy thread, a
+    /// deadlocked one shows none (or one spinning on a lock).
+    pub fn start_watchdog(period: Duration) {
+        START.get_or_init(Instant::now);
+        let _ = std::thread::Builder::new()
+            .name("drpo-watchdog".into())
+            .spawn(move || {
+                let mut last = thread_times();
+                loop {
+                    std::thread::sleep(period);
+                    let current = thread_times();
+                    let stage = STAGE.lock().ok().and_then(|s| s.clone());
+                    let Some((name, since)) = stage else {
+                        last = current;
+                        continue;
+                    };
+                    let in_stage = since.elapsed();
+                    if in_stage < period {
+                        last = current;
+                        continue;
+                    }
+                    let mut busy: Vec<(f64, String)> = current
+                        .iter()
+                        .map(|(tid, (comm, ticks, wchan))| {
+                            let before = last.get(tid).map_or(0, |t| t.1);
+                            let share = (ticks.saturating_sub(before)) as f64
+                                / (100.0 * period.as_secs_f64());
+                            (
+                                share,
+                                format!("{comm}#{tid} {:.0}% [{wchan}]", 100.0 * share),
+                            )
+                        })
+                        .collect();
+                    busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    let top: Vec<String> = busy.into_iter().take(4).map(|(_, s)| s).collect();
+                    note(&format!(
+                        "... still in '{name}' after {:.0} s; {} threads, busiest: {}",
+                        in_stage.as_secs_f64(),
+                        current.len(),
+                        top.join(", ")
+                    ));
+                    last = current;
+                }
+            });
+    }
+
+    /// Per thread of this process: name, user+system CPU ticks, wait channel.
+    fn thread_times() -> std::collections::HashMap<u32, (String, u64, String)> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ...`: comm may hold spaces; fields after ')' are fixed.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_string();
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            // After ')': state is field 3 of stat, utime 14, stime 15 (1-based).
+            let ticks = fields
+                .get(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + fields
+                    .get(12)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            let state = fields.first().copied().unwrap_or("?");
+            let wchan = std::fs::read_to_string(entry.path().join("wchan")).unwrap_or_default();
+            let wchan = if wchan.is_empty() || wchan == "0" {
+                "-".into()
+            } else {
+                wchan
+            };
+            out.insert(tid, (comm, ticks, format!("{state} {wchan}")));
+        }
+        out
+    }
 }
