@@ -251,7 +251,7 @@ fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
 }
 
 /// Transposes a row-major `[rows, cols]` matrix, in cache-sized tiles.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 64;
     let mut out = vec![0.0; values.len()];
     for r0 in (0..rows).step_by(TILE) {

@@ -5,11 +5,13 @@
 //! - [`llama`]: the decoder itself, generic over the burn backend, with a device KV cache;
 //! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
 //!   with random weights;
+//! - [`gguf`]: GGUF files (llama.cpp's format): metadata, dequantization, loading a decoder;
 //! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
 
 pub mod config;
 pub mod device;
 mod error;
+pub mod gguf;
 pub mod hf;
 pub mod llama;
 

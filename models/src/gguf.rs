@@ -1,0 +1,933 @@
+//! GGUF files (llama.cpp's format, versions 2 and 3): the header, the metadata, the tensor
+//! table, dequantization to f32, and loading a Llama-family decoder from one.
+//!
+//! Layout of a file: magic `GGUF`, version (u32), tensor count (u64), metadata count (u64);
+//! the metadata (key, type, value; arrays nest); the tensor infos (name, dimensions in ggml
+//! order — innermost first —, ggml type, offset); padding to `general.alignment` (32 when
+//! absent); then the tensor data, each tensor at its offset from there.
+//!
+//! Supported storage types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K, decoded exactly as
+//! ggml's reference `dequantize_row_*` functions do. Weights are dequantized to f32 when a model
+//! loads (the CPU backend multiplies f32 matrices).
+//!
+//! llama.cpp's converter permutes the rows of the query and key projections so that its RoPE
+//! can rotate adjacent pairs (`x[2i]`, `x[2i+1]`); this crate's decoder uses Hugging Face's
+//! layout (`x[i]`, `x[i + head_dim/2]`), so [`load`] undoes that permutation, as `transformers`
+//! does when it reads a GGUF file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Element, Tensor, TensorData, backend::Backend};
+use half::{bf16, f16};
+
+use crate::ModelError;
+use crate::config::LlamaConfig;
+use crate::llama::{Block, Llama, Weights};
+
+/// The four bytes every GGUF file starts with.
+pub const MAGIC: &[u8; 4] = b"GGUF";
+/// Tensor data alignment when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// One metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// `uint8`.
+    U8(u8),
+    /// `int8`.
+    I8(i8),
+    /// `uint16`.
+    U16(u16),
+    /// `int16`.
+    I16(i16),
+    /// `uint32`.
+    U32(u32),
+    /// `int32`.
+    I32(i32),
+    /// `uint64`.
+    U64(u64),
+    /// `int64`.
+    I64(i64),
+    /// `float32`.
+    F32(f32),
+    /// `float64`.
+    F64(f64),
+    /// `bool`.
+    Bool(bool),
+    /// A UTF-8 string (invalid sequences replaced).
+    String(String),
+    /// An array of values of one type.
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U8(v) => Some(v.into()),
+            Self::U16(v) => Some(v.into()),
+            Self::U32(v) => Some(v.into()),
+            Self::U64(v) => Some(v),
+            Self::I8(v) => u64::try_from(v).ok(),
+            Self::I16(v) => u64::try_from(v).ok(),
+            Self::I32(v) => u64::try_from(v).ok(),
+            Self::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::F32(v) => Some(v.into()),
+            Self::F64(v) => Some(v),
+            Self::I8(v) => Some(v.into()),
+            Self::I16(v) => Some(v.into()),
+            Self::I32(v) => Some(v.into()),
+            Self::I64(v) => Some(v as f64),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    /// The value as a string slice, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as a bool, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Self::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The elements, if it is an array.
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            Self::Array(values) => Some(values),
+            _ => None,
+        }
+    }
+}
+
+/// A tensor storage type of ggml that this crate can decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// Blocks of 32: one f16 scale, 32 signed bytes.
+    Q8_0,
+    /// Blocks of 32: one f16 scale, 32 4-bit values offset by 8.
+    Q4_0,
+    /// Blocks of 32: f16 scale and minimum, 32 4-bit values.
+    Q4_1,
+    /// Super-blocks of 256: f16 scale and minimum, 8 sub-blocks with 6-bit scales and minimums,
+    /// 4-bit values.
+    Q4K,
+    /// Super-blocks of 256: f16 scale, 16 sub-blocks with 8-bit scales, 6-bit values.
+    Q6K,
+}
+
+impl GgmlType {
+    /// The type for a ggml type id, or `None` when this crate cannot decode it.
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            12 => Self::Q4K,
+            14 => Self::Q6K,
+            30 => Self::Bf16,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block.
+    pub fn block_elements(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::Bf16 => 1,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 => 32,
+            Self::Q4K | Self::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+            Self::Q8_0 => 34,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q4K => "Q4_K",
+            Self::Q6K => "Q6_K",
+        })
+    }
+}
+
+/// The name of a ggml type id, for error messages about types this crate does not decode.
+fn ggml_type_name(id: u32) -> &'static str {
+    match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16..=23 | 29 => "an IQ type",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        30 => "BF16",
+        _ => "unknown",
+    }
+}
+
+/// One entry of the tensor table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// The tensor's name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Dimensions in ggml order: `dims[0]` is the innermost (contiguous) one, so a PyTorch
+    /// `[out, in]` matrix has `dims == [in, out]`.
+    pub dims: Vec<usize>,
+    /// Storage type.
+    pub dtype: GgmlType,
+    /// Byte offset from the start of the data section.
+    pub offset: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Bytes of data.
+    pub fn bytes(&self) -> usize {
+        self.elements() / self.dtype.block_elements() * self.dtype.block_bytes()
+    }
+
+    /// The shape in row-major (PyTorch) order: `dims` reversed.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+}
+
+/// An open GGUF file: parsed header and metadata, tensor data mapped from disk.
+pub struct GgufFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// All metadata, by key.
+    pub metadata: BTreeMap<String, MetaValue>,
+    /// The tensor table, in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Alignment of the data section and of each tensor.
+    pub alignment: u64,
+    /// Byte offset of the data section in the file.
+    pub data_offset: usize,
+}
+
+impl fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .finish()
+    }
+}
+
+/// A bounds-checked little-endian reader over the file's bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(ModelError::format(
+                self.path,
+                format!(
+                    "truncated GGUF file: {what} needs {n} bytes at offset {}, but the file \
+                     has {} bytes (re-download or re-convert the file)",
+                    self.pos,
+                    self.bytes.len()
+                ),
+            ));
+        };
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], ModelError> {
+        Ok(self.take(N, what)?.try_into().expect("length checked"))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A length or count, checked against what the file could possibly hold.
+    fn count(&mut self, what: &str, min_item_bytes: usize) -> Result<usize, ModelError> {
+        let n = self.u64(what)?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_item_bytes as u64) > left {
+            return Err(ModelError::format(
+                self.path,
+                format!(
+                    "truncated or corrupt GGUF file: {what} is {n} at offset {}, more than the \
+                     {left} bytes left in the file could hold",
+                    self.pos - 8
+                ),
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, ModelError> {
+        let len = self.count(what, 1)?;
+        Ok(String::from_utf8_lossy(self.take(len, what)?).into_owned())
+    }
+
+    fn value(&mut self, kind: u32, key: &str, depth: usize) -> Result<MetaValue, ModelError> {
+        let what = || format!("metadata value of {key:?}");
+        Ok(match kind {
+            0 => MetaValue::U8(self.array::<1>(&what())?[0]),
+            1 => MetaValue::I8(self.array::<1>(&what())?[0] as i8),
+            2 => MetaValue::U16(u16::from_le_bytes(self.array(&what())?)),
+            3 => MetaValue::I16(i16::from_le_bytes(self.array(&what())?)),
+            4 => MetaValue::U32(self.u32(&what())?),
+            5 => MetaValue::I32(i32::from_le_bytes(self.array(&what())?)),
+            6 => MetaValue::F32(f32::from_le_bytes(self.array(&what())?)),
+            7 => MetaValue::Bool(self.array::<1>(&what())?[0] != 0),
+            8 => MetaValue::String(self.string(&what())?),
+            9 => {
+                if depth > 8 {
+                    return Err(ModelError::format(
+                        self.path,
+                        format!("corrupt GGUF metadata: arrays nested too deep in {key:?}"),
+                    ));
+                }
+                let elem = self.u32(&what())?;
+                let len = self.count(&format!("array length of {key:?}"), 1)?;
+                let mut values = Vec::with_capacity(len);
+                for _ in 0..len {
+                    values.push(self.value(elem, key, depth + 1)?);
+                }
+                MetaValue::Array(values)
+            }
+            10 => MetaValue::U64(self.u64(&what())?),
+            11 => MetaValue::I64(i64::from_le_bytes(self.array(&what())?)),
+            12 => MetaValue::F64(f64::from_le_bytes(self.array(&what())?)),
+            other => {
+                return Err(ModelError::format(
+                    self.path,
+                    format!(
+                        "corrupt GGUF metadata: value type {other} of {key:?} at offset {} is \
+                         not a GGUF type (0..=12)",
+                        self.pos - 4
+                    ),
+                ));
+            }
+        })
+    }
+}
+
+impl GgufFile {
+    /// Opens and parses `path`; checks that every tensor's data lies inside the file.
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: the file is only read, and a model file is not rewritten while it is loaded.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        Self::parse(path, map)
+    }
+
+    fn parse(path: &Path, map: memmap2::Mmap) -> Result<Self, ModelError> {
+        let mut cur = Cursor {
+            bytes: &map,
+            pos: 0,
+            path,
+        };
+        let magic = cur.array::<4>("the magic number")?;
+        if &magic != MAGIC {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "not a GGUF file: it starts with {magic:02x?} instead of the magic \"GGUF\""
+                ),
+            ));
+        }
+        let version = cur.u32("the version")?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "GGUF version {version} is not supported (only 2 and 3; re-convert the \
+                     model with a current llama.cpp)"
+                ),
+            ));
+        }
+        let tensor_count = cur.count("the tensor count", 24)?;
+        let kv_count = cur.count("the metadata count", 12)?;
+
+        let mut metadata = BTreeMap::new();
+        for _ in 0..kv_count {
+            let key = cur.string("a metadata key")?;
+            let kind = cur.u32(&format!("the type of {key:?}"))?;
+            let value = cur.value(kind, &key, 0)?;
+            metadata.insert(key, value);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => {
+                    return Err(ModelError::format(
+                        path,
+                        format!("general.alignment is {v:?}, not a positive power of two"),
+                    ));
+                }
+            },
+        };
+
+        let mut tensors = Vec::with_capacity(tensor_count);
+        for _ in 0..tensor_count {
+            let name = cur.string("a tensor name")?;
+            let n_dims = cur.u32(&format!("the rank of {name:?}"))?;
+            if n_dims > 4 {
+                return Err(ModelError::format(
+                    path,
+                    format!("corrupt GGUF tensor table: {name:?} has {n_dims} dimensions"),
+                ));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                let dim = cur.u64(&format!("the dimensions of {name:?}"))?;
+                dims.push(usize::try_from(dim).map_err(|_| {
+                    ModelError::format(path, format!("tensor {name:?}: dimension {dim} too large"))
+                })?);
+            }
+            let type_id = cur.u32(&format!("the type of {name:?}"))?;
+            let dtype = GgmlType::from_id(type_id).ok_or_else(|| {
+                ModelError::format(
+                    path,
+                    format!(
+                        "tensor {name:?} has ggml type {type_id} ({}), which this loader cannot \
+                         decode (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K); \
+                         re-quantize the model to one of those",
+                        ggml_type_name(type_id)
+                    ),
+                )
+            })?;
+            let offset = cur.u64(&format!("the offset of {name:?}"))?;
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| {
+                    ModelError::format(path, format!("tensor {name:?}: {dims:?} overflows"))
+                })?;
+            if dims.first().copied().unwrap_or(1) % dtype.block_elements() != 0 {
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "tensor {name:?}: its rows of {} elements are not whole {dtype} blocks \
+                         of {}",
+                        dims.first().copied().unwrap_or(1),
+                        dtype.block_elements()
+                    ),
+                ));
+            }
+            if offset % alignment != 0 {
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "corrupt GGUF tensor table: {name:?} starts at offset {offset}, not a \
+                         multiple of the alignment {alignment}"
+                    ),
+                ));
+            }
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                dtype,
+                offset: offset as usize,
+            });
+        }
+        let data_offset = (cur.pos as u64).div_ceil(alignment) * alignment;
+        let data_offset = data_offset as usize;
+        for t in &tensors {
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(t.bytes()));
+            if end.is_none_or(|end| end > map.len()) {
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "truncated GGUF file: tensor {:?} ({}, {:?}) needs bytes up to {}, but \
+                         the file has {} bytes (re-download or re-convert the file)",
+                        t.name,
+                        t.dtype,
+                        t.shape(),
+                        data_offset as u128 + t.offset as u128 + t.bytes() as u128,
+                        map.len()
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            map,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    /// A metadata string.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(MetaValue::as_str)
+    }
+
+    /// A metadata unsigned integer.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(MetaValue::as_u64)
+    }
+
+    /// `general.architecture` (e.g. `llama`), the prefix of the model's own keys.
+    pub fn architecture(&self) -> Option<&str> {
+        self.get_str("general.architecture")
+    }
+
+    /// The tensor table entry called `name`.
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The raw bytes of a tensor.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        let start = self.data_offset + info.offset;
+        &self.map[start..start + info.bytes()]
+    }
+
+    /// The tensor `name` dequantized to f32, in row-major order, checked against `shape`
+    /// (row-major, PyTorch order).
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let info = self.tensor_info(name).ok_or_else(|| {
+            ModelError::format(
+                &self.path,
+                format!("tensor {name:?} is missing; is this a Llama-family GGUF model?"),
+            )
+        })?;
+        if info.shape() != shape {
+            return Err(ModelError::format(
+                &self.path,
+                format!(
+                    "tensor {name:?} has shape {:?}, but the metadata implies {shape:?}",
+                    info.shape()
+                ),
+            ));
+        }
+        Ok(dequantize(info.dtype, self.tensor_bytes(info)))
+    }
+}
+
+/// Decodes `bytes` of ggml type `dtype` (whole blocks) to f32.
+///
+/// # Panics
+/// If `bytes` is not a whole number of blocks.
+pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let block = dtype.block_bytes();
+    assert!(
+        bytes.len().is_multiple_of(block),
+        "{} bytes are not whole {dtype} blocks",
+        bytes.len()
+    );
+    let mut out = vec![0f32; bytes.len() / block * dtype.block_elements()];
+    let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let blocks = bytes
+        .chunks_exact(block)
+        .zip(out.chunks_exact_mut(dtype.block_elements()));
+    match dtype {
+        GgmlType::F32 => {
+            for (b, y) in blocks {
+                y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (b, y) in blocks {
+                y[0] = f16_at(b, 0);
+            }
+        }
+        GgmlType::Bf16 => {
+            for (b, y) in blocks {
+                y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, y) in blocks {
+                let d = f16_at(b, 0);
+                for (y, &q) in y.iter_mut().zip(&b[2..34]) {
+                    *y = f32::from(q as i8) * d;
+                }
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (b, y) in blocks {
+                let d = f16_at(b, 0);
+                for (j, &q) in b[2..18].iter().enumerate() {
+                    y[j] = (f32::from(q & 0xF) - 8.0) * d;
+                    y[j + 16] = (f32::from(q >> 4) - 8.0) * d;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (b, y) in blocks {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for (j, &q) in b[4..20].iter().enumerate() {
+                    y[j] = f32::from(q & 0xF) * d + m;
+                    y[j + 16] = f32::from(q >> 4) * d + m;
+                }
+            }
+        }
+        GgmlType::Q4K => {
+            for (b, y) in blocks {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let scales = &b[4..16];
+                let qs = &b[16..144];
+                for (chunk, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+                    let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
+                    let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
+                    for (l, &q) in q.iter().enumerate() {
+                        y[l] = d1 * f32::from(q & 0xF) - m1;
+                        y[l + 32] = d2 * f32::from(q >> 4) - m2;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            for (b, y) in blocks {
+                let (ql, qh) = (&b[0..128], &b[128..192]);
+                let sc = &b[192..208];
+                let d = f16_at(b, 208);
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                    let sc = &sc[8 * half..];
+                    let y = &mut y[128 * half..];
+                    let s = |i: usize| d * f32::from(sc[i] as i8);
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                        y[l] = s(is) * f32::from(q1);
+                        y[l + 32] = s(is + 2) * f32::from(q2);
+                        y[l + 64] = s(is + 4) * f32::from(q3);
+                        y[l + 96] = s(is + 6) * f32::from(q4);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The 6-bit scale and minimum of sub-block `j` of a Q4_K super-block (ggml's
+/// `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Undoes llama.cpp's RoPE permutation of a query or key projection `[heads * head_dim, in]`
+/// (row-major): GGUF row `h * hd + 2 * i + j` is Hugging Face row `h * hd + j * hd / 2 + i`.
+pub fn unpermute_rope_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = values.len() / cols;
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + 2 * i + j;
+                let dst = h * hd + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The decoder configuration from the `{arch}.*` metadata of a Llama-family GGUF file.
+pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
+    let path = file.path();
+    let arch = file.architecture().ok_or_else(|| {
+        ModelError::format(path, "general.architecture is missing from the metadata")
+    })?;
+    if !matches!(arch, "llama" | "mistral") {
+        return Err(ModelError::format(
+            path,
+            format!(
+                "architecture {arch:?} is not supported (only the Llama family: \"llama\", \
+                 \"mistral\")"
+            ),
+        ));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let required = |k: &str| -> Result<usize, ModelError> {
+        file.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| {
+            ModelError::format(
+                path,
+                format!("metadata {:?} is missing or not an integer", key(k)),
+            )
+        })
+    };
+    let hidden = required("embedding_length")?;
+    let heads = required("attention.head_count")?;
+    let embd = file
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| ModelError::format(path, "tensor \"token_embd.weight\" is missing"))?;
+    let vocab = match file.get_u64(&key("vocab_size")) {
+        Some(v) => v as usize,
+        None => embd.dims.get(1).copied().unwrap_or(0),
+    };
+    let head_dim = file
+        .get_u64(&key("attention.key_length"))
+        .map(|v| v as usize)
+        .or_else(|| {
+            file.get_u64(&key("rope.dimension_count"))
+                .map(|v| v as usize)
+        })
+        .filter(|&hd| hd != hidden / heads);
+    let token_id = |k: &str| file.get_u64(k).and_then(|v| u32::try_from(v).ok());
+    let float = |k: &str| file.get(&key(k)).and_then(MetaValue::as_f64);
+    let config = LlamaConfig {
+        architectures: vec![if arch == "mistral" {
+            "MistralForCausalLM".into()
+        } else {
+            "LlamaForCausalLM".into()
+        }],
+        model_type: arch.into(),
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: required("feed_forward_length")?,
+        num_hidden_layers: required("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: file
+            .get_u64(&key("attention.head_count_kv"))
+            .map(|v| v as usize),
+        head_dim,
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        max_position_embeddings: file
+            .get_u64(&key("context_length"))
+            .map_or(4096, |v| v as usize),
+        sliding_window: file
+            .get_u64(&key("attention.sliding_window"))
+            .map(|v| v as usize)
+            .filter(|&w| w > 0),
+        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
+        hidden_act: "silu".into(),
+        torch_dtype: Some("float32".into()),
+        rope_scaling: None,
+    };
+    if let Some(scaling) = file.get_str(&key("rope.scaling.type"))
+        && scaling != "none"
+    {
+        return Err(ModelError::format(
+            path,
+            format!("RoPE scaling {scaling:?} is not supported"),
+        ));
+    }
+    config
+        .validate()
+        .map_err(|message| ModelError::format(path, message))?;
+    Ok(config)
+}
+
+/// Loads the decoder of a Llama-family GGUF file onto `device`, dequantizing every weight to
+/// the backend's float type.
+pub fn load<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llama<B>, ModelError> {
+    let config = config(file)?;
+    let c = &config;
+    let (d, hd, v) = (c.hidden_size, c.head_dim(), c.vocab_size);
+    let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
+    let dtype = <B::FloatElem as Element>::dtype();
+    let upload = |values: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<B, 2>::from_data(TensorData::new(values, shape).convert_dtype(dtype), device)
+    };
+    let norm = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
+        let values = file.tensor_f32(name, &[d])?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, [d]).convert_dtype(dtype),
+            device,
+        ))
+    };
+    // `[out, in]` matrices (each optionally un-permuted) stacked, then stored `[in, out]`.
+    let projection = |parts: &[(String, usize, Option<usize>)],
+                      fan_in: usize|
+     -> Result<Tensor<B, 2>, ModelError> {
+        let mut stacked = Vec::new();
+        let mut rows = 0;
+        for (name, out, rope_heads) in parts {
+            let values = file.tensor_f32(name, &[*out, fan_in])?;
+            match rope_heads {
+                Some(heads) => stacked.extend(unpermute_rope_rows(&values, *heads, fan_in)),
+                None => stacked.extend(values),
+            }
+            rows += out;
+        }
+        Ok(upload(
+            crate::hf::transpose(&stacked, rows, fan_in),
+            [fan_in, rows],
+        ))
+    };
+
+    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+    for layer in 0..c.num_hidden_layers {
+        let p = format!("blk.{layer}");
+        blocks.push(Block {
+            attn_norm: norm(&format!("{p}.attn_norm.weight"))?,
+            wqkv: projection(
+                &[
+                    (format!("{p}.attn_q.weight"), h * hd, Some(h)),
+                    (format!("{p}.attn_k.weight"), kv * hd, Some(kv)),
+                    (format!("{p}.attn_v.weight"), kv * hd, None),
+                ],
+                d,
+            )?,
+            wo: projection(&[(format!("{p}.attn_output.weight"), d, None)], h * hd)?,
+            mlp_norm: norm(&format!("{p}.ffn_norm.weight"))?,
+            w_gate_up: projection(
+                &[
+                    (format!("{p}.ffn_gate.weight"), i, None),
+                    (format!("{p}.ffn_up.weight"), i, None),
+                ],
+                d,
+            )?,
+            w_down: projection(&[(format!("{p}.ffn_down.weight"), d, None)], i)?,
+        });
+    }
+    let embed = file.tensor_f32("token_embd.weight", &[v, d])?;
+    let lm_head = if c.tie_word_embeddings {
+        upload(crate::hf::transpose(&embed, v, d), [d, v])
+    } else {
+        projection(&[("output.weight".to_string(), v, None)], d)?
+    };
+    let weights = Weights {
+        embed: upload(embed, [v, d]),
+        blocks,
+        norm: norm("output_norm.weight")?,
+        lm_head,
+    };
+    Ok(Llama::new(config, weights, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
+        let (heads, hd, cols) = (2, 8, 3);
+        let hf: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    let src = h * hd + j * hd / 2 + i; // (h, j, i) in HF
+                    let dst = h * hd + i * 2 + j; // (h, i, j) after swapaxes
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_rope_rows(&gguf, heads, cols), hf);
+    }
+
+    #[test]
+    fn q4_0_block() {
+        let mut block = vec![0u8; 18];
+        block[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        block[2] = 0x9F; // low nibble 15, high nibble 9
+        let y = dequantize(GgmlType::Q4_0, &block);
+        assert_eq!(y[0], 3.5);
+        assert_eq!(y[16], 0.5);
+        assert_eq!(y[1], -4.0);
+    }
+}
