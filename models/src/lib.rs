@@ -6,15 +6,23 @@
 //! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
 //!   with random weights;
 //! - [`gguf`]: GGUF files (llama.cpp's format): metadata, dequantization, loading a decoder;
+//! - [`tokenizer`]: tokenizers from `tokenizer.json` or from GGUF metadata;
+//! - [`chat`]: chat templates (minijinja);
+//! - [`generate`]: [`LocalModel`], batched generation with sampling and stop strings;
 //! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
 
+pub mod chat;
 pub mod config;
 pub mod device;
 mod error;
+pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod tokenizer;
 
+pub use chat::ChatMessage;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use error::ModelError;
+pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput};

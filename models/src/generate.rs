@@ -1,0 +1,481 @@
+//! Text generation with a local model: the API the host's `local:` provider calls.
+//!
+//! [`LocalModel::load`] opens a `.gguf` file or a Hugging Face directory on the CPU (burn's
+//! `flex` backend, f32). [`LocalModel::generate`] decodes a batch of requests together: every
+//! choice of every request is one row of one left-padded batch, prefilled at once and then
+//! decoded one token per step for all rows, until each row has met an end-of-sequence token, a
+//! stop string or its token budget.
+//!
+//! Sampling is greedy at temperature 0, else temperature then nucleus (top-p) sampling from a
+//! generator seeded with `seed + choice index`: the same request gives the same choices, alone
+//! or in any batch.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Int, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use crate::ModelError;
+use crate::chat::{self, ChatMessage, ChatTemplate};
+use crate::device::CpuBackend;
+use crate::gguf::GgufFile;
+use crate::llama::{Llama, Logits};
+use crate::tokenizer::Tokenizer;
+
+/// What a request asks the model to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptInput {
+    /// A conversation, rendered with the model's chat template and a generation prompt.
+    Chat(Vec<ChatMessage>),
+    /// Text passed to the tokenizer as is (BOS added if the model wants one).
+    Raw(String),
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// The prompt.
+    pub prompt: PromptInput,
+    /// Softmax temperature; 0 means greedy decoding.
+    pub temperature: f32,
+    /// Nucleus sampling: sample among the most likely tokens whose probabilities add up to at
+    /// least this (1 disables it).
+    pub top_p: f32,
+    /// Most tokens to generate per choice.
+    pub max_tokens: u32,
+    /// Number of choices.
+    pub n: u32,
+    /// Seed of choice 0; choice `i` uses `seed + i`.
+    pub seed: u64,
+    /// Generation stops before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+    /// A JSON schema the answer must follow (not supported yet: a request with one fails).
+    pub json_schema: Option<String>,
+}
+
+impl GenerationRequest {
+    /// A greedy request for one choice of at most `max_tokens` tokens.
+    pub fn greedy(prompt: PromptInput, max_tokens: u32) -> Self {
+        Self {
+            prompt,
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens,
+            n: 1,
+            seed: 0,
+            stop: Vec::new(),
+            json_schema: None,
+        }
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationOutput {
+    /// The generated texts, `n` of them, without the stop string or end-of-sequence token.
+    pub choices: Vec<String>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated over all choices (up to and including the token that ended each).
+    pub completion_tokens: u32,
+}
+
+/// A model loaded for generation on the CPU.
+pub struct LocalModel {
+    model: Llama<CpuBackend>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    identity: String,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalModel")
+            .field("identity", &self.identity)
+            .field("config", self.model.config())
+            .finish()
+    }
+}
+
+/// A row of the batch: one choice of one request.
+struct Row {
+    request: usize,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    rng: SplitMix64,
+    done: bool,
+    /// Length in bytes of the answer when a stop string cut it.
+    cut: Option<String>,
+}
+
+impl LocalModel {
+    /// Loads a `.gguf` file or a Hugging Face model directory (`config.json`, `tokenizer.json`,
+    /// safetensors) onto the CPU.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let device = Default::default();
+        if path.is_dir() {
+            let model = crate::hf::load::<CpuBackend>(path, &device)?;
+            let tokenizer = Tokenizer::from_hf_dir(path)?;
+            let (bos, eos) = special_texts(&tokenizer);
+            let template = ChatTemplate::from_hf_dir(path, &bos, &eos)?;
+            let identity = identity_of_dir(path)?;
+            return Ok(Self {
+                model,
+                tokenizer,
+                template,
+                identity,
+                path: path.to_owned(),
+            });
+        }
+        let file = GgufFile::open(path)?;
+        let model = crate::gguf::load::<CpuBackend>(&file, &device)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let (bos, eos) = special_texts(&tokenizer);
+        let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
+        let identity = format!(
+            "{}@sha256:{}",
+            file_name(path),
+            &hash_files(&[path.to_owned()])?[..16]
+        );
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            identity,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The model's name and a content hash: `FILE@sha256:PREFIX` (for a directory, the hash
+    /// covers its config, tokenizer and weight files).
+    pub fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    /// Where the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The decoder.
+    pub fn model(&self) -> &Llama<CpuBackend> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The text a prompt becomes before tokenization (a chat rendered with the model's
+    /// template and a generation prompt; a raw prompt unchanged).
+    pub fn render(&self, prompt: &PromptInput) -> Result<String, ModelError> {
+        match prompt {
+            PromptInput::Raw(text) => Ok(text.clone()),
+            PromptInput::Chat(messages) => match &self.template {
+                Some(t) => t.render(messages, true),
+                None => Ok(chat::render_plain(messages, true)),
+            },
+        }
+    }
+
+    /// The token ids of a prompt.
+    pub fn prompt_ids(&self, prompt: &PromptInput) -> Result<Vec<u32>, ModelError> {
+        let text = self.render(prompt)?;
+        // A rendered chat carries its own special tokens (as `transformers` tokenizes it).
+        let add_special = matches!(prompt, PromptInput::Raw(_));
+        let ids = self.tokenizer.encode(&text, add_special)?;
+        if ids.is_empty() {
+            return Err(ModelError::Usage(
+                "the prompt is empty and the model has no beginning-of-sequence token".into(),
+            ));
+        }
+        Ok(ids)
+    }
+
+    /// Generates the choices of every request, all decoded together in one batch.
+    pub fn generate(
+        &self,
+        batch: &[GenerationRequest],
+    ) -> Result<Vec<GenerationOutput>, ModelError> {
+        let mut rows = Vec::new();
+        let mut prompt_lens = Vec::with_capacity(batch.len());
+        for (r, req) in batch.iter().enumerate() {
+            if req.json_schema.is_some() {
+                return Err(ModelError::Usage(
+                    "schema-constrained generation (json_schema) is not supported by local \
+                     models yet"
+                        .into(),
+                ));
+            }
+            if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
+                return Err(ModelError::Usage(format!(
+                    "temperature must be a finite number >= 0, not {}",
+                    req.temperature
+                )));
+            }
+            if !(req.top_p > 0.0 && req.top_p <= 1.0) {
+                return Err(ModelError::Usage(format!(
+                    "top_p must be in (0, 1], not {}",
+                    req.top_p
+                )));
+            }
+            let prompt = self.prompt_ids(&req.prompt)?;
+            prompt_lens.push(prompt.len() as u32);
+            for i in 0..req.n {
+                rows.push(Row {
+                    request: r,
+                    prompt: prompt.clone(),
+                    generated: Vec::new(),
+                    rng: SplitMix64(req.seed.wrapping_add(u64::from(i))),
+                    done: req.max_tokens == 0,
+                    cut: None,
+                });
+            }
+        }
+        if !rows.is_empty() && rows.iter().any(|r| !r.done) {
+            self.decode(batch, &mut rows)?;
+        }
+        let mut outputs: Vec<GenerationOutput> = prompt_lens
+            .iter()
+            .map(|&p| GenerationOutput {
+                choices: Vec::new(),
+                prompt_tokens: p,
+                completion_tokens: 0,
+            })
+            .collect();
+        for row in rows {
+            let out = &mut outputs[row.request];
+            out.completion_tokens += row.generated.len() as u32;
+            let text = match row.cut {
+                Some(text) => text,
+                None => {
+                    let ids = self.strip_eos(&row.generated);
+                    self.tokenizer.decode(ids, true)?
+                }
+            };
+            out.choices.push(text);
+        }
+        Ok(outputs)
+    }
+
+    fn strip_eos<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
+        match ids.last() {
+            Some(last) if self.tokenizer.eos_ids().contains(last) => &ids[..ids.len() - 1],
+            _ => ids,
+        }
+    }
+
+    /// Prefills every row's prompt, then decodes until every row is done.
+    fn decode(&self, batch: &[GenerationRequest], rows: &mut [Row]) -> Result<(), ModelError> {
+        let config = self.model.config();
+        let context = config.max_position_embeddings;
+        let longest = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        if longest >= context {
+            return Err(ModelError::Usage(format!(
+                "the prompt has {longest} tokens, the model's context only {context}"
+            )));
+        }
+        let budget = |r: &Row| (batch[r.request].max_tokens as usize).min(context - r.prompt.len());
+        let steps = rows.iter().map(budget).max().unwrap_or(0);
+        let pads: Vec<usize> = rows.iter().map(|r| longest - r.prompt.len()).collect();
+        let mut cache = self.model.new_cache(&pads, longest + steps);
+        let device = self.model.device();
+
+        let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * longest);
+        for (row, &pad) in rows.iter().zip(&pads) {
+            ids.extend(std::iter::repeat_n(0, pad));
+            ids.extend(row.prompt.iter().map(|&t| t as i32));
+        }
+        let input = Tensor::<CpuBackend, 2, Int>::from_data(
+            TensorData::new(ids, [rows.len(), longest]),
+            device,
+        );
+        let mut logits = self.model.forward(input, &mut cache, Logits::Last);
+        let vocab = config.vocab_size;
+        let eos = self.tokenizer.eos_ids();
+        for step in 0..steps {
+            let values: Vec<f32> = logits
+                .into_data()
+                .to_vec::<f32>()
+                .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))?;
+            let mut next = Vec::with_capacity(rows.len());
+            for (row, scores) in rows.iter_mut().zip(values.chunks_exact(vocab)) {
+                if row.done {
+                    next.push(eos.first().copied().unwrap_or(0) as i32);
+                    continue;
+                }
+                let req = &batch[row.request];
+                let token = if req.temperature == 0.0 {
+                    argmax(scores)
+                } else {
+                    sample(scores, req.temperature, req.top_p, &mut row.rng)
+                };
+                row.generated.push(token);
+                next.push(token as i32);
+                if eos.contains(&token) || row.generated.len() >= budget(row) {
+                    row.done = true;
+                }
+                if !req.stop.is_empty() {
+                    let text = self
+                        .tokenizer
+                        .decode(self.strip_eos(&row.generated), true)?;
+                    if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                        row.cut = Some(text[..at].to_string());
+                        row.done = true;
+                    }
+                }
+            }
+            if rows.iter().all(|r| r.done) || step + 1 == steps {
+                break;
+            }
+            let input = Tensor::<CpuBackend, 2, Int>::from_data(
+                TensorData::new(next, [rows.len(), 1]),
+                device,
+            );
+            logits = self.model.forward(input, &mut cache, Logits::Last);
+        }
+        Ok(())
+    }
+}
+
+/// The BOS and EOS token texts a chat template may print.
+fn special_texts(tokenizer: &Tokenizer) -> (String, String) {
+    let text = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+    };
+    (
+        text(tokenizer.bos_id()),
+        text(tokenizer.eos_ids().first().copied()),
+    )
+}
+
+/// The highest-scoring token (the first of equals).
+pub fn argmax(scores: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > scores[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Temperature then nucleus sampling.
+fn sample(scores: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (i as u32, f64::from((s - max) / temperature).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for p in &probs {
+        kept += 1;
+        mass += p.1 / total;
+        if mass >= f64::from(top_p) {
+            break;
+        }
+    }
+    let probs = &probs[..kept];
+    let kept_total: f64 = probs.iter().map(|p| p.1).sum();
+    let mut target = rng.next_f64() * kept_total;
+    for p in probs {
+        target -= p.1;
+        if target < 0.0 {
+            return p.0;
+        }
+    }
+    probs[kept - 1].0
+}
+
+/// A small, stable pseudo-random generator (SplitMix64): the same seed gives the same
+/// sequence on every platform and in every version of this crate.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// SHA-256 over the files' contents, in order, as hex.
+fn hash_files(files: &[PathBuf]) -> Result<String, ModelError> {
+    let mut hasher = Sha256::new();
+    for path in files {
+        let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        std::io::copy(&mut file, &mut hasher).map_err(|e| ModelError::io(path, e))?;
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// `DIR@sha256:PREFIX` over a directory's JSON, tokenizer and safetensors files.
+fn identity_of_dir(dir: &Path) -> Result<String, ModelError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|ext| ext == "json" || ext == "safetensors" || ext == "jinja")
+        })
+        .collect();
+    files.sort();
+    Ok(format!(
+        "{}@sha256:{}",
+        file_name(dir),
+        &hash_files(&files)?[..16]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_seeded_and_respects_top_p() {
+        let scores = [0.0f32, 3.0, 2.9, -5.0];
+        let draw = |seed| {
+            let mut rng = SplitMix64(seed);
+            (0..64)
+                .map(|_| sample(&scores, 1.0, 0.9, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        // Tokens 1 and 2 hold over 90% of the mass: nothing else is drawn.
+        assert!(draw(7).iter().all(|&t| t == 1 || t == 2));
+        // A tiny top-p keeps only the best token.
+        let mut rng = SplitMix64(1);
+        assert!((0..32).all(|_| sample(&scores, 1.0, 1e-6, &mut rng) == 1));
+        assert_eq!(argmax(&scores), 1);
+    }
+
+    #[test]
+    fn local_model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<LocalModel>();
+    }
+}
