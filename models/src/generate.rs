@@ -49,7 +49,9 @@ pub struct GenerationRequest {
     pub seed: u64,
     /// Generation stops before the first occurrence of any of these strings.
     pub stop: Vec<String>,
-    /// A JSON schema the answer must follow (not supported yet: a request with one fails).
+    /// A JSON schema the answer must follow: decoding is constrained token by token so that the
+    /// answer parses and follows it (needs the `structured` cargo feature; without it a request
+    /// with a schema fails).
     pub json_schema: Option<String>,
 }
 
@@ -87,7 +89,15 @@ pub struct LocalModel {
     template: Option<ChatTemplate>,
     identity: String,
     path: PathBuf,
+    #[cfg(feature = "structured")]
+    structured: std::sync::OnceLock<crate::structured::Structured>,
 }
+
+#[cfg(feature = "structured")]
+type RowConstraint = crate::structured::Constraint;
+/// Without the `structured` feature no row is ever constrained.
+#[cfg(not(feature = "structured"))]
+type RowConstraint = std::convert::Infallible;
 
 impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,8 +115,9 @@ struct Row {
     generated: Vec<u32>,
     rng: SplitMix64,
     done: bool,
-    /// Length in bytes of the answer when a stop string cut it.
+    /// The answer when a stop string cut it.
     cut: Option<String>,
+    constraint: Option<RowConstraint>,
 }
 
 impl LocalModel {
@@ -126,6 +137,8 @@ impl LocalModel {
                 template,
                 identity,
                 path: path.to_owned(),
+                #[cfg(feature = "structured")]
+                structured: Default::default(),
             });
         }
         let file = GgufFile::open(path)?;
@@ -144,7 +157,35 @@ impl LocalModel {
             template,
             identity,
             path: path.to_owned(),
+            #[cfg(feature = "structured")]
+            structured: Default::default(),
         })
+    }
+
+    /// A constraint for answers following `schema`.
+    #[cfg(feature = "structured")]
+    fn constraint(&self, schema: &str) -> Result<RowConstraint, ModelError> {
+        let structured = match self.structured.get() {
+            Some(s) => s,
+            None => {
+                let s = crate::structured::Structured::new(
+                    &self.tokenizer,
+                    self.model.config().vocab_size,
+                )?;
+                let _ = self.structured.set(s);
+                self.structured.get().expect("just set")
+            }
+        };
+        structured.matcher(schema)
+    }
+
+    #[cfg(not(feature = "structured"))]
+    fn constraint(&self, _schema: &str) -> Result<RowConstraint, ModelError> {
+        Err(ModelError::Usage(
+            "schema-constrained generation (json_schema) needs drpo-models built with the \
+             `structured` feature"
+                .into(),
+        ))
     }
 
     /// The model's name and a content hash: `FILE@sha256:PREFIX` (for a directory, the hash
@@ -202,13 +243,6 @@ impl LocalModel {
         let mut rows = Vec::new();
         let mut prompt_lens = Vec::with_capacity(batch.len());
         for (r, req) in batch.iter().enumerate() {
-            if req.json_schema.is_some() {
-                return Err(ModelError::Usage(
-                    "schema-constrained generation (json_schema) is not supported by local \
-                     models yet"
-                        .into(),
-                ));
-            }
             if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
                 return Err(ModelError::Usage(format!(
                     "temperature must be a finite number >= 0, not {}",
@@ -231,6 +265,10 @@ impl LocalModel {
                     rng: SplitMix64(req.seed.wrapping_add(u64::from(i))),
                     done: req.max_tokens == 0,
                     cut: None,
+                    constraint: match &req.json_schema {
+                        Some(schema) => Some(self.constraint(schema)?),
+                        None => None,
+                    },
                 });
             }
         }
@@ -307,6 +345,16 @@ impl LocalModel {
                     continue;
                 }
                 let req = &batch[row.request];
+                let masked;
+                let scores = match row.constraint.as_mut() {
+                    Some(constraint) => {
+                        let mut owned = scores.to_vec();
+                        apply_mask(constraint, &mut owned)?;
+                        masked = owned;
+                        &masked[..]
+                    }
+                    None => scores,
+                };
                 let token = if req.temperature == 0.0 {
                     argmax(scores)
                 } else {
@@ -315,6 +363,11 @@ impl LocalModel {
                 row.generated.push(token);
                 next.push(token as i32);
                 if eos.contains(&token) || row.generated.len() >= budget(row) {
+                    row.done = true;
+                }
+                if let Some(constraint) = row.constraint.as_mut()
+                    && consume(constraint, token)?
+                {
                     row.done = true;
                 }
                 if !req.stop.is_empty() {
@@ -338,6 +391,26 @@ impl LocalModel {
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "structured")]
+fn apply_mask(constraint: &mut RowConstraint, scores: &mut [f32]) -> Result<(), ModelError> {
+    constraint.mask(scores)
+}
+
+#[cfg(feature = "structured")]
+fn consume(constraint: &mut RowConstraint, token: u32) -> Result<bool, ModelError> {
+    constraint.consume(token)
+}
+
+#[cfg(not(feature = "structured"))]
+fn apply_mask(constraint: &mut RowConstraint, _scores: &mut [f32]) -> Result<(), ModelError> {
+    match *constraint {}
+}
+
+#[cfg(not(feature = "structured"))]
+fn consume(constraint: &mut RowConstraint, _token: u32) -> Result<bool, ModelError> {
+    match *constraint {}
 }
 
 /// The BOS and EOS token texts a chat template may print.

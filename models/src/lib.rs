@@ -9,6 +9,7 @@
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or from GGUF metadata;
 //! - [`chat`]: chat templates (minijinja);
 //! - [`generate`]: [`LocalModel`], batched generation with sampling and stop strings;
+//! - `structured` (cargo feature `structured`): JSON-schema-constrained decoding (llguidance);
 //! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
 
 pub mod chat;
@@ -19,6 +20,8 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+#[cfg(feature = "structured")]
+pub mod structured;
 pub mod tokenizer;
 
 pub use chat::ChatMessage;

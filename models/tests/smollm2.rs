@@ -279,3 +279,48 @@ fn identity_names_the_file_and_its_hash() {
         "SmolLM2-135M-Instruct.Q4_1.gguf@sha256:".len() + 16
     );
 }
+
+#[cfg(feature = "structured")]
+#[test]
+fn schema_constrained_answers_parse() {
+    let schema = r#"{"type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 40},
+                       "population_millions": {"type": "number"}},
+        "required": ["city", "population_millions"], "additionalProperties": false}"#;
+    let ask = |question: &str, seed: u64, temperature: f32| GenerationRequest {
+        json_schema: Some(schema.into()),
+        temperature,
+        seed,
+        ..GenerationRequest::greedy(
+            PromptInput::Chat(vec![ChatMessage::new(
+                "user",
+                format!("{question} Answer in JSON with the keys city and population_millions."),
+            )]),
+            48,
+        )
+    };
+    let requests = vec![
+        ask("What is the capital of France?", 0, 0.0),
+        ask("Name a large city in Japan.", 1, 0.7),
+    ];
+    for out in model().generate(&requests).unwrap() {
+        let text = &out.choices[0];
+        eprintln!("constrained answer: {text}");
+        let value: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("constrained answer {text:?} does not parse: {e}"));
+        assert!(value["city"].is_string(), "{text}");
+        assert!(value["population_millions"].is_number(), "{text}");
+        assert_eq!(value.as_object().unwrap().len(), 2, "{text}");
+    }
+}
+
+#[cfg(not(feature = "structured"))]
+#[test]
+fn json_schema_without_the_feature_is_a_clear_error() {
+    let request = GenerationRequest {
+        json_schema: Some("{}".into()),
+        ..GenerationRequest::greedy(PromptInput::Raw("x".into()), 1)
+    };
+    let err = model().generate(&[request]).unwrap_err();
+    assert!(err.to_string().contains("structured"), "{err}");
+}
