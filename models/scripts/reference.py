@@ -13,14 +13,20 @@ Writes into models/tests/fixtures/ (small JSON files, committed):
   last-position logits of the top 64 tokens and of every 97th token, and 32 greedy tokens;
 - smollm2-tokenizer.json: encode and decode of awkward strings with the GGUF's tokenizer;
 - smollm2-chat.json: the GGUF's chat template rendered for a few conversations;
-- dequant.json: raw blocks of each supported ggml type and their f32 values.
+- dequant.json: raw blocks of each supported ggml type and their f32 values;
+- random-logits.json: logits of two small random models (Mistral with grouped-query attention
+  and a sliding window shorter than the sequence; Llama with tied embeddings), whose weights
+  `drpo-model-tool random-model` writes (the Rust test writes the same ones with the same seed).
 """
 
 import json
+import shutil
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -170,6 +176,35 @@ def dequant_fixture():
     write("dequant.json", {"cases": cases})
 
 
+RANDOM_MODELS = [("tiny-mistral", 5), ("tiny-llama", 6)]
+RANDOM_IDS = [(i * 37) % 500 + 3 for i in range(19)]
+
+
+def random_fixture():
+    cases = []
+    for preset, seed in RANDOM_MODELS:
+        out = tempfile.mkdtemp(prefix=f"drpo-ref-{preset}-")
+        subprocess.run(
+            ["cargo", "run", "-q", "-p", "drpo-models", "--bin", "drpo-model-tool", "--",
+             "random-model", "--config", preset, "--out", out, "--seed", str(seed)],
+            check=True, cwd=ROOT)
+        model = AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, attn_implementation="eager")
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.tensor([RANDOM_IDS])).logits[0].float()
+        cases.append({
+            "preset": preset,
+            "seed": seed,
+            "ids": RANDOM_IDS,
+            # every position, the first 32 vocabulary entries; the last position, all of them
+            "first32": [[round(float(x), 6) for x in row[:32]] for row in logits],
+            "last": [round(float(x), 6) for x in logits[-1]],
+        })
+        shutil.rmtree(out)
+    write("random-logits.json", {"cases": cases})
+
+
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -178,6 +213,7 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     model.eval()
     dequant_fixture()
+    random_fixture()
     tokenizer_fixture(tok)
     chat_fixture(tok)
     logits_fixture(tok, model)
