@@ -227,6 +227,16 @@ impl LocalModel {
         // A rendered chat carries its own special tokens (as `transformers` tokenizes it).
         let add_special = matches!(prompt, PromptInput::Raw(_));
         let ids = self.tokenizer.encode(&text, add_special)?;
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::format(
+                &self.path,
+                format!(
+                    "the tokenizer produced token {bad}, but the model has only {vocab} \
+                     embeddings: the tokenizer does not belong to this model"
+                ),
+            ));
+        }
         if ids.is_empty() {
             return Err(ModelError::Usage(
                 "the prompt is empty and the model has no beginning-of-sequence token".into(),
