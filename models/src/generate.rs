@@ -446,35 +446,57 @@ pub fn argmax(scores: &[f32]) -> u32 {
     best as u32
 }
 
-/// Temperature then nucleus sampling.
+/// Temperature then nucleus sampling: the smallest set of most likely tokens (ties by id) whose
+/// probabilities add up to `top_p`, then a draw in that order from the generator.
 fn sample(scores: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = scores
+    if !max.is_finite() {
+        return argmax(scores);
+    }
+    let weights: Vec<f64> = scores
         .iter()
-        .enumerate()
-        .map(|(i, &s)| (i as u32, f64::from((s - max) / temperature).exp()))
+        .map(|&s| f64::from((s - max) / temperature).exp())
         .collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0;
-    let mut mass = 0.0;
-    for p in &probs {
-        kept += 1;
-        mass += p.1 / total;
-        if mass >= f64::from(top_p) {
-            break;
+    let total: f64 = weights.iter().sum();
+    let draw = |order: &[u32], rng: &mut SplitMix64| {
+        let kept_total: f64 = order.iter().map(|&i| weights[i as usize]).sum();
+        let mut target = rng.next_f64() * kept_total;
+        for &i in order {
+            target -= weights[i as usize];
+            if target < 0.0 {
+                return i;
+            }
+        }
+        *order.last().expect("never empty")
+    };
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    if top_p >= 1.0 {
+        return draw(&order, rng);
+    }
+    // Most likely first, ties by id; only the head of the order is sorted, grown until it holds
+    // the nucleus (sorting all of a 50k vocabulary per token would cost more than the rest).
+    let by_weight = |a: &u32, b: &u32| {
+        weights[*b as usize]
+            .total_cmp(&weights[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut head = 64.min(order.len());
+    loop {
+        if head < order.len() {
+            order.select_nth_unstable_by(head - 1, by_weight);
+        }
+        order[..head].sort_by(by_weight);
+        let mut mass = 0.0;
+        let nucleus = order[..head].iter().position(|&i| {
+            mass += weights[i as usize] / total;
+            mass >= f64::from(top_p)
+        });
+        match nucleus {
+            Some(last) => return draw(&order[..=last], rng),
+            None if head == order.len() => return draw(&order, rng),
+            None => head = (head * 4).min(order.len()),
         }
     }
-    let probs = &probs[..kept];
-    let kept_total: f64 = probs.iter().map(|p| p.1).sum();
-    let mut target = rng.next_f64() * kept_total;
-    for p in probs {
-        target -= p.1;
-        if target < 0.0 {
-            return p.0;
-        }
-    }
-    probs[kept - 1].0
 }
 
 /// A small, stable pseudo-random generator (SplitMix64): the same seed gives the same
