@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::bindings::types::{Example, Query};
 use crate::config::{ModelFlags, RunConfig};
+use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
 use crate::runlog::RoleModel;
@@ -50,16 +51,14 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
     let mut providers = Vec::with_capacity(4);
     let mut models = Vec::with_capacity(5);
     for (role, name, flag) in roles {
-        let Some(name) = name else {
-            bail!(
-                "no model for the {role} role: pass {flag} (an OpenAI-compatible model name, \
-                 served at --api-base or $OPENAI_BASE_URL)"
-            );
+        let name = match name {
+            Some(name) => name.clone(),
+            None => default_model(role, flag)?,
         };
-        let provider = provider_for(&mut built, name, flags)?;
+        let provider = provider_for(&mut built, &name, flags)?;
         models.push(RoleModel {
             role: role.into(),
-            model: name.clone(),
+            model: name,
             provider: provider.identity(),
         });
         providers.push(provider);
@@ -85,6 +84,26 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
     ))
 }
 
+/// The file name of the built-in default model.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The model a role uses when none is named: the small local SmolLM2, from
+/// `$DRPO_DEFAULT_MODEL`, else `.cache/models/` under the current directory (where
+/// `scripts/fetch-smollm2.sh` puts it).
+fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
+    let path = std::env::var_os("DRPO_DEFAULT_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(".cache/models").join(DEFAULT_MODEL_FILE));
+    if !path.is_file() {
+        bail!(
+            "no model for the {role} role and the built-in default {} is missing: fetch it with \
+             ./scripts/fetch-smollm2.sh (or set $DRPO_DEFAULT_MODEL), or name a model with {flag}",
+            path.display()
+        );
+    }
+    Ok(format!("local:{}", path.display()))
+}
+
 /// One provider per distinct model name, so that a model serving several roles exists once.
 fn provider_for(
     built: &mut HashMap<String, Arc<dyn Provider>>,
@@ -95,10 +114,9 @@ fn provider_for(
         return Ok(provider.clone());
     }
     if let Some(path) = name.strip_prefix("local:") {
-        bail!(
-            "model `{name}`: local models ({path}) are not available in this build of drpo-host; \
-             serve the model with an OpenAI-compatible server and pass its name and --api-base"
-        );
+        let provider: Arc<dyn Provider> = Arc::new(LocalProvider::load(Path::new(path))?);
+        built.insert(name.into(), provider.clone());
+        return Ok(provider);
     }
     let base_url = flags
         .api_base

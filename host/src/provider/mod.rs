@@ -4,6 +4,7 @@
 //! ([`openai`]), an in-process local model, or the [`scripted`] provider that tests use. The
 //! runtime only sees the router, so new providers slot in without touching it.
 
+pub mod local;
 pub mod openai;
 pub mod scripted;
 
@@ -102,24 +103,26 @@ impl Router {
         }
     }
 
-    /// Answers a mixed batch: each role's share goes to its provider as one sub-batch, all
-    /// roles concurrently, and the answers come back in the batch's order.
+    /// Answers a mixed batch: each provider gets its share as one sub-batch (so a model that
+    /// serves several roles decodes them together), all providers concurrently, and the answers
+    /// come back in the batch's order.
     pub async fn complete(&self, batch: Vec<Request>) -> Vec<Answer> {
         let total = batch.len();
-        let mut groups: Vec<(Role, Vec<usize>, Vec<Request>)> = Vec::new();
+        let mut groups: Vec<(&Arc<dyn Provider>, Vec<usize>, Vec<Request>)> = Vec::new();
         for (index, request) in batch.into_iter().enumerate() {
-            match groups.iter_mut().find(|(role, _, _)| *role == request.role) {
+            let provider = self.provider(request.role);
+            match groups.iter_mut().find(|(p, _, _)| Arc::ptr_eq(p, provider)) {
                 Some((_, indices, requests)) => {
                     indices.push(index);
                     requests.push(request);
                 }
-                None => groups.push((request.role, vec![index], vec![request])),
+                None => groups.push((provider, vec![index], vec![request])),
             }
         }
         let mut calls = Vec::with_capacity(groups.len());
         let mut placements = Vec::with_capacity(groups.len());
-        for (role, indices, requests) in groups {
-            calls.push(self.provider(role).complete(requests));
+        for (provider, indices, requests) in groups {
+            calls.push(provider.complete(requests));
             placements.push(indices);
         }
         let mut answers: Vec<Option<Answer>> = vec![None; total];

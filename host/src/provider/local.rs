@@ -1,0 +1,97 @@
+//! Local models, in process: `local:PATH` names a GGUF file or a Hugging Face directory, run by
+//! `drpo-models` on the CPU. A request's JSON schema constrains decoding. A batch is decoded
+//! together; a model serving several roles is
+//! loaded once (the router hands it every role's requests as one batch).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use drpo_models::{ChatMessage, GenerationRequest, LocalModel, PromptInput};
+use futures::future::BoxFuture;
+
+use super::{Answer, Provider};
+use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
+
+/// A model loaded in this process.
+pub struct LocalProvider {
+    model: Arc<LocalModel>,
+}
+
+impl LocalProvider {
+    /// Loads the model at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<LocalProvider> {
+        let model = LocalModel::load(path)
+            .map_err(|e| anyhow::anyhow!("cannot load the local model {}: {e}", path.display()))?;
+        Ok(LocalProvider {
+            model: Arc::new(model),
+        })
+    }
+
+    fn convert(request: &Request) -> GenerationRequest {
+        let sampling = &request.sampling;
+        GenerationRequest {
+            prompt: match &request.prompt {
+                Prompt::Raw(text) => PromptInput::Raw(text.clone()),
+                Prompt::Chat(messages) => PromptInput::Chat(
+                    messages
+                        .iter()
+                        .map(|m| ChatMessage {
+                            role: m.role.clone(),
+                            content: m.content.clone(),
+                        })
+                        .collect(),
+                ),
+            },
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            max_tokens: sampling.max_tokens,
+            n: sampling.n.max(1),
+            seed: sampling.seed,
+            stop: sampling.stop.clone(),
+            // Enforced token by token (llguidance), so a structured answer always parses
+            // unless it runs out of tokens.
+            json_schema: request.json_schema.clone(),
+        }
+    }
+}
+
+impl Provider for LocalProvider {
+    fn identity(&self) -> String {
+        format!("local {}", self.model.identity())
+    }
+
+    fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
+        let requests: Vec<GenerationRequest> = batch.iter().map(Self::convert).collect();
+        let model = self.model.clone();
+        let count = requests.len();
+        Box::pin(async move {
+            let generated = tokio::task::spawn_blocking(move || model.generate(&requests)).await;
+            let failure = |message: String| {
+                (0..count)
+                    .map(|_| Answer::fresh(Err(LlmError::Unavailable(message.clone()))))
+                    .collect()
+            };
+            match generated {
+                Ok(Ok(outputs)) => outputs
+                    .into_iter()
+                    .map(|output| {
+                        Answer::fresh(Ok(Completion {
+                            choices: output.choices,
+                            usage: Usage {
+                                prompt_tokens: output.prompt_tokens,
+                                completion_tokens: output.completion_tokens,
+                            },
+                        }))
+                    })
+                    .collect(),
+                Ok(Err(error)) => {
+                    failure(format!("local model {}: {error}", self.model.identity()))
+                }
+                Err(panic) => failure(format!(
+                    "local model {} failed: {panic}",
+                    self.model.identity()
+                )),
+            }
+        })
+    }
+}
