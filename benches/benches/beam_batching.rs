@@ -31,9 +31,16 @@ fn main() {
     let runtime = Runtime::new(Some(cache.path().to_owned())).unwrap();
     let beam = runtime.load(&plugin_path).unwrap();
     let queries: Vec<Query> = (0..40)
-        .map(|i| Query { id: format!("q{i}"), text: format!("Question number {i}?"), tags: vec![] })
+        .map(|i| Query {
+            id: format!("q{i}"),
+            text: format!("Question number {i}?"),
+            tags: vec![],
+        })
         .collect();
-    let examples = vec![Example { query: "Hi?".into(), answer: "<START>\nHello.\n<END>".into() }];
+    let examples = vec![Example {
+        query: "Hi?".into(),
+        answer: "<START>\nHello.\n<END>".into(),
+    }];
 
     let mut timings = Vec::new();
     for sequential in [false, true] {
@@ -69,7 +76,13 @@ fn main() {
         .unwrap();
         let before = server.requests().len();
         let started = Instant::now();
-        let finished = rt.block_on(runtime.run(&beam, &options, 0, Limits::default(), Session::live(services, writer)));
+        let finished = rt.block_on(runtime.run(
+            &beam,
+            &options,
+            0,
+            Limits::default(),
+            Session::live(services, writer),
+        ));
         let elapsed = started.elapsed();
         finished.result.expect("the search finishes");
         let requests = server.requests().len() - before;
@@ -84,7 +97,10 @@ fn main() {
     // Critical path: the first call (aspect selections + the root's answer), the root's
     // judgement, then optimizer → base → judge on each of the 19 levels.
     let critical = LATENCY * (2 + 19 * 3);
-    println!("latency L = {LATENCY:?}; critical path ≈ 59 L = {:.2} s", critical.as_secs_f64());
+    println!(
+        "latency L = {LATENCY:?}; critical path ≈ 59 L = {:.2} s",
+        critical.as_secs_f64()
+    );
     println!(
         "batched / critical path = {:.3}  (goal ≤ 1.15)",
         timings[0].as_secs_f64() / critical.as_secs_f64()

@@ -27,7 +27,10 @@ fn services() -> Arc<Services> {
     let provider = ScriptedProvider::new(move |_| {
         Ok(Completion {
             choices: vec![answer.clone()],
-            usage: Usage { prompt_tokens: 256, completion_tokens: 256 },
+            usage: Usage {
+                prompt_tokens: 256,
+                completion_tokens: 256,
+            },
         })
     });
     Arc::new(Services {
@@ -92,16 +95,23 @@ fn benches(c: &mut Criterion) {
 
     // Round trip: a run making N calls minus a run making none, so that instantiation is not
     // counted.
-    c.bench_function("import round trip, 1 KiB each way, recorded (per call)", |b| {
-        b.iter_custom(|iterations| {
-            let (with_calls, _) = echo_run(&rt, &runtime, &testkit, iterations, work.path());
-            let (without, _) = echo_run(&rt, &runtime, &testkit, 0, work.path());
-            with_calls.saturating_sub(without)
-        })
-    });
+    c.bench_function(
+        "import round trip, 1 KiB each way, recorded (per call)",
+        |b| {
+            b.iter_custom(|iterations| {
+                let (with_calls, _) = echo_run(&rt, &runtime, &testkit, iterations, work.path());
+                let (without, _) = echo_run(&rt, &runtime, &testkit, 0, work.path());
+                with_calls.saturating_sub(without)
+            })
+        },
+    );
 
     c.bench_function("instantiate a cached plugin and call describe", |b| {
-        b.iter(|| rt.block_on(runtime.describe(&testkit, Limits::default())).result.unwrap())
+        b.iter(|| {
+            rt.block_on(runtime.describe(&testkit, Limits::default()))
+                .result
+                .unwrap()
+        })
     });
 
     let mut group = c.benchmark_group("compile");
