@@ -186,10 +186,10 @@ fn replay_names_the_call_role_and_field_where_a_plugin_diverges() {
             Session::replay(calls),
         ));
     match finished.result {
-        Err(PluginError::Host {
-            failure: SessionFailure::Divergence(divergence),
-            ..
-        }) => {
+        Err(PluginError::Host { failure, .. }) => {
+            let SessionFailure::Divergence(divergence) = *failure else {
+                panic!("expected a divergence, got {failure}");
+            };
             // Call 0 is `queries`, call 1 records the root; call 2 is the first batch, which
             // now has 3 requests.
             assert_eq!(divergence.index, 2);

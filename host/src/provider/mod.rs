@@ -108,7 +108,9 @@ impl Router {
     /// come back in the batch's order.
     pub async fn complete(&self, batch: Vec<Request>) -> Vec<Answer> {
         let total = batch.len();
-        let mut groups: Vec<(&Arc<dyn Provider>, Vec<usize>, Vec<Request>)> = Vec::new();
+        // (provider, positions in the batch, its requests)
+        type Group<'a> = (&'a Arc<dyn Provider>, Vec<usize>, Vec<Request>);
+        let mut groups: Vec<Group> = Vec::new();
         for (index, request) in batch.into_iter().enumerate() {
             let provider = self.provider(request.role);
             match groups.iter_mut().find(|(p, _, _)| Arc::ptr_eq(p, provider)) {

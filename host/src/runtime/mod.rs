@@ -85,7 +85,7 @@ pub enum PluginError {
     #[error("plugin {plugin} stopped: {failure}")]
     Host {
         plugin: String,
-        failure: SessionFailure,
+        failure: Box<SessionFailure>,
     },
     #[error("plugin {plugin} failed: {message}")]
     Strategy { plugin: String, message: String },
@@ -328,7 +328,7 @@ fn classify(
     if let Some(failure) = state.session.failure.take() {
         return PluginError::Host {
             plugin: label,
-            failure,
+            failure: Box::new(failure),
         };
     }
     if let Some(asked) = state.limiter.exceeded {

@@ -75,7 +75,7 @@ impl Guest for Testkit {
 
 fn request(text: String, index: u32, seed: u64) -> Request {
     Request {
-        role: if index % 2 == 0 {
+        role: if index.is_multiple_of(2) {
             Role::Judge
         } else {
             Role::Optimizer
