@@ -164,13 +164,7 @@ fn replay_names_the_call_role_and_field_where_a_plugin_diverges() {
         &["--option", "width=2"],
     )));
     assert!(out.status.success(), "{}", text(&out));
-    let calls = entries(&dir)
-        .into_iter()
-        .filter_map(|entry| match entry {
-            Entry::Call(call) => Some(call),
-            _ => None,
-        })
-        .collect();
+    let calls = read_log(&dir.join("run.log")).unwrap().calls();
 
     let runtime = Runtime::new(None).unwrap();
     let testkit = runtime.load(&plugin("testkit")).unwrap();

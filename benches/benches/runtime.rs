@@ -127,30 +127,14 @@ fn benches(c: &mut Criterion) {
 
     // A 1,000-call log: 999 echo calls plus `describe`-free bookkeeping.
     let (_, log) = echo_run(&rt, &runtime, &testkit, 1000, work.path());
-    let calls: Vec<_> = read_log(&log)
-        .unwrap()
-        .entries
-        .into_iter()
-        .filter_map(|entry| match entry {
-            Entry::Call(call) => Some(call),
-            _ => None,
-        })
-        .collect();
+    let calls = read_log(&log).unwrap().calls();
     assert_eq!(calls.len(), 1000);
     let options = r#"{"mode":"echo","count":1000,"size":1024}"#;
     let mut group = c.benchmark_group("replay");
     group.sample_size(20);
     group.bench_function("replay a 1,000-call run log (read, verify, re-run)", |b| {
         b.iter(|| {
-            let calls: Vec<_> = read_log(&log)
-                .unwrap()
-                .entries
-                .into_iter()
-                .filter_map(|entry| match entry {
-                    Entry::Call(call) => Some(call),
-                    _ => None,
-                })
-                .collect();
+            let calls = read_log(&log).unwrap().calls();
             let finished = rt.block_on(runtime.run(
                 &testkit,
                 options,

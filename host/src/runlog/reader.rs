@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Entry, Hash, MAGIC, bincode_config, chain_hash, genesis_hash};
+use super::{CallRecord, Entry, Hash, MAGIC, bincode_config, chain_hash, genesis_hash};
 
 /// A run log read and verified up to its last complete frame.
 #[derive(Debug)]
@@ -16,6 +16,19 @@ pub struct LogContents {
     /// Bytes after the last complete frame: a frame whose writing was interrupted (the process
     /// was killed). `None` when the log ends cleanly.
     pub torn_tail_bytes: Option<u64>,
+}
+
+impl LogContents {
+    /// The recorded import calls, in order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Call(call) => Some(call.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Why a run log cannot be used.
