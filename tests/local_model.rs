@@ -59,3 +59,45 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
     );
     assert!(replay.status.success(), "{}", text(&replay));
 }
+
+#[test]
+fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
+    let model = workspace()
+        .join(".cache/models")
+        .join(drpo_host::services::DEFAULT_MODEL_FILE);
+    assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
+    let work = tempfile::tempdir().unwrap();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .arg("--model")
+            .arg(format!("local:{}", model.display()))
+            .args([
+                "--max-tokens",
+                "12",
+                "--system",
+                "You answer in one short sentence.",
+            ])
+            .arg("What is the capital of France?"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("### What is the capital of France?"),
+        "{answer}"
+    );
+    assert!(answer.contains("Paris"), "{answer}");
+
+    let server = drpo_tests::server::Server::start();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "served-model", "--api-base", server.url()])
+            .args(["first question", "second question"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].1["model"], "served-model");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("### second question"));
+}

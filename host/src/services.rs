@@ -104,6 +104,24 @@ fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
     Ok(format!("local:{}", path.display()))
 }
 
+/// The provider for one model named on the command line (`local:PATH`, or an
+/// OpenAI-compatible model name at `--api-base`); none named: the built-in default.
+pub fn single_provider(
+    name: Option<&str>,
+    api_base: Option<&str>,
+) -> anyhow::Result<(String, Arc<dyn Provider>)> {
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => default_model("answering", "--model")?,
+    };
+    let flags = ModelFlags {
+        api_base: api_base.map(str::to_owned),
+        ..ModelFlags::default()
+    };
+    let provider = provider_for(&mut HashMap::new(), &name, &flags)?;
+    Ok((name, provider))
+}
+
 /// One provider per distinct model name, so that a model serving several roles exists once.
 fn provider_for(
     built: &mut HashMap<String, Arc<dyn Provider>>,
