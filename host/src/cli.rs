@@ -276,18 +276,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         dir.root().display()
     );
     let session = Session::live(built.services, writer).with_observer(Box::new(observer));
+    run_to_end(&runtime, &plugin, &header, &config, &dir, session, started).await
+}
+
+/// Runs the plugin on a live (or resuming) session and closes the run: the end frame, the
+/// output files, the metrics cache, the summary on stdout.
+async fn run_to_end(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    header: &Header,
+    config: &RunConfig,
+    dir: &RunDir,
+    session: Session,
+    started: Instant,
+) -> anyhow::Result<()> {
     let finished = runtime
         .run(
-            &plugin,
+            plugin,
             &header.options,
             header.seed,
             config.limits(),
             session,
         )
         .await;
-    let outcome = finish(&dir, finished, started)?;
-    save_metrics_cache(&config, &outcome)?;
-    print_outcome(&dir, &outcome);
+    let outcome = finish(dir, finished, started)?;
+    save_metrics_cache(config, &outcome)?;
+    print_outcome(dir, &outcome);
     Ok(())
 }
 
@@ -559,19 +573,16 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     eprintln!("resuming {}: {calls} recorded calls", dir.root().display());
     let session =
         Session::resume(recorded.calls, built.services, writer).with_observer(Box::new(observer));
-    let finished = runtime
-        .run(
-            &plugin,
-            &recorded.header.options,
-            recorded.header.seed,
-            config.limits(),
-            session,
-        )
-        .await;
-    let outcome = finish(&dir, finished, started)?;
-    save_metrics_cache(&config, &outcome)?;
-    print_outcome(&dir, &outcome);
-    Ok(())
+    run_to_end(
+        &runtime,
+        &plugin,
+        &recorded.header,
+        &config,
+        &dir,
+        session,
+        started,
+    )
+    .await
 }
 
 fn inspect(dir: &Path) -> anyhow::Result<()> {
