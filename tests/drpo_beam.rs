@@ -146,3 +146,56 @@ fn the_outcome_holds_the_best_prompt_its_reward_the_path_and_the_whole_tree() {
     let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
     assert!(log.contains("[node 0]"), "{log}");
 }
+
+#[test]
+fn in_context_examples_are_retrieved_through_the_hosts_embedding_endpoint() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(
+        &server,
+        work.path(),
+        "run",
+        &[
+            "--depth",
+            "2",
+            "--beam-size",
+            "1",
+            "--n-actions",
+            "1",
+            "--k",
+            "2",
+            "--embedding-model-name",
+            "test-embedder",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let embeddings: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|(path, _)| path.ends_with("/embeddings"))
+        .collect();
+    assert!(
+        !embeddings.is_empty(),
+        "the strategy embedded its queries and examples"
+    );
+    assert_eq!(embeddings[0].1["model"], "test-embedder");
+    assert!(
+        !text(&out).contains("no embeddings"),
+        "retrieval was used, not the fixed examples: {}",
+        text(&out)
+    );
+    // Without an embedding model the run says so once and uses the fixed examples.
+    let out = beam_run(
+        &server,
+        work.path(),
+        "fixed",
+        &["--depth", "2", "--beam-size", "1", "--n-actions", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches("no embeddings").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+}
