@@ -207,6 +207,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outcome_without_resending_recorded_
             status: 200,
             body: default_reply(path, request).to_string(),
             delay: Duration::from_millis(150),
+            retry_after: None,
         })
     };
     let work = tempfile::tempdir().unwrap();

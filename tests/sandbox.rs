@@ -76,6 +76,7 @@ fn a_plugin_waiting_on_a_slow_model_past_the_deadline_is_stopped() {
         status: 200,
         body: drpo_tests::server::default_reply(path, request).to_string(),
         delay: std::time::Duration::from_secs(5),
+        retry_after: None,
     });
     let started = std::time::Instant::now();
     let (out, _dir) = run_testkit(&server, &["--option", "mode=wait", "--deadline-secs", "1"]);

@@ -25,6 +25,7 @@ fn main() {
         status: 200,
         body: default_reply(path, request).to_string(),
         delay: LATENCY,
+        retry_after: None,
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cache = tempfile::tempdir().unwrap();

@@ -15,6 +15,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// Sent as a `Retry-After` header (seconds).
+    pub retry_after: Option<u64>,
 }
 
 type Script = dyn Fn(&str, &Value) -> Reply + Send + Sync;
@@ -40,6 +42,7 @@ impl Server {
             status: 200,
             body: default_reply(path, request).to_string(),
             delay: Duration::ZERO,
+            retry_after: None,
         })
     }
 
@@ -140,8 +143,12 @@ fn serve(stream: TcpStream, state: &State) {
         let reply = (state.script)(&path, &request);
         std::thread::sleep(reply.delay);
         state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let retry_after = reply
+            .retry_after
+            .map(|seconds| format!("retry-after: {seconds}\r\n"))
+            .unwrap_or_default();
         let response = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\n{retry_after}content-length: {}\r\n\r\n{}",
             reply.status,
             reply.body.len(),
             reply.body

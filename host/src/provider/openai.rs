@@ -5,8 +5,12 @@
 //! The API key is sent in the `Authorization` header and nowhere else: it is not part of the
 //! provider's identity, of any error message, or of anything recorded.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 use super::{Answer, Provider};
 use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
@@ -22,21 +26,65 @@ pub struct Endpoint {
     pub api_key: Option<String>,
 }
 
+/// How hard to try, and how much at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Tries per request, the first included.
+    pub attempts: u32,
+    /// Wait before the second try; doubled for each further try (plus up to 25% jitter), unless
+    /// the server's `Retry-After` says otherwise.
+    pub initial_backoff: Duration,
+    /// Upper bound of one wait.
+    pub max_backoff: Duration,
+    /// Limit of one request, reply included (the published code uses 600 s).
+    pub timeout: Duration,
+    /// Requests in flight to this endpoint at most.
+    pub concurrency: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+            concurrency: 16,
+        }
+    }
+}
+
 /// An OpenAI-compatible model behind HTTP.
 pub struct OpenAiProvider {
     endpoint: Endpoint,
     client: reqwest::Client,
+    policy: RetryPolicy,
+    slots: Arc<Semaphore>,
+}
+
+/// One failed try: whether another may succeed, and the wait the server asked for.
+struct Failure {
+    error: LlmError,
+    retryable: bool,
+    retry_after: Option<Duration>,
 }
 
 impl OpenAiProvider {
-    /// A provider for `endpoint`.
+    /// A provider for `endpoint` with the default [`RetryPolicy`].
     pub fn new(endpoint: Endpoint) -> OpenAiProvider {
+        OpenAiProvider::with_policy(endpoint, RetryPolicy::default())
+    }
+
+    /// A provider for `endpoint` that retries and limits as `policy` says.
+    pub fn with_policy(endpoint: Endpoint, policy: RetryPolicy) -> OpenAiProvider {
         OpenAiProvider {
             endpoint: Endpoint {
                 base_url: endpoint.base_url.trim_end_matches('/').to_owned(),
                 ..endpoint
             },
             client: reqwest::Client::new(),
+            slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
+            policy,
         }
     }
 
@@ -44,36 +92,100 @@ impl OpenAiProvider {
         format!("{}/{path}", self.endpoint.base_url)
     }
 
+    /// POSTs `body`, retrying on 429, 5xx, timeouts and broken connections as the policy
+    /// says; the last failure is returned with the endpoint, the status and an excerpt.
     async fn post(&self, path: &str, body: &Value) -> Result<Value, LlmError> {
         let url = self.url(path);
-        let mut request = self.client.post(&url).json(body);
+        let mut attempt = 1;
+        loop {
+            let failure = {
+                let _slot = self
+                    .slots
+                    .acquire()
+                    .await
+                    .map_err(|_| unavailable(&url, "the provider is shutting down".into()))?;
+                match self.try_post(&url, body).await {
+                    Ok(value) => return Ok(value),
+                    Err(failure) => failure,
+                }
+            };
+            if !failure.retryable || attempt >= self.policy.attempts {
+                return Err(match failure.error {
+                    LlmError::Unavailable(message) if attempt > 1 => {
+                        LlmError::Unavailable(format!("{message} (after {attempt} tries)"))
+                    }
+                    error => error,
+                });
+            }
+            tokio::time::sleep(failure.retry_after.unwrap_or_else(|| self.backoff(attempt))).await;
+            attempt += 1;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .policy
+            .initial_backoff
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(self.policy.max_backoff);
+        // Jitter spreads out clients that failed together; it never changes an answer.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    async fn try_post(&self, url: &str, body: &Value) -> Result<Value, Failure> {
+        let transient = |error: LlmError| Failure {
+            error,
+            retryable: true,
+            retry_after: None,
+        };
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(self.policy.timeout)
+            .json(body);
         if let Some(key) = &self.endpoint.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unavailable(&url, format!("request failed: {}", without_url(&e))))?;
+        let response = request.send().await.map_err(|e| {
+            transient(unavailable(
+                url,
+                format!("request failed: {}", without_url(&e)),
+            ))
+        })?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|seconds| Duration::from_secs(seconds).min(self.policy.max_backoff));
         let text = response.text().await.map_err(|e| {
-            unavailable(
-                &url,
+            transient(unavailable(
+                url,
                 format!("reading the body failed: {}", without_url(&e)),
-            )
+            ))
         })?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
-            return Err(if status.is_client_error() && status.as_u16() != 429 {
-                LlmError::Rejected(format!("{url}: {message}"))
-            } else {
-                unavailable(&url, message)
+            let retryable = status.as_u16() == 429 || status.is_server_error();
+            return Err(Failure {
+                error: if retryable {
+                    unavailable(url, message)
+                } else {
+                    LlmError::Rejected(format!("{url}: {message}"))
+                },
+                retryable,
+                retry_after,
             });
         }
         serde_json::from_str(&text).map_err(|e| {
-            unavailable(
-                &url,
+            transient(unavailable(
+                url,
                 format!("the body is not JSON ({e}): {}", excerpt(&text)),
-            )
+            ))
         })
     }
 

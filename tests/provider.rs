@@ -1,0 +1,186 @@
+//! The OpenAI-compatible provider against servers on 127.0.0.1: retries, `Retry-After`, the
+//! per-request timeout, the final error, and the concurrency cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use drpo_host::bindings::types::{LlmError, Message, Prompt, Request, Role, Sampling};
+use drpo_host::provider::Provider;
+use drpo_host::provider::openai::{Endpoint, OpenAiProvider, RetryPolicy};
+use drpo_tests::server::{Reply, Server, default_reply};
+
+fn request(text: &str) -> Request {
+    Request {
+        role: Role::Judge,
+        prompt: Prompt::Chat(vec![Message {
+            role: "user".into(),
+            content: text.into(),
+        }]),
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 16,
+            n: 1,
+            seed: 0,
+            stop: vec![],
+        },
+        json_schema: None,
+    }
+}
+
+fn provider(server: &Server, policy: RetryPolicy) -> OpenAiProvider {
+    OpenAiProvider::with_policy(
+        Endpoint {
+            base_url: server.url().into(),
+            model: "m".into(),
+            api_key: Some("sk-test-secret".into()),
+        },
+        policy,
+    )
+}
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
+        concurrency: 8,
+    }
+}
+
+/// A server that fails the first `failures` requests with `status`, then answers.
+fn flaky(failures: usize, status: u16, retry_after: Option<u64>) -> Server {
+    let seen = AtomicUsize::new(0);
+    Server::with_script(move |path, body| {
+        if seen.fetch_add(1, Ordering::SeqCst) < failures {
+            Reply {
+                status,
+                body: r#"{"error":{"message":"try again"}}"#.into(),
+                delay: Duration::ZERO,
+                retry_after,
+            }
+        } else {
+            Reply {
+                status: 200,
+                body: default_reply(path, body).to_string(),
+                delay: Duration::ZERO,
+                retry_after: None,
+            }
+        }
+    })
+}
+
+fn complete(provider: &OpenAiProvider, batch: Vec<Request>) -> Vec<drpo_host::provider::Answer> {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(provider.complete(batch))
+}
+
+#[test]
+fn rate_limits_and_server_errors_are_retried_until_an_answer_comes() {
+    for status in [429, 500, 503] {
+        let server = flaky(2, status, None);
+        let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+        assert!(
+            answers[0].result.is_ok(),
+            "{status}: {:?}",
+            answers[0].result
+        );
+        assert_eq!(server.requests().len(), 3, "two failures, then the answer");
+    }
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let server = flaky(1, 429, Some(1));
+    let started = Instant::now();
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    assert!(answers[0].result.is_ok());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited as asked"
+    );
+}
+
+#[test]
+fn after_the_last_try_one_clear_error_names_the_endpoint_status_and_body() {
+    let server = flaky(usize::MAX, 502, None);
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    assert_eq!(server.requests().len(), 3);
+    let Err(LlmError::Unavailable(message)) = &answers[0].result else {
+        panic!("{:?}", answers[0].result)
+    };
+    assert!(message.contains(server.url()), "{message}");
+    assert!(message.contains("502"), "{message}");
+    assert!(message.contains("try again"), "{message}");
+    assert!(message.contains("after 3 tries"), "{message}");
+    assert!(!message.contains("sk-test-secret"), "{message}");
+}
+
+#[test]
+fn client_errors_are_not_retried() {
+    let server = flaky(usize::MAX, 400, None);
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    assert_eq!(server.requests().len(), 1);
+    assert!(matches!(answers[0].result, Err(LlmError::Rejected(_))));
+}
+
+#[test]
+fn a_reply_slower_than_the_timeout_is_retried_then_reported() {
+    let server = Server::with_script(|path, body| Reply {
+        status: 200,
+        body: default_reply(path, body).to_string(),
+        delay: Duration::from_secs(2),
+        retry_after: None,
+    });
+    let policy = RetryPolicy {
+        attempts: 2,
+        timeout: Duration::from_millis(300),
+        ..quick()
+    };
+    let answers = complete(&provider(&server, policy), vec![request("hi")]);
+    let Err(LlmError::Unavailable(message)) = &answers[0].result else {
+        panic!("{:?}", answers[0].result)
+    };
+    assert!(message.contains("timed out"), "{message}");
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn a_body_that_is_not_json_is_retried() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let server = Server::with_script(move |path, body| Reply {
+        status: 200,
+        body: if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            "<html>gateway</html>".into()
+        } else {
+            default_reply(path, body).to_string()
+        },
+        delay: Duration::ZERO,
+        retry_after: None,
+    });
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    assert!(answers[0].result.is_ok(), "{:?}", answers[0].result);
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_batch_of_32_never_exceeds_the_concurrency_cap_and_reaches_it() {
+    let server = Server::with_script(|path, body| Reply {
+        status: 200,
+        body: default_reply(path, body).to_string(),
+        delay: Duration::from_millis(100),
+        retry_after: None,
+    });
+    let policy = RetryPolicy {
+        concurrency: 4,
+        ..quick()
+    };
+    let batch = (0..32).map(|i| request(&format!("q{i}"))).collect();
+    let answers = complete(&provider(&server, policy), batch);
+    assert!(answers.iter().all(|a| a.result.is_ok()));
+    assert_eq!(server.max_in_flight(), 4);
+}
