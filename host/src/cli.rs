@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::bindings::types::{Message, Outcome, Prompt, Request, Role, Sampling};
-use crate::bindings::{WIT_PACKAGE, WIT_VERSION};
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::rundir::{RunDir, RunObserver, role_name, write_result};
 use crate::runlog::{
@@ -717,9 +716,4 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
 
 fn short_hash(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
-}
-
-/// The host's contract version, for `--version` style messages.
-pub fn contract() -> String {
-    format!("{WIT_PACKAGE}@{WIT_VERSION}")
 }
