@@ -27,8 +27,8 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// The `drpo-host` binary of the current build (cargo builds it before running the tests of
-/// the workspace).
+/// The `drpo-host` binary of the current build profile (`./scripts/test` builds it first:
+/// cargo does not build another package's binaries for these tests).
 pub fn host_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/drpo-host
@@ -39,7 +39,7 @@ pub fn host_binary() -> PathBuf {
     let binary = profile_dir.join("drpo-host");
     assert!(
         binary.is_file(),
-        "{} is missing: build it with `cargo build -p drpo-host` (cargo test --workspace does)",
+        "{} is missing: build it with `cargo build -p drpo-host` (./scripts/test does)",
         binary.display()
     );
     binary
