@@ -117,8 +117,7 @@ fn the_outcome_holds_the_best_prompt_its_reward_the_path_and_the_whole_tree() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let dir = work.path().join("run");
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    let result = drpo_tests::result_json(&dir);
     // Root, 2 children, then 2 beams × 2 children.
     assert_eq!(result["tree"].as_array().unwrap().len(), 1 + 2 + 4);
     let path = result["best_path"].as_array().unwrap();

@@ -41,8 +41,7 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
             "{role:?}"
         );
     }
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    let result = drpo_tests::result_json(&dir);
     let answer = result["best_prompt"].as_str().unwrap();
     assert!(answer.contains(" + "), "two real answers joined: {answer}");
     assert!(

@@ -106,8 +106,7 @@ fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() 
 
     let out_of_outcome = outcome(&first);
     assert_eq!(out_of_outcome.best_path, vec![0, 1, 2, 3, 4]);
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(first.join("result.json")).unwrap()).unwrap();
+    let result = drpo_tests::result_json(&first);
     assert_eq!(result["tree"].as_array().unwrap().len(), 5);
     assert_eq!(
         result["best_prompt"].as_str(),

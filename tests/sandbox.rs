@@ -3,7 +3,6 @@
 
 use drpo_tests::server::Server;
 use drpo_tests::{host, output, plugin, roles_at, text};
-use serde_json::Value;
 
 fn run_testkit(server: &Server, extra: &[&str]) -> (std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -132,10 +131,7 @@ fn the_sandbox_offers_no_files_no_environment_no_network_and_virtual_time() {
             ],
         );
         assert!(out.status.success(), "{}", text(&out));
-        let result: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("run/result.json")).unwrap(),
-        )
-        .unwrap();
+        let result = drpo_tests::result_json(&dir.path().join("run"));
         result["details"].clone()
     };
     let first = probe("1");
