@@ -14,7 +14,7 @@ pub type CpuBackend = burn::backend::Flex<f32, i32>;
 
 /// The CUDA backend: bf16 weights and activations (f32 for norms and softmax).
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn::backend::Cuda<half::bf16, i32>;
+pub type CudaBackend = burn_cuda::Cuda<half::bf16, i32>;
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

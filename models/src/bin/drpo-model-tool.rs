@@ -115,7 +115,7 @@ macro_rules! with_backend {
                 // cubecl reports a missing driver, NVRTC or header by panicking (on its own
                 // thread, then on ours): turn that into an error with the usual remedies.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let device = burn::backend::cuda::CudaDevice::new(index);
+                    let device = burn_cuda::CudaDevice::new(index);
                     probe_device::<drpo_models::device::CudaBackend>(&device, spec)?;
                     $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
                 }))
