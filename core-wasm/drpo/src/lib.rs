@@ -14,12 +14,14 @@
 //! - [`icl`]: in-context example retrieval and the base model's training-format prompt;
 //! - [`parse`]: tolerant parsing of the models' JSON answers;
 //! - [`reward`]: the reward, the skip rule and the depth extension;
-//! - [`search`]: the beam search itself.
+//! - [`search`]: the beam search itself;
+//! - [`estimate`]: the calls and tokens a search may spend, for the projection before a run.
 
 #![warn(missing_docs)]
 
 pub mod aspects;
 pub mod data;
+pub mod estimate;
 pub mod icl;
 pub mod options;
 pub mod parse;

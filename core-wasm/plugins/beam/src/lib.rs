@@ -48,6 +48,20 @@ the path and the new metrics-cache entries."
             details: outcome.details,
         })
     }
+
+    fn estimate(options: String) -> Result<Vec<wit::RoleEstimate>, String> {
+        let options = drpo::options::Options::from_json(&options)?;
+        Ok(drpo::estimate::estimate(&options)
+            .into_iter()
+            .map(|e| wit::RoleEstimate {
+                role: role(e.role),
+                min_calls: e.min_calls,
+                max_calls: e.max_calls,
+                prompt_tokens_per_call: e.prompt_tokens_per_call,
+                max_completion_tokens_per_call: e.max_completion_tokens_per_call,
+            })
+            .collect())
+    }
 }
 
 bindings::export!(Beam with_types_in bindings);
@@ -94,14 +108,18 @@ impl lib::Host for WitHost {
     }
 }
 
+fn role(role: lib::Role) -> wit::Role {
+    match role {
+        lib::Role::Base => wit::Role::Base,
+        lib::Role::Metrics => wit::Role::Metrics,
+        lib::Role::Judge => wit::Role::Judge,
+        lib::Role::Optimizer => wit::Role::Optimizer,
+    }
+}
+
 fn request(r: lib::Request) -> wit::Request {
     wit::Request {
-        role: match r.role {
-            lib::Role::Base => wit::Role::Base,
-            lib::Role::Metrics => wit::Role::Metrics,
-            lib::Role::Judge => wit::Role::Judge,
-            lib::Role::Optimizer => wit::Role::Optimizer,
-        },
+        role: role(r.role),
         prompt: match r.prompt {
             lib::Prompt::Raw(text) => wit::Prompt::Raw(text),
             lib::Prompt::Chat(messages) => wit::Prompt::Chat(

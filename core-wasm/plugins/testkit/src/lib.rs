@@ -71,6 +71,29 @@ impl Guest for Testkit {
             other => Err(format!("unknown mode `{other}`")),
         }
     }
+
+    /// Exact for `chain` (its requests alternate between judge and optimizer); nothing for the
+    /// other modes, which exist to misbehave.
+    fn estimate(options: String) -> Result<Vec<RoleEstimate>, String> {
+        let options: Value =
+            serde_json::from_str(&options).map_err(|e| format!("options are not JSON: {e}"))?;
+        if options["mode"].as_str().unwrap_or("chain") != "chain" {
+            return Ok(Vec::new());
+        }
+        let steps = options["steps"].as_u64().unwrap_or(3);
+        let width = options["width"].as_u64().unwrap_or(2);
+        let per_role = |role, calls| RoleEstimate {
+            role,
+            min_calls: calls,
+            max_calls: calls,
+            prompt_tokens_per_call: 16,
+            max_completion_tokens_per_call: 64,
+        };
+        Ok(vec![
+            per_role(Role::Judge, steps * width.div_ceil(2)),
+            per_role(Role::Optimizer, steps * (width / 2)),
+        ])
+    }
 }
 
 fn request(text: String, index: u32, seed: u64) -> Request {
