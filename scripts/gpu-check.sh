@@ -7,24 +7,27 @@
 #       equal);
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
+#   (b2) each small-row matmul kernel of models/src/cuda_matmul.rs on the same model, for the
+#       decode steps (SWEEP_KERNELS, SWEEP_BATCHES, SWEEP_GEN_TOKENS);
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
 #
 # preceded by a smoke test (tiny-llama, one prompt, 4 tokens), then one table with the goals.
 # Each step is time-boxed and a failed step does not stop the next; the whole run stays under
-# 5.5 minutes. Outputs also go to $OUT when it is set.
+# 7.5 minutes. Outputs also go to $OUT when it is set.
 #
 # Diagnosis: the tool prints timestamped progress lines (device init, first kernel, prefill,
 # each early decode step) and, while a stage lasts DRPO_WATCHDOG_S (5) seconds, a watchdog
 # line with its busiest threads and their kernel wait channels. A cubecl.toml written to the
-# run directory logs every kernel compilation and autotune result to stderr and caches PTX on
-# disk across the steps; CUBECL_AUTOTUNE_LEVEL (default minimal) limits autotuning.
+# run directory logs every kernel compilation to stderr and caches PTX on disk across the steps.
+# The `cuda` build has no autotuning and no fusion (see models/Cargo.toml): a cold start
+# compiles a few dozen kernels instead of hundreds.
 #
 # Environment: DRPO_MODEL_TOOL (binary; default target-models/gpu/drpo-model-tool, the stripped
 # copy that is carried, else target-models/release/drpo-model-tool),
 # DEVICE (default cuda:0; `cpu` runs the same steps on the CPU for a dry run, with
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (64), SKIP_HF=1 to skip step (c), HF_BATCHES (1,32), HF_GEN_TOKENS (64),
-# CUBECL_LOG (1: compilation and autotune logs on stderr; 0: off).
+# CUBECL_LOG (1: compilation logs on stderr; 0: off).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -37,6 +40,7 @@ BIN=${DRPO_MODEL_TOOL:-target-models/gpu/drpo-model-tool}
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 DEVICE=${DEVICE:-cuda:0}
 CONFIG=${CONFIG:-mistral-7b}
+SWEEP_CONFIG=${SWEEP_CONFIG:-$CONFIG}
 BATCHES=${BATCHES:-1,8,32}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN_TOKENS=${GEN_TOKENS:-64}
@@ -44,7 +48,6 @@ HF_BATCHES=${HF_BATCHES:-1,32}
 HF_GEN_TOKENS=${HF_GEN_TOKENS:-64}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export DRPO_WATCHDOG_S=${DRPO_WATCHDOG_S:-5}
-export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 PY=${PY:-$(command -v python3 || command -v python || echo python3)}
 START=$(date +%s)
 
@@ -103,8 +106,8 @@ for h in cuda_bf16.h cuda_fp16.h cuda_runtime.h mma.h crt/mma.h cooperative_grou
 done
 
 # cubecl reads cubecl.toml from its working directory (or a parent): the tool runs in RUN_DIR,
-# where one logs compilations (names only) and autotune results to stderr and keeps a PTX cache
-# that the later steps reuse (the autotune cache is kept on disk by default).
+# where one logs compilations (names only) to stderr and keeps a PTX cache
+# that the later steps reuse.
 RUN_DIR=$SHIM/run
 mkdir -p "$RUN_DIR"
 {
@@ -112,10 +115,9 @@ mkdir -p "$RUN_DIR"
   printf '[compilation]\ncache = "global"\n\n'
   if [ "${CUBECL_LOG:-1}" = 1 ]; then
     printf '[compilation.logger]\nlevel = "basic"\nstderr = true\n\n'
-    printf '[autotune.logger]\nlevel = "full"\nstderr = true\n'
   fi
 } >"$RUN_DIR/cubecl.toml"
-echo "cubecl.toml in $RUN_DIR (CUBECL_AUTOTUNE_LEVEL=$CUBECL_AUTOTUNE_LEVEL):"
+echo "cubecl.toml in $RUN_DIR:"
 cat "$RUN_DIR/cubecl.toml"
 # On a timeout, show what each thread of the stuck process was doing.
 run_tool() { # run_tool SECONDS OUTFILE ARGS...
@@ -150,23 +152,31 @@ run_tool() { # run_tool SECONDS OUTFILE ARGS...
 }
 
 section "smoke: tiny-llama, 1 prompt, 4 tokens on $DEVICE"
-run_tool "${SMOKE_TIMEOUT:-20}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama \
+run_tool "${SMOKE_TIMEOUT:-45}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama \
   --device "$DEVICE" --batch 1 --prompt-len 8 --gen-tokens 4 \
   || echo "smoke: FAILED (exit $?)"
 
 section "(a) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
 for model in tiny-mistral tiny-llama; do
-  run_tool "${PARITY_TIMEOUT:-35}" "$OUT_DIR/parity.jsonl" parity --config "$model" \
+  run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity --config "$model" \
     --device "$DEVICE" || echo "parity on $model: FAILED (exit $?)"
 done
 
 section "(b) ours: $CONFIG random weights on $DEVICE"
 start_sampling "$OUT_DIR/mem-ours.txt"
-run_tool "${BENCH_TIMEOUT:-150}" "$OUT_DIR/ours.jsonl" bench --config "$CONFIG" \
+run_tool "${BENCH_TIMEOUT:-220}" "$OUT_DIR/ours.jsonl" bench --config "$CONFIG" \
   --device "$DEVICE" --batch "$BATCHES" --prompt-len "$PROMPT_LEN" --gen-tokens "$GEN_TOKENS" \
   || echo "bench: FAILED (exit $?)"
 stop_sampling
+
+section "(b2) decode: the small-row matmul kernels side by side ($SWEEP_CONFIG)"
+# Each kernel of models/src/cuda_matmul.rs on the same shapes (short prompt and generation).
+for kernel in ${SWEEP_KERNELS:-cmma unit unit-min unit-double vecmat gemv-unit gemv-plane}; do
+  DRPO_CUDA_SMALL_MATMUL=$kernel run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-$kernel.jsonl" \
+    bench --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
+    --prompt-len 32 --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernel: FAILED (exit $?)"
+done
 
 section "(c) transformers: the same shapes"
 if [ "${SKIP_HF:-0}" = 1 ] || [ "${DEVICE%%:*}" != cuda ]; then

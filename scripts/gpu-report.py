@@ -80,6 +80,18 @@ def main():
           f"{fmt(mem_hf and mem_hf[0], 0):>16}")
     print(f"{'peak GPU MiB (torch reserved)':28}{'':>18}{fmt(torch_peak, 0):>16}")
 
+    sweeps = sorted(f for f in os.listdir(out) if f.startswith("sweep-") and f.endswith(".jsonl"))
+    if sweeps:
+        print()
+        print("decode tok/s by small-row matmul kernel (DRPO_CUDA_SMALL_MATMUL):")
+        runs = {f[len("sweep-"):-len(".jsonl")]: {r["batch"]: r for r in lines(os.path.join(out, f))}
+                for f in sweeps}
+        sweep_batches = sorted({b for r in runs.values() for b in r})
+        print(f"  {'kernel':16}" + "".join(f"{'batch ' + str(b):>14}" for b in sweep_batches))
+        for kernel, rows in runs.items():
+            print(f"  {kernel:16}" + "".join(
+                f"{fmt(rows.get(b, {}).get('decode_tok_s')):>14}" for b in sweep_batches))
+
     print()
     b1 = ours.get(1, {}).get("decode_tok_s")
     b32 = ours.get(32, {}).get("decode_tok_s")

@@ -14,6 +14,8 @@
 
 pub mod chat;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda_matmul;
 pub mod device;
 mod error;
 pub mod generate;

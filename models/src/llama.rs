@@ -244,9 +244,11 @@ impl<B: Backend> Llama<B> {
         };
         let x = rms_norm(x, &self.weights.norm, self.config.rms_norm_eps);
         let [b, t, d] = x.dims();
-        x.reshape([b * t, d])
-            .matmul(self.weights.lm_head.clone())
-            .reshape([b, t, self.config.vocab_size])
+        project(x.reshape([b * t, d]), &self.weights.lm_head).reshape([
+            b,
+            t,
+            self.config.vocab_size,
+        ])
     }
 
     /// RoPE cosines and sines for the new slots, `[batch, len, 1, head_dim]`.
@@ -336,7 +338,7 @@ impl<B: Backend> Llama<B> {
         let group = h / kv;
         let end = start + len;
 
-        let qkv = x.reshape([batch * len, d]).matmul(block.wqkv.clone());
+        let qkv = project(x.reshape([batch * len, d]), &block.wqkv);
         let split = |from: usize, heads: usize| {
             qkv.clone()
                 .slice([0..batch * len, from * hd..(from + heads) * hd])
@@ -375,13 +377,12 @@ impl<B: Backend> Llama<B> {
                 None => scores,
             };
         let probs = activation::softmax(scores, 3).cast(dtype);
-        probs
+        let attended = probs
             .matmul(v)
             .reshape([batch, h, len, hd])
             .swap_dims(1, 2)
-            .reshape([batch * len, h * hd])
-            .matmul(block.wo.clone())
-            .reshape([batch, len, d])
+            .reshape([batch * len, h * hd]);
+        project(attended, &block.wo).reshape([batch, len, d])
     }
 }
 
@@ -391,6 +392,15 @@ struct Window<B: Backend> {
     /// Slots read from `first` on.
     keys: usize,
     mask: Option<Tensor<B, 5>>,
+}
+
+/// `x · w`, a weight projection: on CUDA the kernel depends on the row count (see
+/// [`crate::cuda_matmul`]).
+fn project<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    return crate::cuda_matmul::project(x, w);
+    #[cfg(not(feature = "cuda"))]
+    x.matmul(w.clone())
 }
 
 /// `x / rms(x) * weight`, the statistic in f32 (as `transformers` computes it).
@@ -420,13 +430,11 @@ fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let gate_up = x.reshape([b * t, d]).matmul(block.w_gate_up.clone());
+    let gate_up = project(x.reshape([b * t, d]), &block.w_gate_up);
     let inner = gate_up.dims()[1] / 2;
     let gate = gate_up.clone().slice([0..b * t, 0..inner]);
     let up = gate_up.slice([0..b * t, inner..2 * inner]);
-    (activation::silu(gate) * up)
-        .matmul(block.w_down.clone())
-        .reshape([b, t, d])
+    project(activation::silu(gate) * up, &block.w_down).reshape([b, t, d])
 }
 
 /// RoPE cosine and sine tables, computed as `transformers` does (f32 inverse frequencies,
