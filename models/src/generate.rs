@@ -355,11 +355,12 @@ impl LocalModel {
                     continue;
                 }
                 let req = &batch[row.request];
+                let tokens_left = budget(row) - row.generated.len();
                 let masked;
                 let scores = match row.constraint.as_mut() {
                     Some(constraint) => {
                         let mut owned = scores.to_vec();
-                        apply_mask(constraint, &mut owned)?;
+                        apply_mask(constraint, &mut owned, tokens_left)?;
                         masked = owned;
                         &masked[..]
                     }
@@ -404,8 +405,12 @@ impl LocalModel {
 }
 
 #[cfg(feature = "structured")]
-fn apply_mask(constraint: &mut RowConstraint, scores: &mut [f32]) -> Result<(), ModelError> {
-    constraint.mask(scores)
+fn apply_mask(
+    constraint: &mut RowConstraint,
+    scores: &mut [f32],
+    tokens_left: usize,
+) -> Result<(), ModelError> {
+    constraint.mask(scores, tokens_left)
 }
 
 #[cfg(feature = "structured")]
@@ -414,7 +419,11 @@ fn consume(constraint: &mut RowConstraint, token: u32) -> Result<bool, ModelErro
 }
 
 #[cfg(not(feature = "structured"))]
-fn apply_mask(constraint: &mut RowConstraint, _scores: &mut [f32]) -> Result<(), ModelError> {
+fn apply_mask(
+    constraint: &mut RowConstraint,
+    _scores: &mut [f32],
+    _tokens_left: usize,
+) -> Result<(), ModelError> {
     match *constraint {}
 }
 

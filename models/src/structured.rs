@@ -1,7 +1,11 @@
 //! Schema-constrained decoding with llguidance (cargo feature `structured`): a request's JSON
 //! schema becomes a grammar, and at every step the tokens that cannot continue a valid answer
-//! are masked out of the logits, so the answer parses and follows the schema (unless the token
-//! budget runs out first).
+//! are masked out of the logits, so the answer parses and follows the schema.
+//!
+//! The token budget cannot cut an answer short: once the tokens left are no more than the
+//! bytes of the shortest document the schema allows (every token is at least one byte), the
+//! answer enters its *endgame*, where only the allowed tokens that close it fastest remain
+//! (closing a string first, then an object or array, then separators, then digits).
 
 use std::sync::Arc;
 
@@ -15,6 +19,7 @@ use crate::tokenizer::Tokenizer;
 /// The grammar compiler for one model's vocabulary.
 pub struct Structured {
     factory: ParserFactory,
+    env: TokEnv,
 }
 
 impl std::fmt::Debug for Structured {
@@ -66,30 +71,107 @@ impl Structured {
         let env: TokEnv = Arc::new(env);
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| err(e.to_string()))?;
         factory.quiet();
-        Ok(Self { factory })
+        Ok(Self { factory, env })
     }
 
     /// A matcher for answers that follow `schema` (JSON text).
     pub fn matcher(&self, schema: &str) -> Result<Constraint, ModelError> {
         let schema: serde_json::Value = serde_json::from_str(schema)
             .map_err(|e| ModelError::Usage(format!("json_schema is not valid JSON: {e}")))?;
+        let endgame = shortest_document(&schema) + ENDGAME_MARGIN;
         let grammar = TopLevelGrammar::from_json_schema(schema);
         let parser = self
             .factory
             .create_parser(grammar)
             .map_err(|e| ModelError::Usage(format!("json_schema is not usable: {e}")))?;
-        Ok(Constraint(Matcher::new(Ok(parser))))
+        Ok(Constraint {
+            matcher: Matcher::new(Ok(parser)),
+            env: self.env.clone(),
+            endgame,
+        })
+    }
+}
+
+/// Extra tokens granted to the endgame beyond the shortest document, for whitespace the
+/// grammar may force.
+const ENDGAME_MARGIN: usize = 8;
+
+/// Bytes of the shortest JSON document that follows `schema` (compact, no whitespace): an
+/// upper bound on the tokens needed to finish any answer that has not yet gone past it.
+pub fn shortest_document(schema: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let longest_enum = |values: &Vec<Value>| {
+        values
+            .iter()
+            .map(|v| v.to_string().len())
+            .max()
+            .unwrap_or(0)
+    };
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return longest_enum(values);
+    }
+    if let Some(value) = schema.get("const") {
+        return value.to_string().len();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let members: Vec<usize> = required
+                .iter()
+                .map(|key| {
+                    let value = properties
+                        .and_then(|p| p.get(*key))
+                        .map_or(4, shortest_document);
+                    key.len() + 3 + value
+                })
+                .collect();
+            2 + members.iter().sum::<usize>() + members.len().saturating_sub(1)
+        }
+        Some("array") => {
+            let items = schema.get("items").map_or(4, shortest_document);
+            let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0) as usize;
+            2 + count * items + count.saturating_sub(1)
+        }
+        Some("string") => 2 + schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize,
+        Some("boolean") => 5,
+        // Numbers have no shortest form a schema without bounds can promise; one digit is the
+        // usual, and the margin covers a sign or a fraction the grammar may force.
+        Some("integer") | Some("number") => 1,
+        _ => 4,
     }
 }
 
 /// The state of one constrained answer.
-pub struct Constraint(Matcher);
+pub struct Constraint {
+    matcher: Matcher,
+    env: TokEnv,
+    /// With this many tokens left or fewer, only the fastest-closing tokens are allowed.
+    endgame: usize,
+}
+
+/// How fast a token closes a JSON document, by its first byte; `None`: it does not help.
+fn closing_rank(token: &[u8]) -> Option<u8> {
+    match token.first()? {
+        b'"' => Some(0),
+        b'}' | b']' => Some(1),
+        b',' | b':' => Some(2),
+        b'0'..=b'9' | b'-' => Some(3),
+        _ => None,
+    }
+}
 
 impl Constraint {
-    /// Sets the logits of every token the grammar forbids next to minus infinity.
-    pub fn mask(&mut self, scores: &mut [f32]) -> Result<(), ModelError> {
+    /// Sets the logits of every token the grammar forbids next to minus infinity; with
+    /// `tokens_left` in the endgame, also those of every allowed token that does not close the
+    /// answer fastest.
+    pub fn mask(&mut self, scores: &mut [f32], tokens_left: usize) -> Result<(), ModelError> {
         let mask = self
-            .0
+            .matcher
             .compute_mask_or_eos()
             .map_err(|e| ModelError::Backend(format!("structured output: {e}")))?;
         for (id, score) in scores.iter_mut().enumerate() {
@@ -97,17 +179,55 @@ impl Constraint {
                 *score = f32::NEG_INFINITY;
             }
         }
+        if tokens_left <= self.endgame {
+            let trie = self.env.tok_trie();
+            let rank = |id: usize| closing_rank(trie.token(id as TokenId));
+            let best = (0..scores.len())
+                .filter(|&id| scores[id] != f32::NEG_INFINITY)
+                .filter_map(rank)
+                .min();
+            if let Some(best) = best {
+                for (id, score) in scores.iter_mut().enumerate() {
+                    if rank(id) != Some(best) {
+                        *score = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     /// Advances past the chosen token; returns whether the answer is complete.
     pub fn consume(&mut self, token: u32) -> Result<bool, ModelError> {
-        if self.0.is_stopped() {
+        if self.matcher.is_stopped() {
             return Ok(true);
         }
-        self.0
+        self.matcher
             .consume_token(token)
             .map_err(|e| ModelError::Backend(format!("structured output: {e}")))?;
-        Ok(self.0.is_stopped())
+        Ok(self.matcher.is_stopped())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortest_document;
+    use serde_json::json;
+
+    #[test]
+    fn the_shortest_document_counts_required_members_enums_and_minimum_items() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "why": {"type": "string"},
+                "score": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
+                "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "bcd"]},
+                         "minItems": 2},
+                "note": {"type": "string"}
+            },
+            "required": ["why", "score", "tags"]
+        });
+        let shortest = r#"{"why":"","score":1,"tags":["bcd","bcd"]}"#;
+        assert_eq!(shortest_document(&schema), shortest.len());
     }
 }

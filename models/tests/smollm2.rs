@@ -314,6 +314,82 @@ fn schema_constrained_answers_parse() {
     }
 }
 
+/// Every DRPO meta-prompt (aspect selection, judging, optimizing) answered by SmolLM2 under its
+/// schema parses with the DRPO parsers, with a token limit far below what the model would write
+/// (the endgame closes the document in time) and with a roomier one.
+#[cfg(feature = "structured")]
+#[test]
+fn schema_constrained_answers_to_the_drpo_meta_prompts_parse() {
+    use drpo::aspects::CATALOGUE;
+    use drpo::options::Options;
+    use drpo::{parse, prompts, types};
+
+    let query = "How do I keep basil alive on a windowsill?";
+    let answer = "Water it when the top of the soil is dry and give it six hours of sun.";
+    let aspects: Vec<&'static drpo::aspects::Aspect> = CATALOGUE.iter().take(3).collect();
+    let options = Options::default();
+    let drpo_requests = [
+        prompts::aspect_selection_request(query, &options),
+        prompts::judge_request(
+            query,
+            answer,
+            &aspects,
+            "they matter for a how-to",
+            &options,
+        ),
+        prompts::optimizer_request(
+            "You are a helpful assistant.",
+            query,
+            answer,
+            r#"{"helpfulness": {"rationale": "short", "score": 3}}"#,
+            &["You are a helpful assistant.".to_string()],
+            &options,
+        ),
+    ];
+    for max_tokens in [40, 160] {
+        let requests: Vec<GenerationRequest> = drpo_requests
+            .iter()
+            .map(|r| {
+                let types::Prompt::Chat(messages) = &r.prompt else {
+                    panic!("the meta-prompts are chat prompts")
+                };
+                GenerationRequest {
+                    json_schema: r.json_schema.clone(),
+                    ..GenerationRequest::greedy(
+                        PromptInput::Chat(
+                            messages
+                                .iter()
+                                .map(|m| ChatMessage::new(&m.role, m.content.clone()))
+                                .collect(),
+                        ),
+                        max_tokens,
+                    )
+                }
+            })
+            .collect();
+        let outputs = model().generate(&requests).unwrap();
+        let texts: Vec<&str> = outputs.iter().map(|o| o.choices[0].as_str()).collect();
+        eprintln!("max_tokens {max_tokens}: {texts:#?}");
+
+        let selection = parse::extract_object(texts[0])
+            .and_then(|object| parse::parse_aspect_selection(&object))
+            .unwrap_or_else(|e| panic!("aspect selection {:?}: {e}", texts[0]));
+        assert!(!selection.aspects.is_empty(), "{}", texts[0]);
+
+        let judgement = parse::parse_judgement(texts[1], &aspects);
+        assert_eq!(
+            judgement.scores.len(),
+            aspects.len(),
+            "judgement {:?}: {:?}",
+            texts[1],
+            judgement.problems
+        );
+
+        parse::parse_proposal(texts[2])
+            .unwrap_or_else(|e| panic!("optimizer answer {:?}: {e}", texts[2]));
+    }
+}
+
 #[cfg(not(feature = "structured"))]
 #[test]
 fn json_schema_without_the_feature_is_a_clear_error() {
