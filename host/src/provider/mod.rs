@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod openai;
+pub mod rate;
 pub mod scripted;
 
 use std::sync::Arc;
