@@ -273,7 +273,7 @@ fn the_projection_is_shown_before_a_run_and_alone_with_estimate_only() {
     // test-model has no price: the money is unknown, not $0.
     assert!(stdout.contains("unknown"), "{stdout}");
 
-    let run = beam_run(&server, work.path(), "run", &["--depth", "2"]);
+    let run = beam_run(&server, work.path(), "run", &[]);
     assert!(run.status.success(), "{}", text(&run));
     assert!(text(&run).contains("projected spending"), "{}", text(&run));
     assert!(text(&run).contains("spent:"), "{}", text(&run));

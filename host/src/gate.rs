@@ -89,13 +89,14 @@ impl Gate {
             .collect()
     }
 
-    /// Embeds texts, unless a budget is spent (an embedding request counts as one call).
+    /// Embeds texts, unless a budget is spent (an embedding request counts as one call; with
+    /// no embedding model there is no request, and the router says so).
     pub async fn embed(
         &self,
         router: &Router,
         texts: Vec<String>,
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        if self.meter.admit(1) == 0 {
+        if router.has_embedder() && self.meter.admit(1) == 0 {
             self.announce_refusal();
             return Err(LlmError::BudgetExhausted);
         }

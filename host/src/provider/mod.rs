@@ -146,6 +146,11 @@ impl Router {
             .collect()
     }
 
+    /// Whether an embedding model is configured.
+    pub fn has_embedder(&self) -> bool {
+        self.embedder.is_some()
+    }
+
     /// Embeds texts with the configured embedder.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
         match &self.embedder {
