@@ -7,7 +7,8 @@
 //! - provider: `OpenAiProvider::complete` (body building, the concurrency cap, the rate-limit
 //!   check, JSON parsing, completion extraction, error scrubbing);
 //! - gate + router: what a live run uses (the budget meter and the router in front of the
-//!   provider; no response cache).
+//!   provider; no response cache);
+//! - cache hits: the same with the response cache on and every answer in it (no request sent).
 //!
 //! The overhead per request is the difference of the median round times divided by 64: with
 //! every request in flight at once, that is the extra work the machine does per request.
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drpo_host::bindings::types::{Message, Prompt, Request, Role, Sampling};
+use drpo_host::budget::Meter;
+use drpo_host::cache::{FILE_NAME, Opened, ResponseCache};
 use drpo_host::gate::Gate;
 use drpo_host::provider::openai::{Endpoint, OpenAiProvider, RetryPolicy};
 use drpo_host::provider::{Provider, Router};
@@ -89,6 +92,11 @@ fn main() {
     let provider = Arc::new(OpenAiProvider::with_policy(endpoint.clone(), policy));
     let router = Router::uniform(Arc::new(OpenAiProvider::with_policy(endpoint, policy)));
     let gate = Gate::default();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let (Opened::Ready(cache), _) = ResponseCache::open(&cache_dir.path().join(FILE_NAME)) else {
+        panic!("a fresh cache opens")
+    };
+    let cached_gate = Gate::new(Meter::default(), Some(cache));
     let client = reqwest::Client::new();
     let url = format!("{}/chat/completions", server.url());
     let batch: Vec<Request> = (0..IN_FLIGHT).map(request).collect();
@@ -121,7 +129,15 @@ fn main() {
         started.elapsed()
     };
 
-    let (mut raw, mut direct, mut gated) = (Vec::new(), Vec::new(), Vec::new());
+    let hit_round = || async {
+        let started = Instant::now();
+        let answers = cached_gate.complete(&router, batch.clone()).await;
+        assert!(answers.iter().all(|a| a.cache_hit));
+        started.elapsed()
+    };
+
+    let (mut raw, mut direct, mut gated, mut hits) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         // Warm-up: connections opened, allocations settled.
         for _ in 0..5 {
@@ -129,13 +145,17 @@ fn main() {
             provider_round().await;
             gate_round().await;
         }
+        // Fills the cache: every later round is all hits.
+        let filled = cached_gate.complete(&router, batch.clone()).await;
+        assert!(filled.iter().all(|a| a.result.is_ok() && !a.cache_hit));
         for _ in 0..ROUNDS {
             raw.push(raw_round().await);
             direct.push(provider_round().await);
             gated.push(gate_round().await);
+            hits.push(hit_round().await);
         }
     });
-    let (raw, direct, gated) = (median(raw), median(direct), median(gated));
+    let (raw, direct, gated, hits) = (median(raw), median(direct), median(gated), median(hits));
     let per_request = |round: Duration| round.as_secs_f64() * 1e6 / IN_FLIGHT as f64;
     println!(
         "{IN_FLIGHT} requests in flight on loopback, median of {ROUNDS} rounds (per request = round / {IN_FLIGHT}):"
@@ -154,6 +174,11 @@ fn main() {
         "  gate + router + provider   {:>9.0} µs per round  {:>7.1} µs per request",
         gated.as_secs_f64() * 1e6,
         per_request(gated)
+    );
+    println!(
+        "  cache hits (no request)    {:>9.0} µs per round  {:>7.1} µs per request",
+        hits.as_secs_f64() * 1e6,
+        per_request(hits)
     );
     let overhead = per_request(direct) - per_request(raw);
     let overhead_gated = per_request(gated) - per_request(raw);
