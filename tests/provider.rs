@@ -1,5 +1,6 @@
 //! The OpenAI-compatible provider against servers on 127.0.0.1: retries, `Retry-After`, the
-//! per-request timeout, the final error, and the concurrency cap.
+//! per-request timeout, the final error, the concurrency cap, the requests-per-minute limit, the
+//! fallback for servers that refuse `response_format`, and per-role endpoints and keys.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -268,4 +269,77 @@ fn requests_per_minute_are_kept_over_a_sliding_window() {
     // Two at once, two more after one window, the last two after two windows.
     assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+}
+
+#[test]
+fn a_role_can_have_its_own_endpoint_and_key_variable() {
+    use std::sync::Mutex;
+    let shared = Server::start();
+    let keys: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = keys.clone();
+    let judge = Server::with_request_script(move |incoming| {
+        seen.lock().unwrap().push(incoming.authorization.clone());
+        Reply {
+            status: 200,
+            body: default_reply(&incoming.path, &incoming.body).to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let run = |name: &str, key: Option<&str>| {
+        let mut command = drpo_tests::host(&work.path().join("cache"));
+        if let Some(key) = key {
+            command.env("DRPO_TEST_JUDGE_KEY", key);
+        } else {
+            command.env_remove("DRPO_TEST_JUDGE_KEY");
+        }
+        drpo_tests::output(
+            command
+                .arg("run")
+                .arg("--strategy")
+                .arg(drpo_tests::plugin("beam"))
+                .arg("--log-dir")
+                .arg(work.path().join(name))
+                .args(drpo_tests::roles_at(shared.url()))
+                .args(["--depth", "2", "--no-cache"])
+                .args(["--eval-api-base", judge.url()])
+                .args(["--eval-api-key-env", "DRPO_TEST_JUDGE_KEY"]),
+        )
+    };
+    let missing = run("missing", None);
+    assert!(!missing.status.success());
+    assert!(
+        drpo_tests::text(&missing).contains("$DRPO_TEST_JUDGE_KEY is not set"),
+        "{}",
+        drpo_tests::text(&missing)
+    );
+
+    let out = run("run", Some("judge-key"));
+    assert!(out.status.success(), "{}", drpo_tests::text(&out));
+    let keys = keys.lock().unwrap().clone();
+    assert!(
+        !keys.is_empty(),
+        "the judge's requests went to its own server"
+    );
+    assert!(
+        keys.iter()
+            .all(|k| k.as_deref() == Some("Bearer judge-key")),
+        "{keys:?}"
+    );
+    // The judge's server saw only judgements; every other role stayed on the shared one.
+    let judged = judge.requests().len();
+    let log = drpo_host::runlog::read_log(&work.path().join("run/run.log")).unwrap();
+    let judge_requests: usize = log
+        .calls()
+        .iter()
+        .map(|call| match &call.request {
+            drpo_host::runlog::CallRequest::Complete(batch) => {
+                batch.iter().filter(|r| r.role == Role::Judge).count()
+            }
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(judged, judge_requests);
+    assert!(!shared.requests().is_empty());
 }

@@ -263,6 +263,19 @@ fn the_projection_is_shown_before_a_run_and_alone_with_estimate_only() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(server.requests().len(), 0);
     assert!(!work.path().join("plan").exists(), "nothing is run");
+    let without_dir = output(
+        host(&work.path().join("cache"))
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("beam"))
+            .args(roles_at(server.url()))
+            .arg("--estimate-only"),
+    );
+    assert!(without_dir.status.success(), "{}", text(&without_dir));
+    assert!(
+        String::from_utf8_lossy(&without_dir.stdout).contains("optimizer"),
+        "no --log-dir is needed for a projection"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     for role in ["base", "metrics", "judge", "optimizer", "total"] {
         assert!(

@@ -57,7 +57,7 @@ impl BudgetFlags {
     /// The parsed limits; an unreadable duration or a negative cost is an error naming the key.
     pub fn budget(&self) -> anyhow::Result<Budget> {
         if let Some(cost) = self.max_cost
-            && !(cost >= 0.0)
+            && (cost.is_nan() || cost < 0.0)
         {
             bail!("max_cost must be a number of USD, at least 0 (got {cost})");
         }

@@ -101,8 +101,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub strategy: PathBuf,
     /// Directory for the run's outputs; created if missing, must not hold a run already.
-    #[arg(long)]
-    pub log_dir: PathBuf,
+    #[arg(long, required_unless_present = "estimate_only")]
+    pub log_dir: Option<PathBuf>,
     /// TOML file with the same keys as the flags (snake_case) and an [options] table; flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -255,7 +255,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(error) => eprintln!("note: no projection: {error:#}"),
     }
 
-    let dir = RunDir::new(&args.log_dir);
+    let dir = RunDir::new(args.log_dir.context("--log-dir is required to run")?);
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
     if dir.run_log().exists() {
