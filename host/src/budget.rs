@@ -362,6 +362,55 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_run_counts_the_recorded_requests_but_not_hits_or_refusals() {
+        use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling};
+        let request = Request {
+            role: Role::Judge,
+            prompt: Prompt::Chat(vec![Message {
+                role: "user".into(),
+                content: "q".into(),
+            }]),
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                max_tokens: 8,
+                n: 1,
+                seed: 0,
+                stop: vec![],
+            },
+            json_schema: None,
+        };
+        let answer = Ok(Completion {
+            choices: vec!["a".into()],
+            usage: usage(40),
+        });
+        let mut meter = Meter::new(
+            Budget {
+                max_calls: Some(2),
+                max_tokens: Some(100),
+                ..Budget::default()
+            },
+            all_free(),
+        )
+        .unwrap();
+        meter.count_recorded(&[CallRecord {
+            index: 0,
+            request: CallRequest::Complete(vec![request.clone(), request.clone(), request]),
+            response: CallResponse::Complete(vec![
+                answer.clone(),
+                answer,
+                Err(LlmError::BudgetExhausted),
+            ]),
+            provenance: crate::runlog::Provenance {
+                elapsed_us: 0,
+                cache_hits: vec![true, false, false],
+            },
+        }]);
+        assert_eq!(meter.admit(5), 1, "one recorded call, one left");
+        assert_eq!(meter.spent.lock().unwrap().tokens, 80);
+    }
+
+    #[test]
     fn the_time_budget_counts_a_resumed_run_s_recorded_time() {
         let mut meter = Meter::new(
             Budget {
