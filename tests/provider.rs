@@ -1,5 +1,6 @@
 //! The OpenAI-compatible provider against servers on 127.0.0.1: retries, `Retry-After`, the
-//! per-request timeout, the final error, and the concurrency cap.
+//! per-request timeout, the final error, the concurrency cap, the requests-per-minute limit, the
+//! fallback for servers that refuse `response_format`, and per-role endpoints and keys.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,4 +184,162 @@ fn a_batch_of_32_never_exceeds_the_concurrency_cap_and_reaches_it() {
     let answers = complete(&provider(&server, policy), batch);
     assert!(answers.iter().all(|a| a.result.is_ok()));
     assert_eq!(server.max_in_flight(), 4);
+}
+
+#[test]
+fn a_server_that_refuses_response_format_is_asked_in_plain_text_from_then_on() {
+    let server = Server::with_script(|_, body| {
+        if body.get("response_format").is_some() {
+            return Reply {
+                status: 400,
+                body: r#"{"error":{"message":"Unrecognized request argument: response_format"}}"#
+                    .into(),
+                delay: Duration::ZERO,
+                retry_after: None,
+            };
+        }
+        Reply {
+            status: 200,
+            body: serde_json::json!({
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                    "content": "Here you are:\n```json\n{\"score\": 4}\n```"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5},
+            })
+            .to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let provider = provider(&server, quick());
+    let schema =
+        r#"{"type":"object","properties":{"score":{"type":"integer"}},"required":["score"]}"#;
+    let with_schema = |text: &str| Request {
+        json_schema: Some(schema.into()),
+        ..request(text)
+    };
+    let first = complete(&provider, vec![with_schema("one")]);
+    assert_eq!(
+        first[0].result.as_ref().unwrap().choices,
+        vec![r#"{"score":4}"#.to_owned()]
+    );
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "refused once, then asked in plain text"
+    );
+    let second = complete(&provider, vec![with_schema("two")]);
+    assert!(second[0].result.is_ok(), "{:?}", second[0].result);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "the refusal is remembered");
+    let plain = &requests[2].1;
+    assert!(plain.get("response_format").is_none());
+    let prompt = plain["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(prompt.starts_with("two"), "{prompt}");
+    assert!(
+        prompt.contains(r#""score""#),
+        "the schema is in the prompt: {prompt}"
+    );
+}
+
+#[test]
+fn requests_per_minute_are_kept_over_a_sliding_window() {
+    use drpo_host::provider::rate::RateLimit;
+    let server = Server::start();
+    let provider = OpenAiProvider::with_limits(
+        Endpoint {
+            base_url: server.url().into(),
+            model: "m".into(),
+            api_key: None,
+        },
+        quick(),
+        RateLimit {
+            requests: Some(2),
+            tokens: None,
+            window: Duration::from_millis(400),
+        },
+    );
+    let started = Instant::now();
+    let batch = (0..6).map(|i| request(&format!("q{i}"))).collect();
+    let answers = complete(&provider, batch);
+    let elapsed = started.elapsed();
+    assert!(answers.iter().all(|a| a.result.is_ok()));
+    // Two at once, two more after one window, the last two after two windows.
+    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+}
+
+#[test]
+fn a_role_can_have_its_own_endpoint_and_key_variable() {
+    use std::sync::Mutex;
+    let shared = Server::start();
+    let keys: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = keys.clone();
+    let judge = Server::with_request_script(move |incoming| {
+        seen.lock().unwrap().push(incoming.authorization.clone());
+        Reply {
+            status: 200,
+            body: default_reply(&incoming.path, &incoming.body).to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let run = |name: &str, key: Option<&str>| {
+        let mut command = drpo_tests::host(&work.path().join("cache"));
+        if let Some(key) = key {
+            command.env("DRPO_TEST_JUDGE_KEY", key);
+        } else {
+            command.env_remove("DRPO_TEST_JUDGE_KEY");
+        }
+        drpo_tests::output(
+            command
+                .arg("run")
+                .arg("--strategy")
+                .arg(drpo_tests::plugin("beam"))
+                .arg("--log-dir")
+                .arg(work.path().join(name))
+                .args(drpo_tests::roles_at(shared.url()))
+                .args(["--depth", "2", "--no-cache"])
+                .args(["--eval-api-base", judge.url()])
+                .args(["--eval-api-key-env", "DRPO_TEST_JUDGE_KEY"]),
+        )
+    };
+    let missing = run("missing", None);
+    assert!(!missing.status.success());
+    assert!(
+        drpo_tests::text(&missing).contains("$DRPO_TEST_JUDGE_KEY is not set"),
+        "{}",
+        drpo_tests::text(&missing)
+    );
+
+    let out = run("run", Some("judge-key"));
+    assert!(out.status.success(), "{}", drpo_tests::text(&out));
+    let keys = keys.lock().unwrap().clone();
+    assert!(
+        !keys.is_empty(),
+        "the judge's requests went to its own server"
+    );
+    assert!(
+        keys.iter()
+            .all(|k| k.as_deref() == Some("Bearer judge-key")),
+        "{keys:?}"
+    );
+    // The judge's server saw only judgements; every other role stayed on the shared one.
+    let judged = judge.requests().len();
+    let log = drpo_host::runlog::read_log(&work.path().join("run/run.log")).unwrap();
+    let judge_requests: usize = log
+        .calls()
+        .iter()
+        .map(|call| match &call.request {
+            drpo_host::runlog::CallRequest::Complete(batch) => {
+                batch.iter().filter(|r| r.role == Role::Judge).count()
+            }
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(judged, judge_requests);
+    assert!(!shared.requests().is_empty());
 }

@@ -20,6 +20,9 @@ fn run_args(server: &Server, dir: &Path, extra: &[&str]) -> Vec<String> {
         dir.display().to_string(),
     ];
     args.extend(roles_at(server.url()));
+    // These runs compare what reaches the server and the logs of repeated runs: the response
+    // cache would answer the repeats (tests/spending.rs covers it).
+    args.push("--no-cache".into());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

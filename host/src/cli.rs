@@ -7,12 +7,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use crate::accounting::Spend;
 use crate::bindings::types::{Message, Outcome, Prompt, Request, Role, Sampling};
+use crate::budget::BudgetFlags;
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
-use crate::rundir::{RunDir, RunObserver, role_name, write_result};
+use crate::endpoints::EndpointFlags;
+use crate::pricing::PriceTable;
+use crate::projection::Projection;
+use crate::rundir::{RunDir, RunObserver, write_result};
 use crate::runlog::{
-    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, FORMAT_VERSION, Header,
-    LogContents, read_log,
+    CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, read_log,
 };
 use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
@@ -97,8 +101,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub strategy: PathBuf,
     /// Directory for the run's outputs; created if missing, must not hold a run already.
-    #[arg(long)]
-    pub log_dir: PathBuf,
+    #[arg(long, required_unless_present = "estimate_only")]
+    pub log_dir: Option<PathBuf>,
     /// TOML file with the same keys as the flags (snake_case) and an [options] table; flags win.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -108,6 +112,14 @@ pub struct RunArgs {
     pub models: ModelFlags,
     #[command(flatten)]
     pub host: HostFlags,
+    #[command(flatten)]
+    pub budget: BudgetFlags,
+    #[command(flatten)]
+    pub endpoints: EndpointFlags,
+    /// Print the projected calls, tokens and cost per role (from the strategy's estimate of
+    /// its options and the price table), then exit without running.
+    #[arg(long)]
+    pub estimate_only: bool,
     /// A strategy option as KEY=VALUE (VALUE is JSON, or else a string); repeatable.
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
@@ -221,11 +233,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         search: &args.search,
         models: &args.models,
         host: &args.host,
+        budget: &args.budget,
+        endpoints: &args.endpoints,
         extra_options: &args.options,
     }
     .resolve(&info.options_schema)?;
+    let options = plugin_options(&config, &info.name)?;
+    let options_json = serde_json::Value::Object(options).to_string();
+    let projection = project(&runtime, &plugin, &options_json, &config).await;
+    if args.estimate_only {
+        for line in projection? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    match projection {
+        Ok(lines) => {
+            eprintln!("projected spending (the strategy's estimate; tokens are rough):");
+            lines.iter().for_each(|line| eprintln!("  {line}"));
+        }
+        Err(error) => eprintln!("note: no projection: {error:#}"),
+    }
 
-    let dir = RunDir::new(&args.log_dir);
+    let dir = RunDir::new(args.log_dir.context("--log-dir is required to run")?);
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
     if dir.run_log().exists() {
@@ -235,22 +265,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             dir.root().display()
         );
     }
-    let built = services::build(&config)?;
+    let built = services::build(&config, &[])?;
     std::fs::write(dir.config(), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", dir.config().display()))?;
-    let mut options = config.options.clone();
-    if let Some(path) = &config.host.metrics_cache_path {
-        if !options.contains_key("metrics_cache") {
-            bail!(
-                "--metrics-cache-path is set, but the strategy {} takes no `metrics_cache` option",
-                info.name
-            );
-        }
-        options.insert(
-            "metrics_cache".into(),
-            serde_json::Value::Object(crate::metrics_cache::load(path)?),
-        );
-    }
     let header = Header {
         format_version: FORMAT_VERSION,
         host_version: env!("CARGO_PKG_VERSION").into(),
@@ -258,7 +275,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         plugin_sha256: plugin.sha256().into(),
         plugin_name: info.name.clone(),
         plugin_version: info.version.clone(),
-        options: serde_json::Value::Object(options).to_string(),
+        options: options_json,
         seed: config.seed(),
         models: built.models,
         started_unix_ms: SystemTime::now()
@@ -276,6 +293,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let session = Session::live(built.services, writer).with_observer(Box::new(observer));
     run_to_end(&runtime, &plugin, &header, &config, &dir, session, started).await
+}
+
+/// The options object the plugin gets: the resolved options, with the published metrics cache
+/// file's contents when one is named.
+fn plugin_options(
+    config: &RunConfig,
+    strategy: &str,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut options = config.options.clone();
+    if let Some(path) = &config.host.metrics_cache_path {
+        if !options.contains_key("metrics_cache") {
+            bail!(
+                "--metrics-cache-path is set, but the strategy {strategy} takes no `metrics_cache` option"
+            );
+        }
+        options.insert(
+            "metrics_cache".into(),
+            serde_json::Value::Object(crate::metrics_cache::load(path)?),
+        );
+    }
+    Ok(options)
+}
+
+/// The projection table of a run with `options`, from the plugin's `estimate`.
+async fn project(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    options: &str,
+    config: &RunConfig,
+) -> anyhow::Result<Vec<String>> {
+    let estimates = runtime
+        .estimate(plugin, options, Limits::default())
+        .await
+        .result
+        .context("the strategy's estimate failed")?;
+    let prices = PriceTable::new(&config.prices);
+    let projection = Projection::new(
+        &estimates,
+        |role| services::model_name(&config.models, role),
+        &prices,
+    );
+    Ok(projection.lines())
 }
 
 /// Runs the plugin on a live (or resuming) session and closes the run: the end frame, the
@@ -298,10 +357,28 @@ async fn run_to_end(
             session,
         )
         .await;
-    let outcome = finish(dir, finished, started)?;
+    let outcome = finish(dir, finished, started);
+    print_spend(dir, header, config);
+    let outcome = outcome?;
     save_metrics_cache(config, &outcome)?;
     print_outcome(dir, &outcome);
     Ok(())
+}
+
+/// Prints what the run spent per role (from its run log).
+fn print_spend(dir: &RunDir, header: &Header, config: &RunConfig) {
+    match read_log(&dir.run_log()) {
+        Ok(contents) => {
+            let spend = Spend::of(
+                &contents.calls(),
+                &header.models,
+                &PriceTable::new(&config.prices),
+            );
+            eprintln!("spent:");
+            spend.table().iter().for_each(|line| eprintln!("  {line}"));
+        }
+        Err(error) => eprintln!("warning: cannot sum up the run's spending: {error}"),
+    }
 }
 
 fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<()> {
@@ -551,7 +628,7 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     let config = RunConfig::load(&dir.config())?;
     let runtime = runtime()?;
     let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, None)?;
-    let built = services::build(&config)?;
+    let built = services::build(&config, &recorded.calls)?;
     if let Some(tail) = recorded.contents.torn_tail_bytes {
         eprintln!(
             "note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run"
@@ -606,48 +683,12 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
     }
     println!("options        {}", header.options);
 
-    #[derive(Default)]
-    struct RoleTotals {
-        requests: u64,
-        choices: u64,
-        failed: u64,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        cache_hits: u64,
-    }
-    let roles = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
-    let mut totals: Vec<RoleTotals> = roles.iter().map(|_| RoleTotals::default()).collect();
     let mut imports: Vec<(&str, u64)> = Vec::new();
     for call in &recorded.calls {
         let name = call.request.import_name();
         match imports.iter_mut().find(|(n, _)| *n == name) {
             Some((_, count)) => *count += 1,
             None => imports.push((name, 1)),
-        }
-        if let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
-            (&call.request, &call.response)
-        {
-            for (position, (request, result)) in batch.iter().zip(results).enumerate() {
-                let slot = &mut totals[roles.iter().position(|r| *r == request.role).unwrap_or(0)];
-                slot.requests += 1;
-                if call
-                    .provenance
-                    .cache_hits
-                    .get(position)
-                    .copied()
-                    .unwrap_or(false)
-                {
-                    slot.cache_hits += 1;
-                }
-                match result {
-                    Ok(completion) => {
-                        slot.choices += completion.choices.len() as u64;
-                        slot.prompt_tokens += u64::from(completion.usage.prompt_tokens);
-                        slot.completion_tokens += u64::from(completion.usage.completion_tokens);
-                    }
-                    Err(_) => slot.failed += 1,
-                }
-            }
         }
     }
     println!(
@@ -659,22 +700,13 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
-        "\n{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10}",
-        "role", "requests", "choices", "failed", "tokens in", "tokens out", "cache hits"
+    let prices = RunConfig::load(&dir.config()).map_or_else(
+        |_| PriceTable::new(&Default::default()),
+        |config| PriceTable::new(&config.prices),
     );
-    for (role, total) in roles.iter().zip(&totals) {
-        println!(
-            "{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10}",
-            role_name(*role),
-            total.requests,
-            total.choices,
-            total.failed,
-            total.prompt_tokens,
-            total.completion_tokens,
-            total.cache_hits
-        );
-    }
+    let spend = Spend::of(&recorded.calls, &header.models, &prices);
+    println!();
+    spend.table().iter().for_each(|line| println!("{line}"));
     println!();
     match &recorded.end {
         Some(End {

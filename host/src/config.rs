@@ -1,6 +1,7 @@
 //! A run's configuration: flags, an optional TOML file, the strategy's option defaults, all
 //! resolved into one [`RunConfig`] that is saved as the run directory's `config.json`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -8,6 +9,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::budget::BudgetFlags;
+use crate::endpoints::EndpointFlags;
+use crate::pricing::Price;
 use crate::runtime::Limits;
 
 /// The search options of the published DRPO implementation, under their published names.
@@ -129,7 +133,10 @@ struct ConfigFile {
     search: SearchFlags,
     models: ModelFlags,
     host: HostFlags,
+    budget: BudgetFlags,
+    endpoints: EndpointFlags,
     options: Map<String, Value>,
+    prices: BTreeMap<String, Price>,
 }
 
 impl ConfigFile {
@@ -140,13 +147,22 @@ impl ConfigFile {
             Some(Value::Object(options)) => options,
             Some(_) => bail!("`options` must be a table"),
         };
-        let mut parts: [Map<String, Value>; 3] = Default::default();
+        let prices = match table.remove("prices") {
+            None => BTreeMap::new(),
+            Some(prices) => serde_json::from_value(prices).context(
+                "`prices` must be a table of `\"model\" = { input = USD, output = USD }` \
+                 (USD per million input and output tokens)",
+            )?,
+        };
+        let mut parts: [Map<String, Value>; 5] = Default::default();
         for (key, value) in table {
             let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
             let attempts = [
                 serde_json::from_value::<SearchFlags>(single.clone()).err(),
                 serde_json::from_value::<ModelFlags>(single.clone()).err(),
-                serde_json::from_value::<HostFlags>(single).err(),
+                serde_json::from_value::<HostFlags>(single.clone()).err(),
+                serde_json::from_value::<BudgetFlags>(single.clone()).err(),
+                serde_json::from_value::<EndpointFlags>(single).err(),
             ];
             match attempts.iter().position(Option::is_none) {
                 Some(part) => {
@@ -167,12 +183,15 @@ impl ConfigFile {
                 }
             }
         }
-        let [search, models, host] = parts;
+        let [search, models, host, budget, endpoints] = parts;
         Ok(ConfigFile {
             search: serde_json::from_value(Value::Object(search))?,
             models: serde_json::from_value(Value::Object(models))?,
             host: serde_json::from_value(Value::Object(host))?,
+            budget: serde_json::from_value(Value::Object(budget))?,
+            endpoints: serde_json::from_value(Value::Object(endpoints))?,
             options,
+            prices,
         })
     }
 }
@@ -185,8 +204,17 @@ pub struct RunConfig {
     pub strategy: PathBuf,
     pub models: ModelFlags,
     pub host: HostFlags,
+    /// Spending limits.
+    #[serde(default)]
+    pub budget: BudgetFlags,
+    /// Rate limits, endpoint overrides and the response cache.
+    #[serde(default)]
+    pub endpoints: EndpointFlags,
     /// The options object passed to the plugin's `run`.
     pub options: Map<String, Value>,
+    /// The config file's `[prices]` (on top of [`crate::pricing::DEFAULT_PRICES`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, Price>,
 }
 
 impl RunConfig {
@@ -227,6 +255,8 @@ pub struct ConfigInputs<'a> {
     pub search: &'a SearchFlags,
     pub models: &'a ModelFlags,
     pub host: &'a HostFlags,
+    pub budget: &'a BudgetFlags,
+    pub endpoints: &'a EndpointFlags,
     /// `--option KEY=VALUE` pairs (VALUE parsed as JSON, else taken as a string).
     pub extra_options: &'a [String],
 }
@@ -245,6 +275,9 @@ impl ConfigInputs<'_> {
         };
         let models: ModelFlags = overlay(&file.models, self.models)?;
         let host: HostFlags = overlay(&file.host, self.host)?;
+        let budget: BudgetFlags = overlay(&file.budget, self.budget)?;
+        budget.budget()?;
+        let endpoints: EndpointFlags = overlay(&file.endpoints, self.endpoints)?;
         let mut search: SearchFlags = overlay(&file.search, self.search)?;
         if let Some(prompt) = &search.initial_system_prompt {
             // As published: a value naming an existing file means the file's contents.
@@ -276,7 +309,10 @@ impl ConfigInputs<'_> {
             strategy: self.strategy.to_owned(),
             models,
             host,
+            budget,
+            endpoints,
             options,
+            prices: file.prices,
         })
     }
 }
@@ -396,6 +432,8 @@ mod tests {
             search: &search,
             models: &ModelFlags::default(),
             host: &HostFlags::default(),
+            budget: &BudgetFlags::default(),
+            endpoints: &EndpointFlags::default(),
             extra_options: &[],
         };
         let config = inputs.resolve(SCHEMA).unwrap();
@@ -404,6 +442,44 @@ mod tests {
             json!({"depth": 3, "beam_size": 4, "seed": 9, "note": "from file"})
         );
         assert_eq!(config.seed(), 9);
+    }
+
+    #[test]
+    fn budgets_endpoint_settings_and_prices_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drpo.toml");
+        std::fs::write(
+            &file,
+            "max_calls = 50\nmax_time = \"15m\"\nrequests_per_minute = 60\nno_cache = true\n\
+             [prices]\n\"my-model\" = { input = 1.5, output = 2.0 }\n",
+        )
+        .unwrap();
+        let budget = BudgetFlags {
+            max_calls: Some(10),
+            ..BudgetFlags::default()
+        };
+        let inputs = ConfigInputs {
+            strategy: Path::new("s.wasm"),
+            config_file: Some(&file),
+            search: &SearchFlags::default(),
+            models: &ModelFlags::default(),
+            host: &HostFlags::default(),
+            budget: &budget,
+            endpoints: &EndpointFlags::default(),
+            extra_options: &[],
+        };
+        let config = inputs.resolve(SCHEMA).unwrap();
+        assert_eq!(config.budget.max_calls, Some(10), "the flag wins");
+        assert_eq!(config.budget.max_time.as_deref(), Some("15m"));
+        assert_eq!(config.endpoints.requests_per_minute, Some(60));
+        assert!(
+            config.endpoints.no_cache,
+            "a false flag does not undo the file"
+        );
+        assert_eq!(config.prices["my-model"].output, 2.0);
+        let saved: RunConfig =
+            serde_json::from_str(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(saved, config);
     }
 
     #[test]
@@ -417,6 +493,8 @@ mod tests {
             search: &SearchFlags::default(),
             models: &ModelFlags::default(),
             host: &HostFlags::default(),
+            budget: &BudgetFlags::default(),
+            endpoints: &EndpointFlags::default(),
             extra_options: &[],
         };
         let error = format!("{:#}", inputs.resolve(SCHEMA).unwrap_err());

@@ -12,12 +12,26 @@
 //! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
 //! | [`rundir`] | the files a run leaves |
+//! | [`pricing`] | the price table: USD per million tokens per model |
+//! | [`projection`] | the calls, tokens and money a run is projected to spend |
+//! | [`accounting`] | what a run spent per role, from its run log |
+//! | [`budget`] | call, token, money and time budgets |
+//! | [`cache`] | the persistent response cache |
+//! | [`endpoints`] | per-role endpoints and keys, rate limits, concurrency, cache switch |
+//! | [`gate`] | what live requests pass: the cache, then the budget |
 //! | [`cli`] | the command line |
 
+pub mod accounting;
 pub mod bindings;
+pub mod budget;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod endpoints;
+pub mod gate;
 pub mod metrics_cache;
+pub mod pricing;
+pub mod projection;
 pub mod provider;
 pub mod rundir;
 pub mod runlog;

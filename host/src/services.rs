@@ -7,13 +7,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::bindings::types::{Example, Query};
+use crate::bindings::types::{Example, Query, Role};
+use crate::budget::Meter;
+use crate::cache::{Opened, ResponseCache};
 use crate::config::{ModelFlags, RunConfig};
+use crate::endpoints::EndpointFlags;
+use crate::gate::Gate;
+use crate::pricing::PriceTable;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
-use crate::runlog::RoleModel;
-use crate::runtime::Services;
+use crate::runlog::{CallRecord, RoleModel};
+use crate::runtime::{Runtime, Services};
 
 /// The services of a run, and which model serves each role (for the run log header).
 pub struct Built {
@@ -21,9 +26,12 @@ pub struct Built {
     pub models: Vec<RoleModel>,
 }
 
-/// Builds the providers, reads the data.
-pub fn build(config: &RunConfig) -> anyhow::Result<Built> {
-    let (router, models) = build_router(&config.models)?;
+/// Builds the providers, the budget meter (counting what `recorded` calls of a resumed run
+/// spent) and the response cache, and reads the data.
+pub fn build(config: &RunConfig, recorded: &[CallRecord]) -> anyhow::Result<Built> {
+    let (router, models) = build_router(&config.models, &config.endpoints)?;
+    let mut gate = Gate::new(meter(config, &models)?, open_cache(&config.endpoints));
+    gate.meter_mut().count_recorded(recorded);
     let queries = load_queries(config.host.data.as_deref(), config.seed(), &config.options)?;
     let examples = load_examples(config.host.examples.as_deref())?;
     Ok(Built {
@@ -31,12 +39,64 @@ pub fn build(config: &RunConfig) -> anyhow::Result<Built> {
             router,
             queries,
             examples,
+            gate,
         }),
         models,
     })
 }
 
-fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> {
+/// The budget meter, pricing each role's model.
+fn meter(config: &RunConfig, models: &[RoleModel]) -> anyhow::Result<Meter> {
+    let prices = PriceTable::new(&config.prices);
+    let roles = [
+        (Role::Base, "base"),
+        (Role::Metrics, "metrics"),
+        (Role::Judge, "judge"),
+        (Role::Optimizer, "optimizer"),
+    ]
+    .map(|(role, name)| {
+        let model = models
+            .iter()
+            .find(|m| m.role == name)
+            .map_or("", |m| m.model.as_str());
+        (role, model, prices.price(model))
+    });
+    Meter::new(config.budget.budget()?, roles)
+}
+
+/// The response cache file: `responses.redb` in the cache directory.
+pub fn response_cache_path() -> Option<std::path::PathBuf> {
+    Runtime::cache_root().map(|root| root.join(crate::cache::FILE_NAME))
+}
+
+/// The response cache, unless switched off or unusable (then with a warning on stderr).
+fn open_cache(flags: &EndpointFlags) -> Option<ResponseCache> {
+    if flags.no_cache {
+        return None;
+    }
+    let Some(path) = response_cache_path() else {
+        eprintln!(
+            "warning: no cache directory ($DRPO_CACHE_DIR, $XDG_CACHE_HOME and $HOME are unset); running without the response cache"
+        );
+        return None;
+    };
+    let (opened, warning) = ResponseCache::open(&path);
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    match opened {
+        Opened::Ready(cache) => Some(cache),
+        Opened::Skipped(why) => {
+            eprintln!("warning: {why}");
+            None
+        }
+    }
+}
+
+fn build_router(
+    flags: &ModelFlags,
+    endpoints: &EndpointFlags,
+) -> anyhow::Result<(Router, Vec<RoleModel>)> {
     let roles = [
         ("base", &flags.base_model_name, "--base-model-name"),
         ("metrics", &flags.metrics_model_name, "--metrics-model-name"),
@@ -55,7 +115,7 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
             Some(name) => name.clone(),
             None => default_model(role, flag)?,
         };
-        let provider = provider_for(&mut built, &name, flags)?;
+        let provider = provider_for(&mut built, &name, flags, endpoints, role)?;
         models.push(RoleModel {
             role: role.into(),
             model: name,
@@ -65,7 +125,7 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
     }
     let embedder = match &flags.embedding_model_name {
         Some(name) => {
-            let provider = provider_for(&mut built, name, flags)?;
+            let provider = provider_for(&mut built, name, flags, endpoints, "embedding")?;
             models.push(RoleModel {
                 role: "embedding".into(),
                 model: name.clone(),
@@ -82,6 +142,19 @@ fn build_router(flags: &ModelFlags) -> anyhow::Result<(Router, Vec<RoleModel>)> 
         Router::new(base, metrics, judge, optimizer, embedder),
         models,
     ))
+}
+
+/// The model serving `role`: the one named, else the built-in default when it is present.
+pub fn model_name(flags: &ModelFlags, role: Role) -> Option<String> {
+    let named = match role {
+        Role::Base => &flags.base_model_name,
+        Role::Metrics => &flags.metrics_model_name,
+        Role::Judge => &flags.eval_model_name,
+        Role::Optimizer => &flags.optimize_model_name,
+    };
+    named
+        .clone()
+        .or_else(|| default_model(crate::rundir::role_name(role), "").ok())
 }
 
 /// The file name of the built-in default model.
@@ -118,37 +191,58 @@ pub fn single_provider(
         api_base: api_base.map(str::to_owned),
         ..ModelFlags::default()
     };
-    let provider = provider_for(&mut HashMap::new(), &name, &flags)?;
+    let provider = provider_for(
+        &mut HashMap::new(),
+        &name,
+        &flags,
+        &EndpointFlags::default(),
+        "answering",
+    )?;
     Ok((name, provider))
 }
 
-/// One provider per distinct model name, so that a model serving several roles exists once.
+/// One provider per distinct model (name, endpoint and key variable), so that a model serving
+/// several roles exists once and shares its connection, concurrency and rate limits.
 fn provider_for(
     built: &mut HashMap<String, Arc<dyn Provider>>,
     name: &str,
     flags: &ModelFlags,
+    endpoints: &EndpointFlags,
+    role: &str,
 ) -> anyhow::Result<Arc<dyn Provider>> {
-    if let Some(provider) = built.get(name) {
-        return Ok(provider.clone());
-    }
     if let Some(path) = name.strip_prefix("local:") {
+        if let Some(provider) = built.get(name) {
+            return Ok(provider.clone());
+        }
         let provider: Arc<dyn Provider> = Arc::new(LocalProvider::load(Path::new(path))?);
         built.insert(name.into(), provider.clone());
         return Ok(provider);
     }
-    let base_url = flags
-        .api_base
-        .clone()
+    let (role_base, role_key) = endpoints.for_role(role);
+    let base_url = role_base
+        .map(str::to_owned)
+        .or_else(|| flags.api_base.clone())
         .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
         .unwrap_or_else(|| "https://api.openai.com/v1".into());
-    let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(Endpoint {
-        base_url,
-        model: name.into(),
-        api_key: std::env::var("OPENAI_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty()),
-    }));
-    built.insert(name.into(), provider.clone());
+    let key_variable = role_key.unwrap_or("OPENAI_API_KEY");
+    let identity = format!("{name}\n{base_url}\n{key_variable}");
+    if let Some(provider) = built.get(&identity) {
+        return Ok(provider.clone());
+    }
+    let api_key = std::env::var(key_variable).ok().filter(|k| !k.is_empty());
+    if role_key.is_some() && api_key.is_none() {
+        bail!("the {role} role's API key variable ${key_variable} is not set");
+    }
+    let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::with_limits(
+        Endpoint {
+            base_url,
+            model: name.into(),
+            api_key,
+        },
+        endpoints.retry_policy(),
+        endpoints.rate_limit(),
+    ));
+    built.insert(identity, provider.clone());
     Ok(provider)
 }
 

@@ -19,7 +19,15 @@ pub struct Reply {
     pub retry_after: Option<u64>,
 }
 
-type Script = dyn Fn(&str, &Value) -> Reply + Send + Sync;
+/// One request as the server saw it.
+pub struct Incoming {
+    pub path: String,
+    pub body: Value,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+}
+
+type Script = dyn Fn(&Incoming) -> Reply + Send + Sync;
 
 /// A running server; it stops when dropped.
 pub struct Server {
@@ -48,6 +56,13 @@ impl Server {
 
     /// A server answering with `script(path, request_json)`.
     pub fn with_script(script: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Server {
+        Server::with_request_script(move |incoming| script(&incoming.path, &incoming.body))
+    }
+
+    /// A server answering with `script(request)`, headers included.
+    pub fn with_request_script(
+        script: impl Fn(&Incoming) -> Reply + Send + Sync + 'static,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let address = format!("http://{}/v1", listener.local_addr().unwrap());
         let state = Arc::new(State {
@@ -113,6 +128,7 @@ fn serve(stream: TcpStream, state: &State) {
             .unwrap_or("/")
             .to_owned();
         let mut content_length = 0;
+        let mut authorization = None;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -127,6 +143,11 @@ fn serve(stream: TcpStream, state: &State) {
             {
                 content_length = value.trim().parse().unwrap_or(0);
             }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("authorization")
+            {
+                authorization = Some(value.trim().to_owned());
+            }
         }
         let mut body = vec![0; content_length];
         if reader.read_exact(&mut body).is_err() {
@@ -140,7 +161,11 @@ fn serve(stream: TcpStream, state: &State) {
             .push((path.clone(), request.clone()));
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let reply = (state.script)(&path, &request);
+        let reply = (state.script)(&Incoming {
+            path,
+            body: request,
+            authorization,
+        });
         std::thread::sleep(reply.delay);
         state.in_flight.fetch_sub(1, Ordering::SeqCst);
         let retry_after = reply

@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod openai;
+pub mod rate;
 pub mod scripted;
 
 use std::sync::Arc;
@@ -143,6 +144,11 @@ impl Router {
                 })
             })
             .collect()
+    }
+
+    /// Whether an embedding model is configured.
+    pub fn has_embedder(&self) -> bool {
+        self.embedder.is_some()
     }
 
     /// Embeds texts with the configured embedder.

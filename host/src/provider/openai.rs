@@ -3,15 +3,23 @@
 //! llama.cpp's server, TGI, SGLang and anything else that speaks the same API.
 //!
 //! The API key is sent in the `Authorization` header and nowhere else: it is not part of the
-//! provider's identity, of any error message, or of anything recorded.
+//! provider's identity or of anything recorded, and error messages (which quote the server's
+//! reply, and a server may echo the header) have it blotted out.
+//!
+//! A server that refuses `response_format` (a 400 naming `response_format` or `json_schema`,
+//! as some vLLM, TGI and llama.cpp versions do) is detected on its first refusal; from then on
+//! that provider asks for the JSON in the prompt instead, schema included, and extracts the JSON
+//! value from each answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use super::rate::{RateLimit, RateLimiter};
 use super::{Answer, Provider};
 use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
 
@@ -60,6 +68,9 @@ pub struct OpenAiProvider {
     client: reqwest::Client,
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
+    rate: RateLimiter,
+    /// The server refused `response_format`: schemas go in the prompt.
+    schema_in_prompt: AtomicBool,
 }
 
 /// One failed try: whether another may succeed, and the wait the server asked for.
@@ -77,6 +88,11 @@ impl OpenAiProvider {
 
     /// A provider for `endpoint` that retries and limits as `policy` says.
     pub fn with_policy(endpoint: Endpoint, policy: RetryPolicy) -> OpenAiProvider {
+        OpenAiProvider::with_limits(endpoint, policy, RateLimit::per_minute(None, None))
+    }
+
+    /// A provider for `endpoint` that retries as `policy` says and keeps to `rate`.
+    pub fn with_limits(endpoint: Endpoint, policy: RetryPolicy, rate: RateLimit) -> OpenAiProvider {
         OpenAiProvider {
             endpoint: Endpoint {
                 base_url: endpoint.base_url.trim_end_matches('/').to_owned(),
@@ -85,6 +101,21 @@ impl OpenAiProvider {
             client: reqwest::Client::new(),
             slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             policy,
+            rate: RateLimiter::new(rate),
+            schema_in_prompt: AtomicBool::new(false),
+        }
+    }
+
+    /// The error with every occurrence of the API key blotted out.
+    fn scrub(&self, error: LlmError) -> LlmError {
+        let Some(key) = self.endpoint.api_key.as_deref().filter(|k| !k.is_empty()) else {
+            return error;
+        };
+        let clean = |text: String| text.replace(key, "[api key]");
+        match error {
+            LlmError::Rejected(text) => LlmError::Rejected(clean(text)),
+            LlmError::Unavailable(text) => LlmError::Unavailable(clean(text)),
+            LlmError::BudgetExhausted => LlmError::BudgetExhausted,
         }
     }
 
@@ -98,6 +129,7 @@ impl OpenAiProvider {
         let url = self.url(path);
         let mut attempt = 1;
         loop {
+            self.rate.start().await;
             let failure = {
                 let _slot = self
                     .slots
@@ -189,7 +221,33 @@ impl OpenAiProvider {
         })
     }
 
-    async fn complete_one(&self, request: Request) -> Result<Completion, LlmError> {
+    async fn complete_one(&self, request: &Request) -> Result<Completion, LlmError> {
+        let schema_in_prompt = self.schema_in_prompt.load(Ordering::Relaxed);
+        match self.complete_as(request, schema_in_prompt).await {
+            Err(LlmError::Rejected(message))
+                if !schema_in_prompt
+                    && request.json_schema.is_some()
+                    && refuses_response_format(&message) =>
+            {
+                if !self.schema_in_prompt.swap(true, Ordering::SeqCst) {
+                    eprintln!(
+                        "note: {} refuses `response_format`; asking for JSON in the prompt instead",
+                        self.identity()
+                    );
+                }
+                self.complete_as(request, true).await
+            }
+            other => other,
+        }
+    }
+
+    /// One request; with `schema_in_prompt`, the JSON schema is described in the prompt rather
+    /// than sent as `response_format`, and the JSON is extracted from the answers.
+    async fn complete_as(
+        &self,
+        request: &Request,
+        schema_in_prompt: bool,
+    ) -> Result<Completion, LlmError> {
         let sampling = &request.sampling;
         let mut body = json!({
             "model": self.endpoint.model,
@@ -204,7 +262,7 @@ impl OpenAiProvider {
         }
         let (path, chat) = match &request.prompt {
             Prompt::Chat(messages) => {
-                body["messages"] = messages
+                let mut messages: Vec<Value> = messages
                     .iter()
                     .map(|m| json!({"role": m.role, "content": m.content}))
                     .collect();
@@ -212,11 +270,23 @@ impl OpenAiProvider {
                     let schema: Value = serde_json::from_str(schema).map_err(|e| {
                         LlmError::Rejected(format!("the request's JSON schema is not JSON: {e}"))
                     })?;
-                    body["response_format"] = json!({
+                    if schema_in_prompt {
+                        let instruction = schema_instruction(&schema);
+                        match messages.last_mut() {
+                            Some(last) if last["role"] == "user" => {
+                                let content = last["content"].as_str().unwrap_or_default();
+                                last["content"] = json!(format!("{content}\n\n{instruction}"));
+                            }
+                            _ => messages.push(json!({"role": "user", "content": instruction})),
+                        }
+                    } else {
+                        body["response_format"] = json!({
                         "type": "json_schema",
                         "json_schema": {"name": "answer", "strict": true, "schema": schema},
-                    });
+                        });
+                    }
                 }
+                body["messages"] = Value::Array(messages);
                 ("chat/completions", true)
             }
             Prompt::Raw(prompt) => {
@@ -225,7 +295,21 @@ impl OpenAiProvider {
             }
         };
         let reply = self.post(path, &body).await?;
-        parse_completion(&self.url(path), &reply, chat, sampling.n.max(1))
+        let mut completion = parse_completion(&self.url(path), &reply, chat, sampling.n.max(1))?;
+        self.rate
+            .spent(
+                u64::from(completion.usage.prompt_tokens)
+                    + u64::from(completion.usage.completion_tokens),
+            )
+            .await;
+        if schema_in_prompt && request.json_schema.is_some() {
+            for choice in &mut completion.choices {
+                if let Some(json) = extract_json(choice) {
+                    *choice = json;
+                }
+            }
+        }
+        Ok(completion)
     }
 }
 
@@ -239,17 +323,21 @@ impl Provider for OpenAiProvider {
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         Box::pin(async move {
-            join_all(
-                batch
-                    .into_iter()
-                    .map(|request| async move { Answer::fresh(self.complete_one(request).await) }),
-            )
+            join_all(batch.into_iter().map(|request| async move {
+                Answer::fresh(self.complete_one(&request).await.map_err(|e| self.scrub(e)))
+            }))
             .await
         })
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {
-        Box::pin(async move {
+        Box::pin(async move { self.embed_all(texts).await.map_err(|e| self.scrub(e)) })
+    }
+}
+
+impl OpenAiProvider {
+    async fn embed_all(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        {
             let reply = self
                 .post(
                     "embeddings",
@@ -278,8 +366,54 @@ impl Provider for OpenAiProvider {
                 return Err(unavailable(&url, "some texts got no embedding".into()));
             }
             Ok(vectors)
-        })
+        }
     }
+}
+
+/// Whether a refusal is about `response_format` itself (the server does not support it).
+fn refuses_response_format(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("response_format") || message.contains("json_schema")
+}
+
+/// What a prompt says when the schema cannot be sent as `response_format`.
+fn schema_instruction(schema: &Value) -> String {
+    format!(
+        "Reply with a single JSON value that follows this JSON Schema, and nothing else (no \
+         prose, no code fence):\n{schema}"
+    )
+}
+
+/// The JSON value in a free-text answer: the whole text, the inside of a code fence, or the
+/// span from the first `{` or `[` to the last matching bracket; compact. `None` when there is
+/// no JSON to be found (the answer is then passed on as it is, for the strategy to judge).
+fn extract_json(text: &str) -> Option<String> {
+    let parse = |candidate: &str| {
+        serde_json::from_str::<Value>(candidate.trim())
+            .ok()
+            .filter(|v| v.is_object() || v.is_array())
+            .map(|v| v.to_string())
+    };
+    if let Some(json) = parse(text) {
+        return Some(json);
+    }
+    if let Some(start) = text.find("```") {
+        let fenced = &text[start + 3..];
+        let fenced = fenced.strip_prefix("json").unwrap_or(fenced);
+        if let Some(end) = fenced.find("```")
+            && let Some(json) = parse(&fenced[..end])
+        {
+            return Some(json);
+        }
+    }
+    let start = text.find(['{', '['])?;
+    let close = if text[start..].starts_with('{') {
+        '}'
+    } else {
+        ']'
+    };
+    let end = text.rfind(close)?;
+    (end > start).then(|| parse(&text[start..=end])).flatten()
 }
 
 fn parse_completion(url: &str, reply: &Value, chat: bool, n: u32) -> Result<Completion, LlmError> {
@@ -358,4 +492,49 @@ fn normalized(mut vector: Vec<f32>) -> Vec<f32> {
         vector.iter_mut().for_each(|x| *x /= norm);
     }
     vector
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_found_in_prose_fences_and_bare_answers() {
+        assert_eq!(extract_json(r#" {"a": 1} "#).as_deref(), Some(r#"{"a":1}"#));
+        assert_eq!(
+            extract_json("Sure!\n```json\n{\"a\": [1, 2]}\n```\nDone.").as_deref(),
+            Some(r#"{"a":[1,2]}"#)
+        );
+        assert_eq!(
+            extract_json(r#"Here it is: {"score": 4} as asked."#).as_deref(),
+            Some(r#"{"score":4}"#)
+        );
+        assert_eq!(extract_json("no json here"), None);
+        assert_eq!(extract_json("4"), None);
+    }
+
+    #[test]
+    fn refusals_of_response_format_are_recognised() {
+        assert!(refuses_response_format(
+            "http://x/v1/chat/completions: HTTP 400: {\"error\":\"Unknown field: response_format\"}"
+        ));
+        assert!(refuses_response_format("json_schema is not supported"));
+        assert!(!refuses_response_format(
+            "HTTP 400: context length exceeded"
+        ));
+    }
+
+    #[test]
+    fn the_key_is_blotted_out_of_errors() {
+        let provider = OpenAiProvider::new(Endpoint {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            api_key: Some("sk-secret".into()),
+        });
+        let scrubbed = provider.scrub(LlmError::Rejected("Bearer sk-secret is wrong".into()));
+        assert_eq!(
+            scrubbed,
+            LlmError::Rejected("Bearer [api key] is wrong".into())
+        );
+    }
 }

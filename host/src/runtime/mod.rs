@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use crate::bindings::types::{Info, Outcome};
+use crate::bindings::types::{Info, Outcome, RoleEstimate};
 use crate::bindings::{Strategy, WIT_PACKAGE, WIT_VERSION};
 
 /// How often the deadline clock ticks.
@@ -163,16 +163,21 @@ impl Runtime {
         })
     }
 
-    /// The default place for compiled plugins: `$DRPO_CACHE_DIR`, else
-    /// `$XDG_CACHE_HOME/drpo/components`, else `~/.cache/drpo/components`.
+    /// The default place for compiled plugins: `components` in [`Runtime::cache_root`].
     pub fn default_cache_dir() -> Option<PathBuf> {
+        Runtime::cache_root().map(|root| root.join("components"))
+    }
+
+    /// drpo's cache directory: `$DRPO_CACHE_DIR`, else `$XDG_CACHE_HOME/drpo`, else
+    /// `~/.cache/drpo`.
+    pub fn cache_root() -> Option<PathBuf> {
         if let Some(dir) = std::env::var_os("DRPO_CACHE_DIR") {
-            return Some(PathBuf::from(dir).join("components"));
+            return Some(PathBuf::from(dir));
         }
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-        Some(base.join("drpo").join("components"))
+        Some(base.join("drpo"))
     }
 
     /// Loads a plugin: checks that it is a component for this contract and compiles it (or
@@ -232,6 +237,22 @@ impl Runtime {
         let session = Session::replay(Vec::new());
         self.call(plugin, 0, limits, session, |strategy, store| {
             Box::pin(async move { strategy.call_describe(store).await.map(Ok) })
+        })
+        .await
+    }
+
+    /// Calls the plugin's `estimate` with `options` (JSON): the calls and tokens a run may
+    /// spend per role. The plugin may not call the host.
+    pub async fn estimate(
+        &self,
+        plugin: &Plugin,
+        options: &str,
+        limits: Limits,
+    ) -> Finished<Vec<RoleEstimate>> {
+        let options = options.to_owned();
+        let session = Session::replay(Vec::new());
+        self.call(plugin, 0, limits, session, move |strategy, store| {
+            Box::pin(async move { strategy.call_estimate(store, &options).await })
         })
         .await
     }

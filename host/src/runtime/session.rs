@@ -21,6 +21,8 @@ pub struct Services {
     pub queries: Vec<Query>,
     /// Answer to `examples`.
     pub examples: Vec<Example>,
+    /// The response cache and the budgets every model request passes.
+    pub gate: crate::gate::Gate,
 }
 
 /// Sees every call as it is answered (progress display, human log, tree collection).
@@ -195,13 +197,16 @@ impl Session {
 async fn execute(services: &Services, request: &CallRequest) -> (CallResponse, Vec<bool>) {
     match request {
         CallRequest::Complete(batch) => {
-            let answers = services.router.complete(batch.clone()).await;
+            let answers = services
+                .gate
+                .complete(&services.router, batch.clone())
+                .await;
             let hits = answers.iter().map(|a| a.cache_hit).collect();
             let results = answers.into_iter().map(|a| a.result).collect();
             (CallResponse::Complete(results), hits)
         }
         CallRequest::Embed(texts) => (
-            CallResponse::Embed(services.router.embed(texts.clone()).await),
+            CallResponse::Embed(services.gate.embed(&services.router, texts.clone()).await),
             Vec::new(),
         ),
         CallRequest::Queries => (CallResponse::Queries(services.queries.clone()), Vec::new()),

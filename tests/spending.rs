@@ -1,0 +1,359 @@
+//! What a run spends, end to end through `drpo-host run` against a loopback server: budgets
+//! stop a beam search cleanly with its best result (and `replay` reproduces the stop), the
+//! response cache answers a repeated run without a single HTTP request, the projection is shown
+//! before a run, and the API key never reaches a file or the terminal.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use drpo_host::bindings::types::LlmError;
+use drpo_host::runlog::{CallResponse, Entry, read_log};
+use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::{host, output, plugin, result_json, roles_at, text};
+
+/// A beam search long enough for every budget below to cut it short.
+const SEARCH: [&str; 8] = [
+    "--depth",
+    "8",
+    "--beam-size",
+    "2",
+    "--n-actions",
+    "2",
+    "--max-depth-increase",
+    "0",
+];
+
+fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> Output {
+    output(
+        host(&work.join("cache"))
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("beam"))
+            .arg("--log-dir")
+            .arg(work.join(name))
+            .args(roles_at(server.url()))
+            .args(SEARCH)
+            .args(extra),
+    )
+}
+
+/// Requests of the run answered `budget-exhausted`.
+fn refusals(dir: &Path) -> usize {
+    read_log(&dir.join("run.log"))
+        .unwrap()
+        .entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Entry::Call(call) => match &call.response {
+                CallResponse::Complete(results) => Some(
+                    results
+                        .iter()
+                        .filter(|r| **r == Err(LlmError::BudgetExhausted))
+                        .count(),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
+        .sum()
+}
+
+/// The run finished with a result, said why it stopped, and replays bit for bit.
+fn assert_stopped_cleanly_by_the_budget(out: &Output, work: &Path, name: &str) {
+    let dir = work.join(name);
+    assert!(out.status.success(), "{}", text(out));
+    assert!(text(out).contains("budget: --max-"), "{}", text(out));
+    let result = result_json(&dir);
+    assert!(
+        result["best_prompt"]
+            .as_str()
+            .is_some_and(|p| !p.is_empty()),
+        "{result}"
+    );
+    assert!(
+        result["details"]["stopped"]
+            .as_str()
+            .is_some_and(|why| why.contains("budget")),
+        "{}",
+        result["details"]
+    );
+    assert!(refusals(&dir) > 0, "the refusal is in the run log");
+    let replay = output(host(&work.join("cache")).arg("replay").arg(&dir));
+    assert!(
+        text(&replay).contains("replay reproduced the run"),
+        "{}",
+        text(&replay)
+    );
+}
+
+#[test]
+fn max_calls_stops_a_beam_run_after_exactly_that_many_requests() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(
+        &server,
+        work.path(),
+        "run",
+        &["--max-calls", "20", "--no-cache"],
+    );
+    assert_stopped_cleanly_by_the_budget(&out, work.path(), "run");
+    assert_eq!(server.requests().len(), 20);
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(work.path().join("run")),
+    );
+    assert!(
+        text(&inspect).contains("were refused because a budget was spent"),
+        "{}",
+        text(&inspect)
+    );
+}
+
+#[test]
+fn max_tokens_stops_a_beam_run() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(&server, work.path(), "run", &["--max-tokens", "25000"]);
+    assert_stopped_cleanly_by_the_budget(&out, work.path(), "run");
+}
+
+#[test]
+fn max_cost_stops_a_beam_run_and_needs_a_price() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let unpriced = beam_run(&server, work.path(), "unpriced", &["--max-cost", "0.5"]);
+    assert!(!unpriced.status.success());
+    assert!(
+        text(&unpriced).contains("`test-model`") && text(&unpriced).contains("[prices]"),
+        "{}",
+        text(&unpriced)
+    );
+    assert_eq!(server.requests().len(), 0);
+
+    let config = work.path().join("drpo.toml");
+    // $20 per million tokens: 25,000 tokens cost $0.50.
+    std::fs::write(
+        &config,
+        "[prices]\n\"test-model\" = { input = 20.0, output = 20.0 }\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = beam_run(
+        &server,
+        work.path(),
+        "run",
+        &["--config", &config, "--max-cost", "0.5"],
+    );
+    assert_stopped_cleanly_by_the_budget(&out, work.path(), "run");
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(work.path().join("run")),
+    );
+    let total = text(&inspect)
+        .lines()
+        .find(|line| line.starts_with("total"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        total.contains("$0.") || total.contains("$1."),
+        "{}",
+        text(&inspect)
+    );
+}
+
+#[test]
+fn max_time_stops_a_beam_run_and_the_replay_does_not_look_at_the_clock() {
+    let server = Server::with_script(|path, body| Reply {
+        status: 200,
+        body: default_reply(path, body).to_string(),
+        delay: Duration::from_millis(150),
+        retry_after: None,
+    });
+    let work = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = beam_run(&server, work.path(), "run", &["--max-time", "1s"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // The replay below runs far faster than the live run, and still reproduces the stop.
+    assert_stopped_cleanly_by_the_budget(&out, work.path(), "run");
+}
+
+#[test]
+fn a_repeated_run_is_answered_from_the_cache_without_any_request() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let first = beam_run(&server, work.path(), "first", &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    let served = server.requests().len();
+    assert!(served > 0);
+
+    let second = beam_run(&server, work.path(), "second", &[]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        server.requests().len(),
+        served,
+        "no HTTP request the second time"
+    );
+    let (a, b) = (
+        result_json(&work.path().join("first")),
+        result_json(&work.path().join("second")),
+    );
+    assert_eq!(a["best_prompt"], b["best_prompt"]);
+    assert_eq!(a["best_score"], b["best_score"]);
+    assert_eq!(a["best_path"], b["best_path"]);
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(work.path().join("second")),
+    );
+    let total: Vec<String> = text(&inspect)
+        .lines()
+        .find(|line| line.starts_with("total"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // total, requests, choices, failed, tokens in, tokens out, cache hits, cost
+    assert_eq!(total[1], total[6], "every request was a hit: {total:?}");
+    assert_eq!((total[4].as_str(), total[5].as_str()), ("0", "0"));
+
+    // --no-cache asks the server again.
+    let third = beam_run(&server, work.path(), "third", &["--no-cache"]);
+    assert!(third.status.success(), "{}", text(&third));
+    assert_eq!(server.requests().len(), 2 * served);
+}
+
+#[test]
+fn a_corrupt_cache_file_is_set_aside_with_a_warning() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("responses.redb"), vec![0x5Au8; 16384]).unwrap();
+    let out = beam_run(&server, work.path(), "run", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is unreadable"), "{}", text(&out));
+    let aside = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+    assert!(result_json(&work.path().join("run"))["best_prompt"].is_string());
+}
+
+#[test]
+fn the_projection_is_shown_before_a_run_and_alone_with_estimate_only() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(&server, work.path(), "plan", &["--estimate-only"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(server.requests().len(), 0);
+    assert!(!work.path().join("plan").exists(), "nothing is run");
+    let without_dir = output(
+        host(&work.path().join("cache"))
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("beam"))
+            .args(roles_at(server.url()))
+            .arg("--estimate-only"),
+    );
+    assert!(without_dir.status.success(), "{}", text(&without_dir));
+    assert!(
+        String::from_utf8_lossy(&without_dir.stdout).contains("optimizer"),
+        "no --log-dir is needed for a projection"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for role in ["base", "metrics", "judge", "optimizer", "total"] {
+        assert!(
+            stdout.lines().any(|line| line.starts_with(role)),
+            "{stdout}"
+        );
+    }
+    // test-model has no price: the money is unknown, not $0.
+    assert!(stdout.contains("unknown"), "{stdout}");
+
+    let run = beam_run(&server, work.path(), "run", &[]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(text(&run).contains("projected spending"), "{}", text(&run));
+    assert!(text(&run).contains("spent:"), "{}", text(&run));
+}
+
+#[test]
+fn the_api_key_reaches_no_file_and_no_output_line() {
+    const KEY: &str = "sk-drpo-distinctive-5e1f09c4";
+    let seen = AtomicUsize::new(0);
+    // Some replies fail and quote the Authorization header back, as some proxies do.
+    let server = Server::with_request_script(move |incoming| {
+        let auth = incoming.authorization.clone().unwrap_or_default();
+        match seen.fetch_add(1, Ordering::SeqCst) % 6 {
+            1 => Reply {
+                status: 400,
+                body: format!(r#"{{"error":{{"message":"bad request from {auth}"}}}}"#),
+                delay: Duration::ZERO,
+                retry_after: None,
+            },
+            3 => Reply {
+                status: 503,
+                body: format!("upstream refused header Authorization: {auth}"),
+                delay: Duration::ZERO,
+                retry_after: Some(0),
+            },
+            _ => Reply {
+                status: 200,
+                body: default_reply(&incoming.path, &incoming.body).to_string(),
+                delay: Duration::ZERO,
+                retry_after: None,
+            },
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = output(
+        host(&work.path().join("cache"))
+            .env("OPENAI_API_KEY", KEY)
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("beam"))
+            .arg("--log-dir")
+            .arg(work.path().join("run"))
+            .args(roles_at(server.url()))
+            .args(["--depth", "3", "--logging-level", "DEBUG"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let requests = server.requests().len();
+    assert!(requests > 6, "some replies failed and quoted the key");
+    assert!(!text(&out).contains(KEY), "{}", text(&out));
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(work.path().join("run")),
+    );
+    assert!(!text(&inspect).contains(KEY));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(work.path().join("run")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+            "{} holds the API key",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "config.json, run.log, log.txt, result.json");
+    let log = std::fs::read_to_string(work.path().join("run/log.txt")).unwrap();
+    assert!(log.contains("[api key]"), "the echoed key was blotted out");
+}
