@@ -16,7 +16,90 @@ use drpo::parse::{self, Judgement};
 use drpo::prompts;
 use drpo::reward;
 use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request};
+use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::OptionsSchema;
+
+/// The request settings every DRPO-scored search shares, as options: put them in a strategy's
+/// options struct with `#[serde(flatten)]` and in its schema with [`Settings::add_to`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Settings {
+    /// The prompt the search starts from.
+    pub initial_system_prompt: String,
+    /// Seed of every request.
+    pub seed: u64,
+    /// The optimizer's sampling temperature.
+    pub temperature: f64,
+    /// Token limit of a base-model answer.
+    pub base_max_tokens: u32,
+    /// Token limit of an aspect selection.
+    pub metrics_max_tokens: u32,
+    /// Token limit of a judgement.
+    pub judge_max_tokens: u32,
+    /// Token limit of each optimizer candidate.
+    pub optimizer_max_tokens: u32,
+}
+
+impl Settings {
+    /// Adds the settings to `schema`; `temperature` is the optimizer's default temperature.
+    pub fn add_to(schema: OptionsSchema, temperature: f64) -> OptionsSchema {
+        let defaults = Options::default();
+        schema
+            .string(
+                "initial_system_prompt",
+                &defaults.initial_system_prompt,
+                "The system prompt the search starts from.",
+            )
+            .integer("seed", 0, 0, "Seed of every request.")
+            .number(
+                "temperature",
+                temperature,
+                0.0,
+                "Sampling temperature of the optimizer.",
+            )
+            .integer(
+                "base_max_tokens",
+                defaults.base_max_tokens.into(),
+                1,
+                "Token limit of a base-model answer.",
+            )
+            .integer(
+                "metrics_max_tokens",
+                defaults.metrics_max_tokens.into(),
+                1,
+                "Token limit of an aspect selection.",
+            )
+            .integer(
+                "judge_max_tokens",
+                defaults.judge_max_tokens.into(),
+                1,
+                "Token limit of a judgement.",
+            )
+            .integer(
+                "optimizer_max_tokens",
+                defaults.optimizer_max_tokens.into(),
+                1,
+                "Token limit of each optimizer candidate.",
+            )
+    }
+
+    /// The DRPO library's request options for these settings, the optimizer writing
+    /// `candidates` prompts per request.
+    pub fn request_options(&self, candidates: u32) -> Options {
+        Options {
+            n_actions: candidates.max(1),
+            temperature: self.temperature,
+            seed: self.seed,
+            base_max_tokens: self.base_max_tokens,
+            metrics_max_tokens: self.metrics_max_tokens,
+            judge_max_tokens: self.judge_max_tokens,
+            optimizer_max_tokens: self.optimizer_max_tokens,
+            initial_system_prompt: self.initial_system_prompt.clone(),
+            ..Options::default()
+        }
+    }
+}
 
 /// The run cannot go on: a budget is spent. A strategy returns its best result so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
