@@ -82,3 +82,19 @@ fn mcts_runs_records_its_tree_and_replays() {
             .is_some_and(|p| !p.is_empty())
     );
 }
+
+/// The Python strategy (`core-wasm/plugins/refine-py`, built by `scripts/build-python-plugin`
+/// with componentize-py) runs in the same sandbox and replays bit for bit: CPython's start-up
+/// reads WASI's random and clocks, which the sandbox answers from the run's seed.
+#[test]
+fn the_python_strategy_runs_records_its_tree_and_replays() {
+    let work = tempfile::tempdir().unwrap();
+    let result = run_and_replay("refine-py", work.path(), &["steps=2"]);
+    assert_eq!(assert_viewable_tree(&result), 1 + 2);
+    let tree = result["tree"].as_array().unwrap();
+    assert_eq!(tree[1]["parent"], 0);
+    assert_eq!(tree[1]["details"]["aspects"][1]["name"], "Clarity");
+    // The server's judgements are all 3s, so no revision beats the start.
+    assert_eq!(result["best_score"].as_f64(), Some(3.0));
+    assert_eq!(result["best_path"], serde_json::json!([0]));
+}
