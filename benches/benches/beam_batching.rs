@@ -54,6 +54,7 @@ fn main() {
             router: Router::uniform(provider),
             queries: queries.clone(),
             examples: examples.clone(),
+            grants: Default::default(),
         });
         let options = format!(
             r#"{{"depth":20,"beam_size":2,"n_actions":3,"ret_icl":false,"sequential":{sequential}}}"#

@@ -37,6 +37,7 @@ fn services() -> Arc<Services> {
         router: Router::uniform(Arc::new(provider)),
         queries: vec![],
         examples: vec![],
+        grants: Default::default(),
     })
 }
 

@@ -675,6 +675,15 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
             total.cache_hits
         );
     }
+    // The grant is in the run's configuration; a run directory without one ran unrestricted.
+    let grants = match RunConfig::load(&dir.config()) {
+        Ok(config) => crate::grants::Grants::from_flags(&config.host)?,
+        Err(_) => crate::grants::Grants::default(),
+    };
+    println!();
+    for line in crate::grants::usage_lines(&grants, &recorded.calls) {
+        println!("{line}");
+    }
     println!();
     match &recorded.end {
         Some(End {

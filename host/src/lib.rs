@@ -11,12 +11,14 @@
 //! | [`config`] | flags, config file and strategy options resolved into one configuration |
 //! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
+//! | [`grants`] | the roles and model calls a plugin is granted |
 //! | [`rundir`] | the files a run leaves |
 //! | [`cli`] | the command line |
 
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod grants;
 pub mod metrics_cache;
 pub mod provider;
 pub mod rundir;

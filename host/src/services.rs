@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::bindings::types::{Example, Query};
 use crate::config::{ModelFlags, RunConfig};
+use crate::grants::Grants;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
@@ -31,6 +32,7 @@ pub fn build(config: &RunConfig) -> anyhow::Result<Built> {
             router,
             queries,
             examples,
+            grants: Grants::from_flags(&config.host)?,
         }),
         models,
     })

@@ -123,3 +123,13 @@ macro_rules! export_strategy {
 pub mod __export {
     pub use crate::component::{describe, estimate, run};
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stated_contract_version_is_the_wit_files() {
+        let wit = include_str!("../../../wit/strategy.wit");
+        let package = format!("package drpo:strategy@{};", super::WIT_VERSION);
+        assert!(wit.contains(&package), "the kit states {package}");
+    }
+}
