@@ -82,6 +82,11 @@ fn a_role_that_is_not_granted_is_rejected_recorded_and_replayed() {
             ))
         );
     }
+    let log = std::fs::read_to_string(work.path().join("run/log.txt")).unwrap();
+    assert!(
+        log.contains("base failed: LlmError::Rejected(\"role base is not granted"),
+        "{log}"
+    );
     // Only the granted requests reached the server.
     let granted = answered.iter().filter(|(r, _)| *r != Role::Base).count();
     assert_eq!(server.requests().len(), granted);
