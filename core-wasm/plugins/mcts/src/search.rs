@@ -255,6 +255,23 @@ mod tests {
             let made = host.requests_for(e.role) as u64;
             assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
         }
+        // Expansion shows the optimizer the node's lineage, answer and judgement, and asks for
+        // `width` candidates in one request.
+        let expansions: Vec<&drpo_kit::Request> = host
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Optimizer)
+            .collect();
+        let drpo_kit::Prompt::Chat(messages) = &expansions[2].prompt else {
+            panic!("the optimizer is prompted with chat messages")
+        };
+        let text = &messages[0].content;
+        assert!(
+            text.contains("---Current Version---\nYou are a helpful assistant.+"),
+            "{text}"
+        );
+        assert!(text.contains("scripted 4"), "the judge's rationale: {text}");
+        assert_eq!(expansions[2].sampling.n, 2);
         let details: Value = serde_json::from_str(&host.nodes[1].details).unwrap();
         assert_eq!(details["origin"], "optimized");
         assert_eq!(details["query_id"], "q1");
