@@ -3,10 +3,12 @@
 //! reproduces the run, and `inspect` shows the roles used and the grant.
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use drpo_host::bindings::types::{LlmError, Role};
 use drpo_host::runlog::{CallRequest, CallResponse, read_log};
-use drpo_tests::server::Server;
+use drpo_tests::server::{Reply, Server, default_reply};
 use drpo_tests::{host, output, plugin, result_json, roles_at, text};
 
 /// Every (role, result) of the run's `complete` requests.
@@ -157,4 +159,75 @@ fn an_unknown_role_fails_before_the_run() {
         text(&out)
     );
     assert!(server.requests().is_empty());
+}
+
+#[test]
+fn a_resumed_run_counts_its_recorded_requests_against_the_call_cap() {
+    let slow = || {
+        Server::with_script(|path, request| Reply {
+            status: 200,
+            body: default_reply(path, request).to_string(),
+            delay: Duration::from_millis(150),
+            retry_after: None,
+        })
+    };
+    let flags = [
+        "--max-plugin-calls",
+        "7",
+        "--option",
+        "iterations=10",
+        "--option",
+        "width=1",
+    ];
+    let reference_work = tempfile::tempdir().unwrap();
+    let out = run(&slow(), reference_work.path(), "mcts", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let work = tempfile::tempdir().unwrap();
+    let server = slow();
+    let mut child = host(&work.path().join("cache"))
+        .arg("run")
+        .arg("--strategy")
+        .arg(plugin("mcts"))
+        .arg("--log-dir")
+        .arg(work.path().join("run"))
+        .args(roles_at(server.url()))
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.requests().len() < 4 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended too soon"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resume = output(
+        host(&work.path().join("cache"))
+            .arg("resume")
+            .arg(work.path().join("run")),
+    );
+    assert!(resume.status.success(), "{}", text(&resume));
+
+    let served = |dir: &Path| {
+        answered(dir)
+            .iter()
+            .filter(|(_, result)| result.is_ok())
+            .count()
+    };
+    assert_eq!(
+        served(&work.path().join("run")),
+        7,
+        "the cap holds across the resume"
+    );
+    assert_eq!(
+        result_json(&work.path().join("run"))["best_path"],
+        result_json(&reference_work.path().join("run"))["best_path"]
+    );
 }
