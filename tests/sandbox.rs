@@ -197,6 +197,7 @@ fn files_that_are_not_strategies_get_clear_errors() {
         "{error}"
     );
     assert!(error.contains("implements drpo:strategy@0.1.0"), "{error}");
+    assert!(error.contains("versions 0.1.x are compatible"), "{error}");
 
     let missing = dir.path().join("missing.wasm");
     let error = describe(&missing);

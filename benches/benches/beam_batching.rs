@@ -55,6 +55,7 @@ fn main() {
             queries: queries.clone(),
             examples: examples.clone(),
             gate: Default::default(),
+            grants: Default::default(),
         });
         let options = format!(
             r#"{{"depth":20,"beam_size":2,"n_actions":3,"ret_icl":false,"sequential":{sequential}}}"#

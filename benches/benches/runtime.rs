@@ -38,6 +38,7 @@ fn services() -> Arc<Services> {
         queries: vec![],
         examples: vec![],
         gate: Default::default(),
+        grants: Default::default(),
     })
 }
 

@@ -707,6 +707,15 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
     let spend = Spend::of(&recorded.calls, &header.models, &prices);
     println!();
     spend.table().iter().for_each(|line| println!("{line}"));
+    // The grant is in the run's configuration; a run directory without one ran unrestricted.
+    let grants = match RunConfig::load(&dir.config()) {
+        Ok(config) => crate::grants::Grants::from_flags(&config.host)?,
+        Err(_) => crate::grants::Grants::default(),
+    };
+    println!();
+    for line in crate::grants::usage_lines(&grants, &recorded.calls) {
+        println!("{line}");
+    }
     println!();
     match &recorded.end {
         Some(End {

@@ -124,6 +124,16 @@ pub struct HostFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// Roles the plugin may call, comma-separated (default all); a request for another role is
+    /// answered `rejected`.
+    #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_roles: Option<Vec<String>>,
+    /// Most model requests the plugin may make (each request of a batch, each embedding call);
+    /// past it, requests are answered `budget-exhausted`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_plugin_calls: Option<u64>,
 }
 
 /// The TOML config file: the same keys as the flags (snake_case), plus an `[options]` table for

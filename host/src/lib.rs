@@ -11,6 +11,7 @@
 //! | [`config`] | flags, config file and strategy options resolved into one configuration |
 //! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
+//! | [`grants`] | the roles and model calls a plugin is granted |
 //! | [`rundir`] | the files a run leaves |
 //! | [`pricing`] | the price table: USD per million tokens per model |
 //! | [`projection`] | the calls, tokens and money a run is projected to spend |
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod endpoints;
 pub mod gate;
+pub mod grants;
 pub mod metrics_cache;
 pub mod pricing;
 pub mod projection;

@@ -14,6 +14,7 @@ use crate::config::{ModelFlags, RunConfig};
 use crate::endpoints::EndpointFlags;
 use crate::gate::Gate;
 use crate::pricing::PriceTable;
+use crate::grants::Grants;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
@@ -40,6 +41,7 @@ pub fn build(config: &RunConfig, recorded: &[CallRecord]) -> anyhow::Result<Buil
             queries,
             examples,
             gate,
+            grants: Grants::from_flags(&config.host)?,
         }),
         models,
     })

@@ -21,7 +21,8 @@ pub fn plugin(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
-        "{} is missing: run ./scripts/build-plugins first (./scripts/test does)",
+        "{} is missing: run ./scripts/build-plugins (and ./scripts/build-python-plugin for \
+         refine-py) first; ./scripts/test does",
         path.display()
     );
     path

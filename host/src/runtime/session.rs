@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::bindings::drpo::strategy::{host, types};
 use crate::bindings::types::{Completion, Example, LlmError, LogLevel, Node, Query, Request};
+use crate::grants::{Grants, model_requests};
 use crate::provider::Router;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, Entry, Provenance, RunLogWriter};
 
@@ -23,6 +24,8 @@ pub struct Services {
     pub examples: Vec<Example>,
     /// The response cache and the budgets every model request passes.
     pub gate: crate::gate::Gate,
+    /// The roles and model calls the plugin may use; requests outside it never reach a provider.
+    pub grants: Grants,
 }
 
 /// Sees every call as it is answered (progress display, human log, tree collection).
@@ -40,6 +43,8 @@ pub struct Session {
     writer: Option<RunLogWriter>,
     observer: Option<Box<dyn Observer>>,
     next_index: u64,
+    /// Model requests answered so far (replayed ones included), for the call cap.
+    model_requests: u64,
     replayed: u64,
     live: u64,
     /// Why the session stopped the plugin, when it did (a divergence, a log write failure).
@@ -91,6 +96,7 @@ impl Session {
             writer,
             observer: None,
             next_index: 0,
+            model_requests: 0,
             replayed: 0,
             live: 0,
             failure: None,
@@ -144,6 +150,7 @@ impl Session {
                 })));
             }
             self.replayed += 1;
+            self.model_requests += model_requests(&recorded.request);
             if let Some(observer) = &mut self.observer {
                 observer.on_call(&recorded, true);
             }
@@ -156,7 +163,8 @@ impl Session {
             }));
         };
         let started = Instant::now();
-        let (response, cache_hits) = execute(&services, &request).await;
+        let (response, cache_hits) = execute(&services, &request, self.model_requests).await;
+        self.model_requests += model_requests(&request);
         let record = CallRecord {
             index,
             request,
@@ -194,21 +202,20 @@ impl Session {
     }
 }
 
-async fn execute(services: &Services, request: &CallRequest) -> (CallResponse, Vec<bool>) {
+async fn execute(
+    services: &Services,
+    request: &CallRequest,
+    used: u64,
+) -> (CallResponse, Vec<bool>) {
     match request {
-        CallRequest::Complete(batch) => {
-            let answers = services
-                .gate
-                .complete(&services.router, batch.clone())
-                .await;
-            let hits = answers.iter().map(|a| a.cache_hit).collect();
-            let results = answers.into_iter().map(|a| a.result).collect();
-            (CallResponse::Complete(results), hits)
-        }
-        CallRequest::Embed(texts) => (
-            CallResponse::Embed(services.gate.embed(&services.router, texts.clone()).await),
-            Vec::new(),
-        ),
+        CallRequest::Complete(batch) => complete_granted(services, batch, used).await,
+        CallRequest::Embed(texts) => match services.grants.refuse_call(used) {
+            Some(refusal) => (CallResponse::Embed(Err(refusal)), Vec::new()),
+            None => (
+                CallResponse::Embed(services.gate.embed(&services.router, texts.clone()).await),
+                Vec::new(),
+            ),
+        },
         CallRequest::Queries => (CallResponse::Queries(services.queries.clone()), Vec::new()),
         CallRequest::Examples => (
             CallResponse::Examples(services.examples.clone()),
@@ -216,6 +223,54 @@ async fn execute(services: &Services, request: &CallRequest) -> (CallResponse, V
         ),
         CallRequest::RecordNode(_) | CallRequest::Log { .. } => (CallResponse::Unit, Vec::new()),
     }
+}
+
+/// Runs the requests of `batch` that the plugin's grant allows, and answers the others with
+/// the grant's refusal, in the batch's order.
+async fn complete_granted(
+    services: &Services,
+    batch: &[Request],
+    used: u64,
+) -> (CallResponse, Vec<bool>) {
+    let refusals: Vec<Option<LlmError>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, request)| services.grants.refuse(request, used + i as u64))
+        .collect();
+    let allowed: Vec<Request> = batch
+        .iter()
+        .zip(&refusals)
+        .filter(|(_, refusal)| refusal.is_none())
+        .map(|(request, _)| request.clone())
+        .collect();
+    let mut answers = if allowed.is_empty() {
+        Vec::new()
+    } else {
+        services.gate.complete(&services.router, allowed).await
+    }
+    .into_iter();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut hits = Vec::with_capacity(batch.len());
+    for refusal in refusals {
+        match refusal {
+            Some(refusal) => {
+                results.push(Err(refusal));
+                hits.push(false);
+            }
+            None => {
+                let (result, hit) = answers.next().map_or_else(
+                    || {
+                        let missing = "the router returned no answer".to_owned();
+                        (Err(LlmError::Unavailable(missing)), false)
+                    },
+                    |a| (a.result, a.cache_hit),
+                );
+                results.push(result);
+                hits.push(hit);
+            }
+        }
+    }
+    (CallResponse::Complete(results), hits)
 }
 
 /// For a divergence inside a `complete` batch, the role of the request that differs.

@@ -1,0 +1,135 @@
+//! `drpo-kit`: write a `drpo-host` search strategy in plain Rust.
+//!
+//! A strategy implements [`Strategy`] and exports itself with [`export_strategy!`]; built for
+//! `wasm32-wasip2` the crate is a component of the `drpo:strategy` contract
+//! (`wit/strategy.wit`), ready for `drpo-host run --strategy`. The kit pins the contract version
+//! (the WIT file is compiled in), so a plugin states the version it was built for and the host
+//! can refuse an incompatible one by name.
+//!
+//! What the kit gives a strategy:
+//! - the host's imports as a value, [`ComponentHost`], which implements the DRPO library's
+//!   [`Host`] trait: write the search generic over `H: Host` and test it natively with a
+//!   scripted host, no WebAssembly involved;
+//! - [`HostExt`]: batched completion with answers parsed into serde types, node recording,
+//!   logging one-liners;
+//! - [`OptionsSchema`]: declare options once (type, default, description, minimum), publish the
+//!   schema from `describe`, and parse `run`'s options against it with the defaults filled in;
+//! - [`scoring`]: the DRPO reward of a candidate prompt (base answer, aspect selection, judge)
+//!   and the optimizer's proposals, in as few batched calls as possible, with the node details
+//!   the viewer shows;
+//! - the whole DRPO library as [`drpo`] (aspects, meta-prompts, tolerant parsing, rewards).
+//!
+//! `templates/strategy` is a complete strategy to copy; `docs/writing-a-strategy.md` walks
+//! through it.
+
+#![warn(missing_docs)]
+
+mod component;
+mod ext;
+mod options;
+pub mod scoring;
+pub mod testing;
+
+pub use component::ComponentHost;
+pub use drpo;
+pub use drpo::estimate::RoleEstimate;
+pub use drpo::types::{
+    Completion, Example, Host, Info, LlmError, LogLevel, Message, Node, Outcome, Prompt, Query,
+    Request, Role, Sampling, Usage,
+};
+pub use ext::{HostExt, Typed, chat_request};
+pub use options::{OptionsSchema, parse_with_schema};
+
+/// The version of the `drpo:strategy` contract this kit builds plugins for.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Everything a strategy usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Completion, ComponentHost, Example, Host, HostExt, Info, LlmError, LogLevel, Message, Node,
+        OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate, Sampling, Strategy,
+        Typed, chat_request, export_strategy,
+    };
+}
+
+/// A search strategy. The kit turns an implementation into the component's three exports.
+pub trait Strategy {
+    /// Name, version, description and the JSON Schema of the options (see [`OptionsSchema`]).
+    /// Must not call the host.
+    fn describe() -> Info;
+
+    /// Runs the search. `options` is the JSON object the user gave (the host fills defaults
+    /// from the schema; parse with [`OptionsSchema::parse`] all the same, so a direct call
+    /// works too). An `Err` is shown to the user as the reason the run failed.
+    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String>;
+
+    /// The calls a run with these options may make, per role, for the host's projection.
+    /// The default says nothing (an empty list); the host then shows no projection.
+    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
+        let _ = options;
+        Ok(Vec::new())
+    }
+}
+
+/// The generated bindings of `wit/strategy.wit`. Public for [`export_strategy!`] only: a
+/// strategy uses the kit's types, never these.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "strategy",
+        pub_export_macro: true,
+        export_macro_name: "export_component",
+        default_bindings_module: "drpo_kit::bindings",
+    });
+}
+
+/// Exports a [`Strategy`] as the component's `describe`, `run` and `estimate`. Use it once, at
+/// the crate root of a `cdylib` crate: `drpo_kit::export_strategy!(MyStrategy);`.
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        #[doc(hidden)]
+        struct __DrpoKitExports;
+
+        impl $crate::bindings::Guest for __DrpoKitExports {
+            fn describe() -> $crate::bindings::drpo::strategy::types::Info {
+                $crate::__export::describe::<$strategy>()
+            }
+            fn run(
+                options: ::std::string::String,
+            ) -> ::std::result::Result<
+                $crate::bindings::drpo::strategy::types::Outcome,
+                ::std::string::String,
+            > {
+                $crate::__export::run::<$strategy>(&options)
+            }
+            fn estimate(
+                options: ::std::string::String,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::bindings::drpo::strategy::types::RoleEstimate>,
+                ::std::string::String,
+            > {
+                $crate::__export::estimate::<$strategy>(&options)
+            }
+        }
+
+        $crate::bindings::export_component!(__DrpoKitExports with_types_in $crate::bindings);
+    };
+}
+
+/// The conversions behind [`export_strategy!`].
+#[doc(hidden)]
+pub mod __export {
+    pub use crate::component::{describe, estimate, run};
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_stated_contract_version_is_the_wit_files() {
+        let wit = include_str!("../../../wit/strategy.wit");
+        let package = format!("package drpo:strategy@{};", super::WIT_VERSION);
+        assert!(wit.contains(&package), "the kit states {package}");
+    }
+}

@@ -1,0 +1,235 @@
+//! Options declared once: the JSON Schema `describe` publishes, and the parser `run` uses, with
+//! the defaults taken from that same schema.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+/// A strategy's options: names, JSON types, defaults, lower bounds and descriptions.
+///
+/// ```
+/// # use drpo_kit::OptionsSchema;
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Options { steps: u32, temperature: f64 }
+/// let schema = OptionsSchema::new("My search options")
+///     .integer("steps", 5, 1, "How many steps to take.")
+///     .number("temperature", 0.7, 0.0, "The optimizer's sampling temperature.");
+/// let options: Options = schema.parse(r#"{"steps": 2}"#).unwrap();
+/// assert_eq!((options.steps, options.temperature), (2, 0.7));
+/// assert!(schema.parse::<Options>(r#"{"step": 2}"#).unwrap_err().contains("step"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct OptionsSchema {
+    title: String,
+    properties: Map<String, Value>,
+}
+
+impl OptionsSchema {
+    /// An empty schema with a title (shown by `drpo-host describe`).
+    pub fn new(title: &str) -> Self {
+        OptionsSchema {
+            title: title.to_owned(),
+            properties: Map::new(),
+        }
+    }
+
+    fn with(mut self, name: &str, property: Value) -> Self {
+        self.properties.insert(name.to_owned(), property);
+        self
+    }
+
+    /// A non-negative integer option of at least `minimum`.
+    pub fn integer(self, name: &str, default: u64, minimum: u64, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "integer", "default": default, "minimum": minimum, "description": description}),
+        )
+    }
+
+    /// A number option of at least `minimum`.
+    pub fn number(self, name: &str, default: f64, minimum: f64, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "number", "default": default, "minimum": minimum, "description": description}),
+        )
+    }
+
+    /// A boolean option.
+    pub fn boolean(self, name: &str, default: bool, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "boolean", "default": default, "description": description}),
+        )
+    }
+
+    /// A string option.
+    pub fn string(self, name: &str, default: &str, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "string", "default": default, "description": description}),
+        )
+    }
+
+    /// The schema as a JSON value (closed: unknown options are refused).
+    pub fn to_value(&self) -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": self.title,
+            "type": "object",
+            "additionalProperties": false,
+            "properties": self.properties,
+        })
+    }
+
+    /// The schema as JSON text, for [`crate::Info::options_schema`].
+    pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// Parses `run`'s options against this schema; see [`parse_with_schema`].
+    pub fn parse<T: DeserializeOwned>(&self, options: &str) -> Result<T, String> {
+        parse_with_schema(&self.to_value(), options)
+    }
+}
+
+/// Parses an options object against any JSON Schema of `type: object`: an empty text or `null`
+/// means `{}`; every property's `default` fills a missing option; an option the schema does not
+/// list, a value of the wrong JSON type, or one below its `minimum` is an error naming the
+/// option (all problems at once). The completed object is then deserialized into `T`.
+pub fn parse_with_schema<T: DeserializeOwned>(schema: &Value, options: &str) -> Result<T, String> {
+    let trimmed = options.trim();
+    let given = if trimmed.is_empty() || trimmed == "null" {
+        Map::new()
+    } else {
+        match serde_json::from_str(trimmed) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err("options must be a JSON object".into()),
+            Err(e) => return Err(format!("options are not JSON: {e}")),
+        }
+    };
+    let empty = Map::new();
+    let properties = schema["properties"].as_object().unwrap_or(&empty);
+    let mut problems = Vec::new();
+    let unknown: Vec<&str> = given
+        .keys()
+        .filter(|k| !properties.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = properties.keys().map(String::as_str).collect();
+        problems.push(format!(
+            "unknown option(s) {}; the options are {}",
+            unknown.join(", "),
+            known.join(", ")
+        ));
+    }
+    let mut complete = Map::new();
+    for (name, property) in properties {
+        let Some(value) = given.get(name).or_else(|| property.get("default")) else {
+            continue;
+        };
+        if let Some(problem) = check(name, property, value) {
+            problems.push(problem);
+        }
+        complete.insert(name.clone(), value.clone());
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    serde_json::from_value(Value::Object(complete)).map_err(|e| format!("invalid options: {e}"))
+}
+
+fn check(name: &str, property: &Value, value: &Value) -> Option<String> {
+    let expected = property["type"].as_str().unwrap_or("any");
+    let fits = match expected {
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "string" => value.is_string(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        _ => true,
+    };
+    if !fits {
+        return Some(format!(
+            "option {name} must be of type {expected}, not {value}"
+        ));
+    }
+    let minimum = property.get("minimum").and_then(Value::as_f64)?;
+    match value.as_f64() {
+        Some(v) if v < minimum => Some(format!(
+            "option {name} must be at least {minimum}, not {value}"
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Options {
+        iterations: u32,
+        exploration: f64,
+        greedy: bool,
+        start: String,
+    }
+
+    fn schema() -> OptionsSchema {
+        OptionsSchema::new("t")
+            .integer("iterations", 8, 1, "i")
+            .number("exploration", 1.5, 0.0, "c")
+            .boolean("greedy", false, "g")
+            .string("start", "Be helpful.", "s")
+    }
+
+    #[test]
+    fn defaults_come_from_the_schema() {
+        let all = Options {
+            iterations: 8,
+            exploration: 1.5,
+            greedy: false,
+            start: "Be helpful.".into(),
+        };
+        assert_eq!(schema().parse::<Options>("").unwrap(), all);
+        assert_eq!(schema().parse::<Options>(" null").unwrap(), all);
+        let some: Options = schema()
+            .parse(r#"{"iterations": 3, "greedy": true}"#)
+            .unwrap();
+        assert_eq!(
+            (some.iterations, some.greedy, some.exploration),
+            (3, true, 1.5)
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = schema()
+            .parse::<Options>(r#"{"iteration": 3, "exploration": -1, "greedy": "yes"}"#)
+            .unwrap_err();
+        assert!(err.contains("unknown option(s) iteration"), "{err}");
+        assert!(err.contains("exploration must be at least 0"), "{err}");
+        assert!(err.contains("greedy must be of type boolean"), "{err}");
+        assert!(
+            schema()
+                .parse::<Options>("[1]")
+                .unwrap_err()
+                .contains("object")
+        );
+        assert!(
+            schema()
+                .parse::<Options>("{")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+
+    #[test]
+    fn the_schema_is_closed_and_lists_defaults() {
+        let value = schema().to_value();
+        assert_eq!(value["additionalProperties"], false);
+        assert_eq!(value["properties"]["iterations"]["default"], 8);
+        assert_eq!(value["properties"]["iterations"]["minimum"], 1);
+    }
+}

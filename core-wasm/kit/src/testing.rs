@@ -1,0 +1,200 @@
+//! A scripted [`Host`] for testing a search natively (`cargo test`, no WebAssembly): it plays
+//! the four DRPO roles with answers in the shapes the kit's [`crate::scoring`] expects, and
+//! keeps every request, node and log line for assertions.
+
+use drpo::types::{Completion, Host, LlmError, LogLevel, Node, Prompt, Request, Role, Usage};
+use serde_json::{Map, Value, json};
+
+/// Scores a judged answer: receives the judge's prompt (which quotes the base model's answer,
+/// and the scripted base model answers with its whole prompt, so the candidate system prompt is
+/// in there) and returns the score for every aspect.
+pub type ScoreFn = Box<dyn FnMut(&str) -> u8>;
+
+/// Writes the `choice`-th new system prompt from the optimizer's prompt.
+pub type ProposeFn = Box<dyn FnMut(&str, u32) -> String>;
+
+/// A host whose models are closures.
+pub struct ScriptedHost {
+    score: ScoreFn,
+    propose: ProposeFn,
+    /// Every request, in order.
+    pub requests: Vec<Request>,
+    /// How many `complete` calls were made.
+    pub complete_calls: usize,
+    /// Every recorded node, in order.
+    pub nodes: Vec<Node>,
+    /// Every log line, in order.
+    pub logs: Vec<(LogLevel, String)>,
+    /// After this many requests, every further request answers `budget-exhausted`.
+    pub budget: Option<usize>,
+}
+
+impl ScriptedHost {
+    /// A host whose judge scores with `score` and whose optimizer writes with `propose`; the
+    /// metrics model always picks Helpfulness and Clarity.
+    pub fn new(
+        score: impl FnMut(&str) -> u8 + 'static,
+        propose: impl FnMut(&str, u32) -> String + 'static,
+    ) -> Self {
+        ScriptedHost {
+            score: Box::new(score),
+            propose: Box::new(propose),
+            requests: Vec::new(),
+            complete_calls: 0,
+            nodes: Vec::new(),
+            logs: Vec::new(),
+            budget: None,
+        }
+    }
+
+    /// How many requests went to `role`.
+    pub fn requests_for(&self, role: Role) -> usize {
+        self.requests.iter().filter(|r| r.role == role).count()
+    }
+
+    fn answer(&mut self, request: &Request) -> Vec<String> {
+        let text = match &request.prompt {
+            Prompt::Raw(text) => text.clone(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        match request.role {
+            Role::Base => vec![text],
+            Role::Metrics => vec![
+                json!({"query_analysis": {}, "aspects_selection": {
+                    "reasoning": "scripted", "selected_aspects": ["Helpfulness", "Clarity"]}})
+                .to_string(),
+            ],
+            Role::Judge => {
+                let score = (self.score)(&text);
+                let schema: Value = request
+                    .json_schema
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or(Value::Null);
+                let mut judgement = Map::new();
+                for aspect in schema["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    judgement.insert(
+                        aspect.clone(),
+                        json!({"rationale": format!("scripted {score}"), "score": score}),
+                    );
+                }
+                vec![Value::Object(judgement).to_string()]
+            }
+            Role::Optimizer => (0..request.sampling.n.max(1))
+                .map(|i| {
+                    json!({"analysis": "scripted", "thought": "scripted",
+                        "new_system_prompt": (self.propose)(&text, i)})
+                    .to_string()
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Host for ScriptedHost {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        self.complete_calls += 1;
+        batch
+            .into_iter()
+            .map(|request| {
+                if self.budget.is_some_and(|b| self.requests.len() >= b) {
+                    return Err(LlmError::BudgetExhausted);
+                }
+                let choices = self.answer(&request);
+                self.requests.push(request);
+                Ok(Completion {
+                    choices,
+                    usage: Usage::default(),
+                })
+            })
+            .collect()
+    }
+
+    fn embed(&mut self, _texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        Err(LlmError::Unavailable(
+            "the scripted host has no embedding model".into(),
+        ))
+    }
+
+    fn record_node(&mut self, node: Node) {
+        self.nodes.push(node);
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.logs.push((level, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::Scorer;
+    use drpo::options::Options;
+    use drpo::types::Query;
+
+    fn query(id: &str) -> Query {
+        Query {
+            id: id.into(),
+            text: format!("question {id}?"),
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_scorer_batches_and_reuses_aspect_selections() {
+        let mut host = ScriptedHost::new(
+            |judged| if judged.contains("careful") { 5 } else { 2 },
+            |_, i| format!("prompt {i}"),
+        );
+        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let candidates = vec![
+            ("Be careful.".to_string(), query("a")),
+            ("Be quick.".to_string(), query("a")),
+            ("Be careful.".to_string(), query("b")),
+        ];
+        let evaluations = scorer.evaluate(&mut host, &candidates).unwrap();
+        let rewards: Vec<f64> = evaluations.iter().map(|e| e.reward).collect();
+        assert_eq!(rewards, [5.0, 2.0, 5.0]);
+        assert_eq!(
+            host.complete_calls, 2,
+            "selections with answers, then judgements"
+        );
+        assert_eq!(
+            host.requests_for(Role::Metrics),
+            2,
+            "one per distinct query"
+        );
+        let details = evaluations[1].details();
+        assert_eq!(details["query_id"], "a");
+        assert_eq!(details["aspects"][0]["name"], "Helpfulness");
+        assert_eq!(details["aspects"][0]["score"], 2);
+
+        scorer.evaluate(&mut host, &candidates[..1]).unwrap();
+        assert_eq!(host.requests_for(Role::Metrics), 2, "query a is known now");
+
+        let proposals = scorer
+            .propose(&mut host, &evaluations[1], &["Be quick.".into()], 3)
+            .unwrap();
+        assert_eq!(proposals, ["prompt 0", "prompt 1", "prompt 2"]);
+    }
+
+    #[test]
+    fn a_spent_budget_stops_the_scorer() {
+        let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+        host.budget = Some(1);
+        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let stopped = scorer
+            .evaluate(&mut host, &[("p".into(), query("a"))])
+            .unwrap_err();
+        assert!(stopped.0.contains("budget"));
+    }
+}

@@ -1,0 +1,406 @@
+//! `greedy.wasm`: an OPRO-style search. The optimizer sees the trajectory of prompts tried so
+//! far with their scores (lowest first, as OPRO orders them) and the judge's notes on the best
+//! one, writes one new prompt per step, and the search keeps the best. A prompt's score is its
+//! mean DRPO reward on the same few training queries, so scores are comparable across steps.
+//! Built only on the public plugin kit; [`search`] runs against any [`Host`] and is tested
+//! natively.
+
+use drpo_kit::drpo::prompts;
+use drpo_kit::prelude::*;
+use drpo_kit::scoring::{Evaluation, Scorer, Settings, Stopped};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The options `run` accepts; defaults and bounds come from [`schema`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct Options {
+    /// New prompts to try, one per step.
+    pub steps: u32,
+    /// Training queries every prompt is judged on (the first ones the host gives).
+    pub eval_queries: u32,
+    /// Most scored prompts shown to the optimizer (the best ones).
+    pub trajectory: u32,
+    /// Seed, token limits, the optimizer's temperature, the initial prompt.
+    #[serde(flatten)]
+    pub requests: Settings,
+}
+
+/// The options, their defaults and bounds.
+pub fn schema() -> OptionsSchema {
+    let schema = OptionsSchema::new("OPRO-style greedy search options")
+        .integer(
+            "steps",
+            8,
+            1,
+            "New prompts to try, one optimizer call each.",
+        )
+        .integer(
+            "eval_queries",
+            2,
+            1,
+            "Training queries every prompt is judged on.",
+        )
+        .integer(
+            "trajectory",
+            8,
+            1,
+            "Most scored prompts shown to the optimizer (the best).",
+        );
+    Settings::add_to(schema, 1.0)
+}
+
+/// The calls per role: the initial prompt and each step's candidate are answered and judged on
+/// `eval_queries` queries; one optimizer request per step; one aspect selection per query.
+/// Fewest: every optimizer answer unusable, so only the initial prompt is judged.
+pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
+    let steps = u64::from(options.steps);
+    let judged = u64::from(options.eval_queries);
+    drpo_kit::drpo::estimate::estimate(&options.requests.request_options(1))
+        .into_iter()
+        .map(|mut e| {
+            (e.min_calls, e.max_calls) = match e.role {
+                Role::Base | Role::Judge => (judged, (1 + steps) * judged),
+                Role::Metrics => (1, judged),
+                Role::Optimizer => (steps, steps),
+            };
+            e
+        })
+        .collect()
+}
+
+/// One prompt tried, with its mean reward over the evaluation queries.
+struct Tried {
+    prompt: String,
+    score: f64,
+    parent: Option<usize>,
+    depth: u32,
+    evaluations: Vec<Evaluation>,
+}
+
+/// Runs the search; see the crate documentation.
+pub fn search<H: Host>(
+    host: &mut H,
+    options: &Options,
+    queries: &[Query],
+    examples: Vec<Example>,
+) -> Result<Outcome, String> {
+    let eval: Vec<Query> = queries
+        .iter()
+        .take(options.eval_queries as usize)
+        .cloned()
+        .collect();
+    if eval.is_empty() {
+        return Err("no training queries to search with".into());
+    }
+    let mut scorer = Scorer::new(options.requests.request_options(1), examples);
+    let root = options.requests.initial_system_prompt.clone();
+    let mut tried = Vec::new();
+    let evaluations = judge(host, &mut scorer, &root, &eval)
+        .map_err(|Stopped(why)| format!("the initial prompt could not be judged: {why}"))?;
+    add(host, &mut tried, root, None, evaluations, 0);
+    let mut best = 0;
+    let mut stopped = None;
+    let mut steps = 0;
+    for step in 1..=options.steps {
+        match take_step(host, &mut scorer, &mut tried, best, options, &eval, step) {
+            Ok(Some(id)) if tried[id].score > tried[best].score => {
+                host.info(format!(
+                    "step {step}: new best node {id} ({:.3})",
+                    tried[id].score
+                ));
+                best = id;
+            }
+            Ok(_) => {}
+            Err(Stopped(why)) => {
+                host.warn(format!(
+                    "search stopped early: {why}; returning the best so far"
+                ));
+                stopped = Some(why);
+                break;
+            }
+        }
+        steps = step;
+    }
+    let mut path = vec![best as u32];
+    while let Some(parent) = tried[*path.last().unwrap_or(&0) as usize].parent {
+        path.push(parent as u32);
+    }
+    path.reverse();
+    let trajectory: Vec<Value> = tried
+        .iter()
+        .enumerate()
+        .map(|(id, t)| json!({"id": id, "parent": t.parent, "score": t.score, "prompt": t.prompt}))
+        .collect();
+    host.info(format!(
+        "best node {best} with score {:.3}",
+        tried[best].score
+    ));
+    Ok(Outcome {
+        best_prompt: Some(tried[best].prompt.clone()),
+        best_score: Some(tried[best].score),
+        best_path: path,
+        details: json!({"steps": steps, "stopped": stopped, "trajectory": trajectory}).to_string(),
+    })
+}
+
+fn judge<H: Host>(
+    host: &mut H,
+    scorer: &mut Scorer,
+    prompt: &str,
+    eval: &[Query],
+) -> Result<Vec<Evaluation>, Stopped> {
+    let candidates: Vec<(String, Query)> = eval
+        .iter()
+        .map(|q| (prompt.to_owned(), q.clone()))
+        .collect();
+    scorer.evaluate(host, &candidates)
+}
+
+/// Asks for one new prompt, judges it, records it; `None` when the optimizer gave nothing
+/// usable.
+fn take_step<H: Host>(
+    host: &mut H,
+    scorer: &mut Scorer,
+    tried: &mut Vec<Tried>,
+    best: usize,
+    options: &Options,
+    eval: &[Query],
+    step: u32,
+) -> Result<Option<usize>, Stopped> {
+    let mut request = prompts::optimizer_request("", "", "", "", &[], scorer.options());
+    request.prompt = Prompt::Chat(vec![Message::new(
+        "user",
+        optimizer_prompt(tried, best, options.trajectory as usize),
+    )]);
+    let Some(prompt) = scorer.ask_for_prompts(host, request)?.into_iter().next() else {
+        host.warn(format!("step {step}: the optimizer gave no usable prompt"));
+        return Ok(None);
+    };
+    let evaluations = judge(host, scorer, &prompt, eval)?;
+    let depth = tried[best].depth + 1;
+    Ok(Some(add(
+        host,
+        tried,
+        prompt,
+        Some(best),
+        evaluations,
+        depth,
+    )))
+}
+
+fn add<H: Host>(
+    host: &mut H,
+    tried: &mut Vec<Tried>,
+    prompt: String,
+    parent: Option<usize>,
+    evaluations: Vec<Evaluation>,
+    depth: u32,
+) -> usize {
+    let id = tried.len();
+    let score = evaluations.iter().map(|e| e.reward).sum::<f64>() / evaluations.len() as f64;
+    // The first evaluation's fields at the top level, as every strategy shows one query per
+    // node; the others in `evaluations`.
+    let mut details = evaluations[0].details();
+    details["origin"] = json!(if parent.is_none() {
+        "initial"
+    } else {
+        "optimized"
+    });
+    details["evaluations"] = evaluations.iter().map(Evaluation::details).collect();
+    details["path_score"] = json!(score);
+    host.record(
+        id as u32,
+        parent.map(|p| p as u32),
+        depth,
+        &prompt,
+        score,
+        &details,
+    );
+    tried.push(Tried {
+        prompt,
+        score,
+        parent,
+        depth,
+        evaluations,
+    });
+    id
+}
+
+/// The optimizer's meta-prompt: the best `shown` prompts so far, lowest score first, then the
+/// judge's notes on the best prompt's answers.
+fn optimizer_prompt(tried: &[Tried], best: usize, shown: usize) -> String {
+    let mut order: Vec<usize> = (0..tried.len()).collect();
+    order.sort_by(|&a, &b| tried[b].score.total_cmp(&tried[a].score).then(a.cmp(&b)));
+    order.truncate(shown);
+    order.reverse();
+    let history: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            format!(
+                "System prompt:\n{}\nScore: {:.2}",
+                tried[i].prompt, tried[i].score
+            )
+        })
+        .collect();
+    let notes: Vec<String> = tried[best]
+        .evaluations
+        .iter()
+        .map(|e| format!("Question: {}\nJudgement: {}", e.query.text, e.feedback()))
+        .collect();
+    format!(
+        "You are improving the system prompt of an AI assistant. Each system prompt below was \
+tried on the same training questions; its score is the mean of a judge's ratings of the \
+assistant's answers, from 1 (poor) to 5 (excellent). They are listed from the lowest score to \
+the highest.\n\n{}\n\nWhat the judge said about the answers under the best prompt:\n\n{}\n\n\
+Write a new system prompt that is different from every prompt above and should score higher \
+than all of them. Answer with a single JSON object and nothing else:\n\
+{{\"analysis\": \"what the scores and the judgement show\", \"thought\": \"what the new prompt \
+changes\", \"new_system_prompt\": \"the complete new system prompt\"}}\n",
+        history.join("\n\n"),
+        notes.join("\n\n")
+    )
+}
+
+/// The exported strategy.
+struct Greedy;
+
+impl Strategy for Greedy {
+    fn describe() -> Info {
+        Info {
+            name: "greedy".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "OPRO-style greedy prompt search scored with DRPO's reward: every step \
+shows the optimizer the best prompts so far with their scores (lowest first) and the judge's \
+notes on the best one, asks for one new prompt, and judges it on the same eval_queries training \
+queries; the best prompt is kept."
+                .into(),
+            options_schema: schema().to_json(),
+        }
+    }
+
+    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
+        let options: Options = schema().parse(options)?;
+        let queries = host.queries();
+        let examples = host.examples();
+        search(host, &options, &queries, examples)
+    }
+
+    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(&schema().parse(options)?))
+    }
+}
+
+export_strategy!(Greedy);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drpo_kit::testing::ScriptedHost;
+
+    fn queries(n: usize) -> Vec<Query> {
+        (0..n)
+            .map(|i| Query {
+                id: format!("q{i}"),
+                text: format!("question {i}?"),
+                tags: vec![],
+            })
+            .collect()
+    }
+
+    fn options(steps: u32) -> Options {
+        let mut options: Options = schema().parse("{}").unwrap();
+        options.steps = steps;
+        options
+    }
+
+    /// The judge scores a prompt by its length in words (capped at 5); the optimizer writes the
+    /// best prompt in its context plus one word, except every third step, which it botches.
+    fn scripted() -> ScriptedHost {
+        let mut step = 0;
+        ScriptedHost::new(
+            |judged| {
+                let prompt = judged.split("# instructions").nth(1).unwrap_or_default();
+                let prompt = prompt.split("# Query").next().unwrap_or_default();
+                prompt.split_whitespace().count().clamp(1, 5) as u8
+            },
+            move |optimizer, _| {
+                step += 1;
+                let best = optimizer
+                    .split("System prompt:\n")
+                    .last()
+                    .and_then(|p| p.split("\nScore:").next())
+                    .unwrap_or_default();
+                if step % 3 == 0 {
+                    "Short.".into()
+                } else {
+                    format!("{best} more")
+                }
+            },
+        )
+    }
+
+    #[test]
+    fn the_best_prompt_is_kept_and_the_trajectory_shown_lowest_first() {
+        let mut host = scripted();
+        let mut opts = options(4);
+        opts.requests.initial_system_prompt = "Be good.".into();
+        let outcome = search(&mut host, &opts, &queries(3), Vec::new()).unwrap();
+        // Scores: "Be good." 2; "Be good. more" 3; "… more more" 4; "Short." 1; "… more ×3" 5.
+        assert_eq!(
+            outcome.best_prompt.as_deref(),
+            Some("Be good. more more more")
+        );
+        assert_eq!(outcome.best_score, Some(5.0));
+        assert_eq!(outcome.best_path, [0, 1, 2, 4]);
+        assert_eq!(
+            host.nodes[3].parent,
+            Some(2),
+            "the botched prompt improves node 2"
+        );
+        assert_eq!(host.nodes[3].reward, 1.0);
+        let last_optimizer = host
+            .requests
+            .iter()
+            .rev()
+            .find(|r| r.role == Role::Optimizer)
+            .unwrap();
+        let Prompt::Chat(messages) = &last_optimizer.prompt else {
+            panic!()
+        };
+        let text = &messages[0].content;
+        let order: Vec<usize> = [
+            "Short.",
+            "Be good.\n",
+            "Be good. more\n",
+            "Be good. more more\n",
+        ]
+        .iter()
+        .map(|p| text.find(&format!("System prompt:\n{p}")).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(host.requests_for(Role::Optimizer), 4);
+        assert_eq!(host.requests_for(Role::Base), 5 * 2);
+        assert_eq!(
+            host.requests_for(Role::Metrics),
+            2,
+            "the same two queries throughout"
+        );
+        for e in estimate_calls(&opts) {
+            let made = host.requests_for(e.role) as u64;
+            assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+        }
+        let details: Value = serde_json::from_str(&host.nodes[1].details).unwrap();
+        assert_eq!(details["evaluations"].as_array().unwrap().len(), 2);
+        assert_eq!(details["query_id"], "q0");
+    }
+
+    #[test]
+    fn a_spent_budget_returns_the_best_so_far() {
+        let mut host = scripted();
+        host.budget = Some(9);
+        let outcome = search(&mut host, &options(10), &queries(3), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert!(details["stopped"].as_str().unwrap().contains("budget"));
+        assert!(outcome.best_score.is_some());
+    }
+}

@@ -1,0 +1,230 @@
+//! What a plugin is allowed to ask of the models: the roles granted to it (`--allow-roles`) and
+//! how many model requests it may make (`--max-plugin-calls`). A request outside its grant never
+//! reaches a provider: it is answered `rejected` (a role) or `budget-exhausted` (the call cap),
+//! and that answer is recorded in the run log like any other, so a replay reproduces it.
+//!
+//! The call cap is a capability of the plugin, counted in requests whatever they cost; budgets
+//! on calls, tokens or money for the whole run are a separate matter.
+
+use anyhow::bail;
+
+use crate::bindings::types::{LlmError, Request, Role};
+use crate::config::HostFlags;
+use crate::rundir::role_name;
+use crate::runlog::{CallRecord, CallRequest, CallResponse};
+
+const ROLES: [Role; 4] = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
+
+/// A plugin's grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// The roles the plugin may call; `None`: all of them.
+    roles: Option<Vec<Role>>,
+    /// The most model requests (`complete` requests and `embed` calls); `None`: no cap.
+    max_calls: Option<u64>,
+}
+
+impl Grants {
+    /// The grant the run's flags describe. Role names are checked here, so a typo fails before
+    /// the run starts.
+    pub fn from_flags(host: &HostFlags) -> anyhow::Result<Grants> {
+        let roles = match &host.allow_roles {
+            None => None,
+            Some(names) => {
+                let mut roles = Vec::new();
+                for name in names {
+                    let name = name.trim();
+                    match ROLES.iter().find(|r| role_name(**r) == name) {
+                        Some(role) if !roles.contains(role) => roles.push(*role),
+                        Some(_) => {}
+                        None => bail!(
+                            "--allow-roles: unknown role `{name}`; the roles are base, metrics, \
+                             judge and optimizer"
+                        ),
+                    }
+                }
+                Some(roles)
+            }
+        };
+        Ok(Grants {
+            roles,
+            max_calls: host.max_plugin_calls,
+        })
+    }
+
+    /// Whether the grant limits anything.
+    pub fn is_unlimited(&self) -> bool {
+        self.roles.is_none() && self.max_calls.is_none()
+    }
+
+    /// Why `request` may not run, given `used` requests so far; `None` when it may.
+    pub fn refuse(&self, request: &Request, used: u64) -> Option<LlmError> {
+        if let Some(roles) = &self.roles
+            && !roles.contains(&request.role)
+        {
+            return Some(LlmError::Rejected(format!(
+                "role {} is not granted to this plugin (--allow-roles {})",
+                role_name(request.role),
+                self.role_list()
+            )));
+        }
+        self.refuse_call(used)
+    }
+
+    /// Whether one more model call (an `embed`, or a request of any role) fits the call cap.
+    pub fn refuse_call(&self, used: u64) -> Option<LlmError> {
+        match self.max_calls {
+            Some(max) if used >= max => Some(LlmError::BudgetExhausted),
+            _ => None,
+        }
+    }
+
+    fn role_list(&self) -> String {
+        match &self.roles {
+            None => "all roles".into(),
+            Some(roles) if roles.is_empty() => "none".into(),
+            Some(roles) => roles
+                .iter()
+                .map(|r| role_name(*r))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    /// One line for `drpo-host inspect`.
+    pub fn describe(&self) -> String {
+        let calls = match self.max_calls {
+            Some(max) => format!("at most {max} model calls"),
+            None => "no call cap".into(),
+        };
+        format!("roles {}; {calls}", self.role_list())
+    }
+}
+
+/// How many model requests a call record holds, for the call cap: each request of a `complete`
+/// batch, and an `embed` call.
+pub fn model_requests(request: &CallRequest) -> u64 {
+    match request {
+        CallRequest::Complete(batch) => batch.len() as u64,
+        CallRequest::Embed(_) => 1,
+        _ => 0,
+    }
+}
+
+/// The roles a run used (each with its request count) and the requests its grant refused, as
+/// `drpo-host inspect` shows them.
+pub fn usage_lines(grants: &Grants, calls: &[CallRecord]) -> Vec<String> {
+    let mut used = [0u64; 4];
+    let mut rejected = Vec::new();
+    let mut capped = 0u64;
+    for call in calls {
+        let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
+            (&call.request, &call.response)
+        else {
+            continue;
+        };
+        for (request, result) in batch.iter().zip(results) {
+            let slot = ROLES.iter().position(|r| *r == request.role).unwrap_or(0);
+            used[slot] += 1;
+            match result {
+                Err(LlmError::Rejected(why)) if why.contains("--allow-roles") => {
+                    rejected.push(format!("call {}: {why}", call.index));
+                }
+                Err(LlmError::BudgetExhausted) => capped += 1,
+                _ => {}
+            }
+        }
+    }
+    let roles: Vec<String> = ROLES
+        .iter()
+        .zip(used)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{} ({n})", role_name(*r)))
+        .collect();
+    let mut lines = vec![
+        format!(
+            "roles used     {}",
+            if roles.is_empty() {
+                "none".into()
+            } else {
+                roles.join(", ")
+            }
+        ),
+        format!("granted        {}", grants.describe()),
+    ];
+    if !rejected.is_empty() {
+        lines.push(format!("refused        {} request(s)", rejected.len()));
+        lines.extend(rejected.into_iter().map(|r| format!("  {r}")));
+    }
+    if capped > 0 {
+        lines.push(format!("budget-exhausted answers  {capped}"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::{Prompt, Sampling};
+
+    fn flags(roles: Option<&str>, max: Option<u64>) -> HostFlags {
+        HostFlags {
+            allow_roles: roles.map(|r| r.split(',').map(str::to_owned).collect()),
+            max_plugin_calls: max,
+            ..HostFlags::default()
+        }
+    }
+
+    fn request(role: Role) -> Request {
+        Request {
+            role,
+            prompt: Prompt::Raw("hi".into()),
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                max_tokens: 1,
+                n: 1,
+                seed: 0,
+                stop: Vec::new(),
+            },
+            json_schema: None,
+        }
+    }
+
+    #[test]
+    fn a_role_outside_the_grant_is_rejected_with_the_grant_named() {
+        let grants = Grants::from_flags(&flags(Some("judge,optimizer"), None)).unwrap();
+        assert_eq!(grants.refuse(&request(Role::Judge), 0), None);
+        let Some(LlmError::Rejected(why)) = grants.refuse(&request(Role::Base), 0) else {
+            panic!("base is not granted")
+        };
+        assert_eq!(
+            why,
+            "role base is not granted to this plugin (--allow-roles judge,optimizer)"
+        );
+    }
+
+    #[test]
+    fn the_call_cap_answers_budget_exhausted_once_spent() {
+        let grants = Grants::from_flags(&flags(None, Some(2))).unwrap();
+        assert_eq!(grants.refuse(&request(Role::Base), 1), None);
+        assert_eq!(
+            grants.refuse(&request(Role::Base), 2),
+            Some(LlmError::BudgetExhausted)
+        );
+        assert!(
+            Grants::from_flags(&flags(None, None))
+                .unwrap()
+                .is_unlimited()
+        );
+    }
+
+    #[test]
+    fn unknown_role_names_fail_before_the_run() {
+        let error = Grants::from_flags(&flags(Some("judge,optimiser"), None)).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown role `optimiser`"),
+            "{error}"
+        );
+    }
+}
