@@ -172,7 +172,7 @@ stop_sampling
 
 section "(b2) decode: the small-row matmul kernels side by side ($SWEEP_CONFIG)"
 # Each kernel of models/src/cuda_matmul.rs on the same shapes (short prompt and generation).
-for kernel in ${SWEEP_KERNELS:-cmma unit unit-min unit-double vecmat gemv-unit gemv-plane}; do
+for kernel in ${SWEEP_KERNELS:-cmma gemv-plane vecmat}; do
   DRPO_CUDA_SMALL_MATMUL=$kernel run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-$kernel.jsonl" \
     bench --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len 32 --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernel: FAILED (exit $?)"

@@ -8,8 +8,9 @@
 //! projections with at most [`SMALL_M`] rows, and the tensor-core kernel for the rest.
 //!
 //! `DRPO_CUDA_SMALL_MATMUL` names the small-row kernel (see [`KERNELS`]; `cmma` keeps the
-//! tensor-core kernel), so `scripts/gpu-check.sh` can measure each on the same build. A kernel
-//! that cannot take a problem's layout falls back to the tensor-core kernel, with one warning.
+//! tensor-core kernel, the default), so `scripts/gpu-check.sh` can measure each on the same
+//! build. A kernel that cannot take a problem's layout falls back to the tensor-core kernel,
+//! with one warning.
 
 use std::any::Any;
 use std::sync::{Mutex, OnceLock};
@@ -42,8 +43,10 @@ pub const KERNELS: [&str; 9] = [
     "naive",
 ];
 
-/// The kernel used when `DRPO_CUDA_SMALL_MATMUL` is unset.
-const DEFAULT_KERNEL: &str = "unit";
+/// The kernel used when `DRPO_CUDA_SMALL_MATMUL` is unset: on an H100 (run 4 in
+/// `docs/gpu-check-results.md`) none of the others beat the tensor-core kernel on the decoder's
+/// row-major `[in, out]` weights, and the matrix-vector ones refuse that layout.
+const DEFAULT_KERNEL: &str = "cmma";
 
 fn strategy(name: &str) -> Option<Strategy> {
     let unit = |tile_size| {
