@@ -12,14 +12,22 @@
 //! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
 //! | [`rundir`] | the files a run leaves |
+//! | [`outputs`] | the `view` and `export` commands |
+//! | [`progress`] | the progress display of a run |
+//! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
+//! | [`viewer`] | `tree.html`, the self-contained tree viewer |
 //! | [`cli`] | the command line |
 
 pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod metrics_cache;
+pub mod outputs;
+pub mod progress;
 pub mod provider;
+pub mod report;
 pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+pub mod viewer;

@@ -27,6 +27,10 @@ pub struct Services {
 pub trait Observer: Send + std::any::Any {
     /// Called once per answered call; `replayed` is true when the answer came from the log.
     fn on_call(&mut self, record: &CallRecord, replayed: bool);
+
+    /// Called when a live call is about to be answered (so a display can show what is in
+    /// flight); replayed calls are answered at once and only reach [`Observer::on_call`].
+    fn on_request(&mut self, _request: &CallRequest) {}
 }
 
 /// How the session answers the plugin.
@@ -153,6 +157,9 @@ impl Session {
                 import: request.import_name(),
             }));
         };
+        if let Some(observer) = &mut self.observer {
+            observer.on_request(&request);
+        }
         let started = Instant::now();
         let (response, cache_hits) = execute(&services, &request).await;
         let record = CallRecord {
