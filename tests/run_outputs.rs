@@ -101,11 +101,18 @@ fn result_json_is_valid_against_its_documented_schema() {
     assert_eq!(tree.len(), 1 + 2 + 4);
     for node in tree {
         let details = &node["details"];
-        assert!(details["query"].as_str().is_some_and(|q| !q.is_empty()), "{node}");
+        assert!(
+            details["query"].as_str().is_some_and(|q| !q.is_empty()),
+            "{node}"
+        );
         assert!(details["answer"].is_string(), "{node}");
         let aspects = details["aspects"].as_array().unwrap();
         assert!(!aspects.is_empty(), "{node}");
-        assert!(aspects.iter().all(|a| a["rationale"].is_string() && a["score"].is_u64()));
+        assert!(
+            aspects
+                .iter()
+                .all(|a| a["rationale"].is_string() && a["score"].is_u64())
+        );
     }
     let rewards: Vec<f64> = tree.iter().map(|n| n["reward"].as_f64().unwrap()).collect();
     assert!(
@@ -121,7 +128,9 @@ fn result_json_is_valid_against_its_documented_schema() {
     let path = result["best_path"].as_array().unwrap();
     for (step, id) in path.iter().enumerate() {
         assert!(trace.contains(&format!(" Step {step} ")), "{trace}");
-        let prompt = tree[id.as_u64().unwrap() as usize]["prompt"].as_str().unwrap();
+        let prompt = tree[id.as_u64().unwrap() as usize]["prompt"]
+            .as_str()
+            .unwrap();
         assert!(trace.contains(prompt.trim_end()), "{trace}");
     }
 }
@@ -260,15 +269,27 @@ fn tree_html_renders_every_node_marks_the_best_path_and_shows_a_selected_node() 
     );
     let prompt = selected["prompt"].as_str().unwrap();
     assert!(
-        dom.contains(&format!("<pre id=\"detail-prompt\">{}</pre>", html_text(prompt))),
+        dom.contains(&format!(
+            "<pre id=\"detail-prompt\">{}</pre>",
+            html_text(prompt)
+        )),
         "the selected node's prompt is not shown:\n{dom}"
     );
     let answer = selected["details"]["answer"].as_str().unwrap();
-    assert!(dom.contains(&format!("<pre id=\"detail-answer\">{}</pre>", html_text(answer))));
-    assert!(dom.contains("id=\"detail-diff\""), "no diff from the parent");
+    assert!(dom.contains(&format!(
+        "<pre id=\"detail-answer\">{}</pre>",
+        html_text(answer)
+    )));
+    assert!(
+        dom.contains("id=\"detail-diff\""),
+        "no diff from the parent"
+    );
     for aspect in selected["details"]["aspects"].as_array().unwrap() {
         let rationale = aspect["rationale"].as_str().unwrap();
-        assert!(dom.contains(&html_text(rationale)), "rationale {rationale} missing");
+        assert!(
+            dom.contains(&html_text(rationale)),
+            "rationale {rationale} missing"
+        );
     }
     assert!(dom.contains("class=\"best-line\""), "no reward chart");
 
@@ -386,7 +407,8 @@ fn progress_lines_show_on_a_pipe_and_quiet_silences_them() {
         .lines()
         .filter(|l| l.starts_with("progress: "))
         .collect();
-    // One line as each level completes (stderr is a pipe here, so no bar).
+    // One line as each level completes, and the totals at the end (stderr is a pipe here, so
+    // no bar).
     for level in 1..=3 {
         assert!(
             lines
@@ -395,8 +417,16 @@ fn progress_lines_show_on_a_pipe_and_quiet_silences_them() {
             "{stderr}"
         );
     }
-    assert!(lines.iter().all(|l| l.contains(" calls") && l.contains(" tokens")));
-    assert!(lines.last().unwrap().contains("7 nodes"), "{stderr}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" calls") && l.contains(" tokens"))
+    );
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("7 nodes") && last.ends_with(", done"),
+        "{stderr}"
+    );
 
     for flag in ["--quiet", "--disable-tqdm"] {
         let quiet = output(
@@ -484,7 +514,10 @@ fn no_output_file_holds_the_api_key() {
         "tree.html",
         "output.json",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing: {names:?}"
+        );
     }
     for file in &files {
         let bytes = std::fs::read(file).unwrap();

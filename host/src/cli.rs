@@ -351,7 +351,10 @@ fn observer_for(dir: &RunDir, config: &RunConfig, quiet: bool) -> anyhow::Result
     if quiet {
         return Ok(observer);
     }
-    let depth = config.options.get("depth").and_then(serde_json::Value::as_u64);
+    let depth = config
+        .options
+        .get("depth")
+        .and_then(serde_json::Value::as_u64);
     Ok(observer.with_display(Box::new(Progress::on_stderr(depth))))
 }
 

@@ -61,8 +61,9 @@ pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> any
         ExportFormat::Published => serde_json::to_string_pretty(&report.published())? + "\n",
     };
     match output {
-        Some(path) => std::fs::write(path, text)
-            .with_context(|| format!("cannot write {}", path.display())),
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        }
         None => {
             print!("{text}");
             Ok(())

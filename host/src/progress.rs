@@ -105,7 +105,11 @@ impl Progress {
     fn eta(&self) -> Option<Duration> {
         let done = self.levels_done();
         let total = self.levels_total()?;
-        (done > 0).then(|| self.started.elapsed().mul_f64((total - done) as f64 / done as f64))
+        (done > 0).then(|| {
+            self.started
+                .elapsed()
+                .mul_f64((total - done) as f64 / done as f64)
+        })
     }
 
     fn show(&mut self, level_changed: bool) {
@@ -169,9 +173,15 @@ impl Observer for Progress {
 }
 
 impl Drop for Progress {
+    /// The run is over: a bar clears itself, plain output ends with the totals.
     fn drop(&mut self) {
-        if let Display::Bar(bar) = &self.display {
-            bar.finish_and_clear();
+        match &self.display {
+            Display::Bar(bar) => bar.finish_and_clear(),
+            Display::Lines { .. } => eprintln!(
+                "progress: {}, {:.1}s elapsed, done",
+                self.summary(),
+                self.started.elapsed().as_secs_f64()
+            ),
         }
     }
 }

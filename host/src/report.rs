@@ -336,7 +336,9 @@ mod tests {
     #[test]
     fn published_output_lists_levels_in_path_order_with_string_scores() {
         let text = serde_json::to_string(&report().published()).unwrap();
-        assert!(text.starts_with(r#"{"level 0":{"Prompt":"prompt 0\nline two","Evaluation of the prompt":{"#));
+        assert!(text.starts_with(
+            r#"{"level 0":{"Prompt":"prompt 0\nline two","Evaluation of the prompt":{"#
+        ));
         let level_1 = text.find("\"level 1\"").unwrap();
         let level_2 = text.find("\"level 2\"").unwrap();
         assert!(level_1 < level_2);

@@ -59,7 +59,9 @@ mod tests {
         };
         let report = RunReport::new(strategy, Ok(&outcome), &[node]);
         let page = render(&report);
-        let start = page.find("<script type=\"application/json\" id=\"report\">").unwrap();
+        let start = page
+            .find("<script type=\"application/json\" id=\"report\">")
+            .unwrap();
         let data = &page[start..];
         let data = &data[data.find('>').unwrap() + 1..data.find("</script>").unwrap()];
         assert!(!data.contains('<'));
@@ -69,8 +71,18 @@ mod tests {
 
     #[test]
     fn the_page_fetches_nothing() {
-        for external in ["<link", " src=", "@import", "url(", "fetch(", "XMLHttpRequest"] {
-            assert!(!TEMPLATE.contains(external), "tree.html contains {external}");
+        for external in [
+            "<link",
+            " src=",
+            "@import",
+            "url(",
+            "fetch(",
+            "XMLHttpRequest",
+        ] {
+            assert!(
+                !TEMPLATE.contains(external),
+                "tree.html contains {external}"
+            );
         }
     }
 }
