@@ -355,7 +355,7 @@ fn observer_for(dir: &RunDir, config: &RunConfig, quiet: bool) -> anyhow::Result
         .options
         .get("depth")
         .and_then(serde_json::Value::as_u64);
-    Ok(observer.with_display(Box::new(Progress::on_stderr(depth))))
+    Ok(observer.with_display(Progress::on_stderr(depth)))
 }
 
 /// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`, `trace.txt`

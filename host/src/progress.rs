@@ -43,7 +43,7 @@ impl Progress {
         let display = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(planned_levels, ProgressDrawTarget::stderr());
             let template = if planned_levels.is_some() {
-                "{spinner} [{elapsed_precise}] {bar:30} {msg} (ETA {eta})"
+                "{spinner} [{elapsed_precise}] {bar:30} {msg}"
             } else {
                 "{spinner} [{elapsed_precise}] {msg}"
             };
@@ -70,6 +70,14 @@ impl Progress {
             calls: 0,
             in_flight: 0,
             tokens: 0,
+        }
+    }
+
+    /// Prints a line on stderr above the bar (a bare `eprintln!` would tear it).
+    pub fn print_line(&self, line: &str) {
+        match &self.display {
+            Display::Bar(bar) => bar.suspend(|| eprintln!("{line}")),
+            Display::Lines { .. } => eprintln!("{line}"),
         }
     }
 
@@ -113,8 +121,13 @@ impl Progress {
     }
 
     fn show(&mut self, level_changed: bool) {
-        let summary = self.summary();
-        let (done, total, eta) = (self.levels_done(), self.levels_total(), self.eta());
+        // The ETA is ours, not the bar's: the bar's reads 0 s before the first level is done.
+        let eta = self
+            .eta()
+            .map(|e| format!(", ETA {:.0}s", e.as_secs_f64()))
+            .unwrap_or_default();
+        let summary = format!("{}{eta}", self.summary());
+        let (done, total) = (self.levels_done(), self.levels_total());
         match &mut self.display {
             Display::Bar(bar) => {
                 if let Some(total) = total {
@@ -127,11 +140,8 @@ impl Progress {
                 let due = last.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
                 if level_changed || due {
                     *last = Some(Instant::now());
-                    let eta = eta
-                        .map(|e| format!(", ETA {:.0}s", e.as_secs_f64()))
-                        .unwrap_or_default();
                     eprintln!(
-                        "progress: {summary}, {:.1}s elapsed{eta}",
+                        "progress: {summary}, {:.1}s elapsed",
                         self.started.elapsed().as_secs_f64()
                     );
                 }

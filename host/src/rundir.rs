@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::bindings::types::{LogLevel, Node, Prompt, Role};
+use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
 use crate::runtime::Observer;
@@ -59,8 +60,9 @@ pub struct RunObserver {
     /// Print the plugin's info-and-above lines on stderr.
     echo: bool,
     debug: bool,
-    /// Shows progress (see [`crate::progress`]); it sees every call this observer sees.
-    display: Option<Box<dyn Observer>>,
+    /// Shows progress; it sees every call this observer sees, and echoed lines go through it
+    /// so they do not tear a progress bar.
+    display: Option<Progress>,
 }
 
 impl RunObserver {
@@ -79,9 +81,8 @@ impl RunObserver {
         })
     }
 
-    /// Also passes every call to `display` (a progress display), until
-    /// [`RunObserver::close_display`].
-    pub fn with_display(mut self, display: Box<dyn Observer>) -> RunObserver {
+    /// Also passes every call to `display`, until [`RunObserver::close_display`].
+    pub fn with_display(mut self, display: Progress) -> RunObserver {
         self.display = Some(display);
         self
     }
@@ -186,7 +187,10 @@ impl Observer for RunObserver {
             (CallRequest::Log { level, message }, _) => {
                 self.line(&format!("[{}] {message}", level_name(*level)));
                 if self.echo && !replayed && !matches!(level, LogLevel::Trace | LogLevel::Debug) {
-                    eprintln!("{message}");
+                    match &self.display {
+                        Some(display) => display.print_line(message),
+                        None => eprintln!("{message}"),
+                    }
                 }
             }
             _ => self.line(&format!(
