@@ -333,6 +333,51 @@ fn view_rewrites_tree_html_from_the_run_log() {
 }
 
 #[test]
+fn view_shows_the_nodes_of_an_interrupted_run_and_export_refuses_it() {
+    use drpo_host::runlog::{Entry, RunLogWriter, read_log};
+    let server = varied_server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
+    // The same run as if killed after its fourth node: the log up to that call, no end.
+    let entries = read_log(&dir.join("run.log")).unwrap().entries;
+    let nodes_seen = |upto: usize| {
+        entries[..upto]
+            .iter()
+            .filter(|e| matches!(e, Entry::Call(c) if c.request.import_name() == "record-node"))
+            .count()
+    };
+    let cut = (1..entries.len()).find(|&i| nodes_seen(i) == 4).unwrap();
+    let killed = work.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::copy(dir.join("config.json"), killed.join("config.json")).unwrap();
+    let mut writer = RunLogWriter::create(&killed.join("run.log"), &entries[0]).unwrap();
+    for entry in &entries[1..cut] {
+        writer.append(entry).unwrap();
+    }
+    writer.sync().unwrap();
+    drop(writer);
+
+    let out = output(host(&work.path().join("cache")).arg("view").arg(&killed));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("4 nodes, interrupted"),
+        "{}",
+        text(&out)
+    );
+    let page = std::fs::read_to_string(killed.join("tree.html")).unwrap();
+    assert!(page.contains(r#""status":"interrupted""#));
+    assert!(!killed.join("trace.txt").exists(), "no best path, no trace");
+
+    let out = output(
+        host(&work.path().join("cache"))
+            .args(["export", "--format", "published"])
+            .arg(&killed),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no best path"), "{}", text(&out));
+}
+
+#[test]
 fn export_writes_the_published_output_json_shape() {
     let server = varied_server();
     let work = tempfile::tempdir().unwrap();

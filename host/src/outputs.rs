@@ -33,9 +33,8 @@ pub fn view(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", dir.trace().display()))?;
     }
     let state = match report.status {
-        RunStatus::Finished => "finished".to_string(),
-        RunStatus::Failed => "failed".to_string(),
-        RunStatus::Interrupted => "interrupted: the nodes recorded so far".to_string(),
+        RunStatus::Interrupted => "interrupted: the nodes recorded so far",
+        status => status.name(),
     };
     println!(
         "{} ({} nodes, {state})",
@@ -51,10 +50,17 @@ pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> any
     let dir = RunDir::new(dir);
     let report = report_of(&dir)?;
     if report.best_path.is_empty() {
+        let why = match (&report.status, &report.error) {
+            (RunStatus::Interrupted, _) => format!(
+                "it was interrupted; finish it with `drpo-host resume {}`",
+                dir.root().display()
+            ),
+            (RunStatus::Failed, Some(error)) => format!("it failed: {error}"),
+            (status, _) => format!("it {} without one", status.name()),
+        };
         bail!(
-            "the run in {} has no best path to export (it is {:?}); finish it with `drpo-host resume`",
-            dir.root().display(),
-            report.status
+            "the run in {} has no best path to export: {why}",
+            dir.root().display()
         );
     }
     let text = match format {

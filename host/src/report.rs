@@ -64,6 +64,17 @@ pub enum RunStatus {
     Interrupted,
 }
 
+impl RunStatus {
+    /// As written in `result.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// One node of the search tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportNode {
