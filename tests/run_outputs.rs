@@ -75,21 +75,57 @@ fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> PathBuf
     dir
 }
 
+/// `docs/result.schema.json`, compiled.
+fn result_schema() -> jsonschema::Validator {
+    let schema_path = workspace().join("docs/result.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).expect("the schema is a valid schema")
+}
+
+fn assert_valid(validator: &jsonschema::Validator, result: &Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(result)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "result.json: {errors:#?}");
+}
+
+#[test]
+fn another_strategys_result_json_is_valid_too() {
+    // testkit's chain mode records a node per step with details of its own.
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("run");
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("testkit"))
+            .arg("--log-dir")
+            .arg(&dir)
+            .args(roles_at(server.url()))
+            .args(["--option", "steps=3", "--quiet"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let result = result_json(&dir);
+    assert_valid(&result_schema(), &result);
+    assert_eq!(result["strategy"]["name"], "testkit");
+    assert_eq!(result["tree"].as_array().unwrap().len(), 4);
+    assert_eq!(result["tree"][2]["details"]["step"], 1);
+    assert_eq!(result["levels"].as_array().unwrap().len(), 4);
+    let page = std::fs::read_to_string(dir.join("tree.html")).unwrap();
+    assert!(page.contains(r#""name":"testkit""#));
+}
+
 #[test]
 fn result_json_is_valid_against_its_documented_schema() {
     let server = varied_server();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
-    let schema_path = workspace().join("docs/result.schema.json");
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid schema");
+    let validator = result_schema();
     let result = result_json(&dir);
-    let errors: Vec<String> = validator
-        .iter_errors(&result)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "result.json: {errors:#?}");
+    assert_valid(&validator, &result);
 
     // The schema rejects what it should: it is not a schema that accepts anything.
     let mut broken = result.clone();

@@ -88,7 +88,7 @@ pub struct ReportNode {
     pub prompt: String,
     /// Its reward.
     pub reward: f64,
-    /// What the strategy reported with it (JSON when it sent JSON, else a string).
+    /// What the strategy reported with it: a JSON object when it sent one, else its text.
     pub details: Value,
 }
 
@@ -202,7 +202,11 @@ impl ReportNode {
             depth: node.depth,
             prompt: node.prompt.clone(),
             reward: node.reward,
-            details: json_or_text(&node.details),
+            details: match json_or_text(&node.details) {
+                object @ Value::Object(_) => object,
+                // Only objects have fields a reader can look for; anything else stays as sent.
+                _ => Value::String(node.details.clone()),
+            },
         }
     }
 
@@ -300,7 +304,7 @@ mod tests {
         let nodes = [
             node(0, None, 0, 3.0, aspects),
             node(1, Some(0), 1, 4.0, "{}"),
-            node(2, Some(0), 1, 2.0, "not json"),
+            node(2, Some(0), 1, 2.0, "[1, 2]"),
             node(3, Some(1), 2, 5.0, aspects),
         ];
         let outcome = Outcome {
@@ -326,10 +330,10 @@ mod tests {
     }
 
     #[test]
-    fn details_stay_json_or_become_text() {
+    fn node_details_stay_objects_or_become_text() {
         let report = report();
         assert_eq!(report.tree[0].details["aspects"][1]["rationale"], "thin");
-        assert_eq!(report.tree[2].details, Value::String("not json".into()));
+        assert_eq!(report.tree[2].details, Value::String("[1, 2]".into()));
         assert_eq!(report.details["final_depth"], 3);
     }
 
