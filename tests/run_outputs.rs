@@ -206,32 +206,34 @@ fn chromium(profile: &Path) -> Command {
     command
 }
 
-/// Runs a command to its end or for at most `limit`, returning stdout.
+/// Runs a command to its end or for at most `limit`, returning stdout. Its output goes to
+/// files, not pipes: a page's DOM outgrows a pipe's buffer, and a full pipe would stall it.
 fn run_bounded(command: &mut Command, limit: Duration) -> String {
+    let capture = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = (capture.path().join("out"), capture.path().join("err"));
     let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .expect("start chromium");
     let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if started.elapsed() > limit {
             child.kill().unwrap();
+            child.wait().unwrap();
             panic!("{command:?} took more than {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    };
     assert!(
-        out.status.success(),
-        "{command:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "{command:?}: {status}\n{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
     );
-    String::from_utf8(out.stdout).unwrap()
+    std::fs::read_to_string(&stdout).unwrap()
 }
 
 /// The opening tags `<g ...>` of the rendered tree nodes: (id, class).
