@@ -416,6 +416,37 @@ fn view_shows_the_nodes_of_an_interrupted_run_and_export_refuses_it() {
 }
 
 #[test]
+fn a_failed_run_still_leaves_its_tree_html() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("run");
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("testkit"))
+            .arg("--log-dir")
+            .arg(&dir)
+            .args(roles_at(server.url()))
+            .args([
+                "--option",
+                "mode=panic",
+                "--option",
+                "message=gave up",
+                "--quiet",
+            ]),
+    );
+    assert!(!out.status.success());
+    assert!(
+        !dir.join("result.json").exists(),
+        "no outcome, no result.json"
+    );
+    let page = std::fs::read_to_string(dir.join("tree.html")).unwrap();
+    assert!(page.contains(r#""status":"failed""#), "{page}");
+    assert!(page.contains("gave up"), "the page says why");
+}
+
+#[test]
 fn export_writes_the_published_output_json_shape() {
     let server = varied_server();
     let work = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags}
 use crate::outputs::ExportFormat;
 use crate::progress::Progress;
 use crate::report::{RunReport, StrategyName};
-use crate::rundir::{RunDir, RunObserver, role_name, write_result};
+use crate::rundir::{RunDir, RunObserver, role_name, write_result, write_viewer};
 use crate::runlog::{
     CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, FORMAT_VERSION, Header,
     LogContents, read_log,
@@ -359,7 +359,7 @@ fn observer_for(dir: &RunDir, config: &RunConfig, quiet: bool) -> anyhow::Result
 }
 
 /// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`, `trace.txt`
-/// and `tree.html`.
+/// and `tree.html` (only `tree.html` when the run failed).
 fn finish(
     dir: &RunDir,
     header: &Header,
@@ -397,10 +397,21 @@ fn finish(
         session.live_calls(),
         started.elapsed().as_secs_f64()
     ));
-    let outcome = result?;
     let strategy = StrategyName {
         name: header.plugin_name.clone(),
         version: header.plugin_version.clone(),
+    };
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // The nodes found before the failure are still worth a look.
+            let message = error.to_string();
+            let report = RunReport::new(strategy, Err(Some(&message)), observer.nodes());
+            if let Err(viewer_error) = write_viewer(dir, &report) {
+                eprintln!("note: {viewer_error}");
+            }
+            return Err(error.into());
+        }
     };
     write_result(
         dir,
