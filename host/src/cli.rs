@@ -12,9 +12,12 @@ use crate::bindings::types::{Message, Outcome, Prompt, Request, Role, Sampling};
 use crate::budget::BudgetFlags;
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::endpoints::EndpointFlags;
+use crate::outputs::ExportFormat;
 use crate::pricing::PriceTable;
+use crate::progress::{Progress, RolePrices};
 use crate::projection::Projection;
-use crate::rundir::{RunDir, RunObserver, write_result};
+use crate::report::{RunReport, StrategyName};
+use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{
     CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, read_log,
 };
@@ -56,6 +59,23 @@ pub enum Command {
     Inspect {
         /// The run directory.
         dir: PathBuf,
+    },
+    /// (Re)write a run's tree.html (and trace.txt) from its run log; works for older,
+    /// replayed and interrupted runs too.
+    View {
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// Write a run's best path in another tool's format, to stdout or --output.
+    Export {
+        /// The run directory.
+        dir: PathBuf,
+        /// The format: `published` is the published DRPO's output.json.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Show a strategy's name, version, description and options schema.
     Describe {
@@ -123,7 +143,7 @@ pub struct RunArgs {
     /// A strategy option as KEY=VALUE (VALUE is JSON, or else a string); repeatable.
     #[arg(long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Do not echo the plugin's log lines on the terminal.
+    /// Show neither the progress display nor the plugin's log lines on the terminal.
     #[arg(long, alias = "disable-tqdm")]
     pub quiet: bool,
 }
@@ -135,6 +155,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Replay { dir, strategy } => replay(&dir, strategy.as_deref()).await,
         Command::Resume { dir } => resume(&dir).await,
         Command::Inspect { dir } => inspect(&dir),
+        Command::View { dir } => crate::outputs::view(&dir),
+        Command::Export {
+            dir,
+            format,
+            output,
+        } => crate::outputs::export(&dir, format, output.as_ref()),
         Command::Describe { strategy } => describe(&strategy).await,
         Command::Generate(args) => generate(args).await,
     }
@@ -284,7 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let writer =
         crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
-    let observer = observer_for(&dir, &config, args.quiet)?;
+    let observer = observer_for(&dir, &config, &header, args.quiet)?;
     eprintln!(
         "running {} {} in {}",
         info.name,
@@ -357,7 +383,7 @@ async fn run_to_end(
             session,
         )
         .await;
-    let outcome = finish(dir, finished, started);
+    let outcome = finish(dir, header, finished, started);
     print_spend(dir, header, config);
     let outcome = outcome?;
     save_metrics_cache(config, &outcome)?;
@@ -391,18 +417,38 @@ fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<(
     Ok(())
 }
 
-fn observer_for(dir: &RunDir, config: &RunConfig, quiet: bool) -> anyhow::Result<RunObserver> {
+fn observer_for(
+    dir: &RunDir,
+    config: &RunConfig,
+    header: &Header,
+    quiet: bool,
+) -> anyhow::Result<RunObserver> {
     let debug = config
         .host
         .logging_level
         .as_deref()
         .is_some_and(|level| !level.eq_ignore_ascii_case("INFO"));
-    RunObserver::open(dir, !quiet, debug)
-        .with_context(|| format!("cannot open {}", dir.human_log().display()))
+    let observer = RunObserver::open(dir, !quiet, debug)
+        .with_context(|| format!("cannot open {}", dir.human_log().display()))?;
+    if quiet {
+        return Ok(observer);
+    }
+    let depth = config
+        .options
+        .get("depth")
+        .and_then(serde_json::Value::as_u64);
+    let prices = RolePrices::new(&header.models, PriceTable::new(&config.prices));
+    Ok(observer.with_display(Progress::on_stderr(depth, prices)))
 }
 
-/// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`.
-fn finish(dir: &RunDir, finished: Finished<Outcome>, started: Instant) -> anyhow::Result<Outcome> {
+/// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`, `trace.txt`
+/// and `tree.html` (only `tree.html` when the run failed).
+fn finish(
+    dir: &RunDir,
+    header: &Header,
+    finished: Finished<Outcome>,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
     let Finished {
         result,
         mut session,
@@ -422,6 +468,7 @@ fn finish(dir: &RunDir, finished: Finished<Outcome>, started: Instant) -> anyhow
         writer.sync()?;
     }
     let mut observer = take_run_observer(&mut session);
+    observer.close_display();
     for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
         if !text.trim().is_empty() {
             observer.line(&format!("[plugin {name}]\n{}", text.trim_end()));
@@ -433,8 +480,26 @@ fn finish(dir: &RunDir, finished: Finished<Outcome>, started: Instant) -> anyhow
         session.live_calls(),
         started.elapsed().as_secs_f64()
     ));
-    let outcome = result?;
-    write_result(dir, &outcome, observer.nodes())?;
+    let strategy = StrategyName {
+        name: header.plugin_name.clone(),
+        version: header.plugin_version.clone(),
+    };
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // The nodes found before the failure are still worth a look.
+            let message = error.to_string();
+            let report = RunReport::new(strategy, Err(Some(&message)), observer.nodes());
+            if let Err(viewer_error) = write_viewer(dir, &report) {
+                eprintln!("note: {viewer_error}");
+            }
+            return Err(error.into());
+        }
+    };
+    write_result(
+        dir,
+        &RunReport::new(strategy, Ok(&outcome), observer.nodes()),
+    )?;
     Ok(outcome)
 }
 
@@ -459,14 +524,15 @@ fn print_outcome(dir: &RunDir, outcome: &Outcome) {
 }
 
 /// The verified log of a run directory, its header, calls and end.
-struct RecordedRun {
+pub(crate) struct RecordedRun {
     header: Header,
     calls: Vec<CallRecord>,
     end: Option<End>,
-    contents: LogContents,
+    pub(crate) contents: LogContents,
 }
 
-fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
+/// Reads and verifies a run directory's log, and checks its format version.
+pub(crate) fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
     let contents = read_log(&dir.run_log())?;
     let mut header = None;
     let mut calls = Vec::new();
@@ -642,7 +708,7 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
         frames,
     )?;
     let calls = recorded.calls.len();
-    let mut observer = observer_for(&dir, &config, false)?;
+    let mut observer = observer_for(&dir, &config, &recorded.header, false)?;
     observer.line(&format!(
         "[resume] replaying {calls} recorded calls, then continuing live"
     ));

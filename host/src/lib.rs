@@ -20,6 +20,10 @@
 //! | [`cache`] | the persistent response cache |
 //! | [`endpoints`] | per-role endpoints and keys, rate limits, concurrency, cache switch |
 //! | [`gate`] | what live requests pass: the cache, then the budget |
+//! | [`outputs`] | the `view` and `export` commands |
+//! | [`progress`] | the progress display of a run |
+//! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
+//! | [`viewer`] | `tree.html`, the self-contained tree viewer |
 //! | [`cli`] | the command line |
 
 pub mod accounting;
@@ -32,10 +36,14 @@ pub mod endpoints;
 pub mod gate;
 pub mod grants;
 pub mod metrics_cache;
+pub mod outputs;
 pub mod pricing;
+pub mod progress;
 pub mod projection;
 pub mod provider;
+pub mod report;
 pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+pub mod viewer;

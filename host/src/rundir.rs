@@ -5,15 +5,17 @@
 //! | `config.json` | the resolved [`RunConfig`](crate::config::RunConfig): repeat the run from it |
 //! | `run.log` | the binary run log (see [`crate::runlog`]) |
 //! | `log.txt` | a readable log: every call, the plugin's log lines, each scored node |
-//! | `result.json` | the outcome and the whole search tree |
+//! | `result.json` | the outcome and the whole search tree (schema: `docs/result.schema.json`) |
+//! | `trace.txt` | the prompt at each step of the best path |
+//! | `tree.html` | a self-contained viewer of the tree (see [`crate::viewer`]) |
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
-
-use crate::bindings::types::{LogLevel, Node, Outcome, Prompt, Role};
+use crate::bindings::types::{LogLevel, Node, Prompt, Role};
+use crate::progress::Progress;
+use crate::report::RunReport;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
 use crate::runtime::Observer;
 
@@ -43,6 +45,12 @@ impl RunDir {
     pub fn result(&self) -> PathBuf {
         self.root.join("result.json")
     }
+    pub fn trace(&self) -> PathBuf {
+        self.root.join("trace.txt")
+    }
+    pub fn tree_html(&self) -> PathBuf {
+        self.root.join("tree.html")
+    }
 }
 
 /// Writes `log.txt` line by line as calls complete, and collects the search tree.
@@ -52,6 +60,9 @@ pub struct RunObserver {
     /// Print the plugin's info-and-above lines on stderr.
     echo: bool,
     debug: bool,
+    /// Shows progress; it sees every call this observer sees, and echoed lines go through it
+    /// so they do not tear a progress bar.
+    display: Option<Progress>,
 }
 
 impl RunObserver {
@@ -66,7 +77,19 @@ impl RunObserver {
             nodes: Vec::new(),
             echo,
             debug,
+            display: None,
         })
+    }
+
+    /// Also passes every call to `display`, until [`RunObserver::close_display`].
+    pub fn with_display(mut self, display: Progress) -> RunObserver {
+        self.display = Some(display);
+        self
+    }
+
+    /// Ends the progress display (a bar clears itself), before the outcome is printed.
+    pub fn close_display(&mut self) {
+        self.display = None;
     }
 
     /// An observer that only collects the tree (for `replay`).
@@ -76,6 +99,7 @@ impl RunObserver {
             nodes: Vec::new(),
             echo: false,
             debug: false,
+            display: None,
         }
     }
 
@@ -95,7 +119,16 @@ impl RunObserver {
 }
 
 impl Observer for RunObserver {
+    fn on_request(&mut self, request: &CallRequest) {
+        if let Some(display) = &mut self.display {
+            display.on_request(request);
+        }
+    }
+
     fn on_call(&mut self, record: &CallRecord, replayed: bool) {
+        if let Some(display) = &mut self.display {
+            display.on_call(record, replayed);
+        }
         let origin = if replayed { " (replayed)" } else { "" };
         let index = record.index;
         match (&record.request, &record.response) {
@@ -154,7 +187,10 @@ impl Observer for RunObserver {
             (CallRequest::Log { level, message }, _) => {
                 self.line(&format!("[{}] {message}", level_name(*level)));
                 if self.echo && !replayed && !matches!(level, LogLevel::Trace | LogLevel::Debug) {
-                    eprintln!("{message}");
+                    match &self.display {
+                        Some(display) => display.print_line(message),
+                        None => eprintln!("{message}"),
+                    }
                 }
             }
             _ => self.line(&format!(
@@ -165,32 +201,23 @@ impl Observer for RunObserver {
     }
 }
 
-/// Writes `result.json`: the outcome and every node of the tree.
-pub fn write_result(dir: &RunDir, outcome: &Outcome, nodes: &[Node]) -> anyhow::Result<()> {
-    let details: Value =
-        serde_json::from_str(&outcome.details).unwrap_or(Value::String(outcome.details.clone()));
-    let nodes: Vec<Value> = nodes
-        .iter()
-        .map(|node| {
-            json!({
-                "id": node.id,
-                "parent": node.parent,
-                "depth": node.depth,
-                "prompt": node.prompt,
-                "reward": node.reward,
-                "details": serde_json::from_str::<Value>(&node.details).unwrap_or(Value::String(node.details.clone())),
-            })
-        })
-        .collect();
-    let result = json!({
-        "best_prompt": outcome.best_prompt,
-        "best_score": outcome.best_score,
-        "best_path": outcome.best_path,
-        "details": details,
-        "tree": nodes,
-    });
-    std::fs::write(dir.result(), serde_json::to_string_pretty(&result)? + "\n")
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.result().display()))
+/// Writes what a finished run found: `result.json`, `trace.txt` and `tree.html`.
+pub fn write_result(dir: &RunDir, report: &RunReport) -> anyhow::Result<()> {
+    write_file(
+        &dir.result(),
+        &(serde_json::to_string_pretty(report)? + "\n"),
+    )?;
+    write_file(&dir.trace(), &report.trace())?;
+    write_viewer(dir, report)
+}
+
+/// Writes `tree.html`.
+pub fn write_viewer(dir: &RunDir, report: &RunReport) -> anyhow::Result<()> {
+    write_file(&dir.tree_html(), &crate::viewer::render(report))
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 pub(crate) fn role_name(role: Role) -> &'static str {

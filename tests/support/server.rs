@@ -281,8 +281,8 @@ pub fn follow_schema(schema: &Value, tag: &str) -> Value {
     }
 }
 
-fn digest(text: &str) -> u64 {
-    // FNV-1a: stable across runs and platforms.
+/// A stable 64-bit digest of `text` (FNV-1a: the same across runs and platforms).
+pub fn digest(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
     })

@@ -32,6 +32,10 @@ pub struct Services {
 pub trait Observer: Send + std::any::Any {
     /// Called once per answered call; `replayed` is true when the answer came from the log.
     fn on_call(&mut self, record: &CallRecord, replayed: bool);
+
+    /// Called when a live call is about to be answered (so a display can show what is in
+    /// flight); replayed calls are answered at once and only reach [`Observer::on_call`].
+    fn on_request(&mut self, _request: &CallRequest) {}
 }
 
 /// How the session answers the plugin.
@@ -162,6 +166,9 @@ impl Session {
                 import: request.import_name(),
             }));
         };
+        if let Some(observer) = &mut self.observer {
+            observer.on_request(&request);
+        }
         let started = Instant::now();
         let (response, cache_hits) = execute(&services, &request, self.model_requests).await;
         self.model_requests += model_requests(&request);

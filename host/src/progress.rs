@@ -1,0 +1,373 @@
+//! Progress of a run on stderr: a bar on a terminal, plain lines otherwise.
+//!
+//! Everything shown comes from the calls the session answers, so it works for any strategy:
+//! levels are the depths of the nodes recorded so far (out of the strategy's `depth` option,
+//! when it has one), calls are the import calls answered, tokens the sum of every completion's
+//! usage, money those tokens at each role's model's price.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::bindings::types::Role;
+use crate::pricing::{Money, PriceTable};
+use crate::rundir::role_name;
+use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
+use crate::runtime::Observer;
+
+/// What each role's tokens cost: the role's model (from the run log header) priced by the run's
+/// price table.
+pub struct RolePrices {
+    models: Vec<RoleModel>,
+    table: PriceTable,
+}
+
+impl RolePrices {
+    /// The prices of the models in `models`, the run log header's list.
+    pub fn new(models: &[RoleModel], table: PriceTable) -> RolePrices {
+        RolePrices {
+            models: models.to_vec(),
+            table,
+        }
+    }
+
+    fn cost(&self, role: Role, prompt: u64, completion: u64) -> Money {
+        match self.models.iter().find(|m| m.role == role_name(role)) {
+            Some(model) => self.table.cost(&model.model, prompt, completion),
+            None if prompt == 0 && completion == 0 => Money::ZERO,
+            None => Money::Unknown,
+        }
+    }
+}
+
+/// How often a plain line is printed when nothing else prompts one.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts a run's progress and shows it.
+pub struct Progress {
+    display: Display,
+    started: Instant,
+    /// Levels the strategy means to search (its `depth` option), when known.
+    planned_levels: Option<u64>,
+    /// The deepest node recorded so far.
+    deepest: Option<u32>,
+    nodes: u64,
+    calls: u64,
+    /// Requests of the `complete` call being answered now.
+    in_flight: usize,
+    tokens: u64,
+    prices: RolePrices,
+    money: Money,
+}
+
+enum Display {
+    Bar(ProgressBar),
+    Lines { last: Option<Instant> },
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, plain lines otherwise. `planned_levels` is the search
+    /// depth, when the strategy has one.
+    pub fn on_stderr(planned_levels: Option<u64>, prices: RolePrices) -> Progress {
+        let display = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(planned_levels, ProgressDrawTarget::stderr());
+            let template = if planned_levels.is_some() {
+                "{spinner} [{elapsed_precise}] {bar:30} {msg}"
+            } else {
+                "{spinner} [{elapsed_precise}] {msg}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("the progress template is valid")
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Display::Bar(bar)
+        } else {
+            Display::Lines { last: None }
+        };
+        Progress::with_display(display, planned_levels, prices)
+    }
+
+    fn with_display(display: Display, planned_levels: Option<u64>, prices: RolePrices) -> Progress {
+        Progress {
+            display,
+            started: Instant::now(),
+            planned_levels,
+            deepest: None,
+            nodes: 0,
+            calls: 0,
+            in_flight: 0,
+            tokens: 0,
+            prices,
+            money: Money::ZERO,
+        }
+    }
+
+    /// Prints a line on stderr above the bar (a bare `eprintln!` would tear it).
+    pub fn print_line(&self, line: &str) {
+        match &self.display {
+            Display::Bar(bar) => bar.suspend(|| eprintln!("{line}")),
+            Display::Lines { .. } => eprintln!("{line}"),
+        }
+    }
+
+    /// Levels completed: every depth up to the deepest node recorded.
+    fn levels_done(&self) -> u64 {
+        self.deepest.map_or(0, |d| u64::from(d) + 1)
+    }
+
+    /// The levels to reach: the planned depth, or more when the strategy went deeper (beam
+    /// may grant extra levels).
+    fn levels_total(&self) -> Option<u64> {
+        self.planned_levels.map(|p| p.max(self.levels_done()))
+    }
+
+    /// One line: level, calls, tokens, money, nodes.
+    fn summary(&self) -> String {
+        let level = match self.levels_total() {
+            Some(total) => format!("level {} of {total}", self.levels_done()),
+            None => format!("{} levels", self.levels_done()),
+        };
+        let in_flight = if self.in_flight > 0 {
+            format!(" ({} requests in flight)", self.in_flight)
+        } else {
+            String::new()
+        };
+        format!(
+            "{level}, {} calls{in_flight}, {} tokens, {}, {} nodes",
+            self.calls, self.tokens, self.money, self.nodes
+        )
+    }
+
+    /// Seconds left at the pace of the levels done so far.
+    fn eta(&self) -> Option<Duration> {
+        let done = self.levels_done();
+        let total = self.levels_total()?;
+        (done > 0).then(|| {
+            self.started
+                .elapsed()
+                .mul_f64((total - done) as f64 / done as f64)
+        })
+    }
+
+    fn show(&mut self, level_changed: bool) {
+        // The ETA is ours, not the bar's: the bar's reads 0 s before the first level is done.
+        let eta = self
+            .eta()
+            .map(|e| format!(", ETA {:.0}s", e.as_secs_f64()))
+            .unwrap_or_default();
+        let summary = format!("{}{eta}", self.summary());
+        let (done, total) = (self.levels_done(), self.levels_total());
+        match &mut self.display {
+            Display::Bar(bar) => {
+                if let Some(total) = total {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+                bar.set_message(summary);
+            }
+            Display::Lines { last } => {
+                let due = last.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
+                if level_changed || due {
+                    *last = Some(Instant::now());
+                    eprintln!(
+                        "progress: {summary}, {:.1}s elapsed",
+                        self.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_request(&mut self, request: &CallRequest) {
+        if let CallRequest::Complete(batch) = request {
+            self.in_flight = batch.len();
+            self.show(false);
+        }
+    }
+
+    fn on_call(&mut self, record: &CallRecord, _replayed: bool) {
+        self.calls += 1;
+        self.in_flight = 0;
+        let mut level_changed = false;
+        match (&record.request, &record.response) {
+            (CallRequest::Complete(batch), CallResponse::Complete(results)) => {
+                for (request, result) in batch.iter().zip(results) {
+                    let Ok(completion) = result else { continue };
+                    let (prompt, generated) = (
+                        u64::from(completion.usage.prompt_tokens),
+                        u64::from(completion.usage.completion_tokens),
+                    );
+                    self.tokens += prompt + generated;
+                    self.money = self
+                        .money
+                        .plus(self.prices.cost(request.role, prompt, generated));
+                }
+            }
+            (CallRequest::RecordNode(node), _) => {
+                self.nodes += 1;
+                if self.deepest.is_none_or(|d| node.depth > d) {
+                    self.deepest = Some(node.depth);
+                    level_changed = true;
+                }
+            }
+            _ => {}
+        }
+        self.show(level_changed);
+    }
+}
+
+impl Drop for Progress {
+    /// The run is over: a bar clears itself, plain output ends with the totals.
+    fn drop(&mut self) {
+        match &self.display {
+            Display::Bar(bar) => bar.finish_and_clear(),
+            Display::Lines { .. } => eprintln!(
+                "progress: {}, {:.1}s elapsed, done",
+                self.summary(),
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::{Completion, Node, Prompt, Request, Sampling, Usage};
+    use crate::runlog::Provenance;
+
+    fn record(request: CallRequest, response: CallResponse) -> CallRecord {
+        CallRecord {
+            index: 0,
+            request,
+            response,
+            provenance: Provenance::default(),
+        }
+    }
+
+    fn node(depth: u32) -> CallRecord {
+        let node = Node {
+            id: 0,
+            parent: None,
+            depth,
+            prompt: String::new(),
+            reward: 0.0,
+            details: String::new(),
+        };
+        record(CallRequest::RecordNode(node), CallResponse::Unit)
+    }
+
+    fn lines(levels: Option<u64>) -> Progress {
+        let models =
+            [("judge", "custom-judge"), ("base", "local:model.gguf")].map(|(role, model)| {
+                RoleModel {
+                    role: role.into(),
+                    model: model.into(),
+                    provider: String::new(),
+                }
+            });
+        let prices = [(
+            "custom-judge".to_string(),
+            crate::pricing::Price {
+                input: 1.0,
+                output: 2.0,
+            },
+        )]
+        .into();
+        let prices = RolePrices::new(&models, PriceTable::new(&prices));
+        Progress::with_display(Display::Lines { last: None }, levels, prices)
+    }
+
+    fn request(role: Role) -> Request {
+        Request {
+            role,
+            prompt: Prompt::Raw(String::new()),
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                max_tokens: 1,
+                n: 1,
+                seed: 0,
+                stop: Vec::new(),
+            },
+            json_schema: None,
+        }
+    }
+
+    #[test]
+    fn counts_levels_calls_tokens_money_and_nodes() {
+        let mut progress = lines(Some(3));
+        let completion = Completion {
+            choices: vec!["a".into()],
+            usage: Usage {
+                prompt_tokens: 10_000,
+                completion_tokens: 5_000,
+            },
+        };
+        let batch = vec![request(Role::Judge), request(Role::Base)];
+        progress.on_request(&CallRequest::Complete(batch.clone()));
+        progress.on_call(
+            &record(
+                CallRequest::Complete(batch),
+                CallResponse::Complete(vec![Ok(completion.clone()), Ok(completion)]),
+            ),
+            false,
+        );
+        progress.on_call(&node(0), false);
+        progress.on_call(&node(1), false);
+        progress.on_call(&node(1), false);
+        // The judge's 10k in and 5k out at $1 and $2 per million; the local base model is free.
+        assert_eq!(
+            progress.summary(),
+            "level 2 of 3, 4 calls, 30000 tokens, $0.02, 3 nodes"
+        );
+        assert!(progress.eta().is_some());
+    }
+
+    #[test]
+    fn tokens_of_a_role_without_a_price_make_the_money_unknown() {
+        let mut progress = lines(None);
+        let completion = Completion {
+            choices: vec!["a".into()],
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            },
+        };
+        progress.on_call(
+            &record(
+                CallRequest::Complete(vec![request(Role::Optimizer)]),
+                CallResponse::Complete(vec![Ok(completion)]),
+            ),
+            false,
+        );
+        assert!(
+            progress.summary().contains(", unknown,"),
+            "{}",
+            progress.summary()
+        );
+    }
+
+    #[test]
+    fn a_strategy_that_goes_deeper_than_planned_raises_the_total() {
+        let mut progress = lines(Some(2));
+        for depth in 0..4 {
+            progress.on_call(&node(depth), false);
+        }
+        assert_eq!(progress.levels_total(), Some(4));
+        assert_eq!(progress.eta(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn without_a_planned_depth_there_is_no_eta() {
+        let mut progress = lines(None);
+        progress.on_call(&node(0), false);
+        assert!(progress.summary().starts_with("1 levels"));
+        assert_eq!(progress.eta(), None);
+    }
+}
