@@ -76,6 +76,8 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
                 "12",
                 "--system",
                 "You answer in one short sentence.",
+                "-k",
+                "1",
             ])
             .arg("What is the capital of France?"),
     );

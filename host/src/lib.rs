@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod endpoints;
 pub mod gate;
+pub mod generate;
 pub mod grants;
 pub mod metrics_cache;
 pub mod pricing;
