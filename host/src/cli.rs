@@ -65,6 +65,9 @@ pub enum Command {
     /// Answer queries with an optimized prompt and retrieved in-context examples (the published
     /// inference format), or under a system prompt of your choice.
     Generate(Box<crate::generate::GenerateArgs>),
+    /// Judge a JSONL of answers on helpfulness, clarity, factuality, depth and engagement (safety
+    /// for harmful queries) with eval.wasm; compare two answer files side by side.
+    Eval(Box<crate::eval::EvalArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +112,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect { dir } => inspect(&dir),
         Command::Describe { strategy } => describe(&strategy).await,
         Command::Generate(args) => crate::generate::generate(*args).await,
+        Command::Eval(args) => crate::eval::eval(*args).await,
     }
 }
 

@@ -19,7 +19,9 @@
 //! | [`budget`] | call, token, money and time budgets |
 //! | [`cache`] | the persistent response cache |
 //! | [`endpoints`] | per-role endpoints and keys, rate limits, concurrency, cache switch |
+//! | [`eval`] | judging answer files with eval.wasm, the side-by-side report |
 //! | [`gate`] | what live requests pass: the cache, then the budget |
+//! | [`generate`] | answering queries with an optimized prompt and retrieved examples |
 //! | [`cli`] | the command line |
 
 pub mod accounting;
@@ -29,6 +31,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod endpoints;
+pub mod eval;
 pub mod gate;
 pub mod generate;
 pub mod grants;
