@@ -190,7 +190,36 @@ pub fn write_result(dir: &RunDir, outcome: &Outcome, nodes: &[Node]) -> anyhow::
         "tree": nodes,
     });
     std::fs::write(dir.result(), serde_json::to_string_pretty(&result)? + "\n")
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.result().display()))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dir.result().display()))?;
+    write_examples(dir, &result["details"])
+}
+
+/// The file an example-optimizing strategy's examples are written to.
+pub const EXAMPLES_FILE: &str = "examples.json";
+
+/// Writes `examples.json` in the published `{query: answer}` shape (in the strategy's order)
+/// when the outcome's details are optimized examples (`kind` `icl-examples`, an `examples`
+/// list of `{query, answer}`).
+fn write_examples(dir: &RunDir, details: &Value) -> anyhow::Result<()> {
+    if details["kind"] != "icl-examples" {
+        return Ok(());
+    }
+    let mut examples = serde_json::Map::new();
+    for (i, example) in details["examples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let (Some(query), Some(answer)) = (example["query"].as_str(), example["answer"].as_str())
+        else {
+            anyhow::bail!("the outcome's example {i} has no query and answer strings");
+        };
+        examples.insert(query.to_owned(), Value::from(answer));
+    }
+    let path = dir.root().join(EXAMPLES_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(&examples)? + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 pub(crate) fn role_name(role: Role) -> &'static str {
