@@ -102,40 +102,6 @@ fn label(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn the_judge_model_serves_the_roles_left_unnamed_and_only_the_judge_is_granted() {
-        let flags = run_flags(&strings(&[
-            "--eval-model-name",
-            "gpt-4o",
-            "--base-model-name=local:x.gguf",
-        ]));
-        assert_eq!(
-            flags,
-            strings(&[
-                "--eval-model-name",
-                "gpt-4o",
-                "--base-model-name=local:x.gguf",
-                "--metrics-model-name",
-                "gpt-4o",
-                "--optimize-model-name",
-                "gpt-4o",
-                "--allow-roles",
-                "judge",
-            ])
-        );
-        let own_grant = run_flags(&strings(&["--allow-roles", "judge,base"]));
-        assert_eq!(own_grant, strings(&["--allow-roles", "judge,base"]));
-    }
-}
-
 /// Reads an answers JSONL file; `"harmful": true` becomes the `harmful` tag.
 pub fn read_answers(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path)
@@ -199,4 +165,38 @@ pub fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
     println!("\n{report}");
     eprintln!("per-query results: {}", results.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_judge_model_serves_the_roles_left_unnamed_and_only_the_judge_is_granted() {
+        let flags = run_flags(&strings(&[
+            "--eval-model-name",
+            "gpt-4o",
+            "--base-model-name=local:x.gguf",
+        ]));
+        assert_eq!(
+            flags,
+            strings(&[
+                "--eval-model-name",
+                "gpt-4o",
+                "--base-model-name=local:x.gguf",
+                "--metrics-model-name",
+                "gpt-4o",
+                "--optimize-model-name",
+                "gpt-4o",
+                "--allow-roles",
+                "judge",
+            ])
+        );
+        let own_grant = run_flags(&strings(&["--allow-roles", "judge,base"]));
+        assert_eq!(own_grant, strings(&["--allow-roles", "judge,base"]));
+    }
 }
