@@ -142,6 +142,7 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
     let answers = work.path().join("answers.jsonl");
     let out = output(
         host(&work.path().join("cache"))
+            .env_remove("DRPO_DEFAULT_EMBEDDER")
             .arg("generate")
             .args(["--model", "served", "--api-base", server.url()])
             .arg("--prompt-file")
@@ -156,7 +157,7 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("no --embedding-model: every query gets the first 1 example"),
+        text(&out).contains("every query gets the first 1 example(s) of the file"),
         "{}",
         text(&out)
     );
@@ -241,4 +242,55 @@ fn bad_input_is_named() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("result.json"), "{}", text(&out));
+}
+
+#[test]
+fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
+    let model = drpo_tests::workspace().join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-minilm.sh (./scripts/test does)",
+        model.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let examples = write_examples(work.path());
+    let server = topic_server();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "served", "--api-base", server.url()])
+            .arg("--embedding-model")
+            .arg(format!("local:{}", model.display()))
+            .arg("--examples")
+            .arg(&examples)
+            .args(["-k", "1", "Is it cruel to keep a goldfish in a small bowl?"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|(p, _)| !p.ends_with("/embeddings")),
+        "embedded in process"
+    );
+    let chats = chat_requests(&server);
+    let system = chats[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("#Query:\nCan fish feel pain?"), "{system}");
+}
+
+#[test]
+fn an_incomplete_embedding_model_directory_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("config.json"), "{}").unwrap();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "m", "--api-base", "http://127.0.0.1:9/v1"])
+            .arg("--embedding-model")
+            .arg(format!("local:{}", work.path().display()))
+            .arg("q"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("tokenizer.json"), "{}", text(&out));
+    assert!(text(&out).contains("missing"), "{}", text(&out));
 }

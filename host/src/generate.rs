@@ -4,13 +4,11 @@
 //! at `<END>`. `--no-optimized-prompt` and `--no-examples` give the baselines.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bindings::types::{Message, Prompt, Request, Role, Sampling};
-use crate::provider::Provider;
 use crate::services;
 
 /// The system prompt of the `--no-optimized-prompt` baseline (the published initial prompt).
@@ -47,8 +45,10 @@ pub struct GenerateArgs {
     /// How many retrieved examples each query gets (1 to 5).
     #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub k: u8,
-    /// The embedding model that retrieves examples: `local:PATH` or an OpenAI-compatible name
-    /// (`/v1/embeddings` at --api-base). Without one the first k examples are used.
+    /// The embedding model that retrieves examples: `local:DIR` (a sentence-transformers
+    /// directory) or an OpenAI-compatible name (`/v1/embeddings` at --api-base); default:
+    /// all-MiniLM-L6-v2 when `scripts/fetch-minilm.sh` has fetched it, else the first k
+    /// examples are used.
     #[arg(long)]
     pub embedding_model: Option<String>,
     /// Send one raw text (system part, blank line, query part) instead of chat messages: the
@@ -230,15 +230,19 @@ async fn retrieve(
     if examples.is_empty() {
         return Ok(vec![Vec::new(); queries.len()]);
     }
-    let Some(model) = &args.embedding_model else {
+    let Some(model) = args
+        .embedding_model
+        .clone()
+        .or_else(services::default_embedder)
+    else {
         eprintln!(
-            "note: no --embedding-model: every query gets the first {} example(s) of the file",
+            "note: no --embedding-model (and the default embedder is not fetched: \
+             scripts/fetch-minilm.sh): every query gets the first {} example(s) of the file",
             first_k.len()
         );
         return Ok(vec![first_k; queries.len()]);
     };
-    let (_, embedder): (String, Arc<dyn Provider>) =
-        services::single_provider(Some(model), args.api_base.as_deref())?;
+    let embedder = services::embedding_provider(&model, args.api_base.as_deref())?;
     let mut texts: Vec<String> = examples.iter().map(|e| e.query.clone()).collect();
     texts.extend(queries.iter().map(|q| q.text.clone()));
     let wanted = texts.len();
