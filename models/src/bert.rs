@@ -146,10 +146,14 @@ impl SentenceEncoder {
                 ),
             ));
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(ModelError::format(
                 &dir.join("config.json"),
-                "hidden_size is not a multiple of num_attention_heads",
+                "hidden_size is not a positive multiple of num_attention_heads",
             ));
         }
         let pooling = read_pooling(&dir.join("1_Pooling/config.json"))?;
