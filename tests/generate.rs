@@ -294,3 +294,69 @@ fn an_incomplete_embedding_model_directory_is_named() {
     assert!(text(&out).contains("tokenizer.json"), "{}", text(&out));
     assert!(text(&out).contains("missing"), "{}", text(&out));
 }
+
+/// `run` retrieves the in-context examples with the local sentence encoder: the embed call is
+/// answered in process, recorded, and replayed without the model.
+#[test]
+fn a_search_retrieves_examples_with_the_local_encoder_and_replays_without_it() {
+    use drpo_host::runlog::{CallRequest, CallResponse, Entry, read_log};
+    let model = drpo_tests::workspace().join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "run scripts/fetch-minilm.sh"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let server = Server::start();
+    let out = output(
+        host(&cache)
+            .arg("run")
+            .arg("--strategy")
+            .arg(drpo_tests::plugin("beam"))
+            .arg("--log-dir")
+            .arg(&dir)
+            .args(drpo_tests::roles_at(server.url()))
+            .arg("--embedding-model-name")
+            .arg(format!("local:{}", model.display()))
+            .args([
+                "--depth",
+                "2",
+                "--beam-size",
+                "1",
+                "--n-actions",
+                "1",
+                "--no-cache",
+            ]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let embeds: Vec<(usize, usize)> = read_log(&dir.join("run.log"))
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Call(call) => match (call.request, call.response) {
+                (CallRequest::Embed(texts), CallResponse::Embed(Ok(vectors))) => {
+                    Some((texts.len(), vectors[0].len()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(embeds.len(), 1, "one batched embed call");
+    assert_eq!(embeds[0].1, 384);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|(p, _)| !p.ends_with("/embeddings"))
+    );
+    let replay = output(
+        host(&cache)
+            .env("DRPO_DEFAULT_EMBEDDER", "/nonexistent")
+            .arg("replay")
+            .arg(&dir),
+    );
+    assert!(replay.status.success(), "{}", text(&replay));
+}
