@@ -56,6 +56,7 @@ fn vectors_match_the_reference_and_retrieval_finds_the_neighbours() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         let cosine = drpo::icl::cosine(ours, &reference);
+        eprintln!("sentence {i}: max |difference| {worst:.2e}, cosine {cosine:.7}");
         assert!(worst <= 1e-4, "sentence {i}: max difference {worst}");
         assert!(cosine >= 0.9999, "sentence {i}: cosine {cosine}");
         let norm: f32 = ours.iter().map(|x| x * x).sum::<f32>().sqrt();
