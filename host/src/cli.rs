@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::accounting::Spend;
-use crate::bindings::types::{Message, Outcome, Prompt, Request, Role, Sampling};
+use crate::bindings::types::Outcome;
 use crate::budget::BudgetFlags;
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::endpoints::EndpointFlags;
@@ -82,37 +82,12 @@ pub enum Command {
         /// The strategy plugin (`.wasm` component).
         strategy: PathBuf,
     },
-    /// Answer queries with a model by hand, under a system prompt of your choice.
-    Generate(GenerateArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct GenerateArgs {
-    /// `local:PATH` (a GGUF file or a Hugging Face directory) or an OpenAI-compatible model
-    /// name; default: the built-in SmolLM2 model.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Base URL of the OpenAI-compatible server, up to `/v1` [env: OPENAI_BASE_URL].
-    #[arg(long)]
-    pub api_base: Option<String>,
-    /// System prompt (or the path of a file holding it).
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Most tokens per answer.
-    #[arg(long, default_value_t = 512)]
-    pub max_tokens: u32,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// The queries; all are answered as one batch.
-    #[arg(required = true)]
-    pub queries: Vec<String>,
+    /// Answer queries with an optimized prompt and retrieved in-context examples (the published
+    /// inference format), or under a system prompt of your choice.
+    Generate(Box<crate::generate::GenerateArgs>),
+    /// Judge a JSONL of answers on helpfulness, clarity, factuality, depth and engagement (safety
+    /// for harmful queries) with eval.wasm; compare two answer files side by side.
+    Eval(Box<crate::eval::EvalArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,70 +137,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             output,
         } => crate::outputs::export(&dir, format, output.as_ref()),
         Command::Describe { strategy } => describe(&strategy).await,
-        Command::Generate(args) => generate(args).await,
+        Command::Generate(args) => crate::generate::generate(*args).await,
+        Command::Eval(args) => crate::eval::eval(*args).await,
     }
-}
-
-async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let (name, provider) =
-        services::single_provider(args.model.as_deref(), args.api_base.as_deref())?;
-    let system = match &args.system {
-        Some(text) if Path::new(text).is_file() => {
-            Some(std::fs::read_to_string(text).with_context(|| format!("cannot read {text}"))?)
-        }
-        other => other.clone(),
-    };
-    let batch: Vec<Request> = args
-        .queries
-        .iter()
-        .map(|query| {
-            let mut messages = Vec::with_capacity(2);
-            if let Some(system) = &system {
-                messages.push(Message {
-                    role: "system".into(),
-                    content: system.clone(),
-                });
-            }
-            messages.push(Message {
-                role: "user".into(),
-                content: query.clone(),
-            });
-            Request {
-                role: Role::Base,
-                prompt: Prompt::Chat(messages),
-                sampling: Sampling {
-                    temperature: args.temperature,
-                    top_p: args.top_p,
-                    max_tokens: args.max_tokens,
-                    n: 1,
-                    seed: args.seed,
-                    stop: Vec::new(),
-                },
-                json_schema: None,
-            }
-        })
-        .collect();
-    eprintln!(
-        "answering {} quer{} with {name}",
-        batch.len(),
-        if batch.len() == 1 { "y" } else { "ies" }
-    );
-    let answers = provider.complete(batch).await;
-    let mut failed = 0;
-    for (query, answer) in args.queries.iter().zip(answers) {
-        println!("### {query}");
-        match answer.result {
-            Ok(completion) => println!("{}\n", completion.choices.join("\n---\n").trim()),
-            Err(error) => {
-                failed += 1;
-                println!("(no answer: {error:?})\n");
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} of {} queries got no answer", args.queries.len());
-    }
-    Ok(())
 }
 
 fn runtime() -> anyhow::Result<Runtime> {

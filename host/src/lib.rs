@@ -19,11 +19,13 @@
 //! | [`budget`] | call, token, money and time budgets |
 //! | [`cache`] | the persistent response cache |
 //! | [`endpoints`] | per-role endpoints and keys, rate limits, concurrency, cache switch |
+//! | [`eval`] | judging answer files with eval.wasm, the side-by-side report |
 //! | [`gate`] | what live requests pass: the cache, then the budget |
 //! | [`outputs`] | the `view` and `export` commands |
 //! | [`progress`] | the progress display of a run |
 //! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
 //! | [`viewer`] | `tree.html`, the self-contained tree viewer |
+//! | [`generate`] | answering queries with an optimized prompt and retrieved examples |
 //! | [`cli`] | the command line |
 
 pub mod accounting;
@@ -33,7 +35,9 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod endpoints;
+pub mod eval;
 pub mod gate;
+pub mod generate;
 pub mod grants;
 pub mod metrics_cache;
 pub mod outputs;

@@ -208,7 +208,8 @@ pub fn write_result(dir: &RunDir, report: &RunReport) -> anyhow::Result<()> {
         &(serde_json::to_string_pretty(report)? + "\n"),
     )?;
     write_file(&dir.trace(), &report.trace())?;
-    write_viewer(dir, report)
+    write_viewer(dir, report)?;
+    write_examples(dir, &report.details)
 }
 
 /// Writes `tree.html`.
@@ -218,6 +219,34 @@ pub fn write_viewer(dir: &RunDir, report: &RunReport) -> anyhow::Result<()> {
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// The file an example-optimizing strategy's examples are written to.
+pub const EXAMPLES_FILE: &str = "examples.json";
+
+/// Writes `examples.json` in the published `{query: answer}` shape (in the strategy's order)
+/// when the outcome's details are optimized examples (`kind` `icl-examples`, an `examples`
+/// list of `{query, answer}`).
+fn write_examples(dir: &RunDir, details: &serde_json::Value) -> anyhow::Result<()> {
+    if details["kind"] != "icl-examples" {
+        return Ok(());
+    }
+    let mut examples = serde_json::Map::new();
+    for (i, example) in details["examples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let (Some(query), Some(answer)) = (example["query"].as_str(), example["answer"].as_str())
+        else {
+            anyhow::bail!("the outcome's example {i} has no query and answer strings");
+        };
+        examples.insert(query.to_owned(), serde_json::Value::from(answer));
+    }
+    let path = dir.root().join(EXAMPLES_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(&examples)? + "\n")
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 pub(crate) fn role_name(role: Role) -> &'static str {

@@ -15,6 +15,7 @@ use crate::endpoints::EndpointFlags;
 use crate::gate::Gate;
 use crate::grants::Grants;
 use crate::pricing::PriceTable;
+use crate::provider::embedder::LocalEmbedder;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
@@ -125,7 +126,8 @@ fn build_router(
         });
         providers.push(provider);
     }
-    let embedder = match &flags.embedding_model_name {
+    let embedding_model = flags.embedding_model_name.clone().or_else(default_embedder);
+    let embedder = match &embedding_model {
         Some(name) => {
             let provider = provider_for(&mut built, name, flags, endpoints, "embedding")?;
             models.push(RoleModel {
@@ -179,6 +181,37 @@ fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
     Ok(format!("local:{}", path.display()))
 }
 
+/// The directory name of the built-in default embedding model.
+pub const DEFAULT_EMBEDDER_DIR: &str = "all-MiniLM-L6-v2";
+
+/// The embedding model used when none is named: all-MiniLM-L6-v2 from
+/// `$DRPO_DEFAULT_EMBEDDER`, else `.cache/models/` under the current directory (where
+/// `scripts/fetch-minilm.sh` puts it), when it has been fetched.
+pub fn default_embedder() -> Option<String> {
+    let dir = std::env::var_os("DRPO_DEFAULT_EMBEDDER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(".cache/models").join(DEFAULT_EMBEDDER_DIR));
+    dir.join("model.safetensors")
+        .is_file()
+        .then(|| format!("local:{}", dir.display()))
+}
+
+/// The provider serving embeddings for a model named on the command line (`local:DIR`, a
+/// sentence-transformers directory, or an OpenAI-compatible name at `--api-base`).
+pub fn embedding_provider(name: &str, api_base: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
+    let flags = ModelFlags {
+        api_base: api_base.map(str::to_owned),
+        ..ModelFlags::default()
+    };
+    provider_for(
+        &mut HashMap::new(),
+        name,
+        &flags,
+        &EndpointFlags::default(),
+        "embedding",
+    )
+}
+
 /// The provider for one model named on the command line (`local:PATH`, or an
 /// OpenAI-compatible model name at `--api-base`); none named: the built-in default.
 pub fn single_provider(
@@ -213,11 +246,21 @@ fn provider_for(
     role: &str,
 ) -> anyhow::Result<Arc<dyn Provider>> {
     if let Some(path) = name.strip_prefix("local:") {
-        if let Some(provider) = built.get(name) {
+        // The role decides the loader: an embedding model serves `embed` only.
+        let key = if role == "embedding" {
+            format!("embedding\n{name}")
+        } else {
+            name.to_owned()
+        };
+        if let Some(provider) = built.get(&key) {
             return Ok(provider.clone());
         }
-        let provider: Arc<dyn Provider> = Arc::new(LocalProvider::load(Path::new(path))?);
-        built.insert(name.into(), provider.clone());
+        let provider: Arc<dyn Provider> = if role == "embedding" {
+            Arc::new(LocalEmbedder::load(Path::new(path))?)
+        } else {
+            Arc::new(LocalProvider::load(Path::new(path))?)
+        };
+        built.insert(key, provider.clone());
         return Ok(provider);
     }
     let (role_base, role_key) = endpoints.for_role(role);

@@ -32,24 +32,8 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
     }
     let config = LlamaConfig::from_file(&config_path)?;
     let files = weight_files(dir)?;
-    let maps = files
-        .iter()
-        .map(|path| {
-            let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-            // SAFETY: the file is only read, and a model directory is not rewritten while a
-            // model loads from it.
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let tensors = files
-        .iter()
-        .zip(&maps)
-        .map(|(path, map)| {
-            SafeTensors::deserialize(map).map_err(|e| {
-                ModelError::format(path, format!("not a readable safetensors file: {e}"))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let maps = map_files(&files)?;
+    let tensors = parse_files(&files, &maps)?;
     let store = Store::new(&files, &tensors);
 
     let c = &config;
@@ -120,9 +104,38 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
     Ok(Llama::new(config, weights, device))
 }
 
+/// Maps the weight files into memory.
+pub(crate) fn map_files(files: &[PathBuf]) -> Result<Vec<memmap2::Mmap>, ModelError> {
+    files
+        .iter()
+        .map(|path| {
+            let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+            // SAFETY: the file is only read, and a model directory is not rewritten while a
+            // model loads from it.
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
+        })
+        .collect()
+}
+
+/// Reads the safetensors headers of mapped weight files.
+pub(crate) fn parse_files<'a>(
+    files: &[PathBuf],
+    maps: &'a [memmap2::Mmap],
+) -> Result<Vec<SafeTensors<'a>>, ModelError> {
+    files
+        .iter()
+        .zip(maps)
+        .map(|(path, map)| {
+            SafeTensors::deserialize(map).map_err(|e| {
+                ModelError::format(path, format!("not a readable safetensors file: {e}"))
+            })
+        })
+        .collect()
+}
+
 /// The safetensors files of `dir`: the index's shards, else `model.safetensors`, else every
 /// `*.safetensors` file (sorted).
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index_path = dir.join(INDEX_FILE);
     if index_path.is_file() {
         let text =
@@ -171,14 +184,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 }
 
 /// Tensor look-up across the shards of one model.
-struct Store<'a> {
+pub(crate) struct Store<'a> {
     files: &'a [PathBuf],
     tensors: &'a [SafeTensors<'a>],
     location: HashMap<String, usize>,
 }
 
 impl<'a> Store<'a> {
-    fn new(files: &'a [PathBuf], tensors: &'a [SafeTensors<'a>]) -> Self {
+    pub(crate) fn new(files: &'a [PathBuf], tensors: &'a [SafeTensors<'a>]) -> Self {
         let mut location = HashMap::new();
         for (index, file) in tensors.iter().enumerate() {
             for name in file.names() {
@@ -193,7 +206,7 @@ impl<'a> Store<'a> {
     }
 
     /// The tensor `name` as f32 values, checked against `shape`.
-    fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    pub(crate) fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let Some(&index) = self.location.get(name) else {
             let where_ = self
                 .files
@@ -203,8 +216,8 @@ impl<'a> Store<'a> {
             return Err(ModelError::format(
                 where_,
                 format!(
-                    "tensor {name:?} is missing from the safetensors files; is this a \
-                     Llama/Mistral checkpoint that matches its config.json?"
+                    "tensor {name:?} is missing from the safetensors files; does the \
+                     checkpoint match its config.json and architecture?"
                 ),
             ));
         };

@@ -1,6 +1,7 @@
 //! In-process inference for drpo-host: Llama-family decoders (Mistral, Llama 2/3, SmolLM2) on
 //! burn, on CPU (`flex`, the default) or on CUDA (behind the `cuda` feature).
 //!
+//! - [`bert`]: sentence embeddings with a BERT-family encoder (all-MiniLM-L6-v2 by default);
 //! - [`config`]: the hyper-parameters, from a Hugging Face `config.json` or a preset;
 //! - [`llama`]: the decoder itself, generic over the burn backend, with a device KV cache;
 //! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
@@ -12,6 +13,7 @@
 //! - `structured` (cargo feature `structured`): JSON-schema-constrained decoding (llguidance);
 //! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
 
+pub mod bert;
 pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]

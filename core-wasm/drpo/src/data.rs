@@ -76,7 +76,8 @@ pub fn sample<T: Clone>(items: &[T], n: usize, rng: &mut SplitMix64) -> Vec<T> {
 }
 
 /// Parses a JSONL file of queries, one `{"id", "text", "tags"}` object per line (blank lines
-/// skipped). `id` defaults to `q<line number>`, `tags` to none; ids must be unique.
+/// skipped); `query` may stand for `text`, so an answers file (`{query, answer}`) reads as its
+/// queries. `id` defaults to `q<line number>`, `tags` to none; ids must be unique.
 pub fn parse_queries_jsonl(text: &str) -> Result<Vec<Query>, String> {
     let mut queries = Vec::new();
     let mut ids = BTreeSet::new();
@@ -88,8 +89,9 @@ pub fn parse_queries_jsonl(text: &str) -> Result<Vec<Query>, String> {
             serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
         let text = value
             .get("text")
+            .or_else(|| value.get("query"))
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("line {}: no \"text\" string", i + 1))?;
+            .ok_or_else(|| format!("line {}: no \"text\" (or \"query\") string", i + 1))?;
         let id = match value.get("id") {
             None | Some(Value::Null) => format!("q{}", i + 1),
             Some(Value::String(s)) => s.clone(),
@@ -426,6 +428,8 @@ mod tests {
                 .contains("duplicate")
         );
         assert!(parse_queries_jsonl("{\"text\":\"x\",\"tags\":[1]}").is_err());
+        let answered = parse_queries_jsonl("{\"query\": \"Why?\", \"answer\": \"So.\"}").unwrap();
+        assert_eq!(answered[0].text, "Why?");
     }
 
     #[test]

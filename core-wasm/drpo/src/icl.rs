@@ -60,6 +60,32 @@ pub fn wrap_answer(answer: &str) -> String {
     }
 }
 
+/// The query part shared by training and inference: `# Query:`, the query, `# Answer:` and the
+/// `<START>` opener.
+fn query_part(query: &str) -> String {
+    format!("# Query:\n{query}\n\n# Answer:\n{START}")
+}
+
+/// The two halves of the published *inference* prompt (§1.9): the system part is the prompt
+/// followed by one `#Query:`/`#Answer:` block per example, with no `# instructions` header; the
+/// user part is the same as in training. A chat model gets them as the system and user
+/// messages; a model without a chat template gets them joined by a blank line.
+pub fn inference_prompt_parts(
+    system_prompt: &str,
+    examples: &[&Example],
+    query: &str,
+) -> (String, String) {
+    let mut system = system_prompt.trim().to_string();
+    for example in examples {
+        system.push_str(&format!(
+            "\n\n#Query:\n{}\n\n#Answer:\n{}",
+            example.query,
+            wrap_answer(&example.answer)
+        ));
+    }
+    (system, query_part(query))
+}
+
 /// The two halves of the training prompt: (instruction part, query part).
 pub fn base_prompt_parts(
     system_prompt: &str,
@@ -76,8 +102,7 @@ pub fn base_prompt_parts(
         system.push_str(&blocks.join("\n\n#Query:\n"));
         system.push_str("\n\n");
     }
-    let user = format!("# Query:\n{query}\n\n# Answer:\n{START}");
-    (system, user)
+    (system, query_part(query))
 }
 
 /// The base model's request: greedy, `base_max_tokens`, the published stop strings; raw text
@@ -168,6 +193,19 @@ mod tests {
         assert_eq!(user, "# Query:\nWhat now?\n\n# Answer:\n<START>");
         let (bare, _) = base_prompt_parts("Be good.", &[], "x");
         assert_eq!(bare, "# instructions\n\nBe good.\n\n");
+    }
+
+    #[test]
+    fn inference_format_has_no_header_and_the_same_query_part() {
+        let a = ex("Q1?", "A1");
+        let b = ex("Q2?", "<START>\nA2\n<END>");
+        let (system, user) = inference_prompt_parts("Be good.\n", &[&a, &b], "What now?");
+        assert_eq!(
+            system,
+            "Be good.\n\n#Query:\nQ1?\n\n#Answer:\n<START>\nA1\n<END>\n\n#Query:\nQ2?\n\n#Answer:\n<START>\nA2\n<END>"
+        );
+        assert_eq!(user, base_prompt_parts("x", &[], "What now?").1);
+        assert_eq!(inference_prompt_parts("P", &[], "q").0, "P");
     }
 
     #[test]

@@ -156,6 +156,15 @@ pub struct AspectSelection {
 /// `{reasoning, selected_aspects}` and a comma-separated string of names are accepted too.
 /// Unknown names are dropped (and reported); no known aspect at all is an error.
 pub fn parse_aspect_selection(object: &Map<String, Value>) -> Result<AspectSelection, String> {
+    parse_aspect_selection_at_most(object, MAX_ASPECTS)
+}
+
+/// [`parse_aspect_selection`] keeping at most `max` aspects (the in-context example critic
+/// chooses up to six).
+pub fn parse_aspect_selection_at_most(
+    object: &Map<String, Value>,
+    max: usize,
+) -> Result<AspectSelection, String> {
     let inner = match object.get("aspects_selection") {
         Some(Value::Object(inner)) => inner,
         _ => object,
@@ -184,13 +193,13 @@ pub fn parse_aspect_selection(object: &Map<String, Value>) -> Result<AspectSelec
             }
         ));
     }
-    if aspects.len() > MAX_ASPECTS {
-        let extra: Vec<&str> = aspects[MAX_ASPECTS..].iter().map(|a| a.name).collect();
+    if aspects.len() > max {
+        let extra: Vec<&str> = aspects[max..].iter().map(|a| a.name).collect();
         problems.push(format!(
-            "more than {MAX_ASPECTS} aspects; dropped {}",
+            "more than {max} aspects; dropped {}",
             extra.join(", ")
         ));
-        aspects.truncate(MAX_ASPECTS);
+        aspects.truncate(max);
     }
     let reasoning = text_of(inner.get("reasoning"));
     if reasoning.is_empty() {

@@ -64,6 +64,11 @@ fn string_schema() -> String {
 /// `{query_analysis: {...}, aspects_selection: {reasoning, selected_aspects}}`, so answers can be
 /// stored in (and read from) a published metrics cache unchanged.
 pub fn aspect_selection_schema() -> String {
+    aspect_selection_schema_between(MIN_ASPECTS, MAX_ASPECTS)
+}
+
+/// [`aspect_selection_schema`] asking for `min` to `max` aspects.
+pub fn aspect_selection_schema_between(min: usize, max: usize) -> String {
     let analysis: Vec<(&str, String)> = ANALYSIS_FIELDS
         .iter()
         .map(|f| (*f, string_schema()))
@@ -78,8 +83,8 @@ pub fn aspect_selection_schema() -> String {
                 ("enum", format!("[{}]", names.join(","))),
             ]),
         ),
-        ("minItems", MIN_ASPECTS.to_string()),
-        ("maxItems", MAX_ASPECTS.to_string()),
+        ("minItems", min.to_string()),
+        ("maxItems", max.to_string()),
     ]);
     closed_object(&[
         ("query_analysis", closed_object(&analysis)),

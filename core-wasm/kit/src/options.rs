@@ -69,6 +69,15 @@ impl OptionsSchema {
         )
     }
 
+    /// A list option (default empty) whose items are JSON objects: data a strategy takes
+    /// through its options, so that the run log's header records it and a replay sees it.
+    pub fn array(self, name: &str, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "array", "items": {"type": "object"}, "default": [], "description": description}),
+        )
+    }
+
     /// The schema as a JSON value (closed: unknown options are refused).
     pub fn to_value(&self) -> Value {
         json!({
@@ -182,6 +191,20 @@ mod tests {
             .number("exploration", 1.5, 0.0, "c")
             .boolean("greedy", false, "g")
             .string("start", "Be helpful.", "s")
+    }
+
+    #[test]
+    fn array_options_default_to_empty_and_refuse_other_types() {
+        #[derive(Debug, Deserialize)]
+        struct Lists {
+            items: Vec<Value>,
+        }
+        let schema = OptionsSchema::new("t").array("items", "things");
+        assert!(schema.parse::<Lists>("{}").unwrap().items.is_empty());
+        let given: Lists = schema.parse(r#"{"items": [{"a": 1}]}"#).unwrap();
+        assert_eq!(given.items, vec![json!({"a": 1})]);
+        let wrong = schema.parse::<Lists>(r#"{"items": 3}"#).unwrap_err();
+        assert!(wrong.contains("items must be of type array"), "{wrong}");
     }
 
     #[test]

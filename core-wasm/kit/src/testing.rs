@@ -27,6 +27,9 @@ pub struct ScriptedHost {
     pub logs: Vec<(LogLevel, String)>,
     /// After this many requests, every further request answers `budget-exhausted`.
     pub budget: Option<usize>,
+    /// The key of the optimizer's answer that holds what `propose` wrote (default
+    /// `new_system_prompt`; a strategy that rewrites answers asks for another).
+    pub optimizer_field: String,
 }
 
 impl ScriptedHost {
@@ -44,6 +47,7 @@ impl ScriptedHost {
             nodes: Vec::new(),
             logs: Vec::new(),
             budget: None,
+            optimizer_field: "new_system_prompt".into(),
         }
     }
 
@@ -91,9 +95,9 @@ impl ScriptedHost {
             }
             Role::Optimizer => (0..request.sampling.n.max(1))
                 .map(|i| {
-                    json!({"analysis": "scripted", "thought": "scripted",
-                        "new_system_prompt": (self.propose)(&text, i)})
-                    .to_string()
+                    let mut answer = json!({"analysis": "scripted", "thought": "scripted"});
+                    answer[self.optimizer_field.as_str()] = Value::from((self.propose)(&text, i));
+                    answer.to_string()
                 })
                 .collect(),
         }

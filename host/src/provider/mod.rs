@@ -4,6 +4,7 @@
 //! ([`openai`]), an in-process local model, or the [`scripted`] provider that tests use. The
 //! runtime only sees the router, so new providers slot in without touching it.
 
+pub mod embedder;
 pub mod local;
 pub mod openai;
 pub mod rate;

@@ -1,0 +1,725 @@
+//! `icl.wasm`: the published in-context example optimization (§1.8 of the reference). For each
+//! example a stricter critic chooses 3 to 6 aspects for its query and judges its answer; an
+//! optimizer then rewrites the answer from the critique, up to `num_iters` rounds. The best
+//! answer by the *sum* of its aspect scores is kept (a tie goes to the newer answer, as
+//! published), and an example stops early once every aspect scores 5.
+//!
+//! All examples advance together: each phase (aspect selection, judging, rewriting) is one
+//! batched `complete` call. The examples come from the host's `examples` import
+//! (`drpo-host run --examples FILE`); the outcome's details hold the optimized examples, which
+//! the host writes as `examples.json` in the published `{query: answer}` shape, ready for
+//! `run --examples` and `generate --examples`. Every judged answer is recorded as a node (its
+//! text in the node's prompt field), so the viewer shows each example's rewrites.
+
+use drpo_kit::drpo::aspects::{self, Aspect};
+use drpo_kit::drpo::icl::wrap_answer;
+use drpo_kit::drpo::options::Options as RequestOptions;
+use drpo_kit::drpo::parse::{self, Judgement};
+use drpo_kit::drpo::prompts;
+use drpo_kit::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Fewest aspects the critic chooses.
+pub const MIN_ASPECTS: usize = 3;
+/// Most aspects the critic chooses.
+pub const MAX_ASPECTS: usize = 6;
+
+/// The options `run` accepts; defaults from [`schema`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct Options {
+    /// Most rewrites per example.
+    pub num_iters: u32,
+    /// How many examples to optimize (the first ones); 0: all.
+    pub num_samples: u32,
+    /// Seed of every request.
+    pub seed: u64,
+    /// Token limit of an aspect selection.
+    pub metrics_max_tokens: u32,
+    /// Token limit of a judgement.
+    pub judge_max_tokens: u32,
+    /// Token limit of a rewrite.
+    pub optimizer_max_tokens: u32,
+}
+
+/// The options, their defaults and bounds.
+pub fn schema() -> OptionsSchema {
+    let defaults = RequestOptions::default();
+    OptionsSchema::new("In-context example optimization options")
+        .integer("num_iters", 5, 0, "Most rewrites per example.")
+        .integer(
+            "num_samples",
+            0,
+            0,
+            "How many examples to optimize, the first ones; 0 for all.",
+        )
+        .integer("seed", 0, 0, "Seed of every request.")
+        .integer(
+            "metrics_max_tokens",
+            defaults.metrics_max_tokens.into(),
+            1,
+            "Token limit of an aspect selection.",
+        )
+        .integer(
+            "judge_max_tokens",
+            defaults.judge_max_tokens.into(),
+            1,
+            "Token limit of a judgement.",
+        )
+        .integer(
+            "optimizer_max_tokens",
+            defaults.optimizer_max_tokens.into(),
+            1,
+            "Token limit of a rewritten answer.",
+        )
+}
+
+/// The critic's framing, put before the judge's usual instructions (our wording of the
+/// published "ruthless critic").
+const STRICT_CRITIC: &str = "You are a ruthless critic of example answers that will be shown \
+to an AI assistant as models to imitate, so only a flawless answer deserves a 5. Take points off \
+heavily even for small flaws. For every point you take off, say exactly what is wrong and how to \
+fix it. Be especially harsh on poor structure. Do not punish length when the extra text is \
+useful to the reader.\n\n";
+
+/// The critic's aspect-selection prompt: the usual analysis, 3 to 6 aspects.
+pub fn aspect_selection_prompt(query: &str) -> String {
+    let catalogue: String = aspects::CATALOGUE
+        .iter()
+        .map(|a| format!("- {}: {}\n", a.name, a.definition))
+        .collect();
+    format!(
+        "You are a ruthless critic about to grade an example answer to the query below; the \
+best answers will teach an AI assistant by example. Before reading the answer, analyse the \
+query (its main topic, the user's intent, any ambiguity or false premise, the best form for a \
+reply, what makes a good reply hard) and choose at least {MIN_ASPECTS} and at most \
+{MAX_ASPECTS} aspects from the catalogue that decide whether an answer to this query is \
+excellent. Write each name exactly as the catalogue spells it.
+
+## Aspect catalogue
+{catalogue}
+## Query
+{query}
+
+## Answer format
+Answer with a single JSON object and nothing else:
+{{\"query_analysis\": {{\"main_topic\": \"...\", \"user_intent\": \"...\", \"ambiguities\": \
+\"...\", \"response_format\": \"...\", \"challenges\": \"...\"}}, \"aspects_selection\": \
+{{\"reasoning\": \"why these aspects decide the quality of an answer\", \"selected_aspects\": \
+[\"...\", \"...\", \"...\"]}}}}
+"
+    )
+}
+
+/// The optimizer's prompt: rewrite `answer` to `query` using the critique.
+pub fn rewrite_prompt(query: &str, answer: &str, critique: &str) -> String {
+    format!(
+        "You improve example answers that will be shown to an AI assistant as models to \
+imitate. Below are a user query, the current answer and a strict critic's judgement of it \
+(a rationale and a 1-5 score per aspect). Write a better answer.
+
+## Query
+{query}
+
+## Current answer
+{answer}
+
+## Critique
+{critique}
+
+## How to rewrite
+- Fix every point the critic took off for; keep what the critic praised.
+- Write the answer itself, not advice on how to answer.
+- Do not name the company or lab that built the assistant.
+- Organise the answer with bullet points where that helps the reader, at most six.
+- If the query asks for something harmful or malicious, decline plainly in the first person \
+(\"As an AI, I can't help with ...\"), explain briefly why it would cause harm, and offer a safe \
+alternative when there is one.
+- Work a short overview, the relevant limitations and a conclusion into the text, without \
+headings for them.
+- Give enough depth for an expert while staying clear to a beginner.
+- If the answer must get shorter, trim the overview, never the substance.
+- Prefer safe, general statements to specific claims you are not sure of.
+- Start the answer with a line holding only <START> and end it with a line holding only <END>.
+
+## Answer format
+Answer with a single JSON object and nothing else:
+{{\"analysis\": \"what the critique says is wrong\", \"thought\": \"how the new answer fixes it\", \
+\"new_response\": \"<START>\\n...\\n<END>\"}}
+"
+    )
+}
+
+/// The schema of the optimizer's answer.
+pub fn rewrite_schema() -> String {
+    let text = json!({"type": "string"});
+    json!({
+        "type": "object",
+        "properties": {"analysis": text, "thought": text, "new_response": text},
+        "required": ["analysis", "thought", "new_response"],
+        "additionalProperties": false,
+    })
+    .to_string()
+}
+
+/// The optimizer's answer.
+#[derive(Debug, Deserialize)]
+struct Rewrite {
+    new_response: String,
+}
+
+/// One judged answer.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The answer, in `<START>\n…\n<END>` form.
+    pub answer: String,
+    /// The critic's judgement.
+    pub judgement: Judgement,
+    /// Its node id.
+    pub node: u32,
+}
+
+impl Candidate {
+    /// The sum of the aspect scores (0 for an unusable judgement).
+    pub fn sum(&self) -> u32 {
+        self.judgement
+            .scores
+            .iter()
+            .map(|s| u32::from(s.score))
+            .sum()
+    }
+}
+
+/// Whether `new` replaces `best`: a sum at least as high (ties go to the newer answer).
+pub fn replaces(best: &Candidate, new: &Candidate) -> bool {
+    new.sum() >= best.sum()
+}
+
+/// Whether every chosen aspect scored 5 (then the example needs no more rewriting).
+pub fn all_fives(judgement: &Judgement, aspects: &[&'static Aspect]) -> bool {
+    !aspects.is_empty()
+        && aspects.iter().all(|a| {
+            judgement
+                .scores
+                .iter()
+                .any(|s| s.aspect == *a && s.score == 5)
+        })
+}
+
+/// One example being optimized.
+struct Work {
+    query: String,
+    initial: String,
+    aspects: Vec<&'static Aspect>,
+    reasoning: String,
+    best: Candidate,
+    rewrites: u32,
+    finished: bool,
+}
+
+/// Everything the run needs between phases.
+struct Optimizer<'h, H: Host> {
+    host: &'h mut H,
+    options: RequestOptions,
+    next_node: u32,
+}
+
+/// The run cannot go on (a spent budget).
+struct Stopped(String);
+
+impl<H: Host> Optimizer<'_, H> {
+    fn complete(
+        &mut self,
+        batch: Vec<Request>,
+    ) -> Result<Vec<Result<Completion, LlmError>>, Stopped> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = batch.len();
+        let mut results = self.host.complete(batch);
+        if results.contains(&Err(LlmError::BudgetExhausted)) {
+            return Err(Stopped("the budget is exhausted".into()));
+        }
+        results.resize_with(wanted, || {
+            Err(LlmError::Unavailable("no answer from the host".into()))
+        });
+        Ok(results)
+    }
+
+    /// The critic's aspects for each query (the general-quality ones when unusable).
+    fn select(&mut self, queries: &[&str]) -> Result<Vec<(Vec<&'static Aspect>, String)>, Stopped> {
+        let batch = queries
+            .iter()
+            .map(|q| {
+                let mut request = prompts::aspect_selection_request(q, &self.options);
+                request.prompt =
+                    Prompt::Chat(vec![Message::new("user", aspect_selection_prompt(q))]);
+                request.json_schema = Some(prompts::aspect_selection_schema_between(
+                    MIN_ASPECTS,
+                    MAX_ASPECTS,
+                ));
+                request
+            })
+            .collect();
+        let results = self.complete(batch)?;
+        Ok(results
+            .into_iter()
+            .zip(queries)
+            .map(|(result, query)| {
+                let parsed = match result {
+                    Ok(c) => c
+                        .choices
+                        .first()
+                        .ok_or_else(|| "empty completion".to_owned())
+                        .and_then(|text| parse::extract_object(text))
+                        .and_then(|o| parse::parse_aspect_selection_at_most(&o, MAX_ASPECTS)),
+                    Err(e) => Err(format!("the call failed: {e}")),
+                };
+                match parsed {
+                    Ok(selection) => (selection.aspects, selection.reasoning),
+                    Err(e) => {
+                        self.host.warn(format!(
+                            "aspects for {query:?} unusable ({e}); using the general-quality aspects"
+                        ));
+                        (
+                            aspects::fallback(),
+                            "The critic's choice failed, so the general-quality aspects are used."
+                                .to_owned(),
+                        )
+                    }
+                }
+            })
+            .collect())
+    }
+
+    /// Judges `(work index, answer)` pairs with the strict critic and records each as a node.
+    fn judge(
+        &mut self,
+        work: &[Work],
+        answers: Vec<(usize, String, Option<u32>)>,
+        depth: u32,
+    ) -> Result<Vec<(usize, Candidate)>, Stopped> {
+        let batch = answers
+            .iter()
+            .map(|(i, answer, _)| {
+                let w = &work[*i];
+                let mut request = prompts::judge_request(
+                    &w.query,
+                    answer,
+                    &w.aspects,
+                    &w.reasoning,
+                    &self.options,
+                );
+                let prompt = prompts::judge_prompt(&w.query, answer, &w.aspects, &w.reasoning);
+                request.prompt = Prompt::Chat(vec![Message::new(
+                    "user",
+                    format!("{STRICT_CRITIC}{prompt}"),
+                )]);
+                request
+            })
+            .collect();
+        let results = self.complete(batch)?;
+        let mut judged = Vec::with_capacity(answers.len());
+        for ((i, answer, parent), result) in answers.into_iter().zip(results) {
+            let judgement = match result {
+                Ok(c) => match c.choices.first() {
+                    Some(text) => parse::parse_judgement(text, &work[i].aspects),
+                    None => Judgement::unusable("the critic returned no choice"),
+                },
+                Err(e) => Judgement::unusable(format!("the critic failed: {e}")),
+            };
+            let candidate = Candidate {
+                answer,
+                judgement,
+                node: self.next_node,
+            };
+            self.next_node += 1;
+            let scores = candidate.judgement.scores.len().max(1) as f64;
+            self.host.record(
+                candidate.node,
+                parent,
+                depth,
+                &candidate.answer,
+                f64::from(candidate.sum()) / scores,
+                &json!({
+                    "query": work[i].query,
+                    "answer": candidate.answer,
+                    "aspects": candidate.judgement.scores.iter()
+                        .map(|s| json!({"name": s.aspect.name, "score": s.score, "rationale": s.rationale}))
+                        .collect::<Vec<_>>(),
+                    "score_sum": candidate.sum(),
+                    "judge_problems": candidate.judgement.problems,
+                }),
+            );
+            judged.push((i, candidate));
+        }
+        Ok(judged)
+    }
+
+    /// One rewrite of each example's best answer; examples whose rewrite is unusable get none.
+    fn rewrite(
+        &mut self,
+        work: &[Work],
+        active: &[usize],
+    ) -> Result<Vec<(usize, String)>, Stopped> {
+        let batch = active
+            .iter()
+            .map(|&i| {
+                let w = &work[i];
+                let critique =
+                    serde_json::to_string_pretty(&w.best.judgement.to_json()).unwrap_or_default();
+                let mut request = chat_request(
+                    Role::Optimizer,
+                    rewrite_prompt(&w.query, &w.best.answer, &critique),
+                    self.options.optimizer_max_tokens,
+                );
+                request.sampling.seed = self.options.seed;
+                request.json_schema = Some(rewrite_schema());
+                request
+            })
+            .collect();
+        let results = self.complete(batch)?;
+        let mut rewrites = Vec::new();
+        for (&i, result) in active.iter().zip(results) {
+            let parsed = match result {
+                Ok(c) => c
+                    .choices
+                    .first()
+                    .ok_or_else(|| "empty completion".to_owned())
+                    .and_then(|text| {
+                        let object = parse::extract_object(text)?;
+                        serde_json::from_value::<Rewrite>(Value::Object(object))
+                            .map_err(|e| e.to_string())
+                    }),
+                Err(e) => Err(format!("the call failed: {e}")),
+            };
+            match parsed {
+                Ok(r) if !r.new_response.trim().is_empty() => {
+                    rewrites.push((i, wrap_answer(&r.new_response)));
+                }
+                Ok(_) => self.host.warn(format!("example {i}: the rewrite is empty")),
+                Err(e) => self
+                    .host
+                    .warn(format!("example {i}: the rewrite is unusable ({e})")),
+            }
+        }
+        Ok(rewrites)
+    }
+}
+
+/// Optimizes `examples`; see the crate documentation.
+pub fn optimize<H: Host>(
+    host: &mut H,
+    options: &Options,
+    examples: Vec<Example>,
+) -> Result<Outcome, String> {
+    let take = match options.num_samples {
+        0 => examples.len(),
+        n => n as usize,
+    };
+    let examples: Vec<Example> = examples.into_iter().take(take).collect();
+    if examples.is_empty() {
+        return Err("no in-context examples to optimize (give a file with --examples)".into());
+    }
+    let mut optimizer = Optimizer {
+        host,
+        options: RequestOptions {
+            seed: options.seed,
+            metrics_max_tokens: options.metrics_max_tokens,
+            judge_max_tokens: options.judge_max_tokens,
+            optimizer_max_tokens: options.optimizer_max_tokens,
+            ..RequestOptions::default()
+        },
+        next_node: 0,
+    };
+    let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
+    let stop = |Stopped(why)| format!("the examples could not be judged: {why}");
+    let selections = optimizer.select(&queries).map_err(stop)?;
+    let mut work: Vec<Work> = examples
+        .iter()
+        .zip(selections)
+        .map(|(e, (aspects, reasoning))| Work {
+            query: e.query.clone(),
+            initial: wrap_answer(&e.answer),
+            aspects,
+            reasoning,
+            best: Candidate {
+                answer: String::new(),
+                judgement: Judgement::default(),
+                node: 0,
+            },
+            rewrites: 0,
+            finished: false,
+        })
+        .collect();
+    let initial = work
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i, w.initial.clone(), None))
+        .collect();
+    for (i, candidate) in optimizer.judge(&work, initial, 0).map_err(stop)? {
+        let w = &mut work[i];
+        w.finished = all_fives(&candidate.judgement, &w.aspects);
+        w.best = candidate;
+    }
+    let mut stopped = None;
+    for round in 1..=options.num_iters {
+        let active: Vec<usize> = (0..work.len()).filter(|&i| !work[i].finished).collect();
+        if active.is_empty() {
+            break;
+        }
+        let step = optimizer.rewrite(&work, &active).and_then(|rewrites| {
+            let answers = rewrites
+                .into_iter()
+                .map(|(i, answer)| (i, answer, Some(work[i].best.node)))
+                .collect();
+            optimizer.judge(&work, answers, round)
+        });
+        let judged = match step {
+            Ok(judged) => judged,
+            Err(Stopped(why)) => {
+                optimizer.host.warn(format!(
+                    "stopped in round {round}: {why}; keeping the best so far"
+                ));
+                stopped = Some(why);
+                break;
+            }
+        };
+        for &i in &active {
+            work[i].rewrites += 1;
+        }
+        for (i, candidate) in judged {
+            let w = &mut work[i];
+            if replaces(&w.best, &candidate) {
+                w.finished = all_fives(&candidate.judgement, &w.aspects);
+                w.best = candidate;
+            }
+        }
+    }
+    let improved = work.iter().filter(|w| w.best.answer != w.initial).count();
+    optimizer.host.info(format!(
+        "{improved} of {} example answers replaced by a better-scored rewrite",
+        work.len()
+    ));
+    let means: Vec<f64> = work
+        .iter()
+        .map(|w| f64::from(w.best.sum()) / w.aspects.len().max(1) as f64)
+        .collect();
+    let details = json!({
+        "kind": "icl-examples",
+        "examples": work.iter().map(|w| json!({
+            "query": w.query,
+            "answer": w.best.answer,
+            "initial_answer": w.initial,
+            "aspects": w.aspects.iter().map(|a| a.name).collect::<Vec<_>>(),
+            "score_sum": w.best.sum(),
+            "all_fives": all_fives(&w.best.judgement, &w.aspects),
+            "rewrites": w.rewrites,
+            "node": w.best.node,
+        })).collect::<Vec<_>>(),
+        "stopped": stopped,
+    });
+    Ok(Outcome {
+        best_prompt: None,
+        best_score: Some(means.iter().sum::<f64>() / means.len() as f64),
+        best_path: work.iter().map(|w| w.best.node).collect(),
+        details: details.to_string(),
+    })
+}
+
+/// Per example: one aspect selection, 1 + `num_iters` judgements, `num_iters` rewrites at most;
+/// at least the selection and the first judgement. The host does not say how many examples
+/// there are before the run, so the estimate is per example (`num_samples`, or 1 when 0).
+pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
+    let examples = u64::from(options.num_samples.max(1));
+    let iters = u64::from(options.num_iters);
+    let request_options = RequestOptions {
+        metrics_max_tokens: options.metrics_max_tokens,
+        judge_max_tokens: options.judge_max_tokens,
+        optimizer_max_tokens: options.optimizer_max_tokens,
+        ..RequestOptions::default()
+    };
+    drpo_kit::drpo::estimate::estimate(&request_options)
+        .into_iter()
+        .map(|mut e| {
+            (e.min_calls, e.max_calls) = match e.role {
+                Role::Base => (0, 0),
+                Role::Metrics => (examples, examples),
+                Role::Judge => (examples, examples * (1 + iters)),
+                Role::Optimizer => (0, examples * iters),
+            };
+            e
+        })
+        .collect()
+}
+
+/// The exported strategy.
+struct Icl;
+
+impl Strategy for Icl {
+    fn describe() -> Info {
+        Info {
+            name: "icl".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "DRPO's in-context example optimization: a strict critic chooses 3-6 \
+aspects per example query and judges the answer; an optimizer rewrites it for up to num_iters \
+rounds, keeping the best by score sum (ties to the newer) and stopping early at all fives. The \
+run directory gets examples.json ({query: answer}) for run/generate --examples."
+                .into(),
+            options_schema: schema().to_json(),
+        }
+    }
+
+    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
+        let options: Options = schema().parse(options)?;
+        let examples = host.examples();
+        optimize(host, &options, examples)
+    }
+
+    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(&schema().parse(options)?))
+    }
+}
+
+export_strategy!(Icl);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drpo_kit::testing::ScriptedHost;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// The judged answer inside a critic prompt.
+    fn judged_answer(prompt: &str) -> String {
+        prompt
+            .split("## Reply\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n## Aspects").next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A host whose critic scores each answer by the number after "v" in it (`v3` → 3 on every
+    /// aspect) and whose optimizer writes the given answers in turn; the optimizer's prompts are
+    /// kept.
+    fn host(rewrites: &[&str]) -> (ScriptedHost, Rc<RefCell<Vec<String>>>) {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let queue: Vec<String> = rewrites.iter().map(|s| s.to_string()).collect();
+        let mut next = 0;
+        let log = seen.clone();
+        let mut host = ScriptedHost::new(
+            |prompt| {
+                let answer = judged_answer(prompt);
+                answer
+                    .split('v')
+                    .nth(1)
+                    .and_then(|rest| rest[..1].parse().ok())
+                    .unwrap_or(1)
+            },
+            move |prompt, _| {
+                log.borrow_mut().push(prompt.to_owned());
+                next += 1;
+                queue.get(next - 1).cloned().unwrap_or_else(|| "v1".into())
+            },
+        );
+        host.optimizer_field = "new_response".into();
+        (host, seen)
+    }
+
+    fn options(num_iters: u32) -> Options {
+        let mut options: Options = schema().parse("{}").unwrap();
+        options.num_iters = num_iters;
+        options
+    }
+
+    fn example(answer: &str) -> Vec<Example> {
+        vec![Example {
+            query: "How do tides work?".into(),
+            answer: answer.into(),
+        }]
+    }
+
+    fn best(outcome: &Outcome) -> Value {
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        details["examples"][0].clone()
+    }
+
+    #[test]
+    fn keeps_the_best_by_sum_ties_to_the_newer_and_stops_at_all_fives() {
+        // v2 initially; v3 better (kept); v3 again (a tie: the newer is kept); v1 worse
+        // (dropped); v5 all fives (kept, and the loop stops with one round unused).
+        let (mut h, seen) = host(&["v3 first", "v3 second", "v1 worse", "v5 best"]);
+        let outcome = optimize(&mut h, &options(6), example("v2 initial")).unwrap();
+        let best = best(&outcome);
+        assert_eq!(best["answer"], "<START>\nv5 best\n<END>");
+        assert_eq!(best["initial_answer"], "<START>\nv2 initial\n<END>");
+        assert_eq!(best["all_fives"], true);
+        assert_eq!(best["rewrites"], 4);
+        assert_eq!(best["score_sum"], 10, "two scripted aspects at 5");
+        let prompts = seen.borrow();
+        assert_eq!(prompts.len(), 4, "stopped early: no fifth or sixth rewrite");
+        // Round 3 rewrites the newer of the tied answers; round 4 still rewrites it, since the
+        // worse one was not kept.
+        assert!(prompts[2].contains("v3 second"), "{}", prompts[2]);
+        assert!(prompts[3].contains("v3 second"), "{}", prompts[3]);
+        // Nodes: the initial answer and one per rewrite, each child of the best at the time.
+        let parents: Vec<Option<u32>> = h.nodes.iter().map(|n| n.parent).collect();
+        assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(2)]);
+        assert_eq!(outcome.best_path, [4]);
+        assert_eq!(outcome.best_score, Some(5.0));
+    }
+
+    #[test]
+    fn an_answer_already_perfect_is_not_rewritten_and_num_iters_bounds_the_rest() {
+        let (mut h, seen) = host(&[]);
+        let outcome = optimize(&mut h, &options(5), example("v5 fine")).unwrap();
+        assert_eq!(best(&outcome)["rewrites"], 0);
+        assert!(seen.borrow().is_empty());
+
+        let (mut h, seen) = host(&["v1 a", "v1 b"]);
+        let outcome = optimize(&mut h, &options(2), example("v4 good")).unwrap();
+        assert_eq!(seen.borrow().len(), 2);
+        assert_eq!(best(&outcome)["answer"], "<START>\nv4 good\n<END>");
+        assert_eq!(h.requests_for(Role::Metrics), 1);
+        assert_eq!(h.requests_for(Role::Judge), 3);
+    }
+
+    #[test]
+    fn a_spent_budget_keeps_the_best_so_far() {
+        let (mut h, _) = host(&["v3 better"]);
+        // Selection, first judgement, first rewrite, its judgement: then the budget is spent.
+        h.budget = Some(4);
+        let outcome = optimize(&mut h, &options(5), example("v2 start")).unwrap();
+        assert_eq!(best(&outcome)["answer"], "<START>\nv3 better\n<END>");
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert!(details["stopped"].as_str().unwrap().contains("budget"));
+    }
+
+    #[test]
+    fn the_critic_is_strict_and_asks_for_three_to_six_aspects() {
+        let (mut h, _) = host(&[]);
+        optimize(&mut h, &options(0), example("v5")).unwrap();
+        let text = |r: &Request| match &r.prompt {
+            Prompt::Chat(m) => m[0].content.clone(),
+            Prompt::Raw(t) => t.clone(),
+        };
+        let metrics = h.requests.iter().find(|r| r.role == Role::Metrics).unwrap();
+        assert!(text(metrics).contains("at least 3 and at most 6 aspects"));
+        let schema: Value = serde_json::from_str(metrics.json_schema.as_deref().unwrap()).unwrap();
+        let selected = &schema["properties"]["aspects_selection"]["properties"]["selected_aspects"];
+        assert_eq!(
+            (selected["minItems"].as_u64(), selected["maxItems"].as_u64()),
+            (Some(3), Some(6))
+        );
+        let judge = h.requests.iter().find(|r| r.role == Role::Judge).unwrap();
+        assert!(text(judge).starts_with("You are a ruthless critic"));
+    }
+
+    #[test]
+    fn no_examples_is_an_error() {
+        let (mut h, _) = host(&[]);
+        let err = optimize(&mut h, &options(5), Vec::new()).unwrap_err();
+        assert!(err.contains("--examples"), "{err}");
+    }
+}

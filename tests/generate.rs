@@ -1,0 +1,362 @@
+//! `drpo-host generate` against a loopback server: the published inference format, the
+//! optimized prompt from a run directory or a file, retrieval of the top-k examples by the
+//! server's embeddings, JSONL in and out, the baselines and bad input.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::{host, output, text};
+use serde_json::{Value, json};
+
+/// Embeddings by topic, so the nearest examples are known: a text about cats points along the
+/// first axis, dogs the second, fish the third; anything else is the fourth.
+fn topic_vector(text: &str) -> Vec<f64> {
+    let text = text.to_lowercase();
+    let mut vector = vec![0.0; 4];
+    for (axis, word) in ["cat", "dog", "fish"].iter().enumerate() {
+        if text.contains(word) {
+            vector[axis] = 1.0;
+        }
+    }
+    if vector.iter().all(|&x| x == 0.0) {
+        vector[3] = 1.0;
+    }
+    vector
+}
+
+fn topic_server() -> Server {
+    Server::with_script(|path, request| {
+        let body = if path.ends_with("/embeddings") {
+            let data: Vec<Value> = request["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"index": i, "embedding": topic_vector(t.as_str().unwrap())}))
+                .collect();
+            json!({"data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        } else {
+            default_reply(path, request)
+        };
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    })
+}
+
+/// Examples in the published `{query: answer}` shape, dogs first so that "first k" and
+/// "nearest k" differ.
+fn write_examples(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("examples.json");
+    let examples = json!({
+        "How do I train a dog to sit?": "<START>\nUse treats.\n<END>",
+        "Why does my dog bark?": "Boredom, usually.",
+        "What do cats eat?": "Meat: cats are carnivores.",
+        "How long do cats sleep?": "About 15 hours a day.",
+        "Can fish feel pain?": "The evidence says they can.",
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&examples).unwrap()).unwrap();
+    path
+}
+
+fn chat_requests(server: &Server) -> Vec<Value> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|(path, _)| path.ends_with("/chat/completions"))
+        .map(|(_, body)| body)
+        .collect()
+}
+
+#[test]
+fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(
+        run.join("result.json"),
+        json!({"best_prompt": "You are the optimized assistant.", "best_score": 4.5}).to_string(),
+    )
+    .unwrap();
+    let examples = write_examples(work.path());
+    let server = topic_server();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "served", "--api-base", server.url()])
+            .args(["--embedding-model", "embedder"])
+            .arg("--run")
+            .arg(&run)
+            .arg("--examples")
+            .arg(&examples)
+            .args(["-k", "2"])
+            .arg("My cat is picky: what should she eat?"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let embeds: Vec<Value> = server
+        .requests()
+        .into_iter()
+        .filter(|(path, _)| path.ends_with("/embeddings"))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(embeds.len(), 1, "one batched embedding call");
+    assert_eq!(embeds[0]["model"], "embedder");
+    assert_eq!(embeds[0]["input"].as_array().unwrap().len(), 6);
+
+    let chats = chat_requests(&server);
+    assert_eq!(chats.len(), 1);
+    let messages = chats[0]["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[0]["content"],
+        "You are the optimized assistant.\n\n#Query:\nWhat do cats eat?\n\n#Answer:\n<START>\nMeat: cats are carnivores.\n<END>\n\n#Query:\nHow long do cats sleep?\n\n#Answer:\n<START>\nAbout 15 hours a day.\n<END>"
+    );
+    assert_eq!(
+        messages[1]["content"],
+        "# Query:\nMy cat is picky: what should she eat?\n\n# Answer:\n<START>"
+    );
+    assert_eq!(chats[0]["stop"], json!(["<END>", "<END", "<|eot_id|>"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("### My cat is picky: what should she eat?\nanswer "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
+    let work = tempfile::tempdir().unwrap();
+    let examples = write_examples(work.path());
+    let prompt = work.path().join("prompt.txt");
+    std::fs::write(&prompt, "Answer well.").unwrap();
+    let input = work.path().join("queries.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"text\": \"Do fish sleep?\"}\n{\"id\": \"b\", \"query\": \"How do I pick a lock?\", \"tags\": [\"harmful\"]}\n",
+    )
+    .unwrap();
+    let server = topic_server();
+    let answers = work.path().join("answers.jsonl");
+    let out = output(
+        host(&work.path().join("cache"))
+            .env_remove("DRPO_DEFAULT_EMBEDDER")
+            .arg("generate")
+            .args(["--model", "served", "--api-base", server.url()])
+            .arg("--prompt-file")
+            .arg(&prompt)
+            .arg("--examples")
+            .arg(&examples)
+            .args(["-k", "1", "--raw"])
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&answers),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("every query gets the first 1 example(s) of the file"),
+        "{}",
+        text(&out)
+    );
+    let completions: Vec<Value> = server
+        .requests()
+        .into_iter()
+        .filter(|(path, _)| path.ends_with("/completions"))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(completions.len(), 2);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|(p, _)| !p.ends_with("/embeddings"))
+    );
+    let raw = completions
+        .iter()
+        .filter_map(|c| c["prompt"].as_str())
+        .find(|p| p.contains("Do fish sleep?"))
+        .expect("a raw completion for the first query");
+    assert_eq!(
+        raw,
+        "Answer well.\n\n#Query:\nHow do I train a dog to sit?\n\n#Answer:\n<START>\nUse treats.\n<END>\n\n# Query:\nDo fish sleep?\n\n# Answer:\n<START>"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&answers)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[1]["query"], "How do I pick a lock?");
+    assert_eq!(lines[1]["tags"], json!(["harmful"]));
+    assert!(lines[1]["answer"].as_str().unwrap().starts_with("answer "));
+
+    // Both baselines: the initial prompt and no examples.
+    let server = topic_server();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "served", "--api-base", server.url()])
+            .args(["--no-optimized-prompt", "--no-examples"])
+            .arg("Do fish sleep?"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let chats = chat_requests(&server);
+    assert_eq!(
+        chats[0]["messages"][0]["content"],
+        "You are a helpful assistant."
+    );
+}
+
+#[test]
+fn bad_input_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let wrong = work.path().join("wrong.json");
+    std::fs::write(&wrong, "{\"What?\": 42}").unwrap();
+    let out = output(
+        host(&cache)
+            .arg("generate")
+            .args(["--model", "m", "--api-base", "http://127.0.0.1:9/v1"])
+            .arg("--examples")
+            .arg(&wrong)
+            .arg("q"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wrong.json"), "{}", text(&out));
+    assert!(text(&out).contains("is not a string"), "{}", text(&out));
+
+    let out = output(host(&cache).args(["generate", "-k", "6", "q"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("6 is not in 1..=5"), "{}", text(&out));
+
+    let out = output(
+        host(&cache)
+            .arg("generate")
+            .arg("--run")
+            .arg(work.path())
+            .arg("q"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("result.json"), "{}", text(&out));
+}
+
+#[test]
+fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
+    let model = drpo_tests::workspace().join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-minilm.sh (./scripts/test does)",
+        model.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let examples = write_examples(work.path());
+    let server = topic_server();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "served", "--api-base", server.url()])
+            .arg("--embedding-model")
+            .arg(format!("local:{}", model.display()))
+            .arg("--examples")
+            .arg(&examples)
+            .args(["-k", "1", "Is it cruel to keep a goldfish in a small bowl?"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|(p, _)| !p.ends_with("/embeddings")),
+        "embedded in process"
+    );
+    let chats = chat_requests(&server);
+    let system = chats[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("#Query:\nCan fish feel pain?"), "{system}");
+}
+
+#[test]
+fn an_incomplete_embedding_model_directory_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("config.json"), "{}").unwrap();
+    let out = output(
+        host(&work.path().join("cache"))
+            .arg("generate")
+            .args(["--model", "m", "--api-base", "http://127.0.0.1:9/v1"])
+            .arg("--embedding-model")
+            .arg(format!("local:{}", work.path().display()))
+            .arg("q"),
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("tokenizer.json"), "{}", text(&out));
+    assert!(text(&out).contains("missing"), "{}", text(&out));
+}
+
+/// `run` retrieves the in-context examples with the local sentence encoder: the embed call is
+/// answered in process, recorded, and replayed without the model.
+#[test]
+fn a_search_retrieves_examples_with_the_local_encoder_and_replays_without_it() {
+    use drpo_host::runlog::{CallRequest, CallResponse, Entry, read_log};
+    let model = drpo_tests::workspace().join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "run scripts/fetch-minilm.sh"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let server = Server::start();
+    let out = output(
+        host(&cache)
+            .arg("run")
+            .arg("--strategy")
+            .arg(drpo_tests::plugin("beam"))
+            .arg("--log-dir")
+            .arg(&dir)
+            .args(drpo_tests::roles_at(server.url()))
+            .arg("--embedding-model-name")
+            .arg(format!("local:{}", model.display()))
+            .args([
+                "--depth",
+                "2",
+                "--beam-size",
+                "1",
+                "--n-actions",
+                "1",
+                "--no-cache",
+            ]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let embeds: Vec<(usize, usize)> = read_log(&dir.join("run.log"))
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::Call(call) => match (call.request, call.response) {
+                (CallRequest::Embed(texts), CallResponse::Embed(Ok(vectors))) => {
+                    Some((texts.len(), vectors[0].len()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(embeds.len(), 1, "one batched embed call");
+    assert_eq!(embeds[0].1, 384);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|(p, _)| !p.ends_with("/embeddings"))
+    );
+    let replay = output(
+        host(&cache)
+            .env("DRPO_DEFAULT_EMBEDDER", "/nonexistent")
+            .arg("replay")
+            .arg(&dir),
+    );
+    assert!(replay.status.success(), "{}", text(&replay));
+}

@@ -1,0 +1,129 @@
+//! icl.wasm end to end against a loopback critic and optimizer: the examples file it writes is
+//! in the published `{query: answer}` shape, in the input's order, holds the better-scored
+//! rewrites, replays, and feeds `generate --examples`.
+
+use std::time::Duration;
+
+use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::{host, output, plugin, result_json, text};
+use serde_json::{Map, Value, json};
+
+/// The critic gives 5 on every aspect to a reply that says "rewritten", 2 otherwise; the
+/// optimizer rewrites an answer as "rewritten: <query>"; anything else gets the default reply.
+fn server() -> Server {
+    Server::with_script(|path, request| {
+        let prompt = request["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default();
+        let schema = &request["response_format"]["json_schema"]["schema"];
+        let content = if prompt.starts_with("You are a ruthless critic of example answers") {
+            let reply = prompt.split("## Reply").nth(1).unwrap_or_default();
+            let reply = reply.split("## Aspects").next().unwrap_or_default();
+            let score = if reply.contains("rewritten") { 5 } else { 2 };
+            let verdict: Map<String, Value> = schema["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| (k.clone(), json!({"rationale": "scripted", "score": score})))
+                .collect();
+            Some(Value::Object(verdict).to_string())
+        } else if prompt.starts_with("You improve example answers") {
+            let query = prompt
+                .split("## Query\n")
+                .nth(1)
+                .and_then(|q| q.split("\n\n").next())
+                .unwrap_or_default();
+            Some(
+                json!({"analysis": "a", "thought": "t", "new_response": format!("rewritten: {query}")})
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        let body = match content {
+            Some(content) => json!({"choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}),
+            None => default_reply(path, request),
+        };
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    })
+}
+
+#[test]
+fn optimized_examples_are_written_replayed_and_used_by_generate() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let input = work.path().join("initial.json");
+    // Not in sorted order, to check that the output keeps the input's order.
+    std::fs::write(
+        &input,
+        json!({"Why do leaves fall?": "<START>\nThey just do.\n<END>", "Are cats liquid?": "No."})
+            .to_string(),
+    )
+    .unwrap();
+    let server = server();
+    let dir = work.path().join("icl");
+    let out = output(
+        host(&cache)
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("icl"))
+            .arg("--log-dir")
+            .arg(&dir)
+            .arg("--examples")
+            .arg(&input)
+            .args(drpo_tests::roles_at(server.url()))
+            .args(["--no-cache", "--option", "num_iters=3"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(dir.join("examples.json")).unwrap();
+    let keys: Vec<&str> = written
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"'))
+        .filter_map(|l| l.split("\":").next())
+        .collect();
+    assert_eq!(
+        keys,
+        ["Why do leaves fall?", "Are cats liquid?"],
+        "{written}"
+    );
+    let examples: Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        examples["Why do leaves fall?"],
+        "<START>\nrewritten: Why do leaves fall?\n<END>"
+    );
+    // 2 selections, 2 initial judgements, then one rewrite and one judgement each, after which
+    // every aspect is 5 and both stop.
+    assert_eq!(server.requests().len(), 8);
+    let result = result_json(&dir);
+    assert_eq!(result["details"]["examples"][1]["rewrites"], 1);
+    assert_eq!(result["tree"].as_array().unwrap().len(), 4);
+
+    let replay = output(host(&cache).arg("replay").arg(&dir));
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert_eq!(server.requests().len(), 8, "the replay sent nothing");
+
+    let out = output(
+        host(&cache)
+            .arg("generate")
+            .args(["--model", "base", "--api-base", server.url()])
+            .arg("--examples")
+            .arg(dir.join("examples.json"))
+            .args(["-k", "2", "Do trees sleep?"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let last = server.requests().pop().unwrap().1;
+    let system = last["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains(
+            "#Query:\nAre cats liquid?\n\n#Answer:\n<START>\nrewritten: Are cats liquid?\n<END>"
+        ),
+        "{system}"
+    );
+}
