@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
+use drpo_tests::browser;
 use drpo_tests::server::Server;
 use drpo_tests::{host, output, plugin, result_json, roles_at, text};
 
-/// Runs `strategy` with `options` (KEY=VALUE) into `work/name`, and checks the replay.
+/// Runs `strategy` with `options` (KEY=VALUE) into `work/name`, and checks the replay and that
+/// `tree.html` renders every node.
 fn run_and_replay(strategy: &str, work: &Path, options: &[&str]) -> serde_json::Value {
     let server = Server::start();
     let dir = work.join(strategy);
@@ -32,7 +34,14 @@ fn run_and_replay(strategy: &str, work: &Path, options: &[&str]) -> serde_json::
         "{}",
         text(&replay)
     );
-    result_json(&dir)
+    let result = result_json(&dir);
+    let dom = browser::dump_dom(&dir.join("tree.html"), "");
+    assert_eq!(
+        browser::rendered_nodes(&dom).len(),
+        result["tree"].as_array().unwrap().len(),
+        "tree.html in headless Chromium shows every node"
+    );
+    result
 }
 
 /// Every node has the fields the viewer reads, and its parent was recorded before it.

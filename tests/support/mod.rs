@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: where the built binaries and plugins are, and a
 //! scripted OpenAI-compatible server on loopback.
 
+pub mod browser;
 pub mod server;
 
 use std::path::{Path, PathBuf};
