@@ -123,8 +123,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelErro
 }
 
 impl SentenceEncoder {
-    /// Loads the encoder in `dir`; a missing file is named in the error.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+    /// Fails, naming the file, when `dir` lacks a file every sentence-transformers directory
+    /// has; cheap, so a run can refuse a broken directory before it loads anything.
+    pub fn check_files(dir: &Path) -> Result<(), ModelError> {
         for file in REQUIRED_FILES {
             let path = dir.join(file);
             if !path.is_file() {
@@ -136,6 +137,12 @@ impl SentenceEncoder {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Loads the encoder in `dir`; a missing file is named in the error.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::check_files(dir)?;
         let config: BertConfig = read_json(&dir.join("config.json"))?;
         if config.hidden_act != "gelu" {
             return Err(ModelError::format(

@@ -2,8 +2,8 @@
 //! sentence-transformers directory (e.g. all-MiniLM-L6-v2, fetched by `scripts/fetch-minilm.sh`),
 //! run by `drpo-models` on the CPU. It serves `embed` only.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use drpo_models::bert::SentenceEncoder;
 use futures::future::BoxFuture;
@@ -11,34 +11,36 @@ use futures::future::BoxFuture;
 use super::{Answer, Provider};
 use crate::bindings::types::{LlmError, Request};
 
-/// An embedding model loaded in this process.
+/// An embedding model run in this process. Its files are checked when the run starts; the
+/// weights are loaded on the first `embed`, so a strategy that never embeds pays nothing.
 pub struct LocalEmbedder {
-    encoder: Arc<SentenceEncoder>,
-    path: String,
+    dir: PathBuf,
+    /// The encoder, or why it could not be loaded; set by the first `embed`.
+    encoder: Arc<OnceLock<Result<Arc<SentenceEncoder>, String>>>,
 }
 
 impl LocalEmbedder {
-    /// Loads the encoder in `dir`.
+    /// The encoder in `dir`, whose files must all be there.
     pub fn load(dir: &Path) -> anyhow::Result<LocalEmbedder> {
-        let encoder = SentenceEncoder::load(dir).map_err(|e| {
+        SentenceEncoder::check_files(dir).map_err(|e| {
             anyhow::anyhow!("cannot load the embedding model {}: {e}", dir.display())
         })?;
         Ok(LocalEmbedder {
-            encoder: Arc::new(encoder),
-            path: dir.display().to_string(),
+            dir: dir.to_owned(),
+            encoder: Arc::new(OnceLock::new()),
         })
     }
 }
 
 impl Provider for LocalEmbedder {
     fn identity(&self) -> String {
-        format!("local embedder {}", self.path)
+        format!("local embedder {}", self.dir.display())
     }
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         let why = format!(
             "{} is an embedding model; it answers no completions",
-            self.path
+            self.dir.display()
         );
         Box::pin(async move {
             batch
@@ -49,9 +51,20 @@ impl Provider for LocalEmbedder {
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {
-        let encoder = self.encoder.clone();
+        let (encoder, dir) = (self.encoder.clone(), self.dir.clone());
         Box::pin(async move {
-            match tokio::task::spawn_blocking(move || encoder.embed(&texts)).await {
+            let embed = move || {
+                let loaded = encoder.get_or_init(|| {
+                    SentenceEncoder::load(&dir)
+                        .map(Arc::new)
+                        .map_err(|e| format!("cannot load {}: {e}", dir.display()))
+                });
+                match loaded {
+                    Ok(encoder) => encoder.embed(&texts).map_err(|e| e.to_string()),
+                    Err(why) => Err(why.clone()),
+                }
+            };
+            match tokio::task::spawn_blocking(embed).await {
                 Ok(Ok(vectors)) => Ok(vectors),
                 Ok(Err(e)) => Err(LlmError::Unavailable(format!("local embedder: {e}"))),
                 Err(panic) => Err(LlmError::Unavailable(format!(
