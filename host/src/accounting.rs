@@ -177,27 +177,13 @@ impl Spend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Completion, Message, Prompt, Request, Sampling, Usage};
+    use crate::bindings::types::{Completion, Request, Usage};
     use crate::runlog::Provenance;
+    use crate::testing::chat_request;
     use std::collections::BTreeMap;
 
     fn request(role: Role) -> Request {
-        Request {
-            role,
-            prompt: Prompt::Chat(vec![Message {
-                role: "user".into(),
-                content: "q".into(),
-            }]),
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_tokens: 8,
-                n: 1,
-                seed: 0,
-                stop: vec![],
-            },
-            json_schema: None,
-        }
+        chat_request(role, "q")
     }
 
     fn answer(prompt: u32, completion: u32) -> Result<Completion, LlmError> {

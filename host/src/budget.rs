@@ -363,23 +363,8 @@ mod tests {
 
     #[test]
     fn a_resumed_run_counts_the_recorded_requests_but_not_hits_or_refusals() {
-        use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling};
-        let request = Request {
-            role: Role::Judge,
-            prompt: Prompt::Chat(vec![Message {
-                role: "user".into(),
-                content: "q".into(),
-            }]),
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_tokens: 8,
-                n: 1,
-                seed: 0,
-                stop: vec![],
-            },
-            json_schema: None,
-        };
+        use crate::bindings::types::{Completion, LlmError};
+        let request = crate::testing::chat_request(Role::Judge, "q");
         let answer = Ok(Completion {
             choices: vec!["a".into()],
             usage: usage(40),

@@ -205,25 +205,14 @@ fn create(path: &Path) -> Result<ResponseCache, OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Message, Prompt, Role, Sampling};
+    use crate::bindings::types::Role;
+    use crate::testing::chat_request;
 
     fn request(seed: u64, role: Role) -> Request {
-        Request {
-            role,
-            prompt: Prompt::Chat(vec![Message {
-                role: "user".into(),
-                content: "hello".into(),
-            }]),
-            sampling: Sampling {
-                temperature: 0.5,
-                top_p: 1.0,
-                max_tokens: 8,
-                n: 1,
-                seed,
-                stop: vec![],
-            },
-            json_schema: None,
-        }
+        let mut request = chat_request(role, "hello");
+        request.sampling.temperature = 0.5;
+        request.sampling.seed = seed;
+        request
     }
 
     fn completion() -> Completion {

@@ -127,31 +127,17 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::chat_request;
     use std::sync::Arc;
 
     use super::*;
-    use crate::bindings::types::{Completion, Message, Prompt, Role, Sampling, Usage};
+    use crate::bindings::types::{Completion, Prompt, Role, Usage};
     use crate::budget::Budget;
     use crate::cache::{FILE_NAME, Opened};
     use crate::provider::scripted::ScriptedProvider;
 
     fn request(text: &str) -> Request {
-        Request {
-            role: Role::Judge,
-            prompt: Prompt::Chat(vec![Message {
-                role: "user".into(),
-                content: text.into(),
-            }]),
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_tokens: 8,
-                n: 1,
-                seed: 0,
-                stop: vec![],
-            },
-            json_schema: None,
-        }
+        chat_request(Role::Judge, text)
     }
 
     fn batch(texts: &[&str]) -> Vec<Request> {

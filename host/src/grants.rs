@@ -165,7 +165,7 @@ pub fn usage_lines(grants: &Grants, calls: &[CallRecord]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Prompt, Sampling};
+    use crate::testing::chat_request;
 
     fn flags(roles: Option<&str>, max: Option<u64>) -> HostFlags {
         HostFlags {
@@ -176,19 +176,7 @@ mod tests {
     }
 
     fn request(role: Role) -> Request {
-        Request {
-            role,
-            prompt: Prompt::Raw("hi".into()),
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_tokens: 1,
-                n: 1,
-                seed: 0,
-                stop: Vec::new(),
-            },
-            json_schema: None,
-        }
+        chat_request(role, "hi")
     }
 
     #[test]

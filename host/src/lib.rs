@@ -50,4 +50,6 @@ pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+#[cfg(test)]
+mod testing;
 pub mod viewer;

@@ -238,8 +238,9 @@ impl Drop for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Completion, Node, Prompt, Request, Sampling, Usage};
+    use crate::bindings::types::{Completion, Node, Request, Usage};
     use crate::runlog::Provenance;
+    use crate::testing::chat_request;
 
     fn record(request: CallRequest, response: CallResponse) -> CallRecord {
         CallRecord {
@@ -284,19 +285,7 @@ mod tests {
     }
 
     fn request(role: Role) -> Request {
-        Request {
-            role,
-            prompt: Prompt::Raw(String::new()),
-            sampling: Sampling {
-                temperature: 0.0,
-                top_p: 1.0,
-                max_tokens: 1,
-                n: 1,
-                seed: 0,
-                stop: Vec::new(),
-            },
-            json_schema: None,
-        }
+        chat_request(role, "")
     }
 
     #[test]

@@ -159,25 +159,13 @@ fn short(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Message, Prompt, Request, Role, Sampling};
+    use crate::bindings::types::{Request, Role};
+    use crate::testing::chat_request;
 
     fn request(temperature: f32, text: &str) -> Request {
-        Request {
-            role: Role::Judge,
-            prompt: Prompt::Chat(vec![Message {
-                role: "user".into(),
-                content: text.into(),
-            }]),
-            sampling: Sampling {
-                temperature,
-                top_p: 1.0,
-                max_tokens: 10,
-                n: 1,
-                seed: 0,
-                stop: vec![],
-            },
-            json_schema: None,
-        }
+        let mut request = chat_request(Role::Judge, text);
+        request.sampling.temperature = temperature;
+        request
     }
 
     #[test]
