@@ -2,7 +2,9 @@
 //! the four DRPO roles with answers in the shapes the kit's [`crate::scoring`] expects, and
 //! keeps every request, node and log line for assertions.
 
-use drpo::types::{Completion, Host, LlmError, LogLevel, Node, Prompt, Request, Role, Usage};
+use drpo::types::{
+    Completion, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
+};
 use serde_json::{Map, Value, json};
 
 /// Scores a judged answer: receives the judge's prompt (which quotes the base model's answer,
@@ -12,6 +14,17 @@ pub type ScoreFn = Box<dyn FnMut(&str) -> u8>;
 
 /// Writes the `choice`-th new system prompt from the optimizer's prompt.
 pub type ProposeFn = Box<dyn FnMut(&str, u32) -> String>;
+
+/// `n` training queries, `q0` to `q{n-1}`, each a distinct question.
+pub fn queries(n: usize) -> Vec<Query> {
+    (0..n)
+        .map(|i| Query {
+            id: format!("q{i}"),
+            text: format!("question {i}?"),
+            tags: vec![],
+        })
+        .collect()
+}
 
 /// A host whose models are closures.
 pub struct ScriptedHost {

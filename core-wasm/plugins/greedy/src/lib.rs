@@ -295,17 +295,7 @@ export_strategy!(Greedy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drpo_kit::testing::ScriptedHost;
-
-    fn queries(n: usize) -> Vec<Query> {
-        (0..n)
-            .map(|i| Query {
-                id: format!("q{i}"),
-                text: format!("question {i}?"),
-                tags: vec![],
-            })
-            .collect()
-    }
+    use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(steps: u32) -> Options {
         let mut options: Options = schema().parse("{}").unwrap();

@@ -172,17 +172,7 @@ fn record<H: Host>(
 mod tests {
     use super::*;
     use drpo_kit::Role;
-    use drpo_kit::testing::ScriptedHost;
-
-    fn queries(n: usize) -> Vec<Query> {
-        (0..n)
-            .map(|i| Query {
-                id: format!("q{i}"),
-                text: format!("question {i}?"),
-                tags: vec![],
-            })
-            .collect()
-    }
+    use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(iterations: u32, depth: u32, width: u32) -> Options {
         let mut options: Options = crate::schema().parse("{}").unwrap();
