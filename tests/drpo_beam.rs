@@ -5,7 +5,7 @@ use std::path::Path;
 
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
 use drpo_tests::server::Server;
-use drpo_tests::{host, output, plugin, roles_at, text};
+use drpo_tests::{assert_replays, host, output, plugin, roles_at, text};
 
 #[derive(Debug, Default, PartialEq)]
 struct Counts {
@@ -92,17 +92,7 @@ fn published_call_counts_at_depth_20_beam_2_three_actions_and_a_warm_metrics_cac
     );
     assert_eq!(warm_counts.base, 112);
 
-    let replay = output(
-        host(&work.path().join("cache"))
-            .arg("replay")
-            .arg(work.path().join("cold")),
-    );
-    assert!(replay.status.success(), "{}", text(&replay));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&work.path().join("cache"), &work.path().join("cold"));
 }
 
 #[test]

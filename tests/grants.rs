@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use drpo_host::bindings::types::{LlmError, Role};
 use drpo_host::runlog::{CallRequest, CallResponse, read_log};
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
 
 /// Every (role, result) of the run's `complete` requests.
 fn answered(dir: &Path) -> Vec<(Role, Result<(), LlmError>)> {
@@ -45,12 +45,7 @@ fn run(server: &Server, work: &Path, strategy: &str, flags: &[&str]) -> std::pro
 
 fn replay_and_inspect(work: &Path) -> String {
     let dir = work.join("run");
-    let replay = output(host(&work.join("cache")).arg("replay").arg(&dir));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&work.join("cache"), &dir);
     let inspect = output(host(&work.join("cache")).arg("inspect").arg(&dir));
     assert!(inspect.status.success(), "{}", text(&inspect));
     text(&inspect)

@@ -9,7 +9,7 @@ use drpo_host::bindings::types::Outcome;
 use drpo_host::runlog::{CallRequest, EndStatus, Entry, read_log};
 use drpo_host::runtime::{Limits, PluginError, Runtime, Session, SessionFailure};
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, plugin, roles_at, text};
+use drpo_tests::{assert_replays, host, output, plugin, roles_at, text};
 
 fn run_args(server: &Server, dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -94,13 +94,7 @@ fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() 
     );
     let served = server.requests().len();
 
-    let replay = output(host(&cache).arg("replay").arg(&first));
-    assert!(replay.status.success(), "{}", text(&replay));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&cache, &first);
     assert_eq!(
         server.requests().len(),
         served,
@@ -271,12 +265,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outcome_without_resending_recorded_
         "recorded requests were sent again: {resent:?}"
     );
 
-    let replay = output(host(&cache).arg("replay").arg(&dir));
-    assert!(
-        replay.status.success(),
-        "the resumed log replays: {}",
-        text(&replay)
-    );
+    assert_replays(&cache, &dir);
 
     let again = output(host(&cache).arg("resume").arg(&dir));
     assert!(!again.status.success());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drpo_host::bindings::types::LlmError;
 use drpo_host::runlog::{CallResponse, Entry, read_log};
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
 
 /// A beam search long enough for every budget below to cut it short.
 const SEARCH: [&str; 8] = [
@@ -80,12 +80,7 @@ fn assert_stopped_cleanly_by_the_budget(out: &Output, work: &Path, name: &str) {
         result["details"]
     );
     assert!(refusals(&dir) > 0, "the refusal is in the run log");
-    let replay = output(host(&work.join("cache")).arg("replay").arg(&dir));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&work.join("cache"), &dir);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use drpo_tests::browser;
 use drpo_tests::server::Server;
-use drpo_tests::{host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
 
 /// Runs `strategy` with `options` (KEY=VALUE) into `work/name`, and checks the replay and that
 /// `tree.html` renders every node.
@@ -27,13 +27,7 @@ fn run_and_replay(strategy: &str, work: &Path, options: &[&str]) -> serde_json::
     let out = output(&mut command);
     assert!(out.status.success(), "{}", text(&out));
 
-    let replay = output(host(&work.join("cache")).arg("replay").arg(&dir));
-    assert!(replay.status.success(), "{}", text(&replay));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&work.join("cache"), &dir);
     let result = result_json(&dir);
     let dom = browser::dump_dom(&dir.join("tree.html"), "");
     assert_eq!(

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use drpo_tests::server::Server;
-use drpo_tests::{host, output, result_json, roles_at, text, workspace};
+use drpo_tests::{assert_replays, host, output, result_json, roles_at, text, workspace};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -72,10 +72,5 @@ fn a_copy_of_the_template_builds_with_the_documented_command_and_runs() {
     assert_eq!(result["tree"].as_array().map(Vec::len), Some(3), "{result}");
     assert_eq!(result["best_score"].as_f64(), Some(3.0));
 
-    let replay = output(host(&work.path().join("cache")).arg("replay").arg(&dir));
-    assert!(
-        text(&replay).contains("replay reproduced the run"),
-        "{}",
-        text(&replay)
-    );
+    assert_replays(&work.path().join("cache"), &dir);
 }

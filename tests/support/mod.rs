@@ -103,3 +103,13 @@ pub fn result_json(run_dir: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
+
+/// Replays the run in `run_dir` (compiled plugins cached in `cache`) and asserts that it
+/// reproduced the run; returns what `replay` printed.
+pub fn assert_replays(cache: &Path, run_dir: &Path) -> String {
+    let replay = output(host(cache).arg("replay").arg(run_dir));
+    let printed = text(&replay);
+    assert!(replay.status.success(), "{printed}");
+    assert!(printed.contains("replay reproduced the run"), "{printed}");
+    printed
+}
