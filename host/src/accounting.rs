@@ -9,6 +9,14 @@ use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
 /// The roles in the order they are shown.
 pub const ROLES: [Role; 4] = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
 
+/// The model serving `role`, from the run log header's list of models.
+pub fn model_of(models: &[RoleModel], role: Role) -> Option<&str> {
+    models
+        .iter()
+        .find(|m| m.role == role_name(role))
+        .map(|m| m.model.as_str())
+}
+
 /// What one role spent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleSpend {
@@ -41,17 +49,11 @@ pub struct Spend {
 impl Spend {
     /// Adds up `calls`; `models` is the run log header's list, `prices` prices them.
     pub fn of(calls: &[CallRecord], models: &[RoleModel], prices: &PriceTable) -> Spend {
-        let model_of = |role: Role| {
-            models
-                .iter()
-                .find(|m| m.role == role_name(role))
-                .map(|m| m.model.clone())
-        };
         let mut roles: Vec<RoleSpend> = ROLES
             .iter()
             .map(|&role| RoleSpend {
                 role,
-                model: model_of(role),
+                model: model_of(models, role).map(str::to_owned),
                 requests: 0,
                 choices: 0,
                 failed: 0,

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::accounting::model_of;
 use crate::bindings::types::Role;
 use crate::pricing::{Money, PriceTable};
-use crate::rundir::role_name;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
 use crate::runtime::Observer;
 
@@ -33,8 +33,8 @@ impl RolePrices {
     }
 
     fn cost(&self, role: Role, prompt: u64, completion: u64) -> Money {
-        match self.models.iter().find(|m| m.role == role_name(role)) {
-            Some(model) => self.table.cost(&model.model, prompt, completion),
+        match model_of(&self.models, role) {
+            Some(model) => self.table.cost(model, prompt, completion),
             None if prompt == 0 && completion == 0 => Money::ZERO,
             None => Money::Unknown,
         }
