@@ -19,6 +19,14 @@ pub const START: &str = "<START>";
 /// How many examples are used when retrieval is off or unavailable (the published fixed pair).
 pub const FIXED_EXAMPLES: usize = 2;
 
+/// The published initial system prompt: where a search starts, and the system prompt of the
+/// `--no-optimized-prompt` baseline at inference.
+pub const BASELINE_PROMPT: &str = "You are a helpful assistant.";
+
+/// Most retrieved examples an inference prompt takes (the published bound on
+/// `num_optimized_icl`).
+pub const MAX_INFERENCE_EXAMPLES: usize = 5;
+
 /// Cosine similarity; 0 when either vector is zero or the lengths differ.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
