@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, plugin, result_json, text};
+use drpo_tests::{assert_replays, host, output, plugin, result_json, text};
 use serde_json::{Map, Value, json};
 
 /// The critic gives 5 on every aspect to a reply that says "rewritten", 2 otherwise; the
@@ -105,13 +105,16 @@ fn optimized_examples_are_written_replayed_and_used_by_generate() {
     assert_eq!(result["details"]["examples"][1]["rewrites"], 1);
     assert_eq!(result["tree"].as_array().unwrap().len(), 4);
 
-    let replay = output(host(&cache).arg("replay").arg(&dir));
-    assert!(replay.status.success(), "{}", text(&replay));
+    assert_replays(&cache, &dir);
     assert_eq!(server.requests().len(), 8, "the replay sent nothing");
 
     let out = output(
         host(&cache)
             .arg("generate")
+            .arg("--strategy")
+            .arg(plugin("generate"))
+            .arg("--log-dir")
+            .arg(work.path().join("generate"))
             .args(["--model", "base", "--api-base", server.url()])
             .arg("--examples")
             .arg(dir.join("examples.json"))
