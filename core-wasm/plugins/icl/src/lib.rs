@@ -9,10 +9,12 @@
 //! (`drpo-host run --examples FILE`); the outcome's details hold the optimized examples, which
 //! the host writes as `examples.json` in the published `{query: answer}` shape, ready for
 //! `run --examples` and `generate --examples`. Every judged answer is recorded as a node (its
-//! text in the node's prompt field), so the viewer shows each example's rewrites.
+//! text in the node's prompt field), so the viewer shows each example's rewrites. The
+//! rewriting prompt, with its two annotated answers, is the DRPO library's
+//! (`drpo::icl::answer_rewrite_prompt`).
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::icl::wrap_answer;
+use drpo_kit::drpo::icl::{answer_rewrite_prompt, answer_rewrite_schema, wrap_answer};
 use drpo_kit::drpo::options::Options as RequestOptions;
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
@@ -109,57 +111,6 @@ Answer with a single JSON object and nothing else:
 [\"...\", \"...\", \"...\"]}}}}
 "
     )
-}
-
-/// The optimizer's prompt: rewrite `answer` to `query` using the critique.
-pub fn rewrite_prompt(query: &str, answer: &str, critique: &str) -> String {
-    format!(
-        "You improve example answers that will be shown to an AI assistant as models to \
-imitate. Below are a user query, the current answer and a strict critic's judgement of it \
-(a rationale and a 1-5 score per aspect). Write a better answer.
-
-## Query
-{query}
-
-## Current answer
-{answer}
-
-## Critique
-{critique}
-
-## How to rewrite
-- Fix every point the critic took off for; keep what the critic praised.
-- Write the answer itself, not advice on how to answer.
-- Do not name the company or lab that built the assistant.
-- Organise the answer with bullet points where that helps the reader, at most six.
-- If the query asks for something harmful or malicious, decline plainly in the first person \
-(\"As an AI, I can't help with ...\"), explain briefly why it would cause harm, and offer a safe \
-alternative when there is one.
-- Work a short overview, the relevant limitations and a conclusion into the text, without \
-headings for them.
-- Give enough depth for an expert while staying clear to a beginner.
-- If the answer must get shorter, trim the overview, never the substance.
-- Prefer safe, general statements to specific claims you are not sure of.
-- Start the answer with a line holding only <START> and end it with a line holding only <END>.
-
-## Answer format
-Answer with a single JSON object and nothing else:
-{{\"analysis\": \"what the critique says is wrong\", \"thought\": \"how the new answer fixes it\", \
-\"new_response\": \"<START>\\n...\\n<END>\"}}
-"
-    )
-}
-
-/// The schema of the optimizer's answer.
-pub fn rewrite_schema() -> String {
-    let text = json!({"type": "string"});
-    json!({
-        "type": "object",
-        "properties": {"analysis": text, "thought": text, "new_response": text},
-        "required": ["analysis", "thought", "new_response"],
-        "additionalProperties": false,
-    })
-    .to_string()
 }
 
 /// The optimizer's answer.
@@ -370,11 +321,11 @@ impl<H: Host> Optimizer<'_, H> {
                     serde_json::to_string_pretty(&w.best.judgement.to_json()).unwrap_or_default();
                 let mut request = chat_request(
                     Role::Optimizer,
-                    rewrite_prompt(&w.query, &w.best.answer, &critique),
+                    answer_rewrite_prompt(&w.query, &w.best.answer, &critique),
                     self.options.optimizer_max_tokens,
                 );
                 request.sampling.seed = self.options.seed;
-                request.json_schema = Some(rewrite_schema());
+                request.json_schema = Some(answer_rewrite_schema());
                 request
             })
             .collect();
@@ -663,6 +614,17 @@ mod tests {
         // worse one was not kept.
         assert!(prompts[2].contains("v3 second"), "{}", prompts[2]);
         assert!(prompts[3].contains("v3 second"), "{}", prompts[3]);
+        // The optimizer sees the library's annotated answers before the answer it rewrites.
+        let annotated = drpo_kit::drpo::icl::ANNOTATED_EXAMPLES[1].annotated_answer;
+        let shown = prompts[0]
+            .find(annotated)
+            .expect("the annotated answers are shown");
+        assert!(
+            shown
+                < prompts[0]
+                    .find("## Current answer\n<START>\nv2 initial")
+                    .unwrap()
+        );
         // Nodes: the initial answer and one per rewrite, each child of the best at the time.
         let parents: Vec<Option<u32>> = h.nodes.iter().map(|n| n.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(2)]);
