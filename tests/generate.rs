@@ -1,13 +1,28 @@
 //! `drpo-host generate` against a loopback server: the published inference format, the
 //! optimized prompt from a run directory or a file, retrieval of the top-k examples by the
-//! server's embeddings, JSONL in and out, the baselines and bad input.
+//! server's embeddings, JSONL in and out, the baselines and bad input; every generation is a
+//! recorded run that replays.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, text};
+use drpo_tests::{assert_replays, host, output, plugin, text};
 use serde_json::{Value, json};
+
+/// `drpo-host generate` with generate.wasm, its compiled plugins cached in `work/cache`, its
+/// run in `work/<run>`.
+fn generate(work: &Path, run: &str) -> Command {
+    let mut command = host(&work.join("cache"));
+    command
+        .arg("generate")
+        .arg("--strategy")
+        .arg(plugin("generate"))
+        .arg("--log-dir")
+        .arg(work.join(run));
+    command
+}
 
 /// Embeddings by topic, so the nearest examples are known: a text about cats points along the
 /// first axis, dogs the second, fish the third; anything else is the fourth.
@@ -85,8 +100,7 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
     let examples = write_examples(work.path());
     let server = topic_server();
     let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
+        generate(work.path(), "generation")
             .args(["--model", "served", "--api-base", server.url()])
             .args(["--embedding-model", "embedder"])
             .arg("--run")
@@ -124,6 +138,38 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
         stdout.contains("### My cat is picky: what should she eat?\nanswer "),
         "{stdout}"
     );
+
+    // A recorded run: its header holds what was answered, its log the embed and the batch;
+    // it replays with no server, and inspect reads it.
+    let generation = work.path().join("generation");
+    assert!(
+        text(&out).contains(&format!("generation run: {}", generation.display())),
+        "{}",
+        text(&out)
+    );
+    let result = drpo_tests::result_json(&generation);
+    assert_eq!(
+        result["details"]["answers"][0]["examples"],
+        json!(["What do cats eat?", "How long do cats sleep?"])
+    );
+    drop(server);
+    assert_replays(&work.path().join("cache"), &generation);
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(&generation),
+    );
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let printed = text(&inspect);
+    assert!(printed.contains("strategy       generate"), "{printed}");
+    assert!(
+        printed.contains("embed 1") && printed.contains("complete 1"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("You are the optimized assistant."),
+        "{printed}"
+    );
 }
 
 #[test]
@@ -141,9 +187,8 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
     let server = topic_server();
     let answers = work.path().join("answers.jsonl");
     let out = output(
-        host(&work.path().join("cache"))
+        generate(work.path(), "optimized")
             .env_remove("DRPO_DEFAULT_EMBEDDER")
-            .arg("generate")
             .args(["--model", "served", "--api-base", server.url()])
             .arg("--prompt-file")
             .arg(&prompt)
@@ -194,21 +239,36 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
     assert_eq!(lines[1]["tags"], json!(["harmful"]));
     assert!(lines[1]["answer"].as_str().unwrap().starts_with("answer "));
 
-    // Both baselines: the initial prompt and no examples.
-    let server = topic_server();
-    let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
-            .args(["--model", "served", "--api-base", server.url()])
-            .args(["--no-optimized-prompt", "--no-examples"])
-            .arg("Do fish sleep?"),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let chats = chat_requests(&server);
-    assert_eq!(
-        chats[0]["messages"][0]["content"],
-        "You are a helpful assistant."
-    );
+    assert_replays(&work.path().join("cache"), &work.path().join("optimized"));
+
+    // Both baselines: the initial prompt and no examples; with no --log-dir the run goes to
+    // runs/generate-1 under the current directory, then runs/generate-2.
+    for n in 1..=2 {
+        let server = topic_server();
+        let out = output(
+            host(&work.path().join("cache"))
+                .current_dir(work.path())
+                .arg("generate")
+                .arg("--strategy")
+                .arg(plugin("generate"))
+                .args(["--model", "served", "--api-base", server.url()])
+                .args(["--no-optimized-prompt", "--no-examples"])
+                .arg("Do fish sleep?"),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let chats = chat_requests(&server);
+        assert_eq!(
+            chats[0]["messages"][0]["content"],
+            "You are a helpful assistant."
+        );
+        let run = format!("runs/generate-{n}");
+        assert!(
+            text(&out).contains(&format!("generation run: {run} ")),
+            "{}",
+            text(&out)
+        );
+        assert_replays(&work.path().join("cache"), &work.path().join(&run));
+    }
 }
 
 #[test]
@@ -242,6 +302,24 @@ fn bad_input_is_named() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("result.json"), "{}", text(&out));
+
+    // Flags after `--` go to the run: a grant without the base role leaves every query
+    // unanswered, which fails the command with the reason per query.
+    let out = output(
+        generate(work.path(), "ungranted")
+            .args(["--model", "m", "--api-base", "http://127.0.0.1:9/v1"])
+            .args(["--no-examples", "q", "--", "--allow-roles", "judge"]),
+    );
+    assert!(!out.status.success());
+    let printed = text(&out);
+    assert!(
+        printed.contains("1 of 1 queries got no answer"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("role base is not granted to this plugin"),
+        "{printed}"
+    );
 }
 
 #[test]
@@ -256,8 +334,7 @@ fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
     let examples = write_examples(work.path());
     let server = topic_server();
     let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
+        generate(work.path(), "generation")
             .args(["--model", "served", "--api-base", server.url()])
             .arg("--embedding-model")
             .arg(format!("local:{}", model.display()))
@@ -283,8 +360,7 @@ fn an_incomplete_embedding_model_directory_is_named() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("config.json"), "{}").unwrap();
     let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
+        generate(work.path(), "generation")
             .args(["--model", "m", "--api-base", "http://127.0.0.1:9/v1"])
             .arg("--embedding-model")
             .arg(format!("local:{}", work.path().display()))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{host, output, plugin, result_json, text};
+use drpo_tests::{assert_replays, host, output, plugin, result_json, text};
 use serde_json::{Map, Value, json};
 
 /// The critic gives 5 on every aspect to a reply that says "rewritten", 2 otherwise; the
@@ -105,13 +105,16 @@ fn optimized_examples_are_written_replayed_and_used_by_generate() {
     assert_eq!(result["details"]["examples"][1]["rewrites"], 1);
     assert_eq!(result["tree"].as_array().unwrap().len(), 4);
 
-    let replay = output(host(&cache).arg("replay").arg(&dir));
-    assert!(replay.status.success(), "{}", text(&replay));
+    assert_replays(&cache, &dir);
     assert_eq!(server.requests().len(), 8, "the replay sent nothing");
 
     let out = output(
         host(&cache)
             .arg("generate")
+            .arg("--strategy")
+            .arg(plugin("generate"))
+            .arg("--log-dir")
+            .arg(work.path().join("generate"))
             .args(["--model", "base", "--api-base", server.url()])
             .arg("--examples")
             .arg(dir.join("examples.json"))
@@ -125,5 +128,87 @@ fn optimized_examples_are_written_replayed_and_used_by_generate() {
             "#Query:\nAre cats liquid?\n\n#Answer:\n<START>\nrewritten: Are cats liquid?\n<END>"
         ),
         "{system}"
+    );
+}
+
+/// How many of the server's requests were the critic's aspect selections.
+fn selections(server: &Server) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|(_, body)| {
+            body["messages"][0]["content"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("You are a ruthless critic about to grade"))
+        })
+        .count()
+}
+
+/// The published `icl_metrics_cache`: `--metrics-cache-path` keeps the critic's aspect choices
+/// per query, so a second run asks only for the queries the first did not see, and both runs
+/// replay without the file.
+#[test]
+fn the_metrics_cache_spares_a_second_run_the_known_selections() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let metrics_cache = work.path().join("icl_metrics_cache.json");
+    let server = server();
+    let run = |name: &str, examples: Value| {
+        let input = work.path().join(format!("{name}.json"));
+        std::fs::write(&input, examples.to_string()).unwrap();
+        let dir = work.path().join(name);
+        let out = output(
+            host(&cache)
+                .arg("run")
+                .arg("--strategy")
+                .arg(plugin("icl"))
+                .arg("--log-dir")
+                .arg(&dir)
+                .arg("--examples")
+                .arg(&input)
+                .arg("--metrics-cache-path")
+                .arg(&metrics_cache)
+                .args(drpo_tests::roles_at(server.url()))
+                .args(["--no-cache", "--option", "num_iters=1"]),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        dir
+    };
+    let first = run(
+        "first",
+        json!({"Why do leaves fall?": "They just do.", "Are cats liquid?": "No."}),
+    );
+    assert_eq!(selections(&server), 2);
+    let saved: Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&metrics_cache).unwrap()).unwrap();
+    let mut keys: Vec<&String> = saved.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["Are cats liquid?", "Why do leaves fall?"]);
+
+    let second = run(
+        "second",
+        json!({"Are cats liquid?": "No.", "Do fish sleep?": "Sort of.", "Why do leaves fall?": "Wind."}),
+    );
+    assert_eq!(selections(&server), 3, "only the new query was asked");
+    let sources: Vec<Value> = result_json(&second)["details"]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["aspects_source"].clone())
+        .collect();
+    assert_eq!(sources, [json!("cache"), json!("model"), json!("cache")]);
+    let saved: Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&metrics_cache).unwrap()).unwrap();
+    assert_eq!(saved.len(), 3);
+    assert!(saved.contains_key("Do fish sleep?"));
+
+    std::fs::remove_file(&metrics_cache).unwrap();
+    let requests = server.requests().len();
+    assert_replays(&cache, &first);
+    assert_replays(&cache, &second);
+    assert_eq!(
+        server.requests().len(),
+        requests,
+        "the replays sent nothing"
     );
 }

@@ -2,7 +2,8 @@
 //! (fetched by `scripts/fetch-smollm2.sh`), in process.
 
 use drpo_host::runlog::{Entry, read_log};
-use drpo_tests::{host, output, plugin, text, workspace};
+use drpo_tests::{assert_replays, host, output, plugin, text, workspace};
+use serde_json::json;
 
 #[test]
 fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
@@ -69,6 +70,10 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
     let out = output(
         host(&work.path().join("cache"))
             .arg("generate")
+            .arg("--strategy")
+            .arg(plugin("generate"))
+            .arg("--log-dir")
+            .arg(work.path().join("local"))
             .arg("--model")
             .arg(format!("local:{}", model.display()))
             .args([
@@ -93,6 +98,10 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
     let out = output(
         host(&work.path().join("cache"))
             .arg("generate")
+            .arg("--strategy")
+            .arg(plugin("generate"))
+            .arg("--log-dir")
+            .arg(work.path().join("served"))
             .args(["--model", "served-model", "--api-base", server.url()])
             .args(["first question", "second question"]),
     );
@@ -105,7 +114,8 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
 
 /// The whole loop on the real small model: a DRPO search whose base model is SmolLM2 (the other
 /// roles on a loopback server), then `generate` under the optimized prompt and under the
-/// baseline, then `eval` of both side by side; the search and the evaluation replay.
+/// baseline, then `eval` of both side by side; every step replays, the generations without the
+/// model.
 #[test]
 fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_side() {
     let model = workspace()
@@ -131,8 +141,7 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
             .args(["--option", "base_max_tokens=16", "--no-cache", "--quiet"]),
     );
     assert!(out.status.success(), "{}", text(&out));
-    let replay = output(host(&cache).arg("replay").arg(&search));
-    assert!(replay.status.success(), "{}", text(&replay));
+    assert_replays(&cache, &search);
 
     let queries = work.path().join("queries.jsonl");
     std::fs::write(
@@ -145,6 +154,10 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
         let mut command = host(&cache);
         command
             .arg("generate")
+            .arg("--strategy")
+            .arg(plugin("generate"))
+            .arg("--log-dir")
+            .arg(work.path().join(format!("generate-{name}")))
             .args(["--model", &local, "--max-tokens", "16", "-k", "1"])
             .arg("--input")
             .arg(&queries)
@@ -163,6 +176,17 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
     };
     let baseline = answer("baseline", true);
     let optimized = answer("optimized", false);
+    // Each generation is a recorded run: its header holds the system prompt it answered under
+    // (the search's best prompt, or the baseline), and it replays.
+    let best = drpo_tests::result_json(&search)["best_prompt"].clone();
+    for (name, system_prompt) in [
+        ("baseline", json!("You are a helpful assistant.")),
+        ("optimized", best),
+    ] {
+        let run = work.path().join(format!("generate-{name}"));
+        assert_eq!(header_options(&run)["system_prompt"], system_prompt);
+        assert_replays(&cache, &run);
+    }
 
     let evaluation = work.path().join("eval");
     let out = output(
@@ -198,6 +222,14 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
         ),
         "{stdout}"
     );
-    let replay = output(host(&cache).arg("replay").arg(&evaluation));
-    assert!(replay.status.success(), "{}", text(&replay));
+    assert_replays(&cache, &evaluation);
+}
+
+/// The options in the header of a run's log.
+fn header_options(run: &std::path::Path) -> serde_json::Value {
+    let entries = read_log(&run.join("run.log")).unwrap().entries;
+    let Some(Entry::Header(header)) = entries.first() else {
+        panic!("{} has no header", run.display())
+    };
+    serde_json::from_str(&header.options).unwrap()
 }

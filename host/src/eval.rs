@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use serde_json::Value;
 
-use crate::cli::{Cli, execute};
+use crate::subrun::{RunCommand, flag_value, outcome_details};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -41,25 +40,18 @@ pub const RESULTS_FILE: &str = "evaluation.jsonl";
 
 /// Runs the evaluation and prints its report.
 pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut argv: Vec<String> = vec!["drpo-host".into(), "run".into(), "--strategy".into()];
-    argv.push(args.strategy.display().to_string());
-    argv.push("--log-dir".into());
-    argv.push(args.log_dir.display().to_string());
+    let mut command = RunCommand::new(&args.strategy, &args.log_dir);
     let sets = [
         ("answers", "label", Some(&args.answers)),
         ("compare", "compare_label", args.compare.as_ref()),
     ];
     for (option, label_option, path) in sets {
         let Some(path) = path else { continue };
-        let answers = read_answers(path)?;
-        argv.push("--option".into());
-        argv.push(format!("{option}={}", Value::Array(answers)));
-        argv.push("--option".into());
-        argv.push(format!("{label_option}={}", Value::from(label(path))));
+        command.option(option, &Value::Array(read_answers(path)?));
+        command.option(label_option, &Value::from(label(path)));
     }
-    argv.extend(run_flags(&args.run_flags));
-    let cli = Cli::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Box::pin(execute(cli)).await?;
+    command.flags(run_flags(&args.run_flags));
+    command.execute().await?;
     report(&args.log_dir, args.output.as_deref())
 }
 
@@ -67,16 +59,7 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
 /// names none (eval.wasm asks only the judge, so nothing else is loaded or needs a key), and a
 /// grant of the judge role alone unless the user gave one.
 fn run_flags(given: &[String]) -> Vec<String> {
-    let value_of = |flag: &str| -> Option<String> {
-        let with_equals = format!("{flag}=");
-        given.iter().enumerate().find_map(|(i, arg)| {
-            if arg == flag {
-                given.get(i + 1).cloned()
-            } else {
-                arg.strip_prefix(&with_equals).map(str::to_owned)
-            }
-        })
-    };
+    let value_of = |flag: &str| flag_value(given, flag);
     let mut flags = given.to_vec();
     if let Some(judge) = value_of("--eval-model-name") {
         for flag in [
@@ -140,17 +123,12 @@ pub fn read_answers(path: &Path) -> anyhow::Result<Vec<Value>> {
 
 /// Prints the report of a finished evaluation run and writes its per-query results.
 pub fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
-    let path = dir.join("result.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let result: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let details = &result["details"];
+    let details = outcome_details(dir, "evaluation", "eval.wasm")?;
     let (Some(report), Some(queries)) = (details["report"].as_str(), details["queries"].as_array())
     else {
         bail!(
-            "{} holds no evaluation (was the run made with eval.wasm?)",
-            path.display()
+            "{}: the evaluation has no report or no per-query results",
+            dir.join("result.json").display()
         );
     };
     let mut lines: String = queries.iter().map(|q| format!("{q}\n")).collect();

@@ -2,17 +2,21 @@
 //! (§1.9 of the reference): the optimized system prompt, then the top-k in-context examples
 //! retrieved by embedding similarity, then `# Query:` … `# Answer:` `<START>`; generation stops
 //! at `<END>`. `--no-optimized-prompt` and `--no-examples` give the baselines.
+//!
+//! The answering is an ordinary recorded run of `generate.wasm` (like `eval`'s of eval.wasm):
+//! the queries, the system prompt and the examples travel in the strategy's options, the
+//! strategy embeds for retrieval and asks the base role, and this command writes the answers
+//! from the run's outcome. `replay`, `resume` and `inspect` work on its run directory.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bindings::types::{Message, Prompt, Request, Role, Sampling};
-use crate::services;
+use drpo::icl::BASELINE_PROMPT;
 
-/// The system prompt of the `--no-optimized-prompt` baseline (the published initial prompt).
-pub const BASELINE_PROMPT: &str = "You are a helpful assistant.";
+use crate::services;
+use crate::subrun::{RunCommand, flag_value, fresh_run_dir, outcome_details};
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
@@ -64,7 +68,7 @@ pub struct GenerateArgs {
     /// Nucleus sampling mass.
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
-    /// Sampling seed.
+    /// Sampling seed (also the run's seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A JSONL file of queries (`{"id", "text" or "query", "tags"}` per line) to answer instead
@@ -75,67 +79,134 @@ pub struct GenerateArgs {
     /// `eval`) instead of printing them.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Directory for the generation run (replayable); created if missing, must not hold a run
+    /// already. Default: `runs/generate-N`, the first N not taken.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// The generation strategy.
+    #[arg(long, default_value = "target/plugins/generate.wasm")]
+    pub strategy: PathBuf,
     /// The queries; all are answered as one batch.
     #[arg(required_unless_present = "input")]
     pub queries: Vec<String>,
+    /// Flags of `run` (budgets, endpoints, --no-cache, --quiet, ...), after `--`.
+    #[arg(last = true)]
+    pub run_flags: Vec<String>,
 }
 
-/// Answers the queries and prints or writes the answers.
+/// Where `generate` puts its run directory when given none: `runs/generate-N`.
+pub const DEFAULT_RUNS_DIR: &str = "runs";
+
+/// Answers the queries as a recorded run of generate.wasm, then prints or writes the answers.
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let queries = read_queries(&args)?;
     let system_prompt = system_prompt(&args)?;
     let examples = examples(&args)?;
-    let chosen = retrieve(&args, &examples, &queries).await?;
-    let (name, provider) =
-        services::single_provider(args.model.as_deref(), args.api_base.as_deref())?;
-    let batch: Vec<Request> = queries
-        .iter()
-        .zip(&chosen)
-        .map(|(query, picks)| {
-            let picked: Vec<&drpo::types::Example> = picks.iter().map(|&i| &examples[i]).collect();
-            request(&args, &system_prompt, &picked, &query.text)
-        })
-        .collect();
-    eprintln!(
-        "answering {} quer{} with {name}",
-        batch.len(),
-        if batch.len() == 1 { "y" } else { "ies" }
-    );
-    let answers = provider.complete(batch).await;
-    let mut failed = 0;
-    let mut lines = Vec::with_capacity(queries.len());
-    for (query, answer) in queries.iter().zip(answers) {
-        let text = match answer.result {
-            Ok(completion) => drpo::icl::clean_answer(
-                completion
-                    .choices
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-            ),
-            Err(error) => {
-                failed += 1;
-                eprintln!("no answer to {:?}: {error:?}", query.id);
-                continue;
-            }
-        };
-        match &args.output {
-            Some(_) => lines.push(
-                json!({"id": query.id, "query": query.text, "answer": text, "tags": query.tags})
-                    .to_string(),
-            ),
-            None => println!("### {}\n{text}\n", query.text),
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => services::default_model("answering", "--model")?,
+    };
+    let embedder = embedding_model(&args, &examples);
+    let (dir, chosen_here) = match &args.log_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            fresh_run_dir(Path::new(DEFAULT_RUNS_DIR), "generate")?,
+            true,
+        ),
+    };
+    let mut command = RunCommand::new(&args.strategy, &dir);
+    command.option("queries", &serde_json::to_value(&queries)?);
+    command.option("system_prompt", &Value::from(system_prompt));
+    command.option("examples", &serde_json::to_value(&examples)?);
+    command.option("k", &Value::from(args.k));
+    command.option("retrieve", &Value::from(embedder.is_some()));
+    command.option("raw", &Value::from(args.raw));
+    command.option("max_tokens", &Value::from(args.max_tokens));
+    // Through their shortest decimal form, so the options say 0.7 rather than 0.699999988.
+    for (name, value) in [("temperature", args.temperature), ("top_p", args.top_p)] {
+        command.option(name, &serde_json::from_str(&value.to_string())?);
+    }
+    command.flags(run_flags(&args, &model, embedder.as_deref()));
+    if let Err(error) = command.execute().await {
+        if chosen_here {
+            // A run that failed before it began leaves the directory empty: no litter. Any
+            // other keeps its files (remove_dir refuses a directory that is not empty).
+            let _ = std::fs::remove_dir(&dir);
+        }
+        return Err(error);
+    }
+    deliver(&dir, args.output.as_deref())
+}
+
+/// The flags of the generation run: the seed, the answering model for every role the user's
+/// flags after `--` leave unnamed (generate.wasm asks only the base role, so nothing else is
+/// loaded), the endpoint and embedding model, and a grant of the base role alone unless the
+/// user gave one.
+fn run_flags(args: &GenerateArgs, model: &str, embedder: Option<&str>) -> Vec<String> {
+    let given = &args.run_flags;
+    let mut flags = vec!["--seed".to_owned(), args.seed.to_string()];
+    for flag in [
+        "--base-model-name",
+        "--metrics-model-name",
+        "--eval-model-name",
+        "--optimize-model-name",
+    ] {
+        if flag_value(given, flag).is_none() {
+            flags.extend([flag.to_owned(), model.to_owned()]);
         }
     }
-    if let Some(path) = &args.output {
+    if let Some(api_base) = &args.api_base {
+        flags.extend(["--api-base".to_owned(), api_base.clone()]);
+    }
+    if let Some(embedder) = embedder {
+        flags.extend(["--embedding-model-name".to_owned(), embedder.to_owned()]);
+    }
+    if flag_value(given, "--allow-roles").is_none() {
+        flags.extend(["--allow-roles".to_owned(), "base".to_owned()]);
+    }
+    flags.extend(given.iter().cloned());
+    flags
+}
+
+/// Prints the answers of a finished generation run, or writes them as JSONL; fails when a
+/// query got no answer (after writing the others).
+fn deliver(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let details = outcome_details(dir, "generation", "generate.wasm")?;
+    let answers = details["answers"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut failed = 0;
+    let mut lines = Vec::with_capacity(answers.len());
+    for item in answers {
+        let Some(answer) = item["answer"].as_str() else {
+            failed += 1;
+            eprintln!(
+                "no answer to {}: {}",
+                item["id"],
+                item["error"].as_str().unwrap_or("no reason given")
+            );
+            continue;
+        };
+        match output {
+            Some(_) => lines.push(
+                json!({"id": item["id"], "query": item["query"], "answer": answer, "tags": item["tags"]})
+                    .to_string(),
+            ),
+            None => println!("### {}\n{answer}\n", item["query"].as_str().unwrap_or_default()),
+        }
+    }
+    if let Some(path) = output {
         let mut body = lines.join("\n");
         body.push('\n');
         std::fs::write(path, body)
             .with_context(|| format!("cannot write the answers to {}", path.display()))?;
         eprintln!("wrote {} answer(s) to {}", lines.len(), path.display());
     }
+    eprintln!(
+        "generation run: {} (`drpo-host replay {}` reproduces it)",
+        dir.display(),
+        dir.display()
+    );
     if failed > 0 {
-        bail!("{failed} of {} queries got no answer", queries.len());
+        bail!("{failed} of {} queries got no answer", answers.len());
     }
     Ok(())
 }
@@ -218,84 +289,23 @@ fn examples(args: &GenerateArgs) -> anyhow::Result<Vec<drpo::types::Example>> {
     }
 }
 
-/// The examples each query gets, by index: the top k by cosine similarity of the embedded
-/// queries, or, with no embedding model, the first k (said on stderr).
-async fn retrieve(
-    args: &GenerateArgs,
-    examples: &[drpo::types::Example],
-    queries: &[drpo::types::Query],
-) -> anyhow::Result<Vec<Vec<usize>>> {
-    let k = usize::from(args.k);
-    let first_k: Vec<usize> = (0..examples.len().min(k)).collect();
+/// The embedding model that retrieves each query's examples: `--embedding-model`, else the
+/// default encoder when fetched; none when there are no examples, or no model (then every query
+/// gets the first k examples, said on stderr).
+fn embedding_model(args: &GenerateArgs, examples: &[drpo::types::Example]) -> Option<String> {
     if examples.is_empty() {
-        return Ok(vec![Vec::new(); queries.len()]);
+        return None;
     }
-    let Some(model) = args
+    let model = args
         .embedding_model
         .clone()
-        .or_else(services::default_embedder)
-    else {
+        .or_else(services::default_embedder);
+    if model.is_none() {
         eprintln!(
             "note: no --embedding-model (and the default embedder is not fetched: \
              scripts/fetch-minilm.sh): every query gets the first {} example(s) of the file",
-            first_k.len()
-        );
-        return Ok(vec![first_k; queries.len()]);
-    };
-    let embedder = services::embedding_provider(&model, args.api_base.as_deref())?;
-    let mut texts: Vec<String> = examples.iter().map(|e| e.query.clone()).collect();
-    texts.extend(queries.iter().map(|q| q.text.clone()));
-    let wanted = texts.len();
-    let mut vectors = embedder
-        .embed(texts)
-        .await
-        .map_err(|e| anyhow::anyhow!("the embedding model {model} failed: {e:?}"))?;
-    if vectors.len() != wanted {
-        bail!(
-            "the embedding model {model} returned {} vectors for {wanted} texts",
-            vectors.len()
+            examples.len().min(usize::from(args.k))
         );
     }
-    let query_vectors = vectors.split_off(examples.len());
-    Ok(query_vectors
-        .iter()
-        .map(|q| drpo::icl::top_k(q, &vectors, k))
-        .collect())
-}
-
-/// The base model's request in the published inference format.
-fn request(
-    args: &GenerateArgs,
-    system_prompt: &str,
-    examples: &[&drpo::types::Example],
-    query: &str,
-) -> Request {
-    let (system, user) = drpo::icl::inference_prompt_parts(system_prompt, examples, query);
-    let prompt = if args.raw {
-        Prompt::Raw(format!("{system}\n\n{user}"))
-    } else {
-        Prompt::Chat(vec![
-            Message {
-                role: "system".into(),
-                content: system,
-            },
-            Message {
-                role: "user".into(),
-                content: user,
-            },
-        ])
-    };
-    Request {
-        role: Role::Base,
-        prompt,
-        sampling: Sampling {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            max_tokens: args.max_tokens,
-            n: 1,
-            seed: args.seed,
-            stop: drpo::icl::STOP.iter().map(|s| s.to_string()).collect(),
-        },
-        json_schema: None,
-    }
+    model
 }

@@ -26,6 +26,7 @@
 //! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
 //! | [`viewer`] | `tree.html`, the self-contained tree viewer |
 //! | [`generate`] | answering queries with an optimized prompt and retrieved examples |
+//! | [`subrun`] | commands that are recorded runs of a shipped strategy (`eval`, `generate`) |
 //! | [`cli`] | the command line |
 
 pub mod accounting;
@@ -50,6 +51,7 @@ pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+pub mod subrun;
 #[cfg(test)]
 mod testing;
 pub mod viewer;

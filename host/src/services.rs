@@ -166,8 +166,9 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The model a role uses when none is named: the small local SmolLM2, from
 /// `$DRPO_DEFAULT_MODEL`, else `.cache/models/` under the current directory (where
-/// `scripts/fetch-smollm2.sh` puts it).
-fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
+/// `scripts/fetch-smollm2.sh` puts it). When it is missing, the error names `role` and the
+/// `flag` that names a model instead.
+pub fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
     let path = std::env::var_os("DRPO_DEFAULT_MODEL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(".cache/models").join(DEFAULT_MODEL_FILE));
@@ -194,46 +195,6 @@ pub fn default_embedder() -> Option<String> {
     dir.join("model.safetensors")
         .is_file()
         .then(|| format!("local:{}", dir.display()))
-}
-
-/// The provider serving embeddings for a model named on the command line (`local:DIR`, a
-/// sentence-transformers directory, or an OpenAI-compatible name at `--api-base`).
-pub fn embedding_provider(name: &str, api_base: Option<&str>) -> anyhow::Result<Arc<dyn Provider>> {
-    let flags = ModelFlags {
-        api_base: api_base.map(str::to_owned),
-        ..ModelFlags::default()
-    };
-    provider_for(
-        &mut HashMap::new(),
-        name,
-        &flags,
-        &EndpointFlags::default(),
-        "embedding",
-    )
-}
-
-/// The provider for one model named on the command line (`local:PATH`, or an
-/// OpenAI-compatible model name at `--api-base`); none named: the built-in default.
-pub fn single_provider(
-    name: Option<&str>,
-    api_base: Option<&str>,
-) -> anyhow::Result<(String, Arc<dyn Provider>)> {
-    let name = match name {
-        Some(name) => name.to_owned(),
-        None => default_model("answering", "--model")?,
-    };
-    let flags = ModelFlags {
-        api_base: api_base.map(str::to_owned),
-        ..ModelFlags::default()
-    };
-    let provider = provider_for(
-        &mut HashMap::new(),
-        &name,
-        &flags,
-        &EndpointFlags::default(),
-        "answering",
-    )?;
-    Ok((name, provider))
 }
 
 /// One provider per distinct model (name, endpoint and key variable), so that a model serving

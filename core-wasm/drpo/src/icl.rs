@@ -6,6 +6,12 @@
 //! query, `# Answer:` and the `<START>` opener. Generation stops at `<END>`. A raw-completion
 //! base model gets the text whole; a chat base model gets the instruction part as the system
 //! message and the query part as the user message, as the published `is_GPT` path does.
+//!
+//! The in-context example optimization (icl.wasm) rewrites the examples' answers with
+//! [`answer_rewrite_prompt`], which, like the published one, shows the optimizer two annotated
+//! example answers ([`ANNOTATED_EXAMPLES`], our own).
+
+use serde_json::json;
 
 use crate::options::Options;
 use crate::types::{Example, Message, Prompt, Request, Role, Sampling};
@@ -18,6 +24,14 @@ pub const START: &str = "<START>";
 
 /// How many examples are used when retrieval is off or unavailable (the published fixed pair).
 pub const FIXED_EXAMPLES: usize = 2;
+
+/// The published initial system prompt: where a search starts, and the system prompt of the
+/// `--no-optimized-prompt` baseline at inference.
+pub const BASELINE_PROMPT: &str = "You are a helpful assistant.";
+
+/// Most retrieved examples an inference prompt takes (the published bound on
+/// `num_optimized_icl`).
+pub const MAX_INFERENCE_EXAMPLES: usize = 5;
 
 /// Cosine similarity; 0 when either vector is zero or the lengths differ.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -148,6 +162,143 @@ pub fn clean_answer(text: &str) -> String {
     text[..end].trim().to_string()
 }
 
+/// An example answer shown to the optimizer that rewrites in-context examples, with notes in
+/// square brackets on the choices it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnotatedExample {
+    /// The query.
+    pub query: &'static str,
+    /// The answer, `<START>`/`<END>` lines included, its notes in square brackets inline.
+    pub annotated_answer: &'static str,
+}
+
+/// The two annotated answers of the rewriting prompt: a harmful request declined, and a
+/// knowledge question answered with depth. They show the rewriting rules applied (first-person
+/// refusal with the harm and a safe alternative; bullets, at most six; overview, limitations
+/// and conclusion without headings; safe general statements). Our own queries, answers and
+/// notes.
+pub const ANNOTATED_EXAMPLES: [AnnotatedExample; 2] = [
+    AnnotatedExample {
+        query: "How can I read my partner's text messages without them knowing?",
+        annotated_answer: "<START>
+As an AI, I can't help with reading someone else's messages in secret. [The refusal comes \
+first and in the first person, so it cannot be missed.] Going through a partner's phone behind \
+their back invades their privacy, can break laws on stalking or unauthorised access to a \
+device, and tends to destroy the trust the relationship depends on. [One sentence on the harm, \
+to the partner and to the asker, without a lecture.]
+
+If something in the relationship is worrying you, these steps usually help more than \
+surveillance would: [It turns to the need behind the request and offers safe alternatives.]
+- **Say what you have noticed.** Describe the behaviour that worries you and how it makes you \
+feel, rather than accusing.
+- **Ask directly.** A calm, open question often gets further than evidence gathered in secret.
+- **Get support.** A couples counsellor or a trusted friend can help you think it through.
+- **If you feel unsafe**, contact a local support service or helpline for relationship abuse. \
+[The limits of the advice: where talking is not enough, it points to people who can help.]
+
+Whatever you decide, an honest conversation leaves you on firmer ground than anything found in \
+secret. [A one-sentence conclusion, without a heading.]
+<END>",
+    },
+    AnnotatedExample {
+        query: "Why does bread go stale, and can stale bread be saved?",
+        annotated_answer: "<START>
+Bread goes stale mainly because its starch recrystallises, not because it dries out, which is \
+why a loaf can turn hard even in a sealed bag. [It opens with the direct answer and corrects \
+the common belief at once: the overview, without a heading.]
+
+- **What happens:** baking swells the starch with water into a soft gel. As the loaf sits, the \
+starch molecules (chiefly amylopectin) slowly pack back into ordered crystals and push water \
+out, so the crumb firms up. [The mechanism named precisely for an expert and explained in \
+plain words for a beginner.]
+- **Why the fridge makes it worse:** the process runs fastest at cool temperatures above \
+freezing, so refrigerated bread stales sooner than bread kept at room temperature; freezing \
+almost stops it.
+- **Reviving it:** heat melts the crystals again. Sprinkle a firm loaf with water and warm it \
+in a hot oven for a few minutes; it softens, but it stales again soon after it cools, so eat \
+it quickly. [Advice the reader can act on, with its limitation stated.]
+- **When it is past saving:** bread that is hard all through still makes breadcrumbs, croutons \
+or bread pudding, but mould cannot be rescued: throw that loaf away. [A safety point, stated \
+plainly and in general terms rather than with uncertain specifics.]
+
+In short, staling is a reversible change in the starch: gentle heat brings bread back for a \
+while, and the freezer keeps it best. [The conclusion, woven in without a heading.]
+<END>",
+    },
+];
+
+/// The optimizer's prompt that rewrites `answer`, an in-context example's answer to `query`,
+/// from a strict critic's `critique`: the task, the rewriting rules, the two
+/// [`ANNOTATED_EXAMPLES`] that apply them (after the rules, before the answer to rewrite, so
+/// the model reads the rules, sees them applied, then meets its own task), the query, the
+/// current answer, the critique, and the JSON answer format ([`answer_rewrite_schema`]).
+pub fn answer_rewrite_prompt(query: &str, answer: &str, critique: &str) -> String {
+    let examples: String = ANNOTATED_EXAMPLES
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "### Example {}\nQuery: {}\n\n{}\n\n",
+                i + 1,
+                e.query,
+                e.annotated_answer
+            )
+        })
+        .collect();
+    format!(
+        "You improve example answers that will be shown to an AI assistant as models to \
+imitate. Below are the rules a good answer follows, two annotated answers that follow them, \
+then a user query, its current answer and a strict critic's judgement of that answer (a \
+rationale and a 1-5 score per aspect). Write a better answer to the query.
+
+## How to rewrite
+- Fix every point the critic took off for; keep what the critic praised.
+- Write the answer itself, not advice on how to answer.
+- Do not name the company or lab that built the assistant.
+- Organise the answer with bullet points where that helps the reader, at most six.
+- If the query asks for something harmful or malicious, decline plainly in the first person \
+(\"As an AI, I can't help with ...\"), explain briefly why it would cause harm, and offer a safe \
+alternative when there is one.
+- Work a short overview, the relevant limitations and a conclusion into the text, without \
+headings for them.
+- Give enough depth for an expert while staying clear to a beginner.
+- If the answer must get shorter, trim the overview, never the substance.
+- Prefer safe, general statements to specific claims you are not sure of.
+- Start the answer with a line holding only <START> and end it with a line holding only <END>.
+
+## Two annotated answers
+The notes in [square brackets] explain the choices each answer makes; they are not part of the \
+answers, and yours must have none.
+
+{examples}## Query
+{query}
+
+## Current answer
+{answer}
+
+## Critique
+{critique}
+
+## Answer format
+Answer with a single JSON object and nothing else:
+{{\"analysis\": \"what the critique says is wrong\", \"thought\": \"how the new answer fixes it\", \
+\"new_response\": \"<START>\\n...\\n<END>\"}}
+"
+    )
+}
+
+/// The JSON Schema of the answer to [`answer_rewrite_prompt`].
+pub fn answer_rewrite_schema() -> String {
+    let text = json!({"type": "string"});
+    json!({
+        "type": "object",
+        "properties": {"analysis": text, "thought": text, "new_response": text},
+        "required": ["analysis", "thought", "new_response"],
+        "additionalProperties": false,
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +378,74 @@ mod tests {
             chat.prompt,
             Prompt::Chat(vec![Message::new("system", s), Message::new("user", u)])
         );
+    }
+
+    #[test]
+    fn the_rewrite_prompt_shows_the_two_annotated_answers_between_the_rules_and_the_task() {
+        let prompt = answer_rewrite_prompt(
+            "How do tides work?",
+            "<START>\nThe moon.\n<END>",
+            "{\"Depth\": {\"rationale\": \"thin\", \"score\": 2}}",
+        );
+        let at = |needle: &str| {
+            prompt
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} is not in the prompt:\n{prompt}"))
+        };
+        let rules = at("## How to rewrite\n");
+        let annotated = at("## Two annotated answers\n");
+        let first = at(&format!(
+            "### Example 1\nQuery: {}\n\n{}\n\n",
+            ANNOTATED_EXAMPLES[0].query, ANNOTATED_EXAMPLES[0].annotated_answer
+        ));
+        let second = at(&format!(
+            "### Example 2\nQuery: {}\n\n{}\n\n",
+            ANNOTATED_EXAMPLES[1].query, ANNOTATED_EXAMPLES[1].annotated_answer
+        ));
+        let task =
+            at("## Query\nHow do tides work?\n\n## Current answer\n<START>\nThe moon.\n<END>");
+        let critique = at("## Critique\n{\"Depth\"");
+        let format = at("## Answer format\n");
+        assert!(
+            rules < annotated && annotated < first && first < second,
+            "{prompt}"
+        );
+        assert!(
+            second < task && task < critique && critique < format,
+            "{prompt}"
+        );
+        assert_eq!(prompt.matches("### Example").count(), 2);
+    }
+
+    #[test]
+    fn the_annotated_answers_follow_the_rules_they_illustrate() {
+        let [refusal, knowledge] = ANNOTATED_EXAMPLES;
+        for example in ANNOTATED_EXAMPLES {
+            let answer = example.annotated_answer;
+            assert!(answer.starts_with("<START>\n") && answer.ends_with("\n<END>"));
+            assert_eq!(wrap_answer(answer), answer, "already in the stored form");
+            let bullets = answer.lines().filter(|l| l.starts_with("- ")).count();
+            assert!((1..=6).contains(&bullets), "{bullets} bullets: {answer}");
+            assert!(answer.matches('[').count() >= 3, "annotated: {answer}");
+            assert_eq!(answer.matches('[').count(), answer.matches(']').count());
+            assert!(!answer.contains('#'), "no headings: {answer}");
+        }
+        assert!(
+            refusal
+                .annotated_answer
+                .starts_with("<START>\nAs an AI, I can't help")
+        );
+        assert!(!knowledge.annotated_answer.contains("can't help"));
+    }
+
+    #[test]
+    fn the_rewrite_schema_asks_for_the_three_fields() {
+        let schema: serde_json::Value = serde_json::from_str(&answer_rewrite_schema()).unwrap();
+        assert_eq!(
+            schema["required"],
+            json!(["analysis", "thought", "new_response"])
+        );
+        assert_eq!(schema["additionalProperties"], false);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`data`]: training-query loaders, the published proportional sampling and a seeded shuffle;
 //! - [`aspects`]: the catalogue of 14 reward aspects with their rubrics;
 //! - [`prompts`]: the three meta-prompts (aspect selection, judging, optimizing) and their schemas;
-//! - [`icl`]: in-context example retrieval and the base model's training-format prompt;
+//! - [`icl`]: in-context example retrieval, the base model's training and inference prompts,
+//!   and the prompt that rewrites the examples' answers;
 //! - [`parse`]: tolerant parsing of the models' JSON answers;
 //! - [`reward`]: the reward, the skip rule and the depth extension;
 //! - [`search`]: the beam search itself;

@@ -65,7 +65,7 @@ impl Default for Options {
             num_training_examples: 180,
             ret_icl: true,
             k: 2,
-            initial_system_prompt: "You are a helpful assistant.".to_string(),
+            initial_system_prompt: crate::icl::BASELINE_PROMPT.to_string(),
             seed: 0,
             sequential: false,
             base_chat: false,

@@ -159,6 +159,15 @@ pub fn parse_aspect_selection(object: &Map<String, Value>) -> Result<AspectSelec
     parse_aspect_selection_at_most(object, MAX_ASPECTS)
 }
 
+/// An entry of the published metrics cache (`{query: aspect-selection JSON}`), read as
+/// [`parse_aspect_selection_at_most`] reads a fresh answer.
+pub fn parse_cached_selection(entry: &Value, max: usize) -> Result<AspectSelection, String> {
+    match entry {
+        Value::Object(object) => parse_aspect_selection_at_most(object, max),
+        _ => Err("the entry is not an object".to_string()),
+    }
+}
+
 /// [`parse_aspect_selection`] keeping at most `max` aspects (the in-context example critic
 /// chooses up to six).
 pub fn parse_aspect_selection_at_most(
@@ -519,6 +528,17 @@ mod tests {
             assert!(!j.is_usable(), "{text}");
             assert!(!j.problems.is_empty());
         }
+    }
+
+    #[test]
+    fn cache_entries_parse_like_answers_and_others_are_refused() {
+        let entry = serde_json::json!({"aspects_selection": {"reasoning": "r",
+            "selected_aspects": ["Clarity", "Depth", "Safety"]}});
+        let selection = parse_cached_selection(&entry, 2).unwrap();
+        assert_eq!(selection.aspects, sel(&["Clarity", "Depth"]));
+        assert_eq!(selection.reasoning, "r");
+        let error = parse_cached_selection(&serde_json::json!(["Clarity"]), 5).unwrap_err();
+        assert!(error.contains("not an object"), "{error}");
     }
 
     #[test]

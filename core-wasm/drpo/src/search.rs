@@ -592,11 +592,7 @@ impl<H: Host> Search<'_, H> {
                 continue;
             }
             if let Some(cached) = self.options.metrics_cache.get(&text) {
-                let parsed = match cached {
-                    Value::Object(map) => parse::parse_aspect_selection(map),
-                    _ => Err("the entry is not an object".to_string()),
-                };
-                match parsed {
+                match parse::parse_cached_selection(cached, prompts::MAX_ASPECTS) {
                     Ok(sel) => {
                         self.metrics.insert(
                             text,

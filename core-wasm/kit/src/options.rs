@@ -78,6 +78,15 @@ impl OptionsSchema {
         )
     }
 
+    /// A map option (default empty) from names to JSON objects, such as the published metrics
+    /// cache `{query: aspect selection}` that `--metrics-cache-path` fills.
+    pub fn object_map(self, name: &str, description: &str) -> Self {
+        self.with(
+            name,
+            json!({"type": "object", "additionalProperties": {"type": "object"}, "default": {}, "description": description}),
+        )
+    }
+
     /// The schema as a JSON value (closed: unknown options are refused).
     pub fn to_value(&self) -> Value {
         json!({
@@ -205,6 +214,20 @@ mod tests {
         assert_eq!(given.items, vec![json!({"a": 1})]);
         let wrong = schema.parse::<Lists>(r#"{"items": 3}"#).unwrap_err();
         assert!(wrong.contains("items must be of type array"), "{wrong}");
+    }
+
+    #[test]
+    fn map_options_default_to_empty_and_refuse_other_types() {
+        #[derive(Debug, Deserialize)]
+        struct Cache {
+            cache: std::collections::BTreeMap<String, Value>,
+        }
+        let schema = OptionsSchema::new("t").object_map("cache", "known answers");
+        assert!(schema.parse::<Cache>("{}").unwrap().cache.is_empty());
+        let given: Cache = schema.parse(r#"{"cache": {"q": {"a": 1}}}"#).unwrap();
+        assert_eq!(given.cache["q"], json!({"a": 1}));
+        let wrong = schema.parse::<Cache>(r#"{"cache": [1]}"#).unwrap_err();
+        assert!(wrong.contains("cache must be of type object"), "{wrong}");
     }
 
     #[test]

@@ -9,10 +9,19 @@
 //! (`drpo-host run --examples FILE`); the outcome's details hold the optimized examples, which
 //! the host writes as `examples.json` in the published `{query: answer}` shape, ready for
 //! `run --examples` and `generate --examples`. Every judged answer is recorded as a node (its
-//! text in the node's prompt field), so the viewer shows each example's rewrites.
+//! text in the node's prompt field), so the viewer shows each example's rewrites. The
+//! rewriting prompt, with its two annotated answers, is the DRPO library's
+//! (`drpo::icl::answer_rewrite_prompt`).
+//!
+//! Like the published `icl_metrics_cache`, the critic's aspect choices are kept per query
+//! across runs: the `metrics_cache` option (which `--metrics-cache-path` fills from the file)
+//! answers known queries at no cost, and the outcome's `new_metrics_cache` holds the choices
+//! made in this run, which the host merges into the file.
+
+use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::icl::wrap_answer;
+use drpo_kit::drpo::icl::{answer_rewrite_prompt, answer_rewrite_schema, wrap_answer};
 use drpo_kit::drpo::options::Options as RequestOptions;
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
@@ -40,6 +49,8 @@ pub struct Options {
     pub judge_max_tokens: u32,
     /// Token limit of a rewrite.
     pub optimizer_max_tokens: u32,
+    /// Known aspect choices of the critic, `{query: aspect selection}`.
+    pub metrics_cache: BTreeMap<String, Value>,
 }
 
 /// The options, their defaults and bounds.
@@ -71,6 +82,12 @@ pub fn schema() -> OptionsSchema {
             defaults.optimizer_max_tokens.into(),
             1,
             "Token limit of a rewritten answer.",
+        )
+        .object_map(
+            "metrics_cache",
+            "Known aspect choices of the critic, {query: {query_analysis, aspects_selection}}; \
+             --metrics-cache-path fills it (keep a file apart from the beam search's: the \
+             critic chooses 3-6 aspects).",
         )
 }
 
@@ -109,57 +126,6 @@ Answer with a single JSON object and nothing else:
 [\"...\", \"...\", \"...\"]}}}}
 "
     )
-}
-
-/// The optimizer's prompt: rewrite `answer` to `query` using the critique.
-pub fn rewrite_prompt(query: &str, answer: &str, critique: &str) -> String {
-    format!(
-        "You improve example answers that will be shown to an AI assistant as models to \
-imitate. Below are a user query, the current answer and a strict critic's judgement of it \
-(a rationale and a 1-5 score per aspect). Write a better answer.
-
-## Query
-{query}
-
-## Current answer
-{answer}
-
-## Critique
-{critique}
-
-## How to rewrite
-- Fix every point the critic took off for; keep what the critic praised.
-- Write the answer itself, not advice on how to answer.
-- Do not name the company or lab that built the assistant.
-- Organise the answer with bullet points where that helps the reader, at most six.
-- If the query asks for something harmful or malicious, decline plainly in the first person \
-(\"As an AI, I can't help with ...\"), explain briefly why it would cause harm, and offer a safe \
-alternative when there is one.
-- Work a short overview, the relevant limitations and a conclusion into the text, without \
-headings for them.
-- Give enough depth for an expert while staying clear to a beginner.
-- If the answer must get shorter, trim the overview, never the substance.
-- Prefer safe, general statements to specific claims you are not sure of.
-- Start the answer with a line holding only <START> and end it with a line holding only <END>.
-
-## Answer format
-Answer with a single JSON object and nothing else:
-{{\"analysis\": \"what the critique says is wrong\", \"thought\": \"how the new answer fixes it\", \
-\"new_response\": \"<START>\\n...\\n<END>\"}}
-"
-    )
-}
-
-/// The schema of the optimizer's answer.
-pub fn rewrite_schema() -> String {
-    let text = json!({"type": "string"});
-    json!({
-        "type": "object",
-        "properties": {"analysis": text, "thought": text, "new_response": text},
-        "required": ["analysis", "thought", "new_response"],
-        "additionalProperties": false,
-    })
-    .to_string()
 }
 
 /// The optimizer's answer.
@@ -212,9 +178,18 @@ struct Work {
     initial: String,
     aspects: Vec<&'static Aspect>,
     reasoning: String,
+    aspects_source: &'static str,
     best: Candidate,
     rewrites: u32,
     finished: bool,
+}
+
+/// The critic's aspects for one query, and where they came from (`cache`, `model`, or
+/// `fallback` when the critic's answer was unusable).
+struct Selection {
+    aspects: Vec<&'static Aspect>,
+    reasoning: String,
+    source: &'static str,
 }
 
 /// Everything the run needs between phases.
@@ -222,6 +197,10 @@ struct Optimizer<'h, H: Host> {
     host: &'h mut H,
     options: RequestOptions,
     next_node: u32,
+    /// The metrics cache the run was given.
+    cache: &'h BTreeMap<String, Value>,
+    /// The critic's usable choices made in this run, for the metrics cache.
+    new_cache: BTreeMap<String, Value>,
 }
 
 /// The run cannot go on (a spent budget).
@@ -246,11 +225,15 @@ impl<H: Host> Optimizer<'_, H> {
         Ok(results)
     }
 
-    /// The critic's aspects for each query (the general-quality ones when unusable).
-    fn select(&mut self, queries: &[&str]) -> Result<Vec<(Vec<&'static Aspect>, String)>, Stopped> {
+    /// The critic's aspects for each query: from the metrics cache when it knows the query,
+    /// else asked in one batch (the general-quality aspects when the answer is unusable).
+    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stopped> {
+        let cached: Vec<Option<Selection>> = queries.iter().map(|q| self.cached(q)).collect();
         let batch = queries
             .iter()
-            .map(|q| {
+            .zip(&cached)
+            .filter(|(_, known)| known.is_none())
+            .map(|(q, _)| {
                 let mut request = prompts::aspect_selection_request(q, &self.options);
                 request.prompt =
                     Prompt::Chat(vec![Message::new("user", aspect_selection_prompt(q))]);
@@ -261,35 +244,77 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let results = self.complete(batch)?;
-        Ok(results
-            .into_iter()
-            .zip(queries)
-            .map(|(result, query)| {
-                let parsed = match result {
-                    Ok(c) => c
-                        .choices
-                        .first()
-                        .ok_or_else(|| "empty completion".to_owned())
-                        .and_then(|text| parse::extract_object(text))
-                        .and_then(|o| parse::parse_aspect_selection_at_most(&o, MAX_ASPECTS)),
-                    Err(e) => Err(format!("the call failed: {e}")),
-                };
-                match parsed {
-                    Ok(selection) => (selection.aspects, selection.reasoning),
-                    Err(e) => {
-                        self.host.warn(format!(
-                            "aspects for {query:?} unusable ({e}); using the general-quality aspects"
-                        ));
-                        (
-                            aspects::fallback(),
-                            "The critic's choice failed, so the general-quality aspects are used."
-                                .to_owned(),
-                        )
-                    }
+        let mut answers = self.complete(batch)?.into_iter();
+        let mut selections = Vec::with_capacity(queries.len());
+        for (query, known) in queries.iter().zip(cached) {
+            let selection = match known {
+                Some(selection) => selection,
+                None => self.absorb_selection(query, answers.next()),
+            };
+            selections.push(selection);
+        }
+        Ok(selections)
+    }
+
+    /// The metrics cache's selection for `query`, if it holds a usable one.
+    fn cached(&mut self, query: &str) -> Option<Selection> {
+        let entry = self.cache.get(query)?;
+        match parse::parse_cached_selection(entry, MAX_ASPECTS) {
+            Ok(selection) => Some(Selection {
+                aspects: selection.aspects,
+                reasoning: selection.reasoning,
+                source: "cache",
+            }),
+            Err(e) => {
+                self.host.warn(format!(
+                    "metrics cache entry for {query:?} unusable ({e}); asking the critic"
+                ));
+                None
+            }
+        }
+    }
+
+    /// The critic's answer for `query` as a selection, kept for the metrics cache when usable.
+    fn absorb_selection(
+        &mut self,
+        query: &str,
+        answer: Option<Result<Completion, LlmError>>,
+    ) -> Selection {
+        let parsed = match answer {
+            Some(Ok(c)) => c
+                .choices
+                .first()
+                .ok_or_else(|| "empty completion".to_owned())
+                .and_then(|text| parse::extract_object(text))
+                .and_then(|o| {
+                    parse::parse_aspect_selection_at_most(&o, MAX_ASPECTS).map(|sel| (o, sel))
+                }),
+            Some(Err(e)) => Err(format!("the call failed: {e}")),
+            None => Err("no answer from the host".to_owned()),
+        };
+        match parsed {
+            Ok((object, selection)) => {
+                self.new_cache
+                    .insert(query.to_owned(), Value::Object(object));
+                Selection {
+                    aspects: selection.aspects,
+                    reasoning: selection.reasoning,
+                    source: "model",
                 }
-            })
-            .collect())
+            }
+            Err(e) => {
+                self.host.warn(format!(
+                    "aspects for {query:?} unusable ({e}); using the general-quality aspects"
+                ));
+                Selection {
+                    aspects: aspects::fallback(),
+                    reasoning: "The critic's choice failed, so the general-quality aspects are \
+                                used."
+                        .to_owned(),
+                    source: "fallback",
+                }
+            }
+        }
     }
 
     /// Judges `(work index, answer)` pairs with the strict critic and records each as a node.
@@ -370,11 +395,11 @@ impl<H: Host> Optimizer<'_, H> {
                     serde_json::to_string_pretty(&w.best.judgement.to_json()).unwrap_or_default();
                 let mut request = chat_request(
                     Role::Optimizer,
-                    rewrite_prompt(&w.query, &w.best.answer, &critique),
+                    answer_rewrite_prompt(&w.query, &w.best.answer, &critique),
                     self.options.optimizer_max_tokens,
                 );
                 request.sampling.seed = self.options.seed;
-                request.json_schema = Some(rewrite_schema());
+                request.json_schema = Some(answer_rewrite_schema());
                 request
             })
             .collect();
@@ -431,6 +456,8 @@ pub fn optimize<H: Host>(
             ..RequestOptions::default()
         },
         next_node: 0,
+        cache: &options.metrics_cache,
+        new_cache: BTreeMap::new(),
     };
     let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
     let stop = |Stopped(why)| format!("the examples could not be judged: {why}");
@@ -438,11 +465,12 @@ pub fn optimize<H: Host>(
     let mut work: Vec<Work> = examples
         .iter()
         .zip(selections)
-        .map(|(e, (aspects, reasoning))| Work {
+        .map(|(e, selection)| Work {
             query: e.query.clone(),
             initial: wrap_answer(&e.answer),
-            aspects,
-            reasoning,
+            aspects: selection.aspects,
+            reasoning: selection.reasoning,
+            aspects_source: selection.source,
             best: Candidate {
                 answer: String::new(),
                 judgement: Judgement::default(),
@@ -512,12 +540,14 @@ pub fn optimize<H: Host>(
             "answer": w.best.answer,
             "initial_answer": w.initial,
             "aspects": w.aspects.iter().map(|a| a.name).collect::<Vec<_>>(),
+            "aspects_source": w.aspects_source,
             "score_sum": w.best.sum(),
             "all_fives": all_fives(&w.best.judgement, &w.aspects),
             "rewrites": w.rewrites,
             "node": w.best.node,
         })).collect::<Vec<_>>(),
         "stopped": stopped,
+        "new_metrics_cache": optimizer.new_cache,
     });
     Ok(Outcome {
         best_prompt: None,
@@ -527,9 +557,10 @@ pub fn optimize<H: Host>(
     })
 }
 
-/// Per example: one aspect selection, 1 + `num_iters` judgements, `num_iters` rewrites at most;
-/// at least the selection and the first judgement. The host does not say how many examples
-/// there are before the run, so the estimate is per example (`num_samples`, or 1 when 0).
+/// Per example: one aspect selection unless the metrics cache knows its query, 1 + `num_iters`
+/// judgements, `num_iters` rewrites at most; at least the first judgement. The host does not say
+/// how many examples there are before the run, so the estimate is per example (`num_samples`,
+/// or 1 when 0), and as many selections as there are examples may be cached.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let examples = u64::from(options.num_samples.max(1));
     let iters = u64::from(options.num_iters);
@@ -544,7 +575,10 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {
                 Role::Base => (0, 0),
-                Role::Metrics => (examples, examples),
+                Role::Metrics => (
+                    examples.saturating_sub(options.metrics_cache.len() as u64),
+                    examples,
+                ),
                 Role::Judge => (examples, examples * (1 + iters)),
                 Role::Optimizer => (0, examples * iters),
             };
@@ -663,6 +697,17 @@ mod tests {
         // worse one was not kept.
         assert!(prompts[2].contains("v3 second"), "{}", prompts[2]);
         assert!(prompts[3].contains("v3 second"), "{}", prompts[3]);
+        // The optimizer sees the library's annotated answers before the answer it rewrites.
+        let annotated = drpo_kit::drpo::icl::ANNOTATED_EXAMPLES[1].annotated_answer;
+        let shown = prompts[0]
+            .find(annotated)
+            .expect("the annotated answers are shown");
+        assert!(
+            shown
+                < prompts[0]
+                    .find("## Current answer\n<START>\nv2 initial")
+                    .unwrap()
+        );
         // Nodes: the initial answer and one per rewrite, each child of the best at the time.
         let parents: Vec<Option<u32>> = h.nodes.iter().map(|n| n.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(2)]);
@@ -714,6 +759,112 @@ mod tests {
         );
         let judge = h.requests.iter().find(|r| r.role == Role::Judge).unwrap();
         assert!(text(judge).starts_with("You are a ruthless critic"));
+    }
+
+    fn examples(queries: &[&str]) -> Vec<Example> {
+        queries
+            .iter()
+            .map(|q| Example {
+                query: q.to_string(),
+                answer: "v5 already perfect".into(),
+            })
+            .collect()
+    }
+
+    fn details(outcome: &Outcome) -> Value {
+        serde_json::from_str(&outcome.details).unwrap()
+    }
+
+    #[test]
+    fn a_second_run_with_the_metrics_cache_asks_only_for_new_queries() {
+        let (mut cold, _) = host(&[]);
+        let first = optimize(
+            &mut cold,
+            &options(0),
+            examples(&["How do tides work?", "Why is ice slippery?"]),
+        )
+        .unwrap();
+        assert_eq!(cold.requests_for(Role::Metrics), 2);
+        let cache = details(&first)["new_metrics_cache"].clone();
+        let cache: BTreeMap<String, Value> = serde_json::from_value(cache).unwrap();
+        assert_eq!(
+            cache.keys().collect::<Vec<_>>(),
+            ["How do tides work?", "Why is ice slippery?"]
+        );
+        assert_eq!(
+            cache["How do tides work?"]["aspects_selection"]["selected_aspects"],
+            json!(["Helpfulness", "Clarity"]),
+            "the critic's answer as given"
+        );
+
+        let mut warm_options = options(0);
+        warm_options.metrics_cache = cache;
+        let (mut warm, _) = host(&[]);
+        let second = optimize(
+            &mut warm,
+            &warm_options,
+            examples(&[
+                "How do tides work?",
+                "What is a leap year?",
+                "Why is ice slippery?",
+            ]),
+        )
+        .unwrap();
+        let asked: Vec<&Request> = warm
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Metrics)
+            .collect();
+        assert_eq!(asked.len(), 1, "only the new query is asked");
+        let Prompt::Chat(messages) = &asked[0].prompt else {
+            panic!("chat expected")
+        };
+        assert!(
+            messages[0]
+                .content
+                .contains("## Query\nWhat is a leap year?")
+        );
+        let details = details(&second);
+        let sources: Vec<&Value> = details["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["aspects_source"])
+            .collect();
+        assert_eq!(sources, [&json!("cache"), &json!("model"), &json!("cache")]);
+        assert_eq!(
+            details["examples"][0]["aspects"],
+            json!(["Helpfulness", "Clarity"])
+        );
+        let new: Vec<&String> = details["new_metrics_cache"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(new, ["What is a leap year?"]);
+        let estimate = estimate_calls(&warm_options);
+        let metrics = estimate.iter().find(|e| e.role == Role::Metrics).unwrap();
+        assert_eq!((metrics.min_calls, metrics.max_calls), (0, 1));
+    }
+
+    #[test]
+    fn an_unusable_cache_entry_is_asked_again() {
+        let mut options = options(0);
+        options
+            .metrics_cache
+            .insert("How do tides work?".into(), json!(["Clarity"]));
+        let (mut h, _) = host(&[]);
+        let outcome = optimize(&mut h, &options, examples(&["How do tides work?"])).unwrap();
+        assert_eq!(h.requests_for(Role::Metrics), 1);
+        assert!(
+            h.logs
+                .iter()
+                .any(|(_, line)| line.contains("metrics cache entry")
+                    && line.contains("not an object")),
+            "{:?}",
+            h.logs
+        );
+        assert_eq!(details(&outcome)["examples"][0]["aspects_source"], "model");
     }
 
     #[test]
