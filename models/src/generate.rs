@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::ModelError;
 use crate::chat::{self, ChatMessage, ChatTemplate};
 use crate::device::CpuBackend;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, WeightStorage};
 use crate::llama::{Llama, Logits};
 use crate::tokenizer::Tokenizer;
 
@@ -142,7 +142,7 @@ impl LocalModel {
             });
         }
         let file = GgufFile::open(path)?;
-        let model = crate::gguf::load::<CpuBackend>(&file, &device)?;
+        let model = crate::gguf::load::<CpuBackend>(&file, &device, WeightStorage::Packed)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let (bos, eos) = special_texts(&tokenizer);
         let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
@@ -283,7 +283,10 @@ impl LocalModel {
             }
         }
         if !rows.is_empty() && rows.iter().any(|r| !r.done) {
-            self.decode(batch, &mut rows)?;
+            // On one of rayon's threads, the packed matmuls' parallel loops start without a
+            // hand-over to the pool and back for every projection (two thread wake-ups each,
+            // a few hundred per token).
+            rayon::scope(|_| self.decode(batch, &mut rows))?;
         }
         let mut outputs: Vec<GenerationOutput> = prompt_lens
             .iter()

@@ -25,7 +25,8 @@ use half::{bf16, f16};
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::llama::{Block, Llama, Weights};
+use crate::llama::{Block, Embedding, Linear, Llama, Weights};
+use crate::packed::PackedMatrix;
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -575,6 +576,28 @@ impl GgufFile {
     /// The tensor `name` dequantized to f32, in row-major order, checked against `shape`
     /// (row-major, PyTorch order).
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let info = self.checked_tensor(name, shape)?;
+        Ok(dequantize(info.dtype, self.tensor_bytes(info)))
+    }
+
+    /// The matrix `name`, `[rows, cols]`, kept in its quantized blocks (see [`PackedMatrix`]).
+    pub fn tensor_packed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, ModelError> {
+        let info = self.checked_tensor(name, &[rows, cols])?;
+        Ok(PackedMatrix::from_gguf(
+            info.dtype,
+            self.tensor_bytes(info),
+            rows,
+            cols,
+        ))
+    }
+
+    /// The table entry of tensor `name`, which must exist with `shape`.
+    fn checked_tensor(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, ModelError> {
         let info = self.tensor_info(name).ok_or_else(|| {
             ModelError::format(
                 &self.path,
@@ -590,7 +613,7 @@ impl GgufFile {
                 ),
             ));
         }
-        Ok(dequantize(info.dtype, self.tensor_bytes(info)))
+        Ok(info)
     }
 }
 
@@ -699,7 +722,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K super-block (ggml's
 /// `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -713,21 +736,25 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Undoes llama.cpp's RoPE permutation of a query or key projection `[heads * head_dim, in]`
 /// (row-major): GGUF row `h * hd + 2 * i + j` is Hugging Face row `h * hd + j * hd / 2 + i`.
 pub fn unpermute_rope_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = values.len() / cols;
+    rope_row_order(values.len() / cols, heads)
+        .into_iter()
+        .flat_map(|src| &values[src * cols..(src + 1) * cols])
+        .copied()
+        .collect()
+}
+
+/// For each Hugging Face row of a `rows`-row query or key projection, the GGUF row holding it
+/// (see [`unpermute_rope_rows`]).
+pub fn rope_row_order(rows: usize, heads: usize) -> Vec<usize> {
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * hd + 2 * i + j;
-                let dst = h * hd + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    (0..rows)
+        .map(|dst| {
+            let (h, within) = (dst / hd, dst % hd);
+            let (j, i) = (within / half, within % half);
+            h * hd + 2 * i + j
+        })
+        .collect()
 }
 
 /// The decoder configuration from the `{arch}.*` metadata of a Llama-family GGUF file.
@@ -819,17 +846,28 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     Ok(config)
 }
 
-/// Loads the decoder of a Llama-family GGUF file onto `device`, dequantizing every weight to
-/// the backend's float type.
-pub fn load<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llama<B>, ModelError> {
+/// How a GGUF decoder's weight matrices are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Dequantized to the backend's float type, on the device (any backend).
+    Dequantized,
+    /// Kept in their quantized blocks in host memory and multiplied on the CPU (see
+    /// [`crate::packed`]): for the CPU backend, where it is several times faster.
+    Packed,
+}
+
+/// Loads the decoder of a Llama-family GGUF file onto `device`, its weight matrices held as
+/// `storage` says (norms are always dequantized).
+pub fn load<B: Backend>(
+    file: &GgufFile,
+    device: &B::Device,
+    storage: WeightStorage,
+) -> Result<Llama<B>, ModelError> {
     let config = config(file)?;
     let c = &config;
     let (d, hd, v) = (c.hidden_size, c.head_dim(), c.vocab_size);
     let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
     let dtype = <B::FloatElem as Element>::dtype();
-    let upload = |values: Vec<f32>, shape: [usize; 2]| {
-        Tensor::<B, 2>::from_data(TensorData::new(values, shape).convert_dtype(dtype), device)
-    };
     let norm = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
         let values = file.tensor_f32(name, &[d])?;
         Ok(Tensor::from_data(
@@ -837,23 +875,22 @@ pub fn load<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llama<B>,
             device,
         ))
     };
-    // `[out, in]` matrices (each optionally un-permuted) stacked, then stored `[in, out]`.
+    // `[out, in]` matrices (each optionally un-permuted) stacked into one projection.
     let projection = |parts: &[(String, usize, Option<usize>)],
                       fan_in: usize|
-     -> Result<Tensor<B, 2>, ModelError> {
+     -> Result<Linear<B>, ModelError> {
         let mut stacked = Vec::new();
-        let mut rows = 0;
         for (name, out, rope_heads) in parts {
-            let values = file.tensor_f32(name, &[*out, fan_in])?;
-            match rope_heads {
-                Some(heads) => stacked.extend(unpermute_rope_rows(&values, *heads, fan_in)),
-                None => stacked.extend(values),
-            }
-            rows += out;
+            let part = file.tensor_packed(name, *out, fan_in)?;
+            stacked.push(match rope_heads {
+                Some(heads) => part.permute_rows(&rope_row_order(*out, *heads)),
+                None => part,
+            });
         }
-        Ok(upload(
-            crate::hf::transpose(&stacked, rows, fan_in),
-            [fan_in, rows],
+        Ok(Linear::from_rows(
+            PackedMatrix::stack(stacked),
+            storage,
+            device,
         ))
     };
 
@@ -882,14 +919,14 @@ pub fn load<B: Backend>(file: &GgufFile, device: &B::Device) -> Result<Llama<B>,
             w_down: projection(&[(format!("{p}.ffn_down.weight"), d, None)], i)?,
         });
     }
-    let embed = file.tensor_f32("token_embd.weight", &[v, d])?;
+    let embed = file.tensor_packed("token_embd.weight", v, d)?;
     let lm_head = if c.tie_word_embeddings {
-        upload(crate::hf::transpose(&embed, v, d), [d, v])
+        Linear::from_rows(embed.clone(), storage, device)
     } else {
         projection(&[("output.weight".to_string(), v, None)], d)?
     };
     let weights = Weights {
-        embed: upload(embed, [v, d]),
+        embed: Embedding::from_rows(embed, storage, device),
         blocks,
         norm: norm("output_norm.weight")?,
         lm_head,

@@ -16,7 +16,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::llama::{Block, Llama, Weights};
+use crate::llama::{Block, Embedding, Linear, Llama, Weights};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -52,16 +52,18 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
         ))
     };
     // `[out, in]` matrices stacked along `out`, then transposed to `[in, out_total]`.
-    let projection =
-        |names: &[(String, usize)], fan_in: usize| -> Result<Tensor<B, 2>, ModelError> {
-            let mut stacked = Vec::new();
-            let mut rows = 0;
-            for (name, out) in names {
-                stacked.extend(store.read(name, &[*out, fan_in])?);
-                rows += out;
-            }
-            Ok(upload(transpose(&stacked, rows, fan_in), [fan_in, rows]))
-        };
+    let projection = |names: &[(String, usize)], fan_in: usize| -> Result<Linear<B>, ModelError> {
+        let mut stacked = Vec::new();
+        let mut rows = 0;
+        for (name, out) in names {
+            stacked.extend(store.read(name, &[*out, fan_in])?);
+            rows += out;
+        }
+        Ok(Linear::Dense(upload(
+            transpose(&stacked, rows, fan_in),
+            [fan_in, rows],
+        )))
+    };
 
     let mut blocks = Vec::with_capacity(c.num_hidden_layers);
     for layer in 0..c.num_hidden_layers {
@@ -91,12 +93,12 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
     let embed_values = store.read("model.embed_tokens.weight", &[v, d])?;
     // Checkpoints that tie the head usually omit `lm_head.weight`; some still carry a copy.
     let lm_head = if c.tie_word_embeddings {
-        upload(transpose(&embed_values, v, d), [d, v])
+        Linear::Dense(upload(transpose(&embed_values, v, d), [d, v]))
     } else {
         projection(&[("lm_head.weight".to_string(), v)], d)?
     };
     let weights = Weights {
-        embed: upload(embed_values, [v, d]),
+        embed: Embedding::Dense(upload(embed_values, [v, d])),
         blocks,
         norm: upload_1d("model.norm.weight")?,
         lm_head,

@@ -7,6 +7,7 @@
 //! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
 //!   with random weights;
 //! - [`gguf`]: GGUF files (llama.cpp's format): metadata, dequantization, loading a decoder;
+//! - [`packed`]: quantized weight matrices kept packed, multiplied on the CPU;
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or from GGUF metadata;
 //! - [`chat`]: chat templates (minijinja);
 //! - [`generate`]: [`LocalModel`], batched generation with sampling and stop strings;
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod packed;
 #[cfg(feature = "structured")]
 pub mod structured;
 pub mod tokenizer;

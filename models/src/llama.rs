@@ -11,19 +11,25 @@
 //! - a SwiGLU MLP: `down(silu(gate(x)) * up(x))`;
 //! - an output head that is either its own matrix or the embedding's (tied).
 //!
-//! Weights are stored `[in, out]` so that a projection is `x @ w`; the query/key/value and the
-//! gate/up projections are fused into one matrix each (fewer, larger kernels per token).
+//! Dense weights are stored `[in, out]` so that a projection is `x @ w`; quantized GGUF weights
+//! may instead stay packed in host memory ([`Linear::Packed`], CPU only), several times fewer
+//! bytes to read per token. The query/key/value and the gate/up projections are fused into one
+//! matrix each (fewer, larger kernels per token).
 //!
 //! Batches are left-padded: row `b` of a batch starts at slot `pad[b]` of the KV cache, its
 //! position ids start at 0 there, and the padding slots are masked out of every attention.
 //! RMSNorm statistics and the attention softmax run in `f32` whatever the storage type, as
 //! `transformers` does, so bf16 models stay close to their f32 reference.
 
+use std::sync::Arc;
+
 use burn::tensor::{
     DType, Distribution, Element, FloatDType, Int, Tensor, TensorData, activation, backend::Backend,
 };
 
 use crate::config::LlamaConfig;
+use crate::gguf::WeightStorage;
+use crate::packed::PackedMatrix;
 
 /// Additive mask value: large enough to zero a probability, finite so that no NaN can appear.
 const MASKED: f32 = -1.0e9;
@@ -38,29 +44,113 @@ pub const KV_BUCKET: usize = 64;
 pub struct Block<B: Backend> {
     /// RMSNorm weight before attention, `[hidden]`.
     pub attn_norm: Tensor<B, 1>,
-    /// Fused query, key and value projection, `[hidden, (heads + 2 * kv_heads) * head_dim]`.
-    pub wqkv: Tensor<B, 2>,
-    /// Output projection, `[heads * head_dim, hidden]`.
-    pub wo: Tensor<B, 2>,
+    /// Fused query, key and value projection, `hidden → (heads + 2 * kv_heads) * head_dim`.
+    pub wqkv: Linear<B>,
+    /// Output projection, `heads * head_dim → hidden`.
+    pub wo: Linear<B>,
     /// RMSNorm weight before the MLP, `[hidden]`.
     pub mlp_norm: Tensor<B, 1>,
-    /// Fused gate and up projection, `[hidden, 2 * intermediate]` (gate first).
-    pub w_gate_up: Tensor<B, 2>,
-    /// Down projection, `[intermediate, hidden]`.
-    pub w_down: Tensor<B, 2>,
+    /// Fused gate and up projection, `hidden → 2 * intermediate` (gate first).
+    pub w_gate_up: Linear<B>,
+    /// Down projection, `intermediate → hidden`.
+    pub w_down: Linear<B>,
+}
+
+/// The weights of one projection.
+#[derive(Debug, Clone)]
+pub enum Linear<B: Backend> {
+    /// `[in, out]` on the device.
+    Dense(Tensor<B, 2>),
+    /// `[out, in]` quantized rows in host memory, multiplied on the CPU.
+    Packed(Arc<PackedMatrix>),
+}
+
+impl<B: Backend> Linear<B> {
+    /// Bytes the weights take (what one matrix-vector product reads).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.shape().num_elements() * w.dtype().size(),
+            Self::Packed(w) => w.bytes(),
+        }
+    }
+
+    /// A projection from checkpoint rows `[out, in]`, held as `storage` says.
+    pub fn from_rows(rows: PackedMatrix, storage: WeightStorage, device: &B::Device) -> Self {
+        match storage {
+            WeightStorage::Packed => Self::Packed(Arc::new(rows)),
+            WeightStorage::Dequantized => {
+                let (out, fan_in) = (rows.rows(), rows.cols());
+                let values = crate::hf::transpose(&rows.to_f32(), out, fan_in);
+                Self::Dense(upload(values, [fan_in, out], device))
+            }
+        }
+    }
+}
+
+/// A token embedding table, `[vocab, hidden]`.
+#[derive(Debug, Clone)]
+pub enum Embedding<B: Backend> {
+    /// On the device.
+    Dense(Tensor<B, 2>),
+    /// Quantized rows in host memory, dequantized as they are looked up.
+    Packed(Arc<PackedMatrix>),
+}
+
+impl<B: Backend> Embedding<B> {
+    /// A table from its rows, held as `storage` says.
+    pub fn from_rows(rows: PackedMatrix, storage: WeightStorage, device: &B::Device) -> Self {
+        match storage {
+            WeightStorage::Packed => Self::Packed(Arc::new(rows)),
+            WeightStorage::Dequantized => {
+                let shape = [rows.rows(), rows.cols()];
+                Self::Dense(upload(rows.to_f32(), shape, device))
+            }
+        }
+    }
+
+    /// The vectors of `tokens` (`[batch, len]`), `[batch, len, hidden]`.
+    fn lookup(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        match self {
+            Self::Dense(table) => burn::tensor::module::embedding(table.clone(), tokens),
+            Self::Packed(table) => {
+                let [batch, len] = tokens.dims();
+                let device = tokens.device();
+                let ids = tokens
+                    .into_data()
+                    .convert::<i64>()
+                    .into_vec::<i64>()
+                    .expect("token ids convert to i64");
+                let values = ids
+                    .into_iter()
+                    .flat_map(|id| table.row(id as usize))
+                    .collect();
+                upload(values, [batch, len, table.cols()], &device)
+            }
+        }
+    }
+}
+
+/// f32 values as a tensor of the backend's float type.
+fn upload<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let dtype = <B::FloatElem as Element>::dtype();
+    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), device)
 }
 
 /// All weights of a decoder, already on the device.
 #[derive(Debug, Clone)]
 pub struct Weights<B: Backend> {
     /// Token embedding, `[vocab, hidden]`.
-    pub embed: Tensor<B, 2>,
+    pub embed: Embedding<B>,
     /// The decoder blocks, in order.
     pub blocks: Vec<Block<B>>,
     /// Final RMSNorm weight, `[hidden]`.
     pub norm: Tensor<B, 1>,
-    /// Output head, `[hidden, vocab]` (a transposed copy of `embed` when tied).
-    pub lm_head: Tensor<B, 2>,
+    /// Output head, `hidden → vocab` (the embedding's rows when tied).
+    pub lm_head: Linear<B>,
 }
 
 /// A Llama-family decoder on one device.
@@ -144,7 +234,11 @@ impl<B: Backend> Llama<B> {
         let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
         let linear = |fan_in: usize, fan_out: usize| {
             let std = 1.0 / (fan_in as f64).sqrt();
-            Tensor::<B, 2>::random([fan_in, fan_out], Distribution::Normal(0.0, std), device)
+            Linear::Dense(Tensor::<B, 2>::random(
+                [fan_in, fan_out],
+                Distribution::Normal(0.0, std),
+                device,
+            ))
         };
         let blocks = (0..c.num_hidden_layers)
             .map(|_| Block {
@@ -159,11 +253,23 @@ impl<B: Backend> Llama<B> {
         let embed = Tensor::random([c.vocab_size, d], Distribution::Normal(0.0, 1.0), device);
         let weights = Weights {
             lm_head: linear(d, c.vocab_size),
-            embed,
+            embed: Embedding::Dense(embed),
             blocks,
             norm: Tensor::ones([d], device),
         };
         Self::new(config, weights, device)
+    }
+
+    /// Bytes of weights read to decode one token: every projection and the output head (the
+    /// embedding is only gathered from).
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .weights
+            .blocks
+            .iter()
+            .map(|b| b.wqkv.bytes() + b.wo.bytes() + b.w_gate_up.bytes() + b.w_down.bytes())
+            .sum();
+        blocks + self.weights.lm_head.bytes()
     }
 
     /// The model's configuration.
@@ -228,7 +334,7 @@ impl<B: Backend> Llama<B> {
         let (cos, sin) = self.rope_for(&cache.pads, start, len);
         let window = self.attention_window(&cache.pads, start, len, cache.slots);
 
-        let mut x = burn::tensor::module::embedding(self.weights.embed.clone(), tokens);
+        let mut x = self.weights.embed.lookup(tokens);
         for (block, (k_cache, v_cache)) in self.weights.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = rms_norm(x.clone(), &block.attn_norm, self.config.rms_norm_eps);
             let h = self.attention(h, block, k_cache, v_cache, &cos, &sin, &window, start);
@@ -394,13 +500,25 @@ struct Window<B: Backend> {
     mask: Option<Tensor<B, 5>>,
 }
 
-/// `x · w`, a weight projection: on CUDA the kernel depends on the row count (see
-/// [`crate::cuda_matmul`]).
-fn project<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
-    #[cfg(feature = "cuda")]
-    return crate::cuda_matmul::project(x, w);
-    #[cfg(not(feature = "cuda"))]
-    x.matmul(w.clone())
+/// `x · w`, a weight projection: packed weights are multiplied on the CPU; dense ones on the
+/// device, where on CUDA the kernel depends on the row count (see [`crate::cuda_matmul`]).
+fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
+    match w {
+        Linear::Packed(w) => {
+            let [rows, _] = x.dims();
+            let device = x.device();
+            let values = x
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("activations convert to f32");
+            upload(w.matmul(&values, rows), [rows, w.rows()], &device)
+        }
+        #[cfg(feature = "cuda")]
+        Linear::Dense(w) => crate::cuda_matmul::project(x, w),
+        #[cfg(not(feature = "cuda"))]
+        Linear::Dense(w) => x.matmul(w.clone()),
+    }
 }
 
 /// `x / rms(x) * weight`, the statistic in f32 (as `transformers` computes it).

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use drpo_models::device::CpuBackend;
-use drpo_models::gguf::{self, GgmlType, GgufFile};
+use drpo_models::gguf::{self, GgmlType, GgufFile, WeightStorage};
 use drpo_models::hf::{self, StoreDtype};
 use drpo_models::llama::{Llama, Logits};
 use drpo_models::{LlamaConfig, ModelError};
@@ -282,18 +282,20 @@ fn gguf_conversion_of_a_random_model_gives_the_same_logits() {
         assert_eq!(loaded.tie_word_embeddings, config.tie_word_embeddings);
         assert_eq!(loaded.sliding_window, config.sliding_window);
         assert_eq!(loaded.kv_heads(), config.kv_heads());
-        let from_gguf = gguf::load::<B>(&file, &Default::default()).unwrap();
         let from_hf = hf::load::<B>(&dir, &Default::default()).unwrap();
         let ids: Vec<i32> = (0..19).map(|i| i * 37 % 500 + 3).collect();
-        let (a, b) = (all_logits(&from_gguf, &ids), all_logits(&from_hf, &ids));
-        let diff = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            diff < 1e-4,
-            "{preset}: GGUF and safetensors logits differ by {diff}"
-        );
+        let reference = all_logits(&from_hf, &ids);
+        for storage in [WeightStorage::Dequantized, WeightStorage::Packed] {
+            let from_gguf = gguf::load::<B>(&file, &Default::default(), storage).unwrap();
+            let diff = all_logits(&from_gguf, &ids)
+                .iter()
+                .zip(&reference)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff < 1e-4,
+                "{preset}, {storage:?}: GGUF and safetensors logits differ by {diff}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -385,7 +387,7 @@ fn tensor_of_the_wrong_shape_is_a_clear_error() {
     entry.3.truncate(entry.3.len() - row);
     w.write(&path);
     let file = GgufFile::open(&path).unwrap();
-    let err = gguf::load::<B>(&file, &Default::default()).unwrap_err();
+    let err = gguf::load::<B>(&file, &Default::default(), WeightStorage::Packed).unwrap_err();
     let text = err.to_string();
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(

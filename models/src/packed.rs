@@ -1,0 +1,1155 @@
+//! Quantized weight matrices kept packed in memory and multiplied on the CPU without
+//! dequantizing the whole matrix.
+//!
+//! Batch-1 decoding reads every weight once per token, so its speed is bounded by how many bytes
+//! the weights take: a Q4_1 matrix is about 0.6 bytes a weight, its f32 copy 4. A
+//! [`PackedMatrix`] keeps GGUF blocks (with their f16 scales widened to f32 at load time) and
+//! computes `x · Wᵀ` one weight row at a time: the row is dequantized into a small buffer that
+//! stays in L1 and multiplied with every activation row, so a weight is read from memory once per
+//! matmul whatever the number of rows. Weight rows are spread over rayon's threads.
+//!
+//! Results are deterministic and independent of the batch: each output is one weight row's dot
+//! product with one activation row, accumulated in 32 lanes in a fixed order and summed by a
+//! fixed tree, whichever thread computes it and whatever else is in the batch. The kernel is
+//! compiled twice, for AVX2 with FMA and for the baseline target, and chosen once at run time.
+//!
+//! Exactness: a dequantized weight is `scale · q + min` computed with one rounding, which is
+//! the exact value of ggml's dequantization for Q4_0, Q4_1, Q4_K and Q8_0 (the products fit in
+//! f32's mantissa). Other types are stored as f32 rows.
+
+use std::sync::OnceLock;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::gguf::{GgmlType, dequantize};
+
+/// Lanes of the dot-product accumulators: one block, so that each lane takes one product per
+/// block and the additions into a lane never wait on each other within a block.
+const LANES: usize = 32;
+/// Activation rows multiplied per pass over a dequantized weight row (their accumulators fill
+/// eight of AVX2's sixteen registers).
+const TILE: usize = 2;
+/// Weight rows per rayon task.
+const ROWS_PER_TASK: usize = 32;
+
+/// How a group of rows is stored.
+#[derive(Debug, Clone)]
+enum Storage {
+    /// Blocks of 32 weights `scale · q + min` with `q` in `0..16`: 16 bytes per block, the low
+    /// nibbles holding elements 0–15 and the high nibbles 16–31 (Q4_0, Q4_1, Q4_K).
+    Nibbles {
+        scales: Vec<f32>,
+        mins: Vec<f32>,
+        quants: Vec<u8>,
+    },
+    /// Blocks of 32 weights `scale · q` with `q` a signed byte (Q8_0).
+    Bytes { scales: Vec<f32>, quants: Vec<i8> },
+    /// Plain f32 rows (every other type, dequantized at load).
+    Dense(Vec<f32>),
+}
+
+/// A weight matrix `[rows, cols]` (one row per output, as checkpoints store projections).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    /// Consecutive row ranges, each in one storage (a fused projection can mix types).
+    groups: Vec<(usize, Storage)>,
+}
+
+impl PackedMatrix {
+    /// Packs a GGUF tensor of `rows × cols` elements (row-major, `cols` a multiple of the type's
+    /// block) from its raw bytes.
+    ///
+    /// # Panics
+    /// If `bytes` does not hold exactly `rows × cols` elements of `dtype`: the loader checks the
+    /// shape against the tensor table first.
+    pub fn from_gguf(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            bytes.len(),
+            rows * cols / dtype.block_elements() * dtype.block_bytes(),
+            "{dtype} tensor of {rows}×{cols} elements"
+        );
+        let packable = cols.is_multiple_of(dtype.block_elements());
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let storage = match dtype {
+            GgmlType::Q4_0 | GgmlType::Q4_1 if packable => {
+                let blocks = bytes.chunks_exact(dtype.block_bytes());
+                let mut nibbles = NibbleBuilder::with_blocks(blocks.len());
+                for b in blocks {
+                    let d = f16_at(b, 0);
+                    if dtype == GgmlType::Q4_0 {
+                        nibbles.push(d, -8.0 * d, b[2..18].try_into().unwrap());
+                    } else {
+                        nibbles.push(d, f16_at(b, 2), b[4..20].try_into().unwrap());
+                    }
+                }
+                nibbles.finish()
+            }
+            GgmlType::Q4K if packable => {
+                let blocks = bytes.chunks_exact(dtype.block_bytes());
+                let mut nibbles = NibbleBuilder::with_blocks(blocks.len() * 8);
+                for b in blocks {
+                    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                    let scales = &b[4..16];
+                    // Each 32 bytes hold two sub-blocks: one in the low nibbles, one in the high.
+                    for (chunk, q) in b[16..144].chunks_exact(32).enumerate() {
+                        for (sub, shift) in [(2 * chunk, 0), (2 * chunk + 1, 4)] {
+                            let (sc, m) = crate::gguf::scale_min_k4(sub, scales);
+                            let packed: [u8; 16] = std::array::from_fn(|j| {
+                                ((q[j] >> shift) & 0xF) | (((q[j + 16] >> shift) & 0xF) << 4)
+                            });
+                            nibbles.push(d * f32::from(sc), -(dmin * f32::from(m)), packed);
+                        }
+                    }
+                }
+                nibbles.finish()
+            }
+            GgmlType::Q8_0 if packable => {
+                let blocks = bytes.chunks_exact(dtype.block_bytes());
+                let mut scales = Vec::with_capacity(blocks.len());
+                let mut quants = Vec::with_capacity(blocks.len() * 32);
+                for b in blocks {
+                    scales.push(f16_at(b, 0));
+                    quants.extend(b[2..34].iter().map(|&q| q as i8));
+                }
+                Storage::Bytes { scales, quants }
+            }
+            _ => Storage::Dense(dequantize(dtype, bytes)),
+        };
+        Self {
+            rows,
+            cols,
+            groups: vec![(rows, storage)],
+        }
+    }
+
+    /// A matrix of f32 rows.
+    ///
+    /// # Panics
+    /// If `values` does not hold `rows × cols` elements.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Self {
+        assert_eq!(values.len(), rows * cols, "{rows}×{cols} f32 values");
+        Self {
+            rows,
+            cols,
+            groups: vec![(rows, Storage::Dense(values))],
+        }
+    }
+
+    /// The matrices' rows one after the other (a fused projection).
+    ///
+    /// # Panics
+    /// If the parts differ in their number of columns.
+    pub fn stack(parts: Vec<PackedMatrix>) -> Self {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(
+            parts.iter().all(|p| p.cols == cols),
+            "stacked matrices differ in columns"
+        );
+        Self {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+            groups: parts.into_iter().flat_map(|p| p.groups).collect(),
+        }
+    }
+
+    /// The same matrix with its rows reordered: row `i` of the result is row `order[i]` of this.
+    ///
+    /// # Panics
+    /// If `order` is not a permutation of this matrix's rows.
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert_eq!(order.len(), self.rows, "a row order for {} rows", self.rows);
+        let mut groups: Vec<(usize, Storage)> = Vec::new();
+        for &row in order {
+            let (storage, index) = self.locate(row);
+            match groups.last_mut() {
+                Some((count, last)) if same_kind(last, storage) => {
+                    last.append_row(storage, index, self.cols);
+                    *count += 1;
+                }
+                _ => {
+                    let mut fresh = storage.empty_like();
+                    fresh.append_row(storage, index, self.cols);
+                    groups.push((1, fresh));
+                }
+            }
+        }
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            groups,
+        }
+    }
+
+    /// Number of rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the matrix takes in memory (what a matrix-vector product reads).
+    pub fn bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|(_, s)| match s {
+                Storage::Nibbles {
+                    scales,
+                    mins,
+                    quants,
+                } => 4 * (scales.len() + mins.len()) + quants.len(),
+                Storage::Bytes { scales, quants } => 4 * scales.len() + quants.len(),
+                Storage::Dense(values) => 4 * values.len(),
+            })
+            .sum()
+    }
+
+    /// Row `row` in f32 (an embedding lookup).
+    pub fn row(&self, row: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        let (storage, index) = self.locate(row);
+        // `scale · q` is exact in f32, so both roundings give the same weights.
+        generic::dequantize::<Separate>(storage, index, self.cols, &mut out);
+        out
+    }
+
+    /// Every row in f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.rows).flat_map(|r| self.row(r)).collect()
+    }
+
+    /// `x · Wᵀ`: `x` holds `n` rows of [`cols`](Self::cols) values; the result holds `n` rows of
+    /// [`rows`](Self::rows) values.
+    ///
+    /// # Panics
+    /// If `x` does not hold `n` rows.
+    pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "{n} rows of {} values", self.cols);
+        if n == 0 {
+            return Vec::new();
+        }
+        let products = kernel();
+        // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
+        let mut transposed = vec![0f32; self.rows * n];
+        transposed
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut buffer = vec![0f32; self.cols];
+                for (i, out) in out.chunks_mut(n).enumerate() {
+                    let (storage, index) = self.locate(task * ROWS_PER_TASK + i);
+                    products(storage, index, self.cols, x, &mut buffer, out);
+                }
+            });
+        let mut result = vec![0f32; n * self.rows];
+        for (r, column) in transposed.chunks_exact(n).enumerate() {
+            for (b, &value) in column.iter().enumerate() {
+                result[b * self.rows + r] = value;
+            }
+        }
+        result
+    }
+
+    /// The storage holding `row` and the row's index within it.
+    fn locate(&self, mut row: usize) -> (&Storage, usize) {
+        for (count, storage) in &self.groups {
+            if row < *count {
+                return (storage, row);
+            }
+            row -= count;
+        }
+        panic!("row beyond a {}-row matrix", self.rows)
+    }
+}
+
+/// Collects nibble blocks into [`Storage::Nibbles`].
+struct NibbleBuilder {
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+    quants: Vec<u8>,
+}
+
+impl NibbleBuilder {
+    fn with_blocks(blocks: usize) -> Self {
+        Self {
+            scales: Vec::with_capacity(blocks),
+            mins: Vec::with_capacity(blocks),
+            quants: Vec::with_capacity(16 * blocks),
+        }
+    }
+
+    fn push(&mut self, scale: f32, min: f32, quants: [u8; 16]) {
+        self.scales.push(scale);
+        self.mins.push(min);
+        self.quants.extend(quants);
+    }
+
+    fn finish(self) -> Storage {
+        Storage::Nibbles {
+            scales: self.scales,
+            mins: self.mins,
+            quants: self.quants,
+        }
+    }
+}
+
+fn same_kind(a: &Storage, b: &Storage) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+impl Storage {
+    fn empty_like(&self) -> Self {
+        match self {
+            Self::Nibbles { .. } => NibbleBuilder::with_blocks(0).finish(),
+            Self::Bytes { .. } => Self::Bytes {
+                scales: Vec::new(),
+                quants: Vec::new(),
+            },
+            Self::Dense(_) => Self::Dense(Vec::new()),
+        }
+    }
+
+    /// Appends row `index` of `from` (of the same kind) to this storage.
+    fn append_row(&mut self, from: &Storage, index: usize, cols: usize) {
+        let blocks = cols / 32;
+        let span = |per_block: usize| index * blocks * per_block..(index + 1) * blocks * per_block;
+        match (self, from) {
+            (
+                Self::Nibbles {
+                    scales,
+                    mins,
+                    quants,
+                },
+                Self::Nibbles {
+                    scales: s,
+                    mins: m,
+                    quants: q,
+                },
+            ) => {
+                scales.extend_from_slice(&s[span(1)]);
+                mins.extend_from_slice(&m[span(1)]);
+                quants.extend_from_slice(&q[span(16)]);
+            }
+            (
+                Self::Bytes { scales, quants },
+                Self::Bytes {
+                    scales: s,
+                    quants: q,
+                },
+            ) => {
+                scales.extend_from_slice(&s[span(1)]);
+                quants.extend_from_slice(&q[span(32)]);
+            }
+            (Self::Dense(values), Self::Dense(v)) => {
+                values.extend_from_slice(&v[index * cols..(index + 1) * cols]);
+            }
+            _ => unreachable!("rows are appended to storage of their own kind"),
+        }
+    }
+}
+
+/// `out[b] = row · x[b]` for row `index` of a storage of `cols` columns and every row `b` of
+/// `x`; `buffer` holds `cols` values of scratch space.
+type Products = fn(&Storage, usize, usize, &[f32], &mut [f32], &mut [f32]);
+
+/// The kernels this CPU can run, fastest first, by name.
+fn available_kernels() -> Vec<(&'static str, Products)> {
+    let mut kernels: Vec<(&'static str, Products)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            kernels.push(("avx512", x86_512::products));
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernels.push(("avx2", x86::products));
+        }
+    }
+    kernels.push(("generic", generic::products::<Separate>));
+    kernels
+}
+
+/// The kernel in use: `DRPO_CPU_KERNEL` (`avx512`, `avx2` or `generic`) when set and available
+/// (for measuring one against another), else the fastest; chosen once.
+fn kernel() -> Products {
+    static KERNEL: OnceLock<Products> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let kernels = available_kernels();
+        let wanted = std::env::var("DRPO_CPU_KERNEL").ok();
+        match wanted.and_then(|name| kernels.iter().find(|(n, _)| *n == name)) {
+            Some((_, products)) => *products,
+            None => kernels[0].1,
+        }
+    })
+}
+
+/// The name of the kernel in use (for benchmark reports).
+pub fn kernel_name() -> &'static str {
+    let products = kernel();
+    available_kernels()
+        .into_iter()
+        .find(|(_, p)| std::ptr::fn_addr_eq(*p, products))
+        .map_or("unknown", |(name, _)| name)
+}
+
+/// `a · b + c`, fused into one rounding or not.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding (an FMA instruction where the kernel is compiled with `fma`).
+struct Fused;
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Two roundings: without hardware FMA, `f32::mul_add` would be a slow library call.
+struct Separate;
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// The kernels, written once for any [`MulAdd`]; the compiler vectorizes the fixed-width loops.
+mod generic {
+    use super::{LANES, MulAdd, Storage, TILE};
+
+    #[inline(always)]
+    pub fn dequantize<F: MulAdd>(storage: &Storage, index: usize, cols: usize, out: &mut [f32]) {
+        let blocks = cols / 32;
+        let first = index * blocks;
+        match storage {
+            Storage::Nibbles {
+                scales,
+                mins,
+                quants,
+            } => {
+                let quants = &quants[first * 16..(first + blocks) * 16];
+                for (((out, q), &d), &m) in out
+                    .chunks_exact_mut(32)
+                    .zip(quants.chunks_exact(16))
+                    .zip(&scales[first..first + blocks])
+                    .zip(&mins[first..first + blocks])
+                {
+                    let (low, high) = out.split_at_mut(16);
+                    for j in 0..16 {
+                        low[j] = F::mul_add(d, f32::from(q[j] & 0xF), m);
+                        high[j] = F::mul_add(d, f32::from(q[j] >> 4), m);
+                    }
+                }
+            }
+            Storage::Bytes { scales, quants } => {
+                let quants = &quants[first * 32..(first + blocks) * 32];
+                for ((out, q), &d) in out
+                    .chunks_exact_mut(32)
+                    .zip(quants.chunks_exact(32))
+                    .zip(&scales[first..first + blocks])
+                {
+                    for j in 0..32 {
+                        out[j] = d * f32::from(q[j]);
+                    }
+                }
+            }
+            Storage::Dense(values) => out.copy_from_slice(&values[index * cols..][..cols]),
+        }
+    }
+
+    #[inline(always)]
+    pub fn products<F: MulAdd>(
+        storage: &Storage,
+        index: usize,
+        cols: usize,
+        x: &[f32],
+        buffer: &mut [f32],
+        out: &mut [f32],
+    ) {
+        match storage {
+            Storage::Dense(values) => dots::<F>(&values[index * cols..][..cols], x, out),
+            _ => {
+                dequantize::<F>(storage, index, cols, buffer);
+                dots::<F>(buffer, x, out)
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn dots<F: MulAdd>(weights: &[f32], x: &[f32], out: &mut [f32]) {
+        let cols = weights.len();
+        let row = |b: usize| &x[b * cols..(b + 1) * cols];
+        let done = out.len() / TILE * TILE;
+        let mut tiles = out.chunks_exact_mut(TILE);
+        for (t, out) in tiles.by_ref().enumerate() {
+            let rows: [&[f32]; TILE] = std::array::from_fn(|i| row(t * TILE + i));
+            out.copy_from_slice(&dot_tile::<F, TILE>(weights, rows));
+        }
+        for (b, out) in tiles.into_remainder().iter_mut().enumerate() {
+            *out = dot_tile::<F, 1>(weights, [row(done + b)])[0];
+        }
+    }
+
+    /// Dot products of one weight row with `T` activation rows: element `e` goes to lane
+    /// `e % LANES` in order, then the lanes are summed by a fixed tree (lane `l` plus lane
+    /// `l + 16`, then `l + 8`, `l + 4`, `l + 2`, `l + 1`).
+    #[inline(always)]
+    pub fn dot_tile<F: MulAdd, const T: usize>(weights: &[f32], xs: [&[f32]; T]) -> [f32; T] {
+        let mut acc = [[0f32; LANES]; T];
+        let whole = weights.len() / LANES * LANES;
+        for (i, w) in weights[..whole].chunks_exact(LANES).enumerate() {
+            for t in 0..T {
+                let x = &xs[t][i * LANES..(i + 1) * LANES];
+                for l in 0..LANES {
+                    acc[t][l] = F::mul_add(w[l], x[l], acc[t][l]);
+                }
+            }
+        }
+        for (l, &w) in weights[whole..].iter().enumerate() {
+            for t in 0..T {
+                acc[t][l] = F::mul_add(w, xs[t][whole + l], acc[t][l]);
+            }
+        }
+        acc.map(|mut lanes| {
+            for width in [16, 8, 4, 2, 1] {
+                for l in 0..width {
+                    lanes[l] += lanes[l + width];
+                }
+            }
+            lanes[0]
+        })
+    }
+}
+
+/// AVX2 and FMA: blocks are dequantized eight lanes at a time with the same arithmetic as the
+/// generic kernel, and, for one or two activation rows, multiplied straight from registers.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Fused, Storage, generic};
+
+    pub fn products(
+        storage: &Storage,
+        index: usize,
+        cols: usize,
+        x: &[f32],
+        buffer: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `kernel` chooses this function only once avx2 and fma were detected.
+        unsafe { products_avx2(storage, index, cols, x, buffer, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn products_avx2(
+        storage: &Storage,
+        index: usize,
+        cols: usize,
+        x: &[f32],
+        buffer: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let blocks = cols / 32;
+        let row = index * blocks..(index + 1) * blocks;
+        match storage {
+            // Rows that are not whole blocks (never a GGUF block type's).
+            Storage::Dense(values) if !cols.is_multiple_of(32) => {
+                generic::dots::<Fused>(&values[index * cols..][..cols], x, out)
+            }
+            Storage::Dense(values) => {
+                products_of(&DenseRow(&values[index * cols..][..cols]), x, buffer, out)
+            }
+            Storage::Nibbles {
+                scales,
+                mins,
+                quants,
+            } => products_of(
+                &NibbleRow {
+                    scales: &scales[row.clone()],
+                    mins: &mins[row.clone()],
+                    quants: &quants[row.start * 16..row.end * 16],
+                },
+                x,
+                buffer,
+                out,
+            ),
+            Storage::Bytes { scales, quants } => products_of(
+                &ByteRow {
+                    scales: &scales[row.clone()],
+                    quants: &quants[row.start * 32..row.end * 32],
+                },
+                x,
+                buffer,
+                out,
+            ),
+        }
+    }
+
+    /// One weight row of blocks of 32.
+    trait BlockRow {
+        fn blocks(&self) -> usize;
+
+        /// Block `b` as four vectors of eight weights.
+        ///
+        /// # Safety
+        /// Only on a CPU with avx2 and fma; `b` below [`blocks`](Self::blocks).
+        unsafe fn block(&self, b: usize) -> [__m256; 4];
+    }
+
+    struct NibbleRow<'a> {
+        scales: &'a [f32],
+        mins: &'a [f32],
+        quants: &'a [u8],
+    }
+
+    impl BlockRow for NibbleRow<'_> {
+        fn blocks(&self) -> usize {
+            self.scales.len()
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m256; 4] {
+            // SAFETY: the caller checked the CPU; the row holds 16 bytes per block.
+            unsafe {
+                nibble_block(
+                    self.quants.as_ptr().add(16 * b),
+                    *self.scales.get_unchecked(b),
+                    *self.mins.get_unchecked(b),
+                )
+            }
+        }
+    }
+
+    struct ByteRow<'a> {
+        scales: &'a [f32],
+        quants: &'a [i8],
+    }
+
+    impl BlockRow for ByteRow<'_> {
+        fn blocks(&self) -> usize {
+            self.scales.len()
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m256; 4] {
+            // SAFETY: the caller checked the CPU; the row holds 32 bytes per block.
+            unsafe {
+                byte_block(
+                    self.quants.as_ptr().add(32 * b),
+                    *self.scales.get_unchecked(b),
+                )
+            }
+        }
+    }
+
+    /// f32 weights, whole blocks of 32.
+    struct DenseRow<'a>(&'a [f32]);
+
+    impl BlockRow for DenseRow<'_> {
+        fn blocks(&self) -> usize {
+            self.0.len() / 32
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m256; 4] {
+            // SAFETY: the caller checked the CPU; the row holds 32 values per block.
+            [0, 8, 16, 24].map(|k| unsafe { _mm256_loadu_ps(self.0.as_ptr().add(32 * b + k)) })
+        }
+    }
+
+    /// `out[t] = row · x[t]` for every activation row: one or two straight from the packed
+    /// row; more from the row dequantized once into `buffer`, two at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn products_of(row: &impl BlockRow, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+        let cols = row.blocks() * 32;
+        match out.len() {
+            1 => fused::<1>(row, x, out),
+            2 => fused::<2>(row, x, out),
+            _ => {
+                for (b, chunk) in buffer.chunks_exact_mut(32).enumerate().take(row.blocks()) {
+                    // SAFETY: avx2 and fma are enabled here; `b` is below the row's blocks.
+                    let weights = unsafe { row.block(b) };
+                    for (k, weights) in weights.into_iter().enumerate() {
+                        // SAFETY: `chunk` holds 32 values, so 8k..8k+8 is in bounds.
+                        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr().add(8 * k), weights) };
+                    }
+                }
+                let dense = DenseRow(&buffer[..cols]);
+                for (pair, out) in out.chunks_mut(2).enumerate() {
+                    let x = &x[2 * pair * cols..];
+                    match out.len() {
+                        2 => fused::<2>(&dense, x, out),
+                        _ => fused::<1>(&dense, x, out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[t] = row · x[t]` for `T` activation rows, in the lanes of [`generic::dot_tile`]:
+    /// accumulator `k` holds lanes `8k..8k + 8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn fused<const T: usize>(row: &impl BlockRow, x: &[f32], out: &mut [f32]) {
+        let blocks = row.blocks();
+        let cols = blocks * 32;
+        assert!(x.len() >= T * cols && out.len() == T);
+        let mut acc = [[_mm256_setzero_ps(); 4]; T];
+        for b in 0..blocks {
+            // SAFETY: avx2 and fma are enabled here; `b` is below the row's blocks.
+            let weights = unsafe { row.block(b) };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `t` of `x` holds `cols` values (asserted above).
+                let [x0, x1, x2, x3] = [0, 8, 16, 24]
+                    .map(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(t * cols + b * 32 + k)) });
+                acc[0] = _mm256_fmadd_ps(weights[0], x0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(weights[1], x1, acc[1]);
+                acc[2] = _mm256_fmadd_ps(weights[2], x2, acc[2]);
+                acc[3] = _mm256_fmadd_ps(weights[3], x3, acc[3]);
+            }
+        }
+        for (out, [a0, a1, a2, a3]) in out.iter_mut().zip(acc) {
+            let sum = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds eight values.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+            for width in [4, 2, 1] {
+                for l in 0..width {
+                    lanes[l] += lanes[l + width];
+                }
+            }
+            *out = lanes[0];
+        }
+    }
+
+    /// `scale · q + min` for the 32 nibbles of a block (low nibbles first).
+    ///
+    /// # Safety
+    /// `quants` points to 16 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nibble_block(quants: *const u8, scale: f32, min: f32) -> [__m256; 4] {
+        // SAFETY: the caller passes 16 readable bytes.
+        let bytes = unsafe { _mm_loadu_si128(quants.cast()) };
+        let mask = _mm_set1_epi8(0x0F);
+        let low = _mm_and_si128(bytes, mask);
+        let high = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        let (scale, min) = (_mm256_set1_ps(scale), _mm256_set1_ps(min));
+        let widen =
+            |v: __m128i| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), scale, min);
+        [
+            widen(low),
+            widen(_mm_unpackhi_epi64(low, low)),
+            widen(high),
+            widen(_mm_unpackhi_epi64(high, high)),
+        ]
+    }
+
+    /// `scale · q` for the 32 signed bytes of a block.
+    ///
+    /// # Safety
+    /// `quants` points to 32 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn byte_block(quants: *const i8, scale: f32) -> [__m256; 4] {
+        // SAFETY: the caller passes 32 readable bytes.
+        let (first, second) = unsafe {
+            (
+                _mm_loadu_si128(quants.cast()),
+                _mm_loadu_si128(quants.add(16).cast()),
+            )
+        };
+        let scale = _mm256_set1_ps(scale);
+        let widen = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), scale);
+        [
+            widen(first),
+            widen(_mm_unpackhi_epi64(first, first)),
+            widen(second),
+            widen(_mm_unpackhi_epi64(second, second)),
+        ]
+    }
+}
+
+/// AVX-512: the AVX2 kernel's arithmetic sixteen lanes at a time (accumulator `k` holds lanes
+/// `16k..16k + 16`), so it gives the same bits in half the instructions.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use std::arch::x86_64::*;
+
+    use super::Storage;
+
+    pub fn products(
+        storage: &Storage,
+        index: usize,
+        cols: usize,
+        x: &[f32],
+        buffer: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `kernel` chooses this function only once avx512f was detected.
+        unsafe { products_avx512(storage, index, cols, x, buffer, out) }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn products_avx512(
+        storage: &Storage,
+        index: usize,
+        cols: usize,
+        x: &[f32],
+        buffer: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let blocks = cols / 32;
+        let row = index * blocks..(index + 1) * blocks;
+        match storage {
+            Storage::Dense(_) if !cols.is_multiple_of(32) => {
+                super::x86::products(storage, index, cols, x, buffer, out)
+            }
+            Storage::Dense(values) => {
+                products_of(&DenseRow(&values[index * cols..][..cols]), x, buffer, out)
+            }
+            Storage::Nibbles {
+                scales,
+                mins,
+                quants,
+            } => products_of(
+                &NibbleRow {
+                    scales: &scales[row.clone()],
+                    mins: &mins[row.clone()],
+                    quants: &quants[row.start * 16..row.end * 16],
+                },
+                x,
+                buffer,
+                out,
+            ),
+            Storage::Bytes { scales, quants } => products_of(
+                &ByteRow {
+                    scales: &scales[row.clone()],
+                    quants: &quants[row.start * 32..row.end * 32],
+                },
+                x,
+                buffer,
+                out,
+            ),
+        }
+    }
+
+    /// One weight row of blocks of 32.
+    trait BlockRow {
+        fn blocks(&self) -> usize;
+
+        /// Block `b` as two vectors of sixteen weights.
+        ///
+        /// # Safety
+        /// Only on a CPU with avx512f; `b` below [`blocks`](Self::blocks).
+        unsafe fn block(&self, b: usize) -> [__m512; 2];
+    }
+
+    struct NibbleRow<'a> {
+        scales: &'a [f32],
+        mins: &'a [f32],
+        quants: &'a [u8],
+    }
+
+    impl BlockRow for NibbleRow<'_> {
+        fn blocks(&self) -> usize {
+            self.scales.len()
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m512; 2] {
+            // SAFETY: the caller checked the CPU; the row holds 16 bytes per block.
+            unsafe {
+                let bytes = _mm_loadu_si128(self.quants.as_ptr().add(16 * b).cast());
+                let mask = _mm_set1_epi8(0x0F);
+                let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
+                let min = _mm512_set1_ps(*self.mins.get_unchecked(b));
+                let widen = |v: __m128i| {
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)), scale, min)
+                };
+                [
+                    widen(_mm_and_si128(bytes, mask)),
+                    widen(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask)),
+                ]
+            }
+        }
+    }
+
+    struct ByteRow<'a> {
+        scales: &'a [f32],
+        quants: &'a [i8],
+    }
+
+    impl BlockRow for ByteRow<'_> {
+        fn blocks(&self) -> usize {
+            self.scales.len()
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m512; 2] {
+            // SAFETY: the caller checked the CPU; the row holds 32 bytes per block.
+            unsafe {
+                let at = self.quants.as_ptr().add(32 * b);
+                let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
+                let widen = |p: *const i8| {
+                    let v = _mm_loadu_si128(p.cast());
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), scale)
+                };
+                [widen(at), widen(at.add(16))]
+            }
+        }
+    }
+
+    /// f32 weights, whole blocks of 32.
+    struct DenseRow<'a>(&'a [f32]);
+
+    impl BlockRow for DenseRow<'_> {
+        fn blocks(&self) -> usize {
+            self.0.len() / 32
+        }
+
+        #[inline(always)]
+        unsafe fn block(&self, b: usize) -> [__m512; 2] {
+            // SAFETY: the caller checked the CPU; the row holds 32 values per block.
+            [0, 16].map(|k| unsafe { _mm512_loadu_ps(self.0.as_ptr().add(32 * b + k)) })
+        }
+    }
+
+    /// `out[t] = row · x[t]` for every activation row: one or two straight from the packed
+    /// row; more from the row dequantized once into `buffer`, two at a time (measured faster
+    /// here than four at a time).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn products_of(row: &impl BlockRow, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+        let cols = row.blocks() * 32;
+        match out.len() {
+            1 => fused::<1>(row, x, out),
+            2 => fused::<2>(row, x, out),
+            _ => {
+                for (b, chunk) in buffer.chunks_exact_mut(32).enumerate().take(row.blocks()) {
+                    // SAFETY: avx512f is enabled here; `b` is below the row's blocks.
+                    let [low, high] = unsafe { row.block(b) };
+                    // SAFETY: `chunk` holds 32 values.
+                    unsafe {
+                        _mm512_storeu_ps(chunk.as_mut_ptr(), low);
+                        _mm512_storeu_ps(chunk.as_mut_ptr().add(16), high);
+                    }
+                }
+                let dense = DenseRow(&buffer[..cols]);
+                for (pair, out) in out.chunks_mut(2).enumerate() {
+                    let x = &x[2 * pair * cols..];
+                    match out.len() {
+                        2 => fused::<2>(&dense, x, out),
+                        _ => fused::<1>(&dense, x, out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[t] = row · x[t]` for `T` activation rows, in the lanes of the generic kernel.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn fused<const T: usize>(row: &impl BlockRow, x: &[f32], out: &mut [f32]) {
+        let blocks = row.blocks();
+        let cols = blocks * 32;
+        assert!(x.len() >= T * cols && out.len() == T);
+        let mut acc = [[_mm512_setzero_ps(); 2]; T];
+        for b in 0..blocks {
+            // SAFETY: avx512f is enabled here; `b` is below the row's blocks.
+            let weights = unsafe { row.block(b) };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `t` of `x` holds `cols` values (asserted above).
+                let [x0, x1] = [0, 16]
+                    .map(|k| unsafe { _mm512_loadu_ps(x.as_ptr().add(t * cols + b * 32 + k)) });
+                acc[0] = _mm512_fmadd_ps(weights[0], x0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(weights[1], x1, acc[1]);
+            }
+        }
+        for (out, [low, high]) in out.iter_mut().zip(acc) {
+            let mut lanes = [0f32; 16];
+            // SAFETY: `lanes` holds sixteen values.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(low, high)) };
+            for width in [8, 4, 2, 1] {
+                for l in 0..width {
+                    lanes[l] += lanes[l + width];
+                }
+            }
+            *out = lanes[0];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q4_1 blocks with varied scales, minimums and nibbles.
+    fn q4_1_bytes(rows: usize, cols: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for block in 0..rows * cols / 32 {
+            bytes.extend(f16::from_f32(0.01 + 0.003 * (block % 7) as f32).to_le_bytes());
+            bytes.extend(f16::from_f32(-0.05 + 0.01 * (block % 5) as f32).to_le_bytes());
+            bytes.extend((0..16).map(|j| ((block * 7 + j * 13) % 256) as u8));
+        }
+        bytes
+    }
+
+    fn reference(weights: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+        (0..n)
+            .flat_map(|b| {
+                (0..rows).map(move |r| {
+                    (0..cols)
+                        .map(|c| f64::from(weights[r * cols + c]) * f64::from(x[b * cols + c]))
+                        .sum::<f64>() as f32
+                })
+            })
+            .collect()
+    }
+
+    fn activations(n: usize, cols: usize) -> Vec<f32> {
+        (0..n * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect()
+    }
+
+    #[test]
+    fn matmul_matches_the_dequantized_product_for_every_packed_type() {
+        let (rows, cols) = (70, 96);
+        let q8: Vec<u8> = (0..rows * cols / 32)
+            .flat_map(|b| {
+                let mut block = f16::from_f32(0.02 * (1 + b % 3) as f32)
+                    .to_le_bytes()
+                    .to_vec();
+                block.extend((0..32).map(|j| ((b * 11 + j * 29) % 256) as u8));
+                block
+            })
+            .collect();
+        let q4_0: Vec<u8> = (0..rows * cols / 32)
+            .flat_map(|b| {
+                let mut block = f16::from_f32(0.03).to_le_bytes().to_vec();
+                block.extend((0..16).map(|j| ((b * 5 + j * 17) % 256) as u8));
+                block
+            })
+            .collect();
+        let cases = [
+            (GgmlType::Q4_1, q4_1_bytes(rows, cols)),
+            (GgmlType::Q8_0, q8),
+            (GgmlType::Q4_0, q4_0),
+        ];
+        for (dtype, bytes) in cases {
+            let weights = dequantize(dtype, &bytes);
+            let packed = PackedMatrix::from_gguf(dtype, &bytes, rows, cols);
+            for n in [1, 3, 4, 9] {
+                let x = activations(n, cols);
+                let got = packed.matmul(&x, n);
+                let want = reference(&weights, &x, rows, cols, n);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{dtype} n={n}: {g} vs {w}"
+                    );
+                }
+            }
+            for r in [0, 33, rows - 1] {
+                assert_eq!(packed.row(r), weights[r * cols..(r + 1) * cols], "{dtype}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_of_this_cpu_computes_the_product_and_the_vector_ones_agree_bitwise() {
+        let (rows, cols) = (5, 96);
+        let packed = PackedMatrix::from_gguf(GgmlType::Q4_1, &q4_1_bytes(rows, cols), rows, cols);
+        let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
+        let weights = packed.to_f32();
+        let kernels = available_kernels();
+        assert!(kernels.iter().any(|(name, _)| *name == "generic"));
+        for matrix in [&packed, &dense] {
+            let (storage, _) = matrix.locate(0);
+            for n in [1, 2, 3, 5] {
+                let x = activations(n, cols);
+                let want = reference(&weights, &x, rows, cols, n);
+                let mut vector_results: Vec<(&str, Vec<f32>)> = Vec::new();
+                for (name, products) in &kernels {
+                    let mut got = Vec::new();
+                    for r in 0..rows {
+                        let mut out = vec![0f32; n];
+                        products(storage, r, cols, &x, &mut vec![0f32; cols], &mut out);
+                        got.push(out);
+                    }
+                    for (r, out) in got.iter().enumerate() {
+                        for (b, g) in out.iter().enumerate() {
+                            let w = want[b * rows + r];
+                            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{name} n={n}");
+                        }
+                    }
+                    if *name != "generic" {
+                        vector_results.push((name, got.concat()));
+                    }
+                }
+                for pair in vector_results.windows(2) {
+                    assert_eq!(
+                        pair[0].1, pair[1].1,
+                        "{} and {} differ",
+                        pair[0].0, pair[1].0
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_k_rows_are_exactly_ggml_dequantization() {
+        let (rows, cols) = (3, 512);
+        let mut bytes = Vec::new();
+        for block in 0..rows * cols / 256 {
+            bytes.extend(f16::from_f32(0.01 * (1 + block) as f32).to_le_bytes());
+            bytes.extend(f16::from_f32(0.002).to_le_bytes());
+            bytes.extend((0..12).map(|j| ((block * 31 + j * 53) % 256) as u8));
+            bytes.extend((0..128).map(|j| ((block * 3 + j * 7) % 256) as u8));
+        }
+        let weights = dequantize(GgmlType::Q4K, &bytes);
+        let packed = PackedMatrix::from_gguf(GgmlType::Q4K, &bytes, rows, cols);
+        for r in 0..rows {
+            assert_eq!(packed.row(r), weights[r * cols..(r + 1) * cols]);
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_the_rest_of_the_batch() {
+        let (rows, cols) = (40, 64);
+        let packed = PackedMatrix::from_gguf(GgmlType::Q4_1, &q4_1_bytes(rows, cols), rows, cols);
+        let x = activations(7, cols);
+        let batch = packed.matmul(&x, 7);
+        for b in 0..7 {
+            let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1);
+            assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        }
+    }
+
+    #[test]
+    fn stacking_and_permuting_rows_moves_whole_rows() {
+        let cols = 64;
+        let a = PackedMatrix::from_gguf(GgmlType::Q4_1, &q4_1_bytes(4, cols), 4, cols);
+        let dense: Vec<f32> = (0..2 * cols).map(|i| i as f32).collect();
+        let b = PackedMatrix::from_f32(dense.clone(), 2, cols);
+        let stacked = PackedMatrix::stack(vec![a.clone(), b]);
+        assert_eq!((stacked.rows(), stacked.cols()), (6, cols));
+        let order = [5, 0, 3, 4, 1, 2];
+        let permuted = stacked.permute_rows(&order);
+        for (i, &from) in order.iter().enumerate() {
+            assert_eq!(permuted.row(i), stacked.row(from));
+        }
+        assert_eq!(permuted.row(0), dense[cols..]);
+        assert_eq!(permuted.row(1), a.row(0));
+    }
+}
