@@ -214,7 +214,7 @@ impl PackedMatrix {
         let mut out = vec![0f32; self.cols];
         let (storage, index) = self.locate(row);
         // `scale · q` is exact in f32, so both roundings give the same weights.
-        generic::dequantize::<Separate>(storage, index, self.cols, &mut out);
+        generic::dequantize::<Separate>(storage.row(index, self.cols), &mut out);
         out
     }
 
@@ -243,7 +243,7 @@ impl PackedMatrix {
                 let mut buffer = vec![0f32; self.cols];
                 for (i, out) in out.chunks_mut(n).enumerate() {
                     let (storage, index) = self.locate(task * ROWS_PER_TASK + i);
-                    products(storage, index, self.cols, x, &mut buffer, out);
+                    products(storage.row(index, self.cols), x, &mut buffer, out);
                 }
             });
         let mut result = vec![0f32; n * self.rows];
@@ -316,46 +316,83 @@ impl Storage {
 
     /// Appends row `index` of `from` (of the same kind) to this storage.
     fn append_row(&mut self, from: &Storage, index: usize, cols: usize) {
-        let blocks = cols / 32;
-        let span = |per_block: usize| index * blocks * per_block..(index + 1) * blocks * per_block;
-        match (self, from) {
+        match (self, from.row(index, cols)) {
             (
                 Self::Nibbles {
                     scales,
                     mins,
                     quants,
                 },
-                Self::Nibbles {
-                    scales: s,
-                    mins: m,
-                    quants: q,
-                },
+                Row::Nibbles(row),
             ) => {
-                scales.extend_from_slice(&s[span(1)]);
-                mins.extend_from_slice(&m[span(1)]);
-                quants.extend_from_slice(&q[span(16)]);
+                scales.extend_from_slice(row.scales);
+                mins.extend_from_slice(row.mins);
+                quants.extend_from_slice(row.quants);
             }
-            (
-                Self::Bytes { scales, quants },
-                Self::Bytes {
-                    scales: s,
-                    quants: q,
-                },
-            ) => {
-                scales.extend_from_slice(&s[span(1)]);
-                quants.extend_from_slice(&q[span(32)]);
+            (Self::Bytes { scales, quants }, Row::Bytes(row)) => {
+                scales.extend_from_slice(row.scales);
+                quants.extend_from_slice(row.quants);
             }
-            (Self::Dense(values), Self::Dense(v)) => {
-                values.extend_from_slice(&v[index * cols..(index + 1) * cols]);
-            }
+            (Self::Dense(values), Row::Dense(row)) => values.extend_from_slice(row.0),
             _ => unreachable!("rows are appended to storage of their own kind"),
         }
     }
 }
 
-/// `out[b] = row · x[b]` for row `index` of a storage of `cols` columns and every row `b` of
-/// `x`; `buffer` holds `cols` values of scratch space.
-type Products = fn(&Storage, usize, usize, &[f32], &mut [f32], &mut [f32]);
+/// One weight row of a [`Storage`], as the kernels read it.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Nibbles(NibbleRow<'a>),
+    Bytes(ByteRow<'a>),
+    Dense(DenseRow<'a>),
+}
+
+/// A row of nibble blocks: per block a scale, a minimum and 16 bytes.
+#[derive(Clone, Copy)]
+struct NibbleRow<'a> {
+    scales: &'a [f32],
+    mins: &'a [f32],
+    quants: &'a [u8],
+}
+
+/// A row of byte blocks: per block a scale and 32 bytes.
+#[derive(Clone, Copy)]
+struct ByteRow<'a> {
+    scales: &'a [f32],
+    quants: &'a [i8],
+}
+
+/// A row of f32 weights.
+#[derive(Clone, Copy)]
+struct DenseRow<'a>(&'a [f32]);
+
+impl Storage {
+    /// Row `index` of this storage, whose rows hold `cols` weights.
+    fn row(&self, index: usize, cols: usize) -> Row<'_> {
+        let blocks = index * (cols / 32)..(index + 1) * (cols / 32);
+        let bytes = |per_block: usize| blocks.start * per_block..blocks.end * per_block;
+        match self {
+            Self::Nibbles {
+                scales,
+                mins,
+                quants,
+            } => Row::Nibbles(NibbleRow {
+                scales: &scales[blocks.clone()],
+                mins: &mins[blocks.clone()],
+                quants: &quants[bytes(16)],
+            }),
+            Self::Bytes { scales, quants } => Row::Bytes(ByteRow {
+                scales: &scales[blocks.clone()],
+                quants: &quants[bytes(32)],
+            }),
+            Self::Dense(values) => Row::Dense(DenseRow(&values[index * cols..][..cols])),
+        }
+    }
+}
+
+/// `out[b] = row · x[b]` for every activation row `b` of `x`; `buffer` holds one row's
+/// values of scratch space.
+type Products = fn(Row, &[f32], &mut [f32], &mut [f32]);
 
 /// The kernels this CPU can run, fastest first, by name.
 fn available_kernels() -> Vec<(&'static str, Products)> {
@@ -396,6 +433,20 @@ pub fn kernel_name() -> &'static str {
         .map_or("unknown", |(name, _)| name)
 }
 
+/// The last steps of every kernel's reduction: lane `l` plus lane `l + len/2`, then plus
+/// `l + len/4`, and so on down to one lane.
+#[inline(always)]
+fn tree_sum(lanes: &mut [f32]) -> f32 {
+    let mut width = lanes.len() / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
 /// `a · b + c`, fused into one rounding or not.
 trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
@@ -421,24 +472,18 @@ impl MulAdd for Separate {
 
 /// The kernels, written once for any [`MulAdd`]; the compiler vectorizes the fixed-width loops.
 mod generic {
-    use super::{LANES, MulAdd, Storage, TILE};
+    use super::{LANES, MulAdd, Row, TILE, tree_sum};
 
+    /// Writes the row's weights into `out`.
     #[inline(always)]
-    pub fn dequantize<F: MulAdd>(storage: &Storage, index: usize, cols: usize, out: &mut [f32]) {
-        let blocks = cols / 32;
-        let first = index * blocks;
-        match storage {
-            Storage::Nibbles {
-                scales,
-                mins,
-                quants,
-            } => {
-                let quants = &quants[first * 16..(first + blocks) * 16];
+    pub fn dequantize<F: MulAdd>(row: Row, out: &mut [f32]) {
+        match row {
+            Row::Nibbles(row) => {
                 for (((out, q), &d), &m) in out
                     .chunks_exact_mut(32)
-                    .zip(quants.chunks_exact(16))
-                    .zip(&scales[first..first + blocks])
-                    .zip(&mins[first..first + blocks])
+                    .zip(row.quants.chunks_exact(16))
+                    .zip(row.scales)
+                    .zip(row.mins)
                 {
                     let (low, high) = out.split_at_mut(16);
                     for j in 0..16 {
@@ -447,35 +492,27 @@ mod generic {
                     }
                 }
             }
-            Storage::Bytes { scales, quants } => {
-                let quants = &quants[first * 32..(first + blocks) * 32];
+            Row::Bytes(row) => {
                 for ((out, q), &d) in out
                     .chunks_exact_mut(32)
-                    .zip(quants.chunks_exact(32))
-                    .zip(&scales[first..first + blocks])
+                    .zip(row.quants.chunks_exact(32))
+                    .zip(row.scales)
                 {
                     for j in 0..32 {
                         out[j] = d * f32::from(q[j]);
                     }
                 }
             }
-            Storage::Dense(values) => out.copy_from_slice(&values[index * cols..][..cols]),
+            Row::Dense(row) => out.copy_from_slice(row.0),
         }
     }
 
     #[inline(always)]
-    pub fn products<F: MulAdd>(
-        storage: &Storage,
-        index: usize,
-        cols: usize,
-        x: &[f32],
-        buffer: &mut [f32],
-        out: &mut [f32],
-    ) {
-        match storage {
-            Storage::Dense(values) => dots::<F>(&values[index * cols..][..cols], x, out),
+    pub fn products<F: MulAdd>(row: Row, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+        match row {
+            Row::Dense(row) => dots::<F>(row.0, x, out),
             _ => {
-                dequantize::<F>(storage, index, cols, buffer);
+                dequantize::<F>(row, buffer);
                 dots::<F>(buffer, x, out)
             }
         }
@@ -497,10 +534,9 @@ mod generic {
     }
 
     /// Dot products of one weight row with `T` activation rows: element `e` goes to lane
-    /// `e % LANES` in order, then the lanes are summed by a fixed tree (lane `l` plus lane
-    /// `l + 16`, then `l + 8`, `l + 4`, `l + 2`, `l + 1`).
+    /// `e % LANES` in order, then the lanes are summed by [`tree_sum`].
     #[inline(always)]
-    pub fn dot_tile<F: MulAdd, const T: usize>(weights: &[f32], xs: [&[f32]; T]) -> [f32; T] {
+    fn dot_tile<F: MulAdd, const T: usize>(weights: &[f32], xs: [&[f32]; T]) -> [f32; T] {
         let mut acc = [[0f32; LANES]; T];
         let whole = weights.len() / LANES * LANES;
         for (i, w) in weights[..whole].chunks_exact(LANES).enumerate() {
@@ -516,81 +552,69 @@ mod generic {
                 acc[t][l] = F::mul_add(w, xs[t][whole + l], acc[t][l]);
             }
         }
-        acc.map(|mut lanes| {
-            for width in [16, 8, 4, 2, 1] {
-                for l in 0..width {
-                    lanes[l] += lanes[l + width];
-                }
-            }
-            lanes[0]
-        })
+        acc.map(|mut lanes| tree_sum(&mut lanes))
     }
 }
 
+/// What the vector kernels share: one or two activation rows are multiplied straight from the
+/// packed row; more, two at a time from the row dequantized once into a buffer (two measured
+/// faster here than four, also with AVX-512). Rows that are not whole blocks of 32 (never a
+/// GGUF block type's) go to the generic code.
+macro_rules! vector_products {
+    ($features:literal, $store:ident) => {
+        pub fn products(row: Row, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+            // SAFETY: `kernel` chooses this function only once the CPU showed these features.
+            unsafe { products_with_features(row, x, buffer, out) }
+        }
+
+        #[target_feature(enable = $features)]
+        fn products_with_features(row: Row, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+            match row {
+                Row::Dense(row) if !row.0.len().is_multiple_of(32) => {
+                    super::generic::dots::<super::Fused>(row.0, x, out)
+                }
+                Row::Dense(row) => products_of(&row, x, buffer, out),
+                Row::Nibbles(row) => products_of(&row, x, buffer, out),
+                Row::Bytes(row) => products_of(&row, x, buffer, out),
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn products_of(row: &impl BlockRow, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
+            let cols = row.blocks() * 32;
+            match out.len() {
+                1 => fused::<1>(row, x, out),
+                2 => fused::<2>(row, x, out),
+                _ => {
+                    for (b, chunk) in buffer.chunks_exact_mut(32).enumerate().take(row.blocks()) {
+                        // SAFETY: the features are enabled here; `b` is below the row's blocks.
+                        let weights = unsafe { row.block(b) };
+                        $store(chunk, weights);
+                    }
+                    let dense = DenseRow(&buffer[..cols]);
+                    for (pair, out) in out.chunks_mut(2).enumerate() {
+                        let x = &x[2 * pair * cols..];
+                        match out.len() {
+                            2 => fused::<2>(&dense, x, out),
+                            _ => fused::<1>(&dense, x, out),
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
 /// AVX2 and FMA: blocks are dequantized eight lanes at a time with the same arithmetic as the
-/// generic kernel, and, for one or two activation rows, multiplied straight from registers.
+/// generic kernel.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Fused, Storage, generic};
+    use super::{ByteRow, DenseRow, NibbleRow, Row, tree_sum};
 
-    pub fn products(
-        storage: &Storage,
-        index: usize,
-        cols: usize,
-        x: &[f32],
-        buffer: &mut [f32],
-        out: &mut [f32],
-    ) {
-        // SAFETY: `kernel` chooses this function only once avx2 and fma were detected.
-        unsafe { products_avx2(storage, index, cols, x, buffer, out) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn products_avx2(
-        storage: &Storage,
-        index: usize,
-        cols: usize,
-        x: &[f32],
-        buffer: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let blocks = cols / 32;
-        let row = index * blocks..(index + 1) * blocks;
-        match storage {
-            // Rows that are not whole blocks (never a GGUF block type's).
-            Storage::Dense(values) if !cols.is_multiple_of(32) => {
-                generic::dots::<Fused>(&values[index * cols..][..cols], x, out)
-            }
-            Storage::Dense(values) => {
-                products_of(&DenseRow(&values[index * cols..][..cols]), x, buffer, out)
-            }
-            Storage::Nibbles {
-                scales,
-                mins,
-                quants,
-            } => products_of(
-                &NibbleRow {
-                    scales: &scales[row.clone()],
-                    mins: &mins[row.clone()],
-                    quants: &quants[row.start * 16..row.end * 16],
-                },
-                x,
-                buffer,
-                out,
-            ),
-            Storage::Bytes { scales, quants } => products_of(
-                &ByteRow {
-                    scales: &scales[row.clone()],
-                    quants: &quants[row.start * 32..row.end * 32],
-                },
-                x,
-                buffer,
-                out,
-            ),
-        }
-    }
+    vector_products!("avx2,fma", store);
 
     /// One weight row of blocks of 32.
     trait BlockRow {
@@ -601,12 +625,6 @@ mod x86 {
         /// # Safety
         /// Only on a CPU with avx2 and fma; `b` below [`blocks`](Self::blocks).
         unsafe fn block(&self, b: usize) -> [__m256; 4];
-    }
-
-    struct NibbleRow<'a> {
-        scales: &'a [f32],
-        mins: &'a [f32],
-        quants: &'a [u8],
     }
 
     impl BlockRow for NibbleRow<'_> {
@@ -627,11 +645,6 @@ mod x86 {
         }
     }
 
-    struct ByteRow<'a> {
-        scales: &'a [f32],
-        quants: &'a [i8],
-    }
-
     impl BlockRow for ByteRow<'_> {
         fn blocks(&self) -> usize {
             self.scales.len()
@@ -649,9 +662,6 @@ mod x86 {
         }
     }
 
-    /// f32 weights, whole blocks of 32.
-    struct DenseRow<'a>(&'a [f32]);
-
     impl BlockRow for DenseRow<'_> {
         fn blocks(&self) -> usize {
             self.0.len() / 32
@@ -664,37 +674,17 @@ mod x86 {
         }
     }
 
-    /// `out[t] = row · x[t]` for every activation row: one or two straight from the packed
-    /// row; more from the row dequantized once into `buffer`, two at a time.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn products_of(row: &impl BlockRow, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
-        let cols = row.blocks() * 32;
-        match out.len() {
-            1 => fused::<1>(row, x, out),
-            2 => fused::<2>(row, x, out),
-            _ => {
-                for (b, chunk) in buffer.chunks_exact_mut(32).enumerate().take(row.blocks()) {
-                    // SAFETY: avx2 and fma are enabled here; `b` is below the row's blocks.
-                    let weights = unsafe { row.block(b) };
-                    for (k, weights) in weights.into_iter().enumerate() {
-                        // SAFETY: `chunk` holds 32 values, so 8k..8k+8 is in bounds.
-                        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr().add(8 * k), weights) };
-                    }
-                }
-                let dense = DenseRow(&buffer[..cols]);
-                for (pair, out) in out.chunks_mut(2).enumerate() {
-                    let x = &x[2 * pair * cols..];
-                    match out.len() {
-                        2 => fused::<2>(&dense, x, out),
-                        _ => fused::<1>(&dense, x, out),
-                    }
-                }
-            }
+    /// Writes a block's four vectors into `chunk` (32 values).
+    #[inline(always)]
+    fn store(chunk: &mut [f32], weights: [__m256; 4]) {
+        assert_eq!(chunk.len(), 32);
+        for (k, weights) in weights.into_iter().enumerate() {
+            // SAFETY: `chunk` holds 32 values, so 8k..8k+8 is in bounds.
+            unsafe { _mm256_storeu_ps(chunk.as_mut_ptr().add(8 * k), weights) };
         }
     }
 
-    /// `out[t] = row · x[t]` for `T` activation rows, in the lanes of [`generic::dot_tile`]:
+    /// `out[t] = row · x[t]` for `T` activation rows, in the lanes of the generic kernel:
     /// accumulator `k` holds lanes `8k..8k + 8`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -717,16 +707,12 @@ mod x86 {
             }
         }
         for (out, [a0, a1, a2, a3]) in out.iter_mut().zip(acc) {
+            // The first step of the tree (lanes l and l + 16) is a0 + a2 and a1 + a3.
             let sum = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
             let mut lanes = [0f32; 8];
             // SAFETY: `lanes` holds eight values.
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
-            for width in [4, 2, 1] {
-                for l in 0..width {
-                    lanes[l] += lanes[l + width];
-                }
-            }
-            *out = lanes[0];
+            *out = tree_sum(&mut lanes);
         }
     }
 
@@ -784,63 +770,9 @@ mod x86 {
 mod x86_512 {
     use std::arch::x86_64::*;
 
-    use super::Storage;
+    use super::{ByteRow, DenseRow, NibbleRow, Row, tree_sum};
 
-    pub fn products(
-        storage: &Storage,
-        index: usize,
-        cols: usize,
-        x: &[f32],
-        buffer: &mut [f32],
-        out: &mut [f32],
-    ) {
-        // SAFETY: `kernel` chooses this function only once avx512f was detected.
-        unsafe { products_avx512(storage, index, cols, x, buffer, out) }
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn products_avx512(
-        storage: &Storage,
-        index: usize,
-        cols: usize,
-        x: &[f32],
-        buffer: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let blocks = cols / 32;
-        let row = index * blocks..(index + 1) * blocks;
-        match storage {
-            Storage::Dense(_) if !cols.is_multiple_of(32) => {
-                super::x86::products(storage, index, cols, x, buffer, out)
-            }
-            Storage::Dense(values) => {
-                products_of(&DenseRow(&values[index * cols..][..cols]), x, buffer, out)
-            }
-            Storage::Nibbles {
-                scales,
-                mins,
-                quants,
-            } => products_of(
-                &NibbleRow {
-                    scales: &scales[row.clone()],
-                    mins: &mins[row.clone()],
-                    quants: &quants[row.start * 16..row.end * 16],
-                },
-                x,
-                buffer,
-                out,
-            ),
-            Storage::Bytes { scales, quants } => products_of(
-                &ByteRow {
-                    scales: &scales[row.clone()],
-                    quants: &quants[row.start * 32..row.end * 32],
-                },
-                x,
-                buffer,
-                out,
-            ),
-        }
-    }
+    vector_products!("avx512f,avx2,fma", store);
 
     /// One weight row of blocks of 32.
     trait BlockRow {
@@ -851,12 +783,6 @@ mod x86_512 {
         /// # Safety
         /// Only on a CPU with avx512f; `b` below [`blocks`](Self::blocks).
         unsafe fn block(&self, b: usize) -> [__m512; 2];
-    }
-
-    struct NibbleRow<'a> {
-        scales: &'a [f32],
-        mins: &'a [f32],
-        quants: &'a [u8],
     }
 
     impl BlockRow for NibbleRow<'_> {
@@ -883,11 +809,6 @@ mod x86_512 {
         }
     }
 
-    struct ByteRow<'a> {
-        scales: &'a [f32],
-        quants: &'a [i8],
-    }
-
     impl BlockRow for ByteRow<'_> {
         fn blocks(&self) -> usize {
             self.scales.len()
@@ -908,9 +829,6 @@ mod x86_512 {
         }
     }
 
-    /// f32 weights, whole blocks of 32.
-    struct DenseRow<'a>(&'a [f32]);
-
     impl BlockRow for DenseRow<'_> {
         fn blocks(&self) -> usize {
             self.0.len() / 32
@@ -923,35 +841,14 @@ mod x86_512 {
         }
     }
 
-    /// `out[t] = row · x[t]` for every activation row: one or two straight from the packed
-    /// row; more from the row dequantized once into `buffer`, two at a time (measured faster
-    /// here than four at a time).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn products_of(row: &impl BlockRow, x: &[f32], buffer: &mut [f32], out: &mut [f32]) {
-        let cols = row.blocks() * 32;
-        match out.len() {
-            1 => fused::<1>(row, x, out),
-            2 => fused::<2>(row, x, out),
-            _ => {
-                for (b, chunk) in buffer.chunks_exact_mut(32).enumerate().take(row.blocks()) {
-                    // SAFETY: avx512f is enabled here; `b` is below the row's blocks.
-                    let [low, high] = unsafe { row.block(b) };
-                    // SAFETY: `chunk` holds 32 values.
-                    unsafe {
-                        _mm512_storeu_ps(chunk.as_mut_ptr(), low);
-                        _mm512_storeu_ps(chunk.as_mut_ptr().add(16), high);
-                    }
-                }
-                let dense = DenseRow(&buffer[..cols]);
-                for (pair, out) in out.chunks_mut(2).enumerate() {
-                    let x = &x[2 * pair * cols..];
-                    match out.len() {
-                        2 => fused::<2>(&dense, x, out),
-                        _ => fused::<1>(&dense, x, out),
-                    }
-                }
-            }
+    /// Writes a block's two vectors into `chunk` (32 values).
+    #[inline(always)]
+    fn store(chunk: &mut [f32], [low, high]: [__m512; 2]) {
+        assert_eq!(chunk.len(), 32);
+        // SAFETY: `chunk` holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(chunk.as_mut_ptr(), low);
+            _mm512_storeu_ps(chunk.as_mut_ptr().add(16), high);
         }
     }
 
@@ -978,12 +875,7 @@ mod x86_512 {
             let mut lanes = [0f32; 16];
             // SAFETY: `lanes` holds sixteen values.
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(low, high)) };
-            for width in [8, 4, 2, 1] {
-                for l in 0..width {
-                    lanes[l] += lanes[l + width];
-                }
-            }
-            *out = lanes[0];
+            *out = tree_sum(&mut lanes);
         }
     }
 }
@@ -1083,7 +975,7 @@ mod tests {
                     let mut got = Vec::new();
                     for r in 0..rows {
                         let mut out = vec![0f32; n];
-                        products(storage, r, cols, &x, &mut vec![0f32; cols], &mut out);
+                        products(storage.row(r, cols), &x, &mut vec![0f32; cols], &mut out);
                         got.push(out);
                     }
                     for (r, out) in got.iter().enumerate() {
