@@ -4,11 +4,16 @@
 # the release binary built elsewhere:
 #
 #   (a) CPU-vs-CUDA parity on small random models (logits within bf16 tolerance, greedy tokens
-#       equal);
+#       equal but where the CPU's own choice was a near-tie), with the default kernels and with
+#       the opt-in attention kernel;
+#   (a2) each weight projection of the model alone, per small-row matmul kernel (MATMUL_KERNELS,
+#       MATMUL_ROWS): microseconds, weight GB/s, and the largest difference from the product
+#       computed on the host in f64. When `rows` fails or differs, the later steps use `cmma`;
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
-#   (b2) each small-row matmul kernel of models/src/cuda_matmul.rs on the same model, for the
-#       decode steps (SWEEP_KERNELS, SWEEP_BATCHES, SWEEP_GEN_TOKENS);
+#   (b2) the same model with the opt-in attention kernel (DRPO_CUDA_ATTENTION=1) and with one
+#       group of our kernels switched off (DRPO_CUDA_FUSED=0, DRPO_CUDA_SMALL_MATMUL=cmma): the
+#       words of SWEEP, for the decode steps (SWEEP_BATCHES, SWEEP_GEN_TOKENS);
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
 #
 # preceded by a smoke test (tiny-llama, one prompt, 4 tokens), then one table with the goals.
@@ -27,7 +32,8 @@
 # DEVICE (default cuda:0; `cpu` runs the same steps on the CPU for a dry run, with
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (64), SKIP_HF=1 to skip step (c), HF_BATCHES (1,32), HF_GEN_TOKENS (64),
-# CUBECL_LOG (1: compilation logs on stderr; 0: off).
+# CUBECL_LOG (1: compilation logs on stderr; full: with each kernel's source; 0: off),
+# STEPS (the steps to run, of "smoke parity matmul bench sweep hf"; default all).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -64,6 +70,9 @@ start_sampling() {
   fi
 }
 stop_sampling() { [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=; }
+
+# Whether step $1 is among STEPS.
+wants() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 
 section probe
 uname -a
@@ -113,17 +122,20 @@ mkdir -p "$RUN_DIR"
 {
   # PTX of compiled kernels, kept in the user's config directory for the later steps.
   printf '[compilation]\ncache = "global"\n\n'
-  if [ "${CUBECL_LOG:-1}" = 1 ]; then
-    printf '[compilation.logger]\nlevel = "basic"\nstderr = true\n\n'
-  fi
+  case "${CUBECL_LOG:-1}" in
+    1) printf '[compilation.logger]\nlevel = "basic"\nstderr = true\n\n' ;;
+    full) printf '[compilation.logger]\nlevel = "full"\nstderr = true\n\n' ;;
+  esac
 } >"$RUN_DIR/cubecl.toml"
 echo "cubecl.toml in $RUN_DIR:"
 cat "$RUN_DIR/cubecl.toml"
 # On a timeout, show what each thread of the stuck process was doing.
-run_tool() { # run_tool SECONDS OUTFILE ARGS...
+run_tool() { # [RUN_ENV=...] run_tool SECONDS OUTFILE ARGS...
   local limit=$1 outfile=$2
   shift 2
-  (cd "$RUN_DIR" && exec "$BIN" "$@") >>"$outfile" &
+  # RUN_ENV: NAME=VALUE words for this run only (kernel switches).
+  # shellcheck disable=SC2086
+  (cd "$RUN_DIR" && exec env ${RUN_ENV:-} "$BIN" "$@") >>"$outfile" &
   local pid=$! waited=0 rc
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
     sleep 1
@@ -151,33 +163,87 @@ run_tool() { # run_tool SECONDS OUTFILE ARGS...
   return "$rc"
 }
 
+if wants smoke; then
 section "smoke: tiny-llama, 1 prompt, 4 tokens on $DEVICE"
 run_tool "${SMOKE_TIMEOUT:-45}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama \
   --device "$DEVICE" --batch 1 --prompt-len 8 --gen-tokens 4 \
   || echo "smoke: FAILED (exit $?)"
+fi
 
+if wants parity; then
 section "(a) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
-for model in tiny-mistral tiny-llama; do
-  run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity --config "$model" \
-    --device "$DEVICE" || echo "parity on $model: FAILED (exit $?)"
+# With every kernel of ours, then with one group of them replaced by burn's operations, so a
+# failure shows which group it comes from.
+# The default kernels, then the opt-in attention kernel; the variants with one group of our
+# kernels replaced by burn's run only when one of those failed (or PARITY_ALL is set).
+for kernels in "" "DRPO_CUDA_ATTENTION=1" "DRPO_CUDA_SMALL_MATMUL=cmma" "DRPO_CUDA_FUSED=0"; do
+  if [ "$kernels" = "DRPO_CUDA_SMALL_MATMUL=cmma" ] && [ -z "${PARITY_ALL:-}" ] \
+    && ! grep -q '"ok":false' "$OUT_DIR/parity.jsonl" \
+    && [ "$(grep -c '"ok":true' "$OUT_DIR/parity.jsonl")" = 4 ]; then
+    break
+  fi
+  for model in tiny-mistral tiny-llama; do
+    echo "--- parity on $model ${kernels:-(default kernels)}"
+    RUN_ENV=$kernels run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity \
+      --config "$model" --device "$DEVICE" || echo "parity on $model $kernels: FAILED (exit $?)"
+  done
 done
+fi
 
+if wants matmul; then
+section "(a2) projections alone: $CONFIG shapes on $DEVICE"
+: >"$OUT_DIR/matmul.jsonl"
+# One process per kernel, so that one that fails to compile or launch costs only its own line.
+for kernel in ${MATMUL_KERNELS:-rows cmma}; do
+  run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul.jsonl" matmul --config "$CONFIG" \
+    --device "$DEVICE" --rows "${MATMUL_ROWS:-1,8,32}" --kernels "$kernel" \
+    --iters "${MATMUL_ITERS:-20}" || echo "matmul $kernel: FAILED (exit $?)"
+done
+# The small test models' shapes (inner sizes below 32 vectors, odd row counts).
+for model in ${MATMUL_SMALL_CONFIGS:-tiny-mistral tiny-llama}; do
+  for kernel in rows cmma; do
+    run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-small.jsonl" matmul --config "$model" \
+      --device "$DEVICE" --rows 1,4,8,76 --kernels "$kernel" --iters 2 \
+      || echo "matmul $kernel on $model: FAILED (exit $?)"
+  done
+done
+# The decode kernel must have given every shape, within bf16 rounding of the host's product.
+if [ -z "${DRPO_CUDA_SMALL_MATMUL:-}" ] && ! "$PY" - "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,8,32}" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+ours = [r for r in rows if r["kernel"] == "rows"]
+want = 5 * len(sys.argv[2].split(","))
+bad = [r for r in ours if not r["max_rel_diff"] <= 0.02]
+print(f"`rows` kernel: {len(ours)} of {want} products, {len(bad)} off by more than 2%")
+sys.exit(0 if len(ours) == want and not bad else 1)
+PYEOF
+then
+  echo "the \`rows\` kernel failed or differs: the later steps use DRPO_CUDA_SMALL_MATMUL=cmma"
+  export DRPO_CUDA_SMALL_MATMUL=cmma
+fi
+fi
+
+if wants bench; then
 section "(b) ours: $CONFIG random weights on $DEVICE"
 start_sampling "$OUT_DIR/mem-ours.txt"
 run_tool "${BENCH_TIMEOUT:-220}" "$OUT_DIR/ours.jsonl" bench --config "$CONFIG" \
   --device "$DEVICE" --batch "$BATCHES" --prompt-len "$PROMPT_LEN" --gen-tokens "$GEN_TOKENS" \
   || echo "bench: FAILED (exit $?)"
 stop_sampling
+fi
 
-section "(b2) decode: the small-row matmul kernels side by side ($SWEEP_CONFIG)"
-# Each kernel of models/src/cuda_matmul.rs on the same shapes (short prompt and generation).
-for kernel in ${SWEEP_KERNELS:-cmma gemv-plane vecmat}; do
-  DRPO_CUDA_SMALL_MATMUL=$kernel run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-$kernel.jsonl" \
-    bench --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
-    --prompt-len 32 --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernel: FAILED (exit $?)"
+if wants sweep; then
+section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
+# Each SWEEP word is one run's kernel switch (short prompt and generation).
+for kernels in ${SWEEP:-DRPO_CUDA_ATTENTION=1 DRPO_CUDA_FUSED=0 DRPO_CUDA_SMALL_MATMUL=cmma}; do
+  RUN_ENV=$kernels run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" bench \
+    --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
+    --prompt-len 32 --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"
 done
+fi
 
+if wants hf; then
 section "(c) transformers: the same shapes"
 if [ "${SKIP_HF:-0}" = 1 ] || [ "${DEVICE%%:*}" != cuda ]; then
   echo "skipped"
@@ -190,6 +256,7 @@ else
     --prompt-len "$PROMPT_LEN" --gen-tokens "$HF_GEN_TOKENS" >"$OUT_DIR/hf.jsonl" \
     || echo "transformers: FAILED (exit $?)"
   stop_sampling
+fi
 fi
 
 section "summary"

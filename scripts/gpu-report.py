@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the table of scripts/gpu-check.sh from the files it left in one directory.
 
-Reads parity.jsonl, ours.jsonl, hf.jsonl (JSON objects, one a line) and mem-ours.txt /
+Reads parity.jsonl, matmul.jsonl, matmul-small.jsonl, ours.jsonl, hf.jsonl (JSON objects, one a line) and mem-ours.txt /
 mem-hf.txt (nvidia-smi samples of used MiB); missing or partial files show as "-".
 """
 import json
@@ -55,9 +55,20 @@ def main():
     if not parity:
         print("  no result")
     for r in parity:
-        print(f"  {r['device']}: {'PASS' if r['ok'] else 'FAIL'}  max|diff| {r['max_abs_diff']:.4f}"
+        print(f"  {r['device']} {r.get('model', '')} ({r.get('kernels', '')}): "
+              f"{'PASS' if r['ok'] else 'FAIL'}  max|diff| {r['max_abs_diff']:.4f}"
               f" (relative {r['relative']:.4f}, tolerance {r['tolerance']}), greedy tokens "
-              f"{'equal' if r['tokens_equal'] else 'DIFFER'}, prompt lengths {r['prompt_lengths']}")
+              f"{r.get('tokens', 'equal' if r['tokens_equal'] else 'DIFFER')}, prompt lengths {r['prompt_lengths']}")
+
+    products = lines(os.path.join(out, "matmul.jsonl")) + lines(os.path.join(out, "matmul-small.jsonl"))
+    if products:
+        print()
+        print("projections alone (us per product, weight GB/s; max relative diff from the host's "
+              "f64 product):")
+        for r in products:
+            print(f"  {r['shape']:>8} {r['n']:>6}x{r['k']:<6} rows {r['rows']:>3} "
+                  f"{r['kernel']:>10}: {r['us']:>9.1f} us {r['weight_gb_s']:>8.1f} GB/s "
+                  f"{r['max_rel_diff']:.1e}")
 
     batches = sorted(set(ours) | set(hf))
     print()
@@ -73,6 +84,11 @@ def main():
         row(f"decode tok/s, batch {batch}", "decode_tok_s", batch)
     for batch in batches:
         row(f"prefill tok/s, batch {batch}", "prefill_tok_s", batch)
+    for batch in sorted(ours):
+        step = ours[batch].get("decode_ms_per_step")
+        issued = ours[batch].get("decode_issue_ms_per_step")
+        print(f"{'decode ms/step, batch ' + str(batch):28}{fmt(step, 2):>18}"
+              f"   (host issued its kernels in {fmt(issued, 2)} ms)")
     mem_ours = peak_mib(os.path.join(out, "mem-ours.txt"))
     mem_hf = peak_mib(os.path.join(out, "mem-hf.txt"))
     torch_peak = max((r.get("peak_gpu_mib_reserved", 0) for r in hf.values()), default=None)
@@ -83,7 +99,7 @@ def main():
     sweeps = sorted(f for f in os.listdir(out) if f.startswith("sweep-") and f.endswith(".jsonl"))
     if sweeps:
         print()
-        print("decode tok/s by small-row matmul kernel (DRPO_CUDA_SMALL_MATMUL):")
+        print("decode tok/s with other kernel switches (SWEEP):")
         runs = {f[len("sweep-"):-len(".jsonl")]: {r["batch"]: r for r in lines(os.path.join(out, f))}
                 for f in sweeps}
         sweep_batches = sorted({b for r in runs.values() for b in r})

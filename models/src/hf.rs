@@ -51,7 +51,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
             device,
         ))
     };
-    // `[out, in]` matrices stacked along `out`, then transposed to `[in, out_total]`.
+    // `[out, in]` matrices stacked along `out`, kept in that layout (see `Linear::Dense`).
     let projection = |names: &[(String, usize)], fan_in: usize| -> Result<Linear<B>, ModelError> {
         let mut stacked = Vec::new();
         let mut rows = 0;
@@ -59,10 +59,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
             stacked.extend(store.read(name, &[*out, fan_in])?);
             rows += out;
         }
-        Ok(Linear::Dense(upload(
-            transpose(&stacked, rows, fan_in),
-            [fan_in, rows],
-        )))
+        Ok(Linear::Dense(upload(stacked, [rows, fan_in])))
     };
 
     let mut blocks = Vec::with_capacity(c.num_hidden_layers);
@@ -90,15 +87,16 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
             w_down: projection(&[(format!("{p}.mlp.down_proj.weight"), d)], i)?,
         });
     }
-    let embed_values = store.read("model.embed_tokens.weight", &[v, d])?;
-    // Checkpoints that tie the head usually omit `lm_head.weight`; some still carry a copy.
+    let embed = upload(store.read("model.embed_tokens.weight", &[v, d])?, [v, d]);
+    // Checkpoints that tie the head usually omit `lm_head.weight`; some still carry a copy. A
+    // tied head is the embedding table itself, not a copy.
     let lm_head = if c.tie_word_embeddings {
-        Linear::Dense(upload(transpose(&embed_values, v, d), [d, v]))
+        Linear::Dense(embed.clone())
     } else {
         projection(&[("lm_head.weight".to_string(), v)], d)?
     };
     let weights = Weights {
-        embed: Embedding::Dense(upload(embed_values, [v, d])),
+        embed: Embedding::Dense(embed),
         blocks,
         norm: upload_1d("model.norm.weight")?,
         lm_head,
@@ -263,22 +261,6 @@ fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
             ));
         }
     })
-}
-
-/// Transposes a row-major `[rows, cols]` matrix, in cache-sized tiles.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 64;
-    let mut out = vec![0.0; values.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Storage type of written weights.

@@ -18,7 +18,7 @@ pub mod bert;
 pub mod chat;
 pub mod config;
 #[cfg(feature = "cuda")]
-pub mod cuda_matmul;
+pub mod cuda;
 pub mod device;
 mod error;
 pub mod generate;

@@ -11,9 +11,10 @@
 //! - a SwiGLU MLP: `down(silu(gate(x)) * up(x))`;
 //! - an output head that is either its own matrix or the embedding's (tied).
 //!
-//! Dense weights are stored `[in, out]` so that a projection is `x @ w`; quantized GGUF weights
-//! may instead stay packed in host memory ([`Linear::Packed`], CPU only), several times fewer
-//! bytes to read per token. The query/key/value and the gate/up projections are fused into one
+//! Dense weights are stored in checkpoint layout `[out, in]`, a projection being `x @ wᵀ`: one
+//! contiguous row per output feature is what the CUDA decode kernel reads, and a tied output
+//! head is the embedding table itself. Quantized GGUF weights may instead stay packed in host
+//! memory ([`Linear::Packed`], CPU only), several times fewer bytes to read per token. The query/key/value and the gate/up projections are fused into one
 //! matrix each (fewer, larger kernels per token).
 //!
 //! Batches are left-padded: row `b` of a batch starts at slot `pad[b]` of the KV cache, its
@@ -21,6 +22,7 @@
 //! RMSNorm statistics and the attention softmax run in `f32` whatever the storage type, as
 //! `transformers` does, so bf16 models stay close to their f32 reference.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use burn::tensor::{
@@ -59,7 +61,7 @@ pub struct Block<B: Backend> {
 /// The weights of one projection.
 #[derive(Debug, Clone)]
 pub enum Linear<B: Backend> {
-    /// `[in, out]` on the device.
+    /// `[out, in]` on the device.
     Dense(Tensor<B, 2>),
     /// `[out, in]` quantized rows in host memory, multiplied on the CPU.
     Packed(Arc<PackedMatrix>),
@@ -74,14 +76,20 @@ impl<B: Backend> Linear<B> {
         }
     }
 
+    /// Gives device weights plain row-major strides (see [`dense`]).
+    fn make_dense(&mut self) {
+        if let Self::Dense(w) = self {
+            *w = dense(w.clone());
+        }
+    }
+
     /// A projection from checkpoint rows `[out, in]`, held as `storage` says.
     pub fn from_rows(rows: PackedMatrix, storage: WeightStorage, device: &B::Device) -> Self {
         match storage {
             WeightStorage::Packed => Self::Packed(Arc::new(rows)),
             WeightStorage::Dequantized => {
-                let (out, fan_in) = (rows.rows(), rows.cols());
-                let values = crate::hf::transpose(&rows.to_f32(), out, fan_in);
-                Self::Dense(upload(values, [fan_in, out], device))
+                let shape = [rows.rows(), rows.cols()];
+                Self::Dense(upload(rows.to_f32(), shape, device))
             }
         }
     }
@@ -172,6 +180,8 @@ pub struct Llama<B: Backend> {
 pub struct KvCache<B: Backend> {
     layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
     pads: Vec<usize>,
+    /// `pads` on the device, for the fused CUDA attention's masks.
+    pad_ids: Tensor<B, 1, Int>,
     len: usize,
     capacity: usize,
     /// Allocated slots: `capacity` rounded up to a multiple of [`KV_BUCKET`].
@@ -211,8 +221,19 @@ pub enum Logits {
 
 impl<B: Backend> Llama<B> {
     /// Builds a decoder from weights already on `device`.
-    pub fn new(config: LlamaConfig, weights: Weights<B>, device: &B::Device) -> Self {
+    pub fn new(config: LlamaConfig, mut weights: Weights<B>, device: &B::Device) -> Self {
         let (cos, sin) = rope_tables::<B>(&config, device);
+        for block in &mut weights.blocks {
+            for linear in [
+                &mut block.wqkv,
+                &mut block.wo,
+                &mut block.w_gate_up,
+                &mut block.w_down,
+            ] {
+                linear.make_dense();
+            }
+        }
+        weights.lm_head.make_dense();
         Self {
             config,
             weights,
@@ -235,7 +256,7 @@ impl<B: Backend> Llama<B> {
         let linear = |fan_in: usize, fan_out: usize| {
             let std = 1.0 / (fan_in as f64).sqrt();
             Linear::Dense(Tensor::<B, 2>::random(
-                [fan_in, fan_out],
+                [fan_out, fan_in],
                 Distribution::Normal(0.0, std),
                 device,
             ))
@@ -291,14 +312,16 @@ impl<B: Backend> Llama<B> {
         let layers = (0..c.num_hidden_layers)
             .map(|_| {
                 (
-                    Tensor::zeros(shape, &self.device),
-                    Tensor::zeros(shape, &self.device),
+                    dense(Tensor::zeros(shape, &self.device)),
+                    dense(Tensor::zeros(shape, &self.device)),
                 )
             })
             .collect();
+        let pad_ids = pads.iter().map(|&p| p as i32).collect();
         KvCache {
             layers,
             pads: pads.to_vec(),
+            pad_ids: Tensor::from_data(TensorData::new(pad_ids, [pads.len()]), &self.device),
             len: 0,
             capacity,
             slots,
@@ -334,21 +357,26 @@ impl<B: Backend> Llama<B> {
         let (cos, sin) = self.rope_for(&cache.pads, start, len);
         let window = self.attention_window(&cache.pads, start, len, cache.slots);
 
+        let eps = self.config.rms_norm_eps;
+        // The residual stream `x` and the last block's MLP output, not yet added to it.
         let mut x = self.weights.embed.lookup(tokens);
+        let mut branch = None;
+        let pad_ids = &cache.pad_ids;
         for (block, (k_cache, v_cache)) in self.weights.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = rms_norm(x.clone(), &block.attn_norm, self.config.rms_norm_eps);
-            let h = self.attention(h, block, k_cache, v_cache, &cos, &sin, &window, start);
-            x = x + h;
-            let h = rms_norm(x.clone(), &block.mlp_norm, self.config.rms_norm_eps);
-            x = x + mlp(h, block);
+            let (sum, h) = add_rms_norm(x, branch.take(), &block.attn_norm, eps);
+            let caches = (k_cache, v_cache, pad_ids);
+            let h = self.attention(h, block, caches, &cos, &sin, &window);
+            let (sum, h) = add_rms_norm(sum, Some(h), &block.mlp_norm, eps);
+            x = sum;
+            branch = Some(mlp(h, block));
         }
         cache.len = end;
 
-        let x = match logits {
-            Logits::Last => x.slice([0..batch, len - 1..len]),
-            Logits::All => x,
+        let last = |t: Tensor<B, 3>| match logits {
+            Logits::Last => t.slice([0..batch, len - 1..len]),
+            Logits::All => t,
         };
-        let x = rms_norm(x, &self.weights.norm, self.config.rms_norm_eps);
+        let (_, x) = add_rms_norm(last(x), branch.map(last), &self.weights.norm, eps);
         let [b, t, d] = x.dims();
         project(x.reshape([b * t, d]), &self.weights.lm_head).reshape([
             b,
@@ -381,9 +409,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Which cached slots the new queries may see: `keys` slots from `first`, a multiple of
-    /// [`KV_BUCKET`] when the cache allows, and, when some of them must be hidden from some
-    /// queries (padding, the future, slots not filled yet, outside the sliding window), an
-    /// additive mask `[batch, 1, 1, len, keys]` in f32.
+    /// [`KV_BUCKET`] when the cache allows.
     fn attention_window(
         &self,
         pads: &[usize],
@@ -400,68 +426,123 @@ impl<B: Backend> Llama<B> {
         let keys = (end - first).div_ceil(KV_BUCKET) * KV_BUCKET;
         let keys = keys.min(slots);
         let first = first.min(slots - keys);
-        let visible = |b: usize, q: usize, k: usize| {
-            // A padding query sees itself only, which keeps its row finite (never all-masked).
-            k == q
-                || (k <= q && k >= pads[b] && self.config.sliding_window.is_none_or(|w| q - k < w))
-        };
-        let span = first..first + keys;
-        let needs_mask =
-            (0..pads.len()).any(|b| (start..end).any(|q| span.clone().any(|k| !visible(b, q, k))));
-        let mask = needs_mask.then(|| {
-            let mut values = Vec::with_capacity(pads.len() * len * keys);
-            for b in 0..pads.len() {
-                for q in start..end {
-                    values.extend(
-                        span.clone()
-                            .map(|k| if visible(b, q, k) { 0.0 } else { MASKED }),
-                    );
-                }
-            }
-            Tensor::<B, 5>::from_data(
-                TensorData::new(values, [pads.len(), 1, 1, len, keys]),
-                (&self.device, DType::F32),
-            )
-        });
-        Window { first, keys, mask }
+        Window {
+            first,
+            keys,
+            pads: pads.to_vec(),
+            start,
+            len,
+            mask: OnceCell::new(),
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The additive mask `[batch, 1, 1, len, keys]` (f32) over `window`'s keys when some of
+    /// them must be hidden from some queries (padding, the future, slots not filled yet,
+    /// outside the sliding window), built on first use.
+    fn window_mask<'w>(&self, window: &'w Window<B>) -> Option<&'w Tensor<B, 5>> {
+        window
+            .mask
+            .get_or_init(|| {
+                let Window {
+                    first,
+                    keys,
+                    ref pads,
+                    start,
+                    len,
+                    ..
+                } = *window;
+                let end = start + len;
+                let visible = |b: usize, q: usize, k: usize| {
+                    // A padding query sees itself only, which keeps its row finite.
+                    k == q
+                        || (k <= q
+                            && k >= pads[b]
+                            && self.config.sliding_window.is_none_or(|w| q - k < w))
+                };
+                let span = first..first + keys;
+                let needs_mask = (0..pads.len())
+                    .any(|b| (start..end).any(|q| span.clone().any(|k| !visible(b, q, k))));
+                needs_mask.then(|| {
+                    let mut values = Vec::with_capacity(pads.len() * len * keys);
+                    for b in 0..pads.len() {
+                        for q in start..end {
+                            values.extend(
+                                span.clone()
+                                    .map(|k| if visible(b, q, k) { 0.0 } else { MASKED }),
+                            );
+                        }
+                    }
+                    Tensor::<B, 5>::from_data(
+                        TensorData::new(values, [pads.len(), 1, 1, len, keys]),
+                        (&self.device, DType::F32),
+                    )
+                })
+            })
+            .as_ref()
+    }
+
+    /// One block's attention; `caches` are its key and value caches and the rows' padding on
+    /// the device.
     fn attention(
         &self,
         x: Tensor<B, 3>,
         block: &Block<B>,
-        k_cache: &mut Tensor<B, 4>,
-        v_cache: &mut Tensor<B, 4>,
+        caches: (&mut Tensor<B, 4>, &mut Tensor<B, 4>, &Tensor<B, 1, Int>),
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
         window: &Window<B>,
-        start: usize,
     ) -> Tensor<B, 3> {
         let c = &self.config;
         let [batch, len, d] = x.dims();
         let (h, kv, hd) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
         let group = h / kv;
+        let start = window.start;
         let end = start + len;
+        let (k_cache, v_cache, pad_ids) = caches;
 
         let qkv = project(x.reshape([batch * len, d]), &block.wqkv);
-        let split = |from: usize, heads: usize| {
-            qkv.clone()
-                .slice([0..batch * len, from * hd..(from + heads) * hd])
-                .reshape([batch, len, heads, hd])
+        // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
+        #[cfg(feature = "cuda")]
+        let fused =
+            crate::cuda::rope::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start);
+        #[cfg(not(feature = "cuda"))]
+        let fused = None;
+        let q = match fused {
+            Some(q) => q,
+            None => {
+                let split = |from: usize, heads: usize| {
+                    qkv.clone()
+                        .slice([0..batch * len, from * hd..(from + heads) * hd])
+                        .reshape([batch, len, heads, hd])
+                };
+                let q = rope(split(0, h), cos, sin);
+                let k = rope(split(h, kv), cos, sin).swap_dims(1, 2);
+                let v = split(h + kv, kv).swap_dims(1, 2);
+                *k_cache = k_cache
+                    .clone()
+                    .slice_assign([0..batch, 0..kv, start..end, 0..hd], k);
+                *v_cache = v_cache
+                    .clone()
+                    .slice_assign([0..batch, 0..kv, start..end, 0..hd], v);
+                q.swap_dims(1, 2).reshape([batch, kv, group * len, hd])
+            }
         };
-        let q = rope(split(0, h), cos, sin);
-        let k = rope(split(h, kv), cos, sin);
-        let v = split(h + kv, kv);
-
-        let k = k.swap_dims(1, 2);
-        let v = v.swap_dims(1, 2);
-        *k_cache = k_cache
-            .clone()
-            .slice_assign([0..batch, 0..kv, start..end, 0..hd], k);
-        *v_cache = v_cache
-            .clone()
-            .slice_assign([0..batch, 0..kv, start..end, 0..hd], v);
+        #[cfg(feature = "cuda")]
+        if let Some(attended) = crate::cuda::attention::attention(
+            &q,
+            k_cache,
+            v_cache,
+            pad_ids,
+            len,
+            window.first,
+            window.keys,
+            start,
+            c.sliding_window,
+        ) {
+            return project(attended, &block.wo).reshape([batch, len, d]);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = pad_ids;
         let keys = window.keys;
         let span = window.first..window.first + keys;
         let k = k_cache
@@ -469,15 +550,13 @@ impl<B: Backend> Llama<B> {
             .slice([0..batch, 0..kv, span.clone(), 0..hd]);
         let v = v_cache.clone().slice([0..batch, 0..kv, span, 0..hd]);
 
-        // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
-        let q = q.swap_dims(1, 2).reshape([batch, kv, group * len, hd]);
         let dtype = q.dtype();
         let scores = q
             .matmul(k.swap_dims(2, 3))
             .cast(FloatDType::F32)
             .mul_scalar(1.0 / (hd as f64).sqrt());
         let scores =
-            match &window.mask {
+            match self.window_mask(window) {
                 Some(mask) => (scores.reshape([batch, kv, group, len, keys]) + mask.clone())
                     .reshape([batch, kv, group * len, keys]),
                 None => scores,
@@ -492,16 +571,22 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// The key slots a forward pass attends to, and the mask over them if any is needed.
+/// The key slots a forward pass attends to, and what decides which of them each query sees.
 struct Window<B: Backend> {
     first: usize,
     /// Slots read from `first` on.
     keys: usize,
-    mask: Option<Tensor<B, 5>>,
+    /// Left padding of each row.
+    pads: Vec<usize>,
+    /// The new queries' slots are `start..start + len`.
+    start: usize,
+    len: usize,
+    /// See [`Llama::window_mask`]; unused (never built) where the fused CUDA attention runs.
+    mask: OnceCell<Option<Tensor<B, 5>>>,
 }
 
 /// `x · w`, a weight projection: packed weights are multiplied on the CPU; dense ones on the
-/// device, where on CUDA the kernel depends on the row count (see [`crate::cuda_matmul`]).
+/// device, where on CUDA the kernel depends on the row count (see [`crate::cuda::matmul`]).
 fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
     match w {
         Linear::Packed(w) => {
@@ -515,10 +600,38 @@ fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
             upload(w.matmul(&values, rows), [rows, w.rows()], &device)
         }
         #[cfg(feature = "cuda")]
-        Linear::Dense(w) => crate::cuda_matmul::project(x, w),
+        Linear::Dense(w) => crate::cuda::matmul::project(x, w),
         #[cfg(not(feature = "cuda"))]
-        Linear::Dense(w) => x.matmul(w.clone()),
+        Linear::Dense(w) => x.matmul(w.clone().transpose()),
     }
+}
+
+/// `t` with plain row-major strides: on CUDA, burn may pad the rows of new tensors, and the
+/// decoder's own kernels (`crate::cuda`) read weights and caches as dense rows.
+fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    return crate::cuda::dense(t);
+    #[cfg(not(feature = "cuda"))]
+    t
+}
+
+/// `(x + branch, rms_norm(x + branch))` (without `branch`: `(x, rms_norm(x))`): the residual
+/// add and the norm after it, one kernel on CUDA.
+fn add_rms_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    branch: Option<Tensor<B, 3>>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    #[cfg(feature = "cuda")]
+    if let Some(fused) = crate::cuda::norm::add_rms_norm(&x, branch.as_ref(), weight, eps) {
+        return fused;
+    }
+    let x = match branch {
+        Some(branch) => x + branch,
+        None => x,
+    };
+    (x.clone(), rms_norm(x, weight, eps))
 }
 
 /// `x / rms(x) * weight`, the statistic in f32 (as `transformers` computes it).
@@ -545,14 +658,28 @@ fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> 
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// `silu(gate) * up` in one kernel where the backend is CUDA, else `None`.
+fn fused_swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    return crate::cuda::swiglu::swiglu(gate_up);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = gate_up;
+        None
+    }
+}
+
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
     let gate_up = project(x.reshape([b * t, d]), &block.w_gate_up);
-    let inner = gate_up.dims()[1] / 2;
-    let gate = gate_up.clone().slice([0..b * t, 0..inner]);
-    let up = gate_up.slice([0..b * t, inner..2 * inner]);
-    project(activation::silu(gate) * up, &block.w_down).reshape([b, t, d])
+    let inner = fused_swiglu(&gate_up).unwrap_or_else(|| {
+        let inner = gate_up.dims()[1] / 2;
+        let gate = gate_up.clone().slice([0..b * t, 0..inner]);
+        let up = gate_up.slice([0..b * t, inner..2 * inner]);
+        activation::silu(gate) * up
+    });
+    project(inner, &block.w_down).reshape([b, t, d])
 }
 
 /// RoPE cosine and sine tables, computed as `transformers` does (f32 inverse frequencies,

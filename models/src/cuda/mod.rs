@@ -1,0 +1,147 @@
+//! The decoder's own CUDA kernels, written with cubecl (the kernel language of burn's CUDA
+//! backend) and launched on burn's tensors.
+//!
+//! Burn runs every tensor operation as its own kernel, and issuing one costs the host about
+//! 15 µs on an H100 machine (run 5 in `docs/gpu-check-results.md`): a 7B decode step of about
+//! 1,800 operations took 29 ms of host time for 7 ms of weight reads. The kernels here do in
+//! one launch what took burn several, and read a decode step's weights at up to three quarters
+//! of the memory bandwidth:
+//!
+//! - [`matmul`]: the weight projections, with a matrix-vector kernel for decode steps;
+//! - [`norm`]: the residual add and the RMSNorm after it (was 10 operations);
+//! - [`rope`]: RoPE on the new queries and keys, written straight into the attention layout
+//!   and the KV cache (was about 16 operations and a copy of each cache);
+//! - [`swiglu`]: `silu(gate) * up` from the fused gate/up projection (was 4 operations);
+//! - [`attention`]: a step's attention over the cache, masks included (was about 12); opt-in
+//!   (`DRPO_CUDA_ATTENTION=1`) until a GPU run has checked it.
+//!
+//! Each entry point takes the generic backend's tensors and returns `None` when they are not
+//! CUDA tensors (or the problem is not one the kernel takes), so `llama.rs` keeps one code path
+//! with burn's operations for every backend. Every kernel rounds as the burn operations it
+//! replaces do (f32 arithmetic, storage-type results where burn stored them), so the CPU
+//! reference and the CUDA decoder agree within bf16 rounding. `DRPO_CUDA_FUSED=0` turns the
+//! fused kernels off (burn's operations instead), for measuring them.
+
+/// Evaluates `$launch` with the type alias `$t` naming the element type of `$dtype` (bf16, f16
+/// or f32), else `$other`: the one place that lists the element types our kernels take.
+macro_rules! with_float_type {
+    ($dtype:expr, $t:ident => $launch:expr, else $other:expr) => {
+        match $dtype {
+            burn::tensor::DType::BF16 => {
+                type $t = half::bf16;
+                $launch
+            }
+            burn::tensor::DType::F16 => {
+                type $t = half::f16;
+                $launch
+            }
+            burn::tensor::DType::F32 => {
+                type $t = f32;
+                $launch
+            }
+            _ => $other,
+        }
+    };
+}
+
+pub mod attention;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod swiglu;
+
+use std::any::Any;
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::{Int, Tensor, TensorPrimitive, backend::Backend};
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::TensorArg;
+
+use crate::device::CudaBackend;
+
+/// cubecl's CUDA runtime, the one behind [`CudaBackend`].
+pub(crate) type Runtime = cubecl::cuda::CudaRuntime;
+
+/// Lanes of a plane (warp) on NVIDIA GPUs.
+pub(crate) const LANES: usize = 32;
+
+/// The CUDA tensor behind `t`, if `B` is the CUDA backend.
+pub(crate) fn as_cuda<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<CubeTensor<Runtime>> {
+    (t as &dyn Any)
+        .downcast_ref::<Tensor<CudaBackend, D>>()
+        .map(|t| t.clone().into_primitive().tensor())
+}
+
+/// The CUDA integer tensor behind `t`, if `B` is the CUDA backend.
+pub(crate) fn as_cuda_int<B: Backend, const D: usize>(
+    t: &Tensor<B, D, Int>,
+) -> Option<CubeTensor<Runtime>> {
+    (t as &dyn Any)
+        .downcast_ref::<Tensor<CudaBackend, D, Int>>()
+        .map(|t| t.clone().into_primitive())
+}
+
+/// The generic tensor of a CUDA tensor; `B` must be [`CudaBackend`], which callers know from a
+/// successful [`as_cuda`] on their inputs.
+pub(crate) fn from_cuda<B: Backend, const D: usize>(t: CubeTensor<Runtime>) -> Tensor<B, D> {
+    let t = Tensor::<CudaBackend, D>::from_primitive(TensorPrimitive::Float(t));
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<Tensor<B, D>>()
+        .expect("B is CudaBackend: the caller's inputs were CUDA tensors")
+}
+
+/// `t` with plain row-major strides: burn may pad the rows of the tensors it creates (pitched
+/// memory), and our kernels index dense rows. A copy only when `t` is a padded CUDA tensor.
+pub(crate) fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match as_cuda(&t) {
+        Some(c) if !c.is_contiguous() => from_cuda(contiguous(c)),
+        _ => t,
+    }
+}
+
+/// Whether the fused kernels are on (`DRPO_CUDA_FUSED` unset or not `0`), read once.
+pub(crate) fn fused_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DRPO_CUDA_FUSED").map_or(true, |v| v != "0"))
+}
+
+/// A kernel argument over a contiguous tensor, whatever its rank.
+pub(crate) fn contiguous_arg(t: &CubeTensor<Runtime>) -> TensorArg<Runtime> {
+    let shape = t.meta.shape().to_vec();
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    // SAFETY: callers pass contiguous tensors, whose buffers hold exactly `shape`.
+    unsafe { TensorArg::from_raw_parts(t.handle.clone(), strides.into(), shape.into()) }
+}
+
+/// `t` with contiguous row-major strides (a copy only when it has other strides).
+pub(crate) fn contiguous(t: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// The widest vector (in elements) that the device loads in one instruction and that divides
+/// every one of `lengths`.
+pub(crate) fn vector_size(t: &CubeTensor<Runtime>, lengths: &[usize]) -> usize {
+    t.client
+        .io_optimized_vector_sizes(t.dtype.size())
+        .filter(|&v| lengths.iter().all(|l| l.is_multiple_of(v)))
+        .max()
+        .unwrap_or(1)
+}
+
+/// Prints `message` on stderr once per process (keyed by its first 60 characters).
+pub(crate) fn warn_once(message: String) {
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let key: String = message.chars().take(60).collect();
+    if !seen.contains(&key) {
+        eprintln!("warning: {message}");
+        seen.push(key);
+    }
+}

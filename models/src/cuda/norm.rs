@@ -1,0 +1,128 @@
+//! The residual add and the RMSNorm after it, in one kernel.
+//!
+//! For each row, `sum = x + branch` (rounded to the storage type, as burn's add is) and
+//! `normed = (sum / rms(sum)) * weight`, the statistic in f32 and the two roundings of
+//! `llama::rms_norm` kept: `sum · inv_rms` is rounded to the storage type before the weight
+//! multiplies it.
+
+use burn::tensor::{Tensor, backend::Backend};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use super::{Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, fused_enabled, vector_size};
+
+/// `(x + branch, rms_norm(x + branch) * weight)` for `x`, `branch`: `[batch, len, d]` (without
+/// `branch`: `(x, rms_norm(x) * weight)`), or `None` when the tensors are not CUDA tensors.
+#[allow(clippy::type_complexity)]
+pub fn add_rms_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    branch: Option<&Tensor<B, 3>>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+    if !fused_enabled() {
+        return None;
+    }
+    let xc = contiguous(as_cuda(x)?);
+    let bc = match branch {
+        Some(b) => Some(contiguous(as_cuda(b)?)),
+        None => None,
+    };
+    let wc = contiguous(as_cuda(weight)?);
+    let [batch, len, d] = x.dims();
+    if branch.is_some_and(|b| b.dims() != [batch, len, d]) || weight.dims() != [d] {
+        return None;
+    }
+    let dtype = xc.dtype;
+    if bc.as_ref().is_some_and(|b| b.dtype != dtype) || wc.dtype != dtype {
+        return None;
+    }
+    let vector = vector_size(&xc, &[d]);
+    let shape: burn::tensor::Shape = [batch, len, d].into();
+    let client = xc.client.clone();
+    let sum = match &bc {
+        Some(_) => {
+            empty_device_contiguous_dtype(client.clone(), xc.device.clone(), shape.clone(), dtype)
+        }
+        None => xc.clone(),
+    };
+    let normed = empty_device_contiguous_dtype(client.clone(), xc.device.clone(), shape, dtype);
+    let rows = u32::try_from(batch * len).ok()?;
+    let branch_arg = contiguous_arg(bc.as_ref().unwrap_or(&xc));
+    let (add, d_vectors) = (bc.is_some(), d / vector);
+    // SAFETY: row `r` of the cube grid reads and writes elements `r * d .. (r + 1) * d` of
+    // the `[rows, d]` buffers, and the weight's `d`.
+    unsafe {
+        with_float_type!(dtype, T => kernels::add_rms_norm_kernel::launch_unchecked::<T, Runtime>(
+            &client,
+            CubeCount::new_1d(rows),
+            CubeDim::new_1d(super::LANES as u32),
+            vector,
+            contiguous_arg(&xc),
+            branch_arg,
+            contiguous_arg(&wc),
+            contiguous_arg(&sum),
+            contiguous_arg(&normed),
+            eps as f32,
+            d as f32,
+            d_vectors,
+            add,
+        ), else return None);
+    }
+    Some((from_cuda(sum), from_cuda(normed)))
+}
+
+mod kernels {
+    use cubecl::prelude::*;
+
+    use crate::cuda::LANES;
+
+    /// One plane per row: lane `l` takes the row's vectors `l, l + 32, ...`; the sum of squares
+    /// is added across the plane.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_rms_norm_kernel<F: Float, N: Size>(
+        x: &Tensor<Vector<F, N>>,
+        branch: &Tensor<Vector<F, N>>,
+        weight: &Tensor<Vector<F, N>>,
+        sum: &mut Tensor<Vector<F, N>>,
+        normed: &mut Tensor<Vector<F, N>>,
+        eps: f32,
+        width: f32,
+        #[comptime] d_vectors: usize,
+        #[comptime] add: bool,
+    ) {
+        let row = CUBE_POS_X as usize * d_vectors;
+        let lane = UNIT_POS_X as usize;
+        let steps = comptime!(d_vectors.div_ceil(LANES));
+        let mut squares = Vector::<f32, N>::new(0.0);
+        for step in 0..steps {
+            let i = step * LANES + lane;
+            if i < d_vectors {
+                let mut v = x[row + i];
+                if add {
+                    v = Vector::cast_from(
+                        Vector::<f32, N>::cast_from(v)
+                            + Vector::<f32, N>::cast_from(branch[row + i]),
+                    );
+                    sum[row + i] = v;
+                }
+                let v = Vector::<f32, N>::cast_from(v);
+                squares += v * v;
+            }
+        }
+        let total = plane_sum(f32::cast_from(Vector::vector_sum(squares)));
+        let inv_rms = f32::inverse_sqrt(total / width + eps);
+        let inv = Vector::<f32, N>::new(inv_rms);
+        for step in 0..steps {
+            let i = step * LANES + lane;
+            if i < d_vectors {
+                let v = if add { sum[row + i] } else { x[row + i] };
+                let scaled = Vector::<F, N>::cast_from(Vector::<f32, N>::cast_from(v) * inv);
+                normed[row + i] = Vector::cast_from(
+                    Vector::<f32, N>::cast_from(scaled) * Vector::<f32, N>::cast_from(weight[i]),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `silu(gate) * up` from the fused gate/up projection, in one kernel.
+//!
+//! `silu` is computed in f32 and rounded once to the storage type (as `transformers` does),
+//! then multiplied by `up` and rounded again.
+
+use burn::tensor::{Tensor, backend::Backend};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use super::{Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, fused_enabled, vector_size};
+
+/// Threads per cube.
+const THREADS: usize = 256;
+
+/// `silu(gate) * up` for `gate_up: [rows, 2 * inner]` (gate first), `[rows, inner]`; `None` when
+/// it is not a CUDA tensor.
+pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if !fused_enabled() {
+        return None;
+    }
+    let gu = contiguous(as_cuda(gate_up)?);
+    let [rows, both] = gate_up.dims();
+    let inner = both / 2;
+    let vector = vector_size(&gu, &[inner]);
+    let out = empty_device_contiguous_dtype(
+        gu.client.clone(),
+        gu.device.clone(),
+        [rows, inner].into(),
+        gu.dtype,
+    );
+    let total = rows * inner / vector;
+    let cubes = u32::try_from(total.div_ceil(THREADS)).ok()?;
+    let client = gu.client.clone();
+    let (input, output) = (contiguous_arg(&gu), contiguous_arg(&out));
+    // SAFETY: thread `i < total` reads vectors of row `i / (inner / vector)` of `gate_up` and
+    // writes vector `i` of `out`.
+    unsafe {
+        with_float_type!(gu.dtype, T => kernels::swiglu_kernel::launch_unchecked::<T, Runtime>(
+            &client,
+            CubeCount::new_1d(cubes),
+            CubeDim::new_1d(THREADS as u32),
+            vector,
+            input,
+            output,
+            total,
+            inner / vector,
+        ), else return None);
+    }
+    Some(from_cuda(out))
+}
+
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// Thread `i` computes vector `i` of the `[rows, inner]` output.
+    #[cube(launch_unchecked)]
+    pub(super) fn swiglu_kernel<F: Float, N: Size>(
+        gate_up: &Tensor<Vector<F, N>>,
+        out: &mut Tensor<Vector<F, N>>,
+        total: usize,
+        #[comptime] inner_vectors: usize,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < total {
+            let row = i / inner_vectors;
+            let col = i % inner_vectors;
+            let at = row * 2 * inner_vectors + col;
+            let gate = Vector::<f32, N>::cast_from(gate_up[at]);
+            let one = Vector::<f32, N>::new(1.0);
+            let zero = Vector::<f32, N>::new(0.0);
+            let silu = Vector::<F, N>::cast_from(gate / (one + Vector::exp(zero - gate)));
+            out[i] = Vector::cast_from(
+                Vector::<f32, N>::cast_from(silu)
+                    * Vector::<f32, N>::cast_from(gate_up[at + inner_vectors]),
+            );
+        }
+    }
+}
