@@ -452,6 +452,7 @@ impl<B: Backend> Llama<B> {
                     ..
                 } = *window;
                 let end = start + len;
+                // `cuda::attention`'s kernel applies the same rule on the device.
                 let visible = |b: usize, q: usize, k: usize| {
                     // A padding query sees itself only, which keeps its row finite.
                     k == q
@@ -518,12 +519,9 @@ impl<B: Backend> Llama<B> {
                 let q = rope(split(0, h), cos, sin);
                 let k = rope(split(h, kv), cos, sin).swap_dims(1, 2);
                 let v = split(h + kv, kv).swap_dims(1, 2);
-                *k_cache = k_cache
-                    .clone()
-                    .slice_assign([0..batch, 0..kv, start..end, 0..hd], k);
-                *v_cache = v_cache
-                    .clone()
-                    .slice_assign([0..batch, 0..kv, start..end, 0..hd], v);
+                let slots = [0..batch, 0..kv, start..end, 0..hd];
+                write_slots(k_cache, slots.clone(), k);
+                write_slots(v_cache, slots, v);
                 q.swap_dims(1, 2).reshape([batch, kv, group * len, hd])
             }
         };
@@ -604,6 +602,18 @@ fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
         #[cfg(not(feature = "cuda"))]
         Linear::Dense(w) => x.matmul(w.clone().transpose()),
     }
+}
+
+/// Writes `values` into `cache[slots]` in place: the cache is taken out of its slot for the
+/// write (a one-element placeholder stands in; no zero-sized allocation, which not every
+/// backend takes), so the backend holds its only handle and need not copy the cache.
+fn write_slots<B: Backend>(
+    cache: &mut Tensor<B, 4>,
+    slots: [std::ops::Range<usize>; 4],
+    values: Tensor<B, 4>,
+) {
+    let empty = Tensor::empty([1, 1, 1, 1], &cache.device());
+    *cache = std::mem::replace(cache, empty).slice_assign(slots, values);
 }
 
 /// `t` with plain row-major strides: on CUDA, burn may pad the rows of new tensors, and the

@@ -5,7 +5,7 @@
 //! output projection's layout), and the mask was built on the host each step. Here one cube
 //! handles one query row: its threads score the keys (one key each, the query in shared
 //! memory), the visibility of each key is computed from the row's padding, the query's slot and
-//! the sliding window (the rule of `Llama::attention_window`), the softmax runs in shared
+//! the sliding window (the rule of `Llama::window_mask`), the softmax runs in shared
 //! memory, and each thread sums the values of one dimension. The result is written in the
 //! `[batch * len, heads * head_dim]` layout that the output projection reads.
 //!
