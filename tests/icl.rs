@@ -2,6 +2,8 @@
 //! in the published `{query: answer}` shape, in the input's order, holds the better-scored
 //! rewrites, replays, and feeds `generate --examples`.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
@@ -55,6 +57,23 @@ fn server() -> Server {
     })
 }
 
+/// `drpo-host run` of icl.wasm on the examples file `examples`, every role at `server`, logged
+/// into `dir`, without the response cache.
+fn icl_run(cache: &Path, server: &Server, examples: &Path, dir: &Path) -> Command {
+    let mut command = host(cache);
+    command
+        .arg("run")
+        .arg("--strategy")
+        .arg(plugin("icl"))
+        .arg("--log-dir")
+        .arg(dir)
+        .arg("--examples")
+        .arg(examples)
+        .args(drpo_tests::roles_at(server.url()))
+        .arg("--no-cache");
+    command
+}
+
 #[test]
 fn optimized_examples_are_written_replayed_and_used_by_generate() {
     let work = tempfile::tempdir().unwrap();
@@ -69,18 +88,7 @@ fn optimized_examples_are_written_replayed_and_used_by_generate() {
     .unwrap();
     let server = server();
     let dir = work.path().join("icl");
-    let out = output(
-        host(&cache)
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("icl"))
-            .arg("--log-dir")
-            .arg(&dir)
-            .arg("--examples")
-            .arg(&input)
-            .args(drpo_tests::roles_at(server.url()))
-            .args(["--no-cache", "--option", "num_iters=3"]),
-    );
+    let out = output(icl_run(&cache, &server, &input, &dir).args(["--option", "num_iters=3"]));
     assert!(out.status.success(), "{}", text(&out));
     let written = std::fs::read_to_string(dir.join("examples.json")).unwrap();
     let keys: Vec<&str> = written
@@ -158,18 +166,10 @@ fn the_metrics_cache_spares_a_second_run_the_known_selections() {
         std::fs::write(&input, examples.to_string()).unwrap();
         let dir = work.path().join(name);
         let out = output(
-            host(&cache)
-                .arg("run")
-                .arg("--strategy")
-                .arg(plugin("icl"))
-                .arg("--log-dir")
-                .arg(&dir)
-                .arg("--examples")
-                .arg(&input)
+            icl_run(&cache, &server, &input, &dir)
                 .arg("--metrics-cache-path")
                 .arg(&metrics_cache)
-                .args(drpo_tests::roles_at(server.url()))
-                .args(["--no-cache", "--option", "num_iters=1"]),
+                .args(["--option", "num_iters=1"]),
         );
         assert!(out.status.success(), "{}", text(&out));
         dir

@@ -410,13 +410,13 @@ impl<B: Backend> Llama<B> {
 
     /// Which cached slots the new queries may see: `keys` slots from `first`, a multiple of
     /// [`KV_BUCKET`] when the cache allows.
-    fn attention_window(
+    fn attention_window<'p>(
         &self,
-        pads: &[usize],
+        pads: &'p [usize],
         start: usize,
         len: usize,
         slots: usize,
-    ) -> Window<B> {
+    ) -> Window<'p, B> {
         let end = start + len;
         // Keys older than the window of the first new query are never seen: skip them.
         let first = match self.config.sliding_window {
@@ -429,7 +429,7 @@ impl<B: Backend> Llama<B> {
         Window {
             first,
             keys,
-            pads: pads.to_vec(),
+            pads,
             start,
             len,
             mask: OnceCell::new(),
@@ -439,14 +439,14 @@ impl<B: Backend> Llama<B> {
     /// The additive mask `[batch, 1, 1, len, keys]` (f32) over `window`'s keys when some of
     /// them must be hidden from some queries (padding, the future, slots not filled yet,
     /// outside the sliding window), built on first use.
-    fn window_mask<'w>(&self, window: &'w Window<B>) -> Option<&'w Tensor<B, 5>> {
+    fn window_mask<'w>(&self, window: &'w Window<'_, B>) -> Option<&'w Tensor<B, 5>> {
         window
             .mask
             .get_or_init(|| {
                 let Window {
                     first,
                     keys,
-                    ref pads,
+                    pads,
                     start,
                     len,
                     ..
@@ -491,7 +491,7 @@ impl<B: Backend> Llama<B> {
         caches: (&mut Tensor<B, 4>, &mut Tensor<B, 4>, &Tensor<B, 1, Int>),
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
-        window: &Window<B>,
+        window: &Window<'_, B>,
     ) -> Tensor<B, 3> {
         let c = &self.config;
         let [batch, len, d] = x.dims();
@@ -570,12 +570,12 @@ impl<B: Backend> Llama<B> {
 }
 
 /// The key slots a forward pass attends to, and what decides which of them each query sees.
-struct Window<B: Backend> {
+struct Window<'p, B: Backend> {
     first: usize,
     /// Slots read from `first` on.
     keys: usize,
-    /// Left padding of each row.
-    pads: Vec<usize>,
+    /// Left padding of each row (the cache's).
+    pads: &'p [usize],
     /// The new queries' slots are `start..start + len`.
     start: usize,
     len: usize,
@@ -583,7 +583,7 @@ struct Window<B: Backend> {
     mask: OnceCell<Option<Tensor<B, 5>>>,
 }
 
-/// `x · w`, a weight projection: packed weights are multiplied on the CPU; dense ones on the
+/// `x · wᵀ`, a weight projection: packed weights are multiplied on the CPU; dense ones on the
 /// device, where on CUDA the kernel depends on the row count (see [`crate::cuda::matmul`]).
 fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
     match w {

@@ -112,8 +112,7 @@ pub fn project_with<B: Backend>(
     // The kernels read the activations as plain rows (so does the tensor-core kernel best).
     let xc = contiguous(xc);
     if small_rows(xc.meta.shape()[0], wc.meta.shape()[0]) && kernel != SmallRowKernel::Cmma {
-        let result = launch_rows(xc.clone(), wc.clone());
-        match result {
+        match launch_rows(xc.clone(), wc.clone()) {
             Ok(out) => return from_cuda(out),
             Err(e) => warn_once(format!(
                 "the `rows` matmul kernel cannot take {:?} x {:?}ᵀ ({e}); using the tensor-core \
@@ -170,13 +169,12 @@ fn launch_rows(
     let cube_dim = CubeDim::new_2d(LANES as u32, PLANES_PER_CUBE as u32);
     let client = x.client.clone();
     let (x_arg, w_arg, out_arg) = (contiguous_arg(&x), contiguous_arg(&w), contiguous_arg(&out));
-    let comptime = (m, k / vector, n, PLANES_PER_CUBE);
     // SAFETY: every index the kernel forms is below `rows * k_vectors` for `x`, `n * k_vectors`
     // for `w` and `rows * n` for `out`, the sizes of the contiguous buffers passed.
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
-            &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, comptime.0, comptime.1,
-            comptime.2, comptime.3,
+            &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, n,
+            PLANES_PER_CUBE,
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)
