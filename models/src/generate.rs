@@ -283,10 +283,7 @@ impl LocalModel {
             }
         }
         if !rows.is_empty() && rows.iter().any(|r| !r.done) {
-            // On one of rayon's threads, the packed matmuls' parallel loops start without a
-            // hand-over to the pool and back for every projection (two thread wake-ups each,
-            // a few hundred per token).
-            rayon::scope(|_| self.decode(batch, &mut rows))?;
+            self.decode(batch, &mut rows)?;
         }
         let mut outputs: Vec<GenerationOutput> = prompt_lens
             .iter()

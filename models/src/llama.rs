@@ -503,11 +503,11 @@ impl<B: Backend> Llama<B> {
 
         let qkv = project(x.reshape([batch * len, d]), &block.wqkv);
         // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
+        let fused = crate::cpu::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start);
         #[cfg(feature = "cuda")]
-        let fused =
-            crate::cuda::rope::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start);
-        #[cfg(not(feature = "cuda"))]
-        let fused = None;
+        let fused = fused.or_else(|| {
+            crate::cuda::rope::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start)
+        });
         let q = match fused {
             Some(q) => q,
             None => {
@@ -541,6 +541,19 @@ impl<B: Backend> Llama<B> {
         }
         #[cfg(not(feature = "cuda"))]
         let _ = pad_ids;
+        if let Some(attended) = crate::cpu::attention(
+            &q,
+            k_cache,
+            v_cache,
+            window.pads,
+            len,
+            window.first,
+            window.keys,
+            start,
+            c.sliding_window,
+        ) {
+            return project(attended, &block.wo).reshape([batch, len, d]);
+        }
         let keys = window.keys;
         let span = window.first..window.first + keys;
         let k = k_cache
@@ -637,6 +650,9 @@ fn add_rms_norm<B: Backend>(
     if let Some(fused) = crate::cuda::norm::add_rms_norm(&x, branch.as_ref(), weight, eps) {
         return fused;
     }
+    if let Some(fused) = crate::cpu::add_rms_norm(&x, branch.as_ref(), weight, eps) {
+        return fused;
+    }
     let x = match branch {
         Some(branch) => x + branch,
         None => x,
@@ -668,15 +684,13 @@ fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> 
     x * cos.clone() + rotated * sin.clone()
 }
 
-/// `silu(gate) * up` in one kernel where the backend is CUDA, else `None`.
+/// `silu(gate) * up` in one pass where the backend has a fused operation for it, else `None`.
 fn fused_swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
-    return crate::cuda::swiglu::swiglu(gate_up);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = gate_up;
-        None
+    if let Some(inner) = crate::cuda::swiglu::swiglu(gate_up) {
+        return Some(inner);
     }
+    crate::cpu::swiglu(gate_up)
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
