@@ -316,6 +316,56 @@ impl LocalModel {
     }
 
     /// Prefills every row's prompt, then decodes until every row is done.
+    /// Chooses `row`'s next token from its `scores` (the next input id: EOS's for a row already
+    /// done), and records it; `budget` is the most tokens the row may generate.
+    fn advance(
+        &self,
+        req: &GenerationRequest,
+        row: &mut Row,
+        scores: &[f32],
+        budget: usize,
+    ) -> Result<i32, ModelError> {
+        let eos = self.tokenizer.eos_ids();
+        if row.done {
+            return Ok(eos.first().copied().unwrap_or(0) as i32);
+        }
+        let tokens_left = budget - row.generated.len();
+        let masked;
+        let scores = match row.constraint.as_mut() {
+            Some(constraint) => {
+                let mut owned = scores.to_vec();
+                apply_mask(constraint, &mut owned, tokens_left)?;
+                masked = owned;
+                &masked[..]
+            }
+            None => scores,
+        };
+        let token = if req.temperature == 0.0 {
+            argmax(scores)
+        } else {
+            sample(scores, req.temperature, req.top_p, &mut row.rng)
+        };
+        row.generated.push(token);
+        if eos.contains(&token) || row.generated.len() >= budget {
+            row.done = true;
+        }
+        if let Some(constraint) = row.constraint.as_mut()
+            && consume(constraint, token)?
+        {
+            row.done = true;
+        }
+        if !req.stop.is_empty() {
+            let text = self
+                .tokenizer
+                .decode(self.strip_eos(&row.generated), true)?;
+            if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                row.cut = Some(text[..at].to_string());
+                row.done = true;
+            }
+        }
+        Ok(token as i32)
+    }
+
     fn decode(&self, batch: &[GenerationRequest], rows: &mut [Row]) -> Result<(), ModelError> {
         let config = self.model.config();
         let context = config.max_position_embeddings;
@@ -342,55 +392,29 @@ impl LocalModel {
         );
         let mut logits = self.model.forward(input, &mut cache, Logits::Last);
         let vocab = config.vocab_size;
-        let eos = self.tokenizer.eos_ids();
         for step in 0..steps {
             let values: Vec<f32> = logits
                 .into_data()
                 .to_vec::<f32>()
                 .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))?;
-            let mut next = Vec::with_capacity(rows.len());
-            for (row, scores) in rows.iter_mut().zip(values.chunks_exact(vocab)) {
-                if row.done {
-                    next.push(eos.first().copied().unwrap_or(0) as i32);
-                    continue;
-                }
-                let req = &batch[row.request];
-                let tokens_left = budget(row) - row.generated.len();
-                let masked;
-                let scores = match row.constraint.as_mut() {
-                    Some(constraint) => {
-                        let mut owned = scores.to_vec();
-                        apply_mask(constraint, &mut owned, tokens_left)?;
-                        masked = owned;
-                        &masked[..]
-                    }
-                    None => scores,
-                };
-                let token = if req.temperature == 0.0 {
-                    argmax(scores)
-                } else {
-                    sample(scores, req.temperature, req.top_p, &mut row.rng)
-                };
-                row.generated.push(token);
-                next.push(token as i32);
-                if eos.contains(&token) || row.generated.len() >= budget(row) {
-                    row.done = true;
-                }
-                if let Some(constraint) = row.constraint.as_mut()
-                    && consume(constraint, token)?
-                {
-                    row.done = true;
-                }
-                if !req.stop.is_empty() {
-                    let text = self
-                        .tokenizer
-                        .decode(self.strip_eos(&row.generated), true)?;
-                    if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                        row.cut = Some(text[..at].to_string());
-                        row.done = true;
-                    }
-                }
-            }
+            // Rows choose their tokens independently (sampling a row reads its whole
+            // vocabulary), so they are shared out between threads.
+            let mut choices: Vec<(&mut Row, &[f32], Result<i32, ModelError>)> = rows
+                .iter_mut()
+                .zip(values.chunks_exact(vocab))
+                .map(|(row, scores)| (row, scores, Ok(0)))
+                .collect();
+            crate::workers::for_each_mut(
+                &mut choices,
+                || (),
+                |_, _, (row, scores, next)| {
+                    *next = self.advance(&batch[row.request], row, scores, budget(row));
+                },
+            );
+            let next = choices
+                .into_iter()
+                .map(|(_, _, next)| next)
+                .collect::<Result<Vec<i32>, _>>()?;
             if rows.iter().all(|r| r.done) || step + 1 == steps {
                 break;
             }

@@ -21,7 +21,6 @@
 //! f32's mantissa). Other types are stored as f32 rows.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
 
@@ -63,23 +62,6 @@ impl LineAligned {
     fn as_mut_slice(&mut self) -> &mut [f32] {
         // SAFETY: as in `as_slice`, and the borrow is exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
-    }
-}
-
-/// The output of a matmul, written by several threads, each to the rows of its own tasks.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: threads write disjoint ranges through it (see `rows`).
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `range` is within the buffer, no other thread accesses it meanwhile, and the buffer
-    /// outlives `'a`.
-    unsafe fn rows<'a>(self, range: std::ops::Range<usize>) -> &'a mut [f32] {
-        // SAFETY: as the caller promises.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
     }
 }
 
@@ -289,30 +271,23 @@ impl PackedMatrix {
         let x = aligned_x.as_slice();
         // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
         let mut transposed = vec![0f32; self.rows * n];
-        let tasks = self.rows.div_ceil(ROWS_PER_TASK);
-        let next_task = AtomicUsize::new(0);
-        let out = SharedOut(transposed.as_mut_ptr());
-        crate::workers::broadcast(&|| {
-            let mut buffer = LineAligned::zeros(MAX_TILE_ROWS * self.cols);
-            let mut rows = Vec::with_capacity(ROWS_PER_TASK);
-            loop {
-                let task = next_task.fetch_add(1, Ordering::Relaxed);
-                if task >= tasks {
-                    break;
-                }
+        let mut tasks: Vec<&mut [f32]> = transposed.chunks_mut(ROWS_PER_TASK * n).collect();
+        crate::workers::for_each_mut(
+            &mut tasks,
+            || {
+                let buffer = LineAligned::zeros(MAX_TILE_ROWS * self.cols);
+                (buffer, Vec::with_capacity(ROWS_PER_TASK))
+            },
+            |(buffer, rows), task, out| {
                 let first = task * ROWS_PER_TASK;
-                let end = (first + ROWS_PER_TASK).min(self.rows);
                 rows.clear();
-                rows.extend((first..end).map(|row| {
+                rows.extend((first..first + out.len() / n).map(|row| {
                     let (storage, index) = self.locate(row);
                     storage.row(index, self.cols)
                 }));
-                // SAFETY: each task index is taken once, so the task's rows of the output
-                // are written by this thread alone, and `transposed` outlives `broadcast`.
-                let out = unsafe { out.rows(first * n..end * n) };
-                products(&rows, x, n, buffer.as_mut_slice(), out);
-            }
-        });
+                products(rows, x, n, buffer.as_mut_slice(), out);
+            },
+        );
         let mut result = vec![0f32; n * self.rows];
         for (r, column) in transposed.chunks_exact(n).enumerate() {
             for (b, &value) in column.iter().enumerate() {

@@ -127,6 +127,43 @@ pub fn broadcast(work: &(dyn Fn() + Sync)) {
     }
 }
 
+/// Calls `f(state, index, item)` for every item of `items`, shared out between this thread and
+/// the helpers (see [`broadcast`]); each thread that takes part makes its `state` (scratch
+/// space) with `init` once. One item runs here without waking the helpers.
+pub fn for_each_mut<T: Send, S>(
+    items: &mut [T],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut T) + Sync,
+) {
+    if let [item] = items {
+        return f(&mut init(), 0, item);
+    }
+    let count = items.len();
+    let next = AtomicUsize::new(0);
+    let base = ItemsPtr(items.as_mut_ptr());
+    broadcast(&|| {
+        let base = &base;
+        let mut state = None;
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= count {
+                break;
+            }
+            let state = state.get_or_insert_with(&init);
+            // SAFETY: each index below `count` is taken once, so no two threads reach the same
+            // item, and `items` stays borrowed mutably until `broadcast` returns.
+            let item = unsafe { &mut *base.0.add(index) };
+            f(state, index, item);
+        }
+    });
+}
+
+/// The items of [`for_each_mut`], reached from several threads, each item from one.
+struct ItemsPtr<T>(*mut T);
+
+// SAFETY: the items are `Send` and each is used by one thread at a time (see `for_each_mut`).
+unsafe impl<T: Send> Sync for ItemsPtr<T> {}
+
 /// A helper's life: wait for a job (spinning, then parked), run it, repeat.
 fn help(shared: &Shared) {
     let mut seen = 0;
@@ -211,6 +248,18 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn for_each_mut_visits_every_item_once_with_its_index() {
+        for count in [0, 1, 2, 1000] {
+            let mut items = vec![0usize; count];
+            let inits = AtomicUsize::new(0);
+            let init = || inits.fetch_add(1, Ordering::Relaxed);
+            for_each_mut(&mut items, init, |_, index, item| *item += index + 1);
+            assert_eq!(items, (1..=count).collect::<Vec<_>>());
+            assert!(inits.into_inner() <= rayon::current_num_threads().max(1));
+        }
     }
 
     #[test]
