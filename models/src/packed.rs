@@ -281,10 +281,7 @@ impl PackedMatrix {
             |(buffer, rows), task, out| {
                 let first = task * ROWS_PER_TASK;
                 rows.clear();
-                rows.extend((first..first + out.len() / n).map(|row| {
-                    let (storage, index) = self.locate(row);
-                    storage.row(index, self.cols)
-                }));
+                rows.extend(self.rows_in(first..first + out.len() / n));
                 products(rows, x, n, buffer.as_mut_slice(), out);
             },
         );
@@ -295,6 +292,17 @@ impl PackedMatrix {
             }
         }
         result
+    }
+
+    /// Rows `range` in order, as the kernels read them.
+    fn rows_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = Row<'_>> {
+        let mut group_start = 0;
+        self.groups.iter().flat_map(move |(count, storage)| {
+            let group = group_start..group_start + count;
+            group_start += count;
+            let rows = range.start.max(group.start)..range.end.min(group.end);
+            rows.map(move |row| storage.row(row - group.start, self.cols))
+        })
     }
 
     /// The storage holding `row` and the row's index within it.
