@@ -15,9 +15,10 @@
 use std::any::Any;
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive, backend::Backend};
+use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
 
 use crate::device::CpuBackend;
+use crate::llama::upload;
 
 /// Whether the fused operations are on (`DRPO_CPU_FUSED` unset or not `0`), read once; off,
 /// burn's operations run instead (for measuring these).
@@ -50,16 +51,6 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
-/// A generic tensor of `values`; `B` must be [`CpuBackend`], which callers know from a
-/// successful [`as_cpu`] on their inputs.
-fn from_values<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-    let t = FlexTensor::from_data(TensorData::new(values, shape));
-    let t = Tensor::<CpuBackend, D>::from_primitive(TensorPrimitive::Float(t));
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<Tensor<B, D>>()
-        .expect("B is CpuBackend: the caller's inputs were CPU tensors")
-}
-
 /// `(x + branch, rms_norm(x + branch) * weight)` over the last axis (without `branch`, of `x`).
 pub fn add_rms_norm<B: Backend>(
     x: &Tensor<B, 3>,
@@ -72,6 +63,7 @@ pub fn add_rms_norm<B: Backend>(
     if weight.dims() != [d] || branch.is_some_and(|b| b.dims() != shape) || d == 0 {
         return None;
     }
+    let device = x.device();
     let (x, weight) = (as_cpu(x)?, as_cpu(weight)?);
     let mut sum = values(&x).into_owned();
     if let Some(branch) = branch {
@@ -89,13 +81,14 @@ pub fn add_rms_norm<B: Backend>(
             *o = v * inv_rms * w;
         }
     }
-    Some((from_values(sum, shape), from_values(normed, shape)))
+    Some((upload(sum, shape, &device), upload(normed, shape, &device)))
 }
 
 /// `silu(gate) * up` from the fused projection `[rows, 2 * inner]` (gate first).
 pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let [rows, both] = gate_up.dims();
     let inner = both / 2;
+    let device = gate_up.device();
     let gate_up = as_cpu(gate_up)?;
     let gate_up = values(&gate_up);
     let mut out = Vec::with_capacity(rows * inner);
@@ -103,7 +96,7 @@ pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let (gate, up) = row.split_at(inner);
         out.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
     }
-    Some(from_values(out, [rows, inner]))
+    Some(upload(out, [rows, inner], &device))
 }
 
 /// The rotated queries `[batch, kv_heads, group * len, head_dim]` (query head `g * group + r`
@@ -136,6 +129,7 @@ pub fn rope_into_cache<B: Backend>(
     {
         return None;
     }
+    let device = qkv.device();
     let (qkv, cos, sin) = (as_cpu(qkv)?, as_cpu(cos)?, as_cpu(sin)?);
     let (qkv, cos, sin) = (values(&qkv), values(&cos), values(&sin));
     let group = heads / kv_heads;
@@ -172,7 +166,7 @@ pub fn rope_into_cache<B: Backend>(
         })
     });
     written.flatten()?;
-    Some(from_values(q, [batch, kv_heads, group * len, hd]))
+    Some(upload(q, [batch, kv_heads, group * len, hd], &device))
 }
 
 /// Runs `write` on the values of `t` in place and returns its result, or `None` (nothing
@@ -235,6 +229,7 @@ pub fn attention<B: Backend>(
         return None;
     }
     let group = rows / len;
+    let device = q.device();
     let (q, k_cache, v_cache) = (as_cpu(q)?, as_cpu(k_cache)?, as_cpu(v_cache)?);
     let (q, k_cache, v_cache) = (values(&q), values(&k_cache), values(&v_cache));
     let heads = kv_heads * group;
@@ -285,7 +280,7 @@ pub fn attention<B: Backend>(
             }
         }
     }
-    Some(from_values(out, [batch * len, heads * hd]))
+    Some(upload(out, [batch * len, heads * hd], &device))
 }
 
 /// `a · b` in eight interleaved lanes, summed pairwise at the end: vectorizable, unlike a
@@ -310,7 +305,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tensor, activation};
+    use burn::tensor::{Distribution, Tensor, TensorData, activation};
 
     use super::*;
 

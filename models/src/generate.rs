@@ -315,7 +315,6 @@ impl LocalModel {
         }
     }
 
-    /// Prefills every row's prompt, then decodes until every row is done.
     /// Chooses `row`'s next token from its `scores` (the next input id: EOS's for a row already
     /// done), and records it; `budget` is the most tokens the row may generate.
     fn advance(
@@ -366,6 +365,7 @@ impl LocalModel {
         Ok(token as i32)
     }
 
+    /// Prefills every row's prompt, then decodes until every row is done.
     fn decode(&self, batch: &[GenerationRequest], rows: &mut [Row]) -> Result<(), ModelError> {
         let config = self.model.config();
         let context = config.max_position_embeddings;

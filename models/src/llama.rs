@@ -139,7 +139,7 @@ impl<B: Backend> Embedding<B> {
 }
 
 /// f32 values as a tensor of the backend's float type.
-fn upload<B: Backend, const D: usize>(
+pub(crate) fn upload<B: Backend, const D: usize>(
     values: Vec<f32>,
     shape: [usize; D],
     device: &B::Device,
@@ -525,37 +525,38 @@ impl<B: Backend> Llama<B> {
                 q.swap_dims(1, 2).reshape([batch, kv, group * len, hd])
             }
         };
-        #[cfg(feature = "cuda")]
-        if let Some(attended) = crate::cuda::attention::attention(
-            &q,
-            k_cache,
-            v_cache,
-            pad_ids,
-            len,
-            window.first,
-            window.keys,
-            start,
-            c.sliding_window,
-        ) {
-            return project(attended, &block.wo).reshape([batch, len, d]);
-        }
-        #[cfg(not(feature = "cuda"))]
-        let _ = pad_ids;
-        if let Some(attended) = crate::cpu::attention(
+        let (first, keys) = (window.first, window.keys);
+        let fused = crate::cpu::attention(
             &q,
             k_cache,
             v_cache,
             window.pads,
             len,
-            window.first,
-            window.keys,
+            first,
+            keys,
             start,
             c.sliding_window,
-        ) {
+        );
+        #[cfg(feature = "cuda")]
+        let fused = fused.or_else(|| {
+            crate::cuda::attention::attention(
+                &q,
+                k_cache,
+                v_cache,
+                pad_ids,
+                len,
+                first,
+                keys,
+                start,
+                c.sliding_window,
+            )
+        });
+        #[cfg(not(feature = "cuda"))]
+        let _ = pad_ids;
+        if let Some(attended) = fused {
             return project(attended, &block.wo).reshape([batch, len, d]);
         }
-        let keys = window.keys;
-        let span = window.first..window.first + keys;
+        let span = first..first + keys;
         let k = k_cache
             .clone()
             .slice([0..batch, 0..kv, span.clone(), 0..hd]);
