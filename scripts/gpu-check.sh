@@ -3,17 +3,18 @@
 # transformers in its Python), run from the repository root of a copy of the working tree with
 # the release binary built elsewhere:
 #
-#   (a) CPU-vs-CUDA parity on small random models (logits within bf16 tolerance, greedy tokens
-#       equal but where the CPU's own choice was a near-tie), with the default kernels and with
-#       the opt-in attention kernel;
-#   (a2) each weight projection of the model alone, per small-row matmul kernel (MATMUL_KERNELS,
+#   (a) each weight projection of the model alone, per small-row matmul kernel (MATMUL_KERNELS,
 #       MATMUL_ROWS): microseconds, weight GB/s, and the largest difference from the product
-#       computed on the host in f64. When `rows` fails or differs, the later steps use `cmma`;
+#       computed on the host in f64. When `mma` fails or differs, the later steps use `rows`,
+#       and when `rows` does too, `cmma`;
+#   (a2) CPU-vs-CUDA parity on small random models (logits within bf16 tolerance, greedy tokens
+#       equal but where the CPU's own choice was a near-tie), with the default kernels, and when
+#       that fails, with one group of our kernels switched off at a time;
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
-#   (b2) the same model with the opt-in attention kernel (DRPO_CUDA_ATTENTION=1) and with one
-#       group of our kernels switched off (DRPO_CUDA_FUSED=0, DRPO_CUDA_SMALL_MATMUL=cmma): the
-#       words of SWEEP, for the decode steps (SWEEP_BATCHES, SWEEP_GEN_TOKENS);
+#   (b2) the same model with one kernel switch changed (the words of SWEEP: by default `rows`
+#       for `mma`, burn's attention, wider cubes for `rows`), for the decode steps
+#       (SWEEP_BATCHES, SWEEP_GEN_TOKENS);
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
 #
 # preceded by a smoke test (tiny-llama, one prompt, 4 tokens), then one table with the goals.
@@ -33,7 +34,7 @@
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (64), SKIP_HF=1 to skip step (c), HF_BATCHES (1,32), HF_GEN_TOKENS (64),
 # CUBECL_LOG (1: compilation logs on stderr; full: with each kernel's source; 0: off),
-# STEPS (the steps to run, of "smoke parity matmul bench sweep hf"; default all).
+# STEPS (the steps to run, of "smoke matmul parity bench sweep hf"; default all).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -170,17 +171,65 @@ run_tool "${SMOKE_TIMEOUT:-45}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama
   || echo "smoke: FAILED (exit $?)"
 fi
 
+if wants matmul; then
+section "(a2) projections alone: $CONFIG shapes on $DEVICE"
+: >"$OUT_DIR/matmul.jsonl"
+# One process per kernel, so that one that fails to compile or launch costs only its own line.
+for kernel in ${MATMUL_KERNELS:-mma rows cmma}; do
+  run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul.jsonl" matmul --config "$CONFIG" \
+    --device "$DEVICE" --rows "${MATMUL_ROWS:-1,4,8,12,16,32}" --kernels "$kernel" \
+    --iters "${MATMUL_ITERS:-20}" || echo "matmul $kernel: FAILED (exit $?)"
+done
+# The `rows` kernel at the row counts it takes by default, with other shape settings.
+for variant in ${MATMUL_VARIANTS:-DRPO_CUDA_ROWS_UNROLL=8 DRPO_CUDA_ROWS_PLANES=8 DRPO_CUDA_ROWS_PLANES=2}; do
+  RUN_ENV=$variant run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-${variant//=/-}.jsonl" matmul \
+    --config "$CONFIG" --device "$DEVICE" --rows 1,4 --kernels rows --iters "${MATMUL_ITERS:-20}" \
+    || echo "matmul rows with $variant: FAILED (exit $?)"
+done
+# The small test models' shapes (inner sizes below 32 vectors, odd row counts).
+for model in ${MATMUL_SMALL_CONFIGS:-tiny-mistral tiny-llama}; do
+  for kernel in mma rows; do
+    run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-small.jsonl" matmul --config "$model" \
+      --device "$DEVICE" --rows 1,4,8,76 --kernels "$kernel" --iters 2 \
+      || echo "matmul $kernel on $model: FAILED (exit $?)"
+  done
+done
+# Each small-row kernel of ours must have given every shape, within bf16 rounding of the
+# host's product; the later steps leave out one that did not (`mma` falls back to `rows`, and
+# `rows` to `cmma`).
+if [ -z "${DRPO_CUDA_SMALL_MATMUL:-}" ]; then
+  for kernel in mma rows; do
+    if ! "$PY" - "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,4,8,12,16,32}" "$kernel" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+kernel = sys.argv[3]
+ours = [r for r in rows if r["kernel"] == kernel]
+want = 5 * len(sys.argv[2].split(","))
+bad = [r for r in ours if not r["max_rel_diff"] <= 0.02]
+print(f"`{kernel}` kernel: {len(ours)} of {want} products, {len(bad)} off by more than 2%")
+sys.exit(0 if len(ours) == want and not bad else 1)
+PYEOF
+    then
+      next=$([ "$kernel" = mma ] && echo rows || echo cmma)
+      echo "the \`$kernel\` kernel failed or differs: the later steps use DRPO_CUDA_SMALL_MATMUL=$next"
+      export DRPO_CUDA_SMALL_MATMUL=$next
+      [ "$kernel" = mma ] || break
+    else
+      break
+    fi
+  done
+fi
+fi
+
 if wants parity; then
 section "(a) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
-# With every kernel of ours, then with one group of them replaced by burn's operations, so a
-# failure shows which group it comes from.
-# The default kernels, then the opt-in attention kernel; the variants with one group of our
-# kernels replaced by burn's run only when one of those failed (or PARITY_ALL is set).
-for kernels in "" "DRPO_CUDA_ATTENTION=1" "DRPO_CUDA_SMALL_MATMUL=cmma" "DRPO_CUDA_FUSED=0"; do
-  if [ "$kernels" = "DRPO_CUDA_SMALL_MATMUL=cmma" ] && [ -z "${PARITY_ALL:-}" ] \
+# With every kernel of ours; when that fails (or PARITY_ALL is set), again with one group of them
+# replaced, so that a failure shows which group it comes from.
+for kernels in "" "DRPO_CUDA_ATTENTION=0" "DRPO_CUDA_SMALL_MATMUL=rows" "DRPO_CUDA_FUSED=0"; do
+  if [ -n "$kernels" ] && [ -z "${PARITY_ALL:-}" ] \
     && ! grep -q '"ok":false' "$OUT_DIR/parity.jsonl" \
-    && [ "$(grep -c '"ok":true' "$OUT_DIR/parity.jsonl")" = 4 ]; then
+    && [ "$(grep -c '"ok":true' "$OUT_DIR/parity.jsonl")" = 2 ]; then
     break
   fi
   for model in tiny-mistral tiny-llama; do
@@ -189,39 +238,6 @@ for kernels in "" "DRPO_CUDA_ATTENTION=1" "DRPO_CUDA_SMALL_MATMUL=cmma" "DRPO_CU
       --config "$model" --device "$DEVICE" || echo "parity on $model $kernels: FAILED (exit $?)"
   done
 done
-fi
-
-if wants matmul; then
-section "(a2) projections alone: $CONFIG shapes on $DEVICE"
-: >"$OUT_DIR/matmul.jsonl"
-# One process per kernel, so that one that fails to compile or launch costs only its own line.
-for kernel in ${MATMUL_KERNELS:-rows cmma}; do
-  run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul.jsonl" matmul --config "$CONFIG" \
-    --device "$DEVICE" --rows "${MATMUL_ROWS:-1,8,32}" --kernels "$kernel" \
-    --iters "${MATMUL_ITERS:-20}" || echo "matmul $kernel: FAILED (exit $?)"
-done
-# The small test models' shapes (inner sizes below 32 vectors, odd row counts).
-for model in ${MATMUL_SMALL_CONFIGS:-tiny-mistral tiny-llama}; do
-  for kernel in rows cmma; do
-    run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-small.jsonl" matmul --config "$model" \
-      --device "$DEVICE" --rows 1,4,8,76 --kernels "$kernel" --iters 2 \
-      || echo "matmul $kernel on $model: FAILED (exit $?)"
-  done
-done
-# The decode kernel must have given every shape, within bf16 rounding of the host's product.
-if [ -z "${DRPO_CUDA_SMALL_MATMUL:-}" ] && ! "$PY" - "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,8,32}" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-ours = [r for r in rows if r["kernel"] == "rows"]
-want = 5 * len(sys.argv[2].split(","))
-bad = [r for r in ours if not r["max_rel_diff"] <= 0.02]
-print(f"`rows` kernel: {len(ours)} of {want} products, {len(bad)} off by more than 2%")
-sys.exit(0 if len(ours) == want and not bad else 1)
-PYEOF
-then
-  echo "the \`rows\` kernel failed or differs: the later steps use DRPO_CUDA_SMALL_MATMUL=cmma"
-  export DRPO_CUDA_SMALL_MATMUL=cmma
-fi
 fi
 
 if wants bench; then
@@ -236,7 +252,7 @@ fi
 if wants sweep; then
 section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
 # Each SWEEP word is one run's kernel switch (short prompt and generation).
-for kernels in ${SWEEP:-DRPO_CUDA_ATTENTION=1 DRPO_CUDA_FUSED=0 DRPO_CUDA_SMALL_MATMUL=cmma}; do
+for kernels in ${SWEEP:-DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0 DRPO_CUDA_ROWS_PLANES=8}; do
   RUN_ENV=$kernels run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" bench \
     --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len 32 --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"

@@ -6,7 +6,8 @@
 //! handles one query row: its threads score the keys (one key each, the query in shared
 //! memory), the visibility of each key is computed from the row's padding, the query's slot and
 //! the sliding window (the rule of `Llama::window_mask`), the softmax runs in shared
-//! memory, and each thread sums the values of one dimension. The result is written in the
+//! memory, and the planes sum the values, each over its share of the keys with whole cache rows
+//! read by neighbouring lanes, adding their shares in shared memory. The result is written in the
 //! `[batch * len, heads * head_dim]` layout that the output projection reads.
 //!
 //! Rounding follows burn's operations: the scores are rounded to the storage type (the matmul's
@@ -17,24 +18,26 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{
-    Runtime, as_cuda, as_cuda_int, contiguous, contiguous_arg, from_cuda, fused_enabled,
-    vector_size,
+    Runtime, array_arg, as_cuda, as_cuda_int, contiguous, from_cuda, fused_enabled, vector_size,
 };
 
-/// Planes per cube; each thread scores one key at a time and sums one output dimension.
-const PLANES: usize = 4;
+/// Planes per cube; each thread scores one key at a time. A decode step at batch 1 has only one
+/// cube per query head (32 for Mistral-7B), so each cube is made wide.
+const PLANES: usize = 8;
+
+/// Steps of the value sums whose loads are issued together.
+const VALUE_UNROLL: usize = 4;
 
 /// The most keys one cube scores (its shared memory holds one f32 per key). Longer spans go to
 /// burn's operations.
 pub const MAX_KEYS: usize = 8192;
 
-/// Whether this kernel is asked for (`DRPO_CUDA_ATTENTION=1`), read once. Off by default: its
-/// first two GPU runs (runs 8 and 9 in `docs/gpu-check-results.md`) failed to expand it and the
-/// fixed version has not run on a GPU yet, so burn's operations stay the default until
-/// `scripts/gpu-check.sh` has checked it.
+/// Whether this kernel is on (`DRPO_CUDA_ATTENTION` unset or not `0`), read once. It passed the
+/// CPU parity check on both test models in run 10 (`docs/gpu-check-results.md`); `0` turns it
+/// off, for measuring it against burn's operations.
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DRPO_CUDA_ATTENTION").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("DRPO_CUDA_ATTENTION").map_or(true, |v| v != "0"))
 }
 
 /// The attention output `[batch * len, heads * head_dim]` of the queries `q: [batch, kv_heads,
@@ -88,6 +91,11 @@ pub fn attention<B: Backend>(
         dtype,
     );
     let vector = vector_size(&kc, &[head_dim]);
+    // The value sums give each key's row to `row_vectors` neighbouring lanes.
+    let row_vectors = head_dim / vector;
+    if !super::LANES.is_multiple_of(row_vectors) {
+        return None;
+    }
     let cubes = u32::try_from(batch * kv_heads * rows).ok()?;
     let client = qc.client.clone();
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -100,11 +108,11 @@ pub fn attention<B: Backend>(
             CubeCount::new_1d(cubes),
             CubeDim::new_2d(super::LANES as u32, PLANES as u32),
             vector,
-            contiguous_arg(&qc),
-            contiguous_arg(&kc),
-            contiguous_arg(&vc),
-            contiguous_arg(&pc),
-            contiguous_arg(&out),
+            array_arg(&qc),
+            array_arg(&kc),
+            array_arg(&vc),
+            array_arg(&pc),
+            array_arg(&out),
             first,
             keys,
             start,
@@ -114,6 +122,7 @@ pub fn attention<B: Backend>(
             group,
             len,
             head_dim,
+            row_vectors,
             sliding_window.unwrap_or(0),
         ), else return None);
     }
@@ -123,7 +132,7 @@ pub fn attention<B: Backend>(
 mod kernels {
     use cubecl::prelude::*;
 
-    use super::{MAX_KEYS, PLANES};
+    use super::{MAX_KEYS, PLANES, VALUE_UNROLL};
     use crate::cuda::LANES;
 
     /// What a hidden key scores (as `llama.rs`'s additive mask: its probability is exactly 0).
@@ -134,11 +143,11 @@ mod kernels {
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_kernel<F: Float, N: Size>(
-        q: &Tensor<F>,
-        k_cache: &Tensor<Vector<F, N>>,
-        v_cache: &Tensor<F>,
-        pads: &Tensor<i32>,
-        out: &mut Tensor<F>,
+        q: &Array<F>,
+        k_cache: &Array<Vector<F, N>>,
+        v_cache: &Array<Vector<F, N>>,
+        pads: &Array<i32>,
+        out: &mut Array<F>,
         first: usize,
         keys: usize,
         start: usize,
@@ -148,6 +157,7 @@ mod kernels {
         #[comptime] group: usize,
         #[comptime] len: usize,
         #[comptime] head_dim: usize,
+        #[comptime] row_vectors: usize,
         #[comptime] window: usize,
     ) {
         let threads = comptime!(LANES * PLANES);
@@ -241,15 +251,43 @@ mod kernels {
         }
         sync_cube();
 
-        // Values: one output dimension per thread.
+        // Values: lane `l` of a plane reads vector `l % row_vectors` of the plane's key
+        // `l / row_vectors` in each step, so neighbouring lanes read whole cache rows; the planes
+        // take turns over the keys, and their sums meet in shared memory.
+        let keys_per_plane = comptime!(LANES / row_vectors);
+        let keys_per_step = comptime!(PLANES * keys_per_plane);
+        let slot_of_lane = plane * keys_per_plane + lane / row_vectors;
+        let e = lane % row_vectors;
+        let mut acc = Vector::<f32, N>::new(0.0);
+        let steps = keys.div_ceil(comptime!(keys_per_step * VALUE_UNROLL));
+        for step in 0..steps {
+            let base = step * comptime!(keys_per_step * VALUE_UNROLL) + slot_of_lane;
+            #[unroll]
+            for u in 0..VALUE_UNROLL {
+                let j = base + u * keys_per_step;
+                if j < keys {
+                    let value =
+                        Vector::<f32, N>::cast_from(v_cache[(cache_row + first + j) * vectors + e]);
+                    acc += value * Vector::<f32, N>::new(scores[j]);
+                }
+            }
+        }
+        let mut sums = SharedMemory::<f32>::new(comptime!(keys_per_step * head_dim));
+        #[unroll]
+        for c in 0..N::value() {
+            sums[slot_of_lane * head_dim + e * N::value() + c] = acc[c];
+        }
+        sync_cube();
+
         let head = (head_of_batch % kv_heads) * group + r;
         let token = b * len + t;
         let heads = comptime!(kv_heads * group);
         let mut d = tid;
         while d < head_dim {
             let mut sum = 0.0f32;
-            for j in 0..keys {
-                sum += scores[j] * f32::cast_from(v_cache[(cache_row + first + j) * head_dim + d]);
+            #[unroll]
+            for slot in 0..keys_per_step {
+                sum += sums[slot * head_dim + d];
             }
             out[(token * heads + head) * head_dim + d] = F::cast_from(sum);
             d += threads;

@@ -8,35 +8,40 @@
 //! Consecutive cubes take the same weight rows for successive chunks of activation rows, so a
 //! batch larger than a chunk reads each weight from memory once and from L2 for the rest.
 //!
-//! Burn's tensor-core kernel (cubek's, without autotuning) takes the projections of many rows
-//! (prefill, and wide projections of large batches: [`small_rows`]); for decode steps it took
-//! about 69 ms per step of a 7B model at batch 1, 8 and 32 alike (run 3 in
-//! `docs/gpu-check-results.md`), far from the 4.3 ms that reading 14.5 GB takes.
+//! That kernel multiplies in f32 on the CUDA cores: one fused multiply-add per weight and row.
+//! At 32 rows that is the limit, not the memory (about 30 ms a step for a 7B model, run 8 in
+//! `docs/gpu-check-results.md`), so for 8 to 32 rows [`mma_kernel`] multiplies on the tensor
+//! cores instead: each cube takes 32 weight rows, its planes split the inner dimension between
+//! them, each plane multiplies 32×16 weight tiles by 16×8 activation tiles (`wmma` m32n8k16,
+//! f32 accumulators), and the planes' partial sums are added in shared memory at the end.
 //!
-//! `DRPO_CUDA_SMALL_MATMUL` names the small-row kernel ([`SmallRowKernel`]): `rows` (ours, the
-//! default) or `cmma` (the tensor-core kernel), so that `scripts/gpu-check.sh` can measure both
-//! on the same build. cubek's own matrix-vector kernels were measured too (run 5) and dropped:
-//! they take one row only, and none was faster than ours overall.
+//! Burn's tensor-core kernel (cubek's, without autotuning) takes the projections of many rows
+//! (prefill); for decode steps it took about 69 ms per step of a 7B model at batch 1, 8 and 32
+//! alike (run 3), far from the 4.3 ms that reading 14.5 GB takes.
+//!
+//! `DRPO_CUDA_SMALL_MATMUL` names the small-row kernel ([`SmallRowKernel`]): `mma` (the default:
+//! tensor cores from 8 rows, `rows` below), `rows` (ours on the CUDA cores up to 8 rows, or 32
+//! on narrow projections) or `cmma` (burn's tensor-core kernel), so that
+//! `scripts/gpu-check.sh` can measure them on the same build. cubek's own matrix-vector kernels
+//! were measured too (run 5) and dropped: they take one row only, and none was faster than ours.
 
 use std::sync::OnceLock;
 
-use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{
-    LANES, Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, vector_size, warn_once,
-};
+use super::{LANES, Runtime, array_arg, as_cuda, contiguous, from_cuda, vector_size, warn_once};
 use crate::device::CudaBackend;
 
-/// The most activation rows the small-row kernel takes.
+/// The most activation rows the small-row kernels take.
 pub const SMALL_M: usize = 32;
 
 /// Output features above which the tensor-core kernel takes batches of more than 8 rows.
 const WIDE_N: usize = 8192;
 
-/// Whether the small-row kernel takes `m` activation rows of an `n`-output projection: up to 8
+/// Whether the `rows` kernel takes `m` activation rows of an `n`-output projection: up to 8
 /// rows always, up to [`SMALL_M`] for projections of at most [`WIDE_N`] outputs. From the
 /// projections measured alone on an H100 (run 8 in `docs/gpu-check-results.md`): at 16 and 32
 /// rows the tensor-core kernel was faster on the 28,672- and 32,000-wide projections, ours on
@@ -57,13 +62,59 @@ fn small_rows(m: usize, n: usize) -> bool {
 /// Activation rows one cube of [`rows_kernel`] multiplies (its register accumulators).
 const ROWS_PER_CHUNK: usize = 8;
 
-/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row each.
-const PLANES_PER_CUBE: usize = 4;
+/// A shape setting of [`rows_kernel`]: `default`, or the value of the environment variable
+/// `name` when it is a number in `1..=16` (read once per setting, for measuring others).
+fn rows_setting(name: &str, default: usize, cell: &'static OnceLock<usize>) -> usize {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|u| (1..=16).contains(u))
+            .unwrap_or(default)
+    })
+}
 
-/// The kernel for projections of few rows (see [`small_rows`]).
+/// Steps of [`rows_kernel`]'s inner loop whose loads are issued together: 4, or
+/// `DRPO_CUDA_ROWS_UNROLL`.
+fn rows_unroll() -> usize {
+    static UNROLL: OnceLock<usize> = OnceLock::new();
+    rows_setting("DRPO_CUDA_ROWS_UNROLL", 4, &UNROLL)
+}
+
+/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row each: 4, or
+/// `DRPO_CUDA_ROWS_PLANES`.
+fn rows_planes() -> usize {
+    static PLANES: OnceLock<usize> = OnceLock::new();
+    rows_setting("DRPO_CUDA_ROWS_PLANES", 4, &PLANES)
+}
+
+/// The fewest rows [`mma_kernel`] takes by default: below one whole tile of activation rows, the
+/// zero padding costs more launches than the tensor cores save (at 4 rows, `rows` took 39 µs on
+/// Mistral-7B's qkv projection and the padded `mma` 59 µs; at 8 rows 61 and 39 µs).
+const MMA_MIN_ROWS: usize = MMA_N;
+
+/// Weight rows per cube of [`mma_kernel`] (the tile's `m`).
+const MMA_M: usize = 32;
+/// Activation rows per tile of [`mma_kernel`] (the tile's `n`).
+const MMA_N: usize = 8;
+/// Inner elements per tile of [`mma_kernel`] (the tile's `k`).
+const MMA_K: usize = 16;
+/// Inner tiles a plane of [`mma_kernel`] loads before it multiplies them, so that their loads
+/// are in flight together.
+const MMA_UNROLL: usize = 4;
+/// Planes per cube of [`mma_kernel`] at most (512 threads).
+const MMA_MAX_SPLITS: usize = 16;
+/// Shared memory of one cube of [`mma_kernel`] for the planes' partial sums (more planes add
+/// theirs in rounds).
+const MMA_SHARED_BYTES: usize = 32 * 1024;
+
+/// The kernel for projections of few rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmallRowKernel {
-    /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum.
+    /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores), [`rows_kernel`]
+    /// for fewer rows and for the shapes and types the tensor cores do not take.
+    Mma,
+    /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum; f32 arithmetic.
     Rows,
     /// Burn's (cubek's) tensor-core kernel, as for many rows.
     Cmma,
@@ -71,24 +122,28 @@ pub enum SmallRowKernel {
 
 impl SmallRowKernel {
     /// Every kernel with its `DRPO_CUDA_SMALL_MATMUL` name.
-    pub const ALL: [(&'static str, Self); 2] = [("rows", Self::Rows), ("cmma", Self::Cmma)];
+    pub const ALL: [(&'static str, Self); 3] = [
+        ("mma", Self::Mma),
+        ("rows", Self::Rows),
+        ("cmma", Self::Cmma),
+    ];
 
     /// The kernel a name means, if any.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
     }
 
-    /// The kernel `DRPO_CUDA_SMALL_MATMUL` names (read once), else [`Self::Rows`].
+    /// The kernel `DRPO_CUDA_SMALL_MATMUL` names (read once), else [`Self::Mma`].
     pub fn configured() -> Self {
         static CHOICE: OnceLock<SmallRowKernel> = OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var("DRPO_CUDA_SMALL_MATMUL") {
-            Err(_) => Self::Rows,
+            Err(_) => Self::Mma,
             Ok(name) => Self::from_name(&name).unwrap_or_else(|| {
                 eprintln!(
-                    "warning: DRPO_CUDA_SMALL_MATMUL={name:?} is not `rows` or `cmma`; using \
-                     `rows`"
+                    "warning: DRPO_CUDA_SMALL_MATMUL={name:?} is not `mma`, `rows` or `cmma`; \
+                     using `mma`"
                 );
-                Self::Rows
+                Self::Mma
             }),
         })
     }
@@ -111,12 +166,19 @@ pub fn project_with<B: Backend>(
     };
     // The kernels read the activations as plain rows (so does the tensor-core kernel best).
     let xc = contiguous(xc);
-    if small_rows(xc.meta.shape()[0], wc.meta.shape()[0]) && kernel != SmallRowKernel::Cmma {
-        match launch_rows(xc.clone(), wc.clone()) {
+    let (m, n) = (xc.meta.shape()[0], wc.meta.shape()[0]);
+    let mut attempts = Vec::with_capacity(2);
+    if kernel == SmallRowKernel::Mma && (MMA_MIN_ROWS..=SMALL_M).contains(&m) {
+        attempts.push(("mma", launch_mma as Launch));
+    }
+    if kernel != SmallRowKernel::Cmma && small_rows(m, n) {
+        attempts.push(("rows", launch_rows as Launch));
+    }
+    for (name, launch) in attempts {
+        match launch(xc.clone(), wc.clone()) {
             Ok(out) => return from_cuda(out),
             Err(e) => warn_once(format!(
-                "the `rows` matmul kernel cannot take {:?} x {:?}ᵀ ({e}); using the tensor-core \
-                 kernel",
+                "the `{name}` matmul kernel cannot take {:?} x {:?}ᵀ ({e}); trying the next one",
                 xc.meta.shape(),
                 wc.meta.shape()
             )),
@@ -125,22 +187,40 @@ pub fn project_with<B: Backend>(
     from_cuda(tensor_cores(xc, wc))
 }
 
-/// `x · wᵀ` with burn's (tensor-core) matmul, computed as `(w · xᵀ)ᵀ`: both operands row-major,
-/// and the weights' rows, the long side, along the output rows that the kernel spreads over
-/// cubes. At 8 to 32 rows this was faster than `x · wᵀ` with the weights as a transposed view
-/// (run 7 in `docs/gpu-check-results.md`), at 128 rows slower.
+/// A kernel launch for `x · wᵀ`, or why the kernel does not take these operands.
+type Launch = fn(CubeTensor<Runtime>, CubeTensor<Runtime>) -> Result<CubeTensor<Runtime>, String>;
+
+/// Rows above which burn's matmul takes `x · wᵀ` with the weights as a transposed view rather
+/// than `(w · xᵀ)ᵀ`.
+const TRANSPOSED_FORM_ROWS: usize = 64;
+
+/// `x · wᵀ` with burn's (tensor-core) matmul. Up to [`TRANSPOSED_FORM_ROWS`] rows it is computed
+/// as `(w · xᵀ)ᵀ`: both operands row-major, and the weights' rows, the long side, along the
+/// output rows that the kernel spreads over cubes; at 8 to 32 rows that was faster than `x · wᵀ`
+/// with the weights as a transposed view (run 7 in `docs/gpu-check-results.md`), at 128 rows
+/// slower (a batch-1 prefill of 128 tokens fell from 1,981 to 762 tok/s), so many rows take the
+/// direct form.
 fn tensor_cores(x: CubeTensor<Runtime>, w: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
     let float = |t| Tensor::<CudaBackend, 2>::from_primitive(TensorPrimitive::Float(t));
+    if x.meta.shape()[0] > TRANSPOSED_FORM_ROWS {
+        return contiguous(
+            float(x)
+                .matmul(float(w).transpose())
+                .into_primitive()
+                .tensor(),
+        );
+    }
     let x_t = contiguous(float(x).transpose().into_primitive().tensor());
     let out_t = float(w).matmul(float(x_t));
     contiguous(out_t.transpose().into_primitive().tensor())
 }
 
-/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`.
-fn launch_rows(
-    x: CubeTensor<Runtime>,
-    w: CubeTensor<Runtime>,
-) -> Result<CubeTensor<Runtime>, String> {
+/// Checks that `x: [m, k]` and `w: [n, k]` are operands the kernels here take: the same inner
+/// size and element type, both contiguous; returns `(m, k, n)`.
+fn operands(
+    x: &CubeTensor<Runtime>,
+    w: &CubeTensor<Runtime>,
+) -> Result<(usize, usize, usize), String> {
     let (m, k) = (x.meta.shape()[0], x.meta.shape()[1]);
     let n = w.meta.shape()[0];
     if w.meta.shape()[1] != k {
@@ -158,23 +238,108 @@ fn launch_rows(
             x.dtype, w.dtype
         ));
     }
+    Ok((m, k, n))
+}
+
+/// Planes per cube of [`mma_kernel`] for an inner size `k`: as many as it splits into in whole
+/// groups of unrolled tiles, up to [`MMA_MAX_SPLITS`], so that narrow projections still fill the
+/// GPU.
+fn mma_splits(k: usize) -> Option<usize> {
+    (0..=MMA_MAX_SPLITS.ilog2())
+        .rev()
+        .map(|p| 1 << p)
+        .find(|&s| k.is_multiple_of(s * MMA_K * MMA_UNROLL))
+}
+
+/// Planes of [`mma_kernel`] whose partial sums of `tiles` activation tiles fit in shared memory
+/// at once (a power of two), at most `splits`.
+fn mma_planes_per_round(splits: usize, tiles: usize) -> usize {
+    let per_plane = tiles * MMA_M * MMA_N * size_of::<f32>();
+    let fit = (MMA_SHARED_BYTES / per_plane).max(1);
+    splits.min(1 << fit.ilog2())
+}
+
+/// Launches [`mma_kernel`] for `x: [m, k]` and `w: [n, k]`, half-precision operands only (the
+/// tensor cores' types). Rows are padded with zeros to whole tiles of [`MMA_N`].
+fn launch_mma(
+    x: CubeTensor<Runtime>,
+    w: CubeTensor<Runtime>,
+) -> Result<CubeTensor<Runtime>, String> {
+    let (m, k, n) = operands(&x, &w)?;
+    if !matches!(x.dtype, DType::BF16 | DType::F16) {
+        return Err(format!("no tensor-core tiles for {:?}", x.dtype));
+    }
+    if !(1..=SMALL_M).contains(&m) {
+        return Err(format!("{m} rows are not 1 to {SMALL_M}"));
+    }
+    if !n.is_multiple_of(MMA_M) {
+        return Err(format!("{n} outputs are not whole tiles of {MMA_M}"));
+    }
+    let tiles = m.div_ceil(MMA_N);
+    let splits = mma_splits(k).ok_or_else(|| {
+        format!(
+            "an inner size of {k} is not whole groups of {}",
+            MMA_K * MMA_UNROLL
+        )
+    })?;
+    let padded = if m.is_multiple_of(MMA_N) {
+        x
+    } else {
+        let float = |t| Tensor::<CudaBackend, 2>::from_primitive(TensorPrimitive::Float(t));
+        let zeros = Tensor::<CudaBackend, 2>::zeros([tiles * MMA_N - m, k], &x.device)
+            .cast(FloatDType::from(x.dtype));
+        contiguous(
+            Tensor::cat(vec![float(x), zeros], 0)
+                .into_primitive()
+                .tensor(),
+        )
+    };
+    let out = empty_device_contiguous_dtype(
+        padded.client.clone(),
+        padded.device.clone(),
+        [m, n].into(),
+        padded.dtype,
+    );
+    let cubes = u32::try_from(n / MMA_M).map_err(|_| format!("{n} outputs are too many"))?;
+    let client = padded.client.clone();
+    let (x_arg, w_arg, out_arg) = (array_arg(&padded), array_arg(&w), array_arg(&out));
+    // SAFETY: the kernel reads `x` below `tiles * MMA_N * k` (the padded rows), `w` below
+    // `n * k` (whole tiles of MMA_M rows) and writes `out` below `m * n`.
+    unsafe {
+        with_float_type!(padded.dtype, T => kernels::mma_kernel::launch_unchecked::<T, Runtime>(
+            &client,
+            CubeCount::new_1d(cubes),
+            CubeDim::new_2d(LANES as u32, splits as u32),
+            x_arg, w_arg, out_arg, m, k, n, splits, mma_planes_per_round(splits, tiles),
+        ), else return Err(format!("no `mma` kernel for {:?}", padded.dtype)));
+    }
+    Ok(out)
+}
+
+/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`.
+fn launch_rows(
+    x: CubeTensor<Runtime>,
+    w: CubeTensor<Runtime>,
+) -> Result<CubeTensor<Runtime>, String> {
+    let (m, k, n) = operands(&x, &w)?;
     let vector = vector_size(&x, &[k]);
     let out =
         empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [m, n].into(), x.dtype);
     let chunks = m.div_ceil(m.min(ROWS_PER_CHUNK));
-    let cubes = n.div_ceil(PLANES_PER_CUBE) * chunks;
+    let planes = rows_planes();
+    let cubes = n.div_ceil(planes) * chunks;
     let cube_count = CubeCount::new_1d(
         u32::try_from(cubes).map_err(|_| format!("{cubes} cubes are too many for one launch"))?,
     );
-    let cube_dim = CubeDim::new_2d(LANES as u32, PLANES_PER_CUBE as u32);
+    let cube_dim = CubeDim::new_2d(LANES as u32, planes as u32);
     let client = x.client.clone();
-    let (x_arg, w_arg, out_arg) = (contiguous_arg(&x), contiguous_arg(&w), contiguous_arg(&out));
+    let (x_arg, w_arg, out_arg) = (array_arg(&x), array_arg(&w), array_arg(&out));
     // SAFETY: every index the kernel forms is below `rows * k_vectors` for `x`, `n * k_vectors`
     // for `w` and `rows * n` for `out`, the sizes of the contiguous buffers passed.
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
             &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, n,
-            PLANES_PER_CUBE,
+            planes, rows_unroll(),
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)
@@ -185,16 +350,13 @@ mod kernels {
     use cubecl::num_traits::Zero;
     use cubecl::prelude::*;
 
-    use super::ROWS_PER_CHUNK;
+    use super::{MMA_K, MMA_M, MMA_N, MMA_UNROLL, ROWS_PER_CHUNK};
     use crate::cuda::LANES;
-
-    /// Steps of the inner loop unrolled together.
-    const UNROLL: usize = 4;
 
     /// `acc[r] += w · x[row r]` over vector `i` of a row, for the chunk's rows.
     #[cube]
     fn multiply_add<F: Float, N: Size>(
-        x: &Tensor<Vector<F, N>>,
+        x: &Array<Vector<F, N>>,
         weights: Vector<F, N>,
         x_rows: &Array<usize>,
         acc: &mut Array<Vector<f32, N>>,
@@ -217,13 +379,14 @@ mod kernels {
     /// cubes that read the same weight rows run next to each other.
     #[cube(launch_unchecked)]
     pub(super) fn rows_kernel<F: Float, N: Size>(
-        x: &Tensor<Vector<F, N>>,
-        w: &Tensor<Vector<F, N>>,
-        out: &mut Tensor<F>,
+        x: &Array<Vector<F, N>>,
+        w: &Array<Vector<F, N>>,
+        out: &mut Array<F>,
         #[comptime] rows: usize,
         #[comptime] k_vectors: usize,
         #[comptime] n: usize,
         #[comptime] planes: usize,
+        #[comptime] unroll: usize,
     ) {
         let chunk = comptime!(rows.min(ROWS_PER_CHUNK));
         let chunks = comptime!(rows.div_ceil(chunk));
@@ -242,19 +405,19 @@ mod kernels {
                 acc[r] = Vector::zero();
             }
             let weights = row * k_vectors;
-            // Every lane takes the same number of full steps, `UNROLL` at a time so that their
+            // Every lane takes the same number of full steps, `unroll` at a time so that their
             // loads are in flight together; a ragged tail is checked.
             let full_steps = comptime!(k_vectors / LANES);
-            let groups = comptime!(full_steps / UNROLL);
+            let groups = comptime!(full_steps / unroll);
             for group in 0..groups {
                 #[unroll]
-                for u in 0..UNROLL {
-                    let i = (group * UNROLL + u) * LANES + lane;
+                for u in 0..unroll {
+                    let i = (group * unroll + u) * LANES + lane;
                     multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
                 }
             }
             #[unroll]
-            for step in groups * UNROLL..full_steps {
+            for step in groups * unroll..full_steps {
                 let i = step * LANES + lane;
                 multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
             }
@@ -269,6 +432,215 @@ mod kernels {
                 let total = plane_sum(Vector::vector_sum(acc[r]));
                 if lane == 0 && first + r < rows {
                     out[(first + r) * n + row] = F::cast_from(total);
+                }
+            }
+        }
+    }
+
+    /// An accumulator tile of [`mma_kernel`]: `MMA_M` weight rows by `MMA_N` activation rows.
+    #[cube]
+    fn accumulator() -> cmma::Matrix<f32> {
+        cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            MMA_M,
+            MMA_N,
+            MMA_K,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        )
+    }
+
+    /// The weight tile of rows `first_row..first_row + MMA_M` and inner elements `at..at + MMA_K`.
+    #[cube]
+    fn weight_tile<F: Float>(
+        w: &Array<F>,
+        first_row: usize,
+        at: usize,
+        #[comptime] k: usize,
+    ) -> cmma::Matrix<F> {
+        let start = first_row * k + at;
+        cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::A,
+            MMA_M,
+            MMA_N,
+            MMA_K,
+            cmma::MatrixLayout::RowMajor,
+            &w.slice(start, start + (MMA_M - 1) * k + MMA_K),
+            comptime!(k as u32),
+        )
+    }
+
+    /// `acc += a · x[tile rows, at..at + MMA_K]ᵀ`: activation row `r` of the tile is column `r`
+    /// of the `k × n` operand, so the row-major activations are that operand in column-major.
+    #[cube]
+    fn multiply_tile<F: Float>(
+        a: &cmma::Matrix<F>,
+        x: &Array<F>,
+        tile: usize,
+        at: usize,
+        acc: &cmma::Matrix<f32>,
+        #[comptime] k: usize,
+    ) {
+        let start = tile * MMA_N * k + at;
+        let b = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::B,
+            MMA_M,
+            MMA_N,
+            MMA_K,
+            cmma::MatrixLayout::ColMajor,
+            &x.slice(start, start + (MMA_N - 1) * k + MMA_K),
+            comptime!(k as u32),
+        );
+        cmma::execute::<F, F, f32, f32>(a, &b, acc, acc);
+    }
+
+    /// `acc_t += a · x_tileᵀ` for each of the `tiles` (1 to 4) activation tiles.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn multiply_tiles<F: Float>(
+        a: &cmma::Matrix<F>,
+        x: &Array<F>,
+        at: usize,
+        acc0: &cmma::Matrix<f32>,
+        acc1: &cmma::Matrix<f32>,
+        acc2: &cmma::Matrix<f32>,
+        acc3: &cmma::Matrix<f32>,
+        #[comptime] tiles: usize,
+        #[comptime] k: usize,
+    ) {
+        multiply_tile::<F>(a, x, 0, at, acc0, k);
+        if comptime!(tiles > 1) {
+            multiply_tile::<F>(a, x, 1, at, acc1, k);
+        }
+        if comptime!(tiles > 2) {
+            multiply_tile::<F>(a, x, 2, at, acc2, k);
+        }
+        if comptime!(tiles > 3) {
+            multiply_tile::<F>(a, x, 3, at, acc3, k);
+        }
+    }
+
+    /// Stores plane `plane`'s accumulator of activation tile `tile` in `partial`.
+    #[cube]
+    fn store_tile(
+        partial: &mut SharedMemory<f32>,
+        acc: &cmma::Matrix<f32>,
+        plane: usize,
+        tile: usize,
+        #[comptime] tiles: usize,
+    ) {
+        let size = comptime!(MMA_M * MMA_N);
+        let start = (plane * tiles + tile) * size;
+        cmma::store(
+            &mut partial.slice_mut(start, start + size),
+            acc,
+            comptime!(MMA_N as u32),
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+
+    /// `out[r, j] = Σ_i x[r, i] · w[j, i]` on the tensor cores, for the `rows` (at most 32)
+    /// activation rows of `x` (`[tiles * MMA_N, k]`, rows past `rows` zero) and the `n` weight rows
+    /// of `w` (`[n, k]`, `n` a multiple of `MMA_M`); accumulated in f32.
+    ///
+    /// Cube `c` computes weight rows `c * MMA_M..(c + 1) * MMA_M` for every activation row; its
+    /// `splits` planes each take one contiguous share of the inner dimension, and add their
+    /// partial sums through shared memory at the end, `per_round` planes at a time.
+    #[cube(launch_unchecked)]
+    pub(super) fn mma_kernel<F: Float>(
+        x: &Array<F>,
+        w: &Array<F>,
+        out: &mut Array<F>,
+        #[comptime] rows: usize,
+        #[comptime] k: usize,
+        #[comptime] n: usize,
+        #[comptime] splits: usize,
+        #[comptime] per_round: usize,
+    ) {
+        let tiles = comptime!(rows.div_ceil(MMA_N));
+        let share = comptime!(k / splits);
+        let groups = comptime!(share / (MMA_K * MMA_UNROLL));
+        let plane = UNIT_POS_Y as usize;
+        let first_row = CUBE_POS_X as usize * MMA_M;
+        let begin = plane * share;
+
+        let acc0 = accumulator();
+        let acc1 = accumulator();
+        let acc2 = accumulator();
+        let acc3 = accumulator();
+        for group in 0..groups {
+            let at = begin + group * comptime!(MMA_K * MMA_UNROLL);
+            // The weight tiles are the only operand read from memory: load them all first.
+            let a0 = weight_tile::<F>(w, first_row, at, k);
+            let a1 = weight_tile::<F>(w, first_row, at + MMA_K, k);
+            let a2 = weight_tile::<F>(w, first_row, at + 2 * MMA_K, k);
+            let a3 = weight_tile::<F>(w, first_row, at + 3 * MMA_K, k);
+            multiply_tiles::<F>(&a0, x, at, &acc0, &acc1, &acc2, &acc3, tiles, k);
+            multiply_tiles::<F>(&a1, x, at + MMA_K, &acc0, &acc1, &acc2, &acc3, tiles, k);
+            multiply_tiles::<F>(&a2, x, at + 2 * MMA_K, &acc0, &acc1, &acc2, &acc3, tiles, k);
+            multiply_tiles::<F>(&a3, x, at + 3 * MMA_K, &acc0, &acc1, &acc2, &acc3, tiles, k);
+        }
+
+        // The planes add their partial sums through shared memory, `per_round` planes at a time
+        // (as many as it holds); each thread keeps the totals of some outputs in registers.
+        let tile_size = comptime!(MMA_M * MMA_N);
+        let rounds = comptime!(splits / per_round);
+        let threads = comptime!(LANES * splits);
+        let outputs = comptime!(tiles * tile_size);
+        let per_thread = comptime!(outputs.div_ceil(threads));
+        let tid = UNIT_POS as usize;
+        // `wmma` stores need 32-byte aligned addresses.
+        let mut partial =
+            SharedMemory::<f32>::new_aligned(comptime!(per_round * tiles * tile_size), 32usize);
+        let mut totals = Array::<f32>::new(per_thread);
+        #[unroll]
+        for i in 0..per_thread {
+            totals[i] = 0.0;
+        }
+        #[unroll]
+        for round in 0..rounds {
+            if comptime!(round > 0) {
+                // The last round's sums are read before they are overwritten.
+                sync_cube();
+            }
+            let first_plane = round * per_round;
+            if plane >= first_plane && plane < first_plane + per_round {
+                let slot = plane - first_plane;
+                store_tile(&mut partial, &acc0, slot, 0, tiles);
+                if comptime!(tiles > 1) {
+                    store_tile(&mut partial, &acc1, slot, 1, tiles);
+                }
+                if comptime!(tiles > 2) {
+                    store_tile(&mut partial, &acc2, slot, 2, tiles);
+                }
+                if comptime!(tiles > 3) {
+                    store_tile(&mut partial, &acc3, slot, 3, tiles);
+                }
+            }
+            sync_cube();
+            // Output `index` is `(tile, weight row, tile row)`.
+            #[unroll]
+            for i in 0..per_thread {
+                let index = i * threads + tid;
+                if index < outputs {
+                    let tile = index / tile_size;
+                    let within = index % tile_size;
+                    #[unroll]
+                    for s in 0..per_round {
+                        totals[i] += partial[(s * tiles + tile) * tile_size + within];
+                    }
+                }
+            }
+        }
+        #[unroll]
+        for i in 0..per_thread {
+            let index = i * threads + tid;
+            if index < outputs {
+                let tile = index / tile_size;
+                let within = index % tile_size;
+                let row = tile * MMA_N + within % MMA_N;
+                if row < rows {
+                    out[row * n + first_row + within / MMA_N] = F::cast_from(totals[i]);
                 }
             }
         }

@@ -55,7 +55,7 @@ use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::{Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::prelude::TensorArg;
+use cubecl::prelude::ArrayArg;
 
 use crate::device::CudaBackend;
 
@@ -105,15 +105,16 @@ pub(crate) fn fused_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DRPO_CUDA_FUSED").map_or(true, |v| v != "0"))
 }
 
-/// A kernel argument over a contiguous tensor, whatever its rank.
-pub(crate) fn contiguous_arg(t: &CubeTensor<Runtime>) -> TensorArg<Runtime> {
-    let shape = t.meta.shape().to_vec();
-    let mut strides = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    // SAFETY: callers pass contiguous tensors, whose buffers hold exactly `shape`.
-    unsafe { TensorArg::from_raw_parts(t.handle.clone(), strides.into(), shape.into()) }
+/// A kernel argument over a contiguous tensor's elements, whatever its rank.
+///
+/// Our kernels index their operands as flat arrays: an array argument carries only its length,
+/// which cubecl passes in the launch's constant parameters, while a tensor argument also carries
+/// its shape and strides, which cubecl uploads to the device in a buffer of their own at every
+/// launch.
+pub(crate) fn array_arg(t: &CubeTensor<Runtime>) -> ArrayArg<Runtime> {
+    let elements = t.meta.shape().iter().product();
+    // SAFETY: callers pass contiguous tensors, whose buffers hold exactly `shape`'s elements.
+    unsafe { ArrayArg::from_raw_parts(t.handle.clone(), elements) }
 }
 
 /// `t` with contiguous row-major strides (a copy only when it has other strides).

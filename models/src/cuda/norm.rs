@@ -9,7 +9,11 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, fused_enabled, vector_size};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled, vector_size};
+
+/// Planes per cube, all on one row: a decode step has as few rows as sequences, and one plane
+/// per row left the GPU waiting on a single plane's loads.
+const PLANES: usize = 4;
 
 /// `(x + branch, rms_norm(x + branch) * weight)` for `x`, `branch`: `[batch, len, d]` (without
 /// `branch`: `(x, rms_norm(x) * weight)`), or `None` when the tensors are not CUDA tensors.
@@ -48,7 +52,7 @@ pub fn add_rms_norm<B: Backend>(
     };
     let normed = empty_device_contiguous_dtype(client.clone(), xc.device.clone(), shape, dtype);
     let rows = u32::try_from(batch * len).ok()?;
-    let branch_arg = contiguous_arg(bc.as_ref().unwrap_or(&xc));
+    let branch_arg = array_arg(bc.as_ref().unwrap_or(&xc));
     let (add, d_vectors) = (bc.is_some(), d / vector);
     // SAFETY: row `r` of the cube grid reads and writes elements `r * d .. (r + 1) * d` of
     // the `[rows, d]` buffers, and the weight's `d`.
@@ -56,13 +60,13 @@ pub fn add_rms_norm<B: Backend>(
         with_float_type!(dtype, T => kernels::add_rms_norm_kernel::launch_unchecked::<T, Runtime>(
             &client,
             CubeCount::new_1d(rows),
-            CubeDim::new_1d(super::LANES as u32),
+            CubeDim::new_2d(super::LANES as u32, PLANES as u32),
             vector,
-            contiguous_arg(&xc),
+            array_arg(&xc),
             branch_arg,
-            contiguous_arg(&wc),
-            contiguous_arg(&sum),
-            contiguous_arg(&normed),
+            array_arg(&wc),
+            array_arg(&sum),
+            array_arg(&normed),
             eps as f32,
             d as f32,
             d_vectors,
@@ -75,29 +79,31 @@ pub fn add_rms_norm<B: Backend>(
 mod kernels {
     use cubecl::prelude::*;
 
+    use super::PLANES;
     use crate::cuda::LANES;
 
-    /// One plane per row: lane `l` takes the row's vectors `l, l + 32, ...`; the sum of squares
-    /// is added across the plane.
+    /// One cube per row: thread `t` takes the row's vectors `t, t + 128, ...`; the sum of squares
+    /// is added across each plane, then across the planes in shared memory.
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn add_rms_norm_kernel<F: Float, N: Size>(
-        x: &Tensor<Vector<F, N>>,
-        branch: &Tensor<Vector<F, N>>,
-        weight: &Tensor<Vector<F, N>>,
-        sum: &mut Tensor<Vector<F, N>>,
-        normed: &mut Tensor<Vector<F, N>>,
+        x: &Array<Vector<F, N>>,
+        branch: &Array<Vector<F, N>>,
+        weight: &Array<Vector<F, N>>,
+        sum: &mut Array<Vector<F, N>>,
+        normed: &mut Array<Vector<F, N>>,
         eps: f32,
         width: f32,
         #[comptime] d_vectors: usize,
         #[comptime] add: bool,
     ) {
         let row = CUBE_POS_X as usize * d_vectors;
-        let lane = UNIT_POS_X as usize;
-        let steps = comptime!(d_vectors.div_ceil(LANES));
+        let tid = UNIT_POS as usize;
+        let threads = comptime!(LANES * PLANES);
+        let steps = comptime!(d_vectors.div_ceil(threads));
         let mut squares = Vector::<f32, N>::new(0.0);
         for step in 0..steps {
-            let i = step * LANES + lane;
+            let i = step * threads + tid;
             if i < d_vectors {
                 let mut v = x[row + i];
                 if add {
@@ -111,11 +117,21 @@ mod kernels {
                 squares += v * v;
             }
         }
-        let total = plane_sum(f32::cast_from(Vector::vector_sum(squares)));
+        let mut partial = SharedMemory::<f32>::new(PLANES);
+        let plane_total = plane_sum(f32::cast_from(Vector::vector_sum(squares)));
+        if UNIT_POS_X == 0 {
+            partial[UNIT_POS_Y as usize] = plane_total;
+        }
+        sync_cube();
+        let mut total = 0.0f32;
+        #[unroll]
+        for p in 0..PLANES {
+            total += partial[p];
+        }
         let inv_rms = f32::inverse_sqrt(total / width + eps);
         let inv = Vector::<f32, N>::new(inv_rms);
         for step in 0..steps {
-            let i = step * LANES + lane;
+            let i = step * threads + tid;
             if i < d_vectors {
                 let v = if add { sum[row + i] } else { x[row + i] };
                 let scaled = Vector::<F, N>::cast_from(Vector::<f32, N>::cast_from(v) * inv);

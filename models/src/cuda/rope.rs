@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, fused_enabled};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled};
 
 /// Threads per cube.
 const THREADS: usize = 256;
@@ -76,12 +76,12 @@ pub fn rope_into_cache<B: Backend>(
             &client,
             CubeCount::new_1d(cubes),
             CubeDim::new_1d(THREADS as u32),
-            contiguous_arg(&qkv),
-            contiguous_arg(&cos),
-            contiguous_arg(&sin),
-            contiguous_arg(&q),
-            contiguous_arg(&kc),
-            contiguous_arg(&vc),
+            array_arg(&qkv),
+            array_arg(&cos),
+            array_arg(&sin),
+            array_arg(&q),
+            array_arg(&kc),
+            array_arg(&vc),
             total,
             len,
             slots,
@@ -101,12 +101,12 @@ mod kernels {
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rope_kernel<F: Float>(
-        qkv: &Tensor<F>,
-        cos: &Tensor<F>,
-        sin: &Tensor<F>,
-        q: &mut Tensor<F>,
-        k_cache: &mut Tensor<F>,
-        v_cache: &mut Tensor<F>,
+        qkv: &Array<F>,
+        cos: &Array<F>,
+        sin: &Array<F>,
+        q: &mut Array<F>,
+        k_cache: &mut Array<F>,
+        v_cache: &mut Array<F>,
         total: usize,
         len: usize,
         slots: usize,

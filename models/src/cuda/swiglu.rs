@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, as_cuda, contiguous, contiguous_arg, from_cuda, fused_enabled, vector_size};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled, vector_size};
 
 /// Threads per cube.
 const THREADS: usize = 256;
@@ -31,7 +31,7 @@ pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let total = rows * inner / vector;
     let cubes = u32::try_from(total.div_ceil(THREADS)).ok()?;
     let client = gu.client.clone();
-    let (input, output) = (contiguous_arg(&gu), contiguous_arg(&out));
+    let (input, output) = (array_arg(&gu), array_arg(&out));
     // SAFETY: thread `i < total` reads vectors of row `i / (inner / vector)` of `gate_up` and
     // writes vector `i` of `out`.
     unsafe {
@@ -55,8 +55,8 @@ mod kernels {
     /// Thread `i` computes vector `i` of the `[rows, inner]` output.
     #[cube(launch_unchecked)]
     pub(super) fn swiglu_kernel<F: Float, N: Size>(
-        gate_up: &Tensor<Vector<F, N>>,
-        out: &mut Tensor<Vector<F, N>>,
+        gate_up: &Array<Vector<F, N>>,
+        out: &mut Array<Vector<F, N>>,
         total: usize,
         #[comptime] inner_vectors: usize,
     ) {
