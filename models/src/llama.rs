@@ -632,7 +632,7 @@ fn write_slots<B: Backend>(
 
 /// `t` with plain row-major strides: on CUDA, burn may pad the rows of new tensors, and the
 /// decoder's own kernels (`crate::cuda`) read weights and caches as dense rows.
-fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+pub fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     return crate::cuda::dense(t);
     #[cfg(not(feature = "cuda"))]
@@ -697,14 +697,28 @@ fn fused_swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let gate_up = project(x.reshape([b * t, d]), &block.w_gate_up);
-    let inner = fused_swiglu(&gate_up).unwrap_or_else(|| {
-        let inner = gate_up.dims()[1] / 2;
-        let gate = gate_up.clone().slice([0..b * t, 0..inner]);
-        let up = gate_up.slice([0..b * t, inner..2 * inner]);
-        activation::silu(gate) * up
+    let x = x.reshape([b * t, d]);
+    let inner = gated_projection(&x, &block.w_gate_up).unwrap_or_else(|| {
+        let gate_up = project(x, &block.w_gate_up);
+        fused_swiglu(&gate_up).unwrap_or_else(|| {
+            let inner = gate_up.dims()[1] / 2;
+            let gate = gate_up.clone().slice([0..b * t, 0..inner]);
+            let up = gate_up.slice([0..b * t, inner..2 * inner]);
+            activation::silu(gate) * up
+        })
     });
     project(inner, &block.w_down).reshape([b, t, d])
+}
+
+/// `silu(gate) * up` of `x`'s gate/up projection in one pass where the backend has a kernel for
+/// it (CUDA, decode steps of few sequences), else `None`.
+fn gated_projection<B: Backend>(x: &Tensor<B, 2>, w_gate_up: &Linear<B>) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    if let Linear::Dense(w) = w_gate_up {
+        return crate::cuda::matmul::project_swiglu(x, w);
+    }
+    let _ = (x, w_gate_up);
+    None
 }
 
 /// RoPE cosine and sine tables, computed as `transformers` does (f32 inverse frequencies,

@@ -426,11 +426,12 @@ fn matmul_bench<B: Backend>(
     };
     let distribution = burn::tensor::Distribution::Normal(0.0, 1.0);
     for (name, n, k) in shapes {
-        let w = Tensor::<B, 2>::random([n, k], distribution, device);
+        // Dense rows, as the model keeps its weights and activations (burn pads some new ones).
+        let w = drpo_models::llama::dense(Tensor::<B, 2>::random([n, k], distribution, device));
         let bytes = (n * k * w.dtype().size()) as f64;
         let w_host = to_f32(w.clone())?;
         for &m in &args.rows {
-            let x = Tensor::<B, 2>::random([m, k], distribution, device);
+            let x = drpo_models::llama::dense(Tensor::<B, 2>::random([m, k], distribution, device));
             let reference = host_product(&to_f32(x.clone())?, &w_host, k);
             let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
             for kernel in &args.kernels {
@@ -736,14 +737,15 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
 }
 
 /// The CUDA kernel switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
-/// `DRPO_CUDA_ATTENTION`), for the report to tell runs apart.
+/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`), for the report to tell runs apart.
 fn kernel_choice() -> String {
     let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
     format!(
-        "small_matmul={} fused={} attention={}",
+        "small_matmul={} fused={} attention={} gated={}",
         get("DRPO_CUDA_SMALL_MATMUL"),
         get("DRPO_CUDA_FUSED"),
-        get("DRPO_CUDA_ATTENTION")
+        get("DRPO_CUDA_ATTENTION"),
+        get("DRPO_CUDA_GATED")
     )
 }
 

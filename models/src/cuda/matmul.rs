@@ -38,13 +38,14 @@ use crate::device::CudaBackend;
 /// The most activation rows the small-row kernels take.
 pub const SMALL_M: usize = 32;
 
-/// Output features above which the tensor-core kernel takes batches of more than 8 rows.
+/// Output features above which burn's tensor-core kernel rather than `rows` takes more than 8 rows
+/// (when `mma` is not the configured kernel).
 const WIDE_N: usize = 8192;
 
 /// Whether the `rows` kernel takes `m` activation rows of an `n`-output projection: up to 8
 /// rows always, up to [`SMALL_M`] for projections of at most [`WIDE_N`] outputs. From the
 /// projections measured alone on an H100 (run 8 in `docs/gpu-check-results.md`): at 16 and 32
-/// rows the tensor-core kernel was faster on the 28,672- and 32,000-wide projections, ours on
+/// rows burn's tensor-core kernel was faster on the 28,672- and 32,000-wide projections, ours on
 /// the 4,096- and 6,144-wide ones. `DRPO_CUDA_ROWS_MAX=M` replaces the rule with `m <= M`.
 fn small_rows(m: usize, n: usize) -> bool {
     static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
@@ -90,7 +91,8 @@ fn rows_planes() -> usize {
 
 /// The fewest rows [`mma_kernel`] takes by default: below one whole tile of activation rows, the
 /// zero padding costs more launches than the tensor cores save (at 4 rows, `rows` took 39 µs on
-/// Mistral-7B's qkv projection and the padded `mma` 59 µs; at 8 rows 61 and 39 µs).
+/// Mistral-7B's qkv projection and the padded `mma` 59 µs; at 8 rows 61 and 39 µs: run 10 in
+/// `docs/gpu-check-results.md`).
 const MMA_MIN_ROWS: usize = MMA_N;
 
 /// Weight rows per cube of [`mma_kernel`] (the tile's `m`).
@@ -185,6 +187,40 @@ pub fn project_with<B: Backend>(
         }
     }
     from_cuda(tensor_cores(xc, wc))
+}
+
+/// `silu(gate) * up` of the fused gate/up projection `x · wᵀ` (`w: [2 * inner, k]`, gate rows
+/// first), `[m, inner]`, in one launch of the `rows` kernel when the configured kernel would
+/// take `x`'s rows with `rows` (a decode step of few sequences), so that the gate/up products
+/// never leave the kernel. `None` otherwise (the caller projects, then applies SwiGLU), with
+/// `DRPO_CUDA_FUSED=0` or `DRPO_CUDA_GATED=0`, or when `x` is not a CUDA tensor.
+pub fn project_swiglu<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    static GATED: OnceLock<bool> = OnceLock::new();
+    let gated = *GATED.get_or_init(|| std::env::var("DRPO_CUDA_GATED").map_or(true, |v| v != "0"));
+    if !gated || !super::fused_enabled() {
+        return None;
+    }
+    let (xc, wc) = (as_cuda(x)?, as_cuda(w)?);
+    let (m, n) = (xc.meta.shape()[0], wc.meta.shape()[0]);
+    let takes_rows = match SmallRowKernel::configured() {
+        SmallRowKernel::Mma => m < MMA_MIN_ROWS,
+        SmallRowKernel::Rows => true,
+        SmallRowKernel::Cmma => false,
+    };
+    if !takes_rows || !small_rows(m, n) {
+        return None;
+    }
+    match launch_rows_with(contiguous(xc), wc, true) {
+        Ok(out) => Some(from_cuda(out)),
+        Err(e) => {
+            warn_once(format!(
+                "the gated `rows` kernel cannot take {:?} x {:?}ᵀ ({e}); projecting first",
+                x.dims(),
+                w.dims()
+            ));
+            None
+        }
+    }
 }
 
 /// A kernel launch for `x · wᵀ`, or why the kernel does not take these operands.
@@ -321,13 +357,31 @@ fn launch_rows(
     x: CubeTensor<Runtime>,
     w: CubeTensor<Runtime>,
 ) -> Result<CubeTensor<Runtime>, String> {
+    launch_rows_with(x, w, false)
+}
+
+/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`; with `gated`, `w` is a fused
+/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`.
+fn launch_rows_with(
+    x: CubeTensor<Runtime>,
+    w: CubeTensor<Runtime>,
+    gated: bool,
+) -> Result<CubeTensor<Runtime>, String> {
     let (m, k, n) = operands(&x, &w)?;
+    if gated && !n.is_multiple_of(2) {
+        return Err(format!("{n} gate/up rows are not two halves"));
+    }
+    let outputs = if gated { n / 2 } else { n };
     let vector = vector_size(&x, &[k]);
-    let out =
-        empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [m, n].into(), x.dtype);
+    let out = empty_device_contiguous_dtype(
+        x.client.clone(),
+        x.device.clone(),
+        [m, outputs].into(),
+        x.dtype,
+    );
     let chunks = m.div_ceil(m.min(ROWS_PER_CHUNK));
     let planes = rows_planes();
-    let cubes = n.div_ceil(planes) * chunks;
+    let cubes = outputs.div_ceil(planes) * chunks;
     let cube_count = CubeCount::new_1d(
         u32::try_from(cubes).map_err(|_| format!("{cubes} cubes are too many for one launch"))?,
     );
@@ -335,11 +389,11 @@ fn launch_rows(
     let client = x.client.clone();
     let (x_arg, w_arg, out_arg) = (array_arg(&x), array_arg(&w), array_arg(&out));
     // SAFETY: every index the kernel forms is below `rows * k_vectors` for `x`, `n * k_vectors`
-    // for `w` and `rows * n` for `out`, the sizes of the contiguous buffers passed.
+    // for `w` and `rows * outputs` for `out`, the sizes of the contiguous buffers passed.
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
-            &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, n,
-            planes, rows_unroll(),
+            &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, outputs,
+            planes, rows_unroll(), gated,
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)
@@ -352,6 +406,7 @@ mod kernels {
 
     use super::{MMA_K, MMA_M, MMA_N, MMA_UNROLL, ROWS_PER_CHUNK};
     use crate::cuda::LANES;
+    use crate::cuda::swiglu::kernels::silu_times;
 
     /// `acc[r] += w · x[row r]` over vector `i` of a row, for the chunk's rows.
     #[cube]
@@ -374,6 +429,10 @@ mod kernels {
     /// the `n` weight rows of `w` (`[n, k]`), both contiguous and read as vectors of `N` elements
     /// (`k_vectors` per row); accumulated in f32.
     ///
+    /// With `gated`, `w` is a fused gate/up projection of `2 * n` rows, and `out[r, j]` is
+    /// `silu(gate) * up` of its products with rows `j` and `n + j`, each rounded to the storage
+    /// type first (as the separate projection and [`crate::cuda::swiglu`] round them).
+    ///
     /// Cube `c` handles weight rows `(c / chunks) * planes + plane` for the activation rows of chunk
     /// `c % chunks` (each chunk at most [`ROWS_PER_CHUNK`] rows, accumulated in registers), so the
     /// cubes that read the same weight rows run next to each other.
@@ -387,6 +446,7 @@ mod kernels {
         #[comptime] n: usize,
         #[comptime] planes: usize,
         #[comptime] unroll: usize,
+        #[comptime] gated: bool,
     ) {
         let chunk = comptime!(rows.min(ROWS_PER_CHUNK));
         let chunks = comptime!(rows.div_ceil(chunk));
@@ -399,12 +459,17 @@ mod kernels {
             // never written.
             let mut x_rows = Array::<usize>::new(chunk);
             let mut acc = Array::<Vector<f32, N>>::new(chunk);
+            let mut acc_up = Array::<Vector<f32, N>>::new(comptime!(if gated { chunk } else { 1 }));
             #[unroll]
             for r in 0..chunk {
                 x_rows[r] = min(first + r, rows - 1) * k_vectors;
                 acc[r] = Vector::zero();
+                if comptime!(gated) {
+                    acc_up[r] = Vector::zero();
+                }
             }
             let weights = row * k_vectors;
+            let up_weights = (row + n) * k_vectors;
             // Every lane takes the same number of full steps, `unroll` at a time so that their
             // loads are in flight together; a ragged tail is checked.
             let full_steps = comptime!(k_vectors / LANES);
@@ -414,24 +479,40 @@ mod kernels {
                 for u in 0..unroll {
                     let i = (group * unroll + u) * LANES + lane;
                     multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
+                    if comptime!(gated) {
+                        multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
+                    }
                 }
             }
             #[unroll]
             for step in groups * unroll..full_steps {
                 let i = step * LANES + lane;
                 multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
+                if comptime!(gated) {
+                    multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
+                }
             }
             if comptime!(!k_vectors.is_multiple_of(LANES)) {
                 let i = full_steps * LANES + lane;
                 if i < k_vectors {
                     multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
+                    if comptime!(gated) {
+                        multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
+                    }
                 }
             }
             #[unroll]
             for r in 0..chunk {
-                let total = plane_sum(Vector::vector_sum(acc[r]));
+                let total = F::cast_from(plane_sum(Vector::vector_sum(acc[r])));
+                let value = if comptime!(gated) {
+                    let up = F::cast_from(plane_sum(Vector::vector_sum(acc_up[r])));
+                    let gated = silu_times::<F, Const<1>>(Vector::new(total), Vector::new(up));
+                    gated[0]
+                } else {
+                    total
+                };
                 if lane == 0 && first + r < rows {
-                    out[(first + r) * n + row] = F::cast_from(total);
+                    out[(first + r) * n + row] = value;
                 }
             }
         }
@@ -644,5 +725,42 @@ mod kernels {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inner_size_splits_into_whole_groups_of_unrolled_tiles() {
+        // Mistral-7B's inner sizes, the test models', and one no split takes.
+        assert_eq!(mma_splits(4096), Some(16));
+        assert_eq!(mma_splits(14336), Some(16));
+        assert_eq!(mma_splits(256), Some(4));
+        assert_eq!(mma_splits(128), Some(2));
+        assert_eq!(mma_splits(64), Some(1));
+        assert_eq!(mma_splits(160), None);
+    }
+
+    #[test]
+    fn each_round_of_partial_sums_fits_in_shared_memory() {
+        for tiles in 1..=SMALL_M / MMA_N {
+            for splits in [1, 2, 4, 8, 16] {
+                let per_round = mma_planes_per_round(splits, tiles);
+                let bytes = per_round * tiles * MMA_M * MMA_N * size_of::<f32>();
+                assert!(
+                    bytes <= MMA_SHARED_BYTES,
+                    "{splits} planes, {tiles} tiles: {bytes} B"
+                );
+                // The rounds take every plane exactly once.
+                assert!(
+                    splits.is_multiple_of(per_round),
+                    "{splits} planes by {per_round}"
+                );
+            }
+        }
+        assert_eq!(mma_planes_per_round(16, 4), 8);
+        assert_eq!(mma_planes_per_round(16, 2), 16);
     }
 }

@@ -4,23 +4,27 @@
 //! Burn runs every tensor operation as its own kernel, and issuing one costs the host about
 //! 15 µs on an H100 machine (run 5 in `docs/gpu-check-results.md`): a 7B decode step of about
 //! 1,800 operations took 29 ms of host time for 7 ms of weight reads. The kernels here do in
-//! one launch what took burn several, and read a decode step's weights at up to three quarters
-//! of the memory bandwidth:
+//! one launch what took burn several (a decode step is now about 300 launches, issued in less
+//! than half the time the GPU takes to run them), and read a decode step's weights at up to
+//! four fifths of the memory bandwidth:
 //!
-//! - [`matmul`]: the weight projections, with a matrix-vector kernel for decode steps;
+//! - [`matmul`]: the weight projections: a matrix-vector kernel on the CUDA cores below 8 rows
+//!   (with SwiGLU applied in the same launch for the gate/up projection), a tensor-core kernel
+//!   from 8 to 32 rows, burn's matmul for more;
 //! - [`norm`]: the residual add and the RMSNorm after it (was 10 operations);
 //! - [`rope`]: RoPE on the new queries and keys, written straight into the attention layout
 //!   and the KV cache (was about 16 operations and a copy of each cache);
 //! - [`swiglu`]: `silu(gate) * up` from the fused gate/up projection (was 4 operations);
-//! - [`attention`]: a step's attention over the cache, masks included (was about 12); opt-in
-//!   (`DRPO_CUDA_ATTENTION=1`) until a GPU run has checked it.
+//! - [`attention`]: a step's attention over the cache, masks included (was about 12).
 //!
 //! Each entry point takes the generic backend's tensors and returns `None` when they are not
 //! CUDA tensors (or the problem is not one the kernel takes), so `llama.rs` keeps one code path
 //! with burn's operations for every backend. Every kernel rounds as the burn operations it
 //! replaces do (f32 arithmetic, storage-type results where burn stored them), so the CPU
-//! reference and the CUDA decoder agree within bf16 rounding. `DRPO_CUDA_FUSED=0` turns the
-//! fused kernels off (burn's operations instead), for measuring them.
+//! reference and the CUDA decoder agree within bf16 rounding. Switches, for measuring:
+//! `DRPO_CUDA_FUSED=0` (burn's operations instead of the fused kernels), `DRPO_CUDA_ATTENTION=0`,
+//! `DRPO_CUDA_GATED=0` (SwiGLU in its own launch), `DRPO_CUDA_SMALL_MATMUL` and the `rows`
+//! kernel's shape settings (see [`matmul`]).
 
 /// Evaluates `$launch` with the type alias `$t` naming the element type of `$dtype` (bf16, f16
 /// or f32), else `$other`: the one place that lists the element types our kernels take.

@@ -49,10 +49,25 @@ pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     Some(from_cuda(out))
 }
 
-mod kernels {
+pub(crate) mod kernels {
     use cubecl::prelude::*;
 
-    /// Thread `i` computes vector `i` of the `[rows, inner]` output.
+    /// `silu(gate) * up`, rounded as burn's operations round it: `silu` in f32, rounded to the
+    /// storage type, then the product in f32, rounded again.
+    #[cube]
+    pub(crate) fn silu_times<F: Float, N: Size>(
+        gate: Vector<F, N>,
+        up: Vector<F, N>,
+    ) -> Vector<F, N> {
+        let gate = Vector::<f32, N>::cast_from(gate);
+        let one = Vector::<f32, N>::new(1.0);
+        let zero = Vector::<f32, N>::new(0.0);
+        let silu = Vector::<F, N>::cast_from(gate / (one + Vector::exp(zero - gate)));
+        Vector::cast_from(Vector::<f32, N>::cast_from(silu) * Vector::<f32, N>::cast_from(up))
+    }
+
+    /// Element `i` (in vectors) of the `[rows, inner]` output: `gate_up` row `i / inner_vectors`
+    /// holds the gate in its first half and `up` in its second.
     #[cube(launch_unchecked)]
     pub(super) fn swiglu_kernel<F: Float, N: Size>(
         gate_up: &Array<Vector<F, N>>,
@@ -65,14 +80,7 @@ mod kernels {
             let row = i / inner_vectors;
             let col = i % inner_vectors;
             let at = row * 2 * inner_vectors + col;
-            let gate = Vector::<f32, N>::cast_from(gate_up[at]);
-            let one = Vector::<f32, N>::new(1.0);
-            let zero = Vector::<f32, N>::new(0.0);
-            let silu = Vector::<F, N>::cast_from(gate / (one + Vector::exp(zero - gate)));
-            out[i] = Vector::cast_from(
-                Vector::<f32, N>::cast_from(silu)
-                    * Vector::<f32, N>::cast_from(gate_up[at + inner_vectors]),
-            );
+            out[i] = silu_times::<F, N>(gate_up[at], gate_up[at + inner_vectors]);
         }
     }
 }
