@@ -5,7 +5,7 @@
 //! drpo-model-tool random-model --config mistral-7b|tiny-llama|tiny-mistral|PATH --out DIR [--seed S]
 //! drpo-model-tool bench  --config mistral-7b --device cuda [--batch 1,8,32] [--prompt-len 128] [--gen 128]
 //! drpo-model-tool parity --config tiny-mistral --device cuda
-//! drpo-model-tool matmul --config mistral-7b --device cuda [--rows 1,8,32] [--kernels rows,cmma]
+//! drpo-model-tool matmul --config mistral-7b --device cuda [--rows 1,8,32] [--kernels mma,rows,cmma]
 //! ```
 //!
 //! `bench` and `parity` print human lines on stderr and one JSON object per result on stdout,
@@ -111,8 +111,10 @@ enum Command {
         /// Activation rows, comma-separated (the batch of a decode step).
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         rows: Vec<usize>,
-        /// Small-row kernels (`DRPO_CUDA_SMALL_MATMUL` names), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "rows,cmma")]
+        /// Small-row kernels (`DRPO_CUDA_SMALL_MATMUL` names), comma-separated. Each is measured
+        /// as the decoder would run it: `mma` below 8 rows is the `rows` kernel, and a kernel that
+        /// cannot take a shape gives way to the next one (with a warning on stderr).
+        #[arg(long, value_delimiter = ',', default_value = "mma,rows,cmma")]
         kernels: Vec<String>,
         /// Timed products per shape and kernel.
         #[arg(long, default_value_t = 20)]

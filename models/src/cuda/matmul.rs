@@ -27,7 +27,7 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
@@ -113,8 +113,8 @@ const MMA_SHARED_BYTES: usize = 32 * 1024;
 /// The kernel for projections of few rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmallRowKernel {
-    /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores), [`rows_kernel`]
-    /// for fewer rows and for the shapes and types the tensor cores do not take.
+    /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores); [`Self::Rows`]'s
+    /// choice for fewer rows and for the shapes and types the tensor cores do not take.
     Mma,
     /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum; f32 arithmetic.
     Rows,
@@ -322,8 +322,7 @@ fn launch_mma(
         x
     } else {
         let float = |t| Tensor::<CudaBackend, 2>::from_primitive(TensorPrimitive::Float(t));
-        let zeros = Tensor::<CudaBackend, 2>::zeros([tiles * MMA_N - m, k], &x.device)
-            .cast(FloatDType::from(x.dtype));
+        let zeros = Tensor::<CudaBackend, 2>::zeros([tiles * MMA_N - m, k], (&x.device, x.dtype));
         contiguous(
             Tensor::cat(vec![float(x), zeros], 0)
                 .into_primitive()

@@ -4,8 +4,8 @@
 //! Burn runs every tensor operation as its own kernel, and issuing one costs the host about
 //! 15 µs on an H100 machine (run 5 in `docs/gpu-check-results.md`): a 7B decode step of about
 //! 1,800 operations took 29 ms of host time for 7 ms of weight reads. The kernels here do in
-//! one launch what took burn several (a decode step is now about 300 launches, issued in less
-//! than half the time the GPU takes to run them), and read a decode step's weights at up to
+//! one launch what took burn several (a decode step is now about 300 launches, issued in about
+//! half the time the GPU takes to run them), and read a decode step's weights at up to
 //! four fifths of the memory bandwidth:
 //!
 //! - [`matmul`]: the weight projections: a matrix-vector kernel on the CUDA cores below 8 rows
