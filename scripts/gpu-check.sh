@@ -15,6 +15,8 @@
 #   (b2) the same model with one kernel switch changed (the words of SWEEP: by default SwiGLU in
 #       its own launch, `rows` for `mma`, burn's attention), for the decode steps
 #       (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
+#   (b3) cubecl's per-kernel times of a few batch-1 decode steps (its profiling logger), to rank
+#       the kernels of a step;
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
 #
 # preceded by a smoke test (tiny-llama, one prompt, 4 tokens), then one table with the goals.
@@ -35,7 +37,7 @@
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (64), SKIP_HF=1 to skip step (c), HF_BATCHES (1,32), HF_GEN_TOKENS (64),
 # CUBECL_LOG (1: compilation logs on stderr; full: with each kernel's source; 0: off),
-# STEPS (the steps to run, of "smoke matmul parity bench sweep hf"; default all).
+# STEPS (the steps to run, of "smoke matmul parity bench sweep profile hf"; default all).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -137,7 +139,8 @@ run_tool() { # [RUN_ENV=...] run_tool SECONDS OUTFILE ARGS...
   shift 2
   # RUN_ENV: NAME=VALUE words for this run only (kernel switches).
   # shellcheck disable=SC2086
-  (cd "$RUN_DIR" && exec env ${RUN_ENV:-} "$BIN" "$@") >>"$outfile" &
+  # RUN_IN: the directory to run in (its cubecl.toml), RUN_DIR unless given.
+  (cd "${RUN_IN:-$RUN_DIR}" && exec env ${RUN_ENV:-} "$BIN" "$@") >>"$outfile" &
   local pid=$! waited=0 rc
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
     sleep 1
@@ -273,6 +276,22 @@ for kernels in ${SWEEP:-DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_
     --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len "${SWEEP_PROMPT_LEN:-32}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"
 done
+fi
+
+if wants profile; then
+section "(b3) kernel times of batch-1 decode steps ($CONFIG, cubecl's profiler)"
+# With its profiling logger on, cubecl syncs around every kernel and prints, at each sync of
+# the tool, every kernel's count and total time. Each time includes a sync (tens of µs), so the
+# figures rank kernels against each other; they are not the bench's step time.
+PROFILE_DIR=$SHIM/profile
+mkdir -p "$PROFILE_DIR"
+{
+  cat "$RUN_DIR/cubecl.toml"
+  printf '[profiling.logger]\nlevel = "basic"\nstderr = true\n'
+} >"$PROFILE_DIR/cubecl.toml"
+RUN_IN=$PROFILE_DIR run_tool "${PROFILE_TIMEOUT:-60}" "$OUT_DIR/profile.jsonl" bench \
+  --config "$CONFIG" --device "$DEVICE" --batch 1 --prompt-len "$PROMPT_LEN" \
+  --gen-tokens "${PROFILE_GEN_TOKENS:-16}" || echo "profile: FAILED (exit $?)"
 fi
 
 if wants hf; then
