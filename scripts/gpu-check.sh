@@ -9,12 +9,13 @@
 #       and when `rows` does too, `cmma`;
 #   (a2) CPU-vs-CUDA parity on small random models (logits within bf16 tolerance, greedy tokens
 #       equal but where the CPU's own choice was a near-tie), with the default kernels, and when
-#       that fails, with one group of our kernels switched off at a time;
+#       that fails, with one group of our kernels switched off at a time; then each opt-in kernel
+#       (PARITY_OPT_IN: RoPE inside the attention kernel), which the later steps use if it passed;
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
-#   (b2) the same model with one kernel switch changed (the words of SWEEP: by default SwiGLU in
-#       its own launch, `rows` for `mma`, burn's attention), for the decode steps
-#       (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
+#   (b2) the same model with one kernel switch changed (the words of SWEEP: by default RoPE in its
+#       own launch, SwiGLU in its own launch, `rows` for `mma`, burn's attention), for the decode
+#       steps (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
 #   (b3) cubecl's per-kernel times of a few batch-1 decode steps (its profiling logger), to rank
 #       the kernels of a step;
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
@@ -257,6 +258,24 @@ elif [ "$passed" != default ]; then
   echo "the default kernels failed parity: the later steps use $passed"
   export "${passed?}"
 fi
+# Opt-in kernels not yet checked on a GPU: each that passes on both models is used by the later
+# steps.
+for optin in ${PARITY_OPT_IN:-DRPO_CUDA_ROPE_ATTENTION=1}; do
+  ok=0
+  for model in tiny-mistral tiny-llama; do
+    echo "--- parity on $model $optin (opt-in)"
+    if RUN_ENV=$optin run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity \
+      --config "$model" --device "$DEVICE"; then
+      ok=$((ok + 1))
+    else
+      echo "parity on $model $optin: FAILED (exit $?)"
+    fi
+  done
+  if [ "$ok" = 2 ]; then
+    echo "the opt-in $optin passed parity: the later steps use it"
+    export "${optin?}"
+  fi
+done
 fi
 
 if wants bench; then
@@ -271,7 +290,7 @@ fi
 if wants sweep; then
 section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
 # Each SWEEP word is one run's kernel switch (short prompt and generation).
-for kernels in ${SWEEP:-DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
+for kernels in ${SWEEP:-DRPO_CUDA_ROPE_ATTENTION=0 DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
   RUN_ENV=$kernels run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" bench \
     --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len "${SWEEP_PROMPT_LEN:-32}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"

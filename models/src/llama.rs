@@ -502,6 +502,23 @@ impl<B: Backend> Llama<B> {
         let (k_cache, v_cache, pad_ids) = caches;
 
         let qkv = project(x.reshape([batch * len, d]), &block.wqkv);
+        #[cfg(feature = "cuda")]
+        if let Some(attended) = crate::cuda::attention::rope_attention(
+            &qkv,
+            cos,
+            sin,
+            k_cache,
+            v_cache,
+            pad_ids,
+            h,
+            kv,
+            window.first,
+            window.keys,
+            start,
+            c.sliding_window,
+        ) {
+            return project(attended, &block.wo).reshape([batch, len, d]);
+        }
         // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
         let fused = crate::cpu::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start);
         #[cfg(feature = "cuda")]

@@ -739,15 +739,17 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
 }
 
 /// The CUDA kernel switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
-/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`), for the report to tell runs apart.
+/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`), for the report to tell
+/// runs apart.
 fn kernel_choice() -> String {
     let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
     format!(
-        "small_matmul={} fused={} attention={} gated={}",
+        "small_matmul={} fused={} attention={} gated={} rope_attention={}",
         get("DRPO_CUDA_SMALL_MATMUL"),
         get("DRPO_CUDA_FUSED"),
         get("DRPO_CUDA_ATTENTION"),
-        get("DRPO_CUDA_GATED")
+        get("DRPO_CUDA_GATED"),
+        get("DRPO_CUDA_ROPE_ATTENTION")
     )
 }
 

@@ -12,9 +12,14 @@
 //!
 //! Rounding follows burn's operations: the scores are rounded to the storage type (the matmul's
 //! output) before the f32 scale and softmax, and the probabilities before the second product.
+//!
+//! For a decode step the kernel can also do RoPE's work ([`rope_attention`], opt-in until a GPU
+//! run has checked it): it rotates its query and its head's new key from the fused projection
+//! and writes the new key and value into the caches, one launch fewer per layer.
 
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{
@@ -58,32 +63,133 @@ pub fn attention<B: Backend>(
     start: usize,
     sliding_window: Option<usize>,
 ) -> Option<Tensor<B, 2>> {
+    let [batch, kv_heads, rows, head_dim] = q.dims();
+    if !rows.is_multiple_of(len.max(1)) {
+        return None;
+    }
+    let span = Span {
+        batch,
+        len,
+        heads: kv_heads * (rows / len.max(1)),
+        kv_heads,
+        head_dim,
+        first,
+        keys,
+        start,
+        sliding_window,
+    };
+    launch(&span, as_cuda(q)?, None, k_cache, v_cache, pads)
+}
+
+/// [`attention`] for a decode step (`len` 1) straight from the fused projection `qkv: [batch,
+/// (heads + 2 * kv_heads) * head_dim]`: the kernel applies RoPE (`cos`, `sin`: `[batch, 1, 1,
+/// head_dim]`) to the query and the new key itself and writes the new key and value into the
+/// caches, the work of `rope::rope_into_cache`, so the step saves that launch. Opt-in
+/// (`DRPO_CUDA_ROPE_ATTENTION=1`) until a GPU run has checked it; `None` otherwise, for prefill,
+/// and where [`attention`] would give `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention<B: Backend>(
+    qkv: &Tensor<B, 2>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    k_cache: &Tensor<B, 4>,
+    v_cache: &Tensor<B, 4>,
+    pads: &Tensor<B, 1, Int>,
+    heads: usize,
+    kv_heads: usize,
+    first: usize,
+    keys: usize,
+    start: usize,
+    sliding_window: Option<usize>,
+) -> Option<Tensor<B, 2>> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("DRPO_CUDA_ROPE_ATTENTION").is_ok_and(|v| v == "1"));
+    let [batch, len, _, head_dim] = cos.dims();
+    if !on
+        || len != 1
+        || qkv.dims() != [batch, (heads + 2 * kv_heads) * head_dim]
+        || sin.dims() != cos.dims()
+        || !head_dim.is_multiple_of(2)
+    {
+        return None;
+    }
+    let span = Span {
+        batch,
+        len,
+        heads,
+        kv_heads,
+        head_dim,
+        first,
+        keys,
+        start,
+        sliding_window,
+    };
+    let rope = (contiguous(as_cuda(cos)?), contiguous(as_cuda(sin)?));
+    launch(&span, as_cuda(qkv)?, Some(rope), k_cache, v_cache, pads)
+}
+
+/// The shapes of one attention launch.
+struct Span {
+    batch: usize,
+    len: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    first: usize,
+    keys: usize,
+    start: usize,
+    sliding_window: Option<usize>,
+}
+
+/// Checks the caches and padding against `span` and launches the kernel on `queries`: rotated
+/// already (`[batch, kv_heads, group * len, head_dim]`) without `rope`, else the fused
+/// projection's output with the RoPE tables `(cos, sin)` of the step's slot.
+fn launch<B: Backend>(
+    span: &Span,
+    queries: CubeTensor<Runtime>,
+    rope: Option<(CubeTensor<Runtime>, CubeTensor<Runtime>)>,
+    k_cache: &Tensor<B, 4>,
+    v_cache: &Tensor<B, 4>,
+    pads: &Tensor<B, 1, Int>,
+) -> Option<Tensor<B, 2>> {
+    let &Span {
+        batch,
+        len,
+        heads,
+        kv_heads,
+        head_dim,
+        first,
+        keys,
+        start,
+        sliding_window,
+    } = span;
     if !fused_enabled() || !enabled() || keys == 0 || keys > MAX_KEYS || len == 0 {
         return None;
     }
-    let [batch, kv_heads, rows, head_dim] = q.dims();
     let [cache_batch, cache_heads, slots, cache_dim] = k_cache.dims();
     if [cache_batch, cache_heads, cache_dim] != [batch, kv_heads, head_dim]
         || v_cache.dims() != k_cache.dims()
         || pads.dims() != [batch]
-        || !rows.is_multiple_of(len)
+        || !heads.is_multiple_of(kv_heads)
         || first + keys > slots
         || start + len > slots
     {
         return None;
     }
-    let group = rows / len;
-    let qc = contiguous(as_cuda(q)?);
+    let group = heads / kv_heads;
     let (kc, vc) = (as_cuda(k_cache)?, as_cuda(v_cache)?);
     let pc = contiguous(as_cuda_int(pads)?);
     if !kc.is_contiguous() || !vc.is_contiguous() {
         return None;
     }
+    let qc = contiguous(queries);
+    let rotate = rope.is_some();
+    // Without `rope`, the kernel reads no tables: the queries stand in for them.
+    let (cos, sin) = rope.unwrap_or_else(|| (qc.clone(), qc.clone()));
     let dtype = qc.dtype;
-    if kc.dtype != dtype || vc.dtype != dtype || pc.dtype != DType::I32 {
+    if [&kc, &vc, &cos, &sin].iter().any(|t| t.dtype != dtype) || pc.dtype != DType::I32 {
         return None;
     }
-    let heads = kv_heads * group;
     let out = empty_device_contiguous_dtype(
         qc.client.clone(),
         qc.device.clone(),
@@ -96,12 +202,14 @@ pub fn attention<B: Backend>(
     if !super::LANES.is_multiple_of(row_vectors) {
         return None;
     }
-    let cubes = u32::try_from(batch * kv_heads * rows).ok()?;
+    let cubes = u32::try_from(batch * heads * len).ok()?;
     let client = qc.client.clone();
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // SAFETY: cube `c` reads query row `c`, the cache rows of slots `first..first + keys` (below
-    // `slots`) of its batch row and key/value head, `pads[b]`, and writes its head's `head_dim`
-    // outputs of its token; the shared scores hold `keys <= MAX_KEYS` values.
+    // SAFETY: cube `c` reads its query row (of `q`, or of `qkv` with its token's RoPE tables),
+    // the cache rows of slots `first..first + keys` (below `slots`) of its batch row and
+    // key/value head, `pads[b]`, writes its head's `head_dim` outputs of its token, and with
+    // `rotate` the new key and value at slot `start` (below `slots`); the shared scores hold
+    // `keys <= MAX_KEYS` values.
     unsafe {
         with_float_type!(dtype, T => kernels::attention_kernel::launch_unchecked::<T, Runtime>(
             &client,
@@ -109,6 +217,8 @@ pub fn attention<B: Backend>(
             CubeDim::new_2d(super::LANES as u32, PLANES as u32),
             vector,
             array_arg(&qc),
+            array_arg(&cos),
+            array_arg(&sin),
             array_arg(&kc),
             array_arg(&vc),
             array_arg(&pc),
@@ -124,6 +234,7 @@ pub fn attention<B: Backend>(
             head_dim,
             row_vectors,
             sliding_window.unwrap_or(0),
+            rotate,
         ), else return None);
     }
     Some(from_cuda(out))
@@ -134,18 +245,26 @@ mod kernels {
 
     use super::{MAX_KEYS, PLANES, VALUE_UNROLL};
     use crate::cuda::LANES;
+    use crate::cuda::rope::kernels::rotated;
 
     /// What a hidden key scores (as `llama.rs`'s additive mask: its probability is exactly 0).
     const HIDDEN: f32 = -1.0e9;
 
     /// Cube `c` is query row `c` of `q` (`[batch, kv_heads, group * len, head_dim]`): batch row
     /// `b`, key/value head `g`, query head `g * group + r`, token `t` of the step.
+    ///
+    /// With `rotate` (a decode step, `len` 1), `q` is the fused projection `[batch, (heads + 2 *
+    /// kv_heads) * head_dim]` and `cos`, `sin` the RoPE tables of each row's slot: the cube
+    /// rotates its query and its head's new key itself, reads the new key and value from shared
+    /// memory rather than the cache, and the cube of `r == 0` writes them into the caches.
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_kernel<F: Float, N: Size>(
         q: &Array<F>,
-        k_cache: &Array<Vector<F, N>>,
-        v_cache: &Array<Vector<F, N>>,
+        cos: &Array<F>,
+        sin: &Array<F>,
+        k_cache: &mut Array<Vector<F, N>>,
+        v_cache: &mut Array<Vector<F, N>>,
         pads: &Array<i32>,
         out: &mut Array<F>,
         first: usize,
@@ -159,6 +278,7 @@ mod kernels {
         #[comptime] head_dim: usize,
         #[comptime] row_vectors: usize,
         #[comptime] window: usize,
+        #[comptime] rotate: bool,
     ) {
         let threads = comptime!(LANES * PLANES);
         let vectors = head_dim / N::value();
@@ -178,12 +298,64 @@ mod kernels {
         let mut query = SharedMemory::<f32>::new(head_dim);
         let mut scores = SharedMemory::<f32>::new(MAX_KEYS);
         let mut partial = SharedMemory::<f32>::new(PLANES);
-        let mut d = tid;
-        while d < head_dim {
-            query[d] = f32::cast_from(q[cube * head_dim + d]);
-            d += threads;
+        // With `rotate`: the new key and value of the cube's key/value head.
+        let fresh = comptime!(if rotate { head_dim } else { 1 });
+        let mut new_key = SharedMemory::<f32>::new(fresh);
+        let mut new_value = SharedMemory::<f32>::new(fresh);
+        if comptime!(rotate) {
+            let half = comptime!(head_dim / 2);
+            let all = comptime!(kv_heads * group + 2 * kv_heads);
+            let g = head_of_batch % kv_heads;
+            let query_at = (b * all + g * group + r) * head_dim;
+            let key_at = (b * all + kv_heads * group + g) * head_dim;
+            let value_at = key_at + kv_heads * head_dim;
+            let table = b * head_dim;
+            let mut j = tid;
+            while j < half {
+                let c1 = cos[table + j];
+                let s1 = sin[table + j];
+                let c2 = cos[table + j + half];
+                let s2 = sin[table + j + half];
+                let x1 = q[query_at + j];
+                let x2 = q[query_at + j + half];
+                query[j] = f32::cast_from(rotated::<F>(x1, x2, c1, s1, false));
+                query[j + half] = f32::cast_from(rotated::<F>(x2, x1, c2, s2, true));
+                let k1 = q[key_at + j];
+                let k2 = q[key_at + j + half];
+                new_key[j] = f32::cast_from(rotated::<F>(k1, k2, c1, s1, false));
+                new_key[j + half] = f32::cast_from(rotated::<F>(k2, k1, c2, s2, true));
+                new_value[j] = f32::cast_from(q[value_at + j]);
+                new_value[j + half] = f32::cast_from(q[value_at + j + half]);
+                j += threads;
+            }
+        } else {
+            let mut d = tid;
+            while d < head_dim {
+                query[d] = f32::cast_from(q[cube * head_dim + d]);
+                d += threads;
+            }
         }
         sync_cube();
+        if comptime!(rotate) {
+            // One cube per key/value head stores the new key and value for the later steps; the
+            // others of its group never read that slot (they use their shared copies).
+            if r == 0 {
+                let at = (cache_row + query_slot) * vectors;
+                let mut e = tid;
+                while e < vectors {
+                    let mut key = Vector::<F, N>::empty();
+                    let mut value = Vector::<F, N>::empty();
+                    #[unroll]
+                    for c in 0..N::value() {
+                        key[c] = F::cast_from(new_key[e * N::value() + c]);
+                        value[c] = F::cast_from(new_value[e * N::value() + c]);
+                    }
+                    k_cache[at + e] = key;
+                    v_cache[at + e] = value;
+                    e += threads;
+                }
+            }
+        }
 
         // Scores: one key per thread.
         let mut j = tid;
@@ -192,13 +364,20 @@ mod kernels {
             let slot = first + j;
             let at = (cache_row + slot) * vectors;
             let mut dot = 0.0f32;
-            // A runtime loop: `vectors` depends on the vector size, which cubecl does not fold
-            // into a constant here (an unrolled loop over it failed to expand: run 9).
-            for e in 0..vectors {
-                let key = Vector::<f32, N>::cast_from(k_cache[at + e]);
-                #[unroll]
-                for c in 0..N::value() {
-                    dot += key[c] * query[e * N::value() + c];
+            if comptime!(rotate) && slot == query_slot {
+                // The new key, summed in the same order as a cached one.
+                for d in 0..head_dim {
+                    dot += new_key[d] * query[d];
+                }
+            } else {
+                // A runtime loop: `vectors` depends on the vector size, which cubecl does not
+                // fold into a constant here (an unrolled loop over it failed to expand: run 9).
+                for e in 0..vectors {
+                    let key = Vector::<f32, N>::cast_from(k_cache[at + e]);
+                    #[unroll]
+                    for c in 0..N::value() {
+                        dot += key[c] * query[e * N::value() + c];
+                    }
                 }
             }
             let behind = query_slot - min(slot, query_slot);
@@ -266,8 +445,17 @@ mod kernels {
             for u in 0..VALUE_UNROLL {
                 let j = base + u * keys_per_step;
                 if j < keys {
-                    let value =
-                        Vector::<f32, N>::cast_from(v_cache[(cache_row + first + j) * vectors + e]);
+                    let slot = first + j;
+                    let mut value = Vector::<f32, N>::new(0.0);
+                    if comptime!(rotate) && slot == query_slot {
+                        #[unroll]
+                        for c in 0..N::value() {
+                            value[c] = new_value[e * N::value() + c];
+                        }
+                    } else {
+                        value =
+                            Vector::<f32, N>::cast_from(v_cache[(cache_row + slot) * vectors + e]);
+                    }
                     acc += value * Vector::<f32, N>::new(scores[j]);
                 }
             }

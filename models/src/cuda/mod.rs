@@ -15,7 +15,9 @@
 //! - [`rope`]: RoPE on the new queries and keys, written straight into the attention layout
 //!   and the KV cache (was about 16 operations and a copy of each cache);
 //! - [`swiglu`]: `silu(gate) * up` from the fused gate/up projection (was 4 operations);
-//! - [`attention`]: a step's attention over the cache, masks included (was about 12).
+//! - [`attention`]: a step's attention over the cache, masks included (was about 12); for a
+//!   decode step it can take RoPE's work too (opt-in, `DRPO_CUDA_ROPE_ATTENTION=1`, until a GPU
+//!   run has checked it).
 //!
 //! Each entry point takes the generic backend's tensors and returns `None` when they are not
 //! CUDA tensors (or the problem is not one the kernel takes), so `llama.rs` keeps one code path

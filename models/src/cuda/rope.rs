@@ -94,8 +94,29 @@ pub fn rope_into_cache<B: Backend>(
     Some(from_cuda(q))
 }
 
-mod kernels {
+pub(crate) mod kernels {
     use cubecl::prelude::*;
+
+    /// One output of RoPE's `x * cos + rotate_half(x) * sin` (`rotate_half(x) = [-x2, x1]`) for
+    /// an element `x` and its partner half a head away, rounded as burn's operations round it:
+    /// each product to the storage type, then their sum. The first half subtracts the partner's
+    /// product, the second half adds it.
+    #[cube]
+    pub(crate) fn rotated<F: Float>(
+        x: F,
+        partner: F,
+        cos: F,
+        sin: F,
+        #[comptime] second_half: bool,
+    ) -> F {
+        let a = f32::cast_from(F::cast_from(f32::cast_from(x) * f32::cast_from(cos)));
+        let b = f32::cast_from(F::cast_from(f32::cast_from(partner) * f32::cast_from(sin)));
+        if comptime!(second_half) {
+            F::cast_from(a + b)
+        } else {
+            F::cast_from(a - b)
+        }
+    }
 
     /// Thread `i` handles the pair `(j, j + head_dim / 2)` of one head of one token.
     #[cube(launch_unchecked)]
@@ -130,13 +151,8 @@ mod kernels {
             let x2 = qkv[at + half];
             if head < heads + kv_heads {
                 let c = token * head_dim + j;
-                // rotate_half(x) = [-x2, x1]
-                let a1 = F::cast_from(f32::cast_from(x1) * f32::cast_from(cos[c]));
-                let b1 = F::cast_from(f32::cast_from(x2) * f32::cast_from(sin[c]));
-                let o1 = F::cast_from(f32::cast_from(a1) - f32::cast_from(b1));
-                let a2 = F::cast_from(f32::cast_from(x2) * f32::cast_from(cos[c + half]));
-                let b2 = F::cast_from(f32::cast_from(x1) * f32::cast_from(sin[c + half]));
-                let o2 = F::cast_from(f32::cast_from(a2) + f32::cast_from(b2));
+                let o1 = rotated::<F>(x1, x2, cos[c], sin[c], false);
+                let o2 = rotated::<F>(x2, x1, cos[c + half], sin[c + half], true);
                 if head < heads {
                     let g = head / group;
                     let r = head % group;
