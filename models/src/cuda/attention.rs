@@ -170,6 +170,7 @@ fn launch<B: Backend>(
     if [cache_batch, cache_heads, cache_dim] != [batch, kv_heads, head_dim]
         || v_cache.dims() != k_cache.dims()
         || pads.dims() != [batch]
+        || kv_heads == 0
         || !heads.is_multiple_of(kv_heads)
         || first + keys > slots
         || start + len > slots
@@ -221,6 +222,8 @@ fn launch<B: Backend>(
             array_arg(&sin),
             array_arg(&kc),
             array_arg(&vc),
+            array_arg(&kc),
+            array_arg(&vc),
             array_arg(&pc),
             array_arg(&out),
             first,
@@ -256,15 +259,20 @@ mod kernels {
     /// With `rotate` (a decode step, `len` 1), `q` is the fused projection `[batch, (heads + 2 *
     /// kv_heads) * head_dim]` and `cos`, `sin` the RoPE tables of each row's slot: the cube
     /// rotates its query and its head's new key itself, reads the new key and value from shared
-    /// memory rather than the cache, and the cube of `r == 0` writes them into the caches.
+    /// memory rather than the cache, and the cube of `r == 0` writes them into the caches through
+    /// `k_store` and `v_store`, the caches' buffers again. The caches are read through separate
+    /// read-only arguments, so that the reads keep the read-only loads the compiler gives them;
+    /// no cube reads the slot it writes. Without `rotate`, nothing is written there.
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_kernel<F: Float, N: Size>(
         q: &Array<F>,
         cos: &Array<F>,
         sin: &Array<F>,
-        k_cache: &mut Array<Vector<F, N>>,
-        v_cache: &mut Array<Vector<F, N>>,
+        k_cache: &Array<Vector<F, N>>,
+        v_cache: &Array<Vector<F, N>>,
+        k_store: &mut Array<Vector<F, N>>,
+        v_store: &mut Array<Vector<F, N>>,
         pads: &Array<i32>,
         out: &mut Array<F>,
         first: usize,
@@ -350,8 +358,8 @@ mod kernels {
                         key[c] = F::cast_from(new_key[e * N::value() + c]);
                         value[c] = F::cast_from(new_value[e * N::value() + c]);
                     }
-                    k_cache[at + e] = key;
-                    v_cache[at + e] = value;
+                    k_store[at + e] = key;
+                    v_store[at + e] = value;
                     e += threads;
                 }
             }
