@@ -231,6 +231,21 @@ fi
 if wants parity; then
 section "(a2) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
+# Parity on both test models with the kernel switch words $1 (none: the defaults), labelled $2;
+# succeeds when both passed.
+parity_on_both() {
+  local kernels=$1 label=$2 ok=0 model
+  for model in tiny-mistral tiny-llama; do
+    echo "--- parity on $model $label"
+    if RUN_ENV=$kernels run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity \
+      --config "$model" --device "$DEVICE"; then
+      ok=$((ok + 1))
+    else
+      echo "parity on $model $kernels: FAILED (exit $?)"
+    fi
+  done
+  [ "$ok" = 2 ]
+}
 # With every kernel of ours; when that fails (or PARITY_ALL is set), again with one group of them
 # replaced, so that a failure shows which group it comes from.
 passed=
@@ -239,17 +254,9 @@ for kernels in "" "DRPO_CUDA_GATED=0" "DRPO_CUDA_ATTENTION=0" "DRPO_CUDA_SMALL_M
   [ -n "$passed" ] && [ -z "${PARITY_ALL:-}" ] && break
   # The matmul step's fallback stands: a variant must not bring back a kernel that failed there.
   [[ "$kernels" == DRPO_CUDA_SMALL_MATMUL=* ]] && [ -n "${DRPO_CUDA_SMALL_MATMUL:-}" ] && continue
-  ok=0
-  for model in tiny-mistral tiny-llama; do
-    echo "--- parity on $model ${kernels:-(default kernels)}"
-    if RUN_ENV=$kernels run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity \
-      --config "$model" --device "$DEVICE"; then
-      ok=$((ok + 1))
-    else
-      echo "parity on $model $kernels: FAILED (exit $?)"
-    fi
-  done
-  [ "$ok" = 2 ] && [ -z "$passed" ] && passed=${kernels:-default}
+  if parity_on_both "$kernels" "${kernels:-(default kernels)}" && [ -z "$passed" ]; then
+    passed=${kernels:-default}
+  fi
 done
 # When the default kernels failed, the later steps use the first switch that passed.
 if [ -z "$passed" ]; then
@@ -261,17 +268,7 @@ fi
 # Opt-in kernels not yet checked on a GPU: each that passes on both models is used by the later
 # steps.
 for optin in ${PARITY_OPT_IN:-DRPO_CUDA_ROPE_ATTENTION=1}; do
-  ok=0
-  for model in tiny-mistral tiny-llama; do
-    echo "--- parity on $model $optin (opt-in)"
-    if RUN_ENV=$optin run_tool "${PARITY_TIMEOUT:-45}" "$OUT_DIR/parity.jsonl" parity \
-      --config "$model" --device "$DEVICE"; then
-      ok=$((ok + 1))
-    else
-      echo "parity on $model $optin: FAILED (exit $?)"
-    fi
-  done
-  if [ "$ok" = 2 ]; then
+  if parity_on_both "$optin" "$optin (opt-in)"; then
     echo "the opt-in $optin passed parity: the later steps use it"
     export "${optin?}"
   fi

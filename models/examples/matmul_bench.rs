@@ -2,9 +2,9 @@
 //!
 //! `cargo run --release -p drpo-models --example matmul_bench [-- REPEATS]`
 //!
-//! For 1 and 8 activation rows, prints each shape's time (best of REPEATS, default 50; each use a copy of its own) with
-//! the weight bytes read per second and the multiply-adds per second, then the total over one
-//! decoder token's projections (30 blocks and the output head). `DRPO_CPU_KERNEL` picks the
+//! For 1 and 8 activation rows, prints each shape's time (best of REPEATS, default 50; each use
+//! a copy of its own) with the weight bytes read per second and the multiply-adds per second,
+//! then the total over one decoder token's projections (30 blocks and the output head). `DRPO_CPU_KERNEL` picks the
 //! kernel; `RAYON_NUM_THREADS=1` measures one core.
 
 use std::time::Instant;

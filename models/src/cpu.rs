@@ -201,8 +201,9 @@ const ATTENTION_MAX_LEN: usize = 16;
 
 /// A step's attention, `[batch * len, heads * head_dim]`, of the queries `q` (`[batch,
 /// kv_heads, group * len, head_dim]`, as [`rope_into_cache`] returns them, `len` new slots
-/// from `start`) over the cache slots `first..first + keys`. Query slot `s = start + i` of row `b` sees key slot `k` when `k == s`
-/// or `pads[b] <= k <= s` within the sliding window: `llama::Llama::window_mask`'s rule.
+/// from `start`) over the cache slots `first..first + keys`. Query slot `s = start + i` of row
+/// `b` sees key slot `k` when `k == s` or `pads[b] <= k <= s` within the sliding window:
+/// `llama::Llama::window_mask`'s rule.
 #[allow(clippy::too_many_arguments)]
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,

@@ -23,7 +23,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{
-    Runtime, array_arg, as_cuda, as_cuda_int, contiguous, from_cuda, fused_enabled, vector_size,
+    Runtime, array_arg, as_cuda, as_cuda_int, contiguous, from_cuda, fused_enabled, switched_on,
+    vector_size,
 };
 
 /// Planes per cube; each thread scores one key at a time. A decode step at batch 1 has only one
@@ -42,7 +43,7 @@ pub const MAX_KEYS: usize = 8192;
 /// off, for measuring it against burn's operations.
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DRPO_CUDA_ATTENTION").map_or(true, |v| v != "0"))
+    switched_on("DRPO_CUDA_ATTENTION", &ON)
 }
 
 /// The attention output `[batch * len, heads * head_dim]` of the queries `q: [batch, kv_heads,
@@ -124,7 +125,7 @@ pub fn rope_attention<B: Backend>(
         start,
         sliding_window,
     };
-    let rope = (contiguous(as_cuda(cos)?), contiguous(as_cuda(sin)?));
+    let rope = (as_cuda(cos)?, as_cuda(sin)?);
     launch(&span, as_cuda(qkv)?, Some(rope), k_cache, v_cache, pads)
 }
 
@@ -186,7 +187,10 @@ fn launch<B: Backend>(
     let qc = contiguous(queries);
     let rotate = rope.is_some();
     // Without `rope`, the kernel reads no tables: the queries stand in for them.
-    let (cos, sin) = rope.unwrap_or_else(|| (qc.clone(), qc.clone()));
+    let (cos, sin) = match rope {
+        Some((cos, sin)) => (contiguous(cos), contiguous(sin)),
+        None => (qc.clone(), qc.clone()),
+    };
     let dtype = qc.dtype;
     if [&kc, &vc, &cos, &sin].iter().any(|t| t.dtype != dtype) || pc.dtype != DType::I32 {
         return None;

@@ -196,8 +196,7 @@ pub fn project_with<B: Backend>(
 /// `DRPO_CUDA_FUSED=0` or `DRPO_CUDA_GATED=0`, or when `x` is not a CUDA tensor.
 pub fn project_swiglu<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     static GATED: OnceLock<bool> = OnceLock::new();
-    let gated = *GATED.get_or_init(|| std::env::var("DRPO_CUDA_GATED").map_or(true, |v| v != "0"));
-    if !gated || !super::fused_enabled() {
+    if !super::switched_on("DRPO_CUDA_GATED", &GATED) || !super::fused_enabled() {
         return None;
     }
     let (xc, wc) = (as_cuda(x)?, as_cuda(w)?);
@@ -237,7 +236,6 @@ const TRANSPOSED_FORM_ROWS: usize = 64;
 /// slower (a batch-1 prefill of 128 tokens fell from 1,981 to 762 tok/s), so many rows take the
 /// direct form.
 fn tensor_cores(x: CubeTensor<Runtime>, w: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
-    let float = |t| Tensor::<CudaBackend, 2>::from_primitive(TensorPrimitive::Float(t));
     if x.meta.shape()[0] > TRANSPOSED_FORM_ROWS {
         return contiguous(
             float(x)
@@ -249,6 +247,11 @@ fn tensor_cores(x: CubeTensor<Runtime>, w: CubeTensor<Runtime>) -> CubeTensor<Ru
     let x_t = contiguous(float(x).transpose().into_primitive().tensor());
     let out_t = float(w).matmul(float(x_t));
     contiguous(out_t.transpose().into_primitive().tensor())
+}
+
+/// `t` as a tensor of burn's CUDA backend, for burn's own operations on it.
+fn float(t: CubeTensor<Runtime>) -> Tensor<CudaBackend, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// Checks that `x: [m, k]` and `w: [n, k]` are operands the kernels here take: the same inner
@@ -321,7 +324,6 @@ fn launch_mma(
     let padded = if m.is_multiple_of(MMA_N) {
         x
     } else {
-        let float = |t| Tensor::<CudaBackend, 2>::from_primitive(TensorPrimitive::Float(t));
         let zeros = Tensor::<CudaBackend, 2>::zeros([tiles * MMA_N - m, k], (&x.device, x.dtype));
         contiguous(
             Tensor::cat(vec![float(x), zeros], 0)
@@ -424,6 +426,28 @@ mod kernels {
         }
     }
 
+    /// [`multiply_add`] over vector `i` of the weight row starting at `weights`, and with `gated`
+    /// of its up row starting at `up_weights` into `acc_up`.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn multiply_add_rows<F: Float, N: Size>(
+        x: &Array<Vector<F, N>>,
+        w: &Array<Vector<F, N>>,
+        weights: usize,
+        up_weights: usize,
+        x_rows: &Array<usize>,
+        acc: &mut Array<Vector<f32, N>>,
+        acc_up: &mut Array<Vector<f32, N>>,
+        i: usize,
+        #[comptime] chunk: usize,
+        #[comptime] gated: bool,
+    ) {
+        multiply_add::<F, N>(x, w[weights + i], x_rows, acc, i, chunk);
+        if comptime!(gated) {
+            multiply_add::<F, N>(x, w[up_weights + i], x_rows, acc_up, i, chunk);
+        }
+    }
+
     /// `out[r, j] = Σ_i x[r, i] · w[j, i]` for the `rows` activation rows of `x` (`[rows, k]`) and
     /// the `n` weight rows of `w` (`[n, k]`), both contiguous and read as vectors of `N` elements
     /// (`k_vectors` per row); accumulated in f32.
@@ -477,27 +501,51 @@ mod kernels {
                 #[unroll]
                 for u in 0..unroll {
                     let i = (group * unroll + u) * LANES + lane;
-                    multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
-                    if comptime!(gated) {
-                        multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
-                    }
+                    multiply_add_rows::<F, N>(
+                        x,
+                        w,
+                        weights,
+                        up_weights,
+                        &x_rows,
+                        &mut acc,
+                        &mut acc_up,
+                        i,
+                        chunk,
+                        gated,
+                    );
                 }
             }
             #[unroll]
             for step in groups * unroll..full_steps {
                 let i = step * LANES + lane;
-                multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
-                if comptime!(gated) {
-                    multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
-                }
+                multiply_add_rows::<F, N>(
+                    x,
+                    w,
+                    weights,
+                    up_weights,
+                    &x_rows,
+                    &mut acc,
+                    &mut acc_up,
+                    i,
+                    chunk,
+                    gated,
+                );
             }
             if comptime!(!k_vectors.is_multiple_of(LANES)) {
                 let i = full_steps * LANES + lane;
                 if i < k_vectors {
-                    multiply_add::<F, N>(x, w[weights + i], &x_rows, &mut acc, i, chunk);
-                    if comptime!(gated) {
-                        multiply_add::<F, N>(x, w[up_weights + i], &x_rows, &mut acc_up, i, chunk);
-                    }
+                    multiply_add_rows::<F, N>(
+                        x,
+                        w,
+                        weights,
+                        up_weights,
+                        &x_rows,
+                        &mut acc,
+                        &mut acc_up,
+                        i,
+                        chunk,
+                        gated,
+                    );
                 }
             }
             #[unroll]

@@ -108,7 +108,13 @@ pub(crate) fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D>
 /// Whether the fused kernels are on (`DRPO_CUDA_FUSED` unset or not `0`), read once.
 pub(crate) fn fused_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DRPO_CUDA_FUSED").map_or(true, |v| v != "0"))
+    switched_on("DRPO_CUDA_FUSED", &ON)
+}
+
+/// Whether the kernel switch `name`, on by default, is on: unset or not `0`. Read once, into
+/// `cell`.
+pub(crate) fn switched_on(name: &str, cell: &'static OnceLock<bool>) -> bool {
+    *cell.get_or_init(|| std::env::var(name).map_or(true, |v| v != "0"))
 }
 
 /// A kernel argument over a contiguous tensor's elements, whatever its rank.
