@@ -11,11 +11,15 @@
 #       equal but where the CPU's own choice was a near-tie), with the default kernels, and when
 #       that fails, with one group of our kernels switched off at a time; then each opt-in kernel
 #       (PARITY_OPT_IN: RoPE inside the attention kernel), which the later steps use if it passed;
+#   (a3) the generation path of drpo-host's `local:` models (LocalModel: batched rows, greedy
+#       choices taken on the device, schema-constrained decoding) on a small random model with a
+#       tokenizer, answer by answer against the CPU; every answer under the schema must parse;
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
-#   (b2) the same model with one kernel switch changed (the words of SWEEP: by default RoPE in its
-#       own launch, SwiGLU in its own launch, `rows` for `mma`, burn's attention), for the decode
-#       steps (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
+#   (b2) the same model with one switch changed (the words of SWEEP: by default each step's
+#       tokens read before the next step is issued, RoPE in its own launch, SwiGLU in its own
+#       launch, `rows` for `mma`, burn's attention), for the decode steps (SWEEP_BATCHES,
+#       SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
 #   (b3) cubecl's per-kernel times of a few batch-1 decode steps (its profiling logger), to rank
 #       the kernels of a step;
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
@@ -38,7 +42,10 @@
 # CONFIG=tiny-mistral), CONFIG (default mistral-7b), BATCHES (1,8,32), PROMPT_LEN (128),
 # GEN_TOKENS (64), SKIP_HF=1 to skip step (c), HF_BATCHES (1,32), HF_GEN_TOKENS (64),
 # CUBECL_LOG (1: compilation logs on stderr; full: with each kernel's source; 0: off),
-# STEPS (the steps to run, of "smoke matmul parity bench sweep profile hf"; default all).
+# STEPS (the steps to run, of "smoke matmul parity product bench sweep profile hf"; default all).
+#
+# The binary: CARGO_TARGET_DIR=target-models cargo build --release -p drpo-models
+# --features cuda,structured --bin drpo-model-tool, stripped into target-models/gpu/ (carried).
 set -u
 cd "$(dirname "$0")/.."
 
@@ -249,8 +256,8 @@ parity_on_both() {
 # With every kernel of ours; when that fails (or PARITY_ALL is set), again with one group of them
 # replaced, so that a failure shows which group it comes from.
 passed=
-for kernels in "" "DRPO_CUDA_GATED=0" "DRPO_CUDA_ATTENTION=0" "DRPO_CUDA_SMALL_MATMUL=rows" \
-  "DRPO_CUDA_FUSED=0"; do
+for kernels in "" "DRPO_CUDA_QUEUED_READS=0" "DRPO_CUDA_GATED=0" "DRPO_CUDA_ATTENTION=0" \
+  "DRPO_CUDA_SMALL_MATMUL=rows" "DRPO_CUDA_FUSED=0"; do
   [ -n "$passed" ] && [ -z "${PARITY_ALL:-}" ] && break
   # The matmul step's fallback stands: a variant must not bring back a kernel that failed there.
   [[ "$kernels" == DRPO_CUDA_SMALL_MATMUL=* ]] && [ -n "${DRPO_CUDA_SMALL_MATMUL:-}" ] && continue
@@ -275,6 +282,21 @@ for optin in ${PARITY_OPT_IN:-DRPO_CUDA_ROPE_ATTENTION=1}; do
 done
 fi
 
+if wants product; then
+section "(a3) drpo-host's generation path (LocalModel) on $DEVICE against the CPU"
+PRODUCT_MODEL=$SHIM/tiny-mistral-tokenizer
+: >"$OUT_DIR/product.jsonl"
+if run_tool 30 "$OUT_DIR/product.jsonl" random-model --config tiny-mistral --out "$PRODUCT_MODEL" \
+  --tokenizer; then
+  run_tool "${PRODUCT_TIMEOUT:-60}" "$OUT_DIR/product.jsonl" generate --model "$PRODUCT_MODEL" \
+    --device "$DEVICE" --against cpu --max-tokens 24 \
+    --schema '{"type":"object","properties":{"score":{"type":"integer"},"why":{"type":"string","maxLength":16}},"required":["score","why"]}' \
+    "hello world" "hello" "world hello hello" "hello hello" || echo "product: FAILED (exit $?)"
+else
+  echo "product: could not write the model (exit $?)"
+fi
+fi
+
 if wants bench; then
 section "(b) ours: $CONFIG random weights on $DEVICE"
 start_sampling "$OUT_DIR/mem-ours.txt"
@@ -287,7 +309,7 @@ fi
 if wants sweep; then
 section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
 # Each SWEEP word is one run's kernel switch (short prompt and generation).
-for kernels in ${SWEEP:-DRPO_CUDA_ROPE_ATTENTION=0 DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
+for kernels in ${SWEEP:-DRPO_CUDA_QUEUED_READS=0 DRPO_CUDA_ROPE_ATTENTION=0 DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
   RUN_ENV=$kernels run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" bench \
     --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len "${SWEEP_PROMPT_LEN:-32}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"

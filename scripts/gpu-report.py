@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Prints the table of scripts/gpu-check.sh from the files it left in one directory.
 
-Reads parity.jsonl, matmul.jsonl, matmul-small.jsonl, ours.jsonl, hf.jsonl (JSON objects, one a line) and mem-ours.txt /
-mem-hf.txt (nvidia-smi samples of used MiB); missing or partial files show as "-".
+Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, ours.jsonl, hf.jsonl (JSON
+objects, one a line) and mem-ours.txt / mem-hf.txt (nvidia-smi samples of used MiB); missing or
+partial files show as "-".
 """
 import json
 import os
@@ -59,6 +60,27 @@ def main():
               f"{'PASS' if r['ok'] else 'FAIL'}  max|diff| {r['max_abs_diff']:.4f}"
               f" (relative {r['relative']:.4f}, tolerance {r['tolerance']}), greedy tokens "
               f"{r.get('tokens', 'equal' if r['tokens_equal'] else 'DIFFER')}, prompt lengths {r['prompt_lengths']}")
+
+    answers = [r for r in lines(os.path.join(out, "product.jsonl")) if r.get("kind") == "generate"]
+    checked = [r for r in answers if r["same_as_first_device"] is not None]
+    print()
+    print("drpo-host's generation path (LocalModel), answers on the CPU against the device's:")
+    if not checked:
+        print("  no result")
+    for batch in ("greedy", "schema"):
+        rows = [r for r in checked if r["batch"] == batch]
+        if not rows:
+            continue
+        device = [r for r in answers if r["batch"] == batch and r["same_as_first_device"] is None]
+        parsed = [r for r in answers if r["batch"] == batch and r["parses"] is not None]
+        line = (f"  {batch}: {sum(r['same_as_first_device'] for r in rows)} of {len(rows)} answers "
+                f"equal")
+        if parsed:
+            line += f"; {sum(r['parses'] for r in parsed)} of {len(parsed)} parse under the schema"
+        if device:
+            line += (f"; {device[0]['device']}: {device[0]['batch_tokens']} tokens in "
+                     f"{device[0]['batch_seconds']:.2f} s")
+        print(line)
 
     products = lines(os.path.join(out, "matmul.jsonl")) + lines(os.path.join(out, "matmul-small.jsonl"))
     if products:

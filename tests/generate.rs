@@ -8,20 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{assert_replays, host, output, plugin, text};
+use drpo_tests::{assert_replays, generate_in, host, output, plugin, text};
 use serde_json::{Value, json};
 
-/// `drpo-host generate` with generate.wasm, its compiled plugins cached in `work/cache`, its
-/// run in `work/<run>`.
+/// `drpo-host generate` with its compiled plugins cached in `work/cache`, its run in
+/// `work/<run>`.
 fn generate(work: &Path, run: &str) -> Command {
-    let mut command = host(&work.join("cache"));
-    command
-        .arg("generate")
-        .arg("--strategy")
-        .arg(plugin("generate"))
-        .arg("--log-dir")
-        .arg(work.join(run));
-    command
+    generate_in(&work.join("cache"), work.join(run))
 }
 
 /// Embeddings by topic, so the nearest examples are known: a text about cats points along the

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{assert_replays, host, output, plugin, result_json, text};
+use drpo_tests::{assert_replays, generate_in, host, output, plugin, result_json, text};
 use serde_json::{Map, Value, json};
 
 /// The critic gives 5 on every aspect to a reply that says "rewritten", 2 otherwise; the
@@ -117,12 +117,7 @@ fn optimized_examples_are_written_replayed_and_used_by_generate() {
     assert_eq!(server.requests().len(), 8, "the replay sent nothing");
 
     let out = output(
-        host(&cache)
-            .arg("generate")
-            .arg("--strategy")
-            .arg(plugin("generate"))
-            .arg("--log-dir")
-            .arg(work.path().join("generate"))
+        generate_in(&cache, work.path().join("generate"))
             .args(["--model", "base", "--api-base", server.url()])
             .arg("--examples")
             .arg(dir.join("examples.json"))

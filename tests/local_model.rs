@@ -2,7 +2,7 @@
 //! (fetched by `scripts/fetch-smollm2.sh`), in process.
 
 use drpo_host::runlog::{Entry, read_log};
-use drpo_tests::{assert_replays, host, output, plugin, text, workspace};
+use drpo_tests::{assert_replays, generate_in, host, output, plugin, text, workspace};
 use serde_json::json;
 
 #[test]
@@ -68,14 +68,10 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
     assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
     let work = tempfile::tempdir().unwrap();
     let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
-            .arg("--strategy")
-            .arg(plugin("generate"))
-            .arg("--log-dir")
-            .arg(work.path().join("local"))
+        generate_in(&work.path().join("cache"), work.path().join("local"))
             .arg("--model")
             .arg(format!("local:{}", model.display()))
+            .args(["--device", "cpu"])
             .args([
                 "--max-tokens",
                 "12",
@@ -96,12 +92,7 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
 
     let server = drpo_tests::server::Server::start();
     let out = output(
-        host(&work.path().join("cache"))
-            .arg("generate")
-            .arg("--strategy")
-            .arg(plugin("generate"))
-            .arg("--log-dir")
-            .arg(work.path().join("served"))
+        generate_in(&work.path().join("cache"), work.path().join("served"))
             .args(["--model", "served-model", "--api-base", server.url()])
             .args(["first question", "second question"]),
     );
@@ -110,6 +101,55 @@ fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].1["model"], "served-model");
     assert!(String::from_utf8_lossy(&out.stdout).contains("### second question"));
+}
+
+/// A device this build cannot serve is refused before anything is loaded or recorded, with the
+/// flag, the value and the remedy named. The suite builds drpo-host without the `cuda` feature.
+#[test]
+fn a_device_the_build_cannot_serve_is_named_before_the_run_starts() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let local = "local:absent.gguf";
+    let cases = [
+        (
+            vec!["--device", "cuda"],
+            vec!["--device cuda", "--features cuda"],
+        ),
+        (
+            vec!["--device", "gpu"],
+            vec!["--device gpu", "`cpu`, `cuda` or `cuda:N`"],
+        ),
+    ];
+    for (flags, expected) in cases {
+        let run = work.path().join(flags[1]);
+        let out = output(
+            generate_in(&cache, &run)
+                .args(["--model", local])
+                .args(&flags)
+                .arg("q"),
+        );
+        assert!(!out.status.success(), "{}", text(&out));
+        for part in expected {
+            assert!(text(&out).contains(part), "{part:?} in {}", text(&out));
+        }
+        assert!(!run.exists(), "a refused run leaves no directory");
+    }
+    let config = work.path().join("drpo.toml");
+    std::fs::write(&config, "device = \"cuda:x\"\n").unwrap();
+    let out = output(
+        host(&cache)
+            .arg("run")
+            .arg("--strategy")
+            .arg(plugin("beam"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-dir")
+            .arg(work.path().join("configured"))
+            .args(["--base-model-name", local]),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("config key `device`"), "{}", text(&out));
+    assert!(text(&out).contains("\"cuda:x\""), "{}", text(&out));
 }
 
 /// The whole loop on the real small model: a DRPO search whose base model is SmolLM2 (the other
@@ -151,13 +191,8 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
     .unwrap();
     let answer = |name: &str, baseline: bool| {
         let path = work.path().join(format!("{name}.jsonl"));
-        let mut command = host(&cache);
+        let mut command = generate_in(&cache, work.path().join(format!("generate-{name}")));
         command
-            .arg("generate")
-            .arg("--strategy")
-            .arg(plugin("generate"))
-            .arg("--log-dir")
-            .arg(work.path().join(format!("generate-{name}")))
             .args(["--model", &local, "--max-tokens", "16", "-k", "1"])
             .arg("--input")
             .arg(&queries)

@@ -9,6 +9,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use drpo_models::DeviceSpec;
+
 use crate::budget::BudgetFlags;
 use crate::endpoints::EndpointFlags;
 use crate::pricing::Price;
@@ -85,6 +87,28 @@ pub struct ModelFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_base: Option<String>,
+    /// Where `local:` models run: `cpu` (the default), or `cuda` / `cuda:N` (the GPU with index
+    /// N) in a drpo-host built with `--features cuda`. Embedding models run on the CPU.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+impl ModelFlags {
+    /// The device of `local:` models, checked against this build: a bad name, or `cuda` in a
+    /// build without CUDA, is an error that names the flag.
+    pub fn device(&self) -> anyhow::Result<DeviceSpec> {
+        let Some(name) = &self.device else {
+            return Ok(DeviceSpec::Cpu);
+        };
+        let device: DeviceSpec = name
+            .parse()
+            .with_context(|| format!("--device {name} (config key `device`)"))?;
+        device
+            .check_available()
+            .with_context(|| format!("--device {name}"))?;
+        Ok(device)
+    }
 }
 
 /// Everything else a run needs.
@@ -284,6 +308,7 @@ impl ConfigInputs<'_> {
             None => ConfigFile::default(),
         };
         let models: ModelFlags = overlay(&file.models, self.models)?;
+        models.device()?;
         let host: HostFlags = overlay(&file.host, self.host)?;
         let budget: BudgetFlags = overlay(&file.budget, self.budget)?;
         budget.budget()?;

@@ -27,6 +27,10 @@ pub struct GenerateArgs {
     /// Base URL of the OpenAI-compatible server, up to `/v1` [env: OPENAI_BASE_URL].
     #[arg(long)]
     pub api_base: Option<String>,
+    /// Where a `local:` model runs: `cpu` (the default), or `cuda` / `cuda:N` in a drpo-host
+    /// built with `--features cuda`.
+    #[arg(long)]
+    pub device: Option<String>,
     /// System prompt (or the path of a file holding it); overrides --run and --prompt-file.
     #[arg(long, conflicts_with_all = ["run", "prompt_file"])]
     pub system: Option<String>,
@@ -157,6 +161,9 @@ fn run_flags(args: &GenerateArgs, model: &str, embedder: Option<&str>) -> Vec<St
     }
     if let Some(api_base) = &args.api_base {
         flags.extend(["--api-base".to_owned(), api_base.clone()]);
+    }
+    if let Some(device) = &args.device {
+        flags.extend(["--device".to_owned(), device.clone()]);
     }
     if let Some(embedder) = embedder {
         flags.extend(["--embedding-model-name".to_owned(), embedder.to_owned()]);

@@ -219,7 +219,7 @@ fn provider_for(
         let provider: Arc<dyn Provider> = if role == "embedding" {
             Arc::new(LocalEmbedder::load(Path::new(path))?)
         } else {
-            Arc::new(LocalProvider::load(Path::new(path))?)
+            Arc::new(LocalProvider::load(Path::new(path), flags.device()?)?)
         };
         built.insert(key, provider.clone());
         return Ok(provider);

@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let bandwidth = read_bandwidth();
     let file_bytes = std::fs::metadata(&path)?.len() as f64;
-    let weight_bytes = model.model().weight_bytes() as f64;
+    let weight_bytes = model.cpu_model().expect("loaded on the CPU").weight_bytes() as f64;
     println!(
         "read bandwidth ({} threads): {:.1} GB/s; batch-1 decode bound: {:.0} tok/s reading the \
          {:.0} MB file once per token, {:.0} tok/s reading the {:.0} MB of weights as held in \

@@ -3,9 +3,15 @@
 //!
 //! Nothing here touches CUDA unless a `cuda` device is asked for, so the default build and the
 //! tests run on machines without a GPU or a CUDA installation.
+//!
+//! [`on_cuda`] is the one way in to a CUDA device: cubecl reports a missing driver, NVRTC or
+//! header, and a failed launch, by panicking, and it turns that into an error that says what to
+//! check.
 
 use std::fmt;
 use std::str::FromStr;
+
+use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::ModelError;
 
@@ -67,4 +73,94 @@ impl DeviceSpec {
             )),
         }
     }
+}
+
+/// Runs `work` on CUDA device `index`, turning a panic of the CUDA backend into an error.
+///
+/// cubecl reports a missing driver, NVRTC or CUDA header, an out-of-memory device and a failed
+/// kernel by panicking (on its own thread, then on the caller's); its message is printed above
+/// ours by the panic hook.
+#[cfg(feature = "cuda")]
+pub fn on_cuda<T, E: From<ModelError>>(
+    index: usize,
+    work: impl FnOnce(&burn_cuda::CudaDevice) -> Result<T, E>,
+) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        work(&burn_cuda::CudaDevice::new(index))
+    }))
+    .unwrap_or_else(|_| {
+        Err(ModelError::Backend(format!(
+            "the CUDA backend failed on cuda:{index} (its message is above). Check that an \
+             NVIDIA driver is installed (nvidia-smi) and the GPU has memory free, that \
+             LD_LIBRARY_PATH reaches libnvrtc, and that $CUDA_PATH/include holds the CUDA \
+             headers (cuda_bf16.h); scripts/gpu-check.sh sets both from PyTorch's wheels"
+        ))
+        .into())
+    })
+}
+
+/// Token ids on their way from the device to the host.
+pub struct PendingIds(Pending);
+
+enum Pending {
+    Arrived(Vec<i64>),
+    /// Read only at the wait, as if the backend queued its work (see [`defer_reads`]).
+    #[cfg(test)]
+    Deferred(Box<dyn FnOnce() -> Vec<i64> + Send>),
+    #[cfg(feature = "cuda")]
+    Queued(crate::cuda::IntsOnTheirWay),
+}
+
+impl PendingIds {
+    /// Starts reading `ids` back. On CUDA the copy is queued behind the work issued so far and
+    /// waited for in [`Self::wait`], so that the host can issue the next decode step first and
+    /// the GPU does not idle between steps; other backends have computed `ids` already, and
+    /// they are read at once.
+    pub fn read<B: Backend, const D: usize>(ids: Tensor<B, D, Int>) -> Self {
+        #[cfg(test)]
+        if DEFER_READS.get() {
+            return Self(Pending::Deferred(Box::new(move || {
+                ids.into_data().iter::<i64>().collect()
+            })));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(wait) = crate::cuda::read_ints_later(&ids) {
+            return Self(Pending::Queued(wait));
+        }
+        Self(Pending::Arrived(ids.into_data().iter::<i64>().collect()))
+    }
+
+    /// Whether the ids are still being computed or copied: the backend queues work, and the
+    /// host may issue more before it waits.
+    pub fn is_queued(&self) -> bool {
+        !matches!(self.0, Pending::Arrived(_))
+    }
+
+    /// The ids, once they have arrived.
+    pub fn wait(self) -> Result<Vec<i64>, ModelError> {
+        match self.0 {
+            Pending::Arrived(ids) => Ok(ids),
+            #[cfg(test)]
+            Pending::Deferred(read) => Ok(read()),
+            #[cfg(feature = "cuda")]
+            Pending::Queued(ids) => ids
+                .wait()
+                .map_err(|e| ModelError::Backend(format!("reading token ids back: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static DEFER_READS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` with every [`PendingIds`] of this thread queued until its wait, as on CUDA, so
+/// that the CPU tests cover the decoding loops' order for a backend that queues work.
+#[cfg(test)]
+pub(crate) fn defer_reads<T>(work: impl FnOnce() -> T) -> T {
+    DEFER_READS.set(true);
+    let result = work();
+    DEFER_READS.set(false);
+    result
 }

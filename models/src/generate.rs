@@ -1,10 +1,14 @@
 //! Text generation with a local model: the API the host's `local:` provider calls.
 //!
 //! [`LocalModel::load`] opens a `.gguf` file or a Hugging Face directory on the CPU (burn's
-//! `flex` backend, f32). [`LocalModel::generate`] decodes a batch of requests together: every
-//! choice of every request is one row of one left-padded batch, prefilled at once and then
-//! decoded one token per step for all rows, until each row has met an end-of-sequence token, a
-//! stop string or its token budget.
+//! `flex` backend, f32, GGUF weights kept packed); [`LocalModel::load_on`] on a CUDA GPU too
+//! (bf16, GGUF weights dequantized). [`LocalModel::generate`] decodes a batch of requests
+//! together: every choice of every request is one row of one left-padded batch, prefilled at
+//! once and then decoded one token per step for all rows, until each row has met an
+//! end-of-sequence token, a stop string or its token budget. The decoding loop is the same on
+//! every device, and the KV cache stays on it; per step, only what choosing the next tokens needs
+//! comes back to the host: the logits when a row samples or follows a schema, else only the
+//! greedy choices, taken on the device (and on a GPU, read while the next step runs).
 //!
 //! Sampling is greedy at temperature 0, else temperature then nucleus (top-p) sampling from a
 //! generator seeded with `seed + choice index`: the same request gives the same choices, alone
@@ -12,12 +16,12 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use sha2::{Digest, Sha256};
 
 use crate::ModelError;
 use crate::chat::{self, ChatMessage, ChatTemplate};
-use crate::device::CpuBackend;
+use crate::device::{CpuBackend, DeviceSpec, PendingIds};
 use crate::gguf::{GgufFile, WeightStorage};
 use crate::llama::{Llama, Logits};
 use crate::tokenizer::Tokenizer;
@@ -82,9 +86,10 @@ pub struct GenerationOutput {
     pub completion_tokens: u32,
 }
 
-/// A model loaded for generation on the CPU.
+/// A model loaded for generation, on the CPU or a GPU.
 pub struct LocalModel {
-    model: Llama<CpuBackend>,
+    decoder: Decoder,
+    device: DeviceSpec,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     identity: String,
@@ -99,11 +104,30 @@ type RowConstraint = crate::structured::Constraint;
 #[cfg(not(feature = "structured"))]
 type RowConstraint = std::convert::Infallible;
 
+/// The decoder, on the backend of the device it was loaded on (boxed: the two backends' decoders
+/// are large structs of tensor handles, of different sizes).
+enum Decoder {
+    Cpu(Box<Llama<CpuBackend>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<Llama<crate::device::CudaBackend>>),
+}
+
+impl Decoder {
+    fn config(&self) -> &crate::LlamaConfig {
+        match self {
+            Self::Cpu(model) => model.config(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(model) => model.config(),
+        }
+    }
+}
+
 impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalModel")
             .field("identity", &self.identity)
-            .field("config", self.model.config())
+            .field("device", &self.device)
+            .field("config", self.decoder.config())
             .finish()
     }
 }
@@ -124,35 +148,59 @@ impl LocalModel {
     /// Loads a `.gguf` file or a Hugging Face model directory (`config.json`, `tokenizer.json`,
     /// safetensors) onto the CPU.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let device = Default::default();
-        if path.is_dir() {
-            let model = crate::hf::load::<CpuBackend>(path, &device)?;
+        Self::load_on(path, DeviceSpec::Cpu)
+    }
+
+    /// Loads a `.gguf` file or a Hugging Face model directory onto `device`: the CPU (f32; a
+    /// GGUF file's quantized weights stay packed), or a CUDA GPU in builds with the `cuda`
+    /// feature (bf16; a GGUF file's weights are dequantized).
+    pub fn load_on(path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+        device.check_available()?;
+        let (decoder, tokenizer, template, identity) = if path.is_dir() {
+            let decoder = match device {
+                DeviceSpec::Cpu => {
+                    Decoder::Cpu(Box::new(crate::hf::load(path, &Default::default())?))
+                }
+                #[cfg(feature = "cuda")]
+                DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
+                    crate::hf::load(path, gpu).map(|m| Decoder::Cuda(Box::new(m)))
+                })?,
+                #[cfg(not(feature = "cuda"))]
+                DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
+            };
             let tokenizer = Tokenizer::from_hf_dir(path)?;
             let (bos, eos) = special_texts(&tokenizer);
             let template = ChatTemplate::from_hf_dir(path, &bos, &eos)?;
-            let identity = identity_of_dir(path)?;
-            return Ok(Self {
-                model,
-                tokenizer,
-                template,
-                identity,
-                path: path.to_owned(),
-                #[cfg(feature = "structured")]
-                structured: Default::default(),
-            });
-        }
-        let file = GgufFile::open(path)?;
-        let model = crate::gguf::load::<CpuBackend>(&file, &device, WeightStorage::Packed)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let (bos, eos) = special_texts(&tokenizer);
-        let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
-        let identity = format!(
-            "{}@sha256:{}",
-            file_name(path),
-            &hash_files(&[path.to_owned()])?[..16]
-        );
+            (decoder, tokenizer, template, identity_of_dir(path)?)
+        } else {
+            let file = GgufFile::open(path)?;
+            let decoder = match device {
+                DeviceSpec::Cpu => Decoder::Cpu(Box::new(crate::gguf::load(
+                    &file,
+                    &Default::default(),
+                    WeightStorage::Packed,
+                )?)),
+                #[cfg(feature = "cuda")]
+                DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
+                    crate::gguf::load(&file, gpu, WeightStorage::Dequantized)
+                        .map(|m| Decoder::Cuda(Box::new(m)))
+                })?,
+                #[cfg(not(feature = "cuda"))]
+                DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
+            };
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let (bos, eos) = special_texts(&tokenizer);
+            let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
+            let identity = format!(
+                "{}@sha256:{}",
+                file_name(path),
+                &hash_files(&[path.to_owned()])?[..16]
+            );
+            (decoder, tokenizer, template, identity)
+        };
         Ok(Self {
-            model,
+            decoder,
+            device,
             tokenizer,
             template,
             identity,
@@ -170,7 +218,7 @@ impl LocalModel {
             None => {
                 let s = crate::structured::Structured::new(
                     &self.tokenizer,
-                    self.model.config().vocab_size,
+                    self.decoder.config().vocab_size,
                 )?;
                 let _ = self.structured.set(s);
                 self.structured.get().expect("just set")
@@ -189,9 +237,18 @@ impl LocalModel {
     }
 
     /// The model's name and a content hash: `FILE@sha256:PREFIX` (for a directory, the hash
-    /// covers its config, tokenizer and weight files).
+    /// covers its config, tokenizer and weight files), then ` on cuda (bf16)` for a model on a
+    /// GPU, whose answers are not the CPU's (another arithmetic).
     pub fn identity(&self) -> String {
-        self.identity.clone()
+        match self.device {
+            DeviceSpec::Cpu => self.identity.clone(),
+            DeviceSpec::Cuda(_) => format!("{} on cuda (bf16)", self.identity),
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> DeviceSpec {
+        self.device
     }
 
     /// Where the model was loaded from.
@@ -199,9 +256,18 @@ impl LocalModel {
         &self.path
     }
 
-    /// The decoder.
-    pub fn model(&self) -> &Llama<CpuBackend> {
-        &self.model
+    /// The decoder's hyper-parameters.
+    pub fn config(&self) -> &crate::LlamaConfig {
+        self.decoder.config()
+    }
+
+    /// The decoder, when it runs on the CPU.
+    pub fn cpu_model(&self) -> Option<&Llama<CpuBackend>> {
+        match &self.decoder {
+            Decoder::Cpu(model) => Some(model),
+            #[cfg(feature = "cuda")]
+            Decoder::Cuda(_) => None,
+        }
     }
 
     /// The tokenizer.
@@ -227,7 +293,7 @@ impl LocalModel {
         // A rendered chat carries its own special tokens (as `transformers` tokenizes it).
         let add_special = matches!(prompt, PromptInput::Raw(_));
         let ids = self.tokenizer.encode(&text, add_special)?;
-        let vocab = self.model.config().vocab_size;
+        let vocab = self.decoder.config().vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::format(
                 &self.path,
@@ -315,8 +381,13 @@ impl LocalModel {
         }
     }
 
-    /// Chooses `row`'s next token from its `scores` (the next input id: EOS's for a row already
-    /// done), and records it; `budget` is the most tokens the row may generate.
+    /// The next input id of a row that is already done (its output is never read): EOS's.
+    fn filler(&self) -> i32 {
+        self.tokenizer.eos_ids().first().copied().unwrap_or(0) as i32
+    }
+
+    /// Chooses `row`'s next token from its `scores` and records it (see [`Self::record`]);
+    /// `budget` is the most tokens the row may generate.
     fn advance(
         &self,
         req: &GenerationRequest,
@@ -324,9 +395,8 @@ impl LocalModel {
         scores: &[f32],
         budget: usize,
     ) -> Result<i32, ModelError> {
-        let eos = self.tokenizer.eos_ids();
         if row.done {
-            return Ok(eos.first().copied().unwrap_or(0) as i32);
+            return Ok(self.filler());
         }
         let tokens_left = budget - row.generated.len();
         let masked;
@@ -344,8 +414,21 @@ impl LocalModel {
         } else {
             sample(scores, req.temperature, req.top_p, &mut row.rng)
         };
+        self.record(req, row, token, budget)
+    }
+
+    /// Appends `token` to `row`, and marks the row done when the token ends it: an
+    /// end-of-sequence token, the budget, the end of the schema's document, or a stop string.
+    /// Returns the row's next input id.
+    fn record(
+        &self,
+        req: &GenerationRequest,
+        row: &mut Row,
+        token: u32,
+        budget: usize,
+    ) -> Result<i32, ModelError> {
         row.generated.push(token);
-        if eos.contains(&token) || row.generated.len() >= budget {
+        if self.tokenizer.eos_ids().contains(&token) || row.generated.len() >= budget {
             row.done = true;
         }
         if let Some(constraint) = row.constraint.as_mut()
@@ -365,9 +448,60 @@ impl LocalModel {
         Ok(token as i32)
     }
 
-    /// Prefills every row's prompt, then decodes until every row is done.
+    /// Every row's next input id from a step's `[rows, vocab]` logits, read back to the host,
+    /// where sampling and the schemas' masks choose.
+    fn choose_on_host<B: Backend>(
+        &self,
+        batch: &[GenerationRequest],
+        rows: &mut [Row],
+        logits: Tensor<B, 2>,
+        budget: &(impl Fn(&Row) -> usize + Sync),
+    ) -> Result<Vec<i32>, ModelError> {
+        let vocab = logits.dims()[1];
+        let values: Vec<f32> = logits
+            .cast(FloatDType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))?;
+        // Rows choose their tokens independently (sampling a row reads its whole vocabulary),
+        // so they are shared out between threads.
+        let mut choices: Vec<(&mut Row, &[f32], Result<i32, ModelError>)> = rows
+            .iter_mut()
+            .zip(values.chunks_exact(vocab))
+            .map(|(row, scores)| (row, scores, Ok(0)))
+            .collect();
+        crate::workers::for_each_mut(
+            &mut choices,
+            || (),
+            |_, _, (row, scores, next)| {
+                *next = self.advance(&batch[row.request], row, scores, budget(row));
+            },
+        );
+        choices.into_iter().map(|(_, _, next)| next).collect()
+    }
+
+    /// Prefills every row's prompt, then decodes until every row is done, on the model's device.
     fn decode(&self, batch: &[GenerationRequest], rows: &mut [Row]) -> Result<(), ModelError> {
-        let config = self.model.config();
+        match &self.decoder {
+            Decoder::Cpu(model) => self.decode_on(model, batch, rows),
+            #[cfg(feature = "cuda")]
+            Decoder::Cuda(model) => {
+                let DeviceSpec::Cuda(index) = self.device else {
+                    unreachable!("a CUDA decoder is loaded for a CUDA device")
+                };
+                crate::device::on_cuda(index, |_| self.decode_on(model, batch, rows))
+            }
+        }
+    }
+
+    /// [`Self::decode`] with `model`, whatever its backend.
+    fn decode_on<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        batch: &[GenerationRequest],
+        rows: &mut [Row],
+    ) -> Result<(), ModelError> {
+        let config = model.config();
         let context = config.max_position_embeddings;
         let longest = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
         if longest >= context {
@@ -378,51 +512,91 @@ impl LocalModel {
         let budget = |r: &Row| (batch[r.request].max_tokens as usize).min(context - r.prompt.len());
         let steps = rows.iter().map(budget).max().unwrap_or(0);
         let pads: Vec<usize> = rows.iter().map(|r| longest - r.prompt.len()).collect();
-        let mut cache = self.model.new_cache(&pads, longest + steps);
-        let device = self.model.device();
+        let mut cache = model.new_cache(&pads, longest + steps);
+        let device = model.device();
+        let shape = [rows.len(), config.vocab_size];
 
         let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * longest);
         for (row, &pad) in rows.iter().zip(&pads) {
             ids.extend(std::iter::repeat_n(0, pad));
             ids.extend(row.prompt.iter().map(|&t| t as i32));
         }
-        let input = Tensor::<CpuBackend, 2, Int>::from_data(
-            TensorData::new(ids, [rows.len(), longest]),
-            device,
-        );
-        let mut logits = self.model.forward(input, &mut cache, Logits::Last);
-        let vocab = config.vocab_size;
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), longest]), device);
+        let logits = model
+            .forward(input, &mut cache, Logits::Last)
+            .reshape(shape);
+        let forward =
+            |next: Tensor<B, 2, Int>| model.forward(next, &mut cache, Logits::Last).reshape(shape);
+        let on_host = rows
+            .iter()
+            .any(|row| batch[row.request].temperature != 0.0 || row.constraint.is_some());
+        if on_host {
+            self.decode_choosing_on_host(batch, rows, logits, steps, &budget, forward)
+        } else {
+            self.decode_greedy(batch, rows, logits, steps, &budget, forward)
+        }
+    }
+
+    /// The decoding loop when a row samples or follows a schema: each step's logits come back,
+    /// every row chooses on the host, and the choices go back as the next step's input.
+    fn decode_choosing_on_host<B: Backend>(
+        &self,
+        batch: &[GenerationRequest],
+        rows: &mut [Row],
+        mut logits: Tensor<B, 2>,
+        steps: usize,
+        budget: &(impl Fn(&Row) -> usize + Sync),
+        mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
+    ) -> Result<(), ModelError> {
+        let device = logits.device();
         for step in 0..steps {
-            let values: Vec<f32> = logits
-                .into_data()
-                .to_vec::<f32>()
-                .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))?;
-            // Rows choose their tokens independently (sampling a row reads its whole
-            // vocabulary), so they are shared out between threads.
-            let mut choices: Vec<(&mut Row, &[f32], Result<i32, ModelError>)> = rows
-                .iter_mut()
-                .zip(values.chunks_exact(vocab))
-                .map(|(row, scores)| (row, scores, Ok(0)))
-                .collect();
-            crate::workers::for_each_mut(
-                &mut choices,
-                || (),
-                |_, _, (row, scores, next)| {
-                    *next = self.advance(&batch[row.request], row, scores, budget(row));
-                },
-            );
-            let next = choices
-                .into_iter()
-                .map(|(_, _, next)| next)
-                .collect::<Result<Vec<i32>, _>>()?;
+            let next = self.choose_on_host(batch, rows, logits, budget)?;
             if rows.iter().all(|r| r.done) || step + 1 == steps {
                 break;
             }
-            let input = Tensor::<CpuBackend, 2, Int>::from_data(
+            logits = forward(Tensor::from_data(
                 TensorData::new(next, [rows.len(), 1]),
-                device,
-            );
-            logits = self.model.forward(input, &mut cache, Logits::Last);
+                &device,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The decoding loop when every row is greedy: each step's choices are taken on the device
+    /// (the first of equal scores, as [`argmax`]) and fed straight back as the next step's
+    /// input; only the token ids come to the host, to end rows and cut stop strings. Where the
+    /// backend queues work (CUDA), the next step is issued before the host waits for the ids,
+    /// so the GPU does not idle between steps; once every row is done, that step is dropped.
+    /// A row that is done is fed its own argmax; its outputs are never read.
+    fn decode_greedy<B: Backend>(
+        &self,
+        batch: &[GenerationRequest],
+        rows: &mut [Row],
+        logits: Tensor<B, 2>,
+        steps: usize,
+        budget: &impl Fn(&Row) -> usize,
+        mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
+    ) -> Result<(), ModelError> {
+        let mut next = logits.argmax(1);
+        let mut pending = PendingIds::read(next.clone());
+        for step in 0..steps {
+            let last = step + 1 == steps;
+            let ahead = (pending.is_queued() && !last).then(|| forward(next.clone()));
+            for (row, id) in rows.iter_mut().zip(pending.wait()?) {
+                if !row.done {
+                    self.record(&batch[row.request], row, id as u32, budget(row))?;
+                }
+            }
+            if rows.iter().all(|r| r.done) || last {
+                break;
+            }
+            let logits = match ahead {
+                Some(logits) => logits,
+                None => forward(next),
+            };
+            next = logits.argmax(1);
+            pending = PendingIds::read(next.clone());
         }
         Ok(())
     }
@@ -609,6 +783,38 @@ mod tests {
         let mut rng = SplitMix64(1);
         assert!((0..32).all(|_| sample(&scores, 1.0, 1e-6, &mut rng) == 1));
         assert_eq!(argmax(&scores), 1);
+    }
+
+    /// On CUDA the greedy loop issues each step before the ids of the one before have arrived,
+    /// and a row that is done goes on being fed its argmax: the answers must be the ones of the
+    /// loop that waits, on the same weights, whether the rows end early or at the budget.
+    #[test]
+    fn greedy_answers_do_not_depend_on_when_the_ids_arrive() {
+        let dir = std::env::temp_dir().join(format!("drpo-generate-order-{}", std::process::id()));
+        let config = crate::LlamaConfig::preset("tiny-llama").unwrap();
+        crate::hf::write_random(&config, &dir, 5, crate::hf::StoreDtype::F32, usize::MAX).unwrap();
+        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
+        let model = LocalModel::load(&dir).unwrap();
+        let ask = |text: &str, max_tokens| {
+            GenerationRequest::greedy(
+                PromptInput::Chat(vec![ChatMessage::new("user", text)]),
+                max_tokens,
+            )
+        };
+        let requests = [ask("hello world", 3), ask("hello", 11), ask("world", 1)];
+        let waited = model.generate(&requests).unwrap();
+        let queued = crate::device::defer_reads(|| model.generate(&requests)).unwrap();
+        assert_eq!(queued, waited);
+        let counts: Vec<u32> = waited.iter().map(|o| o.completion_tokens).collect();
+        assert!(
+            counts[0] <= 3 && counts[1] <= 11 && counts[2] == 1,
+            "{counts:?}"
+        );
+        assert!(
+            counts[1] > counts[0],
+            "the rows end at different steps: {counts:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -408,6 +408,68 @@ pub fn write_random(
     Ok(())
 }
 
+/// Writes a small SentencePiece-style `tokenizer.json` of `tokens` tokens (at least 279) and a
+/// `tokenizer_config.json` with a plain chat template into `dir`, so that a random-weight model
+/// there loads as a [`crate::LocalModel`] and answers text prompts (for tests and device checks).
+///
+/// The vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte tokens `<0x00>`…`<0xFF>` (any text
+/// encodes), the pieces of "hello world", unused fillers, and last a user-defined `<extra>`.
+/// The template renders `<s>[role] content` lines and `[assistant]` as the generation prompt.
+pub fn write_small_tokenizer(dir: &Path, tokens: usize) -> Result<(), ModelError> {
+    use crate::gguf::MetaValue;
+    const PIECES: [&str; 18] = [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "llo", "▁hello", "▁w", "or",
+        "▁wor", "ld", "▁world",
+    ];
+    let fixed = 3 + 256 + PIECES.len() + 1;
+    if tokens < fixed {
+        return Err(ModelError::Usage(format!(
+            "a small tokenizer has at least {fixed} tokens, not {tokens}"
+        )));
+    }
+    // Token types as GGUF numbers them: 1 normal, 2 unknown, 3 control, 4 user-defined,
+    // 5 unused, 6 byte.
+    let mut vocabulary: Vec<(String, i32)> =
+        vec![("<unk>".into(), 2), ("<s>".into(), 3), ("</s>".into(), 3)];
+    vocabulary.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 6)));
+    vocabulary.extend(PIECES.iter().map(|p| (p.to_string(), 1)));
+    while vocabulary.len() < tokens - 1 {
+        vocabulary.push((format!("<filler{}>", vocabulary.len()), 5));
+    }
+    vocabulary.push(("<extra>".into(), 4));
+    let scores = (0..tokens).map(|i| MetaValue::F32(-(i as f32))).collect();
+    let (names, types): (Vec<_>, Vec<_>) = vocabulary
+        .into_iter()
+        .map(|(name, kind)| (MetaValue::String(name), MetaValue::I32(kind)))
+        .unzip();
+    let meta: BTreeMap<String, MetaValue> = [
+        ("tokenizer.ggml.model", MetaValue::String("llama".into())),
+        ("tokenizer.ggml.tokens", MetaValue::Array(names)),
+        ("tokenizer.ggml.token_type", MetaValue::Array(types)),
+        ("tokenizer.ggml.scores", MetaValue::Array(scores)),
+        ("tokenizer.ggml.unknown_token_id", MetaValue::U32(0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let tokenizer = crate::tokenizer::Tokenizer::from_gguf_metadata(&meta, dir)?;
+    let path = dir.join("tokenizer.json");
+    tokenizer
+        .inner()
+        .save(&path, false)
+        .map_err(|e| ModelError::format(&path, format!("cannot write the tokenizer: {e}")))?;
+    let config = serde_json::json!({
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "add_bos_token": true,
+        "chat_template": "{% for m in messages %}{{ bos_token if loop.first }}[{{ m.role }}] \
+                          {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]\
+                          {% endif %}",
+    });
+    let path = dir.join("tokenizer_config.json");
+    std::fs::write(&path, config.to_string()).map_err(|e| ModelError::io(&path, e))
+}
+
 /// `len` values, uniform with standard deviation `std` (ones when `std` is 0), encoded.
 fn random_bytes(rng: &mut StdRng, len: usize, std: f32, dtype: StoreDtype) -> Vec<u8> {
     let half_width = std * 3f32.sqrt();

@@ -39,11 +39,23 @@ impl TokenizerEnv for Env {
         &self.trie
     }
 
+    /// The tokenizer's own tokens for `s` when they spell exactly `s`, else the trie's greedy
+    /// ones. llguidance forces the tokens of the bytes a grammar forces, and a SentencePiece
+    /// tokenizer (Llama 2, Mistral) puts a `▁` (a space) before the text it is given: forcing
+    /// that space broke the first `{` of every answer.
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         let text = String::from_utf8_lossy(s);
         match self.tokenizer.encode(text.as_ref(), false) {
-            Ok(encoding) => encoding.get_ids().to_vec(),
-            Err(_) => self.trie.greedy_tokenize(s),
+            Ok(encoding)
+                if encoding
+                    .get_ids()
+                    .iter()
+                    .flat_map(|&id| self.trie.token(id))
+                    .eq(s) =>
+            {
+                encoding.get_ids().to_vec()
+            }
+            _ => self.trie.greedy_tokenize(s),
         }
     }
 }

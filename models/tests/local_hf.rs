@@ -1,13 +1,10 @@
 //! `LocalModel` on a Hugging Face directory: a random tiny Llama with a small SentencePiece-style
 //! `tokenizer.json` and a `tokenizer_config.json` carrying the chat template and special tokens.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use drpo_models::chat::ChatMessage;
-use drpo_models::gguf::MetaValue;
 use drpo_models::hf::{self, StoreDtype};
-use drpo_models::tokenizer::Tokenizer;
 use drpo_models::{GenerationRequest, LlamaConfig, LocalModel, ModelError, PromptInput};
 
 fn model_dir(name: &str, with_tokenizer: bool) -> PathBuf {
@@ -16,60 +13,10 @@ fn model_dir(name: &str, with_tokenizer: bool) -> PathBuf {
     let config = LlamaConfig::preset("tiny-llama").unwrap();
     hf::write_random(&config, &dir, 21, StoreDtype::F32, usize::MAX).unwrap();
     if with_tokenizer {
-        write_tokenizer(&dir);
+        // One user-defined token (`<extra>`) past the model's 512 embeddings.
+        hf::write_small_tokenizer(&dir, 601).unwrap();
     }
     dir
-}
-
-/// A 300-odd-token SentencePiece-style vocabulary, one user-defined token past the model's
-/// 512 embeddings.
-fn write_tokenizer(dir: &Path) {
-    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
-    tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
-    let pieces = [
-        "▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "llo", "▁hello", "▁w", "or",
-        "▁wor", "ld", "▁world",
-    ];
-    tokens.extend(pieces.iter().map(|p| p.to_string()));
-    let mut types = vec![2, 3, 3];
-    types.extend(std::iter::repeat_n(6, 256));
-    types.extend(std::iter::repeat_n(1, pieces.len()));
-    while tokens.len() < 600 {
-        tokens.push(format!("<filler{}>", tokens.len()));
-        types.push(5);
-    }
-    tokens.push("<extra>".into());
-    types.push(4);
-    let scores = (0..tokens.len())
-        .map(|i| MetaValue::F32(-(i as f32)))
-        .collect();
-    let meta: BTreeMap<String, MetaValue> = [
-        ("tokenizer.ggml.model", MetaValue::String("llama".into())),
-        (
-            "tokenizer.ggml.tokens",
-            MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
-        ),
-        ("tokenizer.ggml.scores", MetaValue::Array(scores)),
-        ("tokenizer.ggml.unknown_token_id", MetaValue::U32(0)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let tok = Tokenizer::from_gguf_metadata(&meta, Path::new("synthetic")).unwrap();
-    tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
-    let config = serde_json::json!({
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "add_bos_token": true,
-        "chat_template": "{% for m in messages %}{{ bos_token if loop.first }}[{{ m.role }}] \
-                          {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]\
-                          {% endif %}",
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
 }
 
 #[test]
@@ -138,5 +85,35 @@ fn missing_files_are_clear_errors() {
     assert!(err.to_string().contains("config.json"), "{err}");
     let err = LocalModel::load(&dir.join("absent.gguf")).unwrap_err();
     assert!(err.to_string().contains("absent.gguf"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A SentencePiece tokenizer (as Llama 2's and Mistral's) puts a `▁` before the text it encodes:
+/// llguidance forced that space before the `{` of every answer under a schema, and decoding
+/// failed at the first token. The tokens forced now spell exactly the bytes the grammar forces.
+#[cfg(feature = "structured")]
+#[test]
+fn schema_constrained_answers_parse_with_a_sentencepiece_tokenizer() {
+    let dir = model_dir("schema", true);
+    let model = LocalModel::load(&dir).unwrap();
+    let schema = r#"{"type": "object", "properties": {"score": {"type": "integer"},
+        "why": {"type": "string", "maxLength": 12}}, "required": ["score", "why"]}"#;
+    let requests: Vec<GenerationRequest> = ["hello world", "hello"]
+        .iter()
+        .map(|text| GenerationRequest {
+            json_schema: Some(schema.into()),
+            ..GenerationRequest::greedy(
+                PromptInput::Chat(vec![ChatMessage::new("user", *text)]),
+                40,
+            )
+        })
+        .collect();
+    for out in model.generate(&requests).unwrap() {
+        let text = &out.choices[0];
+        let value: serde_json::Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("constrained answer {text:?} does not parse: {e}"));
+        assert!(value["score"].is_i64(), "{text}");
+        assert!(value["why"].is_string(), "{text}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

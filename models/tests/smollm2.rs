@@ -106,7 +106,7 @@ fn chat_template_matches_transformers() {
 /// Left-pads `prompts` into one batch and returns each row's last-position logits, then
 /// `steps` greedy tokens per row (all rows decoded together).
 fn batch_greedy(prompts: &[Vec<u32>], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
-    let model = model().model();
+    let model = model().cpu_model().expect("loaded on the CPU");
     let vocab = model.config().vocab_size;
     let longest = prompts.iter().map(Vec::len).max().unwrap();
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
@@ -205,6 +205,19 @@ fn generation_api_greedy_stop_and_batching() {
         assert_eq!(
             alone[0], *out,
             "batched and alone differ for {}",
+            case["text"]
+        );
+        // Beside a sampling row, every row's logits come back and this greedy row is chosen on
+        // the host; alone, its choices are taken on the device (burn's argmax): the same answer.
+        let sampled = GenerationRequest {
+            temperature: 0.8,
+            seed: 3,
+            ..req.clone()
+        };
+        let mixed = model.generate(&[req.clone(), sampled]).unwrap();
+        assert_eq!(
+            mixed[0], *out,
+            "host and device choices differ for {}",
             case["text"]
         );
         // The fixture's greedy continuation, cut at the end of the turn.

@@ -57,6 +57,19 @@ pub fn host(cache: &Path) -> Command {
     command
 }
 
+/// `drpo-host generate` with generate.wasm, its compiled plugins cached in `cache`, its run in
+/// `run_dir`.
+pub fn generate_in(cache: &Path, run_dir: impl AsRef<Path>) -> Command {
+    let mut command = host(cache);
+    command
+        .arg("generate")
+        .arg("--strategy")
+        .arg(plugin("generate"))
+        .arg("--log-dir")
+        .arg(run_dir.as_ref());
+    command
+}
+
 /// The flags that route all four roles to `api_base`.
 pub fn roles_at(api_base: &str) -> Vec<String> {
     let mut args = Vec::new();

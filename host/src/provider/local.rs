@@ -1,12 +1,12 @@
 //! Local models, in process: `local:PATH` names a GGUF file or a Hugging Face directory, run by
-//! `drpo-models` on the CPU. A request's JSON schema constrains decoding. A batch is decoded
-//! together; a model serving several roles is
-//! loaded once (the router hands it every role's requests as one batch).
+//! `drpo-models` on the CPU, or on a GPU with `--device cuda` (builds with the `cuda` feature).
+//! A request's JSON schema constrains decoding. A batch is decoded together; a model serving
+//! several roles is loaded once (the router hands it every role's requests as one batch).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use drpo_models::{ChatMessage, GenerationRequest, LocalModel, PromptInput};
+use drpo_models::{ChatMessage, DeviceSpec, GenerationRequest, LocalModel, PromptInput};
 use futures::future::BoxFuture;
 
 use super::{Answer, Provider};
@@ -18,10 +18,14 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    /// Loads the model at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<LocalProvider> {
-        let model = LocalModel::load(path)
-            .map_err(|e| anyhow::anyhow!("cannot load the local model {}: {e}", path.display()))?;
+    /// Loads the model at `path` onto `device`.
+    pub fn load(path: &Path, device: DeviceSpec) -> anyhow::Result<LocalProvider> {
+        let model = LocalModel::load_on(path, device).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load the local model {} on {device}: {e}",
+                path.display()
+            )
+        })?;
         Ok(LocalProvider {
             model: Arc::new(model),
         })

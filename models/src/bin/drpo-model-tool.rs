@@ -1,15 +1,16 @@
 //! `drpo-model-tool`: writes random-weight models, measures decoding speed, and checks that a
-//! device computes the same logits as the CPU.
+//! device computes the same logits, and gives the same answers, as the CPU.
 //!
 //! ```text
-//! drpo-model-tool random-model --config mistral-7b|tiny-llama|tiny-mistral|PATH --out DIR [--seed S]
+//! drpo-model-tool random-model --config mistral-7b|tiny-llama|tiny-mistral|PATH --out DIR [--seed S] [--tokenizer]
 //! drpo-model-tool bench  --config mistral-7b --device cuda [--batch 1,8,32] [--prompt-len 128] [--gen 128]
 //! drpo-model-tool parity --config tiny-mistral --device cuda
 //! drpo-model-tool matmul --config mistral-7b --device cuda [--rows 1,8,32] [--kernels mma,rows,cmma]
+//! drpo-model-tool generate --model DIR --device cuda --against cpu [--schema JSON] PROMPT...
 //! ```
 //!
-//! `bench` and `parity` print human lines on stderr and one JSON object per result on stdout,
-//! for scripts to collect.
+//! `bench`, `parity`, `matmul` and `generate` print human lines on stderr and one JSON object
+//! per result on stdout, for scripts to collect.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +19,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use clap::{Parser, Subcommand};
+use drpo_models::device::PendingIds;
 use drpo_models::hf::{self, StoreDtype};
 use drpo_models::llama::{Llama, Logits};
-use drpo_models::{DeviceSpec, LlamaConfig};
+use drpo_models::{DeviceSpec, GenerationRequest, LlamaConfig, LocalModel, PromptInput};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 #[derive(Parser)]
@@ -53,6 +55,10 @@ enum Command {
         /// Largest shard, in MiB; bigger models are split with an index file.
         #[arg(long, default_value_t = 2048)]
         shard_mib: usize,
+        /// Also write a small tokenizer (byte tokens, so any text encodes) and a chat template,
+        /// so that the directory answers prompts (`generate`, drpo-host's `local:DIR`).
+        #[arg(long)]
+        tokenizer: bool,
     },
     /// Measure prefill and greedy decode speed.
     Bench {
@@ -120,6 +126,32 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
+    /// Answer prompts through the generation API that drpo-host's `local:` models use (batched
+    /// rows, the KV cache on the device, schema-constrained decoding), greedily: once
+    /// unconstrained (the choices taken on the device) and, with --schema, once under the
+    /// schema (the logits read back and masked). With --against, the same on a second device,
+    /// answer by answer. Fails when a run fails or an answer under the schema does not parse.
+    Generate {
+        /// A GGUF file, or a model directory with a tokenizer (`random-model --tokenizer`).
+        #[arg(long)]
+        model: PathBuf,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// A second device answering the same requests, for comparison (e.g. `cpu`).
+        #[arg(long)]
+        against: Option<String>,
+        /// Most tokens per answer.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: u32,
+        /// A JSON schema that every prompt is also answered under (needs the `structured`
+        /// feature).
+        #[arg(long)]
+        schema: Option<String>,
+        /// The prompts (user messages of a chat), answered in one batch.
+        #[arg(required = true)]
+        prompts: Vec<String>,
+    },
 }
 
 /// Arguments of `matmul`.
@@ -140,23 +172,10 @@ macro_rules! with_backend {
                 $f::<drpo_models::device::CpuBackend>(&device, $($arg),*)
             }
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(index) => {
-                // cubecl reports a missing driver, NVRTC or header by panicking (on its own
-                // thread, then on ours): turn that into an error with the usual remedies.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let device = burn_cuda::CudaDevice::new(index);
-                    probe_device::<drpo_models::device::CudaBackend>(&device, spec)?;
-                    $f::<drpo_models::device::CudaBackend>(&device, $($arg),*)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "the CUDA backend failed on cuda:{index} (its message is above). Check \
-                         that an NVIDIA driver is installed (nvidia-smi), that LD_LIBRARY_PATH \
-                         reaches libnvrtc, and that $CUDA_PATH/include holds the CUDA headers \
-                         (cuda_bf16.h); scripts/gpu-check.sh sets both from PyTorch's wheels"
-                    ))
-                })
-            }
+            DeviceSpec::Cuda(index) => drpo_models::device::on_cuda(index, |device| {
+                probe_device::<drpo_models::device::CudaBackend>(device, spec)?;
+                $f::<drpo_models::device::CudaBackend>(device, $($arg),*)
+            }),
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
         }
@@ -189,6 +208,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             dtype,
             shard_mib,
+            tokenizer,
         } => {
             let config = LlamaConfig::resolve(&config)?;
             let dtype = match dtype.as_str() {
@@ -197,6 +217,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 other => bail!("unknown --dtype {other:?}: use f32 or bf16"),
             };
             hf::write_random(&config, &out, seed, dtype, shard_mib << 20)?;
+            if tokenizer {
+                hf::write_small_tokenizer(&out, config.vocab_size)?;
+            }
             eprintln!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -275,7 +298,108 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Generate {
+            model,
+            device,
+            against,
+            max_tokens,
+            schema,
+            prompts,
+        } => {
+            let devices = std::iter::once(device)
+                .chain(against)
+                .map(|d| d.parse::<DeviceSpec>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let ok = generate_on(&model, &devices, max_tokens, schema.as_deref(), &prompts)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
+}
+
+/// `generate`: answers `prompts` on each of `devices` (greedy, then under `schema`), prints
+/// every answer, and says where the later devices' answers differ from the first's; false when
+/// an answer under the schema does not parse.
+fn generate_on(
+    path: &std::path::Path,
+    devices: &[DeviceSpec],
+    max_tokens: u32,
+    schema: Option<&str>,
+    prompts: &[String],
+) -> Result<bool> {
+    let request = |prompt: &String| {
+        GenerationRequest::greedy(
+            PromptInput::Chat(vec![drpo_models::ChatMessage::new("user", prompt)]),
+            max_tokens,
+        )
+    };
+    let mut batches = vec![("greedy", prompts.iter().map(request).collect::<Vec<_>>())];
+    if let Some(schema) = schema {
+        serde_json::from_str::<serde_json::Value>(schema)
+            .with_context(|| format!("--schema is not JSON: {schema}"))?;
+        let constrained = prompts
+            .iter()
+            .map(|p| GenerationRequest {
+                json_schema: Some(schema.to_owned()),
+                ..request(p)
+            })
+            .collect();
+        batches.push(("schema", constrained));
+    }
+    let mut ok = true;
+    let mut first: Vec<Vec<String>> = Vec::new();
+    for (d, &spec) in devices.iter().enumerate() {
+        progress::stage(&format!("generate: loading {} on {spec}", path.display()));
+        let model = LocalModel::load_on(path, spec)
+            .with_context(|| format!("loading {} on {spec}", path.display()))?;
+        for (b, (kind, requests)) in batches.iter().enumerate() {
+            let started = Instant::now();
+            let outputs = model
+                .generate(requests)
+                .with_context(|| format!("{kind} answers on {spec}"))?;
+            let seconds = started.elapsed().as_secs_f64();
+            let tokens: u32 = outputs.iter().map(|o| o.completion_tokens).sum();
+            progress::stage(&format!(
+                "generate: {} {kind} answers on {spec}, {tokens} tokens in {:.2} s",
+                outputs.len(),
+                seconds
+            ));
+            let answers: Vec<String> = outputs.into_iter().map(|o| o.choices[0].clone()).collect();
+            for (i, (prompt, answer)) in prompts.iter().zip(&answers).enumerate() {
+                let parses = (*kind == "schema")
+                    .then(|| serde_json::from_str::<serde_json::Value>(answer).is_ok());
+                let same = (d > 0).then(|| first[b][i] == *answer);
+                if parses == Some(false) {
+                    ok = false;
+                    eprintln!(
+                        "{spec}: the answer under the schema to {prompt:?} does not parse: {answer:?}"
+                    );
+                }
+                if same == Some(false) {
+                    eprintln!(
+                        "{spec}: the {kind} answer to {prompt:?} differs from {}'s:\n  {}: {answer:?}\n  {}: {:?}",
+                        devices[0], spec, devices[0], first[b][i]
+                    );
+                }
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": "generate", "device": spec.to_string(), "batch": kind,
+                        "prompt": prompt, "answer": answer, "parses": parses,
+                        "same_as_first_device": same, "batch_seconds": seconds,
+                        "batch_tokens": tokens,
+                    })
+                );
+            }
+            if d == 0 {
+                first.push(answers);
+            }
+        }
+    }
+    Ok(ok)
 }
 
 /// Where a benchmark's weights come from.
@@ -485,7 +609,7 @@ struct Greedy {
 }
 
 /// Greedy decoding of left-padded `prompts`; the argmax runs on the device and only the chosen
-/// ids come back to the host, once per step.
+/// ids come back to the host, once per step, read while the next step runs.
 /// `label` names the run in the progress lines: the prefill and the first decode steps are
 /// timed one by one (with a device sync), later steps every 16th.
 /// With `with_margins`, every step's logits also come back, for [`Greedy::margins`].
@@ -535,7 +659,7 @@ fn greedy<B: Backend>(
     }
     let mut next = logits.argmax(1);
     let mut tokens = vec![Vec::with_capacity(gen_tokens); batch];
-    push_tokens(&mut tokens, next.clone())?;
+    push_tokens(&mut tokens, PendingIds::read(next.clone()))?;
     let prefill_s = started.elapsed().as_secs_f64();
     progress::stage(&format!(
         "{label}: prefill done in {:.1} ms; decoding {} steps",
@@ -545,6 +669,8 @@ fn greedy<B: Backend>(
     let decode_start = Instant::now();
     let mut step_start = Instant::now();
     let mut decode_queue_s = 0.0;
+    // The ids of the step before, read while this step runs (as `LocalModel` decodes).
+    let mut pending: Option<PendingIds> = None;
     for step in 1..gen_tokens {
         let logits = model
             .forward(next, &mut cache, Logits::Last)
@@ -562,7 +688,9 @@ fn greedy<B: Backend>(
         // step, the step is bound by the host, not the device.
         let queued_s = step_start.elapsed().as_secs_f64();
         decode_queue_s += queued_s;
-        push_tokens(&mut tokens, next.clone())?;
+        if let Some(ids) = pending.replace(PendingIds::read(next.clone())) {
+            push_tokens(&mut tokens, ids)?;
+        }
         if step <= 6 || step % 16 == 0 || step + 1 == gen_tokens {
             progress::stage(&format!(
                 "{label}: decode step {step} (kv {}) in {:.1} ms (issued in {:.1} ms), {:.1} ms \
@@ -574,6 +702,9 @@ fn greedy<B: Backend>(
             ));
         }
         step_start = Instant::now();
+    }
+    if let Some(ids) = pending {
+        push_tokens(&mut tokens, ids)?;
     }
     let decode_s = decode_start.elapsed().as_secs_f64();
     Ok(Greedy {
@@ -602,10 +733,9 @@ fn top_two_margin(logits: &[f32]) -> f32 {
     first - second
 }
 
-/// Reads the `[batch, 1]` chosen ids back and appends them to each row.
-fn push_tokens<B: Backend>(tokens: &mut [Vec<u32>], next: Tensor<B, 2, Int>) -> Result<()> {
-    let ids = next.into_data();
-    for (row, id) in tokens.iter_mut().zip(ids.iter::<i64>()) {
+/// Waits for a step's chosen ids and appends them to each row.
+fn push_tokens(tokens: &mut [Vec<u32>], ids: PendingIds) -> Result<()> {
+    for (row, id) in tokens.iter_mut().zip(ids.wait()?) {
         row.push(id as u32);
     }
     Ok(())
@@ -738,18 +868,19 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
     Ok(())
 }
 
-/// The CUDA kernel switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
-/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`), for the report to tell
-/// runs apart.
+/// The CUDA switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
+/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`,
+/// `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
 fn kernel_choice() -> String {
     let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
     format!(
-        "small_matmul={} fused={} attention={} gated={} rope_attention={}",
+        "small_matmul={} fused={} attention={} gated={} rope_attention={} queued_reads={}",
         get("DRPO_CUDA_SMALL_MATMUL"),
         get("DRPO_CUDA_FUSED"),
         get("DRPO_CUDA_ATTENTION"),
         get("DRPO_CUDA_GATED"),
-        get("DRPO_CUDA_ROPE_ATTENTION")
+        get("DRPO_CUDA_ROPE_ATTENTION"),
+        get("DRPO_CUDA_QUEUED_READS")
     )
 }
 

@@ -26,7 +26,8 @@
 //! reference and the CUDA decoder agree within bf16 rounding. Switches, for measuring:
 //! `DRPO_CUDA_FUSED=0` (burn's operations instead of the fused kernels), `DRPO_CUDA_ATTENTION=0`,
 //! `DRPO_CUDA_GATED=0` (SwiGLU in its own launch), `DRPO_CUDA_SMALL_MATMUL` and the `rows`
-//! kernel's shape settings (see [`matmul`]).
+//! kernel's shape settings (see [`matmul`]), and `DRPO_CUDA_QUEUED_READS=0` (greedy decoding
+//! reads each step's token ids before it issues the next step, see [`read_ints_later`]).
 
 /// Evaluates `$launch` with the type alias `$t` naming the element type of `$dtype` (bf16, f16
 /// or f32), else `$other`: the one place that lists the element types our kernels take.
@@ -57,11 +58,15 @@ pub mod rope;
 pub mod swiglu;
 
 use std::any::Any;
+use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 
-use burn::tensor::{Int, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::bytes::Bytes;
+use cubecl::client::ComputeClient;
 use cubecl::prelude::ArrayArg;
+use cubecl::server::ServerError;
 
 use crate::device::CudaBackend;
 
@@ -85,6 +90,74 @@ pub(crate) fn as_cuda_int<B: Backend, const D: usize>(
     (t as &dyn Any)
         .downcast_ref::<Tensor<CudaBackend, D, Int>>()
         .map(|t| t.clone().into_primitive())
+}
+
+/// Queues a copy of the CUDA integer tensor behind `t` to the host, behind the work issued so
+/// far, and returns the wait for its values; `None` when `t` is not a CUDA tensor, or with
+/// `DRPO_CUDA_QUEUED_READS=0` (the caller reads at once).
+///
+/// The copy and a fence go into the stream now, and only [`IntsOnTheirWay::wait`] blocks: the
+/// host can issue a decode step's kernels before it waits for the tokens of the step before.
+pub(crate) fn read_ints_later<B: Backend, const D: usize>(
+    t: &Tensor<B, D, Int>,
+) -> Option<IntsOnTheirWay> {
+    static QUEUED: OnceLock<bool> = OnceLock::new();
+    if !switched_on("DRPO_CUDA_QUEUED_READS", &QUEUED) {
+        return None;
+    }
+    let t = contiguous(as_cuda_int(t)?);
+    let client = Box::new(t.client.clone());
+    // SAFETY: the future borrows `*client`, which lives on the heap (moving the box does not move
+    // it) and is dropped after the future (`IntsOnTheirWay`'s field order). cubecl's read has
+    // queued the copy when it returns; its future only waits for it.
+    let lent: &'static ComputeClient<Runtime> = unsafe { &*std::ptr::from_ref(client.as_ref()) };
+    let copy: HostCopy = Box::pin(lent.read_async(vec![t.handle.clone()]));
+    Some(IntsOnTheirWay {
+        copy,
+        _client: client,
+        elements: t.meta.shape().iter().product(),
+        dtype: t.dtype,
+    })
+}
+
+/// cubecl's wait for a copy to the host.
+type HostCopy = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, ServerError>> + Send>>;
+
+/// Integers that [`read_ints_later`] queued for the host.
+pub(crate) struct IntsOnTheirWay {
+    /// Declared before `_client`, which it borrows, so that it is dropped first.
+    copy: HostCopy,
+    _client: Box<ComputeClient<Runtime>>,
+    elements: usize,
+    dtype: DType,
+}
+
+impl IntsOnTheirWay {
+    /// Blocks until the copy has arrived, and returns its integers.
+    pub(crate) fn wait(self) -> Result<Vec<i64>, String> {
+        let Self {
+            copy,
+            _client,
+            elements,
+            dtype,
+        } = self;
+        let mut buffers = cubecl::reader::read_sync(copy).map_err(|e| format!("{e:?}"))?;
+        let bytes = buffers.pop().ok_or("the copy returned no buffer")?;
+        let width = dtype.size();
+        let bytes = bytes
+            .get(..elements * width)
+            .ok_or_else(|| format!("{} bytes for {elements} ints of {dtype:?}", bytes.len()))?;
+        let ints = bytes.chunks_exact(width);
+        match dtype {
+            DType::I32 => Ok(ints
+                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                .collect()),
+            DType::I64 => Ok(ints
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect()),
+            other => Err(format!("integers of type {other:?}")),
+        }
+    }
 }
 
 /// The generic tensor of a CUDA tensor; `B` must be [`CudaBackend`], which callers know from a
