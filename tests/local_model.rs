@@ -134,6 +134,13 @@ fn a_device_the_build_cannot_serve_is_named_before_the_run_starts() {
         }
         assert!(!run.exists(), "a refused run leaves no directory");
     }
+    // The run's own flag after `--` wins over generate's, without a duplicate-flag error.
+    let out = output(generate_in(&cache, work.path().join("both")).args([
+        "--model", local, "--device", "cpu", "q", "--", "--device", "gpu",
+    ]));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--device gpu"), "{}", text(&out));
+
     let config = work.path().join("drpo.toml");
     std::fs::write(&config, "device = \"cuda:x\"\n").unwrap();
     let out = output(

@@ -96,17 +96,14 @@ pub struct ModelFlags {
 
 impl ModelFlags {
     /// The device of `local:` models, checked against this build: a bad name, or `cuda` in a
-    /// build without CUDA, is an error that names the flag.
+    /// build without CUDA, is an error that names the flag and the config key.
     pub fn device(&self) -> anyhow::Result<DeviceSpec> {
         let Some(name) = &self.device else {
             return Ok(DeviceSpec::Cpu);
         };
-        let device: DeviceSpec = name
-            .parse()
-            .with_context(|| format!("--device {name} (config key `device`)"))?;
-        device
-            .check_available()
-            .with_context(|| format!("--device {name}"))?;
+        let at = || format!("--device {name} (config key `device`)");
+        let device: DeviceSpec = name.parse().with_context(at)?;
+        device.check_available().with_context(at)?;
         Ok(device)
     }
 }

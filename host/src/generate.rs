@@ -162,7 +162,9 @@ fn run_flags(args: &GenerateArgs, model: &str, embedder: Option<&str>) -> Vec<St
     if let Some(api_base) = &args.api_base {
         flags.extend(["--api-base".to_owned(), api_base.clone()]);
     }
-    if let Some(device) = &args.device {
+    if let Some(device) = &args.device
+        && flag_value(given, "--device").is_none()
+    {
         flags.extend(["--device".to_owned(), device.clone()]);
     }
     if let Some(embedder) = embedder {

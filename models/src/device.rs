@@ -75,11 +75,10 @@ impl DeviceSpec {
     }
 }
 
-/// Runs `work` on CUDA device `index`, turning a panic of the CUDA backend into an error.
+/// Runs `work` on CUDA device `index`, turning a panic into an error that carries its message.
 ///
 /// cubecl reports a missing driver, NVRTC or CUDA header, an out-of-memory device and a failed
-/// kernel by panicking (on its own thread, then on the caller's); its message is printed above
-/// ours by the panic hook.
+/// kernel by panicking (on its own thread, then on the caller's).
 #[cfg(feature = "cuda")]
 pub fn on_cuda<T, E: From<ModelError>>(
     index: usize,
@@ -88,11 +87,16 @@ pub fn on_cuda<T, E: From<ModelError>>(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         work(&burn_cuda::CudaDevice::new(index))
     }))
-    .unwrap_or_else(|_| {
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
         Err(ModelError::Backend(format!(
-            "the CUDA backend failed on cuda:{index} (its message is above). Check that an \
-             NVIDIA driver is installed (nvidia-smi) and the GPU has memory free, that \
-             LD_LIBRARY_PATH reaches libnvrtc, and that $CUDA_PATH/include holds the CUDA \
+            "the CUDA backend failed on cuda:{index}: {message}. If the device did not come up, \
+             check that an NVIDIA driver is installed (nvidia-smi) and the GPU has memory free, \
+             that LD_LIBRARY_PATH reaches libnvrtc, and that $CUDA_PATH/include holds the CUDA \
              headers (cuda_bf16.h); scripts/gpu-check.sh sets both from PyTorch's wheels"
         ))
         .into())
@@ -159,8 +163,14 @@ thread_local! {
 /// that the CPU tests cover the decoding loops' order for a backend that queues work.
 #[cfg(test)]
 pub(crate) fn defer_reads<T>(work: impl FnOnce() -> T) -> T {
+    /// Switches the deferral off again, even when `work` panics.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DEFER_READS.set(false);
+        }
+    }
     DEFER_READS.set(true);
-    let result = work();
-    DEFER_READS.set(false);
-    result
+    let _reset = Reset;
+    work()
 }

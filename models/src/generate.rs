@@ -112,7 +112,49 @@ enum Decoder {
     Cuda(Box<Llama<crate::device::CudaBackend>>),
 }
 
+/// Where a decoder's weights come from.
+enum Weights<'a> {
+    /// A Hugging Face directory.
+    Dir(&'a Path),
+    /// A GGUF file.
+    Gguf(&'a GgufFile),
+}
+
+impl Weights<'_> {
+    /// The decoder on backend `B`; a GGUF file's matrices stored as `storage` says.
+    fn load<B: Backend>(
+        &self,
+        device: &B::Device,
+        storage: WeightStorage,
+    ) -> Result<Llama<B>, ModelError> {
+        match self {
+            Self::Dir(dir) => crate::hf::load(dir, device),
+            Self::Gguf(file) => crate::gguf::load(file, device, storage),
+        }
+    }
+}
+
 impl Decoder {
+    /// Loads `weights` onto `device`: on the CPU a GGUF file's quantized blocks stay packed (the
+    /// CPU's fast path), on a GPU they are dequantized.
+    fn load(weights: &Weights<'_>, device: DeviceSpec) -> Result<Self, ModelError> {
+        match device {
+            DeviceSpec::Cpu => Ok(Self::Cpu(Box::new(
+                weights.load(&Default::default(), WeightStorage::Packed)?,
+            ))),
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
+                Ok(Self::Cuda(Box::new(
+                    weights.load(gpu, WeightStorage::Dequantized)?,
+                )))
+            }),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => Err(ModelError::Usage(format!(
+                "{device}: this build has no CUDA support"
+            ))),
+        }
+    }
+
     fn config(&self) -> &crate::LlamaConfig {
         match self {
             Self::Cpu(model) => model.config(),
@@ -157,37 +199,14 @@ impl LocalModel {
     pub fn load_on(path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
         device.check_available()?;
         let (decoder, tokenizer, template, identity) = if path.is_dir() {
-            let decoder = match device {
-                DeviceSpec::Cpu => {
-                    Decoder::Cpu(Box::new(crate::hf::load(path, &Default::default())?))
-                }
-                #[cfg(feature = "cuda")]
-                DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
-                    crate::hf::load(path, gpu).map(|m| Decoder::Cuda(Box::new(m)))
-                })?,
-                #[cfg(not(feature = "cuda"))]
-                DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
-            };
+            let decoder = Decoder::load(&Weights::Dir(path), device)?;
             let tokenizer = Tokenizer::from_hf_dir(path)?;
             let (bos, eos) = special_texts(&tokenizer);
             let template = ChatTemplate::from_hf_dir(path, &bos, &eos)?;
             (decoder, tokenizer, template, identity_of_dir(path)?)
         } else {
             let file = GgufFile::open(path)?;
-            let decoder = match device {
-                DeviceSpec::Cpu => Decoder::Cpu(Box::new(crate::gguf::load(
-                    &file,
-                    &Default::default(),
-                    WeightStorage::Packed,
-                )?)),
-                #[cfg(feature = "cuda")]
-                DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
-                    crate::gguf::load(&file, gpu, WeightStorage::Dequantized)
-                        .map(|m| Decoder::Cuda(Box::new(m)))
-                })?,
-                #[cfg(not(feature = "cuda"))]
-                DeviceSpec::Cuda(_) => unreachable!("check_available refused it"),
-            };
+            let decoder = Decoder::load(&Weights::Gguf(&file), device)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
             let (bos, eos) = special_texts(&tokenizer);
             let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
@@ -381,7 +400,8 @@ impl LocalModel {
         }
     }
 
-    /// The next input id of a row that is already done (its output is never read): EOS's.
+    /// The next input id of a row that is already done when the host chooses: EOS's. Its
+    /// outputs are never read, so any id serves (the greedy loop feeds such rows their argmax).
     fn filler(&self) -> i32 {
         self.tokenizer.eos_ids().first().copied().unwrap_or(0) as i32
     }

@@ -42,7 +42,9 @@ impl TokenizerEnv for Env {
     /// The tokenizer's own tokens for `s` when they spell exactly `s`, else the trie's greedy
     /// ones. llguidance forces the tokens of the bytes a grammar forces, and a SentencePiece
     /// tokenizer (Llama 2, Mistral) puts a `▁` (a space) before the text it is given: forcing
-    /// that space broke the first `{` of every answer.
+    /// that space broke the first `{` of every answer. Forcing stays on (`tokenize_is_canonical`
+    /// keeps its default): the greedy tokens spell the forced bytes exactly, if perhaps in other
+    /// pieces than the tokenizer would choose.
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         let text = String::from_utf8_lossy(s);
         match self.tokenizer.encode(text.as_ref(), false) {

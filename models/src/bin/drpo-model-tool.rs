@@ -610,8 +610,9 @@ struct Greedy {
 
 /// Greedy decoding of left-padded `prompts`; the argmax runs on the device and only the chosen
 /// ids come back to the host, once per step, read while the next step runs.
-/// `label` names the run in the progress lines: the prefill and the first decode steps are
-/// timed one by one (with a device sync), later steps every 16th.
+/// `label` names the run in the progress lines: the prefill, then the first decode steps one by
+/// one (a step's line covers issuing it and waiting for the ids of the step before), then every
+/// 16th.
 /// With `with_margins`, every step's logits also come back, for [`Greedy::margins`].
 fn greedy<B: Backend>(
     model: &Llama<B>,

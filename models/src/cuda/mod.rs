@@ -106,18 +106,29 @@ pub(crate) fn read_ints_later<B: Backend, const D: usize>(
         return None;
     }
     let t = contiguous(as_cuda_int(t)?);
-    let client = Box::new(t.client.clone());
-    // SAFETY: the future borrows `*client`, which lives on the heap (moving the box does not move
-    // it) and is dropped after the future (`IntsOnTheirWay`'s field order). cubecl's read has
-    // queued the copy when it returns; its future only waits for it.
-    let lent: &'static ComputeClient<Runtime> = unsafe { &*std::ptr::from_ref(client.as_ref()) };
-    let copy: HostCopy = Box::pin(lent.read_async(vec![t.handle.clone()]));
+    let copy: HostCopy = Box::pin(lasting_client(&t).read_async(vec![t.handle.clone()]));
     Some(IntsOnTheirWay {
-        copy,
-        _client: client,
+        copy: Some(copy),
         elements: t.meta.shape().iter().product(),
         dtype: t.dtype,
     })
+}
+
+/// The client of `t`'s device, kept for the life of the process (one per device). cubecl's
+/// read future is typed as borrowing the client it was asked through, though it holds nothing
+/// of it: a lasting client lets the future outlive the call.
+fn lasting_client(t: &CubeTensor<Runtime>) -> &'static ComputeClient<Runtime> {
+    static CLIENTS: Mutex<Vec<(usize, &'static ComputeClient<Runtime>)>> = Mutex::new(Vec::new());
+    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let index = t.device.index;
+    match clients.iter().find(|(i, _)| *i == index) {
+        Some((_, client)) => client,
+        None => {
+            let client: &'static ComputeClient<Runtime> = Box::leak(Box::new(t.client.clone()));
+            clients.push((index, client));
+            client
+        }
+    }
 }
 
 /// cubecl's wait for a copy to the host.
@@ -125,24 +136,19 @@ type HostCopy = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, ServerError>> + S
 
 /// Integers that [`read_ints_later`] queued for the host.
 pub(crate) struct IntsOnTheirWay {
-    /// Declared before `_client`, which it borrows, so that it is dropped first.
-    copy: HostCopy,
-    _client: Box<ComputeClient<Runtime>>,
+    /// `None` once waited for.
+    copy: Option<HostCopy>,
     elements: usize,
     dtype: DType,
 }
 
 impl IntsOnTheirWay {
     /// Blocks until the copy has arrived, and returns its integers.
-    pub(crate) fn wait(self) -> Result<Vec<i64>, String> {
-        let Self {
-            copy,
-            _client,
-            elements,
-            dtype,
-        } = self;
+    pub(crate) fn wait(mut self) -> Result<Vec<i64>, String> {
+        let copy = self.copy.take().expect("waited for once");
         let mut buffers = cubecl::reader::read_sync(copy).map_err(|e| format!("{e:?}"))?;
         let bytes = buffers.pop().ok_or("the copy returned no buffer")?;
+        let (elements, dtype) = (self.elements, self.dtype);
         let width = dtype.size();
         let bytes = bytes
             .get(..elements * width)
@@ -156,6 +162,15 @@ impl IntsOnTheirWay {
                 .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .collect()),
             other => Err(format!("integers of type {other:?}")),
+        }
+    }
+}
+
+impl Drop for IntsOnTheirWay {
+    /// A copy dropped unread is waited for: its host buffer must outlive the copy into it.
+    fn drop(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            let _ = cubecl::reader::read_sync(copy);
         }
     }
 }
