@@ -5,7 +5,8 @@
 //! (bf16, GGUF weights dequantized). [`LocalModel::generate`] decodes a batch of requests
 //! together: every choice of every request is one row of one left-padded batch, prefilled at
 //! once and then decoded one token per step for all rows, until each row has met an
-//! end-of-sequence token, a stop string or its token budget. The decoding loop is the same on
+//! end-of-sequence token, a stop string or its token budget. On CUDA a batch of more than 32
+//! rows is decoded 32 rows at a time, the most that the decoder's own kernels take. The decoding loop is the same on
 //! every device, and the KV cache stays on it; per step, only what choosing the next tokens needs
 //! comes back to the host: the logits when a row samples or follows a schema, else only the
 //! greedy choices, taken on the device (and on a GPU, read while the next step runs).
@@ -94,6 +95,8 @@ pub struct LocalModel {
     template: Option<ChatTemplate>,
     identity: String,
     path: PathBuf,
+    /// Most rows decoded together (see [`LocalModel::set_max_batch_rows`]).
+    max_batch_rows: usize,
     #[cfg(feature = "structured")]
     structured: std::sync::OnceLock<crate::structured::Structured>,
 }
@@ -152,6 +155,18 @@ impl Decoder {
             DeviceSpec::Cuda(_) => Err(ModelError::Usage(format!(
                 "{device}: this build has no CUDA support"
             ))),
+        }
+    }
+
+    /// The most rows worth decoding together: no limit on the CPU; on CUDA the most rows the
+    /// decoder's own projection kernels take. Beyond them burn's matmul takes the projections,
+    /// and an H100 step took about 69 ms with it at any batch (run 3 in
+    /// `docs/gpu-check-results.md`), against 13.6 ms for 32 rows with ours (run 13).
+    fn max_batch_rows(&self) -> usize {
+        match self {
+            Self::Cpu(_) => usize::MAX,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(_) => crate::cuda::matmul::SMALL_M,
         }
     }
 
@@ -218,6 +233,7 @@ impl LocalModel {
             (decoder, tokenizer, template, identity)
         };
         Ok(Self {
+            max_batch_rows: decoder.max_batch_rows(),
             decoder,
             device,
             tokenizer,
@@ -268,6 +284,13 @@ impl LocalModel {
     /// The device the model runs on.
     pub fn device(&self) -> DeviceSpec {
         self.device
+    }
+
+    /// Sets the most rows (choices of requests) decoded together: a larger batch is decoded in
+    /// chunks of this many rows, one after another, with the same answers. The default is no
+    /// limit on the CPU and 32 on CUDA, the most rows the decoder's own projection kernels take.
+    pub fn set_max_batch_rows(&mut self, rows: usize) {
+        self.max_batch_rows = rows.max(1);
     }
 
     /// Where the model was loaded from.
@@ -367,8 +390,10 @@ impl LocalModel {
                 });
             }
         }
-        if !rows.is_empty() && rows.iter().any(|r| !r.done) {
-            self.decode(batch, &mut rows)?;
+        for chunk in rows.chunks_mut(self.max_batch_rows) {
+            if chunk.iter().any(|r| !r.done) {
+                self.decode(batch, chunk)?;
+            }
         }
         let mut outputs: Vec<GenerationOutput> = prompt_lens
             .iter()
@@ -834,6 +859,41 @@ mod tests {
             counts[1] > counts[0],
             "the rows end at different steps: {counts:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A batch larger than the most rows decoded together is decoded in chunks, with the
+    /// answers of one batch: greedy, sampled and several choices of one request.
+    #[test]
+    fn a_batch_decoded_in_chunks_answers_as_one() {
+        let dir = std::env::temp_dir().join(format!("drpo-generate-chunks-{}", std::process::id()));
+        let config = crate::LlamaConfig::preset("tiny-mistral").unwrap();
+        crate::hf::write_random(&config, &dir, 9, crate::hf::StoreDtype::F32, usize::MAX).unwrap();
+        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
+        let mut model = LocalModel::load(&dir).unwrap();
+        let ask = |text: &str, max_tokens| {
+            GenerationRequest::greedy(
+                PromptInput::Chat(vec![ChatMessage::new("user", text)]),
+                max_tokens,
+            )
+        };
+        let requests = [
+            ask("hello world", 6),
+            GenerationRequest {
+                temperature: 0.9,
+                n: 3,
+                seed: 4,
+                ..ask("hello", 5)
+            },
+            ask("world hello hello world", 9),
+            ask("", 0),
+        ];
+        let together = model.generate(&requests).unwrap();
+        model.set_max_batch_rows(2);
+        let chunked = model.generate(&requests).unwrap();
+        assert_eq!(chunked, together);
+        assert_eq!(together[1].choices.len(), 3);
+        assert_eq!(together[3].completion_tokens, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
