@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::ModelError;
 
@@ -107,10 +107,10 @@ pub fn on_cuda<T, E: From<ModelError>>(
 pub struct PendingIds(Pending);
 
 enum Pending {
-    Arrived(Vec<i64>),
+    Arrived(TensorData),
     /// Read only at the wait, as if the backend queued its work (see [`defer_reads`]).
     #[cfg(test)]
-    Deferred(Box<dyn FnOnce() -> Vec<i64> + Send>),
+    Deferred(Box<dyn FnOnce() -> TensorData + Send>),
     #[cfg(feature = "cuda")]
     Queued(crate::cuda::IntsOnTheirWay),
 }
@@ -123,15 +123,13 @@ impl PendingIds {
     pub fn read<B: Backend, const D: usize>(ids: Tensor<B, D, Int>) -> Self {
         #[cfg(test)]
         if DEFER_READS.get() {
-            return Self(Pending::Deferred(Box::new(move || {
-                ids.into_data().iter::<i64>().collect()
-            })));
+            return Self(Pending::Deferred(Box::new(move || ids.into_data())));
         }
         #[cfg(feature = "cuda")]
         if let Some(wait) = crate::cuda::read_ints_later(&ids) {
             return Self(Pending::Queued(wait));
         }
-        Self(Pending::Arrived(ids.into_data().iter::<i64>().collect()))
+        Self(Pending::Arrived(ids.into_data()))
     }
 
     /// Whether the ids are still being computed or copied: the backend queues work, and the
@@ -142,15 +140,18 @@ impl PendingIds {
 
     /// The ids, once they have arrived.
     pub fn wait(self) -> Result<Vec<i64>, ModelError> {
-        match self.0 {
-            Pending::Arrived(ids) => Ok(ids),
+        // One arm only in a build without `cuda`, outside tests.
+        #[allow(clippy::infallible_destructuring_match)]
+        let data = match self.0 {
+            Pending::Arrived(data) => data,
             #[cfg(test)]
-            Pending::Deferred(read) => Ok(read()),
+            Pending::Deferred(read) => read(),
             #[cfg(feature = "cuda")]
             Pending::Queued(ids) => ids
                 .wait()
-                .map_err(|e| ModelError::Backend(format!("reading token ids back: {e}"))),
-        }
+                .map_err(|e| ModelError::Backend(format!("reading token ids back: {e}")))?,
+        };
+        Ok(data.iter::<i64>().collect())
     }
 }
 

@@ -6,10 +6,12 @@
 //! together: every choice of every request is one row of one left-padded batch, prefilled at
 //! once and then decoded one token per step for all rows, until each row has met an
 //! end-of-sequence token, a stop string or its token budget. On CUDA a batch of more than 32
-//! rows is decoded 32 rows at a time, the most that the decoder's own kernels take. The decoding loop is the same on
-//! every device, and the KV cache stays on it; per step, only what choosing the next tokens needs
-//! comes back to the host: the logits when a row samples or follows a schema, else only the
-//! greedy choices, taken on the device (and on a GPU, read while the next step runs).
+//! rows is decoded 32 rows at a time, the most that the decoder's own kernels take.
+//!
+//! The decoding loop is the same on every device, and the KV cache stays on it; per step, only
+//! what choosing the next tokens needs comes back to the host: the logits when a row samples or
+//! follows a schema, else only the greedy choices, taken on the device (and on a GPU, read while
+//! the next step runs).
 //!
 //! Sampling is greedy at temperature 0, else temperature then nucleus (top-p) sampling from a
 //! generator seeded with `seed + choice index`: the same request gives the same choices, alone
@@ -90,7 +92,6 @@ pub struct GenerationOutput {
 /// A model loaded for generation, on the CPU or a GPU.
 pub struct LocalModel {
     decoder: Decoder,
-    device: DeviceSpec,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     identity: String,
@@ -152,9 +153,7 @@ impl Decoder {
                 )))
             }),
             #[cfg(not(feature = "cuda"))]
-            DeviceSpec::Cuda(_) => Err(ModelError::Usage(format!(
-                "{device}: this build has no CUDA support"
-            ))),
+            DeviceSpec::Cuda(_) => unreachable!("LocalModel::load_on checked the device"),
         }
     }
 
@@ -167,6 +166,15 @@ impl Decoder {
             Self::Cpu(_) => usize::MAX,
             #[cfg(feature = "cuda")]
             Self::Cuda(_) => crate::cuda::matmul::SMALL_M,
+        }
+    }
+
+    /// The device the decoder runs on.
+    fn device(&self) -> DeviceSpec {
+        match self {
+            Self::Cpu(_) => DeviceSpec::Cpu,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(model) => DeviceSpec::Cuda(model.device().index),
         }
     }
 
@@ -183,7 +191,7 @@ impl std::fmt::Debug for LocalModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalModel")
             .field("identity", &self.identity)
-            .field("device", &self.device)
+            .field("device", &self.decoder.device())
             .field("config", self.decoder.config())
             .finish()
     }
@@ -235,7 +243,6 @@ impl LocalModel {
         Ok(Self {
             max_batch_rows: decoder.max_batch_rows(),
             decoder,
-            device,
             tokenizer,
             template,
             identity,
@@ -275,15 +282,10 @@ impl LocalModel {
     /// covers its config, tokenizer and weight files), then ` on cuda (bf16)` for a model on a
     /// GPU, whose answers are not the CPU's (another arithmetic).
     pub fn identity(&self) -> String {
-        match self.device {
+        match self.decoder.device() {
             DeviceSpec::Cpu => self.identity.clone(),
             DeviceSpec::Cuda(_) => format!("{} on cuda (bf16)", self.identity),
         }
-    }
-
-    /// The device the model runs on.
-    pub fn device(&self) -> DeviceSpec {
-        self.device
     }
 
     /// Sets the most rows (choices of requests) decoded together: a larger batch is decoded in
@@ -531,10 +533,7 @@ impl LocalModel {
             Decoder::Cpu(model) => self.decode_on(model, batch, rows),
             #[cfg(feature = "cuda")]
             Decoder::Cuda(model) => {
-                let DeviceSpec::Cuda(index) = self.device else {
-                    unreachable!("a CUDA decoder is loaded for a CUDA device")
-                };
-                crate::device::on_cuda(index, |_| self.decode_on(model, batch, rows))
+                crate::device::on_cuda(model.device().index, |_| self.decode_on(model, batch, rows))
             }
         }
     }
@@ -830,22 +829,31 @@ mod tests {
         assert_eq!(argmax(&scores), 1);
     }
 
+    /// A random-weight model of `preset` with the small tokenizer, in a directory of its own
+    /// (returned, for the caller to remove).
+    fn random_model(name: &str, preset: &str, seed: u64) -> (LocalModel, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("drpo-generate-{name}-{}", std::process::id()));
+        let config = crate::LlamaConfig::preset(preset).unwrap();
+        crate::hf::write_random(&config, &dir, seed, crate::hf::StoreDtype::F32, usize::MAX)
+            .unwrap();
+        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
+        (LocalModel::load(&dir).unwrap(), dir)
+    }
+
+    /// A greedy chat request of one user message.
+    fn ask(text: &str, max_tokens: u32) -> GenerationRequest {
+        GenerationRequest::greedy(
+            PromptInput::Chat(vec![ChatMessage::new("user", text)]),
+            max_tokens,
+        )
+    }
+
     /// On CUDA the greedy loop issues each step before the ids of the one before have arrived,
     /// and a row that is done goes on being fed its argmax: the answers must be the ones of the
     /// loop that waits, on the same weights, whether the rows end early or at the budget.
     #[test]
     fn greedy_answers_do_not_depend_on_when_the_ids_arrive() {
-        let dir = std::env::temp_dir().join(format!("drpo-generate-order-{}", std::process::id()));
-        let config = crate::LlamaConfig::preset("tiny-llama").unwrap();
-        crate::hf::write_random(&config, &dir, 5, crate::hf::StoreDtype::F32, usize::MAX).unwrap();
-        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
-        let model = LocalModel::load(&dir).unwrap();
-        let ask = |text: &str, max_tokens| {
-            GenerationRequest::greedy(
-                PromptInput::Chat(vec![ChatMessage::new("user", text)]),
-                max_tokens,
-            )
-        };
+        let (model, dir) = random_model("order", "tiny-llama", 5);
         let requests = [ask("hello world", 3), ask("hello", 11), ask("world", 1)];
         let waited = model.generate(&requests).unwrap();
         let queued = crate::device::defer_reads(|| model.generate(&requests)).unwrap();
@@ -866,17 +874,7 @@ mod tests {
     /// answers of one batch: greedy, sampled and several choices of one request.
     #[test]
     fn a_batch_decoded_in_chunks_answers_as_one() {
-        let dir = std::env::temp_dir().join(format!("drpo-generate-chunks-{}", std::process::id()));
-        let config = crate::LlamaConfig::preset("tiny-mistral").unwrap();
-        crate::hf::write_random(&config, &dir, 9, crate::hf::StoreDtype::F32, usize::MAX).unwrap();
-        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
-        let mut model = LocalModel::load(&dir).unwrap();
-        let ask = |text: &str, max_tokens| {
-            GenerationRequest::greedy(
-                PromptInput::Chat(vec![ChatMessage::new("user", text)]),
-                max_tokens,
-            )
-        };
+        let (mut model, dir) = random_model("chunks", "tiny-mistral", 9);
         let requests = [
             ask("hello world", 6),
             GenerationRequest {

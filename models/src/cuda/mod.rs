@@ -61,12 +61,12 @@ use std::any::Any;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 
-use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::bytes::Bytes;
 use cubecl::client::ComputeClient;
 use cubecl::prelude::ArrayArg;
-use cubecl::server::ServerError;
+use cubecl::server::{CopyDescriptor, ServerError};
 
 use crate::device::CudaBackend;
 
@@ -98,6 +98,7 @@ pub(crate) fn as_cuda_int<B: Backend, const D: usize>(
 ///
 /// The copy and a fence go into the stream now, and only [`IntsOnTheirWay::wait`] blocks: the
 /// host can issue a decode step's kernels before it waits for the tokens of the step before.
+/// The copy is the one burn's `into_data` makes, issued without waiting.
 pub(crate) fn read_ints_later<B: Backend, const D: usize>(
     t: &Tensor<B, D, Int>,
 ) -> Option<IntsOnTheirWay> {
@@ -106,10 +107,17 @@ pub(crate) fn read_ints_later<B: Backend, const D: usize>(
         return None;
     }
     let t = contiguous(as_cuda_int(t)?);
-    let copy: HostCopy = Box::pin(lasting_client(&t).read_async(vec![t.handle.clone()]));
+    let shape = t.meta.shape().clone();
+    let descriptor = CopyDescriptor::new(
+        t.handle.clone().binding(),
+        shape.clone(),
+        t.meta.strides().clone(),
+        t.dtype.size(),
+    );
+    let copy: HostCopy = Box::pin(lasting_client(&t).read_one_tensor_async(descriptor));
     Some(IntsOnTheirWay {
         copy: Some(copy),
-        elements: t.meta.shape().iter().product(),
+        shape,
         dtype: t.dtype,
     })
 }
@@ -132,37 +140,26 @@ fn lasting_client(t: &CubeTensor<Runtime>) -> &'static ComputeClient<Runtime> {
 }
 
 /// cubecl's wait for a copy to the host.
-type HostCopy = Pin<Box<dyn Future<Output = Result<Vec<Bytes>, ServerError>> + Send>>;
+type HostCopy = Pin<Box<dyn Future<Output = Result<Bytes, ServerError>> + Send>>;
 
 /// Integers that [`read_ints_later`] queued for the host.
 pub(crate) struct IntsOnTheirWay {
     /// `None` once waited for.
     copy: Option<HostCopy>,
-    elements: usize,
+    shape: Shape,
     dtype: DType,
 }
 
 impl IntsOnTheirWay {
-    /// Blocks until the copy has arrived, and returns its integers.
-    pub(crate) fn wait(mut self) -> Result<Vec<i64>, String> {
+    /// Blocks until the copy has arrived, and returns it as burn's `into_data` would.
+    pub(crate) fn wait(mut self) -> Result<TensorData, String> {
         let copy = self.copy.take().expect("waited for once");
-        let mut buffers = cubecl::reader::read_sync(copy).map_err(|e| format!("{e:?}"))?;
-        let bytes = buffers.pop().ok_or("the copy returned no buffer")?;
-        let (elements, dtype) = (self.elements, self.dtype);
-        let width = dtype.size();
-        let bytes = bytes
-            .get(..elements * width)
-            .ok_or_else(|| format!("{} bytes for {elements} ints of {dtype:?}", bytes.len()))?;
-        let ints = bytes.chunks_exact(width);
-        match dtype {
-            DType::I32 => Ok(ints
-                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
-                .collect()),
-            DType::I64 => Ok(ints
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect()),
-            other => Err(format!("integers of type {other:?}")),
-        }
+        let bytes = cubecl::reader::read_sync(copy).map_err(|e| format!("{e:?}"))?;
+        Ok(TensorData::from_bytes(
+            bytes,
+            self.shape.clone(),
+            self.dtype,
+        ))
     }
 }
 
