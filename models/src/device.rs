@@ -18,9 +18,15 @@ use crate::ModelError;
 /// The CPU backend: pure-Rust kernels, f32 weights.
 pub type CpuBackend = burn::backend::Flex<f32, i32>;
 
-/// The CUDA backend: bf16 weights and activations (f32 for norms and softmax).
+/// The CUDA backend: bf16 weights and activations (f32 for norms and softmax). burn-cuda's
+/// `Cuda<bf16, i32>` (without its `fusion` feature), spelled out over [`crate::cuda`]'s runtime
+/// so that the `cuda-compile-only` feature can put its compile-only device underneath.
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn_cuda::Cuda<half::bf16, i32>;
+pub type CudaBackend = burn_cubecl::CubeBackend<crate::cuda::Runtime, half::bf16, i32, u8>;
+
+/// A device of [`CudaBackend`].
+#[cfg(feature = "cuda")]
+pub type CudaDevice = <crate::cuda::Runtime as cubecl::Runtime>::Device;
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +88,10 @@ impl DeviceSpec {
 #[cfg(feature = "cuda")]
 pub fn on_cuda<T, E: From<ModelError>>(
     index: usize,
-    work: impl FnOnce(&burn_cuda::CudaDevice) -> Result<T, E>,
+    work: impl FnOnce(&CudaDevice) -> Result<T, E>,
 ) -> Result<T, E> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        work(&burn_cuda::CudaDevice::new(index))
+        work(&CudaDevice::new(index))
     }))
     .unwrap_or_else(|panic| {
         let message = panic

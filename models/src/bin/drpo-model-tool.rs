@@ -11,6 +11,11 @@
 //!
 //! `bench`, `parity`, `matmul` and `generate` print human lines on stderr and one JSON object
 //! per result on stdout, for scripts to collect.
+//!
+//! Built with the `cuda-compile-only` feature, `--device cuda` is a device that compiles every
+//! kernel for an H100 and runs none (`drpo_models::cuda::compile_only`): the tool then ends with
+//! the kernels it compiled, and fails if one did not compile. The numbers it prints before are
+//! not results.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -191,12 +196,35 @@ fn main() -> ExitCode {
     if watchdog > 0.0 {
         progress::start_watchdog(std::time::Duration::from_secs_f64(watchdog));
     }
-    match run(Cli::parse()) {
+    let code = match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    #[cfg(feature = "cuda-compile-only")]
+    let code = compile_only_report(code);
+    code
+}
+
+/// Prints what the compile-only CUDA device compiled; a failure if any kernel did not compile.
+#[cfg(feature = "cuda-compile-only")]
+fn compile_only_report(code: ExitCode) -> ExitCode {
+    let report = drpo_models::cuda::compile_only::compiled();
+    eprintln!(
+        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed: {}",
+        report.kernels.len(),
+        report.failures.len(),
+        report.kernels.join(" ")
+    );
+    for failure in &report.failures {
+        eprintln!("kernel failed: {failure}");
+    }
+    if report.failures.is_empty() {
+        code
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -19,6 +19,9 @@
 //!   decode step it can take RoPE's work too (opt-in, `DRPO_CUDA_ROPE_ATTENTION=1`, until a GPU
 //!   run has checked it).
 //!
+//! With the feature `cuda-compile-only`, the device of `compile_only` stands in for the GPU: it
+//! compiles every kernel for an H100 and runs none, so that CI checks the kernels without one.
+//!
 //! Each entry point takes the generic backend's tensors and returns `None` when they are not
 //! CUDA tensors (or the problem is not one the kernel takes), so `llama.rs` keeps one code path
 //! with burn's operations for every backend. Every kernel rounds as the burn operations it
@@ -52,6 +55,8 @@ macro_rules! with_float_type {
 }
 
 pub mod attention;
+#[cfg(feature = "cuda-compile-only")]
+pub mod compile_only;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -71,7 +76,11 @@ use cubecl::server::{CopyDescriptor, ServerError};
 use crate::device::CudaBackend;
 
 /// cubecl's CUDA runtime, the one behind [`CudaBackend`].
+#[cfg(not(feature = "cuda-compile-only"))]
 pub(crate) type Runtime = cubecl::cuda::CudaRuntime;
+/// The device that compiles every kernel and runs none (see [`compile_only`]).
+#[cfg(feature = "cuda-compile-only")]
+pub(crate) type Runtime = compile_only::CompileOnlyCuda;
 
 /// Lanes of a plane (warp) on NVIDIA GPUs.
 pub(crate) const LANES: usize = 32;

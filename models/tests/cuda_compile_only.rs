@@ -1,0 +1,229 @@
+//! The CUDA decoder on the compile-only device (feature `cuda-compile-only`, see
+//! `drpo_models::cuda::compile_only`): every kernel that decoding at Mistral-7B's shapes
+//! launches, under each kernel switch, and every kernel of `LocalModel`'s generation, must
+//! expand and compile for an H100 with NVRTC, on a machine without a GPU.
+//!
+//! Needs NVRTC and the CUDA headers: `scripts/fetch-nvrtc.sh DIR`, then
+//! `LD_LIBRARY_PATH=DIR/lib CUDA_PATH=DIR` (as `scripts/test` runs these tests).
+#![cfg(feature = "cuda-compile-only")]
+
+use std::path::Path;
+use std::process::Command;
+
+use drpo_models::cuda::compile_only::{compiled, launch_probe, nvrtc_version};
+use drpo_models::{ChatMessage, DeviceSpec, GenerationRequest, LlamaConfig, LocalModel};
+use drpo_models::{PromptInput, hf};
+
+#[test]
+fn a_kernel_cubecl_cannot_expand_is_reported_with_why() {
+    launch_probe(7, 32);
+    let report = compiled();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains("cubecl could not expand it")
+                && f.contains("takes values up to 4, not 7")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_cube_larger_than_an_h100_takes_is_reported() {
+    launch_probe(3, 2048);
+    let report = compiled();
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.contains("ProbeKernel") && f.contains("2048")),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_valid_kernel_compiles_to_ptx_with_nvrtc() {
+    nvrtc_version().unwrap();
+    launch_probe(2, 64);
+    let report = compiled();
+    assert!(
+        report.kernels.iter().any(|k| k.starts_with("probe_kernel")),
+        "{report:?}"
+    );
+}
+
+/// What `drpo-model-tool` reported of the compile-only device.
+#[derive(Debug)]
+struct Compiled {
+    /// Entry points of the kernels compiled, one per kernel (a name recurs for each set of
+    /// compile-time arguments).
+    kernels: Vec<String>,
+    failed: usize,
+}
+
+impl Compiled {
+    fn has(&self, name: &str) -> bool {
+        self.kernels.iter().any(|k| k.starts_with(name))
+    }
+}
+
+/// Runs `drpo-model-tool` with `args` and the environment `env`; its compile-only report.
+fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
+    nvrtc_version().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drpo-model-tool"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("DRPO_WATCHDOG_S", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{env:?} {args:?} failed:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("compile-only CUDA device: "))
+        .unwrap_or_else(|| panic!("no compile-only report in:\n{stderr}"));
+    let (counts, names) = line.split_once(": ").unwrap_or((line, ""));
+    let failed = counts
+        .split(", ")
+        .nth(1)
+        .and_then(|f| f.strip_suffix(" failed"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable report: {line}"));
+    Compiled {
+        kernels: names.split_whitespace().map(str::to_owned).collect(),
+        failed,
+    }
+}
+
+/// Mistral-7B-Instruct-v0.1's shapes with one layer: the kernels of all 32 are the same.
+fn one_mistral_layer(dir: &Path) -> String {
+    let mut config = LlamaConfig::preset("mistral-7b").unwrap();
+    config.num_hidden_layers = 1;
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+/// Prefill of 80 tokens (more than the rows the small-row kernels take) and decode steps at
+/// batch 1, 4, 8 and 32: every path of the projections, attention with and without a sliding
+/// window's mask, every switch that `scripts/gpu-check.sh` measures.
+#[test]
+fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_mistral_layer(dir.path());
+    let bench = |env: &[(&str, &str)]| {
+        let args = [
+            "bench",
+            "--config",
+            &config,
+            "--device",
+            "cuda",
+            "--batch",
+            "1,4,8,32",
+            "--prompt-len",
+            "80",
+            "--gen-tokens",
+            "3",
+        ];
+        let compiled = tool(env, &args);
+        assert_eq!(compiled.failed, 0, "{env:?}: {compiled:?}");
+        compiled
+    };
+    let ours = [
+        "rows_kernel",
+        "mma_kernel",
+        "attention_kernel",
+        "rope_kernel",
+        "add_rms_norm_kernel",
+        "swiglu_kernel",
+    ];
+    let default = bench(&[]);
+    for kernel in ours {
+        assert!(
+            default.has(kernel),
+            "{kernel} was not launched: {default:?}"
+        );
+    }
+    let rope_attention = bench(&[("DRPO_CUDA_ROPE_ATTENTION", "1")]);
+    assert!(rope_attention.has("attention_kernel"));
+
+    let rows_only = bench(&[
+        ("DRPO_CUDA_SMALL_MATMUL", "rows"),
+        ("DRPO_CUDA_ROWS_MAX", "32"),
+    ]);
+    assert!(rows_only.has("rows_kernel") && !rows_only.has("mma_kernel"));
+
+    let cmma = bench(&[("DRPO_CUDA_SMALL_MATMUL", "cmma")]);
+    assert!(!cmma.has("rows_kernel") && !cmma.has("mma_kernel"));
+
+    let burn_attention = bench(&[("DRPO_CUDA_ATTENTION", "0"), ("DRPO_CUDA_GATED", "0")]);
+    assert!(!burn_attention.has("attention_kernel") && burn_attention.has("swiglu_kernel"));
+
+    let burn_ops = bench(&[("DRPO_CUDA_FUSED", "0")]);
+    assert!(!burn_ops.has("add_rms_norm_kernel") && !burn_ops.has("attention_kernel"));
+}
+
+/// `LocalModel`'s generation, as drpo-host runs it with `--device cuda`: greedy answers of
+/// different lengths (the device argmax, token ids read while the next step runs), sampled
+/// ones (logits to the host) and, with `structured`, answers under a JSON schema.
+#[test]
+fn local_model_generation_compiles_for_an_h100() {
+    nvrtc_version().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LlamaConfig::preset("tiny-mistral").unwrap();
+    hf::write_random(&config, dir.path(), 3, hf::StoreDtype::F32, 1 << 30).unwrap();
+    hf::write_small_tokenizer(dir.path(), config.vocab_size).unwrap();
+    let model = LocalModel::load_on(dir.path(), DeviceSpec::Cuda(0)).unwrap();
+    let ask = |text: &str, max_tokens| {
+        GenerationRequest::greedy(
+            PromptInput::Chat(vec![ChatMessage::new("user", text)]),
+            max_tokens,
+        )
+    };
+    let mut requests = vec![
+        ask("hello world", 4),
+        ask("hello", 9),
+        GenerationRequest {
+            temperature: 0.8,
+            n: 2,
+            seed: 5,
+            ..ask("world", 3)
+        },
+    ];
+    if cfg!(feature = "structured") {
+        requests.push(GenerationRequest {
+            json_schema: Some(r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#.into()),
+            ..ask("json", 6)
+        });
+    }
+    let outputs = model.generate(&requests).unwrap();
+    assert_eq!(outputs.len(), requests.len());
+    for (output, request) in outputs.iter().zip(&requests) {
+        assert_eq!(output.choices.len(), request.n as usize);
+        assert!(output.completion_tokens <= request.max_tokens * request.n);
+    }
+    let report = compiled();
+    // The probes of the tests above fail on purpose, in this process too.
+    let failures: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !f.contains("ProbeKernel"))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    for kernel in ["rows_kernel", "attention_kernel", "rope_kernel"] {
+        assert!(
+            report.kernels.iter().any(|k| k.starts_with(kernel)),
+            "{kernel} was not launched: {report:?}"
+        );
+    }
+
+    // The same greedy answers with each step's ids read before the next step is issued.
+    let dir = dir.path().display().to_string();
+    let waited = tool(
+        &[("DRPO_CUDA_QUEUED_READS", "0")],
+        &[
+            "generate", "--model", &dir, "--device", "cuda", "hello", "hi",
+        ],
+    );
+    assert_eq!(waited.failed, 0, "{waited:?}");
+}
