@@ -4,25 +4,29 @@
 # compile-only CUDA device (models/src/cuda/compile_only.rs), which compiles every CUDA kernel
 # of the decoder on a machine without a GPU. No GPU, driver or CUDA toolkit is needed.
 #
-# Afterwards: LD_LIBRARY_PATH=DEST/lib CUDA_PATH=DEST. Idempotent: does nothing when DEST already
-# holds both. Usage: scripts/fetch-nvrtc.sh [DEST]
+# Afterwards: LD_LIBRARY_PATH=DEST/lib CUDA_PATH=DEST. Idempotent: does nothing when DEST holds
+# the pinned versions already. Usage: scripts/fetch-nvrtc.sh [DEST]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-dest="${1:-.cache/cuda-nvrtc}"
-if [ -e "$dest/lib/libnvrtc.so.13" ] && [ -e "$dest/include/crt/mma.h" ]; then
-    echo "fetch-nvrtc: $dest already holds NVRTC and the CUDA headers"
+dest="$(realpath -m "${1:-$(dirname "$0")/../.cache/cuda-nvrtc}")"
+# One CUDA 13.0 release (the H100 machines of scripts/gpu-check.sh run CUDA 13.0): NVRTC, the
+# runtime headers, crt/ (a wheel of its own since CUDA 13), and CCCL (cuda/barrier,
+# cuda/pipeline), which cubecl looks for in include/cccl.
+wheels=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88
+        nvidia-cuda-cccl==13.0.85)
+stamp="${wheels[*]}"
+if [ -f "$dest/.wheels" ] && [ "$(cat "$dest/.wheels")" = "$stamp" ]; then
+    echo "fetch-nvrtc: $dest already holds ${wheels[*]}"
     exit 0
 fi
-wheels="$(mktemp -d)"
-trap 'rm -rf "$wheels"' EXIT
-# One CUDA 13 release: NVRTC, the runtime headers, crt/ (a wheel of its own since CUDA 13), and
-# CCCL (cuda/barrier, cuda/pipeline), which cubecl looks for in include/cccl.
-python3 -m pip download --quiet --no-deps -d "$wheels" \
-    "nvidia-cuda-nvrtc==13.0.88" "nvidia-cuda-runtime==13.0.96" \
-    "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85"
-rm -rf "$dest.part"
-mkdir -p "$dest.part"
-python3 - "$dest.part" "$wheels"/*.whl <<'PY'
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "fetch-nvrtc: needs python3 with pip (Debian: apt-get install python3-pip)" >&2
+    exit 1
+fi
+mkdir -p "$(dirname "$dest")"
+work="$(mktemp -d "$dest.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "${wheels[@]}"
+python3 - "$work/out" "$work"/wheels/*.whl <<'PY'
 import os, shutil, sys, zipfile
 out, wheels = sys.argv[1], sys.argv[2:]
 prefix = "nvidia/cu13/"
@@ -41,6 +45,13 @@ for wheel in wheels:
             with z.open(member) as src, open(path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
 PY
+for needed in lib/libnvrtc.so.13 include/cuda_bf16.h include/crt/mma.h include/cccl/cuda/barrier; do
+    if [ ! -e "$work/out/$needed" ]; then
+        echo "fetch-nvrtc: the wheels held no $needed (has their layout changed?)" >&2
+        exit 1
+    fi
+done
+echo "$stamp" > "$work/out/.wheels"
 rm -rf "$dest"
-mv "$dest.part" "$dest"
+mv "$work/out" "$dest"
 echo "fetch-nvrtc: wrote $dest ($(du -sh "$dest" | cut -f1)); use LD_LIBRARY_PATH=$dest/lib CUDA_PATH=$dest"

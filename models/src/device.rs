@@ -94,11 +94,7 @@ pub fn on_cuda<T, E: From<ModelError>>(
         work(&CudaDevice::new(index))
     }))
     .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let message = panic_message(&*panic);
         Err(ModelError::Backend(format!(
             "the CUDA backend failed on cuda:{index}: {message}. If the device did not come up, \
              check that an NVIDIA driver is installed (nvidia-smi) and the GPU has memory free, \
@@ -107,6 +103,16 @@ pub fn on_cuda<T, E: From<ModelError>>(
         ))
         .into())
     })
+}
+
+/// The message of a caught panic (cubecl panics with a `String` or a `&str`).
+#[cfg(feature = "cuda")]
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// Token ids on their way from the device to the host.

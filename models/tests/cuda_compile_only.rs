@@ -55,19 +55,29 @@ fn a_valid_kernel_compiles_to_ptx_with_nvrtc() {
 /// What `drpo-model-tool` reported of the compile-only device.
 #[derive(Debug)]
 struct Compiled {
-    /// Entry points of the kernels compiled, one per kernel (a name recurs for each set of
-    /// compile-time arguments).
-    kernels: Vec<String>,
+    /// Launches per kernel entry point.
+    launches: Vec<(String, usize)>,
+    compiled: usize,
     failed: usize,
 }
 
 impl Compiled {
+    /// Launches of the kernels whose entry point starts with `name` (cubecl adds the types).
+    fn launched(&self, name: &str) -> usize {
+        self.launches
+            .iter()
+            .filter(|(k, _)| k.starts_with(name))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     fn has(&self, name: &str) -> bool {
-        self.kernels.iter().any(|k| k.starts_with(name))
+        self.launched(name) > 0
     }
 }
 
-/// Runs `drpo-model-tool` with `args` and the environment `env`; its compile-only report.
+/// Runs `drpo-model-tool` with `args` and the environment `env`; its compile-only report,
+/// which must show kernels compiled and none failed.
 fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
     nvrtc_version().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_drpo-model-tool"))
@@ -82,17 +92,38 @@ fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
         .lines()
         .find_map(|l| l.strip_prefix("compile-only CUDA device: "))
         .unwrap_or_else(|| panic!("no compile-only report in:\n{stderr}"));
-    let (counts, names) = line.split_once(": ").unwrap_or((line, ""));
-    let failed = counts
-        .split(", ")
-        .nth(1)
-        .and_then(|f| f.strip_suffix(" failed"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unreadable report: {line}"));
-    Compiled {
-        kernels: names.split_whitespace().map(str::to_owned).collect(),
-        failed,
-    }
+    let (counts, launches) = line
+        .split_once("; launches: ")
+        .unwrap_or_else(|| unreadable(line));
+    let (compiled, failed) = counts.split_once(", ").unwrap_or_else(|| unreadable(line));
+    let number = |text: &str, suffix: &str| -> usize {
+        text.strip_suffix(suffix)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| unreadable(line))
+    };
+    let report = Compiled {
+        launches: launches
+            .split_whitespace()
+            .map(|entry| {
+                let (kernel, count) = entry.rsplit_once('=').unwrap_or_else(|| unreadable(line));
+                (
+                    kernel.to_owned(),
+                    count.parse().unwrap_or_else(|_| unreadable(line)),
+                )
+            })
+            .collect(),
+        compiled: number(compiled, " kernels compiled for sm_90a"),
+        failed: number(failed, " failed"),
+    };
+    assert!(
+        report.compiled > 0 && report.failed == 0,
+        "{env:?}: {report:?}"
+    );
+    report
+}
+
+fn unreadable<T>(line: &str) -> T {
+    panic!("unreadable compile-only report: {line}")
 }
 
 /// Mistral-7B-Instruct-v0.1's shapes with one layer: the kernels of all 32 are the same.
@@ -125,9 +156,7 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
             "--gen-tokens",
             "3",
         ];
-        let compiled = tool(env, &args);
-        assert_eq!(compiled.failed, 0, "{env:?}: {compiled:?}");
-        compiled
+        tool(env, &args)
     };
     let ours = [
         "rows_kernel",
@@ -144,8 +173,18 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
             "{kernel} was not launched: {default:?}"
         );
     }
+
+    // RoPE inside attention for decode steps: the RoPE kernel runs for the prefills only.
     let rope_attention = bench(&[("DRPO_CUDA_ROPE_ATTENTION", "1")]);
-    assert!(rope_attention.has("attention_kernel"));
+    assert_eq!(
+        rope_attention.launched("attention_kernel"),
+        default.launched("attention_kernel")
+    );
+    assert!(
+        rope_attention.has("rope_kernel")
+            && rope_attention.launched("rope_kernel") < default.launched("rope_kernel"),
+        "{rope_attention:?}"
+    );
 
     let rows_only = bench(&[
         ("DRPO_CUDA_SMALL_MATMUL", "rows"),
@@ -155,9 +194,11 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
 
     let cmma = bench(&[("DRPO_CUDA_SMALL_MATMUL", "cmma")]);
     assert!(!cmma.has("rows_kernel") && !cmma.has("mma_kernel"));
+    assert!(cmma.launched("matmul_entry") > default.launched("matmul_entry"));
 
     let burn_attention = bench(&[("DRPO_CUDA_ATTENTION", "0"), ("DRPO_CUDA_GATED", "0")]);
-    assert!(!burn_attention.has("attention_kernel") && burn_attention.has("swiglu_kernel"));
+    assert!(!burn_attention.has("attention_kernel"));
+    assert!(burn_attention.launched("swiglu_kernel") > default.launched("swiglu_kernel"));
 
     let burn_ops = bench(&[("DRPO_CUDA_FUSED", "0")]);
     assert!(!burn_ops.has("add_rms_norm_kernel") && !burn_ops.has("attention_kernel"));
@@ -212,7 +253,7 @@ fn local_model_generation_compiles_for_an_h100() {
     assert!(failures.is_empty(), "{failures:#?}");
     for kernel in ["rows_kernel", "attention_kernel", "rope_kernel"] {
         assert!(
-            report.kernels.iter().any(|k| k.starts_with(kernel)),
+            report.launches.keys().any(|k| k.starts_with(kernel)),
             "{kernel} was not launched: {report:?}"
         );
     }

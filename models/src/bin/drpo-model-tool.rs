@@ -212,11 +212,16 @@ fn main() -> ExitCode {
 #[cfg(feature = "cuda-compile-only")]
 fn compile_only_report(code: ExitCode) -> ExitCode {
     let report = drpo_models::cuda::compile_only::compiled();
+    let launches: Vec<String> = report
+        .launches
+        .iter()
+        .map(|(kernel, count)| format!("{kernel}={count}"))
+        .collect();
     eprintln!(
-        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed: {}",
+        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed; launches: {}",
         report.kernels.len(),
         report.failures.len(),
-        report.kernels.join(" ")
+        launches.join(" ")
     );
     for failure in &report.failures {
         eprintln!("kernel failed: {failure}");

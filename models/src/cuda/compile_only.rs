@@ -18,25 +18,28 @@
 //! `LD_LIBRARY_PATH` must reach `libnvrtc.so.13` and `$CUDA_PATH/include` hold `cuda_bf16.h`.
 //! [`compiled`] reports every kernel compiled so far, and every failure.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use cubecl::backtrace::BackTrace;
 use cubecl::bytes::Bytes;
 use cubecl::client::ComputeClient;
 use cubecl::cuda::{CudaCompiler, CudaRuntime};
 use cubecl::device::{Device, DeviceId, DeviceService, ServerUtilitiesHandle};
 use cubecl::future::DynFut;
-use cubecl::ir::features::{Plane, TypeUsage};
+use cubecl::ir::features::{AtomicUsage, Plane, Tma, TypeUsage};
 use cubecl::ir::{
-    DeviceProperties, ElemType, FloatKind, HardwareProperties, MemoryDeviceProperties,
-    TargetProperties, VectorSize,
+    BarrierLevel, DeviceProperties, ElemType, FloatKind, HardwareProperties,
+    MemoryDeviceProperties, OpaqueType, SemanticType, StorageType, TargetProperties, Type,
+    VectorSize,
 };
 use cubecl::profile::{ProfileDuration, TimingMethod};
 use cubecl::server::{
-    Binding, ComputeServer, CopyDescriptor, CubeCount, ExecutionMode, KernelArguments,
+    Binding, ComputeServer, CopyDescriptor, CubeCount, ExecutionMode, IoError, KernelArguments,
     ProfileError, ProfilingToken, ServerCommunication, ServerError, ServerUtilities,
 };
 use cubecl::stream_id::StreamId;
+use cubecl::zspace::striding::has_pitched_row_major_strides;
 use cubecl::zspace::{Shape, Strides};
 use cubecl::{CubeTask, Runtime as CubeclRuntime};
 use cubecl_cpp::DialectWmmaCompiler;
@@ -45,7 +48,8 @@ use cubecl_cpp::cuda::arch::CudaArchitecture;
 // The tensor-core compiler of cubecl's CUDA runtime (without its `ptx-wmma` feature).
 use cubecl_cpp::cuda::mma::CudaWmmaCompiler;
 use cubecl_cpp::shared::{
-    CompilationOptions, CppSupportedFeatures, register_mma_features, register_wmma_features,
+    CompilationOptions, CppSupportedFeatures, register_mma_features, register_scaled_mma_features,
+    register_wmma_features,
 };
 use cubecl_runtime::allocator::PitchedMemoryLayoutPolicy;
 use cubecl_runtime::id::KernelId;
@@ -57,6 +61,8 @@ use cubecl_runtime::memory_management::{
 use cubecl_runtime::storage::{BytesResource, BytesStorage, ComputeStorage, ManagedResource};
 use cubecl_runtime::timestamp_profiler::TimestampProfiler;
 use cubecl_runtime::validation::{validate_cube_dim, validate_units};
+
+use crate::device::panic_message;
 
 /// The architecture kernels are compiled for: the H100's, as `scripts/gpu-check.sh` runs them.
 const ARCH: u32 = 90;
@@ -139,26 +145,46 @@ impl CubeclRuntime for CompileOnlyCuda {
     }
 }
 
-/// What the compile-only device has compiled so far in this process.
+/// What the compile-only devices have compiled so far in this process.
 #[derive(Debug, Clone, Default)]
 pub struct CompileReport {
-    /// The entry point of every kernel compiled, in the order of first launch.
+    /// The entry point of every kernel compiled, in the order of first launch (a name recurs
+    /// for each set of compile-time arguments).
     pub kernels: Vec<String>,
-    /// Every kernel that failed, with why (cubecl's expansion, NVRTC's log, or a launch limit)
-    /// and its CUDA source where there was one.
+    /// Launches per entry point (per kernel name where a kernel did not compile).
+    pub launches: BTreeMap<String, usize>,
+    /// Every kernel or launch that failed, with why (cubecl's expansion, NVRTC's log with the
+    /// CUDA source, a launch limit, a buffer that is not there).
     pub failures: Vec<String>,
 }
 
 /// Kernels compiled and failed, for every compile-only device of the process.
 static REPORT: Mutex<CompileReport> = Mutex::new(CompileReport {
     kernels: Vec::new(),
+    launches: BTreeMap::new(),
     failures: Vec::new(),
 });
 
-/// A copy of what has been compiled so far: the launches that a read, a sync or a flush has
-/// waited for (the device takes launches in order, on a thread of its own).
+/// The indices of the compile-only devices started in this process.
+static DEVICES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn report() -> std::sync::MutexGuard<'static, CompileReport> {
+    REPORT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What has been compiled so far, every launch issued before this call included: each device
+/// takes its launches in order, on a thread of its own, and is flushed first.
 pub fn compiled() -> CompileReport {
-    REPORT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    let devices = DEVICES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for index in devices {
+        let client = CompileOnlyCuda::client(&CompileOnlyDevice::new(index));
+        if let Err(e) = client.flush() {
+            report()
+                .failures
+                .push(format!("cuda:{index} could not be flushed: {e}"));
+        }
+    }
+    report().clone()
 }
 
 /// NVRTC's version, or why it cannot be loaded (with where to get it).
@@ -186,10 +212,12 @@ pub struct CompileOnlyServer {
     memory: MemoryManagement<BytesStorage>,
     utilities: Arc<ServerUtilities<Self>>,
     options: CompilationOptions,
-    /// NVRTC's include paths (the CUDA headers, and CCCL's where present), or why there are none.
+    /// NVRTC's include paths (the CUDA headers, and CCCL's where present), or why there are
+    /// none (reported once, at the first launch).
     include: Result<Vec<String>, String>,
-    /// Kernels already compiled (or failed), which later launches skip.
-    seen: HashSet<KernelId>,
+    include_reported: bool,
+    /// The name under which each kernel seen so far is counted: its entry point once compiled.
+    seen: HashMap<KernelId, String>,
     timestamps: TimestampProfiler,
 }
 
@@ -198,7 +226,13 @@ impl ServerCommunication for CompileOnlyServer {
 }
 
 impl DeviceService for CompileOnlyServer {
-    fn init(_device_id: DeviceId) -> Self {
+    fn init(device_id: DeviceId) -> Self {
+        DEVICES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(device_id.index_id as usize);
+        // The CUDA runtime's pages are a quarter of the device's memory; host memory is
+        // smaller, and only the small models of the checks live here.
         let memory_properties = MemoryDeviceProperties {
             max_page_size: 1 << 30,
             alignment: MEMORY_ALIGNMENT,
@@ -227,11 +261,13 @@ impl DeviceService for CompileOnlyServer {
                     grid_constants: true,
                     clusters: true,
                     elect_sync: true,
+                    // cubecl's runtime sets it from CUDA 12.8; NVRTC here is 13.0.
                     fast_tanh: true,
                 },
             },
             include: include_paths(),
-            seen: HashSet::new(),
+            include_reported: false,
+            seen: HashMap::new(),
             timestamps: TimestampProfiler::default(),
         }
     }
@@ -241,14 +277,20 @@ impl DeviceService for CompileOnlyServer {
     }
 }
 
-/// The device properties kernels see when they are expanded: an H100's, as far as the kernels
-/// of this crate and of burn's CUDA backend ask (plane size, loads, types, tensor-core shapes).
+/// The device properties kernels see when they are expanded: those cubecl's CUDA runtime sets
+/// for an H100 (compute capability 9.0, CUDA 13), feature by feature, so that cubecl and cubek
+/// choose the same code paths here as on the GPU (cubek's matmul, for one, loads its tiles with
+/// `ldmatrix` where the device has it). Kept in step with `cubecl-cuda`'s `runtime.rs`.
 fn h100_properties(memory: MemoryDeviceProperties) -> DeviceProperties {
     let arch = CudaArchitecture { version: ARCH };
+    // cubecl's CUDA runtime asks its tensor-core compiler (`CudaWmmaCompiler` without its
+    // `ptx-wmma` feature) for the shapes it takes.
     let wmma = <CudaWmmaCompiler as DialectWmmaCompiler<CudaDialect<CudaWmmaCompiler>>>::
         supported_wmma_combinations(&arch);
     let mma = <CudaWmmaCompiler as DialectWmmaCompiler<CudaDialect<CudaWmmaCompiler>>>::
         supported_mma_combinations(&arch);
+    let scaled_mma = <CudaWmmaCompiler as DialectWmmaCompiler<CudaDialect<CudaWmmaCompiler>>>::
+        supported_scaled_mma_combinations(&arch);
     let hardware = HardwareProperties {
         load_width: 128,
         plane_size_min: super::LANES as u32,
@@ -264,43 +306,102 @@ fn h100_properties(memory: MemoryDeviceProperties) -> DeviceProperties {
         num_cpu_cores: None,
         max_vector_size: VectorSize::MAX,
     };
-    let mut properties =
-        DeviceProperties::new(Default::default(), memory, hardware, TimingMethod::System);
-    cubecl_cpp::register_supported_types(&mut properties);
-    properties.register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);
+    let mut p = DeviceProperties::new(Default::default(), memory, hardware, TimingMethod::System);
+    cubecl_cpp::register_supported_types(&mut p);
+    p.register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);
+    let atomic = |elem: FloatKind, vector: usize| {
+        Type::new(StorageType::Atomic(ElemType::Float(elem))).with_vector_size(vector)
+    };
+    // Compute capability 6.0 and up.
+    p.register_atomic_type_usage(
+        atomic(FloatKind::F64, 1),
+        AtomicUsage::Add | AtomicUsage::LoadStore,
+    );
+    // 7.0 and up.
+    for vector in [1, 2] {
+        p.register_atomic_type_usage(
+            atomic(FloatKind::F16, vector),
+            AtomicUsage::Add | AtomicUsage::LoadStore,
+        );
+    }
+    p.register_semantic_type(SemanticType::Pipeline);
+    p.register_type_usage(OpaqueType::Barrier(BarrierLevel::Unit), TypeUsage::Buffer);
+    p.register_type_usage(OpaqueType::Barrier(BarrierLevel::Cube), TypeUsage::Buffer);
+    p.features.plane.insert(Plane::Sync);
+    // 7.5 and up.
+    for half in [FloatKind::F16, FloatKind::BF16] {
+        p.features
+            .matmul
+            .ldmatrix
+            .insert(ElemType::Float(half).into());
+    }
+    // 8.0 and up.
+    p.features.copy_async = true;
+    // 8.9 and up.
     for float in [FloatKind::E4M3, FloatKind::E5M2] {
-        properties.register_type_usage(
+        p.register_type_usage(
             ElemType::Float(float),
             TypeUsage::Conversion | TypeUsage::Buffer,
         );
     }
-    properties.features.memory_reinterpret = true;
-    properties.features.alignment = true;
-    properties.features.copy_async = true;
-    for plane in [Plane::Ops, Plane::Sync, Plane::NonUniformControlFlow] {
-        properties.features.plane.insert(plane);
+    // 9.0 and up.
+    p.features.tma.insert(Tma::Base);
+    p.register_semantic_type(SemanticType::TensorMap);
+    p.features.cube_cluster = true;
+    for half in [FloatKind::F16, FloatKind::BF16] {
+        p.features
+            .matmul
+            .stmatrix
+            .insert(ElemType::Float(half).into());
     }
-    register_wmma_features(wmma, &mut properties);
-    register_mma_features(mma, &mut properties);
-    properties
+    for vector in [2, 4] {
+        p.register_atomic_type_usage(
+            atomic(FloatKind::F32, vector),
+            AtomicUsage::LoadStore | AtomicUsage::Add,
+        );
+    }
+    // Every architecture.
+    p.features.memory_reinterpret = true;
+    p.features.alignment = true;
+    p.features.plane.insert(Plane::Ops);
+    p.features.plane.insert(Plane::NonUniformControlFlow);
+    register_wmma_features(wmma, &mut p);
+    register_mma_features(mma, &mut p);
+    register_scaled_mma_features(scaled_mma, &mut p);
+    p
 }
 
 impl CompileOnlyServer {
-    /// Expands `kernel`, writes it as CUDA C++ and compiles that with NVRTC, once per kernel;
-    /// records the kernel or why it failed.
+    /// Expands `kernel`, writes it as CUDA C++ and compiles that with NVRTC, once per kernel
+    /// and execution mode (as the CUDA runtime keys its kernels); records the kernel or why it
+    /// failed, and counts the launch.
     fn compile(&mut self, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) {
-        let id = kernel.id();
-        if !self.seen.insert(id.clone()) {
+        let mut id = kernel.id();
+        id.mode(mode);
+        if let Some(name) = self.seen.get(&id) {
+            *report().launches.entry(name.clone()).or_default() += 1;
             return;
         }
-        let outcome = self.compile_new(kernel, &id, mode);
-        let mut report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Ok(entrypoint) => report.kernels.push(entrypoint),
-            // A missing header folder fails every kernel alike: it is said once.
-            Err(why) if report.failures.iter().any(|f| f.ends_with(&why)) => {}
-            Err(why) => report.failures.push(format!("{}: {why}", kernel.name())),
+        if let Err(why) = &self.include
+            && !self.include_reported
+        {
+            self.include_reported = true;
+            report().failures.push(why.clone());
         }
+        let outcome = self.compile_new(kernel, &id, mode);
+        let mut report = report();
+        let name = match outcome {
+            Ok(entrypoint) => {
+                report.kernels.push(entrypoint.clone());
+                entrypoint
+            }
+            Err(why) => {
+                report.failures.push(format!("{}: {why}", kernel.name()));
+                kernel.name().to_string()
+            }
+        };
+        *report.launches.entry(name.clone()).or_default() += 1;
+        self.seen.insert(id, name);
     }
 
     fn compile_new(
@@ -330,7 +431,10 @@ impl CompileOnlyServer {
                 "it asks for {shared} bytes of shared memory, the H100 has {MAX_SHARED_MEMORY}"
             ));
         }
-        let include = self.include.as_ref().map_err(Clone::clone)?;
+        let include = self
+            .include
+            .as_ref()
+            .map_err(|_| "not compiled: no CUDA headers (above)".to_string())?;
         let options = cudarc::nvrtc::CompileOptions {
             arch: Some("sm_90a"),
             include_paths: include.clone(),
@@ -341,7 +445,10 @@ impl CompileOnlyServer {
         let ptx =
             std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(&source, options))
                 .map_err(|panic| {
-                    format!("NVRTC could not be loaded: {}", panic_message(&*panic))
+                    format!(
+                        "NVRTC panicked (is libnvrtc.so.13 on LD_LIBRARY_PATH?): {}",
+                        panic_message(&*panic)
+                    )
                 })?;
         match ptx {
             Ok(_) => {}
@@ -380,13 +487,37 @@ fn include_paths() -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// The message of a caught panic.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
+/// The rows a copy between host and device moves, as the CUDA runtime copies them: `count` rows
+/// of `width` bytes, `pitch` bytes apart in device memory (burn pads short rows, see
+/// `PitchedMemoryLayoutPolicy`); a tensor of rank 0 or 1 is one row.
+struct Rows {
+    count: usize,
+    width: usize,
+    pitch: usize,
+}
+
+impl Rows {
+    fn of(d: &CopyDescriptor) -> Result<Self, IoError> {
+        if !has_pitched_row_major_strides(&d.shape, &d.strides) {
+            return Err(IoError::UnsupportedStrides {
+                backtrace: BackTrace::capture(),
+            });
+        }
+        let rank = d.shape.len();
+        let width = d.shape.last().copied().unwrap_or(1) * d.elem_size;
+        if rank <= 1 {
+            return Ok(Self {
+                count: 1,
+                width,
+                pitch: width,
+            });
+        }
+        Ok(Self {
+            count: d.shape[..rank - 1].iter().product(),
+            width,
+            pitch: d.strides[rank - 2] * d.elem_size,
+        })
+    }
 }
 
 impl ComputeServer for CompileOnlyServer {
@@ -428,13 +559,18 @@ impl ComputeServer for CompileOnlyServer {
         let read: Result<Vec<Bytes>, ServerError> = descriptors
             .into_iter()
             .map(|d| {
-                let size = d.handle.size_in_used() as usize;
+                let rows = Rows::of(&d)?;
                 let resource = self.memory.get_resource(
                     d.handle.memory,
                     d.handle.offset_start,
                     d.handle.offset_end,
                 )?;
-                Ok(Bytes::from_bytes_vec(resource.read()[..size].to_vec()))
+                let buffer = resource.read();
+                let mut bytes = Vec::with_capacity(rows.count * rows.width);
+                for row in 0..rows.count {
+                    bytes.extend_from_slice(&buffer[row * rows.pitch..][..rows.width]);
+                }
+                Ok(Bytes::from_bytes_vec(bytes))
             })
             .collect();
         Box::pin(async move { read })
@@ -442,16 +578,24 @@ impl ComputeServer for CompileOnlyServer {
 
     fn write(&mut self, descriptors: Vec<(CopyDescriptor, Bytes)>, _stream: StreamId) {
         for (descriptor, data) in descriptors {
-            let handle = &descriptor.handle;
-            let mut resource = self
-                .memory
-                .get_resource(
+            let written = Rows::of(&descriptor).and_then(|rows| {
+                let handle = &descriptor.handle;
+                let mut resource = self.memory.get_resource(
                     handle.memory.clone(),
                     handle.offset_start,
                     handle.offset_end,
-                )
-                .expect("a written buffer is bound");
-            resource.write()[..data.len()].copy_from_slice(&data);
+                )?;
+                let buffer = resource.write();
+                for (row, bytes) in data.chunks(rows.width).take(rows.count).enumerate() {
+                    buffer[row * rows.pitch..][..bytes.len()].copy_from_slice(bytes);
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                report()
+                    .failures
+                    .push(format!("a write to the device failed: {e}"));
+            }
         }
     }
 
@@ -476,21 +620,29 @@ impl ComputeServer for CompileOnlyServer {
         &mut self,
         kernel: Self::Kernel,
         count: CubeCount,
-        _bindings: KernelArguments,
+        bindings: KernelArguments,
         mode: ExecutionMode,
         _stream: StreamId,
     ) {
         if let CubeCount::Static(x, y, z) = count {
             let (mx, my, mz) = CudaRuntime::max_cube_count();
-            if x > mx || y > my || z > mz || x * y * z == 0 {
-                REPORT
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .failures
-                    .push(format!(
-                        "{}: launched as ({x}, {y}, {z}) cubes; CUDA takes 1 to ({mx}, {my}, {mz})",
-                        kernel.name()
-                    ));
+            if x > mx || y > my || z > mz || x == 0 || y == 0 || z == 0 {
+                report().failures.push(format!(
+                    "{}: launched as ({x}, {y}, {z}) cubes; CUDA takes 1 to ({mx}, {my}, {mz})",
+                    kernel.name()
+                ));
+            }
+        }
+        // The CUDA runtime resolves every buffer of a launch to device memory.
+        for (i, buffer) in bindings.buffers.into_iter().enumerate() {
+            let found =
+                self.memory
+                    .get_resource(buffer.memory, buffer.offset_start, buffer.offset_end);
+            if let Err(e) = found {
+                report().failures.push(format!(
+                    "{}: buffer {i} of a launch is not on the device: {e}",
+                    kernel.name()
+                ));
             }
         }
         self.compile(&*kernel, mode);
