@@ -137,7 +137,8 @@ fn one_mistral_layer(dir: &Path) -> String {
 
 /// Prefill of 80 tokens (more than the rows the small-row kernels take) and decode steps at
 /// batch 1, 4, 8 and 32: every path of the projections, attention with and without a sliding
-/// window's mask, every switch that `scripts/gpu-check.sh` measures.
+/// window's mask, every switch that `scripts/gpu-check.sh` measures; and with the defaults, no
+/// kernel that spills registers (needs ptxas from `scripts/fetch-nvrtc.sh` too).
 #[test]
 fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,12 +167,30 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
         "add_rms_norm_kernel",
         "swiglu_kernel",
     ];
-    let default = bench(&[]);
+    let written = dir.path().join("kernels");
+    let default = bench(&[("DRPO_CUDA_KERNEL_DIR", written.to_str().unwrap())]);
     for kernel in ours {
         assert!(
             default.has(kernel),
             "{kernel} was not launched: {default:?}"
         );
+    }
+    // No kernel spills registers to local memory, as ptxas compiles it for the H100.
+    let resources = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/kernel-resources.sh"
+    ))
+    .arg(&written)
+    .output()
+    .unwrap();
+    let table = String::from_utf8_lossy(&resources.stdout);
+    assert!(
+        resources.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&resources.stderr)
+    );
+    for kernel in ours {
+        assert!(table.contains(kernel), "{kernel} is not in:\n{table}");
     }
 
     // RoPE inside attention for decode steps: the RoPE kernel runs for the prefills only.

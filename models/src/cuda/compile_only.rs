@@ -451,7 +451,7 @@ impl CompileOnlyServer {
                     )
                 })?;
         match ptx {
-            Ok(_) => {}
+            Ok(ptx) => self.keep(&compiled.entrypoint_name, &source, &ptx.to_src())?,
             Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
                 return Err(format!(
                     "NVRTC rejected it:\n{}\n--- its CUDA source ---\n{source}",
@@ -461,6 +461,21 @@ impl CompileOnlyServer {
             Err(e) => return Err(format!("NVRTC failed: {e:?}")),
         }
         Ok(compiled.entrypoint_name)
+    }
+
+    /// With `DRPO_CUDA_KERNEL_DIR` set, writes a compiled kernel's CUDA source and PTX there, as
+    /// `NNN-ENTRYPOINT.cu` and `.ptx` (`NNN` counts this device's kernels), for reading them
+    /// and for `ptxas` (registers, spills: `scripts/kernel-resources.sh`).
+    fn keep(&self, entrypoint: &str, source: &str, ptx: &str) -> Result<(), String> {
+        let Some(dir) = std::env::var_os("DRPO_CUDA_KERNEL_DIR") else {
+            return Ok(());
+        };
+        let dir = std::path::Path::new(&dir);
+        let stem = dir.join(format!("{:03}-{entrypoint}", self.seen.len()));
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(stem.with_extension("cu"), source))
+            .and_then(|()| std::fs::write(stem.with_extension("ptx"), ptx))
+            .map_err(|e| format!("could not write {}.cu/.ptx: {e}", stem.display()))
     }
 }
 
