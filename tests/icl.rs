@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{assert_replays, generate_in, host, output, plugin, result_json, text};
+use drpo_tests::{assert_replays, generate_in, output, result_json, strategy_in, text};
 use serde_json::{Map, Value, json};
 
 /// The critic gives 5 on every aspect to a reply that says "rewritten", 2 otherwise; the
@@ -60,13 +60,8 @@ fn server() -> Server {
 /// `drpo-host run` of icl.wasm on the examples file `examples`, every role at `server`, logged
 /// into `dir`, without the response cache.
 fn icl_run(cache: &Path, server: &Server, examples: &Path, dir: &Path) -> Command {
-    let mut command = host(cache);
+    let mut command = strategy_in(cache, "run", "icl", dir);
     command
-        .arg("run")
-        .arg("--strategy")
-        .arg(plugin("icl"))
-        .arg("--log-dir")
-        .arg(dir)
         .arg("--examples")
         .arg(examples)
         .args(drpo_tests::roles_at(server.url()))

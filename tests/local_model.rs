@@ -2,7 +2,7 @@
 //! (fetched by `scripts/fetch-smollm2.sh`), in process.
 
 use drpo_host::runlog::{Entry, read_log};
-use drpo_tests::{assert_replays, generate_in, host, output, plugin, text, workspace};
+use drpo_tests::{assert_replays, generate_in, host, output, plugin, strategy_in, text, workspace};
 use serde_json::json;
 
 #[test]
@@ -19,13 +19,8 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
     let cache = work.path().join("cache");
     let dir = work.path().join("run");
     let out = output(
-        host(&cache)
+        strategy_in(&cache, "run", "testkit", &dir)
             .env("DRPO_DEFAULT_MODEL", &model)
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("testkit"))
-            .arg("--log-dir")
-            .arg(&dir)
             .args(["--option", "steps=1", "--option", "width=2"]),
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -144,14 +139,9 @@ fn a_device_the_build_cannot_serve_is_named_before_the_run_starts() {
     let config = work.path().join("drpo.toml");
     std::fs::write(&config, "device = \"cuda:x\"\n").unwrap();
     let out = output(
-        host(&cache)
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
+        strategy_in(&cache, "run", "beam", work.path().join("configured"))
             .arg("--config")
             .arg(&config)
-            .arg("--log-dir")
-            .arg(work.path().join("configured"))
             .args(["--base-model-name", local]),
     );
     assert!(!out.status.success(), "{}", text(&out));
@@ -177,12 +167,7 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
     let mut roles = drpo_tests::roles_at(server.url());
     roles[1] = local.clone();
     let out = output(
-        host(&cache)
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(&search)
+        strategy_in(&cache, "run", "beam", &search)
             .args(&roles)
             .args(["--depth", "2", "--beam-size", "1", "--n-actions", "1"])
             .args(["--option", "base_max_tokens=16", "--no-cache", "--quiet"]),

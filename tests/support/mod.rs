@@ -57,17 +57,28 @@ pub fn host(cache: &Path) -> Command {
     command
 }
 
-/// `drpo-host generate` with generate.wasm, its compiled plugins cached in `cache`, its run in
-/// `run_dir`.
-pub fn generate_in(cache: &Path, run_dir: impl AsRef<Path>) -> Command {
+/// `drpo-host SUBCOMMAND` (`run`, `generate`) with the built plugin `strategy`, its compiled
+/// plugins cached in `cache`, its run in `run_dir`.
+pub fn strategy_in(
+    cache: &Path,
+    subcommand: &str,
+    strategy: &str,
+    run_dir: impl AsRef<Path>,
+) -> Command {
     let mut command = host(cache);
     command
-        .arg("generate")
+        .arg(subcommand)
         .arg("--strategy")
-        .arg(plugin("generate"))
+        .arg(plugin(strategy))
         .arg("--log-dir")
         .arg(run_dir.as_ref());
     command
+}
+
+/// `drpo-host generate` with generate.wasm, its compiled plugins cached in `cache`, its run in
+/// `run_dir`.
+pub fn generate_in(cache: &Path, run_dir: impl AsRef<Path>) -> Command {
+    strategy_in(cache, "generate", "generate", run_dir)
 }
 
 /// The flags that route all four roles to `api_base`.

@@ -213,9 +213,10 @@ pub struct CompileOnlyServer {
     utilities: Arc<ServerUtilities<Self>>,
     options: CompilationOptions,
     /// NVRTC's include paths (the CUDA headers, and CCCL's where present), or why there are
-    /// none (reported once, at the first launch).
+    /// none (reported once, when the device starts).
     include: Result<Vec<String>, String>,
-    include_reported: bool,
+    /// Where compiled kernels are written (`DRPO_CUDA_KERNEL_DIR`), if anywhere.
+    kernel_dir: Option<std::path::PathBuf>,
     /// The name under which each kernel seen so far is counted: its entry point once compiled.
     seen: HashMap<KernelId, String>,
     timestamps: TimestampProfiler,
@@ -231,6 +232,10 @@ impl DeviceService for CompileOnlyServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(device_id.index_id as usize);
+        let include = include_paths();
+        if let Err(why) = &include {
+            report().failures.push(why.clone());
+        }
         // The CUDA runtime's pages are a quarter of the device's memory; host memory is
         // smaller, and only the small models of the checks live here.
         let memory_properties = MemoryDeviceProperties {
@@ -265,8 +270,8 @@ impl DeviceService for CompileOnlyServer {
                     fast_tanh: true,
                 },
             },
-            include: include_paths(),
-            include_reported: false,
+            include,
+            kernel_dir: std::env::var_os("DRPO_CUDA_KERNEL_DIR").map(Into::into),
             seen: HashMap::new(),
             timestamps: TimestampProfiler::default(),
         }
@@ -378,30 +383,24 @@ impl CompileOnlyServer {
     fn compile(&mut self, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) {
         let mut id = kernel.id();
         id.mode(mode);
-        if let Some(name) = self.seen.get(&id) {
-            *report().launches.entry(name.clone()).or_default() += 1;
-            return;
-        }
-        if let Err(why) = &self.include
-            && !self.include_reported
-        {
-            self.include_reported = true;
-            report().failures.push(why.clone());
-        }
-        let outcome = self.compile_new(kernel, &id, mode);
-        let mut report = report();
-        let name = match outcome {
-            Ok(entrypoint) => {
-                report.kernels.push(entrypoint.clone());
-                entrypoint
-            }
-            Err(why) => {
-                report.failures.push(format!("{}: {why}", kernel.name()));
-                kernel.name().to_string()
+        let name = match self.seen.get(&id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = match self.compile_new(kernel, &id, mode) {
+                    Ok(entrypoint) => {
+                        report().kernels.push(entrypoint.clone());
+                        entrypoint
+                    }
+                    Err(why) => {
+                        report().failures.push(format!("{}: {why}", kernel.name()));
+                        kernel.name().to_string()
+                    }
+                };
+                self.seen.insert(id, name.clone());
+                name
             }
         };
-        *report.launches.entry(name.clone()).or_default() += 1;
-        self.seen.insert(id, name);
+        *report().launches.entry(name).or_default() += 1;
     }
 
     fn compile_new(
@@ -467,10 +466,9 @@ impl CompileOnlyServer {
     /// `NNN-ENTRYPOINT.cu` and `.ptx` (`NNN` counts this device's kernels), for reading them
     /// and for `ptxas` (registers, spills: `scripts/kernel-resources.sh`).
     fn keep(&self, entrypoint: &str, source: &str, ptx: &str) -> Result<(), String> {
-        let Some(dir) = std::env::var_os("DRPO_CUDA_KERNEL_DIR") else {
+        let Some(dir) = &self.kernel_dir else {
             return Ok(());
         };
-        let dir = std::path::Path::new(&dir);
         let stem = dir.join(format!("{:03}-{entrypoint}", self.seen.len()));
         std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(stem.with_extension("cu"), source))
