@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints the table of scripts/gpu-check.sh from the files it left in one directory.
 
-Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, ours.jsonl, hf.jsonl (JSON
+Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, matmul-VARIANT.jsonl (the
+`rows` kernel with one shape setting changed), ours.jsonl, hf.jsonl, sweep-SWITCH.jsonl (JSON
 objects, one a line) and mem-ours.txt / mem-hf.txt (nvidia-smi samples of used MiB); missing or
 partial files show as "-".
 """
@@ -80,13 +81,20 @@ def main():
         print(line)
 
     products = lines(os.path.join(out, "matmul.jsonl")) + lines(os.path.join(out, "matmul-small.jsonl"))
+    # The `rows` variants, labelled with their setting (matmul-DRPO_CUDA_ROWS_PAIRED-1.jsonl:
+    # "rows PAIRED=1").
+    for f in sorted(os.listdir(out)):
+        if f.startswith("matmul-DRPO_CUDA_ROWS_") and f.endswith(".jsonl"):
+            name, _, value = f[len("matmul-DRPO_CUDA_ROWS_"):-len(".jsonl")].rpartition("-")
+            products += [dict(r, kernel=f"rows {name}={value}")
+                         for r in lines(os.path.join(out, f))]
     if products:
         print()
         print("projections alone (us per product, weight GB/s; max relative diff from the host's "
               "f64 product):")
         for r in products:
             print(f"  {r['shape']:>8} {r['n']:>6}x{r['k']:<6} rows {r['rows']:>3} "
-                  f"{r['kernel']:>10}: {r['us']:>9.1f} us {r['weight_gb_s']:>8.1f} GB/s "
+                  f"{r['kernel']:>16}: {r['us']:>9.1f} us {r['weight_gb_s']:>8.1f} GB/s "
                   f"{r['max_rel_diff']:.1e}")
 
     batches = sorted(set(ours) | set(hf))
@@ -119,12 +127,15 @@ def main():
     if sweeps:
         print()
         print("decode tok/s with other kernel switches (SWEEP):")
-        runs = {f[len("sweep-"):-len(".jsonl")]: {r["batch"]: r for r in lines(os.path.join(out, f))}
-                for f in sweeps}
+        # sweep-DRPO_CUDA_SMALL_MATMUL-rows.jsonl: "SMALL_MATMUL=rows".
+        label = lambda f: "=".join(f[len("sweep-"):-len(".jsonl")].replace("DRPO_CUDA_", "")
+                                   .rsplit("-", 1))
+        runs = {label(f): {r["batch"]: r for r in lines(os.path.join(out, f))} for f in sweeps}
         sweep_batches = sorted({b for r in runs.values() for b in r})
-        print(f"  {'kernel':16}" + "".join(f"{'batch ' + str(b):>14}" for b in sweep_batches))
+        width = max(len(k) for k in runs) + 2
+        print(f"  {'switch':{width}}" + "".join(f"{'batch ' + str(b):>14}" for b in sweep_batches))
         for kernel, rows in runs.items():
-            print(f"  {kernel:16}" + "".join(
+            print(f"  {kernel:{width}}" + "".join(
                 f"{fmt(rows.get(b, {}).get('decode_tok_s')):>14}" for b in sweep_batches))
 
     print()

@@ -52,20 +52,28 @@ fn a_valid_kernel_compiles_to_ptx_with_nvrtc() {
 /// What `drpo-model-tool` reported of the compile-only device.
 #[derive(Debug)]
 struct Compiled {
-    /// Launches per kernel entry point.
-    launches: Vec<(String, usize)>,
+    /// Launches and their cubes in all, per kernel entry point.
+    launches: Vec<(String, usize, u64)>,
     compiled: usize,
     failed: usize,
 }
 
 impl Compiled {
-    /// Launches of the kernels whose entry point starts with `name` (cubecl adds the types).
-    fn launched(&self, name: &str) -> usize {
+    /// The kernels whose entry point starts with `name` (cubecl adds the types).
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a (String, usize, u64)> {
         self.launches
             .iter()
-            .filter(|(k, _)| k.starts_with(name))
-            .map(|(_, n)| n)
-            .sum()
+            .filter(move |(k, ..)| k.starts_with(name))
+    }
+
+    /// Launches of the kernels `name`.
+    fn launched(&self, name: &str) -> usize {
+        self.named(name).map(|(_, n, _)| n).sum()
+    }
+
+    /// Cubes of all the launches of the kernels `name`.
+    fn cubes(&self, name: &str) -> u64 {
+        self.named(name).map(|(.., c)| c).sum()
     }
 
     fn has(&self, name: &str) -> bool {
@@ -90,7 +98,7 @@ fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
         .find_map(|l| l.strip_prefix("compile-only CUDA device: "))
         .unwrap_or_else(|| panic!("no compile-only report in:\n{stderr}"));
     let (counts, launches) = line
-        .split_once("; launches: ")
+        .split_once("; launches/cubes: ")
         .unwrap_or_else(|| unreadable(line));
     let (compiled, failed) = counts.split_once(", ").unwrap_or_else(|| unreadable(line));
     let number = |text: &str, suffix: &str| -> usize {
@@ -102,10 +110,12 @@ fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
         launches: launches
             .split_whitespace()
             .map(|entry| {
-                let (kernel, count) = entry.rsplit_once('=').unwrap_or_else(|| unreadable(line));
+                let (kernel, counts) = entry.rsplit_once('=').unwrap_or_else(|| unreadable(line));
+                let (count, cubes) = counts.split_once('/').unwrap_or_else(|| unreadable(line));
                 (
                     kernel.to_owned(),
                     count.parse().unwrap_or_else(|_| unreadable(line)),
+                    cubes.parse().unwrap_or_else(|_| unreadable(line)),
                 )
             })
             .collect(),
@@ -172,23 +182,7 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
             "{kernel} was not launched: {default:?}"
         );
     }
-    // No kernel spills registers to local memory, as ptxas compiles it for the H100.
-    let resources = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/kernel-resources.sh"
-    ))
-    .arg(&written)
-    .output()
-    .unwrap();
-    let table = String::from_utf8_lossy(&resources.stdout);
-    assert!(
-        resources.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&resources.stderr)
-    );
-    for kernel in ours {
-        assert!(table.contains(kernel), "{kernel} is not in:\n{table}");
-    }
+    assert_no_spills(&written, &ours);
 
     // RoPE inside attention for decode steps: the RoPE kernel runs for the prefills only.
     let rope_attention = bench(&[("DRPO_CUDA_ROPE_ATTENTION", "1")]);
@@ -201,6 +195,24 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
             && rope_attention.launched("rope_kernel") < default.launched("rope_kernel"),
         "{rope_attention:?}"
     );
+
+    // Two weight rows per plane of `rows`: the one-row projections (all but the gated gate/up)
+    // take half the cubes, in as many launches.
+    let written_paired = dir.path().join("kernels-paired");
+    let paired = bench(&[
+        ("DRPO_CUDA_ROWS_PAIRED", "1"),
+        ("DRPO_CUDA_KERNEL_DIR", written_paired.to_str().unwrap()),
+    ]);
+    assert_eq!(
+        paired.launched("rows_kernel"),
+        default.launched("rows_kernel")
+    );
+    let (cubes, cubes_paired) = (default.cubes("rows_kernel"), paired.cubes("rows_kernel"));
+    assert!(
+        cubes_paired < cubes && 2 * cubes_paired > cubes,
+        "rows_kernel's cubes: {cubes} with one row per plane, {cubes_paired} paired"
+    );
+    assert_no_spills(&written_paired, &["rows_kernel"]);
 
     let rows_only = bench(&[
         ("DRPO_CUDA_SMALL_MATMUL", "rows"),
@@ -218,6 +230,27 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
 
     let burn_ops = bench(&[("DRPO_CUDA_FUSED", "0")]);
     assert!(!burn_ops.has("add_rms_norm_kernel") && !burn_ops.has("attention_kernel"));
+}
+
+/// Asserts that no kernel the compile-only device wrote to `dir` spills registers to local
+/// memory, as ptxas compiles it for the H100, and that `kernels` are among them.
+fn assert_no_spills(dir: &Path, kernels: &[&str]) {
+    let resources = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/kernel-resources.sh"
+    ))
+    .arg(dir)
+    .output()
+    .unwrap();
+    let table = String::from_utf8_lossy(&resources.stdout);
+    assert!(
+        resources.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&resources.stderr)
+    );
+    for kernel in kernels {
+        assert!(table.contains(kernel), "{kernel} is not in:\n{table}");
+    }
 }
 
 /// `LocalModel`'s generation, as drpo-host runs it with `--device cuda`: greedy answers of

@@ -215,10 +215,10 @@ fn compile_only_report(code: ExitCode) -> ExitCode {
     let launches: Vec<String> = report
         .launches
         .iter()
-        .map(|(kernel, count)| format!("{kernel}={count}"))
+        .map(|(kernel, launched)| format!("{kernel}={}/{}", launched.count, launched.cubes))
         .collect();
     eprintln!(
-        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed; launches: {}",
+        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed; launches/cubes: {}",
         report.kernels.len(),
         report.failures.len(),
         launches.join(" ")
@@ -904,16 +904,18 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
 
 /// The CUDA switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
 /// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`,
-/// `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
+/// `DRPO_CUDA_ROWS_PAIRED`, `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
 fn kernel_choice() -> String {
     let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
     format!(
-        "small_matmul={} fused={} attention={} gated={} rope_attention={} queued_reads={}",
+        "small_matmul={} fused={} attention={} gated={} rope_attention={} rows_paired={} \
+         queued_reads={}",
         get("DRPO_CUDA_SMALL_MATMUL"),
         get("DRPO_CUDA_FUSED"),
         get("DRPO_CUDA_ATTENTION"),
         get("DRPO_CUDA_GATED"),
         get("DRPO_CUDA_ROPE_ATTENTION"),
+        get("DRPO_CUDA_ROWS_PAIRED"),
         get("DRPO_CUDA_QUEUED_READS")
     )
 }

@@ -104,7 +104,7 @@ pub fn rope_attention<B: Backend>(
     sliding_window: Option<usize>,
 ) -> Option<Tensor<B, 2>> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("DRPO_CUDA_ROPE_ATTENTION").is_ok_and(|v| v == "1"));
+    let on = super::opted_in("DRPO_CUDA_ROPE_ATTENTION", &ON);
     let [batch, len, _, head_dim] = cos.dims();
     if !on
         || len != 1

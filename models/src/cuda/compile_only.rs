@@ -152,10 +152,19 @@ pub struct CompileReport {
     /// for each set of compile-time arguments).
     pub kernels: Vec<String>,
     /// Launches per entry point (per kernel name where a kernel did not compile).
-    pub launches: BTreeMap<String, usize>,
+    pub launches: BTreeMap<String, Launches>,
     /// Every kernel or launch that failed, with why (cubecl's expansion, NVRTC's log with the
     /// CUDA source, a launch limit, a buffer that is not there).
     pub failures: Vec<String>,
+}
+
+/// How often a kernel was launched, and over how many cubes in all: a switch that changes how a
+/// kernel divides its work shows in its cubes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Launches {
+    pub count: usize,
+    /// The cubes of its launches of a static cube count (ours and burn's all are).
+    pub cubes: u64,
 }
 
 /// Kernels compiled and failed, for every compile-only device of the process.
@@ -380,7 +389,7 @@ impl CompileOnlyServer {
     /// Expands `kernel`, writes it as CUDA C++ and compiles that with NVRTC, once per kernel
     /// and execution mode (as the CUDA runtime keys its kernels); records the kernel or why it
     /// failed, and counts the launch.
-    fn compile(&mut self, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode) {
+    fn compile(&mut self, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode, cubes: u64) {
         let mut id = kernel.id();
         id.mode(mode);
         let name = match self.seen.get(&id) {
@@ -400,7 +409,10 @@ impl CompileOnlyServer {
                 name
             }
         };
-        *report().launches.entry(name).or_default() += 1;
+        let mut report = report();
+        let launches = report.launches.entry(name).or_default();
+        launches.count += 1;
+        launches.cubes += cubes;
     }
 
     fn compile_new(
@@ -637,7 +649,9 @@ impl ComputeServer for CompileOnlyServer {
         mode: ExecutionMode,
         _stream: StreamId,
     ) {
+        let mut cubes = 0;
         if let CubeCount::Static(x, y, z) = count {
+            cubes = u64::from(x) * u64::from(y) * u64::from(z);
             let (mx, my, mz) = CudaRuntime::max_cube_count();
             if x > mx || y > my || z > mz || x == 0 || y == 0 || z == 0 {
                 report().failures.push(format!(
@@ -658,7 +672,7 @@ impl ComputeServer for CompileOnlyServer {
                 ));
             }
         }
-        self.compile(&*kernel, mode);
+        self.compile(&*kernel, mode, cubes);
     }
 
     fn flush(&mut self, _stream: StreamId) -> Result<(), ServerError> {

@@ -89,6 +89,20 @@ fn rows_planes() -> usize {
     rows_setting("DRPO_CUDA_ROWS_PLANES", 4, &PLANES)
 }
 
+/// Whether a plane of [`rows_kernel`] takes two weight rows of a projection, `j` and `j + n / 2`,
+/// rather than one (opt-in, `DRPO_CUDA_ROWS_PAIRED=1`, until a GPU run has measured it). The
+/// gated gate/up projection, whose planes read two rows (a gate row and its up row), read its
+/// weights at 2.7 TB/s in run 13 (`docs/gpu-check-results.md`), while the one-row planes of the
+/// qkv and o projections, of the same inner size, read theirs at 1.8-2.1 TB/s: pairing gives
+/// those the gated kernel's shape. For one activation row, NVRTC unrolls the one-row loop over
+/// 4,096 inputs whole (103 registers a lane, by ptxas for sm_90a) and keeps the two-row loop
+/// (53, as the gated kernel), so twice as many cubes fit on an SM. Projections of an odd number
+/// of rows keep one row per plane.
+fn rows_paired() -> bool {
+    static PAIRED: OnceLock<bool> = OnceLock::new();
+    super::opted_in("DRPO_CUDA_ROWS_PAIRED", &PAIRED)
+}
+
 /// The fewest rows [`mma_kernel`] takes by default: below one whole tile of activation rows, the
 /// zero padding costs more launches than the tensor cores save (at 4 rows, `rows` took 39 µs on
 /// Mistral-7B's qkv projection and the padded `mma` 59 µs; at 8 rows 61 and 39 µs: run 10 in
@@ -380,9 +394,12 @@ fn launch_rows_with(
         [m, outputs].into(),
         x.dtype,
     );
+    let paired = !gated && rows_paired() && n.is_multiple_of(2);
+    // The weight rows, or pairs of them, that take a plane each.
+    let plane_rows = if paired { n / 2 } else { outputs };
     let chunks = m.div_ceil(m.min(ROWS_PER_CHUNK));
     let planes = rows_planes();
-    let cubes = outputs.div_ceil(planes) * chunks;
+    let cubes = plane_rows.div_ceil(planes) * chunks;
     let cube_count = CubeCount::new_1d(
         u32::try_from(cubes).map_err(|_| format!("{cubes} cubes are too many for one launch"))?,
     );
@@ -394,7 +411,7 @@ fn launch_rows_with(
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
             &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, outputs,
-            planes, rows_unroll(), gated,
+            planes, rows_unroll(), gated, paired,
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)
@@ -426,25 +443,25 @@ mod kernels {
         }
     }
 
-    /// [`multiply_add`] over vector `i` of the weight row starting at `weights`, and with `gated`
-    /// of its up row starting at `up_weights` into `acc_up`.
+    /// [`multiply_add`] over vector `i` of the weight row starting at `weights`, and with
+    /// `two_rows` of the plane's second row starting at `second_weights` into `acc_second`.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn multiply_add_rows<F: Float, N: Size>(
         x: &Array<Vector<F, N>>,
         w: &Array<Vector<F, N>>,
         weights: usize,
-        up_weights: usize,
+        second_weights: usize,
         x_rows: &Array<usize>,
         acc: &mut Array<Vector<f32, N>>,
-        acc_up: &mut Array<Vector<f32, N>>,
+        acc_second: &mut Array<Vector<f32, N>>,
         i: usize,
         #[comptime] chunk: usize,
-        #[comptime] gated: bool,
+        #[comptime] two_rows: bool,
     ) {
         multiply_add::<F, N>(x, w[weights + i], x_rows, acc, i, chunk);
-        if comptime!(gated) {
-            multiply_add::<F, N>(x, w[up_weights + i], x_rows, acc_up, i, chunk);
+        if comptime!(two_rows) {
+            multiply_add::<F, N>(x, w[second_weights + i], x_rows, acc_second, i, chunk);
         }
     }
 
@@ -454,11 +471,13 @@ mod kernels {
     ///
     /// With `gated`, `w` is a fused gate/up projection of `2 * n` rows, and `out[r, j]` is
     /// `silu(gate) * up` of its products with rows `j` and `n + j`, each rounded to the storage
-    /// type first (as the separate projection and [`crate::cuda::swiglu`] round them).
+    /// type first (as the separate projection and [`crate::cuda::swiglu`] round them). With
+    /// `paired` (`n` even), plane `j` takes rows `j` and `j + n / 2` and writes both products.
     ///
-    /// Cube `c` handles weight rows `(c / chunks) * planes + plane` for the activation rows of chunk
-    /// `c % chunks` (each chunk at most [`ROWS_PER_CHUNK`] rows, accumulated in registers), so the
-    /// cubes that read the same weight rows run next to each other.
+    /// Cube `c` handles plane row `(c / chunks) * planes + plane` (a weight row, or the first of
+    /// the plane's two) for the activation rows of chunk `c % chunks` (each chunk at most
+    /// [`ROWS_PER_CHUNK`] rows, accumulated in registers), so the cubes that read the same weight
+    /// rows run next to each other.
     #[cube(launch_unchecked)]
     pub(super) fn rows_kernel<F: Float, N: Size>(
         x: &Array<Vector<F, N>>,
@@ -470,29 +489,34 @@ mod kernels {
         #[comptime] planes: usize,
         #[comptime] unroll: usize,
         #[comptime] gated: bool,
+        #[comptime] paired: bool,
     ) {
+        let two_rows = comptime!(gated || paired);
+        // How many plane rows there are, and how far each plane's second row lies from its first.
+        let plane_rows = comptime!(if paired { n / 2 } else { n });
         let chunk = comptime!(rows.min(ROWS_PER_CHUNK));
         let chunks = comptime!(rows.div_ceil(chunk));
         let cube = CUBE_POS_X as usize;
         let row = (cube / chunks) * planes + UNIT_POS_Y as usize;
         let first = (cube % chunks) * chunk;
         let lane = UNIT_POS_X as usize;
-        if row < n {
+        if row < plane_rows {
             // A ragged last chunk reads its last row again for the missing ones; their sums are
             // never written.
             let mut x_rows = Array::<usize>::new(chunk);
             let mut acc = Array::<Vector<f32, N>>::new(chunk);
-            let mut acc_up = Array::<Vector<f32, N>>::new(comptime!(if gated { chunk } else { 1 }));
+            let mut acc_second =
+                Array::<Vector<f32, N>>::new(comptime!(if two_rows { chunk } else { 1 }));
             #[unroll]
             for r in 0..chunk {
                 x_rows[r] = min(first + r, rows - 1) * k_vectors;
                 acc[r] = Vector::zero();
-                if comptime!(gated) {
-                    acc_up[r] = Vector::zero();
+                if comptime!(two_rows) {
+                    acc_second[r] = Vector::zero();
                 }
             }
             let weights = row * k_vectors;
-            let up_weights = (row + n) * k_vectors;
+            let second_weights = (row + plane_rows) * k_vectors;
             // Every lane takes the same number of full steps, `unroll` at a time so that their
             // loads are in flight together; a ragged tail is checked.
             let full_steps = comptime!(k_vectors / LANES);
@@ -505,13 +529,13 @@ mod kernels {
                         x,
                         w,
                         weights,
-                        up_weights,
+                        second_weights,
                         &x_rows,
                         &mut acc,
-                        &mut acc_up,
+                        &mut acc_second,
                         i,
                         chunk,
-                        gated,
+                        two_rows,
                     );
                 }
             }
@@ -522,13 +546,13 @@ mod kernels {
                     x,
                     w,
                     weights,
-                    up_weights,
+                    second_weights,
                     &x_rows,
                     &mut acc,
-                    &mut acc_up,
+                    &mut acc_second,
                     i,
                     chunk,
-                    gated,
+                    two_rows,
                 );
             }
             if comptime!(!k_vectors.is_multiple_of(LANES)) {
@@ -538,28 +562,36 @@ mod kernels {
                         x,
                         w,
                         weights,
-                        up_weights,
+                        second_weights,
                         &x_rows,
                         &mut acc,
-                        &mut acc_up,
+                        &mut acc_second,
                         i,
                         chunk,
-                        gated,
+                        two_rows,
                     );
                 }
             }
             #[unroll]
             for r in 0..chunk {
                 let total = F::cast_from(plane_sum(Vector::vector_sum(acc[r])));
+                let second = if comptime!(two_rows) {
+                    F::cast_from(plane_sum(Vector::vector_sum(acc_second[r])))
+                } else {
+                    total
+                };
                 let value = if comptime!(gated) {
-                    let up = F::cast_from(plane_sum(Vector::vector_sum(acc_up[r])));
-                    let gated = silu_times::<F, Const<1>>(Vector::new(total), Vector::new(up));
+                    let gated = silu_times::<F, Const<1>>(Vector::new(total), Vector::new(second));
                     gated[0]
                 } else {
                     total
                 };
                 if lane == 0 && first + r < rows {
-                    out[(first + r) * n + row] = value;
+                    let at = (first + r) * n + row;
+                    out[at] = value;
+                    if comptime!(paired) {
+                        out[at + plane_rows] = second;
+                    }
                 }
             }
         }

@@ -211,6 +211,11 @@ pub(crate) fn switched_on(name: &str, cell: &'static OnceLock<bool>) -> bool {
     *cell.get_or_init(|| std::env::var(name).map_or(true, |v| v != "0"))
 }
 
+/// Whether the kernel switch `name`, off by default, is on: set to `1`. Read once, into `cell`.
+pub(crate) fn opted_in(name: &str, cell: &'static OnceLock<bool>) -> bool {
+    *cell.get_or_init(|| std::env::var(name).is_ok_and(|v| v == "1"))
+}
+
 /// A kernel argument over a contiguous tensor's elements, whatever its rank.
 ///
 /// Our kernels index their operands as flat arrays: an array argument carries only its length,
