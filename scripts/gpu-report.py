@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prints the table of scripts/gpu-check.sh from the files it left in one directory.
 
-Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, matmul-VARIANT.jsonl (the
-`rows` kernel with one shape setting changed), ours.jsonl, hf.jsonl, sweep-SWITCH.jsonl (JSON
+Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, matmul-DRPO_CUDA_ROWS_*.jsonl
+(the `rows` kernel with one shape setting changed), ours.jsonl, hf.jsonl, sweep-SWITCH.jsonl (JSON
 objects, one a line) and mem-ours.txt / mem-hf.txt (nvidia-smi samples of used MiB); missing or
 partial files show as "-".
 """

@@ -144,8 +144,9 @@ fn one_mistral_layer(dir: &Path) -> String {
 
 /// Prefill of 80 tokens (more than the rows the small-row kernels take) and decode steps at
 /// batch 1, 4, 8 and 32: every path of the projections, attention with and without a sliding
-/// window's mask, every switch that `scripts/gpu-check.sh` measures; and with the defaults, no
-/// kernel that spills registers (needs ptxas from `scripts/fetch-nvrtc.sh` too).
+/// window's mask, every switch that `scripts/gpu-check.sh` measures; and with the defaults and
+/// with two weight rows per plane of `rows`, no kernel that spills registers (needs ptxas from
+/// `scripts/fetch-nvrtc.sh` too).
 #[test]
 fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
     let dir = tempfile::tempdir().unwrap();
@@ -214,11 +215,19 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
     );
     assert_no_spills(&written_paired, &["rows_kernel"]);
 
+    // `rows` up to 32 rows, in several chunks; paired too, as gpu-check.sh's sweep runs it once
+    // the pairing has passed parity.
     let rows_only = bench(&[
         ("DRPO_CUDA_SMALL_MATMUL", "rows"),
         ("DRPO_CUDA_ROWS_MAX", "32"),
     ]);
     assert!(rows_only.has("rows_kernel") && !rows_only.has("mma_kernel"));
+    let rows_paired = bench(&[
+        ("DRPO_CUDA_SMALL_MATMUL", "rows"),
+        ("DRPO_CUDA_ROWS_MAX", "32"),
+        ("DRPO_CUDA_ROWS_PAIRED", "1"),
+    ]);
+    assert!(rows_paired.cubes("rows_kernel") < rows_only.cubes("rows_kernel"));
 
     let cmma = bench(&[("DRPO_CUDA_SMALL_MATMUL", "cmma")]);
     assert!(!cmma.has("rows_kernel") && !cmma.has("mma_kernel"));

@@ -3,11 +3,12 @@
 # timeout that pip does not retry itself) does not fail a whole test run. CMD must be safe to run
 # again after a failure part way (pip download, pip install and apt-get are).
 retry() {
-    local delays=(15 45) try=1
+    local delays=(15 45) try=1 status
     until "$@"; do
+        status=$?
         if [ "$try" -gt "${#delays[@]}" ]; then
             echo "$(basename "$0"): gave up after $try tries: $*" >&2
-            return 1
+            return "$status"
         fi
         echo "$(basename "$0"): try $try failed: $*; trying again in ${delays[try - 1]} s" >&2
         sleep "${delays[try - 1]}"

@@ -4,7 +4,8 @@
 //! are one contiguous row. A decode step multiplies few activation rows (one per sequence) by
 //! every weight, so it is bound by reading the weights once: the kernel here ([`rows_kernel`])
 //! gives each weight row to one plane (warp), whose lanes read it in 16-byte vectors, multiply
-//! each vector with the same slice of every activation row, and sum across the plane at the end.
+//! each vector with the same slice of every activation row, and sum across the plane at the end
+//! (in its gated gate/up form, and opt-in for the others, a plane takes two weight rows).
 //! Consecutive cubes take the same weight rows for successive chunks of activation rows, so a
 //! batch larger than a chunk reads each weight from memory once and from L2 for the rest.
 //!
@@ -82,7 +83,7 @@ fn rows_unroll() -> usize {
     rows_setting("DRPO_CUDA_ROWS_UNROLL", 4, &UNROLL)
 }
 
-/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row each: 4, or
+/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row (or two) each: 4, or
 /// `DRPO_CUDA_ROWS_PLANES`.
 fn rows_planes() -> usize {
     static PLANES: OnceLock<usize> = OnceLock::new();
@@ -130,7 +131,8 @@ pub enum SmallRowKernel {
     /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores); [`Self::Rows`]'s
     /// choice for fewer rows and for the shapes and types the tensor cores do not take.
     Mma,
-    /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum; f32 arithmetic.
+    /// [`rows_kernel`]: one plane per weight row (or two), 16-byte loads, a plane sum; f32
+    /// arithmetic.
     Rows,
     /// Burn's (cubek's) tensor-core kernel, as for many rows.
     Cmma,
@@ -376,7 +378,8 @@ fn launch_rows(
 }
 
 /// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`; with `gated`, `w` is a fused
-/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`.
+/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`. Without, its planes take
+/// two weight rows each when [`rows_paired`] and `n` is even.
 fn launch_rows_with(
     x: CubeTensor<Runtime>,
     w: CubeTensor<Runtime>,
