@@ -11,7 +11,8 @@
 #       equal but where the CPU's own choice was a near-tie), with the default kernels, and when
 #       that fails, with one group of our kernels switched off at a time; then each opt-in kernel
 #       (PARITY_OPT_IN: RoPE inside the attention kernel, two weight rows per plane of `rows`),
-#       which the later steps use if it passed;
+#       which the later steps use if it passed and, where step (a) measured it, its products at
+#       CONFIG's shapes agreed with the host's;
 #   (a3) the generation path of drpo-host's `local:` models (LocalModel: batched rows, greedy
 #       choices taken on the device, schema-constrained decoding) on a small random model with a
 #       tokenizer, answer by answer against the CPU; every answer under the schema must parse;
@@ -65,6 +66,8 @@ BATCHES=${BATCHES:-1,8,32}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN_TOKENS=${GEN_TOKENS:-64}
 HF_BATCHES=${HF_BATCHES:-1,32}
+# The rows at which the matmul step measures the `rows` kernel's variants (MATMUL_VARIANTS).
+VARIANT_ROWS=1,4
 HF_GEN_TOKENS=${HF_GEN_TOKENS:-64}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export DRPO_WATCHDOG_S=${DRPO_WATCHDOG_S:-5}
@@ -178,6 +181,25 @@ run_tool() { # [RUN_ENV=...] run_tool SECONDS OUTFILE ARGS...
   return "$rc"
 }
 
+# Whether FILE (the matmul step's JSON lines) holds all 5 projections at each of the row counts
+# ROWS (comma-separated) for KERNEL, each within 2% of the host's f64 product; says how many.
+products_agree() { # products_agree FILE ROWS KERNEL
+  "$PY" - "$@" <<'PYEOF'
+import json, sys
+path, counts, kernel = sys.argv[1:]
+try:
+    rows = [json.loads(l) for l in open(path) if l.startswith("{")]
+except OSError:
+    rows = []
+ours = [r for r in rows if r["kernel"] == kernel]
+want = 5 * len(counts.split(","))
+bad = [r for r in ours if not r["max_rel_diff"] <= 0.02]
+print(f"{path.rsplit('/', 1)[-1]}: `{kernel}` kernel: {len(ours)} of {want} products, "
+      f"{len(bad)} off by more than 2%")
+sys.exit(0 if len(ours) == want and not bad else 1)
+PYEOF
+}
+
 if wants smoke; then
 section "smoke: tiny-llama, 1 prompt, 4 tokens on $DEVICE"
 run_tool "${SMOKE_TIMEOUT:-45}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama \
@@ -197,7 +219,8 @@ done
 # The `rows` kernel at the row counts it takes by default, with other shape settings.
 for variant in ${MATMUL_VARIANTS:-DRPO_CUDA_ROWS_PAIRED=1 DRPO_CUDA_ROWS_PLANES=8 DRPO_CUDA_ROWS_PLANES=2}; do
   RUN_ENV=$variant run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-${variant//=/-}.jsonl" matmul \
-    --config "$CONFIG" --device "$DEVICE" --rows 1,4 --kernels rows --iters "${MATMUL_ITERS:-20}" \
+    --config "$CONFIG" --device "$DEVICE" --rows "$VARIANT_ROWS" --kernels rows \
+    --iters "${MATMUL_ITERS:-20}" \
     || echo "matmul rows with $variant: FAILED (exit $?)"
 done
 # The small test models' shapes (inner sizes below 32 vectors, odd row counts).
@@ -215,17 +238,7 @@ if [ -z "${DRPO_CUDA_SMALL_MATMUL:-}" ]; then
   for kernel in mma rows; do
     # A kernel left out of MATMUL_KERNELS was not checked: keep the default choice.
     [[ " ${MATMUL_KERNELS:-mma rows cmma} " == *" $kernel "* ]] || break
-    if ! "$PY" - "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,4,8,12,16,32}" "$kernel" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-kernel = sys.argv[3]
-ours = [r for r in rows if r["kernel"] == kernel]
-want = 5 * len(sys.argv[2].split(","))
-bad = [r for r in ours if not r["max_rel_diff"] <= 0.02]
-print(f"`{kernel}` kernel: {len(ours)} of {want} products, {len(bad)} off by more than 2%")
-sys.exit(0 if len(ours) == want and not bad else 1)
-PYEOF
-    then
+    if ! products_agree "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,4,8,12,16,32}" "$kernel"; then
       next=$([ "$kernel" = mma ] && echo rows || echo cmma)
       echo "the \`$kernel\` kernel failed or differs: the later steps use DRPO_CUDA_SMALL_MATMUL=$next"
       export DRPO_CUDA_SMALL_MATMUL=$next
@@ -277,6 +290,13 @@ fi
 # Opt-in kernels not yet checked on a GPU: each that passes on both models is used by the later
 # steps.
 for optin in ${PARITY_OPT_IN:-DRPO_CUDA_ROPE_ATTENTION=1 DRPO_CUDA_ROWS_PAIRED=1}; do
+  # The tiny models' inner sizes are below one full step of `rows`' main loop: an opt-in that
+  # the matmul step measured at Mistral's shapes must also have agreed with the host there.
+  measured="$OUT_DIR/matmul-${optin//=/-}.jsonl"
+  if [ -f "$measured" ] && ! products_agree "$measured" "$VARIANT_ROWS" rows; then
+    echo "the opt-in $optin failed or differs at $CONFIG's shapes: the later steps go without it"
+    continue
+  fi
   if parity_on_both "$optin" "$optin (opt-in)"; then
     echo "the opt-in $optin passed parity: the later steps use it"
     export "${optin?}"
