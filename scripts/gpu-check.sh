@@ -21,8 +21,7 @@
 #   (b2) the same model with one switch changed (the words of SWEEP: by default each step's
 #       tokens read before the next step is issued, RoPE in its own launch, one weight row per
 #       plane of `rows`, SwiGLU in its own launch, `rows` for `mma`, burn's attention), for the
-#       decode steps (SWEEP_BATCHES,
-#       SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
+#       decode steps (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
 #   (b3) cubecl's per-kernel times of a few batch-1 decode steps (its profiling logger), to rank
 #       the kernels of a step;
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
@@ -66,9 +65,9 @@ BATCHES=${BATCHES:-1,8,32}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN_TOKENS=${GEN_TOKENS:-64}
 HF_BATCHES=${HF_BATCHES:-1,32}
+HF_GEN_TOKENS=${HF_GEN_TOKENS:-64}
 # The rows at which the matmul step measures the `rows` kernel's variants (MATMUL_VARIANTS).
 VARIANT_ROWS=1,4
-HF_GEN_TOKENS=${HF_GEN_TOKENS:-64}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export DRPO_WATCHDOG_S=${DRPO_WATCHDOG_S:-5}
 PY=${PY:-$(command -v python3 || command -v python || echo python3)}

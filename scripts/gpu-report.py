@@ -15,6 +15,12 @@ GOAL_B1 = 140.0
 GOAL_B32 = 2000.0
 
 
+def setting(name, prefix, suffix):
+    """The kernel switch a file of gpu-check.sh is named after, as NAME=VALUE: the file
+    PREFIX + "DRPO_CUDA_ROWS_PAIRED-1" + SUFFIX with prefix "DRPO_CUDA_ROWS_" gives "PAIRED=1"."""
+    return "=".join(name[len(prefix):-len(suffix)].rsplit("-", 1))
+
+
 def lines(path):
     rows = []
     try:
@@ -85,9 +91,8 @@ def main():
     # "rows PAIRED=1").
     for f in sorted(os.listdir(out)):
         if f.startswith("matmul-DRPO_CUDA_ROWS_") and f.endswith(".jsonl"):
-            name, _, value = f[len("matmul-DRPO_CUDA_ROWS_"):-len(".jsonl")].rpartition("-")
-            products += [dict(r, kernel=f"rows {name}={value}")
-                         for r in lines(os.path.join(out, f))]
+            label = "rows " + setting(f, "matmul-DRPO_CUDA_ROWS_", ".jsonl")
+            products += [dict(r, kernel=label) for r in lines(os.path.join(out, f))]
     if products:
         print()
         print("projections alone (us per product, weight GB/s; max relative diff from the host's "
@@ -128,9 +133,8 @@ def main():
         print()
         print("decode tok/s with other kernel switches (SWEEP):")
         # sweep-DRPO_CUDA_SMALL_MATMUL-rows.jsonl: "SMALL_MATMUL=rows".
-        label = lambda f: "=".join(f[len("sweep-"):-len(".jsonl")].replace("DRPO_CUDA_", "")
-                                   .rsplit("-", 1))
-        runs = {label(f): {r["batch"]: r for r in lines(os.path.join(out, f))} for f in sweeps}
+        runs = {setting(f, "sweep-DRPO_CUDA_", ".jsonl"):
+                {r["batch"]: r for r in lines(os.path.join(out, f))} for f in sweeps}
         sweep_batches = sorted({b for r in runs.values() for b in r})
         width = max(len(k) for k in runs) + 2
         print(f"  {'switch':{width}}" + "".join(f"{'batch ' + str(b):>14}" for b in sweep_batches))
