@@ -115,6 +115,18 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "no message".into())
 }
 
+/// The greedy choice of each row of `logits: [rows, vocab]` (the first of equal scores),
+/// `[rows, 1]`, computed on `logits`' device: burn's `argmax`, or on CUDA a kernel that gives each
+/// row a whole cube (burn's, without autotuning, gives it one thread: see
+/// [`crate::cuda::argmax`]).
+pub fn greedy_ids<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 2, Int> {
+    #[cfg(feature = "cuda")]
+    if let Some(ids) = crate::cuda::argmax::argmax_rows(&logits) {
+        return ids;
+    }
+    logits.argmax(1)
+}
+
 /// Token ids on their way from the device to the host.
 pub struct PendingIds(Pending);
 

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ModelError;
 use crate::chat::{self, ChatMessage, ChatTemplate};
-use crate::device::{CpuBackend, DeviceSpec, PendingIds};
+use crate::device::{CpuBackend, DeviceSpec, PendingIds, greedy_ids};
 use crate::gguf::{GgufFile, WeightStorage};
 use crate::llama::{Llama, Logits};
 use crate::tokenizer::Tokenizer;
@@ -622,7 +622,7 @@ impl LocalModel {
         budget: &impl Fn(&Row) -> usize,
         mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
     ) -> Result<(), ModelError> {
-        let mut next = logits.argmax(1);
+        let mut next = greedy_ids(logits);
         let mut pending = PendingIds::read(next.clone());
         for step in 0..steps {
             let last = step + 1 == steps;
@@ -639,7 +639,7 @@ impl LocalModel {
                 Some(logits) => logits,
                 None => forward(next),
             };
-            next = logits.argmax(1);
+            next = greedy_ids(logits);
             pending = PendingIds::read(next.clone());
         }
         Ok(())

@@ -52,7 +52,7 @@ fn a_valid_kernel_compiles_to_ptx_with_nvrtc() {
 /// What `drpo-model-tool` reported of the compile-only device.
 #[derive(Debug)]
 struct Compiled {
-    /// Launches and their cubes in all, per kernel entry point.
+    /// Launches and their units (threads) in all, per kernel entry point.
     launches: Vec<(String, usize, u64)>,
     compiled: usize,
     failed: usize,
@@ -71,8 +71,8 @@ impl Compiled {
         self.named(name).map(|(_, n, _)| n).sum()
     }
 
-    /// Cubes of all the launches of the kernels `name`.
-    fn cubes(&self, name: &str) -> u64 {
+    /// Units of all the launches of the kernels `name`.
+    fn units(&self, name: &str) -> u64 {
         self.named(name).map(|(.., c)| c).sum()
     }
 
@@ -98,7 +98,7 @@ fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
         .find_map(|l| l.strip_prefix("compile-only CUDA device: "))
         .unwrap_or_else(|| panic!("no compile-only report in:\n{stderr}"));
     let (counts, launches) = line
-        .split_once("; launches/cubes: ")
+        .split_once("; launches/units: ")
         .unwrap_or_else(|| unreadable(line));
     let (compiled, failed) = counts.split_once(", ").unwrap_or_else(|| unreadable(line));
     let number = |text: &str, suffix: &str| -> usize {
@@ -111,11 +111,11 @@ fn tool(env: &[(&str, &str)], args: &[&str]) -> Compiled {
             .split_whitespace()
             .map(|entry| {
                 let (kernel, counts) = entry.rsplit_once('=').unwrap_or_else(|| unreadable(line));
-                let (count, cubes) = counts.split_once('/').unwrap_or_else(|| unreadable(line));
+                let (count, units) = counts.split_once('/').unwrap_or_else(|| unreadable(line));
                 (
                     kernel.to_owned(),
                     count.parse().unwrap_or_else(|_| unreadable(line)),
-                    cubes.parse().unwrap_or_else(|_| unreadable(line)),
+                    units.parse().unwrap_or_else(|_| unreadable(line)),
                 )
             })
             .collect(),
@@ -144,9 +144,8 @@ fn one_mistral_layer(dir: &Path) -> String {
 
 /// Prefill of 80 tokens (more than the rows the small-row kernels take) and decode steps at
 /// batch 1, 4, 8 and 32: every path of the projections, attention with and without a sliding
-/// window's mask, every switch that `scripts/gpu-check.sh` measures; and with the defaults and
-/// with two weight rows per plane of `rows`, no kernel that spills registers (needs ptxas from
-/// `scripts/fetch-nvrtc.sh` too).
+/// window's mask, every switch that `scripts/gpu-check.sh` measures; and with the defaults, no
+/// kernel that spills registers (needs ptxas from `scripts/fetch-nvrtc.sh` too).
 #[test]
 fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,49 +184,40 @@ fn a_mistral_7b_decode_compiles_for_an_h100_under_every_kernel_switch() {
     }
     assert_no_spills(&written, &ours);
 
-    // RoPE inside attention for decode steps: the RoPE kernel runs for the prefills only.
-    let rope_attention = bench(&[("DRPO_CUDA_ROPE_ATTENTION", "1")]);
+    // RoPE in its own launch at every step, not only for the prefills.
+    let rope_apart = bench(&[("DRPO_CUDA_ROPE_ATTENTION", "0")]);
     assert_eq!(
-        rope_attention.launched("attention_kernel"),
+        rope_apart.launched("attention_kernel"),
         default.launched("attention_kernel")
     );
     assert!(
-        rope_attention.has("rope_kernel")
-            && rope_attention.launched("rope_kernel") < default.launched("rope_kernel"),
-        "{rope_attention:?}"
+        default.has("rope_kernel")
+            && rope_apart.launched("rope_kernel") > default.launched("rope_kernel"),
+        "{rope_apart:?}"
     );
 
-    // Two weight rows per plane of `rows`: the one-row projections (all but the gated gate/up)
-    // take half the cubes, in as many launches.
-    let written_paired = dir.path().join("kernels-paired");
-    let paired = bench(&[
-        ("DRPO_CUDA_ROWS_PAIRED", "1"),
-        ("DRPO_CUDA_KERNEL_DIR", written_paired.to_str().unwrap()),
-    ]);
+    // Each step's greedy choice: a cube of 8 planes (256 units) a row, where burn's argmax
+    // gives a row one unit, in planes of 32 (cubek's cube and unit routines): at least 8 times
+    // the units at one row, more at more rows.
+    let burn_argmax = bench(&[("DRPO_CUDA_ARGMAX", "0")]);
     assert_eq!(
-        paired.launched("rows_kernel"),
-        default.launched("rows_kernel")
+        burn_argmax.launched("reduce_kernel"),
+        default.launched("reduce_kernel")
     );
-    let (cubes, cubes_paired) = (default.cubes("rows_kernel"), paired.cubes("rows_kernel"));
     assert!(
-        cubes_paired < cubes && 2 * cubes_paired > cubes,
-        "rows_kernel's cubes: {cubes} with one row per plane, {cubes_paired} paired"
+        default.has("reduce_kernel")
+            && default.units("reduce_kernel") >= 8 * burn_argmax.units("reduce_kernel"),
+        "reduce_kernel's units: {} a cube a row, {} with burn's argmax",
+        default.units("reduce_kernel"),
+        burn_argmax.units("reduce_kernel")
     );
-    assert_no_spills(&written_paired, &["rows_kernel"]);
 
-    // `rows` up to 32 rows, in several chunks; paired too, as gpu-check.sh's sweep runs it once
-    // the pairing has passed parity.
+    // `rows` up to 32 rows, in several chunks.
     let rows_only = bench(&[
         ("DRPO_CUDA_SMALL_MATMUL", "rows"),
         ("DRPO_CUDA_ROWS_MAX", "32"),
     ]);
     assert!(rows_only.has("rows_kernel") && !rows_only.has("mma_kernel"));
-    let rows_paired = bench(&[
-        ("DRPO_CUDA_SMALL_MATMUL", "rows"),
-        ("DRPO_CUDA_ROWS_MAX", "32"),
-        ("DRPO_CUDA_ROWS_PAIRED", "1"),
-    ]);
-    assert!(rows_paired.cubes("rows_kernel") < rows_only.cubes("rows_kernel"));
 
     let cmma = bench(&[("DRPO_CUDA_SMALL_MATMUL", "cmma")]);
     assert!(!cmma.has("rows_kernel") && !cmma.has("mma_kernel"));

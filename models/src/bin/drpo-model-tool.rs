@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use clap::{Parser, Subcommand};
-use drpo_models::device::PendingIds;
+use drpo_models::device::{PendingIds, greedy_ids};
 use drpo_models::hf::{self, StoreDtype};
 use drpo_models::llama::{Llama, Logits};
 use drpo_models::{DeviceSpec, GenerationRequest, LlamaConfig, LocalModel, PromptInput};
@@ -215,10 +215,10 @@ fn compile_only_report(code: ExitCode) -> ExitCode {
     let launches: Vec<String> = report
         .launches
         .iter()
-        .map(|(kernel, launched)| format!("{kernel}={}/{}", launched.count, launched.cubes))
+        .map(|(kernel, launched)| format!("{kernel}={}/{}", launched.count, launched.units))
         .collect();
     eprintln!(
-        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed; launches/cubes: {}",
+        "compile-only CUDA device: {} kernels compiled for sm_90a, {} failed; launches/units: {}",
         report.kernels.len(),
         report.failures.len(),
         launches.join(" ")
@@ -691,7 +691,7 @@ fn greedy<B: Backend>(
     if with_margins {
         record_margins(&first_logits);
     }
-    let mut next = logits.argmax(1);
+    let mut next = greedy_ids(logits);
     let mut tokens = vec![Vec::with_capacity(gen_tokens); batch];
     push_tokens(&mut tokens, PendingIds::read(next.clone()))?;
     let prefill_s = started.elapsed().as_secs_f64();
@@ -717,7 +717,7 @@ fn greedy<B: Backend>(
                 .to_vec::<f32>();
             record_margins(&values.map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?);
         }
-        next = logits.argmax(1);
+        next = greedy_ids(logits);
         // How long the host took to issue the step's kernels: if it is close to the whole
         // step, the step is bound by the host, not the device.
         let queued_s = step_start.elapsed().as_secs_f64();
@@ -903,19 +903,19 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
 }
 
 /// The CUDA switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
-/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`,
-/// `DRPO_CUDA_ROWS_PAIRED`, `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
+/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`, `DRPO_CUDA_ARGMAX`,
+/// `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
 fn kernel_choice() -> String {
     let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
     format!(
-        "small_matmul={} fused={} attention={} gated={} rope_attention={} rows_paired={} \
+        "small_matmul={} fused={} attention={} gated={} rope_attention={} argmax={} \
          queued_reads={}",
         get("DRPO_CUDA_SMALL_MATMUL"),
         get("DRPO_CUDA_FUSED"),
         get("DRPO_CUDA_ATTENTION"),
         get("DRPO_CUDA_GATED"),
         get("DRPO_CUDA_ROPE_ATTENTION"),
-        get("DRPO_CUDA_ROWS_PAIRED"),
+        get("DRPO_CUDA_ARGMAX"),
         get("DRPO_CUDA_QUEUED_READS")
     )
 }

@@ -13,9 +13,9 @@
 //! Rounding follows burn's operations: the scores are rounded to the storage type (the matmul's
 //! output) before the f32 scale and softmax, and the probabilities before the second product.
 //!
-//! For a decode step the kernel can also do RoPE's work ([`rope_attention`], opt-in until a GPU
-//! run has checked it): it rotates its query and its head's new key from the fused projection
-//! and writes the new key and value into the caches, one launch fewer per layer.
+//! For a decode step the kernel also does RoPE's work ([`rope_attention`]): it rotates its query
+//! and its head's new key from the fused projection and writes the new key and value into the
+//! caches, one launch fewer per layer.
 
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -85,9 +85,9 @@ pub fn attention<B: Backend>(
 /// [`attention`] for a decode step (`len` 1) straight from the fused projection `qkv: [batch,
 /// (heads + 2 * kv_heads) * head_dim]`: the kernel applies RoPE (`cos`, `sin`: `[batch, 1, 1,
 /// head_dim]`) to the query and the new key itself and writes the new key and value into the
-/// caches, the work of `rope::rope_into_cache`, so the step saves that launch. Opt-in
-/// (`DRPO_CUDA_ROPE_ATTENTION=1`) until a GPU run has checked it; `None` otherwise, for prefill,
-/// and where [`attention`] would give `None`.
+/// caches, the work of `rope::rope_into_cache`, so the step saves that launch (on by default
+/// since run 15, which checked it on an H100: `DRPO_CUDA_ROPE_ATTENTION=0` keeps RoPE in its own
+/// launch); `None` with that switch, for prefill, and where [`attention`] would give `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_attention<B: Backend>(
     qkv: &Tensor<B, 2>,
@@ -104,7 +104,7 @@ pub fn rope_attention<B: Backend>(
     sliding_window: Option<usize>,
 ) -> Option<Tensor<B, 2>> {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = super::opted_in("DRPO_CUDA_ROPE_ATTENTION", &ON);
+    let on = super::switched_on("DRPO_CUDA_ROPE_ATTENTION", &ON);
     let [batch, len, _, head_dim] = cos.dims();
     if !on
         || len != 1

@@ -158,13 +158,13 @@ pub struct CompileReport {
     pub failures: Vec<String>,
 }
 
-/// How often a kernel was launched, and over how many cubes in all: a switch that changes how a
-/// kernel divides its work shows in its cubes.
+/// How often a kernel was launched, and over how many units (threads) in all: a switch that
+/// changes how a kernel divides its work shows in its units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Launches {
     pub count: usize,
-    /// The cubes of its launches of a static cube count (ours and burn's all are).
-    pub cubes: u64,
+    /// The units of its launches of a static cube count (ours, burn's and cubek's all are).
+    pub units: u64,
 }
 
 /// Kernels compiled and failed, for every compile-only device of the process.
@@ -391,6 +391,7 @@ impl CompileOnlyServer {
     /// failed, and counts the launch.
     fn compile(&mut self, kernel: &dyn CubeTask<CudaCompiler>, mode: ExecutionMode, cubes: u64) {
         let mut id = kernel.id();
+        let units = cubes * u64::from(id.cube_dim.num_elems());
         id.mode(mode);
         let name = match self.seen.get(&id) {
             Some(name) => name.clone(),
@@ -412,7 +413,7 @@ impl CompileOnlyServer {
         let mut report = report();
         let launches = report.launches.entry(name).or_default();
         launches.count += 1;
-        launches.cubes += cubes;
+        launches.units += units;
     }
 
     fn compile_new(

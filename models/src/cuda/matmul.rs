@@ -4,8 +4,7 @@
 //! are one contiguous row. A decode step multiplies few activation rows (one per sequence) by
 //! every weight, so it is bound by reading the weights once: the kernel here ([`rows_kernel`])
 //! gives each weight row to one plane (warp), whose lanes read it in 16-byte vectors, multiply
-//! each vector with the same slice of every activation row, and sum across the plane at the end
-//! (in its gated gate/up form, and opt-in for the others, a plane takes two weight rows).
+//! each vector with the same slice of every activation row, and sum across the plane at the end.
 //! Consecutive cubes take the same weight rows for successive chunks of activation rows, so a
 //! batch larger than a chunk reads each weight from memory once and from L2 for the rest.
 //!
@@ -83,25 +82,11 @@ fn rows_unroll() -> usize {
     rows_setting("DRPO_CUDA_ROWS_UNROLL", 4, &UNROLL)
 }
 
-/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row (or two) each: 4, or
+/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row each: 4, or
 /// `DRPO_CUDA_ROWS_PLANES`.
 fn rows_planes() -> usize {
     static PLANES: OnceLock<usize> = OnceLock::new();
     rows_setting("DRPO_CUDA_ROWS_PLANES", 4, &PLANES)
-}
-
-/// Whether a plane of [`rows_kernel`] takes two weight rows of a projection, `j` and `j + n / 2`,
-/// rather than one (opt-in, `DRPO_CUDA_ROWS_PAIRED=1`, until a GPU run has measured it). The
-/// gated gate/up projection, whose planes read two rows (a gate row and its up row), read its
-/// weights at 2.7 TB/s in run 13 (`docs/gpu-check-results.md`), while the one-row planes of the
-/// qkv and o projections, of the same inner size, read theirs at 1.8-2.1 TB/s: pairing gives
-/// those the gated kernel's shape. For one activation row, NVRTC unrolls the one-row loop over
-/// 4,096 inputs whole (103 registers a lane, by ptxas for sm_90a) and keeps the two-row loop
-/// (53, as the gated kernel), so twice as many cubes fit on an SM. Projections of an odd number
-/// of rows keep one row per plane.
-fn rows_paired() -> bool {
-    static PAIRED: OnceLock<bool> = OnceLock::new();
-    super::opted_in("DRPO_CUDA_ROWS_PAIRED", &PAIRED)
 }
 
 /// The fewest rows [`mma_kernel`] takes by default: below one whole tile of activation rows, the
@@ -131,8 +116,7 @@ pub enum SmallRowKernel {
     /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores); [`Self::Rows`]'s
     /// choice for fewer rows and for the shapes and types the tensor cores do not take.
     Mma,
-    /// [`rows_kernel`]: one plane per weight row (or two), 16-byte loads, a plane sum; f32
-    /// arithmetic.
+    /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum; f32 arithmetic.
     Rows,
     /// Burn's (cubek's) tensor-core kernel, as for many rows.
     Cmma,
@@ -378,8 +362,7 @@ fn launch_rows(
 }
 
 /// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`; with `gated`, `w` is a fused
-/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`. Without, its planes take
-/// two weight rows each when [`rows_paired`] and `n` is even.
+/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`.
 fn launch_rows_with(
     x: CubeTensor<Runtime>,
     w: CubeTensor<Runtime>,
@@ -397,12 +380,9 @@ fn launch_rows_with(
         [m, outputs].into(),
         x.dtype,
     );
-    let paired = !gated && rows_paired() && n.is_multiple_of(2);
-    // The weight rows, or pairs of them, that take a plane each.
-    let plane_rows = if paired { n / 2 } else { outputs };
     let chunks = m.div_ceil(m.min(ROWS_PER_CHUNK));
     let planes = rows_planes();
-    let cubes = plane_rows.div_ceil(planes) * chunks;
+    let cubes = outputs.div_ceil(planes) * chunks;
     let cube_count = CubeCount::new_1d(
         u32::try_from(cubes).map_err(|_| format!("{cubes} cubes are too many for one launch"))?,
     );
@@ -414,7 +394,7 @@ fn launch_rows_with(
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
             &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, outputs,
-            planes, rows_unroll(), gated, paired,
+            planes, rows_unroll(), gated,
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)
@@ -446,25 +426,25 @@ mod kernels {
         }
     }
 
-    /// [`multiply_add`] over vector `i` of the weight row starting at `weights`, and with
-    /// `two_rows` of the plane's second row starting at `second_weights` into `acc_second`.
+    /// [`multiply_add`] over vector `i` of the weight row starting at `weights`, and with `gated`
+    /// of its up row starting at `up_weights` into `acc_up`.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn multiply_add_rows<F: Float, N: Size>(
         x: &Array<Vector<F, N>>,
         w: &Array<Vector<F, N>>,
         weights: usize,
-        second_weights: usize,
+        up_weights: usize,
         x_rows: &Array<usize>,
         acc: &mut Array<Vector<f32, N>>,
-        acc_second: &mut Array<Vector<f32, N>>,
+        acc_up: &mut Array<Vector<f32, N>>,
         i: usize,
         #[comptime] chunk: usize,
-        #[comptime] two_rows: bool,
+        #[comptime] gated: bool,
     ) {
         multiply_add::<F, N>(x, w[weights + i], x_rows, acc, i, chunk);
-        if comptime!(two_rows) {
-            multiply_add::<F, N>(x, w[second_weights + i], x_rows, acc_second, i, chunk);
+        if comptime!(gated) {
+            multiply_add::<F, N>(x, w[up_weights + i], x_rows, acc_up, i, chunk);
         }
     }
 
@@ -474,13 +454,11 @@ mod kernels {
     ///
     /// With `gated`, `w` is a fused gate/up projection of `2 * n` rows, and `out[r, j]` is
     /// `silu(gate) * up` of its products with rows `j` and `n + j`, each rounded to the storage
-    /// type first (as the separate projection and [`crate::cuda::swiglu`] round them). With
-    /// `paired` (`n` even), plane `j` takes rows `j` and `j + n / 2` and writes both products.
+    /// type first (as the separate projection and [`crate::cuda::swiglu`] round them).
     ///
-    /// Cube `c` handles plane row `(c / chunks) * planes + plane` (a weight row, or the first of
-    /// the plane's two) for the activation rows of chunk `c % chunks` (each chunk at most
-    /// [`ROWS_PER_CHUNK`] rows, accumulated in registers), so the cubes that read the same weight
-    /// rows run next to each other.
+    /// Cube `c` handles weight rows `(c / chunks) * planes + plane` for the activation rows of chunk
+    /// `c % chunks` (each chunk at most [`ROWS_PER_CHUNK`] rows, accumulated in registers), so the
+    /// cubes that read the same weight rows run next to each other.
     #[cube(launch_unchecked)]
     pub(super) fn rows_kernel<F: Float, N: Size>(
         x: &Array<Vector<F, N>>,
@@ -492,34 +470,29 @@ mod kernels {
         #[comptime] planes: usize,
         #[comptime] unroll: usize,
         #[comptime] gated: bool,
-        #[comptime] paired: bool,
     ) {
-        let two_rows = comptime!(gated || paired);
-        // How many plane rows there are, and how far each plane's second row lies from its first.
-        let plane_rows = comptime!(if paired { n / 2 } else { n });
         let chunk = comptime!(rows.min(ROWS_PER_CHUNK));
         let chunks = comptime!(rows.div_ceil(chunk));
         let cube = CUBE_POS_X as usize;
         let row = (cube / chunks) * planes + UNIT_POS_Y as usize;
         let first = (cube % chunks) * chunk;
         let lane = UNIT_POS_X as usize;
-        if row < plane_rows {
+        if row < n {
             // A ragged last chunk reads its last row again for the missing ones; their sums are
             // never written.
             let mut x_rows = Array::<usize>::new(chunk);
             let mut acc = Array::<Vector<f32, N>>::new(chunk);
-            let mut acc_second =
-                Array::<Vector<f32, N>>::new(comptime!(if two_rows { chunk } else { 1 }));
+            let mut acc_up = Array::<Vector<f32, N>>::new(comptime!(if gated { chunk } else { 1 }));
             #[unroll]
             for r in 0..chunk {
                 x_rows[r] = min(first + r, rows - 1) * k_vectors;
                 acc[r] = Vector::zero();
-                if comptime!(two_rows) {
-                    acc_second[r] = Vector::zero();
+                if comptime!(gated) {
+                    acc_up[r] = Vector::zero();
                 }
             }
             let weights = row * k_vectors;
-            let second_weights = (row + plane_rows) * k_vectors;
+            let up_weights = (row + n) * k_vectors;
             // Every lane takes the same number of full steps, `unroll` at a time so that their
             // loads are in flight together; a ragged tail is checked.
             let full_steps = comptime!(k_vectors / LANES);
@@ -532,13 +505,13 @@ mod kernels {
                         x,
                         w,
                         weights,
-                        second_weights,
+                        up_weights,
                         &x_rows,
                         &mut acc,
-                        &mut acc_second,
+                        &mut acc_up,
                         i,
                         chunk,
-                        two_rows,
+                        gated,
                     );
                 }
             }
@@ -549,13 +522,13 @@ mod kernels {
                     x,
                     w,
                     weights,
-                    second_weights,
+                    up_weights,
                     &x_rows,
                     &mut acc,
-                    &mut acc_second,
+                    &mut acc_up,
                     i,
                     chunk,
-                    two_rows,
+                    gated,
                 );
             }
             if comptime!(!k_vectors.is_multiple_of(LANES)) {
@@ -565,36 +538,28 @@ mod kernels {
                         x,
                         w,
                         weights,
-                        second_weights,
+                        up_weights,
                         &x_rows,
                         &mut acc,
-                        &mut acc_second,
+                        &mut acc_up,
                         i,
                         chunk,
-                        two_rows,
+                        gated,
                     );
                 }
             }
             #[unroll]
             for r in 0..chunk {
                 let total = F::cast_from(plane_sum(Vector::vector_sum(acc[r])));
-                let second = if comptime!(two_rows) {
-                    F::cast_from(plane_sum(Vector::vector_sum(acc_second[r])))
-                } else {
-                    total
-                };
                 let value = if comptime!(gated) {
-                    let gated = silu_times::<F, Const<1>>(Vector::new(total), Vector::new(second));
+                    let up = F::cast_from(plane_sum(Vector::vector_sum(acc_up[r])));
+                    let gated = silu_times::<F, Const<1>>(Vector::new(total), Vector::new(up));
                     gated[0]
                 } else {
                     total
                 };
                 if lane == 0 && first + r < rows {
-                    let at = (first + r) * n + row;
-                    out[at] = value;
-                    if comptime!(paired) {
-                        out[at + plane_rows] = second;
-                    }
+                    out[(first + r) * n + row] = value;
                 }
             }
         }

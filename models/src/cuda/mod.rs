@@ -16,8 +16,9 @@
 //!   and the KV cache (was about 16 operations and a copy of each cache);
 //! - [`swiglu`]: `silu(gate) * up` from the fused gate/up projection (was 4 operations);
 //! - [`attention`]: a step's attention over the cache, masks included (was about 12); for a
-//!   decode step it can take RoPE's work too (opt-in, `DRPO_CUDA_ROPE_ATTENTION=1`, until a GPU
-//!   run has checked it).
+//!   decode step it takes RoPE's work too;
+//! - [`argmax`]: each row's greedy choice, one cube a row (burn's took about 10% of a batch-1
+//!   step).
 //!
 //! With the feature `cuda-compile-only`, the device of `compile_only` stands in for the GPU: it
 //! compiles every kernel for an H100 and runs none, so that CI checks the kernels without one.
@@ -28,7 +29,8 @@
 //! replaces do (f32 arithmetic, storage-type results where burn stored them), so the CPU
 //! reference and the CUDA decoder agree within bf16 rounding. Switches, for measuring:
 //! `DRPO_CUDA_FUSED=0` (burn's operations instead of the fused kernels), `DRPO_CUDA_ATTENTION=0`,
-//! `DRPO_CUDA_GATED=0` (SwiGLU in its own launch), `DRPO_CUDA_SMALL_MATMUL` and the `rows`
+//! `DRPO_CUDA_GATED=0` (SwiGLU in its own launch), `DRPO_CUDA_ROPE_ATTENTION=0` (RoPE in its
+//! own launch), `DRPO_CUDA_ARGMAX=0` (burn's argmax), `DRPO_CUDA_SMALL_MATMUL` and the `rows`
 //! kernel's shape settings (see [`matmul`]), and `DRPO_CUDA_QUEUED_READS=0` (greedy decoding
 //! reads each step's token ids before it issues the next step, see [`read_ints_later`]).
 
@@ -54,6 +56,7 @@ macro_rules! with_float_type {
     };
 }
 
+pub mod argmax;
 pub mod attention;
 #[cfg(feature = "cuda-compile-only")]
 pub mod compile_only;
@@ -190,6 +193,16 @@ pub(crate) fn from_cuda<B: Backend, const D: usize>(t: CubeTensor<Runtime>) -> T
         .expect("B is CudaBackend: the caller's inputs were CUDA tensors")
 }
 
+/// The generic integer tensor of a CUDA one; `B` must be [`CudaBackend`], as for [`from_cuda`].
+pub(crate) fn from_cuda_int<B: Backend, const D: usize>(
+    t: CubeTensor<Runtime>,
+) -> Tensor<B, D, Int> {
+    let t = Tensor::<CudaBackend, D, Int>::from_primitive(t);
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<Tensor<B, D, Int>>()
+        .expect("B is CudaBackend: the caller's inputs were CUDA tensors")
+}
+
 /// `t` with plain row-major strides: burn may pad the rows of the tensors it creates (pitched
 /// memory), and our kernels index dense rows. A copy only when `t` is a padded CUDA tensor.
 pub(crate) fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
@@ -209,11 +222,6 @@ pub(crate) fn fused_enabled() -> bool {
 /// `cell`.
 pub(crate) fn switched_on(name: &str, cell: &'static OnceLock<bool>) -> bool {
     *cell.get_or_init(|| std::env::var(name).map_or(true, |v| v != "0"))
-}
-
-/// Whether the kernel switch `name`, off by default, is on: set to `1`. Read once, into `cell`.
-pub(crate) fn opted_in(name: &str, cell: &'static OnceLock<bool>) -> bool {
-    *cell.get_or_init(|| std::env::var(name).is_ok_and(|v| v == "1"))
 }
 
 /// A kernel argument over a contiguous tensor's elements, whatever its rank.
