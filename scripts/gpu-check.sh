@@ -9,19 +9,18 @@
 #       and when `rows` does too, `cmma`;
 #   (a2) CPU-vs-CUDA parity on small random models (logits within bf16 tolerance, greedy tokens
 #       equal but where the CPU's own choice was a near-tie), with the default kernels, and when
-#       that fails, with one group of our kernels switched off at a time; then each opt-in kernel
-#       (PARITY_OPT_IN: RoPE inside the attention kernel, two weight rows per plane of `rows`),
-#       which the later steps use if it passed and, where step (a) measured it, its products at
-#       CONFIG's shapes agreed with the host's;
+#       that fails, with one group of our kernels switched off at a time; then under each switch
+#       word of PARITY_OPT_IN (none by default), for checking a kernel that is not yet a default;
 #   (a3) the generation path of drpo-host's `local:` models (LocalModel: batched rows, greedy
 #       choices taken on the device, schema-constrained decoding) on a small random model with a
 #       tokenizer, answer by answer against the CPU; every answer under the schema must parse;
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
-#   (b2) the same model with one switch changed (the words of SWEEP: by default each step's
-#       tokens read before the next step is issued, RoPE in its own launch, one weight row per
-#       plane of `rows`, SwiGLU in its own launch, `rows` for `mma`, burn's attention), for the
-#       decode steps (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS);
+#   (b2) the same model with the defaults, then with one switch changed (the words of SWEEP: by
+#       default each step's tokens read before the next step is issued, RoPE in its own launch,
+#       burn's argmax, SwiGLU in its own launch, `rows` for `mma`, burn's attention), for the
+#       decode steps (SWEEP_BATCHES, SWEEP_PROMPT_LEN, SWEEP_GEN_TOKENS), each against the
+#       defaults' run under the same settings;
 #   (b3) cubecl's per-kernel times of a few batch-1 decode steps (its profiling logger), to rank
 #       the kernels of a step;
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
@@ -216,7 +215,7 @@ for kernel in ${MATMUL_KERNELS:-mma rows cmma}; do
     --iters "${MATMUL_ITERS:-20}" || echo "matmul $kernel: FAILED (exit $?)"
 done
 # The `rows` kernel at the row counts it takes by default, with other shape settings.
-for variant in ${MATMUL_VARIANTS:-DRPO_CUDA_ROWS_PAIRED=1 DRPO_CUDA_ROWS_PLANES=8 DRPO_CUDA_ROWS_PLANES=2}; do
+for variant in ${MATMUL_VARIANTS:-DRPO_CUDA_ROWS_PLANES=8 DRPO_CUDA_ROWS_PLANES=2}; do
   RUN_ENV=$variant run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-${variant//=/-}.jsonl" matmul \
     --config "$CONFIG" --device "$DEVICE" --rows "$VARIANT_ROWS" --kernels rows \
     --iters "${MATMUL_ITERS:-20}" \
@@ -286,20 +285,11 @@ elif [ "$passed" != default ]; then
   echo "the default kernels failed parity: the later steps use $passed"
   export "${passed?}"
 fi
-# Opt-in kernels not yet checked on a GPU: each that passes on both models is used by the later
-# steps.
-for optin in ${PARITY_OPT_IN:-DRPO_CUDA_ROPE_ATTENTION=1 DRPO_CUDA_ROWS_PAIRED=1}; do
-  # The tiny models' inner sizes are below one full step of `rows`' main loop: an opt-in that
-  # the matmul step measured at Mistral's shapes must also have agreed with the host there.
-  measured="$OUT_DIR/matmul-${optin//=/-}.jsonl"
-  if [ -f "$measured" ] && ! products_agree "$measured" "$VARIANT_ROWS" rows; then
-    echo "the opt-in $optin failed or differs at $CONFIG's shapes: the later steps go without it"
-    continue
-  fi
-  if parity_on_both "$optin" "$optin (opt-in)"; then
-    echo "the opt-in $optin passed parity: the later steps use it"
-    export "${optin?}"
-  fi
+# Kernels that are not yet a default, checked here; the later steps measure the defaults (the
+# sweep measures a switch's speed). Run 15 adopted every opt-in that passed parity, and its
+# table measured a combination slower than the defaults.
+for optin in ${PARITY_OPT_IN:-}; do
+  parity_on_both "$optin" "$optin (opt-in)" || true
 done
 fi
 
@@ -329,11 +319,13 @@ fi
 
 if wants sweep; then
 section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
-# Each SWEEP word is one run's kernel switch (short prompt and generation).
-for kernels in ${SWEEP:-DRPO_CUDA_QUEUED_READS=0 DRPO_CUDA_ROPE_ATTENTION=0 DRPO_CUDA_ROWS_PAIRED=0 DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
-  RUN_ENV=$kernels run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" bench \
-    --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
-    --prompt-len "${SWEEP_PROMPT_LEN:-32}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" || echo "sweep $kernels: FAILED (exit $?)"
+# The defaults first, then each SWEEP word as one run's kernel switch, all with the same
+# settings (the bench's prompt, a shorter generation), so that each compares with the first.
+for kernels in defaults ${SWEEP:-DRPO_CUDA_QUEUED_READS=0 DRPO_CUDA_ROPE_ATTENTION=0 DRPO_CUDA_ARGMAX=0 DRPO_CUDA_GATED=0 DRPO_CUDA_SMALL_MATMUL=rows DRPO_CUDA_ATTENTION=0}; do
+  RUN_ENV=${kernels#defaults} run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" \
+    bench --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
+    --prompt-len "${SWEEP_PROMPT_LEN:-$PROMPT_LEN}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" \
+    || echo "sweep $kernels: FAILED (exit $?)"
 done
 fi
 

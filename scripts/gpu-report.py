@@ -2,8 +2,8 @@
 """Prints the table of scripts/gpu-check.sh from the files it left in one directory.
 
 Reads parity.jsonl, product.jsonl, matmul.jsonl, matmul-small.jsonl, matmul-DRPO_CUDA_ROWS_*.jsonl
-(the `rows` kernel with one shape setting changed), ours.jsonl, hf.jsonl, sweep-SWITCH.jsonl (JSON
-objects, one a line) and mem-ours.txt / mem-hf.txt (nvidia-smi samples of used MiB); missing or
+(the `rows` kernel with one shape setting changed), ours.jsonl, hf.jsonl, sweep-defaults.jsonl and
+sweep-SWITCH.jsonl (JSON objects, one a line) and mem-ours.txt / mem-hf.txt (nvidia-smi samples of used MiB); missing or
 partial files show as "-".
 """
 import json
@@ -17,7 +17,7 @@ GOAL_B32 = 2000.0
 
 def setting(name, prefix, suffix):
     """The kernel switch a file of gpu-check.sh is named after, as NAME=VALUE: the file
-    PREFIX + "DRPO_CUDA_ROWS_PAIRED-1" + SUFFIX with prefix "DRPO_CUDA_ROWS_" gives "PAIRED=1"."""
+    PREFIX + "DRPO_CUDA_ROWS_PLANES-8" + SUFFIX with prefix "DRPO_CUDA_ROWS_" gives "PLANES=8"."""
     return "=".join(name[len(prefix):-len(suffix)].rsplit("-", 1))
 
 
@@ -87,8 +87,8 @@ def main():
         print(line)
 
     products = lines(os.path.join(out, "matmul.jsonl")) + lines(os.path.join(out, "matmul-small.jsonl"))
-    # The `rows` variants, labelled with their setting (matmul-DRPO_CUDA_ROWS_PAIRED-1.jsonl:
-    # "rows PAIRED=1").
+    # The `rows` variants, labelled with their setting (matmul-DRPO_CUDA_ROWS_PLANES-8.jsonl:
+    # "rows PLANES=8").
     for f in sorted(os.listdir(out)):
         if f.startswith("matmul-DRPO_CUDA_ROWS_") and f.endswith(".jsonl"):
             label = "rows " + setting(f, "matmul-DRPO_CUDA_ROWS_", ".jsonl")
@@ -128,19 +128,27 @@ def main():
           f"{fmt(mem_hf and mem_hf[0], 0):>16}")
     print(f"{'peak GPU MiB (torch reserved)':28}{'':>18}{fmt(torch_peak, 0):>16}")
 
-    sweeps = sorted(f for f in os.listdir(out) if f.startswith("sweep-") and f.endswith(".jsonl"))
-    if sweeps:
+    switches = sorted(f for f in os.listdir(out)
+                      if f.startswith("sweep-DRPO_CUDA_") and f.endswith(".jsonl"))
+    if switches:
         print()
-        print("decode tok/s with other kernel switches (SWEEP):")
+        print("decode tok/s with one kernel switch changed (SWEEP), and against the defaults run "
+              "with the same settings:")
         # sweep-DRPO_CUDA_SMALL_MATMUL-rows.jsonl: "SMALL_MATMUL=rows".
-        runs = {setting(f, "sweep-DRPO_CUDA_", ".jsonl"):
-                {r["batch"]: r for r in lines(os.path.join(out, f))} for f in sweeps}
+        runs = {"(defaults)": "sweep-defaults.jsonl"}
+        runs.update((setting(f, "sweep-DRPO_CUDA_", ".jsonl"), f) for f in switches)
+        runs = {k: {r["batch"]: r for r in lines(os.path.join(out, f))} for k, f in runs.items()}
         sweep_batches = sorted({b for r in runs.values() for b in r})
         width = max(len(k) for k in runs) + 2
-        print(f"  {'switch':{width}}" + "".join(f"{'batch ' + str(b):>14}" for b in sweep_batches))
+        print(f"  {'switch':{width}}" + "".join(f"{'batch ' + str(b):>22}" for b in sweep_batches))
         for kernel, rows in runs.items():
-            print(f"  {kernel:{width}}" + "".join(
-                f"{fmt(rows.get(b, {}).get('decode_tok_s')):>14}" for b in sweep_batches))
+            cells = ""
+            for b in sweep_batches:
+                speed = rows.get(b, {}).get("decode_tok_s")
+                base = runs["(defaults)"].get(b, {}).get("decode_tok_s")
+                change = f"({100 * (speed / base - 1):+.1f}%)" if speed and base else ""
+                cells += f"{fmt(speed):>13} {change:>8}"
+            print(f"  {kernel:{width}}{cells}")
 
     print()
     b1 = ours.get(1, {}).get("decode_tok_s")
