@@ -269,8 +269,8 @@ parity_on_both() {
 # With every kernel of ours; when that fails (or PARITY_ALL is set), again with one group of them
 # replaced, so that a failure shows which group it comes from.
 passed=
-for kernels in "" "DRPO_CUDA_QUEUED_READS=0" "DRPO_CUDA_GATED=0" "DRPO_CUDA_ATTENTION=0" \
-  "DRPO_CUDA_SMALL_MATMUL=rows" "DRPO_CUDA_FUSED=0"; do
+for kernels in "" "DRPO_CUDA_QUEUED_READS=0" "DRPO_CUDA_ARGMAX=0" "DRPO_CUDA_ROPE_ATTENTION=0" \
+  "DRPO_CUDA_GATED=0" "DRPO_CUDA_ATTENTION=0" "DRPO_CUDA_SMALL_MATMUL=rows" "DRPO_CUDA_FUSED=0"; do
   [ -n "$passed" ] && [ -z "${PARITY_ALL:-}" ] && break
   # The matmul step's fallback stands: a variant must not bring back a kernel that failed there.
   [[ "$kernels" == DRPO_CUDA_SMALL_MATMUL=* ]] && [ -n "${DRPO_CUDA_SMALL_MATMUL:-}" ] && continue
