@@ -73,7 +73,7 @@ impl Compiled {
 
     /// Units of all the launches of the kernels `name`.
     fn units(&self, name: &str) -> u64 {
-        self.named(name).map(|(.., c)| c).sum()
+        self.named(name).map(|(.., units)| units).sum()
     }
 
     fn has(&self, name: &str) -> bool {

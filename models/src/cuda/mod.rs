@@ -187,19 +187,22 @@ impl Drop for IntsOnTheirWay {
 /// The generic tensor of a CUDA tensor; `B` must be [`CudaBackend`], which callers know from a
 /// successful [`as_cuda`] on their inputs.
 pub(crate) fn from_cuda<B: Backend, const D: usize>(t: CubeTensor<Runtime>) -> Tensor<B, D> {
-    let t = Tensor::<CudaBackend, D>::from_primitive(TensorPrimitive::Float(t));
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<Tensor<B, D>>()
-        .expect("B is CudaBackend: the caller's inputs were CUDA tensors")
+    as_generic(Tensor::<CudaBackend, D>::from_primitive(
+        TensorPrimitive::Float(t),
+    ))
 }
 
 /// The generic integer tensor of a CUDA one; `B` must be [`CudaBackend`], as for [`from_cuda`].
 pub(crate) fn from_cuda_int<B: Backend, const D: usize>(
     t: CubeTensor<Runtime>,
 ) -> Tensor<B, D, Int> {
-    let t = Tensor::<CudaBackend, D, Int>::from_primitive(t);
+    as_generic(Tensor::<CudaBackend, D, Int>::from_primitive(t))
+}
+
+/// A [`CudaBackend`] tensor as the same tensor of the generic backend, which is `CudaBackend`.
+fn as_generic<Cuda: 'static, Generic: 'static>(t: Cuda) -> Generic {
     *(Box::new(t) as Box<dyn Any>)
-        .downcast::<Tensor<B, D, Int>>()
+        .downcast::<Generic>()
         .expect("B is CudaBackend: the caller's inputs were CUDA tensors")
 }
 
