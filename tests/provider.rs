@@ -1,6 +1,7 @@
 //! The OpenAI-compatible provider against servers on 127.0.0.1: retries, `Retry-After`, the
 //! per-request timeout, the final error, the concurrency cap, the requests-per-minute limit, the
-//! fallback for servers that refuse `response_format`, and per-role endpoints and keys.
+//! structured-output ladder for servers that refuse `response_format`, servers that ignore `n`,
+//! errors inside a 200, and per-role endpoints and keys.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,7 +82,7 @@ fn complete(provider: &OpenAiProvider, batch: Vec<Request>) -> Vec<drpo_host::pr
 
 #[test]
 fn rate_limits_and_server_errors_are_retried_until_an_answer_comes() {
-    for status in [429, 500, 503] {
+    for status in [408, 409, 429, 500, 503] {
         let server = flaky(2, status, None);
         let answers = complete(&provider(&server, quick()), vec![request("hi")]);
         assert!(
@@ -122,10 +123,143 @@ fn after_the_last_try_one_clear_error_names_the_endpoint_status_and_body() {
 
 #[test]
 fn client_errors_are_not_retried() {
-    let server = flaky(usize::MAX, 400, None);
+    for status in [400, 401, 403, 404, 422] {
+        let server = flaky(usize::MAX, status, None);
+        let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+        assert_eq!(server.requests().len(), 1, "{status}");
+        assert!(
+            matches!(answers[0].result, Err(LlmError::Rejected(_))),
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn a_server_error_that_says_the_request_is_invalid_is_not_retried() {
+    let server = Server::with_script(|_, _| Reply {
+        status: 500,
+        body: r#"{"detail":"1 validation error for CompletionRequest: max_tokens"}"#.into(),
+        delay: Duration::ZERO,
+        retry_after: None,
+    });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     assert_eq!(server.requests().len(), 1);
-    assert!(matches!(answers[0].result, Err(LlmError::Rejected(_))));
+    let Err(LlmError::Rejected(message)) = &answers[0].result else {
+        panic!("{:?}", answers[0].result)
+    };
+    assert!(message.contains("validation error"), "{message}");
+}
+
+#[test]
+fn an_error_inside_a_200_is_an_error_and_is_retried() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let server = Server::with_script(move |path, body| Reply {
+        status: 200,
+        body: if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+            r#"{"error":{"message":"upstream overloaded"}}"#.into()
+        } else {
+            default_reply(path, body).to_string()
+        },
+        delay: Duration::ZERO,
+        retry_after: None,
+    });
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    assert!(answers[0].result.is_ok(), "{:?}", answers[0].result);
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_choice_with_null_content_is_an_error_not_an_empty_answer() {
+    let server = Server::with_script(|_, _| Reply {
+        status: 200,
+        body: r#"{"choices":[{"index":0,"finish_reason":"content_filter","message":{"role":"assistant","content":null}}]}"#.into(),
+        delay: Duration::ZERO,
+        retry_after: None,
+    });
+    let answers = complete(&provider(&server, quick()), vec![request("hi")]);
+    let Err(error) = &answers[0].result else {
+        panic!("{:?}", answers[0].result)
+    };
+    assert!(format!("{error:?}").contains("content_filter"), "{error:?}");
+}
+
+#[test]
+fn a_server_that_answers_one_choice_whatever_n_says_gets_n_requests() {
+    let server = Server::with_script(|path, body| {
+        let mut single = body.clone();
+        single["n"] = serde_json::json!(1);
+        Reply {
+            status: 200,
+            body: default_reply(path, &single).to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let provider = provider(&server, quick());
+    let mut three = request("write three");
+    three.sampling.n = 3;
+    three.sampling.temperature = 0.7;
+    let answers = complete(&provider, vec![three.clone()]);
+    let choices = &answers[0].result.as_ref().unwrap().choices;
+    assert_eq!(choices.len(), 3);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 4, "one that came back short, then three of one");
+    let seeds: Vec<u64> = requests[1..]
+        .iter()
+        .map(|(_, body)| body["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, vec![0, 1, 2]);
+    // Remembered: the next request goes out as three at once.
+    complete(&provider, vec![three]);
+    assert_eq!(server.requests().len(), 7);
+}
+
+#[test]
+fn a_schema_refused_where_json_schema_works_is_an_error_of_that_request_only() {
+    let server = Server::with_script(|path, body| {
+        let schema = &body["response_format"]["json_schema"]["schema"];
+        if schema.to_string().contains("bad") {
+            return Reply {
+                status: 400,
+                body: r#"{"error":{"message":"Invalid schema for response_format 'answer'"}}"#
+                    .into(),
+                delay: Duration::ZERO,
+                retry_after: None,
+            };
+        }
+        Reply {
+            status: 200,
+            body: default_reply(path, body).to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let provider = provider(&server, quick());
+    let with_schema = |schema: &str| Request {
+        json_schema: Some(schema.into()),
+        ..request("judge this")
+    };
+    let bad = complete(
+        &provider,
+        vec![with_schema(r#"{"type":"object","properties":{"bad":{"type":"widget"}}}"#)],
+    );
+    let Err(LlmError::Rejected(message)) = &bad[0].result else {
+        panic!("{:?}", bad[0].result)
+    };
+    assert!(message.contains("Invalid schema"), "{message}");
+    let good = complete(
+        &provider,
+        vec![with_schema(
+            r#"{"type":"object","properties":{"score":{"type":"integer"}},"required":["score"]}"#,
+        )],
+    );
+    assert!(good[0].result.is_ok(), "{:?}", good[0].result);
+    let last = server.requests().last().cloned().unwrap().1;
+    assert_eq!(
+        last["response_format"]["type"], "json_schema",
+        "response_format is not abandoned: {last}"
+    );
 }
 
 #[test]
@@ -224,14 +358,14 @@ fn a_server_that_refuses_response_format_is_asked_in_plain_text_from_then_on() {
     );
     assert_eq!(
         server.requests().len(),
-        2,
-        "refused once, then asked in plain text"
+        4,
+        "refused once, a probe refused at json_schema and json_object, then asked in plain text"
     );
     let second = complete(&provider, vec![with_schema("two")]);
     assert!(second[0].result.is_ok(), "{:?}", second[0].result);
     let requests = server.requests();
-    assert_eq!(requests.len(), 3, "the refusal is remembered");
-    let plain = &requests[2].1;
+    assert_eq!(requests.len(), 5, "the refusal is remembered");
+    let plain = &requests[4].1;
     assert!(plain.get("response_format").is_none());
     let prompt = plain["messages"].as_array().unwrap().last().unwrap()["content"]
         .as_str()
@@ -327,11 +461,12 @@ fn a_role_can_have_its_own_endpoint_and_key_variable() {
             .all(|k| k.as_deref() == Some("Bearer judge-key")),
         "{keys:?}"
     );
-    // The judge's server saw only judgements; every other role stayed on the shared one.
+    // The judge's server saw only judgements (its preflight check among them); every other
+    // role stayed on the shared one.
     let judged = judge.requests().len();
     let log = drpo_host::runlog::read_log(&work.path().join("run/run.log")).unwrap();
     let judge_requests: usize = log
-        .calls()
+        .billed_calls()
         .iter()
         .map(|call| match &call.request {
             drpo_host::runlog::CallRequest::Complete(batch) => {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::accounting::Spend;
-use crate::bindings::types::Outcome;
+use crate::bindings::types::{Outcome, Role, RoleEstimate};
 use crate::budget::BudgetFlags;
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::endpoints::EndpointFlags;
@@ -19,10 +19,11 @@ use crate::projection::Projection;
 use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{
-    CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, read_log,
+    CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, Preflight, read_log,
 };
 use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
+use crate::verdict::{Exit, Judgements};
 
 /// Searches for better system prompts with DRPO (Dynamic Rewarding with Prompt Optimization).
 ///
@@ -180,14 +181,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .resolve(&info.options_schema)?;
     let options = plugin_options(&config, &info.name)?;
     let options_json = serde_json::Value::Object(options).to_string();
-    let projection = project(&runtime, &plugin, &options_json, &config).await;
+    let estimates = runtime
+        .estimate(&plugin, &options_json, Limits::default())
+        .await
+        .result
+        .context("the strategy's estimate failed");
+    let projection = estimates.as_ref().map(|e| projection_lines(e, &config));
     if args.estimate_only {
-        for line in projection? {
+        for line in projection.map_err(|e| anyhow::anyhow!("{e:#}"))? {
             println!("{line}");
         }
         return Ok(());
     }
-    match projection {
+    match &projection {
         Ok(lines) => {
             eprintln!("projected spending (the strategy's estimate; tokens are rough):");
             lines.iter().for_each(|line| eprintln!("  {line}"));
@@ -196,8 +202,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let dir = RunDir::new(args.log_dir.context("--log-dir is required to run")?);
-    std::fs::create_dir_all(dir.root())
-        .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
     if dir.run_log().exists() {
         bail!(
             "{} already holds a run; finish it with `drpo-host resume {}`, or choose another --log-dir",
@@ -205,7 +209,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             dir.root().display()
         );
     }
-    let built = services::build(&config, &[])?;
+    let built = services::build(&config, &[], None)?;
+    // The roles the strategy says it uses (all of them when it cannot say).
+    let roles: Vec<Role> = match &estimates {
+        Ok(estimates) => estimates
+            .iter()
+            .filter(|e| e.max_calls > 0)
+            .map(|e| e.role)
+            .collect(),
+        Err(_) => crate::accounting::ROLES.to_vec(),
+    };
+    let preflight = crate::preflight::run(
+        &built.services.router,
+        &built.services.gate,
+        &roles,
+        config.endpoints.no_preflight,
+    )
+    .await
+    .map_err(|error| Exit {
+        code: crate::verdict::ROLE_FAILED,
+        message: error.to_string(),
+    })?;
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
     std::fs::write(dir.config(), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", dir.config().display()))?;
     let header = Header {
@@ -222,8 +248,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let writer =
+    let mut writer =
         crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
+    writer.append(&Entry::Preflight(preflight))?;
     let observer = observer_for(&dir, &config, &header, args.quiet)?;
     eprintln!(
         "running {} {} in {}",
@@ -256,25 +283,15 @@ fn plugin_options(
     Ok(options)
 }
 
-/// The projection table of a run with `options`, from the plugin's `estimate`.
-async fn project(
-    runtime: &Runtime,
-    plugin: &Plugin,
-    options: &str,
-    config: &RunConfig,
-) -> anyhow::Result<Vec<String>> {
-    let estimates = runtime
-        .estimate(plugin, options, Limits::default())
-        .await
-        .result
-        .context("the strategy's estimate failed")?;
+/// The projection table of a run, from the plugin's estimate.
+fn projection_lines(estimates: &[RoleEstimate], config: &RunConfig) -> Vec<String> {
     let prices = PriceTable::new(&config.prices);
-    let projection = Projection::new(
-        &estimates,
+    Projection::new(
+        estimates,
         |role| services::model_name(&config.models, role),
         &prices,
-    );
-    Ok(projection.lines())
+    )
+    .lines()
 }
 
 /// Runs the plugin on a live (or resuming) session and closes the run: the end frame, the
@@ -298,26 +315,30 @@ async fn run_to_end(
         )
         .await;
     let outcome = finish(dir, header, finished, started);
-    print_spend(dir, header, config);
+    let calls = print_spend(dir, header, config);
     let outcome = outcome?;
     save_metrics_cache(config, &outcome)?;
     print_outcome(dir, &outcome);
-    Ok(())
+    match crate::verdict::failure(&outcome, &calls) {
+        Some(exit) => Err(exit.into()),
+        None => Ok(()),
+    }
 }
 
-/// Prints what the run spent per role (from its run log).
-fn print_spend(dir: &RunDir, header: &Header, config: &RunConfig) {
+/// Prints what the run spent per role (from its run log), and returns the calls it paid for.
+fn print_spend(dir: &RunDir, header: &Header, config: &RunConfig) -> Vec<CallRecord> {
     match read_log(&dir.run_log()) {
         Ok(contents) => {
-            let spend = Spend::of(
-                &contents.calls(),
-                &header.models,
-                &PriceTable::new(&config.prices),
-            );
+            let calls = contents.billed_calls();
+            let spend = Spend::of(&calls, &header.models, &PriceTable::new(&config.prices));
             eprintln!("spent:");
             spend.table().iter().for_each(|line| eprintln!("  {line}"));
+            calls
         }
-        Err(error) => eprintln!("warning: cannot sum up the run's spending: {error}"),
+        Err(error) => {
+            eprintln!("warning: cannot sum up the run's spending: {error}");
+            Vec::new()
+        }
     }
 }
 
@@ -428,6 +449,9 @@ fn take_run_observer(session: &mut Session) -> RunObserver {
 }
 
 fn print_outcome(dir: &RunDir, outcome: &Outcome) {
+    if let Some(judgements) = Judgements::of(outcome) {
+        println!("{}", judgements.line());
+    }
     if let Some(score) = outcome.best_score {
         println!("best score: {score:.4}");
     }
@@ -440,6 +464,7 @@ fn print_outcome(dir: &RunDir, outcome: &Outcome) {
 /// The verified log of a run directory, its header, calls and end.
 pub(crate) struct RecordedRun {
     header: Header,
+    preflight: Option<Preflight>,
     calls: Vec<CallRecord>,
     end: Option<End>,
     pub(crate) contents: LogContents,
@@ -449,11 +474,13 @@ pub(crate) struct RecordedRun {
 pub(crate) fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
     let contents = read_log(&dir.run_log())?;
     let mut header = None;
+    let mut preflight = None;
     let mut calls = Vec::new();
     let mut end = None;
     for entry in &contents.entries {
         match entry {
             Entry::Header(h) => header = Some(h.clone()),
+            Entry::Preflight(p) => preflight = Some(p.clone()),
             Entry::Call(call) => calls.push(call.clone()),
             Entry::End(e) => end = Some(e.clone()),
         }
@@ -469,6 +496,7 @@ pub(crate) fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
     }
     Ok(RecordedRun {
         header,
+        preflight,
         calls,
         end,
         contents,
@@ -608,7 +636,11 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     let config = RunConfig::load(&dir.config())?;
     let runtime = runtime()?;
     let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, None)?;
-    let built = services::build(&config, &recorded.calls)?;
+    let built = services::build(
+        &config,
+        &recorded.contents.billed_calls(),
+        recorded.preflight.as_ref(),
+    )?;
     if let Some(tail) = recorded.contents.torn_tail_bytes {
         eprintln!(
             "note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run"
@@ -662,6 +694,9 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         println!("{:<14} {} via {}", model.role, model.model, model.provider);
     }
     println!("options        {}", header.options);
+    if let Some(preflight) = &recorded.preflight {
+        println!("{}", preflight_line(preflight));
+    }
 
     let mut imports: Vec<(&str, u64)> = Vec::new();
     for call in &recorded.calls {
@@ -684,7 +719,7 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         |_| PriceTable::new(&Default::default()),
         |config| PriceTable::new(&config.prices),
     );
-    let spend = Spend::of(&recorded.calls, &header.models, &prices);
+    let spend = Spend::of(&recorded.contents.billed_calls(), &header.models, &prices);
     println!();
     spend.table().iter().for_each(|line| println!("{line}"));
     // The grant is in the run's configuration; a run directory without one ran unrestricted.
@@ -706,6 +741,13 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
                 "outcome        finished in {:.1}s",
                 *elapsed_ms as f64 / 1000.0
             );
+            if let Some(exit) = crate::verdict::failure(outcome, &recorded.contents.billed_calls())
+            {
+                println!("not a success  {} (exit code {})", exit.message, exit.code);
+            }
+            if let Some(judgements) = Judgements::of(outcome) {
+                println!("{}", judgements.line());
+            }
             if let Some(score) = outcome.best_score {
                 println!("best score     {score:.4}");
             }
@@ -733,6 +775,25 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What the preflight checked and settled, for `inspect`.
+fn preflight_line(preflight: &Preflight) -> String {
+    let mut parts = vec![format!(
+        "{} check request(s), {} failed",
+        preflight.requests.len(),
+        preflight.results.iter().filter(|r| r.is_err()).count()
+    )];
+    if let Some(form) = preflight.base_form {
+        parts.push(format!("base prompts {}", form.name()));
+    }
+    for role in &preflight.settings {
+        let settled = role.settings.describe();
+        if !settled.is_empty() {
+            parts.push(format!("{}: {settled}", role.role));
+        }
+    }
+    format!("preflight      {}", parts.join("; "))
 }
 
 fn short_hash(hash: &str) -> &str {

@@ -14,6 +14,7 @@ use drpo_models::DeviceSpec;
 use crate::budget::BudgetFlags;
 use crate::endpoints::EndpointFlags;
 use crate::pricing::Price;
+use crate::provider::PromptForm;
 use crate::runtime::Limits;
 
 /// The search options of the published DRPO implementation, under their published names.
@@ -87,11 +88,39 @@ pub struct ModelFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_base: Option<String>,
+    /// How the base model is prompted: `chat` (system and user messages, under the model's chat
+    /// template), `raw` (one completion string, system text then user text), or `auto` (the
+    /// default): chat for a model over HTTP and for a local model with a chat template, raw for
+    /// a local model without one. A server that refuses the form for the model switches to the
+    /// other once (noted on the terminal and in the run log).
+    #[arg(long, value_enum, value_name = "FORM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_format: Option<BaseFormat>,
     /// Where `local:` models run: `cpu` (the default), or `cuda` / `cuda:N` (the GPU with index
     /// N) in a drpo-host built with `--features cuda`. Embedding models run on the CPU.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+/// `--base-format`: a prompt form, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseFormat {
+    Auto,
+    Chat,
+    Raw,
+}
+
+impl BaseFormat {
+    /// The form of the base prompts, given the form the base model's provider prefers.
+    pub fn resolve(self, natural: PromptForm) -> PromptForm {
+        match self {
+            BaseFormat::Auto => natural,
+            BaseFormat::Chat => PromptForm::Chat,
+            BaseFormat::Raw => PromptForm::Raw,
+        }
+    }
 }
 
 impl ModelFlags {

@@ -29,6 +29,12 @@ pub struct EndpointFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
+    /// Skip the preflight: the small request that checks each remote model before the search
+    /// spends anything, and settles how its server is reached (these are then settled on the
+    /// first refusal instead).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_preflight: bool,
     /// Endpoint of the base role's model, overriding --api-base.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,21 @@ impl Gate {
     /// budget is spent nothing succeeds any more, hits included, as the contract promises the
     /// strategy.
     pub async fn complete(&self, router: &Router, batch: Vec<Request>) -> Vec<Answer> {
+        self.answer(router, batch, self.cache.as_ref()).await
+    }
+
+    /// Answers requests the host sends on its own to check the models (the preflight): never
+    /// from the cache, which would check nothing, but within the budget and counted in it.
+    pub async fn check(&self, router: &Router, batch: Vec<Request>) -> Vec<Answer> {
+        self.answer(router, batch, None).await
+    }
+
+    async fn answer(
+        &self,
+        router: &Router,
+        batch: Vec<Request>,
+        cache: Option<&ResponseCache>,
+    ) -> Vec<Answer> {
         if self.meter.exhausted().is_some() {
             self.announce_refusal();
             return batch
@@ -45,11 +60,16 @@ impl Gate {
                 .collect();
         }
         let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
-        let keys: Vec<cache::Key> = match &self.cache {
+        let keys: Vec<cache::Key> = match cache {
             Some(cache) => {
                 let keys: Vec<cache::Key> = batch
                     .iter()
-                    .map(|request| cache::key(&router.provider(request.role).identity(), request))
+                    .map(|request| {
+                        cache::key(
+                            &router.answer_identity(request.role),
+                            &router.shape(request.clone()),
+                        )
+                    })
                     .collect();
                 for (slot, hit) in answers.iter_mut().zip(cache.get(&keys)) {
                     *slot = hit.map(|completion| Answer {
@@ -77,12 +97,12 @@ impl Gate {
             for (&index, answer) in sent.iter().zip(&fresh) {
                 if let Ok(completion) = &answer.result {
                     self.meter.charge(batch[index].role, &completion.usage);
-                    if self.cache.is_some() && !answer.cache_hit {
+                    if cache.is_some() && !answer.cache_hit {
                         to_store.push((keys[index], completion));
                     }
                 }
             }
-            if let Some(cache) = &self.cache
+            if let Some(cache) = cache
                 && let Err(error) = cache.put(&to_store)
             {
                 // The answers are good and recorded in the run log; only the cache missed out.

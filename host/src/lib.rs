@@ -21,12 +21,14 @@
 //! | [`endpoints`] | per-role endpoints and keys, rate limits, concurrency, cache switch |
 //! | [`eval`] | judging answer files with eval.wasm, the side-by-side report |
 //! | [`gate`] | what live requests pass: the cache, then the budget |
+//! | [`preflight`] | checking each remote model before a run spends anything |
 //! | [`outputs`] | the `view` and `export` commands |
 //! | [`progress`] | the progress display of a run |
 //! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
 //! | [`viewer`] | `tree.html`, the self-contained tree viewer |
 //! | [`generate`] | answering queries with an optimized prompt and retrieved examples |
 //! | [`subrun`] | commands that are recorded runs of a shipped strategy (`eval`, `generate`) |
+//! | [`verdict`] | what a run's exit code says |
 //! | [`cli`] | the command line |
 
 pub mod accounting;
@@ -42,6 +44,7 @@ pub mod generate;
 pub mod grants;
 pub mod metrics_cache;
 pub mod outputs;
+pub mod preflight;
 pub mod pricing;
 pub mod progress;
 pub mod projection;
@@ -54,4 +57,5 @@ pub mod services;
 pub mod subrun;
 #[cfg(test)]
 mod testing;
+pub mod verdict;
 pub mod viewer;

@@ -18,7 +18,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            let code = error
+                .downcast_ref::<drpo_host::verdict::Exit>()
+                .map_or(1, |exit| exit.code);
+            std::process::ExitCode::from(code)
         }
     }
 }

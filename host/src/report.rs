@@ -148,6 +148,7 @@ impl RunReport {
                     }
                 }
                 Entry::End(e) => end = Some(&e.status),
+                Entry::Preflight(_) => {}
             }
         }
         let header = header?;

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use crate::bindings::types::{Example, Query, Role};
 use crate::budget::Meter;
 use crate::cache::{Opened, ResponseCache};
-use crate::config::{ModelFlags, RunConfig};
+use crate::config::{BaseFormat, ModelFlags, RunConfig};
 use crate::endpoints::EndpointFlags;
 use crate::gate::Gate;
 use crate::grants::Grants;
@@ -19,7 +19,7 @@ use crate::provider::embedder::LocalEmbedder;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
 use crate::provider::{Provider, Router};
-use crate::runlog::{CallRecord, RoleModel};
+use crate::runlog::{CallRecord, Preflight, RoleModel};
 use crate::runtime::{Runtime, Services};
 
 /// The services of a run, and which model serves each role (for the run log header).
@@ -29,9 +29,20 @@ pub struct Built {
 }
 
 /// Builds the providers, the budget meter (counting what `recorded` calls of a resumed run
-/// spent) and the response cache, and reads the data.
-pub fn build(config: &RunConfig, recorded: &[CallRecord]) -> anyhow::Result<Built> {
-    let (router, models) = build_router(&config.models, &config.endpoints)?;
+/// spent) and the response cache, and reads the data. A resumed run's providers take over what
+/// its `preflight` settled.
+pub fn build(
+    config: &RunConfig,
+    recorded: &[CallRecord],
+    preflight: Option<&Preflight>,
+) -> anyhow::Result<Built> {
+    let (mut router, models) = build_router(&config.models, &config.endpoints)?;
+    if let Some(preflight) = preflight {
+        crate::preflight::restore(&router, preflight);
+        if let Some(form) = preflight.base_form {
+            router = router.with_base_form(form);
+        }
+    }
     let mut gate = Gate::new(meter(config, &models)?, open_cache(&config.endpoints));
     gate.meter_mut().count_recorded(recorded);
     let queries = load_queries(config.host.data.as_deref(), config.seed(), &config.options)?;
@@ -142,8 +153,12 @@ fn build_router(
     let [base, metrics, judge, optimizer]: [Arc<dyn Provider>; 4] = providers
         .try_into()
         .map_err(|_| anyhow::anyhow!("four roles"))?;
+    let base_form = flags
+        .base_format
+        .unwrap_or(BaseFormat::Auto)
+        .resolve(base.natural_form());
     Ok((
-        Router::new(base, metrics, judge, optimizer, embedder),
+        Router::new(base, metrics, judge, optimizer, embedder).with_base_form(base_form),
         models,
     ))
 }

@@ -319,6 +319,12 @@ impl LocalModel {
         &self.tokenizer
     }
 
+    /// Whether the model has its own chat template (without one, chats are rendered in a plain
+    /// `Role: content` form).
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
     /// The text a prompt becomes before tokenization (a chat rendered with the model's
     /// template and a generation prompt; a raw prompt unchanged).
     pub fn render(&self, prompt: &PromptInput) -> Result<String, ModelError> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use drpo_models::{ChatMessage, DeviceSpec, GenerationRequest, LocalModel, PromptInput};
 use futures::future::BoxFuture;
 
-use super::{Answer, Provider};
+use super::{Answer, PromptForm, Provider};
 use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
 
 /// A model loaded in this process.
@@ -62,6 +62,16 @@ impl LocalProvider {
 impl Provider for LocalProvider {
     fn identity(&self) -> String {
         format!("local {}", self.model.identity())
+    }
+
+    /// Raw for a model without a chat template: a plain rendering of a chat would put words of
+    /// our choosing into a base model's prompt.
+    fn natural_form(&self) -> PromptForm {
+        if self.model.has_chat_template() {
+            PromptForm::Chat
+        } else {
+            PromptForm::Raw
+        }
     }
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {

@@ -13,8 +13,9 @@ pub mod scripted;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, join_all};
+use serde::{Deserialize, Serialize};
 
-use crate::bindings::types::{Completion, LlmError, Request, Role};
+use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Role};
 
 /// The answer to one request of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,11 +35,132 @@ impl Answer {
     }
 }
 
+/// How a prompt reaches a model: as chat messages (the server or the model applies its chat
+/// template) or as one raw completion string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptForm {
+    Chat,
+    Raw,
+}
+
+impl PromptForm {
+    /// The prompt in this form: a chat becomes the concatenation of its messages' contents (for
+    /// DRPO's base prompt, system then user: the published raw string byte for byte), a raw
+    /// string becomes one user message.
+    pub fn shape(self, prompt: Prompt) -> Prompt {
+        match (self, prompt) {
+            (PromptForm::Raw, Prompt::Chat(messages)) => {
+                Prompt::Raw(messages.into_iter().map(|m| m.content).collect())
+            }
+            (PromptForm::Chat, Prompt::Raw(text)) => Prompt::Chat(vec![Message {
+                role: "user".into(),
+                content: text,
+            }]),
+            (_, prompt) => prompt,
+        }
+    }
+
+    /// The form a prompt is in.
+    pub fn of(prompt: &Prompt) -> PromptForm {
+        match prompt {
+            Prompt::Chat(_) => PromptForm::Chat,
+            Prompt::Raw(_) => PromptForm::Raw,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptForm::Chat => "chat",
+            PromptForm::Raw => "raw",
+        }
+    }
+}
+
+/// How a server asks for an answer that follows a JSON schema, best first: the ladder a provider
+/// walks down when its server refuses a rung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StructuredOutput {
+    /// `response_format` of type `json_schema`, strict.
+    JsonSchema,
+    /// `response_format` of type `json_object` (with the schema as `schema`, which llama.cpp's
+    /// server enforces), and the schema in the prompt.
+    JsonObject,
+    /// No `response_format`: the schema in the prompt, the JSON extracted from the answer.
+    PromptOnly,
+}
+
+impl StructuredOutput {
+    pub fn name(self) -> &'static str {
+        match self {
+            StructuredOutput::JsonSchema => "json_schema",
+            StructuredOutput::JsonObject => "json_object",
+            StructuredOutput::PromptOnly => "schema in the prompt",
+        }
+    }
+}
+
+/// What a provider learned about its server from refusals: settled once, then used for the rest
+/// of the run, and recorded in the run log so that a resumed run sends requests the same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSettings {
+    /// Raw prompts are sent as chat (the model is served on chat completions only), or chat
+    /// prompts as raw (the reverse); `None`: each as it is.
+    pub prompts_as: Option<PromptForm>,
+    /// How schemas are asked for; `None` until a refusal made the provider settle it (the top
+    /// rung is used meanwhile).
+    pub structured: Option<StructuredOutput>,
+    /// The server answers one choice per request whatever `n` says: `n` choices are asked as
+    /// `n` requests.
+    pub one_choice_per_request: bool,
+}
+
+impl ServerSettings {
+    /// A short description for the terminal and `inspect`; empty when nothing was settled.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(form) = self.prompts_as {
+            parts.push(format!("prompts sent as {}", form.name()));
+        }
+        if let Some(rung) = self.structured {
+            parts.push(format!("schemas as {}", rung.name()));
+        }
+        if self.one_choice_per_request {
+            parts.push("one choice per request".to_owned());
+        }
+        parts.join(", ")
+    }
+}
+
 /// Executes model requests.
 pub trait Provider: Send + Sync {
     /// Identifies the model and where it runs (endpoint URL and model name, or a local file and
     /// its hash), for the run log header. Never contains a secret.
     fn identity(&self) -> String;
+
+    /// The form DRPO's base prompt takes under `--base-format auto`: chat, unless the model is
+    /// known to have no chat template.
+    fn natural_form(&self) -> PromptForm {
+        PromptForm::Chat
+    }
+
+    /// Whether the preflight should check this provider with a request before a run: a
+    /// server can refuse; a model loaded in process has already shown it can answer.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// What this provider has settled about its server (nothing, for providers that need no
+    /// settling).
+    fn settings(&self) -> ServerSettings {
+        ServerSettings::default()
+    }
+
+    /// Takes over settings recorded by an earlier part of the run (a resumed run).
+    fn restore(&self, settings: ServerSettings) {
+        let _ = settings;
+    }
 
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
@@ -63,6 +185,8 @@ pub struct Router {
     judge: Arc<dyn Provider>,
     optimizer: Arc<dyn Provider>,
     embedder: Option<Arc<dyn Provider>>,
+    /// The form of the base role's prompts (`--base-format`); `None` sends them as asked.
+    base_form: Option<PromptForm>,
 }
 
 impl Router {
@@ -81,7 +205,43 @@ impl Router {
             judge,
             optimizer,
             embedder,
+            base_form: None,
         }
+    }
+
+    /// The router with the base role's chat prompts sent in `form`.
+    pub fn with_base_form(self, form: PromptForm) -> Router {
+        Router {
+            base_form: Some(form),
+            ..self
+        }
+    }
+
+    /// The form of the base role's prompts, if one was set.
+    pub fn base_form(&self) -> Option<PromptForm> {
+        self.base_form
+    }
+
+    /// `request` as it goes to its provider: a base-role chat sent as one raw string when the
+    /// base form is raw. A raw prompt is the strategy's explicit choice and goes as it is.
+    pub fn shape(&self, mut request: Request) -> Request {
+        if request.role == Role::Base && self.base_form == Some(PromptForm::Raw) {
+            request.prompt = PromptForm::Raw.shape(request.prompt);
+        }
+        request
+    }
+
+    /// What identifies the answers to `role`'s requests: its provider's identity and what the
+    /// provider settled about its server. Cached answers are keyed by it (and by the request as
+    /// shaped), so an answer obtained one way is never served for a request sent another way.
+    pub fn answer_identity(&self, role: Role) -> String {
+        let provider = self.provider(role);
+        let settings = provider.settings();
+        let mut identity = provider.identity();
+        if settings != ServerSettings::default() {
+            identity.push_str(&format!(" ({})", settings.describe()));
+        }
+        identity
     }
 
     /// The same provider for every role.
@@ -114,6 +274,7 @@ impl Router {
         type Group<'a> = (&'a Arc<dyn Provider>, Vec<usize>, Vec<Request>);
         let mut groups: Vec<Group> = Vec::new();
         for (index, request) in batch.into_iter().enumerate() {
+            let request = self.shape(request);
             let provider = self.provider(request.role);
             match groups.iter_mut().find(|(p, _, _)| Arc::ptr_eq(p, provider)) {
                 Some((_, indices, requests)) => {

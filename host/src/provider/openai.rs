@@ -6,13 +6,24 @@
 //! provider's identity or of anything recorded, and error messages (which quote the server's
 //! reply, and a server may echo the header) have it blotted out.
 //!
-//! A server that refuses `response_format` (a 400 naming `response_format` or `json_schema`,
-//! as some vLLM, TGI and llama.cpp versions do) is detected on its first refusal; from then on
-//! that provider asks for the JSON in the prompt instead, schema included, and extracts the JSON
-//! value from each answer.
+//! Servers differ, and a refusal teaches the provider how to reach its server, once, for the
+//! rest of the run ([`ServerSettings`]):
+//!
+//! - A raw prompt refused because the model is a chat model (OpenAI answers 404 on
+//!   `/v1/completions`) is sent as chat from then on, and a chat prompt refused because the
+//!   model is not a chat model is sent raw.
+//! - A schema refused on `json_schema` makes the provider try a small known-good schema down the
+//!   ladder — `json_schema`, then `json_object` with the schema in the prompt, then the schema in
+//!   the prompt alone, the JSON extracted from the answer — and keep the first rung its server
+//!   takes. A refusal at a rung the server does take is about that request (a bad schema), and
+//!   stays an error of that request.
+//! - A server that answers one choice whatever `n` asks gets `n` requests of one choice.
+//!
+//! A refusal is recognised by its status (400, 404, 405, 415, 422, or a 5xx whose body says the
+//! request is invalid), not by one server's wording. Client errors are not retried, except 408,
+//! 409 and 429; nor is a 5xx that says the request is invalid.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
@@ -20,8 +31,8 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::rate::{RateLimit, RateLimiter};
-use super::{Answer, Provider};
-use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
+use super::{Answer, PromptForm, Provider, ServerSettings, StructuredOutput};
+use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling, Usage};
 
 /// Where an OpenAI-compatible model is served.
 #[derive(Debug, Clone)]
@@ -69,15 +80,76 @@ pub struct OpenAiProvider {
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     rate: RateLimiter,
-    /// The server refused `response_format`: schemas go in the prompt.
-    schema_in_prompt: AtomicBool,
+    settings: Mutex<ServerSettings>,
+    /// Held while the structured-output ladder is walked, so that concurrent refusals probe once.
+    settling: tokio::sync::Mutex<()>,
 }
 
-/// One failed try: whether another may succeed, and the wait the server asked for.
+/// Why one try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// Another try may succeed (429, 408, 409, 5xx, timeouts, broken connections, bodies that
+    /// are not an answer).
+    Transient,
+    /// The server refused the request's shape (400, 404, 405, 415, 422, or a 5xx naming an
+    /// invalid request): a different route, rung or `n` may be taken.
+    Refused,
+    /// Another permanent client error (401, 403, ...).
+    Permanent,
+}
+
+/// One failed try: what kind, the error to report, and the wait the server asked for.
 struct Failure {
+    kind: FailureKind,
     error: LlmError,
-    retryable: bool,
     retry_after: Option<Duration>,
+    /// The reply's body, lower-cased, for recognising what a refusal is about.
+    body: String,
+}
+
+impl Failure {
+    fn transient(error: LlmError) -> Failure {
+        Failure {
+            kind: FailureKind::Transient,
+            error,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+}
+
+/// What a request refused by the server is about.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The model is served on the other endpoint (chat for raw prompts, or the reverse).
+    PromptForm,
+    /// Anything else: the schema's rung, or the request itself.
+    Other,
+}
+
+/// The small request that settles the structured-output rung: a schema every server that takes
+/// a rung at all takes.
+fn probe_request() -> (Prompt, Sampling, Value) {
+    (
+        Prompt::Chat(vec![Message {
+            role: "user".into(),
+            content: "Reply with a JSON object whose field `ok` is true.".into(),
+        }]),
+        Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 16,
+            n: 1,
+            seed: 0,
+            stop: Vec::new(),
+        },
+        json!({
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": false,
+        }),
+    )
 }
 
 impl OpenAiProvider {
@@ -102,7 +174,8 @@ impl OpenAiProvider {
             slots: Arc::new(Semaphore::new(policy.concurrency.max(1))),
             policy,
             rate: RateLimiter::new(rate),
-            schema_in_prompt: AtomicBool::new(false),
+            settings: Mutex::default(),
+            settling: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -123,30 +196,48 @@ impl OpenAiProvider {
         format!("{}/{path}", self.endpoint.base_url)
     }
 
-    /// POSTs `body`, retrying on 429, 5xx, timeouts and broken connections as the policy
-    /// says; the last failure is returned with the endpoint, the status and an excerpt.
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, LlmError> {
+    fn current(&self) -> ServerSettings {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ServerSettings)) {
+        let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *settings;
+        change(&mut settings);
+        if *settings != before {
+            eprintln!(
+                "note: {}: {}",
+                self.identity(),
+                settings.describe().replace(", ", "; ")
+            );
+        }
+    }
+
+    /// POSTs `body`, retrying transient failures as the policy says; the last failure is
+    /// returned with the endpoint, the status and an excerpt.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
         let url = self.url(path);
         let mut attempt = 1;
         loop {
             self.rate.start().await;
             let failure = {
-                let _slot = self
-                    .slots
-                    .acquire()
-                    .await
-                    .map_err(|_| unavailable(&url, "the provider is shutting down".into()))?;
+                let _slot = self.slots.acquire().await.map_err(|_| {
+                    Failure::transient(unavailable(&url, "the provider is shutting down".into()))
+                })?;
                 match self.try_post(&url, body).await {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
                 }
             };
-            if !failure.retryable || attempt >= self.policy.attempts {
+            if failure.kind != FailureKind::Transient || attempt >= self.policy.attempts {
                 return Err(match failure.error {
-                    LlmError::Unavailable(message) if attempt > 1 => {
-                        LlmError::Unavailable(format!("{message} (after {attempt} tries)"))
-                    }
-                    error => error,
+                    LlmError::Unavailable(message) if attempt > 1 => Failure {
+                        error: LlmError::Unavailable(format!(
+                            "{message} (after {attempt} tries)"
+                        )),
+                        ..failure
+                    },
+                    _ => failure,
                 });
             }
             tokio::time::sleep(failure.retry_after.unwrap_or_else(|| self.backoff(attempt))).await;
@@ -168,11 +259,6 @@ impl OpenAiProvider {
     }
 
     async fn try_post(&self, url: &str, body: &Value) -> Result<Value, Failure> {
-        let transient = |error: LlmError| Failure {
-            error,
-            retryable: true,
-            retry_after: None,
-        };
         let mut request = self
             .client
             .post(url)
@@ -182,7 +268,7 @@ impl OpenAiProvider {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| {
-            transient(unavailable(
+            Failure::transient(unavailable(
                 url,
                 format!("request failed: {}", without_url(&e)),
             ))
@@ -195,60 +281,208 @@ impl OpenAiProvider {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seconds| Duration::from_secs(seconds).min(self.policy.max_backoff));
         let text = response.text().await.map_err(|e| {
-            transient(unavailable(
+            Failure::transient(unavailable(
                 url,
                 format!("reading the body failed: {}", without_url(&e)),
             ))
         })?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
-            let retryable = status.as_u16() == 429 || status.is_server_error();
+            let kind = failure_kind(status.as_u16(), &text);
             return Err(Failure {
-                error: if retryable {
+                error: if kind == FailureKind::Transient {
                     unavailable(url, message)
                 } else {
                     LlmError::Rejected(format!("{url}: {message}"))
                 },
-                retryable,
+                kind,
                 retry_after,
+                body: text.to_ascii_lowercase(),
             });
         }
-        serde_json::from_str(&text).map_err(|e| {
-            transient(unavailable(
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            Failure::transient(unavailable(
                 url,
                 format!("the body is not JSON ({e}): {}", excerpt(&text)),
             ))
-        })
+        })?;
+        // Some servers report a failure inside a 200.
+        if value.get("error").is_some_and(|e| !e.is_null()) && value.get("choices").is_none() {
+            return Err(Failure::transient(unavailable(
+                url,
+                format!("HTTP {status} with an error in the body: {}", excerpt(&text)),
+            )));
+        }
+        Ok(value)
     }
 
+    /// One request of the strategy: sent the way this server takes it (settling that on a
+    /// refusal), its JSON extracted when a schema was asked for.
     async fn complete_one(&self, request: &Request) -> Result<Completion, LlmError> {
-        let schema_in_prompt = self.schema_in_prompt.load(Ordering::Relaxed);
-        match self.complete_as(request, schema_in_prompt).await {
-            Err(LlmError::Rejected(message))
-                if !schema_in_prompt
-                    && request.json_schema.is_some()
-                    && refuses_response_format(&message) =>
-            {
-                if !self.schema_in_prompt.swap(true, Ordering::SeqCst) {
-                    eprintln!(
-                        "note: {} refuses `response_format`; asking for JSON in the prompt instead",
-                        self.identity()
-                    );
+        let schema: Option<Value> = match &request.json_schema {
+            Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                LlmError::Rejected(format!("the request's JSON schema is not JSON: {e}"))
+            })?),
+            None => None,
+        };
+        let mut completion = self
+            .complete_settled(&request.prompt, &request.sampling, schema.as_ref())
+            .await?;
+        if schema.is_some() {
+            for choice in &mut completion.choices {
+                if serde_json::from_str::<Value>(choice).is_err()
+                    && let Some(json) = extract_json(choice)
+                {
+                    *choice = json;
                 }
-                self.complete_as(request, true).await
             }
-            other => other,
+        }
+        Ok(completion)
+    }
+
+    /// Sends a request under the current settings; a refusal that teaches something about the
+    /// server settles it and sends again (each setting settles once, so this ends).
+    async fn complete_settled(
+        &self,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        schema: Option<&Value>,
+    ) -> Result<Completion, LlmError> {
+        let mut extra = Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        loop {
+            let settings = self.current();
+            let form = settings.prompts_as.unwrap_or(PromptForm::of(prompt));
+            let rung = settings
+                .structured
+                .unwrap_or(StructuredOutput::JsonSchema);
+            let shaped = form.shape(prompt.clone());
+            let result = if settings.one_choice_per_request && sampling.n > 1 {
+                self.complete_each_choice(&shaped, sampling, schema, rung)
+                    .await
+            } else {
+                self.send(&shaped, sampling, schema, rung).await
+            };
+            let failure = match result {
+                Ok(completion) if completion.choices.len() == sampling.n.max(1) as usize => {
+                    return Ok(add_usage(completion, extra));
+                }
+                Ok(completion)
+                    if !completion.choices.is_empty() && !settings.one_choice_per_request =>
+                {
+                    extra = sum_usage(extra, completion.usage);
+                    self.update(|s| s.one_choice_per_request = true);
+                    continue;
+                }
+                Ok(completion) => {
+                    return Err(unavailable(
+                        &self.url(path_of(form)),
+                        format!(
+                            "asked for {} choices, got {}",
+                            sampling.n.max(1),
+                            completion.choices.len()
+                        ),
+                    ));
+                }
+                Err(failure) => failure,
+            };
+            if failure.kind != FailureKind::Refused {
+                return Err(failure.error);
+            }
+            if settings.prompts_as.is_none() && refusal_about(form, &failure.body) == Refusal::PromptForm
+            {
+                let other = match form {
+                    PromptForm::Chat => PromptForm::Raw,
+                    PromptForm::Raw => PromptForm::Chat,
+                };
+                self.update(|s| s.prompts_as = Some(other));
+                continue;
+            }
+            if schema.is_some() && form == PromptForm::Chat && settings.structured.is_none() {
+                let (settled, spent) = self.settle_structured().await;
+                extra = sum_usage(extra, spent);
+                if settled != Some(rung) && settled.is_some() {
+                    continue;
+                }
+            }
+            return Err(failure.error);
         }
     }
 
-    /// One request; with `schema_in_prompt`, the JSON schema is described in the prompt rather
-    /// than sent as `response_format`, and the JSON is extracted from the answers.
-    async fn complete_as(
+    /// `n` choices as `n` requests of one choice, seeds `seed`, `seed + 1`, ...
+    async fn complete_each_choice(
         &self,
-        request: &Request,
-        schema_in_prompt: bool,
-    ) -> Result<Completion, LlmError> {
-        let sampling = &request.sampling;
+        prompt: &Prompt,
+        sampling: &Sampling,
+        schema: Option<&Value>,
+        rung: StructuredOutput,
+    ) -> Result<Completion, Failure> {
+        let singles: Vec<Sampling> = (0..u64::from(sampling.n))
+            .map(|i| Sampling {
+                n: 1,
+                seed: sampling.seed.wrapping_add(i),
+                ..sampling.clone()
+            })
+            .collect();
+        let answers = join_all(
+            singles
+                .iter()
+                .map(|single| self.send(prompt, single, schema, rung)),
+        )
+        .await;
+        let mut merged = Completion {
+            choices: Vec::with_capacity(singles.len()),
+            usage: Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            },
+        };
+        for answer in answers {
+            let completion = answer?;
+            merged.usage = sum_usage(merged.usage, completion.usage);
+            merged.choices.extend(completion.choices.into_iter().take(1));
+        }
+        Ok(merged)
+    }
+
+    /// Walks the structured-output ladder with the probe request and keeps the first rung the
+    /// server takes. `None` when no rung could be settled (the server failed in another way);
+    /// also returns what the probes spent.
+    async fn settle_structured(&self) -> (Option<StructuredOutput>, Usage) {
+        let _guard = self.settling.lock().await;
+        let mut spent = Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        if let Some(rung) = self.current().structured {
+            return (Some(rung), spent);
+        }
+        let (prompt, sampling, schema) = probe_request();
+        for rung in [StructuredOutput::JsonSchema, StructuredOutput::JsonObject] {
+            match self.send(&prompt, &sampling, Some(&schema), rung).await {
+                Ok(completion) => {
+                    spent = sum_usage(spent, completion.usage);
+                    self.update(|s| s.structured = Some(rung));
+                    return (Some(rung), spent);
+                }
+                Err(failure) if failure.kind == FailureKind::Refused => continue,
+                Err(_) => return (None, spent),
+            }
+        }
+        self.update(|s| s.structured = Some(StructuredOutput::PromptOnly));
+        (Some(StructuredOutput::PromptOnly), spent)
+    }
+
+    /// One HTTP request: `prompt` to its endpoint, the schema asked for at `rung`.
+    async fn send(
+        &self,
+        prompt: &Prompt,
+        sampling: &Sampling,
+        schema: Option<&Value>,
+        rung: StructuredOutput,
+    ) -> Result<Completion, Failure> {
         let mut body = json!({
             "model": self.endpoint.model,
             "temperature": sampling.temperature,
@@ -260,18 +494,21 @@ impl OpenAiProvider {
         if !sampling.stop.is_empty() {
             body["stop"] = json!(sampling.stop);
         }
-        let (path, chat) = match &request.prompt {
+        let form = PromptForm::of(prompt);
+        match prompt {
             Prompt::Chat(messages) => {
                 let mut messages: Vec<Value> = messages
                     .iter()
                     .map(|m| json!({"role": m.role, "content": m.content}))
                     .collect();
-                if let Some(schema) = &request.json_schema {
-                    let schema: Value = serde_json::from_str(schema).map_err(|e| {
-                        LlmError::Rejected(format!("the request's JSON schema is not JSON: {e}"))
-                    })?;
-                    if schema_in_prompt {
-                        let instruction = schema_instruction(&schema);
+                if let Some(schema) = schema {
+                    if rung == StructuredOutput::JsonSchema {
+                        body["response_format"] = json!({
+                            "type": "json_schema",
+                            "json_schema": {"name": "answer", "strict": true, "schema": schema},
+                        });
+                    } else {
+                        let instruction = schema_instruction(schema);
                         match messages.last_mut() {
                             Some(last) if last["role"] == "user" => {
                                 let content = last["content"].as_str().unwrap_or_default();
@@ -279,38 +516,104 @@ impl OpenAiProvider {
                             }
                             _ => messages.push(json!({"role": "user", "content": instruction})),
                         }
-                    } else {
-                        body["response_format"] = json!({
-                        "type": "json_schema",
-                        "json_schema": {"name": "answer", "strict": true, "schema": schema},
-                        });
+                        if rung == StructuredOutput::JsonObject {
+                            body["response_format"] =
+                                json!({"type": "json_object", "schema": schema});
+                        }
                     }
                 }
                 body["messages"] = Value::Array(messages);
-                ("chat/completions", true)
             }
-            Prompt::Raw(prompt) => {
-                body["prompt"] = json!(prompt);
-                ("completions", false)
+            Prompt::Raw(text) => {
+                // Completion endpoints take no `response_format`: the schema goes in the prompt.
+                body["prompt"] = json!(match schema {
+                    Some(schema) => format!("{text}\n\n{}\n", schema_instruction(schema)),
+                    None => text.clone(),
+                });
             }
-        };
+        }
+        let path = path_of(form);
         let reply = self.post(path, &body).await?;
-        let mut completion = parse_completion(&self.url(path), &reply, chat, sampling.n.max(1))?;
+        let completion =
+            parse_completion(&self.url(path), &reply, form).map_err(Failure::transient)?;
         self.rate
             .spent(
                 u64::from(completion.usage.prompt_tokens)
                     + u64::from(completion.usage.completion_tokens),
             )
             .await;
-        if schema_in_prompt && request.json_schema.is_some() {
-            for choice in &mut completion.choices {
-                if let Some(json) = extract_json(choice) {
-                    *choice = json;
-                }
-            }
-        }
         Ok(completion)
     }
+}
+
+/// The endpoint a prompt form is sent to.
+fn path_of(form: PromptForm) -> &'static str {
+    match form {
+        PromptForm::Chat => "chat/completions",
+        PromptForm::Raw => "completions",
+    }
+}
+
+/// What kind of failure an HTTP status (and its body) is.
+fn failure_kind(status: u16, body: &str) -> FailureKind {
+    match status {
+        408 | 409 | 429 => FailureKind::Transient,
+        400 | 404 | 405 | 415 | 422 => FailureKind::Refused,
+        500..=599 if names_invalid_request(body) => FailureKind::Refused,
+        500..=599 => FailureKind::Transient,
+        _ => FailureKind::Permanent,
+    }
+}
+
+/// Whether a server error's body says the request itself is invalid (some servers answer a
+/// validation failure with a 500).
+fn names_invalid_request(body: &str) -> bool {
+    let body = body.to_ascii_lowercase();
+    [
+        "response_format",
+        "json_schema",
+        "validation error",
+        "validationerror",
+        "invalid request",
+        "invalid_request",
+        "unprocessable",
+    ]
+    .iter()
+    .any(|marker| body.contains(marker))
+}
+
+/// What a refusal of a `form` prompt is about, from the (lower-cased) body.
+fn refusal_about(form: PromptForm, body: &str) -> Refusal {
+    // A server without the endpoint at all says so without naming a model.
+    let no_such_endpoint =
+        (body.contains("not found") || body.trim().is_empty()) && !body.contains("model");
+    let other_endpoint = match form {
+        PromptForm::Raw => body.contains("chat model") || body.contains("chat/completions"),
+        PromptForm::Chat => {
+            body.contains("not a chat model")
+                || body.contains("v1/completions")
+                || body.contains("completion model")
+                || body.contains("does not support chat")
+                || body.contains("no chat template")
+        }
+    };
+    if other_endpoint || no_such_endpoint {
+        Refusal::PromptForm
+    } else {
+        Refusal::Other
+    }
+}
+
+fn sum_usage(a: Usage, b: Usage) -> Usage {
+    Usage {
+        prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
+        completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
+    }
+}
+
+fn add_usage(mut completion: Completion, extra: Usage) -> Completion {
+    completion.usage = sum_usage(completion.usage, extra);
+    completion
 }
 
 impl Provider for OpenAiProvider {
@@ -319,6 +622,18 @@ impl Provider for OpenAiProvider {
             "openai-compatible {} model {}",
             self.endpoint.base_url, self.endpoint.model
         )
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn settings(&self) -> ServerSettings {
+        self.current()
+    }
+
+    fn restore(&self, settings: ServerSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
@@ -343,7 +658,8 @@ impl OpenAiProvider {
                     "embeddings",
                     &json!({"model": self.endpoint.model, "input": texts}),
                 )
-                .await?;
+                .await
+                .map_err(|failure| failure.error)?;
             let url = self.url("embeddings");
             let data = reply["data"]
                 .as_array()
@@ -368,12 +684,6 @@ impl OpenAiProvider {
             Ok(vectors)
         }
     }
-}
-
-/// Whether a refusal is about `response_format` itself (the server does not support it).
-fn refuses_response_format(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    message.contains("response_format") || message.contains("json_schema")
 }
 
 /// What a prompt says when the schema cannot be sent as `response_format`.
@@ -416,7 +726,9 @@ fn extract_json(text: &str) -> Option<String> {
     (end > start).then(|| parse(&text[start..=end])).flatten()
 }
 
-fn parse_completion(url: &str, reply: &Value, chat: bool, n: u32) -> Result<Completion, LlmError> {
+/// The choices of a reply, in order, and its usage. A choice without text (`content: null`, as
+/// a refusal or a tool call leaves it) is an error that says why there is none.
+fn parse_completion(url: &str, reply: &Value, form: PromptForm) -> Result<Completion, LlmError> {
     let choices = reply["choices"].as_array().ok_or_else(|| {
         unavailable(
             url,
@@ -429,25 +741,31 @@ fn parse_completion(url: &str, reply: &Value, chat: bool, n: u32) -> Result<Comp
     let mut texts = vec![None; choices.len()];
     for (position, choice) in choices.iter().enumerate() {
         let index = choice["index"].as_u64().map_or(position, |i| i as usize);
-        let text = if chat {
-            choice["message"]["content"].as_str()
-        } else {
-            choice["text"].as_str()
+        let text = match form {
+            PromptForm::Chat => &choice["message"]["content"],
+            PromptForm::Raw => &choice["text"],
+        };
+        let Some(text) = text.as_str() else {
+            return Err(unavailable(
+                url,
+                format!(
+                    "choice {index} has no text (finish_reason {}): {}",
+                    choice["finish_reason"],
+                    excerpt(&choice.to_string())
+                ),
+            ));
         };
         if let Some(slot) = texts.get_mut(index) {
-            *slot = Some(text.unwrap_or_default().to_owned());
+            *slot = Some(text.to_owned());
         }
     }
-    let choices: Vec<String> = texts.into_iter().flatten().collect();
-    if choices.len() != n as usize {
-        return Err(unavailable(
-            url,
-            format!("asked for {n} choices, got {}", choices.len()),
-        ));
-    }
-    let tokens = |field: &str| reply["usage"][field].as_u64().unwrap_or(0) as u32;
+    let tokens = |field: &str| {
+        reply["usage"][field]
+            .as_u64()
+            .map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX))
+    };
     Ok(Completion {
-        choices,
+        choices: texts.into_iter().flatten().collect(),
         usage: Usage {
             prompt_tokens: tokens("prompt_tokens"),
             completion_tokens: tokens("completion_tokens"),
@@ -514,14 +832,54 @@ mod tests {
     }
 
     #[test]
-    fn refusals_of_response_format_are_recognised() {
-        assert!(refuses_response_format(
-            "http://x/v1/chat/completions: HTTP 400: {\"error\":\"Unknown field: response_format\"}"
-        ));
-        assert!(refuses_response_format("json_schema is not supported"));
-        assert!(!refuses_response_format(
-            "HTTP 400: context length exceeded"
-        ));
+    fn refusals_are_recognised_by_status_not_by_wording() {
+        for status in [400, 404, 405, 415, 422] {
+            assert_eq!(failure_kind(status, "anything"), FailureKind::Refused, "{status}");
+        }
+        for status in [408, 409, 429, 500, 502, 503] {
+            assert_eq!(failure_kind(status, "busy"), FailureKind::Transient, "{status}");
+        }
+        assert_eq!(
+            failure_kind(500, r#"{"detail":"1 validation error: response_format.type"}"#),
+            FailureKind::Refused
+        );
+        assert_eq!(failure_kind(401, "bad key"), FailureKind::Permanent);
+        assert_eq!(failure_kind(403, "forbidden"), FailureKind::Permanent);
+    }
+
+    #[test]
+    fn a_refusal_names_the_other_endpoint_or_something_else() {
+        let openai_chat_only = "this is a chat model and not supported in the v1/completions \
+                                endpoint. did you mean to use v1/chat/completions?";
+        assert_eq!(
+            refusal_about(PromptForm::Raw, openai_chat_only),
+            Refusal::PromptForm
+        );
+        assert_eq!(
+            refusal_about(
+                PromptForm::Chat,
+                "this is not a chat model and thus not supported in the v1/chat/completions \
+                 endpoint. did you mean to use v1/completions?"
+            ),
+            Refusal::PromptForm
+        );
+        assert_eq!(refusal_about(PromptForm::Raw, "not found"), Refusal::PromptForm);
+        assert_eq!(
+            refusal_about(PromptForm::Raw, "the model `x` does not exist (not found)"),
+            Refusal::Other
+        );
+        assert_eq!(
+            refusal_about(PromptForm::Chat, "invalid schema for response_format"),
+            Refusal::Other
+        );
+    }
+
+    #[test]
+    fn a_choice_without_text_is_an_error_that_says_why() {
+        let reply = json!({"choices": [{"index": 0, "finish_reason": "content_filter",
+            "message": {"role": "assistant", "content": null, "refusal": "no"}}]});
+        let error = parse_completion("u", &reply, PromptForm::Chat).unwrap_err();
+        assert!(format!("{error:?}").contains("content_filter"), "{error:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::types::{
     Completion, Example, LlmError, LogLevel, Node, Outcome, Query, Request,
 };
+use crate::provider::{PromptForm, ServerSettings};
 
 /// One frame's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +16,9 @@ pub enum Entry {
     Call(CallRecord),
     /// The last frame of a run that ended (successfully or not).
     End(End),
+    /// How the run's models are reached, settled before the plugin ran (right after the
+    /// header, also when the preflight was skipped).
+    Preflight(Preflight),
 }
 
 /// Everything needed to understand and repeat a run.
@@ -107,6 +111,45 @@ pub struct Provenance {
     pub cache_hits: Vec<bool>,
 }
 
+/// The preflight of a run: the small requests that checked each model before the search spent
+/// anything, and what they settled. Not one of the plugin's calls: `replay` skips it, `resume`
+/// sends its live requests the way it settled, and the spending counts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preflight {
+    /// The form of the base role's prompts (`--base-format`, resolved).
+    pub base_form: Option<PromptForm>,
+    /// The requests sent (none with `--no-preflight`).
+    pub requests: Vec<Request>,
+    /// Their results, in order.
+    pub results: Vec<Result<Completion, LlmError>>,
+    /// What each role's provider settled about its server.
+    pub settings: Vec<RoleSettings>,
+    /// Wall time of the preflight (a timing).
+    pub elapsed_us: u64,
+}
+
+impl Preflight {
+    /// The preflight's requests as one `complete` call, for the accounting of what was spent.
+    pub fn as_call(&self) -> CallRecord {
+        CallRecord {
+            index: 0,
+            request: CallRequest::Complete(self.requests.clone()),
+            response: CallResponse::Complete(self.results.clone()),
+            provenance: Provenance {
+                elapsed_us: self.elapsed_us,
+                cache_hits: Vec::new(),
+            },
+        }
+    }
+}
+
+/// What one role's provider settled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleSettings {
+    pub role: String,
+    pub settings: ServerSettings,
+}
+
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct End {
@@ -132,6 +175,7 @@ impl Entry {
             Entry::Header(header) => header.started_unix_ms = 0,
             Entry::Call(call) => call.provenance.elapsed_us = 0,
             Entry::End(end) => end.elapsed_ms = 0,
+            Entry::Preflight(preflight) => preflight.elapsed_us = 0,
         }
         entry
     }

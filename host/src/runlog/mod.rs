@@ -15,15 +15,17 @@
 //! writing; such a torn tail is recognised as such (it is incomplete, not corrupt) and `resume`
 //! cuts it off.
 //!
-//! The first frame is always a [`Header`]; then one [`CallRecord`] per completed import call, in
-//! the order the plugin made them; a finished run ends with an [`Entry::End`].
+//! The first frame is always a [`Header`]; then, in runs recorded since the preflight exists, a
+//! [`Preflight`]; then one [`CallRecord`] per completed import call, in the order the plugin made
+//! them; a finished run ends with an [`Entry::End`].
 
 mod entries;
 mod reader;
 mod writer;
 
 pub use entries::{
-    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Header, Provenance, RoleModel,
+    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Header, Preflight, Provenance,
+    RoleModel, RoleSettings,
 };
 pub use reader::{LogContents, LogError, read_log};
 pub use writer::RunLogWriter;

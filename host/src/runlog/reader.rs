@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{CallRecord, Entry, Hash, MAGIC, bincode_config, chain_hash, genesis_hash};
+use super::{
+    CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, genesis_hash,
+};
 
 /// A run log read and verified up to its last complete frame.
 #[derive(Debug)]
@@ -27,6 +29,24 @@ impl LogContents {
                 Entry::Call(call) => Some(call.clone()),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// The preflight, in logs recorded since it exists.
+    pub fn preflight(&self) -> Option<&Preflight> {
+        self.entries.iter().find_map(|entry| match entry {
+            Entry::Preflight(preflight) => Some(preflight),
+            _ => None,
+        })
+    }
+
+    /// Every model request the run paid for: the preflight's (as one call), then the plugin's
+    /// import calls.
+    pub fn billed_calls(&self) -> Vec<CallRecord> {
+        self.preflight()
+            .map(Preflight::as_call)
+            .into_iter()
+            .chain(self.calls())
             .collect()
     }
 }

@@ -1,0 +1,140 @@
+//! What a run's exit code says. A run that finished is a success only if its judge produced
+//! usable judgements; a run that stopped because a role failed for good, or because a budget
+//! was spent, says so with its own code, its results written all the same.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | the run finished with usable judgements |
+//! | 1 | an error: bad input, a failing plugin, an unreadable file |
+//! | 2 | the command line itself is wrong |
+//! | 3 | nothing could be scored: no judgement was usable |
+//! | 4 | a role failed permanently (in the preflight, or every request of a role in a level) |
+//! | 5 | a budget stopped the run |
+
+use serde_json::Value;
+
+use crate::bindings::types::{LlmError, Outcome};
+use crate::runlog::{CallRecord, CallResponse};
+
+/// The exit code of a run that could not be scored.
+pub const NOTHING_SCORED: u8 = 3;
+/// The exit code of a run stopped by a role that failed permanently.
+pub const ROLE_FAILED: u8 = 4;
+/// The exit code of a run stopped by a budget.
+pub const BUDGET_STOPPED: u8 = 5;
+
+/// An error that carries its exit code; every other error exits with 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+/// How many judgements a strategy asked for and how many it could use, as it reports them in
+/// its outcome's details (`"judgements": {"asked": A, "usable": U}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judgements {
+    pub asked: u64,
+    pub usable: u64,
+}
+
+impl Judgements {
+    /// The counts in an outcome's details, if the strategy reports them.
+    pub fn of(outcome: &Outcome) -> Option<Judgements> {
+        let details: Value = serde_json::from_str(&outcome.details).ok()?;
+        let counts = details.get("judgements")?;
+        Some(Judgements {
+            asked: counts.get("asked")?.as_u64()?,
+            usable: counts.get("usable")?.as_u64()?,
+        })
+    }
+
+    /// The line `run` and `inspect` print.
+    pub fn line(&self) -> String {
+        format!("usable judgements: {} of {}", self.usable, self.asked)
+    }
+}
+
+/// Why a finished run is not a success; `None` when it is.
+pub fn failure(outcome: &Outcome, calls: &[CallRecord]) -> Option<Exit> {
+    let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::Null);
+    let stop = &details["stop"];
+    if stop["kind"] == "role-failed" {
+        return Some(Exit {
+            code: ROLE_FAILED,
+            message: format!(
+                "the search stopped: every {} request of a level failed with the same permanent \
+                 error: {}",
+                stop["role"].as_str().unwrap_or("?"),
+                stop["error"].as_str().unwrap_or("?")
+            ),
+        });
+    }
+    if stop["kind"] == "budget-exhausted" || refused_for_budget(calls) {
+        return Some(Exit {
+            code: BUDGET_STOPPED,
+            message: "a budget stopped the run; the results so far are written".into(),
+        });
+    }
+    match Judgements::of(outcome) {
+        Some(judgements) if judgements.usable == 0 => Some(Exit {
+            code: NOTHING_SCORED,
+            message: format!(
+                "nothing could be scored: none of the {} judgements was usable (see log.txt for \
+                 why; a judge model that cannot follow the rubric, or answers cut by \
+                 judge_max_tokens, are the usual causes)",
+                judgements.asked
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether any request of the run was refused because a budget was spent.
+fn refused_for_budget(calls: &[CallRecord]) -> bool {
+    calls.iter().any(|call| match &call.response {
+        CallResponse::Complete(results) => results.contains(&Err(LlmError::BudgetExhausted)),
+        CallResponse::Embed(result) => *result == Err(LlmError::BudgetExhausted),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(details: Value) -> Outcome {
+        Outcome {
+            best_prompt: None,
+            best_score: None,
+            best_path: Vec::new(),
+            details: details.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_run_with_usable_judgements_succeeds() {
+        let done = outcome(serde_json::json!({"stop": null, "judgements": {"asked": 4, "usable": 1}}));
+        assert!(failure(&done, &[]).is_none());
+        assert_eq!(
+            Judgements::of(&done).unwrap().line(),
+            "usable judgements: 1 of 4"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_failure_has_its_code() {
+        let none = outcome(serde_json::json!({"judgements": {"asked": 4, "usable": 0}}));
+        assert_eq!(failure(&none, &[]).unwrap().code, NOTHING_SCORED);
+        let role = outcome(serde_json::json!({
+            "stop": {"kind": "role-failed", "role": "judge", "error": "HTTP 404"},
+            "judgements": {"asked": 4, "usable": 0},
+        }));
+        let exit = failure(&role, &[]).unwrap();
+        assert_eq!(exit.code, ROLE_FAILED);
+        assert!(exit.message.contains("judge") && exit.message.contains("HTTP 404"));
+        let budget = outcome(serde_json::json!({"stop": {"kind": "budget-exhausted"}}));
+        assert_eq!(failure(&budget, &[]).unwrap().code, BUDGET_STOPPED);
+    }
+}
