@@ -35,8 +35,6 @@ pub struct Options {
     /// Send one request per `complete` call, as the published code does, instead of one batch
     /// per phase of a level.
     pub sequential: bool,
-    /// Prompt the base model with system and user chat messages instead of one raw string.
-    pub base_chat: bool,
     /// Token limit of a base-model answer.
     pub base_max_tokens: u32,
     /// Token limit of an aspect selection.
@@ -68,7 +66,6 @@ impl Default for Options {
             initial_system_prompt: crate::icl::BASELINE_PROMPT.to_string(),
             seed: 0,
             sequential: false,
-            base_chat: false,
             base_max_tokens: 2048,
             metrics_max_tokens: 2048,
             judge_max_tokens: 2048,
@@ -80,7 +77,7 @@ impl Default for Options {
 }
 
 /// One line per option for the schema: name, JSON type, description.
-const DESCRIPTIONS: [(&str, &str, &str); 19] = [
+const DESCRIPTIONS: [(&str, &str, &str); 18] = [
     (
         "n_actions",
         "integer",
@@ -136,11 +133,6 @@ const DESCRIPTIONS: [(&str, &str, &str); 19] = [
         "sequential",
         "boolean",
         "Send one request per call like the published code, instead of batching each level.",
-    ),
-    (
-        "base_chat",
-        "boolean",
-        "Prompt the base model with system and user chat messages instead of a raw string.",
     ),
     (
         "base_max_tokens",

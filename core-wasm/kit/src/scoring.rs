@@ -170,8 +170,8 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling,
-    /// `base_chat`) and show the base model the first two of `examples` in context.
+    /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling)
+    /// and show the base model the first two of `examples` in context.
     pub fn new(options: Options, examples: Vec<Example>) -> Self {
         Scorer {
             options,

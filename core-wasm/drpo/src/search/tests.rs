@@ -554,9 +554,7 @@ fn retrieval_picks_similar_examples() {
     let mut qs = queries(3);
     qs[0].text = "Write code for me?".to_string();
     run(&mut host, &options(r#"{"depth": 1}"#), &qs, &examples()).unwrap();
-    let Prompt::Raw(text) = &host.base_prompts[0] else {
-        panic!("raw expected")
-    };
+    let text = user_text(&host.base_prompts[0]);
     // The two "code" examples, in pool order (equal similarity).
     assert!(text.contains("# Query:\nHow do I write code?\n\n#Answer:"));
     assert!(text.contains("#Query:\nDebug my code.\n\n#Answer:"));
@@ -573,9 +571,7 @@ fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
     run(&mut host, &options(r#"{"depth": 3}"#), &qs, &examples()).unwrap();
     assert_eq!(host.embed_calls, 1);
     assert_eq!(host.warnings("no embeddings"), 1);
-    let Prompt::Raw(text) = &host.base_prompts[0] else {
-        panic!("raw expected")
-    };
+    let text = user_text(&host.base_prompts[0]);
     assert!(text.contains("How do I write code?") && text.contains("Tell me about rivers."));
     assert!(!text.contains("Debug my code."));
 
@@ -592,11 +588,11 @@ fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
 }
 
 #[test]
-fn chat_base_models_get_system_and_user_messages() {
+fn base_models_get_system_and_user_messages() {
     let mut host = Scripted::plain();
     run(
         &mut host,
-        &options(r#"{"depth": 1, "base_chat": true}"#),
+        &options(r#"{"depth": 1}"#),
         &queries(2),
         &examples(),
     )
