@@ -24,9 +24,6 @@ pub const STOP: [&str; 3] = ["<END>", "<END", "<|eot_id|>"];
 /// The answer opener the examples and the prompt use.
 pub const START: &str = "<START>";
 
-/// How many examples are used when retrieval is off or unavailable (the published fixed pair).
-pub const FIXED_EXAMPLES: usize = 2;
-
 /// The published initial system prompt: where a search starts, and the system prompt of the
 /// `--no-optimized-prompt` baseline at inference.
 pub const BASELINE_PROMPT: &str = "You are a helpful assistant.";

@@ -24,9 +24,10 @@ pub struct Options {
     /// How many training queries the run may use (the host samples them; the search uses at
     /// most this many of the ones it is given).
     pub num_training_examples: u32,
-    /// Retrieve in-context examples by embedding similarity; otherwise use the first two.
+    /// Retrieve in-context examples by embedding similarity; otherwise use the first `k`.
     pub ret_icl: bool,
-    /// How many in-context examples to retrieve (at least 1).
+    /// How many in-context examples the base model sees (at least 1): the `k` most similar, or
+    /// the first `k` of the pool without retrieval.
     pub k: u32,
     /// The prompt the search starts from.
     pub initial_system_prompt: String,
@@ -116,9 +117,13 @@ const DESCRIPTIONS: [(&str, &str, &str); 18] = [
     (
         "ret_icl",
         "boolean",
-        "Retrieve in-context examples by embedding similarity; otherwise use the first two.",
+        "Retrieve in-context examples by embedding similarity; otherwise use the first k.",
     ),
-    ("k", "integer", "In-context examples retrieved per query."),
+    (
+        "k",
+        "integer",
+        "In-context examples per query: the k most similar, or the first k without retrieval.",
+    ),
     (
         "initial_system_prompt",
         "string",

@@ -184,7 +184,7 @@ struct Scored {
 enum Retrieval {
     /// Example vectors, and query vectors by query index.
     Vectors(Vec<Vec<f32>>, Vec<Vec<f32>>),
-    /// The first [`icl::FIXED_EXAMPLES`] examples for every query.
+    /// The first `k` examples for every query.
     Fixed,
 }
 
@@ -536,7 +536,7 @@ impl<H: Host> Search<'_, H> {
     }
 
     /// Embeds the example pool and every query the search may reach, once; falls back to the
-    /// fixed examples (logged once) when embedding is off, impossible or unavailable.
+    /// first `k` examples (logged once) when embedding is off, impossible or unavailable.
     fn setup_retrieval(&mut self) -> Result<(), Stop> {
         if !self.options.ret_icl || self.examples.is_empty() {
             return Ok(());
@@ -555,9 +555,10 @@ impl<H: Host> Search<'_, H> {
             Ok(vectors) => self.log(
                 LogLevel::Warn,
                 format!(
-                    "embedding returned {} vectors for {} texts; using the fixed in-context examples",
+                    "embedding returned {} vectors for {} texts; using the first {} in-context examples",
                     vectors.len(),
-                    self.examples.len() + reachable
+                    self.examples.len() + reachable,
+                    self.options.k
                 ),
             ),
             Err(LlmError::BudgetExhausted) => {
@@ -565,21 +566,26 @@ impl<H: Host> Search<'_, H> {
             }
             Err(e) => self.log(
                 LogLevel::Warn,
-                format!("no embeddings ({e}); using the fixed in-context examples"),
+                format!(
+                    "no embeddings ({e}); using the first {} in-context examples",
+                    self.options.k
+                ),
             ),
         }
         Ok(())
     }
 
-    /// The in-context examples for a query: top-k by similarity, or the fixed first two.
+    /// The in-context examples for a query: the `k` most similar, or the first `k` of the pool
+    /// when there are no vectors for it.
     fn icl_for(&self, query_index: usize) -> Vec<usize> {
-        match &self.retrieval {
-            Retrieval::Vectors(examples, queries) => match queries.get(query_index) {
-                Some(q) => icl::top_k(q, examples, self.options.k as usize),
-                None => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
-            },
-            Retrieval::Fixed => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
-        }
+        let k = self.options.k as usize;
+        let retrieved = match &self.retrieval {
+            Retrieval::Vectors(examples, queries) => {
+                queries.get(query_index).map(|q| icl::top_k(q, examples, k))
+            }
+            Retrieval::Fixed => None,
+        };
+        retrieved.unwrap_or_else(|| (0..self.examples.len().min(k)).collect())
     }
 
     /// Aspect-selection requests for the given queries that neither this run nor the cache has

@@ -39,6 +39,8 @@ pub struct Settings {
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
+    /// In-context examples the base model sees: the first `k` of the pool.
+    pub k: u32,
 }
 
 impl Settings {
@@ -82,6 +84,12 @@ impl Settings {
                 1,
                 "Token limit of each optimizer candidate.",
             )
+            .integer(
+                "k",
+                defaults.k.into(),
+                1,
+                "In-context examples the base model sees: the first k of the pool.",
+            )
     }
 
     /// The DRPO library's request options for these settings, the optimizer writing
@@ -95,6 +103,7 @@ impl Settings {
             metrics_max_tokens: self.metrics_max_tokens,
             judge_max_tokens: self.judge_max_tokens,
             optimizer_max_tokens: self.optimizer_max_tokens,
+            k: self.k,
             initial_system_prompt: self.initial_system_prompt.clone(),
             ..Options::default()
         }
@@ -171,7 +180,7 @@ pub struct Scorer {
 
 impl Scorer {
     /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling)
-    /// and show the base model the first two of `examples` in context.
+    /// and show the base model the first `options.k` of `examples` in context.
     pub fn new(options: Options, examples: Vec<Example>) -> Self {
         Scorer {
             options,
@@ -195,7 +204,7 @@ impl Scorer {
                 new_queries.push(text);
             }
         }
-        let shown: Vec<&Example> = self.examples.iter().take(icl::FIXED_EXAMPLES).collect();
+        let shown: Vec<&Example> = self.examples.iter().take(self.options.k as usize).collect();
         let mut batch: Vec<Request> = new_queries
             .iter()
             .map(|q| prompts::aspect_selection_request(q, &self.options))
@@ -371,6 +380,44 @@ fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Select
                     .to_owned(),
                 source: "fallback",
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ScriptedHost, queries};
+    use drpo::types::{Prompt, Role};
+
+    fn examples(n: usize) -> Vec<Example> {
+        (0..n)
+            .map(|i| Example {
+                query: format!("example query {i}?"),
+                answer: format!("example answer {i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_base_model_sees_the_first_k_examples() {
+        for (k, first) in [(1, vec![0]), (3, vec![0, 1, 2])] {
+            let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+            let options = Options {
+                k,
+                ..Options::default()
+            };
+            let mut scorer = Scorer::new(options, examples(4));
+            let query = queries(1).remove(0);
+            scorer.evaluate(&mut host, &[("P".into(), query)]).unwrap();
+            let base = host.requests.iter().find(|r| r.role == Role::Base).unwrap();
+            let Prompt::Chat(messages) = &base.prompt else {
+                panic!("the base request is chat messages")
+            };
+            let shown: Vec<usize> = (0..4)
+                .filter(|i| messages[0].content.contains(&format!("example query {i}?")))
+                .collect();
+            assert_eq!(shown, first, "k {k}");
         }
     }
 }

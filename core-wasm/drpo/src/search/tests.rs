@@ -588,6 +588,30 @@ fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
 }
 
 #[test]
+fn without_retrieval_the_base_model_sees_the_first_k_examples() {
+    let shown = |host: &Scripted| {
+        let text = user_text(&host.base_prompts[0]);
+        let examples = examples();
+        let shown: Vec<usize> = (0..examples.len())
+            .filter(|&i| text.contains(&examples[i].query))
+            .collect();
+        shown
+    };
+    for (k, first) in [(1, vec![0]), (3, vec![0, 1, 2])] {
+        let mut host = Scripted::plain();
+        let o = options(&format!(r#"{{"depth": 1, "ret_icl": false, "k": {k}}}"#));
+        run(&mut host, &o, &queries(2), &examples()).unwrap();
+        assert_eq!(shown(&host), first, "ret_icl off, k {k}");
+
+        let mut host = Scripted::plain();
+        host.embed = Err(LlmError::Unavailable("no embedder".into()));
+        let o = options(&format!(r#"{{"depth": 1, "k": {k}}}"#));
+        run(&mut host, &o, &queries(2), &examples()).unwrap();
+        assert_eq!(shown(&host), first, "no embedder, k {k}");
+    }
+}
+
+#[test]
 fn base_models_get_system_and_user_messages() {
     let mut host = Scripted::plain();
     run(
