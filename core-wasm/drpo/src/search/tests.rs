@@ -25,6 +25,8 @@ struct Scripted {
     optimizer_garbage: bool,
     /// Judge answers returned verbatim instead of valid JSON, when set.
     judge_garbage: bool,
+    /// An aspect the judge leaves out of its answers, when set.
+    judge_drops: Option<&'static str>,
 }
 
 impl Scripted {
@@ -42,6 +44,7 @@ impl Scripted {
             embed_calls: 0,
             optimizer_garbage: false,
             judge_garbage: false,
+            judge_drops: None,
         }
     }
 
@@ -107,6 +110,9 @@ impl Host for Scripted {
                             serde_json::from_str(r.json_schema.as_deref().unwrap()).unwrap();
                         let mut verdict = serde_json::Map::new();
                         for aspect in schema["properties"].as_object().unwrap().keys() {
+                            if self.judge_drops == Some(aspect.as_str()) {
+                                continue;
+                            }
                             let score = (self.score)(query, system, aspect);
                             verdict.insert(
                                 aspect.clone(),
@@ -386,6 +392,27 @@ fn unusable_judgements_keep_the_prompt_without_extra_depth() {
     );
     let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
     assert_eq!(r.final_depth, 6);
+}
+
+#[test]
+fn a_judgement_that_leaves_out_an_aspect_is_unusable_and_grants_no_level() {
+    // The judge gives 5 on Helpfulness and Clarity and leaves out Depth, where it would give 1.
+    let mut host = Scripted::new(|_, _, a| if a == "Depth" { 1 } else { 5 });
+    host.judge_drops = Some("Depth");
+    let o = options(r#"{"depth": 3, "max_depth_increase": 5}"#);
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(r.tree[0].reward, 0.0);
+    assert_eq!(r.tree[0].details["skip"], "no_judgement");
+    assert_eq!(r.tree[0].details["aspects"], json!([]));
+    assert!(
+        r.tree[0].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no usable score for Depth"),
+        "{}",
+        r.tree[0].details
+    );
+    assert_eq!(r.final_depth, 3, "no extra level for an incomplete judgement");
 }
 
 #[test]
