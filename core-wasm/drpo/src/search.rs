@@ -16,11 +16,13 @@
 //! base answer (plus the aspect selections still missing for upcoming queries), and one with every
 //! judgement. With `sequential`, each request goes in a call of its own, like the published code.
 //! The whole tree is kept and each node is reported through [`Host::record_node`] once its
-//! level is complete. `budget-exhausted` stops the search cleanly with the best result so far.
+//! level is complete. A spent budget, or a role whose every request of a level's phase was
+//! rejected alike ([`Stop::check`]), stops the search cleanly with the best result so far.
 
 use crate::aspects::{self, Aspect};
 use crate::icl;
 use crate::options::Options;
+use crate::outcome::{Judgements, Stop};
 use crate::parse::{self, Judgement};
 use crate::prompts;
 use crate::reward::{self, Decision, DepthLimit, SkipReason};
@@ -99,13 +101,16 @@ pub struct SearchResult {
     /// The depth limit at the end (initial depth plus levels granted).
     pub final_depth: u32,
     /// Why the search stopped before finishing, if it did.
-    pub stopped: Option<String>,
+    pub stop: Option<Stop>,
+    /// Judgements asked for and usable.
+    pub judgements: Judgements,
     /// Calls made.
     pub stats: Stats,
 }
 
 impl SearchResult {
-    /// The outcome `details` JSON: a tree summary, the new metrics-cache entries and the stats.
+    /// The outcome `details` JSON: a tree summary, the new metrics-cache entries, the stats, why
+    /// the search stopped early (`stop`, and `stopped` in words) and the judgements' count.
     pub fn details(&self) -> Value {
         let nodes: Vec<Value> = self
             .tree
@@ -129,7 +134,9 @@ impl SearchResult {
             .collect();
         json!({
             "final_depth": self.final_depth,
-            "stopped": self.stopped,
+            "stopped": self.stop.as_ref().map(Stop::to_string),
+            "stop": Stop::details(self.stop.as_ref()),
+            "judgements": self.judgements,
             "stats": self.stats,
             "trace": trace,
             "tree": nodes,
@@ -147,9 +154,6 @@ impl SearchResult {
         }
     }
 }
-
-/// Why the search stops early.
-struct Stop(String);
 
 /// The aspects chosen for one query.
 #[derive(Clone)]
@@ -198,6 +202,7 @@ struct Search<'a, H: Host> {
     retrieval: Retrieval,
     tree: Vec<TreeNode>,
     judgements: Vec<Judgement>,
+    judgement_count: Judgements,
     answers: Vec<String>,
     depth: DepthLimit,
     beam: Vec<BeamItem>,
@@ -229,20 +234,21 @@ pub fn run<H: Host>(
         retrieval: Retrieval::Fixed,
         tree: Vec::new(),
         judgements: Vec::new(),
+        judgement_count: Judgements::default(),
         answers: Vec::new(),
         depth: DepthLimit::new(options.depth, options.max_depth_increase),
         beam: Vec::new(),
         terminal: Vec::new(),
         stats: Stats::default(),
     };
-    let stopped = search.search().err().map(|Stop(why)| why);
-    if let Some(why) = &stopped {
+    let stop = search.search().err();
+    if let Some(why) = &stop {
         search.log(
             LogLevel::Warn,
             format!("search stopped early: {why}; returning the best so far"),
         );
     }
-    Ok(search.finish(stopped))
+    Ok(search.finish(stop))
 }
 
 /// The evaluation as the optimizer sees it: the published `json.dumps(eval, indent=4)` shape.
@@ -490,8 +496,9 @@ impl<H: Host> Search<'_, H> {
         ids
     }
 
-    /// Sends requests (one call, or one call each in sequential mode). Answers are padded or
-    /// cut to the number of requests; `budget-exhausted` anywhere stops the search.
+    /// Sends one phase's requests (one call, or one call each in sequential mode). Answers are
+    /// padded or cut to the number of requests; the phase's answers as a whole may stop the
+    /// search ([`Stop::check`]).
     fn complete(
         &mut self,
         requests: Vec<Request>,
@@ -500,6 +507,7 @@ impl<H: Host> Search<'_, H> {
             return Ok(Vec::new());
         }
         let wanted = requests.len();
+        let roles: Vec<Role> = requests.iter().map(|r| r.role).collect();
         let mut results = Vec::with_capacity(wanted);
         if self.options.sequential {
             for request in requests {
@@ -520,19 +528,20 @@ impl<H: Host> Search<'_, H> {
             self.stats.complete_calls += 1;
             results = self.host.complete(requests);
         }
-        if results.contains(&Err(LlmError::BudgetExhausted)) {
-            return Err(Stop("the budget is exhausted".to_string()));
-        }
-        if results.len() != wanted {
+        // Sequential mode sends nothing after a spent budget; only a host's own shortfall is news.
+        if results.len() != wanted && !results.contains(&Err(LlmError::BudgetExhausted)) {
             self.log(
                 LogLevel::Warn,
                 format!("the host answered {} of {wanted} requests", results.len()),
             );
-            results.resize_with(wanted, || {
-                Err(LlmError::Unavailable("no answer from the host".into()))
-            });
         }
-        Ok(results)
+        results.resize_with(wanted, || {
+            Err(LlmError::Unavailable("no answer from the host".into()))
+        });
+        match Stop::check(&roles, &results) {
+            Some(stop) => Err(stop),
+            None => Ok(results),
+        }
     }
 
     /// Embeds the example pool and every query the search may reach, once; falls back to the
@@ -561,9 +570,7 @@ impl<H: Host> Search<'_, H> {
                     self.options.k
                 ),
             ),
-            Err(LlmError::BudgetExhausted) => {
-                return Err(Stop("the budget is exhausted".to_string()));
-            }
+            Err(LlmError::BudgetExhausted) => return Err(Stop::BudgetExhausted),
             Err(e) => self.log(
                 LogLevel::Warn,
                 format!(
@@ -743,6 +750,7 @@ impl<H: Host> Search<'_, H> {
             }
             texts.push(text);
         }
+        self.judgement_count.ask(texts.len());
         let mut verdicts = self.complete(judge_requests)?.into_iter();
         let mut scored = Vec::new();
         for text in texts {
@@ -760,6 +768,7 @@ impl<H: Host> Search<'_, H> {
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
             };
+            self.judgement_count.received(&judgement);
             scored.push(Scored {
                 answer,
                 judgement,
@@ -851,9 +860,9 @@ impl<H: Host> Search<'_, H> {
         self.host.record_node(node);
     }
 
-    fn finish(mut self, stopped: Option<String>) -> SearchResult {
+    fn finish(mut self, stop: Option<Stop>) -> SearchResult {
         let mut candidates = std::mem::take(&mut self.terminal);
-        if stopped.is_some() {
+        if stop.is_some() {
             for item in std::mem::take(&mut self.beam) {
                 if !candidates.iter().any(|c| c.node == item.node) {
                     candidates.push(item);
@@ -886,7 +895,8 @@ impl<H: Host> Search<'_, H> {
             tree: self.tree,
             new_metrics_cache: self.new_cache,
             final_depth: self.depth.current(),
-            stopped,
+            stop,
+            judgements: self.judgement_count,
             stats: self.stats,
         }
     }

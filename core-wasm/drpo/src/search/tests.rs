@@ -214,7 +214,11 @@ fn published_call_counts_without_skips() {
     assert_eq!(host.nodes.len(), 112);
     assert_eq!(r.final_depth, 20);
     assert_eq!(r.stats.skips, 0);
-    assert!(r.stopped.is_none());
+    assert!(r.stop.is_none());
+    assert_eq!(r.judgements, Judgements { asked: 112, usable: 112 });
+    let details = r.details();
+    assert_eq!(details["stop"], Value::Null);
+    assert_eq!(details["judgements"], json!({"asked": 112, "usable": 112}));
     // Root: one call with the 20 aspect selections and the base answer, one with the judge;
     // then every one of the 19 levels: optimizers, base answers, judgements.
     assert_eq!(host.calls.len(), 2 + 19 * 3);
@@ -413,6 +417,7 @@ fn a_judgement_that_leaves_out_an_aspect_is_unusable_and_grants_no_level() {
         r.tree[0].details
     );
     assert_eq!(r.final_depth, 3, "no extra level for an incomplete judgement");
+    assert_eq!(r.judgements, Judgements { asked: 3, usable: 0 });
 }
 
 #[test]
@@ -530,12 +535,13 @@ fn budget_exhaustion_returns_the_best_so_far() {
     // Root (20 selections + base, judge) is 22 requests; level 0 is 1 + 3 + 3; stop in level 1.
     host.budget = Some(22 + 7 + 3);
     let r = run(&mut host, &options("{}"), &queries(40), &examples()).unwrap();
-    assert!(r.stopped.as_deref().unwrap().contains("budget"));
+    assert_eq!(r.stop, Some(Stop::BudgetExhausted));
     assert_eq!(r.tree.len(), 4);
     assert_eq!(r.best_path.len(), 2);
     assert_eq!(r.best_score, Some(3.0));
     let details = r.details();
-    assert!(details["stopped"].is_string());
+    assert_eq!(details["stopped"], "the budget is exhausted");
+    assert_eq!(details["stop"], json!({"kind": "budget-exhausted"}));
 
     // Exhausted before anything was scored: the initial prompt, no score.
     let mut host = Scripted::plain();
@@ -560,7 +566,7 @@ fn budget_exhaustion_returns_the_best_so_far() {
         &examples(),
     )
     .unwrap();
-    assert!(r.stopped.is_some());
+    assert!(r.stop.is_some());
     assert_eq!(host.calls.len(), 4);
 }
 
@@ -695,16 +701,119 @@ fn nodes_are_reported_with_their_details() {
     assert_eq!(outcome.best_path, r.best_path);
 }
 
+/// A scripted host whose every request of one role fails with the given error.
+struct Failing {
+    inner: Scripted,
+    role: Role,
+    error: LlmError,
+}
+
+impl Failing {
+    fn new(role: Role, error: LlmError) -> Self {
+        Failing {
+            inner: Scripted::plain(),
+            role,
+            error,
+        }
+    }
+}
+
+impl Host for Failing {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
+        let mut out = self.inner.complete(batch);
+        for (r, role) in out.iter_mut().zip(roles) {
+            if role == self.role {
+                *r = Err(self.error.clone());
+            }
+        }
+        out
+    }
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.inner.embed(texts)
+    }
+    fn record_node(&mut self, node: Node) {
+        self.inner.record_node(node)
+    }
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.inner.log(level, message)
+    }
+}
+
 #[test]
 fn failed_base_answers_score_zero_without_a_judge_call() {
-    struct FailingBase(Scripted);
-    impl Host for FailingBase {
+    let mut host = Failing::new(Role::Base, LlmError::Unavailable("down".into()));
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(5), &[]).unwrap();
+    assert_eq!(host.inner.requests(Role::Judge), 0);
+    assert!(r.tree.iter().all(|n| n.reward == 0.0));
+    assert!(
+        r.tree[0].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("base model failed")
+    );
+    // A transient failure, however widespread, does not stop the search.
+    assert_eq!(r.stop, None);
+    assert_eq!(r.judgements, Judgements { asked: 2, usable: 0 });
+}
+
+#[test]
+fn a_role_rejected_on_every_request_of_a_level_stops_the_search() {
+    let error = "the model gpt-x does not exist";
+    for sequential in [false, true] {
+        let mut host = Failing::new(Role::Optimizer, LlmError::Rejected(error.into()));
+        let o = options(&format!(r#"{{"depth": 5, "sequential": {sequential}}}"#));
+        let r = run(&mut host, &o, &queries(9), &examples()).unwrap();
+        assert_eq!(
+            r.stop,
+            Some(Stop::RoleFailed {
+                role: Role::Optimizer,
+                error: error.into()
+            })
+        );
+        // The root was scored; nothing after the failed level was asked for.
+        assert_eq!(r.tree.len(), 1);
+        assert_eq!(host.inner.requests(Role::Optimizer), 1);
+        assert_eq!(host.inner.requests(Role::Base), 1);
+        assert_eq!(r.best_prompt.as_deref(), Some("You are a helpful assistant."));
+        let details = r.details();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "optimizer", "error": error})
+        );
+        assert!(
+            details["stopped"].as_str().unwrap().contains(error),
+            "{}",
+            details["stopped"]
+        );
+        assert_eq!(details["judgements"], json!({"asked": 1, "usable": 1}));
+    }
+
+    // The judge rejected at the root: the search stops before any level, with the count.
+    let mut host = Failing::new(Role::Judge, LlmError::Rejected(error.into()));
+    let r = run(&mut host, &options("{}"), &queries(9), &examples()).unwrap();
+    assert_eq!(
+        Stop::details(r.stop.as_ref()),
+        json!({"kind": "role-failed", "role": "judge", "error": error})
+    );
+    assert_eq!(r.judgements, Judgements { asked: 1, usable: 0 });
+    assert_eq!((r.best_score, r.tree.len()), (None, 0));
+}
+
+#[test]
+fn a_rejection_of_some_requests_of_a_role_does_not_stop_the_search() {
+    // Only the answers under one of the optimizer's prompts are rejected.
+    struct OneRejected(Scripted);
+    impl Host for OneRejected {
         fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
-            let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
+            let rejected: Vec<bool> = batch
+                .iter()
+                .map(|r| r.role == Role::Base && user_text(&r.prompt).contains("prompt-2"))
+                .collect();
             let mut out = self.0.complete(batch);
-            for (r, role) in out.iter_mut().zip(roles) {
-                if role == Role::Base {
-                    *r = Err(LlmError::Unavailable("down".into()));
+            for (r, rejected) in out.iter_mut().zip(rejected) {
+                if rejected {
+                    *r = Err(LlmError::Rejected("prompt too long".into()));
                 }
             }
             out
@@ -719,16 +828,11 @@ fn failed_base_answers_score_zero_without_a_judge_call() {
             self.0.log(level, message)
         }
     }
-    let mut host = FailingBase(Scripted::plain());
-    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(5), &[]).unwrap();
-    assert_eq!(host.0.requests(Role::Judge), 0);
-    assert!(r.tree.iter().all(|n| n.reward == 0.0));
-    assert!(
-        r.tree[0].details["judge_problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("base model failed")
-    );
+    let mut host = OneRejected(Scripted::plain());
+    let r = run(&mut host, &options(r#"{"depth": 3}"#), &queries(9), &[]).unwrap();
+    assert_eq!(r.stop, None);
+    assert_eq!(r.tree.len(), 1 + 3 + 6);
+    assert_eq!(r.judgements, Judgements { asked: 10, usable: 9 });
 }
 
 #[test]
