@@ -5,17 +5,20 @@
 //! Every phase is one batched `complete` call: [`Scorer::evaluate`] makes at most two (aspect
 //! selections together with the answers, then the judgements), however many candidates it is
 //! given. The prompts, schemas and parsing are the DRPO library's ([`drpo::prompts`],
-//! [`drpo::parse`], [`drpo::reward`]), so every strategy built on the kit is judged the same way.
+//! [`drpo::parse`], [`drpo::reward`]), so every strategy built on the kit is judged the same way,
+//! and so is the end of a run: a batch stops it by the library's rule ([`Stop::check`]), and
+//! [`Scorer::judgements`] counts the judgements for the outcome's details.
 
 use std::collections::BTreeMap;
 
 use drpo::aspects::{self, Aspect};
 use drpo::icl;
 use drpo::options::Options;
+pub use drpo::outcome::{Judgements, Stop};
 use drpo::parse::{self, Judgement};
 use drpo::prompts;
 use drpo::reward;
-use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request};
+use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -110,13 +113,14 @@ impl Settings {
     }
 }
 
-/// The run cannot go on: a budget is spent. A strategy returns its best result so far.
+/// The run cannot go on: a budget is spent, or a role fails on every request. A strategy
+/// returns its best result so far, with [`Stop::details`] as its details' `stop`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stopped(pub String);
+pub struct Stopped(pub Stop);
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        self.0.fmt(f)
     }
 }
 
@@ -176,6 +180,7 @@ pub struct Scorer {
     options: Options,
     examples: Vec<Example>,
     selections: BTreeMap<String, Selection>,
+    judgements: Judgements,
 }
 
 impl Scorer {
@@ -186,6 +191,7 @@ impl Scorer {
             options,
             examples,
             selections: BTreeMap::new(),
+            judgements: Judgements::default(),
         }
     }
 
@@ -244,6 +250,7 @@ impl Scorer {
             }
             pending.push((prompt, query, answer, selection));
         }
+        self.judgements.ask(pending.len());
         let mut verdicts = complete(host, judge_requests)?.into_iter();
         let mut evaluations = Vec::new();
         for (prompt, query, answer, selection) in pending {
@@ -261,6 +268,7 @@ impl Scorer {
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
             };
+            self.judgements.received(&judgement);
             if !judgement.problems.is_empty() {
                 host.log(
                     LogLevel::Warn,
@@ -332,9 +340,16 @@ impl Scorer {
     pub fn options(&self) -> &Options {
         &self.options
     }
+
+    /// The judgements [`Scorer::evaluate`] asked for so far, and how many were usable: the
+    /// outcome details' `judgements`.
+    pub fn judgements(&self) -> Judgements {
+        self.judgements
+    }
 }
 
-/// One batch; a spent budget anywhere stops the run, a short answer is padded with failures.
+/// One batch, a short answer padded with failures; the answers as a whole may stop the run
+/// ([`Stop::check`]).
 fn complete<H: Host>(
     host: &mut H,
     batch: Vec<Request>,
@@ -342,15 +357,15 @@ fn complete<H: Host>(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let wanted = batch.len();
+    let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
     let mut results = host.complete(batch);
-    if results.contains(&Err(LlmError::BudgetExhausted)) {
-        return Err(Stopped("the budget is exhausted".to_owned()));
-    }
-    results.resize_with(wanted, || {
+    results.resize_with(roles.len(), || {
         Err(LlmError::Unavailable("no answer from the host".into()))
     });
-    Ok(results)
+    match Stop::check(&roles, &results) {
+        Some(stop) => Err(Stopped(stop)),
+        None => Ok(results),
+    }
 }
 
 fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Selection {
@@ -388,7 +403,7 @@ fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Select
 mod tests {
     use super::*;
     use crate::testing::{ScriptedHost, queries};
-    use drpo::types::{Prompt, Role};
+    use drpo::types::Prompt;
 
     fn examples(n: usize) -> Vec<Example> {
         (0..n)
@@ -397,6 +412,43 @@ mod tests {
                 answer: format!("example answer {i}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_role_rejected_on_every_request_stops_the_scorer() {
+        let candidates: Vec<(String, Query)> = queries(2)
+            .into_iter()
+            .map(|q| ("P".to_owned(), q))
+            .collect();
+        for role in [Role::Base, Role::Judge, Role::Metrics] {
+            let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+            host.reject = Some((role, "no such model".into()));
+            let mut scorer = Scorer::new(Options::default(), Vec::new());
+            let stopped = scorer.evaluate(&mut host, &candidates).unwrap_err();
+            assert_eq!(
+                stopped.0,
+                Stop::RoleFailed {
+                    role,
+                    error: "no such model".into()
+                }
+            );
+            let asked = if role == Role::Judge { 2 } else { 0 };
+            assert_eq!(
+                scorer.judgements(),
+                Judgements { asked, usable: 0 },
+                "{role:?}"
+            );
+        }
+        let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+        host.reject = Some((Role::Optimizer, "no such model".into()));
+        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let judged = scorer.evaluate(&mut host, &candidates).unwrap();
+        assert_eq!(scorer.judgements(), Judgements { asked: 2, usable: 2 });
+        let stopped = scorer.propose(&mut host, &judged[0], &[], 3).unwrap_err();
+        assert_eq!(
+            Stop::details(Some(&stopped.0)),
+            serde_json::json!({"kind": "role-failed", "role": "optimizer", "error": "no such model"})
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct ScriptedHost {
     pub logs: Vec<(LogLevel, String)>,
     /// After this many requests, every further request answers `budget-exhausted`.
     pub budget: Option<usize>,
+    /// Every request of this role is rejected with this message (a model that does not exist).
+    pub reject: Option<(Role, String)>,
     /// The key of the optimizer's answer that holds what `propose` wrote (default
     /// `new_system_prompt`; a strategy that rewrites answers asks for another).
     pub optimizer_field: String,
@@ -60,6 +62,7 @@ impl ScriptedHost {
             nodes: Vec::new(),
             logs: Vec::new(),
             budget: None,
+            reject: None,
             optimizer_field: "new_system_prompt".into(),
         }
     }
@@ -125,6 +128,13 @@ impl Host for ScriptedHost {
             .map(|request| {
                 if self.budget.is_some_and(|b| self.requests.len() >= b) {
                     return Err(LlmError::BudgetExhausted);
+                }
+                if let Some((role, message)) = &self.reject
+                    && *role == request.role
+                {
+                    let error = LlmError::Rejected(message.clone());
+                    self.requests.push(request);
+                    return Err(error);
                 }
                 let choices = self.answer(&request);
                 self.requests.push(request);
@@ -212,6 +222,6 @@ mod tests {
         let stopped = scorer
             .evaluate(&mut host, &[("p".into(), query("a"))])
             .unwrap_err();
-        assert!(stopped.0.contains("budget"));
+        assert_eq!(stopped, crate::scoring::Stopped(drpo::outcome::Stop::BudgetExhausted));
     }
 }
