@@ -31,7 +31,7 @@ use crate::types::{
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Requests and calls made during a search, per role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -199,6 +199,9 @@ struct Search<'a, H: Host> {
     examples: &'a [Example],
     metrics: BTreeMap<String, Metrics>,
     new_cache: BTreeMap<String, Value>,
+    /// Queries whose selection, fetched ahead, failed: asked again when they are scored, so a
+    /// passing failure does not leave them with the fallback aspects for the whole run.
+    retry_when_scored: BTreeSet<String>,
     retrieval: Retrieval,
     tree: Vec<TreeNode>,
     judgements: Vec<Judgement>,
@@ -231,6 +234,7 @@ pub fn run<H: Host>(
         examples,
         metrics: BTreeMap::new(),
         new_cache: BTreeMap::new(),
+        retry_when_scored: BTreeSet::new(),
         retrieval: Retrieval::Fixed,
         tree: Vec::new(),
         judgements: Vec::new(),
@@ -595,13 +599,16 @@ impl<H: Host> Search<'_, H> {
         retrieved.unwrap_or_else(|| (0..self.examples.len().min(k)).collect())
     }
 
-    /// Aspect-selection requests for the given queries that neither this run nor the cache has
-    /// answered yet (cache hits are resolved here, at no cost). Returns the query texts asked.
+    /// Aspect-selection requests for the given queries (the one scored now first) that neither
+    /// this run nor the cache has answered yet (cache hits are resolved here, at no cost); an
+    /// upcoming query whose selection failed waits until it is scored. Returns the query texts
+    /// asked.
     fn metrics_requests(&mut self, indices: &[usize]) -> (Vec<String>, Vec<Request>) {
         let mut texts: Vec<String> = Vec::new();
-        for &i in indices {
+        for (position, &i) in indices.iter().enumerate() {
             let text = self.queries[i].text.clone();
-            if self.metrics.contains_key(&text) || texts.contains(&text) {
+            let waits = position > 0 && self.retry_when_scored.contains(&text);
+            if waits || self.metrics.contains_key(&text) || texts.contains(&text) {
                 continue;
             }
             if let Some(cached) = self.options.metrics_cache.get(&text) {
@@ -635,7 +642,14 @@ impl<H: Host> Search<'_, H> {
         (texts, requests)
     }
 
-    fn absorb_metrics(&mut self, texts: Vec<String>, results: Vec<Result<Completion, LlmError>>) {
+    /// Keeps the selections made for `texts`. A failed one falls back to the general-quality
+    /// aspects only for `scored`, the query scored now; another is asked again when scored.
+    fn absorb_metrics(
+        &mut self,
+        texts: Vec<String>,
+        results: Vec<Result<Completion, LlmError>>,
+        scored: &str,
+    ) {
         for (text, result) in texts.into_iter().zip(results) {
             let parsed = match result {
                 Ok(c) => match c.choices.first() {
@@ -656,6 +670,17 @@ impl<H: Host> Search<'_, H> {
                         reasoning: sel.reasoning,
                         source: "model",
                     }
+                }
+                Err(e) if text != scored => {
+                    self.log(
+                        LogLevel::Warn,
+                        format!(
+                            "aspect selection for an upcoming query unusable ({e}); asking again \
+                             when it is scored"
+                        ),
+                    );
+                    self.retry_when_scored.insert(text);
+                    continue;
                 }
                 Err(e) => {
                     self.log(
@@ -686,7 +711,8 @@ impl<H: Host> Search<'_, H> {
     ) -> Result<Vec<usize>, Stop> {
         let query = self.queries[query_index].clone();
         // Aspect selections: batched mode fetches every query the current depth limit reaches
-        // (in the same call as the base answers); sequential mode only this level's query.
+        // (in the same call as the base answers), this level's first; sequential mode only this
+        // level's query.
         let ahead: Vec<usize> = if self.options.sequential {
             vec![query_index]
         } else {
@@ -707,14 +733,14 @@ impl<H: Host> Search<'_, H> {
             .collect();
         let answers = if self.options.sequential {
             let metric_results = self.complete(metric_requests)?;
-            self.absorb_metrics(metric_texts, metric_results);
+            self.absorb_metrics(metric_texts, metric_results, &query.text);
             self.complete(base_requests)?
         } else {
             let n_metrics = metric_requests.len();
             let mut results =
                 self.complete(metric_requests.into_iter().chain(base_requests).collect())?;
             let answers = results.split_off(n_metrics);
-            self.absorb_metrics(metric_texts, results);
+            self.absorb_metrics(metric_texts, results, &query.text);
             answers
         };
         let metrics = self

@@ -284,6 +284,96 @@ fn published_cache_entries_with_other_spellings_are_used() {
     assert_eq!(r.tree[0].details["metrics_source"], "cache");
 }
 
+/// A scripted host whose first aspect selection for one query fails (a timeout); it answers
+/// the next. It notes the calls (numbered from 1) that ask for that query's selection and that
+/// answer it with the base model.
+struct FlakySelection {
+    inner: Scripted,
+    query: &'static str,
+    calls: usize,
+    selection_calls: Vec<usize>,
+    answer_calls: Vec<usize>,
+}
+
+impl Host for FlakySelection {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        self.calls += 1;
+        let selections: Vec<bool> = batch
+            .iter()
+            .map(|r| r.role == Role::Metrics && user_text(&r.prompt).contains(self.query))
+            .collect();
+        if batch.iter().any(|r| {
+            r.role == Role::Base && user_text(&r.prompt).ends_with(&format!("{}\n\n# Answer:\n<START>", self.query))
+        }) {
+            self.answer_calls.push(self.calls);
+        }
+        let mut out = self.inner.complete(batch);
+        for (result, selection) in out.iter_mut().zip(selections) {
+            if selection {
+                self.selection_calls.push(self.calls);
+                if self.selection_calls.len() == 1 {
+                    *result = Err(LlmError::Unavailable("timeout".into()));
+                }
+            }
+        }
+        out
+    }
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.inner.embed(texts)
+    }
+    fn record_node(&mut self, node: Node) {
+        self.inner.record_node(node)
+    }
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.inner.log(level, message)
+    }
+}
+
+#[test]
+fn a_selection_fetched_ahead_that_failed_is_asked_again_when_its_query_is_scored() {
+    let mut host = FlakySelection {
+        inner: Scripted::plain(),
+        query: "query number 2?",
+        calls: 0,
+        selection_calls: Vec::new(),
+        answer_calls: Vec::new(),
+    };
+    let r = run(&mut host, &options(r#"{"depth": 4}"#), &queries(9), &[]).unwrap();
+    // Fetched ahead with the root's answer (call 1), failed; not asked at level 0, whose query
+    // is 1; asked again in the call that answers query 2, and answered.
+    assert_eq!(host.selection_calls.len(), 2, "{:?}", host.selection_calls);
+    assert_eq!(host.selection_calls[0], 1);
+    assert_eq!(host.answer_calls.len(), 1);
+    assert_eq!(host.selection_calls[1], host.answer_calls[0]);
+    let on_query_2: Vec<&TreeNode> = r
+        .tree
+        .iter()
+        .filter(|n| n.details["query_index"] == 2)
+        .collect();
+    assert!(!on_query_2.is_empty());
+    for node in on_query_2 {
+        assert_eq!(node.details["metrics_source"], "model", "node {}", node.id);
+    }
+    assert_eq!(host.inner.requests(Role::Metrics), 4 + 1);
+    assert_eq!(r.new_metrics_cache.len(), 4);
+    assert_eq!(host.inner.warnings("asking again when it is scored"), 1);
+}
+
+#[test]
+fn a_failed_selection_of_the_query_scored_now_falls_back() {
+    let mut host = FlakySelection {
+        inner: Scripted::plain(),
+        query: "query number 0?",
+        calls: 0,
+        selection_calls: Vec::new(),
+        answer_calls: Vec::new(),
+    };
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(9), &[]).unwrap();
+    assert_eq!(host.selection_calls, [1]);
+    assert_eq!(r.tree[0].details["metrics_source"], "fallback");
+    assert_eq!(r.tree[0].details["aspects"].as_array().unwrap().len(), 5);
+}
+
 #[test]
 fn sequential_sends_one_request_per_call() {
     let mut host = Scripted::plain();
