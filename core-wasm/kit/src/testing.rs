@@ -1,6 +1,10 @@
 //! A scripted [`Host`] for testing a search natively (`cargo test`, no WebAssembly): it plays
 //! the four DRPO roles with answers in the shapes the kit's [`crate::scoring`] expects, and
-//! keeps every request, node and log line for assertions.
+//! keeps every request, node and log line for assertions. A request it has answered before gets
+//! the same answer again, as a deterministic model or the host's response cache gives it, so a
+//! search that repeats a request cannot pass a test on a second answer it would never get.
+
+use std::collections::HashMap;
 
 use drpo::types::{
     Completion, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
@@ -45,6 +49,8 @@ pub struct ScriptedHost {
     /// The key of the optimizer's answer that holds what `propose` wrote (default
     /// `new_system_prompt`; a strategy that rewrites answers asks for another).
     pub optimizer_field: String,
+    /// The choices given to each request answered, by the request's JSON.
+    answered: HashMap<String, Vec<String>>,
 }
 
 impl ScriptedHost {
@@ -64,6 +70,7 @@ impl ScriptedHost {
             budget: None,
             reject: None,
             optimizer_field: "new_system_prompt".into(),
+            answered: HashMap::new(),
         }
     }
 
@@ -136,7 +143,15 @@ impl Host for ScriptedHost {
                     self.requests.push(request);
                     return Err(error);
                 }
-                let choices = self.answer(&request);
+                let key = serde_json::to_string(&request).unwrap_or_default();
+                let choices = match self.answered.get(&key) {
+                    Some(choices) => choices.clone(),
+                    None => {
+                        let choices = self.answer(&request);
+                        self.answered.insert(key, choices.clone());
+                        choices
+                    }
+                };
                 self.requests.push(request);
                 Ok(Completion {
                     choices,
@@ -212,6 +227,26 @@ mod tests {
             .propose(&mut host, &evaluations[1], &["Be quick.".into()], 3)
             .unwrap();
         assert_eq!(proposals, ["prompt 0", "prompt 1", "prompt 2"]);
+    }
+
+    #[test]
+    fn a_repeated_request_gets_the_answer_it_got_before() {
+        let mut calls = 0;
+        let mut host = ScriptedHost::new(
+            |_| 3,
+            move |_, _| {
+                calls += 1;
+                format!("prompt {calls}")
+            },
+        );
+        let request = drpo::prompts::optimizer_request("p", "q", "a", "{}", &[], &Options::default());
+        let first = host.complete(vec![request.clone()]);
+        let again = host.complete(vec![request.clone()]);
+        assert_eq!(first, again);
+        let mut other = request;
+        other.sampling.seed = 1;
+        assert_ne!(host.complete(vec![other]), first);
+        assert_eq!(host.requests.len(), 3);
     }
 
     #[test]

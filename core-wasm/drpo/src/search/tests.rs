@@ -16,6 +16,9 @@ struct Scripted {
     /// Every base prompt sent, in order.
     base_prompts: Vec<Prompt>,
     next_prompt: usize,
+    /// The optimizer's choices for each request it answered, by the request's JSON: a repeated
+    /// request gets them again, as a deterministic model gives them, not new numbers.
+    optimizer_answers: std::collections::HashMap<String, Vec<String>>,
     /// Requests answered before every further request gets `budget-exhausted`.
     budget: Option<usize>,
     answered: usize,
@@ -38,6 +41,7 @@ impl Scripted {
             logs: Vec::new(),
             base_prompts: Vec::new(),
             next_prompt: 0,
+            optimizer_answers: std::collections::HashMap::new(),
             budget: None,
             answered: 0,
             embed: Ok(()),
@@ -125,17 +129,27 @@ impl Host for Scripted {
                             vec![Value::Object(verdict).to_string()]
                         }
                     }
-                    Role::Optimizer => (0..r.sampling.n)
-                        .map(|_| {
-                            self.next_prompt += 1;
-                            if self.optimizer_garbage {
-                                "not json".to_string()
-                            } else {
-                                json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{}", self.next_prompt)})
-                                    .to_string()
-                            }
-                        })
-                        .collect(),
+                    Role::Optimizer => {
+                        let key = serde_json::to_string(&r).unwrap();
+                        let next_prompt = &mut self.next_prompt;
+                        let garbage = self.optimizer_garbage;
+                        self.optimizer_answers
+                            .entry(key)
+                            .or_insert_with(|| {
+                                (0..r.sampling.n)
+                                    .map(|_| {
+                                        *next_prompt += 1;
+                                        if garbage {
+                                            "not json".to_string()
+                                        } else {
+                                            json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{next_prompt}")})
+                                                .to_string()
+                                        }
+                                    })
+                                    .collect()
+                            })
+                            .clone()
+                    }
                 };
                 Ok(Completion {
                     choices,
