@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn a_role_stops_the_run_when_all_its_requests_meet_the_same_rejection() {
         let roles = [Role::Metrics, Role::Base, Role::Base];
-        let stop = Stop::check(&roles, &[ok(), rejected("no model x"), rejected("no model x")]);
+        let stop = Stop::check(
+            &roles,
+            &[ok(), rejected("no model x"), rejected("no model x")],
+        );
         assert_eq!(
             stop,
             Some(Stop::RoleFailed {
@@ -155,7 +158,10 @@ mod tests {
                 Err(LlmError::Unavailable("503".into())),
                 Err(LlmError::Unavailable("503".into())),
             ],
-            [rejected("too long"), Err(LlmError::Unavailable("503".into()))],
+            [
+                rejected("too long"),
+                Err(LlmError::Unavailable("503".into())),
+            ],
         ] {
             assert_eq!(Stop::check(&base, &results), None, "{results:?}");
         }

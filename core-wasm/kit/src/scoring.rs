@@ -443,7 +443,13 @@ mod tests {
         host.reject = Some((Role::Optimizer, "no such model".into()));
         let mut scorer = Scorer::new(Options::default(), Vec::new());
         let judged = scorer.evaluate(&mut host, &candidates).unwrap();
-        assert_eq!(scorer.judgements(), Judgements { asked: 2, usable: 2 });
+        assert_eq!(
+            scorer.judgements(),
+            Judgements {
+                asked: 2,
+                usable: 2
+            }
+        );
         let stopped = scorer.propose(&mut host, &judged[0], &[], 3).unwrap_err();
         assert_eq!(
             Stop::details(Some(&stopped.0)),

@@ -239,7 +239,8 @@ mod tests {
                 format!("prompt {calls}")
             },
         );
-        let request = drpo::prompts::optimizer_request("p", "q", "a", "{}", &[], &Options::default());
+        let request =
+            drpo::prompts::optimizer_request("p", "q", "a", "{}", &[], &Options::default());
         let first = host.complete(vec![request.clone()]);
         let again = host.complete(vec![request.clone()]);
         assert_eq!(first, again);
@@ -257,6 +258,9 @@ mod tests {
         let stopped = scorer
             .evaluate(&mut host, &[("p".into(), query("a"))])
             .unwrap_err();
-        assert_eq!(stopped, crate::scoring::Stopped(drpo::outcome::Stop::BudgetExhausted));
+        assert_eq!(
+            stopped,
+            crate::scoring::Stopped(drpo::outcome::Stop::BudgetExhausted)
+        );
     }
 }

@@ -229,7 +229,13 @@ fn published_call_counts_without_skips() {
     assert_eq!(r.final_depth, 20);
     assert_eq!(r.stats.skips, 0);
     assert!(r.stop.is_none());
-    assert_eq!(r.judgements, Judgements { asked: 112, usable: 112 });
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 112,
+            usable: 112
+        }
+    );
     let details = r.details();
     assert_eq!(details["stop"], Value::Null);
     assert_eq!(details["judgements"], json!({"asked": 112, "usable": 112}));
@@ -317,7 +323,8 @@ impl Host for FlakySelection {
             .map(|r| r.role == Role::Metrics && user_text(&r.prompt).contains(self.query))
             .collect();
         if batch.iter().any(|r| {
-            r.role == Role::Base && user_text(&r.prompt).ends_with(&format!("{}\n\n# Answer:\n<START>", self.query))
+            r.role == Role::Base
+                && user_text(&r.prompt).ends_with(&format!("{}\n\n# Answer:\n<START>", self.query))
         }) {
             self.answer_calls.push(self.calls);
         }
@@ -520,8 +527,17 @@ fn a_judgement_that_leaves_out_an_aspect_is_unusable_and_grants_no_level() {
         "{}",
         r.tree[0].details
     );
-    assert_eq!(r.final_depth, 3, "no extra level for an incomplete judgement");
-    assert_eq!(r.judgements, Judgements { asked: 3, usable: 0 });
+    assert_eq!(
+        r.final_depth, 3,
+        "no extra level for an incomplete judgement"
+    );
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 3,
+            usable: 0
+        }
+    );
 }
 
 #[test]
@@ -858,7 +874,13 @@ fn failed_base_answers_score_zero_without_a_judge_call() {
     );
     // A transient failure, however widespread, does not stop the search.
     assert_eq!(r.stop, None);
-    assert_eq!(r.judgements, Judgements { asked: 2, usable: 0 });
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 2,
+            usable: 0
+        }
+    );
 }
 
 #[test]
@@ -879,7 +901,10 @@ fn a_role_rejected_on_every_request_of_a_level_stops_the_search() {
         assert_eq!(r.tree.len(), 1);
         assert_eq!(host.inner.requests(Role::Optimizer), 1);
         assert_eq!(host.inner.requests(Role::Base), 1);
-        assert_eq!(r.best_prompt.as_deref(), Some("You are a helpful assistant."));
+        assert_eq!(
+            r.best_prompt.as_deref(),
+            Some("You are a helpful assistant.")
+        );
         let details = r.details();
         assert_eq!(
             details["stop"],
@@ -900,7 +925,13 @@ fn a_role_rejected_on_every_request_of_a_level_stops_the_search() {
         Stop::details(r.stop.as_ref()),
         json!({"kind": "role-failed", "role": "judge", "error": error})
     );
-    assert_eq!(r.judgements, Judgements { asked: 1, usable: 0 });
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 1,
+            usable: 0
+        }
+    );
     assert_eq!((r.best_score, r.tree.len()), (None, 0));
 }
 
@@ -936,7 +967,13 @@ fn a_rejection_of_some_requests_of_a_role_does_not_stop_the_search() {
     let r = run(&mut host, &options(r#"{"depth": 3}"#), &queries(9), &[]).unwrap();
     assert_eq!(r.stop, None);
     assert_eq!(r.tree.len(), 1 + 3 + 6);
-    assert_eq!(r.judgements, Judgements { asked: 10, usable: 9 });
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 10,
+            usable: 9
+        }
+    );
 }
 
 #[test]

@@ -698,7 +698,10 @@ mod tests {
             |prompt| if prompt.contains("Unratable") { 9 } else { 4 },
             |_, _| String::new(),
         );
-        let first = answers(&[("a", "Q1?", "Fine.", false), ("b", "Q2?", "Unratable.", false)]);
+        let first = answers(&[
+            ("a", "Q1?", "Fine.", false),
+            ("b", "Q2?", "Unratable.", false),
+        ]);
         let outcome = evaluate(&mut host, &options(first, Vec::new())).unwrap();
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert_eq!(details["judgements"], json!({"asked": 2, "usable": 1}));

@@ -395,8 +395,8 @@ impl<H: Host> Optimizer<'_, H> {
             .iter()
             .map(|&i| {
                 let w = &work[i];
-                let critique = serde_json::to_string_pretty(&w.latest.judgement.to_json())
-                    .unwrap_or_default();
+                let critique =
+                    serde_json::to_string_pretty(&w.latest.judgement.to_json()).unwrap_or_default();
                 let mut request = chat_request(
                     Role::Optimizer,
                     answer_rewrite_prompt(&w.query, &w.latest.answer, &critique),
