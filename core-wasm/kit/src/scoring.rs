@@ -220,7 +220,7 @@ impl Scorer {
                 icl::base_request(prompt, &shown, &query.text, &self.options)
             }),
         );
-        let mut results = complete(host, batch)?;
+        let mut results = complete_batch(host, batch)?;
         let answers = results.split_off(new_queries.len());
         for (text, result) in new_queries.iter().zip(results) {
             let selection = select(host, result);
@@ -251,7 +251,7 @@ impl Scorer {
             pending.push((prompt, query, answer, selection));
         }
         self.judgements.ask(pending.len());
-        let mut verdicts = complete(host, judge_requests)?.into_iter();
+        let mut verdicts = complete_batch(host, judge_requests)?.into_iter();
         let mut evaluations = Vec::new();
         for (prompt, query, answer, selection) in pending {
             let (answer, judgement) = match answer {
@@ -321,7 +321,7 @@ impl Scorer {
         request: Request,
     ) -> Result<Vec<String>, Stopped> {
         let mut prompts = Vec::new();
-        match complete(host, vec![request])?.pop() {
+        match complete_batch(host, vec![request])?.pop() {
             Some(Ok(completion)) => {
                 for (i, choice) in completion.choices.iter().enumerate() {
                     match parse::parse_proposal(choice) {
@@ -348,9 +348,9 @@ impl Scorer {
     }
 }
 
-/// One batch, a short answer padded with failures; the answers as a whole may stop the run
-/// ([`Stop::check`]).
-fn complete<H: Host>(
+/// Sends one batch as every DRPO strategy does: a short answer is padded with failures, and the
+/// answers as a whole may stop the run ([`Stop::check`]).
+pub fn complete_batch<H: Host>(
     host: &mut H,
     batch: Vec<Request>,
 ) -> Result<Vec<Result<Completion, LlmError>>, Stopped> {

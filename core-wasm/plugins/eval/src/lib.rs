@@ -17,6 +17,7 @@ use drpo_kit::drpo::outcome::{Judgements, Stop};
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
 use drpo_kit::prelude::*;
+use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -194,17 +195,15 @@ pub fn judge<H: Host>(
         }
     }
     let wanted = batch.len();
-    let results = host.complete(batch);
-    match Stop::check(&vec![Role::Judge; wanted], &results) {
-        Some(Stop::BudgetExhausted) => {
+    let mut results = match complete_batch(host, batch) {
+        Ok(results) => results.into_iter(),
+        Err(Stopped(Stop::BudgetExhausted)) => {
             return Err(format!(
                 "the budget ran out before all {wanted} answers were judged"
             ));
         }
-        Some(stop) => return Err(format!("the answers could not be judged: {stop}")),
-        None => {}
-    }
-    let mut results = results.into_iter();
+        Err(Stopped(stop)) => return Err(format!("the answers could not be judged: {stop}")),
+    };
     let mut verdicts = Vec::with_capacity(sets.len());
     for set in sets {
         let mut judged = Vec::with_capacity(set.len());

@@ -30,6 +30,7 @@ use drpo_kit::drpo::outcome::{Judgements, Stop};
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
 use drpo_kit::prelude::*;
+use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -213,26 +214,9 @@ struct Optimizer<'h, H: Host> {
 }
 
 impl<H: Host> Optimizer<'_, H> {
-    /// One phase's batch, a short answer padded with failures; the answers as a whole may stop
-    /// the run ([`Stop::check`]).
-    fn complete(&mut self, batch: Vec<Request>) -> Result<Vec<Result<Completion, LlmError>>, Stop> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
-        let mut results = self.host.complete(batch);
-        results.resize_with(roles.len(), || {
-            Err(LlmError::Unavailable("no answer from the host".into()))
-        });
-        match Stop::check(&roles, &results) {
-            Some(stop) => Err(stop),
-            None => Ok(results),
-        }
-    }
-
     /// The critic's aspects for each query: from the metrics cache when it knows the query,
     /// else asked in one batch (the general-quality aspects when the answer is unusable).
-    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stop> {
+    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stopped> {
         let cached: Vec<Option<Selection>> = queries.iter().map(|q| self.cached(q)).collect();
         let batch = queries
             .iter()
@@ -249,7 +233,7 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let mut answers = self.complete(batch)?.into_iter();
+        let mut answers = complete_batch(self.host, batch)?.into_iter();
         let mut selections = Vec::with_capacity(queries.len());
         for (query, known) in queries.iter().zip(cached) {
             let selection = match known {
@@ -328,7 +312,7 @@ impl<H: Host> Optimizer<'_, H> {
         work: &[Work],
         answers: Vec<(usize, String, Option<u32>)>,
         depth: u32,
-    ) -> Result<Vec<(usize, Candidate)>, Stop> {
+    ) -> Result<Vec<(usize, Candidate)>, Stopped> {
         let batch = answers
             .iter()
             .map(|(i, answer, _)| {
@@ -349,7 +333,7 @@ impl<H: Host> Optimizer<'_, H> {
             })
             .collect();
         self.judgements.ask(answers.len());
-        let results = self.complete(batch)?;
+        let results = complete_batch(self.host, batch)?;
         let mut judged = Vec::with_capacity(answers.len());
         for ((i, answer, parent), result) in answers.into_iter().zip(results) {
             let judgement = match result {
@@ -390,7 +374,11 @@ impl<H: Host> Optimizer<'_, H> {
 
     /// One rewrite of each example's latest answer, from its critique; examples whose rewrite
     /// is unusable get none.
-    fn rewrite(&mut self, work: &[Work], active: &[usize]) -> Result<Vec<(usize, String)>, Stop> {
+    fn rewrite(
+        &mut self,
+        work: &[Work],
+        active: &[usize],
+    ) -> Result<Vec<(usize, String)>, Stopped> {
         let batch = active
             .iter()
             .map(|&i| {
@@ -407,7 +395,7 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let results = self.complete(batch)?;
+        let results = complete_batch(self.host, batch)?;
         let mut rewrites = Vec::new();
         for (&i, result) in active.iter().zip(results) {
             let parsed = match result {
@@ -465,7 +453,7 @@ pub fn optimize<H: Host>(
         judgements: Judgements::default(),
     };
     let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
-    let stop = |why: Stop| format!("the examples could not be judged: {why}");
+    let stop = |why: Stopped| format!("the examples could not be judged: {why}");
     let selections = optimizer.select(&queries).map_err(stop)?;
     let mut work: Vec<Work> = examples
         .iter()
@@ -508,7 +496,7 @@ pub fn optimize<H: Host>(
         });
         let judged = match step {
             Ok(judged) => judged,
-            Err(why) => {
+            Err(Stopped(why)) => {
                 optimizer.host.warn(format!(
                     "stopped in round {round}: {why}; keeping the best so far"
                 ));
