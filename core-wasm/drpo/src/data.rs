@@ -185,7 +185,8 @@ pub fn parse_mal(text: &str) -> Vec<Query> {
 }
 
 /// A JSON object's entries in file order (serde_json's own map would sort them, and the
-/// published examples file is an object whose order decides the fixed examples).
+/// published examples file is an object whose order decides the examples used without
+/// retrieval).
 struct OrderedEntries(Vec<(String, Value)>);
 
 impl<'de> serde::Deserialize<'de> for OrderedEntries {

@@ -1,11 +1,13 @@
 //! In-context examples and the base model's prompt in the published training format.
 //!
-//! The training prompt is one text: a `# instructions` header, the system prompt, the in-context
-//! examples (the first introduced by `# Query:`, later ones by `#Query:`, answers by
-//! `#Answer:`, spelled exactly as the published code spells them), then `# Query:` with the
-//! query, `# Answer:` and the `<START>` opener. Generation stops at `<END>`. A raw-completion
-//! base model gets the text whole; a chat base model gets the instruction part as the system
-//! message and the query part as the user message, as the published `is_GPT` path does.
+//! The training prompt has two parts: the instruction part (a `# instructions` header, the system
+//! prompt, the in-context examples, the first introduced by `# Query:`, later ones by `#Query:`,
+//! answers by `#Answer:`, spelled exactly as the published code spells them) and the query part
+//! (`# Query:` with the query, `# Answer:` and the `<START>` opener). Generation stops at
+//! `<END>`. The request always carries them as a system and a user message; the host decides how
+//! the base model receives them (`--base-format`): as chat messages, as the published `is_GPT`
+//! path sends them, or, for a model prompted raw, as the messages' contents joined, which is the
+//! published raw training text byte for byte.
 //!
 //! The in-context example optimization (icl.wasm) rewrites the examples' answers with
 //! [`answer_rewrite_prompt`], which, like the published one, shows the optimizer two annotated
@@ -21,9 +23,6 @@ pub const STOP: [&str; 3] = ["<END>", "<END", "<|eot_id|>"];
 
 /// The answer opener the examples and the prompt use.
 pub const START: &str = "<START>";
-
-/// How many examples are used when retrieval is off or unavailable (the published fixed pair).
-pub const FIXED_EXAMPLES: usize = 2;
 
 /// The published initial system prompt: where a search starts, and the system prompt of the
 /// `--no-optimized-prompt` baseline at inference.
@@ -119,8 +118,9 @@ pub fn base_prompt_parts(
     (system, query_part(query))
 }
 
-/// The base model's request: greedy, `base_max_tokens`, the published stop strings; raw text
-/// unless `base_chat` is set.
+/// The base model's request: the two parts of [`base_prompt_parts`] as a system and a user
+/// message (the host sends their contents joined to a model it prompts raw), greedy,
+/// `base_max_tokens`, the published stop strings.
 pub fn base_request(
     system_prompt: &str,
     examples: &[&Example],
@@ -128,17 +128,12 @@ pub fn base_request(
     options: &Options,
 ) -> Request {
     let (system, user) = base_prompt_parts(system_prompt, examples, query);
-    let prompt = if options.base_chat {
-        Prompt::Chat(vec![
-            Message::new("system", system),
-            Message::new("user", user),
-        ])
-    } else {
-        Prompt::Raw(system + &user)
-    };
     Request {
         role: Role::Base,
-        prompt,
+        prompt: Prompt::Chat(vec![
+            Message::new("system", system),
+            Message::new("user", user),
+        ]),
         sampling: Sampling {
             temperature: 0.0,
             top_p: 1.0,
@@ -360,24 +355,30 @@ mod tests {
     }
 
     #[test]
-    fn raw_and_chat_requests() {
+    fn the_base_request_is_a_system_and_a_user_message_that_join_into_the_raw_text() {
         let a = ex("Q1?", "A1");
-        let mut o = Options::default();
-        let raw = base_request("P", &[&a], "q", &o);
+        let request = base_request("P", &[&a], "q", &Options::default());
         let (s, u) = base_prompt_parts("P", &[&a], "q");
-        assert_eq!(raw.prompt, Prompt::Raw(format!("{s}{u}")));
-        assert_eq!(raw.sampling.stop, vec!["<END>", "<END", "<|eot_id|>"]);
         assert_eq!(
-            (raw.sampling.temperature, raw.sampling.max_tokens),
+            request.prompt,
+            Prompt::Chat(vec![Message::new("system", &s), Message::new("user", &u)])
+        );
+        // What the host sends a model it prompts raw: the contents joined, the published text.
+        let Prompt::Chat(messages) = &request.prompt else {
+            unreachable!()
+        };
+        let joined: String = messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            joined,
+            "# instructions\n\nP\n\n# Query:\nQ1?\n\n#Answer:\n<START>\nA1\n<END>\n\n\
+             # Query:\nq\n\n# Answer:\n<START>"
+        );
+        assert_eq!(request.sampling.stop, vec!["<END>", "<END", "<|eot_id|>"]);
+        assert_eq!(
+            (request.sampling.temperature, request.sampling.max_tokens),
             (0.0, 2048)
         );
-        assert!(raw.json_schema.is_none());
-        o.base_chat = true;
-        let chat = base_request("P", &[&a], "q", &o);
-        assert_eq!(
-            chat.prompt,
-            Prompt::Chat(vec![Message::new("system", s), Message::new("user", u)])
-        );
+        assert!(request.json_schema.is_none());
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`parse`]: tolerant parsing of the models' JSON answers;
 //! - [`reward`]: the reward, the skip rule and the depth extension;
 //! - [`search`]: the beam search itself;
+//! - [`outcome`]: what every strategy reports on how its run went: why it stopped early, and
+//!   how many judgements it could use;
 //! - [`estimate`]: the calls and tokens a search may spend, for the projection before a run.
 
 #![warn(missing_docs)]
@@ -25,6 +27,7 @@ pub mod data;
 pub mod estimate;
 pub mod icl;
 pub mod options;
+pub mod outcome;
 pub mod parse;
 pub mod prompts;
 pub mod reward;

@@ -24,9 +24,10 @@ pub struct Options {
     /// How many training queries the run may use (the host samples them; the search uses at
     /// most this many of the ones it is given).
     pub num_training_examples: u32,
-    /// Retrieve in-context examples by embedding similarity; otherwise use the first two.
+    /// Retrieve in-context examples by embedding similarity; otherwise use the first `k`.
     pub ret_icl: bool,
-    /// How many in-context examples to retrieve (at least 1).
+    /// How many in-context examples the base model sees (at least 1): the `k` most similar, or
+    /// the first `k` of the pool without retrieval.
     pub k: u32,
     /// The prompt the search starts from.
     pub initial_system_prompt: String,
@@ -35,8 +36,6 @@ pub struct Options {
     /// Send one request per `complete` call, as the published code does, instead of one batch
     /// per phase of a level.
     pub sequential: bool,
-    /// Prompt the base model with system and user chat messages instead of one raw string.
-    pub base_chat: bool,
     /// Token limit of a base-model answer.
     pub base_max_tokens: u32,
     /// Token limit of an aspect selection.
@@ -68,7 +67,6 @@ impl Default for Options {
             initial_system_prompt: crate::icl::BASELINE_PROMPT.to_string(),
             seed: 0,
             sequential: false,
-            base_chat: false,
             base_max_tokens: 2048,
             metrics_max_tokens: 2048,
             judge_max_tokens: 2048,
@@ -80,7 +78,7 @@ impl Default for Options {
 }
 
 /// One line per option for the schema: name, JSON type, description.
-const DESCRIPTIONS: [(&str, &str, &str); 19] = [
+const DESCRIPTIONS: [(&str, &str, &str); 18] = [
     (
         "n_actions",
         "integer",
@@ -119,9 +117,13 @@ const DESCRIPTIONS: [(&str, &str, &str); 19] = [
     (
         "ret_icl",
         "boolean",
-        "Retrieve in-context examples by embedding similarity; otherwise use the first two.",
+        "Retrieve in-context examples by embedding similarity; otherwise use the first k.",
     ),
-    ("k", "integer", "In-context examples retrieved per query."),
+    (
+        "k",
+        "integer",
+        "In-context examples per query: the k most similar, or the first k without retrieval.",
+    ),
     (
         "initial_system_prompt",
         "string",
@@ -136,11 +138,6 @@ const DESCRIPTIONS: [(&str, &str, &str); 19] = [
         "sequential",
         "boolean",
         "Send one request per call like the published code, instead of batching each level.",
-    ),
-    (
-        "base_chat",
-        "boolean",
-        "Prompt the base model with system and user chat messages instead of a raw string.",
     ),
     (
         "base_max_tokens",

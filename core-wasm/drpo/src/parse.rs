@@ -232,13 +232,14 @@ pub struct AspectScore {
     pub rationale: String,
 }
 
-/// A judge's verdict on one answer: the usable scores, and what could not be used.
+/// A judge's verdict on one answer: a score for every selected aspect, or none at all when the
+/// verdict is unusable; and what could not be used.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Judgement {
-    /// Scores of the selected aspects, in the selection's order.
+    /// Scores of the selected aspects, in the selection's order; empty when unusable.
     pub scores: Vec<AspectScore>,
     /// What was dropped, missing or wrong, for the log (and, when `scores` is empty, why the
-    /// judgement is unusable).
+    /// judgement is unusable, first).
     pub problems: Vec<String>,
 }
 
@@ -251,7 +252,8 @@ impl Judgement {
         }
     }
 
-    /// Whether any score survived parsing.
+    /// Whether the judgement has its scores (parsing keeps none unless every selected aspect
+    /// has one).
     pub fn is_usable(&self) -> bool {
         !self.scores.is_empty()
     }
@@ -291,8 +293,9 @@ fn parse_entry(value: &Value) -> Result<(u8, String), String> {
 }
 
 /// Parses a judge's answer against the aspects that were asked for. Entries for unknown or
-/// unrequested aspects, unreadable scores and missing aspects are reported in `problems`; the
-/// remaining scores are kept. An answer with no usable score is [`Judgement::unusable`].
+/// unrequested aspects and unreadable scores are reported in `problems` and dropped. A selected
+/// aspect left without a usable score makes the whole judgement unusable (no scores, reward 0),
+/// the missing aspects named first in `problems`.
 pub fn parse_judgement(text: &str, selected: &[&'static Aspect]) -> Judgement {
     let object = match extract_object(text) {
         Ok(o) => o,
@@ -328,6 +331,7 @@ pub fn parse_judgement(text: &str, selected: &[&'static Aspect]) -> Judgement {
         }
     }
     let mut scores = Vec::new();
+    let mut missing = Vec::new();
     for aspect in selected {
         match found.iter().find(|(a, _, _)| a == aspect) {
             Some((_, score, rationale)) => scores.push(AspectScore {
@@ -335,11 +339,23 @@ pub fn parse_judgement(text: &str, selected: &[&'static Aspect]) -> Judgement {
                 score: *score,
                 rationale: rationale.clone(),
             }),
-            None => problems.push(format!("no usable score for {}", aspect.name)),
+            None => missing.push(aspect.name),
         }
     }
-    if scores.is_empty() {
-        problems.insert(0, "the judgement has no usable score".to_string());
+    // The mean of the aspects that remain would overrate an answer whose judge left out the one
+    // it found weak, and could trigger a skip and an extra level: an incomplete judgement is no
+    // judgement.
+    if !missing.is_empty() {
+        scores.clear();
+        problems.insert(
+            0,
+            format!(
+                "unusable: the judgement has no usable score for {}",
+                missing.join(", ")
+            ),
+        );
+    } else if scores.is_empty() {
+        problems.insert(0, "unusable: the judgement has no score".to_string());
     }
     Judgement { scores, problems }
 }
@@ -488,18 +504,36 @@ mod tests {
     }
 
     #[test]
-    fn judgement_drops_what_it_cannot_use() {
-        let aspects = sel(&["Clarity", "Depth", "Safety"]);
+    fn judgement_reports_what_it_cannot_use() {
+        let aspects = sel(&["Clarity", "Depth"]);
         let j = parse_judgement(
-            "```json\n{\"Clarity\": {\"reason\": \"fine\", \"score\": \"5/5\"}, \"Humor\": {\"score\": 2}, \"Empathy\": {\"score\": 2}, \"Depth\": {\"rationale\": \"x\"}}\n```",
+            "```json\n{\"Clarity\": {\"reason\": \"fine\", \"score\": \"5/5\"}, \"Humor\": {\"score\": 2}, \"Empathy\": {\"score\": 2}, \"Depth\": {\"rationale\": \"x\", \"score\": 3}}\n```",
             &aspects,
         );
-        assert_eq!(j.scores.len(), 1);
+        assert_eq!(j.scores.len(), 2);
         assert_eq!(j.scores[0].rationale, "fine");
         let text = j.problems.join("|");
-        for needle in ["Humor", "Empathy", "Depth: no score", "Safety"] {
+        for needle in ["Humor", "Empathy"] {
             assert!(text.contains(needle), "{needle} in {text}");
         }
+    }
+
+    #[test]
+    fn a_judgement_without_a_usable_score_for_a_selected_aspect_is_unusable() {
+        let aspects = sel(&["Clarity", "Depth", "Safety"]);
+        // Depth's score is missing and Safety is left out: the 5 on Clarity must not stand for
+        // the whole answer.
+        let j = parse_judgement(
+            r#"{"Clarity": {"rationale": "fine", "score": 5}, "Depth": {"rationale": "x"}}"#,
+            &aspects,
+        );
+        assert!(!j.is_usable());
+        assert!(j.scores.is_empty());
+        assert_eq!(
+            j.problems[0],
+            "unusable: the judgement has no usable score for Depth, Safety"
+        );
+        assert!(j.problems.iter().any(|p| p == "Depth: no score"), "{j:?}");
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub const MIN_ASPECTS: usize = 2;
 /// Most aspects the selector may choose.
 pub const MAX_ASPECTS: usize = 5;
 
+/// How every judge treats length, in one sentence: the in-context example critic puts its own
+/// framing before the judge's prompt, and a second rule about length in other words read as a
+/// contradiction of this one.
+pub const LENGTH_RULE: &str = "Length is neither a merit nor a fault in itself: do not reward \
+padding, and do not take points off for extra detail that helps the reader.";
+
 /// The five fields of the selector's query analysis, in the published order.
 pub const ANALYSIS_FIELDS: [&str; 5] = [
     "main_topic",
@@ -200,8 +206,7 @@ These aspects were chosen for this query for the following reasons: {reasoning}
 For every aspect, first write a short rationale that points at concrete parts of the reply: what \
 works, what is missing, what is wrong. Then give an integer score from 1 to 5 on that aspect's \
 scale, where 1 means the reply fails the aspect badly and 5 means it could hardly be better. Judge \
-the reply that was written, not the one you would have written, and do not reward length for its \
-own sake.
+the reply that was written, not the one you would have written. {LENGTH_RULE}
 
 ## Answer format
 Answer with a single JSON object and nothing else, with exactly these keys:
@@ -447,6 +452,7 @@ mod tests {
         assert!(j.contains("because") && j.contains("- Clarity:"));
         assert!(j.contains("\"Clarity\""));
         assert!(!j.contains("Empathy"));
+        assert!(j.contains(LENGTH_RULE));
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub enum SkipReason {
     AllFives,
     /// The mean score is above [`SKIP_MEAN`].
     HighMean,
-    /// The judgement had no usable score, so there is no feedback to optimize from.
+    /// The judgement is unusable (no JSON, or a selected aspect without a usable score), so
+    /// there is no feedback to optimize from.
     ///
     /// The published code treats this exactly like a success: it keeps the prompt *and* grants
     /// an extra level (defect 5), so a judge that fails to answer in JSON silently lengthens the

@@ -16,11 +16,13 @@
 //! base answer (plus the aspect selections still missing for upcoming queries), and one with every
 //! judgement. With `sequential`, each request goes in a call of its own, like the published code.
 //! The whole tree is kept and each node is reported through [`Host::record_node`] once its
-//! level is complete. `budget-exhausted` stops the search cleanly with the best result so far.
+//! level is complete. A spent budget, or a role whose every request of a level's phase was
+//! rejected alike ([`Stop::check`]), stops the search cleanly with the best result so far.
 
 use crate::aspects::{self, Aspect};
 use crate::icl;
 use crate::options::Options;
+use crate::outcome::{Judgements, Stop};
 use crate::parse::{self, Judgement};
 use crate::prompts;
 use crate::reward::{self, Decision, DepthLimit, SkipReason};
@@ -29,7 +31,7 @@ use crate::types::{
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Requests and calls made during a search, per role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -99,13 +101,16 @@ pub struct SearchResult {
     /// The depth limit at the end (initial depth plus levels granted).
     pub final_depth: u32,
     /// Why the search stopped before finishing, if it did.
-    pub stopped: Option<String>,
+    pub stop: Option<Stop>,
+    /// Judgements asked for and usable.
+    pub judgements: Judgements,
     /// Calls made.
     pub stats: Stats,
 }
 
 impl SearchResult {
-    /// The outcome `details` JSON: a tree summary, the new metrics-cache entries and the stats.
+    /// The outcome `details` JSON: a tree summary, the new metrics-cache entries, the stats, why
+    /// the search stopped early (`stop`, and `stopped` in words) and the judgements' count.
     pub fn details(&self) -> Value {
         let nodes: Vec<Value> = self
             .tree
@@ -129,7 +134,9 @@ impl SearchResult {
             .collect();
         json!({
             "final_depth": self.final_depth,
-            "stopped": self.stopped,
+            "stopped": self.stop.as_ref().map(Stop::to_string),
+            "stop": Stop::details(self.stop.as_ref()),
+            "judgements": self.judgements,
             "stats": self.stats,
             "trace": trace,
             "tree": nodes,
@@ -147,9 +154,6 @@ impl SearchResult {
         }
     }
 }
-
-/// Why the search stops early.
-struct Stop(String);
 
 /// The aspects chosen for one query.
 #[derive(Clone)]
@@ -184,7 +188,7 @@ struct Scored {
 enum Retrieval {
     /// Example vectors, and query vectors by query index.
     Vectors(Vec<Vec<f32>>, Vec<Vec<f32>>),
-    /// The first [`icl::FIXED_EXAMPLES`] examples for every query.
+    /// The first `k` examples for every query.
     Fixed,
 }
 
@@ -195,9 +199,13 @@ struct Search<'a, H: Host> {
     examples: &'a [Example],
     metrics: BTreeMap<String, Metrics>,
     new_cache: BTreeMap<String, Value>,
+    /// Queries whose selection, fetched ahead, failed: asked again when they are scored, so a
+    /// passing failure does not leave them with the fallback aspects for the whole run.
+    retry_when_scored: BTreeSet<String>,
     retrieval: Retrieval,
     tree: Vec<TreeNode>,
     judgements: Vec<Judgement>,
+    judgement_count: Judgements,
     answers: Vec<String>,
     depth: DepthLimit,
     beam: Vec<BeamItem>,
@@ -226,23 +234,25 @@ pub fn run<H: Host>(
         examples,
         metrics: BTreeMap::new(),
         new_cache: BTreeMap::new(),
+        retry_when_scored: BTreeSet::new(),
         retrieval: Retrieval::Fixed,
         tree: Vec::new(),
         judgements: Vec::new(),
+        judgement_count: Judgements::default(),
         answers: Vec::new(),
         depth: DepthLimit::new(options.depth, options.max_depth_increase),
         beam: Vec::new(),
         terminal: Vec::new(),
         stats: Stats::default(),
     };
-    let stopped = search.search().err().map(|Stop(why)| why);
-    if let Some(why) = &stopped {
+    let stop = search.search().err();
+    if let Some(why) = &stop {
         search.log(
             LogLevel::Warn,
             format!("search stopped early: {why}; returning the best so far"),
         );
     }
-    Ok(search.finish(stopped))
+    Ok(search.finish(stop))
 }
 
 /// The evaluation as the optimizer sees it: the published `json.dumps(eval, indent=4)` shape.
@@ -490,8 +500,9 @@ impl<H: Host> Search<'_, H> {
         ids
     }
 
-    /// Sends requests (one call, or one call each in sequential mode). Answers are padded or
-    /// cut to the number of requests; `budget-exhausted` anywhere stops the search.
+    /// Sends one phase's requests (one call, or one call each in sequential mode). Answers are
+    /// padded or cut to the number of requests; the phase's answers as a whole may stop the
+    /// search ([`Stop::check`]).
     fn complete(
         &mut self,
         requests: Vec<Request>,
@@ -500,6 +511,7 @@ impl<H: Host> Search<'_, H> {
             return Ok(Vec::new());
         }
         let wanted = requests.len();
+        let roles: Vec<Role> = requests.iter().map(|r| r.role).collect();
         let mut results = Vec::with_capacity(wanted);
         if self.options.sequential {
             for request in requests {
@@ -520,23 +532,24 @@ impl<H: Host> Search<'_, H> {
             self.stats.complete_calls += 1;
             results = self.host.complete(requests);
         }
-        if results.contains(&Err(LlmError::BudgetExhausted)) {
-            return Err(Stop("the budget is exhausted".to_string()));
-        }
-        if results.len() != wanted {
+        // Sequential mode sends nothing after a spent budget; only a host's own shortfall is news.
+        if results.len() != wanted && !results.contains(&Err(LlmError::BudgetExhausted)) {
             self.log(
                 LogLevel::Warn,
                 format!("the host answered {} of {wanted} requests", results.len()),
             );
-            results.resize_with(wanted, || {
-                Err(LlmError::Unavailable("no answer from the host".into()))
-            });
         }
-        Ok(results)
+        results.resize_with(wanted, || {
+            Err(LlmError::Unavailable("no answer from the host".into()))
+        });
+        match Stop::check(&roles, &results) {
+            Some(stop) => Err(stop),
+            None => Ok(results),
+        }
     }
 
     /// Embeds the example pool and every query the search may reach, once; falls back to the
-    /// fixed examples (logged once) when embedding is off, impossible or unavailable.
+    /// first `k` examples (logged once) when embedding is off, impossible or unavailable.
     fn setup_retrieval(&mut self) -> Result<(), Stop> {
         if !self.options.ret_icl || self.examples.is_empty() {
             return Ok(());
@@ -555,40 +568,47 @@ impl<H: Host> Search<'_, H> {
             Ok(vectors) => self.log(
                 LogLevel::Warn,
                 format!(
-                    "embedding returned {} vectors for {} texts; using the fixed in-context examples",
+                    "embedding returned {} vectors for {} texts; using the first {} in-context examples",
                     vectors.len(),
-                    self.examples.len() + reachable
+                    self.examples.len() + reachable,
+                    self.options.k
                 ),
             ),
-            Err(LlmError::BudgetExhausted) => {
-                return Err(Stop("the budget is exhausted".to_string()));
-            }
+            Err(LlmError::BudgetExhausted) => return Err(Stop::BudgetExhausted),
             Err(e) => self.log(
                 LogLevel::Warn,
-                format!("no embeddings ({e}); using the fixed in-context examples"),
+                format!(
+                    "no embeddings ({e}); using the first {} in-context examples",
+                    self.options.k
+                ),
             ),
         }
         Ok(())
     }
 
-    /// The in-context examples for a query: top-k by similarity, or the fixed first two.
+    /// The in-context examples for a query: the `k` most similar, or the first `k` of the pool
+    /// when there are no vectors for it.
     fn icl_for(&self, query_index: usize) -> Vec<usize> {
-        match &self.retrieval {
-            Retrieval::Vectors(examples, queries) => match queries.get(query_index) {
-                Some(q) => icl::top_k(q, examples, self.options.k as usize),
-                None => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
-            },
-            Retrieval::Fixed => (0..self.examples.len().min(icl::FIXED_EXAMPLES)).collect(),
-        }
+        let k = self.options.k as usize;
+        let retrieved = match &self.retrieval {
+            Retrieval::Vectors(examples, queries) => {
+                queries.get(query_index).map(|q| icl::top_k(q, examples, k))
+            }
+            Retrieval::Fixed => None,
+        };
+        retrieved.unwrap_or_else(|| (0..self.examples.len().min(k)).collect())
     }
 
-    /// Aspect-selection requests for the given queries that neither this run nor the cache has
-    /// answered yet (cache hits are resolved here, at no cost). Returns the query texts asked.
+    /// Aspect-selection requests for the given queries (the one scored now first) that neither
+    /// this run nor the cache has answered yet (cache hits are resolved here, at no cost); an
+    /// upcoming query whose selection failed waits until it is scored. Returns the query texts
+    /// asked.
     fn metrics_requests(&mut self, indices: &[usize]) -> (Vec<String>, Vec<Request>) {
         let mut texts: Vec<String> = Vec::new();
-        for &i in indices {
+        for (position, &i) in indices.iter().enumerate() {
             let text = self.queries[i].text.clone();
-            if self.metrics.contains_key(&text) || texts.contains(&text) {
+            let waits = position > 0 && self.retry_when_scored.contains(&text);
+            if waits || self.metrics.contains_key(&text) || texts.contains(&text) {
                 continue;
             }
             if let Some(cached) = self.options.metrics_cache.get(&text) {
@@ -622,7 +642,14 @@ impl<H: Host> Search<'_, H> {
         (texts, requests)
     }
 
-    fn absorb_metrics(&mut self, texts: Vec<String>, results: Vec<Result<Completion, LlmError>>) {
+    /// Keeps the selections made for `texts`. A failed one falls back to the general-quality
+    /// aspects only for `scored`, the query scored now; another is asked again when scored.
+    fn absorb_metrics(
+        &mut self,
+        texts: Vec<String>,
+        results: Vec<Result<Completion, LlmError>>,
+        scored: &str,
+    ) {
         for (text, result) in texts.into_iter().zip(results) {
             let parsed = match result {
                 Ok(c) => match c.choices.first() {
@@ -643,6 +670,17 @@ impl<H: Host> Search<'_, H> {
                         reasoning: sel.reasoning,
                         source: "model",
                     }
+                }
+                Err(e) if text != scored => {
+                    self.log(
+                        LogLevel::Warn,
+                        format!(
+                            "aspect selection for an upcoming query unusable ({e}); asking again \
+                             when it is scored"
+                        ),
+                    );
+                    self.retry_when_scored.insert(text);
+                    continue;
                 }
                 Err(e) => {
                     self.log(
@@ -673,7 +711,8 @@ impl<H: Host> Search<'_, H> {
     ) -> Result<Vec<usize>, Stop> {
         let query = self.queries[query_index].clone();
         // Aspect selections: batched mode fetches every query the current depth limit reaches
-        // (in the same call as the base answers); sequential mode only this level's query.
+        // (in the same call as the base answers), this level's first; sequential mode only this
+        // level's query.
         let ahead: Vec<usize> = if self.options.sequential {
             vec![query_index]
         } else {
@@ -694,14 +733,14 @@ impl<H: Host> Search<'_, H> {
             .collect();
         let answers = if self.options.sequential {
             let metric_results = self.complete(metric_requests)?;
-            self.absorb_metrics(metric_texts, metric_results);
+            self.absorb_metrics(metric_texts, metric_results, &query.text);
             self.complete(base_requests)?
         } else {
             let n_metrics = metric_requests.len();
             let mut results =
                 self.complete(metric_requests.into_iter().chain(base_requests).collect())?;
             let answers = results.split_off(n_metrics);
-            self.absorb_metrics(metric_texts, results);
+            self.absorb_metrics(metric_texts, results, &query.text);
             answers
         };
         let metrics = self
@@ -737,6 +776,7 @@ impl<H: Host> Search<'_, H> {
             }
             texts.push(text);
         }
+        self.judgement_count.ask(texts.len());
         let mut verdicts = self.complete(judge_requests)?.into_iter();
         let mut scored = Vec::new();
         for text in texts {
@@ -754,6 +794,7 @@ impl<H: Host> Search<'_, H> {
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
             };
+            self.judgement_count.received(&judgement);
             scored.push(Scored {
                 answer,
                 judgement,
@@ -845,9 +886,9 @@ impl<H: Host> Search<'_, H> {
         self.host.record_node(node);
     }
 
-    fn finish(mut self, stopped: Option<String>) -> SearchResult {
+    fn finish(mut self, stop: Option<Stop>) -> SearchResult {
         let mut candidates = std::mem::take(&mut self.terminal);
-        if stopped.is_some() {
+        if stop.is_some() {
             for item in std::mem::take(&mut self.beam) {
                 if !candidates.iter().any(|c| c.node == item.node) {
                     candidates.push(item);
@@ -880,7 +921,8 @@ impl<H: Host> Search<'_, H> {
             tree: self.tree,
             new_metrics_cache: self.new_cache,
             final_depth: self.depth.current(),
-            stopped,
+            stop,
+            judgements: self.judgement_count,
             stats: self.stats,
         }
     }

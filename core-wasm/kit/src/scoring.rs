@@ -5,17 +5,20 @@
 //! Every phase is one batched `complete` call: [`Scorer::evaluate`] makes at most two (aspect
 //! selections together with the answers, then the judgements), however many candidates it is
 //! given. The prompts, schemas and parsing are the DRPO library's ([`drpo::prompts`],
-//! [`drpo::parse`], [`drpo::reward`]), so every strategy built on the kit is judged the same way.
+//! [`drpo::parse`], [`drpo::reward`]), so every strategy built on the kit is judged the same way,
+//! and so is the end of a run: a batch stops it by the library's rule ([`Stop::check`]), and
+//! [`Scorer::judgements`] counts the judgements for the outcome's details.
 
 use std::collections::BTreeMap;
 
 use drpo::aspects::{self, Aspect};
 use drpo::icl;
 use drpo::options::Options;
+pub use drpo::outcome::{Judgements, Stop};
 use drpo::parse::{self, Judgement};
 use drpo::prompts;
 use drpo::reward;
-use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request};
+use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,6 +42,8 @@ pub struct Settings {
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
+    /// In-context examples the base model sees: the first `k` of the pool.
+    pub k: u32,
 }
 
 impl Settings {
@@ -82,6 +87,12 @@ impl Settings {
                 1,
                 "Token limit of each optimizer candidate.",
             )
+            .integer(
+                "k",
+                defaults.k.into(),
+                1,
+                "In-context examples the base model sees: the first k of the pool.",
+            )
     }
 
     /// The DRPO library's request options for these settings, the optimizer writing
@@ -95,19 +106,21 @@ impl Settings {
             metrics_max_tokens: self.metrics_max_tokens,
             judge_max_tokens: self.judge_max_tokens,
             optimizer_max_tokens: self.optimizer_max_tokens,
+            k: self.k,
             initial_system_prompt: self.initial_system_prompt.clone(),
             ..Options::default()
         }
     }
 }
 
-/// The run cannot go on: a budget is spent. A strategy returns its best result so far.
+/// The run cannot go on: a budget is spent, or a role fails on every request. A strategy
+/// returns its best result so far, with [`Stop::details`] as its details' `stop`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stopped(pub String);
+pub struct Stopped(pub Stop);
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        self.0.fmt(f)
     }
 }
 
@@ -167,16 +180,18 @@ pub struct Scorer {
     options: Options,
     examples: Vec<Example>,
     selections: BTreeMap<String, Selection>,
+    judgements: Judgements,
 }
 
 impl Scorer {
-    /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling,
-    /// `base_chat`) and show the base model the first two of `examples` in context.
+    /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling)
+    /// and show the base model the first `options.k` of `examples` in context.
     pub fn new(options: Options, examples: Vec<Example>) -> Self {
         Scorer {
             options,
             examples,
             selections: BTreeMap::new(),
+            judgements: Judgements::default(),
         }
     }
 
@@ -195,7 +210,7 @@ impl Scorer {
                 new_queries.push(text);
             }
         }
-        let shown: Vec<&Example> = self.examples.iter().take(icl::FIXED_EXAMPLES).collect();
+        let shown: Vec<&Example> = self.examples.iter().take(self.options.k as usize).collect();
         let mut batch: Vec<Request> = new_queries
             .iter()
             .map(|q| prompts::aspect_selection_request(q, &self.options))
@@ -205,7 +220,7 @@ impl Scorer {
                 icl::base_request(prompt, &shown, &query.text, &self.options)
             }),
         );
-        let mut results = complete(host, batch)?;
+        let mut results = complete_batch(host, batch)?;
         let answers = results.split_off(new_queries.len());
         for (text, result) in new_queries.iter().zip(results) {
             let selection = select(host, result);
@@ -235,7 +250,8 @@ impl Scorer {
             }
             pending.push((prompt, query, answer, selection));
         }
-        let mut verdicts = complete(host, judge_requests)?.into_iter();
+        self.judgements.ask(pending.len());
+        let mut verdicts = complete_batch(host, judge_requests)?.into_iter();
         let mut evaluations = Vec::new();
         for (prompt, query, answer, selection) in pending {
             let (answer, judgement) = match answer {
@@ -252,6 +268,7 @@ impl Scorer {
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
             };
+            self.judgements.received(&judgement);
             if !judgement.problems.is_empty() {
                 host.log(
                     LogLevel::Warn,
@@ -304,7 +321,7 @@ impl Scorer {
         request: Request,
     ) -> Result<Vec<String>, Stopped> {
         let mut prompts = Vec::new();
-        match complete(host, vec![request])?.pop() {
+        match complete_batch(host, vec![request])?.pop() {
             Some(Ok(completion)) => {
                 for (i, choice) in completion.choices.iter().enumerate() {
                     match parse::parse_proposal(choice) {
@@ -323,25 +340,32 @@ impl Scorer {
     pub fn options(&self) -> &Options {
         &self.options
     }
+
+    /// The judgements [`Scorer::evaluate`] asked for so far, and how many were usable: the
+    /// outcome details' `judgements`.
+    pub fn judgements(&self) -> Judgements {
+        self.judgements
+    }
 }
 
-/// One batch; a spent budget anywhere stops the run, a short answer is padded with failures.
-fn complete<H: Host>(
+/// Sends one batch as every DRPO strategy does: a short answer is padded with failures, and the
+/// answers as a whole may stop the run ([`Stop::check`]).
+pub fn complete_batch<H: Host>(
     host: &mut H,
     batch: Vec<Request>,
 ) -> Result<Vec<Result<Completion, LlmError>>, Stopped> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let wanted = batch.len();
+    let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
     let mut results = host.complete(batch);
-    if results.contains(&Err(LlmError::BudgetExhausted)) {
-        return Err(Stopped("the budget is exhausted".to_owned()));
-    }
-    results.resize_with(wanted, || {
+    results.resize_with(roles.len(), || {
         Err(LlmError::Unavailable("no answer from the host".into()))
     });
-    Ok(results)
+    match Stop::check(&roles, &results) {
+        Some(stop) => Err(Stopped(stop)),
+        None => Ok(results),
+    }
 }
 
 fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Selection {
@@ -371,6 +395,87 @@ fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Select
                     .to_owned(),
                 source: "fallback",
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ScriptedHost, queries};
+    use drpo::types::Prompt;
+
+    fn examples(n: usize) -> Vec<Example> {
+        (0..n)
+            .map(|i| Example {
+                query: format!("example query {i}?"),
+                answer: format!("example answer {i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_role_rejected_on_every_request_stops_the_scorer() {
+        let candidates: Vec<(String, Query)> = queries(2)
+            .into_iter()
+            .map(|q| ("P".to_owned(), q))
+            .collect();
+        for role in [Role::Base, Role::Judge, Role::Metrics] {
+            let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+            host.reject = Some((role, "no such model".into()));
+            let mut scorer = Scorer::new(Options::default(), Vec::new());
+            let stopped = scorer.evaluate(&mut host, &candidates).unwrap_err();
+            assert_eq!(
+                stopped.0,
+                Stop::RoleFailed {
+                    role,
+                    error: "no such model".into()
+                }
+            );
+            let asked = if role == Role::Judge { 2 } else { 0 };
+            assert_eq!(
+                scorer.judgements(),
+                Judgements { asked, usable: 0 },
+                "{role:?}"
+            );
+        }
+        let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+        host.reject = Some((Role::Optimizer, "no such model".into()));
+        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let judged = scorer.evaluate(&mut host, &candidates).unwrap();
+        assert_eq!(
+            scorer.judgements(),
+            Judgements {
+                asked: 2,
+                usable: 2
+            }
+        );
+        let stopped = scorer.propose(&mut host, &judged[0], &[], 3).unwrap_err();
+        assert_eq!(
+            Stop::details(Some(&stopped.0)),
+            serde_json::json!({"kind": "role-failed", "role": "optimizer", "error": "no such model"})
+        );
+    }
+
+    #[test]
+    fn the_base_model_sees_the_first_k_examples() {
+        for (k, first) in [(1, vec![0]), (3, vec![0, 1, 2])] {
+            let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+            let options = Options {
+                k,
+                ..Options::default()
+            };
+            let mut scorer = Scorer::new(options, examples(4));
+            let query = queries(1).remove(0);
+            scorer.evaluate(&mut host, &[("P".into(), query)]).unwrap();
+            let base = host.requests.iter().find(|r| r.role == Role::Base).unwrap();
+            let Prompt::Chat(messages) = &base.prompt else {
+                panic!("the base request is chat messages")
+            };
+            let shown: Vec<usize> = (0..4)
+                .filter(|i| messages[0].content.contains(&format!("example query {i}?")))
+                .collect();
+            assert_eq!(shown, first, "k {k}");
         }
     }
 }

@@ -1,6 +1,10 @@
 //! A scripted [`Host`] for testing a search natively (`cargo test`, no WebAssembly): it plays
 //! the four DRPO roles with answers in the shapes the kit's [`crate::scoring`] expects, and
-//! keeps every request, node and log line for assertions.
+//! keeps every request, node and log line for assertions. A request it has answered before gets
+//! the same answer again, as a deterministic model or the host's response cache gives it, so a
+//! search that repeats a request cannot pass a test on a second answer it would never get.
+
+use std::collections::HashMap;
 
 use drpo::types::{
     Completion, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
@@ -40,9 +44,13 @@ pub struct ScriptedHost {
     pub logs: Vec<(LogLevel, String)>,
     /// After this many requests, every further request answers `budget-exhausted`.
     pub budget: Option<usize>,
+    /// Every request of this role is rejected with this message (a model that does not exist).
+    pub reject: Option<(Role, String)>,
     /// The key of the optimizer's answer that holds what `propose` wrote (default
     /// `new_system_prompt`; a strategy that rewrites answers asks for another).
     pub optimizer_field: String,
+    /// The choices given to each request answered, by the request's JSON.
+    answered: HashMap<String, Vec<String>>,
 }
 
 impl ScriptedHost {
@@ -60,7 +68,9 @@ impl ScriptedHost {
             nodes: Vec::new(),
             logs: Vec::new(),
             budget: None,
+            reject: None,
             optimizer_field: "new_system_prompt".into(),
+            answered: HashMap::new(),
         }
     }
 
@@ -126,7 +136,22 @@ impl Host for ScriptedHost {
                 if self.budget.is_some_and(|b| self.requests.len() >= b) {
                     return Err(LlmError::BudgetExhausted);
                 }
-                let choices = self.answer(&request);
+                if let Some((role, message)) = &self.reject
+                    && *role == request.role
+                {
+                    let error = LlmError::Rejected(message.clone());
+                    self.requests.push(request);
+                    return Err(error);
+                }
+                let key = serde_json::to_string(&request).unwrap_or_default();
+                let choices = match self.answered.get(&key) {
+                    Some(choices) => choices.clone(),
+                    None => {
+                        let choices = self.answer(&request);
+                        self.answered.insert(key, choices.clone());
+                        choices
+                    }
+                };
                 self.requests.push(request);
                 Ok(Completion {
                     choices,
@@ -205,6 +230,27 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_request_gets_the_answer_it_got_before() {
+        let mut calls = 0;
+        let mut host = ScriptedHost::new(
+            |_| 3,
+            move |_, _| {
+                calls += 1;
+                format!("prompt {calls}")
+            },
+        );
+        let request =
+            drpo::prompts::optimizer_request("p", "q", "a", "{}", &[], &Options::default());
+        let first = host.complete(vec![request.clone()]);
+        let again = host.complete(vec![request.clone()]);
+        assert_eq!(first, again);
+        let mut other = request;
+        other.sampling.seed = 1;
+        assert_ne!(host.complete(vec![other]), first);
+        assert_eq!(host.requests.len(), 3);
+    }
+
+    #[test]
     fn a_spent_budget_stops_the_scorer() {
         let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
         host.budget = Some(1);
@@ -212,6 +258,9 @@ mod tests {
         let stopped = scorer
             .evaluate(&mut host, &[("p".into(), query("a"))])
             .unwrap_err();
-        assert!(stopped.0.contains("budget"));
+        assert_eq!(
+            stopped,
+            crate::scoring::Stopped(drpo::outcome::Stop::BudgetExhausted)
+        );
     }
 }

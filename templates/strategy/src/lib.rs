@@ -74,7 +74,8 @@ fn search<H: Host>(host: &mut H, options: &Options, queries: &[Query]) -> Result
         best_prompt: Some(best.2),
         best_score: Some(best.1),
         best_path: path,
-        details: json!({ "candidates": judged.len() }).to_string(),
+        details: json!({ "candidates": judged.len(), "judgements": scorer.judgements() })
+            .to_string(),
     })
 }
 

@@ -16,6 +16,9 @@ struct Scripted {
     /// Every base prompt sent, in order.
     base_prompts: Vec<Prompt>,
     next_prompt: usize,
+    /// The optimizer's choices for each request it answered, by the request's JSON: a repeated
+    /// request gets them again, as a deterministic model gives them, not new numbers.
+    optimizer_answers: std::collections::HashMap<String, Vec<String>>,
     /// Requests answered before every further request gets `budget-exhausted`.
     budget: Option<usize>,
     answered: usize,
@@ -25,6 +28,8 @@ struct Scripted {
     optimizer_garbage: bool,
     /// Judge answers returned verbatim instead of valid JSON, when set.
     judge_garbage: bool,
+    /// An aspect the judge leaves out of its answers, when set.
+    judge_drops: Option<&'static str>,
 }
 
 impl Scripted {
@@ -36,12 +41,14 @@ impl Scripted {
             logs: Vec::new(),
             base_prompts: Vec::new(),
             next_prompt: 0,
+            optimizer_answers: std::collections::HashMap::new(),
             budget: None,
             answered: 0,
             embed: Ok(()),
             embed_calls: 0,
             optimizer_garbage: false,
             judge_garbage: false,
+            judge_drops: None,
         }
     }
 
@@ -107,6 +114,9 @@ impl Host for Scripted {
                             serde_json::from_str(r.json_schema.as_deref().unwrap()).unwrap();
                         let mut verdict = serde_json::Map::new();
                         for aspect in schema["properties"].as_object().unwrap().keys() {
+                            if self.judge_drops == Some(aspect.as_str()) {
+                                continue;
+                            }
                             let score = (self.score)(query, system, aspect);
                             verdict.insert(
                                 aspect.clone(),
@@ -119,17 +129,27 @@ impl Host for Scripted {
                             vec![Value::Object(verdict).to_string()]
                         }
                     }
-                    Role::Optimizer => (0..r.sampling.n)
-                        .map(|_| {
-                            self.next_prompt += 1;
-                            if self.optimizer_garbage {
-                                "not json".to_string()
-                            } else {
-                                json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{}", self.next_prompt)})
-                                    .to_string()
-                            }
-                        })
-                        .collect(),
+                    Role::Optimizer => {
+                        let key = serde_json::to_string(&r).unwrap();
+                        let next_prompt = &mut self.next_prompt;
+                        let garbage = self.optimizer_garbage;
+                        self.optimizer_answers
+                            .entry(key)
+                            .or_insert_with(|| {
+                                (0..r.sampling.n)
+                                    .map(|_| {
+                                        *next_prompt += 1;
+                                        if garbage {
+                                            "not json".to_string()
+                                        } else {
+                                            json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{next_prompt}")})
+                                                .to_string()
+                                        }
+                                    })
+                                    .collect()
+                            })
+                            .clone()
+                    }
                 };
                 Ok(Completion {
                     choices,
@@ -208,7 +228,17 @@ fn published_call_counts_without_skips() {
     assert_eq!(host.nodes.len(), 112);
     assert_eq!(r.final_depth, 20);
     assert_eq!(r.stats.skips, 0);
-    assert!(r.stopped.is_none());
+    assert!(r.stop.is_none());
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 112,
+            usable: 112
+        }
+    );
+    let details = r.details();
+    assert_eq!(details["stop"], Value::Null);
+    assert_eq!(details["judgements"], json!({"asked": 112, "usable": 112}));
     // Root: one call with the 20 aspect selections and the base answer, one with the judge;
     // then every one of the 19 levels: optimizers, base answers, judgements.
     assert_eq!(host.calls.len(), 2 + 19 * 3);
@@ -272,6 +302,97 @@ fn published_cache_entries_with_other_spellings_are_used() {
         .collect();
     assert_eq!(names, ["Critical Thinking", "Sensitivity"]);
     assert_eq!(r.tree[0].details["metrics_source"], "cache");
+}
+
+/// A scripted host whose first aspect selection for one query fails (a timeout); it answers
+/// the next. It notes the calls (numbered from 1) that ask for that query's selection and that
+/// answer it with the base model.
+struct FlakySelection {
+    inner: Scripted,
+    query: &'static str,
+    calls: usize,
+    selection_calls: Vec<usize>,
+    answer_calls: Vec<usize>,
+}
+
+impl Host for FlakySelection {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        self.calls += 1;
+        let selections: Vec<bool> = batch
+            .iter()
+            .map(|r| r.role == Role::Metrics && user_text(&r.prompt).contains(self.query))
+            .collect();
+        if batch.iter().any(|r| {
+            r.role == Role::Base
+                && user_text(&r.prompt).ends_with(&format!("{}\n\n# Answer:\n<START>", self.query))
+        }) {
+            self.answer_calls.push(self.calls);
+        }
+        let mut out = self.inner.complete(batch);
+        for (result, selection) in out.iter_mut().zip(selections) {
+            if selection {
+                self.selection_calls.push(self.calls);
+                if self.selection_calls.len() == 1 {
+                    *result = Err(LlmError::Unavailable("timeout".into()));
+                }
+            }
+        }
+        out
+    }
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.inner.embed(texts)
+    }
+    fn record_node(&mut self, node: Node) {
+        self.inner.record_node(node)
+    }
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.inner.log(level, message)
+    }
+}
+
+#[test]
+fn a_selection_fetched_ahead_that_failed_is_asked_again_when_its_query_is_scored() {
+    let mut host = FlakySelection {
+        inner: Scripted::plain(),
+        query: "query number 2?",
+        calls: 0,
+        selection_calls: Vec::new(),
+        answer_calls: Vec::new(),
+    };
+    let r = run(&mut host, &options(r#"{"depth": 4}"#), &queries(9), &[]).unwrap();
+    // Fetched ahead with the root's answer (call 1), failed; not asked at level 0, whose query
+    // is 1; asked again in the call that answers query 2, and answered.
+    assert_eq!(host.selection_calls.len(), 2, "{:?}", host.selection_calls);
+    assert_eq!(host.selection_calls[0], 1);
+    assert_eq!(host.answer_calls.len(), 1);
+    assert_eq!(host.selection_calls[1], host.answer_calls[0]);
+    let on_query_2: Vec<&TreeNode> = r
+        .tree
+        .iter()
+        .filter(|n| n.details["query_index"] == 2)
+        .collect();
+    assert!(!on_query_2.is_empty());
+    for node in on_query_2 {
+        assert_eq!(node.details["metrics_source"], "model", "node {}", node.id);
+    }
+    assert_eq!(host.inner.requests(Role::Metrics), 4 + 1);
+    assert_eq!(r.new_metrics_cache.len(), 4);
+    assert_eq!(host.inner.warnings("asking again when it is scored"), 1);
+}
+
+#[test]
+fn a_failed_selection_of_the_query_scored_now_falls_back() {
+    let mut host = FlakySelection {
+        inner: Scripted::plain(),
+        query: "query number 0?",
+        calls: 0,
+        selection_calls: Vec::new(),
+        answer_calls: Vec::new(),
+    };
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(9), &[]).unwrap();
+    assert_eq!(host.selection_calls, [1]);
+    assert_eq!(r.tree[0].details["metrics_source"], "fallback");
+    assert_eq!(r.tree[0].details["aspects"].as_array().unwrap().len(), 5);
 }
 
 #[test]
@@ -389,6 +510,37 @@ fn unusable_judgements_keep_the_prompt_without_extra_depth() {
 }
 
 #[test]
+fn a_judgement_that_leaves_out_an_aspect_is_unusable_and_grants_no_level() {
+    // The judge gives 5 on Helpfulness and Clarity and leaves out Depth, where it would give 1.
+    let mut host = Scripted::new(|_, _, a| if a == "Depth" { 1 } else { 5 });
+    host.judge_drops = Some("Depth");
+    let o = options(r#"{"depth": 3, "max_depth_increase": 5}"#);
+    let r = run(&mut host, &o, &queries(40), &examples()).unwrap();
+    assert_eq!(r.tree[0].reward, 0.0);
+    assert_eq!(r.tree[0].details["skip"], "no_judgement");
+    assert_eq!(r.tree[0].details["aspects"], json!([]));
+    assert!(
+        r.tree[0].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no usable score for Depth"),
+        "{}",
+        r.tree[0].details
+    );
+    assert_eq!(
+        r.final_depth, 3,
+        "no extra level for an incomplete judgement"
+    );
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 3,
+            usable: 0
+        }
+    );
+}
+
+#[test]
 fn ranking_by_path_mean_and_by_last_reward() {
     // The judge likes some prompts better: prompt-1 scores 5 on the next query, prompt-2 scores
     // 1, and everything else 3 (no skip except prompt-1's own children, which do not matter).
@@ -503,12 +655,13 @@ fn budget_exhaustion_returns_the_best_so_far() {
     // Root (20 selections + base, judge) is 22 requests; level 0 is 1 + 3 + 3; stop in level 1.
     host.budget = Some(22 + 7 + 3);
     let r = run(&mut host, &options("{}"), &queries(40), &examples()).unwrap();
-    assert!(r.stopped.as_deref().unwrap().contains("budget"));
+    assert_eq!(r.stop, Some(Stop::BudgetExhausted));
     assert_eq!(r.tree.len(), 4);
     assert_eq!(r.best_path.len(), 2);
     assert_eq!(r.best_score, Some(3.0));
     let details = r.details();
-    assert!(details["stopped"].is_string());
+    assert_eq!(details["stopped"], "the budget is exhausted");
+    assert_eq!(details["stop"], json!({"kind": "budget-exhausted"}));
 
     // Exhausted before anything was scored: the initial prompt, no score.
     let mut host = Scripted::plain();
@@ -533,7 +686,7 @@ fn budget_exhaustion_returns_the_best_so_far() {
         &examples(),
     )
     .unwrap();
-    assert!(r.stopped.is_some());
+    assert!(r.stop.is_some());
     assert_eq!(host.calls.len(), 4);
 }
 
@@ -554,9 +707,7 @@ fn retrieval_picks_similar_examples() {
     let mut qs = queries(3);
     qs[0].text = "Write code for me?".to_string();
     run(&mut host, &options(r#"{"depth": 1}"#), &qs, &examples()).unwrap();
-    let Prompt::Raw(text) = &host.base_prompts[0] else {
-        panic!("raw expected")
-    };
+    let text = user_text(&host.base_prompts[0]);
     // The two "code" examples, in pool order (equal similarity).
     assert!(text.contains("# Query:\nHow do I write code?\n\n#Answer:"));
     assert!(text.contains("#Query:\nDebug my code.\n\n#Answer:"));
@@ -573,9 +724,7 @@ fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
     run(&mut host, &options(r#"{"depth": 3}"#), &qs, &examples()).unwrap();
     assert_eq!(host.embed_calls, 1);
     assert_eq!(host.warnings("no embeddings"), 1);
-    let Prompt::Raw(text) = &host.base_prompts[0] else {
-        panic!("raw expected")
-    };
+    let text = user_text(&host.base_prompts[0]);
     assert!(text.contains("How do I write code?") && text.contains("Tell me about rivers."));
     assert!(!text.contains("Debug my code."));
 
@@ -592,11 +741,35 @@ fn unavailable_embeddings_fall_back_to_the_fixed_examples_once() {
 }
 
 #[test]
-fn chat_base_models_get_system_and_user_messages() {
+fn without_retrieval_the_base_model_sees_the_first_k_examples() {
+    let shown = |host: &Scripted| {
+        let text = user_text(&host.base_prompts[0]);
+        let examples = examples();
+        let shown: Vec<usize> = (0..examples.len())
+            .filter(|&i| text.contains(&examples[i].query))
+            .collect();
+        shown
+    };
+    for (k, first) in [(1, vec![0]), (3, vec![0, 1, 2])] {
+        let mut host = Scripted::plain();
+        let o = options(&format!(r#"{{"depth": 1, "ret_icl": false, "k": {k}}}"#));
+        run(&mut host, &o, &queries(2), &examples()).unwrap();
+        assert_eq!(shown(&host), first, "ret_icl off, k {k}");
+
+        let mut host = Scripted::plain();
+        host.embed = Err(LlmError::Unavailable("no embedder".into()));
+        let o = options(&format!(r#"{{"depth": 1, "k": {k}}}"#));
+        run(&mut host, &o, &queries(2), &examples()).unwrap();
+        assert_eq!(shown(&host), first, "no embedder, k {k}");
+    }
+}
+
+#[test]
+fn base_models_get_system_and_user_messages() {
     let mut host = Scripted::plain();
     run(
         &mut host,
-        &options(r#"{"depth": 1, "base_chat": true}"#),
+        &options(r#"{"depth": 1}"#),
         &queries(2),
         &examples(),
     )
@@ -648,16 +821,134 @@ fn nodes_are_reported_with_their_details() {
     assert_eq!(outcome.best_path, r.best_path);
 }
 
+/// A scripted host whose every request of one role fails with the given error.
+struct Failing {
+    inner: Scripted,
+    role: Role,
+    error: LlmError,
+}
+
+impl Failing {
+    fn new(role: Role, error: LlmError) -> Self {
+        Failing {
+            inner: Scripted::plain(),
+            role,
+            error,
+        }
+    }
+}
+
+impl Host for Failing {
+    fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+        let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
+        let mut out = self.inner.complete(batch);
+        for (r, role) in out.iter_mut().zip(roles) {
+            if role == self.role {
+                *r = Err(self.error.clone());
+            }
+        }
+        out
+    }
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.inner.embed(texts)
+    }
+    fn record_node(&mut self, node: Node) {
+        self.inner.record_node(node)
+    }
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.inner.log(level, message)
+    }
+}
+
 #[test]
 fn failed_base_answers_score_zero_without_a_judge_call() {
-    struct FailingBase(Scripted);
-    impl Host for FailingBase {
+    let mut host = Failing::new(Role::Base, LlmError::Unavailable("down".into()));
+    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(5), &[]).unwrap();
+    assert_eq!(host.inner.requests(Role::Judge), 0);
+    assert!(r.tree.iter().all(|n| n.reward == 0.0));
+    assert!(
+        r.tree[0].details["judge_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("base model failed")
+    );
+    // A transient failure, however widespread, does not stop the search.
+    assert_eq!(r.stop, None);
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 2,
+            usable: 0
+        }
+    );
+}
+
+#[test]
+fn a_role_rejected_on_every_request_of_a_level_stops_the_search() {
+    let error = "the model gpt-x does not exist";
+    for sequential in [false, true] {
+        let mut host = Failing::new(Role::Optimizer, LlmError::Rejected(error.into()));
+        let o = options(&format!(r#"{{"depth": 5, "sequential": {sequential}}}"#));
+        let r = run(&mut host, &o, &queries(9), &examples()).unwrap();
+        assert_eq!(
+            r.stop,
+            Some(Stop::RoleFailed {
+                role: Role::Optimizer,
+                error: error.into()
+            })
+        );
+        // The root was scored; nothing after the failed level was asked for.
+        assert_eq!(r.tree.len(), 1);
+        assert_eq!(host.inner.requests(Role::Optimizer), 1);
+        assert_eq!(host.inner.requests(Role::Base), 1);
+        assert_eq!(
+            r.best_prompt.as_deref(),
+            Some("You are a helpful assistant.")
+        );
+        let details = r.details();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "optimizer", "error": error})
+        );
+        assert!(
+            details["stopped"].as_str().unwrap().contains(error),
+            "{}",
+            details["stopped"]
+        );
+        assert_eq!(details["judgements"], json!({"asked": 1, "usable": 1}));
+    }
+
+    // The judge rejected at the root: the search stops before any level, with the count.
+    let mut host = Failing::new(Role::Judge, LlmError::Rejected(error.into()));
+    let r = run(&mut host, &options("{}"), &queries(9), &examples()).unwrap();
+    assert_eq!(
+        Stop::details(r.stop.as_ref()),
+        json!({"kind": "role-failed", "role": "judge", "error": error})
+    );
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 1,
+            usable: 0
+        }
+    );
+    assert_eq!((r.best_score, r.tree.len()), (None, 0));
+}
+
+#[test]
+fn a_rejection_of_some_requests_of_a_role_does_not_stop_the_search() {
+    // Only the answers under one of the optimizer's prompts are rejected.
+    struct OneRejected(Scripted);
+    impl Host for OneRejected {
         fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
-            let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
+            let rejected: Vec<bool> = batch
+                .iter()
+                .map(|r| r.role == Role::Base && user_text(&r.prompt).contains("prompt-2"))
+                .collect();
             let mut out = self.0.complete(batch);
-            for (r, role) in out.iter_mut().zip(roles) {
-                if role == Role::Base {
-                    *r = Err(LlmError::Unavailable("down".into()));
+            for (r, rejected) in out.iter_mut().zip(rejected) {
+                if rejected {
+                    *r = Err(LlmError::Rejected("prompt too long".into()));
                 }
             }
             out
@@ -672,15 +963,16 @@ fn failed_base_answers_score_zero_without_a_judge_call() {
             self.0.log(level, message)
         }
     }
-    let mut host = FailingBase(Scripted::plain());
-    let r = run(&mut host, &options(r#"{"depth": 2}"#), &queries(5), &[]).unwrap();
-    assert_eq!(host.0.requests(Role::Judge), 0);
-    assert!(r.tree.iter().all(|n| n.reward == 0.0));
-    assert!(
-        r.tree[0].details["judge_problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("base model failed")
+    let mut host = OneRejected(Scripted::plain());
+    let r = run(&mut host, &options(r#"{"depth": 3}"#), &queries(9), &[]).unwrap();
+    assert_eq!(r.stop, None);
+    assert_eq!(r.tree.len(), 1 + 3 + 6);
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 10,
+            usable: 9
+        }
     );
 }
 

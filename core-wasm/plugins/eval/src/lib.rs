@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
 use drpo_kit::drpo::options::Options as RequestOptions;
+use drpo_kit::drpo::outcome::{Judgements, Stop};
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
 use drpo_kit::prelude::*;
+use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -166,8 +168,9 @@ impl Verdict {
     }
 }
 
-/// Judges every answer of every set in one batch; a spent budget ends the run with an error
-/// (an evaluation with holes would mislead).
+/// Judges every answer of every set in one batch; a spent budget, or a judge that rejects every
+/// request alike ([`Stop::check`]), ends the run with an error (an evaluation with holes would
+/// mislead).
 pub fn judge<H: Host>(
     host: &mut H,
     sets: &[&[Answered]],
@@ -192,7 +195,15 @@ pub fn judge<H: Host>(
         }
     }
     let wanted = batch.len();
-    let mut results = host.complete(batch).into_iter();
+    let mut results = match complete_batch(host, batch) {
+        Ok(results) => results.into_iter(),
+        Err(Stopped(Stop::BudgetExhausted)) => {
+            return Err(format!(
+                "the budget ran out before all {wanted} answers were judged"
+            ));
+        }
+        Err(Stopped(stop)) => return Err(format!("the answers could not be judged: {stop}")),
+    };
     let mut verdicts = Vec::with_capacity(sets.len());
     for set in sets {
         let mut judged = Vec::with_capacity(set.len());
@@ -203,11 +214,6 @@ pub fn judge<H: Host>(
                     Some(text) => parse::parse_judgement(text, &aspects),
                     None => Judgement::unusable("the judge returned no choice"),
                 },
-                Some(Err(LlmError::BudgetExhausted)) => {
-                    return Err(format!(
-                        "the budget ran out before all {wanted} answers were judged"
-                    ));
-                }
                 Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
                 None => Judgement::unusable("the host gave no answer"),
             };
@@ -411,6 +417,11 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
         if sets[0].len() == 1 { "y" } else { "ies" }
     ));
     let verdicts = judge(host, &set_refs, options)?;
+    let mut judgements = Judgements::default();
+    judgements.ask(verdicts.iter().map(Vec::len).sum());
+    for verdict in verdicts.iter().flatten() {
+        judgements.received(&verdict.judgement);
+    }
     let verdict_refs: Vec<&[Verdict]> = verdicts.iter().map(Vec::as_slice).collect();
     let report = report(&labels, &verdict_refs);
     host.debug(format!("evaluation:\n{report}"));
@@ -447,6 +458,7 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
         "summaries": summaries,
         "queries": queries,
         "report": report,
+        "judgements": judgements,
     });
     if let [first, second] = &verdicts[..] {
         let t = tally(first, second);
@@ -599,6 +611,7 @@ mod tests {
         // Overall: the per-answer means 4 and 2.
         assert_eq!(outcome.best_score, Some(3.0));
         assert_eq!(details["summaries"][0]["overall"]["std"], 1.0);
+        assert_eq!(details["judgements"], json!({"asked": 2, "usable": 2}));
     }
 
     #[test]
@@ -662,6 +675,35 @@ mod tests {
         let first = answers(&[("a", "Q1?", "x", false), ("b", "Q2?", "y", false)]);
         let err = evaluate(&mut host, &options(first, Vec::new())).unwrap_err();
         assert!(err.contains("budget"), "{err}");
+    }
+
+    #[test]
+    fn a_judge_that_rejects_every_request_fails_the_evaluation() {
+        let mut host = judge_host();
+        host.reject = Some((Role::Judge, "unknown model".into()));
+        let first = answers(&[("a", "Q1?", "x", false), ("b", "Q2?", "y", false)]);
+        let err = evaluate(&mut host, &options(first, Vec::new())).unwrap_err();
+        assert!(
+            err.contains("judge role failed") && err.contains("unknown model"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unusable_judgements_are_counted() {
+        // The judge scores an answer that says "Unratable" off the scale, so its judgement is
+        // unusable.
+        let mut host = ScriptedHost::new(
+            |prompt| if prompt.contains("Unratable") { 9 } else { 4 },
+            |_, _| String::new(),
+        );
+        let first = answers(&[
+            ("a", "Q1?", "Fine.", false),
+            ("b", "Q2?", "Unratable.", false),
+        ]);
+        let outcome = evaluate(&mut host, &options(first, Vec::new())).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(details["judgements"], json!({"asked": 2, "usable": 1}));
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub struct Options {
     pub raw: bool,
     /// Token limit of an answer.
     pub max_tokens: u32,
-    /// Sampling temperature; 0 is greedy.
+    /// Sampling temperature; 0 (the default) is greedy. The published inference samples at 0.7;
+    /// greedy answers are the same on every run, so a run replays and compares exactly.
     pub temperature: f32,
     /// Nucleus sampling mass.
     pub top_p: f32,
@@ -76,7 +77,8 @@ pub fn schema() -> OptionsSchema {
             "temperature",
             0.0,
             0.0,
-            "Sampling temperature; 0 is greedy.",
+            "Sampling temperature. The default 0 is greedy, so the answers are the same on every \
+             run; the published inference samples at 0.7.",
         )
         .number("top_p", 0.95, 0.0, "Nucleus sampling mass, in (0, 1].")
         .integer("seed", 0, 0, "Sampling seed.")

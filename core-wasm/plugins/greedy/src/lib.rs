@@ -7,7 +7,7 @@
 
 use drpo_kit::drpo::prompts;
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Evaluation, Scorer, Settings, Stopped};
+use drpo_kit::scoring::{Evaluation, Scorer, Settings, Stop, Stopped};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -139,7 +139,14 @@ pub fn search<H: Host>(
         best_prompt: Some(tried[best].prompt.clone()),
         best_score: Some(tried[best].score),
         best_path: path,
-        details: json!({"steps": steps, "stopped": stopped, "trajectory": trajectory}).to_string(),
+        details: json!({
+            "steps": steps,
+            "stopped": stopped.as_ref().map(Stop::to_string),
+            "stop": Stop::details(stopped.as_ref()),
+            "judgements": scorer.judgements(),
+            "trajectory": trajectory,
+        })
+        .to_string(),
     })
 }
 
@@ -382,6 +389,25 @@ mod tests {
         let details: Value = serde_json::from_str(&host.nodes[1].details).unwrap();
         assert_eq!(details["evaluations"].as_array().unwrap().len(), 2);
         assert_eq!(details["query_id"], "q0");
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(details["stop"], Value::Null);
+        assert_eq!(details["judgements"], json!({"asked": 10, "usable": 10}));
+    }
+
+    #[test]
+    fn a_role_rejected_on_every_request_stops_with_the_best_so_far() {
+        let mut host = scripted();
+        host.reject = Some((Role::Optimizer, "unknown model".into()));
+        let outcome = search(&mut host, &options(5), &queries(3), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "optimizer", "error": "unknown model"})
+        );
+        assert_eq!(details["steps"], 0);
+        assert_eq!(host.requests_for(Role::Optimizer), 1);
+        assert_eq!(outcome.best_path, [0]);
+        assert_eq!(details["judgements"], json!({"asked": 2, "usable": 2}));
     }
 
     #[test]
@@ -391,6 +417,7 @@ mod tests {
         let outcome = search(&mut host, &options(10), &queries(3), Vec::new()).unwrap();
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert!(details["stopped"].as_str().unwrap().contains("budget"));
+        assert_eq!(details["stop"], json!({"kind": "budget-exhausted"}));
         assert!(outcome.best_score.is_some());
     }
 }

@@ -1,6 +1,9 @@
 //! `icl.wasm`: the published in-context example optimization (§1.8 of the reference). For each
 //! example a stricter critic chooses 3 to 6 aspects for its query and judges its answer; an
-//! optimizer then rewrites the answer from the critique, up to `num_iters` rounds. The best
+//! optimizer then rewrites the answer from the critique, up to `num_iters` rounds. Each round
+//! rewrites the latest answer with its own critique, as published, whether or not that answer
+//! was kept: rewriting the best one again would send the same request as the round before
+//! whenever a rewrite scored lower, and a deterministic model answers it the same way. The best
 //! answer by the *sum* of its aspect scores is kept (a tie goes to the newer answer, as
 //! published), and an example stops early once every aspect scores 5.
 //!
@@ -23,9 +26,11 @@ use std::collections::BTreeMap;
 use drpo_kit::drpo::aspects::{self, Aspect};
 use drpo_kit::drpo::icl::{answer_rewrite_prompt, answer_rewrite_schema, wrap_answer};
 use drpo_kit::drpo::options::Options as RequestOptions;
+use drpo_kit::drpo::outcome::{Judgements, Stop};
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts;
 use drpo_kit::prelude::*;
+use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -92,12 +97,13 @@ pub fn schema() -> OptionsSchema {
 }
 
 /// The critic's framing, put before the judge's usual instructions (our wording of the
-/// published "ruthless critic").
+/// published "ruthless critic"). The published critic also goes easy on length that is useful;
+/// the judge's instructions that follow say so ([`prompts::LENGTH_RULE`]), and a second wording
+/// here read as a rule against theirs.
 const STRICT_CRITIC: &str = "You are a ruthless critic of example answers that will be shown \
 to an AI assistant as models to imitate, so only a flawless answer deserves a 5. Take points off \
 heavily even for small flaws. For every point you take off, say exactly what is wrong and how to \
-fix it. Be especially harsh on poor structure. Do not punish length when the extra text is \
-useful to the reader.\n\n";
+fix it. Be especially harsh on poor structure.\n\n";
 
 /// The critic's aspect-selection prompt: the usual analysis, 3 to 6 aspects.
 pub fn aspect_selection_prompt(query: &str) -> String {
@@ -135,7 +141,7 @@ struct Rewrite {
 }
 
 /// One judged answer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Candidate {
     /// The answer, in `<START>\n…\n<END>` form.
     pub answer: String,
@@ -180,6 +186,8 @@ struct Work {
     reasoning: String,
     aspects_source: &'static str,
     best: Candidate,
+    /// The answer the next round rewrites: the last one judged, kept or not.
+    latest: Candidate,
     rewrites: u32,
     finished: bool,
 }
@@ -201,30 +209,11 @@ struct Optimizer<'h, H: Host> {
     cache: &'h BTreeMap<String, Value>,
     /// The critic's usable choices made in this run, for the metrics cache.
     new_cache: BTreeMap<String, Value>,
+    /// The critic's judgements asked for and usable.
+    judgements: Judgements,
 }
 
-/// The run cannot go on (a spent budget).
-struct Stopped(String);
-
 impl<H: Host> Optimizer<'_, H> {
-    fn complete(
-        &mut self,
-        batch: Vec<Request>,
-    ) -> Result<Vec<Result<Completion, LlmError>>, Stopped> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let wanted = batch.len();
-        let mut results = self.host.complete(batch);
-        if results.contains(&Err(LlmError::BudgetExhausted)) {
-            return Err(Stopped("the budget is exhausted".into()));
-        }
-        results.resize_with(wanted, || {
-            Err(LlmError::Unavailable("no answer from the host".into()))
-        });
-        Ok(results)
-    }
-
     /// The critic's aspects for each query: from the metrics cache when it knows the query,
     /// else asked in one batch (the general-quality aspects when the answer is unusable).
     fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stopped> {
@@ -244,7 +233,7 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let mut answers = self.complete(batch)?.into_iter();
+        let mut answers = complete_batch(self.host, batch)?.into_iter();
         let mut selections = Vec::with_capacity(queries.len());
         for (query, known) in queries.iter().zip(cached) {
             let selection = match known {
@@ -343,7 +332,8 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let results = self.complete(batch)?;
+        self.judgements.ask(answers.len());
+        let results = complete_batch(self.host, batch)?;
         let mut judged = Vec::with_capacity(answers.len());
         for ((i, answer, parent), result) in answers.into_iter().zip(results) {
             let judgement = match result {
@@ -353,6 +343,7 @@ impl<H: Host> Optimizer<'_, H> {
                 },
                 Err(e) => Judgement::unusable(format!("the critic failed: {e}")),
             };
+            self.judgements.received(&judgement);
             let candidate = Candidate {
                 answer,
                 judgement,
@@ -381,7 +372,8 @@ impl<H: Host> Optimizer<'_, H> {
         Ok(judged)
     }
 
-    /// One rewrite of each example's best answer; examples whose rewrite is unusable get none.
+    /// One rewrite of each example's latest answer, from its critique; examples whose rewrite
+    /// is unusable get none.
     fn rewrite(
         &mut self,
         work: &[Work],
@@ -392,10 +384,10 @@ impl<H: Host> Optimizer<'_, H> {
             .map(|&i| {
                 let w = &work[i];
                 let critique =
-                    serde_json::to_string_pretty(&w.best.judgement.to_json()).unwrap_or_default();
+                    serde_json::to_string_pretty(&w.latest.judgement.to_json()).unwrap_or_default();
                 let mut request = chat_request(
                     Role::Optimizer,
-                    answer_rewrite_prompt(&w.query, &w.best.answer, &critique),
+                    answer_rewrite_prompt(&w.query, &w.latest.answer, &critique),
                     self.options.optimizer_max_tokens,
                 );
                 request.sampling.seed = self.options.seed;
@@ -403,7 +395,7 @@ impl<H: Host> Optimizer<'_, H> {
                 request
             })
             .collect();
-        let results = self.complete(batch)?;
+        let results = complete_batch(self.host, batch)?;
         let mut rewrites = Vec::new();
         for (&i, result) in active.iter().zip(results) {
             let parsed = match result {
@@ -458,9 +450,10 @@ pub fn optimize<H: Host>(
         next_node: 0,
         cache: &options.metrics_cache,
         new_cache: BTreeMap::new(),
+        judgements: Judgements::default(),
     };
     let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
-    let stop = |Stopped(why)| format!("the examples could not be judged: {why}");
+    let stop = |why: Stopped| format!("the examples could not be judged: {why}");
     let selections = optimizer.select(&queries).map_err(stop)?;
     let mut work: Vec<Work> = examples
         .iter()
@@ -471,11 +464,8 @@ pub fn optimize<H: Host>(
             aspects: selection.aspects,
             reasoning: selection.reasoning,
             aspects_source: selection.source,
-            best: Candidate {
-                answer: String::new(),
-                judgement: Judgement::default(),
-                node: 0,
-            },
+            best: Candidate::default(),
+            latest: Candidate::default(),
             rewrites: 0,
             finished: false,
         })
@@ -488,7 +478,8 @@ pub fn optimize<H: Host>(
     for (i, candidate) in optimizer.judge(&work, initial, 0).map_err(stop)? {
         let w = &mut work[i];
         w.finished = all_fives(&candidate.judgement, &w.aspects);
-        w.best = candidate;
+        w.best = candidate.clone();
+        w.latest = candidate;
     }
     let mut stopped = None;
     for round in 1..=options.num_iters {
@@ -499,7 +490,7 @@ pub fn optimize<H: Host>(
         let step = optimizer.rewrite(&work, &active).and_then(|rewrites| {
             let answers = rewrites
                 .into_iter()
-                .map(|(i, answer)| (i, answer, Some(work[i].best.node)))
+                .map(|(i, answer)| (i, answer, Some(work[i].latest.node)))
                 .collect();
             optimizer.judge(&work, answers, round)
         });
@@ -520,8 +511,9 @@ pub fn optimize<H: Host>(
             let w = &mut work[i];
             if replaces(&w.best, &candidate) {
                 w.finished = all_fives(&candidate.judgement, &w.aspects);
-                w.best = candidate;
+                w.best = candidate.clone();
             }
+            w.latest = candidate;
         }
     }
     let improved = work.iter().filter(|w| w.best.answer != w.initial).count();
@@ -546,7 +538,9 @@ pub fn optimize<H: Host>(
             "rewrites": w.rewrites,
             "node": w.best.node,
         })).collect::<Vec<_>>(),
-        "stopped": stopped,
+        "stopped": stopped.as_ref().map(Stop::to_string),
+        "stop": Stop::details(stopped.as_ref()),
+        "judgements": optimizer.judgements,
         "new_metrics_cache": optimizer.new_cache,
     });
     Ok(Outcome {
@@ -634,29 +628,43 @@ mod tests {
             .to_owned()
     }
 
-    /// A host whose critic scores each answer by the number after "v" in it (`v3` → 3 on every
-    /// aspect) and whose optimizer writes the given answers in turn; the optimizer's prompts are
-    /// kept.
-    fn host(rewrites: &[&str]) -> (ScriptedHost, Rc<RefCell<Vec<String>>>) {
+    /// The critic's score of the answer in its prompt: the number after the first "v" (`v3` →
+    /// 3 on every aspect), 1 when there is none.
+    fn score_by_version(prompt: &str) -> u8 {
+        judged_answer(prompt)
+            .split('v')
+            .nth(1)
+            .and_then(|rest| rest.get(..1)?.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// The answer an optimizer prompt asks to rewrite.
+    fn current_answer(prompt: &str) -> &str {
+        prompt
+            .split("## Current answer\n<START>\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n<END>").next())
+            .unwrap_or_default()
+    }
+
+    /// A host whose critic scores by [`score_by_version`] and whose optimizer rewrites answer
+    /// `from` into `to` for each `(from, to)` given, anything else into "v1": a function of the
+    /// request, as a deterministic model is. The optimizer's prompts are kept.
+    fn host(rewrites: &[(&str, &str)]) -> (ScriptedHost, Rc<RefCell<Vec<String>>>) {
         let seen = Rc::new(RefCell::new(Vec::new()));
-        let queue: Vec<String> = rewrites.iter().map(|s| s.to_string()).collect();
-        let mut next = 0;
+        let rewrites: Vec<(String, String)> = rewrites
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect();
         let log = seen.clone();
-        let mut host = ScriptedHost::new(
-            |prompt| {
-                let answer = judged_answer(prompt);
-                answer
-                    .split('v')
-                    .nth(1)
-                    .and_then(|rest| rest[..1].parse().ok())
-                    .unwrap_or(1)
-            },
-            move |prompt, _| {
-                log.borrow_mut().push(prompt.to_owned());
-                next += 1;
-                queue.get(next - 1).cloned().unwrap_or_else(|| "v1".into())
-            },
-        );
+        let mut host = ScriptedHost::new(score_by_version, move |prompt, _| {
+            log.borrow_mut().push(prompt.to_owned());
+            let current = current_answer(prompt);
+            rewrites
+                .iter()
+                .find(|(from, _)| from == current)
+                .map_or_else(|| "v1".to_owned(), |(_, to)| to.clone())
+        });
         host.optimizer_field = "new_response".into();
         (host, seen)
     }
@@ -681,22 +689,30 @@ mod tests {
 
     #[test]
     fn keeps_the_best_by_sum_ties_to_the_newer_and_stops_at_all_fives() {
-        // v2 initially; v3 better (kept); v3 again (a tie: the newer is kept); v1 worse
-        // (dropped); v5 all fives (kept, and the loop stops with one round unused).
-        let (mut h, seen) = host(&["v3 first", "v3 second", "v1 worse", "v5 best"]);
+        // v2 initially; v3 better (kept); v3 again (a tie: the newer is kept); v1 worse (not
+        // kept, but rewritten next); v5 all fives (kept, and the loop stops with rounds unused).
+        let chain = [
+            ("v2 initial", "v3 first"),
+            ("v3 first", "v3 second"),
+            ("v3 second", "v1 worse"),
+            ("v1 worse", "v5 best"),
+        ];
+        let (mut h, seen) = host(&chain);
         let outcome = optimize(&mut h, &options(6), example("v2 initial")).unwrap();
-        let best = best(&outcome);
-        assert_eq!(best["answer"], "<START>\nv5 best\n<END>");
-        assert_eq!(best["initial_answer"], "<START>\nv2 initial\n<END>");
-        assert_eq!(best["all_fives"], true);
-        assert_eq!(best["rewrites"], 4);
-        assert_eq!(best["score_sum"], 10, "two scripted aspects at 5");
+        let kept = best(&outcome);
+        assert_eq!(kept["answer"], "<START>\nv5 best\n<END>");
+        assert_eq!(kept["initial_answer"], "<START>\nv2 initial\n<END>");
+        assert_eq!(kept["all_fives"], true);
+        assert_eq!(kept["rewrites"], 4);
+        assert_eq!(kept["score_sum"], 10, "two scripted aspects at 5");
         let prompts = seen.borrow();
         assert_eq!(prompts.len(), 4, "stopped early: no fifth or sixth rewrite");
-        // Round 3 rewrites the newer of the tied answers; round 4 still rewrites it, since the
-        // worse one was not kept.
-        assert!(prompts[2].contains("v3 second"), "{}", prompts[2]);
-        assert!(prompts[3].contains("v3 second"), "{}", prompts[3]);
+        // Each round rewrites the answer the round before wrote, the worse one included.
+        let rewritten: Vec<&str> = prompts.iter().map(|p| current_answer(p)).collect();
+        assert_eq!(
+            rewritten,
+            ["v2 initial", "v3 first", "v3 second", "v1 worse"]
+        );
         // The optimizer sees the library's annotated answers before the answer it rewrites.
         let annotated = drpo_kit::drpo::icl::ANNOTATED_EXAMPLES[1].annotated_answer;
         let shown = prompts[0]
@@ -708,11 +724,46 @@ mod tests {
                     .find("## Current answer\n<START>\nv2 initial")
                     .unwrap()
         );
-        // Nodes: the initial answer and one per rewrite, each child of the best at the time.
+        // Nodes: the initial answer and one per rewrite, each child of the answer it rewrote.
         let parents: Vec<Option<u32>> = h.nodes.iter().map(|n| n.parent).collect();
-        assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(2)]);
+        assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(3)]);
         assert_eq!(outcome.best_path, [4]);
         assert_eq!(outcome.best_score, Some(5.0));
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(details["judgements"], json!({"asked": 5, "usable": 5}));
+        assert_eq!(details["stop"], Value::Null);
+
+        // Three rounds: the tie went to the newer answer, and the worse one was not kept.
+        let (mut h, _) = host(&chain);
+        let outcome = optimize(&mut h, &options(3), example("v2 initial")).unwrap();
+        assert_eq!(best(&outcome)["answer"], "<START>\nv3 second\n<END>");
+    }
+
+    #[test]
+    fn each_round_rewrites_the_latest_answer_so_no_request_repeats() {
+        // The optimizer is a pure function of its request, as a deterministic model (or the
+        // response cache) is: every rewrite is named by a hash of the prompt and scores 1, below
+        // the initial answer, so none is kept.
+        let mut h = ScriptedHost::new(score_by_version, |prompt, _| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(prompt, &mut hasher);
+            format!("v1 rewrite {:016x}", std::hash::Hasher::finish(&hasher))
+        });
+        h.optimizer_field = "new_response".into();
+        let outcome = optimize(&mut h, &options(4), example("v3 initial")).unwrap();
+        let asked: Vec<&Request> = h
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Optimizer)
+            .collect();
+        assert_eq!(asked.len(), 4);
+        for (i, request) in asked.iter().enumerate() {
+            for later in &asked[i + 1..] {
+                assert_ne!(request.prompt, later.prompt, "round {} repeats", i + 1);
+            }
+        }
+        assert_eq!(best(&outcome)["answer"], "<START>\nv3 initial\n<END>");
+        assert_eq!(best(&outcome)["rewrites"], 4);
     }
 
     #[test]
@@ -722,7 +773,7 @@ mod tests {
         assert_eq!(best(&outcome)["rewrites"], 0);
         assert!(seen.borrow().is_empty());
 
-        let (mut h, seen) = host(&["v1 a", "v1 b"]);
+        let (mut h, seen) = host(&[("v4 good", "v1 a"), ("v1 a", "v1 b")]);
         let outcome = optimize(&mut h, &options(2), example("v4 good")).unwrap();
         assert_eq!(seen.borrow().len(), 2);
         assert_eq!(best(&outcome)["answer"], "<START>\nv4 good\n<END>");
@@ -732,13 +783,35 @@ mod tests {
 
     #[test]
     fn a_spent_budget_keeps_the_best_so_far() {
-        let (mut h, _) = host(&["v3 better"]);
+        let (mut h, _) = host(&[("v2 start", "v3 better")]);
         // Selection, first judgement, first rewrite, its judgement: then the budget is spent.
         h.budget = Some(4);
         let outcome = optimize(&mut h, &options(5), example("v2 start")).unwrap();
         assert_eq!(best(&outcome)["answer"], "<START>\nv3 better\n<END>");
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert!(details["stopped"].as_str().unwrap().contains("budget"));
+        assert_eq!(details["stop"], json!({"kind": "budget-exhausted"}));
+    }
+
+    #[test]
+    fn a_role_rejected_on_every_request_stops_with_the_best_so_far() {
+        let (mut h, _) = host(&[]);
+        h.reject = Some((Role::Optimizer, "unknown model".into()));
+        let outcome = optimize(&mut h, &options(5), example("v2 start")).unwrap();
+        assert_eq!(h.requests_for(Role::Optimizer), 1, "no second round");
+        assert_eq!(best(&outcome)["answer"], "<START>\nv2 start\n<END>");
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "optimizer", "error": "unknown model"})
+        );
+        assert_eq!(details["judgements"], json!({"asked": 1, "usable": 1}));
+
+        // The critic rejected from the start: nothing can be judged, and the run says why.
+        let (mut h, _) = host(&[]);
+        h.reject = Some((Role::Judge, "unknown model".into()));
+        let error = optimize(&mut h, &options(5), example("v2 start")).unwrap_err();
+        assert!(error.contains("judge role failed"), "{error}");
     }
 
     #[test]
@@ -759,6 +832,10 @@ mod tests {
         );
         let judge = h.requests.iter().find(|r| r.role == Role::Judge).unwrap();
         assert!(text(judge).starts_with("You are a ruthless critic"));
+        // One rule on length, the judge's: the critic's framing had its own, which read as the
+        // opposite of the judge's.
+        assert_eq!(text(judge).to_lowercase().matches("length").count(), 1);
+        assert!(text(judge).contains(prompts::LENGTH_RULE));
     }
 
     fn examples(queries: &[&str]) -> Vec<Example> {

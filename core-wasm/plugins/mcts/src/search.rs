@@ -1,6 +1,6 @@
 //! The search loop: the tree of [`crate::tree`] grown with DRPO's optimizer and judge.
 
-use drpo_kit::scoring::{Evaluation, Scorer, Stopped};
+use drpo_kit::scoring::{Evaluation, Scorer, Stop, Stopped};
 use drpo_kit::{Example, Host, HostExt, Outcome, Query};
 use serde_json::{Value, json};
 
@@ -82,7 +82,14 @@ pub fn run<H: Host>(
         best_prompt: Some(evaluations[best].prompt.clone()),
         best_score: Some(score),
         best_path: path,
-        details: json!({"iterations": iterations, "stopped": stopped, "tree": nodes}).to_string(),
+        details: json!({
+            "iterations": iterations,
+            "stopped": stopped.as_ref().map(Stop::to_string),
+            "stop": Stop::details(stopped.as_ref()),
+            "judgements": scorer.judgements(),
+            "tree": nodes,
+        })
+        .to_string(),
     })
 }
 
@@ -280,7 +287,24 @@ mod tests {
         assert_eq!(host.nodes.len(), 3);
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert_eq!(details["iterations"], 6);
+        assert_eq!(details["stop"], Value::Null);
+        assert_eq!(details["judgements"], json!({"asked": 3, "usable": 3}));
         assert_eq!(details["tree"][0]["visits"], 6);
+    }
+
+    #[test]
+    fn a_role_rejected_on_every_request_stops_with_the_best_so_far() {
+        let mut host = scripted();
+        host.reject = Some((Role::Optimizer, "unknown model".into()));
+        let outcome = run(&mut host, &options(5, 3, 2), &queries(5), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "optimizer", "error": "unknown model"})
+        );
+        assert_eq!(host.requests_for(Role::Optimizer), 1);
+        assert_eq!(outcome.best_path, [0]);
+        assert_eq!(details["judgements"], json!({"asked": 1, "usable": 1}));
     }
 
     #[test]
@@ -290,6 +314,7 @@ mod tests {
         let outcome = run(&mut host, &options(20, 5, 2), &queries(5), Vec::new()).unwrap();
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert!(details["stopped"].as_str().unwrap().contains("budget"));
+        assert_eq!(details["stop"], json!({"kind": "budget-exhausted"}));
         assert!(outcome.best_prompt.is_some());
     }
 }
