@@ -154,7 +154,9 @@ fn base_check() -> Request {
     }
 }
 
-/// A structured role's check: a tiny schema, asked the way the provider settles.
+/// A structured role's check: a tiny schema, asked the way the provider settles, for two
+/// choices (the optimizer asks for several in one request; a server that ignores `n` is found
+/// here rather than in the search).
 fn structured_check(role: Role) -> Request {
     Request {
         role,
@@ -163,7 +165,10 @@ fn structured_check(role: Role) -> Request {
             content: "Is water wet? Answer with a JSON object whose field `yes` is true or false."
                 .into(),
         }]),
-        sampling: sampling(24),
+        sampling: Sampling {
+            n: 2,
+            ..sampling(24)
+        },
         json_schema: Some(
             r#"{"type":"object","properties":{"yes":{"type":"boolean"}},"required":["yes"],"additionalProperties":false}"#
                 .into(),
