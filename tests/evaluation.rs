@@ -59,6 +59,8 @@ fn judge_flags(server: &Server) -> Vec<String> {
         server.url(),
         "--no-cache",
         "--quiet",
+        // These tests count the judge's requests; the preflight's check is tested apart.
+        "--no-preflight",
     ]
     .map(String::from)
     .to_vec()

@@ -101,7 +101,9 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
             .arg("--examples")
             .arg(&examples)
             .args(["-k", "2"])
-            .arg("My cat is picky: what should she eat?"),
+            .arg("My cat is picky: what should she eat?")
+            // The request counts below are the answers'; the preflight is tested apart.
+            .args(["--", "--no-preflight"]),
     );
     assert!(out.status.success(), "{}", text(&out));
     let embeds: Vec<Value> = server
@@ -191,7 +193,9 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
             .arg("--input")
             .arg(&input)
             .arg("--output")
-            .arg(&answers),
+            .arg(&answers)
+            // The request counts below are the answers'; the preflight is tested apart.
+            .args(["--", "--no-preflight"]),
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -246,7 +250,9 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
                 .arg(plugin("generate"))
                 .args(["--model", "served", "--api-base", server.url()])
                 .args(["--no-optimized-prompt", "--no-examples"])
-                .arg("Do fish sleep?"),
+                .arg("Do fish sleep?")
+                // The request counts below are the answers'; the preflight is tested apart.
+                .args(["--", "--no-preflight"]),
         );
         assert!(out.status.success(), "{}", text(&out));
         let chats = chat_requests(&server);
@@ -333,7 +339,9 @@ fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
             .arg(format!("local:{}", model.display()))
             .arg("--examples")
             .arg(&examples)
-            .args(["-k", "1", "Is it cruel to keep a goldfish in a small bowl?"]),
+            .args(["-k", "1", "Is it cruel to keep a goldfish in a small bowl?"])
+            // The request counts below are the answers'; the preflight is tested apart.
+            .args(["--", "--no-preflight"]),
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(

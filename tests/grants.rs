@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use drpo_host::bindings::types::{LlmError, Role};
 use drpo_host::runlog::{CallRequest, CallResponse, read_log};
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{
+    assert_budget_stopped, assert_replays, host, output, plugin, preflight_requests, result_json,
+    roles_at, text,
+};
 
 /// Every (role, result) of the run's `complete` requests.
 fn answered(dir: &Path) -> Vec<(Role, Result<(), LlmError>)> {
@@ -66,7 +69,13 @@ fn a_role_that_is_not_granted_is_rejected_recorded_and_replayed() {
             "steps=1",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    // Every base request of the first step is refused the same way: the search stops there.
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("role base is not granted"),
+        "{}",
+        text(&out)
+    );
     let answered = answered(&work.path().join("run"));
     let base: Vec<_> = answered.iter().filter(|(r, _)| *r == Role::Base).collect();
     assert!(!base.is_empty(), "greedy asks the base model");
@@ -84,9 +93,12 @@ fn a_role_that_is_not_granted_is_rejected_recorded_and_replayed() {
         log.contains("base failed: LlmError::Rejected(\"role base is not granted"),
         "{log}"
     );
-    // Only the granted requests reached the server.
+    // Only the granted requests reached the server (the preflight checked granted roles only).
     let granted = answered.iter().filter(|(r, _)| *r != Role::Base).count();
-    assert_eq!(server.requests().len(), granted);
+    assert_eq!(
+        server.requests().len(),
+        granted + preflight_requests(&work.path().join("run"))
+    );
 
     let inspect = replay_and_inspect(work.path());
     assert!(
@@ -120,8 +132,12 @@ fn the_call_cap_stops_a_plugin_cleanly_with_its_best_so_far() {
             "width=2",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(server.requests().len(), 5, "the cap counts requests");
+    assert_budget_stopped(&out);
+    assert_eq!(
+        server.requests().len(),
+        5 + preflight_requests(&work.path().join("run")),
+        "the cap counts the plugin's requests"
+    );
     let result = result_json(&work.path().join("run"));
     assert!(result["best_prompt"].is_string(), "{result}");
     let answered = answered(&work.path().join("run"));
@@ -176,7 +192,7 @@ fn a_resumed_run_counts_its_recorded_requests_against_the_call_cap() {
     ];
     let reference_work = tempfile::tempdir().unwrap();
     let out = run(&slow(), reference_work.path(), "mcts", &flags);
-    assert!(out.status.success(), "{}", text(&out));
+    assert_budget_stopped(&out);
 
     let work = tempfile::tempdir().unwrap();
     let server = slow();
@@ -193,7 +209,8 @@ fn a_resumed_run_counts_its_recorded_requests_against_the_call_cap() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while server.requests().len() < 4 {
+    // The preflight's two checks, then four of the plugin's requests.
+    while server.requests().len() < 6 {
         assert!(Instant::now() < deadline, "the run never got going");
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -208,7 +225,7 @@ fn a_resumed_run_counts_its_recorded_requests_against_the_call_cap() {
             .arg("resume")
             .arg(work.path().join("run")),
     );
-    assert!(resume.status.success(), "{}", text(&resume));
+    assert_budget_stopped(&resume);
 
     let served = |dir: &Path| {
         answered(dir)

@@ -171,11 +171,13 @@ fn an_error_inside_a_200_is_an_error_and_is_retried() {
 
 #[test]
 fn a_choice_with_null_content_is_an_error_not_an_empty_answer() {
-    let server = Server::with_script(|_, _| Reply {
+    let server = Server::with_script(|_, _| {
+        Reply {
         status: 200,
         body: r#"{"choices":[{"index":0,"finish_reason":"content_filter","message":{"role":"assistant","content":null}}]}"#.into(),
         delay: Duration::ZERO,
         retry_after: None,
+    }
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     let Err(error) = &answers[0].result else {
@@ -204,7 +206,11 @@ fn a_server_that_answers_one_choice_whatever_n_says_gets_n_requests() {
     let choices = &answers[0].result.as_ref().unwrap().choices;
     assert_eq!(choices.len(), 3);
     let requests = server.requests();
-    assert_eq!(requests.len(), 4, "one that came back short, then three of one");
+    assert_eq!(
+        requests.len(),
+        4,
+        "one that came back short, then three of one"
+    );
     let seeds: Vec<u64> = requests[1..]
         .iter()
         .map(|(_, body)| body["seed"].as_u64().unwrap())
@@ -242,7 +248,9 @@ fn a_schema_refused_where_json_schema_works_is_an_error_of_that_request_only() {
     };
     let bad = complete(
         &provider,
-        vec![with_schema(r#"{"type":"object","properties":{"bad":{"type":"widget"}}}"#)],
+        vec![with_schema(
+            r#"{"type":"object","properties":{"bad":{"type":"widget"}}}"#,
+        )],
     );
     let Err(LlmError::Rejected(message)) = &bad[0].result else {
         panic!("{:?}", bad[0].result)

@@ -131,7 +131,12 @@ fn no_response_format(incoming: &Incoming) -> Option<Reply> {
 }
 
 /// `beam.wasm` at depth 3 against `server`.
-fn beam_at_depth_3(server: &Server, work: &Path, name: &str, extra: &[&str]) -> std::process::Output {
+fn beam_at_depth_3(
+    server: &Server,
+    work: &Path,
+    name: &str,
+    extra: &[&str],
+) -> std::process::Output {
     output(
         host(&work.join("cache"))
             .arg("run")
@@ -140,7 +145,15 @@ fn beam_at_depth_3(server: &Server, work: &Path, name: &str, extra: &[&str]) -> 
             .arg("--log-dir")
             .arg(work.join(name))
             .args(roles_at(server.url()))
-            .args(["--depth", "3", "--beam-size", "2", "--n-actions", "2", "--no-cache"])
+            .args([
+                "--depth",
+                "3",
+                "--beam-size",
+                "2",
+                "--n-actions",
+                "2",
+                "--no-cache",
+            ])
             .args(extra),
     )
 }
@@ -226,7 +239,11 @@ fn a_chat_model_asked_for_raw_prompts_is_switched_to_chat_once() {
         .filter(|(path, _)| path.ends_with("/v1/completions"))
         .count();
     assert_eq!(raw, 1, "only the preflight's raw request was refused");
-    let inspect = output(host(&work.path().join("cache")).arg("inspect").arg(work.path().join("run")));
+    let inspect = output(
+        host(&work.path().join("cache"))
+            .arg("inspect")
+            .arg(work.path().join("run")),
+    );
     assert!(
         text(&inspect).contains("prompts sent as chat"),
         "{}",
@@ -257,7 +274,10 @@ fn a_judge_that_can_never_answer_stops_the_run_before_anything_else_is_spent() {
     );
     let printed = text(&out);
     assert_eq!(out.status.code(), Some(4), "{printed}");
-    let errors: Vec<&str> = printed.lines().filter(|l| l.starts_with("error:")).collect();
+    let errors: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "{printed}");
     assert!(errors[0].contains("judge role"), "{printed}");
     assert!(errors[0].contains(judge.url()), "{printed}");
@@ -271,7 +291,10 @@ fn a_judge_that_can_never_answer_stops_the_run_before_anything_else_is_spent() {
 fn without_the_preflight_a_judge_that_always_refuses_ends_the_search_with_code_4() {
     let shared = Server::start();
     let judge = Server::with_script(|_, _| {
-        reply(403, json!({"error": {"message": "this key may not use the judge model"}}))
+        reply(
+            403,
+            json!({"error": {"message": "this key may not use the judge model"}}),
+        )
     });
     let work = tempfile::tempdir().unwrap();
     let out = output(

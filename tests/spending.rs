@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use drpo_host::bindings::types::LlmError;
 use drpo_host::runlog::{CallResponse, Entry, read_log};
 use drpo_tests::server::{Reply, Server, default_reply};
-use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{
+    assert_budget_stopped, assert_replays, host, output, plugin, preflight_requests, result_json,
+    roles_at, text,
+};
 
 /// A beam search long enough for every budget below to cut it short.
 const SEARCH: [&str; 8] = [
@@ -63,7 +66,7 @@ fn refusals(dir: &Path) -> usize {
 /// The run finished with a result, said why it stopped, and replays bit for bit.
 fn assert_stopped_cleanly_by_the_budget(out: &Output, work: &Path, name: &str) {
     let dir = work.join(name);
-    assert!(out.status.success(), "{}", text(out));
+    assert_budget_stopped(out);
     assert!(text(out).contains("budget: --max-"), "{}", text(out));
     let result = result_json(&dir);
     assert!(
@@ -191,10 +194,11 @@ fn a_repeated_run_is_answered_from_the_cache_without_any_request() {
 
     let second = beam_run(&server, work.path(), "second", &[]);
     assert!(second.status.success(), "{}", text(&second));
+    let checks = preflight_requests(&work.path().join("second"));
     assert_eq!(
         server.requests().len(),
-        served,
-        "no HTTP request the second time"
+        served + checks,
+        "no HTTP request the second time but the preflight's checks"
     );
     let (a, b) = (
         result_json(&work.path().join("first")),
@@ -216,13 +220,17 @@ fn a_repeated_run_is_answered_from_the_cache_without_any_request() {
         .map(str::to_owned)
         .collect();
     // total, requests, choices, failed, tokens in, tokens out, cache hits, cost
-    assert_eq!(total[1], total[6], "every request was a hit: {total:?}");
-    assert_eq!((total[4].as_str(), total[5].as_str()), ("0", "0"));
+    let count = |i: usize| total[i].parse::<usize>().unwrap();
+    assert_eq!(
+        count(1),
+        count(6) + checks,
+        "every request but the checks was a hit: {total:?}"
+    );
 
     // --no-cache asks the server again.
     let third = beam_run(&server, work.path(), "third", &["--no-cache"]);
     assert!(third.status.success(), "{}", text(&third));
-    assert_eq!(server.requests().len(), 2 * served);
+    assert_eq!(server.requests().len(), 2 * served + checks);
 }
 
 #[test]
@@ -325,9 +333,17 @@ fn the_api_key_reaches_no_file_and_no_output_line() {
             .arg("--log-dir")
             .arg(work.path().join("run"))
             .args(roles_at(server.url()))
-            .args(["--depth", "3", "--logging-level", "DEBUG"]),
+            // The failures are meant for the search's own requests, not the preflight's checks.
+            .args(["--depth", "3", "--logging-level", "DEBUG", "--no-preflight"]),
     );
-    assert!(out.status.success(), "{}", text(&out));
+    // Which requests meet the refusals depends on the order they arrive in: a level whose
+    // every optimizer request was refused stops the search (code 4); either way the run ends
+    // with its files written, which is what is checked here.
+    assert!(
+        matches!(out.status.code(), Some(0 | 4)),
+        "{}",
+        text(&out)
+    );
     let requests = server.requests().len();
     assert!(requests > 6, "some replies failed and quoted the key");
     assert!(!text(&out).contains(KEY), "{}", text(&out));

@@ -210,7 +210,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let built = services::build(&config, &[], None)?;
-    // The roles the strategy says it uses (all of them when it cannot say).
+    // The roles the strategy says it uses (all of them when it cannot say) and may use.
     let roles: Vec<Role> = match &estimates {
         Ok(estimates) => estimates
             .iter()
@@ -218,7 +218,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|e| e.role)
             .collect(),
         Err(_) => crate::accounting::ROLES.to_vec(),
-    };
+    }
+    .into_iter()
+    .filter(|&role| built.services.grants.allows(role))
+    .collect();
     let preflight = crate::preflight::run(
         &built.services.router,
         &built.services.gate,

@@ -57,11 +57,16 @@ impl Grants {
         self.roles.is_none() && self.max_calls.is_none()
     }
 
+    /// Whether the plugin may call `role`.
+    pub fn allows(&self, role: Role) -> bool {
+        self.roles
+            .as_ref()
+            .is_none_or(|roles| roles.contains(&role))
+    }
+
     /// Why `request` may not run, given `used` requests so far; `None` when it may.
     pub fn refuse(&self, request: &Request, used: u64) -> Option<LlmError> {
-        if let Some(roles) = &self.roles
-            && !roles.contains(&request.role)
-        {
+        if !self.allows(request.role) {
             return Some(LlmError::Rejected(format!(
                 "role {} is not granted to this plugin (--allow-roles {})",
                 role_name(request.role),

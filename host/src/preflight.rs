@@ -84,7 +84,11 @@ pub async fn run(
         let settled = provider.settings().describe();
         if !settled.is_empty() {
             let names: Vec<&str> = served.iter().map(|&r| role_name(r)).collect();
-            eprintln!("preflight: {} ({}): {settled}", provider.identity(), names.join("/"));
+            eprintln!(
+                "preflight: {} ({}): {settled}",
+                provider.identity(),
+                names.join("/")
+            );
         }
     }
     Ok(Preflight {

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn a_run_with_usable_judgements_succeeds() {
-        let done = outcome(serde_json::json!({"stop": null, "judgements": {"asked": 4, "usable": 1}}));
+        let done =
+            outcome(serde_json::json!({"stop": null, "judgements": {"asked": 4, "usable": 1}}));
         assert!(failure(&done, &[]).is_none());
         assert_eq!(
             Judgements::of(&done).unwrap().line(),

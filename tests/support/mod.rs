@@ -128,6 +128,19 @@ pub fn result_json(run_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// The requests the preflight of the run in `run_dir` sent (its checks of the remote models).
+pub fn preflight_requests(run_dir: &Path) -> usize {
+    drpo_host::runlog::read_log(&run_dir.join("run.log"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .preflight()
+        .map_or(0, |preflight| preflight.requests.len())
+}
+
+/// Asserts that a run exited with code 5: a budget stopped it (its results written).
+pub fn assert_budget_stopped(output: &Output) {
+    assert_eq!(output.status.code(), Some(5), "{}", text(output));
+}
+
 /// Replays the run in `run_dir` (compiled plugins cached in `cache`) and asserts that it
 /// reproduced the run; returns what `replay` printed.
 pub fn assert_replays(cache: &Path, run_dir: &Path) -> String {

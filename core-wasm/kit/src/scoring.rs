@@ -18,7 +18,7 @@ pub use drpo::outcome::{Judgements, Stop};
 use drpo::parse::{self, Judgement};
 use drpo::prompts;
 use drpo::reward;
-use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Query, Request, Role};
+use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Outcome, Query, Request, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -117,6 +117,24 @@ impl Settings {
 /// returns its best result so far, with [`Stop::details`] as its details' `stop`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stopped(pub Stop);
+
+impl Stopped {
+    /// The outcome of a search stopped before its first prompt was scored: that prompt, no
+    /// score, and why, so the host writes the results and names the cause in its exit code.
+    pub fn before_any_score(&self, prompt: String, judgements: Judgements) -> Outcome {
+        Outcome {
+            best_prompt: Some(prompt),
+            best_score: None,
+            best_path: Vec::new(),
+            details: json!({
+                "stopped": self.0.to_string(),
+                "stop": Stop::details(Some(&self.0)),
+                "judgements": judgements,
+            })
+            .to_string(),
+        }
+    }
+}
 
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

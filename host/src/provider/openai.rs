@@ -232,9 +232,7 @@ impl OpenAiProvider {
             if failure.kind != FailureKind::Transient || attempt >= self.policy.attempts {
                 return Err(match failure.error {
                     LlmError::Unavailable(message) if attempt > 1 => Failure {
-                        error: LlmError::Unavailable(format!(
-                            "{message} (after {attempt} tries)"
-                        )),
+                        error: LlmError::Unavailable(format!("{message} (after {attempt} tries)")),
                         ..failure
                     },
                     _ => failure,
@@ -310,7 +308,10 @@ impl OpenAiProvider {
         if value.get("error").is_some_and(|e| !e.is_null()) && value.get("choices").is_none() {
             return Err(Failure::transient(unavailable(
                 url,
-                format!("HTTP {status} with an error in the body: {}", excerpt(&text)),
+                format!(
+                    "HTTP {status} with an error in the body: {}",
+                    excerpt(&text)
+                ),
             )));
         }
         Ok(value)
@@ -355,9 +356,7 @@ impl OpenAiProvider {
         loop {
             let settings = self.current();
             let form = settings.prompts_as.unwrap_or(PromptForm::of(prompt));
-            let rung = settings
-                .structured
-                .unwrap_or(StructuredOutput::JsonSchema);
+            let rung = settings.structured.unwrap_or(StructuredOutput::JsonSchema);
             let shaped = form.shape(prompt.clone());
             let result = if settings.one_choice_per_request && sampling.n > 1 {
                 self.complete_each_choice(&shaped, sampling, schema, rung)
@@ -391,7 +390,8 @@ impl OpenAiProvider {
             if failure.kind != FailureKind::Refused {
                 return Err(failure.error);
             }
-            if settings.prompts_as.is_none() && refusal_about(form, &failure.body) == Refusal::PromptForm
+            if settings.prompts_as.is_none()
+                && refusal_about(form, &failure.body) == Refusal::PromptForm
             {
                 let other = match form {
                     PromptForm::Chat => PromptForm::Raw,
@@ -442,7 +442,9 @@ impl OpenAiProvider {
         for answer in answers {
             let completion = answer?;
             merged.usage = sum_usage(merged.usage, completion.usage);
-            merged.choices.extend(completion.choices.into_iter().take(1));
+            merged
+                .choices
+                .extend(completion.choices.into_iter().take(1));
         }
         Ok(merged)
     }
@@ -834,13 +836,24 @@ mod tests {
     #[test]
     fn refusals_are_recognised_by_status_not_by_wording() {
         for status in [400, 404, 405, 415, 422] {
-            assert_eq!(failure_kind(status, "anything"), FailureKind::Refused, "{status}");
+            assert_eq!(
+                failure_kind(status, "anything"),
+                FailureKind::Refused,
+                "{status}"
+            );
         }
         for status in [408, 409, 429, 500, 502, 503] {
-            assert_eq!(failure_kind(status, "busy"), FailureKind::Transient, "{status}");
+            assert_eq!(
+                failure_kind(status, "busy"),
+                FailureKind::Transient,
+                "{status}"
+            );
         }
         assert_eq!(
-            failure_kind(500, r#"{"detail":"1 validation error: response_format.type"}"#),
+            failure_kind(
+                500,
+                r#"{"detail":"1 validation error: response_format.type"}"#
+            ),
             FailureKind::Refused
         );
         assert_eq!(failure_kind(401, "bad key"), FailureKind::Permanent);
@@ -863,7 +876,10 @@ mod tests {
             ),
             Refusal::PromptForm
         );
-        assert_eq!(refusal_about(PromptForm::Raw, "not found"), Refusal::PromptForm);
+        assert_eq!(
+            refusal_about(PromptForm::Raw, "not found"),
+            Refusal::PromptForm
+        );
         assert_eq!(
             refusal_about(PromptForm::Raw, "the model `x` does not exist (not found)"),
             Refusal::Other

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, genesis_hash,
-};
+use super::{CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, genesis_hash};
 
 /// A run log read and verified up to its last complete frame.
 #[derive(Debug)]

@@ -95,8 +95,13 @@ pub fn search<H: Host>(
     let mut scorer = Scorer::new(options.requests.request_options(1), examples);
     let root = options.requests.initial_system_prompt.clone();
     let mut tried = Vec::new();
-    let evaluations = judge(host, &mut scorer, &root, &eval)
-        .map_err(|Stopped(why)| format!("the initial prompt could not be judged: {why}"))?;
+    let evaluations = match judge(host, &mut scorer, &root, &eval) {
+        Ok(evaluations) => evaluations,
+        Err(stopped) => {
+            host.warn(format!("the initial prompt could not be judged: {stopped}"));
+            return Ok(stopped.before_any_score(root, scorer.judgements()));
+        }
+    };
     add(host, &mut tried, root, None, evaluations, 0);
     let mut best = 0;
     let mut stopped = None;
@@ -408,6 +413,24 @@ mod tests {
         assert_eq!(host.requests_for(Role::Optimizer), 1);
         assert_eq!(outcome.best_path, [0]);
         assert_eq!(details["judgements"], json!({"asked": 2, "usable": 2}));
+    }
+
+    #[test]
+    fn a_role_that_fails_before_the_first_score_still_gives_an_outcome_that_says_why() {
+        let mut host = scripted();
+        host.reject = Some((Role::Base, "role base is not granted".into()));
+        let outcome = search(&mut host, &options(5), &queries(3), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(
+            details["stop"],
+            json!({"kind": "role-failed", "role": "base", "error": "role base is not granted"})
+        );
+        assert_eq!(outcome.best_score, None);
+        assert_eq!(
+            outcome.best_prompt.as_deref(),
+            Some(options(5).requests.initial_system_prompt.as_str())
+        );
+        assert_eq!(details["judgements"]["usable"], 0);
     }
 
     #[test]

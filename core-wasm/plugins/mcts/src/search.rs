@@ -24,9 +24,13 @@ pub fn run<H: Host>(
     let mut scorer = Scorer::new(options.requests.request_options(options.width), examples);
     let query_at = |depth: u32| queries[depth as usize % queries.len()].clone();
     let root = (options.requests.initial_system_prompt.clone(), query_at(0));
-    let mut evaluations: Vec<Evaluation> = match scorer.evaluate(host, &[root]) {
+    let mut evaluations: Vec<Evaluation> = match scorer.evaluate(host, std::slice::from_ref(&root))
+    {
         Ok(evaluations) => evaluations,
-        Err(Stopped(why)) => return Err(format!("the root could not be judged: {why}")),
+        Err(stopped) => {
+            host.warn(format!("the root could not be judged: {stopped}"));
+            return Ok(stopped.before_any_score(root.0, scorer.judgements()));
+        }
     };
     let mut tree = Tree::new(evaluations[0].reward);
     record(host, &tree, &evaluations, 0, 0);
