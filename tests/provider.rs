@@ -211,11 +211,12 @@ fn a_server_that_answers_one_choice_whatever_n_says_gets_n_requests() {
         4,
         "one that came back short, then three of one"
     );
-    let seeds: Vec<u64> = requests[1..]
+    let mut seeds: Vec<u64> = requests[1..]
         .iter()
         .map(|(_, body)| body["seed"].as_u64().unwrap())
         .collect();
-    assert_eq!(seeds, vec![0, 1, 2]);
+    seeds.sort_unstable();
+    assert_eq!(seeds, vec![0, 1, 2], "sent concurrently, one seed each");
     // Remembered: the next request goes out as three at once.
     complete(&provider, vec![three]);
     assert_eq!(server.requests().len(), 7);

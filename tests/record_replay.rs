@@ -113,11 +113,20 @@ fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() 
     let inspect = output(host(&cache).arg("inspect").arg(&first));
     let summary = text(&inspect);
     assert!(inspect.status.success(), "{summary}");
-    // 4 steps × 2 requests, alternating judge and optimizer.
+    // 4 steps × 2 requests, alternating judge and optimizer, and the preflight's checks.
+    let checked_as_judge = drpo_host::runlog::read_log(&first.join("run.log"))
+        .unwrap()
+        .preflight()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|r| r.role == drpo_host::bindings::types::Role::Judge)
+        .count();
+    let judged = (4 + checked_as_judge).to_string();
     assert!(
         summary
             .lines()
-            .any(|l| l.starts_with("judge") && l.split_whitespace().nth(1) == Some("4")),
+            .any(|l| l.starts_with("judge") && l.split_whitespace().nth(1) == Some(&judged)),
         "{summary}"
     );
     assert!(summary.contains("best score"), "{summary}");

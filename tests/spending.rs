@@ -339,11 +339,7 @@ fn the_api_key_reaches_no_file_and_no_output_line() {
     // Which requests meet the refusals depends on the order they arrive in: a level whose
     // every optimizer request was refused stops the search (code 4); either way the run ends
     // with its files written, which is what is checked here.
-    assert!(
-        matches!(out.status.code(), Some(0 | 4)),
-        "{}",
-        text(&out)
-    );
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{}", text(&out));
     let requests = server.requests().len();
     assert!(requests > 6, "some replies failed and quoted the key");
     assert!(!text(&out).contains(KEY), "{}", text(&out));
