@@ -64,12 +64,7 @@ fn flaky(failures: usize, status: u16, retry_after: Option<u64>) -> Server {
                 retry_after,
             }
         } else {
-            Reply {
-                status: 200,
-                body: default_reply(path, body).to_string(),
-                delay: Duration::ZERO,
-                retry_after: None,
-            }
+            Reply::new(200, default_reply(path, body).to_string())
         }
     })
 }
@@ -136,11 +131,11 @@ fn client_errors_are_not_retried() {
 
 #[test]
 fn a_server_error_that_says_the_request_is_invalid_is_not_retried() {
-    let server = Server::with_script(|_, _| Reply {
-        status: 500,
-        body: r#"{"detail":"1 validation error for CompletionRequest: max_tokens"}"#.into(),
-        delay: Duration::ZERO,
-        retry_after: None,
+    let server = Server::with_script(|_, _| {
+        Reply::new(
+            500,
+            r#"{"detail":"1 validation error for CompletionRequest: max_tokens"}"#,
+        )
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     assert_eq!(server.requests().len(), 1);
@@ -172,12 +167,10 @@ fn an_error_inside_a_200_is_an_error_and_is_retried() {
 #[test]
 fn a_choice_with_null_content_is_an_error_not_an_empty_answer() {
     let server = Server::with_script(|_, _| {
-        Reply {
-        status: 200,
-        body: r#"{"choices":[{"index":0,"finish_reason":"content_filter","message":{"role":"assistant","content":null}}]}"#.into(),
-        delay: Duration::ZERO,
-        retry_after: None,
-    }
+        Reply::new(
+            200,
+            r#"{"choices":[{"index":0,"finish_reason":"content_filter","message":{"role":"assistant","content":null}}]}"#,
+        )
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     let Err(error) = &answers[0].result else {
@@ -191,12 +184,7 @@ fn a_server_that_answers_one_choice_whatever_n_says_gets_n_requests() {
     let server = Server::with_script(|path, body| {
         let mut single = body.clone();
         single["n"] = serde_json::json!(1);
-        Reply {
-            status: 200,
-            body: default_reply(path, &single).to_string(),
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
+        Reply::new(200, default_reply(path, &single).to_string())
     });
     let provider = provider(&server, quick());
     let mut three = request("write three");
@@ -235,12 +223,7 @@ fn a_schema_refused_where_json_schema_works_is_an_error_of_that_request_only() {
                 retry_after: None,
             };
         }
-        Reply {
-            status: 200,
-            body: default_reply(path, body).to_string(),
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
+        Reply::new(200, default_reply(path, body).to_string())
     });
     let provider = provider(&server, quick());
     let with_schema = |schema: &str| Request {
@@ -422,12 +405,10 @@ fn a_role_can_have_its_own_endpoint_and_key_variable() {
     let seen = keys.clone();
     let judge = Server::with_request_script(move |incoming| {
         seen.lock().unwrap().push(incoming.authorization.clone());
-        Reply {
-            status: 200,
-            body: default_reply(&incoming.path, &incoming.body).to_string(),
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
+        Reply::new(
+            200,
+            default_reply(&incoming.path, &incoming.body).to_string(),
+        )
     });
     let work = tempfile::tempdir().unwrap();
     let run = |name: &str, key: Option<&str>| {

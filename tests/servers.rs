@@ -6,24 +6,18 @@
 //! request alone, so identical requests get identical answers.
 
 use std::path::Path;
-use std::time::Duration;
 
 use drpo_host::bindings::types::Role;
 use drpo_host::runlog::{CallRequest, CallResponse, Entry, read_log};
 use drpo_tests::server::{Incoming, Reply, Server, default_reply, follow_schema};
-use drpo_tests::{assert_replays, host, output, plugin, roles_at, text};
+use drpo_tests::{assert_replays, host, output, roles_at, strategy_in, text};
 use serde_json::{Value, json};
 
 /// What one family refuses: `Some(reply)` for a request it refuses.
 type Refuse = fn(&Incoming) -> Option<Reply>;
 
 fn reply(status: u16, body: Value) -> Reply {
-    Reply {
-        status,
-        body: body.to_string(),
-        delay: Duration::ZERO,
-        retry_after: None,
-    }
+    Reply::new(status, body.to_string())
 }
 
 /// A server of one family: it refuses as `refuse` says; otherwise it answers a schema it was
@@ -138,22 +132,25 @@ fn beam_at_depth_3(
     extra: &[&str],
 ) -> std::process::Output {
     output(
-        host(&work.join("cache"))
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(work.join(name))
+        strategy_in(&work.join("cache"), "run", "beam", work.join(name))
             .args(roles_at(server.url()))
-            .args([
-                "--depth",
-                "3",
-                "--beam-size",
-                "2",
-                "--n-actions",
-                "2",
-                "--no-cache",
-            ])
+            .args(["--depth", "3", "--beam-size", "2", "--n-actions", "2"])
+            .arg("--no-cache")
+            .args(extra),
+    )
+}
+
+/// `beam.wasm` with every role at `shared` but the judge, which is at `judge`.
+fn beam_with_judge_at(
+    shared: &Server,
+    judge: &Server,
+    work: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    output(
+        strategy_in(&work.join("cache"), "run", "beam", work.join("run"))
+            .args(roles_at(shared.url()))
+            .args(["--eval-api-base", judge.url(), "--no-cache"])
             .args(extra),
     )
 }
@@ -262,16 +259,7 @@ fn a_judge_that_can_never_answer_stops_the_run_before_anything_else_is_spent() {
         )
     });
     let work = tempfile::tempdir().unwrap();
-    let out = output(
-        host(&work.path().join("cache"))
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(work.path().join("run"))
-            .args(roles_at(shared.url()))
-            .args(["--eval-api-base", judge.url(), "--depth", "3", "--no-cache"]),
-    );
+    let out = beam_with_judge_at(&shared, &judge, work.path(), &["--depth", "3"]);
     let printed = text(&out);
     assert_eq!(out.status.code(), Some(4), "{printed}");
     let errors: Vec<&str> = printed
@@ -297,16 +285,11 @@ fn without_the_preflight_a_judge_that_always_refuses_ends_the_search_with_code_4
         )
     });
     let work = tempfile::tempdir().unwrap();
-    let out = output(
-        host(&work.path().join("cache"))
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(work.path().join("run"))
-            .args(roles_at(shared.url()))
-            .args(["--eval-api-base", judge.url(), "--depth", "5"])
-            .args(["--no-cache", "--no-preflight"]),
+    let out = beam_with_judge_at(
+        &shared,
+        &judge,
+        work.path(),
+        &["--depth", "5", "--no-preflight"],
     );
     let printed = text(&out);
     assert_eq!(out.status.code(), Some(4), "{printed}");

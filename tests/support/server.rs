@@ -19,6 +19,18 @@ pub struct Reply {
     pub retry_after: Option<u64>,
 }
 
+impl Reply {
+    /// An immediate reply with `status` and `body`.
+    pub fn new(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+}
+
 /// One request as the server saw it.
 pub struct Incoming {
     pub path: String,
