@@ -158,6 +158,52 @@ fn a_changed_byte_in_the_run_log_makes_replay_refuse_and_name_the_frame() {
     );
 }
 
+/// A changed length field looks like a frame cut short by a kill; taking it for one would let
+/// `resume` cut the valid frames after it and send their requests again.
+#[test]
+fn a_changed_length_field_is_corruption_to_every_command_and_resume_keeps_the_log() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let out = output(host(&cache).args(run_args(&server, &dir, &[])));
+    assert!(out.status.success(), "{}", text(&out));
+    let log = dir.join("run.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mut start = 8;
+    for _ in 0..3 {
+        let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+        start += 4 + len + 32;
+    }
+    bytes[start + 3] ^= 0x80;
+    std::fs::write(&log, &bytes).unwrap();
+    let served = server.requests().len();
+
+    for command in [
+        vec!["inspect"],
+        vec!["replay"],
+        vec!["resume"],
+        vec!["view"],
+        vec!["export", "--format", "published"],
+    ] {
+        let out = output(host(&cache).args(&command).arg(&dir));
+        let message = text(&out);
+        assert!(!out.status.success(), "{command:?}: {message}");
+        assert!(
+            message.contains("run.log")
+                && message.contains("corrupt or was altered")
+                && message.contains(&format!("frame 3 (at byte {start})")),
+            "{command:?}: {message}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "resume left the log as it was"
+    );
+    assert_eq!(server.requests().len(), served, "resume sent nothing");
+}
+
 #[test]
 fn replay_names_the_call_role_and_field_where_a_plugin_diverges() {
     let server = Server::start();
