@@ -328,6 +328,45 @@ fn a_killed_run_resumes_to_the_uninterrupted_outcome_without_resending_recorded_
 }
 
 #[test]
+fn a_run_directory_in_use_refuses_a_second_run_or_resume() {
+    let server = Server::with_script(|path, request| Reply {
+        status: 200,
+        body: default_reply(path, request).to_string(),
+        delay: Duration::from_millis(150),
+        retry_after: None,
+    });
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let args = run_args(&server, &dir, &["--option", "steps=20"]);
+    let mut child = host(&cache)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("run.log").exists() {
+        assert!(Instant::now() < deadline, "the run never got going");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let in_use = format!(
+        "{} is in use by another drpo-host `run` or `resume` (pid {})",
+        dir.display(),
+        child.id()
+    );
+    for second in [vec!["resume".to_owned(), dir.display().to_string()], args] {
+        let out = output(host(&cache).args(&second));
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(&in_use), "{}", text(&out));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run went on");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
 fn a_second_start_of_the_same_plugin_uses_the_compiled_cache() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
