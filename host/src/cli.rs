@@ -20,6 +20,7 @@ use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{
     CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, Preflight, read_log,
+    same_encoding,
 };
 use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
@@ -604,7 +605,7 @@ async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
                 Some(End {
                     status: EndStatus::Finished(recorded_outcome),
                     ..
-                }) if *recorded_outcome == outcome => {
+                }) if same_encoding(recorded_outcome, &outcome) => {
                     println!(
                         "replay reproduced the run: {calls} calls matched, same outcome{}",
                         outcome

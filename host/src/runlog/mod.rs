@@ -73,6 +73,14 @@ fn chain_hasher(previous: &Hash) -> Sha256 {
     hasher
 }
 
+/// Whether two values encode to the same bytes in a run log. Replay compares with this rather
+/// than `==`, so that floats match by their bits: a NaN equals itself, and `-0.0` differs from
+/// `0.0`, as in the log's hash.
+pub fn same_encoding<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    let encode = |value: &T| bincode::serde::encode_to_vec(value, bincode_config());
+    matches!((encode(a), encode(b)), (Ok(a), Ok(b)) if a == b)
+}
+
 fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }

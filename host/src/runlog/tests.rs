@@ -296,3 +296,16 @@ fn arbitrary_bytes_never_panic_the_reader() {
         }
     }
 }
+
+#[test]
+fn an_outcome_with_a_nan_score_has_the_same_encoding_as_itself() {
+    let outcome = |score: f64| Outcome {
+        best_prompt: None,
+        best_score: Some(score),
+        best_path: vec![],
+        details: "{}".into(),
+    };
+    assert!(same_encoding(&outcome(f64::NAN), &outcome(f64::NAN)));
+    assert!(!same_encoding(&outcome(f64::NAN), &outcome(1.0)));
+    assert!(!same_encoding(&outcome(0.0), &outcome(-0.0)));
+}
