@@ -133,6 +133,18 @@ fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() 
 }
 
 #[test]
+fn a_run_with_nan_rewards_replays() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let out = output(host(&cache).args(run_args(&server, &dir, &["--option", "reward=nan"])));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(outcome(&dir).best_score.unwrap().is_nan());
+    assert_replays(&cache, &dir);
+}
+
+#[test]
 fn a_changed_byte_in_the_run_log_makes_replay_refuse_and_name_the_frame() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
