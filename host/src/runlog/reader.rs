@@ -129,8 +129,9 @@ pub(super) fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LogContents, LogEr
                     frame,
                     offset,
                     format!(
-                        "declares a length of {} bytes, which runs past the end of the file, \
-                         yet a complete frame of {len} bytes follows (its length field was changed)",
+                        "declares a {}-byte payload, which runs past the end of the file, yet \
+                         a complete frame with a {len}-byte payload is there (its length field \
+                         was changed)",
                         declared.unwrap_or_default()
                     ),
                 )),
