@@ -133,6 +133,18 @@ fn a_run_replays_to_the_same_outcome_and_same_seed_runs_record_identical_logs() 
 }
 
 #[test]
+fn a_run_with_nan_rewards_replays() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let out = output(host(&cache).args(run_args(&server, &dir, &["--option", "reward=nan"])));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(outcome(&dir).best_score.unwrap().is_nan());
+    assert_replays(&cache, &dir);
+}
+
+#[test]
 fn a_changed_byte_in_the_run_log_makes_replay_refuse_and_name_the_frame() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
@@ -156,6 +168,52 @@ fn a_changed_byte_in_the_run_log_makes_replay_refuse_and_name_the_frame() {
         message.contains("corrupt or was altered") || message.contains("incomplete"),
         "{message}"
     );
+}
+
+/// A changed length field looks like a frame cut short by a kill; taking it for one would let
+/// `resume` cut the valid frames after it and send their requests again.
+#[test]
+fn a_changed_length_field_is_corruption_to_every_command_and_resume_keeps_the_log() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let out = output(host(&cache).args(run_args(&server, &dir, &[])));
+    assert!(out.status.success(), "{}", text(&out));
+    let log = dir.join("run.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mut start = 8;
+    for _ in 0..3 {
+        let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+        start += 4 + len + 32;
+    }
+    bytes[start + 3] ^= 0x80;
+    std::fs::write(&log, &bytes).unwrap();
+    let served = server.requests().len();
+
+    for command in [
+        vec!["inspect"],
+        vec!["replay"],
+        vec!["resume"],
+        vec!["view"],
+        vec!["export", "--format", "published"],
+    ] {
+        let out = output(host(&cache).args(&command).arg(&dir));
+        let message = text(&out);
+        assert!(!out.status.success(), "{command:?}: {message}");
+        assert!(
+            message.contains("run.log")
+                && message.contains("corrupt or was altered")
+                && message.contains(&format!("frame 3 (at byte {start})")),
+            "{command:?}: {message}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "resume left the log as it was"
+    );
+    assert_eq!(server.requests().len(), served, "resume sent nothing");
 }
 
 #[test]
@@ -279,6 +337,45 @@ fn a_killed_run_resumes_to_the_uninterrupted_outcome_without_resending_recorded_
     let again = output(host(&cache).arg("resume").arg(&dir));
     assert!(!again.status.success());
     assert!(text(&again).contains("already ended"), "{}", text(&again));
+}
+
+#[test]
+fn a_run_directory_in_use_refuses_a_second_run_or_resume() {
+    let server = Server::with_script(|path, request| Reply {
+        status: 200,
+        body: default_reply(path, request).to_string(),
+        delay: Duration::from_millis(150),
+        retry_after: None,
+    });
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let dir = work.path().join("run");
+    let args = run_args(&server, &dir, &["--option", "steps=20"]);
+    let mut child = host(&cache)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("run.log").exists() {
+        assert!(Instant::now() < deadline, "the run never got going");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let in_use = format!(
+        "{} is in use by another drpo-host `run` or `resume` (pid {})",
+        dir.display(),
+        child.id()
+    );
+    for second in [vec!["resume".to_owned(), dir.display().to_string()], args] {
+        let out = output(host(&cache).args(&second));
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(&in_use), "{}", text(&out));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run went on");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -79,9 +79,12 @@ impl Spend {
                         match result {
                             Ok(completion) => {
                                 slot.choices += completion.choices.len() as u64;
-                                slot.prompt_tokens += u64::from(completion.usage.prompt_tokens);
-                                slot.completion_tokens +=
-                                    u64::from(completion.usage.completion_tokens);
+                                slot.prompt_tokens = slot
+                                    .prompt_tokens
+                                    .saturating_add(completion.usage.prompt_tokens.into());
+                                slot.completion_tokens = slot
+                                    .completion_tokens
+                                    .saturating_add(completion.usage.completion_tokens.into());
                             }
                             Err(error) => {
                                 slot.failed += 1;
@@ -99,7 +102,7 @@ impl Spend {
         for slot in &mut roles {
             slot.money = match &slot.model {
                 Some(model) => prices.cost(model, slot.prompt_tokens, slot.completion_tokens),
-                None if slot.prompt_tokens + slot.completion_tokens == 0 => Money::ZERO,
+                None if slot.prompt_tokens == 0 && slot.completion_tokens == 0 => Money::ZERO,
                 None => Money::Unknown,
             };
         }
@@ -115,9 +118,10 @@ impl Spend {
 
     /// All roles' tokens together (prompt, completion).
     pub fn total_tokens(&self) -> (u64, u64) {
-        self.roles.iter().fold((0, 0), |(p, c), role| {
-            (p + role.prompt_tokens, c + role.completion_tokens)
-        })
+        (
+            saturating_sum(self.roles.iter().map(|r| r.prompt_tokens)),
+            saturating_sum(self.roles.iter().map(|r| r.completion_tokens)),
+        )
     }
 
     /// The table as text lines, a total line last.
@@ -147,7 +151,7 @@ impl Spend {
             ));
         }
         let (prompt, completion) = self.total_tokens();
-        let sum = |field: fn(&RoleSpend) -> u64| self.roles.iter().map(field).sum::<u64>();
+        let sum = |field: fn(&RoleSpend) -> u64| saturating_sum(self.roles.iter().map(field));
         lines.push(format!(
             "{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10} {:>10}",
             "total",
@@ -174,6 +178,12 @@ impl Spend {
         }
         lines
     }
+}
+
+/// The sum of counts, at most `u64::MAX`: a total of numbers a server or a plugin reported is
+/// shown capped rather than wrapped (or, in a debug build, panicking).
+pub(crate) fn saturating_sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
 }
 
 #[cfg(test)]

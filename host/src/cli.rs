@@ -20,6 +20,7 @@ use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{
     CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, Preflight, read_log,
+    same_encoding,
 };
 use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
@@ -202,6 +203,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let dir = RunDir::new(args.log_dir.context("--log-dir is required to run")?);
+    // A directory that is there already is locked before anything is spent; a new one right
+    // after it is created.
+    let lock = dir.root().is_dir().then(|| dir.lock()).transpose()?;
     if dir.run_log().exists() {
         bail!(
             "{} already holds a run; finish it with `drpo-host resume {}`, or choose another --log-dir",
@@ -235,6 +239,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => dir.lock()?,
+    };
     std::fs::write(dir.config(), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", dir.config().display()))?;
     let header = Header {
@@ -597,7 +605,7 @@ async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
                 Some(End {
                     status: EndStatus::Finished(recorded_outcome),
                     ..
-                }) if *recorded_outcome == outcome => {
+                }) if same_encoding(recorded_outcome, &outcome) => {
                     println!(
                         "replay reproduced the run: {calls} calls matched, same outcome{}",
                         outcome
@@ -628,6 +636,8 @@ async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
 async fn resume(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = RunDir::new(dir);
+    // Held while the log is read too: what is read is what is appended to.
+    let _lock = dir.lock()?;
     let recorded = read_run(&dir)?;
     if recorded.end.is_some() {
         bail!(

@@ -1,6 +1,7 @@
 //! The projection shown before a run: calls, tokens and money per role, from the strategy's
 //! own `estimate` of its options and the price table.
 
+use crate::accounting::saturating_sum;
 use crate::bindings::types::{Role, RoleEstimate};
 use crate::pricing::{Money, PriceTable};
 use crate::rundir::role_name;
@@ -83,7 +84,7 @@ impl Projection {
                 role.model.as_deref().unwrap_or("?")
             ));
         }
-        let sum = |field: fn(&RoleProjection) -> u64| self.roles.iter().map(field).sum::<u64>();
+        let sum = |field: fn(&RoleProjection) -> u64| saturating_sum(self.roles.iter().map(field));
         let money = |field: fn(&RoleProjection) -> Money| {
             self.roles
                 .iter()
@@ -150,5 +151,30 @@ mod tests {
         let text = projection.lines().join("\n");
         assert!(text.contains("2–10"), "{text}");
         assert!(text.contains("unknown"), "{text}");
+    }
+
+    #[test]
+    fn totals_past_the_largest_count_are_capped() {
+        let most = RoleEstimate {
+            role: Role::Judge,
+            min_calls: u64::MAX,
+            max_calls: u64::MAX,
+            prompt_tokens_per_call: 2,
+            max_completion_tokens_per_call: 2,
+        };
+        let estimates = [
+            most,
+            RoleEstimate {
+                role: Role::Base,
+                ..most
+            },
+        ];
+        let projection = Projection::new(&estimates, |_| None, &PriceTable::new(&BTreeMap::new()));
+        let total = projection.lines().pop().unwrap();
+        assert_eq!(
+            total.split_whitespace().take(3).collect::<Vec<_>>(),
+            ["total", &u64::MAX.to_string(), &u64::MAX.to_string()],
+            "{total}"
+        );
     }
 }

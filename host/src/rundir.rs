@@ -8,10 +8,13 @@
 //! | `result.json` | the outcome and the whole search tree (schema: `docs/result.schema.json`) |
 //! | `trace.txt` | the prompt at each step of the best path |
 //! | `tree.html` | a self-contained viewer of the tree (see [`crate::viewer`]) |
+//! | `run.lock` | locked by the `run` or `resume` writing to the directory; holds its pid |
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use crate::bindings::types::{LogLevel, Node, Prompt, Role};
 use crate::progress::Progress;
@@ -51,6 +54,51 @@ impl RunDir {
     pub fn tree_html(&self) -> PathBuf {
         self.root.join("tree.html")
     }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("run.lock")
+    }
+
+    /// Takes the directory's exclusive lock, which the operating system releases when the
+    /// process ends (a killed run too), or says which process holds it. Two writers would
+    /// interleave their frames, or one `resume` would cut off the frame another is writing.
+    pub fn lock(&self) -> anyhow::Result<RunLock> {
+        let path = self.lock_file();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok())
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "{} is in use by another drpo-host `run` or `resume`{holder}; wait for it \
+                     to end, or stop it, and try again",
+                    self.root.display()
+                );
+            }
+            Err(TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // Truncated only under the lock: an unlocked truncate could erase the holder's pid.
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// The exclusive lock of a run directory, held until dropped.
+pub struct RunLock {
+    _file: File,
 }
 
 /// Writes `log.txt` line by line as calls complete, and collects the search tree.
@@ -300,4 +348,24 @@ fn indent(text: &str) -> String {
         .map(|line| format!("    {line}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_run_directory_refuses_a_second_lock_naming_itself_and_the_holder() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(work.path());
+        let held = dir.lock().unwrap();
+        let message = dir.lock().err().unwrap().to_string();
+        assert!(
+            message.contains(&work.path().display().to_string())
+                && message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        drop(held);
+        dir.lock().unwrap();
+    }
 }

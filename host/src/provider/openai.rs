@@ -891,6 +891,19 @@ mod tests {
     }
 
     #[test]
+    fn usage_too_large_for_the_record_is_capped_not_wrapped() {
+        let reply = json!({"choices": [{"index": 0, "message": {"content": "a"}}],
+            "usage": {"prompt_tokens": 99_999_999_999u64, "completion_tokens": 7}});
+        let usage = parse_completion("u", &reply, PromptForm::Chat)
+            .unwrap()
+            .usage;
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens),
+            (u32::MAX, 7)
+        );
+    }
+
+    #[test]
     fn a_choice_without_text_is_an_error_that_says_why() {
         let reply = json!({"choices": [{"index": 0, "finish_reason": "content_filter",
             "message": {"role": "assistant", "content": null, "refusal": "no"}}]});

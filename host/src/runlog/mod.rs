@@ -15,6 +15,21 @@
 //! writing; such a torn tail is recognised as such (it is incomplete, not corrupt) and `resume`
 //! cuts it off.
 //!
+//! # Torn tails
+//!
+//! A killed writer leaves a prefix of the frame it was writing: fewer than four bytes, or a
+//! length field whose frame runs past the end of the file. A changed length field can look the
+//! same, and cutting there would drop valid frames (the end frame among them) and make `resume`
+//! send paid requests again. So bytes that do not hold the frame their length field declares
+//! are a torn tail only when *no* prefix of them is a complete frame: no length `n` such that
+//! the `32` bytes after `4 + n` are the chain hash of the `n` bytes after the length field. A
+//! real prefix of a frame never holds one (that would take a sha256 collision with the frame's
+//! own hash), while a frame whose length field was changed still does, at its true length: that
+//! is corruption, reported with the frame's index and byte offset. Any byte after the end frame
+//! is corruption too, since nothing is written after it. Bytes appended to an unfinished log
+//! that hold no complete frame cannot be told from a torn write; the hash chain still vouches
+//! for every frame before them.
+//!
 //! The first frame is always a [`Header`]; then, in runs recorded since the preflight exists, a
 //! [`Preflight`]; then one [`CallRecord`] per completed import call, in the order the plugin made
 //! them; a finished run ends with an [`Entry::End`].
@@ -46,10 +61,24 @@ fn genesis_hash() -> Hash {
 }
 
 fn chain_hash(previous: &Hash, payload: &[u8]) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update(previous);
+    let mut hasher = chain_hasher(previous);
     hasher.update(payload);
     hasher.finalize().into()
+}
+
+/// The hasher of the frame after `previous`, before its payload.
+fn chain_hasher(previous: &Hash) -> Sha256 {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher
+}
+
+/// Whether two values encode to the same bytes in a run log. Replay compares with this rather
+/// than `==`, so that floats match by their bits: a NaN equals itself, and `-0.0` differs from
+/// `0.0`, as in the log's hash.
+pub fn same_encoding<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    let encode = |value: &T| bincode::serde::encode_to_vec(value, bincode_config());
+    matches!((encode(a), encode(b)), (Ok(a), Ok(b)) if a == b)
 }
 
 fn bincode_config() -> bincode::config::Configuration {

@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, genesis_hash};
+use sha2::Digest;
+
+use super::{
+    CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, chain_hasher,
+    genesis_hash,
+};
 
 /// A run log read and verified up to its last complete frame.
 #[derive(Debug)]
@@ -13,8 +18,9 @@ pub struct LogContents {
     pub valid_len: u64,
     /// Hash of the last complete frame.
     pub last_hash: Hash,
-    /// Bytes after the last complete frame: a frame whose writing was interrupted (the process
-    /// was killed). `None` when the log ends cleanly.
+    /// Bytes after the last complete frame that cannot hold a complete frame: a frame whose
+    /// writing was interrupted (the process was killed; see the module's "Torn tails"). `None`
+    /// when the log ends cleanly.
     pub torn_tail_bytes: Option<u64>,
 }
 
@@ -74,13 +80,21 @@ pub enum LogError {
 /// Reads and verifies the whole log at `path`.
 ///
 /// Every frame's hash is checked against the chain; the first mismatch or undecodable frame is
-/// reported with its index and byte offset. An incomplete last frame is not an error here: it is
-/// reported in [`LogContents::torn_tail_bytes`] for the caller to judge.
+/// reported with its index and byte offset, and so is anything after the end frame. An
+/// incomplete last frame is not an error here: it is reported in
+/// [`LogContents::torn_tail_bytes`] for the caller to judge. Only bytes that cannot hold a
+/// complete frame count as incomplete (see the module's "Torn tails"), so a changed length
+/// field is never taken for an interrupted write.
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
     let bytes = std::fs::read(path).map_err(|source| LogError::Io {
         path: path.to_owned(),
         source,
     })?;
+    read_bytes(path, &bytes)
+}
+
+/// [`read_log`] of a log already in memory; `path` names it in errors.
+pub(super) fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LogContents, LogError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(LogError::NotARunLog {
             path: path.to_owned(),
@@ -102,15 +116,26 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
             break;
         }
         let frame = entries.len() as u64;
-        let Some(len_bytes) = rest.get(..4) else {
-            return Ok(torn(entries, offset, previous, rest.len()));
-        };
-        let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
-        let Some(payload) = rest.get(4..4 + len) else {
-            return Ok(torn(entries, offset, previous, rest.len()));
-        };
-        let Some(stored_hash) = rest.get(4 + len..4 + len + 32) else {
-            return Ok(torn(entries, offset, previous, rest.len()));
+        if matches!(entries.last(), Some(Entry::End(_))) {
+            return Err(corrupt(frame, offset, "follows the end of the run".into()));
+        }
+        let declared = rest
+            .get(..4)
+            .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+        let Some((payload, stored_hash)) = declared.and_then(|len| split_frame(rest, len)) else {
+            return match whole_frame_len(&previous, rest) {
+                None => Ok(torn(entries, offset, previous, rest.len())),
+                Some(len) => Err(corrupt(
+                    frame,
+                    offset,
+                    format!(
+                        "declares a {}-byte payload, which runs past the end of the file, yet \
+                         a complete frame with a {len}-byte payload is there (its length field \
+                         was changed)",
+                        declared.unwrap_or_default()
+                    ),
+                )),
+            };
         };
         let expected = chain_hash(&previous, payload);
         if stored_hash != expected {
@@ -139,12 +164,9 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
         if let Some(reason) = expected_kind {
             return Err(corrupt(frame, offset, reason.into()));
         }
-        if matches!(entries.last(), Some(Entry::End(_))) {
-            return Err(corrupt(frame, offset, "follows the end of the run".into()));
-        }
         entries.push(entry);
         previous = expected;
-        offset += 4 + len + 32;
+        offset += FRAME_OVERHEAD + payload.len();
     }
     Ok(LogContents {
         entries,
@@ -152,6 +174,33 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
         last_hash: previous,
         torn_tail_bytes: None,
     })
+}
+
+/// Bytes a frame adds around its payload: the length field and the hash.
+const FRAME_OVERHEAD: usize = 4 + 32;
+
+/// The payload and stored hash of a frame of payload length `len` at the start of `rest`, when
+/// the whole frame is there.
+fn split_frame(rest: &[u8], len: usize) -> Option<(&[u8], &[u8])> {
+    let payload = rest.get(4..4usize.checked_add(len)?)?;
+    let hash = rest.get(4 + len..(4 + len).checked_add(32)?)?;
+    Some((payload, hash))
+}
+
+/// The payload length of a complete frame at the start of `rest` that chains from `previous`,
+/// whatever its length field says; `None` when no prefix of `rest` is one. A writer killed
+/// mid-frame leaves only a prefix of its frame, which (short of a sha256 collision) holds no
+/// such frame; a frame whose length field was changed still does.
+fn whole_frame_len(previous: &Hash, rest: &[u8]) -> Option<usize> {
+    let mut hasher = chain_hasher(previous);
+    let candidates = rest.len().checked_sub(FRAME_OVERHEAD)?;
+    for len in 0..=candidates {
+        if hasher.clone().finalize()[..] == rest[4 + len..FRAME_OVERHEAD + len] {
+            return Some(len);
+        }
+        hasher.update([rest[4 + len]]);
+    }
+    None
 }
 
 fn torn(entries: Vec<Entry>, offset: usize, last_hash: Hash, tail: usize) -> LogContents {

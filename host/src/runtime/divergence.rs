@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::runlog::CallRequest;
+use crate::runlog::{CallRequest, same_encoding};
 
 /// The first difference between a recorded call and the call the plugin made on replay.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -33,7 +33,7 @@ pub fn first_difference(
     recorded: &CallRequest,
     requested: &CallRequest,
 ) -> Option<(String, String, String)> {
-    if recorded == requested {
+    if same_encoding(recorded, requested) {
         return None;
     }
     let (recorded_name, recorded) = named_value(recorded);
@@ -192,6 +192,34 @@ mod tests {
         let (field, was, now) = first_difference(&recorded, &CallRequest::Queries).unwrap();
         assert_eq!(field, "import");
         assert_eq!((was.as_str(), now.as_str()), ("`complete`", "`queries`"));
+    }
+
+    #[test]
+    fn floats_compare_by_their_bits() {
+        let node = |reward: f64| {
+            CallRequest::RecordNode(crate::bindings::types::Node {
+                id: 1,
+                parent: Some(0),
+                depth: 1,
+                prompt: "p".into(),
+                reward,
+                details: "{}".into(),
+            })
+        };
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(
+                first_difference(&node(value), &node(value)),
+                None,
+                "{value}"
+            );
+        }
+        let nan = CallRequest::Complete(vec![request(f32::NAN, "a")]);
+        assert_eq!(first_difference(&nan, &nan.clone()), None);
+        let (field, was, now) = first_difference(&node(f64::NAN), &node(1.0)).unwrap();
+        assert_eq!(field, "node.reward");
+        assert_eq!((was.as_str(), now.as_str()), ("null", "1.0"));
+        let (field, ..) = first_difference(&node(0.0), &node(-0.0)).unwrap();
+        assert_eq!(field, "node");
     }
 
     #[test]

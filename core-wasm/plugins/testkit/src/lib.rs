@@ -4,7 +4,7 @@
 //!
 //! | mode | what it does |
 //! |---|---|
-//! | `chain` (default) | `steps` rounds, each one batched `complete` of `width` judge requests whose prompt carries the previous round's answers; records a node per round; returns a summary |
+//! | `chain` (default) | `steps` rounds, each one batched `complete` of `width` judge requests whose prompt carries the previous round's answers; records a node per round; returns a summary (with `reward` `nan`, every reward and the best score are NaN) |
 //! | `spin` | loops forever (fuel or deadline must stop it) |
 //! | `alloc` | allocates without bound (the memory limit must stop it) |
 //! | `wait` | one `complete` call (a slow provider makes it outlast the deadline) |
@@ -40,6 +40,7 @@ impl Guest for Testkit {
                     "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
                     "width": {"type": "integer", "default": 2, "minimum": 1},
+                    "reward": {"type": "string", "default": "length", "enum": ["length", "nan"]},
                     "message": {"type": "string", "default": "testkit was asked to panic"},
                     "port": {"type": "integer", "default": 0},
                     "seed": {"type": "integer", "default": 0}
@@ -58,6 +59,7 @@ impl Guest for Testkit {
                 number("steps", 3),
                 number("width", 2) as u32,
                 number("seed", 0),
+                options["reward"] == "nan",
             ),
             "spin" => spin(),
             "alloc" => alloc(),
@@ -119,7 +121,8 @@ fn request(text: String, index: u32, seed: u64) -> Request {
     }
 }
 
-fn chain(steps: u64, width: u32, seed: u64) -> Result<Outcome, String> {
+fn chain(steps: u64, width: u32, seed: u64, nan: bool) -> Result<Outcome, String> {
+    let reward = |value: f64| if nan { f64::NAN } else { value };
     let queries = host::queries();
     let mut previous = String::from("start");
     let mut score = 0.0;
@@ -161,7 +164,7 @@ fn chain(steps: u64, width: u32, seed: u64) -> Result<Outcome, String> {
             parent: Some(id - 1),
             depth: id,
             prompt: previous.clone(),
-            reward: previous.len() as f64,
+            reward: reward(previous.len() as f64),
             details: json!({"step": step}).to_string(),
         });
         path.push(id);
@@ -169,7 +172,7 @@ fn chain(steps: u64, width: u32, seed: u64) -> Result<Outcome, String> {
     }
     Ok(Outcome {
         best_prompt: Some(previous),
-        best_score: Some(score),
+        best_score: Some(reward(score)),
         best_path: path,
         details: json!({"steps": steps}).to_string(),
     })
