@@ -10,6 +10,7 @@
 //! | `wait` | one `complete` call (a slow provider makes it outlast the deadline) |
 //! | `panic` | panics with the message in `message` |
 //! | `echo` | `count` single-request `complete` calls whose prompt is `size` bytes (for benchmarks) |
+//! | `ask` | one `complete` of `width` requests, each asking `n` choices of `max_tokens` at most; reports each answer's error |
 //! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
 
 use serde_json::{Value, json};
@@ -35,12 +36,14 @@ impl Guest for Testkit {
                 "type": "object",
                 "properties": {
                     "mode": {"type": "string", "default": "chain",
-                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe"]},
+                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask"]},
                     "count": {"type": "integer", "default": 1000, "minimum": 0},
                     "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
                     "width": {"type": "integer", "default": 2, "minimum": 1},
                     "reward": {"type": "string", "default": "length", "enum": ["length", "nan"]},
+                    "n": {"type": "integer", "default": 1, "minimum": 1},
+                    "max_tokens": {"type": "integer", "default": 64, "minimum": 0},
                     "message": {"type": "string", "default": "testkit was asked to panic"},
                     "port": {"type": "integer", "default": 0},
                     "seed": {"type": "integer", "default": 0}
@@ -70,6 +73,11 @@ impl Guest for Testkit {
             "echo" => Ok(echo(number("count", 1000), number("size", 1024) as usize)),
             "panic" => panic!("{}", options["message"].as_str().unwrap_or("panic")),
             "probe" => Ok(summary(probe(number("port", 0) as u16))),
+            "ask" => Ok(ask(
+                number("width", 2) as u32,
+                number("n", 1) as u32,
+                number("max_tokens", 64) as u32,
+            )),
             other => Err(format!("unknown mode `{other}`")),
         }
     }
@@ -186,6 +194,23 @@ fn echo(count: u64, size: usize) -> Outcome {
         answered += answers.iter().filter(|a| a.is_ok()).count() as u64;
     }
     summary(json!({"answered": answered}))
+}
+
+fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
+    let batch: Vec<Request> = (0..width)
+        .map(|i| {
+            let mut request = request(format!("ask {i}"), i, 0);
+            request.sampling.n = n;
+            request.sampling.max_tokens = max_tokens;
+            request
+        })
+        .collect();
+    let answers = host::complete(&batch);
+    let errors: Vec<String> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err().map(|e| format!("{e:?}")))
+        .collect();
+    summary(json!({"answered": answers.len() - errors.len(), "errors": errors}))
 }
 
 fn spin() -> Result<Outcome, String> {
