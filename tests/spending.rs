@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drpo_host::bindings::types::LlmError;
 use drpo_host::runlog::{CallResponse, Entry, read_log};
@@ -172,12 +172,11 @@ fn max_time_stops_a_beam_run_and_the_replay_does_not_look_at_the_clock() {
         retry_after: None,
     });
     let work = tempfile::tempdir().unwrap();
-    let started = Instant::now();
     let out = beam_run(&server, work.path(), "run", &["--max-time", "1s"]);
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
+        text(&out).contains("--max-time 1s reached"),
+        "{}",
+        text(&out)
     );
     // The replay below runs far faster than the live run, and still reproduces the stop.
     assert_stopped_cleanly_by_the_budget(&out, work.path(), "run");
