@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
-use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::server::{Reply, Server, completion, default_reply, digest};
 use drpo_tests::{
     assert_best_path, assert_replays, beam_best_path, host, output, plugin, result_json, roles_at,
     text,
@@ -293,5 +293,72 @@ fn in_context_examples_are_retrieved_through_the_hosts_embedding_endpoint() {
         1,
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn a_judgement_cut_short_by_the_length_limit_is_counted_unusable() {
+    // A third of the judgements (by the request's digest) stop at the token limit halfway
+    // through their JSON, as a real model's do when `max_tokens` is too small.
+    let server = Server::with_script(|path, request| {
+        let whole = default_reply(path, request);
+        let body = if is_judgement(request) && digest(&request.to_string()).is_multiple_of(3) {
+            let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
+            let cut = text[..text.len() / 2].to_owned();
+            completion(request, vec![cut], "length")
+        } else {
+            whole
+        };
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(
+        &server,
+        work.path(),
+        "run",
+        &["--depth", "3", "--beam-size", "2", "--n-actions", "2"],
+    );
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let dir = work.path().join("run");
+    let (mut asked, mut cut) = (0, 0);
+    for entry in read_log(&dir.join("run.log")).unwrap().entries {
+        let Entry::Call(call) = entry else { continue };
+        let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
+            (&call.request, &call.response)
+        else {
+            continue;
+        };
+        for (request, result) in batch.iter().zip(results) {
+            if request.role != drpo_host::bindings::types::Role::Judge {
+                continue;
+            }
+            asked += 1;
+            let answer = &result
+                .as_ref()
+                .expect("every judgement was answered")
+                .choices[0];
+            cut += usize::from(serde_json::from_str::<Value>(answer).is_err());
+        }
+    }
+    assert!(cut > 0 && cut < asked, "{cut} of {asked} judgements cut");
+    assert!(
+        printed.contains(&format!("usable judgements: {} of {asked}", asked - cut)),
+        "{printed}"
+    );
+    let unusable = result_json(&dir)["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["details"]["skip"] == "no_judgement" && n["reward"] == 0.0)
+        .count();
+    assert_eq!(
+        unusable, cut,
+        "each cut judgement is a node with no usable judgement"
     );
 }
