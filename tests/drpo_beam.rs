@@ -2,10 +2,15 @@
 //! loopback whose answers follow each request's JSON schema.
 
 use std::path::Path;
+use std::time::Duration;
 
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
-use drpo_tests::server::Server;
-use drpo_tests::{assert_replays, host, output, plugin, roles_at, text};
+use drpo_tests::server::{Reply, Server, completion, default_reply, digest};
+use drpo_tests::{
+    assert_best_path, assert_replays, beam_best_path, host, output, plugin, result_json, roles_at,
+    text,
+};
+use serde_json::Value;
 
 #[derive(Debug, Default, PartialEq)]
 struct Counts {
@@ -41,6 +46,45 @@ fn counts(dir: &Path) -> Counts {
     counts
 }
 
+/// Whether `request` asks for a judgement: its schema has one `{rationale, score}` object per
+/// aspect.
+fn is_judgement(request: &Value) -> bool {
+    request["response_format"]["json_schema"]["schema"]["properties"]
+        .as_object()
+        .is_some_and(|aspects| {
+            !aspects.is_empty()
+                && aspects
+                    .values()
+                    .all(|aspect| aspect["properties"]["score"].is_object())
+        })
+}
+
+/// A server like the default one whose judge gives only the scores in `scores` to the
+/// judgements that `applies` picks (the default reply to the request with its score scale
+/// narrowed, so the answer still follows the request's schema).
+fn judge_scoring(
+    scores: &'static [u64],
+    applies: impl Fn(&Value) -> bool + Send + Sync + 'static,
+) -> Server {
+    Server::with_script(move |path, request| {
+        let mut narrowed = request.clone();
+        if is_judgement(request) && applies(request) {
+            let aspects = narrowed["response_format"]["json_schema"]["schema"]["properties"]
+                .as_object_mut()
+                .unwrap();
+            for aspect in aspects.values_mut() {
+                aspect["properties"]["score"]["enum"] = Value::from(scores);
+            }
+        }
+        Reply {
+            status: 200,
+            body: default_reply(path, &narrowed).to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    })
+}
+
 fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> std::process::Output {
     let mut command = host(&work.join("cache"));
     command
@@ -56,7 +100,9 @@ fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> std::pr
 
 #[test]
 fn published_call_counts_at_depth_20_beam_2_three_actions_and_a_warm_metrics_cache() {
-    let server = Server::start();
+    // The published counts are those of a search that never keeps a prompt: a judge that never
+    // gives a 5 never triggers the skip rule.
+    let server = judge_scoring(&[1, 2, 3, 4], |_| true);
     let work = tempfile::tempdir().unwrap();
     let cache_file = work.path().join("metrics_cache.json");
     let cache_flag = cache_file.display().to_string();
@@ -107,18 +153,24 @@ fn the_outcome_holds_the_best_prompt_its_reward_the_path_and_the_whole_tree() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let dir = work.path().join("run");
-    let result = drpo_tests::result_json(&dir);
-    // Root, 2 children, then 2 beams × 2 children.
-    assert_eq!(result["tree"].as_array().unwrap().len(), 1 + 2 + 4);
-    let path = result["best_path"].as_array().unwrap();
-    assert_eq!(path.len(), 3, "root → level 1 → level 2: {result}");
-    assert_eq!(path[0], 0);
-    // The server's judgements are all 3s.
-    assert_eq!(result["best_score"].as_f64(), Some(3.0));
+    let result = result_json(&dir);
+    let tree = result["tree"].as_array().unwrap();
+    let deepest = tree.iter().filter_map(|n| n["depth"].as_u64()).max();
+    let rewards: Vec<f64> = tree
+        .iter()
+        .filter(|n| n["depth"].as_u64() == deepest)
+        .map(|n| n["reward"].as_f64().unwrap())
+        .collect();
     assert!(
-        result["best_prompt"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty())
+        rewards.iter().any(|r| *r != rewards[0]),
+        "the terminal paths differ, so the ranking decides: {rewards:?}"
+    );
+    assert_best_path(&result, beam_best_path(&result, 2));
+    let path = result["best_path"].as_array().unwrap();
+    assert_eq!(
+        Some(path.len() as u64),
+        result["details"]["final_depth"].as_u64(),
+        "the best path runs to the depth limit: {result}"
     );
 
     let entries = read_log(&dir.join("run.log")).unwrap().entries;
@@ -134,6 +186,61 @@ fn the_outcome_holds_the_best_prompt_its_reward_the_path_and_the_whole_tree() {
     );
     let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
     assert!(log.contains("[node 0]"), "{log}");
+}
+
+#[test]
+fn a_judgement_of_all_fives_keeps_the_prompt_and_adds_a_level() {
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--depth", "3", "--beam-size", "2", "--n-actions", "2"];
+    // The query the first level is scored on (the host's sample depends on the seed alone).
+    let probe = beam_run(&Server::start(), work.path(), "probe", &flags);
+    assert!(probe.status.success(), "{}", text(&probe));
+    let query = result_json(&work.path().join("probe"))["tree"][1]["details"]["query"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let asked = query.clone();
+    let server = judge_scoring(&[5], move |request| {
+        request["messages"].as_array().is_some_and(|messages| {
+            messages
+                .iter()
+                .any(|m| m["content"].as_str().is_some_and(|c| c.contains(&asked)))
+        })
+    });
+    let out = beam_run(&server, work.path(), "run", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = work.path().join("run");
+    let result = result_json(&dir);
+    let tree = result["tree"].as_array().unwrap();
+    let perfect: Vec<&Value> = tree
+        .iter()
+        .filter(|n| n["details"]["query"] == query.as_str())
+        .collect();
+    assert_eq!(perfect.len(), 2, "both children of the root: {result}");
+    for node in perfect {
+        assert_eq!(node["details"]["skip"], "all_fives", "{node}");
+        assert_eq!(node["reward"].as_f64(), Some(5.0), "{node}");
+        let children: Vec<&Value> = tree
+            .iter()
+            .filter(|child| child["parent"] == node["id"])
+            .collect();
+        assert_eq!(children.len(), 1, "a kept prompt has one child: {result}");
+        assert_eq!(children[0]["details"]["origin"], "kept");
+        assert_eq!(children[0]["prompt"], node["prompt"]);
+    }
+    // One level more than asked, granted once for the level although both beams skipped.
+    assert_eq!(result["details"]["final_depth"], 4, "{result}");
+    assert_eq!(result["best_path"].as_array().unwrap().len(), 4);
+    assert_best_path(&result, beam_best_path(&result, 2));
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap();
+    assert_eq!(
+        log.matches("all scores are 5; keeping the prompt").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(log.matches("depth limit raised to").count(), 1, "{log}");
+    assert!(log.contains("depth limit raised to 4"), "{log}");
 }
 
 #[test]
@@ -186,5 +293,72 @@ fn in_context_examples_are_retrieved_through_the_hosts_embedding_endpoint() {
         1,
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn a_judgement_cut_short_by_the_length_limit_is_counted_unusable() {
+    // A third of the judgements (by the request's digest) stop at the token limit halfway
+    // through their JSON, as a real model's do when `max_tokens` is too small.
+    let server = Server::with_script(|path, request| {
+        let whole = default_reply(path, request);
+        let body = if is_judgement(request) && digest(&request.to_string()).is_multiple_of(3) {
+            let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
+            let cut = text[..text.len() / 2].to_owned();
+            completion(request, vec![cut], "length")
+        } else {
+            whole
+        };
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = beam_run(
+        &server,
+        work.path(),
+        "run",
+        &["--depth", "3", "--beam-size", "2", "--n-actions", "2"],
+    );
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let dir = work.path().join("run");
+    let (mut asked, mut cut) = (0, 0);
+    for entry in read_log(&dir.join("run.log")).unwrap().entries {
+        let Entry::Call(call) = entry else { continue };
+        let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
+            (&call.request, &call.response)
+        else {
+            continue;
+        };
+        for (request, result) in batch.iter().zip(results) {
+            if request.role != drpo_host::bindings::types::Role::Judge {
+                continue;
+            }
+            asked += 1;
+            let answer = &result
+                .as_ref()
+                .expect("every judgement was answered")
+                .choices[0];
+            cut += usize::from(serde_json::from_str::<Value>(answer).is_err());
+        }
+    }
+    assert!(cut > 0 && cut < asked, "{cut} of {asked} judgements cut");
+    assert!(
+        printed.contains(&format!("usable judgements: {} of {asked}", asked - cut)),
+        "{printed}"
+    );
+    let unusable = result_json(&dir)["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["details"]["skip"] == "no_judgement" && n["reward"] == 0.0)
+        .count();
+    assert_eq!(
+        unusable, cut,
+        "each cut judgement is a node with no usable judgement"
     );
 }

@@ -379,17 +379,48 @@ fn a_run_directory_in_use_refuses_a_second_run_or_resume() {
 }
 
 #[test]
-fn a_second_start_of_the_same_plugin_uses_the_compiled_cache() {
+fn a_second_start_reads_the_compiled_cache_and_a_damaged_one_is_compiled_again_with_a_note() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let out = output(host(&cache).arg("describe").arg(plugin("testkit")));
-    assert!(out.status.success(), "{}", text(&out));
+    let describe = || {
+        let out = output(host(&cache).arg("describe").arg(plugin("testkit")));
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    };
+    let first = describe();
+    assert!(text(&first).contains("(compiled now)"), "{}", text(&first));
     let compiled: Vec<_> = std::fs::read_dir(cache.join("components"))
         .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|entry| entry.unwrap().path())
         .collect();
     assert_eq!(compiled.len(), 1, "{compiled:?}");
-    assert!(compiled[0].ends_with(".cwasm"));
-    let again = output(host(&cache).arg("describe").arg(plugin("testkit")));
-    assert_eq!(again.stdout, out.stdout);
+    assert!(compiled[0].to_string_lossy().ends_with(".cwasm"));
+
+    let second = describe();
+    assert!(
+        text(&second).contains("(read from the compiled cache)"),
+        "{}",
+        text(&second)
+    );
+    assert!(!text(&second).contains("warning"), "{}", text(&second));
+
+    std::fs::write(&compiled[0], b"not a compiled component").unwrap();
+    let damaged = describe();
+    let printed = text(&damaged);
+    assert!(
+        printed.contains("warning: ") && printed.contains("compiled again"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&compiled[0].display().to_string()),
+        "{printed}"
+    );
+    // The cache was rewritten: the next start reads it again.
+    let repaired = describe();
+    assert!(
+        text(&repaired).contains("(read from the compiled cache)"),
+        "{}",
+        text(&repaired)
+    );
+    assert_eq!(repaired.stdout, second.stdout);
 }

@@ -6,56 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drpo_tests::browser::{chromium, rendered_nodes, run_bounded};
-use drpo_tests::server::{Reply, Server, default_reply, digest};
+use drpo_tests::server::Server;
 use drpo_tests::{host, output, plugin, result_json, roles_at, text, workspace};
 use serde_json::Value;
-
-/// A server like the default one whose judges give varied scores (1 to 4, from a digest of the
-/// request), so rewards differ across the tree.
-fn varied_server() -> Server {
-    Server::with_script(|path, request| {
-        let mut reply = default_reply(path, request);
-        let seed = digest(&request.to_string());
-        if let Some(choices) = reply["choices"].as_array_mut() {
-            for choice in choices {
-                let content = &mut choice["message"]["content"];
-                if let Some(mut judged) = content
-                    .as_str()
-                    .and_then(|c| serde_json::from_str::<Value>(c).ok())
-                {
-                    let mut count = 0;
-                    vary_scores(&mut judged, seed, &mut count);
-                    *content = Value::String(judged.to_string());
-                }
-            }
-        }
-        Reply {
-            status: 200,
-            body: reply.to_string(),
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
-    })
-}
-
-fn vary_scores(value: &mut Value, seed: u64, count: &mut u64) {
-    match value {
-        Value::Object(map) => {
-            for (key, item) in map.iter_mut() {
-                if key == "score" && item.is_number() {
-                    *item = Value::from(1 + (seed.wrapping_add(*count * 7) >> 3) % 4);
-                    *count += 1;
-                } else {
-                    vary_scores(item, seed, count);
-                }
-            }
-        }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|item| vary_scores(item, seed, count)),
-        _ => {}
-    }
-}
 
 /// Runs beam (depth 3, beam 2, 2 actions) into `work/name`; returns the run directory.
 fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -120,7 +73,7 @@ fn another_strategys_result_json_is_valid_too() {
 
 #[test]
 fn result_json_is_valid_against_its_documented_schema() {
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
     let validator = result_schema();
@@ -181,7 +134,7 @@ fn html_text(text: &str) -> String {
 
 #[test]
 fn tree_html_renders_every_node_marks_the_best_path_and_shows_a_selected_node() {
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
     let result = result_json(&dir);
@@ -270,7 +223,7 @@ fn tree_html_renders_every_node_marks_the_best_path_and_shows_a_selected_node() 
 
 #[test]
 fn view_rewrites_tree_html_from_the_run_log() {
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
     let written = std::fs::read_to_string(dir.join("tree.html")).unwrap();
@@ -293,7 +246,7 @@ fn view_rewrites_tree_html_from_the_run_log() {
 #[test]
 fn view_shows_the_nodes_of_an_interrupted_run_and_export_refuses_it() {
     use drpo_host::runlog::{Entry, RunLogWriter, read_log};
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
     // The same run as if killed after its fourth node: the log up to that call, no end.
@@ -368,7 +321,7 @@ fn a_failed_run_still_leaves_its_tree_html() {
 
 #[test]
 fn export_writes_the_published_output_json_shape() {
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = beam_run(&server, work.path(), "run", &["--quiet"]);
     let result = result_json(&dir);
@@ -423,7 +376,7 @@ fn export_writes_the_published_output_json_shape() {
 
 #[test]
 fn progress_lines_show_on_a_pipe_and_quiet_silences_them() {
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let loud = output(
         host(&work.path().join("cache"))
@@ -485,7 +438,7 @@ fn progress_lines_show_on_a_pipe_and_quiet_silences_them() {
 #[test]
 fn no_output_file_holds_the_api_key() {
     const KEY: &str = "sk-drpo-test-3f9c2a7e51b04d8c";
-    let server = varied_server();
+    let server = Server::start();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("run");
     let out = output(

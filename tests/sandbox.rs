@@ -74,17 +74,17 @@ fn a_plugin_waiting_on_a_slow_model_past_the_deadline_is_stopped() {
     let server = Server::with_script(|path, request| drpo_tests::server::Reply {
         status: 200,
         body: drpo_tests::server::default_reply(path, request).to_string(),
-        delay: std::time::Duration::from_secs(5),
+        delay: std::time::Duration::from_secs(60),
         retry_after: None,
     });
-    let started = std::time::Instant::now();
     let (out, _dir) = run_testkit(&server, &["--option", "mode=wait", "--deadline-secs", "1"]);
     assert!(!out.status.success());
     let text = text(&out);
     assert!(text.contains("wall-clock deadline"), "{text}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "stopped before the reply came"
+    assert_eq!(
+        server.in_flight(),
+        1,
+        "the run ended while its request was still unanswered"
     );
 }
 

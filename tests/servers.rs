@@ -299,3 +299,51 @@ fn without_the_preflight_a_judge_that_always_refuses_ends_the_search_with_code_4
     assert!(work.path().join("run/result.json").is_file());
     assert!(printed.contains("usable judgements: 0 of 1"), "{printed}");
 }
+
+/// Posts `body` to `path` on `server` and returns the reply's status code.
+fn status_of_post(server: &Server, path: &str, body: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let address = server
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1{path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line).unwrap();
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_scripted_world_refuses_a_malformed_body_with_a_400_as_real_servers_do() {
+    // Whatever a test scripts, so that a host that sent such a body would fail its test.
+    let server = Server::start();
+    for (path, body) in [
+        ("/chat/completions", "{\"model\": \"m\", \"messages\": [}"),
+        (
+            "/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}]}"#,
+        ),
+        ("/chat/completions", r#"{"model": "m", "prompt": "hi"}"#),
+        ("/completions", r#"{"model": "m", "messages": []}"#),
+        ("/embeddings", r#"{"model": "m"}"#),
+    ] {
+        assert_eq!(status_of_post(&server, path, body), 400, "{path} {body}");
+    }
+    let well_formed = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}]}"#;
+    assert_eq!(
+        status_of_post(&server, "/chat/completions", well_formed),
+        200
+    );
+}

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use drpo_tests::browser;
 use drpo_tests::server::Server;
-use drpo_tests::{assert_replays, host, output, plugin, result_json, roles_at, text};
+use drpo_tests::{
+    assert_best_path, assert_replays, assert_rewards_differ, best_path_by, host, last_reward,
+    mean_after_root, output, plugin, result_json, roles_at, text,
+};
 
 /// Runs `strategy` with `options` (KEY=VALUE) into `work/name`, and checks the replay and that
 /// `tree.html` renders every node.
@@ -61,13 +64,9 @@ fn greedy_runs_records_its_trajectory_and_replays() {
     let work = tempfile::tempdir().unwrap();
     let result = run_and_replay("greedy", work.path(), &["steps=3", "eval_queries=2"]);
     assert_eq!(assert_viewable_tree(&result), 1 + 3);
-    // The server judges everything 3.
-    assert_eq!(result["best_score"].as_f64(), Some(3.0));
-    assert_eq!(
-        result["best_path"],
-        serde_json::json!([0]),
-        "no step beat the start"
-    );
+    assert_rewards_differ(&result);
+    // Greedy keeps the first prompt of the highest score.
+    assert_best_path(&result, best_path_by(&result, |_| true, last_reward));
 }
 
 #[test]
@@ -78,12 +77,8 @@ fn mcts_runs_records_its_tree_and_replays() {
     let tree = result["tree"].as_array().unwrap();
     let depths: Vec<u64> = tree.iter().map(|n| n["depth"].as_u64().unwrap()).collect();
     assert_eq!(depths.iter().max(), Some(&2));
-    assert_eq!(result["best_score"].as_f64(), Some(3.0));
-    assert!(
-        result["best_prompt"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty())
-    );
+    assert_rewards_differ(&result);
+    assert_best_path(&result, best_path_by(&result, |_| true, mean_after_root));
 }
 
 /// The Python strategy (`core-wasm/plugins/refine-py`, built by `scripts/build-python-plugin`
@@ -97,7 +92,7 @@ fn the_python_strategy_runs_records_its_tree_and_replays() {
     let tree = result["tree"].as_array().unwrap();
     assert_eq!(tree[1]["parent"], 0);
     assert_eq!(tree[1]["details"]["aspects"][1]["name"], "Clarity");
-    // The server's judgements are all 3s, so no revision beats the start.
-    assert_eq!(result["best_score"].as_f64(), Some(3.0));
-    assert_eq!(result["best_path"], serde_json::json!([0]));
+    assert_rewards_differ(&result);
+    // A revision is kept when it beats the best so far.
+    assert_best_path(&result, best_path_by(&result, |_| true, last_reward));
 }

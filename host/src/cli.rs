@@ -22,7 +22,7 @@ use crate::runlog::{
     CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, Preflight, read_log,
     same_encoding,
 };
-use crate::runtime::{Finished, Limits, Plugin, Runtime, Session};
+use crate::runtime::{Compiled, Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
 use crate::verdict::{Exit, Judgements};
 
@@ -148,12 +148,22 @@ fn runtime() -> anyhow::Result<Runtime> {
     Runtime::new(Runtime::default_cache_dir())
 }
 
+/// Loads a plugin, and says so when its compiled copy in the cache was damaged and compiled
+/// again (else a cache that is never read would go unnoticed).
+fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<Plugin> {
+    let plugin = runtime.load(path)?;
+    if let Compiled::Again(_) = plugin.compiled() {
+        eprintln!("warning: {}: {}", path.display(), plugin.compiled());
+    }
+    Ok(plugin)
+}
+
 async fn describe(strategy: &Path) -> anyhow::Result<()> {
     let runtime = runtime()?;
-    let plugin = runtime.load(strategy)?;
+    let plugin = load(&runtime, strategy)?;
     let info = runtime.describe(&plugin, Limits::default()).await.result?;
     println!("{} {} ({})", info.name, info.version, plugin.wit_package());
-    println!("sha256 {}\n", plugin.sha256());
+    println!("sha256 {} ({})\n", plugin.sha256(), plugin.compiled());
     println!("{}\n", info.description);
     let schema: serde_json::Value = serde_json::from_str(&info.options_schema)
         .with_context(|| format!("the options schema of {} is not JSON", strategy.display()))?;
@@ -167,7 +177,7 @@ async fn describe(strategy: &Path) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let runtime = runtime()?;
-    let plugin = runtime.load(&args.strategy)?;
+    let plugin = load(&runtime, &args.strategy)?;
     let info = runtime.describe(&plugin, Limits::default()).await.result?;
     let config = ConfigInputs {
         strategy: &args.strategy,
@@ -525,7 +535,7 @@ fn load_recorded_plugin(
         Some(path) => path.to_owned(),
         None => RunConfig::load(&dir.config())?.strategy,
     };
-    let plugin = runtime.load(&path)?;
+    let plugin = load(runtime, &path)?;
     if plugin.sha256() != header.plugin_sha256 {
         if strategy.is_none() {
             bail!(

@@ -150,3 +150,101 @@ pub fn assert_replays(cache: &Path, run_dir: &Path) -> String {
     assert!(printed.contains("replay reproduced the run"), "{printed}");
     printed
 }
+
+/// The best path of a run, recomputed from the tree in its `result.json` (each node's reward
+/// and parent): of the nodes `candidate` accepts, the one whose path (its rewards from the root
+/// on) `score` rates highest, the first created winning a tie. Returns the node ids from the
+/// root, and the score.
+pub fn best_path_by(
+    result: &serde_json::Value,
+    candidate: impl Fn(&serde_json::Value) -> bool,
+    score: impl Fn(&[f64]) -> f64,
+) -> (Vec<u64>, f64) {
+    let tree = result["tree"].as_array().expect("result.json has a tree");
+    let node = |id: u64| &tree[usize::try_from(id).unwrap()];
+    let mut best: Option<(Vec<u64>, f64)> = None;
+    for end in tree.iter().filter(|n| candidate(n)) {
+        let mut path = vec![end["id"].as_u64().unwrap()];
+        while let Some(parent) = node(*path.last().unwrap())["parent"].as_u64() {
+            path.push(parent);
+        }
+        path.reverse();
+        let rewards: Vec<f64> = path
+            .iter()
+            .map(|&id| node(id)["reward"].as_f64().unwrap())
+            .collect();
+        let score = score(&rewards);
+        // serde_json may round a parsed reward by an ulp: closer scores count as a tie.
+        if best.as_ref().is_none_or(|(_, top)| score > top + 1e-9) {
+            best = Some((path, score));
+        }
+    }
+    best.expect("the tree has a node")
+}
+
+/// The mean of a path's rewards after the root's (the root's own when it is alone): DRPO's
+/// path score, and MCTS's.
+pub fn mean_after_root(rewards: &[f64]) -> f64 {
+    match rewards {
+        [root] => *root,
+        _ => rewards[1..].iter().sum::<f64>() / (rewards.len() - 1) as f64,
+    }
+}
+
+/// The reward of a path's last node: the score of a strategy that keeps the best prompt so far.
+pub fn last_reward(rewards: &[f64]) -> f64 {
+    *rewards.last().expect("a path has a node")
+}
+
+/// Beam's best path recomputed from its tree ([`best_path_by`]): the deepest level's paths are
+/// the terminal ones, scored by [`mean_after_root`] (by the last reward when the beam is 1).
+pub fn beam_best_path(result: &serde_json::Value, beam_size: u32) -> (Vec<u64>, f64) {
+    let tree = result["tree"].as_array().expect("result.json has a tree");
+    let deepest = tree.iter().filter_map(|n| n["depth"].as_u64()).max();
+    best_path_by(
+        result,
+        |n| n["depth"].as_u64() == deepest,
+        |rewards| {
+            if beam_size <= 1 {
+                last_reward(rewards)
+            } else {
+                mean_after_root(rewards)
+            }
+        },
+    )
+}
+
+/// Asserts that `result.json`'s best path, best score and best prompt are those of `expected`
+/// (a path and its score, recomputed from the tree).
+pub fn assert_best_path(result: &serde_json::Value, expected: (Vec<u64>, f64)) {
+    let (path, score) = expected;
+    let reported: Vec<u64> = result["best_path"]
+        .as_array()
+        .expect("result.json has a best path")
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    assert_eq!(reported, path, "best path");
+    let best_score = result["best_score"].as_f64().expect("a best score");
+    assert!(
+        (best_score - score).abs() < 1e-9,
+        "best score {best_score}, recomputed {score}"
+    );
+    let last = usize::try_from(*path.last().unwrap()).unwrap();
+    assert_eq!(result["best_prompt"], result["tree"][last]["prompt"]);
+}
+
+/// Asserts that the rewards of the tree's nodes are not all equal, so that which node is best
+/// depends on the ranking.
+pub fn assert_rewards_differ(result: &serde_json::Value) {
+    let rewards: Vec<f64> = result["tree"]
+        .as_array()
+        .expect("result.json has a tree")
+        .iter()
+        .map(|n| n["reward"].as_f64().unwrap())
+        .collect();
+    assert!(
+        rewards.iter().any(|r| *r != rewards[0]),
+        "the rewards differ, so the ranking decides: {rewards:?}"
+    );
+}

@@ -108,6 +108,11 @@ impl Server {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// The requests being answered now (their replies not yet sent).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
     /// The most requests that were being answered at the same time.
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
@@ -173,11 +178,20 @@ fn serve(stream: TcpStream, state: &State) {
             .push((path.clone(), request.clone()));
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let reply = (state.script)(&Incoming {
-            path,
-            body: request,
-            authorization,
-        });
+        let reply = match malformed(&path, &request) {
+            Some(why) => Reply {
+                status: 400,
+                body: json!({"error": {"message": why, "type": "invalid_request_error"}})
+                    .to_string(),
+                delay: Duration::ZERO,
+                retry_after: None,
+            },
+            None => (state.script)(&Incoming {
+                path,
+                body: request,
+                authorization,
+            }),
+        };
         std::thread::sleep(reply.delay);
         state.in_flight.fetch_sub(1, Ordering::SeqCst);
         let retry_after = reply
@@ -196,8 +210,31 @@ fn serve(stream: TcpStream, state: &State) {
     }
 }
 
-/// A deterministic answer: chat and raw completions echo a digest of the prompt (or follow the
-/// request's JSON schema), embeddings are a digest-seeded vector.
+/// Why a real server would refuse this body with a 400, if it would: it is not a JSON object,
+/// or it lacks the model or what the endpoint works on (`messages`, `prompt`, `input`). Every
+/// script gets this check first, so a host that sends such a body fails its test.
+fn malformed(path: &str, body: &Value) -> Option<String> {
+    let Some(object) = body.as_object() else {
+        return Some("the body is not a JSON object".into());
+    };
+    let needed = if path.ends_with("/chat/completions") {
+        "messages"
+    } else if path.ends_with("/completions") {
+        "prompt"
+    } else if path.ends_with("/embeddings") {
+        "input"
+    } else {
+        return None;
+    };
+    ["model", needed]
+        .into_iter()
+        .find(|field| !object.contains_key(*field))
+        .map(|field| format!("you must provide a `{field}` parameter"))
+}
+
+/// A deterministic answer, a function of a digest of the whole request: chat and raw
+/// completions echo the digest (or follow the request's JSON schema), embeddings are a
+/// digest-seeded vector.
 pub fn default_reply(path: &str, request: &Value) -> Value {
     if path.ends_with("/embeddings") {
         let inputs = request["input"].as_array().cloned().unwrap_or_default();
@@ -214,49 +251,64 @@ pub fn default_reply(path: &str, request: &Value) -> Value {
             .collect();
         return json!({"data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}});
     }
-    let prompt = if let Some(messages) = request["messages"].as_array() {
-        messages
-            .iter()
-            .map(|m| m["content"].as_str().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        request["prompt"].as_str().unwrap_or_default().to_owned()
-    };
     let n = request["n"].as_u64().unwrap_or(1);
     let schema = &request["response_format"]["json_schema"]["schema"];
-    let chat = request.get("messages").is_some();
-    let choices: Vec<Value> = (0..n)
+    let seed = digest(&request.to_string());
+    let texts: Vec<String> = (0..n)
         .map(|i| {
-            let text = if schema.is_object() {
-                follow_schema(schema, &format!("{:x}-{i}", digest(&prompt))).to_string()
+            let tag = format!("{seed:x}-{i}");
+            if schema.is_object() {
+                follow_schema(schema, &tag).to_string()
             } else {
-                format!("answer {:x}-{i}", digest(&prompt))
-            };
+                format!("answer {tag}")
+            }
+        })
+        .collect();
+    completion(request, texts, "stop")
+}
+
+/// A completion reply to `request` (chat or raw, as it was asked) whose choices are `texts`,
+/// each ending for `finish_reason`.
+pub fn completion(request: &Value, texts: Vec<String>, finish_reason: &str) -> Value {
+    let chat = request.get("messages").is_some();
+    let prompt_length = match request["messages"].as_array() {
+        Some(messages) => messages
+            .iter()
+            .map(|m| m["content"].as_str().map_or(0, str::len) + 1)
+            .sum::<usize>()
+            .saturating_sub(1),
+        None => request["prompt"].as_str().map_or(0, str::len),
+    };
+    let count = texts.len();
+    let choices: Vec<Value> = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| {
             if chat {
-                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+                json!({"index": i, "message": {"role": "assistant", "content": text},
+                       "finish_reason": finish_reason})
             } else {
-                json!({"index": i, "text": text, "finish_reason": "stop"})
+                json!({"index": i, "text": text, "finish_reason": finish_reason})
             }
         })
         .collect();
     json!({
         "choices": choices,
-        "usage": {"prompt_tokens": prompt.len() / 4 + 1, "completion_tokens": 7 * n},
+        "usage": {"prompt_tokens": prompt_length / 4 + 1, "completion_tokens": 7 * count},
     })
 }
 
-/// A value that follows `schema`: the middle of a numeric scale and 3 for integers (so
-/// judgements never trigger DRPO's skip rule), the first value of other enums, the fewest items.
+/// A value that follows `schema`, every choice a function of `tag` (each part of the value
+/// digests its own tag): numbers and enum values spread over their whole range (a judge's scores
+/// over 1..=5, so rewards differ and DRPO's skip rule can be reached), arrays of a length
+/// between their bounds whose enum items are distinct and vary, strings that carry the tag.
 pub fn follow_schema(schema: &Value, tag: &str) -> Value {
+    let pick = digest(tag);
     if let Some(values) = schema["enum"].as_array() {
-        // A numeric scale answers its middle (a 3 on 1..5), anything else its first value.
-        let pick = if values.iter().all(Value::is_number) {
-            values.len() / 2
-        } else {
-            0
-        };
-        return values.get(pick).cloned().unwrap_or(Value::Null);
+        return values
+            .get(pick as usize % values.len().max(1))
+            .cloned()
+            .unwrap_or(Value::Null);
     }
     match schema["type"].as_str() {
         Some("object") => {
@@ -272,25 +324,35 @@ pub fn follow_schema(schema: &Value, tag: &str) -> Value {
             Value::Object(object)
         }
         Some("array") => {
-            let count = schema["minItems"].as_u64().unwrap_or(1).max(1);
+            let least = schema["minItems"].as_u64().unwrap_or(1).max(1);
+            let most = schema["maxItems"].as_u64().unwrap_or(least).max(least);
+            let count = least + pick % (most - least + 1);
             let items = &schema["items"];
-            let values: Vec<Value> = (0..count)
-                .map(|i| match items["enum"].as_array() {
-                    Some(choices) => choices[i as usize % choices.len()].clone(),
-                    None => follow_schema(items, &format!("{tag}[{i}]")),
-                })
-                .collect();
+            let values: Vec<Value> = match items["enum"].as_array() {
+                // Consecutive choices from a digest-chosen start: distinct while they last.
+                Some(choices) if !choices.is_empty() => (0..count)
+                    .map(|i| {
+                        choices[(pick.wrapping_add(i) % choices.len() as u64) as usize].clone()
+                    })
+                    .collect(),
+                _ => (0..count)
+                    .map(|i| follow_schema(items, &format!("{tag}[{i}]")))
+                    .collect(),
+            };
             Value::Array(values)
         }
-        Some("integer") => {
-            let minimum = schema["minimum"].as_i64().unwrap_or(1);
-            let maximum = schema["maximum"].as_i64().unwrap_or(5);
-            json!(3.clamp(minimum, maximum))
-        }
-        Some("number") => json!(3.0),
-        Some("boolean") => json!(false),
+        Some("integer") => json!(in_range(schema, pick)),
+        Some("number") => json!(in_range(schema, pick) as f64),
+        Some("boolean") => json!(pick.is_multiple_of(2)),
         _ => json!(format!("text {tag}")),
     }
+}
+
+/// A number in the schema's `minimum..=maximum` (1..=5 when unbounded) chosen by `pick`.
+fn in_range(schema: &Value, pick: u64) -> i64 {
+    let minimum = schema["minimum"].as_i64().unwrap_or(1);
+    let maximum = schema["maximum"].as_i64().unwrap_or(5).max(minimum);
+    minimum + (pick % (maximum - minimum + 1) as u64) as i64
 }
 
 /// A stable 64-bit digest of `text` (FNV-1a: the same across runs and platforms).

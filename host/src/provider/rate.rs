@@ -126,9 +126,12 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    /// Runs `future` on tokio's paused clock, which advances only when every task waits: the
+    /// waits below are exact, whatever the machine's load.
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
+            .start_paused(true)
             .build()
             .unwrap()
             .block_on(future)
@@ -146,9 +149,9 @@ mod tests {
             for _ in 0..3 {
                 limiter.start().await;
             }
-            assert!(started.elapsed() < Duration::from_millis(100));
+            assert_eq!(started.elapsed(), Duration::ZERO, "the first three at once");
             limiter.start().await;
-            assert!(started.elapsed() >= Duration::from_millis(300));
+            assert_eq!(started.elapsed(), Duration::from_millis(300));
         });
     }
 
@@ -164,7 +167,7 @@ mod tests {
             limiter.start().await;
             limiter.spent(150).await;
             limiter.start().await;
-            assert!(started.elapsed() >= Duration::from_millis(300));
+            assert_eq!(started.elapsed(), Duration::from_millis(300));
         });
     }
 }

@@ -91,6 +91,30 @@ pub enum PluginError {
     Strategy { plugin: String, message: String },
 }
 
+/// Where a loaded plugin's machine code came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled now: the runtime has no cache, or nothing was cached for this plugin and engine.
+    Now,
+    /// Read from the cache.
+    FromCache,
+    /// Compiled again because the cached copy could not be loaded (why); the cache is rewritten.
+    Again(String),
+}
+
+impl std::fmt::Display for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compiled::Now => write!(f, "compiled now"),
+            Compiled::FromCache => write!(f, "read from the compiled cache"),
+            Compiled::Again(why) => write!(
+                f,
+                "compiled again: the cached copy could not be loaded ({why})"
+            ),
+        }
+    }
+}
+
 /// A loaded, compiled strategy.
 #[derive(Clone)]
 pub struct Plugin {
@@ -98,6 +122,7 @@ pub struct Plugin {
     path: PathBuf,
     sha256: String,
     wit_package: String,
+    compiled: Compiled,
 }
 
 impl Plugin {
@@ -109,6 +134,11 @@ impl Plugin {
     /// sha256 of the `.wasm` file, hex.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// Where its machine code came from: the cache, or a compilation (and why).
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
     }
 
     /// The contract it was built against, e.g. `drpo:strategy@0.1.0`.
@@ -189,35 +219,46 @@ impl Runtime {
         })?;
         check_header(path, &bytes)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let component = self.compile(path, &bytes, &sha256)?;
+        let (component, compiled) = self.compile(path, &bytes, &sha256)?;
         let wit_package = check_contract(path, &self.engine, &component)?;
         Ok(Plugin {
             component,
             path: path.to_owned(),
             sha256,
             wit_package,
+            compiled,
         })
     }
 
-    fn compile(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component, PluginError> {
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, Compiled), PluginError> {
         let invalid = |e: wasmtime::Error| PluginError::Invalid {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         };
         let Some(cache_dir) = &self.cache_dir else {
-            return Component::new(&self.engine, bytes).map_err(invalid);
+            let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+            return Ok((component, Compiled::Now));
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let cached = cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
+        let mut compiled = Compiled::Now;
         if cached.is_file() {
             // SAFETY: the file was written by `Component::serialize` of an engine with the same
             // compatibility hash (it is in the name), in a directory only this tool writes.
             // A damaged file fails to deserialize and is recompiled below.
-            if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                return Ok(component);
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok((component, Compiled::FromCache)),
+                Err(error) => {
+                    compiled = Compiled::Again(format!("{}: {error:#}", cached.display()));
+                }
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
@@ -229,7 +270,7 @@ impl Runtime {
                 let _ = std::fs::rename(&temporary, &cached);
             }
         }
-        Ok(component)
+        Ok((component, compiled))
     }
 
     /// Calls the plugin's `describe`.
