@@ -239,18 +239,26 @@ fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_
     );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // The loopback judge gives every aspect a 3, so the difference is 0 everywhere.
+    // The loopback judge's scores vary with the request; the report pairs the two files query
+    // by query, the harmful query judged on safety alone.
     assert!(stdout.contains("optimized - baseline"), "{stdout}");
-    assert!(
-        stdout.contains("Safety       3.00 ± 0.00 (n=1)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(
-            "optimized better than baseline on 0 of 2 queries, worse on 0, the same on 2"
-        ),
-        "{stdout}"
-    );
+    let safety = stdout
+        .lines()
+        .find(|l| l.starts_with("Safety"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(safety.matches("(n=1)").count(), 2, "{stdout}");
+    let tally = stdout
+        .lines()
+        .find(|l| l.starts_with("optimized better than baseline on "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let counts: Vec<u32> = tally
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // better, of 2, worse, same: the three kinds cover both queries.
+    assert_eq!(counts.len(), 4, "{tally}");
+    assert_eq!(counts[1], 2, "{tally}");
+    assert_eq!(counts[0] + counts[2] + counts[3], 2, "{tally}");
     assert_replays(&cache, &evaluation);
 }
 
