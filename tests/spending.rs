@@ -100,14 +100,8 @@ fn tokens_spent(dir: &Path) -> u64 {
 fn a_request_whose_worst_case_the_money_budget_cannot_cover_is_never_sent() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("drpo.toml");
     // $20 per million tokens: 16 choices of up to 4,096 tokens may cost $1.31.
-    std::fs::write(
-        &config,
-        "[prices]\n\"test-model\" = { input = 20.0, output = 20.0 }\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = priced_config(work.path());
     let out = ask_run(
         &server,
         work.path(),
@@ -201,6 +195,17 @@ fn max_time_answers_the_requests_a_hung_server_holds_budget_exhausted() {
     assert_replays(&work.path().join("cache"), &work.path().join("run"));
 }
 
+/// A config file in `work` pricing test-model at $20 per million tokens in and out; its path.
+fn priced_config(work: &Path) -> String {
+    let config = work.join("drpo.toml");
+    std::fs::write(
+        &config,
+        "[prices]\n\"test-model\" = { input = 20.0, output = 20.0 }\n",
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
 /// Requests of the run answered `budget-exhausted`.
 fn refusals(dir: &Path) -> usize {
     read_log(&dir.join("run.log"))
@@ -290,14 +295,8 @@ fn max_cost_stops_a_beam_run_and_needs_a_price() {
     );
     assert_eq!(server.requests().len(), 0);
 
-    let config = work.path().join("drpo.toml");
     // $20 per million tokens: 25,000 tokens cost $0.50.
-    std::fs::write(
-        &config,
-        "[prices]\n\"test-model\" = { input = 20.0, output = 20.0 }\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = priced_config(work.path());
     let out = beam_run(
         &server,
         work.path(),

@@ -498,14 +498,7 @@ mod tests {
 
     #[test]
     fn tokens_and_money_stop_the_next_batch() {
-        let meter = Meter::new(
-            Budget {
-                max_tokens: Some(100),
-                ..Budget::default()
-            },
-            all_free(),
-        )
-        .unwrap();
+        let meter = token_meter(100);
         meter.charge(Role::Judge, &usage(60));
         assert_eq!(meter.admit(&calls(2)), 2);
         meter.charge(Role::Judge, &usage(60));
@@ -602,16 +595,21 @@ mod tests {
         assert!(meter.exhausted().unwrap().contains("--max-time"));
     }
 
-    #[test]
-    fn a_request_whose_worst_case_does_not_fit_is_refused_and_spends_the_budget() {
-        let meter = Meter::new(
+    /// A meter with a token budget alone, every role free.
+    fn token_meter(max_tokens: u64) -> Meter {
+        Meter::new(
             Budget {
-                max_tokens: Some(100),
+                max_tokens: Some(max_tokens),
                 ..Budget::default()
             },
             all_free(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_whose_worst_case_does_not_fit_is_refused_and_spends_the_budget() {
+        let meter = token_meter(100);
         // 41 bytes are about 11 prompt tokens; 3 × 30 completion tokens: 101 in all.
         let big = meter.worst_case(&asking(41, 3, 30));
         assert_eq!(big.tokens(), 101);
@@ -629,14 +627,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_admitted_in_order_while_its_worst_cases_fit_and_settling_frees_the_rest() {
-        let meter = Meter::new(
-            Budget {
-                max_tokens: Some(100),
-                ..Budget::default()
-            },
-            all_free(),
-        )
-        .unwrap();
+        let meter = token_meter(100);
         let forty = meter.worst_case(&asking(0, 2, 20));
         assert_eq!(meter.admit(&[forty, forty]), 2);
         // Both answered with less than their worst case: what they did not spend is free again.
