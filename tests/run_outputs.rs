@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drpo_tests::browser::{chromium, rendered_nodes, run_bounded};
-use drpo_tests::server::Server;
+use drpo_tests::server::{Reply, Server, default_reply};
 use drpo_tests::{host, output, plugin, result_json, roles_at, text, workspace};
 use serde_json::Value;
 
@@ -436,9 +436,25 @@ fn progress_lines_show_on_a_pipe_and_quiet_silences_them() {
 }
 
 #[test]
-fn no_output_file_holds_the_api_key() {
+fn no_output_file_holds_the_api_key_even_when_the_server_echoes_it() {
     const KEY: &str = "sk-drpo-test-3f9c2a7e51b04d8c";
-    let server = Server::start();
+    // Every free-text answer repeats the Authorization header it came with, as a debugging
+    // proxy or a careless server might.
+    let server = Server::with_request_script(|incoming| {
+        let mut reply = default_reply(&incoming.path, &incoming.body);
+        let echo = incoming.authorization.clone().unwrap_or_default();
+        for choice in reply["choices"].as_array_mut().into_iter().flatten() {
+            let slot = if choice.get("message").is_some() {
+                &mut choice["message"]["content"]
+            } else {
+                &mut choice["text"]
+            };
+            if let Some(text) = slot.as_str().filter(|t| !t.starts_with('{')) {
+                *slot = format!("{text} (sent with {echo})").into();
+            }
+        }
+        Reply::new(200, reply.to_string())
+    });
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("run");
     let out = output(
@@ -514,4 +530,8 @@ fn no_output_file_holds_the_api_key() {
             file.display()
         );
     }
+    // The echo happened, and the record shows where the key was blotted out.
+    let result = std::fs::read_to_string(dir.join("result.json")).unwrap();
+    assert!(result.contains("(sent with Bearer [api key])"), "{result}");
+    drpo_tests::assert_replays(&work.path().join("cache"), &dir);
 }

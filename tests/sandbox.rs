@@ -206,3 +206,182 @@ fn files_that_are_not_strategies_get_clear_errors() {
         "{error}"
     );
 }
+
+/// Asserts that nothing a terminal acts on reached stdout or stderr raw: no control character
+/// but line breaks and tabs, no bidirectional override or isolate.
+fn assert_terminal_clean(out: &std::process::Output) {
+    for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let printed = String::from_utf8_lossy(stream);
+        let raw: Vec<char> = printed
+            .chars()
+            .filter(|&c| {
+                (c.is_control() && c != '\n' && c != '\t')
+                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            })
+            .collect();
+        assert!(raw.is_empty(), "{name} holds {raw:?}:\n{printed}");
+    }
+}
+
+#[test]
+fn nodes_that_break_the_tree_are_refused_and_plugin_text_reaches_the_terminal_escaped() {
+    let server = Server::start();
+    let (out, dir) = run_testkit(&server, &["--option", "mode=forge"]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert_terminal_clean(&out);
+    // The log line's break, carriage return and escapes are shown, not obeyed.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\\u{1b}[2J\\u{1b}[31mred\\rbest score: 99.0\\nbest score: 99.0"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.lines().any(|line| line.starts_with("best score")),
+        "a forged result line on stderr:\n{stderr}"
+    );
+    // The host's own result lines come before the prompt, which is the strategy's text.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prompt_at = stdout
+        .find("best prompt:")
+        .expect("the best prompt is shown");
+    let result_lines: Vec<&str> = stdout[..prompt_at]
+        .lines()
+        .filter(|line| line.starts_with("best score"))
+        .collect();
+    assert_eq!(result_lines, ["best score: 99.0000"], "{stdout}");
+    // The progress display counts only the tree's levels.
+    assert!(!stderr.contains("3 levels"), "{stderr}");
+    assert!(!stderr.contains("4294967296"), "{stderr}");
+    // One warning on the terminal; every refusal in log.txt and result.json.
+    assert_eq!(
+        stderr.matches("was refused").count(),
+        1,
+        "one warning on the terminal: {stderr}"
+    );
+    let run = dir.path().join("run");
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    for refusal in [
+        "[warning] node 1 was refused: a node with id 1 was recorded before",
+        "[warning] node 2 was refused: its parent 42 is not a node recorded before it",
+        "[warning] node 3 was refused: its parent 4 is not a node recorded before it",
+        "[warning] node 4 was refused: its parent 3 is not a node recorded before it",
+        "[warning] node 5 was refused: its depth is 4294967295, but 1 is its distance",
+        "[warning] node 6 was refused: its depth is 7, but 0 is its distance",
+    ] {
+        assert!(
+            log.contains(refusal),
+            "{refusal} missing from log.txt:\n{log}"
+        );
+    }
+    let result = drpo_tests::result_json(&run);
+    let ids: Vec<u64> = result["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [0, 1]);
+    assert_eq!(result["best_path"], serde_json::json!([]));
+    let refused = result["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    assert_eq!(
+        refused[6],
+        "best path [0, 3, 4] left out: the best path names node 3, which the tree does not hold"
+    );
+    // What was written still replays, inspects, and gives the same tree to the viewer.
+    let cache = dir.path().join("cache");
+    drpo_tests::assert_replays(&cache, &run);
+    let inspect = output(host(&cache).arg("inspect").arg(&run));
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    assert_terminal_clean(&inspect);
+    let view = output(host(&cache).arg("view").arg(&run));
+    assert!(view.status.success(), "{}", text(&view));
+    assert!(
+        text(&view).contains("(2 nodes, finished)"),
+        "{}",
+        text(&view)
+    );
+    let export = output(
+        host(&cache)
+            .args(["export", "--format", "published"])
+            .arg(&run),
+    );
+    assert!(
+        text(&export).contains("has no best path to export"),
+        "{}",
+        text(&export)
+    );
+}
+
+#[test]
+fn a_long_hostile_error_is_cut_and_escaped_on_the_terminal_and_kept_whole_in_the_log() {
+    let server = Server::start();
+    let (out, dir) = run_testkit(
+        &server,
+        &["--option", "mode=fail", "--option", "size=100000"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_terminal_clean(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.len() < 8192, "{} bytes of stderr", stderr.len());
+    assert!(stderr.contains("more bytes not shown"), "{stderr}");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with("best score")),
+        "a forged result line on stderr:\n{stderr}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("run/log.txt")).unwrap();
+    assert!(
+        log.contains(&format!("{}\n", "x".repeat(99_000))),
+        "log.txt holds the whole error"
+    );
+    let inspect = output(
+        host(&dir.path().join("cache"))
+            .arg("inspect")
+            .arg(dir.path().join("run")),
+    );
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    assert_terminal_clean(&inspect);
+    assert!(
+        inspect.stdout.len() < 16384,
+        "{} bytes",
+        inspect.stdout.len()
+    );
+}
+
+#[test]
+fn describe_and_estimate_run_under_the_runs_fuel_and_deadline() {
+    let server = Server::start();
+    // So little fuel that `describe` itself cannot finish.
+    let (out, _dir) = run_testkit(&server, &["--fuel", "1000"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains("the strategy's describe failed"),
+        "{printed}"
+    );
+    assert!(printed.contains("1000 instructions"), "{printed}");
+
+    // An estimate that never returns is stopped by the deadline; the run goes on without a
+    // projection, and `--estimate-only` fails.
+    let spin = [
+        "--option",
+        "mode=spin-estimate",
+        "--deadline-secs",
+        "1",
+        "--fuel",
+        "1000000000000000",
+    ];
+    let (out, _dir) = run_testkit(&server, &spin);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("note: no projection"), "{printed}");
+    assert!(printed.contains("wall-clock deadline of 1s"), "{printed}");
+    let (out, _dir) = run_testkit(&server, &[&spin[..], &["--estimate-only"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("wall-clock deadline of 1s"),
+        "{}",
+        text(&out)
+    );
+}

@@ -24,6 +24,7 @@ use crate::runlog::{
 };
 use crate::runtime::{Compiled, Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
+use crate::terminal;
 use crate::verdict::{Exit, Judgements};
 
 /// Searches for better system prompts with DRPO (Dynamic Rewarding with Prompt Optimization).
@@ -161,10 +162,20 @@ fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<Plugin> {
 async fn describe(strategy: &Path) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let plugin = load(&runtime, strategy)?;
-    let info = runtime.describe(&plugin, Limits::default()).await.result?;
-    println!("{} {} ({})", info.name, info.version, plugin.wit_package());
+    // Bounded by the default fuel: `describe` takes no flags.
+    let info = runtime
+        .describe(&plugin, Limits::default())
+        .await
+        .result
+        .context("the strategy's describe failed")?;
+    println!(
+        "{} {} ({})",
+        terminal::line(&info.name),
+        terminal::line(&info.version),
+        plugin.wit_package()
+    );
     println!("sha256 {} ({})\n", plugin.sha256(), plugin.compiled());
-    println!("{}\n", info.description);
+    println!("{}\n", terminal::block(&info.description));
     let schema: serde_json::Value = serde_json::from_str(&info.options_schema)
         .with_context(|| format!("the options schema of {} is not JSON", strategy.display()))?;
     println!(
@@ -178,8 +189,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let runtime = runtime()?;
     let plugin = load(&runtime, &args.strategy)?;
-    let info = runtime.describe(&plugin, Limits::default()).await.result?;
-    let config = ConfigInputs {
+    let inputs = ConfigInputs {
         strategy: &args.strategy,
         config_file: args.config.as_deref(),
         search: &args.search,
@@ -188,12 +198,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         budget: &args.budget,
         endpoints: &args.endpoints,
         extra_options: &args.options,
-    }
-    .resolve(&info.options_schema)?;
+    };
+    // The strategy's own code runs under the user's limits from its first call on.
+    let limits = inputs.limits()?;
+    let info = runtime
+        .describe(&plugin, limits)
+        .await
+        .result
+        .context("the strategy's describe failed")?;
+    let config = inputs.resolve(&info.options_schema)?;
     let options = plugin_options(&config, &info.name)?;
     let options_json = serde_json::Value::Object(options).to_string();
     let estimates = runtime
-        .estimate(&plugin, &options_json, Limits::default())
+        .estimate(&plugin, &options_json, limits)
         .await
         .result
         .context("the strategy's estimate failed");
@@ -209,7 +226,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("projected spending (the strategy's estimate; tokens are rough):");
             lines.iter().for_each(|line| eprintln!("  {line}"));
         }
-        Err(error) => eprintln!("note: no projection: {error:#}"),
+        Err(error) => eprintln!(
+            "note: no projection: {}",
+            terminal::error(&format!("{error:#}"))
+        ),
     }
 
     let dir = RunDir::new(args.log_dir.context("--log-dir is required to run")?);
@@ -443,9 +463,16 @@ fn finish(
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(error) => {
-            // The nodes found before the failure are still worth a look.
+            // Whole here; the terminal shows it cut.
             let message = error.to_string();
-            let report = RunReport::new(strategy, Err(Some(&message)), observer.nodes());
+            observer.line(&format!("[error] {message}"));
+            // The nodes found before the failure are still worth a look.
+            let report = RunReport::new(
+                strategy,
+                Err(Some(&message)),
+                observer.tree(),
+                observer.refused(),
+            );
             if let Err(viewer_error) = write_viewer(dir, &report) {
                 eprintln!("note: {viewer_error}");
             }
@@ -454,7 +481,7 @@ fn finish(
     };
     write_result(
         dir,
-        &RunReport::new(strategy, Ok(&outcome), observer.nodes()),
+        &RunReport::new(strategy, Ok(&outcome), observer.tree(), observer.refused()),
     )?;
     Ok(outcome)
 }
@@ -477,7 +504,7 @@ fn print_outcome(dir: &RunDir, outcome: &Outcome) {
         println!("best score: {score:.4}");
     }
     if let Some(prompt) = &outcome.best_prompt {
-        println!("best prompt:\n{prompt}");
+        println!("best prompt:\n{}", terminal::block(prompt));
     }
     println!("run directory: {}", dir.root().display());
 }
@@ -599,7 +626,10 @@ async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
             }) = &recorded.end
                 && leftover == 0
             {
-                println!("replay reproduced the recorded failure after {calls} calls:\n{message}");
+                println!(
+                    "replay reproduced the recorded failure after {calls} calls:\n{}",
+                    terminal::error(message)
+                );
                 return Ok(());
             }
             Err(error).context("replay failed")
@@ -778,15 +808,16 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
                 println!("best path      {:?}", outcome.best_path);
             }
             if let Some(prompt) = &outcome.best_prompt {
-                println!("best prompt\n{prompt}");
+                println!("best prompt\n{}", terminal::block(prompt));
             }
         }
         Some(End {
             status: EndStatus::Failed(message),
             elapsed_ms,
         }) => println!(
-            "outcome        failed after {:.1}s: {message}",
-            *elapsed_ms as f64 / 1000.0
+            "outcome        failed after {:.1}s: {}",
+            *elapsed_ms as f64 / 1000.0,
+            terminal::error(message)
         ),
         None => println!(
             "outcome        none yet: the run was interrupted{} (finish it with `drpo-host resume`)",

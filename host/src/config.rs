@@ -186,6 +186,22 @@ pub struct HostFlags {
     pub max_plugin_calls: Option<u64>,
 }
 
+impl HostFlags {
+    /// The plugin's limits these flags set, the defaults where they are silent.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: self
+                .memory_limit_mib
+                .map_or(defaults.memory_bytes, |mib| (mib as usize) << 20),
+            deadline: self
+                .deadline_secs
+                .map_or(defaults.deadline, std::time::Duration::from_secs),
+        }
+    }
+}
+
 /// The TOML config file: the same keys as the flags (snake_case), plus an `[options]` table for
 /// options of third-party strategies.
 #[derive(Debug, Default)]
@@ -293,18 +309,7 @@ impl RunConfig {
 
     /// The plugin's limits.
     pub fn limits(&self) -> Limits {
-        let defaults = Limits::default();
-        Limits {
-            fuel: self.host.fuel.unwrap_or(defaults.fuel),
-            memory_bytes: self
-                .host
-                .memory_limit_mib
-                .map_or(defaults.memory_bytes, |mib| (mib as usize) << 20),
-            deadline: self
-                .host
-                .deadline_secs
-                .map_or(defaults.deadline, std::time::Duration::from_secs),
-        }
+        self.host.limits()
     }
 }
 
@@ -322,17 +327,16 @@ pub struct ConfigInputs<'a> {
 }
 
 impl ConfigInputs<'_> {
+    /// The plugin's limits, from the flags over the config file: known before the strategy's
+    /// `describe` runs, so that it runs under them too.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let file = self.file()?;
+        Ok(overlay(&file.host, self.host)?.limits())
+    }
+
     /// Resolves everything; `options_schema` is the strategy's (from `describe`).
     pub fn resolve(&self, options_schema: &str) -> anyhow::Result<RunConfig> {
-        let file = match self.config_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                ConfigFile::parse(&text)
-                    .with_context(|| format!("config file {} is not valid", path.display()))?
-            }
-            None => ConfigFile::default(),
-        };
+        let file = self.file()?;
         let models: ModelFlags = overlay(&file.models, self.models)?;
         models.device()?;
         let host: HostFlags = overlay(&file.host, self.host)?;
@@ -375,6 +379,16 @@ impl ConfigInputs<'_> {
             options,
             prices: file.prices,
         })
+    }
+
+    fn file(&self) -> anyhow::Result<ConfigFile> {
+        let Some(path) = self.config_file else {
+            return Ok(ConfigFile::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        ConfigFile::parse(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))
     }
 }
 

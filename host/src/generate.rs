@@ -190,7 +190,7 @@ fn deliver(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
             eprintln!(
                 "no answer to {}: {}",
                 item["id"],
-                item["error"].as_str().unwrap_or("no reason given")
+                crate::terminal::line(item["error"].as_str().unwrap_or("no reason given"))
             );
             continue;
         };
@@ -199,7 +199,11 @@ fn deliver(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
                 json!({"id": item["id"], "query": item["query"], "answer": answer, "tags": item["tags"]})
                     .to_string(),
             ),
-            None => println!("### {}\n{answer}\n", item["query"].as_str().unwrap_or_default()),
+            None => println!(
+                "### {}\n{}\n",
+                item["query"].as_str().unwrap_or_default(),
+                crate::terminal::block(answer)
+            ),
         }
     }
     if let Some(path) = output {

@@ -24,10 +24,12 @@
 //! | [`preflight`] | checking each remote model before a run spends anything |
 //! | [`outputs`] | the `view` and `export` commands |
 //! | [`progress`] | the progress display of a run |
+//! | [`tree`] | the search tree a strategy reports, checked node by node |
 //! | [`report`] | `result.json`, `trace.txt` and the published `output.json`, from the node records |
 //! | [`viewer`] | `tree.html`, the self-contained tree viewer |
 //! | [`generate`] | answering queries with an optimized prompt and retrieved examples |
 //! | [`subrun`] | commands that are recorded runs of a shipped strategy (`eval`, `generate`) |
+//! | [`terminal`] | plugin-supplied text made safe to print |
 //! | [`verdict`] | what a run's exit code says |
 //! | [`cli`] | the command line |
 
@@ -55,7 +57,9 @@ pub mod runlog;
 pub mod runtime;
 pub mod services;
 pub mod subrun;
+pub mod terminal;
 #[cfg(test)]
 mod testing;
+pub mod tree;
 pub mod verdict;
 pub mod viewer;

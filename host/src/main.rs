@@ -17,7 +17,10 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                drpo_host::terminal::error(&format!("{error:#}"))
+            );
             let code = error
                 .downcast_ref::<drpo_host::verdict::Exit>()
                 .map_or(1, |exit| exit.code);

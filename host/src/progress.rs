@@ -182,6 +182,16 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Counts a `record-node` call whose node did not fit the tree (see [`crate::tree`]): a
+    /// call, but neither a node nor a level.
+    pub fn on_refused_node(&mut self) {
+        self.calls += 1;
+        self.in_flight = 0;
+        self.show(false);
+    }
+}
+
 impl Observer for Progress {
     fn on_request(&mut self, request: &CallRequest) {
         if let CallRequest::Complete(batch) = request {

@@ -7,15 +7,18 @@
 //! they are. It can be rebuilt from a run log alone, so older or interrupted runs get the
 //! same files.
 
+use std::collections::BTreeMap;
+
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bindings::types::{Node, Outcome};
 use crate::runlog::{CallRequest, EndStatus, Entry, Header};
+use crate::tree::{Refused, Tree};
 
 /// The version of the `result.json` layout, written as its `format` field.
-pub const RESULT_FORMAT: &str = "drpo-result/1";
+pub const RESULT_FORMAT: &str = "drpo-result/2";
 
 /// The contents of `result.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,8 +40,12 @@ pub struct RunReport {
     pub best_path: Vec<u32>,
     /// Node count, best and mean reward at each depth.
     pub levels: Vec<LevelSummary>,
-    /// Every node the strategy recorded, in the order it recorded them.
+    /// Every node the strategy recorded that fits the tree (see [`crate::tree`]), in the order
+    /// it recorded them.
     pub tree: Vec<ReportNode>,
+    /// What the host left out of this report, and why: nodes that did not fit the tree, and a
+    /// best path that was not a path of it.
+    pub refused: Vec<String>,
     /// The strategy's own outcome details (JSON when it sent JSON, else a string).
     pub details: Value,
 }
@@ -106,19 +113,31 @@ pub struct LevelSummary {
 }
 
 impl RunReport {
-    /// The report of a run that ended with `outcome` (or `error`) after recording `nodes`.
+    /// The report of a run that ended with `outcome` (or `error`) after recording `tree`, whose
+    /// refused nodes were `refused`. A best path that is not a path of the tree is left out
+    /// (and said so in `refused`).
     pub fn new(
         strategy: StrategyName,
         ending: Result<&Outcome, Option<&str>>,
-        nodes: &[Node],
+        tree: &Tree,
+        refused: &[Refused],
     ) -> RunReport {
-        let tree: Vec<ReportNode> = nodes.iter().map(ReportNode::from_node).collect();
-        let levels = level_summaries(&tree);
+        let mut problems: Vec<String> = refused.iter().map(Refused::to_string).collect();
         let (status, error, outcome) = match ending {
             Ok(outcome) => (RunStatus::Finished, None, Some(outcome)),
             Err(Some(error)) => (RunStatus::Failed, Some(error.to_owned()), None),
             Err(None) => (RunStatus::Interrupted, None, None),
         };
+        let best_path = match outcome.map(|o| (&o.best_path, tree.check_path(&o.best_path))) {
+            Some((path, Ok(()))) => path.clone(),
+            Some((path, Err(not_a_path))) => {
+                problems.push(format!("best path {path:?} left out: {not_a_path}"));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let tree: Vec<ReportNode> = tree.nodes().iter().map(ReportNode::from_node).collect();
+        let levels = level_summaries(&tree);
         RunReport {
             format: RESULT_FORMAT.into(),
             strategy,
@@ -126,9 +145,10 @@ impl RunReport {
             error,
             best_prompt: outcome.and_then(|o| o.best_prompt.clone()),
             best_score: outcome.and_then(|o| o.best_score),
-            best_path: outcome.map(|o| o.best_path.clone()).unwrap_or_default(),
+            best_path,
             levels,
             tree,
+            refused: problems,
             details: outcome.map_or(Value::Null, |o| json_or_text(&o.details)),
         }
     }
@@ -137,14 +157,17 @@ impl RunReport {
     /// the end frame (an interrupted run has none).
     pub fn from_log(entries: &[Entry]) -> Option<RunReport> {
         let mut header: Option<&Header> = None;
-        let mut nodes = Vec::new();
+        let mut tree = Tree::new();
+        let mut refused = Vec::new();
         let mut end = None;
         for entry in entries {
             match entry {
                 Entry::Header(h) => header = Some(h),
                 Entry::Call(call) => {
-                    if let CallRequest::RecordNode(node) = &call.request {
-                        nodes.push(node.clone());
+                    if let CallRequest::RecordNode(node) = &call.request
+                        && let Err(refusal) = tree.insert(node.clone())
+                    {
+                        refused.push(refusal);
                     }
                 }
                 Entry::End(e) => end = Some(&e.status),
@@ -161,10 +184,10 @@ impl RunReport {
             Some(EndStatus::Failed(error)) => Err(Some(error.as_str())),
             None => Err(None),
         };
-        Some(RunReport::new(strategy, ending, &nodes))
+        Some(RunReport::new(strategy, ending, &tree, &refused))
     }
 
-    /// The nodes of the best path, root first (ids the tree lacks are left out).
+    /// The nodes of the best path, root first.
     pub fn best_nodes(&self) -> impl Iterator<Item = &ReportNode> {
         self.best_path
             .iter()
@@ -259,25 +282,19 @@ impl Serialize for PublishedOutput<'_> {
 }
 
 fn level_summaries(tree: &[ReportNode]) -> Vec<LevelSummary> {
-    let deepest = tree.iter().map(|n| n.depth).max();
-    let mut levels = Vec::new();
-    for depth in 0..=deepest.unwrap_or(0) {
-        let rewards: Vec<f64> = tree
-            .iter()
-            .filter(|n| n.depth == depth)
-            .map(|n| n.reward)
-            .collect();
-        if rewards.is_empty() {
-            continue;
-        }
-        levels.push(LevelSummary {
+    let mut rewards_at: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for node in tree {
+        rewards_at.entry(node.depth).or_default().push(node.reward);
+    }
+    rewards_at
+        .into_iter()
+        .map(|(depth, rewards)| LevelSummary {
             depth,
             nodes: rewards.len(),
             best_reward: rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             mean_reward: rewards.iter().sum::<f64>() / rewards.len() as f64,
-        });
-    }
-    levels
+        })
+        .collect()
 }
 
 /// Strategies send details as JSON text; keep it as JSON when it parses, as text otherwise.
@@ -314,11 +331,15 @@ mod tests {
             best_path: vec![0, 1, 3],
             details: r#"{"final_depth":3}"#.into(),
         };
-        let strategy = StrategyName {
+        let (tree, refused) = Tree::of(nodes);
+        RunReport::new(beam(), Ok(&outcome), &tree, &refused)
+    }
+
+    fn beam() -> StrategyName {
+        StrategyName {
             name: "beam".into(),
             version: "1".into(),
-        };
-        RunReport::new(strategy, Ok(&outcome), &nodes)
+        }
     }
 
     #[test]
@@ -371,12 +392,39 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_run_has_its_nodes_and_no_best_path() {
-        let strategy = StrategyName {
-            name: "beam".into(),
-            version: "1".into(),
+    fn refused_nodes_and_a_false_best_path_are_left_out_and_named() {
+        let (tree, refused) = Tree::of([
+            node(0, None, 0, 1.0, "{}"),
+            node(1, Some(0), 1, 2.0, "{}"),
+            node(2, Some(5), 1, 9.0, "{}"),
+            node(3, Some(0), u32::MAX, 9.0, "{}"),
+        ]);
+        let outcome = Outcome {
+            best_prompt: Some("prompt 2".into()),
+            best_score: Some(9.0),
+            best_path: vec![0, 2],
+            details: String::new(),
         };
-        let report = RunReport::new(strategy, Err(None), &[node(0, None, 0, 1.0, "{}")]);
+        let report = RunReport::new(beam(), Ok(&outcome), &tree, &refused);
+        let ids: Vec<u32> = report.tree.iter().map(|n| n.id).collect();
+        assert_eq!(ids, [0, 1]);
+        assert_eq!(report.levels.len(), 2);
+        assert!(report.best_path.is_empty());
+        assert_eq!(report.trace(), "");
+        assert_eq!(
+            report.refused,
+            [
+                "node 2 was refused: its parent 5 is not a node recorded before it",
+                "node 3 was refused: its depth is 4294967295, but 1 is its distance from the root",
+                "best path [0, 2] left out: the best path names node 2, which the tree does not hold",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_run_has_its_nodes_and_no_best_path() {
+        let (tree, refused) = Tree::of([node(0, None, 0, 1.0, "{}")]);
+        let report = RunReport::new(beam(), Err(None), &tree, &refused);
         assert_eq!(report.status, RunStatus::Interrupted);
         assert!(report.best_path.is_empty());
         assert_eq!(report.trace(), "");

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::bindings::types::{LogLevel, Node, Prompt, Role};
+use crate::bindings::types::{LogLevel, Prompt, Role};
 use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
 use crate::runtime::Observer;
+use crate::tree::{Refused, Tree};
 
 /// Paths inside a run directory.
 #[derive(Debug, Clone)]
@@ -104,7 +105,9 @@ pub struct RunLock {
 /// Writes `log.txt` line by line as calls complete, and collects the search tree.
 pub struct RunObserver {
     log: Option<File>,
-    nodes: Vec<Node>,
+    tree: Tree,
+    /// The nodes left out of `tree`, and why.
+    refused: Vec<Refused>,
     /// Print the plugin's info-and-above lines on stderr.
     echo: bool,
     debug: bool,
@@ -122,7 +125,8 @@ impl RunObserver {
             .open(dir.human_log())?;
         Ok(RunObserver {
             log: Some(log),
-            nodes: Vec::new(),
+            tree: Tree::new(),
+            refused: Vec::new(),
             echo,
             debug,
             display: None,
@@ -144,16 +148,32 @@ impl RunObserver {
     pub fn silent() -> RunObserver {
         RunObserver {
             log: None,
-            nodes: Vec::new(),
+            tree: Tree::new(),
+            refused: Vec::new(),
             echo: false,
             debug: false,
             display: None,
         }
     }
 
-    /// The nodes reported so far.
-    pub fn nodes(&self) -> &[Node] {
-        &self.nodes
+    /// The tree reported so far.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The nodes refused so far, and why.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
+    }
+
+    /// Prints one line of plugin-supplied text on the terminal, through the progress display
+    /// when there is one (so a bar is not torn).
+    fn print_line(&self, text: &str) {
+        let text = crate::terminal::line(text);
+        match &self.display {
+            Some(display) => display.print_line(&text),
+            None => eprintln!("{text}"),
+        }
     }
 
     /// Writes one line to `log.txt`.
@@ -174,8 +194,16 @@ impl Observer for RunObserver {
     }
 
     fn on_call(&mut self, record: &CallRecord, replayed: bool) {
+        let refusal = match &record.request {
+            CallRequest::RecordNode(node) => self.tree.insert(node.clone()).err(),
+            _ => None,
+        };
         if let Some(display) = &mut self.display {
-            display.on_call(record, replayed);
+            // The display counts levels and nodes of the tree, so a refused node is only a call.
+            match refusal {
+                None => display.on_call(record, replayed),
+                Some(_) => display.on_refused_node(),
+            }
         }
         let origin = if replayed { " (replayed)" } else { "" };
         let index = record.index;
@@ -230,15 +258,22 @@ impl Observer for RunObserver {
                     node.reward,
                     indent(&node.prompt),
                 ));
-                self.nodes.push(node.clone());
+                if let Some(refusal) = refusal {
+                    self.line(&format!("[warning] {refusal}; it is left out of the tree"));
+                    // One warning on the terminal: a plugin may send any number of bad nodes.
+                    if self.echo && !replayed && self.refused.is_empty() {
+                        self.print_line(&format!(
+                            "warning: {refusal}; it is left out of the tree (this and any others \
+                             in log.txt)"
+                        ));
+                    }
+                    self.refused.push(refusal);
+                }
             }
             (CallRequest::Log { level, message }, _) => {
                 self.line(&format!("[{}] {message}", level_name(*level)));
                 if self.echo && !replayed && !matches!(level, LogLevel::Trace | LogLevel::Debug) {
-                    match &self.display {
-                        Some(display) => display.print_line(message),
-                        None => eprintln!("{message}"),
-                    }
+                    self.print_line(message);
                 }
             }
             _ => self.line(&format!(

@@ -179,16 +179,37 @@ impl OpenAiProvider {
         }
     }
 
+    /// `text` with every occurrence of the API key replaced by `[api key]`, which the record
+    /// then shows in its place.
+    fn redact(&self, text: String) -> String {
+        match self.endpoint.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) if text.contains(key) => text.replace(key, "[api key]"),
+            _ => text,
+        }
+    }
+
     /// The error with every occurrence of the API key blotted out.
     fn scrub(&self, error: LlmError) -> LlmError {
-        let Some(key) = self.endpoint.api_key.as_deref().filter(|k| !k.is_empty()) else {
-            return error;
-        };
-        let clean = |text: String| text.replace(key, "[api key]");
         match error {
-            LlmError::Rejected(text) => LlmError::Rejected(clean(text)),
-            LlmError::Unavailable(text) => LlmError::Unavailable(clean(text)),
+            LlmError::Rejected(text) => LlmError::Rejected(self.redact(text)),
+            LlmError::Unavailable(text) => LlmError::Unavailable(self.redact(text)),
             LlmError::BudgetExhausted => LlmError::BudgetExhausted,
+        }
+    }
+
+    /// The answer with every occurrence of the API key blotted out: a server may echo it in
+    /// its choices as well as its errors, and no file of a run may hold it.
+    fn scrub_answer(&self, answer: Result<Completion, LlmError>) -> Result<Completion, LlmError> {
+        match answer {
+            Ok(completion) => Ok(Completion {
+                choices: completion
+                    .choices
+                    .into_iter()
+                    .map(|choice| self.redact(choice))
+                    .collect(),
+                ..completion
+            }),
+            Err(error) => Err(self.scrub(error)),
         }
     }
 
@@ -641,7 +662,7 @@ impl Provider for OpenAiProvider {
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         Box::pin(async move {
             join_all(batch.into_iter().map(|request| async move {
-                Answer::fresh(self.complete_one(&request).await.map_err(|e| self.scrub(e)))
+                Answer::fresh(self.scrub_answer(self.complete_one(&request).await))
             }))
             .await
         })
@@ -922,6 +943,20 @@ mod tests {
         assert_eq!(
             scrubbed,
             LlmError::Rejected("Bearer [api key] is wrong".into())
+        );
+        let echoed = provider.scrub_answer(Ok(Completion {
+            choices: vec![
+                "your key is sk-secret, sk-secret".into(),
+                "none here".into(),
+            ],
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+            },
+        }));
+        assert_eq!(
+            echoed.unwrap().choices,
+            ["your key is [api key], [api key]", "none here"]
         );
     }
 }

@@ -57,7 +57,8 @@ mod tests {
             name: "x".into(),
             version: "1".into(),
         };
-        let report = RunReport::new(strategy, Ok(&outcome), &[node]);
+        let (tree, refused) = crate::tree::Tree::of([node]);
+        let report = RunReport::new(strategy, Ok(&outcome), &tree, &refused);
         let page = render(&report);
         let start = page
             .find("<script type=\"application/json\" id=\"report\">")

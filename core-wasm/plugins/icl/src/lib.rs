@@ -546,7 +546,9 @@ pub fn optimize<H: Host>(
     Ok(Outcome {
         best_prompt: None,
         best_score: Some(means.iter().sum::<f64>() / means.len() as f64),
-        best_path: work.iter().map(|w| w.best.node).collect(),
+        // Each example has its own chain of rewrites and its own best node (`examples[].node`):
+        // there is no one path from a root to a best node.
+        best_path: Vec::new(),
         details: details.to_string(),
     })
 }
@@ -727,10 +729,11 @@ mod tests {
         // Nodes: the initial answer and one per rewrite, each child of the answer it rewrote.
         let parents: Vec<Option<u32>> = h.nodes.iter().map(|n| n.parent).collect();
         assert_eq!(parents, [None, Some(0), Some(1), Some(2), Some(3)]);
-        assert_eq!(outcome.best_path, [4]);
+        assert!(outcome.best_path.is_empty());
         assert_eq!(outcome.best_score, Some(5.0));
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert_eq!(details["judgements"], json!({"asked": 5, "usable": 5}));
+        assert_eq!(details["examples"][0]["node"], 4);
         assert_eq!(details["stop"], Value::Null);
 
         // Three rounds: the tie went to the newer answer, and the worse one was not kept.

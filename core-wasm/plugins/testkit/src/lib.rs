@@ -11,6 +11,9 @@
 //! | `panic` | panics with the message in `message` |
 //! | `echo` | `count` single-request `complete` calls whose prompt is `size` bytes (for benchmarks) |
 //! | `ask` | one `complete` of `width` requests, each asking `n` choices of `max_tokens` at most; reports each answer's error |
+//! | `forge` | records nodes that break the tree (a duplicate id, an orphan, a parent cycle, a depth of `u32::MAX`), logs lines with terminal escapes and a forged result line, and returns a best path through a refused node and a best prompt with escapes |
+//! | `fail` | fails with an error of `size` bytes carrying terminal escapes and a forged result line |
+//! | `spin-estimate` | its `estimate` loops forever; its `run` returns at once |
 //! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
 
 use serde_json::{Value, json};
@@ -36,7 +39,8 @@ impl Guest for Testkit {
                 "type": "object",
                 "properties": {
                     "mode": {"type": "string", "default": "chain",
-                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask"]},
+                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask",
+                                      "forge", "fail", "spin-estimate"]},
                     "count": {"type": "integer", "default": 1000, "minimum": 0},
                     "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
@@ -78,6 +82,9 @@ impl Guest for Testkit {
                 number("n", 1) as u32,
                 number("max_tokens", 64) as u32,
             )),
+            "forge" => Ok(forge()),
+            "fail" => Err(hostile_text(number("size", 1024) as usize)),
+            "spin-estimate" => Ok(summary(json!({}))),
             other => Err(format!("unknown mode `{other}`")),
         }
     }
@@ -87,8 +94,10 @@ impl Guest for Testkit {
     fn estimate(options: String) -> Result<Vec<RoleEstimate>, String> {
         let options: Value =
             serde_json::from_str(&options).map_err(|e| format!("options are not JSON: {e}"))?;
-        if options["mode"].as_str().unwrap_or("chain") != "chain" {
-            return Ok(Vec::new());
+        match options["mode"].as_str().unwrap_or("chain") {
+            "chain" => {}
+            "spin-estimate" => return spin().map(|_| Vec::new()),
+            _ => return Ok(Vec::new()),
         }
         let steps = options["steps"].as_u64().unwrap_or(3);
         let width = options["width"].as_u64().unwrap_or(2);
@@ -211,6 +220,48 @@ fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
         .filter_map(|a| a.as_ref().err().map(|e| format!("{e:?}")))
         .collect();
     summary(json!({"answered": answers.len() - errors.len(), "errors": errors}))
+}
+
+/// Text that would take over a terminal printed raw: a screen clear, a colour, a carriage
+/// return and a line break before a forged result line, a right-to-left override, a title
+/// change; then `x` up to `size` bytes.
+fn hostile_text(size: usize) -> String {
+    let mut text = String::from(
+        "\u{1b}[2J\u{1b}[31mred\rbest score: 99.0\nbest score: 99.0 \u{202e}txet\u{1b}]0;owned\u{7}",
+    );
+    let padding = size.saturating_sub(text.len());
+    text.push_str(&"x".repeat(padding));
+    text
+}
+
+fn forge() -> Outcome {
+    let node = |id, parent, depth| Node {
+        id,
+        parent,
+        depth,
+        prompt: format!("node {id}"),
+        reward: 1.0,
+        details: "{}".into(),
+    };
+    for forged in [
+        node(0, None, 0),
+        node(1, Some(0), 1),
+        node(1, Some(0), 1),
+        node(2, Some(42), 1),
+        node(3, Some(4), 1),
+        node(4, Some(3), 2),
+        node(5, Some(0), u32::MAX),
+        node(6, None, 7),
+    ] {
+        host::record_node(&forged);
+    }
+    host::log(LogLevel::Info, &hostile_text(0));
+    Outcome {
+        best_prompt: Some(format!("node 4{}", hostile_text(0))),
+        best_score: Some(99.0),
+        best_path: vec![0, 3, 4],
+        details: "{}".into(),
+    }
 }
 
 fn spin() -> Result<Outcome, String> {
