@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::accounting::Spend;
 use crate::bindings::types::{Outcome, Role, RoleEstimate};
 use crate::budget::BudgetFlags;
+use crate::catalog::{Catalog, PLUGIN_PATH_VARIABLE};
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::endpoints::EndpointFlags;
 use crate::outputs::ExportFormat;
@@ -80,10 +81,11 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Show a strategy's name, version, description and options schema.
+    /// Show a strategy's name, version, description and options schema; with no strategy,
+    /// list the strategies found by name and where.
     Describe {
-        /// The strategy plugin (`.wasm` component).
-        strategy: PathBuf,
+        /// The strategy plugin: a `.wasm` file, or a name as for `run --strategy`.
+        strategy: Option<PathBuf>,
     },
     /// Answer queries with an optimized prompt and retrieved in-context examples (the published
     /// inference format), or under a system prompt of your choice.
@@ -91,11 +93,22 @@ pub enum Command {
     /// Judge a JSONL of answers on helpfulness, clarity, factuality, depth and engagement (safety
     /// for harmful queries) with eval.wasm; compare two answer files side by side.
     Eval(Box<crate::eval::EvalArgs>),
+    /// Print a shell completion script for drpo-host, e.g.
+    /// `drpo-host completions bash > ~/.local/share/bash-completion/completions/drpo-host`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print drpo-host's man page (roff), e.g. `drpo-host man > ~/.local/share/man/man1/drpo-host.1`.
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The strategy plugin (`.wasm` component), e.g. target/plugins/beam.wasm.
+    /// The strategy plugin: a `.wasm` file, or a name (`beam`, `beam.wasm`, `greedy`, ...)
+    /// looked up in $DRPO_PLUGIN_PATH, then beside the installed binary
+    /// (PREFIX/share/drpo/plugins), then in the checkout's target/plugins.
     #[arg(long)]
     pub strategy: PathBuf,
     /// Directory for the run's outputs; created if missing, must not hold a run already.
@@ -139,9 +152,36 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             format,
             output,
         } => crate::outputs::export(&dir, format, output.as_ref()),
-        Command::Describe { strategy } => describe(&strategy).await,
+        Command::Describe {
+            strategy: Some(strategy),
+        } => describe(&strategy).await,
+        Command::Describe { strategy: None } => {
+            list_strategies();
+            Ok(())
+        }
         Command::Generate(args) => crate::generate::generate(*args).await,
         Command::Eval(args) => crate::eval::eval(*args).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "drpo-host", &mut script);
+            print_all(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_all(&page)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that stops early (`| head`) is not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to stdout")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -159,9 +199,26 @@ fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<Plugin> {
     Ok(plugin)
 }
 
+/// `describe` with no argument: the strategies found by name, and the folders searched.
+fn list_strategies() {
+    let catalog = Catalog::of_this_process();
+    let found = catalog.list();
+    if found.is_empty() {
+        println!("no strategies found");
+    }
+    for (name, path) in &found {
+        println!("{name:<12} {}", path.display());
+    }
+    println!("\nsearched, in order ({PLUGIN_PATH_VARIABLE} first):");
+    for folder in catalog.folders() {
+        println!("  {}", folder.display());
+    }
+}
+
 async fn describe(strategy: &Path) -> anyhow::Result<()> {
     let runtime = runtime()?;
-    let plugin = load(&runtime, strategy)?;
+    let strategy = Catalog::of_this_process().find(strategy)?;
+    let plugin = load(&runtime, &strategy)?;
     // Bounded by the default fuel: `describe` takes no flags.
     let info = runtime
         .describe(&plugin, Limits::default())
@@ -188,9 +245,10 @@ async fn describe(strategy: &Path) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let runtime = runtime()?;
-    let plugin = load(&runtime, &args.strategy)?;
+    let strategy = Catalog::of_this_process().find(&args.strategy)?;
+    let plugin = load(&runtime, &strategy)?;
     let inputs = ConfigInputs {
-        strategy: &args.strategy,
+        strategy: &strategy,
         config_file: args.config.as_deref(),
         search: &args.search,
         models: &args.models,
@@ -559,7 +617,7 @@ fn load_recorded_plugin(
     strategy: Option<&Path>,
 ) -> anyhow::Result<Plugin> {
     let path = match strategy {
-        Some(path) => path.to_owned(),
+        Some(path) => Catalog::of_this_process().find(path)?,
         None => RunConfig::load(&dir.config())?.strategy,
     };
     let plugin = load(runtime, &path)?;

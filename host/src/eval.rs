@@ -23,8 +23,8 @@ pub struct EvalArgs {
     /// Directory for the evaluation run; created if missing, must not hold a run already.
     #[arg(long)]
     pub log_dir: PathBuf,
-    /// The evaluation strategy.
-    #[arg(long, default_value = "target/plugins/eval.wasm")]
+    /// The evaluation strategy: a `.wasm` file, or a name as for `run --strategy`.
+    #[arg(long, default_value = "eval")]
     pub strategy: PathBuf,
     /// Also write the per-query results (scores, rationales, means) here as JSONL; they are
     /// always in LOG_DIR/evaluation.jsonl.

@@ -87,8 +87,8 @@ pub struct GenerateArgs {
     /// already. Default: `runs/generate-N`, the first N not taken.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
-    /// The generation strategy.
-    #[arg(long, default_value = "target/plugins/generate.wasm")]
+    /// The generation strategy: a `.wasm` file, or a name as for `run --strategy`.
+    #[arg(long, default_value = "generate")]
     pub strategy: PathBuf,
     /// The queries; all are answered as one batch.
     #[arg(required_unless_present = "input")]

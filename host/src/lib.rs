@@ -5,6 +5,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`bindings`] | the WIT contract, as Rust types |
+//! | [`catalog`] | strategies found by name: `$DRPO_PLUGIN_PATH`, beside the binary, the checkout |
 //! | [`runtime`] | loading plugins, the sandbox, limits, answering import calls |
 //! | [`runlog`] | the run log format: record, verify, read |
 //! | [`provider`] | model providers and the per-role router |
@@ -37,6 +38,7 @@ pub mod accounting;
 pub mod bindings;
 pub mod budget;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod endpoints;

@@ -36,10 +36,11 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Why a plugin could not be loaded or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot read plugin {path}: {source}")]
+    // Not `source`: the cause is in the message, and a source would print it a second time.
+    #[error("cannot read plugin {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path} is not a WebAssembly file (it starts with {found}); a strategy is a `.wasm` \
@@ -213,9 +214,9 @@ impl Runtime {
     /// Loads a plugin: checks that it is a component for this contract and compiles it (or
     /// takes it from the cache).
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+        let bytes = std::fs::read(path).map_err(|error| PluginError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         check_header(path, &bytes)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
