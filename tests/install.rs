@@ -155,18 +155,21 @@ fn an_installed_host_runs_generates_evaluates_and_replays_from_any_directory() {
 }
 
 #[test]
-fn a_missing_plugin_file_is_named_with_its_cause_once() {
+fn a_missing_file_is_named_with_its_cause_once() {
     let work = tempfile::tempdir().unwrap();
-    let out = output(
-        drpo_tests::host(&work.path().join("cache"))
-            .arg("describe")
-            .arg(work.path().join("gone/beam.wasm")),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let error = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        error.matches("No such file or directory").count(),
-        1,
-        "{error}"
-    );
+    let gone = work.path().join("gone");
+    for args in [
+        vec!["describe".into(), gone.join("beam.wasm")],
+        vec!["inspect".into(), gone.clone()],
+    ] {
+        let out = output(drpo_tests::host(&work.path().join("cache")).args(&args));
+        assert_eq!(out.status.code(), Some(1));
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(error.contains(&*gone.to_string_lossy()), "{error}");
+        assert_eq!(
+            error.matches("No such file or directory").count(),
+            1,
+            "{error}"
+        );
+    }
 }

@@ -58,10 +58,11 @@ impl LogContents {
 /// Why a run log cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("cannot read run log {path}: {source}")]
+    // Not `source`: the cause is in the message, and a source would print it a second time.
+    #[error("cannot read run log {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a drpo run log (it does not start with the run-log magic bytes)")]
     NotARunLog { path: PathBuf },
@@ -86,9 +87,9 @@ pub enum LogError {
 /// complete frame count as incomplete (see the module's "Torn tails"), so a changed length
 /// field is never taken for an interrupted write.
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
-    let bytes = std::fs::read(path).map_err(|source| LogError::Io {
+    let bytes = std::fs::read(path).map_err(|error| LogError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     read_bytes(path, &bytes)
 }
