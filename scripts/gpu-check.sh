@@ -26,7 +26,10 @@
 #   (c) the same shapes through transformers' generate (scripts/hf-bench.py);
 #
 # preceded by a smoke test (tiny-llama, one prompt, 4 tokens), then one table with the goals.
-# Each step is time-boxed and a failed step does not stop the next. On an H100 the whole run
+# Each step is time-boxed and runs in a subshell of its own under `set -euo pipefail`: a command
+# that fails inside a step fails that step (with the line it failed at), and a failed step does
+# not stop the next. The summary lists each step as ok, FAILED or skipped, and the script exits
+# non-zero when any step failed. On an H100 the whole run
 # took about 2 minutes, 3 with transformers (runs 10-14 in docs/gpu-check-results.md); give the
 # device command 6 minutes. Outputs also go to $OUT when it is set.
 #
@@ -47,7 +50,7 @@
 #
 # The binary: CARGO_TARGET_DIR=target-models cargo build --release -p drpo-models
 # --features cuda,structured --bin drpo-model-tool, stripped into target-models/gpu/ (carried).
-set -u
+set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT_DIR=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
@@ -56,7 +59,9 @@ exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
 
 BIN=${DRPO_MODEL_TOOL:-target-models/gpu/drpo-model-tool}
 [ -x "$BIN" ] || BIN=target-models/release/drpo-model-tool
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+# An absolute path, as the steps run the tool from another directory (a missing directory is
+# kept as given: the probe and each step then say the binary is missing).
+BIN=$(cd "$(dirname "$BIN")" 2>/dev/null && pwd || dirname "$PWD/$BIN")/$(basename "$BIN")
 DEVICE=${DEVICE:-cuda:0}
 CONFIG=${CONFIG:-mistral-7b}
 SWEEP_CONFIG=${SWEEP_CONFIG:-$CONFIG}
@@ -84,10 +89,57 @@ start_sampling() {
     : >"$1"
   fi
 }
-stop_sampling() { [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; SAMPLER=; }
+stop_sampling() {
+  if [ -n "$SAMPLER" ]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+  fi
+  SAMPLER=
+}
 
 # Whether step $1 is among STEPS.
 wants() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
+
+# Each step's outcome, for the summary: "NAME ok", "NAME FAILED (...)" or "NAME skipped".
+STATUS=()
+# Settings a step passes on to the later steps (which kernels they use), as `export` lines that
+# the main shell reads after each step: the steps run in subshells.
+STATE=$OUT_DIR/.passed-on.sh
+: >"$STATE"
+# Marks the current step failed at its end while letting it go on (a tool run that failed is
+# reported, and the step's other runs still give their lines).
+failed() { echo "$*: FAILED"; STEP_FAILED=1; }
+# Sets NAME=VALUE here and for the later steps.
+pass_on() { export "$1"; printf 'export %q\n' "$1" >>"$STATE"; }
+# Runs the function STEP (the step NAME) in a subshell with errexit, nounset and pipefail; a
+# command that fails there ends the step, with its line and exit code on stderr. Never fails
+# itself, so that the next step runs.
+step() { # step NAME FUNCTION
+  local name=$1 fn=$2 rc
+  if ! wants "$name"; then
+    STATUS+=("$name skipped (not in STEPS)")
+    return 0
+  fi
+  # Not in an `if` or `||`: there bash would turn errexit off inside the subshell.
+  set +e
+  (
+    set -Eeuo pipefail
+    trap 'echo "step $name: \`$BASH_COMMAND\` failed (exit $?) at line $LINENO" >&2' ERR
+    STEP_FAILED=0
+    "$fn"
+    exit "$STEP_FAILED"
+  )
+  rc=$?
+  set -e
+  stop_sampling
+  # shellcheck disable=SC1090
+  . "$STATE"
+  if [ "$rc" = 0 ]; then
+    STATUS+=("$name ok")
+  else
+    STATUS+=("$name FAILED (exit $rc)")
+  fi
+}
 
 section probe
 uname -a
@@ -123,7 +175,7 @@ fi
 "$PY" scripts/cuda-env.py "$SHIM" >"$OUT_DIR/cuda-env.sh" || echo "could not look for the pip CUDA libraries"
 cat "$OUT_DIR/cuda-env.sh"
 # shellcheck disable=SC1091
-. "$OUT_DIR/cuda-env.sh"
+. "$OUT_DIR/cuda-env.sh" || echo "could not read $OUT_DIR/cuda-env.sh"
 echo "CUDA_PATH=${CUDA_PATH:-unset}"
 for h in cuda_bf16.h cuda_fp16.h cuda_runtime.h mma.h crt/mma.h cooperative_groups.h cuda/barrier cccl/cuda/barrier cuda/pipeline; do
   [ -e "${CUDA_PATH:-/nonexistent}/include/$h" ] && echo "found include/$h" || echo "MISSING include/$h"
@@ -165,17 +217,17 @@ run_tool() { # [RUN_ENV=...] run_tool SECONDS OUTFILE ARGS...
     done
     if [ -z "${GDB_DONE:-}" ] && command -v gdb >/dev/null; then
       GDB_DONE=1
-      timeout 10 gdb -p "$pid" -batch -ex "thread apply all bt 12" 2>/dev/null \
-        | grep -E '^(Thread|#)' | head -120
+      { timeout 10 gdb -p "$pid" -batch -ex "thread apply all bt 12" 2>/dev/null || true; } \
+        | grep -E '^(Thread|#)' | head -120 || true
     fi
-    kill -TERM "$pid" 2>/dev/null
+    kill -TERM "$pid" 2>/dev/null || true
     sleep 2
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
     return 124
   fi
-  wait "$pid"
-  rc=$?
+  rc=0
+  wait "$pid" || rc=$?
   return "$rc"
 }
 
@@ -198,35 +250,35 @@ sys.exit(0 if len(ours) == want and not bad else 1)
 PYEOF
 }
 
-if wants smoke; then
+smoke() {
 section "smoke: tiny-llama, 1 prompt, 4 tokens on $DEVICE"
 run_tool "${SMOKE_TIMEOUT:-45}" "$OUT_DIR/smoke.jsonl" bench --config tiny-llama \
   --device "$DEVICE" --batch 1 --prompt-len 8 --gen-tokens 4 \
-  || echo "smoke: FAILED (exit $?)"
-fi
+  || failed "smoke (exit $?)"
+}
 
-if wants matmul; then
+matmul() {
 section "(a) projections alone: $CONFIG shapes on $DEVICE"
 : >"$OUT_DIR/matmul.jsonl"
 # One process per kernel, so that one that fails to compile or launch costs only its own line.
 for kernel in ${MATMUL_KERNELS:-mma rows cmma}; do
   run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul.jsonl" matmul --config "$CONFIG" \
     --device "$DEVICE" --rows "${MATMUL_ROWS:-1,4,8,12,16,32}" --kernels "$kernel" \
-    --iters "${MATMUL_ITERS:-20}" || echo "matmul $kernel: FAILED (exit $?)"
+    --iters "${MATMUL_ITERS:-20}" || failed "matmul $kernel (exit $?)"
 done
 # The `rows` kernel at the row counts it takes by default, with other shape settings.
 for variant in ${MATMUL_VARIANTS:-DRPO_CUDA_ROWS_PLANES=8 DRPO_CUDA_ROWS_PLANES=2}; do
   RUN_ENV=$variant run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-${variant//=/-}.jsonl" matmul \
     --config "$CONFIG" --device "$DEVICE" --rows "$VARIANT_ROWS" --kernels rows \
     --iters "${MATMUL_ITERS:-20}" \
-    || echo "matmul rows with $variant: FAILED (exit $?)"
+    || failed "matmul rows with $variant (exit $?)"
 done
 # The small test models' shapes (inner sizes below 32 vectors, odd row counts).
 for model in ${MATMUL_SMALL_CONFIGS:-tiny-mistral tiny-llama}; do
   for kernel in mma rows; do
     run_tool "${MATMUL_TIMEOUT:-40}" "$OUT_DIR/matmul-small.jsonl" matmul --config "$model" \
       --device "$DEVICE" --rows 1,4,8,76 --kernels "$kernel" --iters 2 \
-      || echo "matmul $kernel on $model: FAILED (exit $?)"
+      || failed "matmul $kernel on $model (exit $?)"
   done
 done
 # Each small-row kernel of ours must have given every shape, within bf16 rounding of the
@@ -239,16 +291,18 @@ if [ -z "${DRPO_CUDA_SMALL_MATMUL:-}" ]; then
     if ! products_agree "$OUT_DIR/matmul.jsonl" "${MATMUL_ROWS:-1,4,8,12,16,32}" "$kernel"; then
       next=$([ "$kernel" = mma ] && echo rows || echo cmma)
       echo "the \`$kernel\` kernel failed or differs: the later steps use DRPO_CUDA_SMALL_MATMUL=$next"
-      export DRPO_CUDA_SMALL_MATMUL=$next
+      pass_on "DRPO_CUDA_SMALL_MATMUL=$next"
+      # A kernel that gives wrong products fails the step (the later steps still run).
+      STEP_FAILED=1
       [ "$kernel" = mma ] || break
     else
       break
     fi
   done
 fi
-fi
+}
 
-if wants parity; then
+parity() {
 section "(a2) parity: cpu f32 vs $DEVICE"
 : >"$OUT_DIR/parity.jsonl"
 # Parity on both test models with the kernel switch words $1 (none: the defaults), labelled $2;
@@ -261,7 +315,7 @@ parity_on_both() {
       --config "$model" --device "$DEVICE"; then
       ok=$((ok + 1))
     else
-      echo "parity on $model $kernels: FAILED (exit $?)"
+      echo "parity on $model ${kernels:-(default kernels)}: FAILED (exit $?)"
     fi
   done
   [ "$ok" = 2 ]
@@ -280,20 +334,20 @@ for kernels in "" "DRPO_CUDA_QUEUED_READS=0" "DRPO_CUDA_ARGMAX=0" "DRPO_CUDA_ROP
 done
 # When the default kernels failed, the later steps use the first switch that passed.
 if [ -z "$passed" ]; then
-  echo "no kernel switch passed parity: the later steps' figures come from unchecked kernels"
+  failed "parity: no kernel switch passed, the later steps' figures come from unchecked kernels"
 elif [ "$passed" != default ]; then
-  echo "the default kernels failed parity: the later steps use $passed"
-  export "${passed?}"
+  failed "parity with the default kernels: the later steps use $passed"
+  pass_on "$passed"
 fi
 # Kernels that are not yet a default, checked here; the later steps measure the defaults (the
 # sweep measures a switch's speed). Run 15 adopted every opt-in that passed parity, and its
 # table measured a combination slower than the defaults.
 for optin in ${PARITY_OPT_IN:-}; do
-  parity_on_both "$optin" "$optin (opt-in)" || true
+  parity_on_both "$optin" "$optin (opt-in)" || failed "parity of the opt-in $optin"
 done
-fi
+}
 
-if wants product; then
+product() {
 section "(a3) drpo-host's generation path (LocalModel) on $DEVICE against the CPU"
 PRODUCT_MODEL=$SHIM/tiny-mistral-tokenizer
 : >"$OUT_DIR/product.jsonl"
@@ -302,22 +356,22 @@ if run_tool 30 "$OUT_DIR/product.jsonl" random-model --config tiny-mistral --out
   run_tool "${PRODUCT_TIMEOUT:-60}" "$OUT_DIR/product.jsonl" generate --model "$PRODUCT_MODEL" \
     --device "$DEVICE" --against cpu --max-tokens 24 \
     --schema '{"type":"object","properties":{"score":{"type":"integer"},"why":{"type":"string","maxLength":16}},"required":["score","why"]}' \
-    "hello world" "hello" "world hello hello" "hello hello" || echo "product: FAILED (exit $?)"
+    "hello world" "hello" "world hello hello" "hello hello" || failed "product (exit $?)"
 else
-  echo "product: could not write the model (exit $?)"
+  failed "product: writing the model (exit $?)"
 fi
-fi
+}
 
-if wants bench; then
+bench() {
 section "(b) ours: $CONFIG random weights on $DEVICE"
 start_sampling "$OUT_DIR/mem-ours.txt"
 run_tool "${BENCH_TIMEOUT:-220}" "$OUT_DIR/ours.jsonl" bench --config "$CONFIG" \
   --device "$DEVICE" --batch "$BATCHES" --prompt-len "$PROMPT_LEN" --gen-tokens "$GEN_TOKENS" \
-  || echo "bench: FAILED (exit $?)"
+  || failed "bench (exit $?)"
 stop_sampling
-fi
+}
 
-if wants sweep; then
+sweep() {
 section "(b2) decode with other kernel switches ($SWEEP_CONFIG)"
 # The defaults first, then each SWEEP word as one run's kernel switch, all with the same
 # settings (the bench's prompt, a shorter generation), so that each compares with the first.
@@ -325,11 +379,11 @@ for kernels in defaults ${SWEEP:-DRPO_CUDA_QUEUED_READS=0 DRPO_CUDA_ROPE_ATTENTI
   RUN_ENV=${kernels#defaults} run_tool "${SWEEP_TIMEOUT:-60}" "$OUT_DIR/sweep-${kernels//=/-}.jsonl" \
     bench --config "$SWEEP_CONFIG" --device "$DEVICE" --batch "${SWEEP_BATCHES:-1,32}" \
     --prompt-len "${SWEEP_PROMPT_LEN:-$PROMPT_LEN}" --gen-tokens "${SWEEP_GEN_TOKENS:-24}" \
-    || echo "sweep $kernels: FAILED (exit $?)"
+    || failed "sweep $kernels (exit $?)"
 done
-fi
+}
 
-if wants profile; then
+profile() {
 section "(b3) kernel times of batch-1 decode steps ($CONFIG, cubecl's profiler)"
 # With its profiling logger on, cubecl syncs around every kernel and prints, at each sync of
 # the tool, every kernel's count and total time. Each time includes a sync (tens of µs), so the
@@ -342,13 +396,13 @@ mkdir -p "$PROFILE_DIR"
 } >"$PROFILE_DIR/cubecl.toml"
 RUN_IN=$PROFILE_DIR run_tool "${PROFILE_TIMEOUT:-60}" "$OUT_DIR/profile.jsonl" bench \
   --config "$CONFIG" --device "$DEVICE" --batch 1 --prompt-len "$PROMPT_LEN" \
-  --gen-tokens "${PROFILE_GEN_TOKENS:-16}" || echo "profile: FAILED (exit $?)"
-fi
+  --gen-tokens "${PROFILE_GEN_TOKENS:-16}" || failed "profile (exit $?)"
+}
 
-if wants hf; then
+hf() {
 section "(c) transformers: the same shapes"
 if [ "${SKIP_HF:-0}" = 1 ] || [ "${DEVICE%%:*}" != cuda ]; then
-  echo "skipped"
+  echo "skipped (SKIP_HF=1, or not a CUDA device)"
   : >"$OUT_DIR/hf.jsonl"
 else
   start_sampling "$OUT_DIR/mem-hf.txt"
@@ -356,11 +410,25 @@ else
     "prefill 4.3k/34.2k tok/s; 16.1 GB peak"
   timeout -k 5 "${HF_TIMEOUT:-60}" "$PY" scripts/hf-bench.py --batch "$HF_BATCHES" \
     --prompt-len "$PROMPT_LEN" --gen-tokens "$HF_GEN_TOKENS" >"$OUT_DIR/hf.jsonl" \
-    || echo "transformers: FAILED (exit $?)"
+    || failed "transformers (exit $?)"
   stop_sampling
 fi
-fi
+}
+
+for name in smoke matmul parity product bench sweep profile hf; do
+  step "$name" "$name"
+done
 
 section "summary"
-"$PY" scripts/gpu-report.py "$OUT_DIR" || echo "report failed"
-echo "outputs in $OUT_DIR; total $(( $(date +%s) - START )) s"
+report_ok=1
+"$PY" scripts/gpu-report.py "$OUT_DIR" || { echo "report: FAILED (exit $?)"; report_ok=0; }
+echo
+echo "steps:"
+failures=0
+for line in "${STATUS[@]}"; do
+  printf '  %s\n' "$line"
+  if [[ "$line" == *" FAILED "* ]]; then failures=$((failures + 1)); fi
+done
+[ "$report_ok" = 1 ] || failures=$((failures + 1))
+echo "outputs in $OUT_DIR; total $(( $(date +%s) - START )) s; $failures failed"
+[ "$failures" = 0 ]

@@ -906,4 +906,25 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<LocalModel>();
     }
+
+    /// Without `structured`, a batch with a schema request is refused as a whole, with a reason
+    /// that names the feature, rather than answered unconstrained (scripts/test runs this in its
+    /// build without the feature).
+    #[cfg(not(feature = "structured"))]
+    #[test]
+    fn a_schema_without_the_structured_feature_is_refused() {
+        let (model, dir) = random_model("no-structured", "tiny-llama", 4);
+        let plain = GenerationRequest::greedy(PromptInput::Raw("hello".into()), 2);
+        let constrained = GenerationRequest {
+            json_schema: Some(r#"{"type":"object"}"#.into()),
+            ..plain.clone()
+        };
+        let err = model.generate(&[plain.clone(), constrained]).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Usage(m) if m.contains("`structured` feature")),
+            "{err:?}"
+        );
+        assert_eq!(model.generate(&[plain]).unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
