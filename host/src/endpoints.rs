@@ -25,6 +25,11 @@ pub struct EndpointFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// Size of one HTTP reply's body, in MiB (default 4); a larger reply fails its request
+    /// (not retried) and is read no further.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_reply_mib: Option<u64>,
     /// Neither read nor write the persistent response cache ($DRPO_CACHE_DIR/responses.redb).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -76,6 +81,9 @@ impl EndpointFlags {
         let defaults = RetryPolicy::default();
         RetryPolicy {
             concurrency: self.max_concurrency.unwrap_or(defaults.concurrency),
+            max_reply_bytes: self
+                .max_reply_mib
+                .map_or(defaults.max_reply_bytes, |mib| mib.saturating_mul(1 << 20)),
             ..defaults
         }
     }

@@ -59,7 +59,13 @@ pub struct RetryPolicy {
     pub timeout: Duration,
     /// Requests in flight to this endpoint at most.
     pub concurrency: usize,
+    /// Bytes of one reply's body at most; the body is read no further, and the request fails.
+    pub max_reply_bytes: u64,
 }
+
+/// The default limit of one reply's body, in MiB: an answer of 16 choices of 16,000 tokens
+/// each is about 1 MiB of JSON, and the endpoint's 16 requests in flight may each hold one.
+pub const DEFAULT_MAX_REPLY_MIB: u64 = 4;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -69,6 +75,7 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(60),
             timeout: Duration::from_secs(600),
             concurrency: 16,
+            max_reply_bytes: DEFAULT_MAX_REPLY_MIB << 20,
         }
     }
 }
@@ -278,12 +285,7 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seconds| Duration::from_secs(seconds).min(self.policy.max_backoff));
-        let text = response.text().await.map_err(|e| {
-            Failure::transient(unavailable(
-                url,
-                format!("reading the body failed: {}", without_url(&e)),
-            ))
-        })?;
+        let text = self.read_body(url, response).await?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
             let kind = failure_kind(status.as_u16(), &text);
@@ -315,6 +317,49 @@ impl OpenAiProvider {
             )));
         }
         Ok(value)
+    }
+
+    /// The body of `response`, read chunk by chunk up to the policy's limit. A body past the
+    /// limit fails the request without another try: the server has made (and billed) the
+    /// answer, and would likely make it again.
+    async fn read_body(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+    ) -> Result<String, Failure> {
+        let limit = self.policy.max_reply_bytes;
+        let too_large = |bytes: String| Failure {
+            kind: FailureKind::Permanent,
+            error: unavailable(
+                url,
+                format!(
+                    "the reply's body is {bytes} bytes, more than the {} MiB a reply may hold \
+                     (--max-reply-mib, config key max_reply_mib); it was not read further",
+                    limit >> 20
+                ),
+            ),
+            retry_after: None,
+            body: String::new(),
+        };
+        if let Some(declared) = response.content_length().filter(|&len| len > limit) {
+            return Err(too_large(declared.to_string()));
+        }
+        let mut body = Vec::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|e| {
+                Failure::transient(unavailable(
+                    url,
+                    format!("reading the body failed: {}", without_url(&e)),
+                ))
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large(format!("over {limit}")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     /// One request of the strategy: sent the way this server takes it (settling that on a
