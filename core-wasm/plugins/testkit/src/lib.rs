@@ -11,6 +11,8 @@
 //! | `panic` | panics with the message in `message` |
 //! | `echo` | `count` single-request `complete` calls whose prompt is `size` bytes (for benchmarks) |
 //! | `ask` | one `complete` of `width` requests, each asking `n` choices of `max_tokens` at most; reports each answer's error |
+//! | `flood` | one `complete` of `asks` requests (as `ask`, when `asks` > 0), then `count` nodes whose prompt is `size` bytes, each followed by a log line of `log_size` bytes (none when 0); reports the asks' errors |
+//! | `fail` | returns an error of `size` bytes |
 //! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
 
 use serde_json::{Value, json};
@@ -36,7 +38,10 @@ impl Guest for Testkit {
                 "type": "object",
                 "properties": {
                     "mode": {"type": "string", "default": "chain",
-                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask"]},
+                             "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask",
+                                      "flood", "fail"]},
+                    "asks": {"type": "integer", "default": 0, "minimum": 0},
+                    "log_size": {"type": "integer", "default": 0, "minimum": 0},
                     "count": {"type": "integer", "default": 1000, "minimum": 0},
                     "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
@@ -78,6 +83,15 @@ impl Guest for Testkit {
                 number("n", 1) as u32,
                 number("max_tokens", 64) as u32,
             )),
+            "flood" => Ok(flood(
+                number("asks", 0) as u32,
+                number("n", 1) as u32,
+                number("max_tokens", 64) as u32,
+                number("count", 1000) as u32,
+                number("size", 1024) as usize,
+                number("log_size", 0) as usize,
+            )),
+            "fail" => Err("e".repeat(number("size", 1024) as usize)),
             other => Err(format!("unknown mode `{other}`")),
         }
     }
@@ -197,6 +211,11 @@ fn echo(count: u64, size: usize) -> Outcome {
 }
 
 fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
+    summary(json!(ask_errors(width, n, max_tokens)))
+}
+
+/// One batch of `width` requests of `n` choices; how many were answered, and the errors.
+fn ask_errors(width: u32, n: u32, max_tokens: u32) -> Value {
     let batch: Vec<Request> = (0..width)
         .map(|i| {
             let mut request = request(format!("ask {i}"), i, 0);
@@ -210,7 +229,29 @@ fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
         .iter()
         .filter_map(|a| a.as_ref().err().map(|e| format!("{e:?}")))
         .collect();
-    summary(json!({"answered": answers.len() - errors.len(), "errors": errors}))
+    json!({"answered": answers.len() - errors.len(), "errors": errors})
+}
+
+fn flood(asks: u32, n: u32, max_tokens: u32, count: u32, size: usize, log_size: usize) -> Outcome {
+    let asked = if asks > 0 {
+        ask_errors(asks, n, max_tokens)
+    } else {
+        json!({"answered": 0, "errors": []})
+    };
+    for id in 0..count {
+        host::record_node(&Node {
+            id,
+            parent: id.checked_sub(1),
+            depth: id,
+            prompt: "n".repeat(size),
+            reward: f64::from(id),
+            details: "{}".into(),
+        });
+        if log_size > 0 {
+            host::log(LogLevel::Info, &"l".repeat(log_size));
+        }
+    }
+    summary(asked)
 }
 
 fn spin() -> Result<Outcome, String> {
