@@ -280,3 +280,29 @@ fn sixteen_endless_replies_at_once_are_each_cut_at_the_body_limit() {
     assert!(run_log_bytes(work.path()) < 64 << 10);
     assert_replays_and_inspects(work.path(), "replay reproduced the run");
 }
+
+#[test]
+fn the_answers_of_a_batch_are_bounded_together() {
+    let server =
+        Server::with_script(|_, request| Reply::new(200, huge_completion(request, 600 << 10)));
+    let work = tempfile::tempdir().unwrap();
+    let out = testkit(
+        work.path(),
+        server.url(),
+        &["mode=flood", "asks=8", "count=1", "size=10"],
+        &["--max-answers-mib", "2", "--no-cache"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Three answers of 600 KiB fit in 2 MiB, a fourth does not.
+    let errors = ask_errors(work.path());
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    for error in &errors {
+        assert!(
+            error.contains("past the 2 MiB they may hold (--max-answers-mib"),
+            "{error}"
+        );
+    }
+    let bytes = run_log_bytes(work.path());
+    assert!(bytes < (2 << 20) + (64 << 10), "{bytes} bytes");
+    assert_replays_and_inspects(work.path(), "replay reproduced the run");
+}
