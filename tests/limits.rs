@@ -185,6 +185,8 @@ fn a_reply_declared_past_the_body_limit_fails_its_request_naming_the_flag() {
             error.contains("more than the 2 MiB a reply may hold (--max-reply-mib"),
             "{error}"
         );
+        // The declared length (3 MiB and the JSON around it) is refused before any byte is read.
+        assert!(error.contains("the reply's body is 3145"), "{error}");
     }
     assert_eq!(
         server.requests().len(),
