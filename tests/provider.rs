@@ -49,6 +49,7 @@ fn quick() -> RetryPolicy {
         max_backoff: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         concurrency: 8,
+        ..RetryPolicy::default()
     }
 }
 

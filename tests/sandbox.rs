@@ -319,7 +319,8 @@ fn a_long_hostile_error_is_cut_and_escaped_on_the_terminal_and_kept_whole_in_the
     let server = Server::start();
     let (out, dir) = run_testkit(
         &server,
-        &["--option", "mode=fail", "--option", "size=100000"],
+        // Under the 64 KiB an error may hold in the record (--max-error-kib).
+        &["--option", "mode=fail", "--option", "size=50000"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_terminal_clean(&out);
@@ -332,7 +333,7 @@ fn a_long_hostile_error_is_cut_and_escaped_on_the_terminal_and_kept_whole_in_the
     );
     let log = std::fs::read_to_string(dir.path().join("run/log.txt")).unwrap();
     assert!(
-        log.contains(&format!("{}\n", "x".repeat(99_000))),
+        log.contains(&format!("{}\n", "x".repeat(49_000))),
         "log.txt holds the whole error"
     );
     let inspect = output(

@@ -15,7 +15,10 @@ use crate::budget::BudgetFlags;
 use crate::endpoints::EndpointFlags;
 use crate::pricing::Price;
 use crate::provider::PromptForm;
-use crate::runtime::Limits;
+use crate::runtime::{
+    DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, Limits,
+    RecordLimits,
+};
 
 /// The search options of the published DRPO implementation, under their published names.
 /// They are strategy options: they reach the plugin in its options object.
@@ -174,6 +177,25 @@ pub struct HostFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<u64>,
+    /// Size of one node the plugin records, in KiB, as encoded in the run log (default 1024);
+    /// a larger node ends the run.
+    #[arg(long, value_name = "KIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_node_kib: Option<u64>,
+    /// Size of one line the plugin logs, in KiB (default 64); a longer line is cut, with a note.
+    #[arg(long, value_name = "KIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_log_line_kib: Option<u64>,
+    /// Size of the error the plugin returns (or its panic message), in KiB (default 64); a
+    /// longer one is cut, with a note.
+    #[arg(long, value_name = "KIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_kib: Option<u64>,
+    /// Size of everything the plugin records (nodes, log lines, its outcome), in MiB (default
+    /// 64); a record past it ends the run.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_records_mib: Option<u64>,
     /// Roles the plugin may call, comma-separated (default all); a request for another role is
     /// answered `rejected`.
     #[arg(long, value_delimiter = ',', value_name = "ROLES")]
@@ -198,6 +220,15 @@ impl HostFlags {
             deadline: self
                 .deadline_secs
                 .map_or(defaults.deadline, std::time::Duration::from_secs),
+            records: RecordLimits {
+                node_bytes: kib(self.max_node_kib, DEFAULT_NODE_KIB),
+                log_line_bytes: kib(self.max_log_line_kib, DEFAULT_LOG_LINE_KIB),
+                error_bytes: kib(self.max_error_kib, DEFAULT_ERROR_KIB),
+                total_bytes: self
+                    .max_records_mib
+                    .unwrap_or(DEFAULT_RECORDS_MIB)
+                    .saturating_mul(1 << 20),
+            },
         }
     }
 }
@@ -311,6 +342,11 @@ impl RunConfig {
     pub fn limits(&self) -> Limits {
         self.host.limits()
     }
+}
+
+/// A size given in KiB (or its default), in bytes.
+fn kib(given: Option<u64>, default: u64) -> u64 {
+    given.unwrap_or(default).saturating_mul(1 << 10)
 }
 
 /// Merges flags over the config file and resolves the strategy options against its schema.

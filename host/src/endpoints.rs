@@ -25,6 +25,16 @@ pub struct EndpointFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// Size of one HTTP reply's body, in MiB (default 4); a larger reply fails its request
+    /// (not retried) and is read no further.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_reply_mib: Option<u64>,
+    /// Size of the answers (every choice) of one batch's requests to one HTTP endpoint, in
+    /// MiB (default 64); the answers past it fail their requests.
+    #[arg(long, value_name = "MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_answers_mib: Option<u64>,
     /// Neither read nor write the persistent response cache ($DRPO_CACHE_DIR/responses.redb).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -74,8 +84,12 @@ impl EndpointFlags {
     /// The retry policy of every HTTP endpoint.
     pub fn retry_policy(&self) -> RetryPolicy {
         let defaults = RetryPolicy::default();
+        let bytes =
+            |mib: Option<u64>, default: u64| mib.map_or(default, |mib| mib.saturating_mul(1 << 20));
         RetryPolicy {
             concurrency: self.max_concurrency.unwrap_or(defaults.concurrency),
+            max_reply_bytes: bytes(self.max_reply_mib, defaults.max_reply_bytes),
+            max_answers_bytes: bytes(self.max_answers_mib, defaults.max_answers_bytes),
             ..defaults
         }
     }

@@ -23,6 +23,7 @@
 //! request is invalid), not by one server's wording. Client errors are not retried, except 408,
 //! 409 and 429; nor is a 5xx that says the request is invalid.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +60,21 @@ pub struct RetryPolicy {
     pub timeout: Duration,
     /// Requests in flight to this endpoint at most.
     pub concurrency: usize,
+    /// Bytes of one reply's body at most; the body is read no further, and the request fails.
+    pub max_reply_bytes: u64,
+    /// Bytes of the answers (every choice) of one batch's requests to this endpoint at most;
+    /// the answers past it are dropped as they arrive, and their requests fail.
+    pub max_answers_bytes: u64,
 }
+
+/// The default limit of the answers of one batch to one endpoint, in MiB: the shipped `eval`
+/// and `generate` strategies send a whole data set in one batch (1,610 answers of a few KiB for
+/// AlpacaEval compared twice).
+pub const DEFAULT_MAX_ANSWERS_MIB: u64 = 64;
+
+/// The default limit of one reply's body, in MiB: an answer of 16 choices of 16,000 tokens
+/// each is about 1 MiB of JSON, and the endpoint's 16 requests in flight may each hold one.
+pub const DEFAULT_MAX_REPLY_MIB: u64 = 4;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -69,6 +84,8 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(60),
             timeout: Duration::from_secs(600),
             concurrency: 16,
+            max_reply_bytes: DEFAULT_MAX_REPLY_MIB << 20,
+            max_answers_bytes: DEFAULT_MAX_ANSWERS_MIB << 20,
         }
     }
 }
@@ -299,12 +316,7 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seconds| Duration::from_secs(seconds).min(self.policy.max_backoff));
-        let text = response.text().await.map_err(|e| {
-            Failure::transient(unavailable(
-                url,
-                format!("reading the body failed: {}", without_url(&e)),
-            ))
-        })?;
+        let text = self.read_body(url, response).await?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
             let kind = failure_kind(status.as_u16(), &text);
@@ -336,6 +348,73 @@ impl OpenAiProvider {
             )));
         }
         Ok(value)
+    }
+
+    /// The body of `response`, read chunk by chunk up to the policy's limit. A body past the
+    /// limit fails the request without another try: the server has made (and billed) the
+    /// answer, and would likely make it again.
+    async fn read_body(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+    ) -> Result<String, Failure> {
+        let limit = self.policy.max_reply_bytes;
+        let too_large = |bytes: String| Failure {
+            kind: FailureKind::Permanent,
+            error: unavailable(
+                url,
+                format!(
+                    "the reply's body is {bytes} bytes, more than the {} MiB a reply may hold \
+                     (--max-reply-mib, config key max_reply_mib); it was not read further",
+                    limit >> 20
+                ),
+            ),
+            retry_after: None,
+            body: String::new(),
+        };
+        if let Some(declared) = response.content_length().filter(|&len| len > limit) {
+            return Err(too_large(declared.to_string()));
+        }
+        let mut body = Vec::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|e| {
+                Failure::transient(unavailable(
+                    url,
+                    format!("reading the body failed: {}", without_url(&e)),
+                ))
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large(format!("over {limit}")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    /// `completion`, if the batch's answers kept so far (`received` bytes) leave room for it;
+    /// the host holds a batch's answers until the last one arrives.
+    fn keep_answer(
+        &self,
+        received: &AtomicU64,
+        completion: Completion,
+    ) -> Result<Completion, LlmError> {
+        let limit = self.policy.max_answers_bytes;
+        let bytes: u64 = completion.choices.iter().map(|c| c.len() as u64).sum();
+        let kept = received.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if kept <= limit {
+            return Ok(completion);
+        }
+        received.fetch_sub(bytes, Ordering::SeqCst);
+        Err(unavailable(
+            &self.endpoint.base_url,
+            format!(
+                "this answer of {bytes} bytes would take the batch's answers from this endpoint \
+                 past the {} MiB they may hold (--max-answers-mib, config key max_answers_mib)",
+                limit >> 20
+            ),
+        ))
     }
 
     /// One request of the strategy: sent the way this server takes it (settling that on a
@@ -661,8 +740,14 @@ impl Provider for OpenAiProvider {
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         Box::pin(async move {
+            let received = AtomicU64::new(0);
+            let received = &received;
             join_all(batch.into_iter().map(|request| async move {
-                Answer::fresh(self.scrub_answer(self.complete_one(&request).await))
+                let result = self
+                    .complete_one(&request)
+                    .await
+                    .and_then(|completion| self.keep_answer(received, completion));
+                Answer::fresh(self.scrub_answer(result))
             }))
             .await
         })

@@ -81,8 +81,24 @@ pub fn same_encoding<T: serde::Serialize>(a: &T, b: &T) -> bool {
     matches!((encode(a), encode(b)), (Ok(a), Ok(b)) if a == b)
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The bytes `value` takes in a run log's frame, without encoding it into memory.
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> u64 {
+    bincode::serde::encode_into_std_write(value, &mut std::io::sink(), bincode_config())
+        .map_or(u64::MAX, |bytes| bytes as u64)
+}
+
+/// The largest payload a frame may hold. The writer refuses a larger entry, and the reader
+/// reports a length field past it as corruption; decoding a payload may claim no more memory
+/// than this, so that a frame whose hash chains on but whose contents declare a huge string or
+/// list is an error rather than an allocation of that size.
+pub const MAX_FRAME_BYTES: usize = 1 << 30;
+
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
 }
 
 #[cfg(test)]

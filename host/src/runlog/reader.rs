@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 
 use super::{
-    CallRecord, Entry, Hash, MAGIC, Preflight, bincode_config, chain_hash, chain_hasher,
-    genesis_hash,
+    CallRecord, Entry, Hash, MAGIC, MAX_FRAME_BYTES, Preflight, bincode_config, chain_hash,
+    chain_hasher, genesis_hash,
 };
 
 /// A run log read and verified up to its last complete frame.
@@ -123,6 +123,17 @@ pub(super) fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LogContents, LogEr
         let declared = rest
             .get(..4)
             .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+        // The writer never writes a larger frame, so such a length field was changed, not torn.
+        if let Some(len) = declared.filter(|&len| len > MAX_FRAME_BYTES) {
+            return Err(corrupt(
+                frame,
+                offset,
+                format!(
+                    "has a length field of {len} bytes, more than a frame may hold ({} MiB)",
+                    MAX_FRAME_BYTES >> 20
+                ),
+            ));
+        }
         let Some((payload, stored_hash)) = declared.and_then(|len| split_frame(rest, len)) else {
             return match whole_frame_len(&previous, rest) {
                 None => Ok(torn(entries, offset, previous, rest.len())),

@@ -309,3 +309,56 @@ fn an_outcome_with_a_nan_score_has_the_same_encoding_as_itself() {
     assert!(!same_encoding(&outcome(f64::NAN), &outcome(1.0)));
     assert!(!same_encoding(&outcome(0.0), &outcome(-0.0)));
 }
+
+#[test]
+fn a_length_field_past_the_largest_frame_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), &[header(), call(0)]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = frame_starts(&bytes)[1];
+    let huge = u32::try_from(MAX_FRAME_BYTES + 1).unwrap();
+    bytes[second..second + 4].copy_from_slice(&huge.to_le_bytes());
+    // As long as the file: the length field alone must make the log corrupt, not torn.
+    bytes.resize(second + 4 + MAX_FRAME_BYTES / 1024, 0);
+    let Err(LogError::Corrupt { frame, reason, .. }) = read(&bytes) else {
+        panic!("expected a corrupt log")
+    };
+    assert_eq!(frame, 1);
+    assert!(
+        reason.contains("more than a frame may hold (1024 MiB)"),
+        "{reason}"
+    );
+}
+
+/// A frame whose hash chains on (anyone can compute it) but whose payload declares a string of
+/// an exabyte is reported as undecodable; the reader does not try to allocate it.
+#[test]
+fn a_payload_declaring_a_huge_string_is_corruption_not_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), &[header()]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let previous = chain_hash(&genesis_hash(), &bytes[MAGIC.len() + 4..bytes.len() - 32]);
+    // Entry::Call, index 0, CallRequest::Log, level info, then the message's length: u64::MAX
+    // as a varint (0xfd and eight bytes), with no message after it.
+    let mut payload = vec![1, 0, 5, 2, 0xfd];
+    payload.extend_from_slice(&(u64::MAX >> 4).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&chain_hash(&previous, &payload));
+    let Err(LogError::Corrupt { frame, reason, .. }) = read(&bytes) else {
+        panic!("expected a corrupt log")
+    };
+    assert_eq!(frame, 1);
+    assert!(reason.contains("cannot be decoded"), "{reason}");
+}
+
+#[test]
+fn an_entry_is_sized_as_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_log(dir.path(), &[header()]);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        encoded_len(&header()),
+        (bytes.len() - MAGIC.len() - 4 - 32) as u64
+    );
+}

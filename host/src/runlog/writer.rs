@@ -4,7 +4,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Entry, Hash, MAGIC, bincode_config, chain_hash, genesis_hash};
+use super::{
+    Entry, Hash, MAGIC, MAX_FRAME_BYTES, bincode_config, chain_hash, encoded_len, genesis_hash,
+};
 
 /// Appends entries to a run log, one flushed frame per entry.
 pub struct RunLogWriter {
@@ -58,18 +60,19 @@ impl RunLogWriter {
     /// Appends one entry and flushes it to the operating system, so that it survives the
     /// process being killed right after.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
-        let payload = bincode::serde::encode_to_vec(entry, bincode_config())
+        // Sized before it is encoded, so an entry too large for a frame is never held twice.
+        let len = encoded_len(entry);
+        if len > MAX_FRAME_BYTES as u64 {
+            return Err(io::Error::other(format!(
+                "a run-log entry of {len} bytes is larger than a frame may hold ({} MiB)",
+                MAX_FRAME_BYTES >> 20
+            )));
+        }
+        let mut frame = Vec::with_capacity(4 + len as usize + 32);
+        frame.extend_from_slice(&(len as u32).to_le_bytes());
+        bincode::serde::encode_into_std_write(entry, &mut frame, bincode_config())
             .map_err(|e| io::Error::other(format!("cannot encode a run-log entry: {e}")))?;
-        let len = u32::try_from(payload.len()).map_err(|_| {
-            io::Error::other(format!(
-                "a run-log entry of {} bytes is larger than the 4 GiB frame limit",
-                payload.len()
-            ))
-        })?;
-        let hash = chain_hash(&self.last_hash, &payload);
-        let mut frame = Vec::with_capacity(4 + payload.len() + 32);
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&payload);
+        let hash = chain_hash(&self.last_hash, &frame[4..]);
         frame.extend_from_slice(&hash);
         self.file
             .write_all(&frame)

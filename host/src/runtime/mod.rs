@@ -11,10 +11,14 @@
 //!   memory limiter, and the [`Session`] that answers the plugin's import calls.
 
 mod divergence;
+mod records;
 mod sandbox;
 mod session;
 
 pub use divergence::Divergence;
+pub use records::{
+    DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, RecordLimits,
+};
 pub use sandbox::{Limits, StoreState};
 pub use session::{Observer, Services, Session, SessionFailure};
 
@@ -309,10 +313,20 @@ impl Runtime {
         session: Session,
     ) -> Finished<Outcome> {
         let options = options.to_owned();
-        self.call(plugin, seed, limits, session, move |strategy, store| {
-            Box::pin(async move { strategy.call_run(store, &options).await })
-        })
-        .await
+        let mut finished = self
+            .call(plugin, seed, limits, session, move |strategy, store| {
+                Box::pin(async move { strategy.call_run(store, &options).await })
+            })
+            .await;
+        if let Ok(outcome) = &finished.result
+            && let Err(refusal) = finished.session.records.admit_outcome(outcome)
+        {
+            finished.result = Err(PluginError::Host {
+                plugin: plugin.label(),
+                failure: Box::new(SessionFailure::RecordLimit(refusal)),
+            });
+        }
+        finished
     }
 
     async fn call<T, F>(
@@ -332,6 +346,8 @@ impl Runtime {
             Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, String>>> + Send + 'a>,
         >,
     {
+        let mut session = session;
+        session.records = records::RecordMeter::new(limits.records);
         let mut store = Store::new(
             &self.engine,
             StoreState::new(seed, limits.memory_bytes, session),
@@ -363,13 +379,19 @@ impl Runtime {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(message))) => Err(PluginError::Strategy {
                 plugin: plugin.label(),
-                message,
+                message: store.data().session.records.cut_error(message),
             }),
             Ok(Err(error)) => Err(classify(plugin, limits, store.data_mut(), &error)),
         };
         let stdout = store.data().stdout();
         let stderr = store.data().stderr();
-        let result = result.map_err(|error| attach_panic(error, &stderr));
+        let result = result.map_err(|error| match attach_panic(error, &stderr) {
+            PluginError::Panic { plugin, message } => PluginError::Panic {
+                plugin,
+                message: store.data().session.records.cut_error(message),
+            },
+            other => other,
+        });
         Finished {
             result,
             session: store.into_data().into_session(),

@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
+use super::records::RecordLimits;
 use super::session::Session;
 
 /// Limits applied to one plugin instance.
@@ -22,6 +23,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock limit for one export call, host calls included.
     pub deadline: Duration,
+    /// What the plugin may record: nodes, log lines, errors, all of them together.
+    pub records: RecordLimits,
 }
 
 impl Default for Limits {
@@ -30,6 +33,7 @@ impl Default for Limits {
             fuel: 50_000_000_000,
             memory_bytes: 1 << 30,
             deadline: Duration::from_secs(24 * 3600),
+            records: RecordLimits::default(),
         }
     }
 }

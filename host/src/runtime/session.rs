@@ -12,6 +12,7 @@ use crate::provider::Router;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, Entry, Provenance, RunLogWriter};
 
 use super::divergence::{Divergence, first_difference};
+use super::records::RecordMeter;
 use super::sandbox::StoreState;
 
 /// What answers live calls.
@@ -53,6 +54,8 @@ pub struct Session {
     live: u64,
     /// Why the session stopped the plugin, when it did (a divergence, a log write failure).
     pub(crate) failure: Option<SessionFailure>,
+    /// The limits on what the plugin records, and what it recorded so far.
+    pub(crate) records: RecordMeter,
 }
 
 /// A reason the host (not the plugin) ended a run.
@@ -67,6 +70,8 @@ pub enum SessionFailure {
     LogExhausted { calls: u64, import: &'static str },
     #[error("cannot append to the run log: {0}")]
     LogWrite(String),
+    #[error("{0}")]
+    RecordLimit(String),
 }
 
 impl Session {
@@ -104,6 +109,7 @@ impl Session {
             replayed: 0,
             live: 0,
             failure: None,
+            records: RecordMeter::default(),
         }
     }
 
@@ -139,7 +145,11 @@ impl Session {
     }
 
     /// Answers one call. An `Err` stops the plugin; the reason is kept in `failure`.
-    async fn answer(&mut self, request: CallRequest) -> wasmtime::Result<CallResponse> {
+    async fn answer(&mut self, mut request: CallRequest) -> wasmtime::Result<CallResponse> {
+        // Before the comparison with a recorded call: a recorded log line is the cut one.
+        if let Err(refusal) = self.records.admit(&mut request) {
+            return Err(self.fail(SessionFailure::RecordLimit(refusal)));
+        }
         let index = self.next_index;
         self.next_index += 1;
         if let Some(recorded) = self.recorded.pop_front() {

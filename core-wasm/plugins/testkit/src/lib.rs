@@ -14,6 +14,7 @@
 //! | `forge` | records nodes that break the tree (a duplicate id, an orphan, a parent cycle, a depth of `u32::MAX`), logs lines with terminal escapes and a forged result line, and returns a best path through a refused node and a best prompt with escapes |
 //! | `fail` | fails with an error of `size` bytes carrying terminal escapes and a forged result line |
 //! | `spin-estimate` | its `estimate` loops forever; its `run` returns at once |
+//! | `flood` | one `complete` of `asks` requests (as `ask`, when `asks` > 0), then `count` nodes whose prompt is `size` bytes, each followed by a log line of `log_size` bytes (none when 0); reports the asks' errors |
 //! | `probe` | tries to reach the world through WASI (files, environment, network, clocks, random numbers) and reports what it saw |
 
 use serde_json::{Value, json};
@@ -40,7 +41,9 @@ impl Guest for Testkit {
                 "properties": {
                     "mode": {"type": "string", "default": "chain",
                              "enum": ["chain", "spin", "alloc", "wait", "panic", "echo", "probe", "ask",
-                                      "forge", "fail", "spin-estimate"]},
+                                      "forge", "fail", "spin-estimate", "flood"]},
+                    "asks": {"type": "integer", "default": 0, "minimum": 0},
+                    "log_size": {"type": "integer", "default": 0, "minimum": 0},
                     "count": {"type": "integer", "default": 1000, "minimum": 0},
                     "size": {"type": "integer", "default": 1024, "minimum": 0},
                     "steps": {"type": "integer", "default": 3, "minimum": 0},
@@ -85,6 +88,14 @@ impl Guest for Testkit {
             "forge" => Ok(forge()),
             "fail" => Err(hostile_text(number("size", 1024) as usize)),
             "spin-estimate" => Ok(summary(json!({}))),
+            "flood" => Ok(flood(
+                number("asks", 0) as u32,
+                number("n", 1) as u32,
+                number("max_tokens", 64) as u32,
+                number("count", 1000) as u32,
+                number("size", 1024) as usize,
+                number("log_size", 0) as usize,
+            )),
             other => Err(format!("unknown mode `{other}`")),
         }
     }
@@ -206,6 +217,11 @@ fn echo(count: u64, size: usize) -> Outcome {
 }
 
 fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
+    summary(json!(ask_errors(width, n, max_tokens)))
+}
+
+/// One batch of `width` requests of `n` choices; how many were answered, and the errors.
+fn ask_errors(width: u32, n: u32, max_tokens: u32) -> Value {
     let batch: Vec<Request> = (0..width)
         .map(|i| {
             let mut request = request(format!("ask {i}"), i, 0);
@@ -219,7 +235,29 @@ fn ask(width: u32, n: u32, max_tokens: u32) -> Outcome {
         .iter()
         .filter_map(|a| a.as_ref().err().map(|e| format!("{e:?}")))
         .collect();
-    summary(json!({"answered": answers.len() - errors.len(), "errors": errors}))
+    json!({"answered": answers.len() - errors.len(), "errors": errors})
+}
+
+fn flood(asks: u32, n: u32, max_tokens: u32, count: u32, size: usize, log_size: usize) -> Outcome {
+    let asked = if asks > 0 {
+        ask_errors(asks, n, max_tokens)
+    } else {
+        json!({"answered": 0, "errors": []})
+    };
+    for id in 0..count {
+        host::record_node(&Node {
+            id,
+            parent: id.checked_sub(1),
+            depth: id,
+            prompt: "n".repeat(size),
+            reward: f64::from(id),
+            details: "{}".into(),
+        });
+        if log_size > 0 {
+            host::log(LogLevel::Info, &"l".repeat(log_size));
+        }
+    }
+    summary(asked)
 }
 
 /// Text that would take over a terminal printed raw: a screen clear, a colour, a carriage
