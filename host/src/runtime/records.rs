@@ -173,9 +173,11 @@ mod tests {
     fn limits() -> RecordLimits {
         RecordLimits {
             node_bytes: 200,
-            log_line_bytes: 10,
+            // Odd, so that a cut falls inside a two-byte character.
+            log_line_bytes: 9,
             error_bytes: 8,
-            total_bytes: 1000,
+            // Five nodes of 150 prompt bytes (about 165 bytes each, encoded) fit, a sixth does not.
+            total_bytes: 900,
         }
     }
 
