@@ -5,29 +5,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use drpo_tests::server::{Reply, Server, completion};
-use drpo_tests::{host, output, plugin, result_json, roles_at, text};
-
-/// A testkit run (`mode=` and the other options in `options`) in `work/run`, its roles at
-/// `api_base`.
-fn testkit(work: &Path, api_base: &str, options: &[&str], flags: &[&str]) -> Output {
-    let mut command = host(&work.join("cache"));
-    command
-        .arg("run")
-        .arg("--strategy")
-        .arg(plugin("testkit"))
-        .arg("--log-dir")
-        .arg(work.join("run"))
-        .args(roles_at(api_base));
-    for option in options {
-        command.args(["--option", option]);
-    }
-    output(command.args(flags))
-}
+use drpo_tests::{host, output, result_json, testkit_run, text};
 
 fn run_log_bytes(work: &Path) -> u64 {
     std::fs::metadata(work.join("run/run.log")).unwrap().len()
@@ -49,7 +31,7 @@ fn assert_replays_and_inspects(work: &Path, expected: &str) -> String {
 #[test]
 fn a_node_past_its_limit_ends_the_run_naming_the_flag() {
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         "http://127.0.0.1:9/v1",
         &["mode=flood", "count=3", "size=3000"],
@@ -74,7 +56,7 @@ fn a_node_past_its_limit_ends_the_run_naming_the_flag() {
 #[test]
 fn a_log_line_past_its_limit_is_cut_with_a_note_and_replays() {
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         "http://127.0.0.1:9/v1",
         &["mode=flood", "count=2", "size=10", "log_size=100000"],
@@ -101,7 +83,7 @@ fn a_log_line_past_its_limit_is_cut_with_a_note_and_replays() {
 #[test]
 fn an_error_past_its_limit_is_cut_in_the_record_and_on_screen() {
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         "http://127.0.0.1:9/v1",
         &["mode=fail", "size=100000"],
@@ -129,7 +111,7 @@ fn an_error_past_its_limit_is_cut_in_the_record_and_on_screen() {
 #[test]
 fn the_records_of_a_run_are_bounded_together() {
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         "http://127.0.0.1:9/v1",
         &["mode=flood", "count=1000", "size=2000", "log_size=1000"],
@@ -172,7 +154,7 @@ fn a_reply_declared_past_the_body_limit_fails_its_request_naming_the_flag() {
     let server =
         Server::with_script(|_, request| Reply::new(200, huge_completion(request, 3 << 20)));
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         server.url(),
         &["mode=flood", "asks=2", "count=1", "size=10"],
@@ -254,7 +236,7 @@ fn sixteen_endless_replies_at_once_are_each_cut_at_the_body_limit() {
     let sent = Arc::new(AtomicU64::new(0));
     let url = endless_server(sent.clone());
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         &url,
         &["mode=flood", "asks=16", "count=1", "size=10"],
@@ -289,7 +271,7 @@ fn the_answers_of_a_batch_are_bounded_together() {
     let server =
         Server::with_script(|_, request| Reply::new(200, huge_completion(request, 600 << 10)));
     let work = tempfile::tempdir().unwrap();
-    let out = testkit(
+    let out = testkit_run(
         work.path(),
         server.url(),
         &["mode=flood", "asks=8", "count=1", "size=10"],

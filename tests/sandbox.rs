@@ -2,20 +2,11 @@
 //! that reaches for the world through WASI gets nothing.
 
 use drpo_tests::server::Server;
-use drpo_tests::{host, output, plugin, roles_at, text};
+use drpo_tests::{host, output, plugin, testkit_run, text};
 
 fn run_testkit(server: &Server, extra: &[&str]) -> (std::process::Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = host(&dir.path().join("cache"));
-    command
-        .arg("run")
-        .arg("--strategy")
-        .arg(plugin("testkit"))
-        .arg("--log-dir")
-        .arg(dir.path().join("run"))
-        .args(roles_at(server.url()))
-        .args(extra);
-    (output(&mut command), dir)
+    (testkit_run(dir.path(), server.url(), &[], extra), dir)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use drpo_host::runlog::{CallResponse, Entry, read_log};
 use drpo_tests::server::{Reply, Server, default_reply};
 use drpo_tests::{
     assert_budget_stopped, assert_replays, host, output, plugin, preflight_requests, result_json,
-    roles_at, text,
+    roles_at, testkit_run, text,
 };
 
 /// A beam search long enough for every budget below to cut it short.
@@ -44,19 +44,7 @@ fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> Output 
 
 /// testkit's `ask` mode: one batch of requests shaped by `ask` (`width=`, `n=`, `max_tokens=`).
 fn ask_run(server: &Server, work: &Path, ask: &[&str], extra: &[&str]) -> Output {
-    let mut command = host(&work.join("cache"));
-    command
-        .arg("run")
-        .arg("--strategy")
-        .arg(plugin("testkit"))
-        .arg("--log-dir")
-        .arg(work.join("run"))
-        .args(roles_at(server.url()))
-        .args(["--option", "mode=ask"]);
-    for option in ask {
-        command.args(["--option", option]);
-    }
-    output(command.args(extra))
+    testkit_run(work, server.url(), &[&["mode=ask"], ask].concat(), extra)
 }
 
 /// The errors testkit's `ask` mode met, as it reported them.

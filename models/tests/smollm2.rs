@@ -147,19 +147,24 @@ fn batch_greedy(prompts: &[Vec<u32>], steps: usize) -> (Vec<Vec<f32>>, Vec<Vec<u
     (first, tokens)
 }
 
-#[test]
-fn logits_and_greedy_tokens_match_transformers() {
-    let fixture = fixture("smollm2-logits.json");
-    let cases = fixture["cases"].as_array().unwrap();
+/// Each case's prompt ids, asserted equal to the reference's.
+fn checked_prompt_ids(cases: &[Value]) -> Vec<Vec<u32>> {
     let model = model();
-    let prompts: Vec<Vec<u32>> = cases
+    cases
         .iter()
         .map(|case| {
             let ids = model.prompt_ids(&prompt_of(case)).unwrap();
             assert_eq!(ids, ids_of(&case["ids"]), "prompt ids of {}", case["text"]);
             ids
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn logits_and_greedy_tokens_match_transformers() {
+    let fixture = fixture("smollm2-logits.json");
+    let cases = fixture["cases"].as_array().unwrap();
+    let prompts = checked_prompt_ids(cases);
     let steps = 32;
     let (logits, greedy) = batch_greedy(&prompts, steps);
     for ((case, logits), greedy) in cases.iter().zip(&logits).zip(&greedy) {
@@ -201,15 +206,7 @@ const LLAMA_CPP_NEAR_TIE: f64 = 0.5;
 fn prompt_ids_and_greedy_tokens_match_llama_cpp() {
     let fixture = fixture("smollm2-llama-cpp.json");
     let cases = fixture["cases"].as_array().unwrap();
-    let model = model();
-    let prompts: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|case| {
-            let ids = model.prompt_ids(&prompt_of(case)).unwrap();
-            assert_eq!(ids, ids_of(&case["ids"]), "prompt ids of {}", case["text"]);
-            ids
-        })
-        .collect();
+    let prompts = checked_prompt_ids(cases);
     let steps = 32;
     let (_, greedy) = batch_greedy(&prompts, steps);
     let mut compared = 0;

@@ -75,6 +75,17 @@ pub fn strategy_in(
     command
 }
 
+/// A run of testkit.wasm in `work/run` (compiled plugins cached in `work/cache`), its roles at
+/// `api_base`, with `options` (`KEY=VALUE`, `mode=` among them) and then `flags`.
+pub fn testkit_run(work: &Path, api_base: &str, options: &[&str], flags: &[&str]) -> Output {
+    let mut command = strategy_in(&work.join("cache"), "run", "testkit", work.join("run"));
+    command.args(roles_at(api_base));
+    for option in options {
+        command.args(["--option", option]);
+    }
+    output(command.args(flags))
+}
+
 /// `drpo-host generate` with generate.wasm, its compiled plugins cached in `cache`, its run in
 /// `run_dir`.
 pub fn generate_in(cache: &Path, run_dir: impl AsRef<Path>) -> Command {

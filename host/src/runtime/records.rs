@@ -142,11 +142,7 @@ fn cut(text: &mut String, limit: u64, what: &str, flag: &str) {
         return;
     }
     let original = text.len();
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
+    text.truncate(text.floor_char_boundary(limit));
     text.push_str(&format!(
         " [… cut: {original} bytes; {what} may hold at most {} ({flag})]",
         size(limit as u64)
