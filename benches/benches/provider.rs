@@ -6,8 +6,8 @@
 //! - raw: a bare HTTP client POSTs pre-built bodies and reads the replies as text;
 //! - provider: `OpenAiProvider::complete` (body building, the concurrency cap, the rate-limit
 //!   check, JSON parsing, completion extraction, error scrubbing);
-//! - gate + router: what a live run uses (the budget meter and the router in front of the
-//!   provider; no response cache);
+//! - the call pipeline: what a live run uses (the grant, the budget meter and the router in
+//!   front of the provider; no response cache);
 //! - cache hits: the same with the response cache on and every answer in it (no request sent).
 //!
 //! The overhead per request is the difference of the median round times divided by 64: with
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drpo_host::bindings::types::{Message, Prompt, Request, Role, Sampling};
-use drpo_host::budget::Meter;
-use drpo_host::cache::{FILE_NAME, Opened, ResponseCache};
-use drpo_host::gate::Gate;
+use drpo_host::calls::Calls;
+use drpo_host::calls::budget::Meter;
+use drpo_host::calls::cache::{FILE_NAME, Opened, ResponseCache};
 use drpo_host::provider::openai::{Endpoint, OpenAiProvider, RetryPolicy};
 use drpo_host::provider::{Provider, Router};
 use drpo_tests::server::Server;
@@ -91,12 +91,22 @@ fn main() {
     };
     let provider = Arc::new(OpenAiProvider::with_policy(endpoint.clone(), policy));
     let router = Router::uniform(Arc::new(OpenAiProvider::with_policy(endpoint, policy)));
-    let gate = Gate::default();
+    let pipeline = |cache| {
+        Calls::new(
+            Default::default(),
+            Meter::default(),
+            cache,
+            router.clone(),
+            Vec::new(),
+            Vec::new(),
+        )
+    };
+    let calls = pipeline(None);
     let cache_dir = tempfile::tempdir().unwrap();
     let (Opened::Ready(cache), _) = ResponseCache::open(&cache_dir.path().join(FILE_NAME)) else {
         panic!("a fresh cache opens")
     };
-    let cached_gate = Gate::new(Meter::default(), Some(cache));
+    let cached_calls = pipeline(Some(cache));
     let client = reqwest::Client::new();
     let url = format!("{}/chat/completions", server.url());
     let batch: Vec<Request> = (0..IN_FLIGHT).map(request).collect();
@@ -119,20 +129,20 @@ fn main() {
     let provider_round = || async {
         let started = Instant::now();
         let answers = provider.complete(batch.clone()).await;
-        assert!(answers.iter().all(|a| a.result.is_ok()));
+        assert!(answers.iter().all(Result::is_ok));
         started.elapsed()
     };
     let gate_round = || async {
         let started = Instant::now();
-        let answers = gate.complete(&router, batch.clone()).await;
-        assert!(answers.iter().all(|a| a.result.is_ok()));
+        let (answers, _) = calls.complete(batch.clone()).await;
+        assert!(answers.iter().all(Result::is_ok));
         started.elapsed()
     };
 
     let hit_round = || async {
         let started = Instant::now();
-        let answers = cached_gate.complete(&router, batch.clone()).await;
-        assert!(answers.iter().all(|a| a.cache_hit));
+        let (_, from_cache) = cached_calls.complete(batch.clone()).await;
+        assert!(from_cache.iter().all(|&hit| hit));
         started.elapsed()
     };
 
@@ -146,8 +156,8 @@ fn main() {
             gate_round().await;
         }
         // Fills the cache: every later round is all hits.
-        let filled = cached_gate.complete(&router, batch.clone()).await;
-        assert!(filled.iter().all(|a| a.result.is_ok() && !a.cache_hit));
+        let (filled, from_cache) = cached_calls.complete(batch.clone()).await;
+        assert!(filled.iter().all(Result::is_ok) && from_cache.iter().all(|&hit| !hit));
         for _ in 0..ROUNDS {
             raw.push(raw_round().await);
             direct.push(provider_round().await);
@@ -171,7 +181,7 @@ fn main() {
         per_request(direct)
     );
     println!(
-        "  gate + router + provider   {:>9.0} µs per round  {:>7.1} µs per request",
+        "  call pipeline + provider  {:>9.0} µs per round  {:>7.1} µs per request",
         gated.as_secs_f64() * 1e6,
         per_request(gated)
     );

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use drpo_host::bindings::types::{Completion, Usage};
+use drpo_host::calls::Calls;
 use drpo_host::provider::Router;
 use drpo_host::provider::scripted::ScriptedProvider;
 use drpo_host::runlog::{Entry, FORMAT_VERSION, Header, RunLogWriter, read_log};
-use drpo_host::runtime::{Limits, Plugin, Runtime, Services, Session};
+use drpo_host::runtime::{Limits, Plugin, Runtime, Session};
 
 fn plugin_path(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -22,7 +23,7 @@ fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
-fn services() -> Arc<Services> {
+fn calls() -> Arc<Calls> {
     let answer = "y".repeat(1024);
     let provider = ScriptedProvider::new(move |_| {
         Ok(Completion {
@@ -33,13 +34,14 @@ fn services() -> Arc<Services> {
             },
         })
     });
-    Arc::new(Services {
-        router: Router::uniform(Arc::new(provider)),
-        queries: vec![],
-        examples: vec![],
-        gate: Default::default(),
-        grants: Default::default(),
-    })
+    Arc::new(Calls::new(
+        Default::default(),
+        Default::default(),
+        None,
+        Router::uniform(Arc::new(provider)),
+        Vec::new(),
+        Vec::new(),
+    ))
 }
 
 fn header(plugin: &Plugin, options: &str) -> Entry {
@@ -74,7 +76,7 @@ fn echo_run(
         &options,
         0,
         Limits::default(),
-        Session::live(services(), writer),
+        Session::live(calls(), writer),
     ));
     let elapsed = started.elapsed();
     finished.result.unwrap();

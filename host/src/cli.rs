@@ -7,16 +7,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::accounting::Spend;
 use crate::bindings::types::{Outcome, Role, RoleEstimate};
-use crate::budget::BudgetFlags;
+use crate::calls::budget::BudgetFlags;
 use crate::catalog::{Catalog, PLUGIN_PATH_VARIABLE};
 use crate::config::{ConfigInputs, HostFlags, ModelFlags, RunConfig, SearchFlags};
 use crate::endpoints::EndpointFlags;
 use crate::outputs::ExportFormat;
-use crate::pricing::PriceTable;
 use crate::progress::{Progress, RolePrices};
-use crate::projection::Projection;
 use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{
@@ -25,6 +22,9 @@ use crate::runlog::{
 };
 use crate::runtime::{Compiled, Finished, Limits, Plugin, Runtime, Session};
 use crate::services;
+use crate::spending::accounting::Spend;
+use crate::spending::pricing::PriceTable;
+use crate::spending::projection::Projection;
 use crate::terminal;
 use crate::verdict::{Exit, Judgements};
 
@@ -309,22 +309,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .filter(|e| e.max_calls > 0)
             .map(|e| e.role)
             .collect(),
-        Err(_) => crate::accounting::ROLES.to_vec(),
+        Err(_) => Role::ALL.to_vec(),
     }
     .into_iter()
-    .filter(|&role| built.services.grants.allows(role))
+    .filter(|&role| built.calls.grants().allows(role))
     .collect();
-    let preflight = crate::preflight::run(
-        &built.services.router,
-        &built.services.gate,
-        &roles,
-        config.endpoints.no_preflight,
-    )
-    .await
-    .map_err(|error| Exit {
-        code: crate::verdict::ROLE_FAILED,
-        message: error.to_string(),
-    })?;
+    let preflight =
+        crate::calls::preflight::run(&built.calls, &roles, config.endpoints.no_preflight)
+            .await
+            .map_err(|error| Exit {
+                code: crate::verdict::ROLE_FAILED,
+                message: error.to_string(),
+            })?;
     std::fs::create_dir_all(dir.root())
         .with_context(|| format!("cannot create the run directory {}", dir.root().display()))?;
     let _lock = match lock {
@@ -357,7 +353,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         info.version,
         dir.root().display()
     );
-    let session = Session::live(built.services, writer).with_observer(Box::new(observer));
+    let session = Session::live(built.calls, writer).with_observer(Box::new(observer));
     run_to_end(&runtime, &plugin, &header, &config, &dir, session, started).await
 }
 
@@ -771,7 +767,7 @@ async fn resume(dir: &Path) -> anyhow::Result<()> {
     ));
     eprintln!("resuming {}: {calls} recorded calls", dir.root().display());
     let session =
-        Session::resume(recorded.calls, built.services, writer).with_observer(Box::new(observer));
+        Session::resume(recorded.calls, built.calls, writer).with_observer(Box::new(observer));
     run_to_end(
         &runtime,
         &plugin,
@@ -835,11 +831,11 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
     spend.table().iter().for_each(|line| println!("{line}"));
     // The grant is in the run's configuration; a run directory without one ran unrestricted.
     let grants = match RunConfig::load(&dir.config()) {
-        Ok(config) => crate::grants::Grants::from_flags(&config.host)?,
-        Err(_) => crate::grants::Grants::default(),
+        Ok(config) => config.host.grants()?,
+        Err(_) => crate::calls::grants::Grants::default(),
     };
     println!();
-    for line in crate::grants::usage_lines(&grants, &recorded.calls) {
+    for line in crate::calls::grants::usage_lines(&grants, &recorded.calls) {
         println!("{line}");
     }
     println!();

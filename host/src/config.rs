@@ -11,14 +11,16 @@ use serde_json::{Map, Value};
 
 use drpo_models::DeviceSpec;
 
-use crate::budget::BudgetFlags;
+use crate::bindings::types::Role;
+use crate::calls::budget::BudgetFlags;
+use crate::calls::grants::Grants;
 use crate::endpoints::EndpointFlags;
-use crate::pricing::Price;
 use crate::provider::PromptForm;
 use crate::runtime::{
     DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, Limits,
     RecordLimits,
 };
+use crate::spending::pricing::Price;
 
 /// The search options of the published DRPO implementation, under their published names.
 /// They are strategy options: they reach the plugin in its options object.
@@ -127,6 +129,17 @@ impl BaseFormat {
 }
 
 impl ModelFlags {
+    /// The model named for `role`, and the flag that names it.
+    pub fn for_role(&self, role: Role) -> (Option<&str>, &'static str) {
+        let (named, flag) = match role {
+            Role::Base => (&self.base_model_name, "--base-model-name"),
+            Role::Metrics => (&self.metrics_model_name, "--metrics-model-name"),
+            Role::Judge => (&self.eval_model_name, "--eval-model-name"),
+            Role::Optimizer => (&self.optimize_model_name, "--optimize-model-name"),
+        };
+        (named.as_deref(), flag)
+    }
+
     /// The device of `local:` models, checked against this build: a bad name, or `cuda` in a
     /// build without CUDA, is an error that names the flag and the config key.
     pub fn device(&self) -> anyhow::Result<DeviceSpec> {
@@ -209,6 +222,11 @@ pub struct HostFlags {
 }
 
 impl HostFlags {
+    /// The plugin's grant these flags set (`--allow-roles`, `--max-plugin-calls`).
+    pub fn grants(&self) -> anyhow::Result<Grants> {
+        Grants::new(self.allow_roles.as_deref(), self.max_plugin_calls)
+    }
+
     /// The plugin's limits these flags set, the defaults where they are silent.
     pub fn limits(&self) -> Limits {
         let defaults = Limits::default();
@@ -319,7 +337,7 @@ pub struct RunConfig {
     pub endpoints: EndpointFlags,
     /// The options object passed to the plugin's `run`.
     pub options: Map<String, Value>,
-    /// The config file's `[prices]` (on top of [`crate::pricing::DEFAULT_PRICES`]).
+    /// The config file's `[prices]` (on top of [`crate::spending::pricing::DEFAULT_PRICES`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prices: BTreeMap<String, Price>,
 }

@@ -5,6 +5,7 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::bindings::types::Role;
 use crate::provider::openai::RetryPolicy;
 use crate::provider::rate::RateLimit;
 
@@ -99,15 +100,15 @@ impl EndpointFlags {
         RateLimit::per_minute(self.requests_per_minute, self.tokens_per_minute)
     }
 
-    /// The endpoint and key variable overriding the defaults for `role` ("base", "metrics",
-    /// "judge", "optimizer").
-    pub fn for_role(&self, role: &str) -> (Option<&str>, Option<&str>) {
+    /// The endpoint and key variable overriding the defaults for `role`'s model (`None`: the
+    /// embedding model, which has no overrides).
+    pub fn for_role(&self, role: Option<Role>) -> (Option<&str>, Option<&str>) {
         let (base, key) = match role {
-            "base" => (&self.base_api_base, &self.base_api_key_env),
-            "metrics" => (&self.metrics_api_base, &self.metrics_api_key_env),
-            "judge" => (&self.eval_api_base, &self.eval_api_key_env),
-            "optimizer" => (&self.optimize_api_base, &self.optimize_api_key_env),
-            _ => (&None, &None),
+            Some(Role::Base) => (&self.base_api_base, &self.base_api_key_env),
+            Some(Role::Metrics) => (&self.metrics_api_base, &self.metrics_api_key_env),
+            Some(Role::Judge) => (&self.eval_api_base, &self.eval_api_key_env),
+            Some(Role::Optimizer) => (&self.optimize_api_base, &self.optimize_api_key_env),
+            None => (&None, &None),
         };
         (base.as_deref(), key.as_deref())
     }

@@ -13,6 +13,7 @@
 //! | [`metrics_cache`] | the published per-query metrics cache file |
 //! | [`services`] | building the providers and reading the data of a run |
 //! | [`grants`] | the roles and model calls a plugin is granted |
+//! | [`roles`] | the roles of model requests, their names, one value per role |
 //! | [`rundir`] | the files a run leaves |
 //! | [`pricing`] | the price table: USD per million tokens per model |
 //! | [`projection`] | the calls, tokens and money a run is projected to spend |
@@ -34,30 +35,25 @@
 //! | [`verdict`] | what a run's exit code says |
 //! | [`cli`] | the command line |
 
-pub mod accounting;
 pub mod bindings;
-pub mod budget;
-pub mod cache;
+pub mod calls;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod endpoints;
 pub mod eval;
-pub mod gate;
 pub mod generate;
-pub mod grants;
 pub mod metrics_cache;
 pub mod outputs;
-pub mod preflight;
-pub mod pricing;
 pub mod progress;
-pub mod projection;
 pub mod provider;
 pub mod report;
+pub mod roles;
 pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+pub mod spending;
 pub mod subrun;
 pub mod terminal;
 #[cfg(test)]

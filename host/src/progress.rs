@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::accounting::model_of;
 use crate::bindings::types::Role;
-use crate::pricing::{Money, PriceTable};
 use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
 use crate::runtime::Observer;
+use crate::spending::accounting::model_of;
+use crate::spending::pricing::{Money, PriceTable};
 
 /// What each role's tokens cost: the role's model (from the run log header) priced by the run's
 /// price table.
@@ -284,7 +284,7 @@ mod tests {
             });
         let prices = [(
             "custom-judge".to_string(),
-            crate::pricing::Price {
+            crate::spending::pricing::Price {
                 input: 1.0,
                 output: 2.0,
             },

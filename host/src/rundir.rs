@@ -222,12 +222,12 @@ impl Observer for RunObserver {
                     if self.debug {
                         self.line(&format!(
                             "  prompt ({}): {}",
-                            role_name(request.role),
+                            request.role.name(),
                             prompt_text(&request.prompt)
                         ));
                     }
                     if let Err(error) = result {
-                        self.line(&format!("  {} failed: {error:?}", role_name(request.role)));
+                        self.line(&format!("  {} failed: {error:?}", request.role.name()));
                     }
                 }
             }
@@ -332,15 +332,6 @@ fn write_examples(dir: &RunDir, details: &serde_json::Value) -> anyhow::Result<(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-pub(crate) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Base => "base",
-        Role::Metrics => "metrics",
-        Role::Judge => "judge",
-        Role::Optimizer => "optimizer",
-    }
-}
-
 fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "trace",
@@ -354,7 +345,7 @@ fn level_name(level: LogLevel) -> &'static str {
 fn role_counts(roles: impl Iterator<Item = Role>) -> String {
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for role in roles {
-        let name = role_name(role);
+        let name = role.name();
         match counts.iter_mut().find(|(n, _)| *n == name) {
             Some((_, count)) => *count += 1,
             None => counts.push((name, 1)),

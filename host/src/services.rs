@@ -8,29 +8,29 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use crate::bindings::types::{Example, Query, Role};
-use crate::budget::Meter;
-use crate::cache::{Opened, ResponseCache};
+use crate::calls::Calls;
+use crate::calls::budget::Meter;
+use crate::calls::cache::{Opened, ResponseCache};
 use crate::config::{BaseFormat, ModelFlags, RunConfig};
 use crate::endpoints::EndpointFlags;
-use crate::gate::Gate;
-use crate::grants::Grants;
-use crate::pricing::PriceTable;
 use crate::provider::embedder::LocalEmbedder;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::{Endpoint, OpenAiProvider};
-use crate::provider::{Provider, Router};
+use crate::provider::{Embedder, Provider, Router};
+use crate::roles::PerRole;
 use crate::runlog::{CallRecord, Preflight, RoleModel};
-use crate::runtime::{Runtime, Services};
+use crate::runtime::Runtime;
+use crate::spending::pricing::PriceTable;
 
-/// The services of a run, and which model serves each role (for the run log header).
+/// What answers a run's live calls, and which model serves each role (for the run log header).
 pub struct Built {
-    pub services: Arc<Services>,
+    pub calls: Arc<Calls>,
     pub models: Vec<RoleModel>,
 }
 
 /// Builds the providers, the budget meter (counting what `recorded` calls of a resumed run
-/// spent) and the response cache, and reads the data. A resumed run's providers take over what
-/// its `preflight` settled.
+/// asked and spent) and the response cache, and reads the data. A resumed run's providers take
+/// over what its `preflight` settled.
 pub fn build(
     config: &RunConfig,
     recorded: &[CallRecord],
@@ -38,23 +38,22 @@ pub fn build(
 ) -> anyhow::Result<Built> {
     let (mut router, models) = build_router(&config.models, &config.endpoints)?;
     if let Some(preflight) = preflight {
-        crate::preflight::restore(&router, preflight);
+        crate::calls::preflight::restore(&router, preflight);
         if let Some(form) = preflight.base_form {
             router = router.with_base_form(form);
         }
     }
-    let mut gate = Gate::new(meter(config, &models)?, open_cache(&config.endpoints));
-    gate.meter_mut().count_recorded(recorded);
-    let queries = load_queries(config.host.data.as_deref(), config.seed(), &config.options)?;
-    let examples = load_examples(config.host.examples.as_deref())?;
+    let mut calls = Calls::new(
+        config.host.grants()?,
+        meter(config, &models)?,
+        open_cache(&config.endpoints),
+        router,
+        load_queries(config.host.data.as_deref(), config.seed(), &config.options)?,
+        load_examples(config.host.examples.as_deref())?,
+    );
+    calls.count_recorded(recorded);
     Ok(Built {
-        services: Arc::new(Services {
-            router,
-            queries,
-            examples,
-            gate,
-            grants: Grants::from_flags(&config.host)?,
-        }),
+        calls: Arc::new(calls),
         models,
     })
 }
@@ -62,25 +61,19 @@ pub fn build(
 /// The budget meter, pricing each role's model.
 fn meter(config: &RunConfig, models: &[RoleModel]) -> anyhow::Result<Meter> {
     let prices = PriceTable::new(&config.prices);
-    let roles = [
-        (Role::Base, "base"),
-        (Role::Metrics, "metrics"),
-        (Role::Judge, "judge"),
-        (Role::Optimizer, "optimizer"),
-    ]
-    .map(|(role, name)| {
+    let roles = PerRole::from_fn(|role| {
         let model = models
             .iter()
-            .find(|m| m.role == name)
+            .find(|m| m.role == role.name())
             .map_or("", |m| m.model.as_str());
-        (role, model, prices.price(model))
+        (model, prices.price(model))
     });
     Meter::new(config.budget.budget()?, roles)
 }
 
 /// The response cache file: `responses.redb` in the cache directory.
 pub fn response_cache_path() -> Option<std::path::PathBuf> {
-    Runtime::cache_root().map(|root| root.join(crate::cache::FILE_NAME))
+    Runtime::cache_root().map(|root| root.join(crate::calls::cache::FILE_NAME))
 }
 
 /// The response cache, unless switched off or unusable (then with a warning on stderr).
@@ -111,27 +104,21 @@ fn build_router(
     flags: &ModelFlags,
     endpoints: &EndpointFlags,
 ) -> anyhow::Result<(Router, Vec<RoleModel>)> {
-    let roles = [
-        ("base", &flags.base_model_name, "--base-model-name"),
-        ("metrics", &flags.metrics_model_name, "--metrics-model-name"),
-        ("judge", &flags.eval_model_name, "--eval-model-name"),
-        (
-            "optimizer",
-            &flags.optimize_model_name,
-            "--optimize-model-name",
-        ),
-    ];
-    let mut built: HashMap<String, Arc<dyn Provider>> = HashMap::new();
-    let mut providers = Vec::with_capacity(4);
+    let mut built = Providers::default();
     let mut models = Vec::with_capacity(5);
-    for (role, name, flag) in roles {
-        let name = match name {
-            Some(name) => name.clone(),
-            None => default_model(role, flag)?,
+    let mut providers = Vec::with_capacity(4);
+    for role in Role::ALL {
+        let (named, flag) = flags.for_role(role);
+        let name = match named {
+            Some(name) => name.to_owned(),
+            None => default_model(role.name(), flag)?,
         };
-        let provider = provider_for(&mut built, &name, flags, endpoints, role)?;
+        let provider: Arc<dyn Provider> = match name.strip_prefix("local:") {
+            Some(path) => built.local(path, flags)?,
+            None => built.http(&name, endpoints, Some(role), flags)?,
+        };
         models.push(RoleModel {
-            role: role.into(),
+            role: role.name().into(),
             model: name,
             provider: provider.identity(),
         });
@@ -140,40 +127,38 @@ fn build_router(
     let embedding_model = flags.embedding_model_name.clone().or_else(default_embedder);
     let embedder = match &embedding_model {
         Some(name) => {
-            let provider = provider_for(&mut built, name, flags, endpoints, "embedding")?;
+            let embedder: Arc<dyn Embedder> = match name.strip_prefix("local:") {
+                Some(path) => Arc::new(LocalEmbedder::load(Path::new(path))?),
+                None => built.http(name, endpoints, None, flags)?,
+            };
             models.push(RoleModel {
                 role: "embedding".into(),
                 model: name.clone(),
-                provider: provider.identity(),
+                provider: embedder.identity(),
             });
-            Some(provider)
+            Some(embedder)
         }
         None => None,
     };
-    let [base, metrics, judge, optimizer]: [Arc<dyn Provider>; 4] = providers
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("four roles"))?;
+    let mut providers = providers.into_iter();
+    let providers = PerRole::from_fn(|_| providers.next().expect("a provider per role"));
     let base_form = flags
         .base_format
         .unwrap_or(BaseFormat::Auto)
-        .resolve(base.natural_form());
+        .resolve(providers[Role::Base].natural_form());
     Ok((
-        Router::new(base, metrics, judge, optimizer, embedder).with_base_form(base_form),
+        Router::new(providers, embedder).with_base_form(base_form),
         models,
     ))
 }
 
 /// The model serving `role`: the one named, else the built-in default when it is present.
 pub fn model_name(flags: &ModelFlags, role: Role) -> Option<String> {
-    let named = match role {
-        Role::Base => &flags.base_model_name,
-        Role::Metrics => &flags.metrics_model_name,
-        Role::Judge => &flags.eval_model_name,
-        Role::Optimizer => &flags.optimize_model_name,
-    };
-    named
-        .clone()
-        .or_else(|| default_model(crate::rundir::role_name(role), "").ok())
+    flags
+        .for_role(role)
+        .0
+        .map(str::to_owned)
+        .or_else(|| default_model(role.name(), "").ok())
 }
 
 /// The file name of the built-in default model.
@@ -212,59 +197,64 @@ pub fn default_embedder() -> Option<String> {
         .then(|| format!("local:{}", dir.display()))
 }
 
-/// One provider per distinct model (name, endpoint and key variable), so that a model serving
-/// several roles exists once and shares its connection, concurrency and rate limits.
-fn provider_for(
-    built: &mut HashMap<String, Arc<dyn Provider>>,
-    name: &str,
-    flags: &ModelFlags,
-    endpoints: &EndpointFlags,
-    role: &str,
-) -> anyhow::Result<Arc<dyn Provider>> {
-    if let Some(path) = name.strip_prefix("local:") {
-        // The role decides the loader: an embedding model serves `embed` only.
-        let key = if role == "embedding" {
-            format!("embedding\n{name}")
-        } else {
-            name.to_owned()
-        };
-        if let Some(provider) = built.get(&key) {
+/// The providers built so far: one per distinct model (a local file; a name, endpoint and key
+/// variable), so that a model serving several roles exists once and shares its connection,
+/// concurrency and rate limits.
+#[derive(Default)]
+struct Providers {
+    local: HashMap<String, Arc<LocalProvider>>,
+    http: HashMap<String, Arc<OpenAiProvider>>,
+}
+
+impl Providers {
+    /// The local model in the file or directory `path`.
+    fn local(&mut self, path: &str, flags: &ModelFlags) -> anyhow::Result<Arc<LocalProvider>> {
+        if let Some(provider) = self.local.get(path) {
             return Ok(provider.clone());
         }
-        let provider: Arc<dyn Provider> = if role == "embedding" {
-            Arc::new(LocalEmbedder::load(Path::new(path))?)
-        } else {
-            Arc::new(LocalProvider::load(Path::new(path), flags.device()?)?)
-        };
-        built.insert(key, provider.clone());
-        return Ok(provider);
+        let provider = Arc::new(LocalProvider::load(Path::new(path), flags.device()?)?);
+        self.local.insert(path.to_owned(), provider.clone());
+        Ok(provider)
     }
-    let (role_base, role_key) = endpoints.for_role(role);
-    let base_url = role_base
-        .map(str::to_owned)
-        .or_else(|| flags.api_base.clone())
-        .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
-        .unwrap_or_else(|| "https://api.openai.com/v1".into());
-    let key_variable = role_key.unwrap_or("OPENAI_API_KEY");
-    let identity = format!("{name}\n{base_url}\n{key_variable}");
-    if let Some(provider) = built.get(&identity) {
-        return Ok(provider.clone());
+
+    /// The model `name` on its OpenAI-compatible server, for `role` (`None`: embeddings).
+    fn http(
+        &mut self,
+        name: &str,
+        endpoints: &EndpointFlags,
+        role: Option<Role>,
+        flags: &ModelFlags,
+    ) -> anyhow::Result<Arc<OpenAiProvider>> {
+        let (role_base, role_key) = endpoints.for_role(role);
+        let base_url = role_base
+            .map(str::to_owned)
+            .or_else(|| flags.api_base.clone())
+            .or_else(|| std::env::var("OPENAI_BASE_URL").ok())
+            .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        let key_variable = role_key.unwrap_or("OPENAI_API_KEY");
+        let identity = format!("{name}\n{base_url}\n{key_variable}");
+        if let Some(provider) = self.http.get(&identity) {
+            return Ok(provider.clone());
+        }
+        let api_key = std::env::var(key_variable).ok().filter(|k| !k.is_empty());
+        if let (Some(role), Some(_), None) = (role, role_key, &api_key) {
+            bail!(
+                "the {} role's API key variable ${key_variable} is not set",
+                role.name()
+            );
+        }
+        let provider = Arc::new(OpenAiProvider::with_limits(
+            Endpoint {
+                base_url,
+                model: name.into(),
+                api_key,
+            },
+            endpoints.retry_policy(),
+            endpoints.rate_limit(),
+        ));
+        self.http.insert(identity, provider.clone());
+        Ok(provider)
     }
-    let api_key = std::env::var(key_variable).ok().filter(|k| !k.is_empty());
-    if role_key.is_some() && api_key.is_none() {
-        bail!("the {role} role's API key variable ${key_variable} is not set");
-    }
-    let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::with_limits(
-        Endpoint {
-            base_url,
-            model: name.into(),
-            api_key,
-        },
-        endpoints.retry_policy(),
-        endpoints.rate_limit(),
-    ));
-    built.insert(identity, provider.clone());
-    Ok(provider)
 }
 
 /// Reads the training queries: a JSONL file, or a directory in the published layout.

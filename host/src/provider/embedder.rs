@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use drpo_models::bert::SentenceEncoder;
 use futures::future::BoxFuture;
 
-use super::{Answer, Provider};
-use crate::bindings::types::{LlmError, Request};
+use super::Embedder;
+use crate::bindings::types::LlmError;
 
 /// An embedding model run in this process. Its files are checked when the run starts; the
 /// weights are loaded on the first `embed`, so a strategy that never embeds pays nothing.
@@ -32,22 +32,9 @@ impl LocalEmbedder {
     }
 }
 
-impl Provider for LocalEmbedder {
+impl Embedder for LocalEmbedder {
     fn identity(&self) -> String {
         format!("local embedder {}", self.dir.display())
-    }
-
-    fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
-        let why = format!(
-            "{} is an embedding model; it answers no completions",
-            self.dir.display()
-        );
-        Box::pin(async move {
-            batch
-                .iter()
-                .map(|_| Answer::fresh(Err(LlmError::Unavailable(why.clone()))))
-                .collect()
-        })
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {

@@ -82,20 +82,20 @@ impl Provider for LocalProvider {
             let generated = tokio::task::spawn_blocking(move || model.generate(&requests)).await;
             let failure = |message: String| {
                 (0..count)
-                    .map(|_| Answer::fresh(Err(LlmError::Unavailable(message.clone()))))
+                    .map(|_| Err(LlmError::Unavailable(message.clone())))
                     .collect()
             };
             match generated {
                 Ok(Ok(outputs)) => outputs
                     .into_iter()
                     .map(|output| {
-                        Answer::fresh(Ok(Completion {
+                        Ok(Completion {
                             choices: output.choices,
                             usage: Usage {
                                 prompt_tokens: output.prompt_tokens,
                                 completion_tokens: output.completion_tokens,
                             },
-                        }))
+                        })
                     })
                     .collect(),
                 Ok(Err(error)) => {

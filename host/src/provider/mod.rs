@@ -1,8 +1,10 @@
 //! Providers execute model requests; the [`Router`] sends each request to its role's provider.
 //!
-//! A provider is anything that implements [`Provider`]: the OpenAI-compatible HTTP client
-//! ([`openai`]), an in-process local model, or the [`scripted`] provider that tests use. The
-//! runtime only sees the router, so new providers slot in without touching it.
+//! A provider answers completions ([`Provider`]): the OpenAI-compatible HTTP client
+//! ([`openai`]), an in-process local model ([`local`]), or the [`scripted`] provider that tests
+//! use. An [`Embedder`] embeds texts: the HTTP client again, or a sentence encoder in process
+//! ([`embedder`]). Only the call pipeline sees the router, so new providers slot in without
+//! touching it.
 
 pub mod embedder;
 pub mod local;
@@ -16,24 +18,10 @@ use futures::future::{BoxFuture, join_all};
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Role};
+use crate::roles::PerRole;
 
 /// The answer to one request of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub result: Result<Completion, LlmError>,
-    /// The cache answered (nothing was billed).
-    pub cache_hit: bool,
-}
-
-impl Answer {
-    /// A freshly computed answer.
-    pub fn fresh(result: Result<Completion, LlmError>) -> Answer {
-        Answer {
-            result,
-            cache_hit: false,
-        }
-    }
-}
+pub type Answer = Result<Completion, LlmError>;
 
 /// How a prompt reaches a model: as chat messages (the server or the model applies its chat
 /// template) or as one raw completion string.
@@ -133,7 +121,7 @@ impl ServerSettings {
     }
 }
 
-/// Executes model requests.
+/// Answers completion requests.
 pub trait Provider: Send + Sync {
     /// Identifies the model and where it runs (endpoint URL and model name, or a local file and
     /// its hash), for the run log header. Never contains a secret.
@@ -165,26 +153,22 @@ pub trait Provider: Send + Sync {
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>>;
+}
+
+/// Embeds texts.
+pub trait Embedder: Send + Sync {
+    /// Identifies the model and where it runs, as [`Provider::identity`] does.
+    fn identity(&self) -> String;
 
     /// Embeds texts (L2-normalised vectors, in order).
-    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {
-        let _ = texts;
-        Box::pin(async {
-            Err(LlmError::Unavailable(
-                "this provider does not serve embeddings".into(),
-            ))
-        })
-    }
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>>;
 }
 
 /// Which provider serves each role, and which serves embeddings.
 #[derive(Clone)]
 pub struct Router {
-    base: Arc<dyn Provider>,
-    metrics: Arc<dyn Provider>,
-    judge: Arc<dyn Provider>,
-    optimizer: Arc<dyn Provider>,
-    embedder: Option<Arc<dyn Provider>>,
+    providers: PerRole<Arc<dyn Provider>>,
+    embedder: Option<Arc<dyn Embedder>>,
     /// The form of the base role's prompts (`--base-format`); `None` sends them as asked.
     base_form: Option<PromptForm>,
 }
@@ -193,17 +177,11 @@ impl Router {
     /// One provider per role; `embedder` serves `embed` (none: `embed` reports that no
     /// embedding model is configured, and strategies fall back to fixed examples).
     pub fn new(
-        base: Arc<dyn Provider>,
-        metrics: Arc<dyn Provider>,
-        judge: Arc<dyn Provider>,
-        optimizer: Arc<dyn Provider>,
-        embedder: Option<Arc<dyn Provider>>,
+        providers: PerRole<Arc<dyn Provider>>,
+        embedder: Option<Arc<dyn Embedder>>,
     ) -> Router {
         Router {
-            base,
-            metrics,
-            judge,
-            optimizer,
+            providers,
             embedder,
             base_form: None,
         }
@@ -246,23 +224,12 @@ impl Router {
 
     /// The same provider for every role.
     pub fn uniform(provider: Arc<dyn Provider>) -> Router {
-        Router::new(
-            provider.clone(),
-            provider.clone(),
-            provider.clone(),
-            provider,
-            None,
-        )
+        Router::new(PerRole::from_fn(|_| provider.clone()), None)
     }
 
     /// The provider serving `role`.
     pub fn provider(&self, role: Role) -> &Arc<dyn Provider> {
-        match role {
-            Role::Base => &self.base,
-            Role::Metrics => &self.metrics,
-            Role::Judge => &self.judge,
-            Role::Optimizer => &self.optimizer,
-        }
+        &self.providers[role]
     }
 
     /// Answers a mixed batch: each provider gets its share as one sub-batch (so a model that
@@ -300,9 +267,9 @@ impl Router {
             .into_iter()
             .map(|answer| {
                 answer.unwrap_or_else(|| {
-                    Answer::fresh(Err(LlmError::Unavailable(
+                    Err(LlmError::Unavailable(
                         "the provider returned fewer answers than requests".into(),
-                    )))
+                    ))
                 })
             })
             .collect()

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::rate::{RateLimit, RateLimiter};
-use super::{Answer, PromptForm, Provider, ServerSettings, StructuredOutput};
+use super::{Answer, Embedder, PromptForm, Provider, ServerSettings, StructuredOutput};
 use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling, Usage};
 
 /// Where an OpenAI-compatible model is served.
@@ -245,7 +245,7 @@ impl OpenAiProvider {
         if *settings != before {
             eprintln!(
                 "note: {}: {}",
-                self.identity(),
+                Provider::identity(self),
                 settings.describe().replace(", ", "; ")
             );
         }
@@ -747,10 +747,16 @@ impl Provider for OpenAiProvider {
                     .complete_one(&request)
                     .await
                     .and_then(|completion| self.keep_answer(received, completion));
-                Answer::fresh(self.scrub_answer(result))
+                self.scrub_answer(result)
             }))
             .await
         })
+    }
+}
+
+impl Embedder for OpenAiProvider {
+    fn identity(&self) -> String {
+        Provider::identity(self)
     }
 
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {

@@ -20,7 +20,7 @@ pub use records::{
     DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, RecordLimits,
 };
 pub use sandbox::{Limits, StoreState};
-pub use session::{Observer, Services, Session, SessionFailure};
+pub use session::{Live, Observer, Session, SessionFailure};
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

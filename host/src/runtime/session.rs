@@ -5,28 +5,22 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+
 use crate::bindings::drpo::strategy::{host, types};
 use crate::bindings::types::{Completion, Example, LlmError, LogLevel, Node, Query, Request};
-use crate::grants::{Grants, model_requests};
-use crate::provider::Router;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, Entry, Provenance, RunLogWriter};
 
 use super::divergence::{Divergence, first_difference};
 use super::records::RecordMeter;
 use super::sandbox::StoreState;
 
-/// What answers live calls.
-pub struct Services {
-    /// Routes `complete` and `embed` to the providers of each role.
-    pub router: Router,
-    /// Answer to `queries`.
-    pub queries: Vec<Query>,
-    /// Answer to `examples`.
-    pub examples: Vec<Example>,
-    /// The response cache and the budgets every model request passes.
-    pub gate: crate::gate::Gate,
-    /// The roles and model calls the plugin may use; requests outside it never reach a provider.
-    pub grants: Grants,
+/// What answers the live calls of a run: the host's call pipeline (`crate::calls`), which the
+/// runtime knows only through this trait.
+pub trait Live: Send + Sync {
+    /// Answers one live import call; for a `complete` batch, also which answers the response
+    /// cache gave (recorded in the call's provenance).
+    fn answer<'a>(&'a self, request: &'a CallRequest) -> BoxFuture<'a, (CallResponse, Vec<bool>)>;
 }
 
 /// Sees every call as it is answered (progress display, human log, tree collection).
@@ -43,15 +37,14 @@ pub trait Observer: Send + std::any::Any {
 pub struct Session {
     /// Recorded calls not yet replayed, in order.
     recorded: VecDeque<CallRecord>,
-    /// Live services; `None` for a pure replay, where running past the log is an error.
-    services: Option<Arc<Services>>,
+    /// What answers live calls; `None` for a pure replay, where running past the log is an
+    /// error.
+    live: Option<Arc<dyn Live>>,
     writer: Option<RunLogWriter>,
     observer: Option<Box<dyn Observer>>,
     next_index: u64,
-    /// Model requests answered so far (replayed ones included), for the call cap.
-    model_requests: u64,
     replayed: u64,
-    live: u64,
+    live_calls: u64,
     /// Why the session stopped the plugin, when it did (a divergence, a log write failure).
     pub(crate) failure: Option<SessionFailure>,
     /// The limits on what the plugin records, and what it recorded so far.
@@ -76,8 +69,8 @@ pub enum SessionFailure {
 
 impl Session {
     /// A session that answers every call live and records it.
-    pub fn live(services: Arc<Services>, writer: RunLogWriter) -> Session {
-        Session::new(Vec::new(), Some(services), Some(writer))
+    pub fn live(live: Arc<dyn Live>, writer: RunLogWriter) -> Session {
+        Session::new(Vec::new(), Some(live), Some(writer))
     }
 
     /// A session that answers from `recorded` only and fails on anything else.
@@ -86,28 +79,23 @@ impl Session {
     }
 
     /// A session that answers from `recorded`, then goes on live, appending to the log.
-    pub fn resume(
-        recorded: Vec<CallRecord>,
-        services: Arc<Services>,
-        writer: RunLogWriter,
-    ) -> Session {
-        Session::new(recorded, Some(services), Some(writer))
+    pub fn resume(recorded: Vec<CallRecord>, live: Arc<dyn Live>, writer: RunLogWriter) -> Session {
+        Session::new(recorded, Some(live), Some(writer))
     }
 
     fn new(
         recorded: Vec<CallRecord>,
-        services: Option<Arc<Services>>,
+        live: Option<Arc<dyn Live>>,
         writer: Option<RunLogWriter>,
     ) -> Session {
         Session {
             recorded: recorded.into(),
-            services,
+            live,
             writer,
             observer: None,
             next_index: 0,
-            model_requests: 0,
             replayed: 0,
-            live: 0,
+            live_calls: 0,
             failure: None,
             records: RecordMeter::default(),
         }
@@ -126,7 +114,7 @@ impl Session {
 
     /// Calls answered live so far.
     pub fn live_calls(&self) -> u64 {
-        self.live
+        self.live_calls
     }
 
     /// Recorded calls the plugin never asked for (a replay that ended early).
@@ -164,13 +152,12 @@ impl Session {
                 })));
             }
             self.replayed += 1;
-            self.model_requests += model_requests(&recorded.request);
             if let Some(observer) = &mut self.observer {
                 observer.on_call(&recorded, true);
             }
             return Ok(recorded.response);
         }
-        let Some(services) = self.services.clone() else {
+        let Some(live) = self.live.clone() else {
             return Err(self.fail(SessionFailure::LogExhausted {
                 calls: index,
                 import: request.import_name(),
@@ -180,8 +167,13 @@ impl Session {
             observer.on_request(&request);
         }
         let started = Instant::now();
-        let (response, cache_hits) = execute(&services, &request, self.model_requests).await;
-        self.model_requests += model_requests(&request);
+        let (response, cache_hits) = match &request {
+            // What the plugin records is the run log's business alone.
+            CallRequest::RecordNode(_) | CallRequest::Log { .. } => {
+                (CallResponse::Unit, Vec::new())
+            }
+            _ => live.answer(&request).await,
+        };
         let record = CallRecord {
             index,
             request,
@@ -205,7 +197,7 @@ impl Session {
     }
 
     fn finish_live(&mut self, record: CallRecord) -> CallResponse {
-        self.live += 1;
+        self.live_calls += 1;
         if let Some(observer) = &mut self.observer {
             observer.on_call(&record, false);
         }
@@ -219,77 +211,6 @@ impl Session {
     }
 }
 
-async fn execute(
-    services: &Services,
-    request: &CallRequest,
-    used: u64,
-) -> (CallResponse, Vec<bool>) {
-    match request {
-        CallRequest::Complete(batch) => complete_granted(services, batch, used).await,
-        CallRequest::Embed(texts) => match services.grants.refuse_call(used) {
-            Some(refusal) => (CallResponse::Embed(Err(refusal)), Vec::new()),
-            None => (
-                CallResponse::Embed(services.gate.embed(&services.router, texts.clone()).await),
-                Vec::new(),
-            ),
-        },
-        CallRequest::Queries => (CallResponse::Queries(services.queries.clone()), Vec::new()),
-        CallRequest::Examples => (
-            CallResponse::Examples(services.examples.clone()),
-            Vec::new(),
-        ),
-        CallRequest::RecordNode(_) | CallRequest::Log { .. } => (CallResponse::Unit, Vec::new()),
-    }
-}
-
-/// Runs the requests of `batch` that the plugin's grant allows, and answers the others with
-/// the grant's refusal, in the batch's order.
-async fn complete_granted(
-    services: &Services,
-    batch: &[Request],
-    used: u64,
-) -> (CallResponse, Vec<bool>) {
-    let refusals: Vec<Option<LlmError>> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, request)| services.grants.refuse(request, used + i as u64))
-        .collect();
-    let allowed: Vec<Request> = batch
-        .iter()
-        .zip(&refusals)
-        .filter(|(_, refusal)| refusal.is_none())
-        .map(|(request, _)| request.clone())
-        .collect();
-    let mut answers = if allowed.is_empty() {
-        Vec::new()
-    } else {
-        services.gate.complete(&services.router, allowed).await
-    }
-    .into_iter();
-    let mut results = Vec::with_capacity(batch.len());
-    let mut hits = Vec::with_capacity(batch.len());
-    for refusal in refusals {
-        match refusal {
-            Some(refusal) => {
-                results.push(Err(refusal));
-                hits.push(false);
-            }
-            None => {
-                let (result, hit) = answers.next().map_or_else(
-                    || {
-                        let missing = "the router returned no answer".to_owned();
-                        (Err(LlmError::Unavailable(missing)), false)
-                    },
-                    |a| (a.result, a.cache_hit),
-                );
-                results.push(result);
-                hits.push(hit);
-            }
-        }
-    }
-    (CallResponse::Complete(results), hits)
-}
-
 /// For a divergence inside a `complete` batch, the role of the request that differs.
 fn role_at(request: &CallRequest, field: &str) -> Option<String> {
     let CallRequest::Complete(batch) = request else {
@@ -301,9 +222,7 @@ fn role_at(request: &CallRequest, field: &str) -> Option<String> {
         .next()?
         .parse()
         .ok()?;
-    batch
-        .get(index)
-        .map(|r| format!("{:?}", r.role).to_lowercase())
+    batch.get(index).map(|r| r.role.name().to_owned())
 }
 
 /// A response of the wrong kind can only come from a log whose request matched but whose

@@ -10,14 +10,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Calls;
 use crate::bindings::types::{LlmError, Message, Prompt, Request, Role, Sampling};
-use crate::gate::Gate;
 use crate::provider::{Provider, Router};
-use crate::rundir::role_name;
 use crate::runlog::{Preflight, RoleSettings};
-
-/// Every role, in the order they are checked and recorded.
-const ROLES: [Role; 4] = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
 
 /// A role that cannot answer: the run must not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +34,8 @@ pub struct RoleUnavailable {
 /// reached. The record holds the requests, their results and what each role's provider settled,
 /// also when nothing was checked. A check refused by a budget is not a failure: the run will
 /// stop on its budget anyway.
-pub async fn run(
-    router: &Router,
-    gate: &Gate,
-    roles: &[Role],
-    skip: bool,
-) -> Result<Preflight, RoleUnavailable> {
+pub async fn run(calls: &Calls, roles: &[Role], skip: bool) -> Result<Preflight, RoleUnavailable> {
+    let router = calls.router();
     let started = Instant::now();
     let mut requests = Vec::new();
     let mut checked: Vec<Vec<Role>> = Vec::new();
@@ -62,8 +54,7 @@ pub async fn run(
             }
         }
     }
-    let answers = gate.check(router, requests.clone()).await;
-    let results: Vec<_> = answers.into_iter().map(|a| a.result).collect();
+    let results = calls.check(requests.clone()).await;
     for ((request, result), served) in requests.iter().zip(&results).zip(&checked) {
         match result {
             Ok(_) | Err(LlmError::BudgetExhausted) => {}
@@ -71,7 +62,7 @@ pub async fn run(
                 return Err(RoleUnavailable {
                     roles: served
                         .iter()
-                        .map(|&r| role_name(r))
+                        .map(|&r| r.name())
                         .collect::<Vec<_>>()
                         .join("/"),
                     provider: router.provider(request.role).identity(),
@@ -83,7 +74,7 @@ pub async fn run(
     for (provider, served) in providers_of(router, roles) {
         let settled = provider.settings().describe();
         if !settled.is_empty() {
-            let names: Vec<&str> = served.iter().map(|&r| role_name(r)).collect();
+            let names: Vec<&str> = served.iter().map(|&r| r.name()).collect();
             eprintln!(
                 "preflight: {} ({}): {settled}",
                 provider.identity(),
@@ -95,10 +86,10 @@ pub async fn run(
         base_form: router.base_form(),
         requests,
         results,
-        settings: ROLES
+        settings: Role::ALL
             .iter()
             .map(|&role| RoleSettings {
-                role: role_name(role).to_owned(),
+                role: role.name().to_owned(),
                 settings: router.provider(role).settings(),
             })
             .collect(),
@@ -109,7 +100,7 @@ pub async fn run(
 /// Has each role's provider take over what an earlier part of the run settled.
 pub fn restore(router: &Router, preflight: &Preflight) {
     for recorded in &preflight.settings {
-        if let Some(&role) = ROLES.iter().find(|&&r| role_name(r) == recorded.role) {
+        if let Some(role) = Role::named(&recorded.role) {
             router.provider(role).restore(recorded.settings);
         }
     }
@@ -118,7 +109,7 @@ pub fn restore(router: &Router, preflight: &Preflight) {
 /// The distinct providers serving `roles`, each with the roles it serves.
 fn providers_of<'a>(router: &'a Router, roles: &[Role]) -> Vec<(&'a Arc<dyn Provider>, Vec<Role>)> {
     let mut providers: Vec<(&Arc<dyn Provider>, Vec<Role>)> = Vec::new();
-    for &role in ROLES.iter().filter(|r| roles.contains(r)) {
+    for role in Role::ALL.into_iter().filter(|r| roles.contains(r)) {
         let provider = router.provider(role);
         match providers.iter_mut().find(|(p, _)| Arc::ptr_eq(p, provider)) {
             Some((_, served)) => served.push(role),
@@ -198,11 +189,17 @@ mod tests {
             })
         });
         let seen = provider.requests();
-        let router = Router::uniform(Arc::new(provider));
-        let gate = Gate::default();
+        let calls = Calls::new(
+            Default::default(),
+            Default::default(),
+            None,
+            Router::uniform(Arc::new(provider)),
+            Vec::new(),
+            Vec::new(),
+        );
         let preflight = tokio::runtime::Runtime::new()
             .unwrap()
-            .block_on(run(&router, &gate, &ROLES, false))
+            .block_on(run(&calls, &Role::ALL, false))
             .unwrap();
         assert!(preflight.requests.is_empty());
         assert!(seen.lock().unwrap().is_empty());

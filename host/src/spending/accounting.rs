@@ -2,18 +2,14 @@
 //! `inspect` and the end of `run` print the same table.
 
 use crate::bindings::types::{LlmError, Role};
-use crate::pricing::{Money, PriceTable};
-use crate::rundir::role_name;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
-
-/// The roles in the order they are shown.
-pub const ROLES: [Role; 4] = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
+use crate::spending::pricing::{Money, PriceTable};
 
 /// The model serving `role`, from the run log header's list of models.
 pub fn model_of(models: &[RoleModel], role: Role) -> Option<&str> {
     models
         .iter()
-        .find(|m| m.role == role_name(role))
+        .find(|m| m.role == role.name())
         .map(|m| m.model.as_str())
 }
 
@@ -49,9 +45,9 @@ pub struct Spend {
 impl Spend {
     /// Adds up `calls`; `models` is the run log header's list, `prices` prices them.
     pub fn of(calls: &[CallRecord], models: &[RoleModel], prices: &PriceTable) -> Spend {
-        let mut roles: Vec<RoleSpend> = ROLES
-            .iter()
-            .map(|&role| RoleSpend {
+        let mut roles: Vec<RoleSpend> = Role::ALL
+            .into_iter()
+            .map(|role| RoleSpend {
                 role,
                 model: model_of(models, role).map(str::to_owned),
                 requests: 0,
@@ -140,7 +136,7 @@ impl Spend {
         for role in &self.roles {
             lines.push(format!(
                 "{:<10} {:>9} {:>8} {:>7} {:>11} {:>11} {:>10} {:>10}",
-                role_name(role.role),
+                role.role.name(),
                 role.requests,
                 role.choices,
                 role.failed,
@@ -173,7 +169,7 @@ impl Spend {
             lines.push(format!(
                 "cost unknown: no price for model `{}` ({}); add it under [prices] in the config file",
                 role.model.as_deref().unwrap_or("?"),
-                role_name(role.role)
+                role.role.name()
             ));
         }
         lines

@@ -9,11 +9,8 @@
 use anyhow::bail;
 
 use crate::bindings::types::{LlmError, Request, Role};
-use crate::config::HostFlags;
-use crate::rundir::role_name;
+use crate::roles::PerRole;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
-
-const ROLES: [Role; 4] = [Role::Base, Role::Metrics, Role::Judge, Role::Optimizer];
 
 /// A plugin's grant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,17 +22,18 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// The grant the run's flags describe. Role names are checked here, so a typo fails before
+    /// The grant of `--allow-roles` (`allow_roles`; `None`: every role) and
+    /// `--max-plugin-calls` (`max_calls`). Role names are checked here, so a typo fails before
     /// the run starts.
-    pub fn from_flags(host: &HostFlags) -> anyhow::Result<Grants> {
-        let roles = match &host.allow_roles {
+    pub fn new(allow_roles: Option<&[String]>, max_calls: Option<u64>) -> anyhow::Result<Grants> {
+        let roles = match allow_roles {
             None => None,
             Some(names) => {
                 let mut roles = Vec::new();
                 for name in names {
                     let name = name.trim();
-                    match ROLES.iter().find(|r| role_name(**r) == name) {
-                        Some(role) if !roles.contains(role) => roles.push(*role),
+                    match Role::named(name) {
+                        Some(role) if !roles.contains(&role) => roles.push(role),
                         Some(_) => {}
                         None => bail!(
                             "--allow-roles: unknown role `{name}`; the roles are base, metrics, \
@@ -46,10 +44,7 @@ impl Grants {
                 Some(roles)
             }
         };
-        Ok(Grants {
-            roles,
-            max_calls: host.max_plugin_calls,
-        })
+        Ok(Grants { roles, max_calls })
     }
 
     /// Whether the grant limits anything.
@@ -69,7 +64,7 @@ impl Grants {
         if !self.allows(request.role) {
             return Some(LlmError::Rejected(format!(
                 "role {} is not granted to this plugin (--allow-roles {})",
-                role_name(request.role),
+                request.role.name(),
                 self.role_list()
             )));
         }
@@ -88,11 +83,7 @@ impl Grants {
         match &self.roles {
             None => "all roles".into(),
             Some(roles) if roles.is_empty() => "none".into(),
-            Some(roles) => roles
-                .iter()
-                .map(|r| role_name(*r))
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(roles) => roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
         }
     }
 
@@ -119,7 +110,7 @@ pub fn model_requests(request: &CallRequest) -> u64 {
 /// The roles a run used (each with its request count) and the requests its grant refused, as
 /// `drpo-host inspect` shows them.
 pub fn usage_lines(grants: &Grants, calls: &[CallRecord]) -> Vec<String> {
-    let mut used = [0u64; 4];
+    let mut used = PerRole::<u64>::default();
     let mut rejected = Vec::new();
     let mut capped = 0u64;
     for call in calls {
@@ -129,8 +120,7 @@ pub fn usage_lines(grants: &Grants, calls: &[CallRecord]) -> Vec<String> {
             continue;
         };
         for (request, result) in batch.iter().zip(results) {
-            let slot = ROLES.iter().position(|r| *r == request.role).unwrap_or(0);
-            used[slot] += 1;
+            used[request.role] += 1;
             match result {
                 Err(LlmError::Rejected(why)) if why.contains("--allow-roles") => {
                     rejected.push(format!("call {}: {why}", call.index));
@@ -140,11 +130,10 @@ pub fn usage_lines(grants: &Grants, calls: &[CallRecord]) -> Vec<String> {
             }
         }
     }
-    let roles: Vec<String> = ROLES
+    let roles: Vec<String> = used
         .iter()
-        .zip(used)
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{} ({n})", role_name(*r)))
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{} ({n})", r.name()))
         .collect();
     let mut lines = vec![
         format!(
@@ -172,12 +161,9 @@ mod tests {
     use super::*;
     use crate::testing::chat_request;
 
-    fn flags(roles: Option<&str>, max: Option<u64>) -> HostFlags {
-        HostFlags {
-            allow_roles: roles.map(|r| r.split(',').map(str::to_owned).collect()),
-            max_plugin_calls: max,
-            ..HostFlags::default()
-        }
+    fn grants(roles: Option<&str>, max: Option<u64>) -> anyhow::Result<Grants> {
+        let roles: Option<Vec<String>> = roles.map(|r| r.split(',').map(str::to_owned).collect());
+        Grants::new(roles.as_deref(), max)
     }
 
     fn request(role: Role) -> Request {
@@ -186,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_role_outside_the_grant_is_rejected_with_the_grant_named() {
-        let grants = Grants::from_flags(&flags(Some("judge,optimizer"), None)).unwrap();
+        let grants = grants(Some("judge,optimizer"), None).unwrap();
         assert_eq!(grants.refuse(&request(Role::Judge), 0), None);
         let Some(LlmError::Rejected(why)) = grants.refuse(&request(Role::Base), 0) else {
             panic!("base is not granted")
@@ -199,22 +185,18 @@ mod tests {
 
     #[test]
     fn the_call_cap_answers_budget_exhausted_once_spent() {
-        let grants = Grants::from_flags(&flags(None, Some(2))).unwrap();
-        assert_eq!(grants.refuse(&request(Role::Base), 1), None);
+        let capped = grants(None, Some(2)).unwrap();
+        assert_eq!(capped.refuse(&request(Role::Base), 1), None);
         assert_eq!(
-            grants.refuse(&request(Role::Base), 2),
+            capped.refuse(&request(Role::Base), 2),
             Some(LlmError::BudgetExhausted)
         );
-        assert!(
-            Grants::from_flags(&flags(None, None))
-                .unwrap()
-                .is_unlimited()
-        );
+        assert!(grants(None, None).unwrap().is_unlimited());
     }
 
     #[test]
     fn unknown_role_names_fail_before_the_run() {
-        let error = Grants::from_flags(&flags(Some("judge,optimiser"), None)).unwrap_err();
+        let error = grants(Some("judge,optimiser"), None).unwrap_err();
         assert!(
             error.to_string().contains("unknown role `optimiser`"),
             "{error}"

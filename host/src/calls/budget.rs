@@ -23,9 +23,11 @@ use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use super::grants::model_requests;
 use crate::bindings::types::{LlmError, Prompt, Request, Role, Usage};
-use crate::pricing::Price;
+use crate::roles::PerRole;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
+use crate::spending::pricing::Price;
 
 /// Spending limits of a run (flags, or the same keys in the config file).
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
@@ -163,6 +165,10 @@ fn parse_duration(text: &str) -> Option<Duration> {
 
 #[derive(Debug, Default)]
 struct Spent {
+    /// Model requests the plugin asked for (each of a batch, and each embedding call), refused
+    /// ones included: what the grant's call cap counts.
+    asked: u64,
+    /// Model requests sent (or about to be): what the call budget counts.
     calls: u64,
     tokens: u64,
     usd: f64,
@@ -203,8 +209,8 @@ impl Worst {
 #[derive(Debug)]
 pub struct Meter {
     budget: Budget,
-    /// Per role, in [`crate::accounting::ROLES`] order; `None`: no price known.
-    prices: [Option<Price>; 4],
+    /// Per role; `None`: no price known.
+    prices: PerRole<Option<Price>>,
     started: Instant,
     /// Wall time spent before this process (by the recorded calls of a resumed run).
     earlier: Duration,
@@ -215,7 +221,7 @@ impl Default for Meter {
     fn default() -> Self {
         Meter {
             budget: Budget::default(),
-            prices: [None; 4],
+            prices: PerRole::default(),
             started: Instant::now(),
             earlier: Duration::ZERO,
             spent: Default::default(),
@@ -223,36 +229,23 @@ impl Default for Meter {
     }
 }
 
-fn role_slot(role: Role) -> usize {
-    match role {
-        Role::Base => 0,
-        Role::Metrics => 1,
-        Role::Judge => 2,
-        Role::Optimizer => 3,
-    }
-}
-
 impl Meter {
     /// A meter for `budget`; `models` names each role's model (for the error below), `prices`
     /// prices it. A money budget with a role whose model has no price is refused: it could
     /// never be enforced.
-    pub fn new(budget: Budget, models: [(Role, &str, Option<Price>); 4]) -> anyhow::Result<Meter> {
+    pub fn new(budget: Budget, models: PerRole<(&str, Option<Price>)>) -> anyhow::Result<Meter> {
         if budget.max_cost.is_some()
-            && let Some((role, model, _)) = models.iter().find(|(_, _, price)| price.is_none())
+            && let Some((role, (model, _))) = models.iter().find(|(_, (_, price))| price.is_none())
         {
             bail!(
                 "--max-cost needs the price of every model, but `{model}` ({} role) has none; \
                  add it under [prices] in the config file (USD per million input and output tokens)",
-                crate::rundir::role_name(*role)
+                role.name()
             );
-        }
-        let mut prices = [None; 4];
-        for (role, _, price) in models {
-            prices[role_slot(role)] = price;
         }
         Ok(Meter {
             budget,
-            prices,
+            prices: models.map(|_, (_, price)| price),
             ..Meter::default()
         })
     }
@@ -262,9 +255,20 @@ impl Meter {
         self.budget
     }
 
-    /// Counts what the recorded calls of a resumed run spent, time included.
+    /// Model requests asked for so far (see [`Meter::ask`]).
+    pub fn asked(&self) -> u64 {
+        self.spent.lock().expect("meter lock").asked
+    }
+
+    /// Counts `requests` more model requests asked for, whatever becomes of them.
+    pub fn ask(&self, requests: u64) {
+        self.spent.lock().expect("meter lock").asked += requests;
+    }
+
+    /// Counts what the recorded calls of a resumed run asked and spent, time included.
     pub fn count_recorded(&mut self, calls: &[CallRecord]) {
         for call in calls {
+            self.spent.get_mut().expect("not shared yet").asked += model_requests(&call.request);
             self.earlier += Duration::from_micros(call.provenance.elapsed_us);
             if let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
                 (&call.request, &call.response)
@@ -341,7 +345,7 @@ impl Meter {
             max_tokens: request.sampling.max_tokens,
             usd: 0.0,
         };
-        if let Some(price) = self.prices[role_slot(request.role)] {
+        if let Some(price) = self.prices[request.role] {
             let completion = worst.tokens() - worst.prompt_tokens;
             worst.usd = price.cost(worst.prompt_tokens, completion);
         }
@@ -417,7 +421,7 @@ impl Meter {
         let completion = u64::from(usage.completion_tokens);
         let mut spent = self.spent.lock().expect("meter lock");
         spent.tokens += prompt + completion;
-        if let Some(price) = self.prices[role_slot(role)] {
+        if let Some(price) = self.prices[role] {
             spent.usd += price.cost(prompt, completion);
         }
     }
@@ -427,24 +431,17 @@ impl Meter {
 mod tests {
     use super::*;
 
-    fn free(role: Role) -> (Role, &'static str, Option<Price>) {
-        (
-            role,
-            "m",
-            Some(Price {
-                input: 1.0,
-                output: 1.0,
-            }),
-        )
-    }
-
-    fn all_free() -> [(Role, &'static str, Option<Price>); 4] {
-        [
-            free(Role::Base),
-            free(Role::Metrics),
-            free(Role::Judge),
-            free(Role::Optimizer),
-        ]
+    /// Every role's model `m`, at $1 per million tokens.
+    fn all_free() -> PerRole<(&'static str, Option<Price>)> {
+        PerRole::from_fn(|_| {
+            (
+                "m",
+                Some(Price {
+                    input: 1.0,
+                    output: 1.0,
+                }),
+            )
+        })
     }
 
     /// Requests whose worst case is nothing: only the call budget applies to them.
@@ -522,7 +519,7 @@ mod tests {
     #[test]
     fn a_money_budget_needs_every_price() {
         let mut models = all_free();
-        models[2] = (Role::Judge, "mystery", None);
+        models[Role::Judge] = ("mystery", None);
         let error = Meter::new(
             Budget {
                 max_cost: Some(1.0),
@@ -645,8 +642,7 @@ mod tests {
     fn the_money_budget_prices_the_worst_case_at_the_role_s_price() {
         let mut models = all_free();
         // $20 per million tokens for the judge: its 16 × 4096 completion tokens cost $1.31.
-        models[2] = (
-            Role::Judge,
+        models[Role::Judge] = (
             "m",
             Some(Price {
                 input: 20.0,

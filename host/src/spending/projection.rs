@@ -1,10 +1,9 @@
 //! The projection shown before a run: calls, tokens and money per role, from the strategy's
 //! own `estimate` of its options and the price table.
 
-use crate::accounting::saturating_sum;
 use crate::bindings::types::{Role, RoleEstimate};
-use crate::pricing::{Money, PriceTable};
-use crate::rundir::role_name;
+use crate::spending::accounting::saturating_sum;
+use crate::spending::pricing::{Money, PriceTable};
 
 /// The projected spending of one role.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +76,7 @@ impl Projection {
         for role in &self.roles {
             lines.push(format!(
                 "{:<10} {:>15} {:>23} {:>21}  {}",
-                role_name(role.role),
+                role.role.name(),
                 range(role.min_calls.to_string(), role.max_calls.to_string()),
                 range(role.min_tokens.to_string(), role.max_tokens.to_string()),
                 range(role.min_money.to_string(), role.max_money.to_string()),
