@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drpo_host::bindings::types::{Example, Query};
+use drpo_host::calls::Calls;
 use drpo_host::provider::Router;
 use drpo_host::provider::openai::{Endpoint, OpenAiProvider};
 use drpo_host::runlog::{Entry, FORMAT_VERSION, Header, RunLogWriter};
-use drpo_host::runtime::{Limits, Runtime, Services, Session};
+use drpo_host::runtime::{Limits, Runtime, Session};
 use drpo_tests::server::{Reply, Server, default_reply};
 
 const LATENCY: Duration = Duration::from_millis(25);
@@ -50,13 +51,14 @@ fn main() {
             model: "bench".into(),
             api_key: None,
         }));
-        let services = Arc::new(Services {
-            router: Router::uniform(provider),
-            queries: queries.clone(),
-            examples: examples.clone(),
-            gate: Default::default(),
-            grants: Default::default(),
-        });
+        let services = Arc::new(Calls::new(
+            Default::default(),
+            Default::default(),
+            None,
+            Router::uniform(provider),
+            queries.clone(),
+            examples.clone(),
+        ));
         let options = format!(
             r#"{{"depth":20,"beam_size":2,"n_actions":3,"ret_icl":false,"sequential":{sequential}}}"#
         );
