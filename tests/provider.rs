@@ -81,11 +81,7 @@ fn rate_limits_and_server_errors_are_retried_until_an_answer_comes() {
     for status in [408, 409, 429, 500, 503] {
         let server = flaky(2, status, None);
         let answers = complete(&provider(&server, quick()), vec![request("hi")]);
-        assert!(
-            answers[0].result.is_ok(),
-            "{status}: {:?}",
-            answers[0].result
-        );
+        assert!(answers[0].is_ok(), "{status}: {:?}", answers[0]);
         assert_eq!(server.requests().len(), 3, "two failures, then the answer");
     }
 }
@@ -95,7 +91,7 @@ fn retry_after_is_honoured() {
     let server = flaky(1, 429, Some(1));
     let started = Instant::now();
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
-    assert!(answers[0].result.is_ok());
+    assert!(answers[0].is_ok());
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "waited as asked"
@@ -107,8 +103,8 @@ fn after_the_last_try_one_clear_error_names_the_endpoint_status_and_body() {
     let server = flaky(usize::MAX, 502, None);
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     assert_eq!(server.requests().len(), 3);
-    let Err(LlmError::Unavailable(message)) = &answers[0].result else {
-        panic!("{:?}", answers[0].result)
+    let Err(LlmError::Unavailable(message)) = &answers[0] else {
+        panic!("{:?}", answers[0])
     };
     assert!(message.contains(server.url()), "{message}");
     assert!(message.contains("502"), "{message}");
@@ -123,10 +119,7 @@ fn client_errors_are_not_retried() {
         let server = flaky(usize::MAX, status, None);
         let answers = complete(&provider(&server, quick()), vec![request("hi")]);
         assert_eq!(server.requests().len(), 1, "{status}");
-        assert!(
-            matches!(answers[0].result, Err(LlmError::Rejected(_))),
-            "{status}"
-        );
+        assert!(matches!(answers[0], Err(LlmError::Rejected(_))), "{status}");
     }
 }
 
@@ -140,8 +133,8 @@ fn a_server_error_that_says_the_request_is_invalid_is_not_retried() {
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
     assert_eq!(server.requests().len(), 1);
-    let Err(LlmError::Rejected(message)) = &answers[0].result else {
-        panic!("{:?}", answers[0].result)
+    let Err(LlmError::Rejected(message)) = &answers[0] else {
+        panic!("{:?}", answers[0])
     };
     assert!(message.contains("validation error"), "{message}");
 }
@@ -161,7 +154,7 @@ fn an_error_inside_a_200_is_an_error_and_is_retried() {
         retry_after: None,
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
-    assert!(answers[0].result.is_ok(), "{:?}", answers[0].result);
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
     assert_eq!(seen.load(Ordering::SeqCst), 2);
 }
 
@@ -174,8 +167,8 @@ fn a_choice_with_null_content_is_an_error_not_an_empty_answer() {
         )
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
-    let Err(error) = &answers[0].result else {
-        panic!("{:?}", answers[0].result)
+    let Err(error) = &answers[0] else {
+        panic!("{:?}", answers[0])
     };
     assert!(format!("{error:?}").contains("content_filter"), "{error:?}");
 }
@@ -192,7 +185,7 @@ fn a_server_that_answers_one_choice_whatever_n_says_gets_n_requests() {
     three.sampling.n = 3;
     three.sampling.temperature = 0.7;
     let answers = complete(&provider, vec![three.clone()]);
-    let choices = &answers[0].result.as_ref().unwrap().choices;
+    let choices = &answers[0].as_ref().unwrap().choices;
     assert_eq!(choices.len(), 3);
     let requests = server.requests();
     assert_eq!(
@@ -237,8 +230,8 @@ fn a_schema_refused_where_json_schema_works_is_an_error_of_that_request_only() {
             r#"{"type":"object","properties":{"bad":{"type":"widget"}}}"#,
         )],
     );
-    let Err(LlmError::Rejected(message)) = &bad[0].result else {
-        panic!("{:?}", bad[0].result)
+    let Err(LlmError::Rejected(message)) = &bad[0] else {
+        panic!("{:?}", bad[0])
     };
     assert!(message.contains("Invalid schema"), "{message}");
     let good = complete(
@@ -247,7 +240,7 @@ fn a_schema_refused_where_json_schema_works_is_an_error_of_that_request_only() {
             r#"{"type":"object","properties":{"score":{"type":"integer"}},"required":["score"]}"#,
         )],
     );
-    assert!(good[0].result.is_ok(), "{:?}", good[0].result);
+    assert!(good[0].is_ok(), "{:?}", good[0]);
     let last = server.requests().last().cloned().unwrap().1;
     assert_eq!(
         last["response_format"]["type"], "json_schema",
@@ -269,8 +262,8 @@ fn a_reply_slower_than_the_timeout_is_retried_then_reported() {
         ..quick()
     };
     let answers = complete(&provider(&server, policy), vec![request("hi")]);
-    let Err(LlmError::Unavailable(message)) = &answers[0].result else {
-        panic!("{:?}", answers[0].result)
+    let Err(LlmError::Unavailable(message)) = &answers[0] else {
+        panic!("{:?}", answers[0])
     };
     assert!(message.contains("timed out"), "{message}");
     assert_eq!(server.requests().len(), 2);
@@ -291,7 +284,7 @@ fn a_body_that_is_not_json_is_retried() {
         retry_after: None,
     });
     let answers = complete(&provider(&server, quick()), vec![request("hi")]);
-    assert!(answers[0].result.is_ok(), "{:?}", answers[0].result);
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
     assert_eq!(seen.load(Ordering::SeqCst), 2);
 }
 
@@ -309,7 +302,7 @@ fn a_batch_of_32_never_exceeds_the_concurrency_cap_and_reaches_it() {
     };
     let batch = (0..32).map(|i| request(&format!("q{i}"))).collect();
     let answers = complete(&provider(&server, policy), batch);
-    assert!(answers.iter().all(|a| a.result.is_ok()));
+    assert!(answers.iter().all(|a| a.is_ok()));
     assert_eq!(server.max_in_flight(), 4);
 }
 
@@ -346,7 +339,7 @@ fn a_server_that_refuses_response_format_is_asked_in_plain_text_from_then_on() {
     };
     let first = complete(&provider, vec![with_schema("one")]);
     assert_eq!(
-        first[0].result.as_ref().unwrap().choices,
+        first[0].as_ref().unwrap().choices,
         vec![r#"{"score":4}"#.to_owned()]
     );
     assert_eq!(
@@ -355,7 +348,7 @@ fn a_server_that_refuses_response_format_is_asked_in_plain_text_from_then_on() {
         "refused once, a probe refused at json_schema and json_object, then asked in plain text"
     );
     let second = complete(&provider, vec![with_schema("two")]);
-    assert!(second[0].result.is_ok(), "{:?}", second[0].result);
+    assert!(second[0].is_ok(), "{:?}", second[0]);
     let requests = server.requests();
     assert_eq!(requests.len(), 5, "the refusal is remembered");
     let plain = &requests[4].1;
@@ -399,7 +392,7 @@ fn requests_per_minute_are_kept_over_a_sliding_window() {
     let batch = (0..6).map(|i| request(&format!("q{i}"))).collect();
     let answers = complete(&provider, batch);
     let elapsed = started.elapsed();
-    assert!(answers.iter().all(|a| a.result.is_ok()));
+    assert!(answers.iter().all(|a| a.is_ok()));
     // Two at once, two more after one window, the last two after two windows.
     assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
     assert_eq!(
