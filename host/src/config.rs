@@ -376,7 +376,10 @@ pub struct ConfigInputs<'a> {
     pub host: &'a HostFlags,
     pub budget: &'a BudgetFlags,
     pub endpoints: &'a EndpointFlags,
-    /// `--option KEY=VALUE` pairs (VALUE parsed as JSON, else taken as a string).
+    /// Options set by the command that makes the run (`generate`, `eval`).
+    pub option_values: &'a Map<String, Value>,
+    /// `--option KEY=VALUE` pairs (VALUE parsed as JSON, else taken as a string): they win over
+    /// `option_values`.
     pub extra_options: &'a [String],
 }
 
@@ -415,6 +418,9 @@ impl ConfigInputs<'_> {
         }
         if let Some(seed) = host.seed {
             given.insert("seed".into(), seed.into());
+        }
+        for (key, value) in self.option_values {
+            given.insert(key.clone(), value.clone());
         }
         for pair in self.extra_options {
             let (key, value) = pair
@@ -563,6 +569,7 @@ mod tests {
             host: &HostFlags::default(),
             budget: &BudgetFlags::default(),
             endpoints: &EndpointFlags::default(),
+            option_values: &Map::new(),
             extra_options: &[],
         };
         let config = inputs.resolve(SCHEMA).unwrap();
@@ -595,6 +602,7 @@ mod tests {
             host: &HostFlags::default(),
             budget: &budget,
             endpoints: &EndpointFlags::default(),
+            option_values: &Map::new(),
             extra_options: &[],
         };
         let config = inputs.resolve(SCHEMA).unwrap();
@@ -624,6 +632,7 @@ mod tests {
             host: &HostFlags::default(),
             budget: &BudgetFlags::default(),
             endpoints: &EndpointFlags::default(),
+            option_values: &Map::new(),
             extra_options: &[],
         };
         let error = format!("{:#}", inputs.resolve(SCHEMA).unwrap_err());

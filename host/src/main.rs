@@ -1,5 +1,6 @@
 use clap::Parser;
-use drpo_host::cli::{Cli, execute};
+use drpo_host::cli::Cli;
+use drpo_host::commands::execute;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -156,10 +156,13 @@ impl Plugin {
     }
 }
 
-/// What one export call produced, and the session and output it leaves behind.
-pub struct Finished<T> {
+/// What one export call produced, and the session, the observer and the output it leaves
+/// behind.
+pub struct Finished<T, O = ()> {
     pub result: Result<T, PluginError>,
     pub session: Session,
+    /// The observer of the run's calls, given back.
+    pub observer: O,
     /// The plugin's stdout and stderr.
     pub stdout: String,
     pub stderr: String,
@@ -303,21 +306,46 @@ impl Runtime {
         .await
     }
 
-    /// Calls the plugin's `run` with `options` (JSON), its imports answered by `session`.
-    pub async fn run(
+    /// Calls the plugin's `run` with `options` (JSON), its imports answered by `session` and
+    /// seen by `observer`, which comes back in [`Finished`].
+    pub async fn run<O: Observer + 'static>(
         &self,
         plugin: &Plugin,
         options: &str,
         seed: u64,
         limits: Limits,
-        session: Session,
-    ) -> Finished<Outcome> {
+        mut session: Session,
+        observer: O,
+    ) -> Finished<Outcome, O> {
         let options = options.to_owned();
-        let mut finished = self
+        let lent = Arc::new(std::sync::Mutex::new(observer));
+        session.observer = Some(Box::new(session::Lent(lent.clone())));
+        let finished = self
             .call(plugin, seed, limits, session, move |strategy, store| {
                 Box::pin(async move { strategy.call_run(store, &options).await })
             })
             .await;
+        let Finished {
+            result,
+            mut session,
+            stdout,
+            stderr,
+            fuel_used,
+            observer: (),
+        } = finished;
+        session.observer = None;
+        let observer = Arc::into_inner(lent)
+            .expect("the session held the only other reference")
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut finished = Finished {
+            result,
+            session,
+            observer,
+            stdout,
+            stderr,
+            fuel_used,
+        };
         if let Ok(outcome) = &finished.result
             && let Err(refusal) = finished.session.records.admit_outcome(outcome)
         {
@@ -395,6 +423,7 @@ impl Runtime {
         Finished {
             result,
             session: store.into_data().into_session(),
+            observer: (),
             stdout,
             stderr,
             fuel_used,

@@ -2,7 +2,7 @@
 //! and records every call it answers.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
@@ -24,13 +24,37 @@ pub trait Live: Send + Sync {
 }
 
 /// Sees every call as it is answered (progress display, human log, tree collection).
-pub trait Observer: Send + std::any::Any {
+pub trait Observer: Send {
     /// Called once per answered call; `replayed` is true when the answer came from the log.
     fn on_call(&mut self, record: &CallRecord, replayed: bool);
 
     /// Called when a live call is about to be answered (so a display can show what is in
     /// flight); replayed calls are answered at once and only reach [`Observer::on_call`].
     fn on_request(&mut self, _request: &CallRequest) {}
+}
+
+/// No observer.
+impl Observer for () {
+    fn on_call(&mut self, _record: &CallRecord, _replayed: bool) {}
+}
+
+/// An observer the session holds while [`crate::runtime::Runtime::run`] still owns it.
+pub(crate) struct Lent<O>(pub(crate) Arc<Mutex<O>>);
+
+impl<O: Observer> Observer for Lent<O> {
+    fn on_call(&mut self, record: &CallRecord, replayed: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_call(record, replayed);
+    }
+
+    fn on_request(&mut self, request: &CallRequest) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_request(request);
+    }
 }
 
 /// How the session answers the plugin.
@@ -41,7 +65,7 @@ pub struct Session {
     /// error.
     live: Option<Arc<dyn Live>>,
     writer: Option<RunLogWriter>,
-    observer: Option<Box<dyn Observer>>,
+    pub(crate) observer: Option<Box<dyn Observer>>,
     next_index: u64,
     replayed: u64,
     live_calls: u64,
@@ -101,12 +125,6 @@ impl Session {
         }
     }
 
-    /// Installs an observer of every answered call.
-    pub fn with_observer(mut self, observer: Box<dyn Observer>) -> Session {
-        self.observer = Some(observer);
-        self
-    }
-
     /// Calls answered from the log so far.
     pub fn replayed_calls(&self) -> u64 {
         self.replayed
@@ -125,11 +143,6 @@ impl Session {
     /// The log writer, to append the end of the run.
     pub fn writer_mut(&mut self) -> Option<&mut RunLogWriter> {
         self.writer.as_mut()
-    }
-
-    /// Takes the observer back (to finish the human-readable outputs).
-    pub fn take_observer(&mut self) -> Option<Box<dyn Observer>> {
-        self.observer.take()
     }
 
     /// Answers one call. An `Err` stops the plugin; the reason is kept in `failure`.

@@ -1,65 +1,12 @@
 //! Commands that are ordinary recorded runs of a shipped strategy (`eval` runs eval.wasm,
-//! `generate` runs generate.wasm): the `run` command line they build, with their data in the
-//! strategy's options so the run log's header holds it, and the outcome they read back. Their
+//! `generate` runs generate.wasm): they build a `run` ([`crate::cli::RunArgs`]) with their data
+//! in the strategy's options, so the run log's header holds it, and read the outcome back. Their
 //! run directories work with `replay`, `resume` and `inspect` like any other.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use serde_json::Value;
-
-use crate::cli::{Cli, execute};
-
-/// The command line of a `run` of `strategy` into `log_dir`.
-pub struct RunCommand {
-    argv: Vec<String>,
-}
-
-impl RunCommand {
-    /// `drpo-host run --strategy STRATEGY --log-dir LOG_DIR`.
-    pub fn new(strategy: &Path, log_dir: &Path) -> RunCommand {
-        RunCommand {
-            argv: vec![
-                "drpo-host".into(),
-                "run".into(),
-                "--strategy".into(),
-                strategy.display().to_string(),
-                "--log-dir".into(),
-                log_dir.display().to_string(),
-            ],
-        }
-    }
-
-    /// A strategy option, as JSON (a string stays a string whatever it holds).
-    pub fn option(&mut self, key: &str, value: &Value) {
-        self.argv.push("--option".into());
-        self.argv.push(format!("{key}={value}"));
-    }
-
-    /// Flags of `run`, as given.
-    pub fn flags(&mut self, flags: impl IntoIterator<Item = String>) {
-        self.argv.extend(flags);
-    }
-
-    /// Runs it as `drpo-host run` would.
-    pub async fn execute(self) -> anyhow::Result<()> {
-        let cli = Cli::try_parse_from(&self.argv).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Box::pin(execute(cli)).await
-    }
-}
-
-/// The value of `flag` among `given` flags (`--flag VALUE` or `--flag=VALUE`), if given.
-pub fn flag_value(given: &[String], flag: &str) -> Option<String> {
-    let with_equals = format!("{flag}=");
-    given.iter().enumerate().find_map(|(i, arg)| {
-        if arg == flag {
-            given.get(i + 1).cloned()
-        } else {
-            arg.strip_prefix(&with_equals).map(str::to_owned)
-        }
-    })
-}
 
 /// The `details` of a finished run's outcome (in its `result.json`), which must be of `kind`
 /// (the strategy's `details.kind`, e.g. `evaluation`); `strategy` names the plugin that makes
@@ -99,22 +46,6 @@ pub fn fresh_run_dir(parent: &Path, stem: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn flag_values_in_both_spellings() {
-        let given = strings(&["--seed", "4", "--eval-model-name=gpt-4o", "--quiet"]);
-        assert_eq!(flag_value(&given, "--seed").as_deref(), Some("4"));
-        assert_eq!(
-            flag_value(&given, "--eval-model-name").as_deref(),
-            Some("gpt-4o")
-        );
-        assert_eq!(flag_value(&given, "--eval"), None);
-        assert_eq!(flag_value(&given, "--quiet"), None, "no value after it");
-    }
 
     #[test]
     fn fresh_run_dirs_take_the_first_free_number() {

@@ -8,95 +8,17 @@
 //! strategy embeds for retrieval and asks the base role, and this command writes the answers
 //! from the run's outcome. `replay`, `resume` and `inspect` work on its run directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use drpo::icl::BASELINE_PROMPT;
 
+use super::made_run::{fresh_run_dir, outcome_details};
+use crate::bindings::types::Role;
+use crate::cli::{GenerateArgs, RunArgs};
 use crate::services;
-use crate::subrun::{RunCommand, flag_value, fresh_run_dir, outcome_details};
-
-#[derive(Debug, clap::Args)]
-pub struct GenerateArgs {
-    /// `local:PATH` (a GGUF file or a Hugging Face directory) or an OpenAI-compatible model
-    /// name; default: the built-in SmolLM2 model.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Base URL of the OpenAI-compatible server, up to `/v1` [env: OPENAI_BASE_URL].
-    #[arg(long)]
-    pub api_base: Option<String>,
-    /// Where a `local:` model runs: `cpu` (the default), or `cuda` / `cuda:N` in a drpo-host
-    /// built with `--features cuda`.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// System prompt (or the path of a file holding it); overrides --run and --prompt-file.
-    #[arg(long, conflicts_with_all = ["run", "prompt_file"])]
-    pub system: Option<String>,
-    /// A run directory: its result.json's best prompt is the system prompt.
-    #[arg(long, conflicts_with = "prompt_file")]
-    pub run: Option<PathBuf>,
-    /// A file holding the system prompt.
-    #[arg(long)]
-    pub prompt_file: Option<PathBuf>,
-    /// The baseline: answer under "You are a helpful assistant." instead of the optimized prompt.
-    #[arg(long, conflicts_with_all = ["system", "run", "prompt_file"])]
-    pub no_optimized_prompt: bool,
-    /// In-context examples: `{query: answer}` JSON (what icl.wasm writes) or an array of
-    /// `{query, answer}`; default: the built-in demo examples.
-    #[arg(long)]
-    pub examples: Option<PathBuf>,
-    /// The baseline: no in-context examples.
-    #[arg(long, conflicts_with = "examples")]
-    pub no_examples: bool,
-    /// How many retrieved examples each query gets (1 to 5).
-    #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
-    pub k: u8,
-    /// The embedding model that retrieves examples: `local:DIR` (a sentence-transformers
-    /// directory) or an OpenAI-compatible name (`/v1/embeddings` at --api-base); default:
-    /// all-MiniLM-L6-v2 when `scripts/fetch-minilm.sh` has fetched it, else the first k
-    /// examples are used.
-    #[arg(long)]
-    pub embedding_model: Option<String>,
-    /// Send one raw text (system part, blank line, query part) instead of chat messages: the
-    /// published format for a model without a chat template.
-    #[arg(long)]
-    pub raw: bool,
-    /// Most tokens per answer.
-    #[arg(long, default_value_t = 512)]
-    pub max_tokens: u32,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Sampling seed (also the run's seed).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// A JSONL file of queries (`{"id", "text" or "query", "tags"}` per line) to answer instead
-    /// of the arguments.
-    #[arg(long, conflicts_with = "queries")]
-    pub input: Option<PathBuf>,
-    /// Write the answers as JSONL (`{"id", "query", "answer", "tags"}` per line, the input of
-    /// `eval`) instead of printing them.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    /// Directory for the generation run (replayable); created if missing, must not hold a run
-    /// already. Default: `runs/generate-N`, the first N not taken.
-    #[arg(long)]
-    pub log_dir: Option<PathBuf>,
-    /// The generation strategy: a `.wasm` file, or a name as for `run --strategy`.
-    #[arg(long, default_value = "generate")]
-    pub strategy: PathBuf,
-    /// The queries; all are answered as one batch.
-    #[arg(required_unless_present = "input")]
-    pub queries: Vec<String>,
-    /// Flags of `run` (budgets, endpoints, --no-cache, --quiet, ...), after `--`.
-    #[arg(last = true)]
-    pub run_flags: Vec<String>,
-}
 
 /// Where `generate` puts its run directory when given none: `runs/generate-N`.
 pub const DEFAULT_RUNS_DIR: &str = "runs";
@@ -118,20 +40,20 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    let mut command = RunCommand::new(&args.strategy, &dir);
-    command.option("queries", &serde_json::to_value(&queries)?);
-    command.option("system_prompt", &Value::from(system_prompt));
-    command.option("examples", &serde_json::to_value(&examples)?);
-    command.option("k", &Value::from(args.k));
-    command.option("retrieve", &Value::from(embedder.is_some()));
-    command.option("raw", &Value::from(args.raw));
-    command.option("max_tokens", &Value::from(args.max_tokens));
+    let mut run = run_args(&args, &dir, &model, embedder.as_deref())?;
+    let options = &mut run.option_values;
+    options.insert("queries".into(), serde_json::to_value(&queries)?);
+    options.insert("system_prompt".into(), Value::from(system_prompt));
+    options.insert("examples".into(), serde_json::to_value(&examples)?);
+    options.insert("k".into(), Value::from(args.k));
+    options.insert("retrieve".into(), Value::from(embedder.is_some()));
+    options.insert("raw".into(), Value::from(args.raw));
+    options.insert("max_tokens".into(), Value::from(args.max_tokens));
     // Through their shortest decimal form, so the options say 0.7 rather than 0.699999988.
     for (name, value) in [("temperature", args.temperature), ("top_p", args.top_p)] {
-        command.option(name, &serde_json::from_str(&value.to_string())?);
+        options.insert(name.into(), serde_json::from_str(&value.to_string())?);
     }
-    command.flags(run_flags(&args, &model, embedder.as_deref()));
-    if let Err(error) = command.execute().await {
+    if let Err(error) = Box::pin(super::run::run(run)).await {
         if chosen_here {
             // A run that failed before it began leaves the directory empty: no litter. Any
             // other keeps its files (remove_dir refuses a directory that is not empty).
@@ -142,39 +64,40 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     deliver(&dir, args.output.as_deref())
 }
 
-/// The flags of the generation run: the seed, the answering model for every role the user's
-/// flags after `--` leave unnamed (generate.wasm asks only the base role, so nothing else is
-/// loaded), the endpoint and embedding model, and a grant of the base role alone unless the
-/// user gave one.
-fn run_flags(args: &GenerateArgs, model: &str, embedder: Option<&str>) -> Vec<String> {
-    let given = &args.run_flags;
-    let mut flags = vec!["--seed".to_owned(), args.seed.to_string()];
-    for flag in [
-        "--base-model-name",
-        "--metrics-model-name",
-        "--eval-model-name",
-        "--optimize-model-name",
+/// The generation run: the user's `run` flags (after `--`), the seed, the answering model for
+/// every role they leave unnamed (generate.wasm asks only the base role, so nothing else is
+/// loaded), the endpoint, device and embedding model, and a grant of the base role alone unless
+/// the user gave one.
+fn run_args(
+    args: &GenerateArgs,
+    dir: &Path,
+    model: &str,
+    embedder: Option<&str>,
+) -> anyhow::Result<RunArgs> {
+    let mut run = RunArgs::with_flags(&args.strategy, dir, &args.run_flags)?;
+    run.host.seed.get_or_insert(args.seed);
+    let models = &mut run.models;
+    for named in [
+        &mut models.base_model_name,
+        &mut models.metrics_model_name,
+        &mut models.eval_model_name,
+        &mut models.optimize_model_name,
     ] {
-        if flag_value(given, flag).is_none() {
-            flags.extend([flag.to_owned(), model.to_owned()]);
-        }
+        named.get_or_insert_with(|| model.to_owned());
     }
     if let Some(api_base) = &args.api_base {
-        flags.extend(["--api-base".to_owned(), api_base.clone()]);
+        models.api_base = Some(api_base.clone());
     }
-    if let Some(device) = &args.device
-        && flag_value(given, "--device").is_none()
-    {
-        flags.extend(["--device".to_owned(), device.clone()]);
+    if models.device.is_none() {
+        models.device = args.device.clone();
     }
     if let Some(embedder) = embedder {
-        flags.extend(["--embedding-model-name".to_owned(), embedder.to_owned()]);
+        models.embedding_model_name = Some(embedder.to_owned());
     }
-    if flag_value(given, "--allow-roles").is_none() {
-        flags.extend(["--allow-roles".to_owned(), "base".to_owned()]);
-    }
-    flags.extend(given.iter().cloned());
-    flags
+    run.host
+        .allow_roles
+        .get_or_insert_with(|| vec![Role::Base.name().to_owned()]);
+    Ok(run)
 }
 
 /// Prints the answers of a finished generation run, or writes them as JSONL; fails when a

@@ -3,79 +3,53 @@
 //! evaluation is an ordinary recorded run: `replay`, `resume` and `inspect` work on its
 //! directory. Prints the per-aspect table and writes the per-query results.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::subrun::{RunCommand, flag_value, outcome_details};
-
-#[derive(Debug, clap::Args)]
-pub struct EvalArgs {
-    /// The answers: JSONL, one `{"id", "query", "answer", "tags"}` per line (what `generate
-    /// --output` writes); a query tagged `harmful` (or with `"harmful": true`) is judged on
-    /// safety.
-    pub answers: PathBuf,
-    /// A second answers file for the same queries (matched by id): judged the same way and
-    /// compared side by side.
-    #[arg(long)]
-    pub compare: Option<PathBuf>,
-    /// Directory for the evaluation run; created if missing, must not hold a run already.
-    #[arg(long)]
-    pub log_dir: PathBuf,
-    /// The evaluation strategy: a `.wasm` file, or a name as for `run --strategy`.
-    #[arg(long, default_value = "eval")]
-    pub strategy: PathBuf,
-    /// Also write the per-query results (scores, rationales, means) here as JSONL; they are
-    /// always in LOG_DIR/evaluation.jsonl.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    /// Flags of `run` (the judge's model, endpoints, budgets, --no-cache, ...), after `--`.
-    #[arg(last = true)]
-    pub run_flags: Vec<String>,
-}
+use super::made_run::outcome_details;
+use crate::bindings::types::Role;
+use crate::cli::{EvalArgs, RunArgs};
 
 /// The file in the run directory that holds the per-query results.
 pub const RESULTS_FILE: &str = "evaluation.jsonl";
 
 /// Runs the evaluation and prints its report.
 pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut command = RunCommand::new(&args.strategy, &args.log_dir);
+    let mut run = RunArgs::with_flags(&args.strategy, &args.log_dir, &args.run_flags)?;
     let sets = [
         ("answers", "label", Some(&args.answers)),
         ("compare", "compare_label", args.compare.as_ref()),
     ];
     for (option, label_option, path) in sets {
         let Some(path) = path else { continue };
-        command.option(option, &Value::Array(read_answers(path)?));
-        command.option(label_option, &Value::from(label(path)));
+        let options = &mut run.option_values;
+        options.insert(option.into(), Value::Array(read_answers(path)?));
+        options.insert(label_option.into(), Value::from(label(path)));
     }
-    command.flags(run_flags(&args.run_flags));
-    command.execute().await?;
+    judge_only(&mut run);
+    Box::pin(super::run::run(run)).await?;
     report(&args.log_dir, args.output.as_deref())
 }
 
-/// The flags of the evaluation run: the user's, plus the judge's model for every role that
-/// names none (eval.wasm asks only the judge, so nothing else is loaded or needs a key), and a
-/// grant of the judge role alone unless the user gave one.
-fn run_flags(given: &[String]) -> Vec<String> {
-    let value_of = |flag: &str| flag_value(given, flag);
-    let mut flags = given.to_vec();
-    if let Some(judge) = value_of("--eval-model-name") {
-        for flag in [
-            "--base-model-name",
-            "--metrics-model-name",
-            "--optimize-model-name",
+/// The judge's model for every role that names none (eval.wasm asks only the judge, so
+/// nothing else is loaded or needs a key), and a grant of the judge role alone unless the user
+/// gave one.
+fn judge_only(run: &mut RunArgs) {
+    let models = &mut run.models;
+    if let Some(judge) = models.eval_model_name.clone() {
+        for named in [
+            &mut models.base_model_name,
+            &mut models.metrics_model_name,
+            &mut models.optimize_model_name,
         ] {
-            if value_of(flag).is_none() {
-                flags.extend([flag.to_owned(), judge.clone()]);
-            }
+            named.get_or_insert_with(|| judge.clone());
         }
     }
-    if value_of("--allow-roles").is_none() {
-        flags.extend(["--allow-roles".to_owned(), "judge".to_owned()]);
-    }
-    flags
+    run.host
+        .allow_roles
+        .get_or_insert_with(|| vec![Role::Judge.name().to_owned()]);
 }
 
 /// A set's name in the report: its file name without the extension.
@@ -149,32 +123,43 @@ pub fn report(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
+    fn judged(flags: &[&str]) -> RunArgs {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let mut run = RunArgs::with_flags(Path::new("eval"), Path::new("out"), &flags).unwrap();
+        judge_only(&mut run);
+        run
     }
 
     #[test]
     fn the_judge_model_serves_the_roles_left_unnamed_and_only_the_judge_is_granted() {
-        let flags = run_flags(&strings(&[
+        let run = judged(&[
             "--eval-model-name",
             "gpt-4o",
             "--base-model-name=local:x.gguf",
-        ]));
+        ]);
+        let models = &run.models;
+        assert_eq!(models.base_model_name.as_deref(), Some("local:x.gguf"));
+        for named in [
+            &models.eval_model_name,
+            &models.metrics_model_name,
+            &models.optimize_model_name,
+        ] {
+            assert_eq!(named.as_deref(), Some("gpt-4o"));
+        }
+        assert_eq!(run.host.allow_roles, Some(vec!["judge".to_owned()]));
+        let own_grant = judged(&["--allow-roles", "judge,base"]);
         assert_eq!(
-            flags,
-            strings(&[
-                "--eval-model-name",
-                "gpt-4o",
-                "--base-model-name=local:x.gguf",
-                "--metrics-model-name",
-                "gpt-4o",
-                "--optimize-model-name",
-                "gpt-4o",
-                "--allow-roles",
-                "judge",
-            ])
+            own_grant.host.allow_roles,
+            Some(vec!["judge".to_owned(), "base".to_owned()])
         );
-        let own_grant = run_flags(&strings(&["--allow-roles", "judge,base"]));
-        assert_eq!(own_grant, strings(&["--allow-roles", "judge,base"]));
+    }
+
+    #[test]
+    fn a_flag_run_does_not_take_is_an_error_naming_it() {
+        let flags = vec!["--no-such-flag".to_owned()];
+        let error = RunArgs::with_flags(Path::new("eval"), Path::new("out"), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--no-such-flag"), "{error}");
     }
 }
