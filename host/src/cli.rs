@@ -1,5 +1,5 @@
 //! The `drpo-host` command line: every command's flags, parsed in this one place. The
-//! commands themselves are in [`crate::commands`].
+//! commands themselves are in `commands/`.
 
 use std::path::{Path, PathBuf};
 

@@ -15,7 +15,7 @@ use super::divergence::{Divergence, first_difference};
 use super::records::RecordMeter;
 use super::sandbox::StoreState;
 
-/// What answers the live calls of a run: the host's call pipeline (`crate::calls`), which the
+/// What answers the live calls of a run: the host's call pipeline (`calls/`), which the
 /// runtime knows only through this trait.
 pub trait Live: Send + Sync {
     /// Answers one live import call; for a `complete` batch, also which answers the response
