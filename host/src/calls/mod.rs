@@ -2,7 +2,7 @@
 //! way to a provider, in order — the plugin's grant (`grants`), the size limits and budgets
 //! (`budget`), the response cache (`cache`), then the [`Router`] and its providers.
 //!
-//! A batch is split once, into a [`Batch`] whose slots the stages fill: a request outside the
+//! A batch is split once, into a `Batch` whose slots the stages fill: a request outside the
 //! grant is answered `rejected` or `budget-exhausted`; one past a size limit `rejected`; a cached
 //! answer comes back at no cost, flagged as a hit; a request a spent budget forbids, or whose
 //! worst case the budget cannot cover, is answered `budget-exhausted`; the rest go to the router
