@@ -241,6 +241,7 @@ fn replay_names_the_call_role_and_field_where_a_plugin_diverges() {
             0,
             Limits::default(),
             Session::replay(calls),
+            (),
         ));
     match finished.result {
         Err(PluginError::Host { failure, .. }) => {

@@ -87,6 +87,7 @@ fn main() {
             0,
             Limits::default(),
             Session::live(services, writer),
+            (),
         ));
         let elapsed = started.elapsed();
         finished.result.expect("the search finishes");

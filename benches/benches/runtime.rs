@@ -77,6 +77,7 @@ fn echo_run(
         0,
         Limits::default(),
         Session::live(calls(), writer),
+        (),
     ));
     let elapsed = started.elapsed();
     finished.result.unwrap();
@@ -145,6 +146,7 @@ fn benches(c: &mut Criterion) {
                 0,
                 Limits::default(),
                 Session::replay(calls),
+                (),
             ));
             finished.result.unwrap()
         })
