@@ -28,9 +28,9 @@ pub struct Built {
     pub models: Vec<RoleModel>,
 }
 
-/// Builds the providers, the budget meter (counting what `recorded` calls of a resumed run
-/// asked and spent) and the response cache, and reads the data. A resumed run's providers take
-/// over what its `preflight` settled.
+/// Builds the providers, the budget meter (counting what the `recorded` calls and the
+/// `preflight` of a resumed run asked and spent) and the response cache, and reads the data. A
+/// resumed run's providers take over what its preflight settled.
 pub fn build(
     config: &RunConfig,
     recorded: &[CallRecord],
@@ -51,7 +51,7 @@ pub fn build(
         load_queries(config.host.data.as_deref(), config.seed(), &config.options)?,
         load_examples(config.host.examples.as_deref())?,
     );
-    calls.count_recorded(recorded);
+    calls.count_recorded(preflight, recorded);
     Ok(Built {
         calls: Arc::new(calls),
         models,

@@ -23,7 +23,6 @@ use anyhow::bail;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::grants::model_requests;
 use crate::bindings::types::{LlmError, Prompt, Request, Role, Usage};
 use crate::roles::PerRole;
 use crate::runlog::{CallRecord, CallRequest, CallResponse};
@@ -265,10 +264,10 @@ impl Meter {
         self.spent.lock().expect("meter lock").asked += requests;
     }
 
-    /// Counts what the recorded calls of a resumed run asked and spent, time included.
+    /// Counts what the recorded calls of a resumed run spent, time included (the preflight's
+    /// among them: see [`crate::runlog::billed_calls`]).
     pub fn count_recorded(&mut self, calls: &[CallRecord]) {
         for call in calls {
-            self.spent.get_mut().expect("not shared yet").asked += model_requests(&call.request);
             self.earlier += Duration::from_micros(call.provenance.elapsed_us);
             if let (CallRequest::Complete(batch), CallResponse::Complete(results)) =
                 (&call.request, &call.response)

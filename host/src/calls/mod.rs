@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 
 use crate::bindings::types::{Example, LlmError, Query, Request};
 use crate::provider::{Answer, Router};
-use crate::runlog::{CallRecord, CallRequest, CallResponse};
+use crate::runlog::{CallRecord, CallRequest, CallResponse, Preflight, billed_calls};
 use crate::runtime::Live;
 use budget::{Meter, Worst};
 use cache::ResponseCache;
@@ -114,9 +114,17 @@ impl Calls {
         &self.grants
     }
 
-    /// Counts what the recorded calls of a resumed run asked and spent, time included.
-    pub fn count_recorded(&mut self, calls: &[CallRecord]) {
-        self.meter.count_recorded(calls);
+    /// Counts what a resumed run recorded: the model requests its plugin asked for (`calls`, for
+    /// the grant's call cap) and what those and its `preflight` spent, time included (for the
+    /// budgets).
+    pub fn count_recorded(&mut self, preflight: Option<&Preflight>, calls: &[CallRecord]) {
+        self.meter.count_recorded(&billed_calls(preflight, calls));
+        self.meter.ask(
+            calls
+                .iter()
+                .map(|call| grants::model_requests(&call.request))
+                .sum(),
+        );
     }
 
     /// Answers a plugin's `complete` batch through every stage.

@@ -207,11 +207,7 @@ pub async fn resume(dir: &Path) -> anyhow::Result<()> {
     let config = RunConfig::load(&dir.config())?;
     let runtime = runtime()?;
     let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, None)?;
-    let built = services::build(
-        &config,
-        &recorded.contents.billed_calls(),
-        recorded.preflight.as_ref(),
-    )?;
+    let built = services::build(&config, &recorded.calls, recorded.preflight.as_ref())?;
     if let Some(tail) = recorded.contents.torn_tail_bytes {
         eprintln!(
             "note: dropping an incomplete last frame ({tail} bytes) left by the interrupted run"

@@ -143,6 +143,16 @@ impl Preflight {
     }
 }
 
+/// Every model request a run paid for: the `preflight`'s (as one call), then the plugin's
+/// import `calls`.
+pub fn billed_calls(preflight: Option<&Preflight>, calls: &[CallRecord]) -> Vec<CallRecord> {
+    preflight
+        .map(Preflight::as_call)
+        .into_iter()
+        .chain(calls.iter().cloned())
+        .collect()
+}
+
 /// What one role's provider settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleSettings {

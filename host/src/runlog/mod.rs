@@ -40,7 +40,7 @@ mod writer;
 
 pub use entries::{
     CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Header, Preflight, Provenance,
-    RoleModel, RoleSettings,
+    RoleModel, RoleSettings, billed_calls,
 };
 pub use reader::{LogContents, LogError, read_log};
 pub use writer::RunLogWriter;

@@ -47,11 +47,7 @@ impl LogContents {
     /// Every model request the run paid for: the preflight's (as one call), then the plugin's
     /// import calls.
     pub fn billed_calls(&self) -> Vec<CallRecord> {
-        self.preflight()
-            .map(Preflight::as_call)
-            .into_iter()
-            .chain(self.calls())
-            .collect()
+        super::billed_calls(self.preflight(), &self.calls())
     }
 }
 
