@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, for a bare GPU machine (no Rust, no network; PyTorch and
+# The GPU check, for a bare GPU machine (no Rust, no network; PyTorch and
 # transformers in its Python), run from the repository root of a copy of the working tree with
 # the release binary built elsewhere:
 #
@@ -29,9 +29,8 @@
 # Each step is time-boxed and runs in a subshell of its own under `set -euo pipefail`: a command
 # that fails inside a step fails that step (with the line it failed at), and a failed step does
 # not stop the next. The summary lists each step as ok, FAILED or skipped, and the script exits
-# non-zero when any step failed. On an H100 the whole run
-# took about 2 minutes, 3 with transformers (runs 10-14 in docs/gpu-check-results.md); give the
-# device command 6 minutes. Outputs also go to $OUT when it is set.
+# non-zero when any step failed. Give the device command a margin over the run times in
+# docs/gpu.md ("Checking a GPU machine"). Outputs also go to $OUT when it is set.
 #
 # Diagnosis: the tool prints timestamped progress lines (device init, first kernel, prefill,
 # each early decode step) and, while a stage lasts DRPO_WATCHDOG_S (5) seconds, a watchdog

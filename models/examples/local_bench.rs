@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use drpo_models::{GenerationRequest, LocalModel, PromptInput};
+use drpo_models::{DeviceSpec, GenerationRequest, KernelOptions, LocalModel, PromptInput};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -24,12 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: u32 = args.next().map_or(Ok(64), |s| s.parse())?;
     let repeats: usize = args.next().map_or(Ok(3), |s| s.parse())?;
     let start = Instant::now();
-    let model = LocalModel::load(&path)?;
+    let kernels = KernelOptions::from_env();
+    let kernel = drpo_models::packed::kernel_name(&kernels);
+    let model = LocalModel::load_on(&path, DeviceSpec::Cpu, kernels)?;
     println!(
         "load: {:.2} s ({}); matmul kernel: {}; {} threads",
         start.elapsed().as_secs_f64(),
         model.identity(),
-        drpo_models::packed::kernel_name(),
+        kernel,
         rayon::current_num_threads()
     );
 

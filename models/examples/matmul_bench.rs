@@ -4,11 +4,12 @@
 //!
 //! For 1 and 8 activation rows, prints each shape's time (best of REPEATS, default 50; each use
 //! a copy of its own) with the weight bytes read per second and the multiply-adds per second,
-//! then the total over one decoder token's projections (30 blocks and the output head). `DRPO_CPU_KERNEL` picks the
-//! kernel; `RAYON_NUM_THREADS=1` measures one core.
+//! then the total over one decoder token's projections (30 blocks and the output head).
+//! `DRPO_CPU_KERNEL` picks the kernel; `RAYON_NUM_THREADS=1` measures one core.
 
 use std::time::Instant;
 
+use drpo_models::KernelOptions;
 use drpo_models::gguf::GgmlType;
 use drpo_models::packed::PackedMatrix;
 use half::f16;
@@ -21,7 +22,7 @@ fn q4_1(rows: usize, cols: usize) -> PackedMatrix {
         bytes.extend(f16::from_f32(-0.04 + 0.005 * (block % 7) as f32).to_le_bytes());
         bytes.extend((0..16).map(|j| ((block * 7 + j * 13) % 256) as u8));
     }
-    PackedMatrix::from_gguf(GgmlType::Q4_1, &bytes, rows, cols)
+    drpo_models::load::gguf::pack(GgmlType::Q4_1, &bytes, rows, cols)
 }
 
 fn main() {
@@ -36,9 +37,10 @@ fn main() {
         ("down", 576, 1536, 30),
         ("lm_head", 49152, 576, 1),
     ];
+    let kernels = KernelOptions::from_env();
     println!(
         "kernel {}, {} threads",
-        drpo_models::packed::kernel_name(),
+        drpo_models::packed::kernel_name(&kernels),
         rayon::current_num_threads()
     );
     for n in [1usize, 8] {
@@ -55,7 +57,7 @@ fn main() {
             for _ in 0..repeats.max(1) {
                 let start = Instant::now();
                 for matrix in &matrices {
-                    std::hint::black_box(matrix.matmul(std::hint::black_box(&x), n));
+                    std::hint::black_box(matrix.matmul(std::hint::black_box(&x), n, &kernels));
                 }
                 best = best.min(start.elapsed().as_secs_f64() / uses as f64);
             }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::ModelError;
 use crate::device::CpuBackend;
-use crate::hf::{Store, map_files, parse_files, weight_files};
+use crate::load::hf::{Store, map_files, parse_files, weight_files};
 
 type B = CpuBackend;
 

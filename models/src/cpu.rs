@@ -8,7 +8,8 @@
 //! made every KV-cache write a copy of the cache; [`rope_into_cache`] writes in place.
 //!
 //! As in [`crate::cuda`], each entry point takes the generic backend's tensors and returns
-//! `None` when they are not CPU tensors (or the problem is not one it takes), so `llama.rs`
+//! `None` when they are not CPU tensors (or the problem is not one it takes, or
+//! `KernelOptions::cpu_fused` is off, for measuring these against burn's), so `llama.rs`
 //! keeps one code path with burn's operations for every backend. The arithmetic is burn's, in
 //! f32; only the order of a few sums differs (within f32 rounding of the reference).
 
@@ -17,22 +18,11 @@ use std::any::Any;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
 
-use crate::device::CpuBackend;
-use crate::llama::upload;
+use crate::device::{CpuBackend, upload};
+use crate::kernel_options::KernelOptions;
 
-/// Whether the fused operations are on (`DRPO_CPU_FUSED` unset or not `0`), read once; off,
-/// burn's operations run instead (for measuring these).
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DRPO_CPU_FUSED").map_or(true, |v| v != "0"))
-}
-
-/// The CPU tensor behind `t`, if `B` is the CPU backend, `t` holds f32 values and the fused
-/// operations are on.
+/// The CPU tensor behind `t`, if `B` is the CPU backend and `t` holds f32 values.
 fn as_cpu<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
-    if !enabled() {
-        return None;
-    }
     let t = (t as &dyn Any).downcast_ref::<Tensor<CpuBackend, D>>()?;
     let t = t.clone().into_primitive().tensor();
     (t.dtype() == burn::tensor::DType::F32).then_some(t)
@@ -57,7 +47,11 @@ pub fn add_rms_norm<B: Backend>(
     branch: Option<&Tensor<B, 3>>,
     weight: &Tensor<B, 1>,
     eps: f64,
+    kernels: &KernelOptions,
 ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+    if !kernels.cpu_fused {
+        return None;
+    }
     let shape = x.dims();
     let d = shape[2];
     if weight.dims() != [d] || branch.is_some_and(|b| b.dims() != shape) || d == 0 {
@@ -85,7 +79,10 @@ pub fn add_rms_norm<B: Backend>(
 }
 
 /// `silu(gate) * up` from the fused projection `[rows, 2 * inner]` (gate first).
-pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>, kernels: &KernelOptions) -> Option<Tensor<B, 2>> {
+    if !kernels.cpu_fused {
+        return None;
+    }
     let [rows, both] = gate_up.dims();
     let inner = both / 2;
     let device = gate_up.device();
@@ -115,7 +112,11 @@ pub fn rope_into_cache<B: Backend>(
     heads: usize,
     kv_heads: usize,
     start: usize,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 4>> {
+    if !kernels.cpu_fused {
+        return None;
+    }
     let [batch, len, _, hd] = cos.dims();
     let [cache_batch, cache_heads, slots, cache_dim] = k_cache.dims();
     let all = heads + 2 * kv_heads;
@@ -176,9 +177,6 @@ fn with_unique_values<B: Backend, const D: usize, R>(
     t: &mut Tensor<B, D>,
     write: impl FnOnce(&mut [f32]) -> R,
 ) -> Option<R> {
-    if !enabled() {
-        return None;
-    }
     let t = (t as &mut dyn Any).downcast_mut::<Tensor<CpuBackend, D>>()?;
     let placeholder = Tensor::<CpuBackend, D>::empty([1; D], &Default::default());
     let mut inner = std::mem::replace(t, placeholder).into_primitive().tensor();
@@ -215,7 +213,11 @@ pub fn attention<B: Backend>(
     keys: usize,
     start: usize,
     sliding_window: Option<usize>,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 2>> {
+    if !kernels.cpu_fused {
+        return None;
+    }
     let [batch, kv_heads, rows, hd] = q.dims();
     let [cache_batch, cache_heads, slots, cache_dim] = k_cache.dims();
     if [cache_batch, cache_heads, cache_dim] != [batch, kv_heads, hd]
@@ -331,7 +333,8 @@ mod tests {
     #[test]
     fn add_rms_norm_is_burns_add_then_norm() {
         let (x, branch, weight) = (random([2, 3, 40]), random([2, 3, 40]), random([40]));
-        let (sum, normed) = add_rms_norm(&x, Some(&branch), &weight, 1e-5).unwrap();
+        let (sum, normed) =
+            add_rms_norm(&x, Some(&branch), &weight, 1e-5, &KernelOptions::default()).unwrap();
         let want_sum = x + branch;
         let rms = want_sum
             .clone()
@@ -349,7 +352,7 @@ mod tests {
         let gate_up = random([3, 16]);
         let want = activation::silu(gate_up.clone().slice([0..3, 0..8]))
             * gate_up.clone().slice([0..3, 8..16]);
-        close(swiglu(&gate_up).unwrap(), want);
+        close(swiglu(&gate_up, &KernelOptions::default()).unwrap(), want);
     }
 
     #[test]
@@ -369,6 +372,7 @@ mod tests {
             heads,
             kv,
             start,
+            &KernelOptions::default(),
         )
         .unwrap();
 
@@ -420,6 +424,7 @@ mod tests {
             keys,
             start,
             Some(window),
+            &KernelOptions::default(),
         )
         .unwrap();
 

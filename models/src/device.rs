@@ -11,22 +11,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Element, Int, Tensor, TensorData, backend::Backend};
 
 use crate::ModelError;
+use crate::kernel_options::KernelOptions;
 
 /// The CPU backend: pure-Rust kernels, f32 weights.
 pub type CpuBackend = burn::backend::Flex<f32, i32>;
 
-/// The CUDA backend: bf16 weights and activations (f32 for norms and softmax). burn-cuda's
-/// `Cuda<bf16, i32>` (without its `fusion` feature), spelled out over [`crate::cuda`]'s runtime
-/// so that the `cuda-compile-only` feature can put its compile-only device underneath.
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn_cubecl::CubeBackend<crate::cuda::Runtime, half::bf16, i32, u8>;
-
-/// A device of [`CudaBackend`].
-#[cfg(feature = "cuda")]
-pub type CudaDevice = <crate::cuda::Runtime as cubecl::Runtime>::Device;
+pub use crate::cuda::{CudaBackend, CudaDevice};
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +88,7 @@ pub fn on_cuda<T, E: From<ModelError>>(
         work(&CudaDevice::new(index))
     }))
     .unwrap_or_else(|panic| {
-        let message = panic_message(&*panic);
+        let message = crate::cuda::panic_message(&*panic);
         Err(ModelError::Backend(format!(
             "the CUDA backend failed on cuda:{index}: {message}. If the device did not come up, \
              check that an NVIDIA driver is installed (nvidia-smi) and the GPU has memory free, \
@@ -105,25 +99,26 @@ pub fn on_cuda<T, E: From<ModelError>>(
     })
 }
 
-/// The message of a caught panic (cubecl panics with a `String` or a `&str`).
-#[cfg(feature = "cuda")]
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
+/// f32 values as a tensor of the backend's float type.
+pub fn upload<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let dtype = <B::FloatElem as Element>::dtype();
+    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), device)
 }
 
 /// The greedy choice of each row of `logits: [rows, vocab]` (the first of equal scores),
 /// `[rows, 1]`, computed on `logits`' device: burn's `argmax`, or on CUDA a kernel that gives each
 /// row a whole cube (burn's, without autotuning, gives it one thread: see
-/// [`crate::cuda::argmax`]).
-pub fn greedy_ids<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 2, Int> {
+/// [`crate::cuda::argmax`]; `kernels.cuda_argmax` switches it).
+pub fn greedy_ids<B: Backend>(logits: Tensor<B, 2>, kernels: &KernelOptions) -> Tensor<B, 2, Int> {
     #[cfg(feature = "cuda")]
-    if let Some(ids) = crate::cuda::argmax::argmax_rows(&logits) {
+    if let Some(ids) = crate::cuda::argmax::argmax_rows(&logits, kernels) {
         return ids;
     }
+    let _ = kernels;
     logits.argmax(1)
 }
 
@@ -142,17 +137,21 @@ enum Pending {
 impl PendingIds {
     /// Starts reading `ids` back. On CUDA the copy is queued behind the work issued so far and
     /// waited for in [`Self::wait`], so that the host can issue the next decode step first and
-    /// the GPU does not idle between steps; other backends have computed `ids` already, and
-    /// they are read at once.
-    pub fn read<B: Backend, const D: usize>(ids: Tensor<B, D, Int>) -> Self {
+    /// the GPU does not idle between steps (unless `kernels.cuda_queued_reads` is off); other
+    /// backends have computed `ids` already, and they are read at once.
+    pub fn read<B: Backend, const D: usize>(
+        ids: Tensor<B, D, Int>,
+        kernels: &KernelOptions,
+    ) -> Self {
         #[cfg(test)]
         if DEFER_READS.get() {
             return Self(Pending::Deferred(Box::new(move || ids.into_data())));
         }
         #[cfg(feature = "cuda")]
-        if let Some(wait) = crate::cuda::read_ints_later(&ids) {
+        if let Some(wait) = crate::cuda::read_ints_later(&ids, kernels) {
             return Self(Pending::Queued(wait));
         }
+        let _ = kernels;
         Self(Pending::Arrived(ids.into_data()))
     }
 

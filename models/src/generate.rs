@@ -1,8 +1,9 @@
 //! Text generation with a local model: the API the host's `local:` provider calls.
 //!
 //! [`LocalModel::load`] opens a `.gguf` file or a Hugging Face directory on the CPU (burn's
-//! `flex` backend, f32, GGUF weights kept packed); [`LocalModel::load_on`] on a CUDA GPU too
-//! (bf16, GGUF weights dequantized). [`LocalModel::generate`] decodes a batch of requests
+//! `flex` backend, f32, GGUF weights kept packed) with the default kernels;
+//! [`LocalModel::load_on`] on a CUDA GPU too (bf16, GGUF weights dequantized), with the
+//! [`KernelOptions`] the caller gives. [`LocalModel::generate`] decodes a batch of requests
 //! together: every choice of every request is one row of one left-padded batch, prefilled at
 //! once and then decoded one token per step for all rows, until each row has met an
 //! end-of-sequence token, a stop string or its token budget. On CUDA a batch of more than 32
@@ -25,8 +26,9 @@ use sha2::{Digest, Sha256};
 use crate::ModelError;
 use crate::chat::{self, ChatMessage, ChatTemplate};
 use crate::device::{CpuBackend, DeviceSpec, PendingIds, greedy_ids};
-use crate::gguf::{GgufFile, WeightStorage};
-use crate::llama::{Llama, Logits};
+use crate::gguf::GgufFile;
+use crate::kernel_options::KernelOptions;
+use crate::llama::{Llama, Logits, WeightStorage};
 use crate::tokenizer::Tokenizer;
 
 /// What a request asks the model to continue.
@@ -117,41 +119,56 @@ enum Decoder {
 }
 
 /// Where a decoder's weights come from.
-enum Weights<'a> {
+enum WeightSource<'a> {
     /// A Hugging Face directory.
     Dir(&'a Path),
     /// A GGUF file.
     Gguf(&'a GgufFile),
 }
 
-impl Weights<'_> {
-    /// The decoder on backend `B`; a GGUF file's matrices stored as `storage` says.
+impl WeightSource<'_> {
+    /// The decoder on backend `B`, to run with `kernels`; a GGUF file's matrices stored as
+    /// `storage` says.
     fn load<B: Backend>(
         &self,
         device: &B::Device,
         storage: WeightStorage,
+        kernels: &KernelOptions,
     ) -> Result<Llama<B>, ModelError> {
-        match self {
-            Self::Dir(dir) => crate::hf::load(dir, device),
-            Self::Gguf(file) => crate::gguf::load(file, device, storage),
-        }
+        let (config, weights) = match self {
+            Self::Dir(dir) => crate::load::hf::load(dir, device)?,
+            Self::Gguf(file) => crate::load::gguf::load(file, device, storage)?,
+        };
+        Ok(Llama::new(config, weights, device, kernels.clone()))
     }
 }
 
 impl Decoder {
-    /// Loads `weights` onto `device`: on the CPU a GGUF file's quantized blocks stay packed (the
-    /// CPU's fast path), on a GPU they are dequantized.
-    fn load(weights: &Weights<'_>, device: DeviceSpec) -> Result<Self, ModelError> {
+    /// Loads `weights` onto `device`, to run with `kernels`: on the CPU a GGUF file's quantized
+    /// blocks stay packed (the CPU's fast path), on a GPU they are dequantized.
+    fn load(
+        weights: &WeightSource<'_>,
+        device: DeviceSpec,
+        kernels: &KernelOptions,
+    ) -> Result<Self, ModelError> {
         match device {
-            DeviceSpec::Cpu => Ok(Self::Cpu(Box::new(
-                weights.load(&Default::default(), WeightStorage::Packed)?,
-            ))),
+            DeviceSpec::Cpu => Ok(Self::Cpu(Box::new(weights.load(
+                &Default::default(),
+                WeightStorage::Packed,
+                kernels,
+            )?))),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(index) => crate::device::on_cuda(index, |gpu| {
-                Ok(Self::Cuda(Box::new(
-                    weights.load(gpu, WeightStorage::Dequantized)?,
-                )))
-            }),
+            DeviceSpec::Cuda(index) => {
+                #[cfg(feature = "cuda-compile-only")]
+                crate::cuda::compile_only::keep_kernels_in(kernels.cuda_kernel_dir.clone());
+                crate::device::on_cuda(index, |gpu| {
+                    Ok(Self::Cuda(Box::new(weights.load(
+                        gpu,
+                        WeightStorage::Dequantized,
+                        kernels,
+                    )?)))
+                })
+            }
             #[cfg(not(feature = "cuda"))]
             DeviceSpec::Cuda(_) => unreachable!("LocalModel::load_on checked the device"),
         }
@@ -159,8 +176,8 @@ impl Decoder {
 
     /// The most rows worth decoding together: no limit on the CPU; on CUDA the most rows the
     /// decoder's own projection kernels take. Beyond them burn's matmul takes the projections,
-    /// and an H100 step took about 69 ms with it at any batch (run 3 in
-    /// `docs/gpu-check-results.md`), against 13.6 ms for 32 rows with ours (run 13).
+    /// whose steps take several times as long as 32 rows with ours (see `docs/gpu.md`), so
+    /// decoding the rows in chunks is faster.
     fn max_batch_rows(&self) -> usize {
         match self {
             Self::Cpu(_) => usize::MAX,
@@ -183,6 +200,15 @@ impl Decoder {
             Self::Cpu(model) => model.config(),
             #[cfg(feature = "cuda")]
             Self::Cuda(model) => model.config(),
+        }
+    }
+
+    /// The kernels the decoder runs with.
+    fn kernels(&self) -> &KernelOptions {
+        match self {
+            Self::Cpu(model) => model.kernels(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(model) => model.kernels(),
         }
     }
 }
@@ -211,25 +237,29 @@ struct Row {
 
 impl LocalModel {
     /// Loads a `.gguf` file or a Hugging Face model directory (`config.json`, `tokenizer.json`,
-    /// safetensors) onto the CPU.
+    /// safetensors) onto the CPU, to run with the default kernels.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        Self::load_on(path, DeviceSpec::Cpu)
+        Self::load_on(path, DeviceSpec::Cpu, KernelOptions::default())
     }
 
-    /// Loads a `.gguf` file or a Hugging Face model directory onto `device`: the CPU (f32; a
-    /// GGUF file's quantized weights stay packed), or a CUDA GPU in builds with the `cuda`
-    /// feature (bf16; a GGUF file's weights are dequantized).
-    pub fn load_on(path: &Path, device: DeviceSpec) -> Result<Self, ModelError> {
+    /// Loads a `.gguf` file or a Hugging Face model directory onto `device`, to run with
+    /// `kernels`: the CPU (f32; a GGUF file's quantized weights stay packed), or a CUDA GPU in
+    /// builds with the `cuda` feature (bf16; a GGUF file's weights are dequantized).
+    pub fn load_on(
+        path: &Path,
+        device: DeviceSpec,
+        kernels: KernelOptions,
+    ) -> Result<Self, ModelError> {
         device.check_available()?;
         let (decoder, tokenizer, template, identity) = if path.is_dir() {
-            let decoder = Decoder::load(&Weights::Dir(path), device)?;
+            let decoder = Decoder::load(&WeightSource::Dir(path), device, &kernels)?;
             let tokenizer = Tokenizer::from_hf_dir(path)?;
             let (bos, eos) = special_texts(&tokenizer);
             let template = ChatTemplate::from_hf_dir(path, &bos, &eos)?;
             (decoder, tokenizer, template, identity_of_dir(path)?)
         } else {
             let file = GgufFile::open(path)?;
-            let decoder = Decoder::load(&Weights::Gguf(&file), device)?;
+            let decoder = Decoder::load(&WeightSource::Gguf(&file), device, &kernels)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
             let (bos, eos) = special_texts(&tokenizer);
             let template = ChatTemplate::from_gguf(&file, &bos, &eos)?;
@@ -628,8 +658,9 @@ impl LocalModel {
         budget: &impl Fn(&Row) -> usize,
         mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
     ) -> Result<(), ModelError> {
-        let mut next = greedy_ids(logits);
-        let mut pending = PendingIds::read(next.clone());
+        let kernels = self.decoder.kernels();
+        let mut next = greedy_ids(logits, kernels);
+        let mut pending = PendingIds::read(next.clone(), kernels);
         for step in 0..steps {
             let last = step + 1 == steps;
             let ahead = (pending.is_queued() && !last).then(|| forward(next.clone()));
@@ -645,8 +676,8 @@ impl LocalModel {
                 Some(logits) => logits,
                 None => forward(next),
             };
-            next = greedy_ids(logits);
-            pending = PendingIds::read(next.clone());
+            next = greedy_ids(logits, kernels);
+            pending = PendingIds::read(next.clone(), kernels);
         }
         Ok(())
     }
@@ -840,9 +871,9 @@ mod tests {
     fn random_model(name: &str, preset: &str, seed: u64) -> (LocalModel, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("drpo-generate-{name}-{}", std::process::id()));
         let config = crate::LlamaConfig::preset(preset).unwrap();
-        crate::hf::write_random(&config, &dir, seed, crate::hf::StoreDtype::F32, usize::MAX)
-            .unwrap();
-        crate::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
+        let dtype = crate::load::hf::StoreDtype::F32;
+        crate::load::hf::write_random(&config, &dir, seed, dtype, usize::MAX).unwrap();
+        crate::load::hf::write_small_tokenizer(&dir, config.vocab_size).unwrap();
         (LocalModel::load(&dir).unwrap(), dir)
     }
 

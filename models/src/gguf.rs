@@ -1,5 +1,6 @@
 //! GGUF files (llama.cpp's format, versions 2 and 3): the header, the metadata, the tensor
-//! table, dequantization to f32, and loading a Llama-family decoder from one.
+//! table, the tensors' bytes and their dequantization to f32. The file format only: turning a
+//! file into a decoder's weights is `load::gguf`'s work.
 //!
 //! Layout of a file: magic `GGUF`, version (u32), tensor count (u64), metadata count (u64);
 //! the metadata (key, type, value; arrays nest); the tensor infos (name, dimensions in ggml
@@ -7,26 +8,16 @@
 //! absent); then the tensor data, each tensor at its offset from there.
 //!
 //! Supported storage types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K, decoded exactly as
-//! ggml's reference `dequantize_row_*` functions do. Weights are dequantized to f32 when a model
-//! loads (the CPU backend multiplies f32 matrices).
-//!
-//! llama.cpp's converter permutes the rows of the query and key projections so that its RoPE
-//! can rotate adjacent pairs (`x[2i]`, `x[2i+1]`); this crate's decoder uses Hugging Face's
-//! layout (`x[i]`, `x[i + head_dim/2]`), so [`load`] undoes that permutation, as `transformers`
-//! does when it reads a GGUF file.
+//! ggml's reference `dequantize_row_*` functions do.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Element, Tensor, TensorData, backend::Backend};
 use half::{bf16, f16};
 
 use crate::ModelError;
-use crate::config::LlamaConfig;
-use crate::llama::{Block, Embedding, Linear, Llama, Weights};
-use crate::packed::PackedMatrix;
 
 /// The four bytes every GGUF file starts with.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -580,24 +571,9 @@ impl GgufFile {
         Ok(dequantize(info.dtype, self.tensor_bytes(info)))
     }
 
-    /// The matrix `name`, `[rows, cols]`, kept in its quantized blocks (see [`PackedMatrix`]).
-    pub fn tensor_packed(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<PackedMatrix, ModelError> {
-        let info = self.checked_tensor(name, &[rows, cols])?;
-        Ok(PackedMatrix::from_gguf(
-            info.dtype,
-            self.tensor_bytes(info),
-            rows,
-            cols,
-        ))
-    }
-
-    /// The table entry of tensor `name`, which must exist with `shape`.
-    fn checked_tensor(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, ModelError> {
+    /// The table entry of tensor `name`, which must exist with `shape` (row-major, PyTorch
+    /// order).
+    pub fn checked_tensor(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, ModelError> {
         let info = self.tensor_info(name).ok_or_else(|| {
             ModelError::format(
                 &self.path,
@@ -722,7 +698,7 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K super-block (ggml's
 /// `get_scale_min_k4`).
-pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -733,229 +709,9 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Undoes llama.cpp's RoPE permutation of a query or key projection `[heads * head_dim, in]`
-/// (row-major): GGUF row `h * hd + 2 * i + j` is Hugging Face row `h * hd + j * hd / 2 + i`.
-pub fn unpermute_rope_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    rope_row_order(values.len() / cols, heads)
-        .into_iter()
-        .flat_map(|src| &values[src * cols..(src + 1) * cols])
-        .copied()
-        .collect()
-}
-
-/// For each Hugging Face row of a `rows`-row query or key projection, the GGUF row holding it
-/// (see [`unpermute_rope_rows`]).
-pub fn rope_row_order(rows: usize, heads: usize) -> Vec<usize> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    (0..rows)
-        .map(|dst| {
-            let (h, within) = (dst / hd, dst % hd);
-            let (j, i) = (within / half, within % half);
-            h * hd + 2 * i + j
-        })
-        .collect()
-}
-
-/// The decoder configuration from the `{arch}.*` metadata of a Llama-family GGUF file.
-pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
-    let path = file.path();
-    let arch = file.architecture().ok_or_else(|| {
-        ModelError::format(path, "general.architecture is missing from the metadata")
-    })?;
-    if !matches!(arch, "llama" | "mistral") {
-        return Err(ModelError::format(
-            path,
-            format!(
-                "architecture {arch:?} is not supported (only the Llama family: \"llama\", \
-                 \"mistral\")"
-            ),
-        ));
-    }
-    let key = |k: &str| format!("{arch}.{k}");
-    let required = |k: &str| -> Result<usize, ModelError> {
-        file.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| {
-            ModelError::format(
-                path,
-                format!("metadata {:?} is missing or not an integer", key(k)),
-            )
-        })
-    };
-    let hidden = required("embedding_length")?;
-    let heads = required("attention.head_count")?;
-    let embd = file
-        .tensor_info("token_embd.weight")
-        .ok_or_else(|| ModelError::format(path, "tensor \"token_embd.weight\" is missing"))?;
-    let vocab = match file.get_u64(&key("vocab_size")) {
-        Some(v) => v as usize,
-        None => embd.dims.get(1).copied().unwrap_or(0),
-    };
-    let head_dim = file
-        .get_u64(&key("attention.key_length"))
-        .map(|v| v as usize)
-        .or_else(|| {
-            file.get_u64(&key("rope.dimension_count"))
-                .map(|v| v as usize)
-        })
-        .filter(|&hd| hd != hidden / heads);
-    let token_id = |k: &str| file.get_u64(k).and_then(|v| u32::try_from(v).ok());
-    let float = |k: &str| file.get(&key(k)).and_then(MetaValue::as_f64);
-    let config = LlamaConfig {
-        architectures: vec![if arch == "mistral" {
-            "MistralForCausalLM".into()
-        } else {
-            "LlamaForCausalLM".into()
-        }],
-        model_type: arch.into(),
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: required("feed_forward_length")?,
-        num_hidden_layers: required("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: file
-            .get_u64(&key("attention.head_count_kv"))
-            .map(|v| v as usize),
-        head_dim,
-        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
-        max_position_embeddings: file
-            .get_u64(&key("context_length"))
-            .map_or(4096, |v| v as usize),
-        sliding_window: file
-            .get_u64(&key("attention.sliding_window"))
-            .map(|v| v as usize)
-            .filter(|&w| w > 0),
-        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
-        bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
-        eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
-        hidden_act: "silu".into(),
-        torch_dtype: Some("float32".into()),
-        rope_scaling: None,
-    };
-    if let Some(scaling) = file.get_str(&key("rope.scaling.type"))
-        && scaling != "none"
-    {
-        return Err(ModelError::format(
-            path,
-            format!("RoPE scaling {scaling:?} is not supported"),
-        ));
-    }
-    config
-        .validate()
-        .map_err(|message| ModelError::format(path, message))?;
-    Ok(config)
-}
-
-/// How a GGUF decoder's weight matrices are held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightStorage {
-    /// Dequantized to the backend's float type, on the device (any backend).
-    Dequantized,
-    /// Kept in their quantized blocks in host memory and multiplied on the CPU (see
-    /// [`crate::packed`]): for the CPU backend, where it is several times faster.
-    Packed,
-}
-
-/// Loads the decoder of a Llama-family GGUF file onto `device`, its weight matrices held as
-/// `storage` says (norms are always dequantized).
-pub fn load<B: Backend>(
-    file: &GgufFile,
-    device: &B::Device,
-    storage: WeightStorage,
-) -> Result<Llama<B>, ModelError> {
-    let config = config(file)?;
-    let c = &config;
-    let (d, hd, v) = (c.hidden_size, c.head_dim(), c.vocab_size);
-    let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
-    let dtype = <B::FloatElem as Element>::dtype();
-    let norm = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
-        let values = file.tensor_f32(name, &[d])?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [d]).convert_dtype(dtype),
-            device,
-        ))
-    };
-    // `[out, in]` matrices (each optionally un-permuted) stacked into one projection.
-    let projection = |parts: &[(String, usize, Option<usize>)],
-                      fan_in: usize|
-     -> Result<Linear<B>, ModelError> {
-        let mut stacked = Vec::new();
-        for (name, out, rope_heads) in parts {
-            let part = file.tensor_packed(name, *out, fan_in)?;
-            stacked.push(match rope_heads {
-                Some(heads) => part.permute_rows(&rope_row_order(*out, *heads)),
-                None => part,
-            });
-        }
-        Ok(Linear::from_rows(
-            PackedMatrix::stack(stacked),
-            storage,
-            device,
-        ))
-    };
-
-    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
-    for layer in 0..c.num_hidden_layers {
-        let p = format!("blk.{layer}");
-        blocks.push(Block {
-            attn_norm: norm(&format!("{p}.attn_norm.weight"))?,
-            wqkv: projection(
-                &[
-                    (format!("{p}.attn_q.weight"), h * hd, Some(h)),
-                    (format!("{p}.attn_k.weight"), kv * hd, Some(kv)),
-                    (format!("{p}.attn_v.weight"), kv * hd, None),
-                ],
-                d,
-            )?,
-            wo: projection(&[(format!("{p}.attn_output.weight"), d, None)], h * hd)?,
-            mlp_norm: norm(&format!("{p}.ffn_norm.weight"))?,
-            w_gate_up: projection(
-                &[
-                    (format!("{p}.ffn_gate.weight"), i, None),
-                    (format!("{p}.ffn_up.weight"), i, None),
-                ],
-                d,
-            )?,
-            w_down: projection(&[(format!("{p}.ffn_down.weight"), d, None)], i)?,
-        });
-    }
-    let embed = file.tensor_packed("token_embd.weight", v, d)?;
-    let lm_head = if c.tie_word_embeddings {
-        Linear::from_rows(embed.clone(), storage, device)
-    } else {
-        projection(&[("output.weight".to_string(), v, None)], d)?
-    };
-    let weights = Weights {
-        embed: Embedding::from_rows(embed, storage, device),
-        blocks,
-        norm: norm("output_norm.weight")?,
-        lm_head,
-    };
-    Ok(Llama::new(config, weights, device))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        // llama.cpp: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
-        let (heads, hd, cols) = (2, 8, 3);
-        let hf: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
-        let mut gguf = vec![0f32; hf.len()];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..hd / 2 {
-                    let src = h * hd + j * hd / 2 + i; // (h, j, i) in HF
-                    let dst = h * hd + i * 2 + j; // (h, i, j) after swapaxes
-                    gguf[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        assert_eq!(unpermute_rope_rows(&gguf, heads, cols), hf);
-    }
 
     #[test]
     fn q4_0_block() {

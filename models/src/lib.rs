@@ -1,13 +1,18 @@
 //! In-process inference for drpo-host: Llama-family decoders (Mistral, Llama 2/3, SmolLM2) on
 //! burn, on CPU (`flex`, the default) or on CUDA (behind the `cuda` feature).
 //!
+//! Layered format → weights → architecture: a file format ([`gguf`]; safetensors through its
+//! crate) knows nothing of the model, a loader ([`load`]) turns files into weights, and the
+//! decoder ([`llama`]) knows no file format. Which module may import which is the table in
+//! `docs/design.md` ("models/, module by module").
+//!
 //! - [`bert`]: sentence embeddings with a BERT-family encoder (all-MiniLM-L6-v2 by default);
 //! - [`config`]: the hyper-parameters, from a Hugging Face `config.json` or a preset;
+//! - [`kernel_options`]: [`KernelOptions`], the kernel switches a decoder runs with;
+//! - [`gguf`]: GGUF files (llama.cpp's format): metadata, tensor table, dequantization;
+//! - [`load`]: loaders from a Hugging Face directory or a GGUF file to a decoder's weights;
 //! - [`llama`]: the decoder itself, generic over the burn backend, with a device KV cache;
 //!   `cpu` and `cuda` hold its fused operations for each backend;
-//! - [`hf`]: loading a Hugging Face directory (single or sharded safetensors) and writing one
-//!   with random weights;
-//! - [`gguf`]: GGUF files (llama.cpp's format): metadata, dequantization, loading a decoder;
 //! - [`packed`]: quantized weight matrices kept packed, multiplied on the CPU (with the
 //!   helper threads of `workers`);
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or from GGUF metadata;
@@ -26,8 +31,9 @@ pub mod device;
 mod error;
 pub mod generate;
 pub mod gguf;
-pub mod hf;
+pub mod kernel_options;
 pub mod llama;
+pub mod load;
 pub mod packed;
 #[cfg(feature = "structured")]
 pub mod structured;
@@ -39,3 +45,4 @@ pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use error::ModelError;
 pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput};
+pub use kernel_options::KernelOptions;

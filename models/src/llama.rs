@@ -13,9 +13,13 @@
 //!
 //! Dense weights are stored in checkpoint layout `[out, in]`, a projection being `x @ wᵀ`: one
 //! contiguous row per output feature is what the CUDA decode kernel reads, and a tied output
-//! head is the embedding table itself. Quantized GGUF weights may instead stay packed in host
-//! memory ([`Linear::Packed`], CPU only), several times fewer bytes to read per token. The query/key/value and the gate/up projections are fused into one
-//! matrix each (fewer, larger kernels per token).
+//! head is the embedding table itself. Quantized weights may instead stay packed in host
+//! memory ([`Linear::Packed`], CPU only), several times fewer bytes to read per token. The
+//! query/key/value and the gate/up projections are fused into one matrix each (fewer, larger
+//! kernels per token).
+//!
+//! The decoder knows no file format: loaders (`crate::load`) turn files into [`Weights`], and
+//! [`Llama::new`] takes them with the [`KernelOptions`] its forward passes run with.
 //!
 //! Batches are left-padded: row `b` of a batch starts at slot `pad[b]` of the KV cache, its
 //! position ids start at 0 there, and the padding slots are masked out of every attention.
@@ -30,7 +34,8 @@ use burn::tensor::{
 };
 
 use crate::config::LlamaConfig;
-use crate::gguf::WeightStorage;
+use crate::device::upload;
+use crate::kernel_options::KernelOptions;
 use crate::packed::PackedMatrix;
 
 /// Additive mask value: large enough to zero a probability, finite so that no NaN can appear.
@@ -40,6 +45,16 @@ const MASKED: f32 = -1.0e9;
 /// filled ones are masked), so the key length, and with it the kernels' shapes, autotune keys
 /// and fused graphs, changes once every this many decode steps instead of every step.
 pub const KV_BUCKET: usize = 64;
+
+/// How a decoder's weight matrices are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Dequantized to the backend's float type, on the device (any backend).
+    Dequantized,
+    /// Kept in their quantized blocks in host memory and multiplied on the CPU (see
+    /// [`crate::packed`]): for the CPU backend, where it is several times faster.
+    Packed,
+}
 
 /// One decoder block's weights.
 #[derive(Debug, Clone)]
@@ -138,16 +153,6 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// f32 values as a tensor of the backend's float type.
-pub(crate) fn upload<B: Backend, const D: usize>(
-    values: Vec<f32>,
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let dtype = <B::FloatElem as Element>::dtype();
-    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), device)
-}
-
 /// All weights of a decoder, already on the device.
 #[derive(Debug, Clone)]
 pub struct Weights<B: Backend> {
@@ -170,6 +175,8 @@ pub struct Llama<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
     device: B::Device,
+    /// The kernels every forward pass runs with.
+    kernels: KernelOptions,
 }
 
 /// The per-layer key/value cache of one batch, on the device.
@@ -220,8 +227,13 @@ pub enum Logits {
 }
 
 impl<B: Backend> Llama<B> {
-    /// Builds a decoder from weights already on `device`.
-    pub fn new(config: LlamaConfig, mut weights: Weights<B>, device: &B::Device) -> Self {
+    /// Builds a decoder from weights already on `device`, to run with `kernels`.
+    pub fn new(
+        config: LlamaConfig,
+        mut weights: Weights<B>,
+        device: &B::Device,
+        kernels: KernelOptions,
+    ) -> Self {
         let (cos, sin) = rope_tables::<B>(&config, device);
         for block in &mut weights.blocks {
             for linear in [
@@ -240,6 +252,7 @@ impl<B: Backend> Llama<B> {
             cos,
             sin,
             device: device.clone(),
+            kernels,
         }
     }
 
@@ -248,7 +261,12 @@ impl<B: Backend> Llama<B> {
     ///
     /// Projections are drawn with standard deviation `1/sqrt(fan_in)` so activations stay of
     /// order one through the depth of the model.
-    pub fn random(config: LlamaConfig, device: &B::Device, seed: u64) -> Self {
+    pub fn random(
+        config: LlamaConfig,
+        device: &B::Device,
+        seed: u64,
+        kernels: KernelOptions,
+    ) -> Self {
         B::seed(device, seed);
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim());
@@ -278,7 +296,7 @@ impl<B: Backend> Llama<B> {
             blocks,
             norm: Tensor::ones([d], device),
         };
-        Self::new(config, weights, device)
+        Self::new(config, weights, device, kernels)
     }
 
     /// Bytes of weights read to decode one token: every projection and the output head (the
@@ -301,6 +319,11 @@ impl<B: Backend> Llama<B> {
     /// The device the weights live on.
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    /// The kernels the forward passes run with.
+    pub fn kernels(&self) -> &KernelOptions {
+        &self.kernels
     }
 
     /// An empty cache for `pads.len()` rows and up to `capacity` slots; `pads[b]` is the number
@@ -358,17 +381,18 @@ impl<B: Backend> Llama<B> {
         let window = self.attention_window(&cache.pads, start, len, cache.slots);
 
         let eps = self.config.rms_norm_eps;
+        let kernels = &self.kernels;
         // The residual stream `x` and the last block's MLP output, not yet added to it.
         let mut x = self.weights.embed.lookup(tokens);
         let mut branch = None;
         let pad_ids = &cache.pad_ids;
         for (block, (k_cache, v_cache)) in self.weights.blocks.iter().zip(cache.layers.iter_mut()) {
-            let (sum, h) = add_rms_norm(x, branch.take(), &block.attn_norm, eps);
+            let (sum, h) = add_rms_norm(x, branch.take(), &block.attn_norm, eps, kernels);
             let caches = (k_cache, v_cache, pad_ids);
             let h = self.attention(h, block, caches, &cos, &sin, &window);
-            let (sum, h) = add_rms_norm(sum, Some(h), &block.mlp_norm, eps);
+            let (sum, h) = add_rms_norm(sum, Some(h), &block.mlp_norm, eps, kernels);
             x = sum;
-            branch = Some(mlp(h, block));
+            branch = Some(mlp(h, block, kernels));
         }
         cache.len = end;
 
@@ -376,9 +400,9 @@ impl<B: Backend> Llama<B> {
             Logits::Last => t.slice([0..batch, len - 1..len]),
             Logits::All => t,
         };
-        let (_, x) = add_rms_norm(last(x), branch.map(last), &self.weights.norm, eps);
+        let (_, x) = add_rms_norm(last(x), branch.map(last), &self.weights.norm, eps, kernels);
         let [b, t, d] = x.dims();
-        project(x.reshape([b * t, d]), &self.weights.lm_head).reshape([
+        project(x.reshape([b * t, d]), &self.weights.lm_head, kernels).reshape([
             b,
             t,
             self.config.vocab_size,
@@ -500,8 +524,9 @@ impl<B: Backend> Llama<B> {
         let start = window.start;
         let end = start + len;
         let (k_cache, v_cache, pad_ids) = caches;
+        let kernels = &self.kernels;
 
-        let qkv = project(x.reshape([batch * len, d]), &block.wqkv);
+        let qkv = project(x.reshape([batch * len, d]), &block.wqkv, kernels);
         #[cfg(feature = "cuda")]
         if let Some(attended) = crate::cuda::attention::rope_attention(
             &qkv,
@@ -516,14 +541,18 @@ impl<B: Backend> Llama<B> {
             window.keys,
             start,
             c.sliding_window,
+            kernels,
         ) {
-            return project(attended, &block.wo).reshape([batch, len, d]);
+            return project(attended, &block.wo, kernels).reshape([batch, len, d]);
         }
         // Query head `g * group + r` reads key/value head `g`: fold `r` into the rows.
-        let fused = crate::cpu::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start);
+        let fused =
+            crate::cpu::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start, kernels);
         #[cfg(feature = "cuda")]
         let fused = fused.or_else(|| {
-            crate::cuda::rope::rope_into_cache(&qkv, cos, sin, k_cache, v_cache, h, kv, start)
+            crate::cuda::rope::rope_into_cache(
+                &qkv, cos, sin, k_cache, v_cache, h, kv, start, kernels,
+            )
         });
         let q = match fused {
             Some(q) => q,
@@ -553,6 +582,7 @@ impl<B: Backend> Llama<B> {
             keys,
             start,
             c.sliding_window,
+            kernels,
         );
         #[cfg(feature = "cuda")]
         let fused = fused.or_else(|| {
@@ -566,12 +596,13 @@ impl<B: Backend> Llama<B> {
                 keys,
                 start,
                 c.sliding_window,
+                kernels,
             )
         });
         #[cfg(not(feature = "cuda"))]
         let _ = pad_ids;
         if let Some(attended) = fused {
-            return project(attended, &block.wo).reshape([batch, len, d]);
+            return project(attended, &block.wo, kernels).reshape([batch, len, d]);
         }
         let span = first..first + keys;
         let k = k_cache
@@ -596,7 +627,7 @@ impl<B: Backend> Llama<B> {
             .reshape([batch, h, len, hd])
             .swap_dims(1, 2)
             .reshape([batch * len, h * hd]);
-        project(attended, &block.wo).reshape([batch, len, d])
+        project(attended, &block.wo, kernels).reshape([batch, len, d])
     }
 }
 
@@ -616,7 +647,7 @@ struct Window<'p, B: Backend> {
 
 /// `x · wᵀ`, a weight projection: packed weights are multiplied on the CPU; dense ones on the
 /// device, where on CUDA the kernel depends on the row count (see [`crate::cuda::matmul`]).
-fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
+fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>, kernels: &KernelOptions) -> Tensor<B, 2> {
     match w {
         Linear::Packed(w) => {
             let [rows, _] = x.dims();
@@ -626,10 +657,10 @@ fn project<B: Backend>(x: Tensor<B, 2>, w: &Linear<B>) -> Tensor<B, 2> {
                 .convert::<f32>()
                 .into_vec::<f32>()
                 .expect("activations convert to f32");
-            upload(w.matmul(&values, rows), [rows, w.rows()], &device)
+            upload(w.matmul(&values, rows, kernels), [rows, w.rows()], &device)
         }
         #[cfg(feature = "cuda")]
-        Linear::Dense(w) => crate::cuda::matmul::project(x, w),
+        Linear::Dense(w) => crate::cuda::matmul::project(x, w, kernels),
         #[cfg(not(feature = "cuda"))]
         Linear::Dense(w) => x.matmul(w.clone().transpose()),
     }
@@ -663,12 +694,14 @@ fn add_rms_norm<B: Backend>(
     branch: Option<Tensor<B, 3>>,
     weight: &Tensor<B, 1>,
     eps: f64,
+    kernels: &KernelOptions,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     #[cfg(feature = "cuda")]
-    if let Some(fused) = crate::cuda::norm::add_rms_norm(&x, branch.as_ref(), weight, eps) {
+    if let Some(fused) = crate::cuda::norm::add_rms_norm(&x, branch.as_ref(), weight, eps, kernels)
+    {
         return fused;
     }
-    if let Some(fused) = crate::cpu::add_rms_norm(&x, branch.as_ref(), weight, eps) {
+    if let Some(fused) = crate::cpu::add_rms_norm(&x, branch.as_ref(), weight, eps, kernels) {
         return fused;
     }
     let x = match branch {
@@ -703,38 +736,45 @@ fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> 
 }
 
 /// `silu(gate) * up` in one pass where the backend has a fused operation for it, else `None`.
-fn fused_swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+fn fused_swiglu<B: Backend>(
+    gate_up: &Tensor<B, 2>,
+    kernels: &KernelOptions,
+) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
-    if let Some(inner) = crate::cuda::swiglu::swiglu(gate_up) {
+    if let Some(inner) = crate::cuda::swiglu::swiglu(gate_up, kernels) {
         return Some(inner);
     }
-    crate::cpu::swiglu(gate_up)
+    crate::cpu::swiglu(gate_up, kernels)
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
-fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>) -> Tensor<B, 3> {
+fn mlp<B: Backend>(x: Tensor<B, 3>, block: &Block<B>, kernels: &KernelOptions) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
     let x = x.reshape([b * t, d]);
-    let inner = gated_projection(&x, &block.w_gate_up).unwrap_or_else(|| {
-        let gate_up = project(x, &block.w_gate_up);
-        fused_swiglu(&gate_up).unwrap_or_else(|| {
+    let inner = gated_projection(&x, &block.w_gate_up, kernels).unwrap_or_else(|| {
+        let gate_up = project(x, &block.w_gate_up, kernels);
+        fused_swiglu(&gate_up, kernels).unwrap_or_else(|| {
             let inner = gate_up.dims()[1] / 2;
             let gate = gate_up.clone().slice([0..b * t, 0..inner]);
             let up = gate_up.slice([0..b * t, inner..2 * inner]);
             activation::silu(gate) * up
         })
     });
-    project(inner, &block.w_down).reshape([b, t, d])
+    project(inner, &block.w_down, kernels).reshape([b, t, d])
 }
 
 /// `silu(gate) * up` of `x`'s gate/up projection in one pass where the backend has a kernel for
 /// it (CUDA, decode steps of few sequences), else `None`.
-fn gated_projection<B: Backend>(x: &Tensor<B, 2>, w_gate_up: &Linear<B>) -> Option<Tensor<B, 2>> {
+fn gated_projection<B: Backend>(
+    x: &Tensor<B, 2>,
+    w_gate_up: &Linear<B>,
+    kernels: &KernelOptions,
+) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
     if let Linear::Dense(w) = w_gate_up {
-        return crate::cuda::matmul::project_swiglu(x, w);
+        return crate::cuda::matmul::project_swiglu(x, w, kernels);
     }
-    let _ = (x, w_gate_up);
+    let _ = (x, w_gate_up, kernels);
     None
 }
 

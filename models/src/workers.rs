@@ -3,8 +3,8 @@
 //!
 //! A decode step runs about 120 matmuls with a little serial work between each (norms, RoPE,
 //! attention, a few tens of microseconds). Rayon's idle workers fall asleep within that gap, and
-//! waking one costs tens of microseconds on a virtual machine: on SmolLM2 at batch 1 the
-//! projections took 15.4 ms of a 19.2 ms step in place, against 8.2 ms back to back. The
+//! waking one costs tens of microseconds on a virtual machine, so the projections of a step
+//! took nearly twice as long in place as back to back (measured in `docs/design.md`). The
 //! helpers here spin (with the CPU's pause hint) for [`SPIN_BEFORE_PARK`] after their last
 //! job before they park, so every matmul of a decode finds them awake, and an idle process
 //! costs no CPU.

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use drpo_models::device::CpuBackend;
-use drpo_models::hf::{self, StoreDtype};
 use drpo_models::llama::{Llama, Logits};
-use drpo_models::{LlamaConfig, ModelError};
+use drpo_models::load::hf::{self, StoreDtype};
+use drpo_models::{KernelOptions, LlamaConfig, ModelError};
 
 type B = CpuBackend;
 
@@ -25,7 +25,9 @@ fn write(preset: &str, name: &str, shard_bytes: usize) -> std::path::PathBuf {
 }
 
 fn load(dir: &Path) -> Llama<B> {
-    hf::load::<B>(dir, &Default::default()).expect("load")
+    let device = Default::default();
+    let (config, weights) = hf::load::<B>(dir, &device).expect("load");
+    Llama::new(config, weights, &device, KernelOptions::default())
 }
 
 /// Last-position logits of each prompt, the prompts left-padded into one batch.

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use drpo_models::device::CpuBackend;
-use drpo_models::gguf::{self, GgmlType, GgufFile, WeightStorage};
-use drpo_models::hf::{self, StoreDtype};
-use drpo_models::llama::{Llama, Logits};
-use drpo_models::{LlamaConfig, ModelError};
+use drpo_models::gguf::{self, GgmlType, GgufFile};
+use drpo_models::llama::{Llama, Logits, WeightStorage};
+use drpo_models::load::hf::{self, StoreDtype};
+use drpo_models::{KernelOptions, LlamaConfig, ModelError};
 use safetensors::SafeTensors;
 
 type B = CpuBackend;
@@ -278,15 +278,19 @@ fn gguf_conversion_of_a_random_model_gives_the_same_logits() {
         let path = dir.join("model.gguf");
         convert(&config, &dir, &path);
         let file = GgufFile::open(&path).unwrap();
-        let loaded = gguf::config(&file).unwrap();
+        let loaded = drpo_models::load::gguf::config(&file).unwrap();
         assert_eq!(loaded.tie_word_embeddings, config.tie_word_embeddings);
         assert_eq!(loaded.sliding_window, config.sliding_window);
         assert_eq!(loaded.kv_heads(), config.kv_heads());
-        let from_hf = hf::load::<B>(&dir, &Default::default()).unwrap();
+        let device = Default::default();
+        let (hf_config, weights) = hf::load::<B>(&dir, &device).unwrap();
+        let from_hf = Llama::new(hf_config, weights, &device, KernelOptions::default());
         let ids: Vec<i32> = (0..19).map(|i| i * 37 % 500 + 3).collect();
         let reference = all_logits(&from_hf, &ids);
         for storage in [WeightStorage::Dequantized, WeightStorage::Packed] {
-            let from_gguf = gguf::load::<B>(&file, &Default::default(), storage).unwrap();
+            let (gguf_config, weights) =
+                drpo_models::load::gguf::load::<B>(&file, &device, storage).unwrap();
+            let from_gguf = Llama::new(gguf_config, weights, &device, KernelOptions::default());
             let diff = all_logits(&from_gguf, &ids)
                 .iter()
                 .zip(&reference)
@@ -387,7 +391,8 @@ fn tensor_of_the_wrong_shape_is_a_clear_error() {
     entry.3.truncate(entry.3.len() - row);
     w.write(&path);
     let file = GgufFile::open(&path).unwrap();
-    let err = gguf::load::<B>(&file, &Default::default(), WeightStorage::Packed).unwrap_err();
+    let err = drpo_models::load::gguf::load::<B>(&file, &Default::default(), WeightStorage::Packed)
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use drpo_models::chat::ChatMessage;
-use drpo_models::hf::{self, StoreDtype};
+use drpo_models::load::hf::{self, StoreDtype};
 use drpo_models::{GenerationRequest, LlamaConfig, LocalModel, ModelError, PromptInput};
 
 fn model_dir(name: &str, with_tokenizer: bool) -> PathBuf {

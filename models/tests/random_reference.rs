@@ -4,10 +4,10 @@
 //! fixture's seed): within 1e-4.
 
 use burn::tensor::{Int, Tensor, TensorData};
-use drpo_models::LlamaConfig;
 use drpo_models::device::CpuBackend;
-use drpo_models::hf::{self, StoreDtype};
-use drpo_models::llama::Logits;
+use drpo_models::llama::{Llama, Logits};
+use drpo_models::load::hf::{self, StoreDtype};
+use drpo_models::{KernelOptions, LlamaConfig};
 
 type B = CpuBackend;
 
@@ -24,7 +24,9 @@ fn random_models_match_transformers() {
         let config = LlamaConfig::preset(preset).unwrap();
         // The tool's default shard size (2 GiB) keeps these in one file, as here.
         hf::write_random(&config, &dir, seed, StoreDtype::F32, 2048 << 20).unwrap();
-        let model = hf::load::<B>(&dir, &Default::default()).unwrap();
+        let device = Default::default();
+        let (loaded, weights) = hf::load::<B>(&dir, &device).unwrap();
+        let model = Llama::<B>::new(loaded, weights, &device, KernelOptions::default());
         let ids: Vec<i32> = case["ids"]
             .as_array()
             .unwrap()

@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use drpo_models::{ChatMessage, DeviceSpec, GenerationRequest, LocalModel, PromptInput};
+use drpo_models::{
+    ChatMessage, DeviceSpec, GenerationRequest, KernelOptions, LocalModel, PromptInput,
+};
 use futures::future::BoxFuture;
 
 use super::{Answer, PromptForm, Provider};
@@ -18,9 +20,10 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    /// Loads the model at `path` onto `device`.
+    /// Loads the model at `path` onto `device`, with the kernel switches of the environment
+    /// (`DRPO_CPU_*`, `DRPO_CUDA_*`).
     pub fn load(path: &Path, device: DeviceSpec) -> anyhow::Result<LocalProvider> {
-        let model = LocalModel::load_on(path, device).map_err(|e| {
+        let model = LocalModel::load_on(path, device, KernelOptions::from_env()).map_err(|e| {
             anyhow::anyhow!(
                 "cannot load the local model {} on {device}: {e}",
                 path.display()

@@ -25,9 +25,11 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use clap::{Parser, Subcommand};
 use drpo_models::device::{PendingIds, greedy_ids};
-use drpo_models::hf::{self, StoreDtype};
 use drpo_models::llama::{Llama, Logits};
-use drpo_models::{DeviceSpec, GenerationRequest, LlamaConfig, LocalModel, PromptInput};
+use drpo_models::load::hf::{self, StoreDtype};
+use drpo_models::{
+    DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig, LocalModel, PromptInput,
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 #[derive(Parser)]
@@ -196,7 +198,11 @@ fn main() -> ExitCode {
     if watchdog > 0.0 {
         progress::start_watchdog(std::time::Duration::from_secs_f64(watchdog));
     }
-    let code = match run(Cli::parse()) {
+    // The kernel switches (DRPO_CPU_*, DRPO_CUDA_*): read here, once, for every command.
+    let kernels = KernelOptions::from_env();
+    #[cfg(feature = "cuda-compile-only")]
+    drpo_models::cuda::compile_only::keep_kernels_in(kernels.cuda_kernel_dir.clone());
+    let code = match run(Cli::parse(), &kernels) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -233,7 +239,7 @@ fn compile_only_report(code: ExitCode) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, kernels: &KernelOptions) -> Result<ExitCode> {
     match cli.command {
         Command::RandomModel {
             config,
@@ -280,14 +286,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gen_tokens,
                 seed,
             };
-            with_backend!(spec, bench(source, &args, spec))?;
+            with_backend!(spec, bench(source, &args, spec, kernels))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Matmul {
             config,
             device,
             rows,
-            kernels,
+            kernels: kernel_names,
             iters,
         } => {
             let config = LlamaConfig::resolve(&config)?;
@@ -297,10 +303,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let args = MatmulArgs {
                 rows,
-                kernels,
+                kernels: kernel_names,
                 iters,
             };
-            with_backend!(spec, matmul_bench(&config, &args, spec))?;
+            with_backend!(spec, matmul_bench(&config, &args, spec, kernels))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Parity {
@@ -324,7 +330,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 _ => bail!("give --config (random weights) or --model DIR"),
             };
             let spec: DeviceSpec = device.parse()?;
-            let ok = parity(&dir, spec, gen_tokens, tolerance, seed)?;
+            let ok = parity(&dir, spec, gen_tokens, tolerance, seed, kernels)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -343,7 +349,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .chain(against)
                 .map(|d| d.parse::<DeviceSpec>())
                 .collect::<Result<Vec<_>, _>>()?;
-            let ok = generate_on(&model, &devices, max_tokens, schema.as_deref(), &prompts)?;
+            let ok = generate_on(
+                &model,
+                &devices,
+                max_tokens,
+                schema.as_deref(),
+                &prompts,
+                kernels,
+            )?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -362,6 +375,7 @@ fn generate_on(
     max_tokens: u32,
     schema: Option<&str>,
     prompts: &[String],
+    kernels: &KernelOptions,
 ) -> Result<bool> {
     let request = |prompt: &String| {
         GenerationRequest::greedy(
@@ -386,7 +400,7 @@ fn generate_on(
     let mut first: Vec<Vec<String>> = Vec::new();
     for (d, &spec) in devices.iter().enumerate() {
         progress::stage(&format!("generate: loading {} on {spec}", path.display()));
-        let model = LocalModel::load_on(path, spec)
+        let model = LocalModel::load_on(path, spec, kernels.clone())
             .with_context(|| format!("loading {} on {spec}", path.display()))?;
         for (b, (kind, requests)) in batches.iter().enumerate() {
             let started = Instant::now();
@@ -453,12 +467,16 @@ fn bench<B: Backend>(
     source: Source,
     args: &BenchArgs,
     spec: DeviceSpec,
+    kernels: &KernelOptions,
 ) -> Result<()> {
     progress::stage(&format!("bench: building the model on {spec}"));
     let started = Instant::now();
     let model = match source {
-        Source::Random(config) => Llama::<B>::random(*config, device, args.seed),
-        Source::Dir(dir) => hf::load::<B>(&dir, device)?,
+        Source::Random(config) => Llama::<B>::random(*config, device, args.seed, kernels.clone()),
+        Source::Dir(dir) => {
+            let (config, weights) = hf::load::<B>(&dir, device)?;
+            Llama::new(config, weights, device, kernels.clone())
+        }
     };
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let load_s = started.elapsed().as_secs_f64();
@@ -513,7 +531,7 @@ fn bench<B: Backend>(
                 "decode_ms_per_step": 1000.0 * run.decode_s / (args.gen_tokens - 1) as f64,
                 "decode_issue_ms_per_step":
                     1000.0 * run.decode_queue_s / (args.gen_tokens - 1) as f64,
-                "warmup_s": warm_s, "load_s": load_s, "kernels": kernel_choice(),
+                "warmup_s": warm_s, "load_s": load_s, "kernels": format!("{kernels:?}"),
                 "peak_host_rss_mib": peak_rss_mib(),
             })
         );
@@ -523,21 +541,31 @@ fn bench<B: Backend>(
     Ok(())
 }
 
-/// `x · wᵀ` with the small-row kernel `name` (CUDA builds; elsewhere burn's matmul).
-fn project_by<B: Backend>(name: &str, x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Result<Tensor<B, 2>> {
+/// `kernels` with the small-row kernel `name` (a `DRPO_CUDA_SMALL_MATMUL` name).
+fn with_small_matmul(name: &str, kernels: &KernelOptions) -> Result<KernelOptions> {
+    use drpo_models::kernel_options::SmallRowKernel;
+    let kernel = SmallRowKernel::from_name(name).with_context(|| {
+        let names: Vec<_> = SmallRowKernel::ALL.iter().map(|(n, _)| *n).collect();
+        format!("unknown kernel {name:?}: use one of {names:?}")
+    })?;
+    Ok(KernelOptions {
+        cuda_small_matmul: kernel,
+        ..kernels.clone()
+    })
+}
+
+/// `x · wᵀ` with the small-row kernel `kernels` name (CUDA builds; elsewhere burn's matmul).
+fn project_by<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    kernels: &KernelOptions,
+) -> Tensor<B, 2> {
     #[cfg(feature = "cuda")]
-    {
-        use drpo_models::cuda::matmul::{SmallRowKernel, project_with};
-        let kernel = SmallRowKernel::from_name(name).with_context(|| {
-            let names: Vec<_> = SmallRowKernel::ALL.iter().map(|(n, _)| *n).collect();
-            format!("unknown kernel {name:?}: use one of {names:?}")
-        })?;
-        Ok(project_with(kernel, x, w))
-    }
+    return drpo_models::cuda::matmul::project(x, w, kernels);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = name;
-        Ok(x.matmul(w.clone().transpose()))
+        let _ = kernels;
+        x.matmul(w.clone().transpose())
     }
 }
 
@@ -565,6 +593,7 @@ fn matmul_bench<B: Backend>(
     config: &LlamaConfig,
     args: &MatmulArgs,
     spec: DeviceSpec,
+    kernels: &KernelOptions,
 ) -> Result<()> {
     let c = config;
     let (d, hd) = (c.hidden_size, c.head_dim());
@@ -594,7 +623,8 @@ fn matmul_bench<B: Backend>(
             let reference = host_product(&to_f32(x.clone())?, &w_host, k);
             let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
             for kernel in &args.kernels {
-                let product = project_by(kernel, x.clone(), &w)?;
+                let options = with_small_matmul(kernel, kernels)?;
+                let product = project_by(x.clone(), &w, &options);
                 let got = to_f32(product)?;
                 let relative = reference
                     .iter()
@@ -604,7 +634,7 @@ fn matmul_bench<B: Backend>(
                 sync()?;
                 let started = Instant::now();
                 for _ in 0..args.iters {
-                    let _ = project_by(kernel, x.clone(), &w)?;
+                    let _ = project_by(x.clone(), &w, &options);
                 }
                 sync()?;
                 let us = 1e6 * started.elapsed().as_secs_f64() / args.iters as f64;
@@ -691,9 +721,10 @@ fn greedy<B: Backend>(
     if with_margins {
         record_margins(&first_logits);
     }
-    let mut next = greedy_ids(logits);
+    let kernels = model.kernels();
+    let mut next = greedy_ids(logits, kernels);
     let mut tokens = vec![Vec::with_capacity(gen_tokens); batch];
-    push_tokens(&mut tokens, PendingIds::read(next.clone()))?;
+    push_tokens(&mut tokens, PendingIds::read(next.clone(), kernels))?;
     let prefill_s = started.elapsed().as_secs_f64();
     progress::stage(&format!(
         "{label}: prefill done in {:.1} ms; decoding {} steps",
@@ -717,12 +748,12 @@ fn greedy<B: Backend>(
                 .to_vec::<f32>();
             record_margins(&values.map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?);
         }
-        next = greedy_ids(logits);
+        next = greedy_ids(logits, kernels);
         // How long the host took to issue the step's kernels: if it is close to the whole
         // step, the step is bound by the host, not the device.
         let queued_s = step_start.elapsed().as_secs_f64();
         decode_queue_s += queued_s;
-        if let Some(ids) = pending.replace(PendingIds::read(next.clone())) {
+        if let Some(ids) = pending.replace(PendingIds::read(next.clone(), kernels)) {
             push_tokens(&mut tokens, ids)?;
         }
         if step <= 6 || step % 16 == 0 || step + 1 == gen_tokens {
@@ -781,6 +812,7 @@ fn parity(
     gen_tokens: usize,
     tolerance: f32,
     seed: u64,
+    kernels: &KernelOptions,
 ) -> Result<bool> {
     let config = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -797,9 +829,9 @@ fn parity(
         .collect();
 
     progress::stage("parity: reference on cpu (f32)");
-    let reference = run_greedy_on(DeviceSpec::Cpu, dir, &prompts, gen_tokens, true)?;
+    let reference = run_greedy_on(DeviceSpec::Cpu, dir, &prompts, gen_tokens, true, kernels)?;
     progress::stage(&format!("parity: checked device {spec}"));
-    let checked = run_greedy_on(spec, dir, &prompts, gen_tokens, false)?;
+    let checked = run_greedy_on(spec, dir, &prompts, gen_tokens, false, kernels)?;
 
     let scale = reference
         .first_logits
@@ -845,7 +877,7 @@ fn parity(
         "{}",
         serde_json::json!({
             "kind": "parity", "device": spec.to_string(), "ok": ok,
-            "model": config.model_type, "kernels": kernel_choice(),
+            "model": config.model_type, "kernels": format!("{kernels:?}"),
             "max_abs_diff": max_diff, "max_abs_logit": scale, "relative": relative,
             "tolerance": tolerance, "tokens_equal": tokens_equal, "tokens": tokens,
             "prompt_lengths": lengths, "gen_tokens": gen_tokens,
@@ -860,6 +892,7 @@ fn run_greedy_on(
     prompts: &[Vec<u32>],
     gen_tokens: usize,
     with_margins: bool,
+    kernels: &KernelOptions,
 ) -> Result<Greedy> {
     fn go<B: Backend>(
         device: &B::Device,
@@ -867,13 +900,15 @@ fn run_greedy_on(
         prompts: &[Vec<u32>],
         gen_tokens: usize,
         with_margins: bool,
+        kernels: &KernelOptions,
     ) -> Result<Greedy> {
         progress::stage(&format!("loading {}", dir.display()));
-        let model =
+        let (config, weights) =
             hf::load::<B>(dir, device).with_context(|| format!("loading {}", dir.display()))?;
+        let model = Llama::new(config, weights, device, kernels.clone());
         greedy(&model, prompts, gen_tokens, "parity", with_margins)
     }
-    with_backend!(spec, go(dir, prompts, gen_tokens, with_margins))
+    with_backend!(spec, go(dir, prompts, gen_tokens, with_margins, kernels))
 }
 
 /// Brings the device up and runs one tiny kernel, so that a broken setup or a stuck first
@@ -900,24 +935,6 @@ fn probe_device<B: Backend>(device: &B::Device, spec: DeviceSpec) -> Result<()> 
         1000.0 * started.elapsed().as_secs_f64()
     ));
     Ok(())
-}
-
-/// The CUDA switches this process runs with (`DRPO_CUDA_SMALL_MATMUL`, `DRPO_CUDA_FUSED`,
-/// `DRPO_CUDA_ATTENTION`, `DRPO_CUDA_GATED`, `DRPO_CUDA_ROPE_ATTENTION`, `DRPO_CUDA_ARGMAX`,
-/// `DRPO_CUDA_QUEUED_READS`), for the report to tell runs apart.
-fn kernel_choice() -> String {
-    let get = |name: &str| std::env::var(name).unwrap_or_else(|_| "default".into());
-    format!(
-        "small_matmul={} fused={} attention={} gated={} rope_attention={} argmax={} \
-         queued_reads={}",
-        get("DRPO_CUDA_SMALL_MATMUL"),
-        get("DRPO_CUDA_FUSED"),
-        get("DRPO_CUDA_ATTENTION"),
-        get("DRPO_CUDA_GATED"),
-        get("DRPO_CUDA_ROPE_ATTENTION"),
-        get("DRPO_CUDA_ARGMAX"),
-        get("DRPO_CUDA_QUEUED_READS")
-    )
 }
 
 /// Peak resident memory of this process, from the kernel (Linux only; 0 elsewhere).

@@ -1,13 +1,11 @@
 //! Each row's greedy choice from a step's logits, on the device.
 //!
 //! Burn's `argmax` leaves the choice of reduction to autotuning, which our `cuda` build does not
-//! have (see `models/Cargo.toml`); without it, one thread reduces a whole row. On an H100 that
-//! took about 740 µs for a row of Mistral's 32,000 logits, a tenth of a batch-1 decode step
-//! (cubecl's profile in run 15, `docs/gpu-check-results.md`). Here a whole cube takes each row
+//! have (see `models/Cargo.toml`); without it, one thread reduces a whole row, a large share
+//! of a batch-1 decode step for a vocabulary-wide row (measured in `docs/gpu.md`). Here a whole
+//! cube takes each row
 //! (cubek's cube routine, its planes combining their candidates), with the same answer: the
 //! first of equal maxima.
-
-use std::sync::OnceLock;
 
 use burn::tensor::{Int, Tensor, backend::Backend, get_device_settings};
 use burn_cubecl::kernel::reduce::{KernelReduceStrategy, reduce_dim};
@@ -17,15 +15,17 @@ use cubek_reduce::launch::{RoutineStrategy, VectorizationStrategy};
 use cubek_reduce::routines::BlueprintStrategy;
 use cubek_reduce::routines::cube::CubeStrategy;
 
-use super::{as_cuda, contiguous, from_cuda_int, switched_on, warn_once};
-use crate::device::CudaBackend;
+use super::{CudaBackend, as_cuda, contiguous, from_cuda_int, warn_once};
+use crate::kernel_options::KernelOptions;
 
 /// The index of the largest value of each row of `scores: [rows, n]`, `[rows, 1]` (the first of
 /// equal ones, as burn's `argmax(1)`); `None` when `scores` is not a CUDA tensor, with
-/// `DRPO_CUDA_ARGMAX=0`, or when cubek refuses the problem (with a warning).
-pub fn argmax_rows<B: Backend>(scores: &Tensor<B, 2>) -> Option<Tensor<B, 2, Int>> {
-    static ON: OnceLock<bool> = OnceLock::new();
-    if !switched_on("DRPO_CUDA_ARGMAX", &ON) {
+/// `kernels.cuda_argmax` off, or when cubek refuses the problem (with a warning).
+pub fn argmax_rows<B: Backend>(
+    scores: &Tensor<B, 2>,
+    kernels: &KernelOptions,
+) -> Option<Tensor<B, 2, Int>> {
+    if !kernels.cuda_argmax {
         return None;
     }
     let scores = contiguous(as_cuda(scores)?);

@@ -22,10 +22,8 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{
-    Runtime, array_arg, as_cuda, as_cuda_int, contiguous, from_cuda, fused_enabled, switched_on,
-    vector_size,
-};
+use super::{Runtime, array_arg, as_cuda, as_cuda_int, contiguous, from_cuda, vector_size};
+use crate::kernel_options::KernelOptions;
 
 /// Planes per cube; each thread scores one key at a time. A decode step at batch 1 has only one
 /// cube per query head (32 for Mistral-7B), so each cube is made wide.
@@ -38,20 +36,13 @@ const VALUE_UNROLL: usize = 4;
 /// burn's operations.
 pub const MAX_KEYS: usize = 8192;
 
-/// Whether this kernel is on (`DRPO_CUDA_ATTENTION` unset or not `0`), read once. It passed the
-/// CPU parity check on both test models in run 10 (`docs/gpu-check-results.md`); `0` turns it
-/// off, for measuring it against burn's operations.
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    switched_on("DRPO_CUDA_ATTENTION", &ON)
-}
-
 /// The attention output `[batch * len, heads * head_dim]` of the queries `q: [batch, kv_heads,
 /// group * len, head_dim]` (as `rope::rope_into_cache` lays them out) over the cache slots
 /// `first..first + keys` of `k_cache`, `v_cache` (`[batch, kv_heads, slots, head_dim]`); the
 /// queries sit at slots `start..start + len`, row `b` starts at slot `pads[b]`, and a key
 /// `sliding_window` or more slots behind its query is hidden. `None` when the tensors are not
-/// CUDA tensors of those layouts or the span is longer than [`MAX_KEYS`].
+/// CUDA tensors of those layouts, the span is longer than [`MAX_KEYS`], or `kernels` turn the
+/// kernel off (`cuda_fused` or `cuda_attention`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,
@@ -63,6 +54,7 @@ pub fn attention<B: Backend>(
     keys: usize,
     start: usize,
     sliding_window: Option<usize>,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 2>> {
     let [batch, kv_heads, rows, head_dim] = q.dims();
     if !rows.is_multiple_of(len.max(1)) {
@@ -79,15 +71,15 @@ pub fn attention<B: Backend>(
         start,
         sliding_window,
     };
-    launch(&span, as_cuda(q)?, None, k_cache, v_cache, pads)
+    launch(&span, as_cuda(q)?, None, k_cache, v_cache, pads, kernels)
 }
 
 /// [`attention`] for a decode step (`len` 1) straight from the fused projection `qkv: [batch,
 /// (heads + 2 * kv_heads) * head_dim]`: the kernel applies RoPE (`cos`, `sin`: `[batch, 1, 1,
 /// head_dim]`) to the query and the new key itself and writes the new key and value into the
-/// caches, the work of `rope::rope_into_cache`, so the step saves that launch (on by default
-/// since run 15, which checked it on an H100: `DRPO_CUDA_ROPE_ATTENTION=0` keeps RoPE in its own
-/// launch); `None` with that switch, for prefill, and where [`attention`] would give `None`.
+/// caches, the work of `rope::rope_into_cache`, so the step saves that launch; `None` with
+/// `kernels.cuda_rope_attention` off (RoPE in its own launch), for prefill, and where
+/// [`attention`] would give `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_attention<B: Backend>(
     qkv: &Tensor<B, 2>,
@@ -102,11 +94,10 @@ pub fn rope_attention<B: Backend>(
     keys: usize,
     start: usize,
     sliding_window: Option<usize>,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 2>> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = super::switched_on("DRPO_CUDA_ROPE_ATTENTION", &ON);
     let [batch, len, _, head_dim] = cos.dims();
-    if !on
+    if !kernels.cuda_rope_attention
         || len != 1
         || qkv.dims() != [batch, (heads + 2 * kv_heads) * head_dim]
         || sin.dims() != cos.dims()
@@ -126,7 +117,15 @@ pub fn rope_attention<B: Backend>(
         sliding_window,
     };
     let rope = (as_cuda(cos)?, as_cuda(sin)?);
-    launch(&span, as_cuda(qkv)?, Some(rope), k_cache, v_cache, pads)
+    launch(
+        &span,
+        as_cuda(qkv)?,
+        Some(rope),
+        k_cache,
+        v_cache,
+        pads,
+        kernels,
+    )
 }
 
 /// The shapes of one attention launch.
@@ -152,6 +151,7 @@ fn launch<B: Backend>(
     k_cache: &Tensor<B, 4>,
     v_cache: &Tensor<B, 4>,
     pads: &Tensor<B, 1, Int>,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 2>> {
     let &Span {
         batch,
@@ -164,7 +164,7 @@ fn launch<B: Backend>(
         start,
         sliding_window,
     } = span;
-    if !fused_enabled() || !enabled() || keys == 0 || keys > MAX_KEYS || len == 0 {
+    if !kernels.cuda_fused || !kernels.cuda_attention || keys == 0 || keys > MAX_KEYS || len == 0 {
         return None;
     }
     let [cache_batch, cache_heads, slots, cache_dim] = k_cache.dims();
@@ -383,7 +383,7 @@ mod kernels {
                 }
             } else {
                 // A runtime loop: `vectors` depends on the vector size, which cubecl does not
-                // fold into a constant here (an unrolled loop over it failed to expand: run 9).
+                // fold into a constant here (an unrolled loop over it fails to expand).
                 for e in 0..vectors {
                     let key = Vector::<f32, N>::cast_from(k_cache[at + e]);
                     #[unroll]

@@ -9,9 +9,8 @@
 //! cube shape is checked against the H100's limits. Nothing executes: buffers live in host
 //! memory, a new buffer reads as zeros, and a kernel's outputs stay as they were.
 //!
-//! What this catches before a GPU session: a kernel that cubecl cannot expand (runs 8 and 9 of
-//! `docs/gpu-check-results.md` lost their attention figures to one, found only on the H100), CUDA
-//! source that NVRTC rejects, a launch shape the device refuses, and panics in the host code of
+//! What this catches before a GPU session: a kernel that cubecl cannot expand (otherwise found
+//! only on the GPU, at the cost of a session's figures), CUDA source that NVRTC rejects, a launch shape the device refuses, and panics in the host code of
 //! the CUDA path. What it cannot catch: wrong results, and speed.
 //!
 //! NVRTC and the CUDA headers come from NVIDIA's PyPI wheels (`scripts/fetch-nvrtc.sh`):
@@ -62,7 +61,7 @@ use cubecl_runtime::storage::{BytesResource, BytesStorage, ComputeStorage, Manag
 use cubecl_runtime::timestamp_profiler::TimestampProfiler;
 use cubecl_runtime::validation::{validate_cube_dim, validate_units};
 
-use crate::device::panic_message;
+use super::panic_message;
 
 /// The architecture kernels are compiled for: the H100's, as `scripts/gpu-check.sh` runs them.
 const ARCH: u32 = 90;
@@ -215,6 +214,16 @@ pub fn nvrtc_version() -> Result<(i32, i32), String> {
     }
 }
 
+/// Where the compile-only devices started from now on write their compiled kernels.
+static KERNEL_DIR: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Makes the compile-only devices started from now on write each kernel they compile to `dir`
+/// (`KernelOptions::cuda_kernel_dir`), or nowhere. cubecl starts a device's server from its id
+/// alone, so the folder reaches it here, before the device's first use.
+pub fn keep_kernels_in(dir: Option<std::path::PathBuf>) {
+    *KERNEL_DIR.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
 /// The server of a compile-only device: host memory for buffers, and a compiler for kernels.
 #[derive(Debug)]
 pub struct CompileOnlyServer {
@@ -224,7 +233,7 @@ pub struct CompileOnlyServer {
     /// NVRTC's include paths (the CUDA headers, and CCCL's where present), or why there are
     /// none (reported once, when the device starts).
     include: Result<Vec<String>, String>,
-    /// Where compiled kernels are written (`DRPO_CUDA_KERNEL_DIR`), if anywhere.
+    /// Where compiled kernels are written (see [`keep_kernels_in`]), if anywhere.
     kernel_dir: Option<std::path::PathBuf>,
     /// The name under which each kernel seen so far is counted: its entry point once compiled.
     seen: HashMap<KernelId, String>,
@@ -280,7 +289,7 @@ impl DeviceService for CompileOnlyServer {
                 },
             },
             include,
-            kernel_dir: std::env::var_os("DRPO_CUDA_KERNEL_DIR").map(Into::into),
+            kernel_dir: KERNEL_DIR.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             seen: HashMap::new(),
             timestamps: TimestampProfiler::default(),
         }
@@ -475,7 +484,7 @@ impl CompileOnlyServer {
         Ok(compiled.entrypoint_name)
     }
 
-    /// With `DRPO_CUDA_KERNEL_DIR` set, writes a compiled kernel's CUDA source and PTX there, as
+    /// With a folder to keep kernels in, writes a compiled kernel's CUDA source and PTX there, as
     /// `NNN-ENTRYPOINT.cu` and `.ptx` (`NNN` counts this device's kernels), for reading them
     /// and for `ptxas` (registers, spills: `scripts/kernel-resources.sh`).
     fn keep(&self, entrypoint: &str, source: &str, ptx: &str) -> Result<(), String> {

@@ -9,31 +9,32 @@
 //! batch larger than a chunk reads each weight from memory once and from L2 for the rest.
 //!
 //! That kernel multiplies in f32 on the CUDA cores: one fused multiply-add per weight and row.
-//! At 32 rows that is the limit, not the memory (about 30 ms a step for a 7B model, run 8 in
-//! `docs/gpu-check-results.md`), so for 8 to 32 rows [`mma_kernel`] multiplies on the tensor
+//! At 32 rows that is the limit, not the memory, so for 8 to 32 rows [`mma_kernel`] multiplies
+//! on the tensor
 //! cores instead: each cube takes 32 weight rows, its planes split the inner dimension between
 //! them, each plane multiplies 32×16 weight tiles by 16×8 activation tiles (`wmma` m32n8k16,
 //! f32 accumulators), and the planes' partial sums are added in shared memory at the end.
 //!
 //! Burn's tensor-core kernel (cubek's, without autotuning) takes the projections of many rows
-//! (prefill); for decode steps it took about 69 ms per step of a 7B model at batch 1, 8 and 32
-//! alike (run 3), far from the 4.3 ms that reading 14.5 GB takes.
+//! (prefill); for decode steps it is far from the speed of reading the weights once, whatever
+//! the batch.
 //!
-//! `DRPO_CUDA_SMALL_MATMUL` names the small-row kernel ([`SmallRowKernel`]): `mma` (the default:
-//! tensor cores from 8 rows, `rows` below), `rows` (ours on the CUDA cores up to 8 rows, or 32
-//! on narrow projections) or `cmma` (burn's tensor-core kernel), so that
-//! `scripts/gpu-check.sh` can measure them on the same build. cubek's own matrix-vector kernels
-//! were measured too (run 5) and dropped: they take one row only, and none was faster than ours.
-
-use std::sync::OnceLock;
+//! `KernelOptions::cuda_small_matmul` ([`SmallRowKernel`], `DRPO_CUDA_SMALL_MATMUL`) names the
+//! small-row kernel: `mma` (the default: tensor cores from 8 rows, `rows` below), `rows` (ours
+//! on the CUDA cores up to 8 rows, or 32 on narrow projections) or `cmma` (burn's tensor-core
+//! kernel), so that `scripts/gpu-check.sh` can measure them on the same build. cubek's own
+//! matrix-vector kernels take one row only and were no faster than ours. The measurements
+//! behind these choices are in `docs/gpu.md`.
 
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{LANES, Runtime, array_arg, as_cuda, contiguous, from_cuda, vector_size, warn_once};
-use crate::device::CudaBackend;
+use super::{
+    CudaBackend, LANES, Runtime, array_arg, as_cuda, contiguous, from_cuda, vector_size, warn_once,
+};
+use crate::kernel_options::{KernelOptions, SmallRowKernel};
 
 /// The most activation rows the small-row kernels take.
 pub const SMALL_M: usize = 32;
@@ -43,19 +44,12 @@ pub const SMALL_M: usize = 32;
 const WIDE_N: usize = 8192;
 
 /// Whether the `rows` kernel takes `m` activation rows of an `n`-output projection: up to 8
-/// rows always, up to [`SMALL_M`] for projections of at most [`WIDE_N`] outputs. From the
-/// projections measured alone on an H100 (run 8 in `docs/gpu-check-results.md`): at 16 and 32
-/// rows burn's tensor-core kernel was faster on the 28,672- and 32,000-wide projections, ours on
-/// the 4,096- and 6,144-wide ones. `DRPO_CUDA_ROWS_MAX=M` replaces the rule with `m <= M`.
-fn small_rows(m: usize, n: usize) -> bool {
-    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
-    let limit = LIMIT.get_or_init(|| {
-        std::env::var("DRPO_CUDA_ROWS_MAX")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    match limit {
-        Some(limit) => m <= *limit,
+/// rows always, up to [`SMALL_M`] for projections of at most [`WIDE_N`] outputs (where it was
+/// faster than burn's tensor-core kernel; see `docs/gpu.md`). `kernels.cuda_rows_max = Some(M)`
+/// replaces the rule with `m <= M`.
+fn small_rows(m: usize, n: usize, kernels: &KernelOptions) -> bool {
+    match kernels.cuda_rows_max {
+        Some(limit) => m <= limit,
         None => m <= 8 || (m <= SMALL_M && n <= WIDE_N),
     }
 }
@@ -63,36 +57,8 @@ fn small_rows(m: usize, n: usize) -> bool {
 /// Activation rows one cube of [`rows_kernel`] multiplies (its register accumulators).
 const ROWS_PER_CHUNK: usize = 8;
 
-/// A shape setting of [`rows_kernel`]: `default`, or the value of the environment variable
-/// `name` when it is a number in `1..=16` (read once per setting, for measuring others).
-fn rows_setting(name: &str, default: usize, cell: &'static OnceLock<usize>) -> usize {
-    *cell.get_or_init(|| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|u| (1..=16).contains(u))
-            .unwrap_or(default)
-    })
-}
-
-/// Steps of [`rows_kernel`]'s inner loop whose loads are issued together: 4, or
-/// `DRPO_CUDA_ROWS_UNROLL`.
-fn rows_unroll() -> usize {
-    static UNROLL: OnceLock<usize> = OnceLock::new();
-    rows_setting("DRPO_CUDA_ROWS_UNROLL", 4, &UNROLL)
-}
-
-/// Planes (warps of 32 lanes) per cube of [`rows_kernel`], one weight row each: 4, or
-/// `DRPO_CUDA_ROWS_PLANES`.
-fn rows_planes() -> usize {
-    static PLANES: OnceLock<usize> = OnceLock::new();
-    rows_setting("DRPO_CUDA_ROWS_PLANES", 4, &PLANES)
-}
-
 /// The fewest rows [`mma_kernel`] takes by default: below one whole tile of activation rows, the
-/// zero padding costs more launches than the tensor cores save (at 4 rows, `rows` took 39 µs on
-/// Mistral-7B's qkv projection and the padded `mma` 59 µs; at 8 rows 61 and 39 µs: run 10 in
-/// `docs/gpu-check-results.md`).
+/// zero padding costs more than the tensor cores save.
 const MMA_MIN_ROWS: usize = MMA_N;
 
 /// Weight rows per cube of [`mma_kernel`] (the tile's `m`).
@@ -110,58 +76,12 @@ const MMA_MAX_SPLITS: usize = 16;
 /// theirs in rounds).
 const MMA_SHARED_BYTES: usize = 32 * 1024;
 
-/// The kernel for projections of few rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmallRowKernel {
-    /// [`mma_kernel`] from [`MMA_MIN_ROWS`] to [`SMALL_M`] rows (tensor cores); [`Self::Rows`]'s
-    /// choice for fewer rows and for the shapes and types the tensor cores do not take.
-    Mma,
-    /// [`rows_kernel`]: one plane per weight row, 16-byte loads, a plane sum; f32 arithmetic.
-    Rows,
-    /// Burn's (cubek's) tensor-core kernel, as for many rows.
-    Cmma,
-}
-
-impl SmallRowKernel {
-    /// Every kernel with its `DRPO_CUDA_SMALL_MATMUL` name.
-    pub const ALL: [(&'static str, Self); 3] = [
-        ("mma", Self::Mma),
-        ("rows", Self::Rows),
-        ("cmma", Self::Cmma),
-    ];
-
-    /// The kernel a name means, if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
-    }
-
-    /// The kernel `DRPO_CUDA_SMALL_MATMUL` names (read once), else [`Self::Mma`].
-    pub fn configured() -> Self {
-        static CHOICE: OnceLock<SmallRowKernel> = OnceLock::new();
-        *CHOICE.get_or_init(|| match std::env::var("DRPO_CUDA_SMALL_MATMUL") {
-            Err(_) => Self::Mma,
-            Ok(name) => Self::from_name(&name).unwrap_or_else(|| {
-                eprintln!(
-                    "warning: DRPO_CUDA_SMALL_MATMUL={name:?} is not `mma`, `rows` or `cmma`; \
-                     using `mma`"
-                );
-                Self::Mma
-            }),
-        })
-    }
-}
-
-/// `x · wᵀ` for `x: [m, k]` and `w: [n, k]` (checkpoint layout), with the configured small-row
-/// kernel when `x` is a CUDA tensor of few rows (see [`small_rows`]).
-pub fn project<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
-    project_with(SmallRowKernel::configured(), x, w)
-}
-
-/// [`project`] with a given small-row kernel (for measuring them side by side).
-pub fn project_with<B: Backend>(
-    kernel: SmallRowKernel,
+/// `x · wᵀ` for `x: [m, k]` and `w: [n, k]` (checkpoint layout), with the small-row kernel
+/// `kernels.cuda_small_matmul` when `x` is a CUDA tensor of few rows (see [`small_rows`]).
+pub fn project<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,
+    kernels: &KernelOptions,
 ) -> Tensor<B, 2> {
     let (Some(xc), Some(wc)) = (as_cuda(&x), as_cuda(w)) else {
         return x.matmul(w.clone().transpose());
@@ -169,15 +89,18 @@ pub fn project_with<B: Backend>(
     // The kernels read the activations as plain rows (so does the tensor-core kernel best).
     let xc = contiguous(xc);
     let (m, n) = (xc.meta.shape()[0], wc.meta.shape()[0]);
-    let mut attempts = Vec::with_capacity(2);
+    let kernel = kernels.cuda_small_matmul;
+    let mma = || launch_mma(xc.clone(), wc.clone());
+    let rows = || launch_rows(xc.clone(), wc.clone(), false, kernels);
+    let mut attempts: Vec<(&str, &dyn Fn() -> LaunchResult)> = Vec::with_capacity(2);
     if kernel == SmallRowKernel::Mma && (MMA_MIN_ROWS..=SMALL_M).contains(&m) {
-        attempts.push(("mma", launch_mma as Launch));
+        attempts.push(("mma", &mma));
     }
-    if kernel != SmallRowKernel::Cmma && small_rows(m, n) {
-        attempts.push(("rows", launch_rows as Launch));
+    if kernel != SmallRowKernel::Cmma && small_rows(m, n, kernels) {
+        attempts.push(("rows", &rows));
     }
     for (name, launch) in attempts {
-        match launch(xc.clone(), wc.clone()) {
+        match launch() {
             Ok(out) => return from_cuda(out),
             Err(e) => warn_once(format!(
                 "the `{name}` matmul kernel cannot take {:?} x {:?}ᵀ ({e}); trying the next one",
@@ -193,23 +116,26 @@ pub fn project_with<B: Backend>(
 /// first), `[m, inner]`, in one launch of the `rows` kernel when the configured kernel would
 /// take `x`'s rows with `rows` (a decode step of few sequences), so that the gate/up products
 /// never leave the kernel. `None` otherwise (the caller projects, then applies SwiGLU), with
-/// `DRPO_CUDA_FUSED=0` or `DRPO_CUDA_GATED=0`, or when `x` is not a CUDA tensor.
-pub fn project_swiglu<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    static GATED: OnceLock<bool> = OnceLock::new();
-    if !super::switched_on("DRPO_CUDA_GATED", &GATED) || !super::fused_enabled() {
+/// `kernels.cuda_fused` or `kernels.cuda_gated` off, or when `x` is not a CUDA tensor.
+pub fn project_swiglu<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    kernels: &KernelOptions,
+) -> Option<Tensor<B, 2>> {
+    if !kernels.cuda_gated || !kernels.cuda_fused {
         return None;
     }
     let (xc, wc) = (as_cuda(x)?, as_cuda(w)?);
     let (m, n) = (xc.meta.shape()[0], wc.meta.shape()[0]);
-    let takes_rows = match SmallRowKernel::configured() {
+    let takes_rows = match kernels.cuda_small_matmul {
         SmallRowKernel::Mma => m < MMA_MIN_ROWS,
         SmallRowKernel::Rows => true,
         SmallRowKernel::Cmma => false,
     };
-    if !takes_rows || !small_rows(m, n) {
+    if !takes_rows || !small_rows(m, n, kernels) {
         return None;
     }
-    match launch_rows_with(contiguous(xc), wc, true) {
+    match launch_rows(contiguous(xc), wc, true, kernels) {
         Ok(out) => Some(from_cuda(out)),
         Err(e) => {
             warn_once(format!(
@@ -222,8 +148,8 @@ pub fn project_swiglu<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<
     }
 }
 
-/// A kernel launch for `x · wᵀ`, or why the kernel does not take these operands.
-type Launch = fn(CubeTensor<Runtime>, CubeTensor<Runtime>) -> Result<CubeTensor<Runtime>, String>;
+/// The output of a kernel launch for `x · wᵀ`, or why the kernel does not take these operands.
+type LaunchResult = Result<CubeTensor<Runtime>, String>;
 
 /// Rows above which burn's matmul takes `x · wᵀ` with the weights as a transposed view rather
 /// than `(w · xᵀ)ᵀ`.
@@ -232,9 +158,8 @@ const TRANSPOSED_FORM_ROWS: usize = 64;
 /// `x · wᵀ` with burn's (tensor-core) matmul. Up to [`TRANSPOSED_FORM_ROWS`] rows it is computed
 /// as `(w · xᵀ)ᵀ`: both operands row-major, and the weights' rows, the long side, along the
 /// output rows that the kernel spreads over cubes; at 8 to 32 rows that was faster than `x · wᵀ`
-/// with the weights as a transposed view (run 7 in `docs/gpu-check-results.md`), at 128 rows
-/// slower (a batch-1 prefill of 128 tokens fell from 1,981 to 762 tok/s), so many rows take the
-/// direct form.
+/// with the weights as a transposed view, at 128 rows much slower, so many rows take the direct
+/// form.
 fn tensor_cores(x: CubeTensor<Runtime>, w: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
     if x.meta.shape()[0] > TRANSPOSED_FORM_ROWS {
         return contiguous(
@@ -353,21 +278,15 @@ fn launch_mma(
     Ok(out)
 }
 
-/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`.
+/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`, in the shape `kernels` set
+/// (`cuda_rows_planes`, `cuda_rows_unroll`); with `gated`, `w` is a fused gate/up projection and
+/// the output `[m, n / 2]` is `silu(gate) * up`.
 fn launch_rows(
     x: CubeTensor<Runtime>,
     w: CubeTensor<Runtime>,
-) -> Result<CubeTensor<Runtime>, String> {
-    launch_rows_with(x, w, false)
-}
-
-/// Launches [`rows_kernel`] for `x: [m, k]` and `w: [n, k]`; with `gated`, `w` is a fused
-/// gate/up projection and the output `[m, n / 2]` is `silu(gate) * up`.
-fn launch_rows_with(
-    x: CubeTensor<Runtime>,
-    w: CubeTensor<Runtime>,
     gated: bool,
-) -> Result<CubeTensor<Runtime>, String> {
+    kernels: &KernelOptions,
+) -> LaunchResult {
     let (m, k, n) = operands(&x, &w)?;
     if gated && !n.is_multiple_of(2) {
         return Err(format!("{n} gate/up rows are not two halves"));
@@ -381,7 +300,7 @@ fn launch_rows_with(
         x.dtype,
     );
     let chunks = m.div_ceil(m.min(ROWS_PER_CHUNK));
-    let planes = rows_planes();
+    let planes = kernels.cuda_rows_planes;
     let cubes = outputs.div_ceil(planes) * chunks;
     let cube_count = CubeCount::new_1d(
         u32::try_from(cubes).map_err(|_| format!("{cubes} cubes are too many for one launch"))?,
@@ -394,7 +313,7 @@ fn launch_rows_with(
     unsafe {
         with_float_type!(x.dtype, T => kernels::rows_kernel::launch_unchecked::<T, Runtime>(
             &client, cube_count, cube_dim, vector, x_arg, w_arg, out_arg, m, k / vector, outputs,
-            planes, rows_unroll(), gated,
+            planes, kernels.cuda_rows_unroll, gated,
         ), else return Err(format!("no `rows` kernel for {:?}", x.dtype)));
     }
     Ok(out)

@@ -1,12 +1,11 @@
 //! The decoder's own CUDA kernels, written with cubecl (the kernel language of burn's CUDA
 //! backend) and launched on burn's tensors.
 //!
-//! Burn runs every tensor operation as its own kernel, and issuing one costs the host about
-//! 15 µs on an H100 machine (run 5 in `docs/gpu-check-results.md`): a 7B decode step of about
-//! 1,800 operations took 29 ms of host time for 7 ms of weight reads. The kernels here do in
-//! one launch what took burn several (a decode step is now about 300 launches, issued in about
-//! half the time the GPU takes to run them), and read a decode step's weights at up to
-//! four fifths of the memory bandwidth:
+//! Burn runs every tensor operation as its own kernel, and issuing one costs the host more than
+//! the GPU takes to run most of them: a 7B decode step of its operations is bound by the host,
+//! not by reading the weights. The kernels here do in one launch what took burn several, so
+//! that a step is issued faster than the GPU runs it and is bound by the weight reads (the
+//! measurements are in `docs/gpu.md`):
 //!
 //! - [`matmul`]: the weight projections: a matrix-vector kernel on the CUDA cores below 8 rows
 //!   (with SwiGLU applied in the same launch for the gate/up projection), a tensor-core kernel
@@ -27,12 +26,9 @@
 //! CUDA tensors (or the problem is not one the kernel takes), so `llama.rs` keeps one code path
 //! with burn's operations for every backend. Every kernel rounds as the burn operations it
 //! replaces do (f32 arithmetic, storage-type results where burn stored them), so the CPU
-//! reference and the CUDA decoder agree within bf16 rounding. Switches, for measuring:
-//! `DRPO_CUDA_FUSED=0` (burn's operations instead of the fused kernels), `DRPO_CUDA_ATTENTION=0`,
-//! `DRPO_CUDA_GATED=0` (SwiGLU in its own launch), `DRPO_CUDA_ROPE_ATTENTION=0` (RoPE in its
-//! own launch), `DRPO_CUDA_ARGMAX=0` (burn's argmax), `DRPO_CUDA_SMALL_MATMUL` and the `rows`
-//! kernel's shape settings (see [`matmul`]), and `DRPO_CUDA_QUEUED_READS=0` (greedy decoding
-//! reads each step's token ids before it issues the next step, see [`read_ints_later`]).
+//! reference and the CUDA decoder agree within bf16 rounding. Each entry point also takes the
+//! [`KernelOptions`], whose `cuda_*` switches turn a kernel off (burn's operations run instead)
+//! or pick one, for measuring them against each other.
 
 /// Evaluates `$launch` with the type alias `$t` naming the element type of `$dtype` (bf16, f16
 /// or f32), else `$other`: the one place that lists the element types our kernels take.
@@ -67,7 +63,7 @@ pub mod swiglu;
 
 use std::any::Any;
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_cubecl::tensor::CubeTensor;
@@ -76,7 +72,15 @@ use cubecl::client::ComputeClient;
 use cubecl::prelude::ArrayArg;
 use cubecl::server::{CopyDescriptor, ServerError};
 
-use crate::device::CudaBackend;
+use crate::kernel_options::KernelOptions;
+
+/// The CUDA backend: bf16 weights and activations (f32 for norms and softmax). burn-cuda's
+/// `Cuda<bf16, i32>` (without its `fusion` feature), spelled out over this module's [`Runtime`]
+/// so that the `cuda-compile-only` feature can put its compile-only device underneath.
+pub type CudaBackend = burn_cubecl::CubeBackend<Runtime, half::bf16, i32, u8>;
+
+/// A device of [`CudaBackend`].
+pub type CudaDevice = <Runtime as cubecl::Runtime>::Device;
 
 /// cubecl's CUDA runtime, the one behind [`CudaBackend`].
 #[cfg(not(feature = "cuda-compile-only"))]
@@ -106,16 +110,16 @@ pub(crate) fn as_cuda_int<B: Backend, const D: usize>(
 
 /// Queues a copy of the CUDA integer tensor behind `t` to the host, behind the work issued so
 /// far, and returns the wait for its values; `None` when `t` is not a CUDA tensor, or with
-/// `DRPO_CUDA_QUEUED_READS=0` (the caller reads at once).
+/// `kernels.cuda_queued_reads` off (the caller reads at once).
 ///
 /// The copy and a fence go into the stream now, and only [`IntsOnTheirWay::wait`] blocks: the
 /// host can issue a decode step's kernels before it waits for the tokens of the step before.
 /// The copy is the one burn's `into_data` makes, issued without waiting.
 pub(crate) fn read_ints_later<B: Backend, const D: usize>(
     t: &Tensor<B, D, Int>,
+    kernels: &KernelOptions,
 ) -> Option<IntsOnTheirWay> {
-    static QUEUED: OnceLock<bool> = OnceLock::new();
-    if !switched_on("DRPO_CUDA_QUEUED_READS", &QUEUED) {
+    if !kernels.cuda_queued_reads {
         return None;
     }
     let t = contiguous(as_cuda_int(t)?);
@@ -215,16 +219,13 @@ pub(crate) fn dense<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D>
     }
 }
 
-/// Whether the fused kernels are on (`DRPO_CUDA_FUSED` unset or not `0`), read once.
-pub(crate) fn fused_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    switched_on("DRPO_CUDA_FUSED", &ON)
-}
-
-/// Whether the kernel switch `name`, on by default, is on: unset or not `0`. Read once, into
-/// `cell`.
-pub(crate) fn switched_on(name: &str, cell: &'static OnceLock<bool>) -> bool {
-    *cell.get_or_init(|| std::env::var(name).map_or(true, |v| v != "0"))
+/// The message of a caught panic (cubecl panics with a `String` or a `&str`).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// A kernel argument over a contiguous tensor's elements, whatever its rank.

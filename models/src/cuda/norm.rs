@@ -9,22 +9,25 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled, vector_size};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, vector_size};
+use crate::kernel_options::KernelOptions;
 
 /// Planes per cube, all on one row: a decode step has as few rows as sequences, and one plane
 /// per row left the GPU waiting on a single plane's loads.
 const PLANES: usize = 4;
 
 /// `(x + branch, rms_norm(x + branch) * weight)` for `x`, `branch`: `[batch, len, d]` (without
-/// `branch`: `(x, rms_norm(x) * weight)`), or `None` when the tensors are not CUDA tensors.
+/// `branch`: `(x, rms_norm(x) * weight)`), or `None` when the tensors are not CUDA tensors or
+/// `kernels.cuda_fused` is off.
 #[allow(clippy::type_complexity)]
 pub fn add_rms_norm<B: Backend>(
     x: &Tensor<B, 3>,
     branch: Option<&Tensor<B, 3>>,
     weight: &Tensor<B, 1>,
     eps: f64,
+    kernels: &KernelOptions,
 ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
-    if !fused_enabled() {
+    if !kernels.cuda_fused {
         return None;
     }
     let xc = contiguous(as_cuda(x)?);

@@ -13,7 +13,8 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda};
+use crate::kernel_options::KernelOptions;
 
 /// Threads per cube.
 const THREADS: usize = 256;
@@ -21,7 +22,8 @@ const THREADS: usize = 256;
 /// The rotated queries `[batch, kv_heads, group * len, head_dim]`, after writing the rotated
 /// keys and the values of `qkv` into `k_cache` and `v_cache` (`[batch, kv_heads, slots,
 /// head_dim]`, contiguous) at slots `start..start + len`; `cos`, `sin`: `[batch, len, 1,
-/// head_dim]`. `None` (nothing written) when the tensors are not CUDA tensors of those layouts.
+/// head_dim]`. `None` (nothing written) when the tensors are not CUDA tensors of those layouts,
+/// or `kernels.cuda_fused` is off.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_into_cache<B: Backend>(
     qkv: &Tensor<B, 2>,
@@ -32,8 +34,9 @@ pub fn rope_into_cache<B: Backend>(
     heads: usize,
     kv_heads: usize,
     start: usize,
+    kernels: &KernelOptions,
 ) -> Option<Tensor<B, 4>> {
-    if !fused_enabled() {
+    if !kernels.cuda_fused {
         return None;
     }
     let [batch, len, _, head_dim] = cos.dims();

@@ -7,15 +7,16 @@ use burn::tensor::{Tensor, backend::Backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, fused_enabled, vector_size};
+use super::{Runtime, array_arg, as_cuda, contiguous, from_cuda, vector_size};
+use crate::kernel_options::KernelOptions;
 
 /// Threads per cube.
 const THREADS: usize = 256;
 
 /// `silu(gate) * up` for `gate_up: [rows, 2 * inner]` (gate first), `[rows, inner]`; `None` when
-/// it is not a CUDA tensor.
-pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    if !fused_enabled() {
+/// it is not a CUDA tensor or `kernels.cuda_fused` is off.
+pub fn swiglu<B: Backend>(gate_up: &Tensor<B, 2>, kernels: &KernelOptions) -> Option<Tensor<B, 2>> {
+    if !kernels.cuda_fused {
         return None;
     }
     let gu = contiguous(as_cuda(gate_up)?);

@@ -1,7 +1,8 @@
 //! Hugging Face model directories: `config.json` plus one `model.safetensors` or shards listed
 //! by `model.safetensors.index.json`.
 //!
-//! [`load`] reads such a directory onto a device; [`write_random`] writes one with random
+//! [`load`] reads such a directory's decoder configuration and weights onto a device;
+//! [`write_random`] writes one with random
 //! weights for any configuration, in `transformers`' tensor names and layout (`[out, in]`
 //! projections), so that the same directory loads in `transformers` for reference checks.
 
@@ -16,13 +17,17 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::llama::{Block, Embedding, Linear, Llama, Weights};
+use crate::llama::{Block, Embedding, Linear, Weights};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
 
-/// Loads the model in `dir` onto `device`, converting weights to the backend's float type.
-pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, ModelError> {
+/// The decoder configuration and weights of the model in `dir`, on `device`, converted to the
+/// backend's float type.
+pub fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(LlamaConfig, Weights<B>), ModelError> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(ModelError::format(
@@ -101,7 +106,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, Mode
         norm: upload_1d("model.norm.weight")?,
         lm_head,
     };
-    Ok(Llama::new(config, weights, device))
+    Ok((config, weights))
 }
 
 /// Maps the weight files into memory.

@@ -1,0 +1,123 @@
+use std::arch::x86_64::*;
+
+use super::{ByteRow, DenseRow, NibbleRow, Row};
+
+vector_products!("avx512f,avx2,fma", store, tile_rows: 2, tile_batch: 4);
+
+/// One weight row of blocks of 32.
+trait BlockRow {
+    fn blocks(&self) -> usize;
+
+    /// Block `b` as two vectors of sixteen weights.
+    ///
+    /// # Safety
+    /// Only on a CPU with avx512f; `b` below [`blocks`](Self::blocks).
+    unsafe fn block(&self, b: usize) -> [__m512; 2];
+}
+
+impl BlockRow for NibbleRow<'_> {
+    fn blocks(&self) -> usize {
+        self.scales.len()
+    }
+
+    #[inline(always)]
+    unsafe fn block(&self, b: usize) -> [__m512; 2] {
+        // SAFETY: the caller checked the CPU; the row holds 16 bytes per block.
+        unsafe {
+            let bytes = _mm_loadu_si128(self.quants.as_ptr().add(16 * b).cast());
+            let mask = _mm_set1_epi8(0x0F);
+            let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
+            let min = _mm512_set1_ps(*self.mins.get_unchecked(b));
+            let widen = |v: __m128i| {
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)), scale, min)
+            };
+            [
+                widen(_mm_and_si128(bytes, mask)),
+                widen(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask)),
+            ]
+        }
+    }
+}
+
+impl BlockRow for ByteRow<'_> {
+    fn blocks(&self) -> usize {
+        self.scales.len()
+    }
+
+    #[inline(always)]
+    unsafe fn block(&self, b: usize) -> [__m512; 2] {
+        // SAFETY: the caller checked the CPU; the row holds 32 bytes per block.
+        unsafe {
+            let at = self.quants.as_ptr().add(32 * b);
+            let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
+            let widen = |p: *const i8| {
+                let v = _mm_loadu_si128(p.cast());
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), scale)
+            };
+            [widen(at), widen(at.add(16))]
+        }
+    }
+}
+
+impl BlockRow for DenseRow<'_> {
+    fn blocks(&self) -> usize {
+        self.0.len() / 32
+    }
+
+    #[inline(always)]
+    unsafe fn block(&self, b: usize) -> [__m512; 2] {
+        // SAFETY: the caller checked the CPU; the row holds 32 values per block.
+        [0, 16].map(|k| unsafe { _mm512_loadu_ps(self.0.as_ptr().add(32 * b + k)) })
+    }
+}
+
+/// Writes a block's two vectors into `chunk` (32 values).
+#[inline(always)]
+fn store(chunk: &mut [f32], [low, high]: [__m512; 2]) {
+    assert_eq!(chunk.len(), 32);
+    // SAFETY: `chunk` holds 32 values.
+    unsafe {
+        _mm512_storeu_ps(chunk.as_mut_ptr(), low);
+        _mm512_storeu_ps(chunk.as_mut_ptr().add(16), high);
+    }
+}
+
+/// `out[r · stride + t] = rows[r] · x[t]` for `R` weight rows and `T` activation rows, in
+/// the lanes of the generic kernel. Returns `T`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn fused<W: BlockRow, const R: usize, const T: usize>(
+    rows: &[W; R],
+    x: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) -> usize {
+    let blocks = rows[0].blocks();
+    let cols = blocks * 32;
+    assert!(x.len() >= T * cols && out.len() > (R - 1) * stride + T - 1);
+    let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
+    for b in 0..blocks {
+        // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
+        let weights: [[__m512; 2]; R] = std::array::from_fn(|r| unsafe { rows[r].block(b) });
+        for t in 0..T {
+            // SAFETY: row `t` of `x` holds `cols` values (asserted above).
+            let [x0, x1] =
+                [0, 16].map(|k| unsafe { _mm512_loadu_ps(x.as_ptr().add(t * cols + b * 32 + k)) });
+            for (acc, [w0, w1]) in acc.iter_mut().zip(&weights) {
+                acc[t][0] = _mm512_fmadd_ps(*w0, x0, acc[t][0]);
+                acc[t][1] = _mm512_fmadd_ps(*w1, x1, acc[t][1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (t, [low, high]) in acc.iter().enumerate() {
+            // Lanes l and l + 16, then l and l + 8 (the upper 256 bits onto the lower).
+            let v = _mm512_add_ps(*low, *high);
+            let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let v = _mm256_add_ps(_mm512_castps512_ps256(v), upper);
+            let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            out[r * stride + t] = sum_halves_128!(v);
+        }
+    }
+    T
+}

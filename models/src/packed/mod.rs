@@ -1,0 +1,367 @@
+//! Quantized weight matrices kept packed in memory and multiplied on the CPU without
+//! dequantizing the whole matrix.
+//!
+//! Batch-1 decoding reads every weight once per token, so its speed is bounded by how many bytes
+//! the weights take: a Q4_1 matrix is about 0.6 bytes a weight, its f32 copy 4. A
+//! [`PackedMatrix`] keeps quantized blocks (with their scales widened to f32 at load time) and
+//! computes `x · Wᵀ` a tile of weight rows at a time. One or two activation rows are multiplied
+//! straight from the packed blocks; more, from the tile's rows dequantized once into a buffer
+//! that stays in L1. Either way a weight is read from memory once per matmul whatever the number
+//! of rows. Tasks of weight rows are shared between the calling thread and the helper threads
+//! of `crate::workers`, which stay awake between the matmuls of a decode step.
+//!
+//! Results are deterministic and independent of the batch: each output is one weight row's dot
+//! product with one activation row, accumulated in 32 lanes in a fixed order and summed by a
+//! fixed tree, whichever thread computes it, whatever else is in the batch and whichever tile
+//! it falls in. The kernel is compiled for AVX-512, for AVX2 with FMA and for the baseline
+//! target, and chosen at run time.
+//!
+//! - `storage`: how rows are held (nibble blocks, byte blocks, f32 rows);
+//! - `rows`: one row of a storage, borrowed as the kernels read it;
+//! - `kernels`: the products, one module per instruction set, and the choice among them.
+//!
+//! Exactness: a dequantized weight is `scale · q + min` computed with one rounding, which is
+//! the exact value of ggml's dequantization for Q4_0, Q4_1, Q4_K and Q8_0 (the products fit in
+//! f32's mantissa). Other types are stored as f32 rows.
+
+mod kernels;
+mod rows;
+mod storage;
+
+use crate::kernel_options::KernelOptions;
+use kernels::{LineAligned, MAX_TILE_ROWS};
+use rows::Row;
+use storage::{Storage, same_kind};
+
+/// Weight rows per task (a task's rows go to one thread).
+const ROWS_PER_TASK: usize = 32;
+
+/// A weight matrix `[rows, cols]` (one row per output, as checkpoints store projections).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    /// Consecutive row ranges, each in one storage (a fused projection can mix types).
+    groups: Vec<(usize, Storage)>,
+}
+
+impl PackedMatrix {
+    /// A matrix of nibble blocks: each block of 32 weights is `scale · q + min` with `q` in
+    /// `0..16`, its 16 bytes holding elements 0–15 in their low nibbles and 16–31 in their high
+    /// ones; blocks in row-major order, `cols / 32` a row.
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of 32, or the blocks are not `rows × cols / 32`.
+    pub fn from_nibbles(
+        scales: Vec<f32>,
+        mins: Vec<f32>,
+        quants: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        let blocks = Self::blocks(rows, cols);
+        assert!(
+            scales.len() == blocks && mins.len() == blocks && quants.len() == 16 * blocks,
+            "{blocks} nibble blocks for {rows}×{cols} weights"
+        );
+        let storage = Storage::Nibbles {
+            scales,
+            mins,
+            quants,
+        };
+        Self {
+            rows,
+            cols,
+            groups: vec![(rows, storage)],
+        }
+    }
+
+    /// A matrix of byte blocks: each block of 32 weights is `scale · q` with `q` a signed byte;
+    /// blocks in row-major order, `cols / 32` a row.
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of 32, or the blocks are not `rows × cols / 32`.
+    pub fn from_bytes(scales: Vec<f32>, quants: Vec<i8>, rows: usize, cols: usize) -> Self {
+        let blocks = Self::blocks(rows, cols);
+        assert!(
+            scales.len() == blocks && quants.len() == 32 * blocks,
+            "{blocks} byte blocks for {rows}×{cols} weights"
+        );
+        Self {
+            rows,
+            cols,
+            groups: vec![(rows, Storage::Bytes { scales, quants })],
+        }
+    }
+
+    /// The blocks of 32 of a `rows × cols` matrix.
+    fn blocks(rows: usize, cols: usize) -> usize {
+        assert!(
+            cols.is_multiple_of(32),
+            "rows of {cols} weights are not blocks of 32"
+        );
+        rows * cols / 32
+    }
+
+    /// A matrix of f32 rows.
+    ///
+    /// # Panics
+    /// If `values` does not hold `rows × cols` elements.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Self {
+        assert_eq!(values.len(), rows * cols, "{rows}×{cols} f32 values");
+        Self {
+            rows,
+            cols,
+            groups: vec![(rows, Storage::Dense(values))],
+        }
+    }
+
+    /// The matrices' rows one after the other (a fused projection).
+    ///
+    /// # Panics
+    /// If the parts differ in their number of columns.
+    pub fn stack(parts: Vec<PackedMatrix>) -> Self {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(
+            parts.iter().all(|p| p.cols == cols),
+            "stacked matrices differ in columns"
+        );
+        Self {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+            groups: parts.into_iter().flat_map(|p| p.groups).collect(),
+        }
+    }
+
+    /// The same matrix with its rows reordered: row `i` of the result is row `order[i]` of this.
+    ///
+    /// # Panics
+    /// If `order` is not a permutation of this matrix's rows.
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert_eq!(order.len(), self.rows, "a row order for {} rows", self.rows);
+        let mut groups: Vec<(usize, Storage)> = Vec::new();
+        for &row in order {
+            let (storage, index) = self.locate(row);
+            match groups.last_mut() {
+                Some((count, last)) if same_kind(last, storage) => {
+                    last.append_row(storage, index, self.cols);
+                    *count += 1;
+                }
+                _ => {
+                    let mut fresh = storage.empty_like();
+                    fresh.append_row(storage, index, self.cols);
+                    groups.push((1, fresh));
+                }
+            }
+        }
+        Self {
+            rows: self.rows,
+            cols: self.cols,
+            groups,
+        }
+    }
+
+    /// Number of rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the matrix takes in memory (what a matrix-vector product reads).
+    pub fn bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|(_, s)| match s {
+                Storage::Nibbles {
+                    scales,
+                    mins,
+                    quants,
+                } => 4 * (scales.len() + mins.len()) + quants.len(),
+                Storage::Bytes { scales, quants } => 4 * scales.len() + quants.len(),
+                Storage::Dense(values) => 4 * values.len(),
+            })
+            .sum()
+    }
+
+    /// Row `row` in f32 (an embedding lookup).
+    pub fn row(&self, row: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        let (storage, index) = self.locate(row);
+        // `scale · q` is exact in f32, so both roundings give the same weights.
+        kernels::generic::dequantize::<kernels::Separate>(storage.row(index, self.cols), &mut out);
+        out
+    }
+
+    /// Every row in f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.rows).flat_map(|r| self.row(r)).collect()
+    }
+
+    /// `x · Wᵀ`: `x` holds `n` rows of [`cols`](Self::cols) values; the result holds `n` rows of
+    /// [`rows`](Self::rows) values. `options.cpu_matmul_kernel` picks the kernel.
+    ///
+    /// # Panics
+    /// If `x` does not hold `n` rows.
+    pub fn matmul(&self, x: &[f32], n: usize, options: &KernelOptions) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "{n} rows of {} values", self.cols);
+        if n == 0 {
+            return Vec::new();
+        }
+        let (_, products) = kernels::chosen(options.cpu_matmul_kernel.as_deref());
+        let mut aligned_x = LineAligned::zeros(x.len());
+        aligned_x.as_mut_slice().copy_from_slice(x);
+        let x = aligned_x.as_slice();
+        // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
+        let mut transposed = vec![0f32; self.rows * n];
+        let mut tasks: Vec<&mut [f32]> = transposed.chunks_mut(ROWS_PER_TASK * n).collect();
+        crate::workers::for_each_mut(
+            &mut tasks,
+            || {
+                let buffer = LineAligned::zeros(MAX_TILE_ROWS * self.cols);
+                (buffer, Vec::with_capacity(ROWS_PER_TASK))
+            },
+            |(buffer, rows), task, out| {
+                let first = task * ROWS_PER_TASK;
+                rows.clear();
+                rows.extend(self.rows_in(first..first + out.len() / n));
+                products(rows, x, n, buffer.as_mut_slice(), out);
+            },
+        );
+        let mut result = vec![0f32; n * self.rows];
+        for (r, column) in transposed.chunks_exact(n).enumerate() {
+            for (b, &value) in column.iter().enumerate() {
+                result[b * self.rows + r] = value;
+            }
+        }
+        result
+    }
+
+    /// Rows `range` in order, as the kernels read them.
+    fn rows_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = Row<'_>> {
+        let mut group_start = 0;
+        self.groups.iter().flat_map(move |(count, storage)| {
+            let group = group_start..group_start + count;
+            group_start += count;
+            let rows = range.start.max(group.start)..range.end.min(group.end);
+            rows.map(move |row| storage.row(row - group.start, self.cols))
+        })
+    }
+
+    /// The storage holding `row` and the row's index within it.
+    fn locate(&self, mut row: usize) -> (&Storage, usize) {
+        for (count, storage) in &self.groups {
+            if row < *count {
+                return (storage, row);
+            }
+            row -= count;
+        }
+        panic!("row beyond a {}-row matrix", self.rows)
+    }
+}
+
+/// The name of the packed-matmul kernel `options` choose on this CPU (for benchmark reports).
+pub fn kernel_name(options: &KernelOptions) -> &'static str {
+    kernels::chosen(options.cpu_matmul_kernel.as_deref()).0
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A matrix of nibble blocks with varied scales, minimums and nibbles.
+    pub(crate) fn nibble_matrix(rows: usize, cols: usize) -> PackedMatrix {
+        let blocks = rows * cols / 32;
+        let scales = (0..blocks).map(|b| 0.01 + 0.003 * (b % 7) as f32).collect();
+        let mins = (0..blocks).map(|b| -0.05 + 0.01 * (b % 5) as f32).collect();
+        let quants = (0..blocks)
+            .flat_map(|b| (0..16).map(move |j| ((b * 7 + j * 13) % 256) as u8))
+            .collect();
+        PackedMatrix::from_nibbles(scales, mins, quants, rows, cols)
+    }
+
+    /// `x · Wᵀ` in f64, rounded once.
+    pub(crate) fn reference(
+        weights: &[f32],
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        (0..n)
+            .flat_map(|b| {
+                (0..rows).map(move |r| {
+                    (0..cols)
+                        .map(|c| f64::from(weights[r * cols + c]) * f64::from(x[b * cols + c]))
+                        .sum::<f64>() as f32
+                })
+            })
+            .collect()
+    }
+
+    /// `n` rows of `cols` varied activations.
+    pub(crate) fn activations(n: usize, cols: usize) -> Vec<f32> {
+        (0..n * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect()
+    }
+
+    #[test]
+    fn tiles_never_mix_storage_kinds() {
+        // Q4_1, f32 and Q8_0 rows in runs of 3, 1 and 2: no run fills a tile of four, and every
+        // tile boundary falls inside a run of one kind or between kinds.
+        let cols = 64;
+        let q8: Vec<i8> = (0..2 * cols / 32)
+            .flat_map(|b| (0..32).map(move |j| ((b * 19 + j * 23) % 256) as u8 as i8))
+            .collect();
+        let dense: Vec<f32> = (0..cols).map(|i| (i as f32 - 30.0) / 40.0).collect();
+        let parts = vec![
+            nibble_matrix(3, cols),
+            PackedMatrix::from_f32(dense, 1, cols),
+            PackedMatrix::from_bytes(vec![0.05; 2 * cols / 32], q8, 2, cols),
+        ];
+        let stacked = PackedMatrix::stack(parts);
+        let weights = stacked.to_f32();
+        for n in [1, 2, 5, 8] {
+            let x = activations(n, cols);
+            let got = stacked.matmul(&x, n, &KernelOptions::default());
+            let want = reference(&weights, &x, stacked.rows(), cols, n);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "n={n}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_the_rest_of_the_batch() {
+        let (rows, cols) = (40, 64);
+        let packed = nibble_matrix(rows, cols);
+        let x = activations(7, cols);
+        let options = KernelOptions::default();
+        let batch = packed.matmul(&x, 7, &options);
+        for b in 0..7 {
+            let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
+            assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        }
+    }
+
+    #[test]
+    fn stacking_and_permuting_rows_moves_whole_rows() {
+        let cols = 64;
+        let a = nibble_matrix(4, cols);
+        let dense: Vec<f32> = (0..2 * cols).map(|i| i as f32).collect();
+        let b = PackedMatrix::from_f32(dense.clone(), 2, cols);
+        let stacked = PackedMatrix::stack(vec![a.clone(), b]);
+        assert_eq!((stacked.rows(), stacked.cols()), (6, cols));
+        let order = [5, 0, 3, 4, 1, 2];
+        let permuted = stacked.permute_rows(&order);
+        for (i, &from) in order.iter().enumerate() {
+            assert_eq!(permuted.row(i), stacked.row(from));
+        }
+        assert_eq!(permuted.row(0), dense[cols..]);
+        assert_eq!(permuted.row(1), a.row(0));
+    }
+}
