@@ -14,9 +14,11 @@
 //!   logging one-liners;
 //! - [`OptionsSchema`]: declare options once (type, default, description, minimum), publish the
 //!   schema from `describe`, and parse `run`'s options against it with the defaults filled in;
-//! - [`scoring`]: the DRPO reward of a candidate prompt (base answer, aspect selection, judge)
-//!   and the optimizer's proposals, in as few batched calls as possible, with the node details
-//!   the viewer shows;
+//! - [`engine`]: the DRPO scoring engine (the library's [`drpo::engine`]): the reward of a
+//!   candidate prompt (base answer, aspect selection, judge), the optimizer's proposals and the
+//!   one [`Stop`] type, so every strategy is scored the same way; [`Settings`] declares its
+//!   request options;
+//! - [`testing`]: a scripted host for native tests;
 //! - the whole DRPO library as [`drpo`] (aspects, meta-prompts, tolerant parsing, rewards).
 //!
 //! `templates/strategy` is a complete strategy to copy; `docs/writing-a-strategy.md` walks
@@ -27,18 +29,19 @@
 mod component;
 mod ext;
 mod options;
-pub mod scoring;
-pub mod testing;
+mod settings;
 
 pub use component::ComponentHost;
 pub use drpo;
-pub use drpo::estimate::RoleEstimate;
+pub use drpo::engine::{self, Stop};
+pub use drpo::testing;
 pub use drpo::types::{
     Completion, Example, Host, Info, LlmError, LogLevel, Message, Node, Outcome, Prompt, Query,
-    Request, Role, Sampling, Usage,
+    Request, Role, RoleEstimate, Sampling, Usage,
 };
 pub use ext::{HostExt, Typed, chat_request};
 pub use options::{OptionsSchema, parse_with_schema};
+pub use settings::Settings;
 
 /// The version of the `drpo:strategy` contract this kit builds plugins for.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -47,8 +50,8 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub mod prelude {
     pub use crate::{
         Completion, ComponentHost, Example, Host, HostExt, Info, LlmError, LogLevel, Message, Node,
-        OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate, Sampling, Strategy,
-        Typed, chat_request, export_strategy,
+        OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate, Sampling, Settings,
+        Stop, Strategy, Typed, chat_request, export_strategy,
     };
 }
 

@@ -3,8 +3,8 @@
 //! the same query, and return the best. Replace `search` with your own idea; keep it generic
 //! over `Host` so that `cargo test` can run it against `drpo_kit::testing::ScriptedHost`.
 
+use drpo_kit::engine::Scorer;
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Scorer, Settings, Stopped};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -31,10 +31,10 @@ fn schema() -> OptionsSchema {
 fn search<H: Host>(host: &mut H, options: &Options, queries: &[Query]) -> Result<Outcome, String> {
     let query = queries.first().ok_or("no training queries")?.clone();
     let mut scorer = Scorer::new(
-        options.requests.request_options(options.candidates),
+        options.requests.request_settings(options.candidates),
         Vec::new(),
     );
-    let stopped = |Stopped(why)| format!("stopped: {why}");
+    let stopped = |why: Stop| format!("stopped: {why}");
 
     let start = options.requests.initial_system_prompt.clone();
     let root = scorer

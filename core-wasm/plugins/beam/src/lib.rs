@@ -1,10 +1,16 @@
 //! `beam.wasm`: the DRPO beam-search strategy as a WebAssembly component.
 //!
-//! All DRPO logic lives in the `drpo` library, where it is unit-tested natively; the plugin kit
-//! turns it into the component's exports and gives it the host's imports.
+//! The beam search ([`search`]), its options ([`options`]) and its projection ([`estimate`])
+//! live here; what a node is worth (aspect selection, judging, reward, the stop rule) is the
+//! DRPO library's scoring engine (`drpo::engine`). The plugin kit turns the search into the
+//! component's exports and gives it the host's imports.
 
-use drpo_kit::drpo::{estimate, options::Options, search};
+pub mod estimate;
+pub mod options;
+pub mod search;
+
 use drpo_kit::prelude::*;
+use options::Options;
 
 /// The exported strategy.
 struct Beam;

@@ -12,12 +12,11 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::options::Options as RequestOptions;
-use drpo_kit::drpo::outcome::{Judgements, Stop};
+use drpo_kit::drpo::icl::BASELINE_PROMPT;
 use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::engine::{Judgements, RequestSettings, complete_batch, request_sizes};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -84,7 +83,7 @@ pub fn schema() -> OptionsSchema {
         .integer("seed", 0, 0, "Seed of every request.")
         .integer(
             "judge_max_tokens",
-            RequestOptions::default().judge_max_tokens.into(),
+            RequestSettings::default().judge_max_tokens.into(),
             1,
             "Token limit of a judgement.",
         )
@@ -176,10 +175,10 @@ pub fn judge<H: Host>(
     sets: &[&[Answered]],
     options: &Options,
 ) -> Result<Vec<Vec<Verdict>>, String> {
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         seed: options.seed,
         judge_max_tokens: options.judge_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
     let mut batch = Vec::new();
     for set in sets {
@@ -190,19 +189,19 @@ pub fn judge<H: Host>(
                 &answered.answer,
                 &aspects,
                 reasoning(is_harmful(answered)),
-                &request_options,
+                &settings,
             ));
         }
     }
     let wanted = batch.len();
     let mut results = match complete_batch(host, batch) {
         Ok(results) => results.into_iter(),
-        Err(Stopped(Stop::BudgetExhausted)) => {
+        Err(Stop::BudgetExhausted) => {
             return Err(format!(
                 "the budget ran out before all {wanted} answers were judged"
             ));
         }
-        Err(Stopped(stop)) => return Err(format!("the answers could not be judged: {stop}")),
+        Err(stop) => return Err(format!("the answers could not be judged: {stop}")),
     };
     let mut verdicts = Vec::with_capacity(sets.len());
     for set in sets {
@@ -503,11 +502,11 @@ fn align(first: &[Answered], mut second: Vec<Answered>) -> Result<Vec<Answered>,
 /// One judge request per answer, nothing else.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let judged = (options.answers.len() + options.compare.len()) as u64;
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         judge_max_tokens: options.judge_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
-    drpo_kit::drpo::estimate::estimate(&request_options)
+    request_sizes(&settings, BASELINE_PROMPT, LINEAGE_WINDOW)
         .into_iter()
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {

@@ -6,8 +6,9 @@
 //! natively.
 
 use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
+use drpo_kit::engine::{Evaluation, Scorer, Stop, request_sizes};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Evaluation, Scorer, Settings, Stop, Stopped};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -55,17 +56,21 @@ pub fn schema() -> OptionsSchema {
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let steps = u64::from(options.steps);
     let judged = u64::from(options.eval_queries);
-    drpo_kit::drpo::estimate::estimate(&options.requests.request_options(1))
-        .into_iter()
-        .map(|mut e| {
-            (e.min_calls, e.max_calls) = match e.role {
-                Role::Base | Role::Judge => (judged, (1 + steps) * judged),
-                Role::Metrics => (1, judged),
-                Role::Optimizer => (steps, steps),
-            };
-            e
-        })
-        .collect()
+    request_sizes(
+        &options.requests.request_settings(1),
+        &options.requests.initial_system_prompt,
+        LINEAGE_WINDOW,
+    )
+    .into_iter()
+    .map(|mut e| {
+        (e.min_calls, e.max_calls) = match e.role {
+            Role::Base | Role::Judge => (judged, (1 + steps) * judged),
+            Role::Metrics => (1, judged),
+            Role::Optimizer => (steps, steps),
+        };
+        e
+    })
+    .collect()
 }
 
 /// One prompt tried, with its mean reward over the evaluation queries.
@@ -92,7 +97,7 @@ pub fn search<H: Host>(
     if eval.is_empty() {
         return Err("no training queries to search with".into());
     }
-    let mut scorer = Scorer::new(options.requests.request_options(1), examples);
+    let mut scorer = Scorer::new(options.requests.request_settings(1), examples);
     let root = options.requests.initial_system_prompt.clone();
     let mut tried = Vec::new();
     let evaluations = match judge(host, &mut scorer, &root, &eval) {
@@ -116,7 +121,7 @@ pub fn search<H: Host>(
                 best = id;
             }
             Ok(_) => {}
-            Err(Stopped(why)) => {
+            Err(why) => {
                 host.warn(format!(
                     "search stopped early: {why}; returning the best so far"
                 ));
@@ -160,7 +165,7 @@ fn judge<H: Host>(
     scorer: &mut Scorer,
     prompt: &str,
     eval: &[Query],
-) -> Result<Vec<Evaluation>, Stopped> {
+) -> Result<Vec<Evaluation>, Stop> {
     let candidates: Vec<(String, Query)> = eval
         .iter()
         .map(|q| (prompt.to_owned(), q.clone()))
@@ -178,7 +183,7 @@ fn take_step<H: Host>(
     options: &Options,
     eval: &[Query],
     step: u32,
-) -> Result<Option<usize>, Stopped> {
+) -> Result<Option<usize>, Stop> {
     let mut request = prompts::optimizer_request("", "", "", "", &[], scorer.options());
     request.prompt = Prompt::Chat(vec![Message::new(
         "user",

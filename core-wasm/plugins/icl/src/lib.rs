@@ -24,13 +24,15 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::icl::{answer_rewrite_prompt, answer_rewrite_schema, wrap_answer};
-use drpo_kit::drpo::options::Options as RequestOptions;
-use drpo_kit::drpo::outcome::{Judgements, Stop};
+use drpo_kit::drpo::icl::{
+    BASELINE_PROMPT, answer_rewrite_prompt, answer_rewrite_schema, wrap_answer,
+};
 use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::engine::{
+    Judgements, RequestSettings, Selection, complete_batch, parse_selection_answer, request_sizes,
+};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Stopped, complete_batch};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -60,7 +62,7 @@ pub struct Options {
 
 /// The options, their defaults and bounds.
 pub fn schema() -> OptionsSchema {
-    let defaults = RequestOptions::default();
+    let defaults = RequestSettings::default();
     OptionsSchema::new("In-context example optimization options")
         .integer("num_iters", 5, 0, "Most rewrites per example.")
         .integer(
@@ -192,18 +194,10 @@ struct Work {
     finished: bool,
 }
 
-/// The critic's aspects for one query, and where they came from (`cache`, `model`, or
-/// `fallback` when the critic's answer was unusable).
-struct Selection {
-    aspects: Vec<&'static Aspect>,
-    reasoning: String,
-    source: &'static str,
-}
-
 /// Everything the run needs between phases.
 struct Optimizer<'h, H: Host> {
     host: &'h mut H,
-    options: RequestOptions,
+    options: RequestSettings,
     next_node: u32,
     /// The metrics cache the run was given.
     cache: &'h BTreeMap<String, Value>,
@@ -216,7 +210,7 @@ struct Optimizer<'h, H: Host> {
 impl<H: Host> Optimizer<'_, H> {
     /// The critic's aspects for each query: from the metrics cache when it knows the query,
     /// else asked in one batch (the general-quality aspects when the answer is unusable).
-    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stopped> {
+    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stop> {
         let cached: Vec<Option<Selection>> = queries.iter().map(|q| self.cached(q)).collect();
         let batch = queries
             .iter()
@@ -238,7 +232,11 @@ impl<H: Host> Optimizer<'_, H> {
         for (query, known) in queries.iter().zip(cached) {
             let selection = match known {
                 Some(selection) => selection,
-                None => self.absorb_selection(query, answers.next()),
+                // `complete_batch` answers every request: one answer per unknown query.
+                None => match answers.next() {
+                    Some(answer) => self.absorb_selection(query, answer),
+                    None => Selection::fallback(self.host, "no answer from the host"),
+                },
             };
             selections.push(selection);
         }
@@ -249,11 +247,7 @@ impl<H: Host> Optimizer<'_, H> {
     fn cached(&mut self, query: &str) -> Option<Selection> {
         let entry = self.cache.get(query)?;
         match parse::parse_cached_selection(entry, MAX_ASPECTS) {
-            Ok(selection) => Some(Selection {
-                aspects: selection.aspects,
-                reasoning: selection.reasoning,
-                source: "cache",
-            }),
+            Ok(selection) => Some(Selection::parsed(selection, "cache")),
             Err(e) => {
                 self.host.warn(format!(
                     "metrics cache entry for {query:?} unusable ({e}); asking the critic"
@@ -264,45 +258,14 @@ impl<H: Host> Optimizer<'_, H> {
     }
 
     /// The critic's answer for `query` as a selection, kept for the metrics cache when usable.
-    fn absorb_selection(
-        &mut self,
-        query: &str,
-        answer: Option<Result<Completion, LlmError>>,
-    ) -> Selection {
-        let parsed = match answer {
-            Some(Ok(c)) => c
-                .choices
-                .first()
-                .ok_or_else(|| "empty completion".to_owned())
-                .and_then(|text| parse::extract_object(text))
-                .and_then(|o| {
-                    parse::parse_aspect_selection_at_most(&o, MAX_ASPECTS).map(|sel| (o, sel))
-                }),
-            Some(Err(e)) => Err(format!("the call failed: {e}")),
-            None => Err("no answer from the host".to_owned()),
-        };
-        match parsed {
+    fn absorb_selection(&mut self, query: &str, answer: Result<Completion, LlmError>) -> Selection {
+        match parse_selection_answer(answer, MAX_ASPECTS) {
             Ok((object, selection)) => {
                 self.new_cache
                     .insert(query.to_owned(), Value::Object(object));
-                Selection {
-                    aspects: selection.aspects,
-                    reasoning: selection.reasoning,
-                    source: "model",
-                }
+                Selection::parsed(selection, "model")
             }
-            Err(e) => {
-                self.host.warn(format!(
-                    "aspects for {query:?} unusable ({e}); using the general-quality aspects"
-                ));
-                Selection {
-                    aspects: aspects::fallback(),
-                    reasoning: "The critic's choice failed, so the general-quality aspects are \
-                                used."
-                        .to_owned(),
-                    source: "fallback",
-                }
-            }
+            Err(e) => Selection::fallback(self.host, &e),
         }
     }
 
@@ -312,7 +275,7 @@ impl<H: Host> Optimizer<'_, H> {
         work: &[Work],
         answers: Vec<(usize, String, Option<u32>)>,
         depth: u32,
-    ) -> Result<Vec<(usize, Candidate)>, Stopped> {
+    ) -> Result<Vec<(usize, Candidate)>, Stop> {
         let batch = answers
             .iter()
             .map(|(i, answer, _)| {
@@ -374,11 +337,7 @@ impl<H: Host> Optimizer<'_, H> {
 
     /// One rewrite of each example's latest answer, from its critique; examples whose rewrite
     /// is unusable get none.
-    fn rewrite(
-        &mut self,
-        work: &[Work],
-        active: &[usize],
-    ) -> Result<Vec<(usize, String)>, Stopped> {
+    fn rewrite(&mut self, work: &[Work], active: &[usize]) -> Result<Vec<(usize, String)>, Stop> {
         let batch = active
             .iter()
             .map(|&i| {
@@ -440,12 +399,12 @@ pub fn optimize<H: Host>(
     }
     let mut optimizer = Optimizer {
         host,
-        options: RequestOptions {
+        options: RequestSettings {
             seed: options.seed,
             metrics_max_tokens: options.metrics_max_tokens,
             judge_max_tokens: options.judge_max_tokens,
             optimizer_max_tokens: options.optimizer_max_tokens,
-            ..RequestOptions::default()
+            ..RequestSettings::default()
         },
         next_node: 0,
         cache: &options.metrics_cache,
@@ -453,7 +412,7 @@ pub fn optimize<H: Host>(
         judgements: Judgements::default(),
     };
     let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
-    let stop = |why: Stopped| format!("the examples could not be judged: {why}");
+    let stop = |why: Stop| format!("the examples could not be judged: {why}");
     let selections = optimizer.select(&queries).map_err(stop)?;
     let mut work: Vec<Work> = examples
         .iter()
@@ -496,7 +455,7 @@ pub fn optimize<H: Host>(
         });
         let judged = match step {
             Ok(judged) => judged,
-            Err(Stopped(why)) => {
+            Err(why) => {
                 optimizer.host.warn(format!(
                     "stopped in round {round}: {why}; keeping the best so far"
                 ));
@@ -560,13 +519,13 @@ pub fn optimize<H: Host>(
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let examples = u64::from(options.num_samples.max(1));
     let iters = u64::from(options.num_iters);
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         metrics_max_tokens: options.metrics_max_tokens,
         judge_max_tokens: options.judge_max_tokens,
         optimizer_max_tokens: options.optimizer_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
-    drpo_kit::drpo::estimate::estimate(&request_options)
+    request_sizes(&settings, BASELINE_PROMPT, LINEAGE_WINDOW)
         .into_iter()
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {

@@ -8,8 +8,9 @@
 pub mod search;
 pub mod tree;
 
+use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
+use drpo_kit::engine::request_sizes;
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::Settings;
 use serde::Deserialize;
 
 /// The options `run` accepts; defaults and bounds come from [`schema`].
@@ -62,22 +63,26 @@ pub fn schema() -> OptionsSchema {
 /// each iteration expands at most one node (one optimizer request, `width` answers and
 /// judgements); aspect selection is once per query, and a path of `depth + 1` levels reaches at
 /// most that many queries. Fewest: only the root's expansion (every later selection may reach a
-/// leaf at the depth limit). Token sizes are the DRPO prompts' ([`drpo_kit::drpo::estimate`]).
+/// leaf at the depth limit). Token sizes are the DRPO prompts' ([`request_sizes`]).
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let iterations = u64::from(options.iterations);
     let width = u64::from(options.width);
     let levels = u64::from(options.depth) + 1;
-    drpo_kit::drpo::estimate::estimate(&options.requests.request_options(options.width))
-        .into_iter()
-        .map(|mut e| {
-            (e.min_calls, e.max_calls) = match e.role {
-                Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
-                Role::Metrics => (1, levels.min(1 + iterations)),
-                Role::Optimizer => (1, iterations),
-            };
-            e
-        })
-        .collect()
+    request_sizes(
+        &options.requests.request_settings(options.width),
+        &options.requests.initial_system_prompt,
+        LINEAGE_WINDOW,
+    )
+    .into_iter()
+    .map(|mut e| {
+        (e.min_calls, e.max_calls) = match e.role {
+            Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
+            Role::Metrics => (1, levels.min(1 + iterations)),
+            Role::Optimizer => (1, iterations),
+        };
+        e
+    })
+    .collect()
 }
 
 /// The exported strategy.

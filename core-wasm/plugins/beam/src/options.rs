@@ -1,9 +1,11 @@
 //! The options of the DRPO beam search: every published CLI default, the extra switches this
 //! implementation adds, parsing with validation, and the JSON Schema `describe` returns.
 
+use std::collections::BTreeMap;
+
+use drpo_kit::drpo::engine::RequestSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
 
 /// The options `run` accepts. Missing fields take the published defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,7 +47,7 @@ pub struct Options {
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// Restore the published reaction to an unusable judgement: treat it as a skip that also
-    /// grants an extra level. Off by default; see [`crate::reward::SkipReason::NoJudgement`].
+    /// grants an extra level. Off by default; see [`drpo_kit::drpo::reward::SkipReason::NoJudgement`].
     pub unusable_judgement_extends_depth: bool,
     /// Aspect selections already known, in the published cache shape
     /// `{query text: {query_analysis, aspects_selection}}`. A cached query costs no call.
@@ -64,7 +66,7 @@ impl Default for Options {
             num_training_examples: 180,
             ret_icl: true,
             k: 2,
-            initial_system_prompt: crate::icl::BASELINE_PROMPT.to_string(),
+            initial_system_prompt: drpo_kit::drpo::icl::BASELINE_PROMPT.to_string(),
             seed: 0,
             sequential: false,
             base_max_tokens: 2048,
@@ -192,6 +194,21 @@ impl Options {
             .map_err(|e| format!("invalid options: {e}"))?;
         options.validate()?;
         Ok(options)
+    }
+
+    /// What the search's requests are sent with.
+    pub fn request_settings(&self) -> RequestSettings {
+        RequestSettings {
+            seed: self.seed,
+            temperature: self.temperature,
+            optimizer_top_p: self.optimizer_top_p,
+            n_actions: self.n_actions,
+            base_max_tokens: self.base_max_tokens,
+            metrics_max_tokens: self.metrics_max_tokens,
+            judge_max_tokens: self.judge_max_tokens,
+            optimizer_max_tokens: self.optimizer_max_tokens,
+            k: self.k,
+        }
     }
 
     /// Checks the values that the types alone do not bound.
