@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::types::{
-    Completion, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
+    Completion, Example, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -49,6 +49,10 @@ pub struct ScriptedHost {
     /// The key of the optimizer's answer that holds what `propose` wrote (default
     /// `new_system_prompt`; a strategy that rewrites answers asks for another).
     pub optimizer_field: String,
+    /// The training queries a strategy under test is given (none unless set).
+    pub queries: Vec<Query>,
+    /// The in-context examples a strategy under test is given (none unless set).
+    pub examples: Vec<Example>,
     /// The choices given to each request answered, by the request's JSON.
     answered: HashMap<String, Vec<String>>,
 }
@@ -70,6 +74,8 @@ impl ScriptedHost {
             budget: None,
             reject: None,
             optimizer_field: "new_system_prompt".into(),
+            queries: Vec::new(),
+            examples: Vec::new(),
             answered: HashMap::new(),
         }
     }

@@ -109,6 +109,64 @@ impl OptionsSchema {
     }
 }
 
+/// A strategy's options as one Rust type, which `run` receives parsed and `describe` publishes
+/// as a JSON Schema. Declare the options once, as a struct deriving `Deserialize`, `Serialize`,
+/// `Default` and `schemars::JsonSchema` with `#[serde(default)]` and
+/// `#[schemars(crate = "drpo_kit::schemars", title = "...")]`, and implement this trait with
+/// [`derived_schema`]: each field's doc comment is its description, its value in `Default` its
+/// default, and `#[schemars(range(min = ...))]` its minimum.
+pub trait StrategyOptions: Sized {
+    /// The JSON Schema `describe` publishes (closed: unknown options are refused).
+    fn schema() -> Value;
+
+    /// Parses `run`'s options; by default against [`StrategyOptions::schema`], with
+    /// [`parse_with_schema`].
+    fn parse(options: &str) -> Result<Self, String>
+    where
+        Self: DeserializeOwned,
+    {
+        parse_with_schema(&Self::schema(), options)
+    }
+}
+
+/// The options schema of a type declared as [`StrategyOptions`] describes: the title is the
+/// type's `#[schemars(title = "...")]`; each property keeps its JSON type, description
+/// and minimum, and takes its default from `T::default()` (so the fields of a
+/// `#[serde(flatten)]` group take the defaults of the strategy that includes them).
+pub fn derived_schema<T: schemars::JsonSchema + serde::Serialize + Default>() -> Value {
+    let generated = schemars::schema_for!(T).to_value();
+    let defaults = serde_json::to_value(T::default()).unwrap_or(Value::Null);
+    let title = generated["title"].as_str().unwrap_or_default();
+    let mut schema = OptionsSchema::new(title);
+    let empty = Map::new();
+    for (name, generated) in generated["properties"].as_object().unwrap_or(&empty) {
+        let mut property = Map::new();
+        let kind = generated["type"].as_str().unwrap_or("object");
+        property.insert("type".into(), json!(kind));
+        match kind {
+            // Data a strategy takes through its options: lists and maps of JSON objects.
+            "array" => {
+                property.insert("items".into(), json!({"type": "object"}));
+            }
+            "object" => {
+                property.insert("additionalProperties".into(), json!({"type": "object"}));
+            }
+            _ => {}
+        }
+        if let Some(default) = defaults.get(name) {
+            property.insert("default".into(), default.clone());
+        }
+        if let Some(minimum) = generated.get("minimum") {
+            property.insert("minimum".into(), minimum.clone());
+        }
+        if let Some(description) = generated.get("description") {
+            property.insert("description".into(), description.clone());
+        }
+        schema = schema.with(name, Value::Object(property));
+    }
+    schema.to_value()
+}
+
 /// Parses an options object against any JSON Schema of `type: object`: an empty text or `null`
 /// means `{}`; every property's `default` fills a missing option; an option the schema does not
 /// list, a value of the wrong JSON type, or one below its `minimum` is an error naming the

@@ -4,79 +4,52 @@
 
 use drpo::engine::RequestSettings;
 use drpo::icl::BASELINE_PROMPT;
-use serde::Deserialize;
-
-use crate::OptionsSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// The request settings every DRPO-scored search shares, as options: put them in a strategy's
-/// options struct with `#[serde(flatten)]` and in its schema with [`Settings::add_to`].
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// options struct with `#[serde(flatten)]`. Their defaults are the published ones, the
+/// optimizer's temperature the strategy's own (set it in the strategy's `Default`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct Settings {
-    /// The prompt the search starts from.
+    /// The system prompt the search starts from.
     pub initial_system_prompt: String,
     /// Seed of every request.
     pub seed: u64,
-    /// The optimizer's sampling temperature.
+    /// Sampling temperature of the optimizer.
+    #[schemars(range(min = 0.0))]
     pub temperature: f64,
     /// Token limit of a base-model answer.
+    #[schemars(range(min = 1))]
     pub base_max_tokens: u32,
     /// Token limit of an aspect selection.
+    #[schemars(range(min = 1))]
     pub metrics_max_tokens: u32,
     /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
+    #[schemars(range(min = 1))]
     pub optimizer_max_tokens: u32,
-    /// In-context examples the base model sees: the first `k` of the pool.
+    /// In-context examples the base model sees: the first k of the pool.
+    #[schemars(range(min = 1))]
     pub k: u32,
 }
 
 impl Settings {
-    /// Adds the settings to `schema`; `temperature` is the optimizer's default temperature.
-    pub fn add_to(schema: OptionsSchema, temperature: f64) -> OptionsSchema {
+    /// The published settings, the optimizer sampling at `temperature`.
+    pub fn with_temperature(temperature: f64) -> Self {
         let defaults = RequestSettings::default();
-        schema
-            .string(
-                "initial_system_prompt",
-                BASELINE_PROMPT,
-                "The system prompt the search starts from.",
-            )
-            .integer("seed", 0, 0, "Seed of every request.")
-            .number(
-                "temperature",
-                temperature,
-                0.0,
-                "Sampling temperature of the optimizer.",
-            )
-            .integer(
-                "base_max_tokens",
-                defaults.base_max_tokens.into(),
-                1,
-                "Token limit of a base-model answer.",
-            )
-            .integer(
-                "metrics_max_tokens",
-                defaults.metrics_max_tokens.into(),
-                1,
-                "Token limit of an aspect selection.",
-            )
-            .integer(
-                "judge_max_tokens",
-                defaults.judge_max_tokens.into(),
-                1,
-                "Token limit of a judgement.",
-            )
-            .integer(
-                "optimizer_max_tokens",
-                defaults.optimizer_max_tokens.into(),
-                1,
-                "Token limit of each optimizer candidate.",
-            )
-            .integer(
-                "k",
-                defaults.k.into(),
-                1,
-                "In-context examples the base model sees: the first k of the pool.",
-            )
+        Settings {
+            initial_system_prompt: BASELINE_PROMPT.to_owned(),
+            seed: defaults.seed,
+            temperature,
+            base_max_tokens: defaults.base_max_tokens,
+            metrics_max_tokens: defaults.metrics_max_tokens,
+            judge_max_tokens: defaults.judge_max_tokens,
+            optimizer_max_tokens: defaults.optimizer_max_tokens,
+            k: defaults.k,
+        }
     }
 
     /// The engine's request settings for these options, the optimizer writing `candidates`

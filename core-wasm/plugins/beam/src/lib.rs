@@ -16,31 +16,24 @@ use options::Options;
 struct Beam;
 
 impl Strategy for Beam {
-    fn describe() -> Info {
-        Info {
-            name: "beam".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            description: "DRPO (Dynamic Rewarding with Prompt Optimization) beam search: from an \
-initial system prompt, each level answers one training query with the base model, judges the \
-answer on the aspects a metrics model picked for that query, and has an optimizer write \
-n_actions better prompts for every beam that is not already good (mean score above 4.5); the \
-best beam_size paths by mean reward survive. Returns the best prompt, its path's mean reward, \
-the path and the new metrics-cache entries."
-                .to_string(),
-            options_schema: Options::schema(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "beam";
+    const DESCRIPTION: &'static str = "DRPO (Dynamic Rewarding with Prompt Optimization) beam \
+search: from an initial system prompt, each level answers one training query with the base \
+model, judges the answer on the aspects a metrics model picked for that query, and has an \
+optimizer write n_actions better prompts for every beam that is not already good (mean score \
+above 4.5); the best beam_size paths by mean reward survive. Returns the best prompt, its path's \
+mean reward, the path and the new metrics-cache entries.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options = Options::from_json(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         let examples = host.examples();
         let result = search::run(host, &options, &queries, &examples)?;
         Ok(result.to_outcome())
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate::estimate(&Options::from_json(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate::estimate(options))
     }
 }
 

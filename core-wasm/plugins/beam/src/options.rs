@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use drpo_kit::StrategyOptions;
 use drpo_kit::drpo::engine::RequestSettings;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -240,9 +241,13 @@ impl Options {
             Err(problems.join("; "))
         }
     }
+}
 
+/// Beam's options keep their own parser, which names every unknown option and checks the
+/// bounds the schema cannot state (`optimizer_top_p` in (0, 1]).
+impl StrategyOptions for Options {
     /// The JSON Schema of the options object, with each option's default and description.
-    pub fn schema() -> String {
+    fn schema() -> Value {
         let defaults = serde_json::to_value(Options::default()).unwrap_or(Value::Null);
         let mut properties = Map::new();
         for (name, ty, description) in DESCRIPTIONS {
@@ -266,7 +271,10 @@ impl Options {
             "additionalProperties": false,
             "properties": properties,
         })
-        .to_string()
+    }
+
+    fn parse(options: &str) -> Result<Self, String> {
+        Options::from_json(options)
     }
 }
 
@@ -334,7 +342,7 @@ mod tests {
 
     #[test]
     fn schema_describes_every_field_with_its_default() {
-        let schema: Value = serde_json::from_str(&Options::schema()).unwrap();
+        let schema = Options::schema();
         let props = schema["properties"].as_object().unwrap();
         let defaults = serde_json::to_value(Options::default()).unwrap();
         let fields = defaults.as_object().unwrap();

@@ -522,25 +522,25 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Eval;
 
 impl Strategy for Eval {
-    fn describe() -> Info {
-        Info {
-            name: "eval".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Multi-aspect evaluation: the judge rates every answer 1-5 with a \
+    type Options = Options;
+    const NAME: &'static str = "eval";
+    const DESCRIPTION: &'static str = "Multi-aspect evaluation: the judge rates every answer 1-5 with a \
 rationale on helpfulness, clarity, factuality, depth and engagement, or on safety when the query \
 is tagged harmful; reports each aspect's mean and spread, and compares two sets of answers to the \
-same queries. The answers come in the options `answers` and `compare` (drpo-host eval fills them)."
-                .into(),
-            options_schema: schema().to_json(),
-        }
+same queries. The answers come in the options `answers` and `compare` (drpo-host eval fills them).";
+
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
+        evaluate(host, &options)
     }
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        evaluate(host, &schema().parse(options)?)
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
+}
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        schema().to_value()
     }
 }
 

@@ -257,26 +257,26 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Generate;
 
 impl Strategy for Generate {
-    fn describe() -> Info {
-        Info {
-            name: "generate".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Answers queries in the published DRPO inference format: the system \
+    type Options = Options;
+    const NAME: &'static str = "generate";
+    const DESCRIPTION: &'static str = "Answers queries in the published DRPO inference format: the system \
 prompt, then the k in-context examples nearest each query by embedding similarity, then the \
 query; the base model answers all queries in one batch. The queries, the system prompt and the \
 examples come in the options (drpo-host generate fills them); the answers are in the outcome's \
-details."
-                .into(),
-            options_schema: schema().to_json(),
-        }
+details.";
+
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
+        generate(host, &options)
     }
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        generate(host, &schema().parse(options)?)
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
+}
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        schema().to_value()
     }
 }
 

@@ -9,45 +9,47 @@ use drpo_kit::drpo::prompts;
 use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
 use drpo_kit::engine::{Evaluation, Scorer, Stop, request_sizes};
 use drpo_kit::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The options `run` accepts; defaults and bounds come from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "OPRO-style greedy search options"
+)]
+#[serde(default)]
 pub struct Options {
-    /// New prompts to try, one per step.
+    /// New prompts to try, one optimizer call each.
+    #[schemars(range(min = 1))]
     pub steps: u32,
-    /// Training queries every prompt is judged on (the first ones the host gives).
+    /// Training queries every prompt is judged on.
+    #[schemars(range(min = 1))]
     pub eval_queries: u32,
-    /// Most scored prompts shown to the optimizer (the best ones).
+    /// Most scored prompts shown to the optimizer (the best).
+    #[schemars(range(min = 1))]
     pub trajectory: u32,
     /// Seed, token limits, the optimizer's temperature, the initial prompt.
     #[serde(flatten)]
     pub requests: Settings,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    let schema = OptionsSchema::new("OPRO-style greedy search options")
-        .integer(
-            "steps",
-            8,
-            1,
-            "New prompts to try, one optimizer call each.",
-        )
-        .integer(
-            "eval_queries",
-            2,
-            1,
-            "Training queries every prompt is judged on.",
-        )
-        .integer(
-            "trajectory",
-            8,
-            1,
-            "Most scored prompts shown to the optimizer (the best).",
-        );
-    Settings::add_to(schema, 1.0)
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            steps: 8,
+            eval_queries: 2,
+            trajectory: 8,
+            requests: Settings::with_temperature(1.0),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The calls per role: the initial prompt and each step's candidate are answered and judged on
@@ -282,28 +284,21 @@ changes\", \"new_system_prompt\": \"the complete new system prompt\"}}\n",
 struct Greedy;
 
 impl Strategy for Greedy {
-    fn describe() -> Info {
-        Info {
-            name: "greedy".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "OPRO-style greedy prompt search scored with DRPO's reward: every step \
-shows the optimizer the best prompts so far with their scores (lowest first) and the judge's \
-notes on the best one, asks for one new prompt, and judges it on the same eval_queries training \
-queries; the best prompt is kept."
-                .into(),
-            options_schema: schema().to_json(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "greedy";
+    const DESCRIPTION: &'static str = "OPRO-style greedy prompt search scored with DRPO's \
+reward: every step shows the optimizer the best prompts so far with their scores (lowest first) \
+and the judge's notes on the best one, asks for one new prompt, and judges it on the same \
+eval_queries training queries; the best prompt is kept.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         let examples = host.examples();
         search(host, &options, &queries, examples)
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 
@@ -315,7 +310,7 @@ mod tests {
     use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(steps: u32) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
+        let mut options = Options::default();
         options.steps = steps;
         options
     }

@@ -546,27 +546,26 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Icl;
 
 impl Strategy for Icl {
-    fn describe() -> Info {
-        Info {
-            name: "icl".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "DRPO's in-context example optimization: a strict critic chooses 3-6 \
+    type Options = Options;
+    const NAME: &'static str = "icl";
+    const DESCRIPTION: &'static str = "DRPO's in-context example optimization: a strict critic chooses 3-6 \
 aspects per example query and judges the answer; an optimizer rewrites it for up to num_iters \
 rounds, keeping the best by score sum (ties to the newer) and stopping early at all fives. The \
-run directory gets examples.json ({query: answer}) for run/generate --examples."
-                .into(),
-            options_schema: schema().to_json(),
-        }
-    }
+run directory gets examples.json ({query: answer}) for run/generate --examples.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let examples = host.examples();
         optimize(host, &options, examples)
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        schema().to_value()
     }
 }
 

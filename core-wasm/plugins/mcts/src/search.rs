@@ -186,7 +186,7 @@ mod tests {
     use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(iterations: u32, depth: u32, width: u32) -> Options {
-        let mut options: Options = crate::schema().parse("{}").unwrap();
+        let mut options = Options::default();
         (options.iterations, options.depth, options.width) = (iterations, depth, width);
         options
     }
