@@ -337,3 +337,74 @@ mod tests {
         assert_eq!(value["properties"]["iterations"]["minimum"], 1);
     }
 }
+
+#[cfg(test)]
+mod derived {
+    use super::*;
+    use crate::Settings;
+    use serde::{Deserialize, Serialize};
+
+    /// Doc comments are descriptions; this line is not the title.
+    #[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+    #[schemars(title = "Sample options")]
+    #[serde(default)]
+    struct Sample {
+        /// Steps to take.
+        #[schemars(range(min = 1))]
+        steps: u32,
+        /// Data taken through the options.
+        items: Vec<Value>,
+        /// The shared request settings.
+        #[serde(flatten)]
+        requests: Settings,
+    }
+
+    impl Default for Sample {
+        fn default() -> Self {
+            Sample {
+                steps: 4,
+                items: Vec::new(),
+                requests: Settings::with_temperature(0.5),
+            }
+        }
+    }
+
+    impl StrategyOptions for Sample {
+        fn schema() -> Value {
+            derived_schema::<Self>()
+        }
+    }
+
+    #[test]
+    fn the_derived_schema_is_the_builders() {
+        let schema = Sample::schema();
+        assert_eq!(schema["title"], "Sample options");
+        assert_eq!(schema["additionalProperties"], false);
+        let built = OptionsSchema::new("Sample options")
+            .integer("steps", 4, 1, "Steps to take.")
+            .array("items", "Data taken through the options.")
+            .to_value();
+        for name in ["steps", "items"] {
+            assert_eq!(
+                schema["properties"][name], built["properties"][name],
+                "{name}"
+            );
+        }
+        // A flattened group takes the including type's defaults.
+        assert_eq!(schema["properties"]["temperature"]["default"], 0.5);
+        assert_eq!(schema["properties"]["temperature"]["minimum"], 0.0);
+        assert_eq!(schema["properties"]["k"]["minimum"], 1);
+    }
+
+    #[test]
+    fn parsing_fills_defaults_and_names_what_is_wrong() {
+        let sample = Sample::parse(r#"{"steps": 2, "seed": 7}"#).unwrap();
+        assert_eq!((sample.steps, sample.requests.seed), (2, 7));
+        assert_eq!(sample.requests.temperature, 0.5);
+        let wrong = Sample::parse(r#"{"steps": 0, "stpes": 1}"#).unwrap_err();
+        assert!(
+            wrong.contains("stpes") && wrong.contains("steps"),
+            "{wrong}"
+        );
+    }
+}

@@ -3,41 +3,44 @@
 
 use std::collections::BTreeMap;
 
-use drpo_kit::StrategyOptions;
 use drpo_kit::drpo::engine::RequestSettings;
+use drpo_kit::{JsonSchema, StrategyOptions, derived_schema};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-/// The options `run` accepts. Missing fields take the published defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums). Missing fields take the published defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "drpo_kit::schemars", title = "DRPO beam search options")]
 #[serde(default)]
 pub struct Options {
-    /// Candidate prompts per expansion (the optimizer's `n`).
+    /// Candidate prompts the optimizer writes per expansion (its n).
+    #[schemars(range(min = 1))]
     pub n_actions: u32,
-    /// The optimizer's sampling temperature.
+    /// Sampling temperature of the optimizer.
     pub temperature: f64,
-    /// The optimizer's nucleus mass.
+    /// Nucleus mass of the optimizer.
     pub optimizer_top_p: f64,
-    /// Initial maximum path length (root included).
+    /// Initial maximum path length, the root included.
+    #[schemars(range(min = 1))]
     pub depth: u32,
     /// Beam width; 1 ranks paths by their last reward, more by their mean reward.
+    #[schemars(range(min = 1))]
     pub beam_size: u32,
-    /// Most extra levels that skips may add to `depth`.
+    /// Most extra levels that skipped (already good) steps may add to depth, one per level.
     pub max_depth_increase: u32,
-    /// How many training queries the run may use (the host samples them; the search uses at
-    /// most this many of the ones it is given).
+    /// Training queries to use; the host samples them, the search uses at most this many.
     pub num_training_examples: u32,
-    /// Retrieve in-context examples by embedding similarity; otherwise use the first `k`.
+    /// Retrieve in-context examples by embedding similarity; otherwise use the first k.
     pub ret_icl: bool,
-    /// How many in-context examples the base model sees (at least 1): the `k` most similar, or
-    /// the first `k` of the pool without retrieval.
+    /// In-context examples per query: the k most similar, or the first k without retrieval.
+    #[schemars(range(min = 1))]
     pub k: u32,
-    /// The prompt the search starts from.
+    /// The system prompt the search starts from.
     pub initial_system_prompt: String,
-    /// Seed of every request, and of the host's query shuffle.
+    /// Seed of every request and of the query shuffle.
     pub seed: u64,
-    /// Send one request per `complete` call, as the published code does, instead of one batch
-    /// per phase of a level.
+    /// Send one request per call like the published code, instead of batching each level.
     pub sequential: bool,
     /// Token limit of a base-model answer.
     pub base_max_tokens: u32,
@@ -47,11 +50,9 @@ pub struct Options {
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
-    /// Restore the published reaction to an unusable judgement: treat it as a skip that also
-    /// grants an extra level. Off by default; see [`drpo_kit::drpo::reward::SkipReason::NoJudgement`].
+    /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
     pub unusable_judgement_extends_depth: bool,
-    /// Aspect selections already known, in the published cache shape
-    /// `{query text: {query_analysis, aspects_selection}}`. A cached query costs no call.
+    /// Known aspect selections, {query text: {query_analysis, aspects_selection}}.
     pub metrics_cache: BTreeMap<String, Value>,
 }
 
@@ -80,96 +81,6 @@ impl Default for Options {
     }
 }
 
-/// One line per option for the schema: name, JSON type, description.
-const DESCRIPTIONS: [(&str, &str, &str); 18] = [
-    (
-        "n_actions",
-        "integer",
-        "Candidate prompts the optimizer writes per expansion (its n).",
-    ),
-    (
-        "temperature",
-        "number",
-        "Sampling temperature of the optimizer.",
-    ),
-    (
-        "optimizer_top_p",
-        "number",
-        "Nucleus mass of the optimizer.",
-    ),
-    (
-        "depth",
-        "integer",
-        "Initial maximum path length, the root included.",
-    ),
-    (
-        "beam_size",
-        "integer",
-        "Beam width; 1 ranks paths by their last reward, more by their mean reward.",
-    ),
-    (
-        "max_depth_increase",
-        "integer",
-        "Most extra levels that skipped (already good) steps may add to depth, one per level.",
-    ),
-    (
-        "num_training_examples",
-        "integer",
-        "Training queries to use; the host samples them, the search uses at most this many.",
-    ),
-    (
-        "ret_icl",
-        "boolean",
-        "Retrieve in-context examples by embedding similarity; otherwise use the first k.",
-    ),
-    (
-        "k",
-        "integer",
-        "In-context examples per query: the k most similar, or the first k without retrieval.",
-    ),
-    (
-        "initial_system_prompt",
-        "string",
-        "The system prompt the search starts from.",
-    ),
-    (
-        "seed",
-        "integer",
-        "Seed of every request and of the query shuffle.",
-    ),
-    (
-        "sequential",
-        "boolean",
-        "Send one request per call like the published code, instead of batching each level.",
-    ),
-    (
-        "base_max_tokens",
-        "integer",
-        "Token limit of a base-model answer.",
-    ),
-    (
-        "metrics_max_tokens",
-        "integer",
-        "Token limit of an aspect selection.",
-    ),
-    ("judge_max_tokens", "integer", "Token limit of a judgement."),
-    (
-        "optimizer_max_tokens",
-        "integer",
-        "Token limit of each optimizer candidate.",
-    ),
-    (
-        "unusable_judgement_extends_depth",
-        "boolean",
-        "Published behaviour: an unusable judgement counts as a skip that grants an extra level.",
-    ),
-    (
-        "metrics_cache",
-        "object",
-        "Known aspect selections, {query text: {query_analysis, aspects_selection}}.",
-    ),
-];
-
 impl Options {
     /// Parses an options object. An empty string or `null` means all defaults. Unknown option
     /// names are an error that lists every one of them; so are out-of-range values.
@@ -183,10 +94,11 @@ impl Options {
         let Value::Object(map) = value else {
             return Err("options must be a JSON object".to_string());
         };
+        let schema = <Options as StrategyOptions>::schema();
         let unknown: Vec<&str> = map
             .keys()
             .map(String::as_str)
-            .filter(|k| !DESCRIPTIONS.iter().any(|(name, _, _)| name == k))
+            .filter(|k| schema["properties"].get(*k).is_none())
             .collect();
         if !unknown.is_empty() {
             return Err(format!("unknown option(s): {}", unknown.join(", ")));
@@ -243,34 +155,12 @@ impl Options {
     }
 }
 
-/// Beam's options keep their own parser, which names every unknown option and checks the
-/// bounds the schema cannot state (`optimizer_top_p` in (0, 1]).
+/// Beam's options keep their own parser, which checks the bounds the schema cannot state
+/// (`optimizer_top_p` in (0, 1]).
 impl StrategyOptions for Options {
     /// The JSON Schema of the options object, with each option's default and description.
     fn schema() -> Value {
-        let defaults = serde_json::to_value(Options::default()).unwrap_or(Value::Null);
-        let mut properties = Map::new();
-        for (name, ty, description) in DESCRIPTIONS {
-            let mut prop = json!({ "type": ty, "description": description });
-            if let Some(default) = defaults.get(name) {
-                prop["default"] = default.clone();
-            }
-            if ty == "integer" {
-                prop["minimum"] = json!(0);
-            }
-            properties.insert(name.to_string(), prop);
-        }
-        for name in ["n_actions", "depth", "beam_size", "k"] {
-            properties[name]["minimum"] = json!(1);
-        }
-        properties["metrics_cache"]["additionalProperties"] = json!({ "type": "object" });
-        json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "DRPO beam search options",
-            "type": "object",
-            "additionalProperties": false,
-            "properties": properties,
-        })
+        derived_schema::<Self>()
     }
 
     fn parse(options: &str) -> Result<Self, String> {

@@ -17,7 +17,7 @@ use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
 use drpo_kit::engine::{Judgements, RequestSettings, complete_batch, request_sizes};
 use drpo_kit::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The aspects of an ordinary query.
@@ -50,12 +50,18 @@ pub struct Answered {
     pub tags: Vec<String>,
 }
 
-/// The options `run` accepts; defaults from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "Multi-aspect evaluation options"
+)]
+#[serde(default)]
 pub struct Options {
-    /// The answers to judge.
+    /// The answers to judge: {id, query, answer, tags} objects.
     pub answers: Vec<Value>,
-    /// A second set of answers to the same queries, judged the same way and compared.
+    /// A second set of answers to the same queries (by id), compared with the first.
     pub compare: Vec<Value>,
     /// The first set's name in the report.
     pub label: String,
@@ -64,29 +70,27 @@ pub struct Options {
     /// Seed of every request.
     pub seed: u64,
     /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    OptionsSchema::new("Multi-aspect evaluation options")
-        .array(
-            "answers",
-            "The answers to judge: {id, query, answer, tags} objects.",
-        )
-        .array(
-            "compare",
-            "A second set of answers to the same queries (by id), compared with the first.",
-        )
-        .string("label", "A", "The first set's name in the report.")
-        .string("compare_label", "B", "The second set's name in the report.")
-        .integer("seed", 0, 0, "Seed of every request.")
-        .integer(
-            "judge_max_tokens",
-            RequestSettings::default().judge_max_tokens.into(),
-            1,
-            "Token limit of a judgement.",
-        )
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            answers: Vec::new(),
+            compare: Vec::new(),
+            label: "A".to_owned(),
+            compare_label: "B".to_owned(),
+            seed: 0,
+            judge_max_tokens: RequestSettings::default().judge_max_tokens,
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The aspects `answered` is judged on.
@@ -538,12 +542,6 @@ same queries. The answers come in the options `answers` and `compare` (drpo-host
     }
 }
 
-impl StrategyOptions for Options {
-    fn schema() -> Value {
-        schema().to_value()
-    }
-}
-
 export_strategy!(Eval);
 
 #[cfg(test)]
@@ -562,10 +560,11 @@ mod tests {
     }
 
     fn options(first: Vec<Value>, second: Vec<Value>) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.answers = first;
-        options.compare = second;
-        options
+        Options {
+            answers: first,
+            compare: second,
+            ..Options::default()
+        }
     }
 
     /// The judge gives 4 to answers that say "good", 2 otherwise, on every aspect asked.

@@ -310,9 +310,10 @@ mod tests {
     use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(steps: u32) -> Options {
-        let mut options = Options::default();
-        options.steps = steps;
-        options
+        Options {
+            steps,
+            ..Options::default()
+        }
     }
 
     /// The judge scores a prompt by its length in words (capped at 5); the optimizer writes the

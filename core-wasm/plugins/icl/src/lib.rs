@@ -33,7 +33,7 @@ use drpo_kit::engine::{
     Judgements, RequestSettings, Selection, complete_batch, parse_selection_answer, request_sizes,
 };
 use drpo_kit::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Fewest aspects the critic chooses.
@@ -41,61 +41,53 @@ pub const MIN_ASPECTS: usize = 3;
 /// Most aspects the critic chooses.
 pub const MAX_ASPECTS: usize = 6;
 
-/// The options `run` accepts; defaults from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "In-context example optimization options"
+)]
+#[serde(default)]
 pub struct Options {
     /// Most rewrites per example.
     pub num_iters: u32,
-    /// How many examples to optimize (the first ones); 0: all.
+    /// How many examples to optimize, the first ones; 0 for all.
     pub num_samples: u32,
     /// Seed of every request.
     pub seed: u64,
     /// Token limit of an aspect selection.
+    #[schemars(range(min = 1))]
     pub metrics_max_tokens: u32,
     /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
-    /// Token limit of a rewrite.
+    /// Token limit of a rewritten answer.
+    #[schemars(range(min = 1))]
     pub optimizer_max_tokens: u32,
-    /// Known aspect choices of the critic, `{query: aspect selection}`.
+    /// Known aspect choices of the critic, {query: {query_analysis, aspects_selection}}; --metrics-cache-path fills it (keep a file apart from the beam search's: the critic chooses 3-6 aspects).
     pub metrics_cache: BTreeMap<String, Value>,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    let defaults = RequestSettings::default();
-    OptionsSchema::new("In-context example optimization options")
-        .integer("num_iters", 5, 0, "Most rewrites per example.")
-        .integer(
-            "num_samples",
-            0,
-            0,
-            "How many examples to optimize, the first ones; 0 for all.",
-        )
-        .integer("seed", 0, 0, "Seed of every request.")
-        .integer(
-            "metrics_max_tokens",
-            defaults.metrics_max_tokens.into(),
-            1,
-            "Token limit of an aspect selection.",
-        )
-        .integer(
-            "judge_max_tokens",
-            defaults.judge_max_tokens.into(),
-            1,
-            "Token limit of a judgement.",
-        )
-        .integer(
-            "optimizer_max_tokens",
-            defaults.optimizer_max_tokens.into(),
-            1,
-            "Token limit of a rewritten answer.",
-        )
-        .object_map(
-            "metrics_cache",
-            "Known aspect choices of the critic, {query: {query_analysis, aspects_selection}}; \
-             --metrics-cache-path fills it (keep a file apart from the beam search's: the \
-             critic chooses 3-6 aspects).",
-        )
+impl Default for Options {
+    fn default() -> Self {
+        let requests = RequestSettings::default();
+        Options {
+            num_iters: 5,
+            num_samples: 0,
+            seed: requests.seed,
+            metrics_max_tokens: requests.metrics_max_tokens,
+            judge_max_tokens: requests.judge_max_tokens,
+            optimizer_max_tokens: requests.optimizer_max_tokens,
+            metrics_cache: BTreeMap::new(),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The critic's framing, put before the judge's usual instructions (our wording of the
@@ -563,12 +555,6 @@ run directory gets examples.json ({query: answer}) for run/generate --examples."
     }
 }
 
-impl StrategyOptions for Options {
-    fn schema() -> Value {
-        schema().to_value()
-    }
-}
-
 export_strategy!(Icl);
 
 #[cfg(test)]
@@ -630,9 +616,10 @@ mod tests {
     }
 
     fn options(num_iters: u32) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.num_iters = num_iters;
-        options
+        Options {
+            num_iters,
+            ..Options::default()
+        }
     }
 
     fn example(answer: &str) -> Vec<Example> {
