@@ -13,7 +13,7 @@ use drpo_kit::drpo::engine::request_sizes;
 
 use crate::options::Options;
 
-/// The projection for a beam search with `options`, in [`Role::ALL`] order.
+/// The projection for a beam search with `options`, in [`drpo_kit::Role::ALL`] order.
 pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let levels_min = options
         .depth

@@ -4,7 +4,7 @@
 //! - Level *d* uses one query, `queries[d + 1]`, for every beam; the root answers `queries[0]`
 //!   under the initial prompt. A new prompt is therefore scored on the query *after* the one whose
 //!   feedback produced it.
-//! - A node is expanded by the skip rule ([`crate::reward::decide`]): a skip keeps the prompt as
+//! - A node is expanded by the skip rule ([`drpo_kit::drpo::reward::decide`]): a skip keeps the prompt as
 //!   the only child and may grant one more level (at most one per level, at most
 //!   `max_depth_increase` in all); otherwise the optimizer writes `n_actions` new prompts.
 //! - Paths are ranked by the mean of their per-step rewards (the last reward when the beam is 1);
