@@ -402,14 +402,14 @@ fn schema_constrained_answers_parse() {
 #[test]
 fn schema_constrained_answers_to_the_drpo_meta_prompts_parse() {
     use drpo::aspects::CATALOGUE;
-    use drpo::options::Options;
+    use drpo::engine::RequestSettings;
     use drpo::{parse, prompts, types};
     use drpo_models::structured::shortest_document;
 
     let query = "How do I keep basil alive on a windowsill?";
     let answer = "Water it when the top of the soil is dry and give it six hours of sun.";
     let aspects: Vec<&'static drpo::aspects::Aspect> = CATALOGUE.iter().take(3).collect();
-    let options = Options::default();
+    let options = RequestSettings::default();
     let drpo_requests = [
         prompts::aspect_selection_request(query, &options),
         prompts::judge_request(

@@ -15,7 +15,7 @@
 
 use serde_json::json;
 
-use crate::options::Options;
+use crate::engine::RequestSettings;
 use crate::types::{Example, Message, Prompt, Request, Role, Sampling};
 
 /// The stop strings of every base-model request.
@@ -125,7 +125,7 @@ pub fn base_request(
     system_prompt: &str,
     examples: &[&Example],
     query: &str,
-    options: &Options,
+    settings: &RequestSettings,
 ) -> Request {
     let (system, user) = base_prompt_parts(system_prompt, examples, query);
     Request {
@@ -137,9 +137,9 @@ pub fn base_request(
         sampling: Sampling {
             temperature: 0.0,
             top_p: 1.0,
-            max_tokens: options.base_max_tokens,
+            max_tokens: settings.base_max_tokens,
             n: 1,
-            seed: options.seed,
+            seed: settings.seed,
             stop: STOP.iter().map(|s| s.to_string()).collect(),
         },
         json_schema: None,
@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn the_base_request_is_a_system_and_a_user_message_that_join_into_the_raw_text() {
         let a = ex("Q1?", "A1");
-        let request = base_request("P", &[&a], "q", &Options::default());
+        let request = base_request("P", &[&a], "q", &RequestSettings::default());
         let (s, u) = base_prompt_parts("P", &[&a], "q");
         assert_eq!(
             request.prompt,

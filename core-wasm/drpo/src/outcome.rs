@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::parse::Judgement;
-use crate::types::{Completion, LlmError, Role};
+use crate::types::{Completion, LlmError, Outcome, Role};
 
 /// Why a run ended before it finished; the strategy returns its best result so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,22 @@ impl Stop {
             Some(Stop::RoleFailed { role, error }) => {
                 json!({"kind": "role-failed", "role": role.name(), "error": error})
             }
+        }
+    }
+
+    /// The outcome of a search stopped before its first prompt was scored: that prompt, no
+    /// score, and why, so the host writes the results and names the cause in its exit code.
+    pub fn before_any_score(&self, prompt: String, judgements: Judgements) -> Outcome {
+        Outcome {
+            best_prompt: Some(prompt),
+            best_score: None,
+            best_path: Vec::new(),
+            details: json!({
+                "stopped": self.to_string(),
+                "stop": Stop::details(Some(self)),
+                "judgements": judgements,
+            })
+            .to_string(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! the choice it justifies, and a rationale before its score.
 
 use crate::aspects::{Aspect, CATALOGUE};
-use crate::options::Options;
+use crate::engine::RequestSettings;
 use crate::types::{Message, Prompt, Request, Role, Sampling};
 
 /// How many of the path's most recent prompts (the current one included) the optimizer sees.
@@ -300,16 +300,16 @@ fn user_only(text: String) -> Prompt {
 }
 
 /// The request selecting the aspects for a query (greedy, as published).
-pub fn aspect_selection_request(query: &str, options: &Options) -> Request {
+pub fn aspect_selection_request(query: &str, settings: &RequestSettings) -> Request {
     Request {
         role: Role::Metrics,
         prompt: user_only(aspect_selection_prompt(query)),
         sampling: Sampling {
             temperature: 0.0,
             top_p: 1.0,
-            max_tokens: options.metrics_max_tokens,
+            max_tokens: settings.metrics_max_tokens,
             n: 1,
-            seed: options.seed,
+            seed: settings.seed,
             stop: Vec::new(),
         },
         json_schema: Some(aspect_selection_schema()),
@@ -322,7 +322,7 @@ pub fn judge_request(
     answer: &str,
     aspects: &[&Aspect],
     reasoning: &str,
-    options: &Options,
+    settings: &RequestSettings,
 ) -> Request {
     Request {
         role: Role::Judge,
@@ -330,9 +330,9 @@ pub fn judge_request(
         sampling: Sampling {
             temperature: 0.0,
             top_p: 1.0,
-            max_tokens: options.judge_max_tokens,
+            max_tokens: settings.judge_max_tokens,
             n: 1,
-            seed: options.seed,
+            seed: settings.seed,
             stop: Vec::new(),
         },
         json_schema: Some(judge_schema(aspects)),
@@ -347,7 +347,7 @@ pub fn optimizer_request(
     answer: &str,
     evaluation: &str,
     path_prompts: &[String],
-    options: &Options,
+    settings: &RequestSettings,
 ) -> Request {
     Request {
         role: Role::Optimizer,
@@ -359,11 +359,11 @@ pub fn optimizer_request(
             path_prompts,
         )),
         sampling: Sampling {
-            temperature: options.temperature as f32,
-            top_p: options.optimizer_top_p as f32,
-            max_tokens: options.optimizer_max_tokens,
-            n: options.n_actions,
-            seed: options.seed,
+            temperature: settings.temperature as f32,
+            top_p: settings.optimizer_top_p as f32,
+            max_tokens: settings.optimizer_max_tokens,
+            n: settings.n_actions,
+            seed: settings.seed,
             stop: Vec::new(),
         },
         json_schema: Some(optimizer_schema()),
@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn requests_use_the_published_sampling() {
-        let o = Options::default();
+        let o = RequestSettings::default();
         let a = [find("Clarity").unwrap()];
         let m = aspect_selection_request("q", &o);
         assert_eq!(

@@ -230,3 +230,18 @@ pub trait Host {
     /// Writes a line to the run's log.
     fn log(&mut self, level: LogLevel, message: String);
 }
+
+/// The expected use of one role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleEstimate {
+    /// The role.
+    pub role: Role,
+    /// Fewest requests a run can make.
+    pub min_calls: u64,
+    /// Most requests a run can make.
+    pub max_calls: u64,
+    /// Rough prompt tokens of one request.
+    pub prompt_tokens_per_call: u64,
+    /// Most completion tokens of one request (its token limit times its choices).
+    pub max_completion_tokens_per_call: u64,
+}

@@ -4,7 +4,7 @@
 
 use crate::bindings::drpo::strategy::host as imports;
 use crate::bindings::drpo::strategy::types as wit;
-use crate::{RoleEstimate, Strategy};
+use crate::{RoleEstimate, Strategy, StrategyHost, StrategyOptions};
 use drpo::types as lib;
 
 /// The host's imports, as seen from inside a running component. It implements [`lib::Host`],
@@ -13,15 +13,12 @@ pub struct ComponentHost {
     _private: (),
 }
 
-impl ComponentHost {
-    /// The training queries, in the order the run uses them (the host sampled and shuffled
-    /// them from the run's seed).
-    pub fn queries(&mut self) -> Vec<lib::Query> {
+impl StrategyHost for ComponentHost {
+    fn queries(&mut self) -> Vec<lib::Query> {
         imports::queries().into_iter().map(query).collect()
     }
 
-    /// The pool of in-context examples.
-    pub fn examples(&mut self) -> Vec<lib::Example> {
+    fn examples(&mut self) -> Vec<lib::Example> {
         imports::examples().into_iter().map(example).collect()
     }
 }
@@ -65,19 +62,19 @@ impl lib::Host for ComponentHost {
     }
 }
 
-/// The `describe` export of `S`.
-pub fn describe<S: Strategy>() -> wit::Info {
-    let info = S::describe();
+/// The `describe` export of `S`; `version` is the plugin crate's.
+pub fn describe<S: Strategy>(version: &str) -> wit::Info {
     wit::Info {
-        name: info.name,
-        version: info.version,
-        description: info.description,
-        options_schema: info.options_schema,
+        name: S::NAME.to_owned(),
+        version: version.to_owned(),
+        description: S::DESCRIPTION.to_owned(),
+        options_schema: S::Options::schema().to_string(),
     }
 }
 
 /// The `run` export of `S`.
 pub fn run<S: Strategy>(options: &str) -> Result<wit::Outcome, String> {
+    let options = S::Options::parse(options)?;
     let outcome = S::run(&mut ComponentHost { _private: () }, options)?;
     Ok(wit::Outcome {
         best_prompt: outcome.best_prompt,
@@ -89,7 +86,7 @@ pub fn run<S: Strategy>(options: &str) -> Result<wit::Outcome, String> {
 
 /// The `estimate` export of `S`.
 pub fn estimate<S: Strategy>(options: &str) -> Result<Vec<wit::RoleEstimate>, String> {
-    Ok(S::estimate(options)?
+    Ok(S::estimate(&S::Options::parse(options)?)?
         .into_iter()
         .map(|e: RoleEstimate| wit::RoleEstimate {
             role: role(e.role),

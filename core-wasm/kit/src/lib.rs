@@ -1,22 +1,27 @@
 //! `drpo-kit`: write a `drpo-host` search strategy in plain Rust.
 //!
-//! A strategy implements [`Strategy`] and exports itself with [`export_strategy!`]; built for
+//! A strategy implements [`Strategy`] against the [`StrategyHost`] trait and exports itself
+//! with [`export_strategy!`]; built for
 //! `wasm32-wasip2` the crate is a component of the `drpo:strategy` contract
 //! (`wit/strategy.wit`), ready for `drpo-host run --strategy`. The kit pins the contract version
 //! (the WIT file is compiled in), so a plugin states the version it was built for and the host
 //! can refuse an incompatible one by name.
 //!
 //! What the kit gives a strategy:
-//! - the host's imports as a value, [`ComponentHost`], which implements the DRPO library's
-//!   [`Host`] trait: write the search generic over `H: Host` and test it natively with a
-//!   scripted host, no WebAssembly involved;
+//! - the host's imports as a value, [`ComponentHost`], which implements [`StrategyHost`] (the
+//!   DRPO library's [`Host`] and the run's data): write the search generic over
+//!   `H: StrategyHost` and test it natively with [`testing::ScriptedHost`], no WebAssembly
+//!   involved;
 //! - [`HostExt`]: batched completion with answers parsed into serde types, node recording,
 //!   logging one-liners;
-//! - [`OptionsSchema`]: declare options once (type, default, description, minimum), publish the
-//!   schema from `describe`, and parse `run`'s options against it with the defaults filled in;
-//! - [`scoring`]: the DRPO reward of a candidate prompt (base answer, aspect selection, judge)
-//!   and the optimizer's proposals, in as few batched calls as possible, with the node details
-//!   the viewer shows;
+//! - [`StrategyOptions`]: declare options once, as a type whose JSON Schema is derived
+//!   ([`derived_schema`]: doc comments as descriptions, `Default` as defaults, minimums from
+//!   `#[schemars(range(min = ...))]`); `run` receives them parsed, with the defaults filled in;
+//! - [`engine`]: the DRPO scoring engine (the library's [`drpo::engine`]): the reward of a
+//!   candidate prompt (base answer, aspect selection, judge), the optimizer's proposals and the
+//!   one [`Stop`] type, so every strategy is scored the same way; [`Settings`] declares its
+//!   request options;
+//! - [`testing`]: a scripted host for native tests;
 //! - the whole DRPO library as [`drpo`] (aspects, meta-prompts, tolerant parsing, rewards).
 //!
 //! `templates/strategy` is a complete strategy to copy; `docs/writing-a-strategy.md` walks
@@ -27,18 +32,20 @@
 mod component;
 mod ext;
 mod options;
-pub mod scoring;
-pub mod testing;
+mod settings;
 
 pub use component::ComponentHost;
 pub use drpo;
-pub use drpo::estimate::RoleEstimate;
+pub use drpo::engine::{self, Stop};
+pub use drpo::testing;
 pub use drpo::types::{
     Completion, Example, Host, Info, LlmError, LogLevel, Message, Node, Outcome, Prompt, Query,
-    Request, Role, Sampling, Usage,
+    Request, Role, RoleEstimate, Sampling, Usage,
 };
 pub use ext::{HostExt, Typed, chat_request};
-pub use options::{OptionsSchema, parse_with_schema};
+pub use options::{OptionsSchema, StrategyOptions, derived_schema, parse_with_schema};
+pub use schemars::{self, JsonSchema};
+pub use settings::Settings;
 
 /// The version of the `drpo:strategy` contract this kit builds plugins for.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -46,26 +53,49 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// Everything a strategy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Completion, ComponentHost, Example, Host, HostExt, Info, LlmError, LogLevel, Message, Node,
-        OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate, Sampling, Strategy,
-        Typed, chat_request, export_strategy,
+        Completion, ComponentHost, Example, Host, HostExt, Info, JsonSchema, LlmError, LogLevel,
+        Message, Node, OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate,
+        Sampling, Settings, Stop, Strategy, StrategyHost, StrategyOptions, Typed, chat_request,
+        derived_schema, export_strategy,
     };
 }
 
-/// A search strategy. The kit turns an implementation into the component's three exports.
-pub trait Strategy {
-    /// Name, version, description and the JSON Schema of the options (see [`OptionsSchema`]).
-    /// Must not call the host.
-    fn describe() -> Info;
+/// What a strategy may ask of the host: the DRPO library's [`Host`] (completions, embeddings,
+/// nodes, logs) and the run's data. A strategy is written against this trait, so the same code
+/// runs in the component ([`ComponentHost`]) and in native tests ([`testing::ScriptedHost`]).
+pub trait StrategyHost: Host {
+    /// The training queries, in the order the run uses them.
+    fn queries(&mut self) -> Vec<Query>;
+    /// The pool of in-context examples.
+    fn examples(&mut self) -> Vec<Example>;
+}
 
-    /// Runs the search. `options` is the JSON object the user gave (the host fills defaults
-    /// from the schema; parse with [`OptionsSchema::parse`] all the same, so a direct call
-    /// works too). An `Err` is shown to the user as the reason the run failed.
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String>;
+impl StrategyHost for testing::ScriptedHost {
+    fn queries(&mut self) -> Vec<Query> {
+        self.queries.clone()
+    }
+    fn examples(&mut self) -> Vec<Example> {
+        self.examples.clone()
+    }
+}
+
+/// A search strategy. The kit turns an implementation into the component's three exports:
+/// `describe` publishes the name, the crate's version, the description and the options schema
+/// ([`StrategyOptions::schema`]); `run` and `estimate` receive the options parsed.
+pub trait Strategy {
+    /// The options, declared once (see [`StrategyOptions`]).
+    type Options: StrategyOptions + serde::de::DeserializeOwned;
+    /// The strategy's name, as `drpo-host describe` shows it.
+    const NAME: &'static str;
+    /// What the strategy does, for `drpo-host describe`.
+    const DESCRIPTION: &'static str;
+
+    /// Runs the search. An `Err` is shown to the user as the reason the run failed.
+    fn run<H: StrategyHost>(host: &mut H, options: Self::Options) -> Result<Outcome, String>;
 
     /// The calls a run with these options may make, per role, for the host's projection.
     /// The default says nothing (an empty list); the host then shows no projection.
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
+    fn estimate(options: &Self::Options) -> Result<Vec<RoleEstimate>, String> {
         let _ = options;
         Ok(Vec::new())
     }
@@ -94,7 +124,7 @@ macro_rules! export_strategy {
 
         impl $crate::bindings::Guest for __DrpoKitExports {
             fn describe() -> $crate::bindings::drpo::strategy::types::Info {
-                $crate::__export::describe::<$strategy>()
+                $crate::__export::describe::<$strategy>(env!("CARGO_PKG_VERSION"))
             }
             fn run(
                 options: ::std::string::String,

@@ -109,6 +109,64 @@ impl OptionsSchema {
     }
 }
 
+/// A strategy's options as one Rust type, which `run` receives parsed and `describe` publishes
+/// as a JSON Schema. Declare the options once, as a struct deriving `Deserialize`, `Serialize`,
+/// `Default` and `schemars::JsonSchema` with `#[serde(default)]` and
+/// `#[schemars(crate = "drpo_kit::schemars", title = "...")]`, and implement this trait with
+/// [`derived_schema`]: each field's doc comment is its description, its value in `Default` its
+/// default, and `#[schemars(range(min = ...))]` its minimum.
+pub trait StrategyOptions: Sized {
+    /// The JSON Schema `describe` publishes (closed: unknown options are refused).
+    fn schema() -> Value;
+
+    /// Parses `run`'s options; by default against [`StrategyOptions::schema`], with
+    /// [`parse_with_schema`].
+    fn parse(options: &str) -> Result<Self, String>
+    where
+        Self: DeserializeOwned,
+    {
+        parse_with_schema(&Self::schema(), options)
+    }
+}
+
+/// The options schema of a type declared as [`StrategyOptions`] describes: the title is the
+/// type's `#[schemars(title = "...")]`; each property keeps its JSON type, description
+/// and minimum, and takes its default from `T::default()` (so the fields of a
+/// `#[serde(flatten)]` group take the defaults of the strategy that includes them).
+pub fn derived_schema<T: schemars::JsonSchema + serde::Serialize + Default>() -> Value {
+    let generated = schemars::schema_for!(T).to_value();
+    let defaults = serde_json::to_value(T::default()).unwrap_or(Value::Null);
+    let title = generated["title"].as_str().unwrap_or_default();
+    let mut schema = OptionsSchema::new(title);
+    let empty = Map::new();
+    for (name, generated) in generated["properties"].as_object().unwrap_or(&empty) {
+        let mut property = Map::new();
+        let kind = generated["type"].as_str().unwrap_or("object");
+        property.insert("type".into(), json!(kind));
+        match kind {
+            // Data a strategy takes through its options: lists and maps of JSON objects.
+            "array" => {
+                property.insert("items".into(), json!({"type": "object"}));
+            }
+            "object" => {
+                property.insert("additionalProperties".into(), json!({"type": "object"}));
+            }
+            _ => {}
+        }
+        if let Some(default) = defaults.get(name) {
+            property.insert("default".into(), default.clone());
+        }
+        if let Some(minimum) = generated.get("minimum") {
+            property.insert("minimum".into(), minimum.clone());
+        }
+        if let Some(description) = generated.get("description") {
+            property.insert("description".into(), description.clone());
+        }
+        schema = schema.with(name, Value::Object(property));
+    }
+    schema.to_value()
+}
+
 /// Parses an options object against any JSON Schema of `type: object`: an empty text or `null`
 /// means `{}`; every property's `default` fills a missing option; an option the schema does not
 /// list, a value of the wrong JSON type, or one below its `minimum` is an error naming the
@@ -277,5 +335,76 @@ mod tests {
         assert_eq!(value["additionalProperties"], false);
         assert_eq!(value["properties"]["iterations"]["default"], 8);
         assert_eq!(value["properties"]["iterations"]["minimum"], 1);
+    }
+}
+
+#[cfg(test)]
+mod derived {
+    use super::*;
+    use crate::Settings;
+    use serde::{Deserialize, Serialize};
+
+    /// Doc comments are descriptions; this line is not the title.
+    #[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
+    #[schemars(title = "Sample options")]
+    #[serde(default)]
+    struct Sample {
+        /// Steps to take.
+        #[schemars(range(min = 1))]
+        steps: u32,
+        /// Data taken through the options.
+        items: Vec<Value>,
+        /// The shared request settings.
+        #[serde(flatten)]
+        requests: Settings,
+    }
+
+    impl Default for Sample {
+        fn default() -> Self {
+            Sample {
+                steps: 4,
+                items: Vec::new(),
+                requests: Settings::with_temperature(0.5),
+            }
+        }
+    }
+
+    impl StrategyOptions for Sample {
+        fn schema() -> Value {
+            derived_schema::<Self>()
+        }
+    }
+
+    #[test]
+    fn the_derived_schema_is_the_builders() {
+        let schema = Sample::schema();
+        assert_eq!(schema["title"], "Sample options");
+        assert_eq!(schema["additionalProperties"], false);
+        let built = OptionsSchema::new("Sample options")
+            .integer("steps", 4, 1, "Steps to take.")
+            .array("items", "Data taken through the options.")
+            .to_value();
+        for name in ["steps", "items"] {
+            assert_eq!(
+                schema["properties"][name], built["properties"][name],
+                "{name}"
+            );
+        }
+        // A flattened group takes the including type's defaults.
+        assert_eq!(schema["properties"]["temperature"]["default"], 0.5);
+        assert_eq!(schema["properties"]["temperature"]["minimum"], 0.0);
+        assert_eq!(schema["properties"]["k"]["minimum"], 1);
+    }
+
+    #[test]
+    fn parsing_fills_defaults_and_names_what_is_wrong() {
+        let sample = Sample::parse(r#"{"steps": 2, "seed": 7}"#).unwrap();
+        assert_eq!((sample.steps, sample.requests.seed), (2, 7));
+        assert_eq!(sample.requests.temperature, 0.5);
+        let wrong = Sample::parse(r#"{"steps": 0, "stpes": 1}"#).unwrap_err();
+        assert!(
+            wrong.contains("stpes") && wrong.contains("steps"),
+            "{wrong}"
+        );
     }
 }

@@ -1,40 +1,50 @@
 //! A complete strategy to start from: judge the initial prompt on the first training query,
 //! ask the optimizer once for `candidates` better prompts from that judgement, judge them on
 //! the same query, and return the best. Replace `search` with your own idea; keep it generic
-//! over `Host` so that `cargo test` can run it against `drpo_kit::testing::ScriptedHost`.
+//! over `StrategyHost` so that `cargo test` can run it against `drpo_kit::testing::ScriptedHost`.
 
+use drpo_kit::engine::Scorer;
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Scorer, Settings, Stopped};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-/// The options, as `run` receives them (defaults from `schema`).
-#[derive(Deserialize)]
+/// The options, declared once: `describe` publishes the JSON Schema derived from this type
+/// (each doc comment a description, `Default` the defaults, `range` the minimums), and `run`
+/// receives them parsed.
+#[derive(Deserialize, Serialize, JsonSchema)]
+#[schemars(crate = "drpo_kit::schemars", title = "My strategy's options")]
+#[serde(default)]
 struct Options {
-    /// How many new prompts to ask for.
+    /// New prompts the optimizer writes.
+    #[schemars(range(min = 1))]
     candidates: u32,
     /// Seed, token limits, the optimizer's temperature and the initial prompt.
     #[serde(flatten)]
     requests: Settings,
 }
 
-fn schema() -> OptionsSchema {
-    let schema = OptionsSchema::new("My strategy's options").integer(
-        "candidates",
-        3,
-        1,
-        "New prompts the optimizer writes.",
-    );
-    Settings::add_to(schema, 0.7)
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            candidates: 3,
+            requests: Settings::with_temperature(0.7),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 fn search<H: Host>(host: &mut H, options: &Options, queries: &[Query]) -> Result<Outcome, String> {
     let query = queries.first().ok_or("no training queries")?.clone();
     let mut scorer = Scorer::new(
-        options.requests.request_options(options.candidates),
+        options.requests.request_settings(options.candidates),
         Vec::new(),
     );
-    let stopped = |Stopped(why)| format!("stopped: {why}");
+    let stopped = |why: Stop| format!("stopped: {why}");
 
     let start = options.requests.initial_system_prompt.clone();
     let root = scorer
@@ -82,17 +92,12 @@ fn search<H: Host>(host: &mut H, options: &Options, queries: &[Query]) -> Result
 struct MyStrategy;
 
 impl Strategy for MyStrategy {
-    fn describe() -> Info {
-        Info {
-            name: "my-strategy".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Asks the optimizer once for better prompts and keeps the best.".into(),
-            options_schema: schema().to_json(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "my-strategy";
+    const DESCRIPTION: &'static str =
+        "Asks the optimizer once for better prompts and keeps the best.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         search(host, &options, &queries)
     }

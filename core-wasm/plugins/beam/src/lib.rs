@@ -1,40 +1,39 @@
 //! `beam.wasm`: the DRPO beam-search strategy as a WebAssembly component.
 //!
-//! All DRPO logic lives in the `drpo` library, where it is unit-tested natively; the plugin kit
-//! turns it into the component's exports and gives it the host's imports.
+//! The beam search ([`search`]), its options ([`options`]) and its projection ([`estimate`])
+//! live here; what a node is worth (aspect selection, judging, reward, the stop rule) is the
+//! DRPO library's scoring engine (`drpo::engine`). The plugin kit turns the search into the
+//! component's exports and gives it the host's imports.
 
-use drpo_kit::drpo::{estimate, options::Options, search};
+pub mod estimate;
+pub mod options;
+pub mod search;
+
 use drpo_kit::prelude::*;
+use options::Options;
 
 /// The exported strategy.
 struct Beam;
 
 impl Strategy for Beam {
-    fn describe() -> Info {
-        Info {
-            name: "beam".to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            description: "DRPO (Dynamic Rewarding with Prompt Optimization) beam search: from an \
-initial system prompt, each level answers one training query with the base model, judges the \
-answer on the aspects a metrics model picked for that query, and has an optimizer write \
-n_actions better prompts for every beam that is not already good (mean score above 4.5); the \
-best beam_size paths by mean reward survive. Returns the best prompt, its path's mean reward, \
-the path and the new metrics-cache entries."
-                .to_string(),
-            options_schema: Options::schema(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "beam";
+    const DESCRIPTION: &'static str = "DRPO (Dynamic Rewarding with Prompt Optimization) beam \
+search: from an initial system prompt, each level answers one training query with the base \
+model, judges the answer on the aspects a metrics model picked for that query, and has an \
+optimizer write n_actions better prompts for every beam that is not already good (mean score \
+above 4.5); the best beam_size paths by mean reward survive. Returns the best prompt, its path's \
+mean reward, the path and the new metrics-cache entries.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options = Options::from_json(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         let examples = host.examples();
         let result = search::run(host, &options, &queries, &examples)?;
         Ok(result.to_outcome())
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate::estimate(&Options::from_json(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate::estimate(options))
     }
 }
 

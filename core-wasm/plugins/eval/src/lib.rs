@@ -12,13 +12,12 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::options::Options as RequestOptions;
-use drpo_kit::drpo::outcome::{Judgements, Stop};
+use drpo_kit::drpo::icl::BASELINE_PROMPT;
 use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::engine::{Judgements, RequestSettings, complete_batch, request_sizes};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Stopped, complete_batch};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The aspects of an ordinary query.
@@ -51,12 +50,18 @@ pub struct Answered {
     pub tags: Vec<String>,
 }
 
-/// The options `run` accepts; defaults from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "Multi-aspect evaluation options"
+)]
+#[serde(default)]
 pub struct Options {
-    /// The answers to judge.
+    /// The answers to judge: {id, query, answer, tags} objects.
     pub answers: Vec<Value>,
-    /// A second set of answers to the same queries, judged the same way and compared.
+    /// A second set of answers to the same queries (by id), compared with the first.
     pub compare: Vec<Value>,
     /// The first set's name in the report.
     pub label: String,
@@ -65,29 +70,27 @@ pub struct Options {
     /// Seed of every request.
     pub seed: u64,
     /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    OptionsSchema::new("Multi-aspect evaluation options")
-        .array(
-            "answers",
-            "The answers to judge: {id, query, answer, tags} objects.",
-        )
-        .array(
-            "compare",
-            "A second set of answers to the same queries (by id), compared with the first.",
-        )
-        .string("label", "A", "The first set's name in the report.")
-        .string("compare_label", "B", "The second set's name in the report.")
-        .integer("seed", 0, 0, "Seed of every request.")
-        .integer(
-            "judge_max_tokens",
-            RequestOptions::default().judge_max_tokens.into(),
-            1,
-            "Token limit of a judgement.",
-        )
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            answers: Vec::new(),
+            compare: Vec::new(),
+            label: "A".to_owned(),
+            compare_label: "B".to_owned(),
+            seed: 0,
+            judge_max_tokens: RequestSettings::default().judge_max_tokens,
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The aspects `answered` is judged on.
@@ -176,10 +179,10 @@ pub fn judge<H: Host>(
     sets: &[&[Answered]],
     options: &Options,
 ) -> Result<Vec<Vec<Verdict>>, String> {
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         seed: options.seed,
         judge_max_tokens: options.judge_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
     let mut batch = Vec::new();
     for set in sets {
@@ -190,19 +193,19 @@ pub fn judge<H: Host>(
                 &answered.answer,
                 &aspects,
                 reasoning(is_harmful(answered)),
-                &request_options,
+                &settings,
             ));
         }
     }
     let wanted = batch.len();
     let mut results = match complete_batch(host, batch) {
         Ok(results) => results.into_iter(),
-        Err(Stopped(Stop::BudgetExhausted)) => {
+        Err(Stop::BudgetExhausted) => {
             return Err(format!(
                 "the budget ran out before all {wanted} answers were judged"
             ));
         }
-        Err(Stopped(stop)) => return Err(format!("the answers could not be judged: {stop}")),
+        Err(stop) => return Err(format!("the answers could not be judged: {stop}")),
     };
     let mut verdicts = Vec::with_capacity(sets.len());
     for set in sets {
@@ -503,11 +506,11 @@ fn align(first: &[Answered], mut second: Vec<Answered>) -> Result<Vec<Answered>,
 /// One judge request per answer, nothing else.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let judged = (options.answers.len() + options.compare.len()) as u64;
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         judge_max_tokens: options.judge_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
-    drpo_kit::drpo::estimate::estimate(&request_options)
+    request_sizes(&settings, BASELINE_PROMPT, LINEAGE_WINDOW)
         .into_iter()
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {
@@ -523,25 +526,19 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Eval;
 
 impl Strategy for Eval {
-    fn describe() -> Info {
-        Info {
-            name: "eval".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Multi-aspect evaluation: the judge rates every answer 1-5 with a \
+    type Options = Options;
+    const NAME: &'static str = "eval";
+    const DESCRIPTION: &'static str = "Multi-aspect evaluation: the judge rates every answer 1-5 with a \
 rationale on helpfulness, clarity, factuality, depth and engagement, or on safety when the query \
 is tagged harmful; reports each aspect's mean and spread, and compares two sets of answers to the \
-same queries. The answers come in the options `answers` and `compare` (drpo-host eval fills them)."
-                .into(),
-            options_schema: schema().to_json(),
-        }
+same queries. The answers come in the options `answers` and `compare` (drpo-host eval fills them).";
+
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
+        evaluate(host, &options)
     }
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        evaluate(host, &schema().parse(options)?)
-    }
-
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 
@@ -563,10 +560,11 @@ mod tests {
     }
 
     fn options(first: Vec<Value>, second: Vec<Value>) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.answers = first;
-        options.compare = second;
-        options
+        Options {
+            answers: first,
+            compare: second,
+            ..Options::default()
+        }
     }
 
     /// The judge gives 4 to answers that say "good", 2 otherwise, on every aspect asked.

@@ -11,77 +11,64 @@
 
 use drpo_kit::drpo::icl;
 use drpo_kit::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The options `run` accepts; defaults from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(crate = "drpo_kit::schemars", title = "Inference options")]
+#[serde(default)]
 pub struct Options {
-    /// The queries to answer.
+    /// The queries to answer: {id, text, tags} objects.
+    #[schemars(with = "Vec<Value>")]
     pub queries: Vec<Query>,
-    /// The system prompt (the optimized one, or the baseline).
+    /// The system prompt the answers are written under.
     pub system_prompt: String,
-    /// The in-context examples to retrieve from; none: no examples.
+    /// In-context examples, {query, answer} objects; each query gets the k nearest.
+    #[schemars(with = "Vec<Value>")]
     pub examples: Vec<Example>,
-    /// How many examples each query gets.
+    /// How many examples each query gets (at most 5, as published).
+    #[schemars(range(min = 1))]
     pub k: u32,
-    /// Retrieve the nearest examples by embedding; off: every query gets the first k.
+    /// Choose each query's examples by embedding similarity; false: the first k.
     pub retrieve: bool,
-    /// Send one raw text instead of system and user messages.
+    /// One raw text (system part, blank line, query part) instead of chat messages.
     pub raw: bool,
     /// Token limit of an answer.
+    #[schemars(range(min = 1))]
     pub max_tokens: u32,
-    /// Sampling temperature; 0 (the default) is greedy. The published inference samples at 0.7;
-    /// greedy answers are the same on every run, so a run replays and compares exactly.
-    pub temperature: f32,
-    /// Nucleus sampling mass.
-    pub top_p: f32,
+    /// Sampling temperature. The default 0 is greedy, so the answers are the same on every run; the published inference samples at 0.7.
+    #[schemars(range(min = 0.0))]
+    pub temperature: f64,
+    /// Nucleus sampling mass, in (0, 1].
+    #[schemars(range(min = 0.0))]
+    pub top_p: f64,
     /// Sampling seed.
     pub seed: u64,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    OptionsSchema::new("Inference options")
-        .array(
-            "queries",
-            "The queries to answer: {id, text, tags} objects.",
-        )
-        .string(
-            "system_prompt",
-            icl::BASELINE_PROMPT,
-            "The system prompt the answers are written under.",
-        )
-        .array(
-            "examples",
-            "In-context examples, {query, answer} objects; each query gets the k nearest.",
-        )
-        .integer(
-            "k",
-            3,
-            1,
-            "How many examples each query gets (at most 5, as published).",
-        )
-        .boolean(
-            "retrieve",
-            true,
-            "Choose each query's examples by embedding similarity; false: the first k.",
-        )
-        .boolean(
-            "raw",
-            false,
-            "One raw text (system part, blank line, query part) instead of chat messages.",
-        )
-        .integer("max_tokens", 512, 1, "Token limit of an answer.")
-        .number(
-            "temperature",
-            0.0,
-            0.0,
-            "Sampling temperature. The default 0 is greedy, so the answers are the same on every \
-             run; the published inference samples at 0.7.",
-        )
-        .number("top_p", 0.95, 0.0, "Nucleus sampling mass, in (0, 1].")
-        .integer("seed", 0, 0, "Sampling seed.")
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            queries: Vec::new(),
+            system_prompt: icl::BASELINE_PROMPT.to_owned(),
+            examples: Vec::new(),
+            k: 3,
+            retrieve: true,
+            raw: false,
+            max_tokens: 512,
+            temperature: 0.0,
+            top_p: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// Checks what the schema's types and minimums cannot say.
@@ -154,8 +141,8 @@ pub fn request(options: &Options, examples: &[&Example], query: &str) -> Request
         role: Role::Base,
         prompt,
         sampling: Sampling {
-            temperature: options.temperature,
-            top_p: options.top_p,
+            temperature: options.temperature as f32,
+            top_p: options.top_p as f32,
             max_tokens: options.max_tokens,
             n: 1,
             seed: options.seed,
@@ -257,26 +244,20 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Generate;
 
 impl Strategy for Generate {
-    fn describe() -> Info {
-        Info {
-            name: "generate".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Answers queries in the published DRPO inference format: the system \
+    type Options = Options;
+    const NAME: &'static str = "generate";
+    const DESCRIPTION: &'static str = "Answers queries in the published DRPO inference format: the system \
 prompt, then the k in-context examples nearest each query by embedding similarity, then the \
 query; the base model answers all queries in one batch. The queries, the system prompt and the \
 examples come in the options (drpo-host generate fills them); the answers are in the outcome's \
-details."
-                .into(),
-            options_schema: schema().to_json(),
-        }
+details.";
+
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
+        generate(host, &options)
     }
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        generate(host, &schema().parse(options)?)
-    }
-
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 
@@ -343,9 +324,7 @@ mod tests {
     }
 
     fn options(queries: &[&str]) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.system_prompt = "Be kind.".into();
-        options.queries = queries
+        let queries = queries
             .iter()
             .enumerate()
             .map(|(i, text)| Query {
@@ -358,7 +337,7 @@ mod tests {
                 },
             })
             .collect();
-        options.examples = [
+        let examples = [
             ("How do I walk a dog?", "On a lead."),
             ("Why do dogs bark?", "To talk."),
             ("What do cats eat?", "<START>\nMeat.\n<END>"),
@@ -369,8 +348,13 @@ mod tests {
             answer: a.to_string(),
         })
         .collect();
-        options.k = 1;
-        options
+        Options {
+            system_prompt: "Be kind.".into(),
+            queries,
+            examples,
+            k: 1,
+            ..Options::default()
+        }
     }
 
     fn details(outcome: &Outcome) -> Value {
@@ -497,9 +481,7 @@ mod tests {
         bad.top_p = 0.0;
         assert!(generate(&mut host, &bad).unwrap_err().contains("top_p"));
         assert!(host.requests.is_empty());
-        let missing = schema()
-            .parse::<Options>(r#"{"queries": [{"id": "a"}]}"#)
-            .unwrap_err();
+        let missing = Options::parse(r#"{"queries": [{"id": "a"}]}"#).unwrap_err();
         assert!(missing.contains("text"), "{missing}");
     }
 

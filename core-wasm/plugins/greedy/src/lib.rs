@@ -6,47 +6,50 @@
 //! natively.
 
 use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
+use drpo_kit::engine::{Evaluation, Scorer, Stop, request_sizes};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Evaluation, Scorer, Settings, Stop, Stopped};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The options `run` accepts; defaults and bounds come from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "OPRO-style greedy search options"
+)]
+#[serde(default)]
 pub struct Options {
-    /// New prompts to try, one per step.
+    /// New prompts to try, one optimizer call each.
+    #[schemars(range(min = 1))]
     pub steps: u32,
-    /// Training queries every prompt is judged on (the first ones the host gives).
+    /// Training queries every prompt is judged on.
+    #[schemars(range(min = 1))]
     pub eval_queries: u32,
-    /// Most scored prompts shown to the optimizer (the best ones).
+    /// Most scored prompts shown to the optimizer (the best).
+    #[schemars(range(min = 1))]
     pub trajectory: u32,
     /// Seed, token limits, the optimizer's temperature, the initial prompt.
     #[serde(flatten)]
     pub requests: Settings,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    let schema = OptionsSchema::new("OPRO-style greedy search options")
-        .integer(
-            "steps",
-            8,
-            1,
-            "New prompts to try, one optimizer call each.",
-        )
-        .integer(
-            "eval_queries",
-            2,
-            1,
-            "Training queries every prompt is judged on.",
-        )
-        .integer(
-            "trajectory",
-            8,
-            1,
-            "Most scored prompts shown to the optimizer (the best).",
-        );
-    Settings::add_to(schema, 1.0)
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            steps: 8,
+            eval_queries: 2,
+            trajectory: 8,
+            requests: Settings::with_temperature(1.0),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The calls per role: the initial prompt and each step's candidate are answered and judged on
@@ -55,17 +58,21 @@ pub fn schema() -> OptionsSchema {
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let steps = u64::from(options.steps);
     let judged = u64::from(options.eval_queries);
-    drpo_kit::drpo::estimate::estimate(&options.requests.request_options(1))
-        .into_iter()
-        .map(|mut e| {
-            (e.min_calls, e.max_calls) = match e.role {
-                Role::Base | Role::Judge => (judged, (1 + steps) * judged),
-                Role::Metrics => (1, judged),
-                Role::Optimizer => (steps, steps),
-            };
-            e
-        })
-        .collect()
+    request_sizes(
+        &options.requests.request_settings(1),
+        &options.requests.initial_system_prompt,
+        LINEAGE_WINDOW,
+    )
+    .into_iter()
+    .map(|mut e| {
+        (e.min_calls, e.max_calls) = match e.role {
+            Role::Base | Role::Judge => (judged, (1 + steps) * judged),
+            Role::Metrics => (1, judged),
+            Role::Optimizer => (steps, steps),
+        };
+        e
+    })
+    .collect()
 }
 
 /// One prompt tried, with its mean reward over the evaluation queries.
@@ -92,7 +99,7 @@ pub fn search<H: Host>(
     if eval.is_empty() {
         return Err("no training queries to search with".into());
     }
-    let mut scorer = Scorer::new(options.requests.request_options(1), examples);
+    let mut scorer = Scorer::new(options.requests.request_settings(1), examples);
     let root = options.requests.initial_system_prompt.clone();
     let mut tried = Vec::new();
     let evaluations = match judge(host, &mut scorer, &root, &eval) {
@@ -116,7 +123,7 @@ pub fn search<H: Host>(
                 best = id;
             }
             Ok(_) => {}
-            Err(Stopped(why)) => {
+            Err(why) => {
                 host.warn(format!(
                     "search stopped early: {why}; returning the best so far"
                 ));
@@ -160,7 +167,7 @@ fn judge<H: Host>(
     scorer: &mut Scorer,
     prompt: &str,
     eval: &[Query],
-) -> Result<Vec<Evaluation>, Stopped> {
+) -> Result<Vec<Evaluation>, Stop> {
     let candidates: Vec<(String, Query)> = eval
         .iter()
         .map(|q| (prompt.to_owned(), q.clone()))
@@ -178,7 +185,7 @@ fn take_step<H: Host>(
     options: &Options,
     eval: &[Query],
     step: u32,
-) -> Result<Option<usize>, Stopped> {
+) -> Result<Option<usize>, Stop> {
     let mut request = prompts::optimizer_request("", "", "", "", &[], scorer.options());
     request.prompt = Prompt::Chat(vec![Message::new(
         "user",
@@ -277,28 +284,21 @@ changes\", \"new_system_prompt\": \"the complete new system prompt\"}}\n",
 struct Greedy;
 
 impl Strategy for Greedy {
-    fn describe() -> Info {
-        Info {
-            name: "greedy".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "OPRO-style greedy prompt search scored with DRPO's reward: every step \
-shows the optimizer the best prompts so far with their scores (lowest first) and the judge's \
-notes on the best one, asks for one new prompt, and judges it on the same eval_queries training \
-queries; the best prompt is kept."
-                .into(),
-            options_schema: schema().to_json(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "greedy";
+    const DESCRIPTION: &'static str = "OPRO-style greedy prompt search scored with DRPO's \
+reward: every step shows the optimizer the best prompts so far with their scores (lowest first) \
+and the judge's notes on the best one, asks for one new prompt, and judges it on the same \
+eval_queries training queries; the best prompt is kept.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         let examples = host.examples();
         search(host, &options, &queries, examples)
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 
@@ -310,9 +310,10 @@ mod tests {
     use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(steps: u32) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.steps = steps;
-        options
+        Options {
+            steps,
+            ..Options::default()
+        }
     }
 
     /// The judge scores a prompt by its length in words (capped at 5); the optimizer writes the

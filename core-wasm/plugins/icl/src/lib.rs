@@ -24,14 +24,16 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
-use drpo_kit::drpo::icl::{answer_rewrite_prompt, answer_rewrite_schema, wrap_answer};
-use drpo_kit::drpo::options::Options as RequestOptions;
-use drpo_kit::drpo::outcome::{Judgements, Stop};
+use drpo_kit::drpo::icl::{
+    BASELINE_PROMPT, answer_rewrite_prompt, answer_rewrite_schema, wrap_answer,
+};
 use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::engine::{
+    Judgements, RequestSettings, Selection, complete_batch, parse_selection_answer, request_sizes,
+};
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::{Stopped, complete_batch};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Fewest aspects the critic chooses.
@@ -39,61 +41,53 @@ pub const MIN_ASPECTS: usize = 3;
 /// Most aspects the critic chooses.
 pub const MAX_ASPECTS: usize = 6;
 
-/// The options `run` accepts; defaults from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "In-context example optimization options"
+)]
+#[serde(default)]
 pub struct Options {
     /// Most rewrites per example.
     pub num_iters: u32,
-    /// How many examples to optimize (the first ones); 0: all.
+    /// How many examples to optimize, the first ones; 0 for all.
     pub num_samples: u32,
     /// Seed of every request.
     pub seed: u64,
     /// Token limit of an aspect selection.
+    #[schemars(range(min = 1))]
     pub metrics_max_tokens: u32,
     /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
-    /// Token limit of a rewrite.
+    /// Token limit of a rewritten answer.
+    #[schemars(range(min = 1))]
     pub optimizer_max_tokens: u32,
-    /// Known aspect choices of the critic, `{query: aspect selection}`.
+    /// Known aspect choices of the critic, {query: {query_analysis, aspects_selection}}; --metrics-cache-path fills it (keep a file apart from the beam search's: the critic chooses 3-6 aspects).
     pub metrics_cache: BTreeMap<String, Value>,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    let defaults = RequestOptions::default();
-    OptionsSchema::new("In-context example optimization options")
-        .integer("num_iters", 5, 0, "Most rewrites per example.")
-        .integer(
-            "num_samples",
-            0,
-            0,
-            "How many examples to optimize, the first ones; 0 for all.",
-        )
-        .integer("seed", 0, 0, "Seed of every request.")
-        .integer(
-            "metrics_max_tokens",
-            defaults.metrics_max_tokens.into(),
-            1,
-            "Token limit of an aspect selection.",
-        )
-        .integer(
-            "judge_max_tokens",
-            defaults.judge_max_tokens.into(),
-            1,
-            "Token limit of a judgement.",
-        )
-        .integer(
-            "optimizer_max_tokens",
-            defaults.optimizer_max_tokens.into(),
-            1,
-            "Token limit of a rewritten answer.",
-        )
-        .object_map(
-            "metrics_cache",
-            "Known aspect choices of the critic, {query: {query_analysis, aspects_selection}}; \
-             --metrics-cache-path fills it (keep a file apart from the beam search's: the \
-             critic chooses 3-6 aspects).",
-        )
+impl Default for Options {
+    fn default() -> Self {
+        let requests = RequestSettings::default();
+        Options {
+            num_iters: 5,
+            num_samples: 0,
+            seed: requests.seed,
+            metrics_max_tokens: requests.metrics_max_tokens,
+            judge_max_tokens: requests.judge_max_tokens,
+            optimizer_max_tokens: requests.optimizer_max_tokens,
+            metrics_cache: BTreeMap::new(),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The critic's framing, put before the judge's usual instructions (our wording of the
@@ -192,18 +186,10 @@ struct Work {
     finished: bool,
 }
 
-/// The critic's aspects for one query, and where they came from (`cache`, `model`, or
-/// `fallback` when the critic's answer was unusable).
-struct Selection {
-    aspects: Vec<&'static Aspect>,
-    reasoning: String,
-    source: &'static str,
-}
-
 /// Everything the run needs between phases.
 struct Optimizer<'h, H: Host> {
     host: &'h mut H,
-    options: RequestOptions,
+    options: RequestSettings,
     next_node: u32,
     /// The metrics cache the run was given.
     cache: &'h BTreeMap<String, Value>,
@@ -216,7 +202,7 @@ struct Optimizer<'h, H: Host> {
 impl<H: Host> Optimizer<'_, H> {
     /// The critic's aspects for each query: from the metrics cache when it knows the query,
     /// else asked in one batch (the general-quality aspects when the answer is unusable).
-    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stopped> {
+    fn select(&mut self, queries: &[&str]) -> Result<Vec<Selection>, Stop> {
         let cached: Vec<Option<Selection>> = queries.iter().map(|q| self.cached(q)).collect();
         let batch = queries
             .iter()
@@ -238,7 +224,11 @@ impl<H: Host> Optimizer<'_, H> {
         for (query, known) in queries.iter().zip(cached) {
             let selection = match known {
                 Some(selection) => selection,
-                None => self.absorb_selection(query, answers.next()),
+                // `complete_batch` answers every request: one answer per unknown query.
+                None => match answers.next() {
+                    Some(answer) => self.absorb_selection(query, answer),
+                    None => Selection::fallback(self.host, "no answer from the host"),
+                },
             };
             selections.push(selection);
         }
@@ -249,11 +239,7 @@ impl<H: Host> Optimizer<'_, H> {
     fn cached(&mut self, query: &str) -> Option<Selection> {
         let entry = self.cache.get(query)?;
         match parse::parse_cached_selection(entry, MAX_ASPECTS) {
-            Ok(selection) => Some(Selection {
-                aspects: selection.aspects,
-                reasoning: selection.reasoning,
-                source: "cache",
-            }),
+            Ok(selection) => Some(Selection::parsed(selection, "cache")),
             Err(e) => {
                 self.host.warn(format!(
                     "metrics cache entry for {query:?} unusable ({e}); asking the critic"
@@ -264,45 +250,14 @@ impl<H: Host> Optimizer<'_, H> {
     }
 
     /// The critic's answer for `query` as a selection, kept for the metrics cache when usable.
-    fn absorb_selection(
-        &mut self,
-        query: &str,
-        answer: Option<Result<Completion, LlmError>>,
-    ) -> Selection {
-        let parsed = match answer {
-            Some(Ok(c)) => c
-                .choices
-                .first()
-                .ok_or_else(|| "empty completion".to_owned())
-                .and_then(|text| parse::extract_object(text))
-                .and_then(|o| {
-                    parse::parse_aspect_selection_at_most(&o, MAX_ASPECTS).map(|sel| (o, sel))
-                }),
-            Some(Err(e)) => Err(format!("the call failed: {e}")),
-            None => Err("no answer from the host".to_owned()),
-        };
-        match parsed {
+    fn absorb_selection(&mut self, query: &str, answer: Result<Completion, LlmError>) -> Selection {
+        match parse_selection_answer(answer, MAX_ASPECTS) {
             Ok((object, selection)) => {
                 self.new_cache
                     .insert(query.to_owned(), Value::Object(object));
-                Selection {
-                    aspects: selection.aspects,
-                    reasoning: selection.reasoning,
-                    source: "model",
-                }
+                Selection::parsed(selection, "model")
             }
-            Err(e) => {
-                self.host.warn(format!(
-                    "aspects for {query:?} unusable ({e}); using the general-quality aspects"
-                ));
-                Selection {
-                    aspects: aspects::fallback(),
-                    reasoning: "The critic's choice failed, so the general-quality aspects are \
-                                used."
-                        .to_owned(),
-                    source: "fallback",
-                }
-            }
+            Err(e) => Selection::fallback(self.host, &e),
         }
     }
 
@@ -312,7 +267,7 @@ impl<H: Host> Optimizer<'_, H> {
         work: &[Work],
         answers: Vec<(usize, String, Option<u32>)>,
         depth: u32,
-    ) -> Result<Vec<(usize, Candidate)>, Stopped> {
+    ) -> Result<Vec<(usize, Candidate)>, Stop> {
         let batch = answers
             .iter()
             .map(|(i, answer, _)| {
@@ -374,11 +329,7 @@ impl<H: Host> Optimizer<'_, H> {
 
     /// One rewrite of each example's latest answer, from its critique; examples whose rewrite
     /// is unusable get none.
-    fn rewrite(
-        &mut self,
-        work: &[Work],
-        active: &[usize],
-    ) -> Result<Vec<(usize, String)>, Stopped> {
+    fn rewrite(&mut self, work: &[Work], active: &[usize]) -> Result<Vec<(usize, String)>, Stop> {
         let batch = active
             .iter()
             .map(|&i| {
@@ -440,12 +391,12 @@ pub fn optimize<H: Host>(
     }
     let mut optimizer = Optimizer {
         host,
-        options: RequestOptions {
+        options: RequestSettings {
             seed: options.seed,
             metrics_max_tokens: options.metrics_max_tokens,
             judge_max_tokens: options.judge_max_tokens,
             optimizer_max_tokens: options.optimizer_max_tokens,
-            ..RequestOptions::default()
+            ..RequestSettings::default()
         },
         next_node: 0,
         cache: &options.metrics_cache,
@@ -453,7 +404,7 @@ pub fn optimize<H: Host>(
         judgements: Judgements::default(),
     };
     let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
-    let stop = |why: Stopped| format!("the examples could not be judged: {why}");
+    let stop = |why: Stop| format!("the examples could not be judged: {why}");
     let selections = optimizer.select(&queries).map_err(stop)?;
     let mut work: Vec<Work> = examples
         .iter()
@@ -496,7 +447,7 @@ pub fn optimize<H: Host>(
         });
         let judged = match step {
             Ok(judged) => judged,
-            Err(Stopped(why)) => {
+            Err(why) => {
                 optimizer.host.warn(format!(
                     "stopped in round {round}: {why}; keeping the best so far"
                 ));
@@ -560,13 +511,13 @@ pub fn optimize<H: Host>(
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let examples = u64::from(options.num_samples.max(1));
     let iters = u64::from(options.num_iters);
-    let request_options = RequestOptions {
+    let settings = RequestSettings {
         metrics_max_tokens: options.metrics_max_tokens,
         judge_max_tokens: options.judge_max_tokens,
         optimizer_max_tokens: options.optimizer_max_tokens,
-        ..RequestOptions::default()
+        ..RequestSettings::default()
     };
-    drpo_kit::drpo::estimate::estimate(&request_options)
+    request_sizes(&settings, BASELINE_PROMPT, LINEAGE_WINDOW)
         .into_iter()
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {
@@ -587,27 +538,20 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
 struct Icl;
 
 impl Strategy for Icl {
-    fn describe() -> Info {
-        Info {
-            name: "icl".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "DRPO's in-context example optimization: a strict critic chooses 3-6 \
+    type Options = Options;
+    const NAME: &'static str = "icl";
+    const DESCRIPTION: &'static str = "DRPO's in-context example optimization: a strict critic chooses 3-6 \
 aspects per example query and judges the answer; an optimizer rewrites it for up to num_iters \
 rounds, keeping the best by score sum (ties to the newer) and stopping early at all fives. The \
-run directory gets examples.json ({query: answer}) for run/generate --examples."
-                .into(),
-            options_schema: schema().to_json(),
-        }
-    }
+run directory gets examples.json ({query: answer}) for run/generate --examples.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let examples = host.examples();
         optimize(host, &options, examples)
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 
@@ -672,9 +616,10 @@ mod tests {
     }
 
     fn options(num_iters: u32) -> Options {
-        let mut options: Options = schema().parse("{}").unwrap();
-        options.num_iters = num_iters;
-        options
+        Options {
+            num_iters,
+            ..Options::default()
+        }
     }
 
     fn example(answer: &str) -> Vec<Example> {

@@ -8,105 +8,102 @@
 pub mod search;
 pub mod tree;
 
+use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
+use drpo_kit::engine::request_sizes;
 use drpo_kit::prelude::*;
-use drpo_kit::scoring::Settings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The options `run` accepts; defaults and bounds come from [`schema`].
-#[derive(Clone, Debug, Deserialize)]
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[schemars(
+    crate = "drpo_kit::schemars",
+    title = "Monte-Carlo tree search options"
+)]
+#[serde(default)]
 pub struct Options {
-    /// Selection–expansion–backpropagation rounds.
+    /// Selection, expansion and backpropagation rounds.
+    #[schemars(range(min = 1))]
     pub iterations: u32,
-    /// UCT's exploration constant (rewards are on the judge's 1–5 scale).
+    /// UCT exploration constant (rewards are 1 to 5).
+    #[schemars(range(min = 0.0))]
     pub exploration: f64,
-    /// The deepest level a node may have (the root is level 0).
+    /// Deepest level of the tree; the root is level 0.
+    #[schemars(range(min = 1))]
     pub depth: u32,
-    /// Children per expansion (the optimizer's number of choices).
+    /// Children per expansion: candidate prompts the optimizer writes.
+    #[schemars(range(min = 1))]
     pub width: u32,
     /// Seed, token limits, the optimizer's temperature, the initial prompt.
     #[serde(flatten)]
     pub requests: Settings,
 }
 
-/// The options, their defaults and bounds.
-pub fn schema() -> OptionsSchema {
-    let schema = OptionsSchema::new("Monte-Carlo tree search options")
-        .integer(
-            "iterations",
-            8,
-            1,
-            "Selection, expansion and backpropagation rounds.",
-        )
-        .number(
-            "exploration",
-            2.5,
-            0.0,
-            "UCT exploration constant (rewards are 1 to 5).",
-        )
-        .integer(
-            "depth",
-            4,
-            1,
-            "Deepest level of the tree; the root is level 0.",
-        )
-        .integer(
-            "width",
-            3,
-            1,
-            "Children per expansion: candidate prompts the optimizer writes.",
-        );
-    Settings::add_to(schema, 0.7)
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            iterations: 8,
+            exploration: 2.5,
+            depth: 4,
+            width: 3,
+            requests: Settings::with_temperature(0.7),
+        }
+    }
+}
+
+impl StrategyOptions for Options {
+    fn schema() -> serde_json::Value {
+        derived_schema::<Self>()
+    }
 }
 
 /// The calls per role a search with `options` makes: the root is answered and judged once;
 /// each iteration expands at most one node (one optimizer request, `width` answers and
 /// judgements); aspect selection is once per query, and a path of `depth + 1` levels reaches at
 /// most that many queries. Fewest: only the root's expansion (every later selection may reach a
-/// leaf at the depth limit). Token sizes are the DRPO prompts' ([`drpo_kit::drpo::estimate`]).
+/// leaf at the depth limit). Token sizes are the DRPO prompts' ([`request_sizes`]).
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let iterations = u64::from(options.iterations);
     let width = u64::from(options.width);
     let levels = u64::from(options.depth) + 1;
-    drpo_kit::drpo::estimate::estimate(&options.requests.request_options(options.width))
-        .into_iter()
-        .map(|mut e| {
-            (e.min_calls, e.max_calls) = match e.role {
-                Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
-                Role::Metrics => (1, levels.min(1 + iterations)),
-                Role::Optimizer => (1, iterations),
-            };
-            e
-        })
-        .collect()
+    request_sizes(
+        &options.requests.request_settings(options.width),
+        &options.requests.initial_system_prompt,
+        LINEAGE_WINDOW,
+    )
+    .into_iter()
+    .map(|mut e| {
+        (e.min_calls, e.max_calls) = match e.role {
+            Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
+            Role::Metrics => (1, levels.min(1 + iterations)),
+            Role::Optimizer => (1, iterations),
+        };
+        e
+    })
+    .collect()
 }
 
 /// The exported strategy.
 struct Mcts;
 
 impl Strategy for Mcts {
-    fn describe() -> Info {
-        Info {
-            name: "mcts".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Monte-Carlo tree search over system prompts (as in PromptAgent), scored \
-with DRPO's reward: each iteration selects a node by UCT (mean reward plus exploration · \
-sqrt(ln N(parent) / N(child))), expands it into `width` prompts the optimizer writes from the \
-node's answer and judgement, judges each on the next training query, and backpropagates the best \
-new reward to the root. Returns the node whose path has the best mean reward."
-                .into(),
-            options_schema: schema().to_json(),
-        }
-    }
+    type Options = Options;
+    const NAME: &'static str = "mcts";
+    const DESCRIPTION: &'static str = "Monte-Carlo tree search over system prompts (as in \
+PromptAgent), scored with DRPO's reward: each iteration selects a node by UCT (mean reward plus \
+exploration · sqrt(ln N(parent) / N(child))), expands it into `width` prompts the optimizer \
+writes from the node's answer and judgement, judges each on the next training query, and \
+backpropagates the best new reward to the root. Returns the node whose path has the best mean \
+reward.";
 
-    fn run(host: &mut ComponentHost, options: &str) -> Result<Outcome, String> {
-        let options: Options = schema().parse(options)?;
+    fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries();
         let examples = host.examples();
         search::run(host, &options, &queries, examples)
     }
 
-    fn estimate(options: &str) -> Result<Vec<RoleEstimate>, String> {
-        Ok(estimate_calls(&schema().parse(options)?))
+    fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
+        Ok(estimate_calls(options))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The search loop: the tree of [`crate::tree`] grown with DRPO's optimizer and judge.
 
-use drpo_kit::scoring::{Evaluation, Scorer, Stop, Stopped};
+use drpo_kit::engine::{Evaluation, Scorer, Stop};
 use drpo_kit::{Example, Host, HostExt, Outcome, Query};
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ pub fn run<H: Host>(
     if queries.is_empty() {
         return Err("no training queries to search with".into());
     }
-    let mut scorer = Scorer::new(options.requests.request_options(options.width), examples);
+    let mut scorer = Scorer::new(options.requests.request_settings(options.width), examples);
     let query_at = |depth: u32| queries[depth as usize % queries.len()].clone();
     let root = (options.requests.initial_system_prompt.clone(), query_at(0));
     let mut evaluations: Vec<Evaluation> = match scorer.evaluate(host, std::slice::from_ref(&root))
@@ -59,7 +59,7 @@ pub fn run<H: Host>(
             &query_at,
         ) {
             Ok(()) => iterations = iteration,
-            Err(Stopped(why)) => {
+            Err(why) => {
                 host.warn(format!(
                     "search stopped early: {why}; returning the best so far"
                 ));
@@ -107,7 +107,7 @@ fn expand<H: Host>(
     options: &Options,
     iteration: u32,
     query_at: &dyn Fn(u32) -> Query,
-) -> Result<(), Stopped> {
+) -> Result<(), Stop> {
     let lineage: Vec<String> = tree
         .path(leaf)
         .iter()
@@ -186,7 +186,7 @@ mod tests {
     use drpo_kit::testing::{ScriptedHost, queries};
 
     fn options(iterations: u32, depth: u32, width: u32) -> Options {
-        let mut options: Options = crate::schema().parse("{}").unwrap();
+        let mut options = Options::default();
         (options.iterations, options.depth, options.width) = (iterations, depth, width);
         options
     }

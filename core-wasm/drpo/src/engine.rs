@@ -1,39 +1,43 @@
-//! DRPO's reward for any search: answer a training query under a candidate prompt with the base
-//! model, pick the aspects that matter for the query (once per query), judge the answer on them,
-//! and take the mean score; and the optimizer's proposals from that feedback.
+//! The DRPO scoring engine: what a prompt is worth, apart from how a strategy searches the
+//! space of prompts. Every strategy (beam, greedy, mcts, icl, eval) sends its requests and reads
+//! its answers through this module, so a change to how DRPO scores reaches all of them at once.
 //!
-//! Every phase is one batched `complete` call: [`Scorer::evaluate`] makes at most two (aspect
-//! selections together with the answers, then the judgements), however many candidates it is
-//! given. The prompts, schemas and parsing are the DRPO library's ([`drpo::prompts`],
-//! [`drpo::parse`], [`drpo::reward`]), so every strategy built on the kit is judged the same way,
-//! and so is the end of a run: a batch stops it by the library's rule ([`Stop::check`]), and
-//! [`Scorer::judgements`] counts the judgements for the outcome's details.
+//! - [`RequestSettings`]: the seed, sampling and token limits the request builders of
+//!   [`crate::prompts`] and [`crate::icl`] take;
+//! - [`complete_batch`]: one batched call, stopped by the library's rule ([`Stop::check`]):
+//!   a spent budget, or a role rejected on every request;
+//! - [`Selection`]: a query's aspects, parsed from the metrics model's answer, from the metrics
+//!   cache, or the general-quality fallback when the answer is unusable;
+//! - [`Scorer`]: the reward of a candidate prompt (base answer, aspect selection once per query,
+//!   judgement, mean score) and the optimizer's proposals, in as few batched calls as possible,
+//!   with the node details the viewer shows.
 
 use std::collections::BTreeMap;
 
-use drpo::aspects::{self, Aspect};
-use drpo::icl;
-use drpo::options::Options;
-pub use drpo::outcome::{Judgements, Stop};
-use drpo::parse::{self, Judgement};
-use drpo::prompts;
-use drpo::reward;
-use drpo::types::{Completion, Example, Host, LlmError, LogLevel, Outcome, Query, Request, Role};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::OptionsSchema;
+use crate::aspects::{self, Aspect, CATALOGUE};
+use crate::icl;
+pub use crate::outcome::{Judgements, Stop};
+use crate::parse::{self, AspectSelection, Judgement};
+use crate::prompts;
+use crate::reward;
+use crate::types::{
+    Completion, Example, Host, LlmError, LogLevel, Query, Request, Role, RoleEstimate,
+};
 
-/// The request settings every DRPO-scored search shares, as options: put them in a strategy's
-/// options struct with `#[serde(flatten)]` and in its schema with [`Settings::add_to`].
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct Settings {
-    /// The prompt the search starts from.
-    pub initial_system_prompt: String,
+/// What DRPO's requests are sent with. Strategies fill it from their options; the defaults are
+/// the published ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestSettings {
     /// Seed of every request.
     pub seed: u64,
     /// The optimizer's sampling temperature.
     pub temperature: f64,
+    /// The optimizer's nucleus mass.
+    pub optimizer_top_p: f64,
+    /// Candidate prompts per optimizer request (its `n`).
+    pub n_actions: u32,
     /// Token limit of a base-model answer.
     pub base_max_tokens: u32,
     /// Token limit of an aspect selection.
@@ -42,112 +46,77 @@ pub struct Settings {
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
-    /// In-context examples the base model sees: the first `k` of the pool.
+    /// In-context examples the base model sees.
     pub k: u32,
 }
 
-impl Settings {
-    /// Adds the settings to `schema`; `temperature` is the optimizer's default temperature.
-    pub fn add_to(schema: OptionsSchema, temperature: f64) -> OptionsSchema {
-        let defaults = Options::default();
-        schema
-            .string(
-                "initial_system_prompt",
-                &defaults.initial_system_prompt,
-                "The system prompt the search starts from.",
-            )
-            .integer("seed", 0, 0, "Seed of every request.")
-            .number(
-                "temperature",
-                temperature,
-                0.0,
-                "Sampling temperature of the optimizer.",
-            )
-            .integer(
-                "base_max_tokens",
-                defaults.base_max_tokens.into(),
-                1,
-                "Token limit of a base-model answer.",
-            )
-            .integer(
-                "metrics_max_tokens",
-                defaults.metrics_max_tokens.into(),
-                1,
-                "Token limit of an aspect selection.",
-            )
-            .integer(
-                "judge_max_tokens",
-                defaults.judge_max_tokens.into(),
-                1,
-                "Token limit of a judgement.",
-            )
-            .integer(
-                "optimizer_max_tokens",
-                defaults.optimizer_max_tokens.into(),
-                1,
-                "Token limit of each optimizer candidate.",
-            )
-            .integer(
-                "k",
-                defaults.k.into(),
-                1,
-                "In-context examples the base model sees: the first k of the pool.",
-            )
-    }
-
-    /// The DRPO library's request options for these settings, the optimizer writing
-    /// `candidates` prompts per request.
-    pub fn request_options(&self, candidates: u32) -> Options {
-        Options {
-            n_actions: candidates.max(1),
-            temperature: self.temperature,
-            seed: self.seed,
-            base_max_tokens: self.base_max_tokens,
-            metrics_max_tokens: self.metrics_max_tokens,
-            judge_max_tokens: self.judge_max_tokens,
-            optimizer_max_tokens: self.optimizer_max_tokens,
-            k: self.k,
-            initial_system_prompt: self.initial_system_prompt.clone(),
-            ..Options::default()
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            seed: 0,
+            temperature: 0.2,
+            optimizer_top_p: 0.95,
+            n_actions: 3,
+            base_max_tokens: 2048,
+            metrics_max_tokens: 2048,
+            judge_max_tokens: 2048,
+            optimizer_max_tokens: 2048,
+            k: 2,
         }
-    }
-}
-
-/// The run cannot go on: a budget is spent, or a role fails on every request. A strategy
-/// returns its best result so far, with [`Stop::details`] as its details' `stop`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stopped(pub Stop);
-
-impl Stopped {
-    /// The outcome of a search stopped before its first prompt was scored: that prompt, no
-    /// score, and why, so the host writes the results and names the cause in its exit code.
-    pub fn before_any_score(&self, prompt: String, judgements: Judgements) -> Outcome {
-        Outcome {
-            best_prompt: Some(prompt),
-            best_score: None,
-            best_path: Vec::new(),
-            details: json!({
-                "stopped": self.0.to_string(),
-                "stop": Stop::details(Some(&self.0)),
-                "judgements": judgements,
-            })
-            .to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
     }
 }
 
 /// The aspects chosen for one query, and where they came from.
 #[derive(Clone, Debug)]
-struct Selection {
-    aspects: Vec<&'static Aspect>,
-    reasoning: String,
-    source: &'static str,
+pub struct Selection {
+    /// The aspects the judge scores.
+    pub aspects: Vec<&'static Aspect>,
+    /// Why they were chosen (passed on to the judge).
+    pub reasoning: String,
+    /// `model`, `cache` or `fallback`, for the node details.
+    pub source: &'static str,
+}
+
+impl Selection {
+    /// A selection parsed from the metrics model's answer (`model`) or a cache entry (`cache`).
+    pub fn parsed(selection: AspectSelection, source: &'static str) -> Self {
+        Selection {
+            aspects: selection.aspects,
+            reasoning: selection.reasoning,
+            source,
+        }
+    }
+
+    /// The general-quality aspects, used when a query's selection is unusable; logs why.
+    pub fn fallback<H: Host>(host: &mut H, why: &str) -> Self {
+        host.log(
+            LogLevel::Warn,
+            format!("aspect selection unusable ({why}); using the general-quality aspects"),
+        );
+        Selection {
+            aspects: aspects::fallback(),
+            reasoning: "The aspect selection failed, so the general-quality aspects are used."
+                .to_owned(),
+            source: "fallback",
+        }
+    }
+}
+
+/// Parses the metrics model's answer to an aspect-selection request (at most `max` aspects):
+/// the object, as the metrics cache keeps it, and the selection; or why it is unusable.
+pub fn parse_selection_answer(
+    result: Result<Completion, LlmError>,
+    max: usize,
+) -> Result<(Map<String, Value>, AspectSelection), String> {
+    match result {
+        Ok(c) => match c.choices.first() {
+            Some(answer) => parse::extract_object(answer).and_then(|object| {
+                parse::parse_aspect_selection_at_most(&object, max).map(|sel| (object, sel))
+            }),
+            None => Err("empty completion".to_owned()),
+        },
+        Err(e) => Err(format!("the call failed: {e}")),
+    }
 }
 
 /// One candidate prompt judged on one query.
@@ -195,7 +164,7 @@ impl Evaluation {
 
 /// Scores candidates and asks for new ones, remembering each query's aspect selection.
 pub struct Scorer {
-    options: Options,
+    options: RequestSettings,
     examples: Vec<Example>,
     selections: BTreeMap<String, Selection>,
     judgements: Judgements,
@@ -204,7 +173,7 @@ pub struct Scorer {
 impl Scorer {
     /// A scorer whose requests follow `options` (seed, token limits, the optimizer's sampling)
     /// and show the base model the first `options.k` of `examples` in context.
-    pub fn new(options: Options, examples: Vec<Example>) -> Self {
+    pub fn new(options: RequestSettings, examples: Vec<Example>) -> Self {
         Scorer {
             options,
             examples,
@@ -220,7 +189,7 @@ impl Scorer {
         &mut self,
         host: &mut H,
         candidates: &[(String, Query)],
-    ) -> Result<Vec<Evaluation>, Stopped> {
+    ) -> Result<Vec<Evaluation>, Stop> {
         let mut new_queries: Vec<&str> = Vec::new();
         for (_, query) in candidates {
             let text = query.text.as_str();
@@ -241,7 +210,10 @@ impl Scorer {
         let mut results = complete_batch(host, batch)?;
         let answers = results.split_off(new_queries.len());
         for (text, result) in new_queries.iter().zip(results) {
-            let selection = select(host, result);
+            let selection = match parse_selection_answer(result, prompts::MAX_ASPECTS) {
+                Ok((_, selection)) => Selection::parsed(selection, "model"),
+                Err(why) => Selection::fallback(host, &why),
+            };
             self.selections.insert((*text).to_owned(), selection);
         }
 
@@ -318,7 +290,7 @@ impl Scorer {
         parent: &Evaluation,
         path_prompts: &[String],
         n: u32,
-    ) -> Result<Vec<String>, Stopped> {
+    ) -> Result<Vec<String>, Stop> {
         let mut request = prompts::optimizer_request(
             &parent.prompt,
             &parent.query.text,
@@ -337,7 +309,7 @@ impl Scorer {
         &mut self,
         host: &mut H,
         request: Request,
-    ) -> Result<Vec<String>, Stopped> {
+    ) -> Result<Vec<String>, Stop> {
         let mut prompts = Vec::new();
         match complete_batch(host, vec![request])?.pop() {
             Some(Ok(completion)) => {
@@ -355,7 +327,7 @@ impl Scorer {
     }
 
     /// The request options in use (seed, token limits, sampling).
-    pub fn options(&self) -> &Options {
+    pub fn options(&self) -> &RequestSettings {
         &self.options
     }
 
@@ -371,57 +343,93 @@ impl Scorer {
 pub fn complete_batch<H: Host>(
     host: &mut H,
     batch: Vec<Request>,
-) -> Result<Vec<Result<Completion, LlmError>>, Stopped> {
+) -> Result<Vec<Result<Completion, LlmError>>, Stop> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let roles: Vec<Role> = batch.iter().map(|r| r.role).collect();
-    let mut results = host.complete(batch);
+    let results = host.complete(batch);
+    settle(&roles, results)
+}
+
+/// The answers to requests of `roles` as a strategy reads them: one per request (a host's
+/// shortfall padded with failures, so answers stay matched to their requests), or the [`Stop`]
+/// they call for.
+pub fn settle(
+    roles: &[Role],
+    mut results: Vec<Result<Completion, LlmError>>,
+) -> Result<Vec<Result<Completion, LlmError>>, Stop> {
     results.resize_with(roles.len(), || {
         Err(LlmError::Unavailable("no answer from the host".into()))
     });
-    match Stop::check(&roles, &results) {
-        Some(stop) => Err(Stopped(stop)),
+    match Stop::check(roles, &results) {
+        Some(stop) => Err(stop),
         None => Ok(results),
     }
 }
 
-fn select<H: Host>(host: &mut H, result: Result<Completion, LlmError>) -> Selection {
-    let parsed = match result {
-        Ok(c) => match c.choices.first() {
-            Some(answer) => {
-                parse::extract_object(answer).and_then(|obj| parse::parse_aspect_selection(&obj))
-            }
-            None => Err("empty completion".to_owned()),
-        },
-        Err(e) => Err(format!("the call failed: {e}")),
+/// Characters per token, the usual rule of thumb for English text.
+const CHARS_PER_TOKEN: u64 = 4;
+/// A typical training query or example answer, in characters.
+const TYPICAL_TEXT_CHARS: u64 = 600;
+
+fn tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(CHARS_PER_TOKEN)
+}
+
+/// The size of one request of each role, in [`Role::ALL`] order, for a strategy's projection,
+/// which fills in how many calls it makes (here 0). Rough: prompts are counted at four
+/// characters per token, and a query or an example answer is taken to be of typical length.
+/// `system_prompt` is the prompt a search starts from; `lineage` the length of the longest path
+/// whose prompts the optimizer is shown (it shows at most [`prompts::LINEAGE_WINDOW`]).
+pub fn request_sizes(
+    settings: &RequestSettings,
+    system_prompt: &str,
+    lineage: usize,
+) -> Vec<RoleEstimate> {
+    let examples = settings.k as u64 * TYPICAL_TEXT_CHARS;
+    let base_prompt = tokens(system_prompt.len())
+        + examples / CHARS_PER_TOKEN
+        + 2 * TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
+    let metrics_prompt =
+        tokens(prompts::aspect_selection_prompt("").len()) + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
+    let some_aspects: Vec<_> = CATALOGUE.iter().take(6).collect();
+    let judge_prompt = tokens(prompts::judge_prompt("", "", &some_aspects, "").len())
+        + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN
+        + settings.base_max_tokens as u64;
+    let lineage: Vec<String> = vec![system_prompt.to_owned(); lineage];
+    let optimizer_prompt = tokens(prompts::optimizer_prompt("", "", "", "", &lineage).len())
+        + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN
+        + settings.base_max_tokens as u64
+        + settings.judge_max_tokens as u64;
+    let size = |role, prompt_tokens_per_call, max_completion_tokens_per_call| RoleEstimate {
+        role,
+        min_calls: 0,
+        max_calls: 0,
+        prompt_tokens_per_call,
+        max_completion_tokens_per_call,
     };
-    match parsed {
-        Ok(selection) => Selection {
-            aspects: selection.aspects,
-            reasoning: selection.reasoning,
-            source: "model",
-        },
-        Err(e) => {
-            host.log(
-                LogLevel::Warn,
-                format!("aspect selection unusable ({e}); using the general-quality aspects"),
-            );
-            Selection {
-                aspects: aspects::fallback(),
-                reasoning: "The aspect selection failed, so the general-quality aspects are used."
-                    .to_owned(),
-                source: "fallback",
-            }
-        }
-    }
+    vec![
+        size(Role::Base, base_prompt, settings.base_max_tokens as u64),
+        size(
+            Role::Metrics,
+            metrics_prompt,
+            settings.metrics_max_tokens as u64,
+        ),
+        size(Role::Judge, judge_prompt, settings.judge_max_tokens as u64),
+        size(
+            Role::Optimizer,
+            optimizer_prompt,
+            settings.optimizer_max_tokens as u64 * settings.n_actions.max(1) as u64,
+        ),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{ScriptedHost, queries};
-    use drpo::types::Prompt;
+    use crate::types::Prompt;
 
     fn examples(n: usize) -> Vec<Example> {
         (0..n)
@@ -441,10 +449,10 @@ mod tests {
         for role in [Role::Base, Role::Judge, Role::Metrics] {
             let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
             host.reject = Some((role, "no such model".into()));
-            let mut scorer = Scorer::new(Options::default(), Vec::new());
+            let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
             let stopped = scorer.evaluate(&mut host, &candidates).unwrap_err();
             assert_eq!(
-                stopped.0,
+                stopped,
                 Stop::RoleFailed {
                     role,
                     error: "no such model".into()
@@ -459,7 +467,7 @@ mod tests {
         }
         let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
         host.reject = Some((Role::Optimizer, "no such model".into()));
-        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
         let judged = scorer.evaluate(&mut host, &candidates).unwrap();
         assert_eq!(
             scorer.judgements(),
@@ -470,7 +478,7 @@ mod tests {
         );
         let stopped = scorer.propose(&mut host, &judged[0], &[], 3).unwrap_err();
         assert_eq!(
-            Stop::details(Some(&stopped.0)),
+            Stop::details(Some(&stopped)),
             serde_json::json!({"kind": "role-failed", "role": "optimizer", "error": "no such model"})
         );
     }
@@ -479,9 +487,9 @@ mod tests {
     fn the_base_model_sees_the_first_k_examples() {
         for (k, first) in [(1, vec![0]), (3, vec![0, 1, 2])] {
             let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
-            let options = Options {
+            let options = RequestSettings {
                 k,
-                ..Options::default()
+                ..RequestSettings::default()
             };
             let mut scorer = Scorer::new(options, examples(4));
             let query = queries(1).remove(0);

@@ -6,38 +6,14 @@
 //! then answers and judges each child; aspect selection is one call per new query unless the
 //! metrics cache already holds it. The fewest calls are made when every beam is skipped and no
 //! extra level is granted; the most when no beam is ever skipped and every extra level is.
-//! Token counts are rough: prompts are counted at four characters per token.
+//! The size of each request is the engine's ([`request_sizes`]).
 
-use crate::aspects::CATALOGUE;
+use drpo_kit::RoleEstimate;
+use drpo_kit::drpo::engine::request_sizes;
+
 use crate::options::Options;
-use crate::prompts;
-use crate::types::Role;
 
-/// The expected use of one role.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoleEstimate {
-    /// The role.
-    pub role: Role,
-    /// Fewest requests a run can make.
-    pub min_calls: u64,
-    /// Most requests a run can make.
-    pub max_calls: u64,
-    /// Rough prompt tokens of one request.
-    pub prompt_tokens_per_call: u64,
-    /// Most completion tokens of one request (its token limit times its choices).
-    pub max_completion_tokens_per_call: u64,
-}
-
-/// Characters per token, the usual rule of thumb for English text.
-const CHARS_PER_TOKEN: u64 = 4;
-/// A typical training query or example answer, in characters.
-const TYPICAL_TEXT_CHARS: u64 = 600;
-
-fn tokens(chars: usize) -> u64 {
-    (chars as u64).div_ceil(CHARS_PER_TOKEN)
-}
-
-/// The projection for a beam search with `options`, in [`Role::ALL`] order.
+/// The projection for a beam search with `options`, in [`drpo_kit::Role::ALL`] order.
 pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let levels_min = options
         .depth
@@ -61,63 +37,26 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let new_queries = 1 + levels_max;
     let metrics_max = new_queries.saturating_sub(options.metrics_cache.len() as u64);
 
-    let prompt_chars = options.initial_system_prompt.len();
-    let examples = options.k as u64 * TYPICAL_TEXT_CHARS;
-    let base_prompt = tokens(prompt_chars)
-        + examples / CHARS_PER_TOKEN
-        + 2 * TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
-    let metrics_prompt =
-        tokens(prompts::aspect_selection_prompt("").len()) + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
-    let some_aspects: Vec<_> = CATALOGUE.iter().take(6).collect();
-    let judge_prompt = tokens(prompts::judge_prompt("", "", &some_aspects, "").len())
-        + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN
-        + options.base_max_tokens as u64;
-    let lineage: Vec<String> = vec![options.initial_system_prompt.clone(); levels_max as usize + 1];
-    let optimizer_prompt = tokens(prompts::optimizer_prompt("", "", "", "", &lineage).len())
-        + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN
-        + options.base_max_tokens as u64
-        + options.judge_max_tokens as u64;
-
-    let role =
-        |role, min_calls, max_calls, prompt_tokens_per_call, max_completion_tokens_per_call| {
-            RoleEstimate {
-                role,
-                min_calls,
-                max_calls,
-                prompt_tokens_per_call,
-                max_completion_tokens_per_call,
-            }
-        };
-    vec![
-        role(
-            Role::Base,
-            children_min,
-            children_max,
-            base_prompt,
-            options.base_max_tokens as u64,
-        ),
-        role(
-            Role::Metrics,
-            0,
-            metrics_max,
-            metrics_prompt,
-            options.metrics_max_tokens as u64,
-        ),
-        role(
-            Role::Judge,
-            children_min,
-            children_max,
-            judge_prompt,
-            options.judge_max_tokens as u64,
-        ),
-        role(
-            Role::Optimizer,
-            0,
-            optimizer_max,
-            optimizer_prompt,
-            options.optimizer_max_tokens as u64 * options.n_actions.max(1) as u64,
-        ),
-    ]
+    let counts = [
+        (children_min, children_max),
+        (0, metrics_max),
+        (children_min, children_max),
+        (0, optimizer_max),
+    ];
+    let lineage = levels_max as usize + 1;
+    request_sizes(
+        &options.request_settings(),
+        &options.initial_system_prompt,
+        lineage,
+    )
+    .into_iter()
+    .zip(counts)
+    .map(|(size, (min_calls, max_calls))| RoleEstimate {
+        min_calls,
+        max_calls,
+        ..size
+    })
+    .collect()
 }
 
 #[cfg(test)]

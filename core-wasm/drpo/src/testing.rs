@@ -1,13 +1,13 @@
 //! A scripted [`Host`] for testing a search natively (`cargo test`, no WebAssembly): it plays
-//! the four DRPO roles with answers in the shapes the kit's [`crate::scoring`] expects, and
+//! the four DRPO roles with answers in the shapes the [`crate::engine`] expects, and
 //! keeps every request, node and log line for assertions. A request it has answered before gets
 //! the same answer again, as a deterministic model or the host's response cache gives it, so a
 //! search that repeats a request cannot pass a test on a second answer it would never get.
 
 use std::collections::HashMap;
 
-use drpo::types::{
-    Completion, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
+use crate::types::{
+    Completion, Example, Host, LlmError, LogLevel, Node, Prompt, Query, Request, Role, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -49,6 +49,10 @@ pub struct ScriptedHost {
     /// The key of the optimizer's answer that holds what `propose` wrote (default
     /// `new_system_prompt`; a strategy that rewrites answers asks for another).
     pub optimizer_field: String,
+    /// The training queries a strategy under test is given (none unless set).
+    pub queries: Vec<Query>,
+    /// The in-context examples a strategy under test is given (none unless set).
+    pub examples: Vec<Example>,
     /// The choices given to each request answered, by the request's JSON.
     answered: HashMap<String, Vec<String>>,
 }
@@ -70,6 +74,8 @@ impl ScriptedHost {
             budget: None,
             reject: None,
             optimizer_field: "new_system_prompt".into(),
+            queries: Vec::new(),
+            examples: Vec::new(),
             answered: HashMap::new(),
         }
     }
@@ -179,9 +185,7 @@ impl Host for ScriptedHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scoring::Scorer;
-    use drpo::options::Options;
-    use drpo::types::Query;
+    use crate::engine::{RequestSettings, Scorer, Stop};
 
     fn query(id: &str) -> Query {
         Query {
@@ -197,7 +201,7 @@ mod tests {
             |judged| if judged.contains("careful") { 5 } else { 2 },
             |_, i| format!("prompt {i}"),
         );
-        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
         let candidates = vec![
             ("Be careful.".to_string(), query("a")),
             ("Be quick.".to_string(), query("a")),
@@ -239,8 +243,14 @@ mod tests {
                 format!("prompt {calls}")
             },
         );
-        let request =
-            drpo::prompts::optimizer_request("p", "q", "a", "{}", &[], &Options::default());
+        let request = crate::prompts::optimizer_request(
+            "p",
+            "q",
+            "a",
+            "{}",
+            &[],
+            &RequestSettings::default(),
+        );
         let first = host.complete(vec![request.clone()]);
         let again = host.complete(vec![request.clone()]);
         assert_eq!(first, again);
@@ -254,13 +264,10 @@ mod tests {
     fn a_spent_budget_stops_the_scorer() {
         let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
         host.budget = Some(1);
-        let mut scorer = Scorer::new(Options::default(), Vec::new());
+        let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
         let stopped = scorer
             .evaluate(&mut host, &[("p".into(), query("a"))])
             .unwrap_err();
-        assert_eq!(
-            stopped,
-            crate::scoring::Stopped(drpo::outcome::Stop::BudgetExhausted)
-        );
+        assert_eq!(stopped, Stop::BudgetExhausted);
     }
 }

@@ -4,7 +4,7 @@
 //! - Level *d* uses one query, `queries[d + 1]`, for every beam; the root answers `queries[0]`
 //!   under the initial prompt. A new prompt is therefore scored on the query *after* the one whose
 //!   feedback produced it.
-//! - A node is expanded by the skip rule ([`crate::reward::decide`]): a skip keeps the prompt as
+//! - A node is expanded by the skip rule ([`drpo_kit::drpo::reward::decide`]): a skip keeps the prompt as
 //!   the only child and may grant one more level (at most one per level, at most
 //!   `max_depth_increase` in all); otherwise the optimizer writes `n_actions` new prompts.
 //! - Paths are ranked by the mean of their per-step rewards (the last reward when the beam is 1);
@@ -19,19 +19,23 @@
 //! level is complete. A spent budget, or a role whose every request of a level's phase was
 //! rejected alike ([`Stop::check`]), stops the search cleanly with the best result so far.
 
-use crate::aspects::{self, Aspect};
-use crate::icl;
-use crate::options::Options;
-use crate::outcome::{Judgements, Stop};
-use crate::parse::{self, Judgement};
-use crate::prompts;
-use crate::reward::{self, Decision, DepthLimit, SkipReason};
-use crate::types::{
+use std::collections::{BTreeMap, BTreeSet};
+
+use drpo_kit::drpo::aspects;
+use drpo_kit::drpo::engine::{
+    self, Judgements, RequestSettings, Selection, Stop, parse_selection_answer,
+};
+use drpo_kit::drpo::icl;
+use drpo_kit::drpo::parse::{self, Judgement};
+use drpo_kit::drpo::prompts;
+use drpo_kit::drpo::reward::{self, Decision, DepthLimit, SkipReason};
+use drpo_kit::{
     Completion, Example, Host, LlmError, LogLevel, Node, Outcome, Query, Request, Role,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+
+use crate::options::Options;
 
 /// Requests and calls made during a search, per role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -155,14 +159,6 @@ impl SearchResult {
     }
 }
 
-/// The aspects chosen for one query.
-#[derive(Clone)]
-struct Metrics {
-    aspects: Vec<&'static Aspect>,
-    reasoning: String,
-    source: &'static str,
-}
-
 /// A beam entry: a node and the rewards along its path (the root's excluded).
 #[derive(Clone)]
 struct BeamItem {
@@ -195,9 +191,11 @@ enum Retrieval {
 struct Search<'a, H: Host> {
     host: &'a mut H,
     options: &'a Options,
+    /// What every request is sent with, from the options.
+    requests: RequestSettings,
     queries: &'a [Query],
     examples: &'a [Example],
-    metrics: BTreeMap<String, Metrics>,
+    metrics: BTreeMap<String, Selection>,
     new_cache: BTreeMap<String, Value>,
     /// Queries whose selection, fetched ahead, failed: asked again when they are scored, so a
     /// passing failure does not leave them with the fallback aspects for the whole run.
@@ -230,6 +228,7 @@ pub fn run<H: Host>(
     let mut search = Search {
         host,
         options,
+        requests: options.request_settings(),
         queries: &queries[..used],
         examples,
         metrics: BTreeMap::new(),
@@ -425,7 +424,7 @@ impl<H: Host> Search<'_, H> {
                     &self.answers[item.node],
                     &pretty4(&self.judgements[item.node].to_json()),
                     &path,
-                    self.options,
+                    &self.requests,
                 ));
             }
         }
@@ -539,13 +538,7 @@ impl<H: Host> Search<'_, H> {
                 format!("the host answered {} of {wanted} requests", results.len()),
             );
         }
-        results.resize_with(wanted, || {
-            Err(LlmError::Unavailable("no answer from the host".into()))
-        });
-        match Stop::check(&roles, &results) {
-            Some(stop) => Err(stop),
-            None => Ok(results),
-        }
+        engine::settle(&roles, results)
     }
 
     /// Embeds the example pool and every query the search may reach, once; falls back to the
@@ -614,14 +607,7 @@ impl<H: Host> Search<'_, H> {
             if let Some(cached) = self.options.metrics_cache.get(&text) {
                 match parse::parse_cached_selection(cached, prompts::MAX_ASPECTS) {
                     Ok(sel) => {
-                        self.metrics.insert(
-                            text,
-                            Metrics {
-                                aspects: sel.aspects,
-                                reasoning: sel.reasoning,
-                                source: "cache",
-                            },
-                        );
+                        self.metrics.insert(text, Selection::parsed(sel, "cache"));
                         continue;
                     }
                     Err(e) => self.log(
@@ -637,7 +623,7 @@ impl<H: Host> Search<'_, H> {
         }
         let requests = texts
             .iter()
-            .map(|t| prompts::aspect_selection_request(t, self.options))
+            .map(|t| prompts::aspect_selection_request(t, &self.requests))
             .collect();
         (texts, requests)
     }
@@ -651,25 +637,13 @@ impl<H: Host> Search<'_, H> {
         scored: &str,
     ) {
         for (text, result) in texts.into_iter().zip(results) {
-            let parsed = match result {
-                Ok(c) => match c.choices.first() {
-                    Some(answer) => parse::extract_object(answer)
-                        .and_then(|obj| parse::parse_aspect_selection(&obj).map(|sel| (obj, sel))),
-                    None => Err("empty completion".to_string()),
-                },
-                Err(e) => Err(format!("the call failed: {e}")),
-            };
-            let metrics = match parsed {
+            let metrics = match parse_selection_answer(result, prompts::MAX_ASPECTS) {
                 Ok((object, sel)) => {
                     for p in &sel.problems {
                         self.log(LogLevel::Warn, format!("aspect selection: {p}"));
                     }
                     self.new_cache.insert(text.clone(), Value::Object(object));
-                    Metrics {
-                        aspects: sel.aspects,
-                        reasoning: sel.reasoning,
-                        source: "model",
-                    }
+                    Selection::parsed(sel, "model")
                 }
                 Err(e) if text != scored => {
                     self.log(
@@ -682,21 +656,7 @@ impl<H: Host> Search<'_, H> {
                     self.retry_when_scored.insert(text);
                     continue;
                 }
-                Err(e) => {
-                    self.log(
-                        LogLevel::Warn,
-                        format!(
-                            "aspect selection unusable ({e}); using the general-quality aspects"
-                        ),
-                    );
-                    Metrics {
-                        aspects: aspects::fallback(),
-                        reasoning:
-                            "The aspect selection failed, so the general-quality aspects are used."
-                                .to_string(),
-                        source: "fallback",
-                    }
-                }
+                Err(e) => Selection::fallback(self.host, &e),
             };
             self.metrics.insert(text, metrics);
         }
@@ -729,7 +689,7 @@ impl<H: Host> Search<'_, H> {
         let chosen: Vec<&Example> = icl.iter().map(|&i| &self.examples[i]).collect();
         let base_requests: Vec<Request> = children
             .iter()
-            .map(|c| icl::base_request(&c.prompt, &chosen, &query.text, self.options))
+            .map(|c| icl::base_request(&c.prompt, &chosen, &query.text, &self.requests))
             .collect();
         let answers = if self.options.sequential {
             let metric_results = self.complete(metric_requests)?;
@@ -747,7 +707,7 @@ impl<H: Host> Search<'_, H> {
             .metrics
             .get(&query.text)
             .cloned()
-            .unwrap_or_else(|| Metrics {
+            .unwrap_or_else(|| Selection {
                 aspects: aspects::fallback(),
                 reasoning: String::new(),
                 source: "fallback",
@@ -771,7 +731,7 @@ impl<H: Host> Search<'_, H> {
                     answer,
                     &metrics.aspects,
                     &metrics.reasoning,
-                    self.options,
+                    &self.requests,
                 ));
             }
             texts.push(text);
@@ -814,7 +774,7 @@ impl<H: Host> Search<'_, H> {
         child: Child,
         s: Scored,
         query_index: usize,
-        metrics: &Metrics,
+        metrics: &Selection,
     ) -> usize {
         let id = self.tree.len();
         let depth = child.parent.map(|p| self.tree[p].depth + 1).unwrap_or(0);

@@ -1,7 +1,8 @@
 //! The search against a scripted host whose answers follow each request's schema.
 
 use super::*;
-use crate::types::{Prompt, Usage};
+use drpo_kit::drpo::data;
+use drpo_kit::{Prompt, Usage};
 
 /// How the scripted judge scores: (query text, system prompt of the answer, aspect) → score.
 type ScoreFn = Box<dyn Fn(&str, &str, &str) -> u8>;
@@ -991,8 +992,8 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn the_demo_data_runs_end_to_end() {
-    let queries = crate::data::parse_queries_jsonl(crate::data::DEMO_QUERIES_JSONL).unwrap();
-    let examples = crate::data::parse_examples(crate::data::DEMO_EXAMPLES_JSON).unwrap();
+    let queries = data::parse_queries_jsonl(data::DEMO_QUERIES_JSONL).unwrap();
+    let examples = data::parse_examples(data::DEMO_EXAMPLES_JSON).unwrap();
     let mut host = Scripted::plain();
     let r = run(
         &mut host,

@@ -1,40 +1,46 @@
 //! The options of the DRPO beam search: every published CLI default, the extra switches this
 //! implementation adds, parsing with validation, and the JSON Schema `describe` returns.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-/// The options `run` accepts. Missing fields take the published defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+use drpo_kit::drpo::engine::RequestSettings;
+use drpo_kit::{JsonSchema, StrategyOptions, derived_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The options `run` accepts, declared once: the schema `describe` publishes is derived from
+/// this type (doc comments, defaults, minimums). Missing fields take the published defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "drpo_kit::schemars", title = "DRPO beam search options")]
 #[serde(default)]
 pub struct Options {
-    /// Candidate prompts per expansion (the optimizer's `n`).
+    /// Candidate prompts the optimizer writes per expansion (its n).
+    #[schemars(range(min = 1))]
     pub n_actions: u32,
-    /// The optimizer's sampling temperature.
+    /// Sampling temperature of the optimizer.
     pub temperature: f64,
-    /// The optimizer's nucleus mass.
+    /// Nucleus mass of the optimizer.
     pub optimizer_top_p: f64,
-    /// Initial maximum path length (root included).
+    /// Initial maximum path length, the root included.
+    #[schemars(range(min = 1))]
     pub depth: u32,
     /// Beam width; 1 ranks paths by their last reward, more by their mean reward.
+    #[schemars(range(min = 1))]
     pub beam_size: u32,
-    /// Most extra levels that skips may add to `depth`.
+    /// Most extra levels that skipped (already good) steps may add to depth, one per level.
     pub max_depth_increase: u32,
-    /// How many training queries the run may use (the host samples them; the search uses at
-    /// most this many of the ones it is given).
+    /// Training queries to use; the host samples them, the search uses at most this many.
     pub num_training_examples: u32,
-    /// Retrieve in-context examples by embedding similarity; otherwise use the first `k`.
+    /// Retrieve in-context examples by embedding similarity; otherwise use the first k.
     pub ret_icl: bool,
-    /// How many in-context examples the base model sees (at least 1): the `k` most similar, or
-    /// the first `k` of the pool without retrieval.
+    /// In-context examples per query: the k most similar, or the first k without retrieval.
+    #[schemars(range(min = 1))]
     pub k: u32,
-    /// The prompt the search starts from.
+    /// The system prompt the search starts from.
     pub initial_system_prompt: String,
-    /// Seed of every request, and of the host's query shuffle.
+    /// Seed of every request and of the query shuffle.
     pub seed: u64,
-    /// Send one request per `complete` call, as the published code does, instead of one batch
-    /// per phase of a level.
+    /// Send one request per call like the published code, instead of batching each level.
     pub sequential: bool,
     /// Token limit of a base-model answer.
     pub base_max_tokens: u32,
@@ -44,11 +50,9 @@ pub struct Options {
     pub judge_max_tokens: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
-    /// Restore the published reaction to an unusable judgement: treat it as a skip that also
-    /// grants an extra level. Off by default; see [`crate::reward::SkipReason::NoJudgement`].
+    /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
     pub unusable_judgement_extends_depth: bool,
-    /// Aspect selections already known, in the published cache shape
-    /// `{query text: {query_analysis, aspects_selection}}`. A cached query costs no call.
+    /// Known aspect selections, {query text: {query_analysis, aspects_selection}}.
     pub metrics_cache: BTreeMap<String, Value>,
 }
 
@@ -64,7 +68,7 @@ impl Default for Options {
             num_training_examples: 180,
             ret_icl: true,
             k: 2,
-            initial_system_prompt: crate::icl::BASELINE_PROMPT.to_string(),
+            initial_system_prompt: drpo_kit::drpo::icl::BASELINE_PROMPT.to_string(),
             seed: 0,
             sequential: false,
             base_max_tokens: 2048,
@@ -76,96 +80,6 @@ impl Default for Options {
         }
     }
 }
-
-/// One line per option for the schema: name, JSON type, description.
-const DESCRIPTIONS: [(&str, &str, &str); 18] = [
-    (
-        "n_actions",
-        "integer",
-        "Candidate prompts the optimizer writes per expansion (its n).",
-    ),
-    (
-        "temperature",
-        "number",
-        "Sampling temperature of the optimizer.",
-    ),
-    (
-        "optimizer_top_p",
-        "number",
-        "Nucleus mass of the optimizer.",
-    ),
-    (
-        "depth",
-        "integer",
-        "Initial maximum path length, the root included.",
-    ),
-    (
-        "beam_size",
-        "integer",
-        "Beam width; 1 ranks paths by their last reward, more by their mean reward.",
-    ),
-    (
-        "max_depth_increase",
-        "integer",
-        "Most extra levels that skipped (already good) steps may add to depth, one per level.",
-    ),
-    (
-        "num_training_examples",
-        "integer",
-        "Training queries to use; the host samples them, the search uses at most this many.",
-    ),
-    (
-        "ret_icl",
-        "boolean",
-        "Retrieve in-context examples by embedding similarity; otherwise use the first k.",
-    ),
-    (
-        "k",
-        "integer",
-        "In-context examples per query: the k most similar, or the first k without retrieval.",
-    ),
-    (
-        "initial_system_prompt",
-        "string",
-        "The system prompt the search starts from.",
-    ),
-    (
-        "seed",
-        "integer",
-        "Seed of every request and of the query shuffle.",
-    ),
-    (
-        "sequential",
-        "boolean",
-        "Send one request per call like the published code, instead of batching each level.",
-    ),
-    (
-        "base_max_tokens",
-        "integer",
-        "Token limit of a base-model answer.",
-    ),
-    (
-        "metrics_max_tokens",
-        "integer",
-        "Token limit of an aspect selection.",
-    ),
-    ("judge_max_tokens", "integer", "Token limit of a judgement."),
-    (
-        "optimizer_max_tokens",
-        "integer",
-        "Token limit of each optimizer candidate.",
-    ),
-    (
-        "unusable_judgement_extends_depth",
-        "boolean",
-        "Published behaviour: an unusable judgement counts as a skip that grants an extra level.",
-    ),
-    (
-        "metrics_cache",
-        "object",
-        "Known aspect selections, {query text: {query_analysis, aspects_selection}}.",
-    ),
-];
 
 impl Options {
     /// Parses an options object. An empty string or `null` means all defaults. Unknown option
@@ -180,10 +94,11 @@ impl Options {
         let Value::Object(map) = value else {
             return Err("options must be a JSON object".to_string());
         };
+        let schema = <Options as StrategyOptions>::schema();
         let unknown: Vec<&str> = map
             .keys()
             .map(String::as_str)
-            .filter(|k| !DESCRIPTIONS.iter().any(|(name, _, _)| name == k))
+            .filter(|k| schema["properties"].get(*k).is_none())
             .collect();
         if !unknown.is_empty() {
             return Err(format!("unknown option(s): {}", unknown.join(", ")));
@@ -192,6 +107,21 @@ impl Options {
             .map_err(|e| format!("invalid options: {e}"))?;
         options.validate()?;
         Ok(options)
+    }
+
+    /// What the search's requests are sent with.
+    pub fn request_settings(&self) -> RequestSettings {
+        RequestSettings {
+            seed: self.seed,
+            temperature: self.temperature,
+            optimizer_top_p: self.optimizer_top_p,
+            n_actions: self.n_actions,
+            base_max_tokens: self.base_max_tokens,
+            metrics_max_tokens: self.metrics_max_tokens,
+            judge_max_tokens: self.judge_max_tokens,
+            optimizer_max_tokens: self.optimizer_max_tokens,
+            k: self.k,
+        }
     }
 
     /// Checks the values that the types alone do not bound.
@@ -223,33 +153,18 @@ impl Options {
             Err(problems.join("; "))
         }
     }
+}
 
+/// Beam's options keep their own parser, which checks the bounds the schema cannot state
+/// (`optimizer_top_p` in (0, 1]).
+impl StrategyOptions for Options {
     /// The JSON Schema of the options object, with each option's default and description.
-    pub fn schema() -> String {
-        let defaults = serde_json::to_value(Options::default()).unwrap_or(Value::Null);
-        let mut properties = Map::new();
-        for (name, ty, description) in DESCRIPTIONS {
-            let mut prop = json!({ "type": ty, "description": description });
-            if let Some(default) = defaults.get(name) {
-                prop["default"] = default.clone();
-            }
-            if ty == "integer" {
-                prop["minimum"] = json!(0);
-            }
-            properties.insert(name.to_string(), prop);
-        }
-        for name in ["n_actions", "depth", "beam_size", "k"] {
-            properties[name]["minimum"] = json!(1);
-        }
-        properties["metrics_cache"]["additionalProperties"] = json!({ "type": "object" });
-        json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "DRPO beam search options",
-            "type": "object",
-            "additionalProperties": false,
-            "properties": properties,
-        })
-        .to_string()
+    fn schema() -> Value {
+        derived_schema::<Self>()
+    }
+
+    fn parse(options: &str) -> Result<Self, String> {
+        Options::from_json(options)
     }
 }
 
@@ -317,7 +232,7 @@ mod tests {
 
     #[test]
     fn schema_describes_every_field_with_its_default() {
-        let schema: Value = serde_json::from_str(&Options::schema()).unwrap();
+        let schema = Options::schema();
         let props = schema["properties"].as_object().unwrap();
         let defaults = serde_json::to_value(Options::default()).unwrap();
         let fields = defaults.as_object().unwrap();

@@ -1,0 +1,70 @@
+//! The request options every DRPO-scored search shares (the seed, the optimizer's temperature,
+//! the token limits, the in-context examples), declared once for every strategy that offers
+//! them.
+
+use drpo::engine::RequestSettings;
+use drpo::icl::BASELINE_PROMPT;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The request settings every DRPO-scored search shares, as options: put them in a strategy's
+/// options struct with `#[serde(flatten)]`. Their defaults are the published ones, the
+/// optimizer's temperature the strategy's own (set it in the strategy's `Default`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct Settings {
+    /// The system prompt the search starts from.
+    pub initial_system_prompt: String,
+    /// Seed of every request.
+    pub seed: u64,
+    /// Sampling temperature of the optimizer.
+    #[schemars(range(min = 0.0))]
+    pub temperature: f64,
+    /// Token limit of a base-model answer.
+    #[schemars(range(min = 1))]
+    pub base_max_tokens: u32,
+    /// Token limit of an aspect selection.
+    #[schemars(range(min = 1))]
+    pub metrics_max_tokens: u32,
+    /// Token limit of a judgement.
+    #[schemars(range(min = 1))]
+    pub judge_max_tokens: u32,
+    /// Token limit of each optimizer candidate.
+    #[schemars(range(min = 1))]
+    pub optimizer_max_tokens: u32,
+    /// In-context examples the base model sees: the first k of the pool.
+    #[schemars(range(min = 1))]
+    pub k: u32,
+}
+
+impl Settings {
+    /// The published settings, the optimizer sampling at `temperature`.
+    pub fn with_temperature(temperature: f64) -> Self {
+        let defaults = RequestSettings::default();
+        Settings {
+            initial_system_prompt: BASELINE_PROMPT.to_owned(),
+            seed: defaults.seed,
+            temperature,
+            base_max_tokens: defaults.base_max_tokens,
+            metrics_max_tokens: defaults.metrics_max_tokens,
+            judge_max_tokens: defaults.judge_max_tokens,
+            optimizer_max_tokens: defaults.optimizer_max_tokens,
+            k: defaults.k,
+        }
+    }
+
+    /// The engine's request settings for these options, the optimizer writing `candidates`
+    /// prompts per request.
+    pub fn request_settings(&self, candidates: u32) -> RequestSettings {
+        RequestSettings {
+            n_actions: candidates.max(1),
+            temperature: self.temperature,
+            seed: self.seed,
+            base_max_tokens: self.base_max_tokens,
+            metrics_max_tokens: self.metrics_max_tokens,
+            judge_max_tokens: self.judge_max_tokens,
+            optimizer_max_tokens: self.optimizer_max_tokens,
+            k: self.k,
+            ..RequestSettings::default()
+        }
+    }
+}
