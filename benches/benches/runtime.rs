@@ -34,14 +34,7 @@ fn calls() -> Arc<Calls> {
             },
         })
     });
-    Arc::new(Calls::new(
-        Default::default(),
-        Default::default(),
-        None,
-        Router::uniform(Arc::new(provider)),
-        Vec::new(),
-        Vec::new(),
-    ))
+    Arc::new(Calls::unlimited(Router::uniform(Arc::new(provider))))
 }
 
 fn header(plugin: &Plugin, options: &str) -> Entry {

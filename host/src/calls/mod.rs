@@ -104,6 +104,19 @@ impl Calls {
         }
     }
 
+    /// The pipeline of `router` alone: no grant limit, no budget, no cache, no queries or
+    /// examples (tests and benchmarks of what lies below).
+    pub fn unlimited(router: Router) -> Calls {
+        Calls::new(
+            Grants::default(),
+            Meter::default(),
+            None,
+            router,
+            Vec::new(),
+            Vec::new(),
+        )
+    }
+
     /// The router (the preflight checks its providers).
     pub fn router(&self) -> &Router {
         &self.router

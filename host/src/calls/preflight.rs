@@ -189,14 +189,7 @@ mod tests {
             })
         });
         let seen = provider.requests();
-        let calls = Calls::new(
-            Default::default(),
-            Default::default(),
-            None,
-            Router::uniform(Arc::new(provider)),
-            Vec::new(),
-            Vec::new(),
-        );
+        let calls = Calls::unlimited(Router::uniform(Arc::new(provider)));
         let preflight = tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(run(&calls, &Role::ALL, false))
