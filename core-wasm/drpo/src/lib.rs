@@ -6,7 +6,8 @@
 //! natively (unit tests, the host's helpers) and inside a `wasm32-wasip2` strategy component
 //! (the plugin kit implements [`types::Host`] over the WIT bindings).
 //!
-//! Modules, in the order a run uses them:
+//! Modules, in the order a run uses them ([`contract`]: the WIT contract's version, read from
+//! the WIT file):
 //! - [`data`]: training-query loaders, the published proportional sampling and a seeded shuffle;
 //! - [`aspects`]: the catalogue of 14 reward aspects with their rubrics;
 //! - [`prompts`]: the three meta-prompts (aspect selection, judging, optimizing), their schemas
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod aspects;
+pub mod contract;
 pub mod data;
 pub mod engine;
 pub mod icl;

@@ -47,8 +47,9 @@ pub use options::{OptionsSchema, StrategyOptions, derived_schema, parse_with_sch
 pub use schemars::{self, JsonSchema};
 pub use settings::Settings;
 
-/// The version of the `drpo:strategy` contract this kit builds plugins for.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The version of the `drpo:strategy` contract this kit builds plugins for (read from the WIT
+/// file; see [`drpo::contract`]).
+pub use drpo::contract::WIT_VERSION;
 
 /// Everything a strategy usually needs, in one `use`.
 pub mod prelude {
