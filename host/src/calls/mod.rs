@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 
 use crate::bindings::types::{Example, LlmError, Query, Request};
 use crate::provider::{Answer, Router};
-use crate::runlog::{CallRecord, CallRequest, CallResponse, Preflight, billed_calls};
-use crate::runtime::Live;
+use crate::runlog::{CallRecord, Preflight, billed_calls};
+use crate::runtime::{Answered, Live};
 use budget::{Meter, Worst};
 use cache::ResponseCache;
 use grants::Grants;
@@ -66,7 +66,7 @@ impl Batch {
     }
 
     /// The answers in the batch's order, and which the cache gave.
-    fn finish(self) -> (Vec<Answer>, Vec<bool>) {
+    fn finish(self) -> Answered {
         let answers = self
             .answers
             .into_iter()
@@ -141,7 +141,7 @@ impl Calls {
     }
 
     /// Answers a plugin's `complete` batch through every stage.
-    pub async fn complete(&self, requests: Vec<Request>) -> (Vec<Answer>, Vec<bool>) {
+    pub async fn complete(&self, requests: Vec<Request>) -> Answered {
         let mut batch = Batch::new(requests);
         self.grant(&mut batch);
         self.spend(&mut batch, self.cache.as_ref()).await;
@@ -301,26 +301,20 @@ impl Calls {
 }
 
 impl Live for Calls {
-    fn answer<'a>(&'a self, request: &'a CallRequest) -> BoxFuture<'a, (CallResponse, Vec<bool>)> {
-        Box::pin(async move {
-            match request {
-                CallRequest::Complete(batch) => {
-                    let (answers, hits) = self.complete(batch.clone()).await;
-                    (CallResponse::Complete(answers), hits)
-                }
-                CallRequest::Embed(texts) => (
-                    CallResponse::Embed(self.embed(texts.clone()).await),
-                    Vec::new(),
-                ),
-                CallRequest::Queries => (CallResponse::Queries(self.queries.clone()), Vec::new()),
-                CallRequest::Examples => {
-                    (CallResponse::Examples(self.examples.clone()), Vec::new())
-                }
-                CallRequest::RecordNode(_) | CallRequest::Log { .. } => {
-                    (CallResponse::Unit, Vec::new())
-                }
-            }
-        })
+    fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Answered> {
+        Box::pin(Calls::complete(self, batch))
+    }
+
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>> {
+        Box::pin(Calls::embed(self, texts))
+    }
+
+    fn queries(&self) -> Vec<Query> {
+        self.queries.clone()
+    }
+
+    fn examples(&self) -> Vec<Example> {
+        self.examples.clone()
     }
 }
 

@@ -20,7 +20,7 @@ pub use records::{
     DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, RecordLimits,
 };
 pub use sandbox::{Limits, StoreState};
-pub use session::{Live, Observer, Session, SessionFailure};
+pub use session::{Answered, Live, Observer, Session, SessionFailure};
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -168,6 +168,20 @@ pub struct Finished<T, O = ()> {
     pub stderr: String,
     /// Fuel the call consumed.
     pub fuel_used: u64,
+}
+
+impl<T> Finished<T> {
+    /// The same, with `observer` given back.
+    fn with_observer<O>(self, observer: O) -> Finished<T, O> {
+        Finished {
+            result: self.result,
+            session: self.session,
+            observer,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            fuel_used: self.fuel_used,
+        }
+    }
 }
 
 /// Compiles and runs strategy plugins.
@@ -320,32 +334,18 @@ impl Runtime {
         let options = options.to_owned();
         let lent = Arc::new(std::sync::Mutex::new(observer));
         session.observer = Some(Box::new(session::Lent(lent.clone())));
-        let finished = self
+        let mut finished = self
             .call(plugin, seed, limits, session, move |strategy, store| {
                 Box::pin(async move { strategy.call_run(store, &options).await })
             })
             .await;
-        let Finished {
-            result,
-            mut session,
-            stdout,
-            stderr,
-            fuel_used,
-            observer: (),
-        } = finished;
-        session.observer = None;
+        // The session's copy goes first, so the observer is ours alone again.
+        finished.session.observer = None;
         let observer = Arc::into_inner(lent)
             .expect("the session held the only other reference")
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        let mut finished = Finished {
-            result,
-            session,
-            observer,
-            stdout,
-            stderr,
-            fuel_used,
-        };
+        let mut finished = finished.with_observer(observer);
         if let Ok(outcome) = &finished.result
             && let Err(refusal) = finished.session.records.admit_outcome(outcome)
         {

@@ -15,12 +15,24 @@ use super::divergence::{Divergence, first_difference};
 use super::records::RecordMeter;
 use super::sandbox::StoreState;
 
+/// The answers to a `complete` batch, in order, and which of them the response cache gave.
+pub type Answered = (Vec<Result<Completion, LlmError>>, Vec<bool>);
+
 /// What answers the live calls of a run: the host's call pipeline (`calls/`), which the
 /// runtime knows only through this trait.
 pub trait Live: Send + Sync {
-    /// Answers one live import call; for a `complete` batch, also which answers the response
-    /// cache gave (recorded in the call's provenance).
-    fn answer<'a>(&'a self, request: &'a CallRequest) -> BoxFuture<'a, (CallResponse, Vec<bool>)>;
+    /// Answers a `complete` batch, in order, and says which answers the response cache gave
+    /// (recorded in the call's provenance).
+    fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Answered>;
+
+    /// Answers an `embed` call.
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>>;
+
+    /// The run's training queries.
+    fn queries(&self) -> Vec<Query>;
+
+    /// The run's in-context examples.
+    fn examples(&self) -> Vec<Example>;
 }
 
 /// Sees every call as it is answered (progress display, human log, tree collection).
@@ -181,11 +193,20 @@ impl Session {
         }
         let started = Instant::now();
         let (response, cache_hits) = match &request {
+            CallRequest::Complete(batch) => {
+                let (answers, hits) = live.complete(batch.clone()).await;
+                (CallResponse::Complete(answers), hits)
+            }
+            CallRequest::Embed(texts) => (
+                CallResponse::Embed(live.embed(texts.clone()).await),
+                Vec::new(),
+            ),
+            CallRequest::Queries => (CallResponse::Queries(live.queries()), Vec::new()),
+            CallRequest::Examples => (CallResponse::Examples(live.examples()), Vec::new()),
             // What the plugin records is the run log's business alone.
             CallRequest::RecordNode(_) | CallRequest::Log { .. } => {
                 (CallResponse::Unit, Vec::new())
             }
-            _ => live.answer(&request).await,
         };
         let record = CallRecord {
             index,
