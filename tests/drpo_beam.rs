@@ -362,3 +362,71 @@ fn a_judgement_cut_short_by_the_length_limit_is_counted_unusable() {
         "each cut judgement is a node with no usable judgement"
     );
 }
+
+#[test]
+fn beam_asks_for_its_training_queries_and_the_host_draws_them_from_the_published_layout() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let alpaca: Vec<Value> = (0..8)
+        .map(|i| serde_json::json!({"instruction": format!("alpaca task {i}"), "output": ""}))
+        .collect();
+    let lima: Vec<Value> = (0..4)
+        .map(|i| serde_json::json!({"query": format!("lima question {i}"), "category": "wikihow"}))
+        .collect();
+    let harmful: String = (0..4).map(|i| format!("harmful request {i}\n")).collect();
+    std::fs::write(
+        data.join("alpaca_train.json"),
+        Value::from(alpaca).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("lima_subsample_train.json"),
+        Value::from(lima).to_string(),
+    )
+    .unwrap();
+    std::fs::write(data.join("mal_train.txt"), harmful).unwrap();
+
+    let data_flag = data.display().to_string();
+    let run = beam_run(
+        &server,
+        work.path(),
+        "published",
+        &[
+            "--data",
+            &data_flag,
+            "--num-training-examples",
+            "6",
+            "--depth",
+            "1",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let run_dir = work.path().join("published");
+    let log = read_log(&run_dir.join("run.log")).unwrap();
+    let (limit, queries) = log
+        .entries
+        .iter()
+        .find_map(|entry| match entry {
+            Entry::Call(call) => match (&call.request, &call.response) {
+                (CallRequest::Queries { limit }, CallResponse::Queries(queries)) => {
+                    Some((*limit, queries.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("beam asks for its queries");
+    // The strategy asks for its num_training_examples; the host draws that many in the
+    // published proportions of 8, 4 and 4 queries: floor(6 * size / 16) = 3, 1, 1, and the
+    // one left over goes to the first pool.
+    assert_eq!(limit, Some(6));
+    let pool = |tag: &str| queries.iter().filter(|q| q.tags[0] == tag).count();
+    assert_eq!(
+        (pool("alpaca"), pool("lima"), pool("harmful")),
+        (4, 1, 1),
+        "{queries:?}"
+    );
+    assert_replays(&work.path().join("cache"), &run_dir);
+}

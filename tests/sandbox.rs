@@ -168,18 +168,21 @@ fn files_that_are_not_strategies_get_clear_errors() {
     // The same plugin, as if built against drpo:strategy@1.0.0: the version in its import
     // names is the only difference.
     let bytes = std::fs::read(plugin("testkit")).unwrap();
-    let (old, new) = (b"drpo:strategy/host@0.1.0", b"drpo:strategy/host@1.0.0");
+    let version = drpo_host::bindings::WIT_VERSION;
+    let old = format!("drpo:strategy/host@{version}").into_bytes();
+    let new = b"drpo:strategy/host@1.0.0";
+    assert_eq!(old.len(), new.len(), "the patch keeps the file's length");
     let mut patched = bytes.clone();
     let mut count = 0;
     let mut i = 0;
     while i + old.len() <= patched.len() {
-        if &patched[i..i + old.len()] == old {
+        if patched[i..i + old.len()] == old[..] {
             patched[i..i + old.len()].copy_from_slice(new);
             count += 1;
         }
         i += 1;
     }
-    assert!(count > 0, "the plugin imports drpo:strategy/host@0.1.0");
+    assert!(count > 0, "the plugin imports drpo:strategy/host@{version}");
     let future = dir.path().join("future.wasm");
     std::fs::write(&future, patched).unwrap();
     let error = describe(&future);
@@ -187,8 +190,15 @@ fn files_that_are_not_strategies_get_clear_errors() {
         error.contains("was built against drpo:strategy@1.0.0"),
         "{error}"
     );
-    assert!(error.contains("implements drpo:strategy@0.1.0"), "{error}");
-    assert!(error.contains("versions 0.1.x are compatible"), "{error}");
+    assert!(
+        error.contains(&format!("implements drpo:strategy@{version}")),
+        "{error}"
+    );
+    let minor = version.rsplit_once('.').unwrap().0;
+    assert!(
+        error.contains(&format!("versions {minor}.x are compatible")),
+        "{error}"
+    );
 
     let missing = dir.path().join("missing.wasm");
     let error = describe(&missing);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drpo_host::bindings::types::{Example, Query};
-use drpo_host::calls::Calls;
+use drpo_host::calls::{Calls, RunData, TrainingData};
 use drpo_host::provider::Router;
 use drpo_host::provider::openai::{Endpoint, OpenAiProvider};
 use drpo_host::runlog::{Entry, FORMAT_VERSION, Header, RunLogWriter};
@@ -56,8 +56,11 @@ fn main() {
             Default::default(),
             None,
             Router::uniform(provider),
-            queries.clone(),
-            examples.clone(),
+            RunData {
+                training: TrainingData::Listed(queries.clone()),
+                seed: 0,
+                examples: examples.clone(),
+            },
         ));
         let options = format!(
             r#"{{"depth":20,"beam_size":2,"n_actions":3,"ret_icl":false,"sequential":{sequential}}}"#

@@ -97,8 +97,7 @@ fn main() {
             Meter::default(),
             cache,
             router.clone(),
-            Vec::new(),
-            Vec::new(),
+            Default::default(),
         )
     };
     let calls = pipeline(None);

@@ -1,9 +1,9 @@
 //! Progress of a run on stderr: a bar on a terminal, plain lines otherwise.
 //!
 //! Everything shown comes from the calls the session answers, so it works for any strategy:
-//! levels are the depths of the nodes recorded so far (out of the strategy's `depth` option,
-//! when it has one), calls are the import calls answered, tokens the sum of every completion's
-//! usage, money those tokens at each role's model's price.
+//! levels are the depths of the nodes recorded so far (out of the levels the strategy's plan
+//! names, when it searches by levels), calls are the import calls answered, tokens the sum of
+//! every completion's usage, money those tokens at each role's model's price.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -48,7 +48,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(10);
 pub struct Progress {
     display: Display,
     started: Instant,
-    /// Levels the strategy means to search (its `depth` option), when known.
+    /// Levels the strategy means to search (its plan's `levels`), when known.
     planned_levels: Option<u64>,
     /// The deepest node recorded so far.
     deepest: Option<u32>,
@@ -67,9 +67,10 @@ enum Display {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, plain lines otherwise. `planned_levels` is the search
-    /// depth, when the strategy has one.
-    pub fn on_stderr(planned_levels: Option<u64>, prices: RolePrices) -> Progress {
+    /// A bar when stderr is a terminal, plain lines otherwise. `planned_levels` is the levels
+    /// of the strategy's plan, when it searches by levels.
+    pub fn on_stderr(planned_levels: Option<u32>, prices: RolePrices) -> Progress {
+        let planned_levels = planned_levels.map(u64::from);
         let display = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(planned_levels, ProgressDrawTarget::stderr());
             let template = if planned_levels.is_some() {

@@ -237,7 +237,7 @@ impl Observer for RunObserver {
                     texts.len()
                 ));
             }
-            (CallRequest::Queries, CallResponse::Queries(queries)) => {
+            (CallRequest::Queries { .. }, CallResponse::Queries(queries)) => {
                 self.line(&format!(
                     "[call {index}] queries{origin}: {} queries",
                     queries.len()

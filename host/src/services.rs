@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use drpo::data::TrainingData;
 
 use crate::bindings::types::{Example, Query, Role};
-use crate::calls::Calls;
 use crate::calls::budget::Meter;
 use crate::calls::cache::{Opened, ResponseCache};
+use crate::calls::{Calls, RunData};
 use crate::config::{BaseFormat, ModelFlags, RunConfig};
 use crate::endpoints::EndpointFlags;
 use crate::provider::embedder::LocalEmbedder;
@@ -48,8 +49,11 @@ pub fn build(
         meter(config, &models)?,
         open_cache(&config.endpoints),
         router,
-        load_queries(config.host.data.as_deref(), config.seed(), &config.options)?,
-        load_examples(config.host.examples.as_deref())?,
+        RunData {
+            training: load_training(config.host.data.as_deref())?,
+            seed: config.seed(),
+            examples: load_examples(config.host.examples.as_deref())?,
+        },
     );
     calls.count_recorded(preflight, recorded);
     Ok(Built {
@@ -257,20 +261,16 @@ impl Providers {
     }
 }
 
-/// Reads the training queries: a JSONL file, or a directory in the published layout.
-fn load_queries(
-    path: Option<&Path>,
-    seed: u64,
-    options: &serde_json::Map<String, serde_json::Value>,
-) -> anyhow::Result<Vec<Query>> {
-    let queries = match path {
-        None => drpo::data::parse_queries_jsonl(drpo::data::DEMO_QUERIES_JSONL)
-            .map_err(|e| anyhow::anyhow!("the built-in demo queries: {e}"))?,
+/// Reads the training data: a JSONL file (by default the demo queries), or a directory in the
+/// published layout. How many queries a run uses is the strategy's to ask (`queries(limit)`).
+fn load_training(path: Option<&Path>) -> anyhow::Result<TrainingData<Query>> {
+    let listed = |queries: Vec<drpo::types::Query>| TrainingData::Listed(host_queries(queries));
+    Ok(match path {
+        None => listed(
+            drpo::data::parse_queries_jsonl(drpo::data::DEMO_QUERIES_JSONL)
+                .map_err(|e| anyhow::anyhow!("the built-in demo queries: {e}"))?,
+        ),
         Some(path) if path.is_dir() => {
-            let limit = options
-                .get("num_training_examples")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(180) as usize;
             let read = |name: &str| -> anyhow::Result<String> {
                 let file = path.join(name);
                 std::fs::read_to_string(&file)
@@ -283,23 +283,33 @@ fn load_queries(
                     anyhow::anyhow!("{}/lima_subsample_train.json: {e}", path.display())
                 })?;
             let harmful = drpo::data::parse_mal(&read("mal_train.txt")?);
-            drpo::data::published_stream(&alpaca, &lima, &harmful, limit, seed)
+            TrainingData::Published {
+                alpaca: host_queries(alpaca),
+                lima: host_queries(lima),
+                harmful: host_queries(harmful),
+            }
         }
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the training queries {}", path.display()))?;
-            drpo::data::parse_queries_jsonl(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            listed(
+                drpo::data::parse_queries_jsonl(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
         }
-    };
-    Ok(queries
+    })
+}
+
+/// The DRPO library's queries as the contract's.
+fn host_queries(queries: Vec<drpo::types::Query>) -> Vec<Query> {
+    queries
         .into_iter()
         .map(|q| Query {
             id: q.id,
             text: q.text,
             tags: q.tags,
         })
-        .collect())
+        .collect()
 }
 
 /// Reads the in-context examples (default: the demo examples shipped with drpo-host).

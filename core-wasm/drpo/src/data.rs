@@ -266,7 +266,7 @@ pub fn pool_counts(n: usize, sizes: [usize; 3]) -> [usize; 3] {
 
 /// Interleaves pools in chunks (step 4 of the published stream): each round takes
 /// `max(floor(10 * len / total), 1)` queries from each pool in turn until all are used.
-pub fn interleave(pools: Vec<Vec<Query>>) -> Vec<Query> {
+pub fn interleave<Q: Clone>(pools: Vec<Vec<Q>>) -> Vec<Q> {
     let total: usize = pools.iter().map(Vec::len).sum();
     if total == 0 {
         return Vec::new();
@@ -290,13 +290,13 @@ pub fn interleave(pools: Vec<Vec<Query>>) -> Vec<Query> {
 /// The published training stream from the three pools: proportional counts for `n`, a seeded
 /// draw from each pool (alpaca, lima, harmful, in that order from one generator), chunked
 /// interleaving in the order lima, harmful, alpaca, then a seeded shuffle of the whole list.
-pub fn published_stream(
-    alpaca: &[Query],
-    lima: &[Query],
-    harmful: &[Query],
+pub fn published_stream<Q: Clone>(
+    alpaca: &[Q],
+    lima: &[Q],
+    harmful: &[Q],
     n: usize,
     seed: u64,
-) -> Vec<Query> {
+) -> Vec<Q> {
     let [na, nl, nh] = pool_counts(n, [alpaca.len(), lima.len(), harmful.len()]);
     let mut rng = SplitMix64::new(seed);
     let alpaca = sample(alpaca, na, &mut rng);
@@ -305,6 +305,49 @@ pub fn published_stream(
     let mut stream = interleave(vec![lima, harmful, alpaca]);
     shuffle(&mut stream, &mut rng);
     stream
+}
+
+/// The user's training data, as the host holds it for a run: what it hands a strategy's
+/// `queries(limit)` call. Generic over the query type, so the host keeps its own.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainingData<Q = Query> {
+    /// An ordered list (a JSONL file, or the demo queries): kept in its order.
+    Listed(Vec<Q>),
+    /// The published layout's three pools, drawn from with [`published_stream`].
+    Published {
+        /// `alpaca_train.json`.
+        alpaca: Vec<Q>,
+        /// `lima_subsample_train.json`.
+        lima: Vec<Q>,
+        /// `mal_train.txt`: requests to refuse.
+        harmful: Vec<Q>,
+    },
+}
+
+impl<Q> Default for TrainingData<Q> {
+    /// No queries.
+    fn default() -> Self {
+        TrainingData::Listed(Vec::new())
+    }
+}
+
+impl<Q: Clone> TrainingData<Q> {
+    /// At most `limit` queries (all when `None`): the first of a list, or the published draw
+    /// from the pools with `seed`.
+    pub fn draw(&self, limit: Option<u32>, seed: u64) -> Vec<Q> {
+        let limit = limit.map_or(usize::MAX, |n| n as usize);
+        match self {
+            TrainingData::Listed(queries) => queries.iter().take(limit).cloned().collect(),
+            TrainingData::Published {
+                alpaca,
+                lima,
+                harmful,
+            } => {
+                let total = alpaca.len() + lima.len() + harmful.len();
+                published_stream(alpaca, lima, harmful, limit.min(total), seed)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -390,7 +433,26 @@ mod tests {
                 "alpaca-3", "lima-2", "lima-3"
             ]
         );
-        assert!(interleave(vec![vec![], vec![]]).is_empty());
+        assert!(interleave::<Query>(vec![vec![], vec![]]).is_empty());
+    }
+
+    #[test]
+    fn a_list_gives_its_first_queries_and_the_pools_the_published_draw() {
+        let listed = TrainingData::Listed(pool("q", 5));
+        assert_eq!(listed.draw(Some(2), 9), pool("q", 2));
+        assert_eq!(listed.draw(None, 9), pool("q", 5));
+        assert_eq!(listed.draw(Some(50), 9), pool("q", 5));
+        let (a, l, m) = (pool("a", 40), pool("l", 10), pool("m", 10));
+        let published = TrainingData::Published {
+            alpaca: a.clone(),
+            lima: l.clone(),
+            harmful: m.clone(),
+        };
+        assert_eq!(
+            published.draw(Some(20), 3),
+            published_stream(&a, &l, &m, 20, 3)
+        );
+        assert_eq!(published.draw(None, 3).len(), 60);
     }
 
     #[test]

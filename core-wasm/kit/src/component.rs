@@ -14,8 +14,8 @@ pub struct ComponentHost {
 }
 
 impl StrategyHost for ComponentHost {
-    fn queries(&mut self) -> Vec<lib::Query> {
-        imports::queries().into_iter().map(query).collect()
+    fn queries(&mut self, limit: Option<u32>) -> Vec<lib::Query> {
+        imports::queries(limit).into_iter().map(query).collect()
     }
 
     fn examples(&mut self) -> Vec<lib::Example> {
@@ -84,9 +84,10 @@ pub fn run<S: Strategy>(options: &str) -> Result<wit::Outcome, String> {
     })
 }
 
-/// The `estimate` export of `S`.
-pub fn estimate<S: Strategy>(options: &str) -> Result<Vec<wit::RoleEstimate>, String> {
-    Ok(S::estimate(&S::Options::parse(options)?)?
+/// The `estimate` export of `S`: its [`Strategy::estimate`] and [`Strategy::levels`].
+pub fn estimate<S: Strategy>(options: &str) -> Result<wit::Plan, String> {
+    let options = S::Options::parse(options)?;
+    let roles = S::estimate(&options)?
         .into_iter()
         .map(|e: RoleEstimate| wit::RoleEstimate {
             role: role(e.role),
@@ -95,7 +96,11 @@ pub fn estimate<S: Strategy>(options: &str) -> Result<Vec<wit::RoleEstimate>, St
             prompt_tokens_per_call: e.prompt_tokens_per_call,
             max_completion_tokens_per_call: e.max_completion_tokens_per_call,
         })
-        .collect())
+        .collect();
+    Ok(wit::Plan {
+        roles,
+        levels: S::levels(&options),
+    })
 }
 
 fn role(role: lib::Role) -> wit::Role {

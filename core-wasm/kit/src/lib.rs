@@ -65,15 +65,17 @@ pub mod prelude {
 /// nodes, logs) and the run's data. A strategy is written against this trait, so the same code
 /// runs in the component ([`ComponentHost`]) and in native tests ([`testing::ScriptedHost`]).
 pub trait StrategyHost: Host {
-    /// The training queries, in the order the run uses them.
-    fn queries(&mut self) -> Vec<Query>;
+    /// The training queries, at most `limit` of them (all when `None`), in the order the run
+    /// uses them (see the `queries` import in `wit/strategy.wit`).
+    fn queries(&mut self, limit: Option<u32>) -> Vec<Query>;
     /// The pool of in-context examples.
     fn examples(&mut self) -> Vec<Example>;
 }
 
 impl StrategyHost for testing::ScriptedHost {
-    fn queries(&mut self) -> Vec<Query> {
-        self.queries.clone()
+    /// The scripted queries as a list: the first `limit` of them.
+    fn queries(&mut self, limit: Option<u32>) -> Vec<Query> {
+        drpo::data::TrainingData::Listed(self.queries.clone()).draw(limit, 0)
     }
     fn examples(&mut self) -> Vec<Example> {
         self.examples.clone()
@@ -99,6 +101,14 @@ pub trait Strategy {
     fn estimate(options: &Self::Options) -> Result<Vec<RoleEstimate>, String> {
         let _ = options;
         Ok(Vec::new())
+    }
+
+    /// For a strategy that searches level by level, the levels a run with these options means
+    /// to complete (as [`Node::depth`] counts them); the host shows progress against it. The
+    /// default: `None`, no levels.
+    fn levels(options: &Self::Options) -> Option<u32> {
+        let _ = options;
+        None
     }
 }
 
@@ -138,7 +148,7 @@ macro_rules! export_strategy {
             fn estimate(
                 options: ::std::string::String,
             ) -> ::std::result::Result<
-                ::std::vec::Vec<$crate::bindings::drpo::strategy::types::RoleEstimate>,
+                $crate::bindings::drpo::strategy::types::Plan,
                 ::std::string::String,
             > {
                 $crate::__export::estimate::<$strategy>(&options)

@@ -20,6 +20,7 @@ from wit_world.imports.types import (
     Message,
     Node,
     Outcome,
+    Plan,
     Prompt_Chat,
     Request,
     Role,
@@ -197,7 +198,7 @@ class WitWorld(wit_world.WitWorld):
 
     def run(self, options):
         options = parse_options(options)
-        queries = host.queries()
+        queries = host.queries(None)
         if not queries:
             raise Err("no training queries to search with")
         prompt = options["initial_system_prompt"]
@@ -224,8 +225,9 @@ class WitWorld(wit_world.WitWorld):
         options = parse_options(options)
         steps = options["steps"]
         tokens = options["max_tokens"]
-        return [
+        roles = [
             RoleEstimate(Role.BASE, 1, 1 + steps, 300, tokens),
             RoleEstimate(Role.JUDGE, 1, 1 + steps, 500, tokens),
             RoleEstimate(Role.OPTIMIZER, steps, steps, 700, tokens),
         ]
+        return Plan(roles, None)

@@ -581,7 +581,7 @@ mod tests {
         assert_eq!(meter.exhausted(), None);
         meter.count_recorded(&[CallRecord {
             index: 0,
-            request: CallRequest::Queries,
+            request: CallRequest::Queries { limit: None },
             response: CallResponse::Queries(vec![]),
             provenance: crate::runlog::Provenance {
                 elapsed_us: 11_000_000,

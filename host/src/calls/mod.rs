@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 
+pub use ::drpo::data::TrainingData;
+
 use crate::bindings::types::{Example, LlmError, Query, Request};
 use crate::provider::{Answer, Router};
 use crate::runlog::{CallRecord, Preflight, billed_calls};
@@ -33,12 +35,21 @@ pub struct Calls {
     meter: Meter,
     cache: Option<ResponseCache>,
     router: Router,
-    /// Answer to `queries`.
-    queries: Vec<Query>,
-    /// Answer to `examples`.
-    examples: Vec<Example>,
+    /// What answers `queries` and `examples`.
+    data: RunData,
     /// The first budget refusal is announced on stderr; later ones only in the run's logs.
     refusal_announced: AtomicBool,
+}
+
+/// The run's data: what answers the `queries` and `examples` imports.
+#[derive(Default)]
+pub struct RunData {
+    /// The training queries, drawn from per `queries` call.
+    pub training: TrainingData<Query>,
+    /// The seed of the published draw (the run's seed).
+    pub seed: u64,
+    /// The pool of in-context examples.
+    pub examples: Vec<Example>,
 }
 
 /// One batch on its way through the stages: each request's answer once a stage gives one.
@@ -84,22 +95,20 @@ impl Batch {
 
 impl Calls {
     /// The pipeline of a run: `grants`, then `meter`'s limits and budgets, then `cache` (none:
-    /// every request goes out), then `router`; `queries` and `examples` answer those imports.
+    /// every request goes out), then `router`; `data` answers `queries` and `examples`.
     pub fn new(
         grants: Grants,
         meter: Meter,
         cache: Option<ResponseCache>,
         router: Router,
-        queries: Vec<Query>,
-        examples: Vec<Example>,
+        data: RunData,
     ) -> Calls {
         Calls {
             grants,
             meter,
             cache,
             router,
-            queries,
-            examples,
+            data,
             refusal_announced: AtomicBool::new(false),
         }
     }
@@ -112,8 +121,7 @@ impl Calls {
             Meter::default(),
             None,
             router,
-            Vec::new(),
-            Vec::new(),
+            RunData::default(),
         )
     }
 
@@ -309,12 +317,12 @@ impl Live for Calls {
         Box::pin(Calls::embed(self, texts))
     }
 
-    fn queries(&self) -> Vec<Query> {
-        self.queries.clone()
+    fn queries(&self, limit: Option<u32>) -> Vec<Query> {
+        self.data.training.draw(limit, self.data.seed)
     }
 
     fn examples(&self) -> Vec<Example> {
-        self.examples.clone()
+        self.data.examples.clone()
     }
 }
 
@@ -372,14 +380,7 @@ mod tests {
 
     /// The pipeline with no grant limits and no data, whose budget is `meter`.
     fn pipeline(router: Router, meter: Meter, cache: Option<ResponseCache>) -> Calls {
-        Calls::new(
-            Grants::default(),
-            meter,
-            cache,
-            router,
-            Vec::new(),
-            Vec::new(),
-        )
+        Calls::new(Grants::default(), meter, cache, router, RunData::default())
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {

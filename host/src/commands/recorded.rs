@@ -16,8 +16,7 @@ use crate::config::RunConfig;
 use crate::report::{RunReport, RunStatus};
 use crate::rundir::{RunDir, RunObserver, write_viewer};
 use crate::runlog::{
-    CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, LogContents, Preflight, read_log,
-    same_encoding,
+    CallRecord, End, EndStatus, Entry, Header, LogContents, Preflight, read_log, same_encoding,
 };
 use crate::runtime::{Limits, Plugin, Runtime, Session};
 use crate::services;
@@ -52,13 +51,6 @@ pub(crate) fn read_run(dir: &RunDir) -> anyhow::Result<RecordedRun> {
     }
     let header = header
         .with_context(|| format!("{} holds no complete header frame", dir.run_log().display()))?;
-    if header.format_version != FORMAT_VERSION {
-        bail!(
-            "{} was written in run-log format {}; this drpo-host reads format {FORMAT_VERSION}",
-            dir.run_log().display(),
-            header.format_version
-        );
-    }
     Ok(RecordedRun {
         header,
         preflight,
@@ -221,7 +213,14 @@ pub async fn resume(dir: &Path) -> anyhow::Result<()> {
         frames,
     )?;
     let calls = recorded.calls.len();
-    let mut observer = observer_for(&dir, &config, &recorded.header, false)?;
+    // The plan is not recorded: `estimate` is asked again, as the run asked it.
+    let levels = runtime
+        .estimate(&plugin, &recorded.header.options, config.limits())
+        .await
+        .result
+        .ok()
+        .and_then(|plan| plan.levels);
+    let mut observer = observer_for(&dir, &config, &recorded.header, levels, false)?;
     observer.line(&format!(
         "[resume] replaying {calls} recorded calls, then continuing live"
     ));

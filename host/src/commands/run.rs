@@ -92,12 +92,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = inputs.resolve(&info.options_schema)?;
     let options = plugin_options(&config, &info.name)?;
     let options_json = serde_json::Value::Object(options).to_string();
-    let estimates = runtime
+    let plan = runtime
         .estimate(&plugin, &options_json, limits)
         .await
         .result
         .context("the strategy's estimate failed");
-    let projection = estimates.as_ref().map(|e| projection_lines(e, &config));
+    let projection = plan.as_ref().map(|p| projection_lines(&p.roles, &config));
     if args.estimate_only {
         for line in projection.map_err(|e| anyhow::anyhow!("{e:#}"))? {
             println!("{line}");
@@ -128,8 +128,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let built = services::build(&config, &[], None)?;
     // The roles the strategy says it uses (all of them when it cannot say) and may use.
-    let roles: Vec<Role> = match &estimates {
-        Ok(estimates) => estimates
+    let roles: Vec<Role> = match &plan {
+        Ok(plan) => plan
+            .roles
             .iter()
             .filter(|e| e.max_calls > 0)
             .map(|e| e.role)
@@ -171,7 +172,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut writer =
         crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
     writer.append(&Entry::Preflight(preflight))?;
-    let observer = observer_for(&dir, &config, &header, args.quiet)?;
+    let levels = plan.as_ref().ok().and_then(|plan| plan.levels);
+    let observer = observer_for(&dir, &config, &header, levels, args.quiet)?;
     eprintln!(
         "running {} {} in {}",
         info.name,
@@ -291,10 +293,13 @@ fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<(
     Ok(())
 }
 
+/// The run's observer: `log.txt`, and unless `quiet` the progress display, which counts
+/// `levels` (the strategy's plan) when the strategy searches by levels.
 pub(crate) fn observer_for(
     dir: &RunDir,
     config: &RunConfig,
     header: &Header,
+    levels: Option<u32>,
     quiet: bool,
 ) -> anyhow::Result<RunObserver> {
     let debug = config
@@ -307,12 +312,8 @@ pub(crate) fn observer_for(
     if quiet {
         return Ok(observer);
     }
-    let depth = config
-        .options
-        .get("depth")
-        .and_then(serde_json::Value::as_u64);
     let prices = RolePrices::new(&header.models, PriceTable::new(&config.prices));
-    Ok(observer.with_display(Progress::on_stderr(depth, prices)))
+    Ok(observer.with_display(Progress::on_stderr(levels, prices)))
 }
 
 /// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`, `trace.txt`

@@ -28,7 +28,7 @@ pub struct Header {
     pub format_version: u32,
     /// `drpo-host` version that recorded the run.
     pub host_version: String,
-    /// The WIT package the plugin was built against, e.g. `drpo:strategy@0.1.0`.
+    /// The WIT package the plugin was built against, e.g. `drpo:strategy@0.2.0`.
     pub wit_package: String,
     /// sha256 of the plugin's `.wasm` file, hex.
     pub plugin_sha256: String,
@@ -71,7 +71,7 @@ pub struct CallRecord {
 pub enum CallRequest {
     Complete(Vec<Request>),
     Embed(Vec<String>),
-    Queries,
+    Queries { limit: Option<u32> },
     Examples,
     RecordNode(Node),
     Log { level: LogLevel, message: String },
@@ -83,7 +83,7 @@ impl CallRequest {
         match self {
             CallRequest::Complete(_) => "complete",
             CallRequest::Embed(_) => "embed",
-            CallRequest::Queries => "queries",
+            CallRequest::Queries { .. } => "queries",
             CallRequest::Examples => "examples",
             CallRequest::RecordNode(_) => "record-node",
             CallRequest::Log { .. } => "log",

@@ -51,7 +51,7 @@ use sha2::{Digest, Sha256};
 pub const MAGIC: &[u8; 8] = b"DRPOLOG\x01";
 
 /// The version of the frame payloads; bumped whenever [`Entry`] changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A frame hash.
 pub type Hash = [u8; 32];

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use sha2::Digest;
 
 use super::{
-    CallRecord, Entry, Hash, MAGIC, MAX_FRAME_BYTES, Preflight, bincode_config, chain_hash,
-    chain_hasher, genesis_hash,
+    CallRecord, Entry, FORMAT_VERSION, Hash, MAGIC, MAX_FRAME_BYTES, Preflight, bincode_config,
+    chain_hash, chain_hasher, genesis_hash,
 };
 
 /// A run log read and verified up to its last complete frame.
@@ -62,6 +62,16 @@ pub enum LogError {
     },
     #[error("{path} is not a drpo run log (it does not start with the run-log magic bytes)")]
     NotARunLog { path: PathBuf },
+    #[error(
+        "run log {path} was written in run-log format {found} (by drpo-host {host_version}); this \
+         drpo-host reads format {FORMAT_VERSION}: inspect or replay it with the drpo-host that \
+         wrote it"
+    )]
+    OtherFormat {
+        path: PathBuf,
+        found: u32,
+        host_version: String,
+    },
     #[error(
         "run log {path} is corrupt or was altered: frame {frame} (at byte {offset}) {reason}; \
          the frames before it are intact"
@@ -156,6 +166,17 @@ pub(super) fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LogContents, LogEr
         let (entry, used): (Entry, usize) =
             bincode::serde::decode_from_slice(payload, bincode_config())
                 .map_err(|e| corrupt(frame, offset, format!("cannot be decoded: {e}")))?;
+        // The header's encoding never changes, so it says which encoding the frames after it
+        // have before any of them is decoded.
+        if let Entry::Header(header) = &entry
+            && header.format_version != FORMAT_VERSION
+        {
+            return Err(LogError::OtherFormat {
+                path: path.to_owned(),
+                found: header.format_version,
+                host_version: header.host_version.clone(),
+            });
+        }
         if used != payload.len() {
             return Err(corrupt(
                 frame,

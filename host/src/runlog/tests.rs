@@ -5,7 +5,7 @@ fn header() -> Entry {
     Entry::Header(Header {
         format_version: FORMAT_VERSION,
         host_version: "test".into(),
-        wit_package: "drpo:strategy@0.1.0".into(),
+        wit_package: "drpo:strategy@0.2.0".into(),
         plugin_sha256: "ab".repeat(32),
         plugin_name: "testkit".into(),
         plugin_version: "0.1.0".into(),
@@ -82,6 +82,32 @@ fn entries_round_trip() {
     assert_eq!(contents.entries, entries);
     assert_eq!(contents.torn_tail_bytes, None);
     assert_eq!(contents.valid_len, std::fs::metadata(&path).unwrap().len());
+}
+
+#[test]
+fn a_log_of_another_format_is_named_so_before_its_frames_are_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let Entry::Header(mut older) = header() else {
+        unreachable!()
+    };
+    older.format_version = FORMAT_VERSION - 1;
+    older.host_version = "0.0.9".into();
+    // A later frame that would not read (its bytes changed), as an older format's may not.
+    let path = dir.path().join("run.log");
+    let mut writer = RunLogWriter::create(&path, &Entry::Header(older)).unwrap();
+    writer.append(&call(0)).unwrap();
+    drop(writer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let starts = frame_starts(&bytes);
+    let payload = starts[1] + 4;
+    bytes[payload] = 0xff;
+    let error = read(&bytes).unwrap_err();
+    assert!(
+        matches!(error, LogError::OtherFormat { found, .. } if found == FORMAT_VERSION - 1),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("drpo-host 0.0.9"), "{message}");
 }
 
 #[test]

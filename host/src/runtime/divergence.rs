@@ -59,7 +59,8 @@ fn named_value(request: &CallRequest) -> (&'static str, Value) {
     let value = match request {
         CallRequest::Complete(batch) => to_value(batch),
         CallRequest::Embed(texts) => to_value(texts),
-        CallRequest::Queries | CallRequest::Examples => Value::Null,
+        CallRequest::Queries { limit } => serde_json::json!({ "limit": limit }),
+        CallRequest::Examples => Value::Null,
         CallRequest::RecordNode(node) => to_value(node),
         CallRequest::Log { level, message } => {
             serde_json::json!({ "level": to_value(level), "message": message })
@@ -189,9 +190,13 @@ mod tests {
         let asked = CallRequest::Complete(vec![request(0.0, "z")]);
         let (field, _, _) = first_difference(&recorded, &asked).unwrap();
         assert_eq!(field, "batch[0].prompt.Chat[0].content");
-        let (field, was, now) = first_difference(&recorded, &CallRequest::Queries).unwrap();
+        let queries = |limit| CallRequest::Queries { limit };
+        let (field, was, now) = first_difference(&recorded, &queries(None)).unwrap();
         assert_eq!(field, "import");
         assert_eq!((was.as_str(), now.as_str()), ("`complete`", "`queries`"));
+        let (field, was, now) = first_difference(&queries(Some(3)), &queries(Some(4))).unwrap();
+        assert_eq!(field, "limit");
+        assert_eq!((was.as_str(), now.as_str()), ("3", "4"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, Store, Trap};
 
-use crate::bindings::types::{Info, Outcome, RoleEstimate};
+use crate::bindings::types::{Info, Outcome, Plan};
 use crate::bindings::{Strategy, WIT_PACKAGE, WIT_VERSION};
 
 /// How often the deadline clock ticks.
@@ -146,7 +146,7 @@ impl Plugin {
         &self.compiled
     }
 
-    /// The contract it was built against, e.g. `drpo:strategy@0.1.0`.
+    /// The contract it was built against, e.g. `drpo:strategy@0.2.0`.
     pub fn wit_package(&self) -> &str {
         &self.wit_package
     }
@@ -305,13 +305,8 @@ impl Runtime {
     }
 
     /// Calls the plugin's `estimate` with `options` (JSON): the calls and tokens a run may
-    /// spend per role. The plugin may not call the host.
-    pub async fn estimate(
-        &self,
-        plugin: &Plugin,
-        options: &str,
-        limits: Limits,
-    ) -> Finished<Vec<RoleEstimate>> {
+    /// spend per role, and its levels. The plugin may not call the host.
+    pub async fn estimate(&self, plugin: &Plugin, options: &str, limits: Limits) -> Finished<Plan> {
         let options = options.to_owned();
         let session = Session::replay(Vec::new());
         self.call(plugin, 0, limits, session, move |strategy, store| {
@@ -618,12 +613,17 @@ mod tests {
 
     #[test]
     fn versions_compatible_within_the_same_minor_before_one_point_oh() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
+        assert_eq!(
+            WIT_VERSION, "0.2.0",
+            "this test's versions follow the contract's"
+        );
+        assert!(compatible("0.2.0"));
+        assert!(compatible("0.2.7"));
+        assert!(!compatible("0.1.0"));
+        assert!(!compatible("0.3.0"));
         assert!(!compatible("1.0.0"));
         assert!(!compatible("garbage"));
-        assert_eq!(compatible_range(), "0.1.x");
+        assert_eq!(compatible_range(), "0.2.x");
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub trait Live: Send + Sync {
     /// Answers an `embed` call.
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, LlmError>>;
 
-    /// The run's training queries.
-    fn queries(&self) -> Vec<Query>;
+    /// The run's training queries, at most `limit` of them (all when `None`).
+    fn queries(&self, limit: Option<u32>) -> Vec<Query>;
 
     /// The run's in-context examples.
     fn examples(&self) -> Vec<Example>;
@@ -201,7 +201,9 @@ impl Session {
                 CallResponse::Embed(live.embed(texts.clone()).await),
                 Vec::new(),
             ),
-            CallRequest::Queries => (CallResponse::Queries(live.queries()), Vec::new()),
+            CallRequest::Queries { limit } => {
+                (CallResponse::Queries(live.queries(*limit)), Vec::new())
+            }
             CallRequest::Examples => (CallResponse::Examples(live.examples()), Vec::new()),
             // What the plugin records is the run log's business alone.
             CallRequest::RecordNode(_) | CallRequest::Log { .. } => {
@@ -288,8 +290,8 @@ impl host::Host for StoreState {
         }
     }
 
-    async fn queries(&mut self) -> wasmtime::Result<Vec<Query>> {
-        match self.session.answer(CallRequest::Queries).await? {
+    async fn queries(&mut self, limit: Option<u32>) -> wasmtime::Result<Vec<Query>> {
+        match self.session.answer(CallRequest::Queries { limit }).await? {
             CallResponse::Queries(queries) => Ok(queries),
             _ => Err(mismatched("queries")),
         }

@@ -98,7 +98,7 @@ impl Strategy for MyStrategy {
         "Asks the optimizer once for better prompts and keeps the best.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
-        let queries = host.queries();
+        let queries = host.queries(None);
         search(host, &options, &queries)
     }
 }

@@ -26,7 +26,7 @@ above 4.5); the best beam_size paths by mean reward survive. Returns the best pr
 mean reward, the path and the new metrics-cache entries.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
-        let queries = host.queries();
+        let queries = host.queries(Some(options.num_training_examples));
         let examples = host.examples();
         let result = search::run(host, &options, &queries, &examples)?;
         Ok(result.to_outcome())
@@ -34,6 +34,10 @@ mean reward, the path and the new metrics-cache entries.";
 
     fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
         Ok(estimate::estimate(options))
+    }
+
+    fn levels(options: &Options) -> Option<u32> {
+        Some(options.depth)
     }
 }
 

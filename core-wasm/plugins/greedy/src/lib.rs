@@ -292,7 +292,7 @@ and the judge's notes on the best one, asks for one new prompt, and judges it on
 eval_queries training queries; the best prompt is kept.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
-        let queries = host.queries();
+        let queries = host.queries(None);
         let examples = host.examples();
         search(host, &options, &queries, examples)
     }

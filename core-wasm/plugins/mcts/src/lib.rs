@@ -97,13 +97,17 @@ backpropagates the best new reward to the root. Returns the node whose path has 
 reward.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
-        let queries = host.queries();
+        let queries = host.queries(None);
         let examples = host.examples();
         search::run(host, &options, &queries, examples)
     }
 
     fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {
         Ok(estimate_calls(options))
+    }
+
+    fn levels(options: &Options) -> Option<u32> {
+        Some(options.depth)
     }
 }
 

@@ -25,7 +25,9 @@ wit_bindgen::generate!({
 });
 
 use drpo::strategy::host;
-use drpo::strategy::types::{LogLevel, Message, Node, Prompt, Request, Role, Sampling};
+use drpo::strategy::types::{
+    LogLevel, Message, Node, Prompt, Request, Role, RoleEstimate, Sampling,
+};
 
 struct Testkit;
 
@@ -102,13 +104,13 @@ impl Guest for Testkit {
 
     /// Exact for `chain` (its requests alternate between judge and optimizer); nothing for the
     /// other modes, which exist to misbehave.
-    fn estimate(options: String) -> Result<Vec<RoleEstimate>, String> {
+    fn estimate(options: String) -> Result<Plan, String> {
         let options: Value =
             serde_json::from_str(&options).map_err(|e| format!("options are not JSON: {e}"))?;
         match options["mode"].as_str().unwrap_or("chain") {
             "chain" => {}
-            "spin-estimate" => return spin().map(|_| Vec::new()),
-            _ => return Ok(Vec::new()),
+            "spin-estimate" => return spin().map(|_| no_plan()),
+            _ => return Ok(no_plan()),
         }
         let steps = options["steps"].as_u64().unwrap_or(3);
         let width = options["width"].as_u64().unwrap_or(2);
@@ -119,10 +121,20 @@ impl Guest for Testkit {
             prompt_tokens_per_call: 16,
             max_completion_tokens_per_call: 64,
         };
-        Ok(vec![
-            per_role(Role::Judge, steps * width.div_ceil(2)),
-            per_role(Role::Optimizer, steps * (width / 2)),
-        ])
+        Ok(Plan {
+            roles: vec![
+                per_role(Role::Judge, steps * width.div_ceil(2)),
+                per_role(Role::Optimizer, steps * (width / 2)),
+            ],
+            levels: None,
+        })
+    }
+}
+
+fn no_plan() -> Plan {
+    Plan {
+        roles: Vec::new(),
+        levels: None,
     }
 }
 
@@ -151,7 +163,7 @@ fn request(text: String, index: u32, seed: u64) -> Request {
 
 fn chain(steps: u64, width: u32, seed: u64, nan: bool) -> Result<Outcome, String> {
     let reward = |value: f64| if nan { f64::NAN } else { value };
-    let queries = host::queries();
+    let queries = host::queries(None);
     let mut previous = String::from("start");
     let mut score = 0.0;
     let mut path = vec![0];
