@@ -21,9 +21,15 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
     let out = output(
         strategy_in(&cache, "run", "testkit", &dir)
             .env("DRPO_DEFAULT_MODEL", &model)
+            .env("DRPO_DEFAULT_JUDGE", "")
             .args(["--option", "steps=1", "--option", "width=2"]),
     );
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too small to judge"),
+        "the user is told why results will be poor: {}",
+        text(&out)
+    );
     let entries = read_log(&dir.join("run.log")).unwrap().entries;
     let Some(Entry::Header(header)) = entries.first() else {
         panic!("no header")
@@ -53,6 +59,43 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
             .arg(&dir),
     );
     assert!(replay.status.success(), "{}", text(&replay));
+}
+
+#[test]
+fn the_roles_that_judge_default_to_the_built_in_judge_once_it_is_fetched() {
+    let model = workspace()
+        .join(".cache/models")
+        .join(drpo_host::services::DEFAULT_MODEL_FILE);
+    let work = tempfile::tempdir().unwrap();
+    // Any GGUF stands in for the judge's file: what is checked is which file each role gets.
+    let judge = work.path().join("judge.gguf");
+    std::os::unix::fs::symlink(&model, &judge).unwrap();
+    let dir = work.path().join("run");
+    let out = output(
+        strategy_in(&work.path().join("cache"), "run", "testkit", &dir)
+            .env("DRPO_DEFAULT_MODEL", &model)
+            .env("DRPO_DEFAULT_JUDGE", &judge)
+            .args(["--option", "steps=1", "--option", "width=1"]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("too small to judge"),
+        "{}",
+        text(&out)
+    );
+    let entries = read_log(&dir.join("run.log")).unwrap().entries;
+    let Some(Entry::Header(header)) = entries.first() else {
+        panic!("no header")
+    };
+    for role in &header.models {
+        let file = match role.role.as_str() {
+            "base" => &model,
+            "metrics" | "judge" | "optimizer" => &judge,
+            _ => continue,
+        };
+        let file = file.display();
+        assert_eq!(role.model, format!("local:{file}"), "{role:?}");
+    }
 }
 
 #[test]

@@ -62,6 +62,26 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Print every frame of a run log in order: the header, each call's request and answer in
+    /// full, the end, and the final chain hash. Reads one frame at a time, checking the chain.
+    Log(LogArgs),
+    /// Check a run in one step: its hash chain, its signature (when signed, or when
+    /// --public-key asks for one), its plugin's hash, and a full replay. Prints one line; exits
+    /// 0 when verified, 10 tampered, 11 diverged, 12 unsigned, 13 another plugin, 14 unfinished.
+    Verify(VerifyArgs),
+    /// Compare two runs: the first recorded difference (header field, or call index, import,
+    /// role, field and both values), then calls, tokens, cost and outcome side by side.
+    Diff {
+        /// The first run directory (A).
+        a: PathBuf,
+        /// The second run directory (B).
+        b: PathBuf,
+    },
+    /// Write a new ed25519 key pair to sign runs with: FILE (secret) and FILE.pub (public).
+    Keygen {
+        /// The secret key's file; the public key goes to FILE.pub. Neither may exist.
+        file: PathBuf,
+    },
     /// Show a strategy's name, version, description and options schema; with no strategy,
     /// list the strategies found by name and where.
     Describe {
@@ -150,6 +170,41 @@ impl RunArgs {
         let parsed = RunFlags::try_parse_from(args).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(parsed.run)
     }
+}
+
+/// The flags of `verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The plugin to check the run against (a `.wasm` file, or a name as for `run --strategy`);
+    /// default: the one the run's configuration names.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Require a signature made with this public key (`drpo-host keygen` writes FILE.pub).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+}
+
+/// The flags of `log`.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// One JSON object per line (JSONL): a `header`, a `preflight`, each `call` (index, import,
+    /// roles, request, response, usage, elapsed_us, cache_hits), the `end`, and `chain` (the
+    /// final chain hash).
+    #[arg(long)]
+    pub json: bool,
+    /// Only the calls with a request of this role (base, metrics, judge, optimizer).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Only the call with this index.
+    #[arg(long)]
+    pub call: Option<u64>,
+    /// Only the calls whose recorded request or answer contains this text (as JSON writes it).
+    #[arg(long)]
+    pub grep: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -214,6 +214,11 @@ pub struct HostFlags {
     #[arg(long, value_delimiter = ',', value_name = "ROLES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_roles: Option<Vec<String>>,
+    /// Sign the run when it ends with this ed25519 secret key (`drpo-host keygen` writes one):
+    /// `run.sig` beside the run log, which `drpo-host verify --public-key` checks.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sign_key: Option<PathBuf>,
     /// Most model requests the plugin may make (each request of a batch, each embedding call);
     /// past it, requests are answered `budget-exhausted`.
     #[arg(long)]

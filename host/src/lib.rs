@@ -21,6 +21,7 @@ pub mod rundir;
 pub mod runlog;
 pub mod runtime;
 pub mod services;
+pub mod signing;
 pub mod spending;
 pub mod terminal;
 #[cfg(test)]

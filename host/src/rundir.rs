@@ -55,6 +55,11 @@ impl RunDir {
     pub fn tree_html(&self) -> PathBuf {
         self.root.join("tree.html")
     }
+    /// `run.sig`: the run's signature, when it was signed (see [`crate::signing`]).
+    pub fn signature(&self) -> PathBuf {
+        self.root.join("run.sig")
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("run.lock")
     }
@@ -209,15 +214,7 @@ impl Observer for RunObserver {
         let index = record.index;
         match (&record.request, &record.response) {
             (CallRequest::Complete(batch), CallResponse::Complete(results)) => {
-                let ok = results.iter().filter(|r| r.is_ok()).count();
-                let hits = record.provenance.cache_hits.iter().filter(|h| **h).count();
-                self.line(&format!(
-                    "[call {index}] complete{origin}: {} request(s) ({}), {ok} answered, {} failed, {hits} from cache, {:.2}s",
-                    batch.len(),
-                    role_counts(batch.iter().map(|r| r.role)),
-                    results.len() - ok,
-                    record.provenance.elapsed_us as f64 / 1e6,
-                ));
+                self.line(&format!("[call {index}] {}", call_headline(record, origin)));
                 for (request, result) in batch.iter().zip(results) {
                     if self.debug {
                         self.line(&format!(
@@ -230,24 +227,6 @@ impl Observer for RunObserver {
                         self.line(&format!("  {} failed: {error:?}", request.role.name()));
                     }
                 }
-            }
-            (CallRequest::Embed(texts), _) => {
-                self.line(&format!(
-                    "[call {index}] embed{origin}: {} text(s)",
-                    texts.len()
-                ));
-            }
-            (CallRequest::Queries { .. }, CallResponse::Queries(queries)) => {
-                self.line(&format!(
-                    "[call {index}] queries{origin}: {} queries",
-                    queries.len()
-                ));
-            }
-            (CallRequest::Examples, CallResponse::Examples(examples)) => {
-                self.line(&format!(
-                    "[call {index}] examples{origin}: {} examples",
-                    examples.len()
-                ));
             }
             (CallRequest::RecordNode(node), _) => {
                 self.line(&format!(
@@ -276,11 +255,35 @@ impl Observer for RunObserver {
                     self.print_line(message);
                 }
             }
-            _ => self.line(&format!(
-                "[call {index}] {}{origin}",
-                record.request.import_name()
-            )),
+            _ => self.line(&format!("[call {index}] {}", call_headline(record, origin))),
         }
+    }
+}
+
+/// One line on a call: its import, `origin` (e.g. " (replayed)"), and what it asked and got in
+/// counts (requests per role, answers, failures, cache hits, time; texts; queries; examples).
+pub fn call_headline(record: &CallRecord, origin: &str) -> String {
+    let import = record.request.import_name();
+    match (&record.request, &record.response) {
+        (CallRequest::Complete(batch), CallResponse::Complete(results)) => {
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            let hits = record.provenance.cache_hits.iter().filter(|h| **h).count();
+            format!(
+                "{import}{origin}: {} request(s) ({}), {ok} answered, {} failed, {hits} from cache, {:.2}s",
+                batch.len(),
+                role_counts(batch.iter().map(|r| r.role)),
+                results.len() - ok,
+                record.provenance.elapsed_us as f64 / 1e6,
+            )
+        }
+        (CallRequest::Embed(texts), _) => format!("{import}{origin}: {} text(s)", texts.len()),
+        (CallRequest::Queries { .. }, CallResponse::Queries(queries)) => {
+            format!("{import}{origin}: {} queries", queries.len())
+        }
+        (CallRequest::Examples, CallResponse::Examples(examples)) => {
+            format!("{import}{origin}: {} examples", examples.len())
+        }
+        _ => format!("{import}{origin}"),
     }
 }
 
@@ -332,7 +335,7 @@ fn write_examples(dir: &RunDir, details: &serde_json::Value) -> anyhow::Result<(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-fn level_name(level: LogLevel) -> &'static str {
+pub(crate) fn level_name(level: LogLevel) -> &'static str {
     match level {
         LogLevel::Trace => "trace",
         LogLevel::Debug => "debug",

@@ -111,11 +111,15 @@ fn build_router(
     let mut built = Providers::default();
     let mut models = Vec::with_capacity(5);
     let mut providers = Vec::with_capacity(4);
+    let mut judging_on_the_small_default = false;
     for role in Role::ALL {
         let (named, flag) = flags.for_role(role);
         let name = match named {
             Some(name) => name.to_owned(),
-            None => default_model(role.name(), flag)?,
+            None => {
+                judging_on_the_small_default |= role != Role::Base && default_judge().is_none();
+                default_model(role, flag)?
+            }
         };
         let provider: Arc<dyn Provider> = match name.strip_prefix("local:") {
             Some(path) => built.local(path, flags)?,
@@ -127,6 +131,13 @@ fn build_router(
             provider: provider.identity(),
         });
         providers.push(provider);
+    }
+    if judging_on_the_small_default {
+        eprintln!(
+            "note: the metrics, judge and optimizer roles run on the built-in {DEFAULT_MODEL_FILE}, \
+             too small to judge: expect poor results. ./scripts/fetch-qwen.sh 1.5b fetches \
+             {DEFAULT_JUDGE_FILE}, which they then use"
+        );
     }
     let embedding_model = flags.embedding_model_name.clone().or_else(default_embedder);
     let embedder = match &embedding_model {
@@ -162,28 +173,51 @@ pub fn model_name(flags: &ModelFlags, role: Role) -> Option<String> {
         .for_role(role)
         .0
         .map(str::to_owned)
-        .or_else(|| default_model(role.name(), "").ok())
+        .or_else(|| default_model(role, "").ok())
 }
 
 /// The file name of the built-in default model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The model a role uses when none is named: the small local SmolLM2, from
-/// `$DRPO_DEFAULT_MODEL`, else `.cache/models/` under the current directory (where
-/// `scripts/fetch-smollm2.sh` puts it). When it is missing, the error names `role` and the
-/// `flag` that names a model instead.
-pub fn default_model(role: &str, flag: &str) -> anyhow::Result<String> {
+/// The file name of the built-in judge.
+pub const DEFAULT_JUDGE_FILE: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
+
+/// The model a role uses when none is named, run in process. The model being aligned is the
+/// small SmolLM2, from `$DRPO_DEFAULT_MODEL`, else `.cache/models/` under the current directory
+/// (where `scripts/fetch-smollm2.sh` puts it). The roles that judge and write (metrics, judge,
+/// optimizer) use the built-in judge when it has been fetched ([`default_judge`]), else SmolLM2
+/// too. When SmolLM2 is missing, the error names `role` and the `flag` that names a model
+/// instead.
+pub fn default_model(role: Role, flag: &str) -> anyhow::Result<String> {
+    if role != Role::Base
+        && let Some(judge) = default_judge()
+    {
+        return Ok(format!("local:{}", judge.display()));
+    }
     let path = std::env::var_os("DRPO_DEFAULT_MODEL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(".cache/models").join(DEFAULT_MODEL_FILE));
     if !path.is_file() {
         bail!(
-            "no model for the {role} role and the built-in default {} is missing: fetch it with \
+            "no model for the {} role and the built-in default {} is missing: fetch it with \
              ./scripts/fetch-smollm2.sh (or set $DRPO_DEFAULT_MODEL), or name a model with {flag}",
+            role.name(),
             path.display()
         );
     }
     Ok(format!("local:{}", path.display()))
+}
+
+/// The built-in judge (Qwen2.5-Coder-1.5B-Instruct), from `$DRPO_DEFAULT_JUDGE`, else
+/// `.cache/models/` under the current directory (where `scripts/fetch-qwen.sh` puts it), when
+/// it is there. `$DRPO_DEFAULT_JUDGE` set to an empty value turns it off.
+pub fn default_judge() -> Option<std::path::PathBuf> {
+    let path = match std::env::var_os("DRPO_DEFAULT_JUDGE") {
+        Some(path) if path.is_empty() => return None,
+        Some(path) => std::path::PathBuf::from(path),
+        None => Path::new(".cache/models").join(DEFAULT_JUDGE_FILE),
+    };
+    path.is_file().then_some(path)
 }
 
 /// The directory name of the built-in default embedding model.

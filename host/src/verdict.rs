@@ -10,6 +10,16 @@
 //! | 3 | nothing could be scored: no judgement was usable |
 //! | 4 | a role failed permanently (in the preflight, or every request of a role in a level) |
 //! | 5 | a budget stopped the run |
+//!
+//! `verify` has its own: 0 verified, 1 an error that left it unable to say, and
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 10 | tampered: the log is corrupt or was altered, or its signature does not vouch for it |
+//! | 11 | diverged: the replay asked for something the log does not hold, or ended otherwise |
+//! | 12 | unsigned: a public key was given, and the run is not signed (with it) |
+//! | 13 | another plugin: the plugin given is not the one the run recorded |
+//! | 14 | unfinished: the run has not ended |
 
 use serde_json::Value;
 
@@ -22,6 +32,17 @@ pub const NOTHING_SCORED: u8 = 3;
 pub const ROLE_FAILED: u8 = 4;
 /// The exit code of a run stopped by a budget.
 pub const BUDGET_STOPPED: u8 = 5;
+
+/// `verify`: the log is corrupt or altered, or its signature does not vouch for it.
+pub const TAMPERED: u8 = 10;
+/// `verify`: the replay diverged.
+pub const DIVERGED: u8 = 11;
+/// `verify`: a key was given and the run is not signed with it.
+pub const UNSIGNED: u8 = 12;
+/// `verify`: the plugin given is not the recorded one.
+pub const OTHER_PLUGIN: u8 = 13;
+/// `verify`: the run has not ended.
+pub const UNFINISHED: u8 = 14;
 
 /// An error that carries its exit code; every other error exits with 1.
 #[derive(Debug, thiserror::Error)]

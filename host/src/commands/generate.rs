@@ -30,7 +30,7 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let examples = examples(&args)?;
     let model = match &args.model {
         Some(model) => model.clone(),
-        None => services::default_model("answering", "--model")?,
+        None => services::default_model(Role::Base, "--model")?,
     };
     let embedder = embedding_model(&args, &examples);
     let (dir, chosen_here) = match &args.log_dir {

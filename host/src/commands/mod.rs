@@ -7,7 +7,9 @@
 //! | [`generate`] | `generate`: a recorded run of generate.wasm that answers queries |
 //! | [`eval`] | `eval`: a recorded run of eval.wasm that judges answer files |
 //! | [`made_run`] | what `generate` and `eval` share: a `run` they make and read back |
+//! | [`audit`] | what an auditor runs on run directories: `log`, `verify`, `diff`, `keygen` |
 
+pub mod audit;
 pub mod eval;
 pub mod generate;
 pub mod made_run;
@@ -29,6 +31,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Replay { dir, strategy } => recorded::replay(&dir, strategy.as_deref()).await,
         Command::Resume { dir } => recorded::resume(&dir).await,
         Command::Inspect { dir } => recorded::inspect(&dir),
+        Command::Log(args) => audit::log(&args),
+        Command::Verify(args) => audit::verify(&args).await,
+        Command::Diff { a, b } => audit::diff(&a, &b),
+        Command::Keygen { file } => audit::keygen(&file),
         Command::View { dir } => recorded::view(&dir),
         Command::Export {
             dir,

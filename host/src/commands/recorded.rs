@@ -27,10 +27,10 @@ use crate::verdict::Judgements;
 
 /// The verified log of a run directory, its header, calls and end.
 pub(crate) struct RecordedRun {
-    header: Header,
+    pub(crate) header: Header,
     preflight: Option<Preflight>,
-    calls: Vec<CallRecord>,
-    end: Option<End>,
+    pub(crate) calls: Vec<CallRecord>,
+    pub(crate) end: Option<End>,
     pub(crate) contents: LogContents,
 }
 
@@ -99,6 +99,34 @@ fn limits_of(dir: &RunDir) -> Limits {
 pub async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
     let dir = RunDir::new(dir);
     let recorded = read_run(&dir)?;
+    let runtime = runtime()?;
+    let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, strategy)?;
+    match replay_run(&runtime, &dir, recorded, &plugin).await? {
+        Replayed::Reproduced(report) => {
+            println!("{report}");
+            Ok(())
+        }
+        Replayed::Diverged(error) => Err(error),
+    }
+}
+
+/// What replaying a run showed.
+pub(crate) enum Replayed {
+    /// Every call matched and the run ended as recorded; the text says so.
+    Reproduced(String),
+    /// The plugin asked something the log does not hold, or ended otherwise; the error says
+    /// where.
+    Diverged(anyhow::Error),
+}
+
+/// Replays `recorded` with `plugin`. An error is a run that cannot be replayed to its end (it was
+/// interrupted), not a divergence.
+pub(crate) async fn replay_run(
+    runtime: &Runtime,
+    dir: &RunDir,
+    recorded: RecordedRun,
+    plugin: &Plugin,
+) -> anyhow::Result<Replayed> {
     if let Some(tail) = recorded.contents.torn_tail_bytes {
         bail!(
             "{}: frame {} (at byte {}) is incomplete ({tail} bytes): the run was killed while \
@@ -108,21 +136,20 @@ pub async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
             recorded.contents.valid_len
         );
     }
-    let runtime = runtime()?;
-    let plugin = load_recorded_plugin(&runtime, &dir, &recorded.header, strategy)?;
     let calls = recorded.calls.len();
     let session = Session::replay(recorded.calls);
     let finished = runtime
         .run(
-            &plugin,
+            plugin,
             &recorded.header.options,
             recorded.header.seed,
-            limits_of(&dir),
+            limits_of(dir),
             session,
             RunObserver::silent(),
         )
         .await;
     let leftover = finished.session.unreplayed_calls();
+    let diverged = |message: String| Ok(Replayed::Diverged(anyhow::anyhow!(message)));
     match (&recorded.end, finished.result) {
         (None, Err(error)) => bail!(
             "the run was interrupted after call {calls} and cannot be replayed to its end ({error}); \
@@ -136,48 +163,48 @@ pub async fn replay(dir: &Path, strategy: Option<&Path>) -> anyhow::Result<()> {
             }) = &recorded.end
                 && leftover == 0
             {
-                println!(
+                return Ok(Replayed::Reproduced(format!(
                     "replay reproduced the recorded failure after {calls} calls:\n{}",
                     terminal::error(message)
-                );
-                return Ok(());
+                )));
             }
-            Err(error).context("replay failed")
+            Ok(Replayed::Diverged(
+                anyhow::Error::from(error).context("replay failed"),
+            ))
         }
         (end, Ok(outcome)) => {
             if leftover > 0 {
-                bail!(
+                return diverged(format!(
                     "replay diverged: the plugin finished after {} calls, but the run log has {leftover} more",
                     calls - leftover
-                );
+                ));
             }
             match end {
                 Some(End {
                     status: EndStatus::Finished(recorded_outcome),
                     ..
                 }) if same_encoding(recorded_outcome, &outcome) => {
-                    println!(
+                    Ok(Replayed::Reproduced(format!(
                         "replay reproduced the run: {calls} calls matched, same outcome{}",
                         outcome
                             .best_score
                             .map(|s| format!(" (best score {s:.4})"))
                             .unwrap_or_default()
-                    );
-                    Ok(())
+                    )))
                 }
                 Some(End {
                     status: EndStatus::Finished(recorded_outcome),
                     ..
-                }) => bail!(
+                }) => diverged(format!(
                     "replay diverged: every call matched but the outcome differs\nrecorded: {recorded_outcome:?}\nreplayed: {outcome:?}"
-                ),
+                )),
                 Some(End {
                     status: EndStatus::Failed(message),
                     ..
-                }) => bail!(
+                }) => diverged(format!(
                     "replay diverged: the recorded run failed ({message}) but the replay finished"
-                ),
-                None => bail!("the run log has no end, yet the replay finished"),
+                )),
+                None => diverged("the run log has no end, yet the replay finished".into()),
             }
         }
     }
@@ -240,22 +267,9 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
     let recorded = read_run(&dir)?;
     let header = &recorded.header;
     println!("run            {}", dir.root().display());
-    println!(
-        "strategy       {} {} ({}, sha256 {})",
-        header.plugin_name,
-        header.plugin_version,
-        header.wit_package,
-        short_hash(&header.plugin_sha256)
-    );
-    println!(
-        "host           drpo-host {} (log format {})",
-        header.host_version, header.format_version
-    );
-    println!("seed           {}", header.seed);
-    for model in &header.models {
-        println!("{:<14} {} via {}", model.role, model.model, model.provider);
-    }
-    println!("options        {}", header.options);
+    header_lines(header)
+        .iter()
+        .for_each(|line| println!("{line}"));
     if let Some(preflight) = &recorded.preflight {
         println!("{}", preflight_line(preflight));
     }
@@ -341,7 +355,41 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// What the preflight checked and settled, for `inspect`.
-fn preflight_line(preflight: &Preflight) -> String {
+/// What a run's header says, a line each: the strategy, the host, the seed, each role's model
+/// and the options. What the plugin chose (its name, version, options) is escaped.
+pub(crate) fn header_lines(header: &Header) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "strategy       {} {} ({}, sha256 {})",
+            terminal::line(&header.plugin_name),
+            terminal::line(&header.plugin_version),
+            terminal::line(&header.wit_package),
+            short_hash(&header.plugin_sha256)
+        ),
+        format!(
+            "host           drpo-host {} (log format {})",
+            terminal::line(&header.host_version),
+            header.format_version
+        ),
+        format!("seed           {}", header.seed),
+    ];
+    for model in &header.models {
+        lines.push(format!(
+            "{:<14} {} via {}",
+            model.role,
+            terminal::line(&model.model),
+            terminal::line(&model.provider)
+        ));
+    }
+    lines.push(format!(
+        "options        {}",
+        terminal::line(&header.options)
+    ));
+    lines
+}
+
+/// The preflight, in one line.
+pub(crate) fn preflight_line(preflight: &Preflight) -> String {
     let mut parts = vec![format!(
         "{} check request(s), {} failed",
         preflight.requests.len(),

@@ -90,6 +90,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .result
         .context("the strategy's describe failed")?;
     let config = inputs.resolve(&info.options_schema)?;
+    if let Some(key) = &config.host.sign_key {
+        crate::signing::check_secret_key(key).context("--sign-key")?;
+    }
     let options = plugin_options(&config, &info.name)?;
     let options_json = serde_json::Value::Object(options).to_string();
     let plan = runtime
@@ -255,7 +258,7 @@ pub(crate) async fn run_to_end(
             observer,
         )
         .await;
-    let outcome = finish(dir, header, finished, started);
+    let outcome = finish(dir, header, config, finished, started);
     let calls = print_spend(dir, header, config);
     let outcome = outcome?;
     save_metrics_cache(config, &outcome)?;
@@ -321,6 +324,7 @@ pub(crate) fn observer_for(
 fn finish(
     dir: &RunDir,
     header: &Header,
+    config: &RunConfig,
     finished: Finished<Outcome, RunObserver>,
     started: Instant,
 ) -> anyhow::Result<Outcome> {
@@ -343,6 +347,7 @@ fn finish(
         }))?;
         writer.sync()?;
     }
+    let final_hash = session.writer_mut().map(|writer| writer.last_hash());
     observer.close_display();
     for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
         if !text.trim().is_empty() {
@@ -375,6 +380,11 @@ fn finish(
             if let Err(viewer_error) = write_viewer(dir, &report) {
                 eprintln!("note: {viewer_error}");
             }
+            if let Some(hash) = &final_hash
+                && let Err(seal_error) = seal(dir, header, config, hash)
+            {
+                eprintln!("error: {}", terminal::error(&format!("{seal_error:#}")));
+            }
             return Err(error.into());
         }
     };
@@ -382,7 +392,36 @@ fn finish(
         dir,
         &RunReport::new(strategy, Ok(&outcome), observer.tree(), observer.refused()),
     )?;
+    if let Some(hash) = &final_hash {
+        seal(dir, header, config, hash)?;
+    }
     Ok(outcome)
+}
+
+/// Shows the ended log's final chain hash (to keep elsewhere: it vouches for every frame), and
+/// signs the run when a key is configured.
+fn seal(
+    dir: &RunDir,
+    header: &Header,
+    config: &RunConfig,
+    final_hash: &crate::runlog::Hash,
+) -> anyhow::Result<()> {
+    eprintln!("run log chain hash: {}", hex::encode(final_hash));
+    if let Some(key) = &config.host.sign_key {
+        let signature = crate::signing::sign(key, final_hash, &header.plugin_sha256)
+            .context("cannot sign the run (its log and results are complete)")?;
+        std::fs::write(
+            dir.signature(),
+            serde_json::to_string_pretty(&signature)? + "\n",
+        )
+        .with_context(|| format!("cannot write {}", dir.signature().display()))?;
+        eprintln!(
+            "signed with the key {} in {}",
+            signature.public_key,
+            dir.signature().display()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {

@@ -42,7 +42,7 @@ pub use entries::{
     CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Header, Preflight, Provenance,
     RoleModel, RoleSettings, billed_calls,
 };
-pub use reader::{LogContents, LogError, read_log};
+pub use reader::{Frames, LogContents, LogError, read_log};
 pub use writer::RunLogWriter;
 
 use sha2::{Digest, Sha256};

@@ -1,5 +1,7 @@
 //! Reading and verifying a run log.
 
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use sha2::Digest;
@@ -84,7 +86,7 @@ pub enum LogError {
     },
 }
 
-/// Reads and verifies the whole log at `path`.
+/// Reads and verifies the whole log at `path` (the [`Frames`] of the file, collected).
 ///
 /// Every frame's hash is checked against the chain; the first mismatch or undecodable frame is
 /// reported with its index and byte offset, and so is anything after the end frame. An
@@ -93,128 +95,225 @@ pub enum LogError {
 /// complete frame count as incomplete (see the module's "Torn tails"), so a changed length
 /// field is never taken for an interrupted write.
 pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
-    let bytes = std::fs::read(path).map_err(|error| LogError::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    read_bytes(path, &bytes)
+    collect(Frames::open(path)?)
 }
 
 /// [`read_log`] of a log already in memory; `path` names it in errors.
+#[cfg(test)]
 pub(super) fn read_bytes(path: &Path, bytes: &[u8]) -> Result<LogContents, LogError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(LogError::NotARunLog {
-            path: path.to_owned(),
-        });
-    }
-    let corrupt = |frame: u64, offset: usize, reason: String| LogError::Corrupt {
-        path: path.to_owned(),
-        frame,
-        offset: offset as u64,
-        reason,
-    };
+    collect(Frames::new(path, bytes)?)
+}
 
-    let mut entries = Vec::new();
-    let mut previous = genesis_hash();
-    let mut offset = MAGIC.len();
-    loop {
-        let rest = &bytes[offset..];
-        if rest.is_empty() {
-            break;
+fn collect<R: Read>(mut frames: Frames<R>) -> Result<LogContents, LogError> {
+    let entries = frames.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok(LogContents {
+        entries,
+        valid_len: frames.valid_len,
+        last_hash: frames.previous,
+        torn_tail_bytes: frames.torn_tail_bytes,
+    })
+}
+
+/// The entries of a run log, read and verified one frame at a time, so that a log of any size
+/// is read in the memory of its largest frame. Verified as [`read_log`] says; the iteration
+/// ends at the end of the file or a torn tail ([`Frames::torn_tail_bytes`]), or after the
+/// first error.
+pub struct Frames<R> {
+    path: PathBuf,
+    input: R,
+    /// Hash of the last verified frame.
+    previous: Hash,
+    /// Byte length of the verified part.
+    valid_len: u64,
+    /// Frames verified so far.
+    count: u64,
+    after_end: bool,
+    finished: bool,
+    torn_tail_bytes: Option<u64>,
+}
+
+impl Frames<BufReader<File>> {
+    /// The frames of the log at `path`.
+    pub fn open(path: &Path) -> Result<Self, LogError> {
+        let file = File::open(path).map_err(|error| LogError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        Frames::new(path, BufReader::new(file))
+    }
+}
+
+impl<R: Read> Frames<R> {
+    /// The frames read from `input`, after checking its magic bytes; `path` names it in errors.
+    pub fn new(path: &Path, mut input: R) -> Result<Self, LogError> {
+        let mut magic = [0u8; MAGIC.len()];
+        let read = read_up_to(&mut input, &mut magic).map_err(|error| LogError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        if read < MAGIC.len() || &magic != MAGIC {
+            return Err(LogError::NotARunLog {
+                path: path.to_owned(),
+            });
         }
-        let frame = entries.len() as u64;
-        if matches!(entries.last(), Some(Entry::End(_))) {
-            return Err(corrupt(frame, offset, "follows the end of the run".into()));
+        Ok(Frames {
+            path: path.to_owned(),
+            input,
+            previous: genesis_hash(),
+            valid_len: MAGIC.len() as u64,
+            count: 0,
+            after_end: false,
+            finished: false,
+            torn_tail_bytes: None,
+        })
+    }
+
+    /// Bytes after the last complete frame that cannot hold a complete frame (see
+    /// [`LogContents::torn_tail_bytes`]); known once the iteration has ended.
+    pub fn torn_tail_bytes(&self) -> Option<u64> {
+        self.torn_tail_bytes
+    }
+
+    /// Hash of the last frame verified so far: once the iteration has ended without an error,
+    /// the log's final chain hash.
+    pub fn last_hash(&self) -> Hash {
+        self.previous
+    }
+
+    fn corrupt(&self, reason: String) -> LogError {
+        LogError::Corrupt {
+            path: self.path.clone(),
+            frame: self.count,
+            offset: self.valid_len,
+            reason,
         }
-        let declared = rest
-            .get(..4)
-            .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+    }
+
+    fn io(&self, error: std::io::Error) -> LogError {
+        LogError::Io {
+            path: self.path.clone(),
+            error,
+        }
+    }
+
+    /// The next frame's entry; `Ok(None)` at the end of the file or at a torn tail.
+    fn next_entry(&mut self) -> Result<Option<Entry>, LogError> {
+        let mut length = [0u8; 4];
+        let read = read_up_to(&mut self.input, &mut length).map_err(|e| self.io(e))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if self.after_end {
+            return Err(self.corrupt("follows the end of the run".into()));
+        }
+        if read < length.len() {
+            self.torn_tail_bytes = Some(read as u64);
+            return Ok(None);
+        }
+        let declared = u32::from_le_bytes(length) as usize;
         // The writer never writes a larger frame, so such a length field was changed, not torn.
-        if let Some(len) = declared.filter(|&len| len > MAX_FRAME_BYTES) {
-            return Err(corrupt(
-                frame,
-                offset,
-                format!(
-                    "has a length field of {len} bytes, more than a frame may hold ({} MiB)",
-                    MAX_FRAME_BYTES >> 20
-                ),
-            ));
+        if declared > MAX_FRAME_BYTES {
+            return Err(self.corrupt(format!(
+                "has a length field of {declared} bytes, more than a frame may hold ({} MiB)",
+                MAX_FRAME_BYTES >> 20
+            )));
         }
-        let Some((payload, stored_hash)) = declared.and_then(|len| split_frame(rest, len)) else {
-            return match whole_frame_len(&previous, rest) {
-                None => Ok(torn(entries, offset, previous, rest.len())),
-                Some(len) => Err(corrupt(
-                    frame,
-                    offset,
-                    format!(
-                        "declares a {}-byte payload, which runs past the end of the file, yet \
-                         a complete frame with a {len}-byte payload is there (its length field \
-                         was changed)",
-                        declared.unwrap_or_default()
-                    ),
-                )),
+        // Read as the bytes arrive, so a false length field claims no memory the file does not
+        // fill.
+        let mut rest = Vec::new();
+        (&mut self.input)
+            .take((declared + 32) as u64)
+            .read_to_end(&mut rest)
+            .map_err(|e| self.io(e))?;
+        if rest.len() < declared + 32 {
+            // The file ends inside the declared frame.
+            let mut tail = length.to_vec();
+            tail.extend_from_slice(&rest);
+            return match whole_frame_len(&self.previous, &tail) {
+                None => {
+                    self.torn_tail_bytes = Some(tail.len() as u64);
+                    Ok(None)
+                }
+                Some(len) => Err(self.corrupt(format!(
+                    "declares a {declared}-byte payload, which runs past the end of the file, \
+                     yet a complete frame with a {len}-byte payload is there (its length field \
+                     was changed)"
+                ))),
             };
-        };
-        let expected = chain_hash(&previous, payload);
+        }
+        let (payload, stored_hash) = rest.split_at(declared);
+        let expected = chain_hash(&self.previous, payload);
         if stored_hash != expected {
-            return Err(corrupt(
-                frame,
-                offset,
+            return Err(self.corrupt(
                 "does not match its hash (its bytes, or a frame before it, were changed)".into(),
             ));
         }
         let (entry, used): (Entry, usize) =
             bincode::serde::decode_from_slice(payload, bincode_config())
-                .map_err(|e| corrupt(frame, offset, format!("cannot be decoded: {e}")))?;
+                .map_err(|e| self.corrupt(format!("cannot be decoded: {e}")))?;
         // The header's encoding never changes, so it says which encoding the frames after it
         // have before any of them is decoded.
         if let Entry::Header(header) = &entry
             && header.format_version != FORMAT_VERSION
         {
             return Err(LogError::OtherFormat {
-                path: path.to_owned(),
+                path: self.path.clone(),
                 found: header.format_version,
                 host_version: header.host_version.clone(),
             });
         }
         if used != payload.len() {
-            return Err(corrupt(
-                frame,
-                offset,
-                format!("has {} bytes after its entry", payload.len() - used),
-            ));
+            return Err(self.corrupt(format!(
+                "has {} bytes after its entry",
+                payload.len() - used
+            )));
         }
-        let expected_kind = match (frame, &entry) {
+        let misplaced = match (self.count, &entry) {
             (0, Entry::Header(_)) => None,
             (0, _) => Some("is not the header, which must come first"),
             (_, Entry::Header(_)) => Some("is a second header"),
             _ => None,
         };
-        if let Some(reason) = expected_kind {
-            return Err(corrupt(frame, offset, reason.into()));
+        if let Some(reason) = misplaced {
+            return Err(self.corrupt(reason.into()));
         }
-        entries.push(entry);
-        previous = expected;
-        offset += FRAME_OVERHEAD + payload.len();
+        self.after_end = matches!(entry, Entry::End(_));
+        self.previous = expected;
+        self.valid_len += (FRAME_OVERHEAD + declared) as u64;
+        self.count += 1;
+        Ok(Some(entry))
     }
-    Ok(LogContents {
-        entries,
-        valid_len: offset as u64,
-        last_hash: previous,
-        torn_tail_bytes: None,
-    })
+}
+
+impl<R: Read> Iterator for Frames<R> {
+    type Item = Result<Entry, LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let next = self.next_entry().transpose();
+        self.finished = !matches!(next, Some(Ok(_)));
+        next
+    }
+}
+
+/// Fills `buffer` from `input` as far as the input goes; the bytes read.
+fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 /// Bytes a frame adds around its payload: the length field and the hash.
 const FRAME_OVERHEAD: usize = 4 + 32;
-
-/// The payload and stored hash of a frame of payload length `len` at the start of `rest`, when
-/// the whole frame is there.
-fn split_frame(rest: &[u8], len: usize) -> Option<(&[u8], &[u8])> {
-    let payload = rest.get(4..4usize.checked_add(len)?)?;
-    let hash = rest.get(4 + len..(4 + len).checked_add(32)?)?;
-    Some((payload, hash))
-}
 
 /// The payload length of a complete frame at the start of `rest` that chains from `previous`,
 /// whatever its length field says; `None` when no prefix of `rest` is one. A writer killed
@@ -230,13 +329,4 @@ fn whole_frame_len(previous: &Hash, rest: &[u8]) -> Option<usize> {
         hasher.update([rest[4 + len]]);
     }
     None
-}
-
-fn torn(entries: Vec<Entry>, offset: usize, last_hash: Hash, tail: usize) -> LogContents {
-    LogContents {
-        entries,
-        valid_len: offset as u64,
-        last_hash,
-        torn_tail_bytes: Some(tail as u64),
-    }
 }

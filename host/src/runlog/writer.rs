@@ -83,6 +83,11 @@ impl RunLogWriter {
         Ok(())
     }
 
+    /// The chain hash of the last frame written: once the end frame is, the log's final hash.
+    pub fn last_hash(&self) -> Hash {
+        self.last_hash
+    }
+
     /// Number of frames in the log so far.
     pub fn frames(&self) -> u64 {
         self.frames

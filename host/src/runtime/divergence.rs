@@ -55,6 +55,27 @@ pub fn first_difference(
     })
 }
 
+/// The first field where two recorded values differ (compared by their run-log encoding, so
+/// floats by their bits), its path starting at `root`, and both values shortened; `None` when
+/// they are the same.
+pub fn first_value_difference<T: Serialize>(
+    a: &T,
+    b: &T,
+    root: &str,
+) -> Option<(String, String, String)> {
+    if same_encoding(a, b) {
+        return None;
+    }
+    let mut path = root.to_owned();
+    diff(&to_value(a), &to_value(b), &mut path).or_else(|| {
+        Some((
+            root.to_owned(),
+            "(equal JSON)".into(),
+            "(bits differ)".into(),
+        ))
+    })
+}
+
 fn named_value(request: &CallRequest) -> (&'static str, Value) {
     let value = match request {
         CallRequest::Complete(batch) => to_value(batch),
@@ -132,6 +153,10 @@ fn diff(a: &Value, b: &Value, path: &mut String) -> Option<(String, String, Stri
             })
         }
         _ if a == b => None,
+        (Value::String(x), Value::String(y)) => {
+            let (x, y) = around_first_difference(x, y);
+            Some((path.clone(), x, y))
+        }
         _ => Some((path.clone(), short(a), short(b))),
     }
 }
@@ -146,6 +171,24 @@ fn push_field(path: &mut String, key: &str) {
 /// Field names as the WIT file spells them.
 fn kebab(name: &str) -> String {
     name.replace('_', "-")
+}
+
+/// Two different strings as JSON, each shortened to a window that starts a little before
+/// the first character where they differ (so that two long texts do not look the same cut).
+fn around_first_difference(a: &str, b: &str) -> (String, String) {
+    const BEFORE: usize = 40;
+    let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    let skip = common.saturating_sub(BEFORE);
+    let window = |text: &str| {
+        let rest: String = text.chars().skip(skip).collect();
+        let shown = short(&Value::String(rest));
+        if skip == 0 {
+            shown
+        } else {
+            format!("…{shown}")
+        }
+    };
+    (window(a), window(b))
 }
 
 fn short(value: &Value) -> String {
@@ -197,6 +240,16 @@ mod tests {
         let (field, was, now) = first_difference(&queries(Some(3)), &queries(Some(4))).unwrap();
         assert_eq!(field, "limit");
         assert_eq!((was.as_str(), now.as_str()), ("3", "4"));
+    }
+
+    #[test]
+    fn long_texts_are_shown_from_a_little_before_where_they_differ() {
+        let base = "x".repeat(300);
+        let recorded = CallRequest::Complete(vec![request(0.0, &format!("{base} one"))]);
+        let asked = CallRequest::Complete(vec![request(0.0, &format!("{base} two"))]);
+        let (_, was, now) = first_difference(&recorded, &asked).unwrap();
+        assert!(was.starts_with('…') && was.ends_with(" one\""), "{was}");
+        assert!(now.starts_with('…') && now.ends_with(" two\""), "{now}");
     }
 
     #[test]

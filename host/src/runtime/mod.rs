@@ -15,7 +15,7 @@ mod records;
 mod sandbox;
 mod session;
 
-pub use divergence::Divergence;
+pub use divergence::{Divergence, first_difference, first_value_difference};
 pub use records::{
     DEFAULT_ERROR_KIB, DEFAULT_LOG_LINE_KIB, DEFAULT_NODE_KIB, DEFAULT_RECORDS_MIB, RecordLimits,
 };
