@@ -106,6 +106,16 @@ fn log_json_has_every_frame_and_as_many_calls_as_inspect_counts() {
         .expect("a judge call");
     assert_eq!(judged["import"], "complete");
     assert!(judged["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    // What the server said about each answer: the model it answered with, the reply's id.
+    let evidence = &judged["evidence"][0];
+    assert_eq!(evidence["model"], "test-model", "{judged}");
+    assert_eq!(evidence["system_fingerprint"], "scripted", "{judged}");
+    assert!(
+        evidence["response_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("cmpl-")
+    );
     assert_eq!(
         frames.last().unwrap()["final_hash"].as_str().unwrap().len(),
         64
@@ -140,6 +150,10 @@ fn log_json_has_every_frame_and_as_many_calls_as_inspect_counts() {
     let readable = String::from_utf8(readable.stdout).unwrap();
     assert!(readable.contains("request 1 of "), "{readable}");
     assert!(readable.contains("choice 1:"), "{readable}");
+    assert!(
+        readable.contains("served as model test-model, reply id cmpl-"),
+        "{readable}"
+    );
     assert!(
         readable
             .lines()

@@ -4,9 +4,10 @@
 //! The scripted server answers a request as a function of the request alone, so a run whose
 //! plugin asks the same things in the same order writes the same run log. Two logs are compared
 //! frame by frame after [`normalized`]: the timings, the cache-hit flags (which of two equal
-//! concurrent requests the cache answers is a race), the plugin's file hash (a rebuilt plugin
-//! differs in its bytes even when it asks the same), and the paths of this test's server and
-//! temporary directory. Everything a plugin asked and was answered must be equal.
+//! concurrent requests the cache answers is a race), the servers' evidence (provenance, as the
+//! timings are), the plugin's file hash (a rebuilt plugin differs in its bytes even when it asks
+//! the same), and the paths of this test's server and temporary directory. Everything a plugin
+//! asked and was answered must be equal.
 //!
 //! After a deliberate change of what runs ask, rewrite the fixtures with
 //! `DRPO_BLESS_GOLDEN=1 cargo test -p drpo-tests --test golden` and say why in the commit.
@@ -27,7 +28,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// A run log's frames as JSON, with what may differ between equal runs replaced: timings,
-/// cache-hit flags, the plugin's hash, the server's address and the temporary directory.
+/// cache-hit flags, evidence, the plugin's hash, the server's address and the temporary
+/// directory.
 fn normalized(log: &Path, server: &str, work: &Path) -> Vec<Value> {
     let log = read_log(log).unwrap_or_else(|e| panic!("{e}"));
     log.entries
@@ -36,7 +38,10 @@ fn normalized(log: &Path, server: &str, work: &Path) -> Vec<Value> {
             let mut entry = entry.without_timings();
             match &mut entry {
                 Entry::Header(header) => header.plugin_sha256.clear(),
-                Entry::Call(call) => call.provenance.cache_hits.clear(),
+                Entry::Call(call) => {
+                    call.provenance.cache_hits.clear();
+                    call.provenance.evidence.clear();
+                }
                 Entry::End(_) | Entry::Preflight(_) => {}
             }
             let text = serde_json::to_string(&entry)

@@ -443,6 +443,9 @@ fn no_output_file_holds_the_api_key_even_when_the_server_echoes_it() {
     let server = Server::with_request_script(|incoming| {
         let mut reply = default_reply(&incoming.path, &incoming.body);
         let echo = incoming.authorization.clone().unwrap_or_default();
+        // In what the reply says about itself too, which the run log keeps as evidence.
+        reply["id"] = format!("cmpl (sent with {echo})").into();
+        reply["model"] = format!("model (sent with {echo})").into();
         for choice in reply["choices"].as_array_mut().into_iter().flatten() {
             let slot = if choice.get("message").is_some() {
                 &mut choice["message"]["content"]
@@ -482,6 +485,8 @@ fn no_output_file_holds_the_api_key_even_when_the_server_echoes_it() {
             dir.display().to_string(),
         ],
         vec!["inspect".into(), dir.display().to_string()],
+        vec!["log".into(), dir.display().to_string()],
+        vec!["log".into(), "--json".into(), dir.display().to_string()],
     ] {
         let out = output(
             host(&work.path().join("cache"))

@@ -133,15 +133,15 @@ fn main() {
     };
     let gate_round = || async {
         let started = Instant::now();
-        let (answers, _) = calls.complete(batch.clone()).await;
-        assert!(answers.iter().all(Result::is_ok));
+        let answered = calls.complete(batch.clone()).await;
+        assert!(answered.answers.iter().all(Result::is_ok));
         started.elapsed()
     };
 
     let hit_round = || async {
         let started = Instant::now();
-        let (_, from_cache) = cached_calls.complete(batch.clone()).await;
-        assert!(from_cache.iter().all(|&hit| hit));
+        let answered = cached_calls.complete(batch.clone()).await;
+        assert!(answered.cache_hits.iter().all(|&hit| hit));
         started.elapsed()
     };
 
@@ -155,8 +155,10 @@ fn main() {
             gate_round().await;
         }
         // Fills the cache: every later round is all hits.
-        let (filled, from_cache) = cached_calls.complete(batch.clone()).await;
-        assert!(filled.iter().all(Result::is_ok) && from_cache.iter().all(|&hit| !hit));
+        let filled = cached_calls.complete(batch.clone()).await;
+        assert!(
+            filled.answers.iter().all(Result::is_ok) && filled.cache_hits.iter().all(|&hit| !hit)
+        );
         for _ in 0..ROUNDS {
             raw.push(raw_round().await);
             direct.push(provider_round().await);

@@ -292,7 +292,12 @@ pub fn completion(request: &Value, texts: Vec<String>, finish_reason: &str) -> V
             }
         })
         .collect();
+    // What real servers say about a reply besides it: an id (here a function of the request, as
+    // everything this server says), the model that answered, the backend's fingerprint.
     json!({
+        "id": format!("cmpl-{:016x}", digest(&request.to_string())),
+        "model": request["model"],
+        "system_fingerprint": "scripted",
         "choices": choices,
         "usage": {"prompt_tokens": prompt_length / 4 + 1, "completion_tokens": 7 * count},
     })

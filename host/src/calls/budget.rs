@@ -562,6 +562,7 @@ mod tests {
             provenance: crate::runlog::Provenance {
                 elapsed_us: 0,
                 cache_hits: vec![true, false, false],
+                ..Default::default()
             },
         }]);
         assert_eq!(meter.admit(&calls(5)), 1, "one recorded call, one left");
@@ -586,6 +587,7 @@ mod tests {
             provenance: crate::runlog::Provenance {
                 elapsed_us: 11_000_000,
                 cache_hits: vec![],
+                ..Default::default()
             },
         }]);
         assert!(meter.exhausted().unwrap().contains("--max-time"));

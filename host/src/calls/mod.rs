@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 pub use ::drpo::data::TrainingData;
 
 use crate::bindings::types::{Example, LlmError, Query, Request};
-use crate::provider::{Answer, Router};
+use crate::provider::{Answer, Evidence, Router};
 use crate::runlog::{CallRecord, Preflight, billed_calls};
 use crate::runtime::{Answered, Live};
 use budget::{Meter, Worst};
@@ -57,6 +57,7 @@ struct Batch {
     requests: Vec<Request>,
     answers: Vec<Option<Answer>>,
     cache_hits: Vec<bool>,
+    evidence: Vec<Option<Evidence>>,
 }
 
 impl Batch {
@@ -66,6 +67,7 @@ impl Batch {
             requests,
             answers: vec![None; size],
             cache_hits: vec![false; size],
+            evidence: vec![None; size],
         }
     }
 
@@ -76,7 +78,7 @@ impl Batch {
             .collect()
     }
 
-    /// The answers in the batch's order, and which the cache gave.
+    /// The answers in the batch's order, which the cache gave, and what servers said.
     fn finish(self) -> Answered {
         let answers = self
             .answers
@@ -89,7 +91,11 @@ impl Batch {
                 })
             })
             .collect();
-        (answers, self.cache_hits)
+        Answered {
+            answers,
+            cache_hits: self.cache_hits,
+            evidence: self.evidence,
+        }
     }
 }
 
@@ -162,7 +168,7 @@ impl Calls {
     pub async fn check(&self, requests: Vec<Request>) -> Vec<Answer> {
         let mut batch = Batch::new(requests);
         self.spend(&mut batch, None).await;
-        batch.finish().0
+        batch.finish().answers
     }
 
     /// Embeds texts, unless the grant or a budget forbids it (an embedding request counts as one
@@ -259,11 +265,11 @@ impl Calls {
             Some(fresh) => fresh,
             None => {
                 self.announce_refusal();
-                vec![Err(LlmError::BudgetExhausted); sent.len()]
+                vec![(Err(LlmError::BudgetExhausted), None); sent.len()]
             }
         };
         let mut to_store = Vec::new();
-        for ((&index, answer), worst) in sent.iter().zip(&fresh).zip(&worst) {
+        for ((&index, (answer, _)), worst) in sent.iter().zip(&fresh).zip(&worst) {
             let completion = answer.as_ref().ok();
             self.meter.settle(
                 worst,
@@ -280,8 +286,9 @@ impl Calls {
             // The answers are good and recorded in the run log; only the cache missed out.
             eprintln!("warning: {error:#}");
         }
-        for (&index, answer) in sent.iter().zip(fresh) {
+        for (&index, (answer, evidence)) in sent.iter().zip(fresh) {
             batch.answers[index] = Some(answer);
+            batch.evidence[index] = evidence;
         }
     }
 
@@ -394,14 +401,14 @@ mod tests {
     fn the_call_budget_cuts_a_batch_and_refuses_everything_after() {
         let (router, seen) = scripted();
         let calls = pipeline(router, meter(3), None);
-        let (answers, _) = block_on(calls.complete(batch(&["a", "b", "c", "d", "e"])));
+        let answers = block_on(calls.complete(batch(&["a", "b", "c", "d", "e"]))).answers;
         let refused: Vec<bool> = answers
             .iter()
             .map(|a| a == &Err(LlmError::BudgetExhausted))
             .collect();
         assert_eq!(refused, [false, false, false, true, true]);
         assert_eq!(seen.lock().unwrap().len(), 3);
-        let (later, _) = block_on(calls.complete(batch(&["f"])));
+        let later = block_on(calls.complete(batch(&["f"]))).answers;
         assert_eq!(later[0], Err(LlmError::BudgetExhausted));
         assert_eq!(seen.lock().unwrap().len(), 3);
     }
@@ -414,12 +421,12 @@ mod tests {
         };
         let (router, seen) = scripted();
         let calls = pipeline(router, meter(3), Some(cache));
-        let (first, hits) = block_on(calls.complete(batch(&["a", "b"])));
-        assert!(first.iter().all(Result::is_ok));
-        assert_eq!(hits, [false, false]);
-        let (again, hits) = block_on(calls.complete(batch(&["a", "b", "c"])));
-        assert_eq!(hits, [true, true, false]);
-        let hit = again[0].as_ref().unwrap();
+        let first = block_on(calls.complete(batch(&["a", "b"])));
+        assert!(first.answers.iter().all(Result::is_ok));
+        assert_eq!(first.cache_hits, [false, false]);
+        let again = block_on(calls.complete(batch(&["a", "b", "c"])));
+        assert_eq!(again.cache_hits, [true, true, false]);
+        let hit = again.answers[0].as_ref().unwrap();
         assert_eq!(hit.choices, ["re: a"]);
         assert_eq!(
             (hit.usage.prompt_tokens, hit.usage.completion_tokens),
@@ -427,7 +434,7 @@ mod tests {
         );
         assert_eq!(seen.lock().unwrap().len(), 3, "hits cost no call");
         // The budget is spent now: even a cached answer is refused.
-        let (spent, _) = block_on(calls.complete(batch(&["a"])));
+        let spent = block_on(calls.complete(batch(&["a"]))).answers;
         assert_eq!(spent[0], Err(LlmError::BudgetExhausted));
     }
 
@@ -456,7 +463,7 @@ mod tests {
         asks[1].sampling.n = 5;
         asks[2].sampling.n = 4;
         asks[2].sampling.max_tokens = 300;
-        let (answers, _) = block_on(calls.complete(asks));
+        let answers = block_on(calls.complete(asks)).answers;
         assert!(answers[0].is_ok());
         let rejected = |i: usize, flag: &str| matches!(&answers[i], Err(LlmError::Rejected(why)) if why.contains(flag));
         assert!(rejected(1, "--max-choices"), "{:?}", answers[1]);
@@ -504,12 +511,13 @@ mod tests {
             );
             let started = tokio::time::Instant::now();
             // Paused time: the hour passes at once if the gate waits on the provider for good.
-            let (answers, _) = tokio::time::timeout(
+            let answers = tokio::time::timeout(
                 std::time::Duration::from_secs(3600),
                 calls.complete(batch(&["a", "b"])),
             )
             .await
-            .expect("the pipeline answers without the provider");
+            .expect("the pipeline answers without the provider")
+            .answers;
             assert!(answers.iter().all(|a| a == &Err(LlmError::BudgetExhausted)));
             // The paused clock moved exactly to the budget's end.
             assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));

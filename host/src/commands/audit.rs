@@ -16,7 +16,7 @@ use crate::cli::{LogArgs, VerifyArgs};
 use crate::config::RunConfig;
 use crate::rundir::{RunDir, call_headline, level_name};
 use crate::runlog::{
-    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Frames, LogError,
+    CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Evidence, Frames, LogError,
 };
 use crate::runtime::{first_difference, first_value_difference};
 use crate::signing::{RunSignature, SignatureProblem};
@@ -144,7 +144,7 @@ fn frame_json(entry: &Entry) -> Value {
 }
 
 /// A call as JSON: index, import, the roles it asked (for `complete`), request, response,
-/// tokens used, time and cache flags.
+/// tokens used, time, cache flags and what each server said about its answer.
 fn call_json(call: &CallRecord) -> Value {
     let (prompt_tokens, completion_tokens) = usage(call);
     let roles: Vec<&str> = match &call.request {
@@ -161,6 +161,7 @@ fn call_json(call: &CallRecord) -> Value {
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
         "elapsed_us": call.provenance.elapsed_us,
         "cache_hits": call.provenance.cache_hits,
+        "evidence": call.provenance.evidence,
     })
 }
 
@@ -224,6 +225,9 @@ fn call_text(call: &CallRecord) -> String {
             for (i, (request, result)) in batch.iter().zip(results).enumerate() {
                 lines.push(request_text(i + 1, batch.len(), request));
                 lines.push(result_text(result));
+                if let Some(Some(evidence)) = call.provenance.evidence.get(i) {
+                    lines.push(evidence_text(evidence));
+                }
             }
         }
         (CallRequest::Embed(texts), _) => {
@@ -320,6 +324,20 @@ fn result_text(result: &Result<Completion, LlmError>) -> String {
         }
         Err(error) => format!("  failed: {}", terminal::error(&format!("{error:?}"))),
     }
+}
+
+fn evidence_text(evidence: &Evidence) -> String {
+    let shown = |field: &Option<String>| {
+        field
+            .as_deref()
+            .map_or("(not given)".to_owned(), terminal::line)
+    };
+    format!(
+        "  served as model {}, reply id {}, system fingerprint {}",
+        shown(&evidence.model),
+        shown(&evidence.response_id),
+        shown(&evidence.system_fingerprint)
+    )
 }
 
 /// `text` over several lines, escaped for the terminal, each line indented by `by` spaces.

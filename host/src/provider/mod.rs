@@ -23,6 +23,33 @@ use crate::roles::PerRole;
 /// The answer to one request of a batch.
 pub type Answer = Result<Completion, LlmError>;
 
+/// What a server said about an answer besides the answer, kept in the run log so that an
+/// auditor can hold the run to it: the reply's `id`, its `system_fingerprint` (the backend
+/// configuration that served it) and the `model` it says answered, which may not be the one
+/// asked for. Each field as the server sent it, cut to [`Evidence::FIELD_BYTES`]. Nothing here
+/// changes what the strategy sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub response_id: Option<String>,
+    pub system_fingerprint: Option<String>,
+    pub model: Option<String>,
+}
+
+impl Evidence {
+    /// The most bytes of one field kept: the evidence is a few identifiers, and a server that
+    /// sends more is not given room in the run log for it.
+    pub const FIELD_BYTES: usize = 256;
+
+    /// Each field with `f` applied (to blot out a secret).
+    pub fn map(self, mut f: impl FnMut(String) -> String) -> Evidence {
+        Evidence {
+            response_id: self.response_id.map(&mut f),
+            system_fingerprint: self.system_fingerprint.map(&mut f),
+            model: self.model.map(&mut f),
+        }
+    }
+}
+
 /// How a prompt reaches a model: as chat messages (the server or the model applies its chat
 /// template) or as one raw completion string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -153,6 +180,18 @@ pub trait Provider: Send + Sync {
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>>;
+
+    /// Answers a batch as [`Provider::complete`] does, each answer with what the server said
+    /// about it ([`Evidence`]). The default gives none: a model in process has nothing to add.
+    fn complete_with_evidence(
+        &self,
+        batch: Vec<Request>,
+    ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
+        Box::pin(async move {
+            let answers = self.complete(batch).await;
+            answers.into_iter().map(|answer| (answer, None)).collect()
+        })
+    }
 }
 
 /// Embeds texts.
@@ -234,8 +273,8 @@ impl Router {
 
     /// Answers a mixed batch: each provider gets its share as one sub-batch (so a model that
     /// serves several roles decodes them together), all providers concurrently, and the answers
-    /// come back in the batch's order.
-    pub async fn complete(&self, batch: Vec<Request>) -> Vec<Answer> {
+    /// come back in the batch's order, each with its provider's [`Evidence`].
+    pub async fn complete(&self, batch: Vec<Request>) -> Vec<(Answer, Option<Evidence>)> {
         let total = batch.len();
         // (provider, positions in the batch, its requests)
         type Group<'a> = (&'a Arc<dyn Provider>, Vec<usize>, Vec<Request>);
@@ -254,10 +293,10 @@ impl Router {
         let mut calls = Vec::with_capacity(groups.len());
         let mut placements = Vec::with_capacity(groups.len());
         for (provider, indices, requests) in groups {
-            calls.push(provider.complete(requests));
+            calls.push(provider.complete_with_evidence(requests));
             placements.push(indices);
         }
-        let mut answers: Vec<Option<Answer>> = vec![None; total];
+        let mut answers: Vec<Option<(Answer, Option<Evidence>)>> = vec![None; total];
         for (indices, group_answers) in placements.into_iter().zip(join_all(calls).await) {
             for (index, answer) in indices.into_iter().zip(group_answers) {
                 answers[index] = Some(answer);
@@ -267,9 +306,8 @@ impl Router {
             .into_iter()
             .map(|answer| {
                 answer.unwrap_or_else(|| {
-                    Err(LlmError::Unavailable(
-                        "the provider returned fewer answers than requests".into(),
-                    ))
+                    let missing = "the provider returned fewer answers than requests";
+                    (Err(LlmError::Unavailable(missing.into())), None)
                 })
             })
             .collect()

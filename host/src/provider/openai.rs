@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::rate::{RateLimit, RateLimiter};
-use super::{Answer, Embedder, PromptForm, Provider, ServerSettings, StructuredOutput};
+use super::{Answer, Embedder, Evidence, PromptForm, Provider, ServerSettings, StructuredOutput};
 use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling, Usage};
 
 /// Where an OpenAI-compatible model is served.
@@ -419,14 +419,14 @@ impl OpenAiProvider {
 
     /// One request of the strategy: sent the way this server takes it (settling that on a
     /// refusal), its JSON extracted when a schema was asked for.
-    async fn complete_one(&self, request: &Request) -> Result<Completion, LlmError> {
+    async fn complete_one(&self, request: &Request) -> Result<(Completion, Evidence), LlmError> {
         let schema: Option<Value> = match &request.json_schema {
             Some(text) => Some(serde_json::from_str(text).map_err(|e| {
                 LlmError::Rejected(format!("the request's JSON schema is not JSON: {e}"))
             })?),
             None => None,
         };
-        let mut completion = self
+        let (mut completion, evidence) = self
             .complete_settled(&request.prompt, &request.sampling, schema.as_ref())
             .await?;
         if schema.is_some() {
@@ -438,7 +438,7 @@ impl OpenAiProvider {
                 }
             }
         }
-        Ok(completion)
+        Ok((completion, evidence))
     }
 
     /// Sends a request under the current settings; a refusal that teaches something about the
@@ -448,7 +448,7 @@ impl OpenAiProvider {
         prompt: &Prompt,
         sampling: &Sampling,
         schema: Option<&Value>,
-    ) -> Result<Completion, LlmError> {
+    ) -> Result<(Completion, Evidence), LlmError> {
         let mut extra = Usage {
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -465,17 +465,19 @@ impl OpenAiProvider {
                 self.send(&shaped, sampling, schema, rung).await
             };
             let failure = match result {
-                Ok(completion) if completion.choices.len() == sampling.n.max(1) as usize => {
-                    return Ok(add_usage(completion, extra));
+                Ok((completion, evidence))
+                    if completion.choices.len() == sampling.n.max(1) as usize =>
+                {
+                    return Ok((add_usage(completion, extra), evidence));
                 }
-                Ok(completion)
+                Ok((completion, _))
                     if !completion.choices.is_empty() && !settings.one_choice_per_request =>
                 {
                     extra = sum_usage(extra, completion.usage);
                     self.update(|s| s.one_choice_per_request = true);
                     continue;
                 }
-                Ok(completion) => {
+                Ok((completion, _)) => {
                     return Err(unavailable(
                         &self.url(path_of(form)),
                         format!(
@@ -518,7 +520,7 @@ impl OpenAiProvider {
         sampling: &Sampling,
         schema: Option<&Value>,
         rung: StructuredOutput,
-    ) -> Result<Completion, Failure> {
+    ) -> Result<(Completion, Evidence), Failure> {
         let singles: Vec<Sampling> = (0..u64::from(sampling.n))
             .map(|i| Sampling {
                 n: 1,
@@ -539,14 +541,17 @@ impl OpenAiProvider {
                 completion_tokens: 0,
             },
         };
+        // The evidence of the first reply stands for all: they went to the same server together.
+        let mut first_evidence = None;
         for answer in answers {
-            let completion = answer?;
+            let (completion, evidence) = answer?;
+            first_evidence.get_or_insert(evidence);
             merged.usage = sum_usage(merged.usage, completion.usage);
             merged
                 .choices
                 .extend(completion.choices.into_iter().take(1));
         }
-        Ok(merged)
+        Ok((merged, first_evidence.unwrap_or_default()))
     }
 
     /// Walks the structured-output ladder with the probe request and keeps the first rung the
@@ -564,7 +569,7 @@ impl OpenAiProvider {
         let (prompt, sampling, schema) = probe_request();
         for rung in [StructuredOutput::JsonSchema, StructuredOutput::JsonObject] {
             match self.send(&prompt, &sampling, Some(&schema), rung).await {
-                Ok(completion) => {
+                Ok((completion, _)) => {
                     spent = sum_usage(spent, completion.usage);
                     self.update(|s| s.structured = Some(rung));
                     return (Some(rung), spent);
@@ -584,7 +589,7 @@ impl OpenAiProvider {
         sampling: &Sampling,
         schema: Option<&Value>,
         rung: StructuredOutput,
-    ) -> Result<Completion, Failure> {
+    ) -> Result<(Completion, Evidence), Failure> {
         let mut body = json!({
             "model": self.endpoint.model,
             "temperature": sampling.temperature,
@@ -644,7 +649,7 @@ impl OpenAiProvider {
                     + u64::from(completion.usage.completion_tokens),
             )
             .await;
-        Ok(completion)
+        Ok((completion, evidence_of(&reply)))
     }
 }
 
@@ -740,14 +745,27 @@ impl Provider for OpenAiProvider {
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         Box::pin(async move {
+            let answers = self.complete_with_evidence(batch).await;
+            answers.into_iter().map(|(answer, _)| answer).collect()
+        })
+    }
+
+    fn complete_with_evidence(
+        &self,
+        batch: Vec<Request>,
+    ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
+        Box::pin(async move {
             let received = AtomicU64::new(0);
             let received = &received;
             join_all(batch.into_iter().map(|request| async move {
-                let result = self
-                    .complete_one(&request)
-                    .await
-                    .and_then(|completion| self.keep_answer(received, completion));
-                self.scrub_answer(result)
+                match self.complete_one(&request).await {
+                    Ok((completion, evidence)) => {
+                        let kept = self.keep_answer(received, completion);
+                        let evidence = evidence.map(|field| self.redact(field));
+                        (self.scrub_answer(kept), Some(evidence))
+                    }
+                    Err(error) => (Err(self.scrub(error)), None),
+                }
             }))
             .await
         })
@@ -838,6 +856,22 @@ fn extract_json(text: &str) -> Option<String> {
     };
     let end = text.rfind(close)?;
     (end > start).then(|| parse(&text[start..=end])).flatten()
+}
+
+/// What a reply says about itself: its `id`, `system_fingerprint` and `model`, each cut to
+/// [`Evidence::FIELD_BYTES`].
+fn evidence_of(reply: &Value) -> Evidence {
+    let field = |name: &str| {
+        reply[name].as_str().map(|text| {
+            let end = text.floor_char_boundary(Evidence::FIELD_BYTES);
+            text[..end].to_owned()
+        })
+    };
+    Evidence {
+        response_id: field("id"),
+        system_fingerprint: field("system_fingerprint"),
+        model: field("model"),
+    }
 }
 
 /// The choices of a reply, in order, and its usage. A choice without text (`content: null`, as
@@ -943,6 +977,21 @@ mod tests {
         );
         assert_eq!(extract_json("no json here"), None);
         assert_eq!(extract_json("4"), None);
+    }
+
+    #[test]
+    fn a_replys_evidence_is_what_it_says_cut_to_its_limit() {
+        let reply = json!({
+            "id": "é".repeat(200),
+            "model": "served-model",
+            "system_fingerprint": 7,
+        });
+        let evidence = evidence_of(&reply);
+        let id = evidence.response_id.unwrap();
+        assert!(id.len() <= Evidence::FIELD_BYTES && id.len() >= Evidence::FIELD_BYTES - 1);
+        assert!(id.chars().all(|c| c == 'é'));
+        assert_eq!(evidence.model.as_deref(), Some("served-model"));
+        assert_eq!(evidence.system_fingerprint, None, "not a string: not taken");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::types::{
     Completion, Example, LlmError, LogLevel, Node, Outcome, Query, Request,
 };
-use crate::provider::{PromptForm, ServerSettings};
+use crate::provider::{Evidence, PromptForm, ServerSettings};
 
 /// One frame's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +109,9 @@ pub struct Provenance {
     pub elapsed_us: u64,
     /// Per request of a `complete` batch: whether the cache answered it (no tokens billed).
     pub cache_hits: Vec<bool>,
+    /// Per request of a `complete` batch: what the server said about its answer, where it said
+    /// anything (not for cached answers, refusals, or models in process).
+    pub evidence: Vec<Option<Evidence>>,
 }
 
 /// The preflight of a run: the small requests that checked each model before the search spent
@@ -137,7 +140,7 @@ impl Preflight {
             response: CallResponse::Complete(self.results.clone()),
             provenance: Provenance {
                 elapsed_us: self.elapsed_us,
-                cache_hits: Vec::new(),
+                ..Provenance::default()
             },
         }
     }

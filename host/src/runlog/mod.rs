@@ -38,6 +38,7 @@ mod entries;
 mod reader;
 mod writer;
 
+pub use crate::provider::Evidence;
 pub use entries::{
     CallRecord, CallRequest, CallResponse, End, EndStatus, Entry, Header, Preflight, Provenance,
     RoleModel, RoleSettings, billed_calls,

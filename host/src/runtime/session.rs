@@ -9,14 +9,24 @@ use futures::future::BoxFuture;
 
 use crate::bindings::drpo::strategy::{host, types};
 use crate::bindings::types::{Completion, Example, LlmError, LogLevel, Node, Query, Request};
-use crate::runlog::{CallRecord, CallRequest, CallResponse, Entry, Provenance, RunLogWriter};
+use crate::runlog::{
+    CallRecord, CallRequest, CallResponse, Entry, Evidence, Provenance, RunLogWriter,
+};
 
 use super::divergence::{Divergence, first_difference};
 use super::records::RecordMeter;
 use super::sandbox::StoreState;
 
-/// The answers to a `complete` batch, in order, and which of them the response cache gave.
-pub type Answered = (Vec<Result<Completion, LlmError>>, Vec<bool>);
+/// The answers to a `complete` batch, in order, with how each was obtained (recorded in the
+/// call's provenance; `replay` does not compare it).
+#[derive(Debug, Clone, Default)]
+pub struct Answered {
+    pub answers: Vec<Result<Completion, LlmError>>,
+    /// Which answers the response cache gave.
+    pub cache_hits: Vec<bool>,
+    /// What the server said about each answer, where it said anything.
+    pub evidence: Vec<Option<Evidence>>,
+}
 
 /// What answers the live calls of a run: the host's call pipeline (`calls/`), which the
 /// runtime knows only through this trait.
@@ -192,22 +202,24 @@ impl Session {
             observer.on_request(&request);
         }
         let started = Instant::now();
-        let (response, cache_hits) = match &request {
+        let (response, answered) = match &request {
             CallRequest::Complete(batch) => {
-                let (answers, hits) = live.complete(batch.clone()).await;
-                (CallResponse::Complete(answers), hits)
+                let mut answered = live.complete(batch.clone()).await;
+                let answers = std::mem::take(&mut answered.answers);
+                (CallResponse::Complete(answers), answered)
             }
             CallRequest::Embed(texts) => (
                 CallResponse::Embed(live.embed(texts.clone()).await),
-                Vec::new(),
+                Answered::default(),
             ),
-            CallRequest::Queries { limit } => {
-                (CallResponse::Queries(live.queries(*limit)), Vec::new())
-            }
-            CallRequest::Examples => (CallResponse::Examples(live.examples()), Vec::new()),
+            CallRequest::Queries { limit } => (
+                CallResponse::Queries(live.queries(*limit)),
+                Answered::default(),
+            ),
+            CallRequest::Examples => (CallResponse::Examples(live.examples()), Answered::default()),
             // What the plugin records is the run log's business alone.
             CallRequest::RecordNode(_) | CallRequest::Log { .. } => {
-                (CallResponse::Unit, Vec::new())
+                (CallResponse::Unit, Answered::default())
             }
         };
         let record = CallRecord {
@@ -216,7 +228,8 @@ impl Session {
             response,
             provenance: Provenance {
                 elapsed_us: started.elapsed().as_micros() as u64,
-                cache_hits,
+                cache_hits: answered.cache_hits,
+                evidence: answered.evidence,
             },
         };
         if let Some(writer) = &mut self.writer {

@@ -231,6 +231,7 @@ mod tests {
             provenance: Provenance {
                 elapsed_us: 1,
                 cache_hits: vec![false, true, false, false],
+                ..Default::default()
             },
         };
         let models = [
