@@ -44,6 +44,9 @@ pub struct RequestSettings {
     pub metrics_max_tokens: u32,
     /// Token limit of a judgement.
     pub judge_max_tokens: u32,
+    /// The judge's sampling temperature (published: 0, greedy). Above 0, judgements drawn with
+    /// different seeds differ, which measures how much the judge's verdicts owe to chance.
+    pub judge_temperature: f64,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// In-context examples the base model sees.
@@ -60,6 +63,7 @@ impl Default for RequestSettings {
             base_max_tokens: 2048,
             metrics_max_tokens: 2048,
             judge_max_tokens: 2048,
+            judge_temperature: 0.0,
             optimizer_max_tokens: 2048,
             k: 2,
         }

@@ -316,7 +316,8 @@ pub fn aspect_selection_request(query: &str, settings: &RequestSettings) -> Requ
     }
 }
 
-/// The request judging an answer on the given aspects (greedy, as published).
+/// The request judging an answer on the given aspects (greedy, as published, unless the
+/// settings give the judge a temperature).
 pub fn judge_request(
     query: &str,
     answer: &str,
@@ -328,7 +329,7 @@ pub fn judge_request(
         role: Role::Judge,
         prompt: user_only(judge_prompt(query, answer, aspects, reasoning)),
         sampling: Sampling {
-            temperature: 0.0,
+            temperature: settings.judge_temperature as f32,
             top_p: 1.0,
             max_tokens: settings.judge_max_tokens,
             n: 1,

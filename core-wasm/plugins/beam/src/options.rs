@@ -121,6 +121,7 @@ impl Options {
             judge_max_tokens: self.judge_max_tokens,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
+            ..RequestSettings::default()
         }
     }
 

@@ -72,6 +72,10 @@ pub struct Options {
     /// Token limit of a judgement.
     #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
+    /// The judge's sampling temperature: 0 (greedy, the default) judges as the training reward
+    /// does; above 0, evaluations with different seeds show how much of a verdict is chance.
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub judge_temperature: f64,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             compare_label: "B".to_owned(),
             seed: 0,
             judge_max_tokens: RequestSettings::default().judge_max_tokens,
+            judge_temperature: 0.0,
         }
     }
 }
@@ -182,6 +187,7 @@ pub fn judge<H: Host>(
     let settings = RequestSettings {
         seed: options.seed,
         judge_max_tokens: options.judge_max_tokens,
+        judge_temperature: options.judge_temperature,
         ..RequestSettings::default()
     };
     let mut batch = Vec::new();
@@ -610,6 +616,23 @@ mod tests {
         assert_eq!(outcome.best_score, Some(3.0));
         assert_eq!(details["summaries"][0]["overall"]["std"], 1.0);
         assert_eq!(details["judgements"], json!({"asked": 2, "usable": 2}));
+    }
+
+    #[test]
+    fn the_judge_samples_at_the_temperature_asked_greedy_by_default() {
+        let first = answers(&[("a", "What is rain?", "A good answer.", false)]);
+        let mut host = judge_host();
+        evaluate(&mut host, &options(first.clone(), Vec::new())).unwrap();
+        assert_eq!(host.requests[0].sampling.temperature, 0.0);
+        let mut host = judge_host();
+        let warm = Options {
+            judge_temperature: 0.7,
+            seed: 5,
+            ..options(first, Vec::new())
+        };
+        evaluate(&mut host, &warm).unwrap();
+        assert_eq!(host.requests[0].sampling.temperature, 0.7);
+        assert_eq!(host.requests[0].sampling.seed, 5);
     }
 
     #[test]
