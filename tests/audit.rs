@@ -9,17 +9,8 @@ use serde_json::Value;
 
 /// A beam run against the scripted server, in `work/name`, with `flags`.
 fn beam_run(server: &Server, work: &Path, name: &str, flags: &[&str]) -> std::process::Output {
-    let out = output(
-        host(&work.join("cache"))
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(work.join(name))
-            .args(roles_at(server.url()))
-            .args(["--depth", "2", "--beam-size", "2", "--n-actions", "2"])
-            .args(flags),
-    );
+    let search = ["--depth", "2", "--beam-size", "2", "--n-actions", "2"];
+    let out = drpo_tests::beam_run(work, server.url(), name, &[&search[..], flags].concat());
     assert!(out.status.success(), "{}", text(&out));
     out
 }

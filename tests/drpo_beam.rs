@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
 use drpo_tests::server::{Reply, Server, completion, default_reply, digest};
-use drpo_tests::{
-    assert_best_path, assert_replays, beam_best_path, host, output, plugin, result_json, roles_at,
-    text,
-};
+use drpo_tests::{assert_best_path, assert_replays, beam_best_path, result_json, text};
 use serde_json::Value;
 
 #[derive(Debug, Default, PartialEq)]
@@ -86,16 +83,7 @@ fn judge_scoring(
 }
 
 fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> std::process::Output {
-    let mut command = host(&work.join("cache"));
-    command
-        .arg("run")
-        .arg("--strategy")
-        .arg(plugin("beam"))
-        .arg("--log-dir")
-        .arg(work.join(name))
-        .args(roles_at(server.url()))
-        .args(extra);
-    output(&mut command)
+    drpo_tests::beam_run(work, server.url(), name, extra)
 }
 
 #[test]

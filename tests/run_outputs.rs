@@ -12,20 +12,10 @@ use serde_json::Value;
 
 /// Runs beam (depth 3, beam 2, 2 actions) into `work/name`; returns the run directory.
 fn beam_run(server: &Server, work: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let dir = work.join(name);
-    let out = output(
-        host(&work.join("cache"))
-            .arg("run")
-            .arg("--strategy")
-            .arg(plugin("beam"))
-            .arg("--log-dir")
-            .arg(&dir)
-            .args(roles_at(server.url()))
-            .args(["--depth", "3", "--beam-size", "2", "--n-actions", "2"])
-            .args(extra),
-    );
+    let search = ["--depth", "3", "--beam-size", "2", "--n-actions", "2"];
+    let out = drpo_tests::beam_run(work, server.url(), name, &[&search[..], extra].concat());
     assert!(out.status.success(), "{}", text(&out));
-    dir
+    work.join(name)
 }
 
 /// `docs/result.schema.json`, compiled.

@@ -75,6 +75,13 @@ pub fn strategy_in(
     command
 }
 
+/// A run of beam.wasm in `work/name` (compiled plugins cached in `work/cache`), its roles at
+/// `api_base`, with `flags`.
+pub fn beam_run(work: &Path, api_base: &str, name: &str, flags: &[&str]) -> Output {
+    let mut command = strategy_in(&work.join("cache"), "run", "beam", work.join(name));
+    output(command.args(roles_at(api_base)).args(flags))
+}
+
 /// A run of testkit.wasm in `work/run` (compiled plugins cached in `work/cache`), its roles at
 /// `api_base`, with `options` (`KEY=VALUE`, `mode=` among them) and then `flags`.
 pub fn testkit_run(work: &Path, api_base: &str, options: &[&str], flags: &[&str]) -> Output {
