@@ -335,3 +335,39 @@ impl LlamaConfig {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of Qwen2.5-Coder-1.5B-Instruct's config.json that the decoder reads.
+    const QWEN2_5: &str = r#"{
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+        "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+        "sliding_window": 32768, "use_sliding_window": false, "max_window_layers": 21,
+        "tie_word_embeddings": true, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "torch_dtype": "bfloat16", "rope_scaling": null,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": true
+    }"#;
+
+    #[test]
+    fn qwen2_config_has_biases_and_no_window_when_switched_off() {
+        let config: LlamaConfig = serde_json::from_str(QWEN2_5).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.qkv_bias());
+        assert_eq!(config.sliding_window_in_use(), None);
+        assert_eq!(config.head_dim(), 128);
+        let llama = LlamaConfig::preset("tiny-llama").unwrap();
+        assert!(!llama.qkv_bias());
+    }
+
+    #[test]
+    fn qwen2_sliding_window_switched_on_is_refused() {
+        let mut config: LlamaConfig = serde_json::from_str(QWEN2_5).unwrap();
+        config.use_sliding_window = Some(true);
+        let message = config.validate().unwrap_err();
+        assert!(message.contains("use_sliding_window"), "{message}");
+    }
+}
