@@ -7,7 +7,8 @@
 //!   chat template, last-position logits and greedy tokens.
 //!
 //! The 0.5B comes from `scripts/fetch-qwen.sh 0.5b` (or the path in `DRPO_QWEN_05B`). Where it is
-//! absent its tests print why and pass, except under CI (`CI` set), where they fail.
+//! absent its tests print why and pass, except where `CI` is set, where they fail (`scripts/test`
+//! fetches it first, and stops if it cannot).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
