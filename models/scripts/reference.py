@@ -29,10 +29,11 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
-from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# torch and transformers' models are imported where they are used, so that the numpy-only parts
+# (dequant_fixture, `write`) serve models/scripts/qwen2_reference.py without torch.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GGUF = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
@@ -87,6 +88,7 @@ def write(name, value):
 
 
 def logits_fixture(tok, model):
+    import torch
     cases = []
     for prompt in PROMPTS:
         if "chat" in prompt:
@@ -149,16 +151,18 @@ def dequant_fixture():
     scales otherwise (K-quants), decoded by gguf-py's reference decoders."""
     rng = np.random.default_rng(1234)
     cases = []
-    for name in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"]:
+    # New types go last, so that the cases before them keep their random draws.
+    for name in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K",
+                 "Q5_0", "Q5_1", "Q5_K"]:
         qt = Q[name]
         block, size = quants.GGML_QUANT_SIZES[qt]
         n = 2 * block if block > 1 else 8
-        if name in ("Q4_K", "Q6_K"):
+        if name in ("Q4_K", "Q5_K", "Q6_K"):
             raw = rng.integers(0, 256, size=(n // block) * size, dtype=np.uint8)
             for b in range(n // block):
                 base = b * size
                 scales = rng.uniform(0.001, 0.05, size=2).astype(np.float16).view(np.uint8)
-                if name == "Q4_K":  # d, dmin at the start
+                if name in ("Q4_K", "Q5_K"):  # d, dmin at the start
                     raw[base:base + 4] = scales
                 else:  # d at the end
                     raw[base + size - 2:base + size] = scales[:2]
@@ -181,6 +185,8 @@ RANDOM_IDS = [(i * 37) % 500 + 3 for i in range(19)]
 
 
 def random_fixture():
+    import torch
+    from transformers import AutoModelForCausalLM
     cases = []
     for preset, seed in RANDOM_MODELS:
         out = tempfile.mkdtemp(prefix=f"drpo-ref-{preset}-")
@@ -206,6 +212,8 @@ def random_fixture():
 
 
 def main():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     folder, name = os.path.split(os.path.abspath(GGUF))

@@ -1,7 +1,9 @@
 //! The decoder's hyper-parameters, read from a Hugging Face `config.json`.
 //!
 //! One plain struct covers the Llama family: Llama 2/3, Mistral (v0.1 with a sliding window;
-//! v0.2/v0.3 without) and SmolLM2. Field names follow `transformers`' own names so that a
+//! v0.2/v0.3 without), SmolLM2 and Qwen2 (Qwen2.5), whose only differences the decoder sees are
+//! biases on the query, key and value projections and a sliding window it declares but switches
+//! off (`use_sliding_window: false`). Field names follow `transformers`' own names so that a
 //! `config.json` parses directly and a written one loads in `transformers` unchanged.
 
 use std::path::Path;
@@ -16,7 +18,8 @@ pub struct LlamaConfig {
     /// `transformers` class names, e.g. `["MistralForCausalLM"]`; kept so written configs load.
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// `llama` or `mistral`; decides nothing here beyond what the other fields say.
+    /// `llama`, `mistral` or `qwen2`; `qwen2` gives the query, key and value projections biases
+    /// (as `transformers`' Qwen2 always has them).
     #[serde(default = "default_model_type")]
     pub model_type: String,
     /// Vocabulary size (rows of the embedding and of the output head).
@@ -47,6 +50,14 @@ pub struct LlamaConfig {
     /// Mistral's sliding attention window (`null` in v0.2/v0.3: full attention).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Qwen2's switch for `sliding_window`: `false` means full attention whatever the window
+    /// says (Qwen2.5 configs carry a window with the switch off); absent means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Qwen2's layers from which a switched-on sliding window applies; kept so written configs
+    /// match, used only to refuse a switched-on window (see [`LlamaConfig::validate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
     /// Whether the output head shares the embedding matrix (SmolLM2 does).
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -102,6 +113,17 @@ impl LlamaConfig {
     /// Number of key/value heads.
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The sliding window attention actually uses: `sliding_window` unless switched off.
+    pub fn sliding_window_in_use(&self) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.use_sliding_window != Some(false))
+    }
+
+    /// Whether the query, key and value projections carry biases (Qwen2's do).
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2"
     }
 
     /// Width of one attention head.
@@ -160,6 +182,16 @@ impl LlamaConfig {
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is not supported; use a model without it".into());
         }
+        if self.model_type == "qwen2"
+            && self.sliding_window.is_some()
+            && self.use_sliding_window != Some(false)
+        {
+            return Err(
+                "a Qwen2 sliding window (use_sliding_window true) is not supported: it applies \
+                 to some layers only (max_window_layers)"
+                    .into(),
+            );
+        }
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive or null".into());
         }
@@ -168,8 +200,9 @@ impl LlamaConfig {
 
     /// A built-in configuration by name, for random-weight models:
     /// `mistral-7b` (Mistral-7B-Instruct-v0.1's shapes), `mistral-7b-v0.3`, `tiny-llama`
-    /// (a SmolLM2-like toy with tied embeddings) and `tiny-mistral` (grouped-query attention and
-    /// a sliding window shorter than the test sequences).
+    /// (a SmolLM2-like toy with tied embeddings), `tiny-mistral` (grouped-query attention and
+    /// a sliding window shorter than the test sequences) and `tiny-qwen2` (biases, untied head,
+    /// a switched-off window).
     pub fn preset(name: &str) -> Option<Self> {
         let mistral = |vocab: usize, theta: f64, window: Option<usize>| Self {
             architectures: vec!["MistralForCausalLM".into()],
@@ -185,6 +218,8 @@ impl LlamaConfig {
             rope_theta: theta,
             max_position_embeddings: 32768,
             sliding_window: window,
+            use_sliding_window: None,
+            max_window_layers: None,
             tie_word_embeddings: false,
             bos_token_id: Some(1),
             eos_token_id: Some(2),
@@ -210,6 +245,8 @@ impl LlamaConfig {
                 rope_theta: 10_000.0,
                 max_position_embeddings: 2048,
                 sliding_window: None,
+                use_sliding_window: None,
+                max_window_layers: None,
                 tie_word_embeddings: true,
                 bos_token_id: Some(1),
                 eos_token_id: Some(2),
@@ -231,6 +268,34 @@ impl LlamaConfig {
                 rope_theta: 10_000.0,
                 max_position_embeddings: 2048,
                 sliding_window: Some(8),
+                use_sliding_window: None,
+                max_window_layers: None,
+                tie_word_embeddings: false,
+                bos_token_id: Some(1),
+                eos_token_id: Some(2),
+                hidden_act: "silu".into(),
+                torch_dtype: Some("float32".into()),
+                rope_scaling: None,
+            }),
+            // Qwen2's shapes in small: biased query/key/value projections, an untied head,
+            // and, as Qwen2.5 configs have, a sliding window (shorter than the test sequences)
+            // that is switched off.
+            "tiny-qwen2" => Some(Self {
+                architectures: vec!["Qwen2ForCausalLM".into()],
+                model_type: "qwen2".into(),
+                vocab_size: 512,
+                hidden_size: 64,
+                intermediate_size: 160,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                num_key_value_heads: Some(2),
+                head_dim: None,
+                rms_norm_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                max_position_embeddings: 2048,
+                sliding_window: Some(4),
+                use_sliding_window: Some(false),
+                max_window_layers: Some(2),
                 tie_word_embeddings: false,
                 bos_token_id: Some(1),
                 eos_token_id: Some(2),
@@ -249,6 +314,7 @@ impl LlamaConfig {
         "mistral-7b-v0.3",
         "tiny-llama",
         "tiny-mistral",
+        "tiny-qwen2",
     ];
 
     /// Resolves a preset name, a `config.json` path or a model directory holding one.
@@ -267,5 +333,41 @@ impl LlamaConfig {
             "{spec:?} is neither a preset ({}) nor a config.json or model directory",
             Self::PRESETS.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of Qwen2.5-Coder-1.5B-Instruct's config.json that the decoder reads.
+    const QWEN2_5: &str = r#"{
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+        "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+        "sliding_window": 32768, "use_sliding_window": false, "max_window_layers": 21,
+        "tie_word_embeddings": true, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "torch_dtype": "bfloat16", "rope_scaling": null,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": true
+    }"#;
+
+    #[test]
+    fn qwen2_config_has_biases_and_no_window_when_switched_off() {
+        let config: LlamaConfig = serde_json::from_str(QWEN2_5).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.qkv_bias());
+        assert_eq!(config.sliding_window_in_use(), None);
+        assert_eq!(config.head_dim(), 128);
+        let llama = LlamaConfig::preset("tiny-llama").unwrap();
+        assert!(!llama.qkv_bias());
+    }
+
+    #[test]
+    fn qwen2_sliding_window_switched_on_is_refused() {
+        let mut config: LlamaConfig = serde_json::from_str(QWEN2_5).unwrap();
+        config.use_sliding_window = Some(true);
+        let message = config.validate().unwrap_err();
+        assert!(message.contains("use_sliding_window"), "{message}");
     }
 }

@@ -124,9 +124,16 @@ pub enum GgmlType {
     Q4_0,
     /// Blocks of 32: f16 scale and minimum, 32 4-bit values.
     Q4_1,
+    /// Blocks of 32: one f16 scale, 32 5-bit values offset by 16 (4 low bits in nibbles, the
+    /// fifth in a 32-bit mask).
+    Q5_0,
+    /// Blocks of 32: f16 scale and minimum, 32 5-bit values (as [`GgmlType::Q5_0`]'s).
+    Q5_1,
     /// Super-blocks of 256: f16 scale and minimum, 8 sub-blocks with 6-bit scales and minimums,
     /// 4-bit values.
     Q4K,
+    /// Super-blocks of 256: as [`GgmlType::Q4K`] with a fifth bit per value.
+    Q5K,
     /// Super-blocks of 256: f16 scale, 16 sub-blocks with 8-bit scales, 6-bit values.
     Q6K,
 }
@@ -139,8 +146,11 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
+            13 => Self::Q5K,
             14 => Self::Q6K,
             30 => Self::Bf16,
             _ => return None,
@@ -151,8 +161,8 @@ impl GgmlType {
     pub fn block_elements(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::Bf16 => 1,
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 => 32,
-            Self::Q4K | Self::Q6K => 256,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 => 32,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -164,7 +174,10 @@ impl GgmlType {
             Self::Q8_0 => 34,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -179,7 +192,10 @@ impl fmt::Display for GgmlType {
             Self::Q8_0 => "Q8_0",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         })
     }
@@ -651,6 +667,42 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
                 }
             }
         }
+        GgmlType::Q5_0 => {
+            for (b, y) in blocks {
+                let d = f16_at(b, 0);
+                for (j, q) in q5_values(b[2..6].try_into().unwrap(), &b[6..22]) {
+                    y[j] = (f32::from(q) - 16.0) * d;
+                }
+            }
+        }
+        GgmlType::Q5_1 => {
+            for (b, y) in blocks {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for (j, q) in q5_values(b[4..8].try_into().unwrap(), &b[8..24]) {
+                    y[j] = f32::from(q) * d + m;
+                }
+            }
+        }
+        GgmlType::Q5K => {
+            for (b, y) in blocks {
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let scales = &b[4..16];
+                let (qh, qs) = (&b[16..48], &b[48..176]);
+                // Four chunks of 64 values: low nibbles then high nibbles of 32 bytes, the fifth
+                // bits taken from two bits of `qh` per chunk.
+                for (chunk, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+                    let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+                    let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+                    let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
+                    let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
+                    for (l, &q) in q.iter().enumerate() {
+                        let high = |bit: usize| ((qh[l] >> bit) & 1) << 4;
+                        y[l] = d1 * f32::from((q & 0xF) | high(2 * chunk)) - m1;
+                        y[l + 32] = d2 * f32::from((q >> 4) | high(2 * chunk + 1)) - m2;
+                    }
+                }
+            }
+        }
         GgmlType::Q4K => {
             for (b, y) in blocks {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -694,6 +746,17 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The 32 unsigned 5-bit values of a Q5_0 or Q5_1 block, with their positions: value `j` has
+/// its low four bits in the low nibble of `qs[j]` (`j < 16`) or the high nibble of `qs[j - 16]`,
+/// and its fifth bit in bit `j` of the little-endian mask `qh`.
+pub fn q5_values(qh: [u8; 4], qs: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let qh = u32::from_le_bytes(qh);
+    let high = move |j: usize| (((qh >> j) & 1) << 4) as u8;
+    qs.iter()
+        .enumerate()
+        .flat_map(move |(j, &q)| [(j, (q & 0xF) | high(j)), (j + 16, (q >> 4) | high(j + 16))])
 }
 
 /// The 6-bit scale and minimum of sub-block `j` of a Q4_K super-block (ggml's

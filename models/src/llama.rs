@@ -6,6 +6,7 @@
 //! - grouped-query attention: each key/value head serves `heads / kv_heads` query heads. The
 //!   query heads of one group are folded into the query-length axis, so one batched matmul
 //!   covers a group and the KV cache is never repeated in memory;
+//! - Qwen2's biases on the query, key and value projections;
 //! - Mistral's sliding window: a query attends to the keys at most `sliding_window - 1`
 //!   positions behind it (Hugging Face's convention);
 //! - a SwiGLU MLP: `down(silu(gate(x)) * up(x))`;
@@ -63,6 +64,9 @@ pub struct Block<B: Backend> {
     pub attn_norm: Tensor<B, 1>,
     /// Fused query, key and value projection, `hidden → (heads + 2 * kv_heads) * head_dim`.
     pub wqkv: Linear<B>,
+    /// Bias of the fused query, key and value projection, `[(heads + 2 * kv_heads) * head_dim]`
+    /// (Qwen2 has one; Llama does not).
+    pub qkv_bias: Option<Tensor<B, 1>>,
     /// Output projection, `heads * head_dim → hidden`.
     pub wo: Linear<B>,
     /// RMSNorm weight before the MLP, `[hidden]`.
@@ -283,6 +287,9 @@ impl<B: Backend> Llama<B> {
             .map(|_| Block {
                 attn_norm: Tensor::ones([d], device),
                 wqkv: linear(d, (h + 2 * kv) * hd),
+                qkv_bias: c
+                    .qkv_bias()
+                    .then(|| Tensor::zeros([(h + 2 * kv) * hd], device)),
                 wo: linear(h * hd, d),
                 mlp_norm: Tensor::ones([d], device),
                 w_gate_up: linear(d, 2 * i),
@@ -443,7 +450,7 @@ impl<B: Backend> Llama<B> {
     ) -> Window<'p, B> {
         let end = start + len;
         // Keys older than the window of the first new query are never seen: skip them.
-        let first = match self.config.sliding_window {
+        let first = match self.config.sliding_window_in_use() {
             Some(w) => (start + 1).saturating_sub(w),
             None => 0,
         };
@@ -482,7 +489,10 @@ impl<B: Backend> Llama<B> {
                     k == q
                         || (k <= q
                             && k >= pads[b]
-                            && self.config.sliding_window.is_none_or(|w| q - k < w))
+                            && self
+                                .config
+                                .sliding_window_in_use()
+                                .is_none_or(|w| q - k < w))
                 };
                 let span = first..first + keys;
                 let needs_mask = (0..pads.len())
@@ -527,6 +537,10 @@ impl<B: Backend> Llama<B> {
         let kernels = &self.kernels;
 
         let qkv = project(x.reshape([batch * len, d]), &block.wqkv, kernels);
+        let qkv = match &block.qkv_bias {
+            Some(bias) => qkv + bias.clone().unsqueeze::<2>(),
+            None => qkv,
+        };
         #[cfg(feature = "cuda")]
         if let Some(attended) = crate::cuda::attention::rope_attention(
             &qkv,
@@ -540,7 +554,7 @@ impl<B: Backend> Llama<B> {
             window.first,
             window.keys,
             start,
-            c.sliding_window,
+            c.sliding_window_in_use(),
             kernels,
         ) {
             return project(attended, &block.wo, kernels).reshape([batch, len, d]);
@@ -581,7 +595,7 @@ impl<B: Backend> Llama<B> {
             first,
             keys,
             start,
-            c.sliding_window,
+            c.sliding_window_in_use(),
             kernels,
         );
         #[cfg(feature = "cuda")]
@@ -595,7 +609,7 @@ impl<B: Backend> Llama<B> {
                 first,
                 keys,
                 start,
-                c.sliding_window,
+                c.sliding_window_in_use(),
                 kernels,
             )
         });

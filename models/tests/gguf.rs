@@ -35,7 +35,10 @@ fn dequantization_matches_the_gguf_package() {
             "Q8_0" => GgmlType::Q8_0,
             "Q4_0" => GgmlType::Q4_0,
             "Q4_1" => GgmlType::Q4_1,
+            "Q5_0" => GgmlType::Q5_0,
+            "Q5_1" => GgmlType::Q5_1,
             "Q4_K" => GgmlType::Q4K,
+            "Q5_K" => GgmlType::Q5K,
             "Q6_K" => GgmlType::Q6K,
             other => panic!("unexpected type {other}"),
         };
@@ -60,7 +63,7 @@ fn dequantization_matches_the_gguf_package() {
         }
         seen.push(name.to_string());
     }
-    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(seen.len(), 11, "{seen:?}");
 }
 
 /// A minimal GGUF writer for the tests: metadata of a few types, tensors as raw bytes.
@@ -170,28 +173,43 @@ fn f32s(st: &SafeTensors<'_>, name: &str) -> Vec<f32> {
         .collect()
 }
 
-/// Converts a random HF model directory (f32, single file) to GGUF as llama.cpp would.
+/// Converts a random HF model directory (f32, single file) to GGUF as llama.cpp would: as a
+/// `qwen2` file (biases, query/key rows as they are) for a Qwen2 config, else as a `llama` one
+/// (query/key rows permuted).
 fn convert(config: &LlamaConfig, dir: &Path, out: &Path) -> Writer {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let c = config;
     let (d, hd, v) = (c.hidden_size, c.head_dim(), c.vocab_size);
     let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
+    let qwen2 = c.model_type == "qwen2";
+    let arch = if qwen2 { "qwen2" } else { "llama" };
+    let rope_rows = |values: Vec<f32>, heads: usize| {
+        if qwen2 {
+            values
+        } else {
+            permute(&values, heads, d)
+        }
+    };
     let mut w = Writer::new();
-    w.str("general.architecture", "llama");
-    w.u32("llama.context_length", c.max_position_embeddings as u32);
-    w.u32("llama.embedding_length", d as u32);
-    w.u32("llama.block_count", c.num_hidden_layers as u32);
-    w.u32("llama.feed_forward_length", i as u32);
-    w.u32("llama.attention.head_count", h as u32);
-    w.u32("llama.attention.head_count_kv", kv as u32);
-    w.f32("llama.rope.freq_base", c.rope_theta as f32);
+    w.str("general.architecture", arch);
+    w.u32(
+        &format!("{arch}.context_length"),
+        c.max_position_embeddings as u32,
+    );
+    w.u32(&format!("{arch}.embedding_length"), d as u32);
+    w.u32(&format!("{arch}.block_count"), c.num_hidden_layers as u32);
+    w.u32(&format!("{arch}.feed_forward_length"), i as u32);
+    w.u32(&format!("{arch}.attention.head_count"), h as u32);
+    w.u32(&format!("{arch}.attention.head_count_kv"), kv as u32);
+    w.f32(&format!("{arch}.rope.freq_base"), c.rope_theta as f32);
     w.f32(
-        "llama.attention.layer_norm_rms_epsilon",
+        &format!("{arch}.attention.layer_norm_rms_epsilon"),
         c.rms_norm_eps as f32,
     );
-    if let Some(window) = c.sliding_window {
-        w.u32("llama.attention.sliding_window", window as u32);
+    // llama.cpp's qwen2 converter writes no window (Qwen2.5's is switched off).
+    if let Some(window) = c.sliding_window_in_use() {
+        w.u32(&format!("{arch}.attention.sliding_window"), window as u32);
     }
     w.f32_tensor(
         "token_embd.weight",
@@ -210,18 +228,27 @@ fn convert(config: &LlamaConfig, dir: &Path, out: &Path) -> Writer {
         w.f32_tensor(
             &format!("{g}.attn_q.weight"),
             &[h * hd, d],
-            &permute(&t("self_attn.q_proj.weight"), h, d),
+            &rope_rows(t("self_attn.q_proj.weight"), h),
         );
         w.f32_tensor(
             &format!("{g}.attn_k.weight"),
             &[kv * hd, d],
-            &permute(&t("self_attn.k_proj.weight"), kv, d),
+            &rope_rows(t("self_attn.k_proj.weight"), kv),
         );
         w.f32_tensor(
             &format!("{g}.attn_v.weight"),
             &[kv * hd, d],
             &t("self_attn.v_proj.weight"),
         );
+        if qwen2 {
+            for (part, rows) in [("q", h * hd), ("k", kv * hd), ("v", kv * hd)] {
+                w.f32_tensor(
+                    &format!("{g}.attn_{part}.bias"),
+                    &[rows],
+                    &t(&format!("self_attn.{part}_proj.bias")),
+                );
+            }
+        }
         w.f32_tensor(
             &format!("{g}.attn_output.weight"),
             &[d, h * hd],
@@ -271,7 +298,7 @@ fn all_logits(model: &Llama<B>, ids: &[i32]) -> Vec<f32> {
 
 #[test]
 fn gguf_conversion_of_a_random_model_gives_the_same_logits() {
-    for preset in ["tiny-llama", "tiny-mistral"] {
+    for preset in ["tiny-llama", "tiny-mistral", "tiny-qwen2"] {
         let dir = temp_dir(preset);
         let config = LlamaConfig::preset(preset).unwrap();
         hf::write_random(&config, &dir, 11, StoreDtype::F32, usize::MAX).unwrap();
@@ -280,7 +307,11 @@ fn gguf_conversion_of_a_random_model_gives_the_same_logits() {
         let file = GgufFile::open(&path).unwrap();
         let loaded = drpo_models::load::gguf::config(&file).unwrap();
         assert_eq!(loaded.tie_word_embeddings, config.tie_word_embeddings);
-        assert_eq!(loaded.sliding_window, config.sliding_window);
+        assert_eq!(
+            loaded.sliding_window_in_use(),
+            config.sliding_window_in_use()
+        );
+        assert_eq!(loaded.qkv_bias(), config.qkv_bias());
         assert_eq!(loaded.kv_heads(), config.kv_heads());
         let device = Default::default();
         let (hf_config, weights) = hf::load::<B>(&dir, &device).unwrap();
@@ -362,10 +393,10 @@ fn truncated_files_are_clear_errors() {
 fn unknown_quantization_type_is_a_clear_error() {
     let dir = temp_dir("quant");
     let mut w = small_file();
-    w.tensor("q.weight", &[1, 256], 13, vec![0; 176]); // Q5_K
-    let path = dir.join("q5k.gguf");
+    w.tensor("q.weight", &[1, 256], 11, vec![0; 110]); // Q3_K
+    let path = dir.join("q3k.gguf");
     w.write(&path);
-    expect_format_error(GgufFile::open(&path), &path, &["q.weight", "Q5_K", "13"]);
+    expect_format_error(GgufFile::open(&path), &path, &["q.weight", "Q3_K", "11"]);
     let mut w = small_file();
     w.tensor("z.weight", &[1, 32], 99, vec![0; 32]);
     let path = dir.join("type99.gguf");
@@ -397,6 +428,51 @@ fn tensor_of_the_wrong_shape_is_a_clear_error() {
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(
         text.contains("blk.0.attn_v.weight") && text.contains("shape"),
+        "{text}"
+    );
+}
+
+/// The loader's error for a tiny Qwen2 GGUF file whose tensor table `edit` changed.
+fn qwen2_load_error(name: &str, edit: impl FnOnce(&mut Writer)) -> (PathBuf, String) {
+    let dir = temp_dir(name);
+    let config = LlamaConfig::preset("tiny-qwen2").unwrap();
+    hf::write_random(&config, &dir, 3, StoreDtype::F32, usize::MAX).unwrap();
+    let path = dir.join("model.gguf");
+    let mut w = convert(&config, &dir, &path);
+    edit(&mut w);
+    w.write(&path);
+    let file = GgufFile::open(&path).unwrap();
+    let err = drpo_models::load::gguf::load::<B>(&file, &Default::default(), WeightStorage::Packed)
+        .unwrap_err();
+    (path, err.to_string())
+}
+
+#[test]
+fn qwen2_file_without_a_bias_is_a_clear_error() {
+    let (path, text) = qwen2_load_error("qwen2-missing", |w| {
+        w.tensors.retain(|t| t.0 != "blk.1.attn_k.bias");
+    });
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(
+        text.contains("blk.1.attn_k.bias") && text.contains("missing"),
+        "{text}"
+    );
+}
+
+#[test]
+fn qwen2_bias_of_the_wrong_shape_is_a_clear_error() {
+    let (path, text) = qwen2_load_error("qwen2-shape", |w| {
+        let entry = w
+            .tensors
+            .iter_mut()
+            .find(|t| t.0 == "blk.0.attn_q.bias")
+            .unwrap();
+        entry.1[0] -= 1;
+        entry.3.truncate(entry.3.len() - 4);
+    });
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(
+        text.contains("blk.0.attn_q.bias") && text.contains("shape"),
         "{text}"
     );
 }

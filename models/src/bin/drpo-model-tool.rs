@@ -46,8 +46,8 @@ struct Cli {
 enum Command {
     /// Write a Hugging Face model directory with random weights.
     RandomModel {
-        /// A preset (mistral-7b, mistral-7b-v0.2, mistral-7b-v0.3, tiny-llama, tiny-mistral),
-        /// a config.json, or a model directory.
+        /// A preset (mistral-7b, mistral-7b-v0.2, mistral-7b-v0.3, tiny-llama, tiny-mistral,
+        /// tiny-qwen2), a config.json, or a model directory.
         #[arg(long)]
         config: String,
         /// Output directory (created if missing).

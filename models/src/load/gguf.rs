@@ -4,17 +4,18 @@
 //! Quantized matrices become [`PackedMatrix`] rows (their blocks kept, for the CPU's packed
 //! matmul) and, where the weights live on the device, are dequantized from there.
 //!
-//! llama.cpp's converter permutes the rows of the query and key projections so that its RoPE
-//! can rotate adjacent pairs (`x[2i]`, `x[2i+1]`); this crate's decoder uses Hugging Face's
-//! layout (`x[i]`, `x[i + head_dim/2]`), so [`load`] undoes that permutation, as `transformers`
-//! does when it reads a GGUF file.
+//! For `llama` and `mistral` files, llama.cpp's converter permutes the rows of the query and key
+//! projections so that its RoPE can rotate adjacent pairs (`x[2i]`, `x[2i+1]`); this crate's
+//! decoder uses Hugging Face's layout (`x[i]`, `x[i + head_dim/2]`), so [`load`] undoes that
+//! permutation, as `transformers` does when it reads a GGUF file. `qwen2` files are not
+//! permuted: llama.cpp rotates their halves (its "NEOX" RoPE), which is Hugging Face's layout.
 
 use burn::tensor::{Element, Tensor, TensorData, backend::Backend};
 use half::f16;
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::gguf::{GgmlType, GgufFile, MetaValue, dequantize, scale_min_k4};
+use crate::gguf::{GgmlType, GgufFile, MetaValue, dequantize, q5_values, scale_min_k4};
 use crate::llama::{Block, Embedding, Linear, WeightStorage, Weights};
 use crate::packed::PackedMatrix;
 
@@ -48,15 +49,20 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let arch = file.architecture().ok_or_else(|| {
         ModelError::format(path, "general.architecture is missing from the metadata")
     })?;
-    if !matches!(arch, "llama" | "mistral") {
-        return Err(ModelError::format(
-            path,
-            format!(
-                "architecture {arch:?} is not supported (only the Llama family: \"llama\", \
-                 \"mistral\")"
-            ),
-        ));
-    }
+    let class = match arch {
+        "llama" => "LlamaForCausalLM",
+        "mistral" => "MistralForCausalLM",
+        "qwen2" => "Qwen2ForCausalLM",
+        _ => {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "architecture {arch:?} is not supported (only the Llama family: \"llama\", \
+                     \"mistral\", \"qwen2\")"
+                ),
+            ));
+        }
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let required = |k: &str| -> Result<usize, ModelError> {
         file.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| {
@@ -86,11 +92,7 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let token_id = |k: &str| file.get_u64(k).and_then(|v| u32::try_from(v).ok());
     let float = |k: &str| file.get(&key(k)).and_then(MetaValue::as_f64);
     let config = LlamaConfig {
-        architectures: vec![if arch == "mistral" {
-            "MistralForCausalLM".into()
-        } else {
-            "LlamaForCausalLM".into()
-        }],
+        architectures: vec![class.into()],
         model_type: arch.into(),
         vocab_size: vocab,
         hidden_size: hidden,
@@ -110,6 +112,8 @@ pub fn config(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
             .get_u64(&key("attention.sliding_window"))
             .map(|v| v as usize)
             .filter(|&w| w > 0),
+        use_sliding_window: None,
+        max_window_layers: None,
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
         eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
@@ -143,13 +147,16 @@ pub fn load<B: Backend>(
     let (d, hd, v) = (c.hidden_size, c.head_dim(), c.vocab_size);
     let (h, kv, i) = (c.num_attention_heads, c.kv_heads(), c.intermediate_size);
     let dtype = <B::FloatElem as Element>::dtype();
-    let norm = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
-        let values = file.tensor_f32(name, &[d])?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [d]).convert_dtype(dtype),
-            device,
-        ))
+    let vector = |values: Vec<f32>| {
+        let len = values.len();
+        Tensor::<B, 1>::from_data(TensorData::new(values, [len]).convert_dtype(dtype), device)
     };
+    let norm = |name: &str| -> Result<Tensor<B, 1>, ModelError> {
+        Ok(vector(file.tensor_f32(name, &[d])?))
+    };
+    // Only llama.cpp's `llama` converter permutes the query and key rows (see the module docs).
+    let permuted = c.model_type != "qwen2";
+    let rope_heads = |heads: usize| permuted.then_some(heads);
     // `[out, in]` matrices (each optionally un-permuted) stacked into one projection.
     let projection = |parts: &[(String, usize, Option<usize>)],
                       fan_in: usize|
@@ -176,12 +183,21 @@ pub fn load<B: Backend>(
             attn_norm: norm(&format!("{p}.attn_norm.weight"))?,
             wqkv: projection(
                 &[
-                    (format!("{p}.attn_q.weight"), h * hd, Some(h)),
-                    (format!("{p}.attn_k.weight"), kv * hd, Some(kv)),
+                    (format!("{p}.attn_q.weight"), h * hd, rope_heads(h)),
+                    (format!("{p}.attn_k.weight"), kv * hd, rope_heads(kv)),
                     (format!("{p}.attn_v.weight"), kv * hd, None),
                 ],
                 d,
             )?,
+            qkv_bias: if c.qkv_bias() {
+                let mut bias = Vec::with_capacity((h + 2 * kv) * hd);
+                for (part, len) in [("q", h * hd), ("k", kv * hd), ("v", kv * hd)] {
+                    bias.extend(file.tensor_f32(&format!("{p}.attn_{part}.bias"), &[len])?);
+                }
+                Some(vector(bias))
+            } else {
+                None
+            },
             wo: projection(&[(format!("{p}.attn_output.weight"), d, None)], h * hd)?,
             mlp_norm: norm(&format!("{p}.ffn_norm.weight"))?,
             w_gate_up: projection(
@@ -221,8 +237,9 @@ pub fn packed_matrix(
 }
 
 /// A GGUF tensor of `rows × cols` elements (row-major, `cols` a multiple of the type's block)
-/// as packed rows, from its raw bytes: Q4_0, Q4_1 and Q4_K as nibble blocks, Q8_0 as byte
-/// blocks (their f16 scales widened to f32), every other type dequantized to f32 rows.
+/// as packed rows, from its raw bytes: Q4_0, Q4_1 and Q4_K as nibble blocks, Q8_0 and Q5_0 as
+/// byte blocks (their f16 scales widened to f32), every other type dequantized to f32 rows
+/// (Q5_1 and Q5_K among them: their minimums have no place in a byte block).
 ///
 /// # Panics
 /// If `bytes` does not hold exactly `rows × cols` elements of `dtype`: the loader checks the
@@ -273,6 +290,17 @@ pub fn pack(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> PackedMa
             for b in blocks {
                 scales.push(f16_at(b, 0));
                 quants.extend(b[2..34].iter().map(|&q| q as i8));
+            }
+            PackedMatrix::from_bytes(scales, quants, rows, cols)
+        }
+        GgmlType::Q5_0 if packable => {
+            let mut scales = Vec::with_capacity(blocks.len());
+            let mut quants = vec![0i8; blocks.len() * 32];
+            for (b, q) in blocks.zip(quants.chunks_exact_mut(32)) {
+                scales.push(f16_at(b, 0));
+                for (j, v) in q5_values(b[2..6].try_into().unwrap(), &b[6..22]) {
+                    q[j] = v as i8 - 16;
+                }
             }
             PackedMatrix::from_bytes(scales, quants, rows, cols)
         }
@@ -343,10 +371,20 @@ mod tests {
                 block
             })
             .collect();
+        let q5_0: Vec<u8> = (0..rows * cols / 32)
+            .flat_map(|b| {
+                let mut block = f16::from_f32(0.01 * (1 + b % 4) as f32)
+                    .to_le_bytes()
+                    .to_vec();
+                block.extend((0..20).map(|j| ((b * 13 + j * 37) % 256) as u8));
+                block
+            })
+            .collect();
         let cases = [
             (GgmlType::Q4_1, q4_1_bytes(rows, cols)),
             (GgmlType::Q8_0, q8),
             (GgmlType::Q4_0, q4_0),
+            (GgmlType::Q5_0, q5_0),
         ];
         for (dtype, bytes) in cases {
             let weights = dequantize(dtype, &bytes);

@@ -80,6 +80,20 @@ pub fn load<B: Backend>(
                 ],
                 d,
             )?,
+            qkv_bias: if c.qkv_bias() {
+                let mut bias = Vec::with_capacity((h + 2 * kv) * hd);
+                for (part, len) in [("q", h * hd), ("k", kv * hd), ("v", kv * hd)] {
+                    bias.extend(store.read(&format!("{p}.self_attn.{part}_proj.bias"), &[len])?);
+                }
+                let len = bias.len();
+                let dtype = <B::FloatElem as Element>::dtype();
+                Some(Tensor::from_data(
+                    TensorData::new(bias, [len]).convert_dtype(dtype),
+                    device,
+                ))
+            } else {
+                None
+            },
             wo: projection(&[(format!("{p}.self_attn.o_proj.weight"), d)], h * hd)?,
             mlp_norm: upload_1d(&format!("{p}.post_attention_layernorm.weight"))?,
             w_gate_up: projection(
@@ -345,6 +359,14 @@ pub fn write_random(
             (format!("{p}.mlp.up_proj.weight"), vec![i, d], linear(d)),
             (format!("{p}.mlp.down_proj.weight"), vec![d, i], linear(i)),
         ]);
+        if c.qkv_bias() {
+            // Biases of the order of the projections' outputs, so that they matter.
+            specs.extend([
+                (format!("{p}.self_attn.q_proj.bias"), vec![h * hd], 0.5),
+                (format!("{p}.self_attn.k_proj.bias"), vec![kv * hd], 0.5),
+                (format!("{p}.self_attn.v_proj.bias"), vec![kv * hd], 0.5),
+            ]);
+        }
     }
     specs.push(("model.norm.weight".into(), vec![d], 0.0));
     if !c.tie_word_embeddings {
