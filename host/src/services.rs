@@ -180,7 +180,7 @@ pub fn model_name(flags: &ModelFlags, role: Role) -> Option<String> {
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The file name of the built-in judge.
-pub const DEFAULT_JUDGE_FILE: &str = "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf";
+pub const DEFAULT_JUDGE_FILE: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 
 /// The model a role uses when none is named, run in process. The model being aligned is the
 /// small SmolLM2, from `$DRPO_DEFAULT_MODEL`, else `.cache/models/` under the current directory
