@@ -722,30 +722,38 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8]) -> Vec<f32> {
         }
         GgmlType::Q6K => {
             for (b, y) in blocks {
-                let (ql, qh) = (&b[0..128], &b[128..192]);
-                let sc = &b[192..208];
-                let d = f16_at(b, 208);
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let sc = &sc[8 * half..];
-                    let y = &mut y[128 * half..];
-                    let s = |i: usize| d * f32::from(sc[i] as i8);
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
-                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
-                        y[l] = s(is) * f32::from(q1);
-                        y[l + 32] = s(is + 2) * f32::from(q2);
-                        y[l + 64] = s(is + 4) * f32::from(q3);
-                        y[l + 96] = s(is + 6) * f32::from(q4);
-                    }
+                let (quants, scales) = q6_k_block(b);
+                for (e, (y, &q)) in y.iter_mut().zip(&quants).enumerate() {
+                    *y = scales[e / 16] * f32::from(q);
                 }
             }
         }
     }
     out
+}
+
+/// The 256 signed six-bit values of a Q6_K block in element order, and its 16 scales: element
+/// `e` is `scales[e / 16] · quants[e]`. Each scale is the block's f16 scale times a sub-block's
+/// signed byte, exact in f32, so one rounding of the product gives ggml's value.
+pub fn q6_k_block(b: &[u8]) -> ([i8; 256], [f32; 16]) {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+    let mut quants = [0i8; 256];
+    // Each half of 128 elements: its low four bits in 64 bytes of `ql` (elements `l` and
+    // `l + 32` in the low nibbles, `l + 64` and `l + 96` in the high), two high bits each
+    // in 32 bytes of `qh`.
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        let quants = &mut quants[128 * half..];
+        for l in 0..32 {
+            let six = |low: u8, shift: u32| (low | (((qh[l] >> shift) & 3) << 4)) as i8 - 32;
+            quants[l] = six(ql[l] & 0xF, 0);
+            quants[l + 32] = six(ql[l + 32] & 0xF, 2);
+            quants[l + 64] = six(ql[l] >> 4, 4);
+            quants[l + 96] = six(ql[l + 32] >> 4, 6);
+        }
+    }
+    (quants, std::array::from_fn(|i| d * f32::from(sc[i] as i8)))
 }
 
 /// The 32 unsigned 5-bit values of a Q5_0 or Q5_1 block, with their positions: value `j` has

@@ -25,7 +25,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use clap::{Parser, Subcommand};
 use drpo_models::device::{PendingIds, greedy_ids};
-use drpo_models::llama::{Llama, Logits};
+use drpo_models::gguf::GgufFile;
+use drpo_models::llama::{Llama, Logits, WeightStorage};
 use drpo_models::load::hf::{self, StoreDtype};
 use drpo_models::{
     DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig, LocalModel, PromptInput,
@@ -72,7 +73,8 @@ enum Command {
         /// Random weights of this config (preset, config.json or directory), made on the device.
         #[arg(long, conflicts_with = "model")]
         config: Option<String>,
-        /// A model directory to load instead.
+        /// A model directory or GGUF file to load instead (a GGUF file's blocks stay packed on
+        /// the CPU, as `local:` models run).
         #[arg(long)]
         model: Option<PathBuf>,
         /// cpu, cuda or cuda:N.
@@ -90,6 +92,10 @@ enum Command {
         /// Seed of the weights and prompts.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Time the first run of each batch size: no warm-up run before it (on the CPU there
+        /// are no kernels to compile, and a big model's warm-up costs as much as the run).
+        #[arg(long)]
+        no_warm_up: bool,
     },
     /// Compare a device's logits and greedy tokens with the CPU's (f32) on one model.
     Parity {
@@ -270,11 +276,12 @@ fn run(cli: Cli, kernels: &KernelOptions) -> Result<ExitCode> {
             prompt_len,
             gen_tokens,
             seed,
+            no_warm_up,
         } => {
             let source = match (config, model) {
                 (Some(config), None) => Source::Random(Box::new(LlamaConfig::resolve(&config)?)),
-                (None, Some(dir)) => Source::Dir(dir),
-                _ => bail!("give --config (random weights) or --model DIR"),
+                (None, Some(path)) => Source::Path(path),
+                _ => bail!("give --config (random weights) or --model DIR|FILE.gguf"),
             };
             if gen_tokens < 2 || prompt_len == 0 {
                 bail!("--gen-tokens must be at least 2 and --prompt-len at least 1");
@@ -285,6 +292,7 @@ fn run(cli: Cli, kernels: &KernelOptions) -> Result<ExitCode> {
                 prompt_len,
                 gen_tokens,
                 seed,
+                warm_up: !no_warm_up,
             };
             with_backend!(spec, bench(source, &args, spec, kernels))?;
             Ok(ExitCode::SUCCESS)
@@ -452,7 +460,8 @@ fn generate_on(
 /// Where a benchmark's weights come from.
 enum Source {
     Random(Box<LlamaConfig>),
-    Dir(PathBuf),
+    /// A model directory or a GGUF file.
+    Path(PathBuf),
 }
 
 struct BenchArgs {
@@ -460,6 +469,7 @@ struct BenchArgs {
     prompt_len: usize,
     gen_tokens: usize,
     seed: u64,
+    warm_up: bool,
 }
 
 fn bench<B: Backend>(
@@ -473,7 +483,16 @@ fn bench<B: Backend>(
     let started = Instant::now();
     let model = match source {
         Source::Random(config) => Llama::<B>::random(*config, device, args.seed, kernels.clone()),
-        Source::Dir(dir) => {
+        Source::Path(path) if path.is_file() => {
+            let file = GgufFile::open(&path)?;
+            let storage = match spec {
+                DeviceSpec::Cpu => WeightStorage::Packed,
+                _ => WeightStorage::Dequantized,
+            };
+            let (config, weights) = drpo_models::load::gguf::load::<B>(&file, device, storage)?;
+            Llama::new(config, weights, device, kernels.clone())
+        }
+        Source::Path(dir) => {
             let (config, weights) = hf::load::<B>(&dir, device)?;
             Llama::new(config, weights, device, kernels.clone())
         }
@@ -493,16 +512,18 @@ fn bench<B: Backend>(
             .collect();
         // The first pass compiles and autotunes kernels for these shapes; the second is timed.
         let warm = Instant::now();
-        progress::stage(&format!(
-            "batch {batch}: warm-up run (compiles and autotunes)"
-        ));
-        greedy(
-            &model,
-            &prompts,
-            args.gen_tokens,
-            &format!("batch {batch} warm-up"),
-            false,
-        )?;
+        if args.warm_up {
+            progress::stage(&format!(
+                "batch {batch}: warm-up run (compiles and autotunes)"
+            ));
+            greedy(
+                &model,
+                &prompts,
+                args.gen_tokens,
+                &format!("batch {batch} warm-up"),
+                false,
+            )?;
+        }
         let warm_s = warm.elapsed().as_secs_f64();
         progress::stage(&format!(
             "batch {batch}: timed run (warm-up took {warm_s:.1} s)"

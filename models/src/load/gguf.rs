@@ -15,7 +15,9 @@ use half::f16;
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::gguf::{GgmlType, GgufFile, MetaValue, dequantize, q5_values, scale_min_k4};
+use crate::gguf::{
+    GgmlType, GgufFile, MetaValue, dequantize, q5_values, q6_k_block, scale_min_k4,
+};
 use crate::llama::{Block, Embedding, Linear, WeightStorage, Weights};
 use crate::packed::PackedMatrix;
 
@@ -238,8 +240,9 @@ pub fn packed_matrix(
 
 /// A GGUF tensor of `rows × cols` elements (row-major, `cols` a multiple of the type's block)
 /// as packed rows, from its raw bytes: Q4_0, Q4_1 and Q4_K as nibble blocks, Q8_0 and Q5_0 as
-/// byte blocks (their f16 scales widened to f32), every other type dequantized to f32 rows
-/// (Q5_1 and Q5_K among them: their minimums have no place in a byte block).
+/// byte blocks (their f16 scales widened to f32), Q6_K as byte blocks with a scale for each
+/// half, every other type dequantized to f32 rows (Q5_1 and Q5_K among them: their minimums
+/// have no place in a byte block).
 ///
 /// # Panics
 /// If `bytes` does not hold exactly `rows × cols` elements of `dtype`: the loader checks the
@@ -303,6 +306,16 @@ pub fn pack(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> PackedMa
                 }
             }
             PackedMatrix::from_bytes(scales, quants, rows, cols)
+        }
+        GgmlType::Q6K if packable => {
+            let mut scales = Vec::with_capacity(blocks.len() * 16);
+            let mut quants = Vec::with_capacity(blocks.len() * 256);
+            for b in blocks {
+                let (block_quants, block_scales) = q6_k_block(b);
+                scales.extend(block_scales);
+                quants.extend(block_quants);
+            }
+            PackedMatrix::from_half_scaled_bytes(scales, quants, rows, cols)
         }
         _ => PackedMatrix::from_f32(dequantize(dtype, bytes), rows, cols),
     }
@@ -420,6 +433,31 @@ mod tests {
         let packed = pack(GgmlType::Q4K, &bytes, rows, cols);
         for r in 0..rows {
             assert_eq!(packed.row(r), weights[r * cols..(r + 1) * cols]);
+        }
+    }
+
+    #[test]
+    fn q6_k_rows_are_exactly_ggml_dequantization_and_multiply_as_dequantized() {
+        let (rows, cols) = (5, 512);
+        let mut bytes = Vec::new();
+        for block in 0..rows * cols / 256 {
+            bytes.extend((0..192).map(|j| ((block * 29 + j * 13) % 256) as u8));
+            bytes.extend((0..16).map(|j| ((block * 7 + j * 41) % 256) as u8));
+            bytes.extend(f16::from_f32(0.004 * (1 + block % 3) as f32).to_le_bytes());
+        }
+        let weights = dequantize(GgmlType::Q6K, &bytes);
+        let packed = pack(GgmlType::Q6K, &bytes, rows, cols);
+        assert!(packed.bytes() < weights.len() * 2, "Q6_K is not held as f32 rows");
+        for r in 0..rows {
+            assert_eq!(packed.row(r), weights[r * cols..(r + 1) * cols]);
+        }
+        for n in [1, 2, 3, 8] {
+            let x = activations(n, cols);
+            let got = packed.matmul(&x, n, &KernelOptions::default());
+            let want = reference(&weights, &x, rows, cols, n);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "n={n}: {g} vs {w}");
+            }
         }
     }
 

@@ -21,8 +21,9 @@
 //! - `kernels`: the products, one module per instruction set, and the choice among them.
 //!
 //! Exactness: a dequantized weight is `scale · q + min` computed with one rounding, which is
-//! the exact value of ggml's dequantization for Q4_0, Q4_1, Q4_K and Q8_0 (the products fit in
-//! f32's mantissa). Other types are stored as f32 rows.
+//! the exact value of ggml's dequantization for Q4_0, Q4_1, Q4_K, Q5_0, Q8_0 and Q6_K (the
+//! products fit in f32's mantissa; Q6_K's scale is its block scale times its sub-block's, which
+//! ggml also rounds once before the multiplication by `q`). Other types are stored as f32 rows.
 
 mod kernels;
 mod rows;
@@ -35,6 +36,12 @@ use storage::{Storage, same_kind};
 
 /// Weight rows per task (a task's rows go to one thread).
 const ROWS_PER_TASK: usize = 32;
+
+/// The most bytes of activations a task multiplies its weight rows by in one pass. A prefill's
+/// activations (hundreds of rows) outgrow the caches, and each weight row would stream all of
+/// them from memory again; a pass's share stays in a core's L2 cache while the task's rows go
+/// over it.
+const ACTIVATION_PASS_BYTES: usize = 256 * 1024;
 
 /// A weight matrix `[rows, cols]` (one row per output, as checkpoints store projections).
 #[derive(Debug, Clone)]
@@ -82,15 +89,46 @@ impl PackedMatrix {
     /// # Panics
     /// If `cols` is not a multiple of 32, or the blocks are not `rows × cols / 32`.
     pub fn from_bytes(scales: Vec<f32>, quants: Vec<i8>, rows: usize, cols: usize) -> Self {
+        Self::byte_blocks(scales, quants, 0, rows, cols)
+    }
+
+    /// A matrix of byte blocks with a scale for each half: weights `16h .. 16h + 16` of block
+    /// `b` are `scales[2b + h] · q` (Q6_K's sub-blocks of 16); blocks in row-major order.
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of 32, or the blocks are not `rows × cols / 32`.
+    pub fn from_half_scaled_bytes(
+        scales: Vec<f32>,
+        quants: Vec<i8>,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        Self::byte_blocks(scales, quants, 1, rows, cols)
+    }
+
+    /// Byte blocks with `1 << halves` scales a block.
+    fn byte_blocks(
+        scales: Vec<f32>,
+        quants: Vec<i8>,
+        halves: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
         let blocks = Self::blocks(rows, cols);
         assert!(
-            scales.len() == blocks && quants.len() == 32 * blocks,
-            "{blocks} byte blocks for {rows}×{cols} weights"
+            scales.len() == blocks << halves && quants.len() == 32 * blocks,
+            "{blocks} byte blocks with {} scales each for {rows}×{cols} weights",
+            1 << halves
         );
+        let storage = Storage::Bytes {
+            scales,
+            quants,
+            halves,
+        };
         Self {
             rows,
             cols,
-            groups: vec![(rows, Storage::Bytes { scales, quants })],
+            groups: vec![(rows, storage)],
         }
     }
 
@@ -181,7 +219,7 @@ impl PackedMatrix {
                     mins,
                     quants,
                 } => 4 * (scales.len() + mins.len()) + quants.len(),
-                Storage::Bytes { scales, quants } => 4 * scales.len() + quants.len(),
+                Storage::Bytes { scales, quants, .. } => 4 * scales.len() + quants.len(),
                 Storage::Dense(values) => 4 * values.len(),
             })
             .sum()
@@ -215,6 +253,7 @@ impl PackedMatrix {
         let mut aligned_x = LineAligned::zeros(x.len());
         aligned_x.as_mut_slice().copy_from_slice(x);
         let x = aligned_x.as_slice();
+        let pass_rows = (ACTIVATION_PASS_BYTES / (4 * self.cols)).max(1);
         // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
         let mut transposed = vec![0f32; self.rows * n];
         let mut tasks: Vec<&mut [f32]> = transposed.chunks_mut(ROWS_PER_TASK * n).collect();
@@ -222,13 +261,28 @@ impl PackedMatrix {
             &mut tasks,
             || {
                 let buffer = LineAligned::zeros(MAX_TILE_ROWS * self.cols);
-                (buffer, Vec::with_capacity(ROWS_PER_TASK))
+                (buffer, Vec::with_capacity(ROWS_PER_TASK), Vec::new())
             },
-            |(buffer, rows), task, out| {
+            |(buffer, rows, pass_out), task, out| {
                 let first = task * ROWS_PER_TASK;
+                let task_rows = out.len() / n;
                 rows.clear();
-                rows.extend(self.rows_in(first..first + out.len() / n));
-                products(rows, x, n, buffer.as_mut_slice(), out);
+                rows.extend(self.rows_in(first..first + task_rows));
+                if n <= pass_rows {
+                    products(rows, x, n, buffer.as_mut_slice(), out);
+                    return;
+                }
+                // A row's products do not depend on the other rows of its pass (see the module
+                // documentation), so passes give the bits of one pass over all rows.
+                for start in (0..n).step_by(pass_rows) {
+                    let m = pass_rows.min(n - start);
+                    pass_out.resize(task_rows * m, 0.0);
+                    let pass_x = &x[start * self.cols..(start + m) * self.cols];
+                    products(rows, pass_x, m, buffer.as_mut_slice(), pass_out);
+                    for (out, pass_out) in out.chunks_exact_mut(n).zip(pass_out.chunks_exact(m)) {
+                        out[start..start + m].copy_from_slice(pass_out);
+                    }
+                }
             },
         );
         let mut result = vec![0f32; n * self.rows];
@@ -281,6 +335,22 @@ pub(crate) mod tests {
             .flat_map(|b| (0..16).map(move |j| ((b * 7 + j * 13) % 256) as u8))
             .collect();
         PackedMatrix::from_nibbles(scales, mins, quants, rows, cols)
+    }
+
+    /// A matrix of byte blocks with varied bytes and, with `halves`, a scale for each half.
+    pub(crate) fn byte_matrix(rows: usize, cols: usize, halves: usize) -> PackedMatrix {
+        let blocks = rows * cols / 32;
+        let scales = (0..blocks << halves)
+            .map(|s| 0.02 + 0.005 * (s % 9) as f32)
+            .collect();
+        let quants = (0..blocks * 32)
+            .map(|i| ((i * 19 + i / 7) % 256) as u8 as i8)
+            .collect();
+        if halves == 0 {
+            PackedMatrix::from_bytes(scales, quants, rows, cols)
+        } else {
+            PackedMatrix::from_half_scaled_bytes(scales, quants, rows, cols)
+        }
     }
 
     /// `x · Wᵀ` in f64, rounded once.
@@ -336,6 +406,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn half_scaled_byte_rows_take_one_scale_for_each_half() {
+        let cols = 64;
+        let matrix = byte_matrix(2, cols, 1);
+        let Storage::Bytes { scales, quants, .. } = &matrix.groups[0].1 else {
+            unreachable!("byte_matrix holds byte blocks")
+        };
+        for r in 0..2 {
+            let want: Vec<f32> = (0..cols)
+                .map(|c| scales[(r * cols + c) / 16] * f32::from(quants[r * cols + c]))
+                .collect();
+            assert_eq!(matrix.row(r), want, "row {r}");
+        }
+    }
+
+    #[test]
+    fn permuting_keeps_one_scale_and_half_scaled_byte_rows_apart() {
+        let cols = 64;
+        let stacked = PackedMatrix::stack(vec![byte_matrix(2, cols, 0), byte_matrix(2, cols, 1)]);
+        let order = [0, 2, 1, 3];
+        let permuted = stacked.permute_rows(&order);
+        assert_eq!(permuted.groups.len(), 4, "each row's scales stay its own kind");
+        for (i, &from) in order.iter().enumerate() {
+            assert_eq!(permuted.row(i), stacked.row(from));
+        }
+        let x = activations(3, cols);
+        let weights = permuted.to_f32();
+        let got = permuted.matmul(&x, 3, &KernelOptions::default());
+        let want = reference(&weights, &x, 4, cols, 3);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+
+    #[test]
     fn a_row_does_not_depend_on_the_rest_of_the_batch() {
         let (rows, cols) = (40, 64);
         let packed = nibble_matrix(rows, cols);
@@ -345,6 +449,25 @@ pub(crate) mod tests {
         for b in 0..7 {
             let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
             assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        }
+    }
+
+    #[test]
+    fn activations_beyond_one_pass_give_the_bits_of_each_row_alone() {
+        // Eight rows of 8,192 values fill a pass: 19 rows take passes of 8, 8 and 3.
+        let (rows, cols, n) = (40, 8192, 19);
+        assert_eq!(ACTIVATION_PASS_BYTES / (4 * cols), 8);
+        let packed = nibble_matrix(rows, cols);
+        let x = activations(n, cols);
+        let options = KernelOptions::default();
+        let batch = packed.matmul(&x, n, &options);
+        let want = reference(&packed.to_f32(), &x, rows, cols, n);
+        for b in 0..n {
+            let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
+            assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        }
+        for (g, w) in batch.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
         }
     }
 

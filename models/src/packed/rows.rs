@@ -16,11 +16,42 @@ pub(super) struct NibbleRow<'a> {
     pub(super) quants: &'a [u8],
 }
 
-/// A row of byte blocks: per block a scale and 32 bytes.
+/// A row of byte blocks: 32 bytes per block, and per block one scale (`halves` 0) or one for
+/// each half of 16 weights (`halves` 1).
 #[derive(Clone, Copy)]
 pub(super) struct ByteRow<'a> {
     pub(super) scales: &'a [f32],
     pub(super) quants: &'a [i8],
+    pub(super) halves: usize,
+}
+
+impl ByteRow<'_> {
+    /// Blocks of 32 weights in the row.
+    pub(super) fn blocks(&self) -> usize {
+        self.quants.len() / 32
+    }
+
+    /// The scales of block `b`'s first and last 16 weights. With one scale a block, both are
+    /// that scale: the index arithmetic gives the same place, so the kernels need no branch.
+    ///
+    /// # Safety
+    /// `b` below [`blocks`](Self::blocks).
+    #[inline(always)]
+    pub(super) unsafe fn scales_unchecked(&self, b: usize) -> (f32, f32) {
+        let first = b << self.halves;
+        // SAFETY: the storage holds `blocks << halves` scales and the caller bounds `b`.
+        unsafe {
+            (
+                *self.scales.get_unchecked(first),
+                *self.scales.get_unchecked(first + self.halves),
+            )
+        }
+    }
+
+    /// The scale of weight `j` of block `b` (the portable kernel's access).
+    pub(super) fn scale(&self, b: usize, j: usize) -> f32 {
+        self.scales[(b << self.halves) + (j / 16) * self.halves]
+    }
 }
 
 /// A row of f32 weights.

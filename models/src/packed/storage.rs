@@ -13,15 +13,23 @@ pub(super) enum Storage {
         mins: Vec<f32>,
         quants: Vec<u8>,
     },
-    /// Blocks of 32 weights `scale · q` with `q` a signed byte (Q8_0).
-    Bytes { scales: Vec<f32>, quants: Vec<i8> },
+    /// Blocks of 32 weights `scale · q` with `q` a signed byte: one scale a block (`halves` 0:
+    /// Q8_0, Q5_0) or one for each 16 weights (`halves` 1: Q6_K).
+    Bytes {
+        scales: Vec<f32>,
+        quants: Vec<i8>,
+        halves: usize,
+    },
     /// Plain f32 rows (every other type, dequantized at load).
     Dense(Vec<f32>),
 }
 
 /// Whether two storages are of one kind (their rows can share a group).
 pub(super) fn same_kind(a: &Storage, b: &Storage) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
+    match (a, b) {
+        (Storage::Bytes { halves: a, .. }, Storage::Bytes { halves: b, .. }) => a == b,
+        _ => std::mem::discriminant(a) == std::mem::discriminant(b),
+    }
 }
 
 impl Storage {
@@ -33,9 +41,10 @@ impl Storage {
                 mins: Vec::new(),
                 quants: Vec::new(),
             },
-            Self::Bytes { .. } => Self::Bytes {
+            Self::Bytes { halves, .. } => Self::Bytes {
                 scales: Vec::new(),
                 quants: Vec::new(),
+                halves: *halves,
             },
             Self::Dense(_) => Self::Dense(Vec::new()),
         }
@@ -56,7 +65,7 @@ impl Storage {
                 mins.extend_from_slice(row.mins);
                 quants.extend_from_slice(row.quants);
             }
-            (Self::Bytes { scales, quants }, Row::Bytes(row)) => {
+            (Self::Bytes { scales, quants, .. }, Row::Bytes(row)) => {
                 scales.extend_from_slice(row.scales);
                 quants.extend_from_slice(row.quants);
             }
@@ -79,9 +88,14 @@ impl Storage {
                 mins: &mins[blocks.clone()],
                 quants: &quants[bytes(16)],
             }),
-            Self::Bytes { scales, quants } => Row::Bytes(ByteRow {
-                scales: &scales[blocks.clone()],
+            Self::Bytes {
+                scales,
+                quants,
+                halves,
+            } => Row::Bytes(ByteRow {
+                scales: &scales[blocks.start << halves..blocks.end << halves],
                 quants: &quants[bytes(32)],
+                halves: *halves,
             }),
             Self::Dense(values) => Row::Dense(DenseRow(&values[index * cols..][..cols])),
         }

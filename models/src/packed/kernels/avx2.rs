@@ -35,18 +35,13 @@ impl BlockRow for NibbleRow<'_> {
 
 impl BlockRow for ByteRow<'_> {
     fn blocks(&self) -> usize {
-        self.scales.len()
+        ByteRow::blocks(self)
     }
 
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [__m256; 4] {
-        // SAFETY: the caller checked the CPU; the row holds 32 bytes per block.
-        unsafe {
-            byte_block(
-                self.quants.as_ptr().add(32 * b),
-                *self.scales.get_unchecked(b),
-            )
-        }
+        // SAFETY: the caller checked the CPU and bounds `b`; the row holds 32 bytes per block.
+        unsafe { byte_block(self.quants.as_ptr().add(32 * b), self.scales_unchecked(b)) }
     }
 }
 
@@ -134,13 +129,14 @@ unsafe fn nibble_block(quants: *const u8, scale: f32, min: f32) -> [__m256; 4] {
     ]
 }
 
-/// `scale · q` for the 32 signed bytes of a block.
+/// `scale · q` for the 32 signed bytes of a block, the first 16 with the first scale and the
+/// last 16 with the second.
 ///
 /// # Safety
 /// `quants` points to 32 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn byte_block(quants: *const i8, scale: f32) -> [__m256; 4] {
+unsafe fn byte_block(quants: *const i8, (first_scale, last_scale): (f32, f32)) -> [__m256; 4] {
     // SAFETY: the caller passes 32 readable bytes.
     let (first, second) = unsafe {
         (
@@ -148,12 +144,14 @@ unsafe fn byte_block(quants: *const i8, scale: f32) -> [__m256; 4] {
             _mm_loadu_si128(quants.add(16).cast()),
         )
     };
-    let scale = _mm256_set1_ps(scale);
-    let widen = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), scale);
+    let (first_scale, last_scale) = (_mm256_set1_ps(first_scale), _mm256_set1_ps(last_scale));
+    let widen = |v: __m128i, scale: __m256| {
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), scale)
+    };
     [
-        widen(first),
-        widen(_mm_unpackhi_epi64(first, first)),
-        widen(second),
-        widen(_mm_unpackhi_epi64(second, second)),
+        widen(first, first_scale),
+        widen(_mm_unpackhi_epi64(first, first), first_scale),
+        widen(second, last_scale),
+        widen(_mm_unpackhi_epi64(second, second), last_scale),
     ]
 }

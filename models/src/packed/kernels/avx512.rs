@@ -41,20 +41,21 @@ impl BlockRow for NibbleRow<'_> {
 
 impl BlockRow for ByteRow<'_> {
     fn blocks(&self) -> usize {
-        self.scales.len()
+        ByteRow::blocks(self)
     }
 
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [__m512; 2] {
-        // SAFETY: the caller checked the CPU; the row holds 32 bytes per block.
+        // SAFETY: the caller checked the CPU and bounds `b`; the row holds 32 bytes per block.
         unsafe {
             let at = self.quants.as_ptr().add(32 * b);
-            let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
-            let widen = |p: *const i8| {
+            let (first_scale, last_scale) = self.scales_unchecked(b);
+            let widen = |p: *const i8, scale: f32| {
                 let v = _mm_loadu_si128(p.cast());
+                let scale = _mm512_set1_ps(scale);
                 _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), scale)
             };
-            [widen(at), widen(at.add(16))]
+            [widen(at, first_scale), widen(at.add(16), last_scale)]
         }
     }
 }

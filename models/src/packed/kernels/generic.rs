@@ -19,13 +19,13 @@ pub fn dequantize<F: MulAdd>(row: Row, out: &mut [f32]) {
             }
         }
         Row::Bytes(row) => {
-            for ((out, q), &d) in out
+            for (b, (out, q)) in out
                 .chunks_exact_mut(32)
                 .zip(row.quants.chunks_exact(32))
-                .zip(row.scales)
+                .enumerate()
             {
                 for j in 0..32 {
-                    out[j] = d * f32::from(q[j]);
+                    out[j] = row.scale(b, j) * f32::from(q[j]);
                 }
             }
         }

@@ -251,7 +251,7 @@ mod avx512;
 mod tests {
     use super::*;
     use crate::packed::PackedMatrix;
-    use crate::packed::tests::{activations, nibble_matrix, reference};
+    use crate::packed::tests::{activations, byte_matrix, nibble_matrix, reference};
 
     #[test]
     fn every_kernel_of_this_cpu_computes_the_product_and_the_vector_ones_agree_bitwise() {
@@ -260,10 +260,12 @@ mod tests {
         let (rows, cols) = (5, 96);
         let packed = nibble_matrix(rows, cols);
         let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
-        let weights = packed.to_f32();
         let kernels = available_kernels();
         assert!(kernels.iter().any(|(name, _)| *name == "generic"));
-        for matrix in [&packed, &dense] {
+        let bytes = byte_matrix(rows, cols, 0);
+        let half_scaled = byte_matrix(rows, cols, 1);
+        for matrix in [&packed, &dense, &bytes, &half_scaled] {
+            let weights = matrix.to_f32();
             let (storage, _) = matrix.locate(0);
             let matrix_rows: Vec<Row> = (0..rows).map(|r| storage.row(r, cols)).collect();
             for n in 1..=9 {
