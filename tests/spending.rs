@@ -473,7 +473,10 @@ fn the_api_key_reaches_no_file_and_no_output_line() {
     // The second and the fourth request were answered with failures quoting the key (how many
     // more the search sent depends on which requests met them: an early refusal ends it).
     let requests = server.requests().len();
-    assert!(requests >= 4, "both failures quoting the key were sent ({requests} requests)");
+    assert!(
+        requests >= 4,
+        "both failures quoting the key were sent ({requests} requests)"
+    );
     assert!(!text(&out).contains(KEY), "{}", text(&out));
     let inspect = output(
         host(&work.path().join("cache"))

@@ -15,9 +15,7 @@ use half::f16;
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
-use crate::gguf::{
-    GgmlType, GgufFile, MetaValue, dequantize, q5_values, q6_k_block, scale_min_k4,
-};
+use crate::gguf::{GgmlType, GgufFile, MetaValue, dequantize, q5_values, q6_k_block, scale_min_k4};
 use crate::llama::{Block, Embedding, Linear, WeightStorage, Weights};
 use crate::packed::PackedMatrix;
 
@@ -447,7 +445,10 @@ mod tests {
         }
         let weights = dequantize(GgmlType::Q6K, &bytes);
         let packed = pack(GgmlType::Q6K, &bytes, rows, cols);
-        assert!(packed.bytes() < weights.len() * 2, "Q6_K is not held as f32 rows");
+        assert!(
+            packed.bytes() < weights.len() * 2,
+            "Q6_K is not held as f32 rows"
+        );
         for r in 0..rows {
             assert_eq!(packed.row(r), weights[r * cols..(r + 1) * cols]);
         }

@@ -426,7 +426,11 @@ pub(crate) mod tests {
         let stacked = PackedMatrix::stack(vec![byte_matrix(2, cols, 0), byte_matrix(2, cols, 1)]);
         let order = [0, 2, 1, 3];
         let permuted = stacked.permute_rows(&order);
-        assert_eq!(permuted.groups.len(), 4, "each row's scales stay its own kind");
+        assert_eq!(
+            permuted.groups.len(),
+            4,
+            "each row's scales stay its own kind"
+        );
         for (i, &from) in order.iter().enumerate() {
             assert_eq!(permuted.row(i), stacked.row(from));
         }

@@ -53,7 +53,7 @@ impl BlockRow for DenseRow<'_> {
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [__m256; 4] {
         // SAFETY: the caller checked the CPU; the row holds 32 values per block.
-        [0, 8, 16, 24].map(|k| unsafe { _mm256_loadu_ps(self.0.as_ptr().add(32 * b + k)) })
+        unsafe { load_block(self.0.as_ptr().add(32 * b)) }
     }
 }
 
@@ -83,11 +83,14 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     let mut acc = [[[_mm256_setzero_ps(); 4]; T]; R];
     for b in 0..blocks {
         // SAFETY: avx2 and fma are enabled here; `b` is below every row's blocks.
-        let weights: [[__m256; 4]; R] = std::array::from_fn(|r| unsafe { rows[r].block(b) });
+        let mut weights = [[_mm256_setzero_ps(); 4]; R];
+        for (weights, row) in weights.iter_mut().zip(rows) {
+            // SAFETY: avx2 and fma are enabled here; `b` is below every row's blocks.
+            *weights = unsafe { row.block(b) };
+        }
         for t in 0..T {
             // SAFETY: row `t` of `x` holds `cols` values (asserted above).
-            let xs = [0, 8, 16, 24]
-                .map(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(t * cols + b * 32 + k)) });
+            let xs = unsafe { load_block(x.as_ptr().add(t * cols + b * 32)) };
             for (acc, weights) in acc.iter_mut().zip(&weights) {
                 for k in 0..4 {
                     acc[t][k] = _mm256_fmadd_ps(weights[k], xs[k], acc[t][k]);
@@ -119,13 +122,11 @@ unsafe fn nibble_block(quants: *const u8, scale: f32, min: f32) -> [__m256; 4] {
     let low = _mm_and_si128(bytes, mask);
     let high = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
     let (scale, min) = (_mm256_set1_ps(scale), _mm256_set1_ps(min));
-    let widen =
-        |v: __m128i| _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), scale, min);
     [
-        widen(low),
-        widen(_mm_unpackhi_epi64(low, low)),
-        widen(high),
-        widen(_mm_unpackhi_epi64(high, high)),
+        _mm256_fmadd_ps(unsigned_to_f32(low), scale, min),
+        _mm256_fmadd_ps(unsigned_to_f32(_mm_unpackhi_epi64(low, low)), scale, min),
+        _mm256_fmadd_ps(unsigned_to_f32(high), scale, min),
+        _mm256_fmadd_ps(unsigned_to_f32(_mm_unpackhi_epi64(high, high)), scale, min),
     ]
 }
 
@@ -145,13 +146,48 @@ unsafe fn byte_block(quants: *const i8, (first_scale, last_scale): (f32, f32)) -
         )
     };
     let (first_scale, last_scale) = (_mm256_set1_ps(first_scale), _mm256_set1_ps(last_scale));
-    let widen = |v: __m128i, scale: __m256| {
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), scale)
-    };
     [
-        widen(first, first_scale),
-        widen(_mm_unpackhi_epi64(first, first), first_scale),
-        widen(second, last_scale),
-        widen(_mm_unpackhi_epi64(second, second), last_scale),
+        _mm256_mul_ps(signed_to_f32(first), first_scale),
+        _mm256_mul_ps(signed_to_f32(_mm_unpackhi_epi64(first, first)), first_scale),
+        _mm256_mul_ps(signed_to_f32(second), last_scale),
+        _mm256_mul_ps(
+            signed_to_f32(_mm_unpackhi_epi64(second, second)),
+            last_scale,
+        ),
     ]
+}
+
+// The helpers below are always inlined, and are functions rather than closures: a closure is
+// compiled apart, without its function's target features, so the intrinsics in it became calls
+// (as did helpers merely marked `#[inline]`), which made the kernels several times slower.
+
+/// The low eight bytes of `v`, unsigned, as f32 values.
+#[inline(always)]
+fn unsigned_to_f32(v: __m128i) -> __m256 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)) }
+}
+
+/// The low eight bytes of `v`, signed, as f32 values.
+#[inline(always)]
+fn signed_to_f32(v: __m128i) -> __m256 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)) }
+}
+
+/// The 32 f32 values at `values` as four vectors.
+///
+/// # Safety
+/// `values` points to 32 readable f32 values.
+#[inline(always)]
+unsafe fn load_block(values: *const f32) -> [__m256; 4] {
+    // SAFETY: the caller passes 32 readable values.
+    unsafe {
+        [
+            _mm256_loadu_ps(values),
+            _mm256_loadu_ps(values.add(8)),
+            _mm256_loadu_ps(values.add(16)),
+            _mm256_loadu_ps(values.add(24)),
+        ]
+    }
 }

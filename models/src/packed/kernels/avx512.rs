@@ -28,12 +28,13 @@ impl BlockRow for NibbleRow<'_> {
             let mask = _mm_set1_epi8(0x0F);
             let scale = _mm512_set1_ps(*self.scales.get_unchecked(b));
             let min = _mm512_set1_ps(*self.mins.get_unchecked(b));
-            let widen = |v: __m128i| {
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)), scale, min)
-            };
             [
-                widen(_mm_and_si128(bytes, mask)),
-                widen(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask)),
+                _mm512_fmadd_ps(unsigned_to_f32(_mm_and_si128(bytes, mask)), scale, min),
+                _mm512_fmadd_ps(
+                    unsigned_to_f32(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask)),
+                    scale,
+                    min,
+                ),
             ]
         }
     }
@@ -50,12 +51,16 @@ impl BlockRow for ByteRow<'_> {
         unsafe {
             let at = self.quants.as_ptr().add(32 * b);
             let (first_scale, last_scale) = self.scales_unchecked(b);
-            let widen = |p: *const i8, scale: f32| {
-                let v = _mm_loadu_si128(p.cast());
-                let scale = _mm512_set1_ps(scale);
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)), scale)
-            };
-            [widen(at, first_scale), widen(at.add(16), last_scale)]
+            [
+                _mm512_mul_ps(
+                    signed_to_f32(_mm_loadu_si128(at.cast())),
+                    _mm512_set1_ps(first_scale),
+                ),
+                _mm512_mul_ps(
+                    signed_to_f32(_mm_loadu_si128(at.add(16).cast())),
+                    _mm512_set1_ps(last_scale),
+                ),
+            ]
         }
     }
 }
@@ -68,7 +73,7 @@ impl BlockRow for DenseRow<'_> {
     #[inline(always)]
     unsafe fn block(&self, b: usize) -> [__m512; 2] {
         // SAFETY: the caller checked the CPU; the row holds 32 values per block.
-        [0, 16].map(|k| unsafe { _mm512_loadu_ps(self.0.as_ptr().add(32 * b + k)) })
+        unsafe { load_block(self.0.as_ptr().add(32 * b)) }
     }
 }
 
@@ -99,11 +104,14 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
     for b in 0..blocks {
         // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
-        let weights: [[__m512; 2]; R] = std::array::from_fn(|r| unsafe { rows[r].block(b) });
+        let mut weights = [[_mm512_setzero_ps(); 2]; R];
+        for (weights, row) in weights.iter_mut().zip(rows) {
+            // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
+            *weights = unsafe { row.block(b) };
+        }
         for t in 0..T {
             // SAFETY: row `t` of `x` holds `cols` values (asserted above).
-            let [x0, x1] =
-                [0, 16].map(|k| unsafe { _mm512_loadu_ps(x.as_ptr().add(t * cols + b * 32 + k)) });
+            let [x0, x1] = unsafe { load_block(x.as_ptr().add(t * cols + b * 32)) };
             for (acc, [w0, w1]) in acc.iter_mut().zip(&weights) {
                 acc[t][0] = _mm512_fmadd_ps(*w0, x0, acc[t][0]);
                 acc[t][1] = _mm512_fmadd_ps(*w1, x1, acc[t][1]);
@@ -121,4 +129,30 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
         }
     }
     T
+}
+
+// Always inlined, and functions rather than closures (see the AVX2 kernel's helpers).
+
+/// Sixteen unsigned bytes as f32 values.
+#[inline(always)]
+fn unsigned_to_f32(v: __m128i) -> __m512 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe { _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)) }
+}
+
+/// Sixteen signed bytes as f32 values.
+#[inline(always)]
+fn signed_to_f32(v: __m128i) -> __m512 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v)) }
+}
+
+/// The 32 f32 values at `values` as two vectors.
+///
+/// # Safety
+/// `values` points to 32 readable f32 values.
+#[inline(always)]
+unsafe fn load_block(values: *const f32) -> [__m512; 2] {
+    // SAFETY: the caller passes 32 readable values.
+    unsafe { [_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16))] }
 }
