@@ -249,10 +249,10 @@ impl PackedMatrix {
         if n == 0 {
             return Vec::new();
         }
-        let (_, products) = kernels::chosen(options.cpu_matmul_kernel.as_deref());
-        let mut aligned_x = LineAligned::zeros(x.len());
-        aligned_x.as_mut_slice().copy_from_slice(x);
-        let x = aligned_x.as_slice();
+        let kernel = kernels::chosen(options.cpu_matmul_kernel.as_deref());
+        let products = kernel.products;
+        let arranged = kernel.arrange(x, n);
+        let x = arranged.as_slice();
         let pass_rows = (ACTIVATION_PASS_BYTES / (4 * self.cols)).max(1);
         // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
         let mut transposed = vec![0f32; self.rows * n];
@@ -319,7 +319,7 @@ impl PackedMatrix {
 
 /// The name of the packed-matmul kernel `options` choose on this CPU (for benchmark reports).
 pub fn kernel_name(options: &KernelOptions) -> &'static str {
-    kernels::chosen(options.cpu_matmul_kernel.as_deref()).0
+    kernels::chosen(options.cpu_matmul_kernel.as_deref()).name
 }
 
 #[cfg(test)]

@@ -2,7 +2,14 @@ use std::arch::x86_64::*;
 
 use super::{ByteRow, DenseRow, NibbleRow, Row};
 
-vector_products!("avx2,fma", store, tile_rows: 1, tile_batch: 2);
+vector_products!("avx2,fma", direct_rows: 1, buffered_rows: 4);
+
+/// The lanes of a vector: the activations come grouped eight lanes at a time
+/// ([`super::Kernel::arrange`]), so that one lane group of consecutive blocks is contiguous.
+pub(super) const LANE_GROUP: usize = 8;
+
+/// Activation rows per pass over a lane group of the buffered rows.
+const TILE_BATCH: usize = 3;
 
 /// One weight row of blocks of 32.
 trait BlockRow {
@@ -57,19 +64,14 @@ impl BlockRow for DenseRow<'_> {
     }
 }
 
-/// Writes a block's four vectors into `chunk` (32 values).
-#[inline(always)]
-fn store(chunk: &mut [f32], weights: [__m256; 4]) {
-    assert_eq!(chunk.len(), 32);
-    for (k, weights) in weights.into_iter().enumerate() {
-        // SAFETY: `chunk` holds 32 values, so 8k..8k+8 is in bounds.
-        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr().add(8 * k), weights) };
-    }
-}
-
-/// `out[r · stride + t] = rows[r] · x[t]` for `R` weight rows and `T` activation rows, in
-/// the lanes of the generic kernel: accumulator `k` holds lanes `8k..8k + 8`. Returns `T`.
+/// `out[r · stride + t] = rows[r] · x[t]` for `R` weight rows and `T` activation rows (lane
+/// grouped), in the lanes of the generic kernel: accumulator `k` holds lanes `8k..8k + 8`.
+/// Returns `T`.
+///
+/// Index loops over the constant extents rather than iterator chains over the arrays: LLVM
+/// unrolls them fully, and the kernel ran faster so (docs/qwen2.md).
 #[inline]
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma")]
 fn fused<W: BlockRow, const R: usize, const T: usize>(
     rows: &[W; R],
@@ -78,35 +80,135 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     out: &mut [f32],
 ) -> usize {
     let blocks = rows[0].blocks();
-    let cols = blocks * 32;
+    let (cols, group) = (blocks * 32, blocks * LANE_GROUP);
     assert!(x.len() >= T * cols && out.len() > (R - 1) * stride + T - 1);
     let mut acc = [[[_mm256_setzero_ps(); 4]; T]; R];
     for b in 0..blocks {
-        // SAFETY: avx2 and fma are enabled here; `b` is below every row's blocks.
-        let mut weights = [[_mm256_setzero_ps(); 4]; R];
-        for (weights, row) in weights.iter_mut().zip(rows) {
-            // SAFETY: avx2 and fma are enabled here; `b` is below every row's blocks.
-            *weights = unsafe { row.block(b) };
-        }
+        let mut xs = [[_mm256_setzero_ps(); 4]; T];
         for t in 0..T {
-            // SAFETY: row `t` of `x` holds `cols` values (asserted above).
-            let xs = unsafe { load_block(x.as_ptr().add(t * cols + b * 32)) };
-            for (acc, weights) in acc.iter_mut().zip(&weights) {
+            for k in 0..4 {
+                // SAFETY: row `t` of `x` holds `cols` values (asserted above), four lane groups
+                // of `group` values, and `b` is below the blocks.
+                xs[t][k] = unsafe { _mm256_loadu_ps(x.as_ptr().add(t * cols + k * group + 8 * b)) };
+            }
+        }
+        for r in 0..R {
+            // SAFETY: avx2 and fma are enabled here; `b` is below every row's blocks.
+            let weights = unsafe { rows[r].block(b) };
+            for t in 0..T {
                 for k in 0..4 {
-                    acc[t][k] = _mm256_fmadd_ps(weights[k], xs[k], acc[t][k]);
+                    acc[r][t][k] = _mm256_fmadd_ps(weights[k], xs[t][k], acc[r][t][k]);
                 }
             }
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (t, [a0, a1, a2, a3]) in acc.iter().enumerate() {
-            // The tree's first step (lanes l and l + 16) is a0 + a2 and a1 + a3.
-            let v = _mm256_add_ps(_mm256_add_ps(*a0, *a2), _mm256_add_ps(*a1, *a3));
-            let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            out[r * stride + t] = sum_halves_128!(v);
+    for r in 0..R {
+        for t in 0..T {
+            out[r * stride + t] = lane_sum(acc[r][t]);
         }
     }
     T
+}
+
+/// `out[r · n + b] = rows[r] · x[b]` for the `R` rows and three or more activation rows. The
+/// rows are dequantized once into `buffer`, lane grouped as the activations are, and multiplied
+/// one lane group at a time: a group's accumulator for a pair of rows is one vector, so a tile
+/// of four weight rows by three activation rows keeps its twelve accumulators in registers and
+/// loads seven vectors for twelve multiply-adds (`fused`'s whole blocks, four accumulators a
+/// pair, leave room for two pairs and load six vectors for eight). Returns `R`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn buffered<W: BlockRow, const R: usize>(
+    rows: &[W; R],
+    x: &[f32],
+    n: usize,
+    buffer: &mut [f32],
+    out: &mut [f32],
+) -> usize {
+    let blocks = rows[0].blocks();
+    let (cols, group) = (blocks * 32, blocks * LANE_GROUP);
+    for (row, buffer) in rows.iter().zip(buffer.chunks_exact_mut(cols)) {
+        for b in 0..blocks {
+            // SAFETY: the features are enabled here; `b` is below the blocks.
+            let weights = unsafe { row.block(b) };
+            for (k, weights) in weights.into_iter().enumerate() {
+                let at = &mut buffer[k * group + 8 * b..][..8];
+                // SAFETY: `at` holds eight values.
+                unsafe { _mm256_storeu_ps(at.as_mut_ptr(), weights) };
+            }
+        }
+    }
+    let weights = &buffer[..R * cols];
+    let mut t = 0;
+    while t < n {
+        let (x, out) = (&x[t * cols..], &mut out[t..]);
+        t += match (n - t).min(TILE_BATCH) {
+            1 => grouped::<R, 1>(weights, x, cols, n, out),
+            2 => grouped::<R, 2>(weights, x, cols, n, out),
+            _ => grouped::<R, 3>(weights, x, cols, n, out),
+        };
+    }
+    R
+}
+
+/// `out[r · stride + t] = weights[r] · x[t]` for `R` lane-grouped weight rows of `cols` values and
+/// `T` lane-grouped activation rows, one lane group after the other. Returns `T`.
+#[inline]
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma")]
+fn grouped<const R: usize, const T: usize>(
+    weights: &[f32],
+    x: &[f32],
+    cols: usize,
+    stride: usize,
+    out: &mut [f32],
+) -> usize {
+    let (blocks, group) = (cols / 32, cols / 32 * LANE_GROUP);
+    assert!(weights.len() >= R * cols && x.len() >= T * cols);
+    assert!(out.len() > (R - 1) * stride + T - 1);
+    let mut sums = [[[_mm256_setzero_ps(); 4]; T]; R];
+    for k in 0..4 {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        for b in 0..blocks {
+            let at = k * group + 8 * b;
+            let mut xs = [_mm256_setzero_ps(); T];
+            for t in 0..T {
+                // SAFETY: row `t` of `x` holds `cols` values (asserted above); `at + 8 <= cols`.
+                xs[t] = unsafe { _mm256_loadu_ps(x.as_ptr().add(t * cols + at)) };
+            }
+            for r in 0..R {
+                // SAFETY: as for `x`, row `r` of `weights` holds `cols` values.
+                let w = unsafe { _mm256_loadu_ps(weights.as_ptr().add(r * cols + at)) };
+                for t in 0..T {
+                    acc[r][t] = _mm256_fmadd_ps(w, xs[t], acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                sums[r][t][k] = acc[r][t];
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r * stride + t] = lane_sum(sums[r][t]);
+        }
+    }
+    T
+}
+
+/// The sum of a dot product's 32 lanes, accumulator `k` holding lanes `8k..8k + 8`, in the
+/// generic kernel's order.
+#[inline(always)]
+fn lane_sum([a0, a1, a2, a3]: [__m256; 4]) -> f32 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe {
+        // The tree's first step (lanes l and l + 16) is a0 + a2 and a1 + a3.
+        let v = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+        let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        sum_halves_128!(v)
+    }
 }
 
 /// `scale · q + min` for the 32 nibbles of a block (low nibbles first).

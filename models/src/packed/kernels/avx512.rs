@@ -2,7 +2,10 @@ use std::arch::x86_64::*;
 
 use super::{ByteRow, DenseRow, NibbleRow, Row};
 
-vector_products!("avx512f,avx2,fma", store, tile_rows: 2, tile_batch: 4);
+vector_products!("avx512f,avx2,fma", direct_rows: 2, buffered_rows: 2);
+
+/// Activation rows per pass over a tile's buffered rows.
+const TILE_BATCH: usize = 4;
 
 /// One weight row of blocks of 32.
 trait BlockRow {
@@ -88,9 +91,43 @@ fn store(chunk: &mut [f32], [low, high]: [__m512; 2]) {
     }
 }
 
-/// `out[r · stride + t] = rows[r] · x[t]` for `R` weight rows and `T` activation rows, in
-/// the lanes of the generic kernel. Returns `T`.
+/// `out[r · n + b] = rows[r] · x[b]` for the `R` rows and three or more activation rows: the
+/// rows are dequantized once into `buffer`, then multiplied `TILE_BATCH` activation rows at a
+/// time. Returns `R`.
 #[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn buffered<W: BlockRow, const R: usize>(
+    rows: &[W; R],
+    x: &[f32],
+    n: usize,
+    buffer: &mut [f32],
+    out: &mut [f32],
+) -> usize {
+    let cols = rows[0].blocks() * 32;
+    for (row, buffer) in rows.iter().zip(buffer.chunks_exact_mut(cols)) {
+        for (b, chunk) in buffer.chunks_exact_mut(32).enumerate() {
+            // SAFETY: the features are enabled here; `b` is below the blocks.
+            store(chunk, unsafe { row.block(b) });
+        }
+    }
+    let dense: [DenseRow; R] = std::array::from_fn(|r| DenseRow(&buffer[r * cols..(r + 1) * cols]));
+    let mut b = 0;
+    while b < n {
+        let (x, out) = (&x[b * cols..], &mut out[b..]);
+        b += match (n - b).min(TILE_BATCH) {
+            1 => fused::<DenseRow, R, 1>(&dense, x, n, out),
+            2 => fused::<DenseRow, R, 2>(&dense, x, n, out),
+            3 => fused::<DenseRow, R, 3>(&dense, x, n, out),
+            _ => fused::<DenseRow, R, 4>(&dense, x, n, out),
+        };
+    }
+    R
+}
+
+/// `out[r · stride + t] = rows[r] · x[t]` for `R` weight rows and `T` activation rows, in
+/// the lanes of the generic kernel. Returns `T`. Index loops, as in the AVX2 kernel's `fused`.
+#[inline]
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn fused<W: BlockRow, const R: usize, const T: usize>(
     rows: &[W; R],
@@ -103,18 +140,18 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     assert!(x.len() >= T * cols && out.len() > (R - 1) * stride + T - 1);
     let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
     for b in 0..blocks {
-        // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
-        let mut weights = [[_mm512_setzero_ps(); 2]; R];
-        for (weights, row) in weights.iter_mut().zip(rows) {
-            // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
-            *weights = unsafe { row.block(b) };
-        }
+        let mut xs = [[_mm512_setzero_ps(); 2]; T];
         for t in 0..T {
             // SAFETY: row `t` of `x` holds `cols` values (asserted above).
-            let [x0, x1] = unsafe { load_block(x.as_ptr().add(t * cols + b * 32)) };
-            for (acc, [w0, w1]) in acc.iter_mut().zip(&weights) {
-                acc[t][0] = _mm512_fmadd_ps(*w0, x0, acc[t][0]);
-                acc[t][1] = _mm512_fmadd_ps(*w1, x1, acc[t][1]);
+            xs[t] = unsafe { load_block(x.as_ptr().add(t * cols + b * 32)) };
+        }
+        for r in 0..R {
+            // SAFETY: avx512f is enabled here; `b` is below every row's blocks.
+            let weights = unsafe { rows[r].block(b) };
+            for t in 0..T {
+                for k in 0..2 {
+                    acc[r][t][k] = _mm512_fmadd_ps(weights[k], xs[t][k], acc[r][t][k]);
+                }
             }
         }
     }

@@ -43,34 +43,85 @@ impl LineAligned {
 }
 
 /// `(rows, x, n, buffer, out)`: `out[r · n + b] = rows[r] · x[b]` for every weight row `r` and
-/// each of the `n` activation rows `b` of `x`; `buffer` holds [`MAX_TILE_ROWS`] rows' values of
-/// scratch space.
+/// each of the `n` activation rows `b` of `x`, laid out as the kernel asks ([`Kernel::arrange`]);
+/// `buffer` holds [`MAX_TILE_ROWS`] rows' values of scratch space.
 pub(super) type Products = fn(&[Row], &[f32], usize, &mut [f32], &mut [f32]);
 
 /// The most weight rows a kernel's tile takes (its scratch space is that many rows).
 pub(super) const MAX_TILE_ROWS: usize = 4;
 
-/// The kernels this CPU can run, fastest first, by name.
-pub(super) fn available_kernels() -> Vec<(&'static str, Products)> {
-    let mut kernels: Vec<(&'static str, Products)> = Vec::new();
+/// One kernel: its products and the layout of the activations it reads.
+#[derive(Clone, Copy)]
+pub(super) struct Kernel {
+    /// `avx512`, `avx2` or `generic`.
+    pub(super) name: &'static str,
+    /// The products.
+    pub(super) products: Products,
+    /// The lanes of the kernel's vectors: within each row of whole blocks, the activations are
+    /// grouped by lane group (see [`Kernel::arrange`]) so that the kernel loads a lane group of
+    /// consecutive blocks from consecutive addresses. 32 leaves rows as they are.
+    lane_group: usize,
+}
+
+impl Kernel {
+    /// The `n` rows of `x`, copied onto cache lines, each row laid out for this kernel: where the
+    /// rows are whole blocks of 32, lane group `k` (columns `k · g .. k · g + g` of every block,
+    /// for a lane group of `g`) comes before group `k + 1`, its blocks in order. A row stays
+    /// contiguous, so any run of rows can be multiplied apart from the rest.
+    pub(super) fn arrange(&self, x: &[f32], n: usize) -> LineAligned {
+        let mut arranged = LineAligned::zeros(x.len());
+        let out = arranged.as_mut_slice();
+        let cols = x.len() / n;
+        let g = self.lane_group;
+        if g == LANES || !cols.is_multiple_of(LANES) {
+            out.copy_from_slice(x);
+            return arranged;
+        }
+        let blocks = cols / LANES;
+        for (row, out) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+            for (b, block) in row.chunks_exact(LANES).enumerate() {
+                for (k, lanes) in block.chunks_exact(g).enumerate() {
+                    out[k * g * blocks + b * g..][..g].copy_from_slice(lanes);
+                }
+            }
+        }
+        arranged
+    }
+}
+
+/// The kernels this CPU can run, fastest first.
+pub(super) fn available_kernels() -> Vec<Kernel> {
+    let mut kernels = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            kernels.push(("avx512", avx512::products));
+            kernels.push(Kernel {
+                name: "avx512",
+                products: avx512::products,
+                lane_group: LANES,
+            });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            kernels.push(("avx2", avx2::products));
+            kernels.push(Kernel {
+                name: "avx2",
+                products: avx2::products,
+                lane_group: avx2::LANE_GROUP,
+            });
         }
     }
-    kernels.push(("generic", generic::products::<Separate>));
+    kernels.push(Kernel {
+        name: "generic",
+        products: generic::products::<Separate>,
+        lane_group: LANES,
+    });
     kernels
 }
 
 /// The kernel `name` asks for (`avx512`, `avx2` or `generic`) when this CPU can run it (for
-/// measuring one against another), else the fastest it can: its name and the kernel.
-pub(super) fn chosen(name: Option<&str>) -> (&'static str, Products) {
+/// measuring one against another), else the fastest it can.
+pub(super) fn chosen(name: Option<&str>) -> Kernel {
     let kernels = available_kernels();
-    name.and_then(|name| kernels.iter().find(|(n, _)| *n == name))
+    name.and_then(|name| kernels.iter().find(|kernel| kernel.name == name))
         .copied()
         .unwrap_or(kernels[0])
 }
@@ -116,23 +167,24 @@ impl MulAdd for Separate {
 /// The kernels, written once for any [`MulAdd`]; the compiler vectorizes the fixed-width loops.
 pub(super) mod generic;
 
-/// What the vector kernels share. Weight rows are taken `TILE_ROWS` at a time where that many
-/// of one storage kind follow each other, so that each activation vector loaded serves several
-/// rows and the accumulators of a tile form that many independent chains. One or two
-/// activation rows are multiplied straight from the packed rows; more, `TILE_BATCH` at a time
-/// from the tile's rows dequantized once into a buffer (dequantizing again for every few
-/// activation rows would cost as many vector instructions as the products). Rows that are not
-/// whole blocks of 32 (never a GGUF block type's) go to the generic code.
+/// What the vector kernels share. Weight rows are taken a tile at a time where enough rows of
+/// one storage kind follow each other, so that each activation vector loaded serves several rows
+/// and the accumulators of a tile form that many independent chains. One or two activation rows
+/// are multiplied straight from the packed rows by the kernel's `fused`, `DIRECT_ROWS` weight
+/// rows at a time; more, by its `buffered`, `BUFFERED_ROWS` at a time, from the tile's rows
+/// dequantized once into a buffer (dequantizing again for every few activation rows would cost
+/// as many vector instructions as the products). Rows that are not whole blocks of 32 (never a
+/// GGUF block type's) go to the generic code.
 ///
 /// Each output is accumulated in its own 32 lanes in the same order whatever the tile, so the
 /// tiling changes no bit of the result.
 macro_rules! vector_products {
-    ($features:literal, $store:ident, tile_rows: $tile_rows:literal, tile_batch: $tile_batch:literal) => {
-        /// Weight rows per tile.
-        const TILE_ROWS: usize = $tile_rows;
-        const _: () = assert!(TILE_ROWS <= super::MAX_TILE_ROWS);
-        /// Activation rows per pass over a tile's buffered rows.
-        const TILE_BATCH: usize = $tile_batch;
+    ($features:literal, direct_rows: $direct_rows:literal, buffered_rows: $buffered_rows:literal) => {
+        /// Weight rows per tile multiplied straight from the packed rows.
+        const DIRECT_ROWS: usize = $direct_rows;
+        /// Weight rows per tile dequantized into the buffer.
+        const BUFFERED_ROWS: usize = $buffered_rows;
+        const _: () = assert!(BUFFERED_ROWS <= super::MAX_TILE_ROWS);
 
         pub fn products(rows: &[Row], x: &[f32], n: usize, buffer: &mut [f32], out: &mut [f32]) {
             // SAFETY: `kernel` chooses this function only once the CPU showed these features.
@@ -162,8 +214,8 @@ macro_rules! vector_products {
             }
         }
 
-        /// Multiplies the first rows of `rows`, whose first is a `W`: a whole tile where
-        /// `TILE_ROWS` rows of that kind lead, else that one row. Returns how many it took.
+        /// Multiplies the first rows of `rows`, whose first is a `W`: a whole tile where enough
+        /// rows of that kind lead, else that one row. Returns how many it took.
         #[inline]
         #[target_feature(enable = $features)]
         fn leading_tile<'a, W: BlockRow + super::OfKind<'a>>(
@@ -173,52 +225,43 @@ macro_rules! vector_products {
             buffer: &mut [f32],
             out: &mut [f32],
         ) -> usize {
-            let kind: [Option<W>; TILE_ROWS] = std::array::from_fn(|r| rows.get(r).and_then(W::of));
-            if kind.iter().all(Option::is_some) {
-                tile::<W, TILE_ROWS>(kind.map(Option::unwrap), x, n, buffer, out);
-                TILE_ROWS
-            } else {
-                let first = W::of(&rows[0]).expect("the caller matched the first row's kind");
-                tile::<W, 1>([first], x, n, buffer, out);
-                1
+            let first = || [W::of(&rows[0]).expect("the caller matched the first row's kind")];
+            match n {
+                1 | 2 => match leading::<W, DIRECT_ROWS>(rows) {
+                    Some(tile) => direct(&tile, x, n, out),
+                    None => direct(&first(), x, n, out),
+                },
+                _ => match leading::<W, BUFFERED_ROWS>(rows) {
+                    Some(tile) => buffered(&tile, x, n, buffer, out),
+                    None => buffered(&first(), x, n, buffer, out),
+                },
             }
         }
 
-        /// `out[r · n + b] = rows[r] · x[b]` for the `R` rows and every activation row.
+        /// The first `R` rows, if they are all `W`s.
+        #[inline(always)]
+        fn leading<'a, W: super::OfKind<'a>, const R: usize>(rows: &[Row<'a>]) -> Option<[W; R]> {
+            let kind: [Option<W>; R] = std::array::from_fn(|r| rows.get(r).and_then(W::of));
+            kind.iter()
+                .all(Option::is_some)
+                .then(|| kind.map(Option::unwrap))
+        }
+
+        /// `out[r · n + b] = rows[r] · x[b]` for the `R` rows and one or two activation rows,
+        /// straight from the packed rows. Returns `R`.
         #[inline]
         #[target_feature(enable = $features)]
-        fn tile<W: BlockRow, const R: usize>(
-            rows: [W; R],
+        fn direct<W: BlockRow, const R: usize>(
+            rows: &[W; R],
             x: &[f32],
             n: usize,
-            buffer: &mut [f32],
             out: &mut [f32],
-        ) {
-            let cols = rows[0].blocks() * 32;
+        ) -> usize {
             match n {
-                1 => _ = fused::<W, R, 1>(&rows, x, n, out),
-                2 => _ = fused::<W, R, 2>(&rows, x, n, out),
-                _ => {
-                    for (row, buffer) in rows.iter().zip(buffer.chunks_exact_mut(cols)) {
-                        for (b, chunk) in buffer.chunks_exact_mut(32).enumerate() {
-                            // SAFETY: the features are enabled here; `b` is below the blocks.
-                            $store(chunk, unsafe { row.block(b) });
-                        }
-                    }
-                    let dense: [DenseRow; R] =
-                        std::array::from_fn(|r| DenseRow(&buffer[r * cols..(r + 1) * cols]));
-                    let mut b = 0;
-                    while b < n {
-                        let (x, out) = (&x[b * cols..], &mut out[b..]);
-                        b += match (n - b).min(TILE_BATCH) {
-                            1 => fused::<DenseRow, R, 1>(&dense, x, n, out),
-                            2 => fused::<DenseRow, R, 2>(&dense, x, n, out),
-                            3 => fused::<DenseRow, R, 3>(&dense, x, n, out),
-                            _ => fused::<DenseRow, R, 4>(&dense, x, n, out),
-                        };
-                    }
-                }
+                1 => _ = fused::<W, R, 1>(rows, x, n, out),
+                _ => _ = fused::<W, R, 2>(rows, x, n, out),
             }
+            R
         }
     };
 }
@@ -235,8 +278,10 @@ macro_rules! sum_halves_128 {
 }
 
 /// AVX2 and FMA: blocks are dequantized eight lanes at a time with the same arithmetic as the
-/// generic kernel. Sixteen vector registers hold one row's 32-lane accumulators for two
-/// activation rows, so tiles are one row high.
+/// generic kernel. Straight from the packed rows, sixteen vector registers hold one row's
+/// 32-lane accumulators for two activation rows, so those tiles are one row high; buffered rows
+/// are multiplied one lane group (eight lanes) at a time, four weight rows by three activation
+/// rows.
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
@@ -261,7 +306,7 @@ mod tests {
         let packed = nibble_matrix(rows, cols);
         let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
         let kernels = available_kernels();
-        assert!(kernels.iter().any(|(name, _)| *name == "generic"));
+        assert!(kernels.iter().any(|kernel| kernel.name == "generic"));
         let bytes = byte_matrix(rows, cols, 0);
         let half_scaled = byte_matrix(rows, cols, 1);
         for matrix in [&packed, &dense, &bytes, &half_scaled] {
@@ -272,17 +317,19 @@ mod tests {
                 let x = activations(n, cols);
                 let want = reference(&weights, &x, rows, cols, n);
                 let mut vector_results: Vec<(&str, Vec<f32>)> = Vec::new();
-                for (name, products) in &kernels {
+                for kernel in &kernels {
+                    let name = kernel.name;
                     let mut got = vec![0f32; rows * n];
                     let mut buffer = vec![0f32; MAX_TILE_ROWS * cols];
-                    products(&matrix_rows, &x, n, &mut buffer, &mut got);
+                    let arranged = kernel.arrange(&x, n);
+                    (kernel.products)(&matrix_rows, arranged.as_slice(), n, &mut buffer, &mut got);
                     for (r, out) in got.chunks_exact(n).enumerate() {
                         for (b, g) in out.iter().enumerate() {
                             let w = want[b * rows + r];
                             assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{name} n={n}");
                         }
                     }
-                    if *name != "generic" {
+                    if name != "generic" {
                         vector_results.push((name, got));
                     }
                 }
