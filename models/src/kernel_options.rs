@@ -7,6 +7,8 @@
 //! kernel's fallback.
 //!
 //! A new switch is a field and its line in [`KernelOptions::from_vars`], nothing else.
+//! Switches are on by default, except the one that trades exactness for speed
+//! (`cpu_int8_activations`).
 
 use std::path::PathBuf;
 
@@ -20,6 +22,10 @@ pub struct KernelOptions {
     /// `DRPO_CPU_KERNEL` (`avx512`, `avx2` or `generic`): the packed matmul's kernel; when unset,
     /// or naming one this CPU cannot run, the fastest it can.
     pub cpu_matmul_kernel: Option<String>,
+    /// `DRPO_CPU_INT8` (off unless `1`): the packed matmuls round each block of 32 activations
+    /// to signed bytes and multiply them by the quantized weights in integers, as llama.cpp
+    /// does: faster, no longer exact (docs/qwen2.md).
+    pub cpu_int8_activations: bool,
     /// `DRPO_CUDA_FUSED` (on unless `0`): the decoder's own CUDA kernels; off, burn's operations
     /// run instead, whatever the other CUDA switches say.
     pub cuda_fused: bool,
@@ -122,6 +128,7 @@ impl KernelOptions {
         Self {
             cpu_fused: on("DRPO_CPU_FUSED"),
             cpu_matmul_kernel: var("DRPO_CPU_KERNEL"),
+            cpu_int8_activations: var("DRPO_CPU_INT8").is_some_and(|v| v == "1"),
             cuda_fused: on("DRPO_CUDA_FUSED"),
             cuda_attention: on("DRPO_CUDA_ATTENTION"),
             cuda_gated: on("DRPO_CUDA_GATED"),
@@ -164,6 +171,15 @@ mod tests {
             ("DRPO_CPU_FUSED", "no"),
         ]);
         assert!(!set.cuda_argmax && set.cuda_fused && set.cpu_fused);
+    }
+
+    #[test]
+    fn byte_activations_are_off_unless_set_to_one() {
+        assert!(!KernelOptions::default().cpu_int8_activations);
+        assert!(from_table(&[("DRPO_CPU_INT8", "1")]).cpu_int8_activations);
+        for value in ["0", "yes", ""] {
+            assert!(!from_table(&[("DRPO_CPU_INT8", value)]).cpu_int8_activations);
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod rows;
 mod storage;
 
 use crate::kernel_options::KernelOptions;
+use kernels::q8::ByteActivations;
 use kernels::{LineAligned, MAX_TILE_ROWS};
 use rows::Row;
 use storage::{Storage, same_kind};
@@ -240,7 +241,8 @@ impl PackedMatrix {
     }
 
     /// `x · Wᵀ`: `x` holds `n` rows of [`cols`](Self::cols) values; the result holds `n` rows of
-    /// [`rows`](Self::rows) values. `options.cpu_matmul_kernel` picks the kernel.
+    /// [`rows`](Self::rows) values. `options.cpu_matmul_kernel` picks the kernel;
+    /// `options.cpu_int8_activations` rounds the activations to bytes first (`kernels::q8`).
     ///
     /// # Panics
     /// If `x` does not hold `n` rows.
@@ -250,9 +252,24 @@ impl PackedMatrix {
             return Vec::new();
         }
         let kernel = kernels::chosen(options.cpu_matmul_kernel.as_deref());
-        let products = kernel.products;
-        let arranged = kernel.arrange(x, n);
+        let bytes = options
+            .cpu_int8_activations
+            .then(|| ByteActivations::quantize(x, n))
+            .flatten();
+        // The byte products read f32 activations (for f32 weight rows) as they are.
+        let arranged = match bytes {
+            Some(_) => LineAligned::copy_of(x),
+            None => kernel.arrange(x, n),
+        };
         let x = arranged.as_slice();
+        let multiply =
+            |rows: &[Row], start: usize, m: usize, buffer: &mut [f32], out: &mut [f32]| {
+                let x = &x[start * self.cols..(start + m) * self.cols];
+                match &bytes {
+                    Some(bytes) => (kernel.byte_products)(rows, x, bytes.rows(start, m), m, out),
+                    None => (kernel.products)(rows, x, m, buffer, out),
+                }
+            };
         let pass_rows = (ACTIVATION_PASS_BYTES / (4 * self.cols)).max(1);
         // Computed transposed, `[rows, n]`, so that each task owns a contiguous block.
         let mut transposed = vec![0f32; self.rows * n];
@@ -269,7 +286,7 @@ impl PackedMatrix {
                 rows.clear();
                 rows.extend(self.rows_in(first..first + task_rows));
                 if n <= pass_rows {
-                    products(rows, x, n, buffer.as_mut_slice(), out);
+                    multiply(rows, 0, n, buffer.as_mut_slice(), out);
                     return;
                 }
                 // A row's products do not depend on the other rows of its pass (see the module
@@ -277,8 +294,7 @@ impl PackedMatrix {
                 for start in (0..n).step_by(pass_rows) {
                     let m = pass_rows.min(n - start);
                     pass_out.resize(task_rows * m, 0.0);
-                    let pass_x = &x[start * self.cols..(start + m) * self.cols];
-                    products(rows, pass_x, m, buffer.as_mut_slice(), pass_out);
+                    multiply(rows, start, m, buffer.as_mut_slice(), pass_out);
                     for (out, pass_out) in out.chunks_exact_mut(n).zip(pass_out.chunks_exact(m)) {
                         out[start..start + m].copy_from_slice(pass_out);
                     }
@@ -448,11 +464,33 @@ pub(crate) mod tests {
         let (rows, cols) = (40, 64);
         let packed = nibble_matrix(rows, cols);
         let x = activations(7, cols);
-        let options = KernelOptions::default();
-        let batch = packed.matmul(&x, 7, &options);
-        for b in 0..7 {
-            let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
-            assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        let byte_options = KernelOptions {
+            cpu_int8_activations: true,
+            ..KernelOptions::default()
+        };
+        for options in [KernelOptions::default(), byte_options] {
+            let batch = packed.matmul(&x, 7, &options);
+            for b in 0..7 {
+                let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
+                assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_activations_move_the_products_by_their_rounding_only() {
+        let (rows, cols) = (40, 64);
+        let packed = nibble_matrix(rows, cols);
+        let x = activations(7, cols);
+        let exact = packed.matmul(&x, 7, &KernelOptions::default());
+        let options = KernelOptions {
+            cpu_int8_activations: true,
+            ..KernelOptions::default()
+        };
+        let rounded = packed.matmul(&x, 7, &options);
+        assert_ne!(rounded, exact, "the option changes the kernel");
+        for (r, e) in rounded.iter().zip(&exact) {
+            assert!((r - e).abs() <= 0.02 * (1.0 + e.abs()), "{r} vs {e}");
         }
     }
 
@@ -463,15 +501,21 @@ pub(crate) mod tests {
         assert_eq!(ACTIVATION_PASS_BYTES / (4 * cols), 8);
         let packed = nibble_matrix(rows, cols);
         let x = activations(n, cols);
-        let options = KernelOptions::default();
-        let batch = packed.matmul(&x, n, &options);
         let want = reference(&packed.to_f32(), &x, rows, cols, n);
-        for b in 0..n {
-            let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
-            assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
-        }
-        for (g, w) in batch.iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+        let byte_options = KernelOptions {
+            cpu_int8_activations: true,
+            ..KernelOptions::default()
+        };
+        // How near the byte products come is `kernels::q8`'s test; here, only their bits.
+        for (options, exact) in [(KernelOptions::default(), true), (byte_options, false)] {
+            let batch = packed.matmul(&x, n, &options);
+            for b in 0..n {
+                let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
+                assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+            }
+            for (g, w) in batch.iter().zip(&want).filter(|_| exact) {
+                assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+            }
         }
     }
 

@@ -31,6 +31,13 @@ impl LineAligned {
         }
     }
 
+    /// A copy of `values`.
+    pub(super) fn copy_of(values: &[f32]) -> Self {
+        let mut copy = Self::zeros(values.len());
+        copy.as_mut_slice().copy_from_slice(values);
+        copy
+    }
+
     pub(super) fn as_slice(&self) -> &[f32] {
         // SAFETY: `lines` holds at least `len` initialized f32 values, contiguously.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
@@ -57,6 +64,8 @@ pub(super) struct Kernel {
     pub(super) name: &'static str,
     /// The products.
     pub(super) products: Products,
+    /// The products with the activations rounded to bytes ([`q8`]).
+    pub(super) byte_products: q8::ByteProducts,
     /// The lanes of the kernel's vectors: within each row of whole blocks, the activations are
     /// grouped by lane group (see [`Kernel::arrange`]) so that the kernel loads a lane group of
     /// consecutive blocks from consecutive addresses. 32 leaves rows as they are.
@@ -69,14 +78,13 @@ impl Kernel {
     /// for a lane group of `g`) comes before group `k + 1`, its blocks in order. A row stays
     /// contiguous, so any run of rows can be multiplied apart from the rest.
     pub(super) fn arrange(&self, x: &[f32], n: usize) -> LineAligned {
-        let mut arranged = LineAligned::zeros(x.len());
-        let out = arranged.as_mut_slice();
         let cols = x.len() / n;
         let g = self.lane_group;
         if g == LANES || !cols.is_multiple_of(LANES) {
-            out.copy_from_slice(x);
-            return arranged;
+            return LineAligned::copy_of(x);
         }
+        let mut arranged = LineAligned::zeros(x.len());
+        let out = arranged.as_mut_slice();
         let blocks = cols / LANES;
         for (row, out) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
             for (b, block) in row.chunks_exact(LANES).enumerate() {
@@ -92,19 +100,28 @@ impl Kernel {
 /// The kernels this CPU can run, fastest first.
 pub(super) fn available_kernels() -> Vec<Kernel> {
     let mut kernels = Vec::new();
+    let generic_bytes: q8::ByteProducts = q8::products::<Separate>;
     #[cfg(target_arch = "x86_64")]
     {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let vector_bytes: q8::ByteProducts = if avx2 {
+            q8::avx2::products
+        } else {
+            generic_bytes
+        };
         if std::is_x86_feature_detected!("avx512f") {
             kernels.push(Kernel {
                 name: "avx512",
                 products: avx512::products,
+                byte_products: vector_bytes,
                 lane_group: LANES,
             });
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if avx2 {
             kernels.push(Kernel {
                 name: "avx2",
                 products: avx2::products,
+                byte_products: vector_bytes,
                 lane_group: avx2::LANE_GROUP,
             });
         }
@@ -112,6 +129,7 @@ pub(super) fn available_kernels() -> Vec<Kernel> {
     kernels.push(Kernel {
         name: "generic",
         products: generic::products::<Separate>,
+        byte_products: generic_bytes,
         lane_group: LANES,
     });
     kernels
@@ -124,6 +142,15 @@ pub(super) fn chosen(name: Option<&str>) -> Kernel {
     name.and_then(|name| kernels.iter().find(|kernel| kernel.name == name))
         .copied()
         .unwrap_or(kernels[0])
+}
+
+/// The first `R` rows, if they are all `W`s (a tile of one storage kind).
+#[inline(always)]
+fn leading<'a, W: OfKind<'a>, const R: usize>(rows: &[Row<'a>]) -> Option<[W; R]> {
+    let kind: [Option<W>; R] = std::array::from_fn(|r| rows.get(r).and_then(W::of));
+    kind.iter()
+        .all(Option::is_some)
+        .then(|| kind.map(Option::unwrap))
 }
 
 /// The last steps of every kernel's reduction: lane `l` plus lane `l + len/2`, then plus
@@ -227,24 +254,15 @@ macro_rules! vector_products {
         ) -> usize {
             let first = || [W::of(&rows[0]).expect("the caller matched the first row's kind")];
             match n {
-                1 | 2 => match leading::<W, DIRECT_ROWS>(rows) {
+                1 | 2 => match super::leading::<W, DIRECT_ROWS>(rows) {
                     Some(tile) => direct(&tile, x, n, out),
                     None => direct(&first(), x, n, out),
                 },
-                _ => match leading::<W, BUFFERED_ROWS>(rows) {
+                _ => match super::leading::<W, BUFFERED_ROWS>(rows) {
                     Some(tile) => buffered(&tile, x, n, buffer, out),
                     None => buffered(&first(), x, n, buffer, out),
                 },
             }
-        }
-
-        /// The first `R` rows, if they are all `W`s.
-        #[inline(always)]
-        fn leading<'a, W: super::OfKind<'a>, const R: usize>(rows: &[Row<'a>]) -> Option<[W; R]> {
-            let kind: [Option<W>; R] = std::array::from_fn(|r| rows.get(r).and_then(W::of));
-            kind.iter()
-                .all(Option::is_some)
-                .then(|| kind.map(Option::unwrap))
         }
 
         /// `out[r · n + b] = rows[r] · x[b]` for the `R` rows and one or two activation rows,
@@ -291,6 +309,9 @@ mod avx2;
 /// registers (measured faster than four rows by two).
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+
+/// Products with the activations rounded to bytes.
+pub(super) mod q8;
 
 #[cfg(test)]
 mod tests {

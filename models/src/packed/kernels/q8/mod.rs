@@ -1,0 +1,249 @@
+//! Byte activations (`DRPO_CPU_INT8`): each block of 32 activations rounded to signed bytes
+//! with one scale, as llama.cpp's Q8_0 does, so that a quantized weight block meets its
+//! activations in integer multiply-adds and is never widened to f32. It trades exactness for
+//! speed: the products are those of the rounded activations (docs/qwen2.md says how far the
+//! logits move), so it is off unless asked for.
+//!
+//! A weight block `b` of scale `d`, minimum `m` and quants `q` times an activation block of
+//! scale `e` and bytes `a` is `d·e · Σ q·a + m · e·Σ a`. The integer sums are exact; every
+//! kernel adds the rest in the same order, so every kernel gives the same bits:
+//!
+//! - the products of lanes `4l .. 4l + 4` of a block are lane `l`'s integer (eight lanes, the
+//!   width of AVX2's `vpmaddubsw` + `vpmaddwd`), then `acc[l] = fma(integer, d·e, acc[l])` over
+//!   the blocks, then a tree sum of the eight lanes ([`super::tree_sum`]);
+//! - the minimums' term (nibble rows only) in eight lanes by block (`b mod 8`), fused
+//!   multiply-adds of `m` and `e·Σ a`, then a tree sum; added last.
+//!
+//! f32 rows (rare: no GGUF block type makes them) take the f32 activations as before.
+
+use super::{MulAdd, Row, generic, tree_sum};
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2;
+
+/// Lanes of the integer sums of a block.
+const LANES: usize = 8;
+
+/// Activation rows rounded to bytes, block by block.
+pub(in crate::packed) struct ByteActivations {
+    cols: usize,
+    quants: Vec<i8>,
+    /// Per block: `e`, the scale of its bytes.
+    scales: Vec<f32>,
+    /// Per block: `e · Σ a`, what a weight block's minimum is multiplied by.
+    sums: Vec<f32>,
+}
+
+impl ByteActivations {
+    /// The `n` rows of `x` rounded: per block `e = max |x| / 127` and `a = round(x / e)`.
+    /// `None` unless the rows are whole blocks of 32.
+    pub(in crate::packed) fn quantize(x: &[f32], n: usize) -> Option<Self> {
+        let cols = x.len() / n;
+        if !cols.is_multiple_of(32) {
+            return None;
+        }
+        let blocks = x.len() / 32;
+        let mut quants = vec![0i8; x.len()];
+        let (mut scales, mut sums) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        for (block, quants) in x.chunks_exact(32).zip(quants.chunks_exact_mut(32)) {
+            let max = block.iter().fold(0f32, |max, v| max.max(v.abs()));
+            let scale = max / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in quants.iter_mut().zip(block) {
+                // Within ±127 by construction; the clamp keeps a non-finite input in range.
+                *q = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*q);
+            }
+            scales.push(scale);
+            sums.push(scale * sum as f32);
+        }
+        Some(Self {
+            cols,
+            quants,
+            scales,
+            sums,
+        })
+    }
+
+    /// Rows `start .. start + m`.
+    pub(in crate::packed) fn rows(&self, start: usize, m: usize) -> ByteRows<'_> {
+        let (blocks, first) = (self.cols / 32, start * self.cols / 32);
+        ByteRows {
+            cols: self.cols,
+            quants: &self.quants[start * self.cols..(start + m) * self.cols],
+            scales: &self.scales[first..first + m * blocks],
+            sums: &self.sums[first..first + m * blocks],
+        }
+    }
+}
+
+/// A run of rows of [`ByteActivations`].
+#[derive(Clone, Copy)]
+pub(in crate::packed) struct ByteRows<'a> {
+    cols: usize,
+    quants: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [f32],
+}
+
+impl<'a> ByteRows<'a> {
+    /// Row `t`.
+    fn row(&self, t: usize) -> ByteRows<'a> {
+        let blocks = self.cols / 32;
+        ByteRows {
+            cols: self.cols,
+            quants: &self.quants[t * self.cols..][..self.cols],
+            scales: &self.scales[t * blocks..][..blocks],
+            sums: &self.sums[t * blocks..][..blocks],
+        }
+    }
+}
+
+/// `(rows, x, activations, n, out)`: `out[r · n + b] = rows[r] · x[b]` with the activations
+/// rounded to bytes (`activations`, the same `n` rows); f32 weight rows take `x` as it is.
+pub(in crate::packed) type ByteProducts = fn(&[Row], &[f32], ByteRows, usize, &mut [f32]);
+
+/// One weight row and one activation row at a time, in the lanes and order of the module
+/// documentation.
+pub(super) fn products<F: MulAdd>(
+    rows: &[Row],
+    x: &[f32],
+    activations: ByteRows,
+    n: usize,
+    out: &mut [f32],
+) {
+    for (row, out) in rows.iter().zip(out.chunks_exact_mut(n)) {
+        if let Row::Dense(row) = row {
+            generic::dots::<F>(row.0, x, out);
+            continue;
+        }
+        for (t, out) in out.iter_mut().enumerate() {
+            let a = activations.row(t);
+            *out = match row {
+                Row::Nibbles(row) => {
+                    let mut acc = [0f32; LANES];
+                    for b in 0..row.scales.len() {
+                        let q = &row.quants[16 * b..][..16];
+                        let bytes = &a.quants[32 * b..][..32];
+                        let weight = |j: usize| if j < 16 { q[j] & 0xF } else { q[j - 16] >> 4 };
+                        let scale = row.scales[b] * a.scales[b];
+                        for (l, acc) in acc.iter_mut().enumerate() {
+                            let sum: i32 = (4 * l..4 * l + 4)
+                                .map(|j| i32::from(weight(j)) * i32::from(bytes[j]))
+                                .sum();
+                            *acc = F::mul_add(sum as f32, scale, *acc);
+                        }
+                    }
+                    tree_sum(&mut acc) + minimums::<F>(row.mins, a.sums)
+                }
+                Row::Bytes(row) => {
+                    let mut acc = [0f32; LANES];
+                    for b in 0..row.blocks() {
+                        let q = &row.quants[32 * b..][..32];
+                        let bytes = &a.quants[32 * b..][..32];
+                        for (l, acc) in acc.iter_mut().enumerate() {
+                            let sum: i32 = (4 * l..4 * l + 4)
+                                .map(|j| i32::from(q[j]) * i32::from(bytes[j]))
+                                .sum();
+                            let scale = row.scale(b, 4 * l) * a.scales[b];
+                            *acc = F::mul_add(sum as f32, scale, *acc);
+                        }
+                    }
+                    tree_sum(&mut acc)
+                }
+                Row::Dense(_) => unreachable!("f32 rows were multiplied above"),
+            };
+        }
+    }
+}
+
+/// `Σ_b mins[b] · sums[b]`, in eight lanes by block, then a tree sum.
+#[inline(always)]
+fn minimums<F: MulAdd>(mins: &[f32], sums: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for (b, (&m, &s)) in mins.iter().zip(sums).enumerate() {
+        lanes[b % LANES] = F::mul_add(m, s, lanes[b % LANES]);
+    }
+    tree_sum(&mut lanes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Fused, available_kernels};
+    use super::*;
+    use crate::packed::PackedMatrix;
+    use crate::packed::tests::{activations, byte_matrix, nibble_matrix, reference};
+
+    #[test]
+    fn rounding_keeps_each_block_within_half_a_step() {
+        let x = activations(3, 96);
+        let bytes = ByteActivations::quantize(&x, 3).expect("whole blocks");
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let scale = bytes.scales[b];
+            let quants = &bytes.quants[32 * b..][..32];
+            assert!(
+                quants.iter().any(|q| q.abs() == 127),
+                "block {b} uses the full range"
+            );
+            for (v, &q) in block.iter().zip(quants) {
+                assert!((v - scale * f32::from(q)).abs() <= scale / 2.0 * 1.0001);
+            }
+            let sum: i32 = quants.iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(bytes.sums[b], scale * sum as f32);
+        }
+        assert!(
+            ByteActivations::quantize(&[0.5; 48], 1).is_none(),
+            "48 is no whole block"
+        );
+        let zeros = ByteActivations::quantize(&[0.0; 32], 1).expect("one block");
+        assert!(zeros.quants.iter().all(|&q| q == 0) && zeros.scales == [0.0]);
+    }
+
+    #[test]
+    fn every_kernel_gives_the_bits_of_the_portable_products_near_the_exact_ones() {
+        // Five rows: a tile of four and a lone row; up to seven activation rows: every tile
+        // of activation rows and its remainders.
+        let (rows, cols) = (5, 96);
+        let packed = nibble_matrix(rows, cols);
+        let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
+        let bytes = byte_matrix(rows, cols, 0);
+        let half_scaled = byte_matrix(rows, cols, 1);
+        for matrix in [&packed, &dense, &bytes, &half_scaled] {
+            let weights = matrix.to_f32();
+            let (storage, _) = matrix.locate(0);
+            let matrix_rows: Vec<Row> = (0..rows).map(|r| storage.row(r, cols)).collect();
+            for n in 1..=7 {
+                let x = activations(n, cols);
+                let rounded = ByteActivations::quantize(&x, n).expect("whole blocks");
+                let mut portable = vec![0f32; rows * n];
+                products::<Fused>(&matrix_rows, &x, rounded.rows(0, n), n, &mut portable);
+                // The rounding moves each activation by at most half its block's step.
+                let want = reference(&weights, &x, rows, cols, n);
+                for (r, out) in portable.chunks_exact(n).enumerate() {
+                    for (t, &got) in out.iter().enumerate() {
+                        let bound: f32 = (0..cols)
+                            .map(|c| weights[r * cols + c].abs() * rounded.scales[t * 3 + c / 32])
+                            .sum::<f32>()
+                            / 2.0;
+                        let want = want[t * rows + r];
+                        assert!((got - want).abs() <= bound * 1.01 + 1e-4, "n={n} r={r}");
+                    }
+                }
+                for kernel in available_kernels() {
+                    let mut got = vec![0f32; rows * n];
+                    (kernel.byte_products)(&matrix_rows, &x, rounded.rows(0, n), n, &mut got);
+                    let name = kernel.name;
+                    if name == "generic" {
+                        // Two roundings where the others fuse: close, not the same bits.
+                        for (g, p) in got.iter().zip(&portable) {
+                            assert!((g - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name} n={n}");
+                        }
+                    } else {
+                        assert_eq!(got, portable, "{name} n={n}");
+                    }
+                }
+            }
+        }
+    }
+}
