@@ -319,21 +319,32 @@ mod tests {
     use crate::packed::PackedMatrix;
     use crate::packed::tests::{activations, byte_matrix, nibble_matrix, reference};
 
+    /// A matrix of each storage kind: nibbles, f32, bytes, bytes with a scale for each half.
+    pub(super) fn every_storage(rows: usize, cols: usize) -> [PackedMatrix; 4] {
+        let packed = nibble_matrix(rows, cols);
+        let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
+        let (bytes, half_scaled) = (byte_matrix(rows, cols, 0), byte_matrix(rows, cols, 1));
+        [packed, dense, bytes, half_scaled]
+    }
+
+    /// The rows of a matrix of one storage kind, as the kernels take them.
+    pub(super) fn rows_of(matrix: &PackedMatrix) -> Vec<Row<'_>> {
+        let (storage, _) = matrix.locate(0);
+        (0..matrix.rows())
+            .map(|r| storage.row(r, matrix.cols()))
+            .collect()
+    }
+
     #[test]
     fn every_kernel_of_this_cpu_computes_the_product_and_the_vector_ones_agree_bitwise() {
         // Five rows: a whole tile and a lone row for every kernel; up to nine activation rows:
         // the packed path, whole buffered passes and every remainder.
         let (rows, cols) = (5, 96);
-        let packed = nibble_matrix(rows, cols);
-        let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
         let kernels = available_kernels();
         assert!(kernels.iter().any(|kernel| kernel.name == "generic"));
-        let bytes = byte_matrix(rows, cols, 0);
-        let half_scaled = byte_matrix(rows, cols, 1);
-        for matrix in [&packed, &dense, &bytes, &half_scaled] {
+        for matrix in &every_storage(rows, cols) {
             let weights = matrix.to_f32();
-            let (storage, _) = matrix.locate(0);
-            let matrix_rows: Vec<Row> = (0..rows).map(|r| storage.row(r, cols)).collect();
+            let matrix_rows = rows_of(matrix);
             for n in 1..=9 {
                 let x = activations(n, cols);
                 let want = reference(&weights, &x, rows, cols, n);

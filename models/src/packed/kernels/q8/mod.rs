@@ -170,10 +170,10 @@ fn minimums<F: MulAdd>(mins: &[f32], sums: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{every_storage, rows_of};
     use super::super::{Fused, available_kernels};
     use super::*;
-    use crate::packed::PackedMatrix;
-    use crate::packed::tests::{activations, byte_matrix, nibble_matrix, reference};
+    use crate::packed::tests::{activations, reference};
 
     #[test]
     fn rounding_keeps_each_block_within_half_a_step() {
@@ -205,14 +205,9 @@ mod tests {
         // Five rows: a tile of four and a lone row; up to seven activation rows: every tile
         // of activation rows and its remainders.
         let (rows, cols) = (5, 96);
-        let packed = nibble_matrix(rows, cols);
-        let dense = PackedMatrix::from_f32(packed.to_f32(), rows, cols);
-        let bytes = byte_matrix(rows, cols, 0);
-        let half_scaled = byte_matrix(rows, cols, 1);
-        for matrix in [&packed, &dense, &bytes, &half_scaled] {
+        for matrix in &every_storage(rows, cols) {
             let weights = matrix.to_f32();
-            let (storage, _) = matrix.locate(0);
-            let matrix_rows: Vec<Row> = (0..rows).map(|r| storage.row(r, cols)).collect();
+            let matrix_rows = rows_of(matrix);
             for n in 1..=7 {
                 let x = activations(n, cols);
                 let rounded = ByteActivations::quantize(&x, n).expect("whole blocks");
