@@ -68,13 +68,13 @@ impl ByteActivations {
 
     /// Rows `start .. start + m`.
     pub(in crate::packed) fn rows(&self, start: usize, m: usize) -> ByteRows<'_> {
-        let (blocks, first) = (self.cols / 32, start * self.cols / 32);
-        ByteRows {
+        let all = ByteRows {
             cols: self.cols,
-            quants: &self.quants[start * self.cols..(start + m) * self.cols],
-            scales: &self.scales[first..first + m * blocks],
-            sums: &self.sums[first..first + m * blocks],
-        }
+            quants: &self.quants,
+            scales: &self.scales,
+            sums: &self.sums,
+        };
+        all.rows(start, m)
     }
 }
 
@@ -88,15 +88,20 @@ pub(in crate::packed) struct ByteRows<'a> {
 }
 
 impl<'a> ByteRows<'a> {
-    /// Row `t`.
-    fn row(&self, t: usize) -> ByteRows<'a> {
+    /// Rows `start .. start + m` of these.
+    fn rows(&self, start: usize, m: usize) -> ByteRows<'a> {
         let blocks = self.cols / 32;
         ByteRows {
             cols: self.cols,
-            quants: &self.quants[t * self.cols..][..self.cols],
-            scales: &self.scales[t * blocks..][..blocks],
-            sums: &self.sums[t * blocks..][..blocks],
+            quants: &self.quants[start * self.cols..][..m * self.cols],
+            scales: &self.scales[start * blocks..][..m * blocks],
+            sums: &self.sums[start * blocks..][..m * blocks],
         }
+    }
+
+    /// Row `t`.
+    fn row(&self, t: usize) -> ByteRows<'a> {
+        self.rows(t, 1)
     }
 }
 
