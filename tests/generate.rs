@@ -5,9 +5,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use drpo_tests::server::{Reply, Server, default_reply};
+use drpo_tests::server::{Server, topic_server, write_topic_examples};
 use drpo_tests::{assert_replays, generate_in, host, output, plugin, text};
 use serde_json::{Value, json};
 
@@ -15,69 +14,6 @@ use serde_json::{Value, json};
 /// `work/<run>`.
 fn generate(work: &Path, run: &str) -> Command {
     generate_in(&work.join("cache"), work.join(run))
-}
-
-/// Embeddings by topic, so the nearest examples are known: a text about cats points along the
-/// first axis, dogs the second, fish the third; anything else is the fourth.
-fn topic_vector(text: &str) -> Vec<f64> {
-    let text = text.to_lowercase();
-    let mut vector = vec![0.0; 4];
-    for (axis, word) in ["cat", "dog", "fish"].iter().enumerate() {
-        if text.contains(word) {
-            vector[axis] = 1.0;
-        }
-    }
-    if vector.iter().all(|&x| x == 0.0) {
-        vector[3] = 1.0;
-    }
-    vector
-}
-
-fn topic_server() -> Server {
-    Server::with_script(|path, request| {
-        let body = if path.ends_with("/embeddings") {
-            let data: Vec<Value> = request["input"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .enumerate()
-                .map(|(i, t)| json!({"index": i, "embedding": topic_vector(t.as_str().unwrap())}))
-                .collect();
-            json!({"data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
-        } else {
-            default_reply(path, request)
-        };
-        Reply {
-            status: 200,
-            body: body.to_string(),
-            delay: Duration::ZERO,
-            retry_after: None,
-        }
-    })
-}
-
-/// Examples in the published `{query: answer}` shape, dogs first so that "first k" and
-/// "nearest k" differ.
-fn write_examples(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("examples.json");
-    let examples = json!({
-        "How do I train a dog to sit?": "<START>\nUse treats.\n<END>",
-        "Why does my dog bark?": "Boredom, usually.",
-        "What do cats eat?": "Meat: cats are carnivores.",
-        "How long do cats sleep?": "About 15 hours a day.",
-        "Can fish feel pain?": "The evidence says they can.",
-    });
-    std::fs::write(&path, serde_json::to_string_pretty(&examples).unwrap()).unwrap();
-    path
-}
-
-fn chat_requests(server: &Server) -> Vec<Value> {
-    server
-        .requests()
-        .into_iter()
-        .filter(|(path, _)| path.ends_with("/chat/completions"))
-        .map(|(_, body)| body)
-        .collect()
 }
 
 #[test]
@@ -90,7 +26,7 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
         json!({"best_prompt": "You are the optimized assistant.", "best_score": 4.5}).to_string(),
     )
     .unwrap();
-    let examples = write_examples(work.path());
+    let examples = write_topic_examples(work.path());
     let server = topic_server();
     let out = output(
         generate(work.path(), "generation")
@@ -116,7 +52,7 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
     assert_eq!(embeds[0]["model"], "embedder");
     assert_eq!(embeds[0]["input"].as_array().unwrap().len(), 6);
 
-    let chats = chat_requests(&server);
+    let chats = server.chat_requests();
     assert_eq!(chats.len(), 1);
     let messages = chats[0]["messages"].as_array().unwrap();
     assert_eq!(
@@ -170,7 +106,7 @@ fn answers_with_the_best_prompt_of_a_run_and_the_nearest_examples() {
 #[test]
 fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
     let work = tempfile::tempdir().unwrap();
-    let examples = write_examples(work.path());
+    let examples = write_topic_examples(work.path());
     let prompt = work.path().join("prompt.txt");
     std::fs::write(&prompt, "Answer well.").unwrap();
     let input = work.path().join("queries.jsonl");
@@ -255,7 +191,7 @@ fn jsonl_in_and_out_with_the_baselines_and_no_embedder() {
                 .args(["--", "--no-preflight"]),
         );
         assert!(out.status.success(), "{}", text(&out));
-        let chats = chat_requests(&server);
+        let chats = server.chat_requests();
         assert_eq!(
             chats[0]["messages"][0]["content"],
             "You are a helpful assistant."
@@ -330,7 +266,7 @@ fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
         model.display()
     );
     let work = tempfile::tempdir().unwrap();
-    let examples = write_examples(work.path());
+    let examples = write_topic_examples(work.path());
     let server = topic_server();
     let out = output(
         generate(work.path(), "generation")
@@ -351,7 +287,7 @@ fn the_local_sentence_encoder_retrieves_the_examples_on_the_query_topic() {
             .all(|(p, _)| !p.ends_with("/embeddings")),
         "embedded in process"
     );
-    let chats = chat_requests(&server);
+    let chats = server.chat_requests();
     let system = chats[0]["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("#Query:\nCan fish feel pain?"), "{system}");
 }

@@ -91,6 +91,10 @@ pub enum Command {
     /// Answer queries with an optimized prompt and retrieved in-context examples (the published
     /// inference format), or under a system prompt of your choice.
     Generate(Box<GenerateArgs>),
+    /// Serve the aligned model: an OpenAI-compatible endpoint (`/v1/chat/completions`, streaming
+    /// too, `/v1/models`, `/health`) that answers each request under the optimized prompt with
+    /// the in-context examples nearest its last user message, as `generate` answers a query.
+    Serve(Box<ServeArgs>),
     /// Judge a JSONL of answers on helpfulness, clarity, factuality, depth and engagement (safety
     /// for harmful queries) with eval.wasm; compare two answer files side by side.
     Eval(Box<EvalArgs>),
@@ -207,8 +211,10 @@ pub struct LogArgs {
     pub grep: Option<String>,
 }
 
+/// What the aligned model is and what it answers under: the model, the system prompt and the
+/// in-context examples. `generate` and `serve` share these flags.
 #[derive(Debug, clap::Args)]
-pub struct GenerateArgs {
+pub struct AlignedFlags {
     /// `local:PATH` (a GGUF file or a Hugging Face directory) or an OpenAI-compatible model
     /// name; default: the built-in SmolLM2 model.
     #[arg(long)]
@@ -252,6 +258,12 @@ pub struct GenerateArgs {
     /// published format for a model without a chat template.
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub aligned: AlignedFlags,
     /// Most tokens per answer.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
@@ -285,6 +297,63 @@ pub struct GenerateArgs {
     /// Flags of `run` (budgets, endpoints, --no-cache, --quiet, ...), after `--`.
     #[arg(last = true)]
     pub run_flags: Vec<String>,
+}
+
+/// The flags of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub aligned: AlignedFlags,
+    /// The address to listen on, HOST:PORT (port 0: any free port; the address is printed).
+    /// Anything but a loopback address needs --api-key-env.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The environment variable holding the API key clients must send (`Authorization: Bearer
+    /// KEY`); needed to listen on an address other than loopback.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// What to do with a client's own system message: `append` it to the optimized prompt (before
+    /// the examples), let it `replace` the optimized prompt (the examples stay), or `reject` the
+    /// request.
+    #[arg(long, value_enum, default_value_t = ClientSystem::Append)]
+    pub client_system: ClientSystem,
+    /// The model name `/v1/models` lists and answers carry (requests may name any model).
+    #[arg(long, default_value = "drpo-aligned")]
+    pub served_model_name: String,
+    /// Most tokens a request may ask for (`max_tokens`); also what a request that asks for no
+    /// limit gets. A request asking for more is refused (400).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
+    /// Most requests answered at once: a local model decodes them together as one batch; an
+    /// upstream endpoint gets at most this many at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_concurrent: u32,
+    /// Most requests waiting beyond those being answered; more are refused (429) until some
+    /// finish.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: u32,
+    /// Largest request body accepted, in bytes; a larger one is refused (413).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Record every request and answer in DIR/run.log (the run log's format: `inspect` and `log`
+    /// read it). Created if missing; must not hold a run already.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// No line per request on stderr (it never shows prompts, answers or keys).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `serve --client-system`: what happens to a system message sent by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientSystem {
+    /// Appended to the optimized prompt, before the in-context examples.
+    Append,
+    /// In place of the optimized prompt; the in-context examples stay.
+    Replace,
+    /// The request is refused (400).
+    Reject,
 }
 
 #[derive(Debug, clap::Args)]

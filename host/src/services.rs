@@ -121,10 +121,7 @@ fn build_router(
                 default_model(role, flag)?
             }
         };
-        let provider: Arc<dyn Provider> = match name.strip_prefix("local:") {
-            Some(path) => built.local(path, flags)?,
-            None => built.http(&name, endpoints, Some(role), flags)?,
-        };
+        let provider = built.provider(&name, role, flags, endpoints)?;
         models.push(RoleModel {
             role: role.name().into(),
             model: name,
@@ -142,15 +139,8 @@ fn build_router(
     let embedding_model = flags.embedding_model_name.clone().or_else(default_embedder);
     let embedder = match &embedding_model {
         Some(name) => {
-            let embedder: Arc<dyn Embedder> = match name.strip_prefix("local:") {
-                Some(path) => Arc::new(LocalEmbedder::load(Path::new(path))?),
-                None => built.http(name, endpoints, None, flags)?,
-            };
-            models.push(RoleModel {
-                role: "embedding".into(),
-                model: name.clone(),
-                provider: embedder.identity(),
-            });
+            let (embedder, model) = built.embedder(name, flags, endpoints)?;
+            models.push(model);
             Some(embedder)
         }
         None => None,
@@ -165,6 +155,35 @@ fn build_router(
         Router::new(providers, embedder).with_base_form(base_form),
         models,
     ))
+}
+
+/// The router of one model answering every request as the base role (what `serve` answers
+/// with), with `embedding_model` for retrieval, and the models for a run log's header. The base
+/// prompts take the model's natural form, as under `--base-format auto`.
+pub fn one_model_router(
+    model: &str,
+    embedding_model: Option<&str>,
+    flags: &ModelFlags,
+    endpoints: &EndpointFlags,
+) -> anyhow::Result<(Router, Vec<RoleModel>)> {
+    let mut built = Providers::default();
+    let provider = built.provider(model, Role::Base, flags, endpoints)?;
+    let mut models = vec![RoleModel {
+        role: Role::Base.name().into(),
+        model: model.to_owned(),
+        provider: provider.identity(),
+    }];
+    let embedder = match embedding_model {
+        Some(name) => {
+            let (embedder, model) = built.embedder(name, flags, endpoints)?;
+            models.push(model);
+            Some(embedder)
+        }
+        None => None,
+    };
+    let form = BaseFormat::Auto.resolve(provider.natural_form());
+    let router = Router::new(PerRole::from_fn(|_| provider.clone()), embedder).with_base_form(form);
+    Ok((router, models))
 }
 
 /// The model serving `role`: the one named, else the built-in default when it is present.
@@ -245,6 +264,41 @@ struct Providers {
 }
 
 impl Providers {
+    /// The model `name` for `role`: `local:PATH` in process, else on its OpenAI-compatible
+    /// server.
+    fn provider(
+        &mut self,
+        name: &str,
+        role: Role,
+        flags: &ModelFlags,
+        endpoints: &EndpointFlags,
+    ) -> anyhow::Result<Arc<dyn Provider>> {
+        Ok(match name.strip_prefix("local:") {
+            Some(path) => self.local(path, flags)?,
+            None => self.http(name, endpoints, Some(role), flags)?,
+        })
+    }
+
+    /// The embedding model `name` (`local:DIR` in process, else on its server), and its line
+    /// of a run log's header.
+    fn embedder(
+        &mut self,
+        name: &str,
+        flags: &ModelFlags,
+        endpoints: &EndpointFlags,
+    ) -> anyhow::Result<(Arc<dyn Embedder>, RoleModel)> {
+        let embedder: Arc<dyn Embedder> = match name.strip_prefix("local:") {
+            Some(path) => Arc::new(LocalEmbedder::load(Path::new(path))?),
+            None => self.http(name, endpoints, None, flags)?,
+        };
+        let model = RoleModel {
+            role: "embedding".into(),
+            model: name.to_owned(),
+            provider: embedder.identity(),
+        };
+        Ok((embedder, model))
+    }
+
     /// The local model in the file or directory `path`.
     fn local(&mut self, path: &str, flags: &ModelFlags) -> anyhow::Result<Arc<LocalProvider>> {
         if let Some(provider) = self.local.get(path) {

@@ -223,9 +223,18 @@ impl std::fmt::Debug for LocalModel {
     }
 }
 
+/// Told the text of each choice as it grows, after every token: `(request, choice, text so
+/// far)`, the request's index in the batch. The text is the answer decoded so far (cut at a stop
+/// string once one appears; a token that ends in the middle of a character ends in U+FFFD
+/// until the rest comes).
+pub type TextObserver<'a> = dyn Fn(usize, u32, &str) + Sync + 'a;
+
 /// A row of the batch: one choice of one request.
-struct Row {
+struct Row<'o> {
     request: usize,
+    choice: u32,
+    /// Told the row's text after each token, when the caller watches.
+    observer: Option<&'o TextObserver<'o>>,
     prompt: Vec<u32>,
     generated: Vec<u32>,
     rng: SplitMix64,
@@ -396,6 +405,15 @@ impl LocalModel {
         &self,
         batch: &[GenerationRequest],
     ) -> Result<Vec<GenerationOutput>, ModelError> {
+        self.generate_observed(batch, None)
+    }
+
+    /// [`Self::generate`], telling `observer` each choice's text as it grows (for streaming).
+    pub fn generate_observed(
+        &self,
+        batch: &[GenerationRequest],
+        observer: Option<&TextObserver<'_>>,
+    ) -> Result<Vec<GenerationOutput>, ModelError> {
         let mut rows = Vec::new();
         let mut prompt_lens = Vec::with_capacity(batch.len());
         for (r, req) in batch.iter().enumerate() {
@@ -416,6 +434,8 @@ impl LocalModel {
             for i in 0..req.n {
                 rows.push(Row {
                     request: r,
+                    choice: i,
+                    observer,
                     prompt: prompt.clone(),
                     generated: Vec::new(),
                     rng: SplitMix64(req.seed.wrapping_add(u64::from(i))),
@@ -519,13 +539,17 @@ impl LocalModel {
         {
             row.done = true;
         }
-        if !req.stop.is_empty() {
-            let text = self
+        if !req.stop.is_empty() || row.observer.is_some() {
+            let mut text = self
                 .tokenizer
                 .decode(self.strip_eos(&row.generated), true)?;
             if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                row.cut = Some(text[..at].to_string());
+                text.truncate(at);
+                row.cut = Some(text.clone());
                 row.done = true;
+            }
+            if let Some(observer) = row.observer {
+                observer(row.request, row.choice, &text);
             }
         }
         Ok(token as i32)
@@ -929,6 +953,71 @@ mod tests {
         assert_eq!(chunked, together);
         assert_eq!(together[1].choices.len(), 3);
         assert_eq!(together[3].completion_tokens, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A watched batch gives the answers of an unwatched one, and each choice's text grows by
+    /// one token at a time to its answer: greedy and sampled rows, several choices, a stop
+    /// string.
+    #[test]
+    fn a_watched_batch_tells_each_choices_text_as_it_grows() {
+        let (model, dir) = random_model("watched", "tiny-llama", 3);
+        let requests = [
+            ask("hello world", 6),
+            GenerationRequest {
+                temperature: 0.9,
+                n: 2,
+                seed: 4,
+                ..ask("hello", 5)
+            },
+        ];
+        let unwatched = model.generate(&requests).unwrap();
+        let seen =
+            std::sync::Mutex::new(std::collections::BTreeMap::<(usize, u32), Vec<String>>::new());
+        let observer = |request: usize, choice: u32, text: &str| {
+            seen.lock()
+                .unwrap()
+                .entry((request, choice))
+                .or_default()
+                .push(text.to_owned());
+        };
+        let watched = model.generate_observed(&requests, Some(&observer)).unwrap();
+        assert_eq!(watched, unwatched);
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            [(0, 0), (1, 0), (1, 1)]
+        );
+        for ((request, choice), texts) in &seen {
+            assert_eq!(
+                texts.last().unwrap(),
+                &watched[*request].choices[*choice as usize]
+            );
+        }
+        // One text per token generated.
+        assert_eq!(seen[&(0, 0)].len(), watched[0].completion_tokens as usize);
+        assert_eq!(
+            seen[&(1, 0)].len() + seen[&(1, 1)].len(),
+            watched[1].completion_tokens as usize
+        );
+
+        // A stop string: the text told is cut where the answer is.
+        let first = &unwatched[0].choices[0];
+        let Some(stop) = first.chars().nth(2).map(String::from) else {
+            return;
+        };
+        let stopped = GenerationRequest {
+            stop: vec![stop],
+            ..ask("hello world", 6)
+        };
+        let last = std::sync::Mutex::new(String::new());
+        let answer = model
+            .generate_observed(
+                &[stopped],
+                Some(&|_, _, text: &str| *last.lock().unwrap() = text.to_owned()),
+            )
+            .unwrap();
+        assert_eq!(*last.lock().unwrap(), answer[0].choices[0]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -44,5 +44,5 @@ pub use chat::ChatMessage;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use error::ModelError;
-pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput};
+pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput, TextObserver};
 pub use kernel_options::KernelOptions;

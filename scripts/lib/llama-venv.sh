@@ -5,9 +5,7 @@
 # `venv`. LLAMA_CMAKE_ARGS overrides the build's CMake flags (default -DGGML_NATIVE=OFF: AVX2 and
 # FMA but nothing tuned to this CPU, so the venv moves between x86-64 machines).
 source "$(dirname "${BASH_SOURCE[0]}")/retry.sh"
-
-llama_version="0.3.36"
-openai_version="3.63.0"
+source "$(dirname "${BASH_SOURCE[0]}")/python-pins.sh"
 
 llama_venv() {
     venv="${LLAMA_VENV:-$PWD/.cache/llama-server-venv}"

@@ -108,6 +108,15 @@ impl Server {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// The JSON bodies of the chat-completion requests received so far.
+    pub fn chat_requests(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|(path, _)| path.ends_with("/chat/completions"))
+            .map(|(_, body)| body)
+            .collect()
+    }
+
     /// The requests being answered now (their replies not yet sent).
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::SeqCst)
@@ -365,4 +374,60 @@ pub fn digest(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// Embeddings by topic, so the nearest examples are known: a text about cats points along the
+/// first axis, dogs the second, fish the third; anything else is the fourth.
+pub fn topic_vector(text: &str) -> Vec<f64> {
+    let text = text.to_lowercase();
+    let mut vector = vec![0.0; 4];
+    for (axis, word) in ["cat", "dog", "fish"].iter().enumerate() {
+        if text.contains(word) {
+            vector[axis] = 1.0;
+        }
+    }
+    if vector.iter().all(|&x| x == 0.0) {
+        vector[3] = 1.0;
+    }
+    vector
+}
+
+/// A server whose embeddings are [`topic_vector`]s; it answers everything else with
+/// [`default_reply`].
+pub fn topic_server() -> Server {
+    Server::with_script(|path, request| {
+        let body = if path.ends_with("/embeddings") {
+            let data: Vec<Value> = request["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"index": i, "embedding": topic_vector(t.as_str().unwrap())}))
+                .collect();
+            json!({"data": data, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        } else {
+            default_reply(path, request)
+        };
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    })
+}
+
+/// Examples in the published `{query: answer}` shape, dogs first so that "first k" and
+/// "nearest k" differ.
+pub fn write_topic_examples(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("examples.json");
+    let examples = json!({
+        "How do I train a dog to sit?": "<START>\nUse treats.\n<END>",
+        "Why does my dog bark?": "Boredom, usually.",
+        "What do cats eat?": "Meat: cats are carnivores.",
+        "How long do cats sleep?": "About 15 hours a day.",
+        "Can fish feel pain?": "The evidence says they can.",
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&examples).unwrap()).unwrap();
+    path
 }

@@ -99,6 +99,37 @@ pub fn inference_prompt_parts(
     (system, query_part(query))
 }
 
+/// The base model's request for `query` in the published inference format (§1.9): the two
+/// parts of [`inference_prompt_parts`] as a system and a user message, or, for a model prompted
+/// `raw`, joined by a blank line as one text. The published [`STOP`] strings come first in the
+/// request's stop strings, before any of `sampling`'s own.
+pub fn inference_request(
+    system_prompt: &str,
+    examples: &[&Example],
+    query: &str,
+    raw: bool,
+    mut sampling: Sampling,
+) -> Request {
+    let (system, user) = inference_prompt_parts(system_prompt, examples, query);
+    let prompt = if raw {
+        Prompt::Raw(format!("{system}\n\n{user}"))
+    } else {
+        Prompt::Chat(vec![
+            Message::new("system", system),
+            Message::new("user", user),
+        ])
+    };
+    let mut stop: Vec<String> = STOP.iter().map(|s| s.to_string()).collect();
+    stop.append(&mut sampling.stop);
+    sampling.stop = stop;
+    Request {
+        role: Role::Base,
+        prompt,
+        sampling,
+        json_schema: None,
+    }
+}
+
 /// The two halves of the training prompt: (instruction part, query part).
 pub fn base_prompt_parts(
     system_prompt: &str,

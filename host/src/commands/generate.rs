@@ -13,12 +13,10 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use drpo::icl::BASELINE_PROMPT;
-
+use super::aligned;
 use super::made_run::{fresh_run_dir, outcome_details};
 use crate::bindings::types::Role;
 use crate::cli::{GenerateArgs, RunArgs};
-use crate::services;
 
 /// Where `generate` puts its run directory when given none: `runs/generate-N`.
 pub const DEFAULT_RUNS_DIR: &str = "runs";
@@ -26,13 +24,10 @@ pub const DEFAULT_RUNS_DIR: &str = "runs";
 /// Answers the queries as a recorded run of generate.wasm, then prints or writes the answers.
 pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let queries = read_queries(&args)?;
-    let system_prompt = system_prompt(&args)?;
-    let examples = examples(&args)?;
-    let model = match &args.model {
-        Some(model) => model.clone(),
-        None => services::default_model(Role::Base, "--model")?,
-    };
-    let embedder = embedding_model(&args, &examples);
+    let system_prompt = aligned::system_prompt(&args.aligned)?;
+    let examples = aligned::examples(&args.aligned)?;
+    let model = aligned::model(&args.aligned)?;
+    let embedder = aligned::embedding_model(&args.aligned, &examples);
     let (dir, chosen_here) = match &args.log_dir {
         Some(dir) => (dir.clone(), false),
         None => (
@@ -45,9 +40,9 @@ pub async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     options.insert("queries".into(), serde_json::to_value(&queries)?);
     options.insert("system_prompt".into(), Value::from(system_prompt));
     options.insert("examples".into(), serde_json::to_value(&examples)?);
-    options.insert("k".into(), Value::from(args.k));
+    options.insert("k".into(), Value::from(args.aligned.k));
     options.insert("retrieve".into(), Value::from(embedder.is_some()));
-    options.insert("raw".into(), Value::from(args.raw));
+    options.insert("raw".into(), Value::from(args.aligned.raw));
     options.insert("max_tokens".into(), Value::from(args.max_tokens));
     // Through their shortest decimal form, so the options say 0.7 rather than 0.699999988.
     for (name, value) in [("temperature", args.temperature), ("top_p", args.top_p)] {
@@ -85,11 +80,11 @@ fn run_args(
     ] {
         named.get_or_insert_with(|| model.to_owned());
     }
-    if let Some(api_base) = &args.api_base {
+    if let Some(api_base) = &args.aligned.api_base {
         models.api_base = Some(api_base.clone());
     }
     if models.device.is_none() {
-        models.device = args.device.clone();
+        models.device = args.aligned.device.clone();
     }
     if let Some(embedder) = embedder {
         models.embedding_model_name = Some(embedder.to_owned());
@@ -170,78 +165,4 @@ fn read_queries(args: &GenerateArgs) -> anyhow::Result<Vec<drpo::types::Query>> 
             })
             .collect()),
     }
-}
-
-/// The system prompt: `--system`, a prompt file, a run's best prompt, or the baseline.
-fn system_prompt(args: &GenerateArgs) -> anyhow::Result<String> {
-    if let Some(text) = &args.system {
-        return if Path::new(text).is_file() {
-            std::fs::read_to_string(text).with_context(|| format!("cannot read {text}"))
-        } else {
-            Ok(text.clone())
-        };
-    }
-    if let Some(path) = &args.prompt_file {
-        return std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the prompt file {}", path.display()));
-    }
-    if let Some(dir) = &args.run {
-        return best_prompt(dir);
-    }
-    if !args.no_optimized_prompt {
-        eprintln!(
-            "note: no --run, --prompt-file or --system: answering under the baseline prompt {BASELINE_PROMPT:?}"
-        );
-    }
-    Ok(BASELINE_PROMPT.to_string())
-}
-
-/// The best prompt a run found (`best_prompt` in its result.json).
-pub fn best_prompt(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("result.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {} (has the run finished?)", path.display()))?;
-    let result: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    match result.get("best_prompt").and_then(Value::as_str) {
-        Some(prompt) if !prompt.trim().is_empty() => Ok(prompt.to_string()),
-        _ => bail!("{} has no \"best_prompt\" string", path.display()),
-    }
-}
-
-fn examples(args: &GenerateArgs) -> anyhow::Result<Vec<drpo::types::Example>> {
-    if args.no_examples {
-        return Ok(Vec::new());
-    }
-    match &args.examples {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the examples {}", path.display()))?;
-            drpo::data::parse_examples(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        }
-        None => drpo::data::parse_examples(drpo::data::DEMO_EXAMPLES_JSON)
-            .map_err(|e| anyhow::anyhow!("the built-in demo examples: {e}")),
-    }
-}
-
-/// The embedding model that retrieves each query's examples: `--embedding-model`, else the
-/// default encoder when fetched; none when there are no examples, or no model (then every query
-/// gets the first k examples, said on stderr).
-fn embedding_model(args: &GenerateArgs, examples: &[drpo::types::Example]) -> Option<String> {
-    if examples.is_empty() {
-        return None;
-    }
-    let model = args
-        .embedding_model
-        .clone()
-        .or_else(services::default_embedder);
-    if model.is_none() {
-        eprintln!(
-            "note: no --embedding-model (and the default embedder is not fetched: \
-             scripts/fetch-minilm.sh): every query gets the first {} example(s) of the file",
-            examples.len().min(usize::from(args.k))
-        );
-    }
-    model
 }

@@ -6,15 +6,19 @@
 //! | [`recorded`] | what reads a run directory: `replay`, `resume`, `inspect`, `view`, `export` |
 //! | [`generate`] | `generate`: a recorded run of generate.wasm that answers queries |
 //! | [`eval`] | `eval`: a recorded run of eval.wasm that judges answer files |
+//! | [`aligned`] | what `generate` and `serve` answer with: the model, the prompt, the examples |
 //! | [`made_run`] | what `generate` and `eval` share: a `run` they make and read back |
+//! | [`serve`] | `serve`: the aligned model behind an OpenAI-compatible endpoint |
 //! | [`audit`] | what an auditor runs on run directories: `log`, `verify`, `diff`, `keygen` |
 
+pub mod aligned;
 pub mod audit;
 pub mod eval;
 pub mod generate;
 pub mod made_run;
 pub mod recorded;
 pub mod run;
+pub mod serve;
 
 use std::path::Path;
 
@@ -50,6 +54,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate(args) => generate::generate(*args).await,
         Command::Eval(args) => eval::eval(*args).await,
+        Command::Serve(args) => serve::serve(*args).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "drpo-host", &mut script);

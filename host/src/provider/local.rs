@@ -11,7 +11,7 @@ use drpo_models::{
 };
 use futures::future::BoxFuture;
 
-use super::{Answer, PromptForm, Provider};
+use super::{Answer, Evidence, Progress, PromptForm, Provider};
 use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
 
 /// A model loaded in this process.
@@ -78,11 +78,42 @@ impl Provider for LocalProvider {
     }
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
+        self.generate(batch, None)
+    }
+
+    /// Tells `progress` each choice's text after every token the model generates.
+    fn complete_observed(
+        &self,
+        batch: Vec<Request>,
+        progress: Progress,
+    ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
+        Box::pin(async move {
+            let answers = self.generate(batch, Some(progress)).await;
+            answers.into_iter().map(|answer| (answer, None)).collect()
+        })
+    }
+}
+
+impl LocalProvider {
+    /// Decodes the batch on a blocking thread, telling `progress` the texts if given.
+    fn generate(
+        &self,
+        batch: Vec<Request>,
+        progress: Option<Progress>,
+    ) -> BoxFuture<'_, Vec<Answer>> {
         let requests: Vec<GenerationRequest> = batch.iter().map(Self::convert).collect();
         let model = self.model.clone();
         let count = requests.len();
         Box::pin(async move {
-            let generated = tokio::task::spawn_blocking(move || model.generate(&requests)).await;
+            let generated = tokio::task::spawn_blocking(move || match &progress {
+                Some(progress) => {
+                    let observer =
+                        |request: usize, choice: u32, text: &str| progress(request, choice, text);
+                    model.generate_observed(&requests, Some(&observer))
+                }
+                None => model.generate(&requests),
+            })
+            .await;
             let failure = |message: String| {
                 (0..count)
                     .map(|_| Err(LlmError::Unavailable(message.clone())))

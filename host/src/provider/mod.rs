@@ -23,6 +23,11 @@ use crate::roles::PerRole;
 /// The answer to one request of a batch.
 pub type Answer = Result<Completion, LlmError>;
 
+/// Told the text of each choice of a batch as it grows, where a provider can tell it (a model in
+/// process): `(request, choice, text so far)`, the request's index in the batch. The text can
+/// end in the middle of a character (U+FFFD) or of a stop string; the answer is what counts.
+pub type Progress = Arc<dyn Fn(usize, u32, &str) + Send + Sync>;
+
 /// What a server said about an answer besides the answer, kept in the run log so that an
 /// auditor can hold the run to it: the reply's `id`, its `system_fingerprint` (the backend
 /// configuration that served it) and the `model` it says answered, which may not be the one
@@ -192,6 +197,18 @@ pub trait Provider: Send + Sync {
             answers.into_iter().map(|answer| (answer, None)).collect()
         })
     }
+
+    /// Answers a batch as [`Provider::complete_with_evidence`] does, telling `progress` the text
+    /// of each choice as it is generated. The default tells nothing before the answers: only a
+    /// model in process sees its tokens come.
+    fn complete_observed(
+        &self,
+        batch: Vec<Request>,
+        progress: Progress,
+    ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
+        let _ = progress;
+        self.complete_with_evidence(batch)
+    }
 }
 
 /// Embeds texts.
@@ -275,6 +292,24 @@ impl Router {
     /// serves several roles decodes them together), all providers concurrently, and the answers
     /// come back in the batch's order, each with its provider's [`Evidence`].
     pub async fn complete(&self, batch: Vec<Request>) -> Vec<(Answer, Option<Evidence>)> {
+        self.answer(batch, None).await
+    }
+
+    /// [`Router::complete`], telling `progress` the text of each choice as it grows where the
+    /// provider can (indices are the batch's).
+    pub async fn complete_observed(
+        &self,
+        batch: Vec<Request>,
+        progress: Progress,
+    ) -> Vec<(Answer, Option<Evidence>)> {
+        self.answer(batch, Some(progress)).await
+    }
+
+    async fn answer(
+        &self,
+        batch: Vec<Request>,
+        progress: Option<Progress>,
+    ) -> Vec<(Answer, Option<Evidence>)> {
         let total = batch.len();
         // (provider, positions in the batch, its requests)
         type Group<'a> = (&'a Arc<dyn Provider>, Vec<usize>, Vec<Request>);
@@ -293,7 +328,16 @@ impl Router {
         let mut calls = Vec::with_capacity(groups.len());
         let mut placements = Vec::with_capacity(groups.len());
         for (provider, indices, requests) in groups {
-            calls.push(provider.complete_with_evidence(requests));
+            calls.push(match &progress {
+                Some(progress) => {
+                    let (progress, placed) = (progress.clone(), indices.clone());
+                    let in_batch: Progress = Arc::new(move |request, choice, text| {
+                        progress(placed[request], choice, text)
+                    });
+                    provider.complete_observed(requests, in_batch)
+                }
+                None => provider.complete_with_evidence(requests),
+            });
             placements.push(indices);
         }
         let mut answers: Vec<Option<(Answer, Option<Evidence>)>> = vec![None; total];

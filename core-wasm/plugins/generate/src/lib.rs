@@ -128,28 +128,21 @@ pub fn choose_examples<H: Host>(
 
 /// The base model's request for `query` in the published inference format.
 pub fn request(options: &Options, examples: &[&Example], query: &str) -> Request {
-    let (system, user) = icl::inference_prompt_parts(&options.system_prompt, examples, query);
-    let prompt = if options.raw {
-        Prompt::Raw(format!("{system}\n\n{user}"))
-    } else {
-        Prompt::Chat(vec![
-            Message::new("system", system),
-            Message::new("user", user),
-        ])
+    let sampling = Sampling {
+        temperature: options.temperature as f32,
+        top_p: options.top_p as f32,
+        max_tokens: options.max_tokens,
+        n: 1,
+        seed: options.seed,
+        stop: Vec::new(),
     };
-    Request {
-        role: Role::Base,
-        prompt,
-        sampling: Sampling {
-            temperature: options.temperature as f32,
-            top_p: options.top_p as f32,
-            max_tokens: options.max_tokens,
-            n: 1,
-            seed: options.seed,
-            stop: icl::STOP.iter().map(|s| s.to_string()).collect(),
-        },
-        json_schema: None,
-    }
+    icl::inference_request(
+        &options.system_prompt,
+        examples,
+        query,
+        options.raw,
+        sampling,
+    )
 }
 
 /// Answers the queries; see the crate documentation. A query the base model could not answer
