@@ -486,6 +486,11 @@ fn a_recording_holds_every_served_call_and_sigterm_finishes_what_is_under_way() 
     let inspected = output(host(&cache).arg("inspect").arg(&record));
     assert!(inspected.status.success(), "{}", text(&inspected));
     assert!(
+        text(&inspected).contains(", no plugin)"),
+        "{}",
+        text(&inspected)
+    );
+    assert!(
         text(&inspected).contains("complete 2"),
         "{}",
         text(&inspected)

@@ -354,17 +354,20 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the preflight checked and settled, for `inspect`.
 /// What a run's header says, a line each: the strategy, the host, the seed, each role's model
-/// and the options. What the plugin chose (its name, version, options) is escaped.
+/// and the options. What the plugin chose (its name, version, options) is escaped. Served
+/// traffic (`serve --record`) has no plugin, and no hash.
 pub(crate) fn header_lines(header: &Header) -> Vec<String> {
+    let plugin = match header.plugin_sha256.as_str() {
+        "" => "no plugin".to_owned(),
+        hash => format!("sha256 {}", short_hash(hash)),
+    };
     let mut lines = vec![
         format!(
-            "strategy       {} {} ({}, sha256 {})",
+            "strategy       {} {} ({}, {plugin})",
             terminal::line(&header.plugin_name),
             terminal::line(&header.plugin_version),
             terminal::line(&header.wit_package),
-            short_hash(&header.plugin_sha256)
         ),
         format!(
             "host           drpo-host {} (log format {})",

@@ -57,7 +57,12 @@ impl Recorder {
         let header = Header {
             format_version: FORMAT_VERSION,
             host_version: env!("CARGO_PKG_VERSION").into(),
-            wit_package: crate::bindings::WIT_PACKAGE.into(),
+            // The calls are recorded in the contract's vocabulary, though no plugin made them.
+            wit_package: format!(
+                "{}@{}",
+                crate::bindings::WIT_PACKAGE,
+                crate::bindings::WIT_VERSION
+            ),
             plugin_sha256: String::new(),
             plugin_name: SERVER_NAME.into(),
             plugin_version: env!("CARGO_PKG_VERSION").into(),
