@@ -195,6 +195,13 @@ fn generate_answers(work: &Path, aligned: &[&str], rest: &[&str]) -> Vec<String>
         .collect()
 }
 
+/// The flags that serve `served` from the scripted `server`, then `rest`.
+fn upstream<'a>(server: &'a Server, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--model", "served", "--api-base", server.url()];
+    flags.extend(rest);
+    flags
+}
+
 const QUERY: &str = "My cat is picky: what should she eat?";
 
 #[test]
@@ -203,20 +210,19 @@ fn a_served_answer_is_generates_answer_and_streams_the_same() {
     let cache = work.path().join("cache");
     let examples = write_topic_examples(work.path());
     let server = topic_server();
-    let aligned = [
-        "--model",
-        "served",
-        "--api-base",
-        server.url(),
-        "--embedding-model",
-        "embedder",
-        "--system",
-        "Answer with care.",
-        "--examples",
-        examples.to_str().unwrap(),
-        "-k",
-        "2",
-    ];
+    let aligned = upstream(
+        &server,
+        &[
+            "--embedding-model",
+            "embedder",
+            "--system",
+            "Answer with care.",
+            "--examples",
+            examples.to_str().unwrap(),
+            "-k",
+            "2",
+        ],
+    );
     let generated = generate_answers(
         work.path(),
         &aligned,
@@ -286,21 +292,20 @@ fn limits_refuse_with_the_status_that_names_them() {
     });
     let serving = Serving::start(
         &cache,
-        &[
-            "--model",
-            "served",
-            "--api-base",
-            server.url(),
-            "--no-examples",
-            "--max-concurrent",
-            "1",
-            "--max-queue",
-            "0",
-            "--max-body-bytes",
-            "400",
-            "--max-tokens",
-            "64",
-        ],
+        &upstream(
+            &server,
+            &[
+                "--no-examples",
+                "--max-concurrent",
+                "1",
+                "--max-queue",
+                "0",
+                "--max-body-bytes",
+                "400",
+                "--max-tokens",
+                "64",
+            ],
+        ),
         &[],
     );
     let ask = |extra: Value| {
@@ -366,16 +371,10 @@ fn a_key_is_needed_off_loopback_and_is_checked() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let server = Server::start();
-    let upstream = [
-        "--model",
-        "served",
-        "--api-base",
-        server.url(),
-        "--no-examples",
-    ];
+    let flags = upstream(&server, &["--no-examples"]);
     // Each refusal exits with an error that names what to do.
     let refused = |extra: &[&str], named: &str| {
-        let out = output(host(&cache).arg("serve").args(upstream).args(extra));
+        let out = output(host(&cache).arg("serve").args(&flags).args(extra));
         assert!(!out.status.success());
         assert!(text(&out).contains(named), "{}", text(&out));
     };
@@ -385,8 +384,10 @@ fn a_key_is_needed_off_loopback_and_is_checked() {
         "DRPO_TEST_NO_SUCH_KEY",
     );
 
-    let mut keyed: Vec<&str> = upstream.to_vec();
-    keyed.extend(["--api-key-env", "DRPO_TEST_SERVE_KEY"]);
+    let keyed = upstream(
+        &server,
+        &["--no-examples", "--api-key-env", "DRPO_TEST_SERVE_KEY"],
+    );
     let serving = Serving::start(&cache, &keyed, &[("DRPO_TEST_SERVE_KEY", "s3cret")]);
     let ask = json!({"messages": [{"role": "user", "content": "hi"}]});
     for headers in [
@@ -428,18 +429,17 @@ fn a_recording_holds_every_served_call_and_sigterm_finishes_what_is_under_way() 
     let record = work.path().join("served");
     let serving = Serving::start(
         &cache,
-        &[
-            "--model",
-            "served",
-            "--api-base",
-            server.url(),
-            "--embedding-model",
-            "embedder",
-            "--examples",
-            examples.to_str().unwrap(),
-            "--record",
-            record.to_str().unwrap(),
-        ],
+        &upstream(
+            &server,
+            &[
+                "--embedding-model",
+                "embedder",
+                "--examples",
+                examples.to_str().unwrap(),
+                "--record",
+                record.to_str().unwrap(),
+            ],
+        ),
         &[],
     );
     let (status, _) = post_chat(
@@ -499,13 +499,7 @@ fn a_recording_holds_every_served_call_and_sigterm_finishes_what_is_under_way() 
     let again = output(
         host(&cache)
             .arg("serve")
-            .args([
-                "--model",
-                "served",
-                "--api-base",
-                server.url(),
-                "--no-examples",
-            ])
+            .args(upstream(&server, &["--no-examples"]))
             .arg("--record")
             .arg(&record)
             .args(["--listen", "127.0.0.1:0"]),

@@ -105,13 +105,12 @@ impl LocalProvider {
         let model = self.model.clone();
         let count = requests.len();
         Box::pin(async move {
-            let generated = tokio::task::spawn_blocking(move || match &progress {
-                Some(progress) => {
-                    let observer =
-                        |request: usize, choice: u32, text: &str| progress(request, choice, text);
-                    model.generate_observed(&requests, Some(&observer))
-                }
-                None => model.generate(&requests),
+            let generated = tokio::task::spawn_blocking(move || {
+                let observer: Option<&drpo_models::TextObserver<'_>> = match &progress {
+                    Some(progress) => Some(&**progress),
+                    None => None,
+                };
+                model.generate_observed(&requests, observer)
             })
             .await;
             let failure = |message: String| {
