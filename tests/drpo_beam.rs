@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
 use drpo_tests::server::{Reply, Server, completion, default_reply, digest};
-use drpo_tests::{assert_best_path, assert_replays, beam_best_path, result_json, text};
+use drpo_tests::{assert_best_path, assert_replays, beam_best_path, host, result_json, text};
 use serde_json::Value;
 
 #[derive(Debug, Default, PartialEq)]
@@ -417,4 +417,39 @@ fn beam_asks_for_its_training_queries_and_the_host_draws_them_from_the_published
         "{queries:?}"
     );
     assert_replays(&work.path().join("cache"), &run_dir);
+}
+
+#[test]
+fn patience_ends_a_search_that_stops_improving_and_says_so() {
+    // Every aspect of every answer scores 3: no level after the first improves on it.
+    let server = judge_scoring(&[3], |_| true);
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--depth", "10", "--n-actions", "2", "--patience", "2"];
+    let out = beam_run(&server, work.path(), "run", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("ended early: patience: no better score for 2 level(s) since level 1"),
+        "{}",
+        text(&out)
+    );
+    let dir = work.path().join("run");
+    let result = result_json(&dir);
+    assert_eq!(
+        result["details"]["patience"],
+        serde_json::json!({"levels": 2, "ended_after_level": 3, "best_level": 1})
+    );
+    let deepest = result["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["depth"].as_u64())
+        .max();
+    assert_eq!(deepest, Some(3), "{result}");
+    let inspect = drpo_tests::output(host(&work.path().join("cache")).arg("inspect").arg(&dir));
+    assert!(
+        text(&inspect).contains("ended early    patience:"),
+        "{}",
+        text(&inspect)
+    );
+    assert_replays(&work.path().join("cache"), &dir);
 }

@@ -1,7 +1,7 @@
 //! `drpo-host serve` end to end: over HTTP against a scripted upstream server (the request it
 //! forwards is the one `generate` sends for the same query, streamed or not; limits, keys,
 //! recording, graceful shutdown), and on the local SmolLM2 with the official `openai` Python
-//! client (answers equal `generate`'s; streaming; errors).
+//! client and with curl (answers equal `generate`'s; streaming; errors).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -575,4 +575,80 @@ fn the_official_openai_client_gets_generates_answers_from_the_local_smollm2() {
         "{}",
         text(&out)
     );
+
+    // The same answers through curl, plain and streamed, and its view of an error.
+    let base = serving.base_url();
+    let request = |query: &str, stream: bool| {
+        json!({
+            "model": "drpo-aligned",
+            "messages": [{"role": "user", "content": query}],
+            "max_tokens": 40,
+            "temperature": 0,
+            "stream": stream,
+        })
+        .to_string()
+    };
+    for (query, expected) in queries.iter().zip(&expected) {
+        let (status, body) = curl(&base, "chat/completions", Some(&request(query, false)));
+        assert_eq!(status, 200, "{body}");
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            reply["choices"][0]["message"]["content"],
+            *expected.as_str()
+        );
+
+        let (status, body) = curl(&base, "chat/completions", Some(&request(query, true)));
+        assert_eq!(status, 200, "{body}");
+        let events = events(&body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+        let streamed: String = events[..events.len() - 1]
+            .iter()
+            .map(|event| {
+                let chunk: Value = serde_json::from_str(event).unwrap();
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(streamed, *expected);
+    }
+    let (status, body) = curl(&base, "models", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"drpo-aligned\""), "{body}");
+    let too_long = json!({
+        "model": "drpo-aligned",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 100_000,
+    });
+    let (status, body) = curl(&base, "chat/completions", Some(&too_long.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--max-tokens"), "{body}");
+}
+
+/// `curl` (the real one) asking `base/path`, with `body` as a JSON POST; the status and body.
+fn curl(base: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args([
+        "--silent",
+        "--show-error",
+        "--no-buffer",
+        "--max-time",
+        "120",
+    ]);
+    command.args(["--write-out", "\n%{http_code}"]);
+    if let Some(body) = body {
+        command.args([
+            "--header",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    command.arg(format!("{base}/{path}"));
+    let out = output(&mut command);
+    assert!(out.status.success(), "curl failed: {}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = stdout.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
 }

@@ -226,6 +226,11 @@ pub struct AlignedFlags {
     /// built with `--features cuda`.
     #[arg(long)]
     pub device: Option<String>,
+    /// Prompt tokens whose keys and values a `local:` model keeps, so that prompts beginning
+    /// the same way (the system prompt and examples) skip them in prefill; 0 keeps none.
+    /// Default: what 512 MiB holds for the model.
+    #[arg(long, value_name = "TOKENS")]
+    pub prefix_cache_tokens: Option<usize>,
     /// System prompt (or the path of a file holding it); overrides --run and --prompt-file.
     #[arg(long, conflicts_with_all = ["run", "prompt_file"])]
     pub system: Option<String>,

@@ -63,6 +63,11 @@ pub struct SearchFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub k: Option<u32>,
+    /// End the search once its best score has not improved for this many levels (not
+    /// published; beam; default 0, never).
+    #[arg(long, value_name = "LEVELS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u32>,
 }
 
 /// Where the four roles' models come from.
@@ -106,6 +111,12 @@ pub struct ModelFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Prompt tokens whose keys and values a `local:` model keeps, so that prompts beginning
+    /// the same way (a system prompt, a judge's instructions) skip them in prefill; 0 keeps
+    /// none. The answers are the same either way. Default: what 512 MiB holds for the model.
+    #[arg(long, value_name = "TOKENS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_tokens: Option<usize>,
 }
 
 /// `--base-format`: a prompt form, or `auto`.

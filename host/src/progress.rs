@@ -59,7 +59,13 @@ pub struct Progress {
     tokens: u64,
     prices: RolePrices,
     money: Money,
+    /// What the providers working in this process have done, shown at each new level and at
+    /// the end.
+    work: Option<WorkReport>,
 }
+
+/// Lines on the work done by the providers in this process (see `Router::work`).
+pub type WorkReport = Box<dyn Fn() -> Vec<String> + Send>;
 
 enum Display {
     Bar(ProgressBar),
@@ -103,6 +109,22 @@ impl Progress {
             tokens: 0,
             prices,
             money: Money::ZERO,
+            work: None,
+        }
+    }
+
+    /// Shows `work`'s lines at each new level and at the end.
+    pub fn with_work(mut self, work: WorkReport) -> Progress {
+        self.work = Some(work);
+        self
+    }
+
+    /// Prints the work lines, if any.
+    fn show_work(&self) {
+        if let Some(work) = &self.work {
+            for line in work() {
+                self.print_line(&format!("  {line}"));
+            }
         }
     }
 
@@ -180,6 +202,9 @@ impl Progress {
                 }
             }
         }
+        if level_changed {
+            self.show_work();
+        }
     }
 }
 
@@ -243,6 +268,7 @@ impl Drop for Progress {
                 self.started.elapsed().as_secs_f64()
             ),
         }
+        self.show_work();
     }
 }
 

@@ -304,7 +304,11 @@ impl Providers {
         if let Some(provider) = self.local.get(path) {
             return Ok(provider.clone());
         }
-        let provider = Arc::new(LocalProvider::load(Path::new(path), flags.device()?)?);
+        let provider = Arc::new(LocalProvider::load(
+            Path::new(path),
+            flags.device()?,
+            flags.prefix_cache_tokens,
+        )?);
         self.local.insert(path.to_owned(), provider.clone());
         Ok(provider)
     }

@@ -77,6 +77,13 @@ impl Judgements {
     }
 }
 
+/// Why the strategy ended its search before its limits without failing (its outcome's details'
+/// `"ended_early"`: a rule such as beam's `patience`), if it did.
+pub fn ended_early(outcome: &Outcome) -> Option<String> {
+    let details: Value = serde_json::from_str(&outcome.details).ok()?;
+    details.get("ended_early")?.as_str().map(str::to_owned)
+}
+
 /// Why a finished run is not a success; `None` when it is.
 pub fn failure(outcome: &Outcome, calls: &[CallRecord]) -> Option<Exit> {
     let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::Null);

@@ -19,6 +19,7 @@
 //! or in any batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use sha2::{Digest, Sha256};
@@ -28,7 +29,8 @@ use crate::chat::{self, ChatMessage, ChatTemplate};
 use crate::device::{CpuBackend, DeviceSpec, PendingIds, greedy_ids};
 use crate::gguf::GgufFile;
 use crate::kernel_options::KernelOptions;
-use crate::llama::{Llama, Logits, WeightStorage};
+use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order};
+use crate::prefix_cache::{BLOCK, PrefillStats, PrefixCache, plan_groups, shared_prefixes};
 use crate::tokenizer::Tokenizer;
 
 /// What a request asks the model to continue.
@@ -100,6 +102,9 @@ pub struct LocalModel {
     path: PathBuf,
     /// Most rows decoded together (see [`LocalModel::set_max_batch_rows`]).
     max_batch_rows: usize,
+    /// Keys and values of prompt prefixes computed before (see
+    /// [`LocalModel::set_prefix_cache_tokens`]).
+    prefix_cache: std::sync::Mutex<PrefixCache>,
     #[cfg(feature = "structured")]
     structured: std::sync::OnceLock<crate::structured::Structured>,
 }
@@ -279,8 +284,10 @@ impl LocalModel {
             );
             (decoder, tokenizer, template, identity)
         };
+        let prefix_cache = PrefixCache::new(default_prefix_cache_tokens(decoder.config()));
         Ok(Self {
             max_batch_rows: decoder.max_batch_rows(),
+            prefix_cache: std::sync::Mutex::new(prefix_cache),
             decoder,
             tokenizer,
             template,
@@ -332,6 +339,34 @@ impl LocalModel {
     /// limit on the CPU and 32 on CUDA, the most rows the decoder's own projection kernels take.
     pub fn set_max_batch_rows(&mut self, rows: usize) {
         self.max_batch_rows = rows.max(1);
+    }
+
+    /// Sets how many prompt tokens' keys and values the model keeps for prompts that begin the
+    /// same way (0 keeps none, and every prompt is prefilled whole, as one pass). The default
+    /// is what [`PREFIX_CACHE_BYTES`] holds. Answers are the same either way; only the work
+    /// differs.
+    pub fn set_prefix_cache_tokens(&mut self, tokens: usize) {
+        *self
+            .prefix_cache
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = PrefixCache::new(tokens);
+    }
+
+    /// The most prompt tokens the prefix cache keeps.
+    pub fn prefix_cache_tokens(&self) -> usize {
+        self.prefixes().budget_tokens()
+    }
+
+    /// What prefills have computed and reused since the model was loaded (or its prefix cache
+    /// last set).
+    pub fn prefill_stats(&self) -> PrefillStats {
+        self.prefixes().stats
+    }
+
+    /// The prefix cache, locked (a panic while it was held left nothing half-done that matters:
+    /// every change to it is complete before the next).
+    fn prefixes(&self) -> std::sync::MutexGuard<'_, PrefixCache> {
+        self.prefix_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where the model was loaded from.
@@ -615,21 +650,9 @@ impl LocalModel {
         }
         let budget = |r: &Row| (batch[r.request].max_tokens as usize).min(context - r.prompt.len());
         let steps = rows.iter().map(budget).max().unwrap_or(0);
-        let pads: Vec<usize> = rows.iter().map(|r| longest - r.prompt.len()).collect();
-        let mut cache = model.new_cache(&pads, longest + steps);
-        let device = model.device();
+        let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
+        let (mut cache, logits) = self.prefill(model, &prompts, longest + steps);
         let shape = [rows.len(), config.vocab_size];
-
-        let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * longest);
-        for (row, &pad) in rows.iter().zip(&pads) {
-            ids.extend(std::iter::repeat_n(0, pad));
-            ids.extend(row.prompt.iter().map(|&t| t as i32));
-        }
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), longest]), device);
-        let logits = model
-            .forward(input, &mut cache, Logits::Last)
-            .reshape(shape);
         let forward =
             |next: Tensor<B, 2, Int>| model.forward(next, &mut cache, Logits::Last).reshape(shape);
         let on_host = rows
@@ -640,6 +663,127 @@ impl LocalModel {
         } else {
             self.decode_greedy(batch, rows, logits, steps, &budget, forward)
         }
+    }
+
+    /// Prefills `prompts` (one per row) into a cache of `capacity` slots: returns it and each
+    /// row's logits at its last prompt position, `[rows, vocab]`.
+    ///
+    /// Prefixes that the prefix cache holds are not computed again; prefixes that several rows
+    /// share and it does not hold are computed once first (and cached). Rows are then prefilled
+    /// in groups, so that a row with a long cached prefix is not dragged back to the start by
+    /// one without (see [`plan_groups`]).
+    fn prefill<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        prompts: &[&[u32]],
+        capacity: usize,
+    ) -> (KvCache<B>, Tensor<B, 2>) {
+        let shared = {
+            let mut prefixes = self.prefixes();
+            prefixes.stats.prompt_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
+            if prefixes.is_enabled() {
+                let cached: Vec<usize> = prompts
+                    .iter()
+                    .map(|p| prefixes.lookup(p, p.len() - 1).len() * BLOCK)
+                    .collect();
+                shared_prefixes(prompts, &cached)
+            } else {
+                Vec::new()
+            }
+        };
+        if !shared.is_empty() {
+            let shared: Vec<&[u32]> = shared
+                .iter()
+                .map(|&(row, len)| &prompts[row][..len])
+                .collect();
+            let longest = shared.iter().map(|p| p.len()).max().unwrap_or(0);
+            self.prefill_groups(model, &shared, longest);
+        }
+        let mut parts = self.prefill_groups(model, prompts, capacity);
+        if parts.len() == 1 {
+            let (_, cache, logits) = parts.pop().expect("one part");
+            return (cache, logits);
+        }
+        let placed: Vec<usize> = parts.iter().flat_map(|(rows, _, _)| rows.clone()).collect();
+        let mut caches = Vec::with_capacity(parts.len());
+        let mut logits = Vec::with_capacity(parts.len());
+        for (rows, cache, part_logits) in parts {
+            caches.push((rows, cache));
+            logits.push(part_logits);
+        }
+        let logits = Tensor::cat(logits, 0).select(0, in_row_order(&placed, model.device()));
+        (KvCache::merge(caches), logits)
+    }
+
+    /// Prefills `prompts`, left-padded to the longest, in groups of rows with a forward pass
+    /// each, every row's cached prefix taken from the prefix cache, and caches each prompt's
+    /// whole blocks: per group, its rows (indices into `prompts`), their cache of `capacity`
+    /// slots and their last positions' logits.
+    fn prefill_groups<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        prompts: &[&[u32]],
+        capacity: usize,
+    ) -> Vec<(Vec<usize>, KvCache<B>, Tensor<B, 2>)> {
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let (found, groups) = {
+            let mut prefixes = self.prefixes();
+            let found: Vec<Vec<Arc<SlotValues>>> = prompts
+                .iter()
+                .map(|p| prefixes.lookup(p, p.len() - 1))
+                .collect();
+            let groups = if prefixes.is_enabled() {
+                let starts: Vec<usize> = pads
+                    .iter()
+                    .zip(&found)
+                    .map(|(pad, blocks)| pad + blocks.len() * BLOCK)
+                    .collect();
+                plan_groups(&starts, longest)
+            } else {
+                vec![(0..prompts.len()).collect()]
+            };
+            (found, groups)
+        };
+        let vocab = model.config().vocab_size;
+        groups
+            .into_iter()
+            .map(|rows| {
+                let group_pads: Vec<usize> = rows.iter().map(|&r| pads[r]).collect();
+                let group_found: Vec<Vec<Arc<SlotValues>>> =
+                    rows.iter().map(|&r| found[r].clone()).collect();
+                let mut cache = model.new_cache_with(&group_pads, capacity, &group_found);
+                let from = cache.len();
+                let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * (longest - from));
+                for (&r, &pad) in rows.iter().zip(&group_pads) {
+                    ids.extend((from..longest).map(|slot| match slot.checked_sub(pad) {
+                        Some(i) => prompts[r][i] as i32,
+                        None => 0,
+                    }));
+                }
+                let input = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(ids, [rows.len(), longest - from]),
+                    model.device(),
+                );
+                let logits = model
+                    .forward(input, &mut cache, Logits::Last)
+                    .reshape([rows.len(), vocab]);
+                let mut prefixes = self.prefixes();
+                prefixes.stats.computed_tokens += (rows.len() * (longest - from)) as u64;
+                prefixes.stats.reused_tokens += group_pads
+                    .iter()
+                    .map(|&pad| from.saturating_sub(pad) as u64)
+                    .sum::<u64>();
+                for (i, &r) in rows.iter().enumerate() {
+                    let pad = group_pads[i];
+                    prefixes.insert(prompts[r], |block| {
+                        cache.read(i, pad + block * BLOCK..pad + (block + 1) * BLOCK)
+                    });
+                }
+                drop(prefixes);
+                (rows, cache, logits)
+            })
+            .collect()
     }
 
     /// The decoding loop when a row samples or follows a schema: each step's logits come back,
@@ -831,6 +975,16 @@ impl SplitMix64 {
     }
 }
 
+/// Host memory the prefix cache of a model may take by default: its token budget is as many
+/// tokens as this holds (11,648 for SmolLM2-135M, 9,360 for Qwen2.5-1.5B, 2,048 for Mistral-7B).
+pub const PREFIX_CACHE_BYTES: usize = 512 << 20;
+
+/// The default token budget of a model's prefix cache (see [`PREFIX_CACHE_BYTES`]).
+fn default_prefix_cache_tokens(config: &crate::LlamaConfig) -> usize {
+    let per_token = config.num_hidden_layers * 2 * config.kv_heads() * config.head_dim() * 4;
+    PREFIX_CACHE_BYTES / per_token.max(1)
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
@@ -1019,6 +1173,114 @@ mod tests {
             .unwrap();
         assert_eq!(*last.lock().unwrap(), answer[0].choices[0]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A chat request with a system message.
+    fn ask_with_system(system: &str, text: &str, max_tokens: u32) -> GenerationRequest {
+        GenerationRequest::greedy(
+            PromptInput::Chat(vec![
+                ChatMessage::new("system", system),
+                ChatMessage::new("user", text),
+            ]),
+            max_tokens,
+        )
+    }
+
+    /// Each row's last-position logits of a prefill of `prompts`.
+    fn prefill_logits(model: &LocalModel, prompts: &[Vec<u32>]) -> Vec<f32> {
+        let decoder = model.cpu_model().expect("tests load on the CPU");
+        let prompts: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap();
+        let (_, logits) = model.prefill(decoder, &prompts, longest + 1);
+        logits.into_data().into_vec::<f32>().unwrap()
+    }
+
+    /// Asserts two prefills' logits agree to the rounding of f32 (a row's values depend a
+    /// little on how its batch was cut into matrix products, as for any batch).
+    fn assert_same_logits(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
+            .fold(0f32, f32::max);
+        eprintln!("{what}: max relative difference {diff:e}");
+        assert!(diff < 1e-5, "{what}: logits differ by {diff}");
+    }
+
+    /// The prefix cache changes the work, never the numbers: prompts sharing a long system
+    /// message, prompts sharing part of one, unshared prompts, repeated prompts, and the same
+    /// again once the cache has been filled and when it is too small to hold them (eviction).
+    #[test]
+    fn the_prefix_cache_gives_the_logits_and_answers_of_a_whole_prefill() {
+        let system = "you are a helpful assistant: answer briefly and well, hello world";
+        let other = "you are a helpful assistant: answer at length, world hello";
+        let requests = [
+            ask_with_system(system, "hello", 7),
+            ask_with_system(system, "hello world hello", 5),
+            ask_with_system(other, "world", 6),
+            ask("hello world", 4),
+            ask_with_system(system, "hello", 3),
+            GenerationRequest {
+                temperature: 0.8,
+                n: 3,
+                seed: 11,
+                ..ask_with_system(other, "hello hello", 5)
+            },
+        ];
+        for (preset, seed) in [("tiny-llama", 2), ("tiny-qwen2", 4), ("tiny-mistral", 6)] {
+            let (mut model, dir) = random_model(&format!("prefix-{preset}"), preset, seed);
+            let prompts: Vec<Vec<u32>> = requests
+                .iter()
+                .map(|r| model.prompt_ids(&r.prompt).unwrap())
+                .collect();
+            assert!(
+                prompts[0].len() > 3 * BLOCK,
+                "the system message spans blocks"
+            );
+            model.set_prefix_cache_tokens(0);
+            let whole_logits = prefill_logits(&model, &prompts);
+            let whole = model.generate(&requests).unwrap();
+            let whole_stats = model.prefill_stats();
+            assert_eq!(whole_stats.reused_tokens, 0);
+
+            model.set_prefix_cache_tokens(1 << 20);
+            let cold = prefill_logits(&model, &prompts);
+            assert_same_logits(&cold, &whole_logits, &format!("{preset}: cold"));
+            let first = model.prefill_stats();
+            assert!(first.reused_tokens > 0, "{preset}: shared prefixes reused");
+            let warm = prefill_logits(&model, &prompts);
+            assert_same_logits(&warm, &whole_logits, &format!("{preset}: warm"));
+            assert_eq!(
+                model.generate(&requests).unwrap(),
+                whole,
+                "{preset}: answers"
+            );
+            let warm = model.prefill_stats();
+            assert!(
+                warm.computed_tokens - first.computed_tokens < (whole_stats.computed_tokens) / 2,
+                "{preset}: a warm cache computes under half: {first:?} then {warm:?}, \
+                 {whole_stats:?} without"
+            );
+
+            // Room for two blocks: prompts evict each other's blocks as they go.
+            model.set_prefix_cache_tokens(2 * BLOCK);
+            for round in 0..2 {
+                let evicting = prefill_logits(&model, &prompts);
+                assert_same_logits(
+                    &evicting,
+                    &whole_logits,
+                    &format!("{preset}: evicting, round {round}"),
+                );
+            }
+            assert_eq!(
+                model.generate(&requests).unwrap(),
+                whole,
+                "{preset}: evicting"
+            );
+            assert!(model.prefixes().tokens() <= 2 * BLOCK);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

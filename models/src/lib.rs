@@ -18,6 +18,7 @@
 //! - [`tokenizer`]: tokenizers from `tokenizer.json` or from GGUF metadata;
 //! - [`chat`]: chat templates (minijinja);
 //! - [`generate`]: [`LocalModel`], batched generation with sampling and stop strings;
+//! - [`prefix_cache`]: the keys and values of prompt prefixes computed before, reused;
 //! - `structured` (cargo feature `structured`): JSON-schema-constrained decoding (llguidance);
 //! - [`device`]: `cpu` / `cuda[:N]` device selection and the backends behind them.
 
@@ -35,6 +36,7 @@ pub mod kernel_options;
 pub mod llama;
 pub mod load;
 pub mod packed;
+pub mod prefix_cache;
 #[cfg(feature = "structured")]
 pub mod structured;
 pub mod tokenizer;
@@ -46,3 +48,4 @@ pub use device::DeviceSpec;
 pub use error::ModelError;
 pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput, TextObserver};
 pub use kernel_options::KernelOptions;
+pub use prefix_cache::PrefillStats;

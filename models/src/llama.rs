@@ -221,6 +221,168 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+impl<B: Backend> KvCache<B> {
+    /// Row `row`'s keys and values in `slots`, every layer, copied to the host.
+    pub fn read(&self, row: usize, slots: std::ops::Range<usize>) -> SlotValues {
+        let [_, kv, _, hd] = self.layers[0].0.dims();
+        let read = |t: &Tensor<B, 4>| {
+            t.clone()
+                .slice([row..row + 1, 0..kv, slots.clone(), 0..hd])
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("cache values convert to f32")
+        };
+        SlotValues::new(
+            slots.len(),
+            kv,
+            self.layers
+                .iter()
+                .map(|(k, v)| (read(k), read(v)))
+                .collect(),
+        )
+    }
+
+    /// One cache of the rows of `parts`: `parts[i].0` lists the rows (of the result) that
+    /// `parts[i].1`'s rows become, in order; together they name every row once. Every part
+    /// must hold the same slots, filled to the same length.
+    pub fn merge(parts: Vec<(Vec<usize>, KvCache<B>)>) -> KvCache<B> {
+        let placed: Vec<usize> = parts.iter().flat_map(|(rows, _)| rows.clone()).collect();
+        let (len, capacity, slots) = {
+            let first = &parts[0].1;
+            (first.len, first.capacity, first.slots)
+        };
+        assert!(
+            parts
+                .iter()
+                .all(|(_, c)| (c.len, c.capacity, c.slots) == (len, capacity, slots)),
+            "merged caches differ in their slots"
+        );
+        let device = parts[0].1.pad_ids.device();
+        let gather = in_row_order(&placed, &device);
+        let mut pads = vec![0; placed.len()];
+        for (rows, part) in &parts {
+            for (&row, &pad) in rows.iter().zip(&part.pads) {
+                pads[row] = pad;
+            }
+        }
+        let layers = (0..parts[0].1.layers.len())
+            .map(|l| {
+                // `keys`: the layer's keys, else its values.
+                let side = |keys: bool| {
+                    let rows = parts.iter().map(|(_, p)| {
+                        let (k, v) = &p.layers[l];
+                        if keys { k.clone() } else { v.clone() }
+                    });
+                    dense(Tensor::cat(rows.collect(), 0).select(0, gather.clone()))
+                };
+                (side(true), side(false))
+            })
+            .collect();
+        let pad_ids = pads.iter().map(|&p| p as i32).collect();
+        KvCache {
+            layers,
+            pad_ids: Tensor::from_data(TensorData::new(pad_ids, [pads.len()]), &device),
+            pads,
+            len,
+            capacity,
+            slots,
+        }
+    }
+}
+
+/// The indices that put rows concatenated in the order `placed` (the result row each becomes)
+/// back in result order, for `select` on the row axis.
+pub fn in_row_order<B: Backend>(placed: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let mut source = vec![0i32; placed.len()];
+    for (j, &row) in placed.iter().enumerate() {
+        source[row] = j as i32;
+    }
+    Tensor::from_data(TensorData::new(source, [placed.len()]), device)
+}
+
+/// The keys and values of consecutive slots of one row of a [`KvCache`], every layer, in f32
+/// on the host: what the prefix cache (`crate::prefix_cache`) keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotValues {
+    len: usize,
+    kv_heads: usize,
+    /// Each layer's keys and values, each `[kv_heads, len, head_dim]` row-major.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl SlotValues {
+    /// Values of `len` slots of `kv_heads` heads, from each layer's keys and values
+    /// (`[kv_heads, len, head_dim]` row-major).
+    pub fn new(len: usize, kv_heads: usize, layers: Vec<(Vec<f32>, Vec<f32>)>) -> Self {
+        Self {
+            len,
+            kv_heads,
+            layers,
+        }
+    }
+
+    /// Slots held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no slot is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Each layer's keys and values.
+    pub fn layers(&self) -> &[(Vec<f32>, Vec<f32>)] {
+        &self.layers
+    }
+
+    /// Slots `range` of these values.
+    pub fn slots(&self, range: std::ops::Range<usize>) -> SlotValues {
+        Self::join(&[self], range)
+    }
+
+    /// Slots `range` of `parts` laid end to end.
+    pub fn join(parts: &[&SlotValues], range: std::ops::Range<usize>) -> SlotValues {
+        let total: usize = parts.iter().map(|p| p.len).sum();
+        assert!(range.end <= total, "slots {range:?} asked of {total}");
+        let Some(first) = parts.first() else {
+            return SlotValues::new(0, 0, Vec::new());
+        };
+        let kv_heads = first.kv_heads;
+        let side = |layer: usize, keys: bool| {
+            let hd = |p: &SlotValues| {
+                let (k, v) = &p.layers[layer];
+                (if keys { k } else { v }).len() / (p.kv_heads * p.len).max(1)
+            };
+            let mut out = Vec::with_capacity(kv_heads * range.len() * hd(first));
+            // Head-major, as the cache: every slot of head h, then head h + 1's.
+            for h in 0..kv_heads {
+                let mut at = 0;
+                for part in parts {
+                    let (k, v) = &part.layers[layer];
+                    let values = if keys { k } else { v };
+                    let (from, to) = (range.start.max(at), range.end.min(at + part.len));
+                    if from < to {
+                        let hd = hd(part);
+                        let head = &values[h * part.len * hd..][..part.len * hd];
+                        out.extend_from_slice(&head[(from - at) * hd..(to - at) * hd]);
+                    }
+                    at += part.len;
+                }
+            }
+            out
+        };
+        SlotValues {
+            len: range.len(),
+            kv_heads,
+            layers: (0..first.layers.len())
+                .map(|l| (side(l, true), side(l, false)))
+                .collect(),
+        }
+    }
+}
+
 /// Which positions' logits a forward pass returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -356,6 +518,45 @@ impl<B: Backend> Llama<B> {
             capacity,
             slots,
         }
+    }
+
+    /// [`Self::new_cache`] with the first slots of each row's prompt already filled from
+    /// `prefixes[b]` (the keys and values of row `b`'s first prompt tokens, laid end to end):
+    /// as many slots as every row can take, so the cache holds `min(pads[b] + prefix length)`
+    /// slots, and the next forward pass starts there. A row's slots beyond that are computed
+    /// again by that pass.
+    pub fn new_cache_with(
+        &self,
+        pads: &[usize],
+        capacity: usize,
+        prefixes: &[Vec<std::sync::Arc<SlotValues>>],
+    ) -> KvCache<B> {
+        let mut cache = self.new_cache(pads, capacity);
+        let prefix_len =
+            |parts: &[std::sync::Arc<SlotValues>]| -> usize { parts.iter().map(|p| p.len()).sum() };
+        let filled = pads
+            .iter()
+            .zip(prefixes)
+            .map(|(pad, parts)| pad + prefix_len(parts))
+            .min()
+            .unwrap_or(0);
+        let (kv, hd) = (self.config.kv_heads(), self.config.head_dim());
+        for (row, (&pad, parts)) in pads.iter().zip(prefixes).enumerate() {
+            let count = filled.saturating_sub(pad);
+            if count == 0 {
+                continue;
+            }
+            let parts: Vec<&SlotValues> = parts.iter().map(|p| &**p).collect();
+            let values = SlotValues::join(&parts, 0..count);
+            let slots = [row..row + 1, 0..kv, pad..pad + count, 0..hd];
+            for ((k_cache, v_cache), (k, v)) in cache.layers.iter_mut().zip(values.layers) {
+                let shape = [1, kv, count, hd];
+                write_slots(k_cache, slots.clone(), upload(k, shape, &self.device));
+                write_slots(v_cache, slots.clone(), upload(v, shape, &self.device));
+            }
+        }
+        cache.len = filled;
+        cache
     }
 
     /// Runs `tokens` (`[batch, len]`, appended after what `cache` holds) through the model and

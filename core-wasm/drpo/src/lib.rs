@@ -20,6 +20,7 @@
 //!   the stop rule, aspect selection with its fallback, judging and proposals;
 //! - [`outcome`]: what every strategy reports on how its run went: why it stopped early, and
 //!   how many judgements it could use;
+//! - [`patience`]: ending a search whose best score has stopped improving;
 //! - [`testing`]: a scripted [`types::Host`] for native tests of a search.
 //!
 //! How the space of prompts is searched is not here: each strategy plugin owns its search
@@ -34,6 +35,7 @@ pub mod engine;
 pub mod icl;
 pub mod outcome;
 pub mod parse;
+pub mod patience;
 pub mod prompts;
 pub mod reward;
 pub mod testing;

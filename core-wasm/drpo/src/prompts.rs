@@ -5,7 +5,10 @@
 //! - optimizing (optimizer role): analysis, thought and a new system prompt, seeing the last
 //!   five prompts of the path.
 //!
-//! The structure follows the published method; all wording is this project's own. The schemas
+//! The inputs follow the published method; all wording is this project's own. Each prompt puts
+//! what does not change first and the query, the reply and the other inputs last, so prompts
+//! that share their instructions share a token prefix: a local model computes it once (its
+//! prefix cache), and hosted servers that cache prompt prefixes charge less for it. The schemas
 //! are strict-mode compatible (every object closes with `additionalProperties: false` and lists
 //! all its properties as required) and are written with their keys in reading order, because a
 //! schema-constrained decoder emits properties in schema order: the analysis should come before
@@ -189,18 +192,9 @@ pub fn judge_prompt(query: &str, answer: &str, aspects: &[&Aspect], reasoning: &
             .collect::<Vec<_>>(),
     );
     format!(
-        "You are a demanding but fair judge of AI assistant replies. Read the user's query and the \
-assistant's reply, then rate the reply on each of the aspects listed below.
-
-## Query
-{query}
-
-## Reply
-{answer}
-
-## Aspects to rate
-{rubrics}
-These aspects were chosen for this query for the following reasons: {reasoning}
+        "You are a demanding but fair judge of AI assistant replies. You will be shown a user's \
+query and an assistant's reply to it, and you will rate the reply on each of the aspects listed \
+below.
 
 ## How to rate
 For every aspect, first write a short rationale that points at concrete parts of the reply: what \
@@ -208,9 +202,21 @@ works, what is missing, what is wrong. Then give an integer score from 1 to 5 on
 scale, where 1 means the reply fails the aspect badly and 5 means it could hardly be better. Judge \
 the reply that was written, not the one you would have written. {LENGTH_RULE}
 
+## Aspects to rate
+{rubrics}
+These aspects were chosen for this query for the following reasons: {reasoning}
+
 ## Answer format
 Answer with a single JSON object and nothing else, with exactly these keys:
 {template}
+
+## Query
+{query}
+
+## Reply
+{answer}
+
+Now rate this reply, in the answer format above.
 "
     )
 }
@@ -246,22 +252,9 @@ pub fn optimizer_prompt(
     format!(
         "I am developing the system prompt of an AI assistant and would like your help to improve \
 it. The system prompt is shown to the assistant before every conversation, so it has to work for \
-any request a user might make, not only the one below.
-
-## Current system prompt
-{current}
-
-## A query the assistant received
-{query}
-
-## The assistant's reply under the current system prompt
-{answer}
-
-## A judge's assessment of that reply (per aspect: 1 is poor, 5 is excellent)
-{evaluation}
-
-## How the system prompt has changed so far (oldest first)
-{lineage}
+any request a user might make, not only the one shown below. Below you will find the current \
+system prompt, a query the assistant received, its reply, a judge's assessment of that reply and \
+how the system prompt has changed so far.
 
 ## What to do
 Work out where the reply fell short and why, then write a revised system prompt that would have \
@@ -290,6 +283,23 @@ bullets instead of dropping it.
 Answer with a single JSON object and nothing else:
 {{\"analysis\": \"what went wrong in the reply and why\", \"thought\": \"how the system prompt \
 should change to fix it\", \"new_system_prompt\": \"the complete revised system prompt\"}}
+
+## Current system prompt
+{current}
+
+## A query the assistant received
+{query}
+
+## The assistant's reply under the current system prompt
+{answer}
+
+## A judge's assessment of that reply (per aspect: 1 is poor, 5 is excellent)
+{evaluation}
+
+## How the system prompt has changed so far (oldest first)
+{lineage}
+
+Now write the revised system prompt, in the answer format above.
 "
     )
 }

@@ -86,6 +86,9 @@ fn run_args(
     if models.device.is_none() {
         models.device = args.aligned.device.clone();
     }
+    if models.prefix_cache_tokens.is_none() {
+        models.prefix_cache_tokens = args.aligned.prefix_cache_tokens;
+    }
     if let Some(embedder) = embedder {
         models.embedding_model_name = Some(embedder.to_owned());
     }

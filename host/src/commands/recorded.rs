@@ -247,7 +247,9 @@ pub async fn resume(dir: &Path) -> anyhow::Result<()> {
         .result
         .ok()
         .and_then(|plan| plan.levels);
-    let mut observer = observer_for(&dir, &config, &recorded.header, levels, false)?;
+    let live = built.calls.clone();
+    let work: crate::progress::WorkReport = Box::new(move || live.router().work());
+    let mut observer = observer_for(&dir, &config, &recorded.header, levels, false, Some(work))?;
     observer.line(&format!(
         "[resume] replaying {calls} recorded calls, then continuing live"
     ));
@@ -320,6 +322,9 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
             if let Some(exit) = crate::verdict::failure(outcome, &recorded.contents.billed_calls())
             {
                 println!("not a success  {} (exit code {})", exit.message, exit.code);
+            }
+            if let Some(why) = crate::verdict::ended_early(outcome) {
+                println!("ended early    {why}");
             }
             if let Some(judgements) = Judgements::of(outcome) {
                 println!("{}", judgements.line());

@@ -11,7 +11,7 @@ use crate::bindings::types::{Outcome, Role, RoleEstimate};
 use crate::catalog::{Catalog, PLUGIN_PATH_VARIABLE};
 use crate::cli::RunArgs;
 use crate::config::{ConfigInputs, RunConfig};
-use crate::progress::{Progress, RolePrices};
+use crate::progress::{Progress, RolePrices, WorkReport};
 use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, read_log};
@@ -176,7 +176,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
     writer.append(&Entry::Preflight(preflight))?;
     let levels = plan.as_ref().ok().and_then(|plan| plan.levels);
-    let observer = observer_for(&dir, &config, &header, levels, args.quiet)?;
+    let calls = built.calls.clone();
+    let work: WorkReport = Box::new(move || calls.router().work());
+    let observer = observer_for(&dir, &config, &header, levels, args.quiet, Some(work))?;
     eprintln!(
         "running {} {} in {}",
         info.name,
@@ -297,13 +299,14 @@ fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<(
 }
 
 /// The run's observer: `log.txt`, and unless `quiet` the progress display, which counts
-/// `levels` (the strategy's plan) when the strategy searches by levels.
+/// `levels` (the strategy's plan) when the strategy searches by levels and shows `work`.
 pub(crate) fn observer_for(
     dir: &RunDir,
     config: &RunConfig,
     header: &Header,
     levels: Option<u32>,
     quiet: bool,
+    work: Option<WorkReport>,
 ) -> anyhow::Result<RunObserver> {
     let debug = config
         .host
@@ -316,7 +319,11 @@ pub(crate) fn observer_for(
         return Ok(observer);
     }
     let prices = RolePrices::new(&header.models, PriceTable::new(&config.prices));
-    Ok(observer.with_display(Progress::on_stderr(levels, prices)))
+    let progress = Progress::on_stderr(levels, prices);
+    Ok(observer.with_display(match work {
+        Some(work) => progress.with_work(work),
+        None => progress,
+    }))
 }
 
 /// Closes a run: the end frame, the plugin's output in `log.txt`, `result.json`, `trace.txt`
@@ -425,6 +432,9 @@ fn seal(
 }
 
 pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {
+    if let Some(why) = crate::verdict::ended_early(outcome) {
+        println!("ended early: {why}");
+    }
     if let Some(judgements) = Judgements::of(outcome) {
         println!("{}", judgements.line());
     }

@@ -21,14 +21,24 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// Loads the model at `path` onto `device`, with the kernel switches of the environment
-    /// (`DRPO_CPU_*`, `DRPO_CUDA_*`).
-    pub fn load(path: &Path, device: DeviceSpec) -> anyhow::Result<LocalProvider> {
-        let model = LocalModel::load_on(path, device, KernelOptions::from_env()).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot load the local model {} on {device}: {e}",
-                path.display()
-            )
-        })?;
+    /// (`DRPO_CPU_*`, `DRPO_CUDA_*`), keeping the keys and values of up to
+    /// `prefix_cache_tokens` prompt tokens for prompts that begin alike (`None`: the model's
+    /// default).
+    pub fn load(
+        path: &Path,
+        device: DeviceSpec,
+        prefix_cache_tokens: Option<usize>,
+    ) -> anyhow::Result<LocalProvider> {
+        let mut model =
+            LocalModel::load_on(path, device, KernelOptions::from_env()).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot load the local model {} on {device}: {e}",
+                    path.display()
+                )
+            })?;
+        if let Some(tokens) = prefix_cache_tokens {
+            model.set_prefix_cache_tokens(tokens);
+        }
         Ok(LocalProvider {
             model: Arc::new(model),
         })
@@ -79,6 +89,24 @@ impl Provider for LocalProvider {
 
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>> {
         self.generate(batch, None)
+    }
+
+    /// Its prefill so far: the prompt tokens, the positions computed (padding included) and
+    /// those the prefix cache supplied.
+    fn work(&self) -> Option<String> {
+        let stats = self.model.prefill_stats();
+        let name = self.model.path().file_name().map_or_else(
+            || self.model.path().display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Some(format!(
+            "local {name}: prefill of {} prompt tokens computed {} positions, {} from the \
+             prefix cache (--prefix-cache-tokens {})",
+            stats.prompt_tokens,
+            stats.computed_tokens,
+            stats.reused_tokens,
+            self.model.prefix_cache_tokens()
+        ))
     }
 
     /// Tells `progress` each choice's text after every token the model generates.

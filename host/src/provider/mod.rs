@@ -182,6 +182,12 @@ pub trait Provider: Send + Sync {
         let _ = settings;
     }
 
+    /// One line on the work this provider has done in this process, where it does the work
+    /// itself (a model in process: its prefill), for the progress display; `None` otherwise.
+    fn work(&self) -> Option<String> {
+        None
+    }
+
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>>;
@@ -230,6 +236,18 @@ pub struct Router {
 }
 
 impl Router {
+    /// [`Provider::work`] of each distinct provider that reports any.
+    pub fn work(&self) -> Vec<String> {
+        let mut seen: Vec<&Arc<dyn Provider>> = Vec::new();
+        for role in Role::ALL {
+            let provider = self.provider(role);
+            if !seen.iter().any(|p| Arc::ptr_eq(p, provider)) {
+                seen.push(provider);
+            }
+        }
+        seen.iter().filter_map(|p| p.work()).collect()
+    }
+
     /// One provider per role; `embedder` serves `embed` (none: `embed` reports that no
     /// embedding model is configured, and strategies fall back to fixed examples).
     pub fn new(

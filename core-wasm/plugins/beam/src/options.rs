@@ -52,6 +52,9 @@ pub struct Options {
     pub optimizer_max_tokens: u32,
     /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
     pub unusable_judgement_extends_depth: bool,
+    /// End the search once the best path score has not improved for this many levels (0: run
+    /// to the depth limit, as published).
+    pub patience: u32,
     /// Known aspect selections, {query text: {query_analysis, aspects_selection}}.
     pub metrics_cache: BTreeMap<String, Value>,
 }
@@ -76,6 +79,7 @@ impl Default for Options {
             judge_max_tokens: 2048,
             optimizer_max_tokens: 2048,
             unusable_judgement_extends_depth: false,
+            patience: 0,
             metrics_cache: BTreeMap::new(),
         }
     }

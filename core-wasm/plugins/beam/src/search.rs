@@ -27,6 +27,7 @@ use drpo_kit::drpo::engine::{
 };
 use drpo_kit::drpo::icl;
 use drpo_kit::drpo::parse::{self, Judgement};
+use drpo_kit::drpo::patience::Patience;
 use drpo_kit::drpo::prompts;
 use drpo_kit::drpo::reward::{self, Decision, DepthLimit, SkipReason};
 use drpo_kit::{
@@ -106,6 +107,8 @@ pub struct SearchResult {
     pub final_depth: u32,
     /// Why the search stopped before finishing, if it did.
     pub stop: Option<Stop>,
+    /// The patience rule, and whether it ended the search.
+    pub patience: Patience,
     /// Judgements asked for and usable.
     pub judgements: Judgements,
     /// Calls made.
@@ -140,6 +143,8 @@ impl SearchResult {
             "final_depth": self.final_depth,
             "stopped": self.stop.as_ref().map(Stop::to_string),
             "stop": Stop::details(self.stop.as_ref()),
+            "ended_early": self.patience.message(),
+            "patience": self.patience.details(),
             "judgements": self.judgements,
             "stats": self.stats,
             "trace": trace,
@@ -208,6 +213,7 @@ struct Search<'a, H: Host> {
     depth: DepthLimit,
     beam: Vec<BeamItem>,
     terminal: Vec<BeamItem>,
+    patience: Patience,
     stats: Stats,
 }
 
@@ -242,6 +248,7 @@ pub fn run<H: Host>(
         depth: DepthLimit::new(options.depth, options.max_depth_increase),
         beam: Vec::new(),
         terminal: Vec::new(),
+        patience: Patience::new(options.patience),
         stats: Stats::default(),
     };
     let stop = search.search().err();
@@ -400,6 +407,15 @@ impl<H: Host> Search<'_, H> {
         }
         rank(&mut next);
         next.truncate(self.options.beam_size as usize);
+        if let Some(best) = next.first()
+            && self.patience.observe(level + 1, best.score)
+        {
+            let why = self.patience.message().unwrap_or_default();
+            self.log(LogLevel::Info, format!("level {}: {why}", level + 1));
+            self.terminal.extend(next);
+            self.beam = Vec::new();
+            return Ok(());
+        }
         self.beam = next;
         Ok(())
     }
@@ -882,6 +898,7 @@ impl<H: Host> Search<'_, H> {
             new_metrics_cache: self.new_cache,
             final_depth: self.depth.current(),
             stop,
+            patience: self.patience,
             judgements: self.judgement_count,
             stats: self.stats,
         }

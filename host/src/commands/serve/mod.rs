@@ -59,6 +59,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_flags = ModelFlags {
         api_base: flags.api_base.clone(),
         device: flags.device.clone(),
+        prefix_cache_tokens: flags.prefix_cache_tokens,
         ..ModelFlags::default()
     };
     let (router, models) = crate::services::one_model_router(

@@ -1009,3 +1009,46 @@ fn the_demo_data_runs_end_to_end() {
         3
     );
 }
+
+#[test]
+fn patience_ends_a_search_whose_best_path_stops_improving() {
+    // Every answer scores 3: level 1's best path scores 3, and levels 2 and 3 do no better.
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 20, "beam_size": 2, "patience": 2}"#),
+        &queries(40),
+        &examples(),
+    )
+    .unwrap();
+    let deepest = r.tree.iter().map(|n| n.depth).max().unwrap();
+    assert_eq!(deepest, 3, "levels 2 and 3 did not improve on level 1");
+    assert!(r.stop.is_none(), "patience is not a failure");
+    assert_eq!(r.best_score, Some(3.0));
+    assert_eq!(r.best_path.len(), 4, "the best path ends at level 3");
+    let details = r.details();
+    assert_eq!(
+        details["patience"],
+        json!({"levels": 2, "ended_after_level": 3, "best_level": 1})
+    );
+    assert!(
+        details["ended_early"]
+            .as_str()
+            .unwrap()
+            .starts_with("patience: no better score for 2 level(s) since level 1"),
+        "{details}"
+    );
+
+    // Without patience the same search runs to its depth limit.
+    let mut host = Scripted::plain();
+    let r = run(
+        &mut host,
+        &options(r#"{"depth": 6}"#),
+        &queries(40),
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(r.tree.iter().map(|n| n.depth).max(), Some(5));
+    assert_eq!(r.details()["patience"], Value::Null);
+    assert_eq!(r.details()["ended_early"], Value::Null);
+}
