@@ -113,7 +113,7 @@ pub struct ModelFlags {
     pub device: Option<String>,
     /// Prompt tokens whose keys and values a `local:` model keeps, so that prompts beginning
     /// the same way (a system prompt, a judge's instructions) skip them in prefill; 0 keeps
-    /// none. The answers are the same either way. Default: what 512 MiB holds for the model.
+    /// none. The logits agree to f32 rounding. Default: what 512 MiB holds for the model.
     #[arg(long, value_name = "TOKENS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix_cache_tokens: Option<usize>,

@@ -343,8 +343,8 @@ impl LocalModel {
 
     /// Sets how many prompt tokens' keys and values the model keeps for prompts that begin the
     /// same way (0 keeps none, and every prompt is prefilled whole, as one pass). The default
-    /// is what [`PREFIX_CACHE_BYTES`] holds. Answers are the same either way; only the work
-    /// differs.
+    /// is what [`PREFIX_CACHE_BYTES`] holds. Logits agree with those of a whole prefill to
+    /// f32 rounding (docs/prefix-cache.md); only the work differs.
     pub fn set_prefix_cache_tokens(&mut self, tokens: usize) {
         *self
             .prefix_cache
@@ -701,7 +701,8 @@ impl LocalModel {
         }
         let mut parts = self.prefill_groups(model, prompts, capacity);
         if parts.len() == 1 {
-            let (_, cache, logits) = parts.pop().expect("one part");
+            let (_, mut cache, logits) = parts.pop().expect("one part");
+            cache.set_prefilling(false);
             return (cache, logits);
         }
         let placed: Vec<usize> = parts.iter().flat_map(|(rows, _, _)| rows.clone()).collect();
@@ -753,6 +754,7 @@ impl LocalModel {
                 let group_found: Vec<Vec<Arc<SlotValues>>> =
                     rows.iter().map(|&r| found[r].clone()).collect();
                 let mut cache = model.new_cache_with(&group_pads, capacity, &group_found);
+                cache.set_prefilling(true);
                 let from = cache.len();
                 let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * (longest - from));
                 for (&r, &pad) in rows.iter().zip(&group_pads) {

@@ -197,6 +197,9 @@ pub struct KvCache<B: Backend> {
     capacity: usize,
     /// Allocated slots: `capacity` rounded up to a multiple of [`KV_BUCKET`].
     slots: usize,
+    /// Whether forward passes prefill prompts whose positions must come out the same however
+    /// the prompt is cut into passes (see [`KvCache::set_prefilling`]).
+    prefilling: bool,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -218,6 +221,15 @@ impl<B: Backend> KvCache<B> {
     /// Left padding of each row.
     pub fn pads(&self) -> &[usize] {
         &self.pads
+    }
+
+    /// Marks the passes that follow as prefill passes whose positions must not depend on how
+    /// a prompt is cut into passes (the prefix cache computes a prompt's head and tail in
+    /// separate passes): on the CPU every such pass then attends with the same arithmetic,
+    /// burn's, where the fused attention would otherwise take passes of up to 16 positions.
+    /// Decoding after a prefill unmarks it.
+    pub fn set_prefilling(&mut self, prefilling: bool) {
+        self.prefilling = prefilling;
     }
 }
 
@@ -287,6 +299,7 @@ impl<B: Backend> KvCache<B> {
             len,
             capacity,
             slots,
+            prefilling: false,
         }
     }
 }
@@ -517,6 +530,7 @@ impl<B: Backend> Llama<B> {
             len: 0,
             capacity,
             slots,
+            prefilling: false,
         }
     }
 
@@ -586,7 +600,8 @@ impl<B: Backend> Llama<B> {
         );
 
         let (cos, sin) = self.rope_for(&cache.pads, start, len);
-        let window = self.attention_window(&cache.pads, start, len, cache.slots);
+        let mut window = self.attention_window(&cache.pads, start, len, cache.slots);
+        window.prefilling = cache.prefilling;
 
         let eps = self.config.rms_norm_eps;
         let kernels = &self.kernels;
@@ -664,6 +679,7 @@ impl<B: Backend> Llama<B> {
             pads,
             start,
             len,
+            prefilling: false,
             mask: OnceCell::new(),
         }
     }
@@ -787,18 +803,22 @@ impl<B: Backend> Llama<B> {
             }
         };
         let (first, keys) = (window.first, window.keys);
-        let fused = crate::cpu::attention(
-            &q,
-            k_cache,
-            v_cache,
-            window.pads,
-            len,
-            first,
-            keys,
-            start,
-            c.sliding_window_in_use(),
-            kernels,
-        );
+        let fused = if window.prefilling {
+            None
+        } else {
+            crate::cpu::attention(
+                &q,
+                k_cache,
+                v_cache,
+                window.pads,
+                len,
+                first,
+                keys,
+                start,
+                c.sliding_window_in_use(),
+                kernels,
+            )
+        };
         #[cfg(feature = "cuda")]
         let fused = fused.or_else(|| {
             crate::cuda::attention::attention(
@@ -856,6 +876,8 @@ struct Window<'p, B: Backend> {
     /// The new queries' slots are `start..start + len`.
     start: usize,
     len: usize,
+    /// The cache's [`KvCache::set_prefilling`].
+    prefilling: bool,
     /// See [`Llama::window_mask`]; unused (never built) where the fused CUDA attention runs.
     mask: OnceCell<Option<Tensor<B, 5>>>,
 }
