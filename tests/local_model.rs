@@ -313,3 +313,49 @@ fn header_options(run: &std::path::Path) -> serde_json::Value {
     };
     serde_json::from_str(&header.options).unwrap()
 }
+
+/// The prefix cache through the host: `generate` with the flag's default and with 0 gives the
+/// same answers, and the progress says how much of the prefill the cache supplied (the answers
+/// share a long system prompt, so the default reuses it).
+#[test]
+fn generate_answers_the_same_with_and_without_the_prefix_cache_and_says_what_it_saved() {
+    let model = workspace()
+        .join(".cache/models")
+        .join(drpo_host::services::DEFAULT_MODEL_FILE);
+    assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
+    let work = tempfile::tempdir().unwrap();
+    let system = "You are a patient tutor. Explain every idea in plain words, give one short \
+                  example, and end with a question that checks the reader understood.";
+    let answer = |name: &str, flags: &[&str]| {
+        let out = output(
+            generate_in(&work.path().join(name), work.path().join(name).join("run"))
+                .arg("--model")
+                .arg(format!("local:{}", model.display()))
+                .args(["--max-tokens", "16", "--system", system, "-k", "1"])
+                .args(flags)
+                .args([
+                    "What is a prime number?",
+                    "Why is the sky blue?",
+                    "What is rust?",
+                ]),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The answers, from the first query's heading on (the run directory differs).
+        let answers = stdout[stdout.find("### ").expect("answers")..].to_owned();
+        (answers, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (cached, cached_log) = answer("cached", &[]);
+    let (whole, whole_log) = answer("whole", &["--prefix-cache-tokens", "0"]);
+    assert_eq!(cached, whole);
+    let reused = |log: &str| -> u64 {
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("from the prefix cache"))
+            .unwrap_or_else(|| panic!("no prefill line: {log}"));
+        let before = line.split(" from the prefix cache").next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(reused(&whole_log), 0, "{whole_log}");
+    assert!(reused(&cached_log) >= 2 * 16, "{cached_log}");
+}
