@@ -105,15 +105,24 @@ fn two_answer_files_side_by_side_and_replay() {
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("aspect       baseline           optimized          optimized - baseline"),
+        stdout.contains(&format!(
+            "aspect       {:<30}  {:<30}  optimized - baseline",
+            "baseline", "optimized"
+        )),
         "{stdout}"
     );
     assert!(
-        stdout.contains("Helpfulness  2.00 ± 0.00 (n=1)  5.00 ± 0.00 (n=1)  +3.00"),
+        stdout.contains(
+            "Helpfulness  2.00 ± 0.00 (n=1) [2.00, 2.00]  5.00 ± 0.00 (n=1) [5.00, 5.00]  \
+             +3.00 [+3.00, +3.00]"
+        ),
         "{stdout}"
     );
     assert!(
-        stdout.contains("Safety       2.00 ± 0.00 (n=1)  5.00 ± 0.00 (n=1)  +3.00"),
+        stdout.contains(
+            "Safety       2.00 ± 0.00 (n=1) [2.00, 2.00]  5.00 ± 0.00 (n=1) [5.00, 5.00]  \
+             +3.00 [+3.00, +3.00]"
+        ),
         "{stdout}"
     );
     assert!(

@@ -2,7 +2,8 @@
 //! The judge scores every answer from 1 to 5, with a rationale, on helpfulness, clarity,
 //! factuality, depth and engagement, or on safety alone when the query is tagged harmful; the
 //! outcome holds each query's scores, each aspect's mean and spread, and, given a second set of
-//! answers to the same queries, the difference per aspect and how many queries improved.
+//! answers to the same queries, the difference per aspect and how many queries improved. Every
+//! mean and difference in the report carries a 95% bootstrap interval over the queries.
 //!
 //! The answers come in the options (`answers`, and `compare` for the second set), so the run
 //! log's header records exactly what was judged and `replay` needs nothing else. `drpo-host
@@ -12,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::aspects::{self, Aspect};
+use drpo_kit::drpo::data::SplitMix64;
 use drpo_kit::drpo::icl::BASELINE_PROMPT;
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
@@ -333,14 +335,60 @@ pub fn tally(first: &[Verdict], second: &[Verdict]) -> Tally {
     tally
 }
 
-fn cell(spread: Option<&Spread>) -> String {
+/// Resamples of the queries behind each bootstrap interval.
+pub const RESAMPLES: usize = 2000;
+
+/// A 95% percentile bootstrap interval of `statistic` over the queries: [`RESAMPLES`] times, as
+/// many query indices as there are `queries` are drawn with replacement, from a generator seeded
+/// with `seed` (so a report is the same every time it is made), and the statistic of each draw
+/// is taken; the interval runs from the 2.5th to the 97.5th percentile. `None` when no draw has
+/// a value.
+pub fn bootstrap(
+    queries: usize,
+    seed: u64,
+    statistic: impl Fn(&[usize]) -> Option<f64>,
+) -> Option<(f64, f64)> {
+    if queries == 0 {
+        return None;
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut draw = vec![0; queries];
+    let mut values = Vec::with_capacity(RESAMPLES);
+    for _ in 0..RESAMPLES {
+        for slot in draw.iter_mut() {
+            *slot = rng.below(queries);
+        }
+        values.extend(statistic(&draw));
+    }
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.025), at(0.975)))
+}
+
+/// The mean of `score` over the drawn verdicts that have one.
+fn mean_of(
+    verdicts: &[Verdict],
+    draw: &[usize],
+    score: &impl Fn(&Verdict) -> Option<f64>,
+) -> Option<f64> {
+    let scores: Vec<f64> = draw.iter().filter_map(|&i| score(&verdicts[i])).collect();
+    (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+}
+
+fn cell(spread: Option<&Spread>, interval: Option<(f64, f64)>) -> String {
     spread.map_or("-".to_owned(), |s| {
-        format!("{:.2} ± {:.2} (n={})", s.mean, s.std, s.n)
+        let interval = interval.map_or(String::new(), |(lo, hi)| format!(" [{lo:.2}, {hi:.2}]"));
+        format!("{:.2} ± {:.2} (n={}){interval}", s.mean, s.std, s.n)
     })
 }
 
-/// The report table: per aspect, each set's mean ± spread, and the difference when compared.
-pub fn report(labels: &[&str], verdicts: &[&[Verdict]]) -> String {
+/// The report table: per aspect, each set's mean ± spread with its 95% bootstrap interval, and
+/// the difference when compared, with the interval of the difference (both sets resampled by
+/// the same queries); `seed` seeds the resampling.
+pub fn report(labels: &[&str], verdicts: &[&[Verdict]], seed: u64) -> String {
     let summaries: Vec<_> = verdicts.iter().map(|v| summarize(v)).collect();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["aspect".to_owned()];
@@ -359,10 +407,23 @@ pub fn report(labels: &[&str], verdicts: &[&[Verdict]]) -> String {
                 None => overall.as_ref(),
             })
             .collect();
+        let score = |v: &Verdict| match name {
+            Some(name) => v.score(name).map(f64::from),
+            None => v.mean(),
+        };
+        let queries = verdicts[0].len();
         let mut row = vec![name.unwrap_or("overall").to_owned()];
-        row.extend(spreads.iter().map(|s| cell(*s)));
-        if let [Some(a), Some(b)] = spreads[..] {
-            row.push(format!("{:+.2}", b.mean - a.mean));
+        for (set, spread) in verdicts.iter().zip(&spreads) {
+            let interval = bootstrap(queries, seed, |draw| mean_of(set, draw, &score));
+            row.push(cell(*spread, interval));
+        }
+        if let ([Some(a), Some(b)], [first, second]) = (&spreads[..], verdicts) {
+            let interval = bootstrap(queries, seed, |draw| {
+                Some(mean_of(second, draw, &score)? - mean_of(first, draw, &score)?)
+            });
+            let interval =
+                interval.map_or(String::new(), |(lo, hi)| format!(" [{lo:+.2}, {hi:+.2}]"));
+            row.push(format!("{:+.2}{interval}", b.mean - a.mean));
         } else if spreads.len() == 2 {
             row.push("-".to_owned());
         }
@@ -432,7 +493,7 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
         judgements.received(&verdict.judgement);
     }
     let verdict_refs: Vec<&[Verdict]> = verdicts.iter().map(Vec::as_slice).collect();
-    let report = report(&labels, &verdict_refs);
+    let report = report(&labels, &verdict_refs, options.seed);
     host.debug(format!("evaluation:\n{report}"));
 
     let queries: Vec<Value> = (0..sets[0].len())
@@ -667,6 +728,59 @@ mod tests {
             report.contains("B better than A on 1 of 3 queries, worse on 1, the same on 1"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_mean_narrow_with_more_queries_and_are_seeded() {
+        let values = [1.0, 2.0, 3.0, 4.0, 5.0, 3.0, 2.0, 4.0];
+        let mean_of_draw = |values: &[f64]| {
+            let values = values.to_vec();
+            move |draw: &[usize]| {
+                Some(draw.iter().map(|&i| values[i]).sum::<f64>() / draw.len() as f64)
+            }
+        };
+        let (lo, hi) = bootstrap(values.len(), 7, mean_of_draw(&values)).unwrap();
+        assert!(lo < 3.0 && 3.0 < hi, "[{lo}, {hi}]");
+        assert!(lo >= 1.0 && hi <= 5.0);
+        assert_eq!(
+            bootstrap(values.len(), 7, mean_of_draw(&values)),
+            Some((lo, hi))
+        );
+        // The same scores over four times the queries: about half the width.
+        let more: Vec<f64> = values.iter().cycle().take(32).copied().collect();
+        let (lo4, hi4) = bootstrap(more.len(), 7, mean_of_draw(&more)).unwrap();
+        let ratio = (hi4 - lo4) / (hi - lo);
+        assert!((0.35..0.7).contains(&ratio), "{ratio}");
+        // Scores that never vary: the interval is the score.
+        assert_eq!(bootstrap(5, 1, |_| Some(4.0)), Some((4.0, 4.0)));
+        assert_eq!(bootstrap(0, 1, |_| Some(4.0)), None);
+        assert_eq!(bootstrap(3, 1, |_| None), None);
+    }
+
+    #[test]
+    fn the_report_gives_every_mean_and_difference_an_interval() {
+        let mut host = judge_host();
+        let first = answers(&[
+            ("a", "Q1?", "meh", false),
+            ("b", "Q2?", "good", false),
+            ("c", "Q3?", "meh", false),
+        ]);
+        let second = answers(&[
+            ("a", "Q1?", "good now", false),
+            ("b", "Q2?", "good", false),
+            ("c", "Q3?", "good too", false),
+        ]);
+        let outcome = evaluate(&mut host, &options(first, second)).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        let report = details["report"].as_str().unwrap();
+        for line in report
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("better than"))
+        {
+            // Two means and one difference, each followed by its interval.
+            assert_eq!(line.matches(" [").count(), 3, "{line}\n{report}");
+        }
     }
 
     #[test]
