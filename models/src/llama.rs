@@ -231,9 +231,7 @@ impl<B: Backend> KvCache<B> {
     pub fn set_prefilling(&mut self, prefilling: bool) {
         self.prefilling = prefilling;
     }
-}
 
-impl<B: Backend> KvCache<B> {
     /// Row `row`'s keys and values in `slots`, every layer, copied to the host.
     pub fn read(&self, row: usize, slots: std::ops::Range<usize>) -> SlotValues {
         let [_, kv, _, hd] = self.layers[0].0.dims();
@@ -247,7 +245,7 @@ impl<B: Backend> KvCache<B> {
         };
         SlotValues::new(
             slots.len(),
-            kv,
+            [kv, hd],
             self.layers
                 .iter()
                 .map(|(k, v)| (read(k), read(v)))
@@ -319,20 +317,17 @@ pub fn in_row_order<B: Backend>(placed: &[usize], device: &B::Device) -> Tensor<
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotValues {
     len: usize,
-    kv_heads: usize,
+    /// Key/value heads and the head dimension.
+    heads: [usize; 2],
     /// Each layer's keys and values, each `[kv_heads, len, head_dim]` row-major.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl SlotValues {
-    /// Values of `len` slots of `kv_heads` heads, from each layer's keys and values
+    /// Values of `len` slots of `[kv_heads, head_dim]` heads, from each layer's keys and values
     /// (`[kv_heads, len, head_dim]` row-major).
-    pub fn new(len: usize, kv_heads: usize, layers: Vec<(Vec<f32>, Vec<f32>)>) -> Self {
-        Self {
-            len,
-            kv_heads,
-            layers,
-        }
+    pub fn new(len: usize, heads: [usize; 2], layers: Vec<(Vec<f32>, Vec<f32>)>) -> Self {
+        Self { len, heads, layers }
     }
 
     /// Slots held.
@@ -345,40 +340,25 @@ impl SlotValues {
         self.len == 0
     }
 
-    /// Each layer's keys and values.
-    pub fn layers(&self) -> &[(Vec<f32>, Vec<f32>)] {
-        &self.layers
-    }
-
-    /// Slots `range` of these values.
-    pub fn slots(&self, range: std::ops::Range<usize>) -> SlotValues {
-        Self::join(&[self], range)
-    }
-
-    /// Slots `range` of `parts` laid end to end.
+    /// Slots `range` of `parts` laid end to end (values of one model).
     pub fn join(parts: &[&SlotValues], range: std::ops::Range<usize>) -> SlotValues {
         let total: usize = parts.iter().map(|p| p.len).sum();
         assert!(range.end <= total, "slots {range:?} asked of {total}");
         let Some(first) = parts.first() else {
-            return SlotValues::new(0, 0, Vec::new());
+            return SlotValues::new(0, [0, 0], Vec::new());
         };
-        let kv_heads = first.kv_heads;
+        let [kv_heads, hd] = first.heads;
+        // `keys`: the layer's keys, else its values.
         let side = |layer: usize, keys: bool| {
-            let hd = |p: &SlotValues| {
-                let (k, v) = &p.layers[layer];
-                (if keys { k } else { v }).len() / (p.kv_heads * p.len).max(1)
-            };
-            let mut out = Vec::with_capacity(kv_heads * range.len() * hd(first));
+            let mut out = Vec::with_capacity(kv_heads * range.len() * hd);
             // Head-major, as the cache: every slot of head h, then head h + 1's.
             for h in 0..kv_heads {
                 let mut at = 0;
                 for part in parts {
-                    let (k, v) = &part.layers[layer];
-                    let values = if keys { k } else { v };
                     let (from, to) = (range.start.max(at), range.end.min(at + part.len));
                     if from < to {
-                        let hd = hd(part);
-                        let head = &values[h * part.len * hd..][..part.len * hd];
+                        let (k, v) = &part.layers[layer];
+                        let head = &(if keys { k } else { v })[h * part.len * hd..];
                         out.extend_from_slice(&head[(from - at) * hd..(to - at) * hd]);
                     }
                     at += part.len;
@@ -388,7 +368,7 @@ impl SlotValues {
         };
         SlotValues {
             len: range.len(),
-            kv_heads,
+            heads: first.heads,
             layers: (0..first.layers.len())
                 .map(|l| (side(l, true), side(l, false)))
                 .collect(),
@@ -600,8 +580,7 @@ impl<B: Backend> Llama<B> {
         );
 
         let (cos, sin) = self.rope_for(&cache.pads, start, len);
-        let mut window = self.attention_window(&cache.pads, start, len, cache.slots);
-        window.prefilling = cache.prefilling;
+        let window = self.attention_window(&cache.pads, start, len, cache.slots, cache.prefilling);
 
         let eps = self.config.rms_norm_eps;
         let kernels = &self.kernels;
@@ -656,13 +635,15 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Which cached slots the new queries may see: `keys` slots from `first`, a multiple of
-    /// [`KV_BUCKET`] when the cache allows.
+    /// [`KV_BUCKET`] when the cache allows; `prefilling` is the cache's
+    /// [`KvCache::set_prefilling`].
     fn attention_window<'p>(
         &self,
         pads: &'p [usize],
         start: usize,
         len: usize,
         slots: usize,
+        prefilling: bool,
     ) -> Window<'p, B> {
         let end = start + len;
         // Keys older than the window of the first new query are never seen: skip them.
@@ -679,7 +660,7 @@ impl<B: Backend> Llama<B> {
             pads,
             start,
             len,
-            prefilling: false,
+            prefilling,
             mask: OnceCell::new(),
         }
     }

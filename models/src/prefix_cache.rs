@@ -39,7 +39,7 @@ pub const PASS_COST: usize = 8;
 struct Node {
     /// The block before it (`None` for a prompt's first block).
     parent: Option<u64>,
-    tokens: Box<[u32]>,
+    tokens: [u32; BLOCK],
     values: Arc<SlotValues>,
     /// Blocks that continue this one.
     children: usize,
@@ -65,7 +65,7 @@ pub struct PrefillStats {
 pub struct PrefixCache {
     budget_blocks: usize,
     nodes: HashMap<u64, Node>,
-    index: HashMap<(Option<u64>, Box<[u32]>), u64>,
+    index: HashMap<(Option<u64>, [u32; BLOCK]), u64>,
     next_id: u64,
     clock: u64,
     /// What prefills computed and reused.
@@ -108,7 +108,7 @@ impl PrefixCache {
         let mut found = Vec::new();
         let mut parent = None;
         for block in tokens[..limit.min(tokens.len())].chunks_exact(BLOCK) {
-            let Some(&id) = self.index.get(&(parent, Box::from(block))) else {
+            let Some(&id) = self.index.get(&(parent, block_key(block))) else {
                 break;
             };
             let node = self.nodes.get_mut(&id).expect("indexed nodes exist");
@@ -128,7 +128,7 @@ impl PrefixCache {
         self.clock += 1;
         let mut parent = None;
         for (i, block) in tokens.chunks_exact(BLOCK).enumerate() {
-            let key = (parent, Box::from(block));
+            let key = (parent, block_key(block));
             let id = match self.index.get(&key) {
                 Some(&id) => id,
                 None => {
@@ -144,7 +144,7 @@ impl PrefixCache {
                         id,
                         Node {
                             parent,
-                            tokens: key.1.clone(),
+                            tokens: key.1,
                             values: Arc::new(values(i)),
                             children: 0,
                             last_used: 0,
@@ -182,6 +182,11 @@ impl PrefixCache {
         }
         true
     }
+}
+
+/// A whole block's tokens as a key.
+fn block_key(block: &[u32]) -> [u32; BLOCK] {
+    block.try_into().expect("whole blocks only")
 }
 
 /// The longest whole-block prefix of each prompt that another prompt of the batch shares,
@@ -260,13 +265,14 @@ mod tests {
     fn values(tag: usize) -> SlotValues {
         SlotValues::new(
             BLOCK,
-            1,
+            [1, 1],
             vec![(vec![tag as f32; BLOCK], vec![tag as f32; BLOCK])],
         )
     }
 
-    fn tag(v: &SlotValues) -> f32 {
-        v.layers()[0].0[0]
+    /// Which of [`values`] `v` is.
+    fn tag(v: &SlotValues) -> usize {
+        (0..64).find(|&t| *v == values(t)).expect("a tagged block")
     }
 
     #[test]
@@ -282,7 +288,7 @@ mod tests {
         assert_eq!(cache.tokens(), 2 * BLOCK);
 
         let found = cache.lookup(&prompt, 40);
-        assert_eq!(found.iter().map(|v| tag(v)).collect::<Vec<_>>(), [0.0, 1.0]);
+        assert_eq!(found.iter().map(|v| tag(v)).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(cache.lookup(&prompt, 31).len(), 1, "the limit is respected");
         let mut other = prompt.clone();
         other[20] = 999;
@@ -299,8 +305,8 @@ mod tests {
             values(10 + i)
         });
         assert_eq!(asked, [1]);
-        assert_eq!(tag(&cache.lookup(&branch, 40)[1]), 11.0);
-        assert_eq!(tag(&cache.lookup(&prompt, 40)[1]), 1.0);
+        assert_eq!(tag(&cache.lookup(&branch, 40)[1]), 11);
+        assert_eq!(tag(&cache.lookup(&prompt, 40)[1]), 1);
     }
 
     #[test]

@@ -7,12 +7,11 @@
 //! Which roles need a schema is the shipped strategies' rule: the metrics, judge and optimizer
 //! roles answer in JSON, the base model in free text.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::Calls;
 use crate::bindings::types::{LlmError, Message, Prompt, Request, Role, Sampling};
-use crate::provider::{Provider, Router};
+use crate::provider::Router;
 use crate::runlog::{Preflight, RoleSettings};
 
 /// A role that cannot answer: the run must not start.
@@ -40,7 +39,7 @@ pub async fn run(calls: &Calls, roles: &[Role], skip: bool) -> Result<Preflight,
     let mut requests = Vec::new();
     let mut checked: Vec<Vec<Role>> = Vec::new();
     if !skip {
-        for (provider, served) in providers_of(router, roles) {
+        for (provider, served) in router.providers_of(roles) {
             if !provider.is_remote() {
                 continue;
             }
@@ -71,7 +70,7 @@ pub async fn run(calls: &Calls, roles: &[Role], skip: bool) -> Result<Preflight,
             }
         }
     }
-    for (provider, served) in providers_of(router, roles) {
+    for (provider, served) in router.providers_of(roles) {
         let settled = provider.settings().describe();
         if !settled.is_empty() {
             let names: Vec<&str> = served.iter().map(|&r| r.name()).collect();
@@ -104,19 +103,6 @@ pub fn restore(router: &Router, preflight: &Preflight) {
             router.provider(role).restore(recorded.settings);
         }
     }
-}
-
-/// The distinct providers serving `roles`, each with the roles it serves.
-fn providers_of<'a>(router: &'a Router, roles: &[Role]) -> Vec<(&'a Arc<dyn Provider>, Vec<Role>)> {
-    let mut providers: Vec<(&Arc<dyn Provider>, Vec<Role>)> = Vec::new();
-    for role in Role::ALL.into_iter().filter(|r| roles.contains(r)) {
-        let provider = router.provider(role);
-        match providers.iter_mut().find(|(p, _)| Arc::ptr_eq(p, provider)) {
-            Some((_, served)) => served.push(role),
-            None => providers.push((provider, vec![role])),
-        }
-    }
-    providers
 }
 
 fn sampling(max_tokens: u32) -> Sampling {
@@ -173,6 +159,8 @@ fn structured_check(role: Role) -> Request {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::bindings::types::{Completion, Usage};
     use crate::provider::scripted::ScriptedProvider;

@@ -236,16 +236,26 @@ pub struct Router {
 }
 
 impl Router {
-    /// [`Provider::work`] of each distinct provider that reports any.
-    pub fn work(&self) -> Vec<String> {
-        let mut seen: Vec<&Arc<dyn Provider>> = Vec::new();
-        for role in Role::ALL {
+    /// The distinct providers serving `roles`, each with the roles it serves (a model serving
+    /// several roles once).
+    pub fn providers_of(&self, roles: &[Role]) -> Vec<(&Arc<dyn Provider>, Vec<Role>)> {
+        let mut providers: Vec<(&Arc<dyn Provider>, Vec<Role>)> = Vec::new();
+        for role in Role::ALL.into_iter().filter(|r| roles.contains(r)) {
             let provider = self.provider(role);
-            if !seen.iter().any(|p| Arc::ptr_eq(p, provider)) {
-                seen.push(provider);
+            match providers.iter_mut().find(|(p, _)| Arc::ptr_eq(p, provider)) {
+                Some((_, served)) => served.push(role),
+                None => providers.push((provider, vec![role])),
             }
         }
-        seen.iter().filter_map(|p| p.work()).collect()
+        providers
+    }
+
+    /// [`Provider::work`] of each distinct provider that reports any.
+    pub fn work(&self) -> Vec<String> {
+        self.providers_of(&Role::ALL)
+            .into_iter()
+            .filter_map(|(provider, _)| provider.work())
+            .collect()
     }
 
     /// One provider per role; `embedder` serves `embed` (none: `embed` reports that no
