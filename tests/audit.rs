@@ -174,6 +174,18 @@ fn log_escapes_what_a_hostile_plugin_recorded() {
             .args(["--option", "mode=forge"]),
     );
     assert!(out.status.success(), "{}", text(&out));
+    let inspect = output(host(&work.path().join("cache")).arg("inspect").arg(&dir));
+    for (command, printed) in [("run", &out.stdout), ("inspect", &inspect.stdout)] {
+        let printed = String::from_utf8_lossy(printed);
+        assert!(
+            printed.contains("ended early") && printed.contains("[2J"),
+            "{command} prints the forged details, escaped: {printed}"
+        );
+        assert!(
+            !printed.contains('\u{1b}'),
+            "{command}: no raw escape reaches the terminal"
+        );
+    }
     let readable = log(work.path(), &[dir.to_str().unwrap()]);
     assert!(readable.status.success(), "{}", text(&readable));
     let stdout = String::from_utf8(readable.stdout).unwrap();

@@ -453,3 +453,131 @@ fn patience_ends_a_search_that_stops_improving_and_says_so() {
     );
     assert_replays(&work.path().join("cache"), &dir);
 }
+
+#[test]
+fn validation_chooses_the_prompt_best_on_held_out_queries_and_replays() {
+    // Five queries reach the plugin (3 to search, 2 held out, drawn with seed 0). The base model
+    // says which prompt it answered under; the judge gives the initial prompt 1 on the search's
+    // queries and 5 on the held-out ones, every other prompt 3. So the search prefers any
+    // optimized prompt, and the held-out queries prefer the initial one.
+    let queries = drpo::data::parse_queries_jsonl(drpo::data::DEMO_QUERIES_JSONL).unwrap();
+    let first_five: Vec<_> = queries.into_iter().take(5).collect();
+    let (_, held_out) = drpo::validation::split(first_five, 2, 0).unwrap();
+    let held_texts: Vec<String> = held_out.iter().map(|q| q.text.clone()).collect();
+    let server = Server::with_script(move |path, request| {
+        let messages = request["messages"].as_array();
+        let is_base = messages.is_some() && request["response_format"].is_null();
+        let body = if is_base && !path.ends_with("/embeddings") {
+            let under_root = request.to_string().contains("[ROOT]");
+            let answer = if under_root {
+                "MARK-ROOT"
+            } else {
+                "MARK-OTHER"
+            };
+            completion(request, vec![answer.to_owned()], "stop")
+        } else if is_judgement(request) {
+            let text = request.to_string();
+            let held = held_texts.iter().any(|q| text.contains(q.as_str()));
+            let score = match (text.contains("MARK-ROOT"), held) {
+                (true, true) => 5,
+                (true, false) => 1,
+                (false, _) => 3,
+            };
+            let mut narrowed = request.clone();
+            let aspects = narrowed["response_format"]["json_schema"]["schema"]["properties"]
+                .as_object_mut()
+                .unwrap();
+            for aspect in aspects.values_mut() {
+                aspect["properties"]["score"]["enum"] = Value::from(vec![score]);
+            }
+            default_reply(path, &narrowed)
+        } else {
+            default_reply(path, request)
+        };
+        Reply::new(200, body.to_string())
+    });
+    let work = tempfile::tempdir().unwrap();
+    let flags = [
+        "--initial-system-prompt",
+        "Answer with care. [ROOT]",
+        "--depth",
+        "3",
+        "--n-actions",
+        "2",
+        "--num-training-examples",
+        "3",
+        "--validation",
+        "2",
+    ];
+    let out = beam_run(&server, work.path(), "run", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(
+        printed.contains("validation on 2 held-out queries chose node 0 (held-out mean 5.00")
+            && printed.contains("best score: 5.0000 (mean on the held-out queries)"),
+        "{printed}"
+    );
+    let dir = work.path().join("run");
+    let result = result_json(&dir);
+    assert_eq!(result["best_prompt"], "Answer with care. [ROOT]");
+    assert_eq!(result["best_path"], serde_json::json!([0]));
+    let validation = &result["details"]["validation"];
+    let ids: Vec<&str> = held_out.iter().map(|q| q.id.as_str()).collect();
+    assert_eq!(validation["queries"], serde_json::json!(ids));
+    assert_ne!(validation["best_by_search_node"], 0, "{validation}");
+    let searched: Vec<&str> = result["tree"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["details"]["query_id"].as_str())
+        .collect();
+    assert!(
+        searched.iter().all(|id| !ids.contains(id)),
+        "the search never judged a held-out query: {searched:?}"
+    );
+    let scores: Vec<(f64, f64)> = validation["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["search_score"].as_f64().unwrap_or(0.0),
+                c["validation_score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scores.last(),
+        Some(&(0.0, 5.0)),
+        "the root: no search score"
+    );
+    assert!(
+        scores[..scores.len() - 1].iter().all(|s| *s == (3.0, 3.0)),
+        "{scores:?}"
+    );
+
+    let dom = drpo_tests::browser::dump_dom(&dir.join("tree.html"), "");
+    let table = dom
+        .split("id=\"validation-table\"")
+        .nth(1)
+        .expect("tree.html in headless Chromium shows the validation table");
+    assert!(
+        table.contains("<td class=\"score\">5</td><td>chosen</td>")
+            && table.contains(
+                "<td class=\"score\">3</td><td class=\"score\">3</td><td>best by search</td>"
+            ),
+        "{table}"
+    );
+
+    let inspect = drpo_tests::output(host(&work.path().join("cache")).arg("inspect").arg(&dir));
+    assert!(
+        text(&inspect).contains("validation     validation on 2 held-out queries chose node 0"),
+        "{}",
+        text(&inspect)
+    );
+    let replayed = assert_replays(&work.path().join("cache"), &dir);
+    assert!(
+        replayed.contains("same outcome (best score 5.0000)"),
+        "{replayed}"
+    );
+}

@@ -68,6 +68,13 @@ pub struct SearchFlags {
     #[arg(long, value_name = "LEVELS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patience: Option<u32>,
+    /// Training queries held out of the search (drawn with the seed); at the end the best
+    /// distinct prompts (option `validation_candidates`, default 3) and the initial prompt are
+    /// judged on them, and the best held-out mean is the result (not published; beam, greedy,
+    /// mcts; default 0, none).
+    #[arg(long, value_name = "QUERIES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<u32>,
 }
 
 /// Where the four roles' models come from.

@@ -84,6 +84,20 @@ pub fn ended_early(outcome: &Outcome) -> Option<String> {
     details.get("ended_early")?.as_str().map(str::to_owned)
 }
 
+/// What a validation split decided (its outcome's details' `validation.summary`), if the
+/// strategy held queries out.
+pub fn validation(outcome: &Outcome) -> Option<String> {
+    let details: Value = serde_json::from_str(&outcome.details).ok()?;
+    details["validation"]["summary"].as_str().map(str::to_owned)
+}
+
+/// Whether the best score is the chosen prompt's mean on held-out queries rather than the
+/// search's own score.
+pub fn score_is_held_out(outcome: &Outcome) -> bool {
+    serde_json::from_str::<Value>(&outcome.details)
+        .is_ok_and(|details| !details["validation"]["chosen_node"].is_null())
+}
+
 /// Why a finished run is not a success; `None` when it is.
 pub fn failure(outcome: &Outcome, calls: &[CallRecord]) -> Option<Exit> {
     let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::Null);

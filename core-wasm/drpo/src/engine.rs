@@ -170,7 +170,12 @@ impl Evaluation {
 pub struct Scorer {
     options: RequestSettings,
     examples: Vec<Example>,
+    /// The examples shown for particular queries (retrieved by similarity), by query text;
+    /// other queries are shown the first `k` of `examples`.
+    examples_for: BTreeMap<String, Vec<Example>>,
     selections: BTreeMap<String, Selection>,
+    /// The metrics model's usable answers, in the metrics cache's shape, by query text.
+    selections_made: BTreeMap<String, Value>,
     judgements: Judgements,
 }
 
@@ -181,9 +186,27 @@ impl Scorer {
         Scorer {
             options,
             examples,
+            examples_for: BTreeMap::new(),
             selections: BTreeMap::new(),
+            selections_made: BTreeMap::new(),
             judgements: Judgements::default(),
         }
+    }
+
+    /// Shows the base model `examples` (instead of the first `k`) whenever it answers `query`.
+    pub fn show_examples_for(&mut self, query: &str, examples: Vec<Example>) {
+        self.examples_for.insert(query.to_owned(), examples);
+    }
+
+    /// Uses `selection` for `query` instead of asking the metrics model (a metrics-cache hit).
+    pub fn know_selection(&mut self, query: &str, selection: Selection) {
+        self.selections.insert(query.to_owned(), selection);
+    }
+
+    /// The aspect selections the metrics model made for this scorer, in the metrics cache's
+    /// shape (`{query_analysis, aspects_selection}`), by query text.
+    pub fn selections_made(&self) -> &BTreeMap<String, Value> {
+        &self.selections_made
     }
 
     /// Judges each `(prompt, query)` pair: at most two `complete` calls for the whole list.
@@ -201,21 +224,27 @@ impl Scorer {
                 new_queries.push(text);
             }
         }
-        let shown: Vec<&Example> = self.examples.iter().take(self.options.k as usize).collect();
+        let first_k: Vec<&Example> = self.examples.iter().take(self.options.k as usize).collect();
         let mut batch: Vec<Request> = new_queries
             .iter()
             .map(|q| prompts::aspect_selection_request(q, &self.options))
             .collect();
-        batch.extend(
-            candidates.iter().map(|(prompt, query)| {
-                icl::base_request(prompt, &shown, &query.text, &self.options)
-            }),
-        );
+        batch.extend(candidates.iter().map(|(prompt, query)| {
+            let shown = match self.examples_for.get(&query.text) {
+                Some(retrieved) => retrieved.iter().collect(),
+                None => first_k.clone(),
+            };
+            icl::base_request(prompt, &shown, &query.text, &self.options)
+        }));
         let mut results = complete_batch(host, batch)?;
         let answers = results.split_off(new_queries.len());
         for (text, result) in new_queries.iter().zip(results) {
             let selection = match parse_selection_answer(result, prompts::MAX_ASPECTS) {
-                Ok((_, selection)) => Selection::parsed(selection, "model"),
+                Ok((object, selection)) => {
+                    self.selections_made
+                        .insert((*text).to_owned(), Value::Object(object));
+                    Selection::parsed(selection, "model")
+                }
                 Err(why) => Selection::fallback(host, &why),
             };
             self.selections.insert((*text).to_owned(), selection);

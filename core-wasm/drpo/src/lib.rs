@@ -21,6 +21,7 @@
 //! - [`outcome`]: what every strategy reports on how its run went: why it stopped early, and
 //!   how many judgements it could use;
 //! - [`patience`]: ending a search whose best score has stopped improving;
+//! - [`validation`]: holding queries out of a search and choosing its result on them;
 //! - [`testing`]: a scripted [`types::Host`] for native tests of a search.
 //!
 //! How the space of prompts is searched is not here: each strategy plugin owns its search
@@ -40,3 +41,4 @@ pub mod prompts;
 pub mod reward;
 pub mod testing;
 pub mod types;
+pub mod validation;

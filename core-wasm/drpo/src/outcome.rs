@@ -125,6 +125,12 @@ impl Judgements {
             self.usable += 1;
         }
     }
+
+    /// Adds the counts of another phase of the same run.
+    pub fn add(&mut self, other: Judgements) {
+        self.asked += other.asked;
+        self.usable += other.usable;
+    }
 }
 
 #[cfg(test)]

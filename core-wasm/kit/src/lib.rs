@@ -45,7 +45,7 @@ pub use drpo::types::{
 pub use ext::{HostExt, Typed, chat_request};
 pub use options::{OptionsSchema, StrategyOptions, derived_schema, parse_with_schema};
 pub use schemars::{self, JsonSchema};
-pub use settings::Settings;
+pub use settings::{HeldOut, Settings};
 
 /// The version of the `drpo:strategy` contract this kit builds plugins for (read from the WIT
 /// file; see [`drpo::contract`]).
@@ -54,10 +54,10 @@ pub use drpo::contract::WIT_VERSION;
 /// Everything a strategy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        Completion, ComponentHost, Example, Host, HostExt, Info, JsonSchema, LlmError, LogLevel,
-        Message, Node, OptionsSchema, Outcome, Prompt, Query, Request, Role, RoleEstimate,
-        Sampling, Settings, Stop, Strategy, StrategyHost, StrategyOptions, Typed, chat_request,
-        derived_schema, export_strategy,
+        Completion, ComponentHost, Example, HeldOut, Host, HostExt, Info, JsonSchema, LlmError,
+        LogLevel, Message, Node, OptionsSchema, Outcome, Prompt, Query, Request, Role,
+        RoleEstimate, Sampling, Settings, Stop, Strategy, StrategyHost, StrategyOptions, Typed,
+        chat_request, derived_schema, export_strategy,
     };
 }
 

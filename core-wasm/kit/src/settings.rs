@@ -68,3 +68,40 @@ impl Settings {
         }
     }
 }
+
+/// The validation split every search offers, as options: put it in a strategy's options struct
+/// with `#[serde(flatten)]`, call [`drpo::validation::split`] on the queries the host gives, and
+/// [`drpo::validation::validate`] on the search's best candidates at the end.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default)]
+pub struct HeldOut {
+    /// Training queries held out of the search (drawn with the seed) to choose the final prompt
+    /// on: the best distinct prompts and the initial prompt are judged on them and the best
+    /// held-out mean wins. 0: none; the search's own score chooses, as published.
+    pub validation: u32,
+    /// With validation: how many of the search's best distinct prompts are judged on the
+    /// held-out queries (the initial prompt is judged too).
+    #[schemars(range(min = 1))]
+    pub validation_candidates: u32,
+}
+
+impl Default for HeldOut {
+    fn default() -> Self {
+        HeldOut {
+            validation: 0,
+            validation_candidates: 3,
+        }
+    }
+}
+
+impl HeldOut {
+    /// Extra calls per role, in [`drpo::types::Role::ALL`] order (base, metrics, judge,
+    /// optimizer), that the validation adds to a projection: each candidate answered and judged
+    /// on every held-out query, and one aspect selection per held-out query. Fewest: the search
+    /// stopped early and nothing was validated.
+    pub fn extra_calls(&self) -> [(u64, u64); 4] {
+        let queries = u64::from(self.validation);
+        let answers = queries * (u64::from(self.validation_candidates) + 1);
+        [(0, answers), (0, queries), (0, answers), (0, 0)]
+    }
+}

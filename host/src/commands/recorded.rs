@@ -324,13 +324,19 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
                 println!("not a success  {} (exit code {})", exit.message, exit.code);
             }
             if let Some(why) = crate::verdict::ended_early(outcome) {
-                println!("ended early    {why}");
+                println!("ended early    {}", terminal::line(&why));
+            }
+            if let Some(summary) = crate::verdict::validation(outcome) {
+                println!("validation     {}", terminal::line(&summary));
             }
             if let Some(judgements) = Judgements::of(outcome) {
                 println!("{}", judgements.line());
             }
             if let Some(score) = outcome.best_score {
-                println!("best score     {score:.4}");
+                println!(
+                    "best score     {score:.4}{}",
+                    super::run::held_out_note(outcome)
+                );
             }
             if !outcome.best_path.is_empty() {
                 println!("best path      {:?}", outcome.best_path);

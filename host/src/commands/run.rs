@@ -431,15 +431,27 @@ fn seal(
     Ok(())
 }
 
+/// What `best score` means when a validation split chose the result.
+pub(crate) fn held_out_note(outcome: &Outcome) -> &'static str {
+    if crate::verdict::score_is_held_out(outcome) {
+        " (mean on the held-out queries)"
+    } else {
+        ""
+    }
+}
+
 pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {
     if let Some(why) = crate::verdict::ended_early(outcome) {
-        println!("ended early: {why}");
+        println!("ended early: {}", terminal::line(&why));
+    }
+    if let Some(summary) = crate::verdict::validation(outcome) {
+        println!("{}", terminal::line(&summary));
     }
     if let Some(judgements) = Judgements::of(outcome) {
         println!("{}", judgements.line());
     }
     if let Some(score) = outcome.best_score {
-        println!("best score: {score:.4}");
+        println!("best score: {score:.4}{}", held_out_note(outcome));
     }
     if let Some(prompt) = &outcome.best_prompt {
         println!("best prompt:\n{}", terminal::block(prompt));

@@ -6,7 +6,9 @@
 //! then answers and judges each child; aspect selection is one call per new query unless the
 //! metrics cache already holds it. The fewest calls are made when every beam is skipped and no
 //! extra level is granted; the most when no beam is ever skipped and every extra level is.
-//! The size of each request is the engine's ([`request_sizes`]).
+//! A validation split adds each validated prompt's answers and judgements on the held-out
+//! queries, and their aspect selections ([`drpo_kit::HeldOut::extra_calls`]). The size of each
+//! request is the engine's ([`request_sizes`]).
 
 use drpo_kit::RoleEstimate;
 use drpo_kit::drpo::engine::request_sizes;
@@ -37,12 +39,16 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let new_queries = 1 + levels_max;
     let metrics_max = new_queries.saturating_sub(options.metrics_cache.len() as u64);
 
-    let counts = [
+    let search = [
         (children_min, children_max),
         (0, metrics_max),
         (children_min, children_max),
         (0, optimizer_max),
     ];
+    let counts = search
+        .into_iter()
+        .zip(options.held_out.extra_calls())
+        .map(|((min, max), (extra_min, extra_max))| (min + extra_min, max + extra_max));
     let lineage = levels_max as usize + 1;
     request_sizes(
         &options.request_settings(),

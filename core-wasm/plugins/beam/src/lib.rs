@@ -9,6 +9,7 @@ pub mod estimate;
 pub mod options;
 pub mod search;
 
+use drpo_kit::drpo::validation;
 use drpo_kit::prelude::*;
 use options::Options;
 
@@ -23,13 +24,16 @@ search: from an initial system prompt, each level answers one training query wit
 model, judges the answer on the aspects a metrics model picked for that query, and has an \
 optimizer write n_actions better prompts for every beam that is not already good (mean score \
 above 4.5); the best beam_size paths by mean reward survive. Returns the best prompt, its path's \
-mean reward, the path and the new metrics-cache entries.";
+mean reward, the path and the new metrics-cache entries. With `validation` queries held out, the \
+best distinct prompts and the initial one are judged on them at the end, and the best held-out \
+mean wins.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
-        let queries = host.queries(Some(options.num_training_examples));
+        let held_out = options.held_out.validation;
+        let queries = host.queries(Some(options.num_training_examples.saturating_add(held_out)));
+        let (queries, held_out) = validation::split(queries, held_out, options.seed)?;
         let examples = host.examples();
-        let result = search::run(host, &options, &queries, &examples)?;
-        Ok(result.to_outcome())
+        search::run_and_validate(host, &options, &queries, &held_out, &examples)
     }
 
     fn estimate(options: &Options) -> Result<Vec<RoleEstimate>, String> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use drpo_kit::drpo::engine::RequestSettings;
-use drpo_kit::{JsonSchema, StrategyOptions, derived_schema};
+use drpo_kit::{HeldOut, JsonSchema, StrategyOptions, derived_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,6 +55,9 @@ pub struct Options {
     /// End the search once the best path score has not improved for this many levels (0: run
     /// to the depth limit, as published).
     pub patience: u32,
+    /// The validation split: queries held out of the search to choose its result on.
+    #[serde(flatten)]
+    pub held_out: HeldOut,
     /// Known aspect selections, {query text: {query_analysis, aspects_selection}}.
     pub metrics_cache: BTreeMap<String, Value>,
 }
@@ -80,6 +83,7 @@ impl Default for Options {
             optimizer_max_tokens: 2048,
             unusable_judgement_extends_depth: false,
             patience: 0,
+            held_out: HeldOut::default(),
             metrics_cache: BTreeMap::new(),
         }
     }
@@ -141,6 +145,7 @@ impl Options {
             ("metrics_max_tokens", self.metrics_max_tokens),
             ("judge_max_tokens", self.judge_max_tokens),
             ("optimizer_max_tokens", self.optimizer_max_tokens),
+            ("validation_candidates", self.held_out.validation_candidates),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));

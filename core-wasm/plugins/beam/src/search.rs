@@ -23,13 +23,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drpo_kit::drpo::aspects;
 use drpo_kit::drpo::engine::{
-    self, Judgements, RequestSettings, Selection, Stop, parse_selection_answer,
+    self, Judgements, RequestSettings, Scorer, Selection, Stop, parse_selection_answer,
 };
 use drpo_kit::drpo::icl;
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::patience::Patience;
 use drpo_kit::drpo::prompts;
 use drpo_kit::drpo::reward::{self, Decision, DepthLimit, SkipReason};
+use drpo_kit::drpo::validation::{self, Candidate};
 use drpo_kit::{
     Completion, Example, Host, LlmError, LogLevel, Node, Outcome, Query, Request, Role,
 };
@@ -259,6 +260,121 @@ pub fn run<H: Host>(
         );
     }
     Ok(search.finish(stop))
+}
+
+/// Runs the search on `queries` and, with queries held out, ends it by judging the best distinct
+/// prompts and the initial one on `held_out` and returning the best held-out mean
+/// ([`validation::conclude`]). The held-out queries are answered with the in-context examples
+/// retrieved for them (the first `k` without retrieval) and their aspect selections come from
+/// the metrics cache where it has them, as in the search; they go in one batched call each
+/// phase even in `sequential` mode.
+pub fn run_and_validate<H: Host>(
+    host: &mut H,
+    options: &Options,
+    queries: &[Query],
+    held_out: &[Query],
+    examples: &[Example],
+) -> Result<Outcome, String> {
+    let result = run(host, options, queries, examples)?;
+    let mut outcome = result.to_outcome();
+    if held_out.is_empty() {
+        return Ok(outcome);
+    }
+    let mut scorer = validation_scorer(host, options, held_out, examples);
+    let best = result.best_path.last().copied();
+    let mut ranked: Vec<&TreeNode> = result.tree.iter().filter(|n| n.parent.is_some()).collect();
+    ranked.sort_by(|a, b| b.path_score.total_cmp(&a.path_score));
+    let candidate = |n: &TreeNode| Candidate {
+        node: n.id,
+        prompt: n.prompt.clone(),
+        search_score: n.parent.map(|_| n.path_score),
+    };
+    let shortlist = validation::shortlist(
+        best.iter()
+            .filter_map(|&id| result.tree.get(id as usize))
+            .chain(ranked)
+            .filter(|n| n.parent.is_some())
+            .map(candidate),
+        candidate(&result.tree[0]),
+        options.held_out.validation_candidates as usize,
+    );
+    validation::conclude(
+        host,
+        &mut scorer,
+        held_out,
+        shortlist,
+        &mut outcome,
+        |node| path_to(&result.tree, node as usize),
+    );
+    let made = scorer.selections_made();
+    if !made.is_empty() {
+        let mut details: Value = serde_json::from_str(&outcome.details).unwrap_or_default();
+        for (query, selection) in made {
+            details["new_metrics_cache"][query] = selection.clone();
+        }
+        outcome.details = details.to_string();
+    }
+    Ok(outcome)
+}
+
+/// The scorer that validates: the search's request settings, each held-out query shown the
+/// examples retrieved for it, and the metrics cache's selections.
+fn validation_scorer<H: Host>(
+    host: &mut H,
+    options: &Options,
+    held_out: &[Query],
+    examples: &[Example],
+) -> Scorer {
+    let mut scorer = Scorer::new(options.request_settings(), examples.to_vec());
+    for query in held_out {
+        if let Some(cached) = options.metrics_cache.get(&query.text)
+            && let Ok(selection) = parse::parse_cached_selection(cached, prompts::MAX_ASPECTS)
+        {
+            scorer.know_selection(&query.text, Selection::parsed(selection, "cache"));
+        }
+    }
+    if !options.ret_icl || examples.is_empty() {
+        return scorer;
+    }
+    let mut texts: Vec<String> = examples.iter().map(|e| e.query.clone()).collect();
+    texts.extend(held_out.iter().map(|q| q.text.clone()));
+    let wanted = texts.len();
+    let why = match host.embed(texts) {
+        Ok(mut vectors) if vectors.len() == wanted => {
+            let queries = vectors.split_off(examples.len());
+            for (query, vector) in held_out.iter().zip(queries) {
+                let shown = icl::top_k(&vector, &vectors, options.k as usize)
+                    .into_iter()
+                    .map(|i| examples[i].clone())
+                    .collect();
+                scorer.show_examples_for(&query.text, shown);
+            }
+            return scorer;
+        }
+        Ok(vectors) => format!("{} vectors for {wanted} texts", vectors.len()),
+        Err(e) => e.to_string(),
+    };
+    host.log(
+        LogLevel::Warn,
+        format!(
+            "no embeddings for the held-out queries ({why}); they are shown the first {} \
+             in-context examples",
+            options.k
+        ),
+    );
+    scorer
+}
+
+/// Node ids from the root to `node`.
+fn path_to(tree: &[TreeNode], node: usize) -> Vec<u32> {
+    let mut ids = vec![node as u32];
+    let mut at = tree[node].parent;
+    while let Some(p) = at {
+        ids.push(p);
+        at = tree[p as usize].parent;
+    }
+    ids.reverse();
+    ids
 }
 
 /// The evaluation as the optimizer sees it: the published `json.dumps(eval, indent=4)` shape.
@@ -505,14 +621,7 @@ impl<H: Host> Search<'_, H> {
 
     /// Node ids from the root to `node`.
     fn path(&self, node: usize) -> Vec<u32> {
-        let mut ids = vec![node as u32];
-        let mut at = self.tree[node].parent;
-        while let Some(p) = at {
-            ids.push(p);
-            at = self.tree[p as usize].parent;
-        }
-        ids.reverse();
-        ids
+        path_to(&self.tree, node)
     }
 
     /// Sends one phase's requests (one call, or one call each in sequential mode). Answers are

@@ -7,6 +7,7 @@
 
 use drpo_kit::drpo::prompts;
 use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
+use drpo_kit::drpo::validation::{self, Candidate};
 use drpo_kit::engine::{Evaluation, Scorer, Stop, request_sizes};
 use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub struct Options {
     /// Seed, token limits, the optimizer's temperature, the initial prompt.
     #[serde(flatten)]
     pub requests: Settings,
+    /// The validation split: queries held out of the search to choose its result on.
+    #[serde(flatten)]
+    pub held_out: HeldOut,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             eval_queries: 2,
             trajectory: 8,
             requests: Settings::with_temperature(1.0),
+            held_out: HeldOut::default(),
         }
     }
 }
@@ -54,7 +59,8 @@ impl StrategyOptions for Options {
 
 /// The calls per role: the initial prompt and each step's candidate are answered and judged on
 /// `eval_queries` queries; one optimizer request per step; one aspect selection per query.
-/// Fewest: every optimizer answer unusable, so only the initial prompt is judged.
+/// Fewest: every optimizer answer unusable, so only the initial prompt is judged. A validation
+/// split adds its own calls ([`HeldOut::extra_calls`]).
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let steps = u64::from(options.steps);
     let judged = u64::from(options.eval_queries);
@@ -64,12 +70,14 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
         LINEAGE_WINDOW,
     )
     .into_iter()
-    .map(|mut e| {
-        (e.min_calls, e.max_calls) = match e.role {
+    .zip(options.held_out.extra_calls())
+    .map(|(mut e, (extra_min, extra_max))| {
+        let (min, max) = match e.role {
             Role::Base | Role::Judge => (judged, (1 + steps) * judged),
             Role::Metrics => (1, judged),
             Role::Optimizer => (steps, steps),
         };
+        (e.min_calls, e.max_calls) = (min + extra_min, max + extra_max);
         e
     })
     .collect()
@@ -84,13 +92,20 @@ struct Tried {
     evaluations: Vec<Evaluation>,
 }
 
-/// Runs the search; see the crate documentation.
+/// Runs the search; see the crate documentation. With `validation` queries held out of
+/// `queries`, the best distinct prompts and the initial one are judged on them at the end and
+/// the best held-out mean wins.
 pub fn search<H: Host>(
     host: &mut H,
     options: &Options,
     queries: &[Query],
     examples: Vec<Example>,
 ) -> Result<Outcome, String> {
+    let (queries, held_out) = validation::split(
+        queries.to_vec(),
+        options.held_out.validation,
+        options.requests.seed,
+    )?;
     let eval: Vec<Query> = queries
         .iter()
         .take(options.eval_queries as usize)
@@ -133,11 +148,6 @@ pub fn search<H: Host>(
         }
         steps = step;
     }
-    let mut path = vec![best as u32];
-    while let Some(parent) = tried[*path.last().unwrap_or(&0) as usize].parent {
-        path.push(parent as u32);
-    }
-    path.reverse();
     let trajectory: Vec<Value> = tried
         .iter()
         .enumerate()
@@ -147,10 +157,10 @@ pub fn search<H: Host>(
         "best node {best} with score {:.3}",
         tried[best].score
     ));
-    Ok(Outcome {
+    let mut outcome = Outcome {
         best_prompt: Some(tried[best].prompt.clone()),
         best_score: Some(tried[best].score),
-        best_path: path,
+        best_path: path_to(&tried, best),
         details: json!({
             "steps": steps,
             "stopped": stopped.as_ref().map(Stop::to_string),
@@ -159,7 +169,39 @@ pub fn search<H: Host>(
             "trajectory": trajectory,
         })
         .to_string(),
-    })
+    };
+    // Best first; the search keeps the first of equal scores, and a stable sort does too.
+    let mut ranked: Vec<usize> = (0..tried.len()).collect();
+    ranked.sort_by(|&a, &b| tried[b].score.total_cmp(&tried[a].score));
+    let candidate = |id: usize| Candidate {
+        node: id as u32,
+        prompt: tried[id].prompt.clone(),
+        search_score: Some(tried[id].score),
+    };
+    let shortlist = validation::shortlist(
+        ranked.into_iter().map(candidate),
+        candidate(0),
+        options.held_out.validation_candidates as usize,
+    );
+    validation::conclude(
+        host,
+        &mut scorer,
+        &held_out,
+        shortlist,
+        &mut outcome,
+        |id| path_to(&tried, id as usize),
+    );
+    Ok(outcome)
+}
+
+/// Node ids from the initial prompt to `id`.
+fn path_to(tried: &[Tried], id: usize) -> Vec<u32> {
+    let mut path = vec![id as u32];
+    while let Some(parent) = tried[*path.last().unwrap_or(&0) as usize].parent {
+        path.push(parent as u32);
+    }
+    path.reverse();
+    path
 }
 
 fn judge<H: Host>(
@@ -289,7 +331,9 @@ impl Strategy for Greedy {
     const DESCRIPTION: &'static str = "OPRO-style greedy prompt search scored with DRPO's \
 reward: every step shows the optimizer the best prompts so far with their scores (lowest first) \
 and the judge's notes on the best one, asks for one new prompt, and judges it on the same \
-eval_queries training queries; the best prompt is kept.";
+eval_queries training queries; the best prompt is kept. With `validation` queries held out, the \
+best distinct prompts and the initial one are judged on them at the end, and the best held-out \
+mean wins.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries(None);
@@ -398,6 +442,56 @@ mod tests {
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
         assert_eq!(details["stop"], Value::Null);
         assert_eq!(details["judgements"], json!({"asked": 10, "usable": 10}));
+    }
+
+    #[test]
+    fn held_out_queries_choose_the_result_and_the_projection_counts_them() {
+        // On the held-out query the judge likes only the initial prompt; elsewhere it scores by
+        // length, so the search itself prefers the longest prompt.
+        let mut opts = options(2);
+        opts.requests.initial_system_prompt = "Be good.".into();
+        opts.held_out.validation = 1;
+        let (search_part, held) = validation::split(queries(4), 1, 0).unwrap();
+        let held_text = held[0].text.clone();
+        let mut host = ScriptedHost::new(
+            move |judged| match judged.contains(&held_text) {
+                true if judged.contains("more") => 1,
+                true => 5,
+                false => 2 + judged.matches("more").count().min(3) as u8,
+            },
+            move |optimizer, _| {
+                format!(
+                    "{} more",
+                    optimizer
+                        .split("System prompt:\n")
+                        .last()
+                        .and_then(|p| p.split("\nScore:").next())
+                        .unwrap_or_default()
+                )
+            },
+        );
+        let outcome = search(&mut host, &opts, &queries(4), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(details["validation"]["best_by_search_node"], 2, "{details}");
+        assert_eq!(details["validation"]["chosen_node"], 0, "{details}");
+        assert_eq!(outcome.best_prompt.as_deref(), Some("Be good."));
+        assert_eq!(
+            (outcome.best_path.clone(), outcome.best_score),
+            (vec![0], Some(5.0))
+        );
+        assert!(
+            host.requests
+                .iter()
+                .filter(|r| r.role == Role::Base)
+                .take(6)
+                .all(|r| !format!("{:?}", r.prompt).contains(&held[0].text)),
+            "the search never sees the held-out query"
+        );
+        assert_eq!(search_part.len(), 3);
+        for e in estimate_calls(&opts) {
+            let made = host.requests_for(e.role) as u64;
+            assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+        }
     }
 
     #[test]

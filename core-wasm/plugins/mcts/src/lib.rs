@@ -37,6 +37,9 @@ pub struct Options {
     /// Seed, token limits, the optimizer's temperature, the initial prompt.
     #[serde(flatten)]
     pub requests: Settings,
+    /// The validation split: queries held out of the search to choose its result on.
+    #[serde(flatten)]
+    pub held_out: HeldOut,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             depth: 4,
             width: 3,
             requests: Settings::with_temperature(0.7),
+            held_out: HeldOut::default(),
         }
     }
 }
@@ -61,7 +65,8 @@ impl StrategyOptions for Options {
 /// each iteration expands at most one node (one optimizer request, `width` answers and
 /// judgements); aspect selection is once per query, and a path of `depth + 1` levels reaches at
 /// most that many queries. Fewest: only the root's expansion (every later selection may reach a
-/// leaf at the depth limit). Token sizes are the DRPO prompts' ([`request_sizes`]).
+/// leaf at the depth limit). A validation split adds its own calls
+/// ([`HeldOut::extra_calls`]). Token sizes are the DRPO prompts' ([`request_sizes`]).
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let iterations = u64::from(options.iterations);
     let width = u64::from(options.width);
@@ -72,12 +77,14 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
         LINEAGE_WINDOW,
     )
     .into_iter()
-    .map(|mut e| {
-        (e.min_calls, e.max_calls) = match e.role {
+    .zip(options.held_out.extra_calls())
+    .map(|(mut e, (extra_min, extra_max))| {
+        let (min, max) = match e.role {
             Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
             Role::Metrics => (1, levels.min(1 + iterations)),
             Role::Optimizer => (1, iterations),
         };
+        (e.min_calls, e.max_calls) = (min + extra_min, max + extra_max);
         e
     })
     .collect()
@@ -94,7 +101,8 @@ PromptAgent), scored with DRPO's reward: each iteration selects a node by UCT (m
 exploration · sqrt(ln N(parent) / N(child))), expands it into `width` prompts the optimizer \
 writes from the node's answer and judgement, judges each on the next training query, and \
 backpropagates the best new reward to the root. Returns the node whose path has the best mean \
-reward.";
+reward. With `validation` queries held out, the best distinct prompts and the initial one are \
+judged on them at the end, and the best held-out mean wins.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let queries = host.queries(None);

@@ -1,5 +1,6 @@
 //! The search loop: the tree of [`crate::tree`] grown with DRPO's optimizer and judge.
 
+use drpo_kit::drpo::validation::{self, Candidate};
 use drpo_kit::engine::{Evaluation, Scorer, Stop};
 use drpo_kit::{Example, Host, HostExt, Outcome, Query};
 use serde_json::{Value, json};
@@ -11,13 +12,21 @@ use crate::tree::Tree;
 /// selects a node by UCT, expands it with `width` optimizer proposals judged on the next query
 /// (a node at depth d is judged on query d, round robin), and backpropagates the best new
 /// child's reward. A leaf at the depth limit backpropagates its own reward. A spent budget ends
-/// the search with the best so far.
+/// the search with the best so far. With `validation` queries held out of `queries`, the best
+/// distinct prompts and the initial one are judged on them at the end and the best held-out
+/// mean wins.
 pub fn run<H: Host>(
     host: &mut H,
     options: &Options,
     queries: &[Query],
     examples: Vec<Example>,
 ) -> Result<Outcome, String> {
+    let (queries, held_out) = validation::split(
+        queries.to_vec(),
+        options.held_out.validation,
+        options.requests.seed,
+    )?;
+    let queries = queries.as_slice();
     if queries.is_empty() {
         return Err("no training queries to search with".into());
     }
@@ -82,7 +91,7 @@ pub fn run<H: Host>(
                    "visits": n.visits, "value": n.value()})
         })
         .collect();
-    Ok(Outcome {
+    let mut outcome = Outcome {
         best_prompt: Some(evaluations[best].prompt.clone()),
         best_score: Some(score),
         best_path: path,
@@ -94,7 +103,29 @@ pub fn run<H: Host>(
             "tree": nodes,
         })
         .to_string(),
-    })
+    };
+    // Best first; `Tree::best` keeps the earliest of equal scores, and a stable sort does too.
+    let mut ranked: Vec<usize> = (0..tree.nodes.len()).collect();
+    ranked.sort_by(|&a, &b| tree.path_score(b).total_cmp(&tree.path_score(a)));
+    let candidate = |id: usize| Candidate {
+        node: id as u32,
+        prompt: evaluations[id].prompt.clone(),
+        search_score: Some(tree.path_score(id)),
+    };
+    let shortlist = validation::shortlist(
+        ranked.into_iter().map(candidate),
+        candidate(0),
+        options.held_out.validation_candidates as usize,
+    );
+    validation::conclude(
+        host,
+        &mut scorer,
+        &held_out,
+        shortlist,
+        &mut outcome,
+        |id| tree.path(id as usize).iter().map(|&i| i as u32).collect(),
+    );
+    Ok(outcome)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -211,6 +242,44 @@ mod tests {
                 format!("{current}{}", if choice == 1 { "+" } else { "-" })
             },
         )
+    }
+
+    #[test]
+    fn held_out_queries_choose_the_result() {
+        // On the held-out query the judge likes only the initial prompt; elsewhere each "+"
+        // raises the score, so the search itself prefers a deep "+" prompt.
+        let mut opts = options(4, 3, 2);
+        opts.held_out.validation = 1;
+        opts.held_out.validation_candidates = 2;
+        let (_, held) = validation::split(queries(5), 1, 0).unwrap();
+        let held_text = held[0].text.clone();
+        let mut host = ScriptedHost::new(
+            move |judged| {
+                let prompt = judged.split("# instructions").nth(1).unwrap_or_default();
+                let prompt = prompt.split("# Query").next().unwrap_or_default();
+                match judged.contains(&held_text) {
+                    true if prompt.contains(['+', '-']) => 1,
+                    true => 5,
+                    false => (3 + prompt.matches('+').count()).min(5) as u8,
+                }
+            },
+            |optimizer, choice| {
+                let current = optimizer
+                    .split("---Current Version---\n")
+                    .nth(1)
+                    .and_then(|rest| rest.split("\n\n").next())
+                    .unwrap_or("Start.");
+                format!("{current}{}", if choice == 1 { "+" } else { "-" })
+            },
+        );
+        let outcome = run(&mut host, &opts, &queries(5), Vec::new()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        let validation = &details["validation"];
+        assert_ne!(validation["best_by_search_node"], 0, "{details}");
+        assert_eq!(validation["chosen_node"], 0, "{details}");
+        assert_eq!(validation["candidates"].as_array().unwrap().len(), 3);
+        assert_eq!(outcome.best_path, [0]);
+        assert_eq!(outcome.best_score, Some(5.0));
     }
 
     #[test]

@@ -310,7 +310,13 @@ fn forge() -> Outcome {
         best_prompt: Some(format!("node 4{}", hostile_text(0))),
         best_score: Some(99.0),
         best_path: vec![0, 3, 4],
-        details: "{}".into(),
+        // The details the host prints on the terminal (`ended_early`, the validation's
+        // summary), forged too.
+        details: json!({
+            "ended_early": hostile_text(0),
+            "validation": {"summary": hostile_text(0), "chosen_node": 4},
+        })
+        .to_string(),
     }
 }
 

@@ -1052,3 +1052,72 @@ fn patience_ends_a_search_whose_best_path_stops_improving() {
     assert_eq!(r.details()["patience"], Value::Null);
     assert_eq!(r.details()["ended_early"], Value::Null);
 }
+
+#[test]
+fn held_out_queries_choose_the_prompt_that_generalises() {
+    // On the search's queries the judge likes "prompt-1" best (4) and the initial prompt least
+    // (1); on the held-out queries only "prompt-1" scores well. The search's own best is a
+    // deeper path, prompt-1's child; validation picks prompt-1 itself.
+    let mut host = Scripted::new(
+        |query, system, _| match (query.contains("held out"), system) {
+            (true, "prompt-1") => 5,
+            (true, _) => 2,
+            (false, "prompt-1") => 4,
+            (false, "You are a helpful assistant.") => 1,
+            (false, _) => 3,
+        },
+    );
+    let o = options(r#"{"depth": 3, "n_actions": 2, "validation": 2, "validation_candidates": 2}"#);
+    let held: Vec<Query> = (0..2)
+        .map(|i| Query {
+            id: format!("h{i}"),
+            text: format!("held out query {i}?"),
+            tags: vec![],
+        })
+        .collect();
+    let searched = run(
+        &mut Scripted::new(|_, _, _| 3),
+        &o,
+        &queries(3),
+        &examples(),
+    )
+    .unwrap();
+    let outcome = run_and_validate(&mut host, &o, &queries(3), &held, &examples()).unwrap();
+    let details: Value = serde_json::from_str(&outcome.details).unwrap();
+    let validation = &details["validation"];
+    let by_search = validation["best_by_search_node"].as_u64().unwrap();
+    assert_ne!(by_search, 1, "{validation}");
+    assert_eq!(validation["chosen_node"], 1, "{validation}");
+    assert_eq!(outcome.best_prompt.as_deref(), Some("prompt-1"));
+    assert_eq!(
+        (outcome.best_path.clone(), outcome.best_score),
+        (vec![0, 1], Some(5.0))
+    );
+    let validated: Vec<u64> = validation["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        validated,
+        [by_search, 1, 0],
+        "the search's best, the next distinct, the root"
+    );
+    assert_eq!(validation["queries"], json!(["h0", "h1"]));
+    // The search's calls, then one embedding and two batched calls for the validation.
+    assert_eq!(
+        host.requests(Role::Base),
+        searched.stats.requests(Role::Base) as usize + 6,
+        "three candidates on two held-out queries"
+    );
+    let last_two: Vec<&Vec<Role>> = host.calls.iter().rev().take(2).collect();
+    assert_eq!(last_two[0], &vec![Role::Judge; 6]);
+    assert_eq!(last_two[1].iter().filter(|r| **r == Role::Base).count(), 6);
+    assert_eq!(host.embed_calls, 2);
+    assert!(details["new_metrics_cache"]["held out query 0?"].is_object());
+    assert_eq!(
+        details["judgements"]["asked"].as_u64(),
+        Some(u64::from(searched.judgements.asked) + 6)
+    );
+}
