@@ -9,32 +9,52 @@ use drpo_tests::{host, output, plugin, text};
 use serde_json::{Map, Value, json};
 
 /// A judge that scores every aspect it is asked for with 5 when the judged reply says
-/// "thorough", else 2.
+/// "thorough", else 2, whichever rubric's prompt it gets; asked to compare two replies, it
+/// prefers the thorough one (a tie when both or neither are).
 fn judge_server() -> Server {
     Server::with_script(|_, request| {
         let prompt = request["messages"][0]["content"]
             .as_str()
             .unwrap_or_default();
-        let reply = prompt
-            .split("## Reply")
-            .nth(1)
-            .and_then(|rest| rest.split("## Aspects").next())
-            .unwrap_or_default();
-        let score = if reply.contains("thorough") { 5 } else { 2 };
+        let section = |label: &str, end: &str| {
+            prompt
+                .split(label)
+                .nth(1)
+                .and_then(|rest| rest.split(end).next())
+                .unwrap_or_default()
+        };
         let schema = &request["response_format"]["json_schema"]["schema"];
-        let verdict: Map<String, Value> = schema["properties"]
-            .as_object()
-            .expect("the judge request has a schema")
-            .keys()
-            .map(|aspect| {
-                (
-                    aspect.clone(),
-                    json!({"rationale": format!("{aspect} is {score}"), "score": score}),
-                )
-            })
-            .collect();
+        let content = if schema["properties"]["better"].is_object() {
+            let first = section("The first reply:", ">>>").contains("thorough");
+            let second = section("The second reply:", ">>>").contains("thorough");
+            let better = match (first, second) {
+                (true, false) => "first",
+                (false, true) => "second",
+                _ => "tie",
+            };
+            json!({"analysis": "compared", "better": better})
+        } else {
+            let reply = if prompt.contains("## Reply") {
+                section("## Reply", "## Aspects")
+            } else {
+                section("The assistant's reply:", ">>>")
+            };
+            let score = if reply.contains("thorough") { 5 } else { 2 };
+            let verdict: Map<String, Value> = schema["properties"]
+                .as_object()
+                .expect("the judge request has a schema")
+                .keys()
+                .map(|aspect| {
+                    (
+                        aspect.clone(),
+                        json!({"rationale": format!("{aspect} is {score}"), "score": score}),
+                    )
+                })
+                .collect();
+            Value::Object(verdict)
+        };
         let body = json!({"choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": Value::Object(verdict).to_string()}}],
+            "message": {"role": "assistant", "content": content.to_string()}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}});
         Reply {
             status: 200,
@@ -171,6 +191,107 @@ fn two_answer_files_side_by_side_and_replay() {
     let replay = output(host(&cache).arg("replay").arg(&dir));
     assert!(replay.status.success(), "{}", text(&replay));
     assert_eq!(server.requests().len(), 4, "the replay sent nothing");
+}
+
+#[test]
+fn pairwise_in_both_orders_and_the_training_rubric_on_request() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let (baseline, optimized) = (
+        work.path().join("baseline.jsonl"),
+        work.path().join("optimized.jsonl"),
+    );
+    write_jsonl(
+        &baseline,
+        &[
+            json!({"id": "a", "query": "Why is the sky blue?", "answer": "Light."}),
+            json!({"id": "b", "query": "What is rain?", "answer": "A thorough account of rain."}),
+            json!({"id": "c", "query": "What is snow?", "answer": "Cold."}),
+        ],
+    );
+    write_jsonl(
+        &optimized,
+        &[
+            json!({"id": "a", "query": "Why is the sky blue?", "answer": "A thorough account of scattering."}),
+            json!({"id": "b", "query": "What is rain?", "answer": "Water."}),
+            json!({"id": "c", "query": "What is snow?", "answer": "A thorough account of snow."}),
+        ],
+    );
+    let server = judge_server();
+    let eval = |name: &str, flags: &[&str]| {
+        output(
+            host(&cache)
+                .arg("eval")
+                .arg(&baseline)
+                .arg("--compare")
+                .arg(&optimized)
+                .arg("--log-dir")
+                .arg(work.path().join(name))
+                .arg("--strategy")
+                .arg(plugin("eval"))
+                .args(flags)
+                .args(judge_flags(&server)),
+        )
+    };
+    let out = eval("pairwise", &["--pairwise"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "pairwise: optimized against baseline, each query judged in both orders",
+        "optimized better  2",
+        "baseline better  1",
+        "tie  0 (flips: 0)",
+        "optimized win rate, a tie counting half, 95% interval: 0.67 [",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let requests = server.chat_requests();
+    assert_eq!(requests.len(), 6, "each query in both orders");
+    let shown_first = |r: &Value| {
+        let prompt = r["messages"][0]["content"].as_str().unwrap().to_owned();
+        let first = prompt.split("The first reply:").nth(1).unwrap().to_owned();
+        first.split(">>>").next().unwrap().trim().to_owned()
+    };
+    let mut firsts: Vec<String> = requests.iter().map(shown_first).collect();
+    firsts.sort();
+    assert_eq!(
+        firsts.len(),
+        6,
+        "every answer of both files is shown first once: {firsts:?}"
+    );
+    firsts.dedup();
+    assert_eq!(firsts.len(), 6, "{firsts:?}");
+
+    let out = eval("training", &["--rubric", "training"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let graded = &server.chat_requests()[6..];
+    assert!(
+        graded.iter().all(|r| r["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("## Reply")),
+        "the training judge's prompt"
+    );
+    let out = eval("own", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let graded = &server.chat_requests()[12..];
+    assert!(
+        graded.iter().all(|r| {
+            let prompt = r["messages"][0]["content"].as_str().unwrap();
+            prompt.contains("The assistant's reply:") && !prompt.contains("## Reply")
+        }),
+        "the evaluation's own prompt by default"
+    );
+    let refused = output(
+        host(&cache)
+            .arg("eval")
+            .arg(&baseline)
+            .arg("--pairwise")
+            .arg("--log-dir")
+            .arg(work.path().join("alone")),
+    );
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("--compare"), "{}", text(&refused));
 }
 
 #[test]

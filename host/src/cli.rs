@@ -381,9 +381,38 @@ pub struct EvalArgs {
     /// always in LOG_DIR/evaluation.jsonl.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Which judge grades: `evaluation` (the default), the evaluation's own prompt and rubrics,
+    /// so that a prompt is not graded by the judge it was optimised against; `training`, the
+    /// search's reward judge, on purpose.
+    #[arg(long, value_enum, value_name = "RUBRIC")]
+    pub rubric: Option<EvalRubric>,
+    /// Compare the two sets answer against answer instead of grading each: the judge sees both
+    /// answers to a query and says which is better, once in each order; a win needs both
+    /// orders, and a flip counts as a tie. Needs --compare.
+    #[arg(long, requires = "compare")]
+    pub pairwise: bool,
     /// Flags of `run` (the judge's model, endpoints, budgets, --no-cache, ...), after `--`.
     #[arg(last = true)]
     pub run_flags: Vec<String>,
+}
+
+/// `eval --rubric`: which judge grades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalRubric {
+    /// The evaluation's own prompt and rubrics.
+    Evaluation,
+    /// The training reward's judge prompt and rubrics.
+    Training,
+}
+
+impl EvalRubric {
+    /// The value of eval.wasm's `rubric` option.
+    pub fn option(self) -> &'static str {
+        match self {
+            EvalRubric::Evaluation => "evaluation",
+            EvalRubric::Training => "training",
+        }
+    }
 }
 
 /// What `export` writes.

@@ -135,14 +135,22 @@ pub trait StrategyOptions: Sized {
 /// `#[serde(flatten)]` group take the defaults of the strategy that includes them).
 pub fn derived_schema<T: schemars::JsonSchema + serde::Serialize + Default>() -> Value {
     let generated = schemars::schema_for!(T).to_value();
+    let defs = generated["$defs"].clone();
     let defaults = serde_json::to_value(T::default()).unwrap_or(Value::Null);
     let title = generated["title"].as_str().unwrap_or_default();
     let mut schema = OptionsSchema::new(title);
     let empty = Map::new();
     for (name, generated) in generated["properties"].as_object().unwrap_or(&empty) {
         let mut property = Map::new();
-        let kind = generated["type"].as_str().unwrap_or("object");
+        let choices = string_choices(&schema_defs(generated, &defs));
+        let kind = match choices {
+            Some(_) => "string",
+            None => generated["type"].as_str().unwrap_or("object"),
+        };
         property.insert("type".into(), json!(kind));
+        if let Some(choices) = choices {
+            property.insert("enum".into(), json!(choices));
+        }
         match kind {
             // Data a strategy takes through its options: lists and maps of JSON objects.
             "array" => {
@@ -165,6 +173,33 @@ pub fn derived_schema<T: schemars::JsonSchema + serde::Serialize + Default>() ->
         schema = schema.with(name, Value::Object(property));
     }
     schema.to_value()
+}
+
+/// The definition a generated property refers to (`$ref: #/$defs/NAME`), or the property.
+fn schema_defs(generated: &Value, defs: &Value) -> Value {
+    match generated["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap_or_default();
+            defs[name].clone()
+        }
+        None => generated.clone(),
+    }
+}
+
+/// The values of a string enum (a Rust enum of unit variants, as schemars writes it: `enum`,
+/// or `oneOf` of `const`s when the variants have doc comments); `None` for anything else.
+fn string_choices(resolved: &Value) -> Option<Vec<String>> {
+    if let Some(values) = resolved["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect();
+    }
+    resolved["oneOf"]
+        .as_array()?
+        .iter()
+        .map(|v| v["const"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Parses an options object against any JSON Schema of `type: object`: an empty text or `null`
@@ -228,6 +263,15 @@ fn check(name: &str, property: &Value, value: &Value) -> Option<String> {
     if !fits {
         return Some(format!(
             "option {name} must be of type {expected}, not {value}"
+        ));
+    }
+    if let Some(choices) = property["enum"].as_array()
+        && !choices.contains(value)
+    {
+        let names: Vec<String> = choices.iter().map(Value::to_string).collect();
+        return Some(format!(
+            "option {name} must be one of {}, not {value}",
+            names.join(", ")
         ));
     }
     let minimum = property.get("minimum").and_then(Value::as_f64)?;
@@ -404,6 +448,71 @@ mod derived {
         let wrong = Sample::parse(r#"{"steps": 0, "stpes": 1}"#).unwrap_err();
         assert!(
             wrong.contains("stpes") && wrong.contains("steps"),
+            "{wrong}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod choices {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    enum Plain {
+        #[default]
+        Fast,
+        Slow,
+    }
+
+    /// Variants with doc comments, which schemars writes as `oneOf` of `const`s.
+    #[derive(Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+    #[serde(rename_all = "lowercase")]
+    enum Documented {
+        /// The first way.
+        #[default]
+        Left,
+        /// The other way.
+        Right,
+    }
+
+    #[derive(Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+    #[serde(default)]
+    struct Picks {
+        /// How fast.
+        speed: Plain,
+        /// Which way.
+        side: Documented,
+    }
+
+    impl StrategyOptions for Picks {
+        fn schema() -> Value {
+            derived_schema::<Self>()
+        }
+    }
+
+    #[test]
+    fn enum_options_are_strings_with_their_values_and_others_are_refused() {
+        let schema = Picks::schema();
+        for (name, values, default) in [
+            ("speed", json!(["fast", "slow"]), "fast"),
+            ("side", json!(["left", "right"]), "left"),
+        ] {
+            let property = &schema["properties"][name];
+            assert_eq!(property["type"], "string", "{schema}");
+            assert_eq!(property["enum"], values, "{schema}");
+            assert_eq!(property["default"], default);
+        }
+        let picked = Picks::parse(r#"{"side": "right"}"#).unwrap();
+        assert_eq!(
+            (picked.speed, picked.side),
+            (Plain::Fast, Documented::Right)
+        );
+        let wrong = Picks::parse(r#"{"speed": "medium", "side": 1}"#).unwrap_err();
+        assert!(
+            wrong.contains(r#"option speed must be one of "fast", "slow", not "medium""#)
+                && wrong.contains("side must be of type string"),
             "{wrong}"
         );
     }

@@ -28,6 +28,13 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         options.insert(option.into(), Value::Array(read_answers(path)?));
         options.insert(label_option.into(), Value::from(label(path)));
     }
+    let options = &mut run.option_values;
+    if let Some(rubric) = args.rubric {
+        options.insert("rubric".into(), Value::from(rubric.option()));
+    }
+    if args.pairwise {
+        options.insert("pairwise".into(), Value::Bool(true));
+    }
     judge_only(&mut run);
     Box::pin(super::run::run(run)).await?;
     report(&args.log_dir, args.output.as_deref())

@@ -8,7 +8,12 @@
 //! The answers come in the options (`answers`, and `compare` for the second set), so the run
 //! log's header records exactly what was judged and `replay` needs nothing else. `drpo-host
 //! eval` reads the JSONL files into those options. Every judgement is one request of a single
-//! batch, with the rubrics of the DRPO library's aspect catalogue (our own wording).
+//! batch. The judge grades with the evaluation's own prompt and rubrics ([`rubric`]), not the
+//! training reward's, unless `rubric: training` asks for those; `pairwise: true` instead shows
+//! the judge both answers to each query, in both orders ([`pairwise`]).
+
+pub mod pairwise;
+pub mod rubric;
 
 use std::collections::BTreeMap;
 
@@ -16,11 +21,14 @@ use drpo_kit::drpo::aspects::{self, Aspect};
 use drpo_kit::drpo::data::SplitMix64;
 use drpo_kit::drpo::icl::BASELINE_PROMPT;
 use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
 use drpo_kit::engine::{Judgements, RequestSettings, complete_batch, request_sizes};
 use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use pairwise::Pair;
+use rubric::Rubric;
 
 /// The aspects of an ordinary query.
 pub const GENERAL_ASPECTS: [&str; 5] = [
@@ -78,6 +86,14 @@ pub struct Options {
     /// does; above 0, evaluations with different seeds show how much of a verdict is chance.
     #[schemars(range(min = 0.0, max = 2.0))]
     pub judge_temperature: f64,
+    /// Which judge grades: `evaluation`, this evaluation's own prompt and rubrics (so that a
+    /// search is not graded by the judge it was optimised against), or `training`, the search's
+    /// reward judge.
+    pub rubric: Rubric,
+    /// Compare the two sets pairwise instead of grading each answer: the judge sees both answers
+    /// to a query and says which is better, once in each order; a win needs both orders, and a
+    /// flip counts as a tie. Needs `compare`.
+    pub pairwise: bool,
 }
 
 impl Default for Options {
@@ -90,6 +106,8 @@ impl Default for Options {
             seed: 0,
             judge_max_tokens: RequestSettings::default().judge_max_tokens,
             judge_temperature: 0.0,
+            rubric: Rubric::default(),
+            pairwise: false,
         }
     }
 }
@@ -186,17 +204,13 @@ pub fn judge<H: Host>(
     sets: &[&[Answered]],
     options: &Options,
 ) -> Result<Vec<Vec<Verdict>>, String> {
-    let settings = RequestSettings {
-        seed: options.seed,
-        judge_max_tokens: options.judge_max_tokens,
-        judge_temperature: options.judge_temperature,
-        ..RequestSettings::default()
-    };
+    let settings = settings(options);
     let mut batch = Vec::new();
     for set in sets {
         for answered in *set {
             let aspects = aspects_for(answered);
-            batch.push(prompts::judge_request(
+            batch.push(rubric::grading_request(
+                options.rubric,
                 &answered.query,
                 &answered.answer,
                 &aspects,
@@ -205,16 +219,7 @@ pub fn judge<H: Host>(
             ));
         }
     }
-    let wanted = batch.len();
-    let mut results = match complete_batch(host, batch) {
-        Ok(results) => results.into_iter(),
-        Err(Stop::BudgetExhausted) => {
-            return Err(format!(
-                "the budget ran out before all {wanted} answers were judged"
-            ));
-        }
-        Err(stop) => return Err(format!("the answers could not be judged: {stop}")),
-    };
+    let mut results = send(host, batch)?.into_iter();
     let mut verdicts = Vec::with_capacity(sets.len());
     for set in sets {
         let mut judged = Vec::with_capacity(set.len());
@@ -244,6 +249,32 @@ pub fn judge<H: Host>(
         verdicts.push(judged);
     }
     Ok(verdicts)
+}
+
+/// The judge's request settings from the options.
+fn settings(options: &Options) -> RequestSettings {
+    RequestSettings {
+        seed: options.seed,
+        judge_max_tokens: options.judge_max_tokens,
+        judge_temperature: options.judge_temperature,
+        ..RequestSettings::default()
+    }
+}
+
+/// Sends the evaluation's one batch; a spent budget or a judge that rejects every request alike
+/// fails the evaluation.
+fn send<H: Host>(
+    host: &mut H,
+    batch: Vec<Request>,
+) -> Result<Vec<Result<Completion, LlmError>>, String> {
+    let wanted = batch.len();
+    match complete_batch(host, batch) {
+        Ok(results) => Ok(results),
+        Err(Stop::BudgetExhausted) => Err(format!(
+            "the budget ran out before all {wanted} judgements were made"
+        )),
+        Err(stop) => Err(format!("the answers could not be judged: {stop}")),
+    }
 }
 
 /// The mean and the spread (population standard deviation) of some scores.
@@ -479,6 +510,12 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
         sets.push(align(&sets[0], second)?);
         labels.push(options.compare_label.as_str());
     }
+    if options.pairwise {
+        let [first, second] = &sets[..] else {
+            return Err("pairwise needs a second set of answers (option `compare`)".into());
+        };
+        return compare_pairwise(host, first, second, &labels, options);
+    }
     let set_refs: Vec<&[Answered]> = sets.iter().map(Vec::as_slice).collect();
     host.info(format!(
         "judging {} answer(s) to {} quer{}",
@@ -543,6 +580,115 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
     })
 }
 
+/// The pairwise comparison of `second` with `first` (aligned by query): every query judged in
+/// both orders, in one batch; the report counts the queries each set won, the ties and flips,
+/// and the second set's win rate (a tie counting half) with its 95% bootstrap interval.
+fn compare_pairwise<H: Host>(
+    host: &mut H,
+    first: &[Answered],
+    second: &[Answered],
+    labels: &[&str],
+    options: &Options,
+) -> Result<Outcome, String> {
+    host.info(format!(
+        "comparing {} pair(s) of answers, each in both orders",
+        first.len()
+    ));
+    let settings = settings(options);
+    let batch: Vec<Request> = first
+        .iter()
+        .zip(second)
+        .flat_map(|(a, b)| pairwise::requests(a, b, is_harmful(a), &settings))
+        .collect();
+    let mut results = send(host, batch)?.into_iter();
+    let mut next = || {
+        pairwise::parse_verdict(
+            results
+                .next()
+                .unwrap_or_else(|| Err(LlmError::Unavailable("the host gave no answer".into()))),
+        )
+    };
+    let pairs: Vec<Pair> = first
+        .iter()
+        .map(|_| Pair {
+            in_order: next(),
+            swapped: next(),
+        })
+        .collect();
+    let mut judgements = Judgements::default();
+    judgements.ask(2 * pairs.len());
+    for (answered, pair) in first.iter().zip(&pairs) {
+        for verdict in [&pair.in_order, &pair.swapped] {
+            match verdict {
+                Ok(_) => judgements.usable += 1,
+                Err(problem) => host.warn(format!(
+                    "comparison of {}: {problem}",
+                    answered.id.as_deref().unwrap_or_default()
+                )),
+            }
+        }
+    }
+    let count = pairwise::Count::of(&pairs);
+    let everyone: Vec<usize> = (0..pairs.len()).collect();
+    let rate = pairwise::win_rate(&pairs, &everyone);
+    let interval = bootstrap(pairs.len(), options.seed, |draw| {
+        pairwise::win_rate(&pairs, draw)
+    });
+    let (a, b) = (labels[0], labels[1]);
+    let rate_text = match (rate, interval) {
+        (Some(rate), Some((lo, hi))) => format!(
+            "{rate:.2} [{lo:.2}, {hi:.2}] (n={})",
+            pairs.len() - count.unusable
+        ),
+        _ => "-".to_owned(),
+    };
+    let report = format!(
+        "pairwise: {b} against {a}, each query judged in both orders (a flip counts as a tie)\n\
+         {b} better  {}\n{a} better  {}\ntie  {} (flips: {})\nunusable  {}\n\
+         {b} win rate, a tie counting half, 95% interval: {rate_text}",
+        count.second, count.first, count.ties, count.flips, count.unusable
+    );
+    host.debug(format!("evaluation:\n{report}"));
+    let queries: Vec<Value> = first
+        .iter()
+        .zip(second)
+        .zip(&pairs)
+        .map(|((x, y), pair)| {
+            let mut entry = json!({
+                "id": x.id,
+                "query": x.query,
+                "harmful": is_harmful(x),
+                "pairwise": pairwise::pair_json(pair),
+            });
+            entry[a] = json!({"answer": x.answer});
+            entry[b] = json!({"answer": y.answer});
+            entry
+        })
+        .collect();
+    let details = json!({
+        "kind": "evaluation",
+        "labels": labels,
+        "queries": queries,
+        "report": report,
+        "judgements": judgements,
+        "pairwise": {
+            "second_better": count.second,
+            "first_better": count.first,
+            "ties": count.ties,
+            "flips": count.flips,
+            "unusable": count.unusable,
+            "win_rate": rate,
+            "interval": interval.map(|(lo, hi)| [lo, hi]),
+        },
+    });
+    Ok(Outcome {
+        best_prompt: None,
+        best_score: rate,
+        best_path: Vec::new(),
+        details: details.to_string(),
+    })
+}
+
 /// The second set in the first set's order; both must answer the same queries (by id).
 fn align(first: &[Answered], mut second: Vec<Answered>) -> Result<Vec<Answered>, String> {
     let mut aligned = Vec::with_capacity(first.len());
@@ -570,9 +716,13 @@ fn align(first: &[Answered], mut second: Vec<Answered>) -> Result<Vec<Answered>,
     Ok(aligned)
 }
 
-/// One judge request per answer, nothing else.
+/// One judge request per answer, or two per query compared pairwise; nothing else.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
-    let judged = (options.answers.len() + options.compare.len()) as u64;
+    let judged = if options.pairwise {
+        2 * options.answers.len().min(options.compare.len()) as u64
+    } else {
+        (options.answers.len() + options.compare.len()) as u64
+    };
     let settings = RequestSettings {
         judge_max_tokens: options.judge_max_tokens,
         ..RequestSettings::default()
@@ -598,7 +748,9 @@ impl Strategy for Eval {
     const DESCRIPTION: &'static str = "Multi-aspect evaluation: the judge rates every answer 1-5 with a \
 rationale on helpfulness, clarity, factuality, depth and engagement, or on safety when the query \
 is tagged harmful; reports each aspect's mean and spread, and compares two sets of answers to the \
-same queries. The answers come in the options `answers` and `compare` (drpo-host eval fills them).";
+same queries. The judge grades with this evaluation's own prompt and rubrics unless `rubric` is \
+`training`; `pairwise` compares the two sets answer against answer, each query in both orders. The \
+answers come in the options `answers` and `compare` (drpo-host eval fills them).";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         evaluate(host, &options)
@@ -614,6 +766,7 @@ export_strategy!(Eval);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drpo_kit::Usage;
     use drpo_kit::testing::ScriptedHost;
 
     fn answers(items: &[(&str, &str, &str, bool)]) -> Vec<Value> {
@@ -640,6 +793,139 @@ mod tests {
             |prompt| if prompt.contains("good") { 4 } else { 2 },
             |_, _| String::new(),
         )
+    }
+
+    /// A judge for pairwise requests: `decide(first reply, second reply)` names the better one.
+    struct PairJudge<F: FnMut(&str, &str) -> &'static str> {
+        decide: F,
+        requests: Vec<Request>,
+    }
+
+    impl<F: FnMut(&str, &str) -> &'static str> Host for PairJudge<F> {
+        fn complete(&mut self, batch: Vec<Request>) -> Vec<Result<Completion, LlmError>> {
+            batch
+                .into_iter()
+                .map(|request| {
+                    let Prompt::Chat(messages) = &request.prompt else {
+                        panic!("chat")
+                    };
+                    let text = &messages[0].content;
+                    let reply = |label: &str| {
+                        let start = text.find(label).unwrap() + label.len();
+                        text[start..].split(">>>").next().unwrap().to_owned()
+                    };
+                    let better =
+                        (self.decide)(&reply("The first reply:"), &reply("The second reply:"));
+                    self.requests.push(request);
+                    Ok(Completion {
+                        choices: vec![json!({"analysis": "a", "better": better}).to_string()],
+                        usage: Usage::default(),
+                    })
+                })
+                .collect()
+        }
+        fn embed(&mut self, _: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
+            Err(LlmError::Unavailable("no embeddings".into()))
+        }
+        fn record_node(&mut self, _: Node) {}
+        fn log(&mut self, _: LogLevel, _: String) {}
+    }
+
+    #[test]
+    fn pairwise_counts_a_win_only_in_both_orders_and_a_flip_as_a_tie() {
+        let first = answers(&[
+            ("a", "Q1?", "plain", false),
+            ("b", "Q2?", "plain", false),
+            ("c", "Q3?", "fine", false),
+        ]);
+        let second = answers(&[
+            ("a", "Q1?", "fine", false),
+            ("b", "Q2?", "plain", false),
+            ("c", "Q3?", "plain", false),
+        ]);
+        let pairwise = Options {
+            pairwise: true,
+            ..options(first.clone(), second.clone())
+        };
+        // A fair judge prefers the reply that says "fine", and calls equal replies a tie.
+        let mut fair = PairJudge {
+            decide: |x: &str, y: &str| match (x.contains("fine"), y.contains("fine")) {
+                (true, false) => "first",
+                (false, true) => "second",
+                _ => "tie",
+            },
+            requests: Vec::new(),
+        };
+        let outcome = evaluate(&mut fair, &pairwise).unwrap();
+        assert_eq!(fair.requests.len(), 6, "two orders per query");
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        let counts = &details["pairwise"];
+        assert_eq!(
+            (
+                &counts["second_better"],
+                &counts["first_better"],
+                &counts["ties"],
+                &counts["flips"]
+            ),
+            (&json!(1), &json!(1), &json!(1), &json!(0))
+        );
+        assert_eq!(outcome.best_score, Some(0.5));
+        assert_eq!(details["queries"][0]["pairwise"]["better"], "second");
+        assert_eq!(details["judgements"], json!({"asked": 6, "usable": 6}));
+        assert!(details["report"].as_str().unwrap().contains("B better  1"));
+
+        // A judge that always prefers the first reply shown decides nothing: every query flips.
+        let mut biased = PairJudge {
+            decide: |_: &str, _: &str| "first",
+            requests: Vec::new(),
+        };
+        let outcome = evaluate(&mut biased, &pairwise).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(details["pairwise"]["ties"], 3);
+        assert_eq!(details["pairwise"]["flips"], 3);
+        assert_eq!(outcome.best_score, Some(0.5));
+
+        let calls = estimate_calls(&pairwise);
+        assert!(
+            calls
+                .iter()
+                .any(|e| e.role == Role::Judge && e.max_calls == 6)
+        );
+        let alone = Options {
+            pairwise: true,
+            ..options(first, Vec::new())
+        };
+        let error = evaluate(&mut biased, &alone).unwrap_err();
+        assert!(error.contains("`compare`"), "{error}");
+    }
+
+    #[test]
+    fn the_training_rubric_is_the_search_s_judge_and_the_default_is_not() {
+        let first = answers(&[("a", "What is rain?", "A good answer.", false)]);
+        let prompt_of = |rubric: Rubric| {
+            let mut host = judge_host();
+            let options = Options {
+                rubric,
+                ..options(first.clone(), Vec::new())
+            };
+            evaluate(&mut host, &options).unwrap();
+            let Prompt::Chat(messages) = &host.requests[0].prompt else {
+                panic!("chat")
+            };
+            messages[0].content.clone()
+        };
+        let aspects = aspects_for(&read_answers(&first, "answers").unwrap()[0]);
+        let training = drpo_kit::drpo::prompts::judge_prompt(
+            "What is rain?",
+            "A good answer.",
+            &aspects,
+            reasoning(false),
+        );
+        assert_eq!(prompt_of(Rubric::Training), training);
+        assert_eq!(
+            prompt_of(Rubric::default()),
+            rubric::grading_prompt("What is rain?", "A good answer.", &aspects)
+        );
     }
 
     #[test]

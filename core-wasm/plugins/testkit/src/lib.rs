@@ -314,7 +314,7 @@ fn forge() -> Outcome {
         // summary), forged too.
         details: json!({
             "ended_early": hostile_text(0),
-            "validation": {"summary": hostile_text(0), "chosen_node": 4},
+            "validation": {"summary": hostile_text(0)},
         })
         .to_string(),
     }
