@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""The table of scripts/outcome: reads OUT/eval-1 and OUT/eval-2 (each judged the held-out answers
-under the initial prompt, A, and under the prompt found, B) and prints, per aspect and overall:
+"""The table of scripts/outcome: reads OUT/PREFIX-1 and OUT/PREFIX-2 (each judged the held-out
+answers under the initial prompt, A, and under a prompt found, B) and prints, per aspect and overall:
 each prompt's mean in each evaluation, the difference B - A, a bootstrap 95% interval of that
 difference over queries, the share of queries B improved, and the judge's noise: how far the two
 evaluations of the very same answers lie apart. Markdown, on stdout.
 
-Usage: scripts/outcome-table.py OUT
+Usage: scripts/outcome-table.py OUT PREFIX    (e.g. eval-found-evaluation)
 """
 
 import json
@@ -18,9 +18,9 @@ def load(path):
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
-def labels_of(out, seed):
+def labels_of(out, prefix, seed):
     """The evaluation's two labels, in order: the initial prompt's answers, then the found's."""
-    details = json.load(open(f"{out}/eval-{seed}/result.json"))["details"]
+    details = json.load(open(f"{out}/{prefix}-{seed}/result.json"))["details"]
     if isinstance(details, str):
         details = json.loads(details)
     return details["labels"]
@@ -56,13 +56,13 @@ def bootstrap_interval(differences, rounds=2000, seed=0):
 
 
 def main():
-    out = sys.argv[1]
-    evaluations = [load(f"{out}/eval-{seed}/evaluation.jsonl") for seed in (1, 2)]
-    labels = labels_of(out, 1)
+    out, prefix = sys.argv[1], sys.argv[2]
+    evaluations = [load(f"{out}/{prefix}-{seed}/evaluation.jsonl") for seed in (1, 2)]
+    labels = labels_of(out, prefix, 1)
     aspects = sorted({name for e in evaluations[0] for label in labels for name in aspect_scores(e, label)})
-    print(f"# Outcome: {out}\n")
-    print("A = the initial prompt, B = the prompt beam found; each held-out answer judged in two")
-    print("evaluations (seeds 1 and 2) that differ only by the judge's sampling.\n")
+    print(f"## {prefix} ({out})\n")
+    print(f"A = the initial prompt ({labels[0]}), B = the prompt found ({labels[1]}); each held-out")
+    print("answer judged in two evaluations (seeds 1 and 2) that differ only by the judge's sampling.\n")
     print("| aspect | queries | A (eval 1, eval 2) | B (eval 1, eval 2) | B - A (mean of both) | "
           "95% interval of B - A | B better on | noise: A, B |")
     print("|---|---|---|---|---|---|---|---|")
@@ -102,6 +102,7 @@ def main():
         else:
             print(f"Overall, B - A = {difference:+.2f}, beyond the judge's noise ({noise:.2f}), "
                   "and its 95% interval over queries excludes 0.")
+    print()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! The files a run leaves and the commands that read them, on real beam runs against the
 //! loopback server: `result.json` against its schema, `tree.html` in headless Chromium,
-//! `trace.txt`, `export --format published`, the progress display, and no API key anywhere.
+//! `trace.txt`, `export --format published` and `--format mlflow` (read back with MLflow's own
+//! client), the progress display, and no API key anywhere.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -529,4 +530,93 @@ fn no_output_file_holds_the_api_key_even_when_the_server_echoes_it() {
     let result = std::fs::read_to_string(dir.join("result.json")).unwrap();
     assert!(result.contains("(sent with Bearer [api key])"), "{result}");
     drpo_tests::assert_replays(&work.path().join("cache"), &dir);
+}
+
+#[test]
+fn export_mlflow_is_read_back_by_mlflow_s_own_client() {
+    let python = workspace().join(".cache/mlflow-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: ./scripts/test installs MLflow's client there (scripts/install-mlflow.sh)",
+        python.display()
+    );
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let validated = beam_run(&server, work.path(), "validated", &["--validation", "2"]);
+    let plain = beam_run(&server, work.path(), "plain", &[]);
+    let store = work.path().join("mlruns");
+    let export = |dir: &Path| {
+        output(
+            host(&work.path().join("cache"))
+                .args(["export", "--format", "mlflow", "--experiment", "search"])
+                .arg(dir)
+                .arg("--output")
+                .arg(&store),
+        )
+    };
+    for dir in [&validated, &plain, &validated] {
+        let out = export(dir);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let read = std::process::Command::new(&python)
+        .arg(workspace().join("tests/mlflow_check.py"))
+        .arg(&store)
+        .arg("search")
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(
+        seen["experiments"],
+        serde_json::json!(["Default", "search"])
+    );
+    let runs = seen["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "exporting a run again replaces it: {seen}");
+    for dir in [&validated, &plain] {
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let run = runs.iter().find(|r| r["name"] == name).expect("each run");
+        let result = result_json(dir);
+        assert_eq!(run["status"], "FINISHED");
+        assert_eq!(run["best_prompt"], result["best_prompt"]);
+        assert_eq!(run["params"]["strategy"], "beam");
+        assert_eq!(run["params"]["depth"], "3");
+        assert_eq!(run["params"]["model.judge"], "test-model");
+        let best_per_level: Vec<Value> = result["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::json!([l["depth"], l["best_reward"]]))
+            .collect();
+        assert_eq!(
+            run["metrics"]["level.best_reward"],
+            Value::from(best_per_level)
+        );
+        assert_eq!(run["metrics"]["best_score"][0][1], result["best_score"]);
+        assert_eq!(
+            run["artifacts"],
+            serde_json::json!(["best_prompt.txt", "options.json", "result.json"])
+        );
+    }
+    let validated_run = runs.iter().find(|r| r["name"] == "validated").unwrap();
+    let validation = &result_json(&validated)["details"]["validation"];
+    let chosen = validation["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == validation["chosen_node"])
+        .unwrap();
+    assert_eq!(
+        validated_run["metrics"]["validation.chosen.held_out_mean"][0][1],
+        chosen["validation_score"]
+    );
+    assert_eq!(validated_run["params"]["validation"], "2");
+    assert!(
+        runs.iter().find(|r| r["name"] == "plain").unwrap()["metrics"]
+            .get("validation.chosen.held_out_mean")
+            .is_none()
+    );
 }

@@ -51,16 +51,23 @@ pub enum Command {
         /// The run directory.
         dir: PathBuf,
     },
-    /// Write a run's best path in another tool's format, to stdout or --output.
+    /// Write a run in another tool's format: its best path as the published DRPO's output.json
+    /// (to stdout or --output), or the whole run into an MLflow file store (--output is the
+    /// store's `mlruns` directory; `mlflow ui --backend-store-uri DIR` shows it).
     Export {
         /// The run directory.
         dir: PathBuf,
-        /// The format: `published` is the published DRPO's output.json.
+        /// The format: `published` is the published DRPO's output.json; `mlflow` a run in
+        /// MLflow's file-store layout.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Write here instead of stdout.
+        /// Write here instead of stdout (`published`); the MLflow store's directory, created if
+        /// missing (`mlflow`, required).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// The MLflow experiment the run is filed under, created if missing (`mlflow`).
+        #[arg(long, default_value = "drpo")]
+        experiment: String,
     },
     /// Print every frame of a run log in order: the header, each call's request and answer in
     /// full, the end, and the final chain hash. Reads one frame at a time, checking the chain.
@@ -421,4 +428,10 @@ pub enum ExportFormat {
     /// The published implementation's `output.json`: `{"level i": {"Prompt": ...,
     /// "Evaluation of the prompt": ...}}` along the best path.
     Published,
+    /// A run in MLflow's file-store layout: the options and models as parameters, each level's
+    /// best and mean reward and the result as metrics (with a validation split, the held-out
+    /// means beside the search scores), the best prompt, the report and the options as
+    /// artefacts. The run id comes from the run log's chain hash, so exporting again replaces
+    /// the run.
+    Mlflow,
 }

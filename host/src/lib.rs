@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod endpoints;
 pub mod metrics_cache;
+pub mod mlflow;
 pub mod progress;
 pub mod provider;
 pub mod report;

@@ -44,7 +44,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             dir,
             format,
             output,
-        } => recorded::export(&dir, format, output.as_ref()),
+            experiment,
+        } => recorded::export(&dir, format, output.as_ref(), &experiment),
         Command::Describe {
             strategy: Some(strategy),
         } => run::describe(&strategy).await,

@@ -427,6 +427,26 @@ fn report_of(dir: &RunDir) -> anyhow::Result<RunReport> {
         .with_context(|| format!("{} holds no header frame", dir.run_log().display()))
 }
 
+/// `export --format mlflow`: the run into the MLflow file store at `store`.
+fn export_mlflow(dir: &RunDir, store: &Path, experiment: &str) -> anyhow::Result<()> {
+    let recorded = read_run(dir)?;
+    let report = RunReport::from_log(&recorded.contents.entries)
+        .with_context(|| format!("{} holds no header frame", dir.run_log().display()))?;
+    let name = dir
+        .root()
+        .file_name()
+        .map_or_else(|| "run".to_owned(), |n| n.to_string_lossy().into_owned());
+    let facts = crate::mlflow::RunFacts {
+        header: &recorded.header,
+        elapsed_ms: recorded.end.as_ref().map(|e| e.elapsed_ms),
+        name,
+        chain_hash: hex::encode(recorded.contents.last_hash),
+    };
+    let run = crate::mlflow::write(store, experiment, &report, &facts)?;
+    println!("MLflow run: {}", run.display());
+    Ok(())
+}
+
 /// `view DIR`: (re)writes `tree.html`, and `trace.txt` when the run has a best path.
 pub fn view(dir: &Path) -> anyhow::Result<()> {
     let dir = RunDir::new(dir);
@@ -450,8 +470,20 @@ pub fn view(dir: &Path) -> anyhow::Result<()> {
 
 /// `export DIR --format F [--output FILE]`: writes the best path in another tool's shape to
 /// FILE, or to stdout.
-pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> anyhow::Result<()> {
+pub fn export(
+    dir: &Path,
+    format: ExportFormat,
+    output: Option<&PathBuf>,
+    experiment: &str,
+) -> anyhow::Result<()> {
     let dir = RunDir::new(dir);
+    if format == ExportFormat::Mlflow {
+        let store = output.context(
+            "--format mlflow writes into an MLflow store: name its directory with --output \
+             (e.g. --output mlruns)",
+        )?;
+        return export_mlflow(&dir, store, experiment);
+    }
     let report = report_of(&dir)?;
     if report.best_path.is_empty() {
         let why = match (&report.status, &report.error) {
@@ -467,9 +499,7 @@ pub fn export(dir: &Path, format: ExportFormat, output: Option<&PathBuf>) -> any
             dir.root().display()
         );
     }
-    let text = match format {
-        ExportFormat::Published => serde_json::to_string_pretty(&report.published())? + "\n",
-    };
+    let text = serde_json::to_string_pretty(&report.published())? + "\n";
     match output {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
