@@ -581,3 +581,50 @@ fn validation_chooses_the_prompt_best_on_held_out_queries_and_replays() {
         "{replayed}"
     );
 }
+
+#[test]
+fn a_judge_asked_twice_per_answer_reports_its_spread_and_replays() {
+    // The loopback server's scores follow a digest of the whole request, seed included, so the
+    // two judgements of one answer differ as a sampling judge's would.
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let flags = [
+        "--depth",
+        "2",
+        "--n-actions",
+        "2",
+        "--judge-repeats",
+        "2",
+        "--judge-temperature",
+        "0.7",
+    ];
+    let out = beam_run(&server, work.path(), "run", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("judge spread over 2 repeats: the repeats agreed on"),
+        "{}",
+        text(&out)
+    );
+    let dir = work.path().join("run");
+    let counts = counts(&dir);
+    assert_eq!(counts.judge, 2 * counts.base, "{counts:?}");
+    let spread = &result_json(&dir)["details"]["judge_spread"];
+    assert_eq!(spread["repeats"], 2);
+    assert!(spread["agreement"].as_f64().unwrap() < 1.0, "{spread}");
+    let inspect = drpo_tests::output(host(&work.path().join("cache")).arg("inspect").arg(&dir));
+    assert!(text(&inspect).contains("judge spread   judge spread over 2 repeats"));
+    assert_replays(&work.path().join("cache"), &dir);
+
+    let refused = beam_run(
+        &server,
+        work.path(),
+        "greedy-judge",
+        &["--judge-repeats", "2"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("needs judge_temperature above 0"),
+        "{}",
+        text(&refused)
+    );
+}

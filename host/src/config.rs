@@ -75,6 +75,16 @@ pub struct SearchFlags {
     #[arg(long, value_name = "QUERIES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<u32>,
+    /// The judge's sampling temperature (published: 0, greedy).
+    #[arg(long, value_name = "T")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_temperature: Option<f64>,
+    /// Judgements asked per answer, each with its own seed: the reward is their mean, and the
+    /// run reports how much they disagree (per aspect standard deviation, agreement). More than
+    /// one needs --judge-temperature above 0 (not published; default 1).
+    #[arg(long, value_name = "R")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_repeats: Option<u32>,
 }
 
 /// Where the four roles' models come from.

@@ -87,8 +87,18 @@ pub fn ended_early(outcome: &Outcome) -> Option<String> {
 /// What a validation split decided (its outcome's details' `validation.summary`), if the
 /// strategy held queries out.
 pub fn validation(outcome: &Outcome) -> Option<String> {
+    summary_of(outcome, "validation")
+}
+
+/// How much the judge disagreed with itself (its outcome's details' `judge_spread.summary`),
+/// if it was asked more than once per answer.
+pub fn judge_spread(outcome: &Outcome) -> Option<String> {
+    summary_of(outcome, "judge_spread")
+}
+
+fn summary_of(outcome: &Outcome, field: &str) -> Option<String> {
     let details: Value = serde_json::from_str(&outcome.details).ok()?;
-    details["validation"]["summary"].as_str().map(str::to_owned)
+    details[field]["summary"].as_str().map(str::to_owned)
 }
 
 /// Whether the best score is the chosen prompt's mean on held-out queries rather than the

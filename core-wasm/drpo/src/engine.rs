@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::aspects::{self, Aspect, CATALOGUE};
 use crate::icl;
-pub use crate::outcome::{Judgements, Stop};
+pub use crate::outcome::{JudgeSpread, Judgements, Stop};
 use crate::parse::{self, AspectSelection, Judgement};
 use crate::prompts;
 use crate::reward;
@@ -47,6 +47,9 @@ pub struct RequestSettings {
     /// The judge's sampling temperature (published: 0, greedy). Above 0, judgements drawn with
     /// different seeds differ, which measures how much the judge's verdicts owe to chance.
     pub judge_temperature: f64,
+    /// Judgements asked per answer, each with its own seed; the reward uses their mean
+    /// (published: 1). More than one needs a `judge_temperature` above 0.
+    pub judge_repeats: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// In-context examples the base model sees.
@@ -64,6 +67,7 @@ impl Default for RequestSettings {
             metrics_max_tokens: 2048,
             judge_max_tokens: 2048,
             judge_temperature: 0.0,
+            judge_repeats: 1,
             optimizer_max_tokens: 2048,
             k: 2,
         }
@@ -177,6 +181,7 @@ pub struct Scorer {
     /// The metrics model's usable answers, in the metrics cache's shape, by query text.
     selections_made: BTreeMap<String, Value>,
     judgements: Judgements,
+    spread: JudgeSpread,
 }
 
 impl Scorer {
@@ -190,6 +195,7 @@ impl Scorer {
             selections: BTreeMap::new(),
             selections_made: BTreeMap::new(),
             judgements: Judgements::default(),
+            spread: JudgeSpread::default(),
         }
     }
 
@@ -263,7 +269,7 @@ impl Scorer {
                 Err(e) => Err(format!("the base model failed: {e}")),
             };
             if let Ok(text) = &answer {
-                judge_requests.push(prompts::judge_request(
+                judge_requests.extend(prompts::judge_requests(
                     &query.text,
                     text,
                     &selection.aspects,
@@ -279,14 +285,12 @@ impl Scorer {
         for (prompt, query, answer, selection) in pending {
             let (answer, judgement) = match answer {
                 Ok(answer) => {
-                    let judgement = match verdicts.next() {
-                        Some(Ok(c)) => match c.choices.first() {
-                            Some(v) => parse::parse_judgement(v, &selection.aspects),
-                            None => Judgement::unusable("the judge returned no choice"),
-                        },
-                        Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
-                        None => Judgement::unusable("the judge gave no answer"),
-                    };
+                    let judgement = read_verdicts(
+                        &mut verdicts,
+                        &selection.aspects,
+                        self.options.judge_repeats,
+                        &mut self.spread,
+                    );
                     (answer, judgement)
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
@@ -369,6 +373,61 @@ impl Scorer {
     pub fn judgements(&self) -> Judgements {
         self.judgements
     }
+
+    /// The outcome details' `judge_spread` (`null` unless the judge is asked more than once).
+    pub fn judge_spread(&self) -> Value {
+        self.spread.details(self.options.judge_repeats)
+    }
+}
+
+/// Reads the judge's `repeats` answers about one answer from `verdicts` (as
+/// [`prompts::judge_requests`] asked them) and combines them into one judgement
+/// ([`Judgement::combine`]), noting the spread.
+pub fn read_verdicts(
+    verdicts: &mut impl Iterator<Item = Result<Completion, LlmError>>,
+    aspects: &[&'static Aspect],
+    repeats: u32,
+    spread: &mut JudgeSpread,
+) -> Judgement {
+    let judged: Vec<Judgement> = (0..repeats.max(1))
+        .map(|_| match verdicts.next() {
+            Some(Ok(c)) => match c.choices.first() {
+                Some(v) => parse::parse_judgement(v, aspects),
+                None => Judgement::unusable("the judge returned no choice"),
+            },
+            Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
+            None => Judgement::unusable("the judge gave no answer"),
+        })
+        .collect();
+    spread.observe(&judged);
+    match <[Judgement; 1]>::try_from(judged) {
+        Ok([one]) => one,
+        Err(judged) => Judgement::combine(&judged),
+    }
+}
+
+/// Adds the judge's spread (`Scorer::judge_spread`) to an outcome's details as `judge_spread`,
+/// unless it is `null` (the judge was asked once).
+pub fn add_judge_spread(outcome: &mut crate::types::Outcome, spread: Value) {
+    if spread.is_null() {
+        return;
+    }
+    let mut details: Value = serde_json::from_str(&outcome.details).unwrap_or(json!({}));
+    if details.is_object() {
+        details["judge_spread"] = spread;
+        outcome.details = details.to_string();
+    }
+}
+
+/// Checks the judge's settings: more than one repeat needs a judge that samples.
+pub fn check_judge_repeats(repeats: u32, temperature: f64) -> Result<(), String> {
+    if repeats > 1 && temperature <= 0.0 {
+        return Err(format!(
+            "judge_repeats {repeats} needs judge_temperature above 0: a greedy judge gives the \
+             same verdict every time"
+        ));
+    }
+    Ok(())
 }
 
 /// Sends one batch as every DRPO strategy does: a short answer is padded with failures, and the
@@ -514,6 +573,66 @@ mod tests {
             Stop::details(Some(&stopped)),
             serde_json::json!({"kind": "role-failed", "role": "optimizer", "error": "no such model"})
         );
+    }
+
+    #[test]
+    fn repeated_judgements_are_averaged_and_their_spread_reported() {
+        // The judge's answers cycle 3, 4, 5 (each repeat is a request of its own seed).
+        let mut next = 2u8;
+        let mut host = ScriptedHost::new(
+            move |_| {
+                next = if next == 5 { 3 } else { next + 1 };
+                next
+            },
+            |_, _| String::new(),
+        );
+        let options = RequestSettings {
+            judge_repeats: 3,
+            judge_temperature: 0.7,
+            seed: 10,
+            ..RequestSettings::default()
+        };
+        let mut scorer = Scorer::new(options, Vec::new());
+        let candidates: Vec<(String, Query)> = queries(2)
+            .into_iter()
+            .map(|q| ("P".to_owned(), q))
+            .collect();
+        let judged = scorer.evaluate(&mut host, &candidates).unwrap();
+        let seeds: Vec<u64> = host
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Judge)
+            .map(|r| r.sampling.seed)
+            .collect();
+        assert_eq!(seeds, [10, 11, 12, 10, 11, 12]);
+        for evaluation in &judged {
+            assert_eq!(evaluation.reward, 4.0, "the mean of 3, 4 and 5");
+            assert!(evaluation.judgement.scores.iter().all(|s| s.score == 4));
+        }
+        assert_eq!(
+            scorer.judgements(),
+            Judgements {
+                asked: 2,
+                usable: 2
+            }
+        );
+        let spread = scorer.judge_spread();
+        assert_eq!(spread["repeats"], 3);
+        assert_eq!(spread["agreement"], 0.0);
+        let std = spread["aspects"]["Helpfulness"]["mean_std"]
+            .as_f64()
+            .unwrap();
+        assert!((std - (2.0f64 / 3.0).sqrt()).abs() < 1e-12, "{spread}");
+        assert_eq!(
+            Scorer::new(RequestSettings::default(), Vec::new()).judge_spread(),
+            Value::Null
+        );
+        assert!(
+            check_judge_repeats(3, 0.0)
+                .unwrap_err()
+                .contains("judge_temperature")
+        );
+        assert!(check_judge_repeats(3, 0.7).is_ok() && check_judge_repeats(1, 0.0).is_ok());
     }
 
     #[test]

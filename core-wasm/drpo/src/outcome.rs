@@ -133,6 +133,82 @@ impl Judgements {
     }
 }
 
+/// How much the judge disagrees with itself when asked the same question again (with
+/// `judge_repeats` above 1): per aspect, the mean standard deviation of the repeats' scores of
+/// one answer, and the share of (answer, aspect) pairs on which every repeat gave the same
+/// score. Serialized as the details field `judge_spread`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JudgeSpread {
+    /// Per aspect name: the sum of the per-answer standard deviations, and how many answers.
+    per_aspect: std::collections::BTreeMap<&'static str, (f64, u32)>,
+    /// (answer, aspect) pairs whose repeats all agreed.
+    agreeing: u32,
+    /// (answer, aspect) pairs with at least two usable repeats.
+    pairs: u32,
+}
+
+impl JudgeSpread {
+    /// Takes the repeated judgements of one answer (only usable ones count; fewer than two say
+    /// nothing about the spread).
+    pub fn observe(&mut self, repeats: &[Judgement]) {
+        let usable: Vec<&Judgement> = repeats.iter().filter(|j| j.is_usable()).collect();
+        if usable.len() < 2 {
+            return;
+        }
+        for score in &usable[0].scores {
+            let values: Vec<f64> = usable
+                .iter()
+                .filter_map(|j| j.scores.iter().find(|o| o.aspect == score.aspect))
+                .map(|o| f64::from(o.score))
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let variance =
+                values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            let entry = self.per_aspect.entry(score.aspect.name).or_default();
+            entry.0 += variance.sqrt();
+            entry.1 += 1;
+            self.pairs += 1;
+            if values.iter().all(|v| *v == values[0]) {
+                self.agreeing += 1;
+            }
+        }
+    }
+
+    /// The details' `judge_spread` for `repeats` repeats: `null` when the judge was asked once
+    /// or no answer had two usable repeats; else `{repeats, agreement, pairs, aspects: {name:
+    /// {mean_std, answers}}, summary}`.
+    pub fn details(&self, repeats: u32) -> Value {
+        if repeats < 2 || self.pairs == 0 {
+            return Value::Null;
+        }
+        let aspects: serde_json::Map<String, Value> = self
+            .per_aspect
+            .iter()
+            .map(|(name, (sum, n))| {
+                (
+                    (*name).to_owned(),
+                    json!({"mean_std": sum / f64::from(*n), "answers": n}),
+                )
+            })
+            .collect();
+        let agreement = f64::from(self.agreeing) / f64::from(self.pairs);
+        let mean_std =
+            self.per_aspect.values().map(|(sum, _)| sum).sum::<f64>() / f64::from(self.pairs);
+        json!({
+            "repeats": repeats,
+            "agreement": agreement,
+            "pairs": self.pairs,
+            "aspects": aspects,
+            "summary": format!(
+                "judge spread over {repeats} repeats: the repeats agreed on {:.0}% of {} \
+                 (answer, aspect) scores; mean standard deviation {mean_std:.2}",
+                agreement * 100.0,
+                self.pairs
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,11 +285,11 @@ mod tests {
         count.ask(2);
         count.received(&Judgement::unusable("no JSON"));
         count.received(&Judgement {
-            scores: vec![crate::parse::AspectScore {
-                aspect: crate::aspects::find("Clarity").unwrap(),
-                score: 4,
-                rationale: String::new(),
-            }],
+            scores: vec![crate::parse::AspectScore::new(
+                crate::aspects::find("Clarity").unwrap(),
+                4,
+                String::new(),
+            )],
             problems: Vec::new(),
         });
         assert_eq!(

@@ -226,10 +226,24 @@ pub fn parse_aspect_selection_at_most(
 pub struct AspectScore {
     /// The aspect.
     pub aspect: &'static Aspect,
-    /// The integer score, 1 to 5.
+    /// The integer score, 1 to 5 (over repeated judgements, their mean rounded).
     pub score: u8,
+    /// The score the reward uses: `score` itself, or over repeated judgements their mean.
+    pub mean: f64,
     /// The judge's rationale.
     pub rationale: String,
+}
+
+impl AspectScore {
+    /// One judgement's score of `aspect`.
+    pub fn new(aspect: &'static Aspect, score: u8, rationale: String) -> Self {
+        AspectScore {
+            aspect,
+            score,
+            mean: f64::from(score),
+            rationale,
+        }
+    }
 }
 
 /// A judge's verdict on one answer: a score for every selected aspect, or none at all when the
@@ -256,6 +270,50 @@ impl Judgement {
     /// has one).
     pub fn is_usable(&self) -> bool {
         !self.scores.is_empty()
+    }
+
+    /// One verdict from the judge's `repeats` of one answer: each aspect's score is the mean
+    /// over the usable repeats (`mean`; `score` rounds it), the rationales the first usable
+    /// repeat's, and the unusable repeats' problems are kept. Unusable when no repeat is.
+    pub fn combine(repeats: &[Judgement]) -> Judgement {
+        let usable: Vec<&Judgement> = repeats.iter().filter(|j| j.is_usable()).collect();
+        let mut problems: Vec<String> = Vec::new();
+        for (k, repeat) in repeats.iter().enumerate() {
+            let prefix = if repeats.len() > 1 {
+                format!("repeat {}: ", k + 1)
+            } else {
+                String::new()
+            };
+            problems.extend(repeat.problems.iter().map(|p| format!("{prefix}{p}")));
+        }
+        let Some(first) = usable.first() else {
+            if problems.is_empty() {
+                problems.push("no judgement".to_owned());
+            }
+            return Judgement {
+                scores: Vec::new(),
+                problems,
+            };
+        };
+        let scores = first
+            .scores
+            .iter()
+            .map(|s| {
+                let values: Vec<f64> = usable
+                    .iter()
+                    .filter_map(|j| j.scores.iter().find(|o| o.aspect == s.aspect))
+                    .map(|o| o.mean)
+                    .collect();
+                let mean = values.iter().sum::<f64>() / values.len() as f64;
+                AspectScore {
+                    aspect: s.aspect,
+                    score: mean.round().clamp(1.0, 5.0) as u8,
+                    mean,
+                    rationale: s.rationale.clone(),
+                }
+            })
+            .collect();
+        Judgement { scores, problems }
     }
 
     /// The published evaluation shape `{aspect: {rationale, score}}`, as shown to the optimizer
@@ -334,11 +392,9 @@ pub fn parse_judgement(text: &str, selected: &[&'static Aspect]) -> Judgement {
     let mut missing = Vec::new();
     for aspect in selected {
         match found.iter().find(|(a, _, _)| a == aspect) {
-            Some((_, score, rationale)) => scores.push(AspectScore {
-                aspect,
-                score: *score,
-                rationale: rationale.clone(),
-            }),
+            Some((_, score, rationale)) => {
+                scores.push(AspectScore::new(aspect, *score, rationale.clone()))
+            }
             None => missing.push(aspect.name),
         }
     }
@@ -588,5 +644,33 @@ mod tests {
         assert!(parse_proposal(r#"{"analysis": "a"}"#).is_err());
         assert!(parse_proposal(r#"{"new_system_prompt": "  "}"#).is_err());
         assert!(parse_proposal("nothing").is_err());
+    }
+
+    #[test]
+    fn repeats_combine_into_the_mean_of_the_usable_ones() {
+        let aspects = [find("Clarity").unwrap(), find("Depth").unwrap()];
+        let verdict = |c: u8, d: u8| {
+            parse_judgement(
+                &format!(
+                    r#"{{"Clarity": {{"rationale": "c{c}", "score": {c}}}, "Depth": {{"rationale": "d", "score": {d}}}}}"#
+                ),
+                &aspects,
+            )
+        };
+        let combined =
+            Judgement::combine(&[Judgement::unusable("no JSON"), verdict(4, 2), verdict(5, 3)]);
+        assert_eq!(combined.scores[0].mean, 4.5);
+        assert_eq!(combined.scores[0].score, 5, "the mean rounded");
+        assert_eq!(
+            combined.scores[0].rationale, "c4",
+            "the first usable repeat's"
+        );
+        assert_eq!(combined.scores[1].mean, 2.5);
+        assert_eq!(combined.problems, ["repeat 1: no JSON"]);
+        assert_eq!(crate::reward::reward(&combined), 3.5);
+        let none = Judgement::combine(&[Judgement::unusable("a"), Judgement::unusable("b")]);
+        assert!(!none.is_usable());
+        assert_eq!(none.problems, ["repeat 1: a", "repeat 2: b"]);
+        assert_eq!(Judgement::combine(&[verdict(3, 3)]), verdict(3, 3));
     }
 }

@@ -350,6 +350,25 @@ pub fn judge_request(
     }
 }
 
+/// The requests judging one answer `settings.judge_repeats` times (at least once): the same
+/// request, each repeat with its own seed (the run's seed plus the repeat's index), so that a
+/// judge sampling above temperature 0 answers each on its own. One repeat is [`judge_request`].
+pub fn judge_requests(
+    query: &str,
+    answer: &str,
+    aspects: &[&Aspect],
+    reasoning: &str,
+    settings: &RequestSettings,
+) -> Vec<Request> {
+    (0..settings.judge_repeats.max(1))
+        .map(|k| {
+            let mut request = judge_request(query, answer, aspects, reasoning, settings);
+            request.sampling.seed = settings.seed.wrapping_add(u64::from(k));
+            request
+        })
+        .collect()
+}
+
 /// The request asking for `n_actions` new prompts in one call (temperature from the options,
 /// top-p 0.95, as published).
 pub fn optimizer_request(

@@ -5,12 +5,13 @@ use crate::parse::Judgement;
 /// Mean score above which a prompt is considered good enough to keep unchanged (strictly).
 pub const SKIP_MEAN: f64 = 4.5;
 
-/// The reward of a judged answer: the mean of its aspect scores, 0 when no score is usable.
+/// The reward of a judged answer: the mean of its aspect scores (each the mean over the judge's
+/// repeats, when it was asked more than once), 0 when no score is usable.
 pub fn reward(judgement: &Judgement) -> f64 {
     if judgement.scores.is_empty() {
         return 0.0;
     }
-    let sum: f64 = judgement.scores.iter().map(|s| f64::from(s.score)).sum();
+    let sum: f64 = judgement.scores.iter().map(|s| s.mean).sum();
     sum / judgement.scores.len() as f64
 }
 
@@ -76,7 +77,7 @@ pub enum Decision {
 pub fn decide(judgement: &Judgement) -> Decision {
     if !judgement.is_usable() {
         Decision::Skip(SkipReason::NoJudgement)
-    } else if judgement.scores.iter().all(|s| s.score == 5) {
+    } else if judgement.scores.iter().all(|s| s.mean == 5.0) {
         Decision::Skip(SkipReason::AllFives)
     } else if reward(judgement) > SKIP_MEAN {
         Decision::Skip(SkipReason::HighMean)
@@ -154,11 +155,7 @@ mod tests {
             scores: scores
                 .iter()
                 .zip(names)
-                .map(|(s, n)| AspectScore {
-                    aspect: find(n).unwrap(),
-                    score: *s,
-                    rationale: String::new(),
-                })
+                .map(|(s, n)| AspectScore::new(find(n).unwrap(), *s, String::new()))
                 .collect(),
             problems: Vec::new(),
         }

@@ -28,6 +28,14 @@ pub struct Settings {
     /// Token limit of a judgement.
     #[schemars(range(min = 1))]
     pub judge_max_tokens: u32,
+    /// The judge's sampling temperature (published: 0, greedy).
+    #[schemars(range(min = 0.0))]
+    pub judge_temperature: f64,
+    /// Judgements asked per answer, each with its own seed; the reward is their mean, and the
+    /// outcome reports how much they disagree (published: 1). More than one needs a
+    /// judge_temperature above 0.
+    #[schemars(range(min = 1))]
+    pub judge_repeats: u32,
     /// Token limit of each optimizer candidate.
     #[schemars(range(min = 1))]
     pub optimizer_max_tokens: u32,
@@ -47,6 +55,8 @@ impl Settings {
             base_max_tokens: defaults.base_max_tokens,
             metrics_max_tokens: defaults.metrics_max_tokens,
             judge_max_tokens: defaults.judge_max_tokens,
+            judge_temperature: defaults.judge_temperature,
+            judge_repeats: defaults.judge_repeats,
             optimizer_max_tokens: defaults.optimizer_max_tokens,
             k: defaults.k,
         }
@@ -62,10 +72,17 @@ impl Settings {
             base_max_tokens: self.base_max_tokens,
             metrics_max_tokens: self.metrics_max_tokens,
             judge_max_tokens: self.judge_max_tokens,
+            judge_temperature: self.judge_temperature,
+            judge_repeats: self.judge_repeats,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
             ..RequestSettings::default()
         }
+    }
+
+    /// Checks what the schema cannot: more than one judge repeat needs a judge that samples.
+    pub fn check(&self) -> Result<(), String> {
+        drpo::engine::check_judge_repeats(self.judge_repeats, self.judge_temperature)
     }
 }
 

@@ -444,7 +444,13 @@ pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {
     if let Some(why) = crate::verdict::ended_early(outcome) {
         println!("ended early: {}", terminal::line(&why));
     }
-    if let Some(summary) = crate::verdict::validation(outcome) {
+    for summary in [
+        crate::verdict::validation(outcome),
+        crate::verdict::judge_spread(outcome),
+    ]
+    .into_iter()
+    .flatten()
+    {
         println!("{}", terminal::line(&summary));
     }
     if let Some(judgements) = Judgements::of(outcome) {

@@ -45,10 +45,17 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
         (children_min, children_max),
         (0, optimizer_max),
     ];
+    let repeats = u64::from(options.judge_repeats.max(1));
     let counts = search
         .into_iter()
         .zip(options.held_out.extra_calls())
-        .map(|((min, max), (extra_min, extra_max))| (min + extra_min, max + extra_max));
+        .map(|((min, max), (extra_min, extra_max))| (min + extra_min, max + extra_max))
+        .enumerate()
+        // The judge (third in role order) is asked `judge_repeats` times per answer.
+        .map(|(role, (min, max))| match role {
+            2 => (min * repeats, max * repeats),
+            _ => (min, max),
+        });
     let lineage = levels_max as usize + 1;
     request_sizes(
         &options.request_settings(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use drpo_kit::drpo::engine::RequestSettings;
+use drpo_kit::drpo::engine::{self, RequestSettings};
 use drpo_kit::{HeldOut, JsonSchema, StrategyOptions, derived_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,6 +48,13 @@ pub struct Options {
     pub metrics_max_tokens: u32,
     /// Token limit of a judgement.
     pub judge_max_tokens: u32,
+    /// The judge's sampling temperature (published: 0, greedy).
+    pub judge_temperature: f64,
+    /// Judgements asked per answer, each with its own seed; the reward is their mean, and the
+    /// outcome reports how much they disagree (published: 1). More than one needs a
+    /// judge_temperature above 0.
+    #[schemars(range(min = 1))]
+    pub judge_repeats: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
@@ -80,6 +87,8 @@ impl Default for Options {
             base_max_tokens: 2048,
             metrics_max_tokens: 2048,
             judge_max_tokens: 2048,
+            judge_temperature: 0.0,
+            judge_repeats: 1,
             optimizer_max_tokens: 2048,
             unusable_judgement_extends_depth: false,
             patience: 0,
@@ -127,9 +136,10 @@ impl Options {
             base_max_tokens: self.base_max_tokens,
             metrics_max_tokens: self.metrics_max_tokens,
             judge_max_tokens: self.judge_max_tokens,
+            judge_temperature: self.judge_temperature,
+            judge_repeats: self.judge_repeats,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
-            ..RequestSettings::default()
         }
     }
 
@@ -146,6 +156,7 @@ impl Options {
             ("judge_max_tokens", self.judge_max_tokens),
             ("optimizer_max_tokens", self.optimizer_max_tokens),
             ("validation_candidates", self.held_out.validation_candidates),
+            ("judge_repeats", self.judge_repeats),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
@@ -156,6 +167,14 @@ impl Options {
         }
         if !(self.optimizer_top_p > 0.0 && self.optimizer_top_p <= 1.0) {
             problems.push("optimizer_top_p must be in (0, 1]".to_string());
+        }
+        if !(self.judge_temperature.is_finite() && self.judge_temperature >= 0.0) {
+            problems.push("judge_temperature must be a number >= 0".to_string());
+        }
+        if let Err(problem) =
+            engine::check_judge_repeats(self.judge_repeats, self.judge_temperature)
+        {
+            problems.push(problem);
         }
         if problems.is_empty() {
             Ok(())

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drpo_kit::drpo::aspects;
 use drpo_kit::drpo::engine::{
-    self, Judgements, RequestSettings, Scorer, Selection, Stop, parse_selection_answer,
+    self, JudgeSpread, Judgements, RequestSettings, Scorer, Selection, Stop, parse_selection_answer,
 };
 use drpo_kit::drpo::icl;
 use drpo_kit::drpo::parse::{self, Judgement};
@@ -112,6 +112,8 @@ pub struct SearchResult {
     pub patience: Patience,
     /// Judgements asked for and usable.
     pub judgements: Judgements,
+    /// How much the judge's repeats disagreed (`null` when it was asked once).
+    pub judge_spread: Value,
     /// Calls made.
     pub stats: Stats,
 }
@@ -140,7 +142,7 @@ impl SearchResult {
             .filter_map(|id| self.tree.get(*id as usize))
             .map(|n| json!({"id": n.id, "prompt": n.prompt, "reward": n.reward}))
             .collect();
-        json!({
+        let mut details = json!({
             "final_depth": self.final_depth,
             "stopped": self.stop.as_ref().map(Stop::to_string),
             "stop": Stop::details(self.stop.as_ref()),
@@ -151,7 +153,11 @@ impl SearchResult {
             "trace": trace,
             "tree": nodes,
             "new_metrics_cache": self.new_metrics_cache,
-        })
+        });
+        if !self.judge_spread.is_null() {
+            details["judge_spread"] = self.judge_spread.clone();
+        }
+        details
     }
 
     /// The WIT outcome of this result.
@@ -210,6 +216,7 @@ struct Search<'a, H: Host> {
     tree: Vec<TreeNode>,
     judgements: Vec<Judgement>,
     judgement_count: Judgements,
+    spread: JudgeSpread,
     answers: Vec<String>,
     depth: DepthLimit,
     beam: Vec<BeamItem>,
@@ -245,6 +252,7 @@ pub fn run<H: Host>(
         tree: Vec::new(),
         judgements: Vec::new(),
         judgement_count: Judgements::default(),
+        spread: JudgeSpread::default(),
         answers: Vec::new(),
         depth: DepthLimit::new(options.depth, options.max_depth_increase),
         beam: Vec::new(),
@@ -838,7 +846,7 @@ impl<H: Host> Search<'_, H> {
                 source: "fallback",
             });
 
-        // Judge every answer that exists.
+        // Judge every answer that exists (`judge_repeats` times each).
         let mut texts: Vec<Result<String, String>> = Vec::new();
         let mut judge_requests = Vec::new();
         for answer in answers {
@@ -851,7 +859,7 @@ impl<H: Host> Search<'_, H> {
                 Err(e) => Err(format!("the base model failed: {e}")),
             };
             if let Ok(answer) = &text {
-                judge_requests.push(prompts::judge_request(
+                judge_requests.extend(prompts::judge_requests(
                     &query.text,
                     answer,
                     &metrics.aspects,
@@ -867,14 +875,12 @@ impl<H: Host> Search<'_, H> {
         for text in texts {
             let (answer, judgement) = match text {
                 Ok(answer) => {
-                    let judgement = match verdicts.next() {
-                        Some(Ok(c)) => match c.choices.first() {
-                            Some(v) => parse::parse_judgement(v, &metrics.aspects),
-                            None => Judgement::unusable("the judge returned no choice"),
-                        },
-                        Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
-                        None => Judgement::unusable("the judge gave no answer"),
-                    };
+                    let judgement = engine::read_verdicts(
+                        &mut verdicts,
+                        &metrics.aspects,
+                        self.requests.judge_repeats,
+                        &mut self.spread,
+                    );
                     (answer, judgement)
                 }
                 Err(why) => (String::new(), Judgement::unusable(why)),
@@ -1009,6 +1015,7 @@ impl<H: Host> Search<'_, H> {
             stop,
             patience: self.patience,
             judgements: self.judgement_count,
+            judge_spread: self.spread.details(self.requests.judge_repeats),
             stats: self.stats,
         }
     }

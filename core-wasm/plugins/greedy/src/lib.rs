@@ -8,7 +8,7 @@
 use drpo_kit::drpo::prompts;
 use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
 use drpo_kit::drpo::validation::{self, Candidate};
-use drpo_kit::engine::{Evaluation, Scorer, Stop, request_sizes};
+use drpo_kit::engine::{self, Evaluation, Scorer, Stop, request_sizes};
 use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -64,6 +64,7 @@ impl StrategyOptions for Options {
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let steps = u64::from(options.steps);
     let judged = u64::from(options.eval_queries);
+    let repeats = u64::from(options.requests.judge_repeats.max(1));
     request_sizes(
         &options.requests.request_settings(1),
         &options.requests.initial_system_prompt,
@@ -77,7 +78,9 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
             Role::Metrics => (1, judged),
             Role::Optimizer => (steps, steps),
         };
-        (e.min_calls, e.max_calls) = (min + extra_min, max + extra_max);
+        // The judge is asked `judge_repeats` times per answer.
+        let times = if e.role == Role::Judge { repeats } else { 1 };
+        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
         e
     })
     .collect()
@@ -101,6 +104,7 @@ pub fn search<H: Host>(
     queries: &[Query],
     examples: Vec<Example>,
 ) -> Result<Outcome, String> {
+    options.requests.check()?;
     let (queries, held_out) = validation::split(
         queries.to_vec(),
         options.held_out.validation,
@@ -191,6 +195,7 @@ pub fn search<H: Host>(
         &mut outcome,
         |id| path_to(&tried, id as usize),
     );
+    engine::add_judge_spread(&mut outcome, scorer.judge_spread());
     Ok(outcome)
 }
 

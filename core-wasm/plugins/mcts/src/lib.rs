@@ -71,6 +71,7 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let iterations = u64::from(options.iterations);
     let width = u64::from(options.width);
     let levels = u64::from(options.depth) + 1;
+    let repeats = u64::from(options.requests.judge_repeats.max(1));
     request_sizes(
         &options.requests.request_settings(options.width),
         &options.requests.initial_system_prompt,
@@ -84,7 +85,9 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
             Role::Metrics => (1, levels.min(1 + iterations)),
             Role::Optimizer => (1, iterations),
         };
-        (e.min_calls, e.max_calls) = (min + extra_min, max + extra_max);
+        // The judge is asked `judge_repeats` times per answer.
+        let times = if e.role == Role::Judge { repeats } else { 1 };
+        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
         e
     })
     .collect()

@@ -1,7 +1,7 @@
 //! The search loop: the tree of [`crate::tree`] grown with DRPO's optimizer and judge.
 
 use drpo_kit::drpo::validation::{self, Candidate};
-use drpo_kit::engine::{Evaluation, Scorer, Stop};
+use drpo_kit::engine::{self, Evaluation, Scorer, Stop};
 use drpo_kit::{Example, Host, HostExt, Outcome, Query};
 use serde_json::{Value, json};
 
@@ -21,6 +21,7 @@ pub fn run<H: Host>(
     queries: &[Query],
     examples: Vec<Example>,
 ) -> Result<Outcome, String> {
+    options.requests.check()?;
     let (queries, held_out) = validation::split(
         queries.to_vec(),
         options.held_out.validation,
@@ -125,6 +126,7 @@ pub fn run<H: Host>(
         &mut outcome,
         |id| tree.path(id as usize).iter().map(|&i| i as u32).collect(),
     );
+    engine::add_judge_spread(&mut outcome, scorer.judge_spread());
     Ok(outcome)
 }
 

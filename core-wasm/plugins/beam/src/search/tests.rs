@@ -1121,3 +1121,34 @@ fn held_out_queries_choose_the_prompt_that_generalises() {
         Some(u64::from(searched.judgements.asked) + 6)
     );
 }
+
+#[test]
+fn a_judge_asked_twice_per_answer_is_averaged_and_its_agreement_reported() {
+    let o =
+        options(r#"{"depth": 3, "n_actions": 2, "judge_repeats": 2, "judge_temperature": 0.5}"#);
+    let mut host = Scripted::plain();
+    let r = run(&mut host, &o, &queries(5), &examples()).unwrap();
+    assert_eq!(host.requests(Role::Judge), 2 * host.requests(Role::Base));
+    assert_eq!(r.judgements.asked as usize, host.requests(Role::Base));
+    let details = r.details();
+    // The scripted judge answers alike whatever the seed.
+    assert_eq!(details["judge_spread"]["agreement"], 1.0, "{details}");
+    assert_eq!(details["judge_spread"]["repeats"], 2);
+    for e in crate::estimate::estimate(&o) {
+        let made = host.requests(e.role) as u64;
+        assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+    }
+    let plain = run(
+        &mut Scripted::plain(),
+        &options(r#"{"depth": 3}"#),
+        &queries(5),
+        &[],
+    )
+    .unwrap();
+    assert!(plain.details().get("judge_spread").is_none());
+    let greedy_judge = Options::from_json(r#"{"judge_repeats": 3}"#).unwrap_err();
+    assert!(
+        greedy_judge.contains("judge_temperature above 0"),
+        "{greedy_judge}"
+    );
+}
