@@ -5,10 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/retry.sh
 source scripts/lib/python-pins.sh
-venv="$PWD/.cache/mlflow-venv"
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$mlflow_version')" 2>/dev/null; then
-  exit 0
-fi
-echo "installing mlflow-skinny $mlflow_version into $venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-retry "$venv/bin/pip" install --quiet --progress-bar off "mlflow-skinny==$mlflow_version"
+source scripts/lib/venv.sh
+venv_install "$PWD/.cache/mlflow-venv" mlflow mlflow-skinny "$mlflow_version"

@@ -517,7 +517,7 @@ fn openai_python() -> PathBuf {
     let python = workspace().join(".cache/openai-venv/bin/python");
     assert!(
         python.is_file(),
-        "{} is missing: ./scripts/test installs the openai client there (scripts/lib/openai-venv.sh)",
+        "{} is missing: ./scripts/test installs the openai client there (scripts/install-openai-client.sh)",
         python.display()
     );
     python

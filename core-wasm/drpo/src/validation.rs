@@ -276,6 +276,28 @@ pub fn conclude<H: Host>(
     outcome.details = details.to_string();
 }
 
+/// [`conclude`] for a search that scores every node, its root (node 0, the initial prompt)
+/// included, and returns the best one: `nodes` in any order are ranked best first by their
+/// search score (a stable sort, so of equal scores the earliest comes first, as such a search
+/// chooses), and the best `k` distinct prompts and the root are validated.
+pub fn conclude_scored<H: Host>(
+    host: &mut H,
+    scorer: &mut Scorer,
+    held_out: &[Query],
+    mut nodes: Vec<Candidate>,
+    k: usize,
+    outcome: &mut Outcome,
+    path_to: impl Fn(u32) -> Vec<u32>,
+) {
+    let Some(root) = nodes.iter().find(|c| c.node == 0).cloned() else {
+        return;
+    };
+    let score = |c: &Candidate| c.search_score.unwrap_or(f64::NEG_INFINITY);
+    nodes.sort_by(|a, b| score(b).total_cmp(&score(a)));
+    let list = shortlist(nodes, root, k);
+    conclude(host, scorer, held_out, list, outcome, path_to);
+}
+
 fn skip<H: Host>(host: &mut H, details: &mut Value, why: &str) {
     let summary = format!("validation skipped: {why}; the result is the search's own best");
     host.log(LogLevel::Warn, summary.clone());

@@ -174,24 +174,21 @@ pub fn search<H: Host>(
         })
         .to_string(),
     };
-    // Best first; the search keeps the first of equal scores, and a stable sort does too.
-    let mut ranked: Vec<usize> = (0..tried.len()).collect();
-    ranked.sort_by(|&a, &b| tried[b].score.total_cmp(&tried[a].score));
-    let candidate = |id: usize| Candidate {
-        node: id as u32,
-        prompt: tried[id].prompt.clone(),
-        search_score: Some(tried[id].score),
-    };
-    let shortlist = validation::shortlist(
-        ranked.into_iter().map(candidate),
-        candidate(0),
-        options.held_out.validation_candidates as usize,
-    );
-    validation::conclude(
+    let nodes = tried
+        .iter()
+        .enumerate()
+        .map(|(id, t)| Candidate {
+            node: id as u32,
+            prompt: t.prompt.clone(),
+            search_score: Some(t.score),
+        })
+        .collect();
+    validation::conclude_scored(
         host,
         &mut scorer,
         &held_out,
-        shortlist,
+        nodes,
+        options.held_out.validation_candidates as usize,
         &mut outcome,
         |id| path_to(&tried, id as usize),
     );

@@ -105,24 +105,19 @@ pub fn run<H: Host>(
         })
         .to_string(),
     };
-    // Best first; `Tree::best` keeps the earliest of equal scores, and a stable sort does too.
-    let mut ranked: Vec<usize> = (0..tree.nodes.len()).collect();
-    ranked.sort_by(|&a, &b| tree.path_score(b).total_cmp(&tree.path_score(a)));
-    let candidate = |id: usize| Candidate {
-        node: id as u32,
-        prompt: evaluations[id].prompt.clone(),
-        search_score: Some(tree.path_score(id)),
-    };
-    let shortlist = validation::shortlist(
-        ranked.into_iter().map(candidate),
-        candidate(0),
-        options.held_out.validation_candidates as usize,
-    );
-    validation::conclude(
+    let nodes = (0..tree.nodes.len())
+        .map(|id| Candidate {
+            node: id as u32,
+            prompt: evaluations[id].prompt.clone(),
+            search_score: Some(tree.path_score(id)),
+        })
+        .collect();
+    validation::conclude_scored(
         host,
         &mut scorer,
         &held_out,
-        shortlist,
+        nodes,
+        options.held_out.validation_candidates as usize,
         &mut outcome,
         |id| tree.path(id as usize).iter().map(|&i| i as u32).collect(),
     );
@@ -224,6 +219,16 @@ mod tests {
         options
     }
 
+    /// The optimizer: the prompt it improves with "+" appended for choice 1, "-" otherwise.
+    fn plus_or_minus(optimizer: &str, choice: u32) -> String {
+        let current = optimizer
+            .split("---Current Version---\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap_or("Start.");
+        format!("{current}{}", if choice == 1 { "+" } else { "-" })
+    }
+
     /// The optimizer appends "+" to the prompt it improves for choice 1 and "-" otherwise; the
     /// judge scores by the count of "+" minus "-" in the prompt, from 3.
     fn scripted() -> ScriptedHost {
@@ -235,14 +240,7 @@ mod tests {
                 let down = prompt.matches('-').count() as i32;
                 (3 + up - down).clamp(1, 5) as u8
             },
-            |optimizer, choice| {
-                let current = optimizer
-                    .split("---Current Version---\n")
-                    .nth(1)
-                    .and_then(|rest| rest.split("\n\n").next())
-                    .unwrap_or("Start.");
-                format!("{current}{}", if choice == 1 { "+" } else { "-" })
-            },
+            plus_or_minus,
         )
     }
 
@@ -265,14 +263,7 @@ mod tests {
                     false => (3 + prompt.matches('+').count()).min(5) as u8,
                 }
             },
-            |optimizer, choice| {
-                let current = optimizer
-                    .split("---Current Version---\n")
-                    .nth(1)
-                    .and_then(|rest| rest.split("\n\n").next())
-                    .unwrap_or("Start.");
-                format!("{current}{}", if choice == 1 { "+" } else { "-" })
-            },
+            plus_or_minus,
         );
         let outcome = run(&mut host, &opts, &queries(5), Vec::new()).unwrap();
         let details: Value = serde_json::from_str(&outcome.details).unwrap();
