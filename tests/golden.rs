@@ -196,6 +196,26 @@ fn greedy() {
 }
 
 #[test]
+fn pareto() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let mut command = run(
+        work.path(),
+        &server,
+        "pareto",
+        &[
+            "--option",
+            "steps=3",
+            "--option",
+            "eval_queries=2",
+            "--option",
+            "merge_every=2",
+        ],
+    );
+    golden("pareto", &server, work.path(), &mut command, 0);
+}
+
+#[test]
 fn mcts() {
     let work = tempfile::tempdir().unwrap();
     let server = Server::start();

@@ -76,7 +76,9 @@ fn an_installed_host_runs_generates_evaluates_and_replays_from_any_directory() {
     let listed = output(installed(&prefix, &cwd).arg("describe"));
     assert!(listed.status.success(), "{}", text(&listed));
     let listing = String::from_utf8_lossy(&listed.stdout);
-    for name in ["beam", "greedy", "mcts", "icl", "generate", "eval"] {
+    for name in [
+        "beam", "greedy", "mcts", "pareto", "icl", "generate", "eval",
+    ] {
         let line = format!(
             "{name:<12} {}",
             prefix

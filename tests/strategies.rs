@@ -100,3 +100,39 @@ fn the_python_strategy_runs_records_its_tree_and_replays() {
     // A revision is kept when it beats the best so far.
     assert_best_path(&result, best_path_by(&result, |_| true, last_reward));
 }
+
+#[test]
+fn pareto_runs_records_its_frontier_and_replays() {
+    let work = tempfile::tempdir().unwrap();
+    let result = run_and_replay(
+        "pareto",
+        work.path(),
+        &["steps=4", "eval_queries=2", "merge_every=2"],
+    );
+    assert_eq!(assert_viewable_tree(&result), 1 + 4);
+    assert_rewards_differ(&result);
+    let details = &result["details"];
+    let frontier: Vec<u64> = details["frontier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert!(!frontier.is_empty());
+    // The result is the frontier node with the best mean reward; no node outside the frontier
+    // beats it on every aspect.
+    let best = result["best_path"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(frontier.contains(&best), "{details}");
+    let nodes = details["nodes"].as_array().unwrap();
+    let reward = |id: u64| nodes[id as usize]["reward"].as_f64().unwrap();
+    assert!(frontier.iter().all(|&id| reward(id) <= reward(best)));
+    for node in result["tree"].as_array().unwrap() {
+        assert!(node["details"]["aspect_means"].is_object(), "{node}");
+    }
+}

@@ -16,6 +16,9 @@ use serde_json::{Map, Value, json};
 /// in there) and returns the score for every aspect.
 pub type ScoreFn = Box<dyn FnMut(&str) -> u8>;
 
+/// Scores one aspect of a judged answer: `(judge's prompt, aspect name) -> score`.
+pub type AspectScoreFn = Box<dyn FnMut(&str, &str) -> u8>;
+
 /// Writes the `choice`-th new system prompt from the optimizer's prompt.
 pub type ProposeFn = Box<dyn FnMut(&str, u32) -> String>;
 
@@ -53,6 +56,9 @@ pub struct ScriptedHost {
     pub queries: Vec<Query>,
     /// The in-context examples a strategy under test is given (none unless set).
     pub examples: Vec<Example>,
+    /// Scores each aspect on its own when set: `(judge's prompt, aspect name) -> score`,
+    /// instead of one score for every aspect.
+    pub score_aspect: Option<AspectScoreFn>,
     /// The choices given to each request answered, by the request's JSON.
     answered: HashMap<String, Vec<String>>,
 }
@@ -76,6 +82,7 @@ impl ScriptedHost {
             optimizer_field: "new_system_prompt".into(),
             queries: Vec::new(),
             examples: Vec::new(),
+            score_aspect: None,
             answered: HashMap::new(),
         }
     }
@@ -115,6 +122,10 @@ impl ScriptedHost {
                     .flatten()
                     .map(|(k, _)| k)
                 {
+                    let score = match &mut self.score_aspect {
+                        Some(per_aspect) => per_aspect(&text, aspect),
+                        None => score,
+                    };
                     judgement.insert(
                         aspect.clone(),
                         json!({"rationale": format!("scripted {score}"), "score": score}),

@@ -45,7 +45,7 @@ pub use drpo::types::{
 pub use ext::{HostExt, Typed, chat_request};
 pub use options::{OptionsSchema, StrategyOptions, derived_schema, parse_with_schema};
 pub use schemars::{self, JsonSchema};
-pub use settings::{HeldOut, Settings};
+pub use settings::{HeldOut, Settings, stepwise_estimate};
 
 /// The version of the `drpo:strategy` contract this kit builds plugins for (read from the WIT
 /// file; see [`drpo::contract`]).

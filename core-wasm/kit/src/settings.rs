@@ -2,8 +2,10 @@
 //! the token limits, the in-context examples), declared once for every strategy that offers
 //! them.
 
-use drpo::engine::RequestSettings;
+use drpo::engine::{RequestSettings, request_sizes};
 use drpo::icl::BASELINE_PROMPT;
+use drpo::prompts::LINEAGE_WINDOW;
+use drpo::types::{Role, RoleEstimate};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -121,4 +123,38 @@ impl HeldOut {
         let answers = queries * (u64::from(self.validation_candidates) + 1);
         [(0, answers), (0, queries), (0, answers), (0, 0)]
     }
+}
+
+/// The projection of a search that judges its initial prompt and then one new prompt per step,
+/// each on the same `queries` training queries (the judge `judge_repeats` times per answer),
+/// with one optimizer request per step, one aspect selection per query, and the validation
+/// split's own calls. Fewest: every optimizer answer unusable, so only the initial prompt is
+/// judged.
+pub fn stepwise_estimate(
+    settings: &Settings,
+    held_out: &HeldOut,
+    steps: u32,
+    queries: u32,
+) -> Vec<RoleEstimate> {
+    let steps = u64::from(steps);
+    let judged = u64::from(queries);
+    let repeats = u64::from(settings.judge_repeats.max(1));
+    request_sizes(
+        &settings.request_settings(1),
+        &settings.initial_system_prompt,
+        LINEAGE_WINDOW,
+    )
+    .into_iter()
+    .zip(held_out.extra_calls())
+    .map(|(mut e, (extra_min, extra_max))| {
+        let (min, max) = match e.role {
+            Role::Base | Role::Judge => (judged, (1 + steps) * judged),
+            Role::Metrics => (1, judged),
+            Role::Optimizer => (steps, steps),
+        };
+        let times = if e.role == Role::Judge { repeats } else { 1 };
+        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
+        e
+    })
+    .collect()
 }

@@ -6,9 +6,8 @@
 //! natively.
 
 use drpo_kit::drpo::prompts;
-use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
 use drpo_kit::drpo::validation::{self, Candidate};
-use drpo_kit::engine::{self, Evaluation, Scorer, Stop, request_sizes};
+use drpo_kit::engine::{self, Evaluation, Scorer, Stop};
 use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -60,30 +59,15 @@ impl StrategyOptions for Options {
 /// The calls per role: the initial prompt and each step's candidate are answered and judged on
 /// `eval_queries` queries; one optimizer request per step; one aspect selection per query.
 /// Fewest: every optimizer answer unusable, so only the initial prompt is judged. A validation
-/// split adds its own calls ([`HeldOut::extra_calls`]).
+/// The calls per role ([`drpo_kit::stepwise_estimate`]): each step's prompt is judged on
+/// `eval_queries` queries, like the initial prompt.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
-    let steps = u64::from(options.steps);
-    let judged = u64::from(options.eval_queries);
-    let repeats = u64::from(options.requests.judge_repeats.max(1));
-    request_sizes(
-        &options.requests.request_settings(1),
-        &options.requests.initial_system_prompt,
-        LINEAGE_WINDOW,
+    drpo_kit::stepwise_estimate(
+        &options.requests,
+        &options.held_out,
+        options.steps,
+        options.eval_queries,
     )
-    .into_iter()
-    .zip(options.held_out.extra_calls())
-    .map(|(mut e, (extra_min, extra_max))| {
-        let (min, max) = match e.role {
-            Role::Base | Role::Judge => (judged, (1 + steps) * judged),
-            Role::Metrics => (1, judged),
-            Role::Optimizer => (steps, steps),
-        };
-        // The judge is asked `judge_repeats` times per answer.
-        let times = if e.role == Role::Judge { repeats } else { 1 };
-        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
-        e
-    })
-    .collect()
 }
 
 /// One prompt tried, with its mean reward over the evaluation queries.
