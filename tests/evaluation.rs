@@ -282,6 +282,46 @@ fn pairwise_in_both_orders_and_the_training_rubric_on_request() {
         }),
         "the evaluation's own prompt by default"
     );
+    // The first evaluation stands in for the search: its judge is "judge" too.
+    let noted = eval(
+        "noted",
+        &["--training-run", work.path().join("own").to_str().unwrap()],
+    );
+    assert!(noted.status.success(), "{}", text(&noted));
+    assert!(
+        String::from_utf8_lossy(&noted.stdout).contains(&format!(
+            "NOTE: the judge grading these answers, judge, is the judge the search in {} \
+             optimised its prompt against",
+            work.path().join("own").display()
+        )),
+        "{}",
+        text(&noted)
+    );
+    let other = output(
+        host(&cache)
+            .arg("eval")
+            .arg(&baseline)
+            .arg("--log-dir")
+            .arg(work.path().join("other"))
+            .arg("--strategy")
+            .arg(plugin("eval"))
+            .arg("--training-run")
+            .arg(work.path().join("own"))
+            .args(judge_flags(&server).iter().map(|f| {
+                if f == "judge" {
+                    "another-judge"
+                } else {
+                    f.as_str()
+                }
+            })),
+    );
+    assert!(other.status.success(), "{}", text(&other));
+    let printed = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        printed.contains("judge: another-judge (the search in") && !printed.contains("NOTE"),
+        "{printed}"
+    );
+
     let refused = output(
         host(&cache)
             .arg("eval")

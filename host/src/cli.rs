@@ -398,6 +398,11 @@ pub struct EvalArgs {
     /// orders, and a flip counts as a tie. Needs --compare.
     #[arg(long, requires = "compare")]
     pub pairwise: bool,
+    /// The search run whose prompt produced the answers: its judge is compared with this
+    /// evaluation's, and a note above the report says when they are the same model (a gain
+    /// graded by the judge a search optimised against may be the search fitting its judge).
+    #[arg(long, value_name = "DIR")]
+    pub training_run: Option<PathBuf>,
     /// Flags of `run` (the judge's model, endpoints, budgets, --no-cache, ...), after `--`.
     #[arg(last = true)]
     pub run_flags: Vec<String>,

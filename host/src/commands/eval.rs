@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::made_run::outcome_details;
 use crate::bindings::types::Role;
 use crate::cli::{EvalArgs, RunArgs};
+use crate::terminal;
 
 /// The file in the run directory that holds the per-query results.
 pub const RESULTS_FILE: &str = "evaluation.jsonl";
@@ -37,7 +38,45 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     judge_only(&mut run);
     Box::pin(super::run::run(run)).await?;
+    if let Some(training) = &args.training_run {
+        println!("{}", judges_compared(&args.log_dir, training)?);
+    }
     report(&args.log_dir, args.output.as_deref())
+}
+
+/// The line that says whether the evaluation's judge is the model the search in `training`
+/// optimised against.
+fn judges_compared(eval_dir: &Path, training: &Path) -> anyhow::Result<String> {
+    let (graded_by, trained_by) = (judge_of(eval_dir)?, judge_of(training)?);
+    let shown = |(model, _): &(String, String)| terminal::line(model);
+    Ok(if graded_by == trained_by {
+        format!(
+            "NOTE: the judge grading these answers, {}, is the judge the search in {} optimised \
+             its prompt against, so a gain here may be the search fitting its judge; grade with \
+             another model too (-- --eval-model-name NAME).",
+            shown(&graded_by),
+            training.display()
+        )
+    } else {
+        format!(
+            "judge: {} (the search in {} optimised against {})",
+            shown(&graded_by),
+            training.display(),
+            shown(&trained_by)
+        )
+    })
+}
+
+/// The judge of a recorded run: its model and where it ran, from the run log's header.
+fn judge_of(dir: &Path) -> anyhow::Result<(String, String)> {
+    let recorded = super::recorded::read_run(&crate::rundir::RunDir::new(dir))?;
+    recorded
+        .header
+        .models
+        .iter()
+        .find(|m| m.role == Role::Judge.name())
+        .map(|m| (m.model.clone(), m.provider.clone()))
+        .with_context(|| format!("the run in {} names no judge", dir.display()))
 }
 
 /// The judge's model for every role that names none (eval.wasm asks only the judge, so
