@@ -50,6 +50,10 @@ pub struct RequestSettings {
     /// Judgements asked per answer, each with its own seed; the reward uses their mean
     /// (published: 1). More than one needs a `judge_temperature` above 0.
     pub judge_repeats: u32,
+    /// An optimizer candidate that repeats this many consecutive words of the query it was
+    /// written from is dropped ([`parse::check_not_quoting`]); 0 keeps every candidate, as
+    /// published.
+    pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// In-context examples the base model sees.
@@ -68,6 +72,7 @@ impl Default for RequestSettings {
             judge_max_tokens: 2048,
             judge_temperature: 0.0,
             judge_repeats: 1,
+            query_quote_words: 6,
             optimizer_max_tokens: 2048,
             k: 2,
         }
@@ -320,7 +325,8 @@ impl Scorer {
 
     /// Asks the optimizer once for `n` improved prompts from `parent`'s answer and judgement,
     /// showing the lineage `path_prompts` (root first, `parent` last) as DRPO does. Unparsable
-    /// candidates are dropped with a warning; an empty list means none was usable.
+    /// candidates, and those that quote `parent`'s query ([`parse::check_not_quoting`]), are
+    /// dropped with a warning; an empty list means none was usable.
     pub fn propose<H: Host>(
         &mut self,
         host: &mut H,
@@ -337,7 +343,7 @@ impl Scorer {
             &self.options,
         );
         request.sampling.n = n.max(1);
-        self.ask_for_prompts(host, request)
+        self.ask(host, request, Some(&parent.query.text))
     }
 
     /// Runs one optimizer request whose choices follow [`prompts::optimizer_schema`] and returns
@@ -347,11 +353,30 @@ impl Scorer {
         host: &mut H,
         request: Request,
     ) -> Result<Vec<String>, Stop> {
+        self.ask(host, request, None)
+    }
+
+    fn ask<H: Host>(
+        &mut self,
+        host: &mut H,
+        request: Request,
+        written_from: Option<&str>,
+    ) -> Result<Vec<String>, Stop> {
         let mut prompts = Vec::new();
+        let limit = self.options.query_quote_words;
         match complete_batch(host, vec![request])?.pop() {
             Some(Ok(completion)) => {
                 for (i, choice) in completion.choices.iter().enumerate() {
-                    match parse::parse_proposal(choice) {
+                    let usable = parse::parse_proposal(choice).and_then(|p| {
+                        match written_from {
+                            Some(query) => {
+                                parse::check_not_quoting(&p.new_system_prompt, query, limit)?
+                            }
+                            None => {}
+                        }
+                        Ok(p)
+                    });
+                    match usable {
                         Ok(p) => prompts.push(p.new_system_prompt),
                         Err(e) => host.log(LogLevel::Warn, format!("candidate {i} dropped: {e}")),
                     }

@@ -427,6 +427,50 @@ pub struct Proposal {
     pub new_system_prompt: String,
 }
 
+/// The longest run of consecutive words of `query` that `prompt` repeats (words compared in
+/// lower case, punctuation ignored).
+pub fn quoted_query_words(prompt: &str, query: &str) -> usize {
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let (prompt, query) = (words(prompt), words(query));
+    // The longest common run, row by row: run[j] is the run ending at query word j.
+    let mut run = vec![0usize; query.len() + 1];
+    let mut longest = 0;
+    for word in &prompt {
+        for j in (0..query.len()).rev() {
+            run[j + 1] = if *word == query[j] { run[j] + 1 } else { 0 };
+            longest = longest.max(run[j + 1]);
+        }
+    }
+    longest
+}
+
+/// Whether an optimizer's candidate is a prompt for one query rather than for every query: it
+/// repeats `limit` or more consecutive words of the query it was written from (all of them for
+/// a shorter query). `limit` 0 accepts every candidate. Errs with why.
+pub fn check_not_quoting(prompt: &str, query: &str, limit: u32) -> Result<(), String> {
+    if limit == 0 {
+        return Ok(());
+    }
+    let quoted = quoted_query_words(prompt, query);
+    let query_words = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .count();
+    let needed = (limit as usize).min(query_words).max(1);
+    if quoted >= needed {
+        return Err(format!(
+            "it repeats {quoted} consecutive words of the query it was written from, so it is a \
+             prompt for that query rather than for every query"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses an optimizer candidate. A missing or empty `new_system_prompt` is an error; the other
 /// two fields may be missing.
 pub fn parse_proposal(text: &str) -> Result<Proposal, String> {
@@ -672,5 +716,37 @@ mod tests {
         assert!(!none.is_usable());
         assert_eq!(none.problems, ["repeat 1: a", "repeat 2: b"]);
         assert_eq!(Judgement::combine(&[verdict(3, 3)]), verdict(3, 3));
+    }
+
+    #[test]
+    fn a_candidate_that_quotes_its_query_is_told_apart() {
+        let query =
+            "Write a short poem about the first snowfall of winter, seen from a city window.";
+        let leaking = "You are a helpful assistant. Provide a poem about the first snowfall of \
+                       winter seen from a city window, with details.";
+        assert_eq!(quoted_query_words(leaking, query), 12);
+        assert!(
+            check_not_quoting(leaking, query, 6)
+                .unwrap_err()
+                .contains("repeats 12")
+        );
+        let general = "You are a helpful assistant. Answer the question asked, clearly and \
+                       truthfully; for creative writing, follow the requested form.";
+        assert!(quoted_query_words(general, query) < 3);
+        assert!(check_not_quoting(general, query, 6).is_ok());
+        assert!(
+            check_not_quoting(leaking, query, 0).is_ok(),
+            "0 accepts every candidate"
+        );
+        // A query shorter than the limit counts when all of it is repeated.
+        assert!(
+            check_not_quoting(
+                "Always explain: why is the sky blue",
+                "Why is the sky blue?",
+                6
+            )
+            .is_err()
+        );
+        assert!(check_not_quoting("Explain why things are so.", "Why is the sky blue?", 6).is_ok());
     }
 }

@@ -38,6 +38,9 @@ pub struct Settings {
     /// judge_temperature above 0.
     #[schemars(range(min = 1))]
     pub judge_repeats: u32,
+    /// Drop an optimizer candidate that repeats this many consecutive words of the query it was
+    /// written from: a prompt for that query, not for every query (0 keeps every candidate).
+    pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     #[schemars(range(min = 1))]
     pub optimizer_max_tokens: u32,
@@ -59,6 +62,7 @@ impl Settings {
             judge_max_tokens: defaults.judge_max_tokens,
             judge_temperature: defaults.judge_temperature,
             judge_repeats: defaults.judge_repeats,
+            query_quote_words: defaults.query_quote_words,
             optimizer_max_tokens: defaults.optimizer_max_tokens,
             k: defaults.k,
         }
@@ -76,6 +80,7 @@ impl Settings {
             judge_max_tokens: self.judge_max_tokens,
             judge_temperature: self.judge_temperature,
             judge_repeats: self.judge_repeats,
+            query_quote_words: self.query_quote_words,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
             ..RequestSettings::default()

@@ -62,6 +62,10 @@ pub struct Options {
     /// End the search once the best path score has not improved for this many levels (0: run
     /// to the depth limit, as published).
     pub patience: u32,
+    /// Drop an optimizer candidate that repeats this many consecutive words of the query it was
+    /// written from: a prompt for that query, not for every query (0 keeps every candidate, as
+    /// published).
+    pub query_quote_words: u32,
     /// The validation split: queries held out of the search to choose its result on.
     #[serde(flatten)]
     pub held_out: HeldOut,
@@ -92,6 +96,7 @@ impl Default for Options {
             optimizer_max_tokens: 2048,
             unusable_judgement_extends_depth: false,
             patience: 0,
+            query_quote_words: RequestSettings::default().query_quote_words,
             held_out: HeldOut::default(),
             metrics_cache: BTreeMap::new(),
         }
@@ -138,6 +143,7 @@ impl Options {
             judge_max_tokens: self.judge_max_tokens,
             judge_temperature: self.judge_temperature,
             judge_repeats: self.judge_repeats,
+            query_quote_words: self.query_quote_words,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
         }

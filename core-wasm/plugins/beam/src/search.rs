@@ -580,7 +580,15 @@ impl<H: Host> Search<'_, H> {
             match results.next() {
                 Some(Ok(completion)) => {
                     for (i, choice) in completion.choices.iter().enumerate() {
-                        match parse::parse_proposal(choice) {
+                        let usable = parse::parse_proposal(choice).and_then(|p| {
+                            parse::check_not_quoting(
+                                &p.new_system_prompt,
+                                query,
+                                self.options.query_quote_words,
+                            )?;
+                            Ok(p)
+                        });
+                        match usable {
                             Ok(p) => {
                                 self.log(
                                     LogLevel::Debug,

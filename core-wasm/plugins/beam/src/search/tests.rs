@@ -1152,3 +1152,29 @@ fn a_judge_asked_twice_per_answer_is_averaged_and_its_agreement_reported() {
         "{greedy_judge}"
     );
 }
+
+#[test]
+fn a_candidate_that_quotes_the_query_it_was_written_from_is_dropped() {
+    // The root answers "prompt 1", and the optimizer's first candidate is "prompt-1": a prompt
+    // for that query only.
+    let mut q = queries(4);
+    q[0].text = "prompt 1".into();
+    let level_one = |o: &Options| {
+        let mut host = Scripted::plain();
+        let r = run(&mut host, o, &q, &examples()).unwrap();
+        let prompts: Vec<String> = r
+            .tree
+            .iter()
+            .filter(|n| n.depth == 1)
+            .map(|n| n.prompt.clone())
+            .collect();
+        (prompts, host.warnings("repeats 2 consecutive words of the query"))
+    };
+    let strict = options(r#"{"depth": 2, "n_actions": 2}"#);
+    assert_eq!(level_one(&strict), (vec!["prompt-2".to_owned()], 1));
+    let published = options(r#"{"depth": 2, "n_actions": 2, "query_quote_words": 0}"#);
+    assert_eq!(
+        level_one(&published),
+        (vec!["prompt-1".to_owned(), "prompt-2".to_owned()], 0)
+    );
+}
