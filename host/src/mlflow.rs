@@ -56,11 +56,16 @@ pub fn write(
         }
     };
     let run_id: String = facts.chain_hash.chars().take(32).collect();
-    let run = root.join(&experiment_id).join(&run_id);
-    if run.exists() {
-        std::fs::remove_dir_all(&run)
-            .with_context(|| format!("cannot replace {}", run.display()))?;
+    // MLflow finds a run by its id in any experiment: an earlier export of this run, under this
+    // experiment or another, is replaced.
+    for experiment in experiment_dirs(&root)? {
+        let earlier = experiment.join(&run_id);
+        if earlier.is_dir() {
+            std::fs::remove_dir_all(&earlier)
+                .with_context(|| format!("cannot replace {}", earlier.display()))?;
+        }
     }
+    let run = root.join(&experiment_id).join(&run_id);
     for folder in ["params", "metrics", "tags", "artifacts"] {
         std::fs::create_dir_all(run.join(folder))
             .with_context(|| format!("cannot create {}", run.join(folder).display()))?;
@@ -151,7 +156,10 @@ fn params(report: &RunReport, header: &Header) -> Vec<(String, String)> {
         }
     }
     for model in &header.models {
-        params.push((format!("model.{}", model.role), model.model.clone()));
+        let key = format!("model.{}", model.role);
+        if safe_key(&key) && model.model.chars().count() <= MAX_PARAM_CHARS {
+            params.push((key, model.model.clone()));
+        }
     }
     params
 }
@@ -223,35 +231,67 @@ fn safe_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c))
 }
 
-fn find_experiment(root: &Path, name: &str) -> anyhow::Result<Option<String>> {
-    for entry in
-        std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?
-    {
-        let path = entry?.path();
-        let Ok(meta) = std::fs::read_to_string(path.join("meta.yaml")) else {
+/// The store's experiment folders, deleted ones (under `.trash`) included.
+fn experiment_dirs(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for folder in [root.to_owned(), root.join(".trash")] {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
             continue;
         };
-        if meta.lines().any(|l| l == format!("name: {}", quoted(name))) {
-            return Ok(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("cannot read {}", folder.display()))?
+                .path();
+            if path.join("meta.yaml").is_file() {
+                dirs.push(path);
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// The id of the live experiment called `name`, as MLflow (PyYAML: the name plain or quoted)
+/// or this module wrote it.
+fn find_experiment(root: &Path, name: &str) -> anyhow::Result<Option<String>> {
+    for dir in experiment_dirs(root)? {
+        if dir.parent() != Some(root) {
+            continue;
+        }
+        let meta = std::fs::read_to_string(dir.join("meta.yaml"))
+            .with_context(|| format!("cannot read {}", dir.join("meta.yaml").display()))?;
+        let named = meta
+            .lines()
+            .filter_map(|l| l.strip_prefix("name:"))
+            .any(|value| yaml_scalar(value) == name);
+        let deleted = meta.lines().any(|l| l.trim() == "lifecycle_stage: deleted");
+        if named && !deleted {
+            return Ok(dir.file_name().map(|n| n.to_string_lossy().into_owned()));
         }
     }
     Ok(None)
 }
 
+/// One more than the highest numeric experiment id, deleted experiments included.
 fn next_experiment_id(root: &Path) -> anyhow::Result<String> {
-    let mut highest = 0u64;
-    for entry in
-        std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?
-    {
-        if let Some(id) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            highest = highest.max(id);
-        }
-    }
+    let highest = experiment_dirs(root)?
+        .iter()
+        .filter_map(|d| d.file_name()?.to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
     Ok((highest + 1).to_string())
+}
+
+/// A YAML scalar as written after a key: plain, single-quoted or double-quoted (no escapes
+/// but the doubled single quote).
+fn yaml_scalar(value: &str) -> String {
+    let value = value.trim();
+    if let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        inner.replace("''", "'")
+    } else if let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        inner.to_owned()
+    } else {
+        value.to_owned()
+    }
 }
 
 fn write_experiment(root: &Path, id: &str, name: &str, now: u64) -> anyhow::Result<()> {
@@ -311,8 +351,40 @@ mod tests {
     }
 
     #[test]
-    fn yaml_scalars_are_quoted() {
+    fn yaml_scalars_are_quoted_and_read_back_plain_or_quoted() {
         assert_eq!(quoted("it's"), "'it''s'");
         assert_eq!(yaml(&[("name", quoted("drpo"))]), "name: 'drpo'\n");
+        for written in [" drpo", " 'drpo'", " \"drpo\""] {
+            assert_eq!(yaml_scalar(written), "drpo");
+        }
+        assert_eq!(yaml_scalar(&quoted("it's")), "it's");
+    }
+
+    #[test]
+    fn an_experiment_mlflow_wrote_is_found_by_name_and_ids_skip_deleted_ones() {
+        let root = tempfile::tempdir().unwrap();
+        for (id, meta, trash) in [
+            ("0", "name: Default\nlifecycle_stage: active\n", false),
+            (
+                "4",
+                "experiment_id: '4'\nname: drpo\nlifecycle_stage: active\n",
+                false,
+            ),
+            ("9", "name: old\nlifecycle_stage: deleted\n", true),
+        ] {
+            let dir = if trash {
+                root.path().join(".trash").join(id)
+            } else {
+                root.path().join(id)
+            };
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("meta.yaml"), meta).unwrap();
+        }
+        assert_eq!(
+            find_experiment(root.path(), "drpo").unwrap().as_deref(),
+            Some("4")
+        );
+        assert_eq!(find_experiment(root.path(), "old").unwrap(), None);
+        assert_eq!(next_experiment_id(root.path()).unwrap(), "10");
     }
 }

@@ -169,6 +169,11 @@ impl Evaluation {
         })
     }
 
+    /// The names of the aspects chosen for the query (scored or not).
+    pub fn aspects(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.selection.aspects.iter().map(|a| a.name)
+    }
+
     /// The judgement as the optimizer reads it: `{aspect: {rationale, score}}`, indented.
     pub fn feedback(&self) -> String {
         serde_json::to_string_pretty(&self.judgement.to_json()).unwrap_or_default()
@@ -368,11 +373,8 @@ impl Scorer {
             Some(Ok(completion)) => {
                 for (i, choice) in completion.choices.iter().enumerate() {
                     let usable = parse::parse_proposal(choice).and_then(|p| {
-                        match written_from {
-                            Some(query) => {
-                                parse::check_not_quoting(&p.new_system_prompt, query, limit)?
-                            }
-                            None => {}
+                        if let Some(query) = written_from {
+                            parse::check_not_quoting(&p.new_system_prompt, query, limit)?;
                         }
                         Ok(p)
                     });

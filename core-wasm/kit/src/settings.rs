@@ -125,7 +125,7 @@ impl HeldOut {
     /// stopped early and nothing was validated.
     pub fn extra_calls(&self) -> [(u64, u64); 4] {
         let queries = u64::from(self.validation);
-        let answers = queries * (u64::from(self.validation_candidates) + 1);
+        let answers = queries.saturating_mul(u64::from(self.validation_candidates) + 1);
         [(0, answers), (0, queries), (0, answers), (0, 0)]
     }
 }
@@ -153,12 +153,16 @@ pub fn stepwise_estimate(
     .zip(held_out.extra_calls())
     .map(|(mut e, (extra_min, extra_max))| {
         let (min, max) = match e.role {
-            Role::Base | Role::Judge => (judged, (1 + steps) * judged),
+            Role::Base | Role::Judge => (judged, (1 + steps).saturating_mul(judged)),
             Role::Metrics => (1, judged),
             Role::Optimizer => (steps, steps),
         };
         let times = if e.role == Role::Judge { repeats } else { 1 };
-        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
+        // Saturating: options as large as a user may give must not wrap to a small projection.
+        (e.min_calls, e.max_calls) = (
+            min.saturating_add(extra_min).saturating_mul(times),
+            max.saturating_add(extra_max).saturating_mul(times),
+        );
         e
     })
     .collect()

@@ -37,45 +37,51 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         options.insert("pairwise".into(), Value::Bool(true));
     }
     judge_only(&mut run);
+    // Read before anything is spent, so that a wrong directory costs nothing.
+    let trained_by = match &args.training_run {
+        Some(training) => Some((training, judge_of(training)?)),
+        None => None,
+    };
     Box::pin(super::run::run(run)).await?;
-    if let Some(training) = &args.training_run {
-        println!("{}", judges_compared(&args.log_dir, training)?);
+    if let Some((training, trained_by)) = trained_by {
+        println!(
+            "{}",
+            judges_compared(&judge_of(&args.log_dir)?, training, &trained_by)
+        );
     }
     report(&args.log_dir, args.output.as_deref())
 }
 
-/// The line that says whether the evaluation's judge is the model the search in `training`
-/// optimised against.
-fn judges_compared(eval_dir: &Path, training: &Path) -> anyhow::Result<String> {
-    let (graded_by, trained_by) = (judge_of(eval_dir)?, judge_of(training)?);
-    let shown = |(model, _): &(String, String)| terminal::line(model);
-    Ok(if graded_by == trained_by {
+/// The line that says whether the evaluation's judge (`graded_by`) is the model the search
+/// in `training` optimised against (`trained_by`).
+fn judges_compared(graded_by: &str, training: &Path, trained_by: &str) -> String {
+    if graded_by == trained_by {
         format!(
             "NOTE: the judge grading these answers, {}, is the judge the search in {} optimised \
              its prompt against, so a gain here may be the search fitting its judge; grade with \
              another model too (-- --eval-model-name NAME).",
-            shown(&graded_by),
+            terminal::line(graded_by),
             training.display()
         )
     } else {
         format!(
             "judge: {} (the search in {} optimised against {})",
-            shown(&graded_by),
+            terminal::line(graded_by),
             training.display(),
-            shown(&trained_by)
+            terminal::line(trained_by)
         )
-    })
+    }
 }
 
-/// The judge of a recorded run: its model and where it ran, from the run log's header.
-fn judge_of(dir: &Path) -> anyhow::Result<(String, String)> {
+/// The judge's model of a recorded run, from its run log's header.
+fn judge_of(dir: &Path) -> anyhow::Result<String> {
     let recorded = super::recorded::read_run(&crate::rundir::RunDir::new(dir))?;
     recorded
         .header
         .models
         .iter()
         .find(|m| m.role == Role::Judge.name())
-        .map(|m| (m.model.clone(), m.provider.clone()))
+        .map(|m| m.model.clone())
         .with_context(|| format!("the run in {} names no judge", dir.display()))
 }
 

@@ -49,11 +49,13 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let counts = search
         .into_iter()
         .zip(options.held_out.extra_calls())
-        .map(|((min, max), (extra_min, extra_max))| (min + extra_min, max + extra_max))
+        .map(|((min, max), (extra_min, extra_max))| {
+            (min.saturating_add(extra_min), max.saturating_add(extra_max))
+        })
         .enumerate()
         // The judge (third in role order) is asked `judge_repeats` times per answer.
         .map(|(role, (min, max))| match role {
-            2 => (min * repeats, max * repeats),
+            2 => (min.saturating_mul(repeats), max.saturating_mul(repeats)),
             _ => (min, max),
         });
     let lineage = levels_max as usize + 1;

@@ -288,6 +288,14 @@ pub fn run_and_validate<H: Host>(
     if held_out.is_empty() {
         return Ok(outcome);
     }
+    if result.stop.is_some() || result.tree.is_empty() {
+        // Nothing to validate: `conclude` records why, without a call.
+        let mut idle = Scorer::new(options.request_settings(), Vec::new());
+        validation::conclude(host, &mut idle, held_out, Vec::new(), &mut outcome, |n| {
+            vec![n]
+        });
+        return Ok(outcome);
+    }
     let mut scorer = validation_scorer(host, options, held_out, examples);
     let best = result.best_path.last().copied();
     let mut ranked: Vec<&TreeNode> = result.tree.iter().filter(|n| n.parent.is_some()).collect();

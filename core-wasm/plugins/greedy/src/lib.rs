@@ -56,9 +56,6 @@ impl StrategyOptions for Options {
     }
 }
 
-/// The calls per role: the initial prompt and each step's candidate are answered and judged on
-/// `eval_queries` queries; one optimizer request per step; one aspect selection per query.
-/// Fewest: every optimizer answer unusable, so only the initial prompt is judged. A validation
 /// The calls per role ([`drpo_kit::stepwise_estimate`]): each step's prompt is judged on
 /// `eval_queries` queries, like the initial prompt.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {

@@ -81,13 +81,17 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     .zip(options.held_out.extra_calls())
     .map(|(mut e, (extra_min, extra_max))| {
         let (min, max) = match e.role {
-            Role::Base | Role::Judge => (1 + width, 1 + iterations * width),
+            Role::Base | Role::Judge => (1 + width, 1 + iterations.saturating_mul(width)),
             Role::Metrics => (1, levels.min(1 + iterations)),
             Role::Optimizer => (1, iterations),
         };
         // The judge is asked `judge_repeats` times per answer.
         let times = if e.role == Role::Judge { repeats } else { 1 };
-        (e.min_calls, e.max_calls) = ((min + extra_min) * times, (max + extra_max) * times);
+        // Saturating: options as large as a user may give must not wrap to a small projection.
+        (e.min_calls, e.max_calls) = (
+            min.saturating_add(extra_min).saturating_mul(times),
+            max.saturating_add(extra_max).saturating_mul(times),
+        );
         e
     })
     .collect()

@@ -17,23 +17,19 @@ pub struct AspectMeans {
 }
 
 impl AspectMeans {
-    /// The means of a prompt's evaluations. `chosen` gives each query's aspects (by query id),
-    /// so that an unusable judgement still counts against the aspects it should have scored.
-    pub fn of(evaluations: &[Evaluation], chosen: &BTreeMap<String, Vec<String>>) -> Self {
+    /// The means of a prompt's evaluations, each query counting on the aspects chosen for it
+    /// (the same for every prompt judged on it: the selection is made once per query).
+    pub fn of(evaluations: &[Evaluation]) -> Self {
         let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
         for evaluation in evaluations {
-            let names = chosen
-                .get(&evaluation.query.id)
-                .cloned()
-                .unwrap_or_default();
-            for name in names {
+            for name in evaluation.aspects() {
                 let score = evaluation
                     .judgement
                     .scores
                     .iter()
                     .find(|s| s.aspect.name == name)
                     .map_or(0.0, |s| s.mean);
-                let entry = sums.entry(name).or_default();
+                let entry = sums.entry(name.to_owned()).or_default();
                 entry.0 += score;
                 entry.1 += 1;
             }
@@ -52,30 +48,6 @@ impl AspectMeans {
     fn score(&self, aspect: &str) -> f64 {
         self.aspects.get(aspect).copied().unwrap_or(0.0)
     }
-}
-
-/// Each query's aspects (by query id), from every usable judgement among `evaluations`: the
-/// selection is made once per query, so every prompt judged on a query is judged on the same
-/// aspects.
-pub fn chosen_aspects<'a>(
-    evaluations: impl IntoIterator<Item = &'a Evaluation>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut chosen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for evaluation in evaluations {
-        if evaluation.judgement.is_usable() {
-            chosen
-                .entry(evaluation.query.id.clone())
-                .or_insert_with(|| {
-                    evaluation
-                        .judgement
-                        .scores
-                        .iter()
-                        .map(|s| s.aspect.name.to_owned())
-                        .collect()
-                });
-        }
-    }
-    chosen
 }
 
 fn aspect_names<'a>(all: impl IntoIterator<Item = &'a AspectMeans>) -> BTreeSet<&'a str> {

@@ -57,9 +57,6 @@ impl StrategyOptions for Options {
     }
 }
 
-/// The calls per role: the initial prompt and each step's prompt are answered and judged on
-/// `eval_queries` queries (the judge `judge_repeats` times); one optimizer request per step;
-/// one aspect selection per query; a validation split adds its own. Fewest: every optimizer
 /// The calls per role ([`drpo_kit::stepwise_estimate`]): each step's prompt is judged on
 /// `eval_queries` queries, like the initial prompt.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {

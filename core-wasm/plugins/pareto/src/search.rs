@@ -103,23 +103,25 @@ pub fn run<H: Host>(
         })
         .to_string(),
     };
-    // Validation chooses among the frontier and the initial prompt.
-    let nodes = tried
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| *id == 0 || front.contains(id))
-        .map(|(id, t)| Candidate {
-            node: id as u32,
-            prompt: t.prompt.clone(),
-            search_score: Some(t.means.reward),
-        })
-        .collect();
-    validation::conclude_scored(
+    // Validation chooses among the frontier (the search's choice first, then by mean reward)
+    // and the initial prompt.
+    let candidate = |id: usize| Candidate {
+        node: id as u32,
+        prompt: tried[id].prompt.clone(),
+        search_score: Some(tried[id].means.reward),
+    };
+    let mut ranked = front.clone();
+    ranked.sort_by(|&a, &b| all[b].reward.total_cmp(&all[a].reward));
+    let shortlist = validation::shortlist(
+        std::iter::once(best).chain(ranked).map(candidate),
+        candidate(0),
+        options.held_out.validation_candidates as usize,
+    );
+    validation::conclude(
         host,
         &mut scorer,
         &held_out,
-        nodes,
-        options.held_out.validation_candidates as usize,
+        shortlist,
         &mut outcome,
         |id| path_to(&tried, id as usize),
     );
@@ -167,12 +169,14 @@ fn take_step<H: Host>(
         }
         None => {
             let parent = front[(step as usize - 1) % front.len()];
-            // The answer the judge liked least says most about what to change.
-            let weakest = tried[parent]
-                .evaluations
+            // The judged answer the judge liked least says most about what to change (one
+            // without a usable judgement shows the optimizer no scores).
+            let evaluations = &tried[parent].evaluations;
+            let weakest = evaluations
                 .iter()
+                .filter(|e| e.judgement.is_usable())
                 .min_by(|x, y| x.reward.total_cmp(&y.reward))
-                .expect("every prompt is judged on at least one query");
+                .unwrap_or(&evaluations[0]);
             let lineage: Vec<String> = path_to(tried, parent)
                 .iter()
                 .map(|&i| tried[i as usize].prompt.clone())
@@ -209,13 +213,7 @@ fn add<H: Host>(
     merged_from: &[usize],
 ) -> usize {
     let id = tried.len();
-    let chosen = frontier::chosen_aspects(
-        tried
-            .iter()
-            .flat_map(|t| t.evaluations.iter())
-            .chain(&evaluations),
-    );
-    let means = AspectMeans::of(&evaluations, &chosen);
+    let means = AspectMeans::of(&evaluations);
     let depth = parent.map_or(0, |p| tried[p].depth + 1);
     let mut details = evaluations[0].details();
     details["origin"] = json!(match (parent, merged_from.is_empty()) {

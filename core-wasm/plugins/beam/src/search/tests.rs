@@ -1168,7 +1168,10 @@ fn a_candidate_that_quotes_the_query_it_was_written_from_is_dropped() {
             .filter(|n| n.depth == 1)
             .map(|n| n.prompt.clone())
             .collect();
-        (prompts, host.warnings("repeats 2 consecutive words of the query"))
+        (
+            prompts,
+            host.warnings("repeats 2 consecutive words of the query"),
+        )
     };
     let strict = options(r#"{"depth": 2, "n_actions": 2}"#);
     assert_eq!(level_one(&strict), (vec!["prompt-2".to_owned()], 1));
@@ -1177,4 +1180,21 @@ fn a_candidate_that_quotes_the_query_it_was_written_from_is_dropped() {
         level_one(&published),
         (vec!["prompt-1".to_owned(), "prompt-2".to_owned()], 0)
     );
+}
+
+#[test]
+fn a_search_stopped_before_its_root_was_scored_skips_validation_without_a_call() {
+    let o = options(r#"{"depth": 3, "validation": 2}"#);
+    let held: Vec<Query> = queries(2);
+    for budget in [0, 1] {
+        let mut host = Scripted::plain();
+        host.budget = Some(budget);
+        let outcome = run_and_validate(&mut host, &o, &queries(4), &held, &examples()).unwrap();
+        let details: Value = serde_json::from_str(&outcome.details).unwrap();
+        assert_eq!(
+            details["validation"]["skipped"], "the search stopped early",
+            "{details}"
+        );
+        assert_eq!(host.embed_calls, 1, "only the search's own embedding");
+    }
 }
