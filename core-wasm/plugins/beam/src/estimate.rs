@@ -39,10 +39,19 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
     let new_queries = 1 + levels_max;
     let metrics_max = new_queries.saturating_sub(options.metrics_cache.len() as u64);
 
+    // With `validation_every`, the beam's prompts are judged on the held-out queries after
+    // every that many levels, at most `beam_size` prompts each time.
+    let level_validations = match options.validation_every {
+        0 => 0,
+        every => levels_max / u64::from(every),
+    };
+    let validated = level_validations
+        .saturating_mul(u64::from(options.beam_size))
+        .saturating_mul(u64::from(options.held_out.validation));
     let search = [
-        (children_min, children_max),
+        (children_min, children_max.saturating_add(validated)),
         (0, metrics_max),
-        (children_min, children_max),
+        (children_min, children_max.saturating_add(validated)),
         (0, optimizer_max),
     ];
     let repeats = u64::from(options.judge_repeats.max(1));

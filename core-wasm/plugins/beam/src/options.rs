@@ -69,6 +69,10 @@ pub struct Options {
     /// The validation split: queries held out of the search to choose its result on.
     #[serde(flatten)]
     pub held_out: HeldOut,
+    /// With validation: also judge the beam's prompts on the held-out queries after every this
+    /// many levels, and let patience count validations without a better held-out mean instead
+    /// of levels without a better path score (0: validate only at the end).
+    pub validation_every: u32,
     /// Known aspect selections, {query text: {query_analysis, aspects_selection}}.
     pub metrics_cache: BTreeMap<String, Value>,
 }
@@ -98,6 +102,7 @@ impl Default for Options {
             patience: 0,
             query_quote_words: RequestSettings::default().query_quote_words,
             held_out: HeldOut::default(),
+            validation_every: 0,
             metrics_cache: BTreeMap::new(),
         }
     }
@@ -181,6 +186,9 @@ impl Options {
             engine::check_judge_repeats(self.judge_repeats, self.judge_temperature)
         {
             problems.push(problem);
+        }
+        if self.validation_every > 0 && self.held_out.validation == 0 {
+            problems.push("validation_every needs validation queries (validation)".to_string());
         }
         if problems.is_empty() {
             Ok(())

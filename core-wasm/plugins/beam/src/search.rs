@@ -114,6 +114,9 @@ pub struct SearchResult {
     pub judgements: Judgements,
     /// How much the judge's repeats disagreed (`null` when it was asked once).
     pub judge_spread: Value,
+    /// Each level the beam was judged on the held-out queries (`validation_every`): its nodes
+    /// and their held-out means.
+    pub level_validations: Vec<Value>,
     /// Calls made.
     pub stats: Stats,
 }
@@ -156,6 +159,9 @@ impl SearchResult {
         });
         if !self.judge_spread.is_null() {
             details["judge_spread"] = self.judge_spread.clone();
+        }
+        if !self.level_validations.is_empty() {
+            details["level_validations"] = Value::from(self.level_validations.clone());
         }
         details
     }
@@ -223,6 +229,12 @@ struct Search<'a, H: Host> {
     terminal: Vec<BeamItem>,
     patience: Patience,
     stats: Stats,
+    /// Queries held out of the search, judged during it with `validation_every`.
+    held_out: &'a [Query],
+    /// The scorer of those judgements, made at the first validated level.
+    validator: Option<Scorer>,
+    /// Each validated level's nodes and held-out means.
+    level_validations: Vec<Value>,
 }
 
 /// Runs the search. `queries` are used in order (at most `num_training_examples` of them);
@@ -232,6 +244,17 @@ pub fn run<H: Host>(
     host: &mut H,
     options: &Options,
     queries: &[Query],
+    examples: &[Example],
+) -> Result<SearchResult, String> {
+    search_with(host, options, queries, &[], examples)
+}
+
+/// [`run`], judging the beam on `held_out` during the search where `validation_every` asks.
+fn search_with<H: Host>(
+    host: &mut H,
+    options: &Options,
+    queries: &[Query],
+    held_out: &[Query],
     examples: &[Example],
 ) -> Result<SearchResult, String> {
     options.validate()?;
@@ -259,6 +282,9 @@ pub fn run<H: Host>(
         terminal: Vec::new(),
         patience: Patience::new(options.patience),
         stats: Stats::default(),
+        held_out,
+        validator: None,
+        level_validations: Vec::new(),
     };
     let stop = search.search().err();
     if let Some(why) = &stop {
@@ -283,7 +309,7 @@ pub fn run_and_validate<H: Host>(
     held_out: &[Query],
     examples: &[Example],
 ) -> Result<Outcome, String> {
-    let result = run(host, options, queries, examples)?;
+    let result = search_with(host, options, queries, held_out, examples)?;
     let mut outcome = result.to_outcome();
     if held_out.is_empty() {
         return Ok(outcome);
@@ -539,8 +565,15 @@ impl<H: Host> Search<'_, H> {
         }
         rank(&mut next);
         next.truncate(self.options.beam_size as usize);
-        if let Some(best) = next.first()
-            && self.patience.observe(level + 1, best.score)
+        // Patience follows the held-out mean where the beam is validated during the search,
+        // else the best path score.
+        let watched = match self.validate_level(&next, level + 1)? {
+            Some(mean) => Some(mean),
+            None if self.validates_during_search() => None,
+            None => next.first().map(|best| best.score),
+        };
+        if let Some(score) = watched
+            && self.patience.observe(level + 1, score)
         {
             let why = self.patience.message().unwrap_or_default();
             self.log(LogLevel::Info, format!("level {}: {why}", level + 1));
@@ -550,6 +583,59 @@ impl<H: Host> Search<'_, H> {
         }
         self.beam = next;
         Ok(())
+    }
+
+    fn validates_during_search(&self) -> bool {
+        self.options.validation_every > 0 && !self.held_out.is_empty()
+    }
+
+    /// With `validation_every`, after every that many levels: the distinct prompts of the new
+    /// beam judged on the held-out queries (one batch per phase), recorded in the details'
+    /// `level_validations`; returns the best held-out mean. `None` on other levels.
+    fn validate_level(&mut self, beam: &[BeamItem], level: u32) -> Result<Option<f64>, Stop> {
+        if !self.validates_during_search() || !level.is_multiple_of(self.options.validation_every) {
+            return Ok(None);
+        }
+        if self.validator.is_none() {
+            let scorer = validation_scorer(self.host, self.options, self.held_out, self.examples);
+            self.validator = Some(scorer);
+        }
+        let mut nodes: Vec<usize> = Vec::new();
+        for item in beam {
+            if !nodes
+                .iter()
+                .any(|&n| self.tree[n].prompt == self.tree[item.node].prompt)
+            {
+                nodes.push(item.node);
+            }
+        }
+        let held_out = self.held_out;
+        let pairs: Vec<(String, Query)> = nodes
+            .iter()
+            .map(|&n| self.tree[n].prompt.clone())
+            .flat_map(|prompt| held_out.iter().map(move |q| (prompt.clone(), q.clone())))
+            .collect();
+        let scorer = self.validator.as_mut().expect("made above");
+        let evaluations = scorer.evaluate(self.host, &pairs)?;
+        let means: Vec<f64> = evaluations
+            .chunks(self.held_out.len())
+            .map(|c| c.iter().map(|e| e.reward).sum::<f64>() / c.len() as f64)
+            .collect();
+        let best = means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        self.log(
+            LogLevel::Info,
+            format!(
+                "level {level}: held-out means {:?} of nodes {nodes:?}",
+                means.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>()
+            ),
+        );
+        self.level_validations.push(json!({
+            "level": level,
+            "nodes": nodes,
+            "held_out_means": means,
+            "best": best,
+        }));
+        Ok(Some(best))
     }
 
     /// The prompts each active beam proposes: its own prompt on a skip, the optimizer's
@@ -1021,6 +1107,9 @@ impl<H: Host> Search<'_, H> {
                 format!("best path {best_path:?} with score {score:.3}"),
             );
         }
+        if let Some(validator) = &self.validator {
+            self.judgement_count.add(validator.judgements());
+        }
         SearchResult {
             best_prompt,
             best_score,
@@ -1032,6 +1121,7 @@ impl<H: Host> Search<'_, H> {
             patience: self.patience,
             judgements: self.judgement_count,
             judge_spread: self.spread.details(self.requests.judge_repeats),
+            level_validations: self.level_validations,
             stats: self.stats,
         }
     }

@@ -1198,3 +1198,50 @@ fn a_search_stopped_before_its_root_was_scored_skips_validation_without_a_call()
         assert_eq!(host.embed_calls, 1, "only the search's own embedding");
     }
 }
+
+#[test]
+fn validating_during_the_search_lets_patience_follow_the_held_out_mean() {
+    // Later prompts score higher on the search's queries, never on the held-out ones.
+    let score = |query: &str, system: &str, _: &str| -> u8 {
+        if query.contains("held out") {
+            return 3;
+        }
+        let n: u8 = system.trim_start_matches("prompt-").parse().unwrap_or(0);
+        (2 + n / 3).min(4)
+    };
+    let held: Vec<Query> = (0..2)
+        .map(|i| Query {
+            id: format!("h{i}"),
+            text: format!("held out query {i}?"),
+            tags: vec![],
+        })
+        .collect();
+    let o = options(
+        r#"{"depth": 6, "n_actions": 2, "patience": 1, "validation": 2, "validation_every": 1}"#,
+    );
+    let mut host = Scripted::new(score);
+    let outcome = run_and_validate(&mut host, &o, &queries(8), &held, &examples()).unwrap();
+    let details: Value = serde_json::from_str(&outcome.details).unwrap();
+    let levels = details["level_validations"].as_array().unwrap();
+    assert_eq!(levels.len(), 2, "{details}");
+    assert_eq!(levels[0]["best"], 3.0);
+    assert_eq!(details["patience"]["ended_after_level"], 2, "{details}");
+    assert!(details["validation"]["chosen_node"].is_u64());
+    for e in crate::estimate::estimate(&o) {
+        let made = host.requests(e.role) as u64;
+        assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+    }
+
+    // Without it, patience follows the rising path score and the search goes on.
+    let o = options(r#"{"depth": 6, "n_actions": 2, "patience": 1, "validation": 2}"#);
+    let mut host = Scripted::new(score);
+    let outcome = run_and_validate(&mut host, &o, &queries(8), &held, &examples()).unwrap();
+    let details: Value = serde_json::from_str(&outcome.details).unwrap();
+    assert!(details.get("level_validations").is_none());
+    assert_eq!(
+        details["patience"],
+        json!({"levels": 1, "ended_after_level": null, "best_level": 5})
+    );
+    let refused = Options::from_json(r#"{"validation_every": 2}"#).unwrap_err();
+    assert!(refused.contains("validation_every needs"), "{refused}");
+}
