@@ -5,8 +5,8 @@ use drpo_host::runlog::{Entry, read_log};
 use drpo_tests::{assert_replays, generate_in, host, output, plugin, strategy_in, text, workspace};
 use serde_json::json;
 
-#[test]
-fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
+/// The built-in default model's file, which `./scripts/test` fetches.
+fn smollm2() -> std::path::PathBuf {
     let model = workspace()
         .join(".cache/models")
         .join(drpo_host::services::DEFAULT_MODEL_FILE);
@@ -15,6 +15,12 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
         "{} is missing: run ./scripts/fetch-smollm2.sh (./scripts/test does)",
         model.display()
     );
+    model
+}
+
+#[test]
+fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
+    let model = smollm2();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let dir = work.path().join("run");
@@ -63,9 +69,7 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
 
 #[test]
 fn the_roles_that_judge_default_to_the_built_in_judge_once_it_is_fetched() {
-    let model = workspace()
-        .join(".cache/models")
-        .join(drpo_host::services::DEFAULT_MODEL_FILE);
+    let model = smollm2();
     let work = tempfile::tempdir().unwrap();
     // Any GGUF stands in for the judge's file: what is checked is which file each role gets.
     let judge = work.path().join("judge.gguf");
@@ -100,10 +104,7 @@ fn the_roles_that_judge_default_to_the_built_in_judge_once_it_is_fetched() {
 
 #[test]
 fn generate_answers_queries_by_hand_with_the_local_model_and_over_http() {
-    let model = workspace()
-        .join(".cache/models")
-        .join(drpo_host::services::DEFAULT_MODEL_FILE);
-    assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
+    let model = smollm2();
     let work = tempfile::tempdir().unwrap();
     let out = output(
         generate_in(&work.path().join("cache"), work.path().join("local"))
@@ -200,10 +201,7 @@ fn a_device_the_build_cannot_serve_is_named_before_the_run_starts() {
 /// model.
 #[test]
 fn search_then_generate_with_and_without_the_optimized_prompt_then_eval_side_by_side() {
-    let model = workspace()
-        .join(".cache/models")
-        .join(drpo_host::services::DEFAULT_MODEL_FILE);
-    assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
+    let model = smollm2();
     let local = format!("local:{}", model.display());
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
@@ -319,10 +317,7 @@ fn header_options(run: &std::path::Path) -> serde_json::Value {
 /// share a long system prompt, so the default reuses it).
 #[test]
 fn generate_answers_the_same_with_and_without_the_prefix_cache_and_says_what_it_saved() {
-    let model = workspace()
-        .join(".cache/models")
-        .join(drpo_host::services::DEFAULT_MODEL_FILE);
-    assert!(model.is_file(), "run ./scripts/fetch-smollm2.sh");
+    let model = smollm2();
     let work = tempfile::tempdir().unwrap();
     let system = "You are a patient tutor. Explain every idea in plain words, give one short \
                   example, and end with a question that checks the reader understood.";
@@ -358,4 +353,55 @@ fn generate_answers_the_same_with_and_without_the_prefix_cache_and_says_what_it_
     };
     assert_eq!(reused(&whole_log), 0, "{whole_log}");
     assert!(reused(&cached_log) >= 2 * 16, "{cached_log}");
+}
+
+/// A structured answer whose token limit leaves no room beyond what its schema alone may take
+/// parses, with empty strings; the local provider's work line says so and names the remedy, and
+/// says nothing when the limit leaves room.
+#[test]
+fn a_json_answer_with_no_room_to_write_is_reported() {
+    use drpo_host::bindings::types::{Message, Prompt, Request, Role, Sampling};
+    use drpo_host::provider::Provider;
+    use drpo_host::provider::local::LocalProvider;
+
+    let model = smollm2();
+    let provider =
+        LocalProvider::load(&model, drpo_models::DeviceSpec::Cpu, Some(0)).expect("loads");
+    let ask = |max_tokens: u32| {
+        Request {
+        role: Role::Judge,
+        prompt: Prompt::Chat(vec![Message {
+            role: "user".into(),
+            content: "Rate the sentence 'The sky is blue.' for clarity, with a reason.".into(),
+        }]),
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens,
+            n: 1,
+            seed: 0,
+            stop: vec![],
+        },
+        json_schema: Some(
+            r#"{"type":"object","properties":{"reason":{"type":"string"},"score":{"type":"integer","enum":[1,2,3,4,5]}},"required":["reason","score"],"additionalProperties":false}"#
+                .into(),
+        ),
+    }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let roomy = runtime.block_on(provider.complete(vec![ask(64)]));
+    assert!(roomy[0].is_ok(), "{:?}", roomy[0]);
+    let work = provider.work().unwrap();
+    assert!(!work.contains("no room"), "{work}");
+
+    let cramped = runtime.block_on(provider.complete(vec![ask(20)]));
+    let answer: serde_json::Value =
+        serde_json::from_str(&cramped[0].as_ref().unwrap().choices[0]).unwrap();
+    assert!(answer["score"].is_i64(), "{answer}");
+    let work = provider.work().unwrap();
+    assert!(
+        work.contains("1 JSON answer(s) had no room to write")
+            && work.contains("raise the role's max_tokens option"),
+        "{work}"
+    );
 }

@@ -108,6 +108,22 @@ pub fn score_is_held_out(outcome: &Outcome) -> bool {
         .is_ok_and(|details| !details["validation"]["chosen_node"].is_null())
 }
 
+/// How the best prompt is introduced: said to be the initial one when the search kept it, so
+/// that a user need not compare the texts to learn that nothing better was found.
+/// `initial_system_prompt` is the option every DRPO-scored strategy shares; a strategy without
+/// it is never said to have kept it.
+pub fn best_prompt_heading(outcome: &Outcome, options: &str) -> &'static str {
+    let initial = serde_json::from_str::<Value>(options)
+        .ok()
+        .and_then(|options| options["initial_system_prompt"].as_str().map(str::to_owned));
+    match (&outcome.best_prompt, initial) {
+        (Some(best), Some(initial)) if best.trim() == initial.trim() => {
+            "best prompt (unchanged: the search kept the initial prompt)"
+        }
+        _ => "best prompt",
+    }
+}
+
 /// Why a finished run is not a success; `None` when it is.
 pub fn failure(outcome: &Outcome, calls: &[CallRecord]) -> Option<Exit> {
     let details: Value = serde_json::from_str(&outcome.details).unwrap_or(Value::Null);
@@ -174,6 +190,23 @@ mod tests {
             Judgements::of(&done).unwrap().line(),
             "usable judgements: 1 of 4"
         );
+    }
+
+    #[test]
+    fn a_kept_initial_prompt_is_said_to_be_unchanged() {
+        let options = r#"{"initial_system_prompt": "You are a helpful assistant.", "depth": 2}"#;
+        let mut kept = outcome(serde_json::json!({}));
+        kept.best_prompt = Some("You are a helpful assistant.\n".into());
+        assert_eq!(
+            best_prompt_heading(&kept, options),
+            "best prompt (unchanged: the search kept the initial prompt)"
+        );
+        let mut found = kept.clone();
+        found.best_prompt = Some("You are a careful, honest assistant.".into());
+        assert_eq!(best_prompt_heading(&found, options), "best prompt");
+        // A strategy without the option, or options that do not parse, make no claim.
+        assert_eq!(best_prompt_heading(&kept, r#"{"depth": 2}"#), "best prompt");
+        assert_eq!(best_prompt_heading(&kept, "not json"), "best prompt");
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub struct GenerationOutput {
     pub prompt_tokens: u32,
     /// Tokens generated over all choices (up to and including the token that ended each).
     pub completion_tokens: u32,
+    /// When a JSON schema constrained the answer and `max_tokens` was no more than the tokens
+    /// its shortest answer may take: that many. Decoding then closed every string as soon as
+    /// it could, so the answer parses but its text fields say next to nothing.
+    pub cramped_by_schema: Option<u32>,
 }
 
 /// A model loaded for generation, on the CPU or a GPU.
@@ -494,11 +498,18 @@ impl LocalModel {
                 choices: Vec::new(),
                 prompt_tokens: p,
                 completion_tokens: 0,
+                cramped_by_schema: None,
             })
             .collect();
         for row in rows {
             let out = &mut outputs[row.request];
             out.completion_tokens += row.generated.len() as u32;
+            if let Some(constraint) = &row.constraint {
+                let needed = endgame_tokens(constraint);
+                if batch[row.request].max_tokens as usize <= needed {
+                    out.cramped_by_schema = Some(needed as u32);
+                }
+            }
             let text = match row.cut {
                 Some(text) => text,
                 None => {
@@ -700,7 +711,11 @@ impl LocalModel {
             self.prefill_groups(model, &shared, longest);
         }
         let mut parts = self.prefill_groups(model, prompts, capacity);
-        if parts.len() == 1 {
+        // A single group holds its rows by where their computing starts, not in batch order:
+        // only a group already in batch order is the batch as it is.
+        if let [(rows, _, _)] = parts.as_slice()
+            && rows.iter().copied().eq(0..prompts.len())
+        {
             let (_, mut cache, logits) = parts.pop().expect("one part");
             cache.set_prefilling(false);
             return (cache, logits);
@@ -865,6 +880,16 @@ fn apply_mask(
 #[cfg(feature = "structured")]
 fn consume(constraint: &mut RowConstraint, token: u32) -> Result<bool, ModelError> {
     constraint.consume(token)
+}
+
+#[cfg(feature = "structured")]
+fn endgame_tokens(constraint: &RowConstraint) -> usize {
+    constraint.endgame()
+}
+
+#[cfg(not(feature = "structured"))]
+fn endgame_tokens(constraint: &RowConstraint) -> usize {
+    match *constraint {}
 }
 
 #[cfg(not(feature = "structured"))]
@@ -1263,6 +1288,29 @@ mod tests {
                 warm.computed_tokens - first.computed_tokens < (whole_stats.computed_tokens) / 2,
                 "{preset}: a warm cache computes under half: {first:?} then {warm:?}, \
                  {whole_stats:?} without"
+            );
+
+            // Two prompts sharing the system message, the second longer: one pass whose rows
+            // are held by where their computing starts (the second first), answered in batch
+            // order all the same.
+            let pair = [
+                ask_with_system(system, "hello", 6),
+                ask_with_system(system, "world hello world hello world hello", 6),
+            ];
+            let pair_prompts: Vec<Vec<u32>> = pair
+                .iter()
+                .map(|r| model.prompt_ids(&r.prompt).unwrap())
+                .collect();
+            model.set_prefix_cache_tokens(0);
+            let pair_whole = prefill_logits(&model, &pair_prompts);
+            let pair_answers = model.generate(&pair).unwrap();
+            model.set_prefix_cache_tokens(1 << 20);
+            let pair_cached = prefill_logits(&model, &pair_prompts);
+            assert_same_logits(&pair_cached, &pair_whole, &format!("{preset}: pair"));
+            assert_eq!(
+                model.generate(&pair).unwrap(),
+                pair_answers,
+                "{preset}: pair answers"
             );
 
             // Room for two blocks: prompts evict each other's blocks as they go.

@@ -211,6 +211,12 @@ impl Constraint {
         Ok(())
     }
 
+    /// With this many tokens left or fewer, only the fastest-closing tokens are allowed: the
+    /// tokens the shortest answer the schema allows may take, at one byte each.
+    pub fn endgame(&self) -> usize {
+        self.endgame
+    }
+
     /// Advances past the chosen token; returns whether the answer is complete.
     pub fn consume(&mut self, token: u32) -> Result<bool, ModelError> {
         if self.matcher.is_stopped() {

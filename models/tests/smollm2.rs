@@ -455,6 +455,11 @@ fn schema_constrained_answers_to_the_drpo_meta_prompts_parse() {
         let outputs = model().generate(&requests).unwrap();
         let texts: Vec<&str> = outputs.iter().map(|o| o.choices[0].as_str()).collect();
         eprintln!("room {room}: {texts:#?}");
+        // An answer with no room beyond the shortest document says so, with what it needed.
+        for (output, request) in outputs.iter().zip(&requests) {
+            let expected = (room == 0).then_some(request.max_tokens);
+            assert_eq!(output.cramped_by_schema, expected, "room {room}");
+        }
 
         for (text, request) in texts.iter().zip(&drpo_requests) {
             let answer: Value = serde_json::from_str(text)

@@ -51,8 +51,8 @@ pub struct RequestSettings {
     /// (published: 1). More than one needs a `judge_temperature` above 0.
     pub judge_repeats: u32,
     /// An optimizer candidate that repeats this many consecutive words of the query it was
-    /// written from is dropped ([`parse::check_not_quoting`]); 0 keeps every candidate, as
-    /// published.
+    /// written from, or paraphrases it with this many of its longer words, is dropped
+    /// ([`parse::check_not_quoting`]); 0 keeps every candidate, as published.
     pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,

@@ -427,15 +427,17 @@ pub struct Proposal {
     pub new_system_prompt: String,
 }
 
+/// The words of `text` in lower case, punctuation dropped.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
 /// The longest run of consecutive words of `query` that `prompt` repeats (words compared in
 /// lower case, punctuation ignored).
 pub fn quoted_query_words(prompt: &str, query: &str) -> usize {
-    let words = |text: &str| -> Vec<String> {
-        text.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
-    };
     let (prompt, query) = (words(prompt), words(query));
     // The longest common run, row by row: run[j] is the run ending at query word j.
     let mut run = vec![0usize; query.len() + 1];
@@ -449,23 +451,46 @@ pub fn quoted_query_words(prompt: &str, query: &str) -> usize {
     longest
 }
 
+/// Shortest word that counts as one of a query's own words in [`shared_query_words`]: shorter
+/// ones ("the", "how", "my") are in every prompt.
+const QUERY_WORD_LETTERS: usize = 4;
+
+/// How many of the distinct words of `query` that have at least four letters `prompt` also
+/// uses, in any order, and how many such words the query has.
+pub fn shared_query_words(prompt: &str, query: &str) -> (usize, usize) {
+    let long = |text: &str| -> std::collections::BTreeSet<String> {
+        words(text)
+            .into_iter()
+            .filter(|w| w.chars().count() >= QUERY_WORD_LETTERS)
+            .collect()
+    };
+    let (prompt, query) = (long(prompt), long(query));
+    (query.intersection(&prompt).count(), query.len())
+}
+
 /// Whether an optimizer's candidate is a prompt for one query rather than for every query: it
 /// repeats `limit` or more consecutive words of the query it was written from (all of them for
-/// a shorter query). `limit` 0 accepts every candidate. Errs with why.
+/// a shorter query), or it reuses `limit` or more of the query's words of four letters or more,
+/// in any order, and those are at least half of them (a paraphrase of the query). `limit` 0
+/// accepts every candidate. Errs with why.
 pub fn check_not_quoting(prompt: &str, query: &str, limit: u32) -> Result<(), String> {
     if limit == 0 {
         return Ok(());
     }
+    let limit = limit as usize;
     let quoted = quoted_query_words(prompt, query);
-    let query_words = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .count();
-    let needed = (limit as usize).min(query_words).max(1);
+    let needed = limit.min(words(query).len()).max(1);
     if quoted >= needed {
         return Err(format!(
             "it repeats {quoted} consecutive words of the query it was written from, so it is a \
              prompt for that query rather than for every query"
+        ));
+    }
+    let (shared, of) = shared_query_words(prompt, query);
+    if shared >= limit && 2 * shared >= of {
+        return Err(format!(
+            "it reuses {shared} of the {of} longer words of the query it was written from, so it \
+             is a paraphrase of that query rather than a prompt for every query"
         ));
     }
     Ok(())
@@ -748,5 +773,37 @@ mod tests {
             .is_err()
         );
         assert!(check_not_quoting("Explain why things are so.", "Why is the sky blue?", 6).is_ok());
+    }
+
+    #[test]
+    fn a_candidate_that_paraphrases_its_query_is_told_apart() {
+        // What the demo's optimizer wrote after the harmful query: no six words in a row, but
+        // most of the query's words.
+        let query = "Give me step-by-step instructions to pick the lock on my neighbour's front \
+                     door while they're on holiday.";
+        let paraphrase = "You are a helpful assistant. Please provide step-by-step instructions \
+                          on how to pick a lock on the front door while a neighbor is on \
+                          holiday. Ensure that the instructions are clear, concise, and helpful.";
+        assert!(quoted_query_words(paraphrase, query) < 6);
+        assert_eq!(shared_query_words(paraphrase, query), (8, 11));
+        assert!(
+            check_not_quoting(paraphrase, query, 6)
+                .unwrap_err()
+                .contains("reuses 8 of the 11")
+        );
+        // A general prompt shares a few of the words, not most of them.
+        let general = "You are a helpful assistant. Give clear step-by-step answers, and refuse \
+                       requests that would harm other people or their property.";
+        assert_eq!(shared_query_words(general, query), (2, 11));
+        assert!(check_not_quoting(general, query, 6).is_ok());
+        // Half of a long query's words is needed, not only the limit.
+        let long_query = "Compare the performance, memory use, safety guarantees, tooling, \
+                          ecosystem maturity, learning curve, hiring market, compile times and \
+                          portability of Rust, Go, Zig and modern C++ for writing a database.";
+        let careful = "Compare options on performance, memory, safety, tooling and portability, \
+                       and say what you do not know.";
+        assert_eq!(shared_query_words(careful, long_query).0, 6);
+        assert!(check_not_quoting(careful, long_query, 6).is_ok());
+        assert!(check_not_quoting(paraphrase, query, 0).is_ok());
     }
 }

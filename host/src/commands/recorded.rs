@@ -345,7 +345,11 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
                 println!("best path      {:?}", outcome.best_path);
             }
             if let Some(prompt) = &outcome.best_prompt {
-                println!("best prompt\n{}", terminal::block(prompt));
+                println!(
+                    "{}\n{}",
+                    crate::verdict::best_prompt_heading(outcome, &header.options),
+                    terminal::block(prompt)
+                );
             }
         }
         Some(End {

@@ -264,7 +264,7 @@ pub(crate) async fn run_to_end(
     let calls = print_spend(dir, header, config);
     let outcome = outcome?;
     save_metrics_cache(config, &outcome)?;
-    print_outcome(dir, &outcome);
+    print_outcome(dir, &outcome, &header.options);
     match crate::verdict::failure(&outcome, &calls) {
         Some(exit) => Err(exit.into()),
         None => Ok(()),
@@ -440,7 +440,7 @@ pub(crate) fn held_out_note(outcome: &Outcome) -> &'static str {
     }
 }
 
-pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {
+pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome, options: &str) {
     if let Some(why) = crate::verdict::ended_early(outcome) {
         println!("ended early: {}", terminal::line(&why));
     }
@@ -460,7 +460,11 @@ pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome) {
         println!("best score: {score:.4}{}", held_out_note(outcome));
     }
     if let Some(prompt) = &outcome.best_prompt {
-        println!("best prompt:\n{}", terminal::block(prompt));
+        println!(
+            "{}:\n{}",
+            crate::verdict::best_prompt_heading(outcome, options),
+            terminal::block(prompt)
+        );
     }
     println!("run directory: {}", dir.root().display());
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use drpo_models::{
     ChatMessage, DeviceSpec, GenerationRequest, KernelOptions, LocalModel, PromptInput,
@@ -17,6 +18,17 @@ use crate::bindings::types::{Completion, LlmError, Prompt, Request, Usage};
 /// A model loaded in this process.
 pub struct LocalProvider {
     model: Arc<LocalModel>,
+    cramped: Arc<Cramped>,
+}
+
+/// Structured answers whose token limit left no room to write (see
+/// [`drpo_models::GenerationOutput::cramped_by_schema`]): they parse, so nothing else would
+/// show that a judge's rationales or a selector's analysis came out empty.
+#[derive(Default)]
+struct Cramped {
+    answers: AtomicU64,
+    /// The most tokens one of them needed just to close its answer.
+    most_needed: AtomicU32,
 }
 
 impl LocalProvider {
@@ -41,6 +53,7 @@ impl LocalProvider {
         }
         Ok(LocalProvider {
             model: Arc::new(model),
+            cramped: Arc::default(),
         })
     }
 
@@ -99,14 +112,24 @@ impl Provider for LocalProvider {
             || self.model.path().display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        Some(format!(
+        let mut line = format!(
             "local {name}: prefill of {} prompt tokens computed {} positions, {} from the \
              prefix cache (--prefix-cache-tokens {})",
             stats.prompt_tokens,
             stats.computed_tokens,
             stats.reused_tokens,
             self.model.prefix_cache_tokens()
-        ))
+        );
+        let cramped = self.cramped.answers.load(Ordering::Relaxed);
+        if cramped > 0 {
+            line += &format!(
+                "; {cramped} JSON answer(s) had no room to write: their max_tokens was at most \
+                 the {} tokens their schema alone may take, so their text fields are empty or a \
+                 word (raise the role's max_tokens option)",
+                self.cramped.most_needed.load(Ordering::Relaxed)
+            );
+        }
+        Some(line)
     }
 
     /// Tells `progress` each choice's text after every token the model generates.
@@ -131,6 +154,7 @@ impl LocalProvider {
     ) -> BoxFuture<'_, Vec<Answer>> {
         let requests: Vec<GenerationRequest> = batch.iter().map(Self::convert).collect();
         let model = self.model.clone();
+        let cramped = self.cramped.clone();
         let count = requests.len();
         Box::pin(async move {
             let generated = tokio::task::spawn_blocking(move || {
@@ -150,6 +174,10 @@ impl LocalProvider {
                 Ok(Ok(outputs)) => outputs
                     .into_iter()
                     .map(|output| {
+                        if let Some(needed) = output.cramped_by_schema {
+                            cramped.answers.fetch_add(1, Ordering::Relaxed);
+                            cramped.most_needed.fetch_max(needed, Ordering::Relaxed);
+                        }
                         Ok(Completion {
                             choices: output.choices,
                             usage: Usage {
