@@ -339,6 +339,21 @@ impl Scorer {
         path_prompts: &[String],
         n: u32,
     ) -> Result<Vec<String>, Stop> {
+        self.propose_again(host, parent, path_prompts, n, 0)
+    }
+
+    /// [`Self::propose`] for the `attempt`-th time from the same parent, with the optimizer's
+    /// seed moved on by `attempt`: the same request again would get the same answer again (a
+    /// model at a fixed seed, or the response cache), so a search that asks anew after a step
+    /// with no usable prompt would ask in vain. Attempt 0 is [`Self::propose`].
+    pub fn propose_again<H: Host>(
+        &mut self,
+        host: &mut H,
+        parent: &Evaluation,
+        path_prompts: &[String],
+        n: u32,
+        attempt: u64,
+    ) -> Result<Vec<String>, Stop> {
         let mut request = prompts::optimizer_request(
             &parent.prompt,
             &parent.query.text,
@@ -348,6 +363,7 @@ impl Scorer {
             &self.options,
         );
         request.sampling.n = n.max(1);
+        request.sampling.seed = request.sampling.seed.wrapping_add(attempt);
         self.ask(host, request, Some(&parent.query.text))
     }
 

@@ -165,6 +165,9 @@ fn take_step<H: Host>(
                 merge_prompt(&tried[a], &tried[b]),
             )]);
             request.sampling.n = 1;
+            // Each step samples anew: a step that repeats an earlier request (the frontier
+            // unchanged after a step with no usable prompt) would get its answer again.
+            request.sampling.seed = request.sampling.seed.wrapping_add(u64::from(step - 1));
             (a, vec![a, b], scorer.ask_for_prompts(host, request)?)
         }
         None => {
@@ -184,7 +187,7 @@ fn take_step<H: Host>(
             (
                 parent,
                 Vec::new(),
-                scorer.propose(host, weakest, &lineage, 1)?,
+                scorer.propose_again(host, weakest, &lineage, 1, u64::from(step - 1))?,
             )
         }
     };
@@ -395,6 +398,43 @@ mod tests {
         assert_eq!(details["frontier"], json!([1, 2]));
         assert_eq!(details["merges"], 0);
         assert_eq!(outcome.best_path, [0, 1], "the first of equal mean rewards");
+    }
+
+    /// A step after one with no usable prompt asks the same parent again, with another seed:
+    /// the same request would get the same unusable answer.
+    #[test]
+    fn a_step_after_an_unusable_proposal_asks_with_another_seed() {
+        let mut unusable = true;
+        let mut host = ScriptedHost::new(
+            |_| 2,
+            move |_, _| {
+                // An empty prompt is unusable.
+                if std::mem::take(&mut unusable) {
+                    String::new()
+                } else {
+                    "Be clear.".into()
+                }
+            },
+        );
+        let outcome = run(&mut host, &options(2, 0), &queries(2), Vec::new()).unwrap();
+        let seeds: Vec<u64> = host
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Optimizer)
+            .map(|r| r.sampling.seed)
+            .collect();
+        assert_eq!(seeds.len(), 2);
+        assert_ne!(seeds[0], seeds[1], "the second step samples anew");
+        assert!(
+            host.logs
+                .iter()
+                .any(|(_, m)| m.contains("step 1: the optimizer gave no usable prompt")),
+            "{:?}",
+            host.logs
+        );
+        assert!(outcome.best_prompt.is_some());
+        let prompts: Vec<&str> = host.nodes.iter().map(|n| n.prompt.as_str()).collect();
+        assert_eq!(prompts, ["You are a helpful assistant.", "Be clear."]);
     }
 
     #[test]
