@@ -377,33 +377,33 @@ impl Scorer {
         self.ask(host, request, None)
     }
 
+    /// Asks `request` and returns the usable prompts. When every candidate was a prompt for
+    /// the query it was `written_from`, asks once more, telling the optimizer why
+    /// ([`prompts::general_prompt_request`]).
     fn ask<H: Host>(
         &mut self,
         host: &mut H,
         request: Request,
         written_from: Option<&str>,
     ) -> Result<Vec<String>, Stop> {
-        let mut prompts = Vec::new();
         let limit = self.options.query_quote_words;
-        match complete_batch(host, vec![request])?.pop() {
-            Some(Ok(completion)) => {
-                for (i, choice) in completion.choices.iter().enumerate() {
-                    let usable = parse::parse_proposal(choice).and_then(|p| {
-                        if let Some(query) = written_from {
-                            parse::check_not_quoting(&p.new_system_prompt, query, limit)?;
-                        }
-                        Ok(p)
-                    });
-                    match usable {
-                        Ok(p) => prompts.push(p.new_system_prompt),
-                        Err(e) => host.log(LogLevel::Warn, format!("candidate {i} dropped: {e}")),
-                    }
-                }
+        let answer = complete_batch(host, vec![request.clone()])?.pop();
+        let (prompts, about_the_query) = usable_prompts(host, answer, written_from, limit, "");
+        let again = match about_the_query {
+            Some((choice, why)) if prompts.is_empty() => {
+                prompts::general_prompt_request(&request, &choice, &why)
             }
-            Some(Err(e)) => host.log(LogLevel::Warn, format!("the optimizer failed: {e}")),
-            None => host.log(LogLevel::Warn, "the optimizer gave no answer".to_owned()),
-        }
-        Ok(prompts)
+            _ => None,
+        };
+        let Some(again) = again else {
+            return Ok(prompts);
+        };
+        host.log(
+            LogLevel::Info,
+            "every candidate was a prompt for its query; asking the optimizer again".to_owned(),
+        );
+        let answer = complete_batch(host, vec![again])?.pop();
+        Ok(usable_prompts(host, answer, written_from, limit, "asked again: ").0)
     }
 
     /// The request options in use (seed, token limits, sampling).
@@ -471,6 +471,59 @@ pub fn check_judge_repeats(repeats: u32, temperature: f64) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// The usable prompts among an optimizer's choices (each with its analysis and thought logged
+/// at debug level), each dropped one warned about (`label` starts every line), and the first
+/// choice dropped for being a prompt for the query it was `written_from`, with why: what
+/// [`prompts::general_prompt_request`] answers.
+pub fn usable_prompts<H: Host>(
+    host: &mut H,
+    answer: Option<Result<Completion, LlmError>>,
+    written_from: Option<&str>,
+    limit: u32,
+    label: &str,
+) -> (Vec<String>, Option<(String, String)>) {
+    let mut prompts = Vec::new();
+    let mut about_the_query = None;
+    match answer {
+        Some(Ok(completion)) => {
+            for (i, choice) in completion.choices.iter().enumerate() {
+                let dropped = match parse::parse_proposal(choice) {
+                    Err(e) => e,
+                    Ok(p) => match written_from
+                        .map(|query| parse::check_not_quoting(&p.new_system_prompt, query, limit))
+                    {
+                        Some(Err(why)) => {
+                            about_the_query.get_or_insert((choice.clone(), why.clone()));
+                            why
+                        }
+                        _ => {
+                            host.log(
+                                LogLevel::Debug,
+                                format!(
+                                    "{label}candidate {i}: analysis: {} | thought: {}",
+                                    p.analysis, p.thought
+                                ),
+                            );
+                            prompts.push(p.new_system_prompt);
+                            continue;
+                        }
+                    },
+                };
+                host.log(
+                    LogLevel::Warn,
+                    format!("{label}candidate {i} dropped: {dropped}"),
+                );
+            }
+        }
+        Some(Err(e)) => host.log(LogLevel::Warn, format!("{label}the optimizer failed: {e}")),
+        None => host.log(
+            LogLevel::Warn,
+            format!("{label}the optimizer gave no answer"),
+        ),
+    }
+    (prompts, about_the_query)
 }
 
 /// Sends one batch as every DRPO strategy does: a short answer is padded with failures, and the
@@ -616,6 +669,58 @@ mod tests {
             Stop::details(Some(&stopped)),
             serde_json::json!({"kind": "role-failed", "role": "optimizer", "error": "no such model"})
         );
+    }
+
+    /// When every candidate is a prompt for its query, the optimizer is asked once more, shown
+    /// its answer and why it was dropped; a general prompt then is used. Candidates that fail
+    /// only to parse are not asked about again.
+    #[test]
+    fn an_optimizer_that_wrote_only_prompts_for_the_query_is_asked_again() {
+        let query = queries(1).remove(0);
+        let candidates = vec![("P".to_owned(), query.clone())];
+        let quoted = query.text.clone();
+        let mut host = ScriptedHost::new(
+            |_| 3,
+            move |conversation, _| {
+                if conversation.contains("That new_system_prompt cannot be used") {
+                    "Answer every request plainly.".to_owned()
+                } else {
+                    format!("You answer this: {quoted}")
+                }
+            },
+        );
+        let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
+        let judged = scorer.evaluate(&mut host, &candidates).unwrap();
+        let prompts = scorer.propose(&mut host, &judged[0], &[], 2).unwrap();
+        assert_eq!(prompts, ["Answer every request plainly."; 2]);
+        let optimizer: Vec<&Request> = host
+            .requests
+            .iter()
+            .filter(|r| r.role == Role::Optimizer)
+            .collect();
+        assert_eq!(optimizer.len(), 2);
+        let Prompt::Chat(again) = &optimizer[1].prompt else {
+            panic!("a chat")
+        };
+        let roles: Vec<&str> = again.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert!(again[1].content.contains("You answer this"), "{again:?}");
+        assert!(
+            again[2].content.contains("consecutive words of the query"),
+            "{again:?}"
+        );
+
+        // Unparsable candidates are dropped without a second request.
+        let mut host = ScriptedHost::new(|_| 3, |_, _| String::new());
+        let mut scorer = Scorer::new(RequestSettings::default(), Vec::new());
+        let judged = scorer.evaluate(&mut host, &candidates).unwrap();
+        assert!(
+            scorer
+                .propose(&mut host, &judged[0], &[], 2)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(host.requests_for(Role::Optimizer), 1);
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub struct Settings {
     pub judge_repeats: u32,
     /// Drop an optimizer candidate that repeats this many consecutive words of the query it was
     /// written from, or reuses this many of its words of four letters or more when they are at
-    /// least half of them: a prompt for that query, not for every query (0 keeps every
-    /// candidate).
+    /// least half of them: a prompt for that query, not for every query. When every candidate is
+    /// dropped so, the optimizer is asked once more, told why (0 keeps every candidate).
     pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     #[schemars(range(min = 1))]

@@ -662,61 +662,58 @@ impl<H: Host> Search<'_, H> {
                 ));
             }
         }
-        let mut results = self.complete(requests)?.into_iter();
-        let mut actions = Vec::new();
+        let limit = self.options.query_quote_words;
+        let mut results = self.complete(requests.clone())?.into_iter();
+        let mut requests = requests.into_iter();
+        let mut actions: Vec<Vec<(String, bool)>> = Vec::new();
+        // Beams whose every candidate was a prompt for the query: asked once more, together.
+        let mut again = Vec::new();
         for (item, decision) in active.iter().zip(decisions) {
-            let current = self.tree[item.node].prompt.clone();
             if *decision != Decision::Optimize {
-                actions.push(vec![(current, true)]);
+                actions.push(Vec::new());
                 continue;
             }
-            let mut prompts = Vec::new();
-            match results.next() {
-                Some(Ok(completion)) => {
-                    for (i, choice) in completion.choices.iter().enumerate() {
-                        let usable = parse::parse_proposal(choice).and_then(|p| {
-                            parse::check_not_quoting(
-                                &p.new_system_prompt,
-                                query,
-                                self.options.query_quote_words,
-                            )?;
-                            Ok(p)
-                        });
-                        match usable {
-                            Ok(p) => {
-                                self.log(
-                                    LogLevel::Debug,
-                                    format!(
-                                        "node {} candidate {i}: analysis: {} | thought: {}",
-                                        item.node, p.analysis, p.thought
-                                    ),
-                                );
-                                prompts.push((p.new_system_prompt, false));
-                            }
-                            Err(e) => self.log(
-                                LogLevel::Warn,
-                                format!("node {} candidate {i} dropped: {e}", item.node),
-                            ),
-                        }
-                    }
-                }
-                Some(Err(e)) => self.log(
-                    LogLevel::Warn,
-                    format!("node {}: optimizer failed: {e}", item.node),
+            let request = requests.next().expect("one request per optimized beam");
+            let label = format!("node {} ", item.node);
+            let (prompts, about_the_query) =
+                engine::usable_prompts(self.host, results.next(), Some(query), limit, &label);
+            if let (true, Some((choice, why))) = (prompts.is_empty(), about_the_query)
+                && let Some(request) = prompts::general_prompt_request(&request, &choice, &why)
+            {
+                again.push((actions.len(), item.node, request));
+            }
+            actions.push(prompts.into_iter().map(|p| (p, false)).collect());
+        }
+        if !again.is_empty() {
+            self.log(
+                LogLevel::Info,
+                format!(
+                    "{} beam(s) got only prompts for the query; asking the optimizer again",
+                    again.len()
                 ),
-                None => {}
+            );
+            let requests = again.iter().map(|(_, _, r)| r.clone()).collect();
+            let answers = self.complete(requests)?;
+            for ((at, node, _), answer) in again.iter().zip(answers) {
+                let label = format!("node {node} asked again: ");
+                let (prompts, _) =
+                    engine::usable_prompts(self.host, Some(answer), Some(query), limit, &label);
+                actions[*at] = prompts.into_iter().map(|p| (p, false)).collect();
             }
+        }
+        for ((item, decision), prompts) in active.iter().zip(decisions).zip(&mut actions) {
             if prompts.is_empty() {
-                self.log(
-                    LogLevel::Warn,
-                    format!(
-                        "node {}: no usable candidate; keeping its prompt",
-                        item.node
-                    ),
-                );
-                prompts.push((current, true));
+                if *decision == Decision::Optimize {
+                    self.log(
+                        LogLevel::Warn,
+                        format!(
+                            "node {}: no usable candidate; keeping its prompt",
+                            item.node
+                        ),
+                    );
+                }
+                prompts.push((self.tree[item.node].prompt.clone(), true));
             }
-            actions.push(prompts);
         }
         Ok(actions)
     }

@@ -83,7 +83,9 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
         let (min, max) = match e.role {
             Role::Base | Role::Judge => (1 + width, 1 + iterations.saturating_mul(width)),
             Role::Metrics => (1, levels.min(1 + iterations)),
-            Role::Optimizer => (1, iterations),
+            // One request per expansion, and once more where every candidate was about the
+            // query.
+            Role::Optimizer => (1, iterations.saturating_mul(2)),
         };
         // The judge is asked `judge_repeats` times per answer.
         let times = if e.role == Role::Judge { repeats } else { 1 };

@@ -60,12 +60,19 @@ impl StrategyOptions for Options {
 /// The calls per role ([`drpo_kit::stepwise_estimate`]): each step's prompt is judged on
 /// `eval_queries` queries, like the initial prompt.
 pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
-    drpo_kit::stepwise_estimate(
+    let mut estimate = drpo_kit::stepwise_estimate(
         &options.requests,
         &options.held_out,
         options.steps,
         options.eval_queries,
-    )
+    );
+    // An improving step asks once more when every candidate was a prompt for its query.
+    for role in &mut estimate {
+        if role.role == Role::Optimizer {
+            role.max_calls = role.max_calls.saturating_add(u64::from(options.steps));
+        }
+    }
+    estimate
 }
 
 /// The exported strategy.

@@ -1183,6 +1183,33 @@ fn a_candidate_that_quotes_the_query_it_was_written_from_is_dropped() {
 }
 
 #[test]
+fn a_beam_whose_every_candidate_quotes_the_query_asks_the_optimizer_again() {
+    // The only candidate, "prompt-1", is a prompt for the query "prompt 1"; the second request
+    // (shown that answer and why it was dropped) gets "prompt-2".
+    let mut q = queries(4);
+    q[0].text = "prompt 1".into();
+    let mut host = Scripted::plain();
+    let o = options(r#"{"depth": 2, "n_actions": 1}"#);
+    let r = run(&mut host, &o, &q, &examples()).unwrap();
+    let level_one: Vec<&str> = r
+        .tree
+        .iter()
+        .filter(|n| n.depth == 1)
+        .map(|n| n.prompt.as_str())
+        .collect();
+    assert_eq!(level_one, ["prompt-2"]);
+    assert_eq!(host.requests(Role::Optimizer), 2);
+    assert_eq!(
+        host.warnings("node 0 candidate 0 dropped: it repeats 2 consecutive words"),
+        1
+    );
+    for e in crate::estimate::estimate(&o) {
+        let made = host.requests(e.role) as u64;
+        assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+    }
+}
+
+#[test]
 fn a_search_stopped_before_its_root_was_scored_skips_validation_without_a_call() {
     let o = options(r#"{"depth": 3, "validation": 2}"#);
     let held: Vec<Query> = queries(2);
