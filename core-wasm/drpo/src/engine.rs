@@ -390,8 +390,8 @@ impl Scorer {
         let answer = complete_batch(host, vec![request.clone()])?.pop();
         let (prompts, about_the_query) = usable_prompts(host, answer, written_from, limit, "");
         let again = match about_the_query {
-            Some((choice, why)) if prompts.is_empty() => {
-                prompts::general_prompt_request(&request, &choice, &why)
+            Some(choice) if prompts.is_empty() => {
+                prompts::general_prompt_request(&request, &choice)
             }
             _ => None,
         };
@@ -475,7 +475,7 @@ pub fn check_judge_repeats(repeats: u32, temperature: f64) -> Result<(), String>
 
 /// The usable prompts among an optimizer's choices (each with its analysis and thought logged
 /// at debug level), each dropped one warned about (`label` starts every line), and the first
-/// choice dropped for being a prompt for the query it was `written_from`, with why: what
+/// choice dropped for being a prompt for the query it was `written_from`: what
 /// [`prompts::general_prompt_request`] answers.
 pub fn usable_prompts<H: Host>(
     host: &mut H,
@@ -483,7 +483,7 @@ pub fn usable_prompts<H: Host>(
     written_from: Option<&str>,
     limit: u32,
     label: &str,
-) -> (Vec<String>, Option<(String, String)>) {
+) -> (Vec<String>, Option<String>) {
     let mut prompts = Vec::new();
     let mut about_the_query = None;
     match answer {
@@ -495,7 +495,7 @@ pub fn usable_prompts<H: Host>(
                         .map(|query| parse::check_not_quoting(&p.new_system_prompt, query, limit))
                     {
                         Some(Err(why)) => {
-                            about_the_query.get_or_insert((choice.clone(), why.clone()));
+                            about_the_query.get_or_insert_with(|| choice.clone());
                             why
                         }
                         _ => {
@@ -682,7 +682,7 @@ mod tests {
         let mut host = ScriptedHost::new(
             |_| 3,
             move |conversation, _| {
-                if conversation.contains("That new_system_prompt cannot be used") {
+                if conversation.contains("That new_system_prompt is written for the one query") {
                     "Answer every request plainly.".to_owned()
                 } else {
                     format!("You answer this: {quoted}")
@@ -706,7 +706,7 @@ mod tests {
         assert_eq!(roles, ["user", "assistant", "user"]);
         assert!(again[1].content.contains("You answer this"), "{again:?}");
         assert!(
-            again[2].content.contains("consecutive words of the query"),
+            again[2].content.contains("it repeats the query"),
             "{again:?}"
         );
 

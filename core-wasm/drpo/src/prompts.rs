@@ -402,10 +402,10 @@ pub fn optimizer_request(
 
 /// The optimizer request asked once more when every candidate `request` got was a prompt for
 /// its one query: the same conversation, then the optimizer's own `answer`, then a reply that
-/// says why it cannot be used (`why`) and asks for a general prompt. The small optimizers this
-/// runs on locally copy the query into the prompt however the first request warns them, but
-/// mostly correct it when told. `None` for a prompt that is not a chat.
-pub fn general_prompt_request(request: &Request, answer: &str, why: &str) -> Option<Request> {
+/// says what is wrong with it and asks for a general prompt. The small optimizers this runs on
+/// locally copy the query into the prompt however the first request warns them, but sometimes
+/// correct it when told. `None` for a prompt that is not a chat.
+pub fn general_prompt_request(request: &Request, answer: &str) -> Option<Request> {
     let Prompt::Chat(messages) = &request.prompt else {
         return None;
     };
@@ -413,12 +413,11 @@ pub fn general_prompt_request(request: &Request, answer: &str, why: &str) -> Opt
     messages.push(Message::new("assistant", answer));
     messages.push(Message::new(
         "user",
-        format!(
-            "That new_system_prompt cannot be used: {why}. The assistant sees the system prompt \
-before every conversation, whatever its subject, so the prompt must not name this query, its \
-topic, its code or its details. Answer again in the same JSON format, with a new_system_prompt \
-that gives general guidance for answering any request and fixes the weaknesses the judge found."
-        ),
+        "That new_system_prompt is written for the one query above: it repeats the query and \
+describes its task. The assistant will see the system prompt before every conversation, on any \
+subject, so the prompt must not mention this query, its topic, its code or its details. Write the \
+JSON again, with a new_system_prompt that gives general guidance on how the assistant should \
+answer any request, fixing the weaknesses the judge found.",
     ));
     Some(Request {
         prompt: Prompt::Chat(messages),

@@ -677,8 +677,8 @@ impl<H: Host> Search<'_, H> {
             let label = format!("node {} ", item.node);
             let (prompts, about_the_query) =
                 engine::usable_prompts(self.host, results.next(), Some(query), limit, &label);
-            if let (true, Some((choice, why))) = (prompts.is_empty(), about_the_query)
-                && let Some(request) = prompts::general_prompt_request(&request, &choice, &why)
+            if let (true, Some(choice)) = (prompts.is_empty(), about_the_query)
+                && let Some(request) = prompts::general_prompt_request(&request, &choice)
             {
                 again.push((actions.len(), item.node, request));
             }
