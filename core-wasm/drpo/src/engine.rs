@@ -378,7 +378,7 @@ impl Scorer {
     }
 
     /// Asks `request` and returns the usable prompts. When every candidate was a prompt for
-    /// the query it was `written_from`, asks once more, telling the optimizer why
+    /// the query it was `written_from`, asks once more, saying what is wrong
     /// ([`prompts::general_prompt_request`]).
     fn ask<H: Host>(
         &mut self,
@@ -388,13 +388,7 @@ impl Scorer {
     ) -> Result<Vec<String>, Stop> {
         let limit = self.options.query_quote_words;
         let answer = complete_batch(host, vec![request.clone()])?.pop();
-        let (prompts, about_the_query) = usable_prompts(host, answer, written_from, limit, "");
-        let again = match about_the_query {
-            Some(choice) if prompts.is_empty() => {
-                prompts::general_prompt_request(&request, &choice)
-            }
-            _ => None,
-        };
+        let (prompts, again) = usable_prompts(host, &request, answer, written_from, limit, "");
         let Some(again) = again else {
             return Ok(prompts);
         };
@@ -402,8 +396,8 @@ impl Scorer {
             LogLevel::Info,
             "every candidate was a prompt for its query; asking the optimizer again".to_owned(),
         );
-        let answer = complete_batch(host, vec![again])?.pop();
-        Ok(usable_prompts(host, answer, written_from, limit, "asked again: ").0)
+        let answer = complete_batch(host, vec![again.clone()])?.pop();
+        Ok(usable_prompts(host, &again, answer, written_from, limit, "asked again: ").0)
     }
 
     /// The request options in use (seed, token limits, sampling).
@@ -473,17 +467,18 @@ pub fn check_judge_repeats(repeats: u32, temperature: f64) -> Result<(), String>
     Ok(())
 }
 
-/// The usable prompts among an optimizer's choices (each with its analysis and thought logged
-/// at debug level), each dropped one warned about (`label` starts every line), and the first
-/// choice dropped for being a prompt for the query it was `written_from`: what
-/// [`prompts::general_prompt_request`] answers.
+/// The usable prompts among the choices `answer` gave to `request` (each with its analysis and
+/// thought logged at debug level; each dropped one warned about, `label` starting every line),
+/// and, when none was usable and one was a prompt for the query it was `written_from`, the
+/// request to ask once more ([`prompts::general_prompt_request`]).
 pub fn usable_prompts<H: Host>(
     host: &mut H,
+    request: &Request,
     answer: Option<Result<Completion, LlmError>>,
     written_from: Option<&str>,
     limit: u32,
     label: &str,
-) -> (Vec<String>, Option<String>) {
+) -> (Vec<String>, Option<Request>) {
     let mut prompts = Vec::new();
     let mut about_the_query = None;
     match answer {
@@ -523,7 +518,11 @@ pub fn usable_prompts<H: Host>(
             format!("{label}the optimizer gave no answer"),
         ),
     }
-    (prompts, about_the_query)
+    let again = match about_the_query {
+        Some(choice) if prompts.is_empty() => prompts::general_prompt_request(request, &choice),
+        _ => None,
+    };
+    (prompts, again)
 }
 
 /// Sends one batch as every DRPO strategy does: a short answer is padded with failures, and the
@@ -672,7 +671,7 @@ mod tests {
     }
 
     /// When every candidate is a prompt for its query, the optimizer is asked once more, shown
-    /// its answer and why it was dropped; a general prompt then is used. Candidates that fail
+    /// its answer and what is wrong with it; a general prompt then is used. Candidates that fail
     /// only to parse are not asked about again.
     #[test]
     fn an_optimizer_that_wrote_only_prompts_for_the_query_is_asked_again() {

@@ -675,11 +675,15 @@ impl<H: Host> Search<'_, H> {
             }
             let request = requests.next().expect("one request per optimized beam");
             let label = format!("node {} ", item.node);
-            let (prompts, about_the_query) =
-                engine::usable_prompts(self.host, results.next(), Some(query), limit, &label);
-            if let (true, Some(choice)) = (prompts.is_empty(), about_the_query)
-                && let Some(request) = prompts::general_prompt_request(&request, &choice)
-            {
+            let (prompts, follow_up) = engine::usable_prompts(
+                self.host,
+                &request,
+                results.next(),
+                Some(query),
+                limit,
+                &label,
+            );
+            if let Some(request) = follow_up {
                 again.push((actions.len(), item.node, request));
             }
             actions.push(prompts.into_iter().map(|p| (p, false)).collect());
@@ -694,10 +698,16 @@ impl<H: Host> Search<'_, H> {
             );
             let requests = again.iter().map(|(_, _, r)| r.clone()).collect();
             let answers = self.complete(requests)?;
-            for ((at, node, _), answer) in again.iter().zip(answers) {
+            for ((at, node, request), answer) in again.iter().zip(answers) {
                 let label = format!("node {node} asked again: ");
-                let (prompts, _) =
-                    engine::usable_prompts(self.host, Some(answer), Some(query), limit, &label);
+                let (prompts, _) = engine::usable_prompts(
+                    self.host,
+                    request,
+                    Some(answer),
+                    Some(query),
+                    limit,
+                    &label,
+                );
                 actions[*at] = prompts.into_iter().map(|p| (p, false)).collect();
             }
         }
