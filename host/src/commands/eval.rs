@@ -36,7 +36,8 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.pairwise {
         options.insert("pairwise".into(), Value::Bool(true));
     }
-    judge_only(&mut run);
+    let default_judge = crate::services::default_model(Role::Judge, "").ok();
+    judge_only(&mut run, default_judge);
     // Read before anything is spent, so that a wrong directory costs nothing.
     let trained_by = match &args.training_run {
         Some(training) => Some((training, judge_of(training)?)),
@@ -85,12 +86,12 @@ fn judge_of(dir: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("the run in {} names no judge", dir.display()))
 }
 
-/// The judge's model for every role that names none (eval.wasm asks only the judge, so
-/// nothing else is loaded or needs a key), and a grant of the judge role alone unless the user
-/// gave one.
-fn judge_only(run: &mut RunArgs) {
+/// The judge's model (the one named, else `default_judge`, the built-in one) for every role
+/// that names none (eval.wasm asks only the judge, so nothing else is loaded, needs a key or
+/// must have been fetched), and a grant of the judge role alone unless the user gave one.
+fn judge_only(run: &mut RunArgs, default_judge: Option<String>) {
     let models = &mut run.models;
-    if let Some(judge) = models.eval_model_name.clone() {
+    if let Some(judge) = models.eval_model_name.clone().or(default_judge) {
         for named in [
             &mut models.base_model_name,
             &mut models.metrics_model_name,
@@ -176,10 +177,31 @@ mod tests {
     use super::*;
 
     fn judged(flags: &[&str]) -> RunArgs {
+        judged_by_default(flags, None)
+    }
+
+    fn judged_by_default(flags: &[&str], default_judge: Option<&str>) -> RunArgs {
         let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
         let mut run = RunArgs::with_flags(Path::new("eval"), Path::new("out"), &flags).unwrap();
-        judge_only(&mut run);
+        judge_only(&mut run, default_judge.map(str::to_owned));
         run
+    }
+
+    #[test]
+    fn the_built_in_judge_serves_the_roles_left_unnamed() {
+        // An evaluation with the built-in judge once asked for the built-in base model too,
+        // which it never uses, and failed where that had not been fetched.
+        let run = judged_by_default(&[], Some("local:judge.gguf"));
+        let models = &run.models;
+        for named in [
+            &models.base_model_name,
+            &models.metrics_model_name,
+            &models.optimize_model_name,
+        ] {
+            assert_eq!(named.as_deref(), Some("local:judge.gguf"));
+        }
+        let named = judged_by_default(&["--eval-model-name", "gpt-4o"], Some("local:judge.gguf"));
+        assert_eq!(named.models.base_model_name.as_deref(), Some("gpt-4o"));
     }
 
     #[test]
