@@ -3,9 +3,13 @@
 //! are masked out of the logits, so the answer parses and follows the schema.
 //!
 //! The token budget cannot cut an answer short: once the tokens left are no more than the
-//! bytes of the shortest document the schema allows (every token is at least one byte), the
-//! answer enters its *endgame*, where only the allowed tokens that close it fastest remain
-//! (closing a string first, then an object or array, then separators, then digits).
+//! bytes of the shortest way to finish the answer from where it stands (every token is at least
+//! one byte), the answer enters its *endgame*, where only the allowed tokens that close it
+//! fastest remain (closing a string first, then an object or array, then separators, then
+//! digits). The shortest way to finish is worked out on a copy of the grammar's state, so the
+//! part of the answer already written no longer counts against the strings still to come: with
+//! the bound of the whole document instead, a judgement on five aspects closed its last
+//! rationales empty while most of its budget was unspent.
 
 use std::sync::Arc;
 
@@ -102,6 +106,8 @@ impl Structured {
             matcher: Matcher::new(Ok(parser)),
             env: self.env.clone(),
             endgame,
+            to_finish: None,
+            after_backslash: false,
         })
     }
 }
@@ -164,9 +170,24 @@ pub fn shortest_document(schema: &serde_json::Value) -> usize {
 pub struct Constraint {
     matcher: Matcher,
     env: TokEnv,
-    /// With this many tokens left or fewer, only the fastest-closing tokens are allowed.
+    /// The endgame of the whole answer: the bytes of the shortest document plus the margin. No
+    /// answer needs more, so with more tokens left than this the shortest way to finish is not
+    /// worked out at all.
     endgame: usize,
+    /// The bytes of the shortest way to finish the answer, as last worked out; `None` once a
+    /// token that may have opened a string, an object, an array, a member or an escape has been
+    /// consumed since. Otherwise the answer has only gone on inside a string or a number, or
+    /// closed one, which needs no more bytes to finish (a number's `.` or exponent one more at
+    /// most, within the margin), so the figure stays a bound.
+    to_finish: Option<usize>,
+    /// Whether the last token consumed held a backslash: the token after it may be inside an
+    /// escape (`\u` wants four more digits).
+    after_backslash: bool,
 }
+
+/// Most steps the search for the shortest way to finish takes before giving up (and falling
+/// back on the whole document's bound).
+const FINISH_SEARCH_STEPS: usize = 4096;
 
 /// How fast a token closes a JSON document, by its first byte; `None`: it does not help.
 fn closing_rank(token: &[u8]) -> Option<u8> {
@@ -193,7 +214,7 @@ impl Constraint {
                 *score = f32::NEG_INFINITY;
             }
         }
-        if tokens_left <= self.endgame {
+        if tokens_left <= self.endgame && tokens_left <= self.tokens_to_finish() + ENDGAME_MARGIN {
             let trie = self.env.tok_trie();
             let rank = |id: usize| closing_rank(trie.token(id as TokenId));
             let best = (0..scores.len())
@@ -211,10 +232,57 @@ impl Constraint {
         Ok(())
     }
 
-    /// With this many tokens left or fewer, only the fastest-closing tokens are allowed: the
+    /// With this many tokens left or fewer, an answer not yet begun is in its endgame: the
     /// tokens the shortest answer the schema allows may take, at one byte each.
     pub fn endgame(&self) -> usize {
         self.endgame
+    }
+
+    /// The bytes of the shortest way to finish the answer from where it stands (an upper bound
+    /// on the tokens it takes), worked out when a consumed token may have changed it.
+    fn tokens_to_finish(&mut self) -> usize {
+        if let Some(bytes) = self.to_finish {
+            return bytes;
+        }
+        let bytes = self
+            .shortest_finish()
+            .unwrap_or(self.endgame - ENDGAME_MARGIN);
+        self.to_finish = Some(bytes);
+        bytes
+    }
+
+    /// Finishes a copy of the answer the shortest way: the bytes the grammar forces, and where
+    /// it offers a choice, the shortest of the tokens that close fastest. `None` when the copy
+    /// fails or does not finish within [`FINISH_SEARCH_STEPS`].
+    fn shortest_finish(&self) -> Option<usize> {
+        let trie = self.env.tok_trie();
+        let mut copy = self.matcher.deep_clone();
+        let mut bytes = 0;
+        for _ in 0..FINISH_SEARCH_STEPS {
+            if copy.is_stopped() || copy.is_accepting().ok()? {
+                return Some(bytes);
+            }
+            let forced = copy.consume_ff_tokens();
+            if !forced.is_empty() {
+                bytes += forced.iter().map(|&t| trie.token_len(t)).sum::<usize>();
+                continue;
+            }
+            let mask = copy.compute_mask().ok()?;
+            let mut fastest: Option<(u8, usize, TokenId)> = None;
+            mask.iter_set_entries(|id| {
+                let token = trie.token(id as TokenId);
+                if let Some(rank) = closing_rank(token) {
+                    let candidate = (rank, token.len(), id as TokenId);
+                    if fastest.is_none_or(|best| candidate < best) {
+                        fastest = Some(candidate);
+                    }
+                }
+            });
+            let (_, len, token) = fastest?;
+            copy.consume_token(token).ok()?;
+            bytes += len;
+        }
+        None
     }
 
     /// Advances past the chosen token; returns whether the answer is complete.
@@ -222,6 +290,11 @@ impl Constraint {
         if self.matcher.is_stopped() {
             return Ok(true);
         }
+        let bytes = self.env.tok_trie().token(token);
+        if self.after_backslash || bytes.iter().any(|b| b"\"{[,:\\".contains(b)) {
+            self.to_finish = None;
+        }
+        self.after_backslash = bytes.contains(&b'\\');
         self.matcher
             .consume_token(token)
             .map_err(|e| ModelError::Backend(format!("structured output: {e}")))?;
@@ -231,8 +304,65 @@ impl Constraint {
 
 #[cfg(test)]
 mod tests {
-    use super::shortest_document;
+    use super::*;
     use serde_json::json;
+
+    /// A matcher for `schema` on the tiny byte-fallback tokenizer of the fixtures, and that
+    /// tokenizer's token for each byte.
+    fn tiny(schema: &serde_json::Value) -> (Constraint, impl Fn(u8) -> u32 + use<>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm-tiny");
+        let tokenizer = Tokenizer::from_hf_dir(&dir).unwrap();
+        let structured = Structured::new(&tokenizer, tokenizer.vocab_size()).unwrap();
+        let constraint = structured.matcher(&schema.to_string()).unwrap();
+        let trie = constraint.env.tok_trie().clone();
+        let byte = move |b: u8| {
+            (0..trie.vocab_size() as u32)
+                .find(|&id| trie.token(id) == [b])
+                .unwrap_or_else(|| panic!("no token for byte {b}"))
+        };
+        (constraint, byte)
+    }
+
+    fn write(constraint: &mut Constraint, byte: &impl Fn(u8) -> u32, text: &str) {
+        for b in text.bytes() {
+            assert!(!constraint.consume(byte(b)).unwrap(), "{text} ended early");
+        }
+    }
+
+    fn two_strings() -> serde_json::Value {
+        json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+               "required": ["a", "b"], "additionalProperties": false})
+    }
+
+    #[test]
+    fn the_shortest_finish_counts_only_what_is_left_to_write() {
+        let (mut constraint, byte) = tiny(&two_strings());
+        assert_eq!(constraint.tokens_to_finish(), r#"{"a":"","b":""}"#.len());
+        write(&mut constraint, &byte, r#"{"a":"some text"#);
+        assert_eq!(constraint.tokens_to_finish(), r#"","b":""}"#.len());
+        write(&mut constraint, &byte, r#"","b":"more"#);
+        assert_eq!(constraint.tokens_to_finish(), r#""}"#.len());
+        // An escape begun needs its character before the string can close.
+        write(&mut constraint, &byte, "\\");
+        assert_eq!(constraint.tokens_to_finish(), r#"n"}"#.len());
+    }
+
+    #[test]
+    fn the_endgame_comes_when_what_is_left_needs_the_tokens_not_the_whole_document() {
+        let letter = |constraint: &mut Constraint, byte: &dyn Fn(u8) -> u32, tokens_left| {
+            let mut scores = vec![0.0; constraint.env.tok_trie().vocab_size()];
+            constraint.mask(&mut scores, tokens_left).unwrap();
+            scores[byte(b'x') as usize] != f32::NEG_INFINITY
+        };
+        let (mut constraint, byte) = tiny(&two_strings());
+        write(&mut constraint, &byte, r#"{"a":"some text","b":""#);
+        // The whole document's bound (15 bytes and the margin) would close "b" at once; what
+        // is left ("}) leaves it room until the last few tokens.
+        let whole = constraint.endgame();
+        assert!(letter(&mut constraint, &byte, whole));
+        assert!(letter(&mut constraint, &byte, 2 + ENDGAME_MARGIN + 1));
+        assert!(!letter(&mut constraint, &byte, 2 + ENDGAME_MARGIN));
+    }
 
     #[test]
     fn the_shortest_document_counts_required_members_enums_and_minimum_items() {
