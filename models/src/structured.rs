@@ -200,6 +200,17 @@ fn closing_rank(token: &[u8]) -> Option<u8> {
     }
 }
 
+/// How fast a token finishes a JSON document where something must still be opened (a nested
+/// object after its key) or spelled out (`true`): the closing ranks first, then `{` and `[`,
+/// then any other token but whitespace, which never brings the end nearer.
+fn finishing_rank(token: &[u8]) -> Option<u8> {
+    closing_rank(token).or_else(|| match token.first()? {
+        b'{' | b'[' => Some(4),
+        b' ' | b'\t' | b'\n' | b'\r' => None,
+        _ => Some(5),
+    })
+}
+
 impl Constraint {
     /// Sets the logits of every token the grammar forbids next to minus infinity; with
     /// `tokens_left` in the endgame, also those of every allowed token that does not close the
@@ -251,8 +262,8 @@ impl Constraint {
         bytes
     }
 
-    /// Finishes a copy of the answer the shortest way: the bytes the grammar forces, and where
-    /// it offers a choice, the shortest of the tokens that close fastest. `None` when the copy
+    /// Finishes a copy of the answer the shortest way: the tokens the grammar forces, and where
+    /// it offers a choice, the shortest of the tokens that finish fastest. `None` when the copy
     /// fails or does not finish within [`FINISH_SEARCH_STEPS`].
     fn shortest_finish(&self) -> Option<usize> {
         let trie = self.env.tok_trie();
@@ -271,7 +282,7 @@ impl Constraint {
             let mut fastest: Option<(u8, usize, TokenId)> = None;
             mask.iter_set_entries(|id| {
                 let token = trie.token(id as TokenId);
-                if let Some(rank) = closing_rank(token) {
+                if let Some(rank) = finishing_rank(token) {
                     let candidate = (rank, token.len(), id as TokenId);
                     if fastest.is_none_or(|best| candidate < best) {
                         fastest = Some(candidate);
@@ -345,6 +356,19 @@ mod tests {
         // An escape begun needs its character before the string can close.
         write(&mut constraint, &byte, "\\");
         assert_eq!(constraint.tokens_to_finish(), r#"n"}"#.len());
+    }
+
+    #[test]
+    fn the_shortest_finish_opens_the_objects_still_to_be_written() {
+        let entry = json!({"type": "object",
+            "properties": {"why": {"type": "string"}, "score": {"type": "integer", "enum": [1, 2]}},
+            "required": ["why", "score"], "additionalProperties": false});
+        let schema = json!({"type": "object", "properties": {"A": entry, "B": entry},
+                            "required": ["A", "B"], "additionalProperties": false});
+        let (mut constraint, byte) = tiny(&schema);
+        write(&mut constraint, &byte, r#"{"A":{"why":"text"#);
+        let rest = r#"","score":1},"B":{"why":"","score":1}}"#;
+        assert_eq!(constraint.tokens_to_finish(), rest.len());
     }
 
     #[test]
