@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drpo_benches::median;
 use drpo_host::bindings::types::{Message, Prompt, Request, Role, Sampling};
 use drpo_host::calls::Calls;
 use drpo_host::calls::budget::Meter;
@@ -67,11 +68,6 @@ fn raw_body(request: &Request) -> String {
         "messages": messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
     })
     .to_string()
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 fn main() {

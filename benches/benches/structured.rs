@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use drpo::aspects::CATALOGUE;
 use drpo::prompts::judge_schema;
+use drpo_benches::median;
 use drpo_models::gguf::GgufFile;
 use drpo_models::structured::{Constraint, Structured};
 use drpo_models::tokenizer::Tokenizer;
@@ -42,16 +43,15 @@ fn judgement(structured: &Structured, tokenizer: &Tokenizer, written: &str) -> C
     constraint
 }
 
-fn time(rounds: &mut Vec<Duration>, mut constraint: Constraint, vocab: usize, tokens_left: usize) {
-    let mut scores = vec![0.0f32; vocab];
+fn time(
+    rounds: &mut Vec<Duration>,
+    mut constraint: Constraint,
+    scores: &mut [f32],
+    tokens_left: usize,
+) {
     let start = Instant::now();
-    constraint.mask(&mut scores, tokens_left).unwrap();
+    constraint.mask(scores, tokens_left).unwrap();
     rounds.push(start.elapsed());
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 fn main() {
@@ -59,26 +59,27 @@ fn main() {
     let vocab = tokenizer.vocab_size();
     let structured = Structured::new(&tokenizer, vocab).unwrap();
     let name = CATALOGUE[0].name;
-    let first = format!(r#"{{"{name}":{{"rationale":"The reply answers the question"#);
+    // The same answer so far, ending in a comma (which may open a member, so the next mask
+    // within reach searches).
+    let written = format!(r#"{{"{name}":{{"rationale":"The reply answers the question,"#);
     let word = tokenizer.encode(" well", false).unwrap()[0];
     let (mut plain, mut search, mut reused) = (Vec::new(), Vec::new(), Vec::new());
     let mut scores = vec![0.0f32; vocab];
     // Within the whole answer's reach, so the search is made, but with room enough left that
     // the answer is not in its endgame (whose own filter would be timed too).
-    let reach = judgement(&structured, &tokenizer, &first).endgame();
+    let reach = judgement(&structured, &tokenizer, &written).endgame();
     for _ in 0..ROUNDS {
-        // The same answer so far, ending in a comma (which may open a member, so the next
-        // mask within reach searches), timed far from the end and within reach.
+        // Timed far from the end and within reach.
         for (times, tokens_left) in [(&mut plain, 10_000), (&mut search, reach)] {
-            let mut constraint = judgement(&structured, &tokenizer, &format!("{first},"));
+            let mut constraint = judgement(&structured, &tokenizer, &written);
             constraint.consume(word).unwrap();
-            time(times, constraint, vocab, tokens_left);
+            time(times, constraint, &mut scores, tokens_left);
         }
         // Searched at the step before; the word since cannot have opened anything.
-        let mut constraint = judgement(&structured, &tokenizer, &format!("{first},"));
+        let mut constraint = judgement(&structured, &tokenizer, &written);
         constraint.mask(&mut scores, reach).unwrap();
         constraint.consume(word).unwrap();
-        time(&mut reused, constraint, vocab, reach - 1);
+        time(&mut reused, constraint, &mut scores, reach - 1);
     }
     let plain = median(plain);
     println!(
