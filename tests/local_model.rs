@@ -48,6 +48,13 @@ fn with_no_model_named_every_role_runs_on_the_local_default_and_replays() {
                 .contains(drpo_host::services::DEFAULT_MODEL_FILE),
             "{role:?}"
         );
+        // The response cache keys on this identity: an answer decoded by an older decoder
+        // must not be served as this one's.
+        assert!(
+            role.provider
+                .ends_with(&format!("(decoder r{})", drpo_models::DECODER_REVISION)),
+            "{role:?}"
+        );
     }
     let result = drpo_tests::result_json(&dir);
     let answer = result["best_prompt"].as_str().unwrap();

@@ -3,14 +3,20 @@
 //! Everything shown comes from the calls the session answers, so it works for any strategy:
 //! levels are the depths of the nodes recorded so far (out of the levels the strategy's plan
 //! names, when it searches by levels), calls are the import calls answered, tokens the sum of
-//! every completion's usage, money those tokens at each role's model's price.
+//! every completion's usage, money those tokens at each role's model's price. While a batch is
+//! answered, the tokens models in this process have generated for it so far are shown too, so a
+//! long local batch is seen advancing.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::bindings::types::Role;
+use crate::calls::Calls;
 use crate::runlog::{CallRecord, CallRequest, CallResponse, RoleModel};
 use crate::runtime::Observer;
 use crate::spending::accounting::model_of;
@@ -44,6 +50,33 @@ impl RolePrices {
 /// How often a plain line is printed when nothing else prompts one.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a bar shows the tokens of the batch in flight.
+const BAR_EVERY: Duration = Duration::from_secs(1);
+
+/// What the providers working for a run can tell its display.
+pub trait Workers: Send + Sync {
+    /// Lines on the work done so far (see `Router::work`), shown at each new level and at the
+    /// end.
+    fn report(&self) -> Vec<String>;
+
+    /// Tokens generated so far by the models in this process (see `Router::tokens_generated`);
+    /// `None` when no provider generates in this process.
+    fn tokens_generated(&self) -> Option<u64>;
+}
+
+impl Workers for Calls {
+    fn report(&self) -> Vec<String> {
+        self.router().work()
+    }
+
+    fn tokens_generated(&self) -> Option<u64> {
+        self.router().tokens_generated()
+    }
+}
+
+/// Where plain progress lines go (stderr, but for tests).
+type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Counts a run's progress and shows it.
 pub struct Progress {
     display: Display,
@@ -59,17 +92,20 @@ pub struct Progress {
     tokens: u64,
     prices: RolePrices,
     money: Money,
-    /// What the providers working in this process have done, shown at each new level and at
-    /// the end.
-    work: Option<WorkReport>,
+    /// The providers working for the run: what they have done, shown at each new level and at
+    /// the end, and the tokens of the batch in flight, shown by `ticker`.
+    workers: Option<Arc<dyn Workers>>,
+    /// Shows the batch in flight advancing, from its request to its answer.
+    ticker: Option<Ticker>,
 }
-
-/// Lines on the work done by the providers in this process (see `Router::work`).
-pub type WorkReport = Box<dyn Fn() -> Vec<String> + Send>;
 
 enum Display {
     Bar(ProgressBar),
-    Lines { last: Option<Instant> },
+    Lines {
+        last: Option<Instant>,
+        out: LineSink,
+        every: Duration,
+    },
 }
 
 impl Progress {
@@ -92,7 +128,11 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             Display::Bar(bar)
         } else {
-            Display::Lines { last: None }
+            Display::Lines {
+                last: None,
+                out: Arc::new(|line| eprintln!("{line}")),
+                every: PLAIN_EVERY,
+            }
         };
         Progress::with_display(display, planned_levels, prices)
     }
@@ -109,20 +149,22 @@ impl Progress {
             tokens: 0,
             prices,
             money: Money::ZERO,
-            work: None,
+            workers: None,
+            ticker: None,
         }
     }
 
-    /// Shows `work`'s lines at each new level and at the end.
-    pub fn with_work(mut self, work: WorkReport) -> Progress {
-        self.work = Some(work);
+    /// Shows what `workers` have done at each new level and at the end, and the tokens they
+    /// generate while a batch is answered.
+    pub fn with_workers(mut self, workers: Arc<dyn Workers>) -> Progress {
+        self.workers = Some(workers);
         self
     }
 
-    /// Prints the work lines, if any.
+    /// Prints the workers' lines, if any.
     fn show_work(&self) {
-        if let Some(work) = &self.work {
-            for line in work() {
+        if let Some(workers) = &self.workers {
+            for line in workers.report() {
                 self.print_line(&format!("  {line}"));
             }
         }
@@ -132,7 +174,7 @@ impl Progress {
     pub fn print_line(&self, line: &str) {
         match &self.display {
             Display::Bar(bar) => bar.suspend(|| eprintln!("{line}")),
-            Display::Lines { .. } => eprintln!("{line}"),
+            Display::Lines { out, .. } => out(line),
         }
     }
 
@@ -175,13 +217,18 @@ impl Progress {
         })
     }
 
-    fn show(&mut self, level_changed: bool) {
+    /// The summary with the ETA.
+    fn shown(&self) -> String {
         // The ETA is ours, not the bar's: the bar's reads 0 s before the first level is done.
         let eta = self
             .eta()
             .map(|e| format!(", ETA {:.0}s", e.as_secs_f64()))
             .unwrap_or_default();
-        let summary = format!("{}{eta}", self.summary());
+        format!("{}{eta}", self.summary())
+    }
+
+    fn show(&mut self, level_changed: bool) {
+        let summary = self.shown();
         let (done, total) = (self.levels_done(), self.levels_total());
         match &mut self.display {
             Display::Bar(bar) => {
@@ -191,14 +238,14 @@ impl Progress {
                 }
                 bar.set_message(summary);
             }
-            Display::Lines { last } => {
-                let due = last.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
+            Display::Lines { last, out, every } => {
+                let due = last.is_none_or(|t| t.elapsed() >= *every);
                 if level_changed || due {
                     *last = Some(Instant::now());
-                    eprintln!(
+                    out(&format!(
                         "progress: {summary}, {:.1}s elapsed",
                         self.started.elapsed().as_secs_f64()
-                    );
+                    ));
                 }
             }
         }
@@ -212,9 +259,92 @@ impl Progress {
     /// Counts a `record-node` call whose node did not fit the tree (see [`crate::tree`]): a
     /// call, but neither a node nor a level.
     pub fn on_refused_node(&mut self) {
+        self.stop_ticker();
         self.calls += 1;
         self.in_flight = 0;
         self.show(false);
+    }
+}
+
+impl Progress {
+    /// Shows the batch just sent advancing until its answer: the tokens generated for it by
+    /// the models in this process, and, in plain lines, a line every so often.
+    fn start_ticker(&mut self) {
+        self.stop_ticker();
+        let Some(workers) = self.workers.clone() else {
+            return;
+        };
+        let (display, every) = match &self.display {
+            // A bar's clock runs by itself: only generated tokens are news.
+            Display::Bar(_) if workers.tokens_generated().is_none() => return,
+            Display::Bar(bar) => (Tick::Bar(bar.clone()), BAR_EVERY),
+            Display::Lines { out, every, .. } => (Tick::Lines(out.clone()), *every),
+        };
+        self.ticker = Some(Ticker::start(
+            display,
+            every,
+            workers,
+            self.shown(),
+            self.started,
+        ));
+    }
+
+    fn stop_ticker(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+/// Where a [`Ticker`] shows its news.
+enum Tick {
+    Bar(ProgressBar),
+    Lines(LineSink),
+}
+
+/// A thread showing the batch in flight advancing, until stopped.
+struct Ticker {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Every `every`, shows `shown` (the summary when the batch was sent) with the tokens
+    /// `workers` have generated since, and in plain lines the time since `started`.
+    fn start(
+        display: Tick,
+        every: Duration,
+        workers: Arc<dyn Workers>,
+        shown: String,
+        started: Instant,
+    ) -> Ticker {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let before = workers.tokens_generated();
+        let thread = std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let generated = match (before, workers.tokens_generated()) {
+                    (Some(before), Some(now)) => {
+                        format!(", {} tokens generated for it so far", now - before)
+                    }
+                    _ => String::new(),
+                };
+                match &display {
+                    Tick::Bar(bar) => bar.set_message(format!("{shown}{generated}")),
+                    Tick::Lines(out) => out(&format!(
+                        "progress: {shown}{generated}, {:.1}s elapsed",
+                        started.elapsed().as_secs_f64()
+                    )),
+                }
+            }
+        });
+        Ticker { stop, thread }
+    }
+
+    /// Stops the thread; once this returns it shows nothing more.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        // A panic in the thread (a broken stderr) has nothing left to show.
+        let _ = self.thread.join();
     }
 }
 
@@ -223,10 +353,12 @@ impl Observer for Progress {
         if let CallRequest::Complete(batch) = request {
             self.in_flight = batch.len();
             self.show(false);
+            self.start_ticker();
         }
     }
 
     fn on_call(&mut self, record: &CallRecord, _replayed: bool) {
+        self.stop_ticker();
         self.calls += 1;
         self.in_flight = 0;
         let mut level_changed = false;
@@ -260,13 +392,14 @@ impl Observer for Progress {
 impl Drop for Progress {
     /// The run is over: a bar clears itself, plain output ends with the totals.
     fn drop(&mut self) {
+        self.stop_ticker();
         match &self.display {
             Display::Bar(bar) => bar.finish_and_clear(),
-            Display::Lines { .. } => eprintln!(
+            Display::Lines { out, .. } => out(&format!(
                 "progress: {}, {:.1}s elapsed, done",
                 self.summary(),
                 self.started.elapsed().as_secs_f64()
-            ),
+            )),
         }
         self.show_work();
     }
@@ -278,6 +411,8 @@ mod tests {
     use crate::bindings::types::{Completion, Node, Request, Usage};
     use crate::runlog::Provenance;
     use crate::testing::chat_request;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn record(request: CallRequest, response: CallResponse) -> CallRecord {
         CallRecord {
@@ -301,6 +436,11 @@ mod tests {
     }
 
     fn lines(levels: Option<u64>) -> Progress {
+        lines_to(levels, Arc::new(|line| eprintln!("{line}")), PLAIN_EVERY)
+    }
+
+    /// Plain lines to `out`, printed at least every `every`.
+    fn lines_to(levels: Option<u64>, out: LineSink, every: Duration) -> Progress {
         let models =
             [("judge", "custom-judge"), ("base", "local:model.gguf")].map(|(role, model)| {
                 RoleModel {
@@ -318,7 +458,76 @@ mod tests {
         )]
         .into();
         let prices = RolePrices::new(&models, PriceTable::new(&prices));
-        Progress::with_display(Display::Lines { last: None }, levels, prices)
+        Progress::with_display(
+            Display::Lines {
+                last: None,
+                out,
+                every,
+            },
+            levels,
+            prices,
+        )
+    }
+
+    /// A model in process that has generated `0` tokens so far.
+    struct Generating(AtomicU64);
+
+    impl Workers for Generating {
+        fn report(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn tokens_generated(&self) -> Option<u64> {
+            Some(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    #[test]
+    fn a_batch_in_flight_shows_the_tokens_generated_for_it_until_it_is_answered() {
+        let shown = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = shown.clone();
+        let out: LineSink = Arc::new(move |line| sink.lock().unwrap().push(line.to_owned()));
+        // Tokens generated before the batch was sent are not its own.
+        let workers = Arc::new(Generating(AtomicU64::new(100)));
+        let mut progress =
+            lines_to(Some(2), out, Duration::from_millis(5)).with_workers(workers.clone());
+        let batch = vec![request(Role::Judge), request(Role::Base)];
+        progress.on_request(&CallRequest::Complete(batch.clone()));
+        workers.0.fetch_add(42, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let news = |lines: &[String]| {
+            lines.iter().any(|l| {
+                l.contains("(2 requests in flight)") && l.contains(", 42 tokens generated for it")
+            })
+        };
+        while !news(&shown.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let answer = Ok(Completion {
+            choices: vec!["a".into()],
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            },
+        });
+        progress.on_call(
+            &record(
+                CallRequest::Complete(batch),
+                CallResponse::Complete(vec![answer.clone(), answer]),
+            ),
+            false,
+        );
+        let lines_then = shown.lock().unwrap().len();
+        workers.0.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        let lines = shown.lock().unwrap();
+        assert_eq!(
+            lines.len(),
+            lines_then,
+            "the answer stopped the news: {lines:?}"
+        );
+        assert!(!lines.last().unwrap().contains("in flight"), "{lines:?}");
     }
 
     fn request(role: Role) -> Request {

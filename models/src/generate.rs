@@ -97,6 +97,12 @@ pub struct GenerationOutput {
     pub cramped_by_schema: Option<u32>,
 }
 
+/// The revision of what the decoder computes for a model and a request: raised with every change
+/// that can alter an answer (the arithmetic, sampling, constrained decoding, prompt templates).
+/// Whatever keeps answers by the model's identity, such as drpo-host's response cache, keys on
+/// it too, so an answer decoded before such a change is never served as the decoder's answer now.
+pub const DECODER_REVISION: u32 = 1;
+
 /// A model loaded for generation, on the CPU or a GPU.
 pub struct LocalModel {
     decoder: Decoder,
@@ -109,6 +115,8 @@ pub struct LocalModel {
     /// Keys and values of prompt prefixes computed before (see
     /// [`LocalModel::set_prefix_cache_tokens`]).
     prefix_cache: std::sync::Mutex<PrefixCache>,
+    /// Tokens generated since the model was loaded, counted as each is chosen.
+    generated_tokens: std::sync::atomic::AtomicU64,
     #[cfg(feature = "structured")]
     structured: std::sync::OnceLock<crate::structured::Structured>,
 }
@@ -292,6 +300,7 @@ impl LocalModel {
         Ok(Self {
             max_batch_rows: decoder.max_batch_rows(),
             prefix_cache: std::sync::Mutex::new(prefix_cache),
+            generated_tokens: Default::default(),
             decoder,
             tokenizer,
             template,
@@ -365,6 +374,13 @@ impl LocalModel {
     /// last set).
     pub fn prefill_stats(&self) -> PrefillStats {
         self.prefixes().stats
+    }
+
+    /// Tokens generated since the model was loaded, every choice of every batch, counted as
+    /// each token is chosen: a display can show a long batch advancing before it returns.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated_tokens
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The prefix cache, locked (a panic while it was held left nothing half-done that matters:
@@ -577,6 +593,8 @@ impl LocalModel {
         budget: usize,
     ) -> Result<i32, ModelError> {
         row.generated.push(token);
+        self.generated_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.tokenizer.eos_ids().contains(&token) || row.generated.len() >= budget {
             row.done = true;
         }
@@ -1098,9 +1116,14 @@ mod tests {
         let (model, dir) = random_model("order", "tiny-llama", 5);
         let requests = [ask("hello world", 3), ask("hello", 11), ask("world", 1)];
         let waited = model.generate(&requests).unwrap();
+        let generated_then = model.generated_tokens();
         let queued = crate::device::defer_reads(|| model.generate(&requests)).unwrap();
         assert_eq!(queued, waited);
         let counts: Vec<u32> = waited.iter().map(|o| o.completion_tokens).collect();
+        // Every token chosen is counted, once, as it comes.
+        let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        assert_eq!(generated_then, total);
+        assert_eq!(model.generated_tokens(), 2 * total);
         assert!(
             counts[0] <= 3 && counts[1] <= 11 && counts[2] == 1,
             "{counts:?}"

@@ -46,6 +46,8 @@ pub use chat::ChatMessage;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use error::ModelError;
-pub use generate::{GenerationOutput, GenerationRequest, LocalModel, PromptInput, TextObserver};
+pub use generate::{
+    DECODER_REVISION, GenerationOutput, GenerationRequest, LocalModel, PromptInput, TextObserver,
+};
 pub use kernel_options::KernelOptions;
 pub use prefix_cache::PrefillStats;

@@ -2,10 +2,10 @@
 //! keyed by a hash of the full request.
 //!
 //! The key covers everything that decides an answer: the provider's identity (endpoint URL and
-//! model name, or a local model file's hash), the prompt, the sampling parameters with the seed,
-//! and the JSON schema. The role is left out: two roles asking one model the same thing get the
-//! same answer. Only successful answers are stored. A hit is returned with zero usage (nothing
-//! was billed) and marked as a hit in the run log.
+//! model name, or a local model file's hash and the decoder's revision), the prompt, the
+//! sampling parameters with the seed, and the JSON schema. The role is left out: two roles
+//! asking one model the same thing get the same answer. Only successful answers are stored. A
+//! hit is returned with zero usage (nothing was billed) and marked as a hit in the run log.
 //!
 //! The file lives in `$DRPO_CACHE_DIR` (default `~/.cache/drpo`) as `responses.redb`. A file
 //! that cannot be read as a cache is moved aside (with a warning) and a fresh one started; a

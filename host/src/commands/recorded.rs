@@ -247,9 +247,15 @@ pub async fn resume(dir: &Path) -> anyhow::Result<()> {
         .result
         .ok()
         .and_then(|plan| plan.levels);
-    let live = built.calls.clone();
-    let work: crate::progress::WorkReport = Box::new(move || live.router().work());
-    let mut observer = observer_for(&dir, &config, &recorded.header, levels, false, Some(work))?;
+    let workers: std::sync::Arc<dyn crate::progress::Workers> = built.calls.clone();
+    let mut observer = observer_for(
+        &dir,
+        &config,
+        &recorded.header,
+        levels,
+        false,
+        Some(workers),
+    )?;
     observer.line(&format!(
         "[resume] replaying {calls} recorded calls, then continuing live"
     ));

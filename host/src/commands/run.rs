@@ -2,6 +2,7 @@
 //! every call recorded, the outputs written), and `describe`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -11,7 +12,7 @@ use crate::bindings::types::{Outcome, Role, RoleEstimate};
 use crate::catalog::{Catalog, PLUGIN_PATH_VARIABLE};
 use crate::cli::RunArgs;
 use crate::config::{ConfigInputs, RunConfig};
-use crate::progress::{Progress, RolePrices, WorkReport};
+use crate::progress::{Progress, RolePrices, Workers};
 use crate::report::{RunReport, StrategyName};
 use crate::rundir::{RunDir, RunObserver, write_result, write_viewer};
 use crate::runlog::{CallRecord, End, EndStatus, Entry, FORMAT_VERSION, Header, read_log};
@@ -176,9 +177,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::runlog::RunLogWriter::create(&dir.run_log(), &Entry::Header(header.clone()))?;
     writer.append(&Entry::Preflight(preflight))?;
     let levels = plan.as_ref().ok().and_then(|plan| plan.levels);
-    let calls = built.calls.clone();
-    let work: WorkReport = Box::new(move || calls.router().work());
-    let observer = observer_for(&dir, &config, &header, levels, args.quiet, Some(work))?;
+    let workers: Arc<dyn Workers> = built.calls.clone();
+    let observer = observer_for(&dir, &config, &header, levels, args.quiet, Some(workers))?;
     eprintln!(
         "running {} {} in {}",
         info.name,
@@ -299,14 +299,15 @@ fn save_metrics_cache(config: &RunConfig, outcome: &Outcome) -> anyhow::Result<(
 }
 
 /// The run's observer: `log.txt`, and unless `quiet` the progress display, which counts
-/// `levels` (the strategy's plan) when the strategy searches by levels and shows `work`.
+/// `levels` (the strategy's plan) when the strategy searches by levels and shows what `workers`
+/// do.
 pub(crate) fn observer_for(
     dir: &RunDir,
     config: &RunConfig,
     header: &Header,
     levels: Option<u32>,
     quiet: bool,
-    work: Option<WorkReport>,
+    workers: Option<Arc<dyn Workers>>,
 ) -> anyhow::Result<RunObserver> {
     let debug = config
         .host
@@ -320,8 +321,8 @@ pub(crate) fn observer_for(
     }
     let prices = RolePrices::new(&header.models, PriceTable::new(&config.prices));
     let progress = Progress::on_stderr(levels, prices);
-    Ok(observer.with_display(match work {
-        Some(work) => progress.with_work(work),
+    Ok(observer.with_display(match workers {
+        Some(workers) => progress.with_workers(workers),
         None => progress,
     }))
 }

@@ -86,8 +86,14 @@ impl LocalProvider {
 }
 
 impl Provider for LocalProvider {
+    /// The model file's name and hash, and the decoder's revision: a response cached from an
+    /// older decoder is not this one's answer.
     fn identity(&self) -> String {
-        format!("local {}", self.model.identity())
+        format!(
+            "local {} (decoder r{})",
+            self.model.identity(),
+            drpo_models::DECODER_REVISION
+        )
     }
 
     /// Raw for a model without a chat template: a plain rendering of a chat would put words of
@@ -130,6 +136,10 @@ impl Provider for LocalProvider {
             );
         }
         Some(line)
+    }
+
+    fn tokens_generated(&self) -> Option<u64> {
+        Some(self.model.generated_tokens())
     }
 
     /// Tells `progress` each choice's text after every token the model generates.

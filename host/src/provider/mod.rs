@@ -188,6 +188,13 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Tokens this provider has generated in this process so far, counted as they come, where
+    /// it generates them itself (a model in process); `None` otherwise. A display reads it while
+    /// a long batch is decoded.
+    fn tokens_generated(&self) -> Option<u64> {
+        None
+    }
+
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>>;
@@ -256,6 +263,15 @@ impl Router {
             .into_iter()
             .filter_map(|(provider, _)| provider.work())
             .collect()
+    }
+
+    /// The tokens generated so far by the distinct providers that count them
+    /// ([`Provider::tokens_generated`]); `None` when none does.
+    pub fn tokens_generated(&self) -> Option<u64> {
+        self.providers_of(&Role::ALL)
+            .into_iter()
+            .filter_map(|(provider, _)| provider.tokens_generated())
+            .reduce(|a, b| a + b)
     }
 
     /// One provider per role; `embedder` serves `embed` (none: `embed` reports that no
