@@ -195,10 +195,10 @@ impl Progress {
             Some(total) => format!("level {} of {total}", self.levels_done()),
             None => format!("{} levels", self.levels_done()),
         };
-        let in_flight = if self.in_flight > 0 {
-            format!(" ({} requests in flight)", self.in_flight)
-        } else {
-            String::new()
+        let in_flight = match self.in_flight {
+            0 => String::new(),
+            1 => " (1 request in flight)".to_owned(),
+            n => format!(" ({n} requests in flight)"),
         };
         format!(
             "{level}, {} calls{in_flight}, {} tokens, {}, {} nodes",
@@ -206,11 +206,13 @@ impl Progress {
         )
     }
 
-    /// Seconds left at the pace of the levels done so far.
+    /// Seconds left at the pace of the levels done so far; none once the planned levels are
+    /// done, when what is left (a last level, levels a strategy adds to its plan, a
+    /// validation) is not told by the pace.
     fn eta(&self) -> Option<Duration> {
         let done = self.levels_done();
         let total = self.levels_total()?;
-        (done > 0).then(|| {
+        (done > 0 && done < total).then(|| {
             self.started
                 .elapsed()
                 .mul_f64((total - done) as f64 / done as f64)
@@ -595,7 +597,8 @@ mod tests {
             progress.on_call(&node(depth), false);
         }
         assert_eq!(progress.levels_total(), Some(4));
-        assert_eq!(progress.eta(), Some(Duration::ZERO));
+        // Beam raised its depth limit: "ETA 0s" would claim the end, which is not known.
+        assert_eq!(progress.eta(), None);
     }
 
     #[test]

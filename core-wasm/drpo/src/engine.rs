@@ -415,6 +415,11 @@ impl Scorer {
     pub fn judge_spread(&self) -> Value {
         self.spread.details(self.options.judge_repeats)
     }
+
+    /// The judge's spread over the judgements asked so far, to pool with another scorer's.
+    pub fn spread(&self) -> &JudgeSpread {
+        &self.spread
+    }
 }
 
 /// Reads the judge's `repeats` answers about one answer from `verdicts` (as

@@ -174,6 +174,17 @@ impl JudgeSpread {
         }
     }
 
+    /// Adds what `other` observed, as if this spread had observed it too.
+    pub fn absorb(&mut self, other: &JudgeSpread) {
+        for (aspect, (sum, answers)) in &other.per_aspect {
+            let entry = self.per_aspect.entry(aspect).or_default();
+            entry.0 += sum;
+            entry.1 += answers;
+        }
+        self.agreeing += other.agreeing;
+        self.pairs += other.pairs;
+    }
+
     /// The details' `judge_spread` for `repeats` repeats: `null` when the judge was asked once
     /// or no answer had two usable repeats; else `{repeats, agreement, pairs, aspects: {name:
     /// {mean_std, answers}}, summary}`.

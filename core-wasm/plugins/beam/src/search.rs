@@ -112,8 +112,11 @@ pub struct SearchResult {
     pub patience: Patience,
     /// Judgements asked for and usable.
     pub judgements: Judgements,
-    /// How much the judge's repeats disagreed (`null` when it was asked once).
-    pub judge_spread: Value,
+    /// How much the judge's repeats disagreed, over every judgement of the search (those on
+    /// the held-out queries during it included).
+    pub spread: JudgeSpread,
+    /// How many times the judge was asked about each answer.
+    pub judge_repeats: u32,
     /// Each level the beam was judged on the held-out queries (`validation_every`): its nodes
     /// and their held-out means.
     pub level_validations: Vec<Value>,
@@ -157,8 +160,9 @@ impl SearchResult {
             "tree": nodes,
             "new_metrics_cache": self.new_metrics_cache,
         });
-        if !self.judge_spread.is_null() {
-            details["judge_spread"] = self.judge_spread.clone();
+        let spread = self.spread.details(self.judge_repeats);
+        if !spread.is_null() {
+            details["judge_spread"] = spread;
         }
         if !self.level_validations.is_empty() {
             details["level_validations"] = Value::from(self.level_validations.clone());
@@ -348,6 +352,10 @@ pub fn run_and_validate<H: Host>(
         &mut outcome,
         |node| path_to(&result.tree, node as usize),
     );
+    // The judge's spread over the search's judgements and the validation's together.
+    let mut spread = result.spread.clone();
+    spread.absorb(scorer.spread());
+    engine::add_judge_spread(&mut outcome, spread.details(result.judge_repeats));
     let made = scorer.selections_made();
     if !made.is_empty() {
         let mut details: Value = serde_json::from_str(&outcome.details).unwrap_or_default();
@@ -1116,6 +1124,7 @@ impl<H: Host> Search<'_, H> {
         }
         if let Some(validator) = &self.validator {
             self.judgement_count.add(validator.judgements());
+            self.spread.absorb(validator.spread());
         }
         SearchResult {
             best_prompt,
@@ -1127,7 +1136,8 @@ impl<H: Host> Search<'_, H> {
             stop,
             patience: self.patience,
             judgements: self.judgement_count,
-            judge_spread: self.spread.details(self.requests.judge_repeats),
+            spread: self.spread,
+            judge_repeats: self.requests.judge_repeats,
             level_validations: self.level_validations,
             stats: self.stats,
         }

@@ -1272,3 +1272,29 @@ fn validating_during_the_search_lets_patience_follow_the_held_out_mean() {
     let refused = Options::from_json(r#"{"validation_every": 2}"#).unwrap_err();
     assert!(refused.contains("validation_every needs"), "{refused}");
 }
+
+#[test]
+fn the_judge_spread_covers_the_held_out_judgements_too() {
+    let held: Vec<Query> = (0..2)
+        .map(|i| Query {
+            id: format!("h{i}"),
+            text: format!("held out query {i}?"),
+            tags: vec![],
+        })
+        .collect();
+    let o = options(
+        r#"{"depth": 3, "n_actions": 2, "judge_repeats": 2, "judge_temperature": 0.5,
+            "validation": 2, "validation_every": 1}"#,
+    );
+    let mut host = Scripted::plain();
+    let searched = run(&mut Scripted::plain(), &o, &queries(5), &examples()).unwrap();
+    let outcome = run_and_validate(&mut host, &o, &queries(5), &held, &examples()).unwrap();
+    let details: Value = serde_json::from_str(&outcome.details).unwrap();
+    assert!(details["level_validations"].is_array(), "{details}");
+    // Every answer judged (twice), in the search, at each level's validation and at the end,
+    // has its three aspects' repeats compared.
+    let answers = host.requests(Role::Judge) as u64 / 2;
+    assert!(answers > searched.judgements.asked as u64, "{details}");
+    assert_eq!(details["judge_spread"]["pairs"], 3 * answers, "{details}");
+    assert_eq!(details["judgements"]["asked"], answers, "{details}");
+}
