@@ -325,6 +325,10 @@ impl Ticker {
         let thread = std::thread::spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let generated = match (before, workers.tokens_generated()) {
+                    // A local model reads its prompts (prefill) before the first token.
+                    (Some(before), Some(now)) if now == before => {
+                        ", no token generated for it yet (prompts being read)".to_owned()
+                    }
                     (Some(before), Some(now)) => {
                         format!(", {} tokens generated for it so far", now - before)
                     }
@@ -471,6 +475,17 @@ mod tests {
         )
     }
 
+    /// An answer of one token to a prompt of one.
+    fn one_token_each() -> Completion {
+        Completion {
+            choices: vec!["a".into()],
+            usage: Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            },
+        }
+    }
+
     /// A model in process that has generated `0` tokens so far.
     struct Generating(AtomicU64);
 
@@ -495,8 +510,17 @@ mod tests {
             lines_to(Some(2), out, Duration::from_millis(5)).with_workers(workers.clone());
         let batch = vec![request(Role::Judge), request(Role::Base)];
         progress.on_request(&CallRequest::Complete(batch.clone()));
-        workers.0.fetch_add(42, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(30);
+        while !shown
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("prompts being read"))
+        {
+            assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        workers.0.fetch_add(42, Ordering::SeqCst);
         let news = |lines: &[String]| {
             lines.iter().any(|l| {
                 l.contains("(2 requests in flight)") && l.contains(", 42 tokens generated for it")
@@ -506,13 +530,7 @@ mod tests {
             assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
             std::thread::sleep(Duration::from_millis(5));
         }
-        let answer = Ok(Completion {
-            choices: vec!["a".into()],
-            usage: Usage {
-                prompt_tokens: 1,
-                completion_tokens: 1,
-            },
-        });
+        let answer = Ok(one_token_each());
         progress.on_call(
             &record(
                 CallRequest::Complete(batch),
@@ -569,13 +587,7 @@ mod tests {
     #[test]
     fn tokens_of_a_role_without_a_price_make_the_money_unknown() {
         let mut progress = lines(None);
-        let completion = Completion {
-            choices: vec!["a".into()],
-            usage: Usage {
-                prompt_tokens: 1,
-                completion_tokens: 1,
-            },
-        };
+        let completion = one_token_each();
         progress.on_call(
             &record(
                 CallRequest::Complete(vec![request(Role::Optimizer)]),

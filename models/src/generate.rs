@@ -29,7 +29,7 @@ use crate::chat::{self, ChatMessage, ChatTemplate};
 use crate::device::{CpuBackend, DeviceSpec, PendingIds, greedy_ids};
 use crate::gguf::GgufFile;
 use crate::kernel_options::KernelOptions;
-use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order};
+use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order, row_index};
 use crate::prefix_cache::{BLOCK, PrefillStats, PrefixCache, plan_groups, shared_prefixes};
 use crate::tokenizer::Tokenizer;
 
@@ -259,6 +259,43 @@ struct Row<'o> {
     /// The answer when a stop string cut it.
     cut: Option<String>,
     constraint: Option<RowConstraint>,
+}
+
+/// The rows a decoding loop still computes, and their keys and values.
+struct Decoding<'m, B: Backend> {
+    model: &'m Llama<B>,
+    cache: KvCache<B>,
+    /// The rows (indices into the loop's rows, ascending) the cache holds, in its order.
+    active: Vec<usize>,
+}
+
+impl<B: Backend> Decoding<'_, B> {
+    /// One step of the rows still computed: their next input ids `[active, 1]` in, their
+    /// logits `[active, vocab]` out.
+    fn forward(&mut self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let shape = [self.active.len(), self.model.config().vocab_size];
+        self.model
+            .forward(ids, &mut self.cache, Logits::Last)
+            .reshape(shape)
+    }
+
+    /// Once a quarter or more of the rows computed are done, stops computing them: a batch
+    /// whose answers end at different lengths would otherwise pay for its longest answer at
+    /// its full width, every row of every step. Returns the positions (among the rows computed
+    /// before) of the rows kept, for the caller's per-row values; `None` when nothing changed.
+    /// Fewer, larger cuts: each copies the rows kept.
+    fn drop_done(&mut self, rows: &[Row]) -> Option<Vec<usize>> {
+        let kept: Vec<usize> = (0..self.active.len())
+            .filter(|&i| !rows[self.active[i]].done)
+            .collect();
+        let done = self.active.len() - kept.len();
+        if kept.is_empty() || done * 4 < self.active.len() {
+            return None;
+        }
+        self.cache.keep_rows(&kept);
+        self.active = kept.iter().map(|&i| self.active[i]).collect();
+        Some(kept)
+    }
 }
 
 impl LocalModel {
@@ -625,6 +662,7 @@ impl LocalModel {
         &self,
         batch: &[GenerationRequest],
         rows: &mut [Row],
+        active: &[usize],
         logits: Tensor<B, 2>,
         budget: &(impl Fn(&Row) -> usize + Sync),
     ) -> Result<Vec<i32>, ModelError> {
@@ -636,8 +674,12 @@ impl LocalModel {
             .map_err(|e| ModelError::Backend(format!("reading logits: {e:?}")))?;
         // Rows choose their tokens independently (sampling a row reads its whole vocabulary),
         // so they are shared out between threads.
+        // `active` is ascending: the rows of the logits, in order.
         let mut choices: Vec<(&mut Row, &[f32], Result<i32, ModelError>)> = rows
             .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.binary_search(i).is_ok())
+            .map(|(_, row)| row)
             .zip(values.chunks_exact(vocab))
             .map(|(row, scores)| (row, scores, Ok(0)))
             .collect();
@@ -680,17 +722,19 @@ impl LocalModel {
         let budget = |r: &Row| (batch[r.request].max_tokens as usize).min(context - r.prompt.len());
         let steps = rows.iter().map(budget).max().unwrap_or(0);
         let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
-        let (mut cache, logits) = self.prefill(model, &prompts, longest + steps);
-        let shape = [rows.len(), config.vocab_size];
-        let forward =
-            |next: Tensor<B, 2, Int>| model.forward(next, &mut cache, Logits::Last).reshape(shape);
+        let (cache, logits) = self.prefill(model, &prompts, longest + steps);
+        let mut decoding = Decoding {
+            model,
+            cache,
+            active: (0..rows.len()).collect(),
+        };
         let on_host = rows
             .iter()
             .any(|row| batch[row.request].temperature != 0.0 || row.constraint.is_some());
         if on_host {
-            self.decode_choosing_on_host(batch, rows, logits, steps, &budget, forward)
+            self.decode_choosing_on_host(batch, rows, logits, steps, &budget, &mut decoding)
         } else {
-            self.decode_greedy(batch, rows, logits, steps, &budget, forward)
+            self.decode_greedy(batch, rows, logits, steps, &budget, &mut decoding)
         }
     }
 
@@ -830,18 +874,19 @@ impl LocalModel {
         mut logits: Tensor<B, 2>,
         steps: usize,
         budget: &(impl Fn(&Row) -> usize + Sync),
-        mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
+        decoding: &mut Decoding<'_, B>,
     ) -> Result<(), ModelError> {
         let device = logits.device();
         for step in 0..steps {
-            let next = self.choose_on_host(batch, rows, logits, budget)?;
+            let mut next = self.choose_on_host(batch, rows, &decoding.active, logits, budget)?;
             if rows.iter().all(|r| r.done) || step + 1 == steps {
                 break;
             }
-            logits = forward(Tensor::from_data(
-                TensorData::new(next, [rows.len(), 1]),
-                &device,
-            ));
+            if let Some(kept) = decoding.drop_done(rows) {
+                next = kept.iter().map(|&i| next[i]).collect();
+            }
+            let ids = Tensor::from_data(TensorData::new(next, [decoding.active.len(), 1]), &device);
+            logits = decoding.forward(ids);
         }
         Ok(())
     }
@@ -859,15 +904,16 @@ impl LocalModel {
         logits: Tensor<B, 2>,
         steps: usize,
         budget: &impl Fn(&Row) -> usize,
-        mut forward: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
+        decoding: &mut Decoding<'_, B>,
     ) -> Result<(), ModelError> {
         let kernels = self.decoder.kernels();
         let mut next = greedy_ids(logits, kernels);
         let mut pending = PendingIds::read(next.clone(), kernels);
         for step in 0..steps {
             let last = step + 1 == steps;
-            let ahead = (pending.is_queued() && !last).then(|| forward(next.clone()));
-            for (row, id) in rows.iter_mut().zip(pending.wait()?) {
+            let ahead = (pending.is_queued() && !last).then(|| decoding.forward(next.clone()));
+            for (&r, id) in decoding.active.iter().zip(pending.wait()?) {
+                let row = &mut rows[r];
                 if !row.done {
                     self.record(&batch[row.request], row, id as u32, budget(row))?;
                 }
@@ -875,10 +921,16 @@ impl LocalModel {
             if rows.iter().all(|r| r.done) || last {
                 break;
             }
-            let logits = match ahead {
+            let mut logits = match ahead {
                 Some(logits) => logits,
-                None => forward(next),
+                None => decoding.forward(next),
             };
+            // The step just computed covered the rows that are now done; the ones after it
+            // need not.
+            if let Some(kept) = decoding.drop_done(rows) {
+                let index = row_index(&kept, &logits.device());
+                logits = logits.select(0, index);
+            }
             next = greedy_ids(logits, kernels);
             pending = PendingIds::read(next.clone(), kernels);
         }
@@ -1157,6 +1209,43 @@ mod tests {
         assert_eq!(chunked, together);
         assert_eq!(together[1].choices.len(), 3);
         assert_eq!(together[3].completion_tokens, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Rows that are done leave the batch while the others go on: the answers of a batch whose
+    /// rows end at very different steps, greedy and sampled, are each row's answer alone, with
+    /// the ids read at once or queued (CUDA's greedy loop).
+    #[test]
+    fn rows_leave_the_batch_when_done_and_the_others_answer_as_alone() {
+        let (model, dir) = random_model("leave", "tiny-llama", 7);
+        let requests = [
+            ask("hello", 1),
+            ask("world", 2),
+            ask("hello world", 3),
+            ask("world world hello", 24),
+            GenerationRequest {
+                temperature: 0.8,
+                n: 2,
+                seed: 3,
+                ..ask("hello hello", 20)
+            },
+            ask("world", 9),
+        ];
+        let together = model.generate(&requests).unwrap();
+        let counts: Vec<u32> = together.iter().map(|o| o.completion_tokens).collect();
+        assert_eq!(counts[..4], [1, 2, 3, 24], "{counts:?}");
+        for (request, answer) in requests.iter().zip(&together) {
+            let alone = model.generate(std::slice::from_ref(request)).unwrap();
+            assert_eq!(&alone[0], answer);
+        }
+        let greedy: Vec<GenerationRequest> = requests
+            .iter()
+            .filter(|r| r.temperature == 0.0)
+            .cloned()
+            .collect();
+        let waited = model.generate(&greedy).unwrap();
+        let queued = crate::device::defer_reads(|| model.generate(&greedy)).unwrap();
+        assert_eq!(queued, waited);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -253,6 +253,22 @@ impl<B: Backend> KvCache<B> {
         )
     }
 
+    /// Keeps only the rows `keep` (indices of this cache's rows, ascending), which become rows
+    /// `0..keep.len()` in that order: rows that are done decoding leave the batch, and a step
+    /// then computes only the others. Each kept row's values are unchanged, and a row's results
+    /// do not depend on the other rows of its batch.
+    pub fn keep_rows(&mut self, keep: &[usize]) {
+        let device = self.pad_ids.device();
+        let index = row_index(keep, &device);
+        for (k, v) in &mut self.layers {
+            *k = dense(k.clone().select(0, index.clone()));
+            *v = dense(v.clone().select(0, index.clone()));
+        }
+        self.pads = keep.iter().map(|&r| self.pads[r]).collect();
+        let pad_ids = self.pads.iter().map(|&p| p as i32).collect();
+        self.pad_ids = Tensor::from_data(TensorData::new(pad_ids, [keep.len()]), &device);
+    }
+
     /// One cache of the rows of `parts`: `parts[i].0` lists the rows (of the result) that
     /// `parts[i].1`'s rows become, in order; together they name every row once. Every part
     /// must hold the same slots, filled to the same length.
@@ -300,6 +316,12 @@ impl<B: Backend> KvCache<B> {
             prefilling: false,
         }
     }
+}
+
+/// `positions` as an index tensor, for `select` on the row axis.
+pub fn row_index<B: Backend>(positions: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let ids = positions.iter().map(|&p| p as i32).collect();
+    Tensor::from_data(TensorData::new(ids, [positions.len()]), device)
 }
 
 /// The indices that put rows concatenated in the order `placed` (the result row each becomes)
