@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use drpo_host::bindings::types::Role;
 use drpo_host::runlog::{CallRequest, CallResponse, EndStatus, Entry, read_log};
 use drpo_tests::server::{Reply, Server, completion, default_reply, digest};
 use drpo_tests::{assert_best_path, assert_replays, beam_best_path, host, result_json, text};
@@ -28,7 +29,6 @@ fn counts(dir: &Path) -> Counts {
             continue;
         };
         for (request, result) in batch.iter().zip(results) {
-            use drpo_host::bindings::types::Role;
             match request.role {
                 Role::Optimizer => {
                     counts.optimizer_requests += 1;
@@ -580,6 +580,51 @@ fn validation_chooses_the_prompt_best_on_held_out_queries_and_replays() {
         replayed.contains("same outcome (best score 5.0000)"),
         "{replayed}"
     );
+}
+
+#[test]
+fn a_judge_asked_per_aspect_gets_one_request_per_aspect_and_replays() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--depth", "2", "--n-actions", "2"];
+    let together = beam_run(&server, work.path(), "together", &flags);
+    assert!(together.status.success(), "{}", text(&together));
+    let apart = beam_run(
+        &server,
+        work.path(),
+        "apart",
+        &[&flags[..], &["--judge-per-aspect"]].concat(),
+    );
+    assert!(apart.status.success(), "{}", text(&apart));
+    let (one, each) = (
+        counts(&work.path().join("together")),
+        counts(&work.path().join("apart")),
+    );
+    assert_eq!(one.base, each.base, "{one:?} {each:?}");
+    // Every judge request rates one aspect, and the answers' judgements are split among them.
+    let mut aspects_asked = 0;
+    for entry in read_log(&work.path().join("apart").join("run.log"))
+        .unwrap()
+        .entries
+    {
+        let Entry::Call(call) = entry else { continue };
+        let CallRequest::Complete(batch) = &call.request else {
+            continue;
+        };
+        for request in batch.iter().filter(|r| r.role == Role::Judge) {
+            let schema: Value =
+                serde_json::from_str(request.json_schema.as_deref().unwrap()).unwrap();
+            assert_eq!(schema["properties"].as_object().unwrap().len(), 1);
+            aspects_asked += 1;
+        }
+    }
+    assert_eq!(aspects_asked, each.judge);
+    assert!(each.judge > one.judge, "{one:?} {each:?}");
+    assert_eq!(
+        result_json(&work.path().join("apart"))["details"]["judgements"],
+        result_json(&work.path().join("together"))["details"]["judgements"]
+    );
+    assert_replays(&work.path().join("cache"), &work.path().join("apart"));
 }
 
 #[test]

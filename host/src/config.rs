@@ -85,6 +85,13 @@ pub struct SearchFlags {
     #[arg(long, value_name = "R")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge_repeats: Option<u32>,
+    /// Judge each aspect in a request of its own, an answer's aspects side by side in one batch,
+    /// each with the judge's token limit (not published: one request rates every aspect). A
+    /// small judge then writes one short verdict at a time, and a local one decodes the aspects
+    /// together; the judge's prompt is sent once per aspect.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_per_aspect: Option<bool>,
 }
 
 /// Where the four roles' models come from.

@@ -50,6 +50,11 @@ pub struct RequestSettings {
     /// Judgements asked per answer, each with its own seed; the reward uses their mean
     /// (published: 1). More than one needs a `judge_temperature` above 0.
     pub judge_repeats: u32,
+    /// Each aspect judged by a request of its own, the requests of one answer sent together
+    /// (not published: one request judges every aspect). A small judge writing one short
+    /// verdict at a time does not run out of room or copy one aspect's score into the next, and
+    /// a batch decodes the aspects side by side.
+    pub judge_per_aspect: bool,
     /// An optimizer candidate that repeats this many consecutive words of the query it was
     /// written from, or paraphrases it with this many of its longer words, is dropped
     /// ([`parse::check_not_quoting`]); 0 keeps every candidate, as published.
@@ -72,10 +77,37 @@ impl Default for RequestSettings {
             judge_max_tokens: 2048,
             judge_temperature: 0.0,
             judge_repeats: 1,
+            judge_per_aspect: false,
             query_quote_words: 6,
             optimizer_max_tokens: 2048,
             k: 2,
         }
+    }
+}
+
+impl RequestSettings {
+    /// The judge requests one answer takes, fewest and most: `judge_repeats` times the
+    /// judgement's parts (one request, or with `judge_per_aspect` one per aspect, from one to
+    /// [`prompts::MAX_ASPECTS`]).
+    pub fn judge_requests_per_answer(&self) -> (u64, u64) {
+        let repeats = u64::from(self.judge_repeats.max(1));
+        if self.judge_per_aspect {
+            (repeats, repeats * prompts::MAX_ASPECTS as u64)
+        } else {
+            (repeats, repeats)
+        }
+    }
+
+    /// The requests (fewest, most) that `role`'s `calls` take, where a judge's call is one
+    /// judgement of one answer ([`RequestSettings::judge_requests_per_answer`]) and every other
+    /// role's one request. Saturating: options as large as a user may give must not wrap to a
+    /// small projection.
+    pub fn requests_of(&self, role: Role, (min, max): (u64, u64)) -> (u64, u64) {
+        let (times_min, times_max) = match role {
+            Role::Judge => self.judge_requests_per_answer(),
+            _ => (1, 1),
+        };
+        (min.saturating_mul(times_min), max.saturating_mul(times_max))
     }
 }
 
@@ -298,7 +330,7 @@ impl Scorer {
                     let judgement = read_verdicts(
                         &mut verdicts,
                         &selection.aspects,
-                        self.options.judge_repeats,
+                        &self.options,
                         &mut self.spread,
                     );
                     (answer, judgement)
@@ -422,25 +454,31 @@ impl Scorer {
     }
 }
 
-/// Reads the judge's `repeats` answers about one answer from `verdicts` (as
-/// [`prompts::judge_requests`] asked them) and combines them into one judgement
+/// Reads the judge's answers about one answer from `verdicts`, as [`prompts::judge_requests`]
+/// asked them with `settings` (each part of the judgement `judge_repeats` times), joins each
+/// repeat's parts ([`Judgement::join`]) and combines the repeats into one judgement
 /// ([`Judgement::combine`]), noting the spread.
 pub fn read_verdicts(
     verdicts: &mut impl Iterator<Item = Result<Completion, LlmError>>,
     aspects: &[&'static Aspect],
-    repeats: u32,
+    settings: &RequestSettings,
     spread: &mut JudgeSpread,
 ) -> Judgement {
-    let judged: Vec<Judgement> = (0..repeats.max(1))
-        .map(|_| match verdicts.next() {
-            Some(Ok(c)) => match c.choices.first() {
-                Some(v) => parse::parse_judgement(v, aspects),
-                None => Judgement::unusable("the judge returned no choice"),
-            },
-            Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
-            None => Judgement::unusable("the judge gave no answer"),
-        })
-        .collect();
+    let repeats = settings.judge_repeats.max(1) as usize;
+    let mut parts_by_repeat: Vec<Vec<Judgement>> = vec![Vec::new(); repeats];
+    for part in prompts::judgement_parts(aspects, settings.judge_per_aspect) {
+        for parts in &mut parts_by_repeat {
+            parts.push(match verdicts.next() {
+                Some(Ok(c)) => match c.choices.first() {
+                    Some(v) => parse::parse_judgement(v, part),
+                    None => Judgement::unusable("the judge returned no choice"),
+                },
+                Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
+                None => Judgement::unusable("the judge gave no answer"),
+            });
+        }
+    }
+    let judged: Vec<Judgement> = parts_by_repeat.into_iter().map(Judgement::join).collect();
     spread.observe(&judged);
     match <[Judgement; 1]>::try_from(judged) {
         Ok([one]) => one,
@@ -585,7 +623,8 @@ pub fn request_sizes(
         + 2 * TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
     let metrics_prompt =
         tokens(prompts::aspect_selection_prompt("").len()) + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN;
-    let some_aspects: Vec<_> = CATALOGUE.iter().take(6).collect();
+    let judged_together = if settings.judge_per_aspect { 1 } else { 6 };
+    let some_aspects: Vec<_> = CATALOGUE.iter().take(judged_together).collect();
     let judge_prompt = tokens(prompts::judge_prompt("", "", &some_aspects, "").len())
         + TYPICAL_TEXT_CHARS / CHARS_PER_TOKEN
         + settings.base_max_tokens as u64;

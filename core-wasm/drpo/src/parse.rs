@@ -272,6 +272,27 @@ impl Judgement {
         !self.scores.is_empty()
     }
 
+    /// One judgement from judgements of its parts (disjoint sets of aspects, in order): their
+    /// scores in turn and their problems, or unusable, with every part's problems, when a part
+    /// is (as a verdict missing an aspect is). One part is returned as it is.
+    pub fn join(parts: Vec<Judgement>) -> Judgement {
+        if parts.len() == 1 {
+            return parts.into_iter().next().expect("one part");
+        }
+        let usable = parts.iter().all(Judgement::is_usable);
+        let mut joined = Judgement::default();
+        for part in parts {
+            if usable {
+                joined.scores.extend(part.scores);
+            }
+            joined.problems.extend(part.problems);
+        }
+        if !usable && joined.problems.is_empty() {
+            joined.problems.push("no judgement".to_owned());
+        }
+        joined
+    }
+
     /// One verdict from the judge's `repeats` of one answer: each aspect's score is the mean
     /// over the usable repeats (`mean`; `score` rounds it), the rationales the first usable
     /// repeat's, and the unusable repeats' problems are kept. Unusable when no repeat is.

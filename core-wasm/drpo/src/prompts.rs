@@ -350,9 +350,11 @@ pub fn judge_request(
     }
 }
 
-/// The requests judging one answer `settings.judge_repeats` times (at least once): the same
-/// request, each repeat with its own seed (the run's seed plus the repeat's index), so that a
-/// judge sampling above temperature 0 answers each on its own. One repeat is [`judge_request`].
+/// The requests judging one answer `settings.judge_repeats` times (at least once), each repeat
+/// with its own seed (the run's seed plus the repeat's index), so that a judge sampling above
+/// temperature 0 answers each on its own. A repeat is one request on every aspect
+/// ([`judge_request`]), or with `settings.judge_per_aspect` one request per aspect, in the
+/// aspects' order; `engine::read_verdicts` reads them back.
 pub fn judge_requests(
     query: &str,
     answer: &str,
@@ -360,13 +362,27 @@ pub fn judge_requests(
     reasoning: &str,
     settings: &RequestSettings,
 ) -> Vec<Request> {
-    (0..settings.judge_repeats.max(1))
-        .map(|k| {
-            let mut request = judge_request(query, answer, aspects, reasoning, settings);
+    judgement_parts(aspects, settings.judge_per_aspect)
+        .into_iter()
+        .flat_map(|part| (0..settings.judge_repeats.max(1)).map(move |k| (k, part)))
+        .map(|(k, part)| {
+            let mut request = judge_request(query, answer, part, reasoning, settings);
             request.sampling.seed = settings.seed.wrapping_add(u64::from(k));
             request
         })
         .collect()
+}
+
+/// The aspects each request of one judgement rates: all of them in one, or one each.
+pub fn judgement_parts<'a, 'b>(
+    aspects: &'b [&'a Aspect],
+    per_aspect: bool,
+) -> Vec<&'b [&'a Aspect]> {
+    if per_aspect {
+        aspects.chunks(1).collect()
+    } else {
+        vec![aspects]
+    }
 }
 
 /// The request asking for `n_actions` new prompts in one call (temperature from the options,

@@ -38,6 +38,9 @@ pub struct Settings {
     /// judge_temperature above 0.
     #[schemars(range(min = 1))]
     pub judge_repeats: u32,
+    /// Judge each aspect in a request of its own, the aspects of an answer side by side in one
+    /// batch, each with judge_max_tokens (published: one request rates every aspect).
+    pub judge_per_aspect: bool,
     /// Drop an optimizer candidate that repeats this many consecutive words of the query it was
     /// written from, or reuses this many of its words of four letters or more when they are at
     /// least half of them: a prompt for that query, not for every query. When every candidate is
@@ -64,6 +67,7 @@ impl Settings {
             judge_max_tokens: defaults.judge_max_tokens,
             judge_temperature: defaults.judge_temperature,
             judge_repeats: defaults.judge_repeats,
+            judge_per_aspect: defaults.judge_per_aspect,
             query_quote_words: defaults.query_quote_words,
             optimizer_max_tokens: defaults.optimizer_max_tokens,
             k: defaults.k,
@@ -82,6 +86,7 @@ impl Settings {
             judge_max_tokens: self.judge_max_tokens,
             judge_temperature: self.judge_temperature,
             judge_repeats: self.judge_repeats,
+            judge_per_aspect: self.judge_per_aspect,
             query_quote_words: self.query_quote_words,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,
@@ -133,8 +138,8 @@ impl HeldOut {
 }
 
 /// The projection of a search that judges its initial prompt and then one new prompt per step,
-/// each on the same `queries` training queries (the judge `judge_repeats` times per answer),
-/// with one optimizer request per step, one aspect selection per query, and the validation
+/// each on the same `queries` training queries (the judge `judge_repeats` times per answer, and
+/// per aspect with `judge_per_aspect`), with one optimizer request per step, one aspect selection per query, and the validation
 /// split's own calls. Fewest: every optimizer answer unusable, so only the initial prompt is
 /// judged.
 pub fn stepwise_estimate(
@@ -145,27 +150,21 @@ pub fn stepwise_estimate(
 ) -> Vec<RoleEstimate> {
     let steps = u64::from(steps);
     let judged = u64::from(queries);
-    let repeats = u64::from(settings.judge_repeats.max(1));
-    request_sizes(
-        &settings.request_settings(1),
-        &settings.initial_system_prompt,
-        LINEAGE_WINDOW,
-    )
-    .into_iter()
-    .zip(held_out.extra_calls())
-    .map(|(mut e, (extra_min, extra_max))| {
-        let (min, max) = match e.role {
-            Role::Base | Role::Judge => (judged, (1 + steps).saturating_mul(judged)),
-            Role::Metrics => (1, judged),
-            Role::Optimizer => (steps, steps),
-        };
-        let times = if e.role == Role::Judge { repeats } else { 1 };
-        // Saturating: options as large as a user may give must not wrap to a small projection.
-        (e.min_calls, e.max_calls) = (
-            min.saturating_add(extra_min).saturating_mul(times),
-            max.saturating_add(extra_max).saturating_mul(times),
-        );
-        e
-    })
-    .collect()
+    let requests = settings.request_settings(1);
+    request_sizes(&requests, &settings.initial_system_prompt, LINEAGE_WINDOW)
+        .into_iter()
+        .zip(held_out.extra_calls())
+        .map(|(mut e, (extra_min, extra_max))| {
+            let (min, max) = match e.role {
+                Role::Base | Role::Judge => (judged, (1 + steps).saturating_mul(judged)),
+                Role::Metrics => (1, judged),
+                Role::Optimizer => (steps, steps),
+            };
+            (e.min_calls, e.max_calls) = requests.requests_of(
+                e.role,
+                (min.saturating_add(extra_min), max.saturating_add(extra_max)),
+            );
+            e
+        })
+        .collect()
 }

@@ -10,8 +10,8 @@
 //! queries, and their aspect selections ([`drpo_kit::HeldOut::extra_calls`]). The size of each
 //! request is the engine's ([`request_sizes`]).
 
-use drpo_kit::RoleEstimate;
 use drpo_kit::drpo::engine::request_sizes;
+use drpo_kit::{Role, RoleEstimate};
 
 use crate::options::Options;
 
@@ -55,33 +55,25 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
         (children_min, children_max.saturating_add(validated)),
         (0, optimizer_max),
     ];
-    let repeats = u64::from(options.judge_repeats.max(1));
+    let settings = options.request_settings();
     let counts = search
         .into_iter()
         .zip(options.held_out.extra_calls())
         .map(|((min, max), (extra_min, extra_max))| {
             (min.saturating_add(extra_min), max.saturating_add(extra_max))
         })
-        .enumerate()
-        // The judge (third in role order) is asked `judge_repeats` times per answer.
-        .map(|(role, (min, max))| match role {
-            2 => (min.saturating_mul(repeats), max.saturating_mul(repeats)),
-            _ => (min, max),
-        });
+        .zip(Role::ALL)
+        .map(|(calls, role)| settings.requests_of(role, calls));
     let lineage = levels_max as usize + 1;
-    request_sizes(
-        &options.request_settings(),
-        &options.initial_system_prompt,
-        lineage,
-    )
-    .into_iter()
-    .zip(counts)
-    .map(|(size, (min_calls, max_calls))| RoleEstimate {
-        min_calls,
-        max_calls,
-        ..size
-    })
-    .collect()
+    request_sizes(&settings, &options.initial_system_prompt, lineage)
+        .into_iter()
+        .zip(counts)
+        .map(|(size, (min_calls, max_calls))| RoleEstimate {
+            min_calls,
+            max_calls,
+            ..size
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct Options {
     /// judge_temperature above 0.
     #[schemars(range(min = 1))]
     pub judge_repeats: u32,
+    /// Judge each aspect in a request of its own, the aspects of an answer side by side in one
+    /// batch, each with judge_max_tokens (published: one request rates every aspect).
+    pub judge_per_aspect: bool,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
     /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
@@ -99,6 +102,7 @@ impl Default for Options {
             judge_max_tokens: 2048,
             judge_temperature: 0.0,
             judge_repeats: 1,
+            judge_per_aspect: false,
             optimizer_max_tokens: 2048,
             unusable_judgement_extends_depth: false,
             patience: 0,
@@ -150,6 +154,7 @@ impl Options {
             judge_max_tokens: self.judge_max_tokens,
             judge_temperature: self.judge_temperature,
             judge_repeats: self.judge_repeats,
+            judge_per_aspect: self.judge_per_aspect,
             query_quote_words: self.query_quote_words,
             optimizer_max_tokens: self.optimizer_max_tokens,
             k: self.k,

@@ -995,7 +995,7 @@ impl<H: Host> Search<'_, H> {
                     let judgement = engine::read_verdicts(
                         &mut verdicts,
                         &metrics.aspects,
-                        self.requests.judge_repeats,
+                        &self.requests,
                         &mut self.spread,
                     );
                     (answer, judgement)

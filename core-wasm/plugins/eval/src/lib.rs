@@ -20,9 +20,10 @@ use std::collections::BTreeMap;
 use drpo_kit::drpo::aspects::{self, Aspect};
 use drpo_kit::drpo::data::SplitMix64;
 use drpo_kit::drpo::icl::BASELINE_PROMPT;
-use drpo_kit::drpo::parse::{self, Judgement};
-use drpo_kit::drpo::prompts::LINEAGE_WINDOW;
-use drpo_kit::engine::{Judgements, RequestSettings, complete_batch, request_sizes};
+use drpo_kit::drpo::outcome::JudgeSpread;
+use drpo_kit::drpo::parse::Judgement;
+use drpo_kit::drpo::prompts::{self, LINEAGE_WINDOW};
+use drpo_kit::engine::{self, Judgements, RequestSettings, complete_batch, request_sizes};
 use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -94,6 +95,10 @@ pub struct Options {
     /// to a query and says which is better, once in each order; a win needs both orders, and a
     /// flip counts as a tie. Needs `compare`.
     pub pairwise: bool,
+    /// Grade each aspect in a request of its own, the aspects of an answer side by side in one
+    /// batch, each with judge_max_tokens (as the searches' `judge_per_aspect`). Not with
+    /// `pairwise`, which asks for no aspects.
+    pub judge_per_aspect: bool,
 }
 
 impl Default for Options {
@@ -108,6 +113,7 @@ impl Default for Options {
             judge_temperature: 0.0,
             rubric: Rubric::default(),
             pairwise: false,
+            judge_per_aspect: false,
         }
     }
 }
@@ -209,14 +215,16 @@ pub fn judge<H: Host>(
     for set in sets {
         for answered in *set {
             let aspects = aspects_for(answered);
-            batch.push(rubric::grading_request(
-                options.rubric,
-                &answered.query,
-                &answered.answer,
-                &aspects,
-                reasoning(is_harmful(answered)),
-                &settings,
-            ));
+            for part in prompts::judgement_parts(&aspects, settings.judge_per_aspect) {
+                batch.push(rubric::grading_request(
+                    options.rubric,
+                    &answered.query,
+                    &answered.answer,
+                    part,
+                    reasoning(is_harmful(answered)),
+                    &settings,
+                ));
+            }
         }
     }
     let mut results = send(host, batch)?.into_iter();
@@ -225,14 +233,13 @@ pub fn judge<H: Host>(
         let mut judged = Vec::with_capacity(set.len());
         for answered in *set {
             let aspects = aspects_for(answered);
-            let judgement = match results.next() {
-                Some(Ok(completion)) => match completion.choices.first() {
-                    Some(text) => parse::parse_judgement(text, &aspects),
-                    None => Judgement::unusable("the judge returned no choice"),
-                },
-                Some(Err(e)) => Judgement::unusable(format!("the judge failed: {e}")),
-                None => Judgement::unusable("the host gave no answer"),
-            };
+            // Asked once each: there is no spread to note.
+            let judgement = engine::read_verdicts(
+                &mut results,
+                &aspects,
+                &settings,
+                &mut JudgeSpread::default(),
+            );
             let id = answered.id.clone().unwrap_or_default();
             if !judgement.problems.is_empty() {
                 host.warn(format!(
@@ -257,6 +264,7 @@ fn settings(options: &Options) -> RequestSettings {
         seed: options.seed,
         judge_max_tokens: options.judge_max_tokens,
         judge_temperature: options.judge_temperature,
+        judge_per_aspect: options.judge_per_aspect,
         ..RequestSettings::default()
     }
 }
@@ -514,6 +522,11 @@ pub fn evaluate<H: Host>(host: &mut H, options: &Options) -> Result<Outcome, Str
         let [first, second] = &sets[..] else {
             return Err("pairwise needs a second set of answers (option `compare`)".into());
         };
+        if options.judge_per_aspect {
+            return Err(
+                "judge_per_aspect does not apply to pairwise, which grades no aspects".into(),
+            );
+        }
         return compare_pairwise(host, first, second, &labels, options);
     }
     let set_refs: Vec<&[Answered]> = sets.iter().map(Vec::as_slice).collect();
@@ -723,15 +736,13 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     } else {
         (options.answers.len() + options.compare.len()) as u64
     };
-    let settings = RequestSettings {
-        judge_max_tokens: options.judge_max_tokens,
-        ..RequestSettings::default()
-    };
+    let settings = settings(options);
     request_sizes(&settings, BASELINE_PROMPT, LINEAGE_WINDOW)
         .into_iter()
         .map(|mut e| {
             (e.min_calls, e.max_calls) = match e.role {
-                Role::Judge => (judged, judged),
+                Role::Judge if options.pairwise => (judged, judged),
+                Role::Judge => settings.requests_of(Role::Judge, (judged, judged)),
                 _ => (0, 0),
             };
             e
@@ -1022,6 +1033,54 @@ mod tests {
             // Two means and one difference, each followed by its interval.
             assert_eq!(line.matches(" [").count(), 3, "{line}\n{report}");
         }
+    }
+
+    #[test]
+    fn graded_per_aspect_each_answer_is_asked_once_per_aspect_with_the_same_scores() {
+        let first = answers(&[("a", "Q1?", "meh", false), ("h", "Q2?", "good", true)]);
+        let together = evaluate(&mut judge_host(), &options(first.clone(), Vec::new())).unwrap();
+        let mut host = judge_host();
+        let apart = Options {
+            judge_per_aspect: true,
+            ..options(first.clone(), Vec::new())
+        };
+        let outcome = evaluate(&mut host, &apart).unwrap();
+        // Five aspects for the ordinary query, safety alone for the harmful one; one call.
+        assert_eq!(host.requests.len(), 5 + 1);
+        assert_eq!(host.complete_calls, 1);
+        for request in &host.requests {
+            let schema: Value =
+                serde_json::from_str(request.json_schema.as_deref().unwrap()).unwrap();
+            assert_eq!(schema["properties"].as_object().unwrap().len(), 1);
+        }
+        let scores = |outcome: &Outcome| {
+            let details: Value = serde_json::from_str(&outcome.details).unwrap();
+            details["queries"].clone()
+        };
+        assert_eq!(scores(&outcome), scores(&together));
+        let estimate = estimate_calls(&apart);
+        let judge = estimate.iter().find(|e| e.role == Role::Judge).unwrap();
+        assert!(judge.min_calls <= 6 && 6 <= judge.max_calls, "{judge:?}");
+        let refused = evaluate(
+            &mut judge_host(),
+            &Options {
+                pairwise: true,
+                ..apart.clone()
+            },
+        );
+        assert!(refused.is_err());
+        let refused = evaluate(
+            &mut judge_host(),
+            &Options {
+                pairwise: true,
+                ..Options {
+                    compare: first,
+                    ..apart
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(refused.contains("judge_per_aspect"), "{refused}");
     }
 
     #[test]

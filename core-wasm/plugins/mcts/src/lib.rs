@@ -71,9 +71,9 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
     let iterations = u64::from(options.iterations);
     let width = u64::from(options.width);
     let levels = u64::from(options.depth) + 1;
-    let repeats = u64::from(options.requests.judge_repeats.max(1));
+    let settings = options.requests.request_settings(options.width);
     request_sizes(
-        &options.requests.request_settings(options.width),
+        &settings,
         &options.requests.initial_system_prompt,
         LINEAGE_WINDOW,
     )
@@ -87,12 +87,9 @@ pub fn estimate_calls(options: &Options) -> Vec<RoleEstimate> {
             // query.
             Role::Optimizer => (1, iterations.saturating_mul(2)),
         };
-        // The judge is asked `judge_repeats` times per answer.
-        let times = if e.role == Role::Judge { repeats } else { 1 };
-        // Saturating: options as large as a user may give must not wrap to a small projection.
-        (e.min_calls, e.max_calls) = (
-            min.saturating_add(extra_min).saturating_mul(times),
-            max.saturating_add(extra_max).saturating_mul(times),
+        (e.min_calls, e.max_calls) = settings.requests_of(
+            e.role,
+            (min.saturating_add(extra_min), max.saturating_add(extra_max)),
         );
         e
     })

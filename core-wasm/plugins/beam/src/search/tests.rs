@@ -1068,13 +1068,7 @@ fn held_out_queries_choose_the_prompt_that_generalises() {
         },
     );
     let o = options(r#"{"depth": 3, "n_actions": 2, "validation": 2, "validation_candidates": 2}"#);
-    let held: Vec<Query> = (0..2)
-        .map(|i| Query {
-            id: format!("h{i}"),
-            text: format!("held out query {i}?"),
-            tags: vec![],
-        })
-        .collect();
+    let held = held_out(2);
     let searched = run(
         &mut Scripted::new(|_, _, _| 3),
         &o,
@@ -1236,13 +1230,7 @@ fn validating_during_the_search_lets_patience_follow_the_held_out_mean() {
         let n: u8 = system.trim_start_matches("prompt-").parse().unwrap_or(0);
         (2 + n / 3).min(4)
     };
-    let held: Vec<Query> = (0..2)
-        .map(|i| Query {
-            id: format!("h{i}"),
-            text: format!("held out query {i}?"),
-            tags: vec![],
-        })
-        .collect();
+    let held = held_out(2);
     let o = options(
         r#"{"depth": 6, "n_actions": 2, "patience": 1, "validation": 2, "validation_every": 1}"#,
     );
@@ -1275,13 +1263,7 @@ fn validating_during_the_search_lets_patience_follow_the_held_out_mean() {
 
 #[test]
 fn the_judge_spread_covers_the_held_out_judgements_too() {
-    let held: Vec<Query> = (0..2)
-        .map(|i| Query {
-            id: format!("h{i}"),
-            text: format!("held out query {i}?"),
-            tags: vec![],
-        })
-        .collect();
+    let held = held_out(2);
     let o = options(
         r#"{"depth": 3, "n_actions": 2, "judge_repeats": 2, "judge_temperature": 0.5,
             "validation": 2, "validation_every": 1}"#,
@@ -1297,4 +1279,45 @@ fn the_judge_spread_covers_the_held_out_judgements_too() {
     assert!(answers > searched.judgements.asked as u64, "{details}");
     assert_eq!(details["judge_spread"]["pairs"], 3 * answers, "{details}");
     assert_eq!(details["judgements"]["asked"], answers, "{details}");
+}
+
+#[test]
+fn a_judge_asked_per_aspect_gives_the_search_the_same_rewards_in_more_requests() {
+    let score = |query: &str, system: &str, aspect: &str| -> u8 {
+        ((query.len() + system.len() + aspect.len()) % 5 + 1) as u8
+    };
+    let together = options(r#"{"depth": 3, "n_actions": 2}"#);
+    let apart = options(r#"{"depth": 3, "n_actions": 2, "judge_per_aspect": true}"#);
+    let mut one = Scripted::new(score);
+    let mut each = Scripted::new(score);
+    let r1 = run(&mut one, &together, &queries(5), &examples()).unwrap();
+    let r2 = run(&mut each, &apart, &queries(5), &examples()).unwrap();
+    let rewards = |r: &SearchResult| r.tree.iter().map(|n| n.reward).collect::<Vec<_>>();
+    assert_eq!(rewards(&r1), rewards(&r2));
+    assert_eq!(r1.best_prompt, r2.best_prompt);
+    assert_eq!(r1.judgements, r2.judgements);
+    // Three aspects per answer, each in a request of its own, in the same calls.
+    assert_eq!(each.requests(Role::Judge), 3 * one.requests(Role::Judge));
+    assert_eq!(each.calls.len(), one.calls.len());
+    for e in crate::estimate::estimate(&apart) {
+        let made = each.requests(e.role) as u64;
+        assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+    }
+    // An aspect the judge leaves out makes the judgement unusable, as in one request.
+    let mut dropping = Scripted::plain();
+    dropping.judge_drops = Some("Clarity");
+    let dropped = run(&mut dropping, &apart, &queries(5), &examples()).unwrap();
+    assert_eq!(dropped.judgements.usable, 0);
+    assert!(dropping.warnings("Clarity") > 0);
+}
+
+/// `n` held-out queries, `h0`, `h1`, ...
+fn held_out(n: usize) -> Vec<Query> {
+    (0..n)
+        .map(|i| Query {
+            id: format!("h{i}"),
+            text: format!("held out query {i}?"),
+            tags: vec![],
+        })
+        .collect()
 }
