@@ -77,6 +77,14 @@ impl Workers for Calls {
 /// Where plain progress lines go (stderr, but for tests).
 type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// A plain progress line: `shown`, then the time since `started`.
+fn plain_line(shown: &str, started: Instant) -> String {
+    format!(
+        "progress: {shown}, {:.1}s elapsed",
+        started.elapsed().as_secs_f64()
+    )
+}
+
 /// Counts a run's progress and shows it.
 pub struct Progress {
     display: Display,
@@ -244,10 +252,7 @@ impl Progress {
                 let due = last.is_none_or(|t| t.elapsed() >= *every);
                 if level_changed || due {
                     *last = Some(Instant::now());
-                    out(&format!(
-                        "progress: {summary}, {:.1}s elapsed",
-                        self.started.elapsed().as_secs_f64()
-                    ));
+                    out(&plain_line(&summary, self.started));
                 }
             }
         }
@@ -336,10 +341,7 @@ impl Ticker {
                 };
                 match &display {
                     Tick::Bar(bar) => bar.set_message(format!("{shown}{generated}")),
-                    Tick::Lines(out) => out(&format!(
-                        "progress: {shown}{generated}, {:.1}s elapsed",
-                        started.elapsed().as_secs_f64()
-                    )),
+                    Tick::Lines(out) => out(&plain_line(&format!("{shown}{generated}"), started)),
                 }
             }
         });
@@ -402,9 +404,8 @@ impl Drop for Progress {
         match &self.display {
             Display::Bar(bar) => bar.finish_and_clear(),
             Display::Lines { out, .. } => out(&format!(
-                "progress: {}, {:.1}s elapsed, done",
-                self.summary(),
-                self.started.elapsed().as_secs_f64()
+                "{}, done",
+                plain_line(&self.summary(), self.started)
             )),
         }
         self.show_work();

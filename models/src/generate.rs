@@ -29,7 +29,7 @@ use crate::chat::{self, ChatMessage, ChatTemplate};
 use crate::device::{CpuBackend, DeviceSpec, PendingIds, greedy_ids};
 use crate::gguf::GgufFile;
 use crate::kernel_options::KernelOptions;
-use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order, row_index};
+use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order, int_vector};
 use crate::prefix_cache::{BLOCK, PrefillStats, PrefixCache, plan_groups, shared_prefixes};
 use crate::tokenizer::Tokenizer;
 
@@ -928,7 +928,7 @@ impl LocalModel {
             // The step just computed covered the rows that are now done; the ones after it
             // need not.
             if let Some(kept) = decoding.drop_done(rows) {
-                let index = row_index(&kept, &logits.device());
+                let index = int_vector(&kept, &logits.device());
                 logits = logits.select(0, index);
             }
             next = greedy_ids(logits, kernels);

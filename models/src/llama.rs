@@ -259,14 +259,13 @@ impl<B: Backend> KvCache<B> {
     /// do not depend on the other rows of its batch.
     pub fn keep_rows(&mut self, keep: &[usize]) {
         let device = self.pad_ids.device();
-        let index = row_index(keep, &device);
+        let index = int_vector(keep, &device);
         for (k, v) in &mut self.layers {
             *k = dense(k.clone().select(0, index.clone()));
             *v = dense(v.clone().select(0, index.clone()));
         }
         self.pads = keep.iter().map(|&r| self.pads[r]).collect();
-        let pad_ids = self.pads.iter().map(|&p| p as i32).collect();
-        self.pad_ids = Tensor::from_data(TensorData::new(pad_ids, [keep.len()]), &device);
+        self.pad_ids = int_vector(&self.pads, &device);
     }
 
     /// One cache of the rows of `parts`: `parts[i].0` lists the rows (of the result) that
@@ -305,10 +304,9 @@ impl<B: Backend> KvCache<B> {
                 (side(true), side(false))
             })
             .collect();
-        let pad_ids = pads.iter().map(|&p| p as i32).collect();
         KvCache {
             layers,
-            pad_ids: Tensor::from_data(TensorData::new(pad_ids, [pads.len()]), &device),
+            pad_ids: int_vector(&pads, &device),
             pads,
             len,
             capacity,
@@ -318,20 +316,20 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// `positions` as an index tensor, for `select` on the row axis.
-pub fn row_index<B: Backend>(positions: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let ids = positions.iter().map(|&p| p as i32).collect();
-    Tensor::from_data(TensorData::new(ids, [positions.len()]), device)
+/// `values` as a 1-D integer tensor: row indices for `select`, or the pads the attention reads.
+pub fn int_vector<B: Backend>(values: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let ints = values.iter().map(|&v| v as i32).collect();
+    Tensor::from_data(TensorData::new(ints, [values.len()]), device)
 }
 
 /// The indices that put rows concatenated in the order `placed` (the result row each becomes)
 /// back in result order, for `select` on the row axis.
 pub fn in_row_order<B: Backend>(placed: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let mut source = vec![0i32; placed.len()];
+    let mut source = vec![0; placed.len()];
     for (j, &row) in placed.iter().enumerate() {
-        source[row] = j as i32;
+        source[row] = j;
     }
-    Tensor::from_data(TensorData::new(source, [placed.len()]), device)
+    int_vector(&source, device)
 }
 
 /// The keys and values of consecutive slots of one row of a [`KvCache`], every layer, in f32
@@ -524,11 +522,10 @@ impl<B: Backend> Llama<B> {
                 )
             })
             .collect();
-        let pad_ids = pads.iter().map(|&p| p as i32).collect();
         KvCache {
             layers,
             pads: pads.to_vec(),
-            pad_ids: Tensor::from_data(TensorData::new(pad_ids, [pads.len()]), &self.device),
+            pad_ids: int_vector(pads, &self.device),
             len: 0,
             capacity,
             slots,

@@ -139,9 +139,9 @@ impl HeldOut {
 
 /// The projection of a search that judges its initial prompt and then one new prompt per step,
 /// each on the same `queries` training queries (the judge `judge_repeats` times per answer, and
-/// per aspect with `judge_per_aspect`), with one optimizer request per step, one aspect selection per query, and the validation
-/// split's own calls. Fewest: every optimizer answer unusable, so only the initial prompt is
-/// judged.
+/// per aspect with `judge_per_aspect`), with one optimizer request per step, one aspect
+/// selection per query, and the validation split's own calls. Fewest: every optimizer answer
+/// unusable, so only the initial prompt is judged.
 pub fn stepwise_estimate(
     settings: &Settings,
     held_out: &HeldOut,
