@@ -1,6 +1,7 @@
 """One round of scripts/bench-serve against one server: each request alone, then all at once.
 
-Usage: serve-load.py BASE_URL ENGINE CONCURRENCY MAX_TOKENS. Prints one JSON line: throughput,
+Usage: serve-load.py BASE_URL ENGINE CONCURRENCY MAX_TOKENS [GAP]. The clients of the concurrent
+round start GAP seconds apart (default 0: all at once). Prints one JSON line: throughput,
 latency percentiles, and how many concurrent answers were lost or differ from the lone answer.
 """
 
@@ -30,9 +31,10 @@ def messages(i: int) -> list:
     ]
 
 
-async def ask(client, engine: str, i: int, max_tokens: int):
+async def ask(client, engine: str, i: int, max_tokens: int, delay: float = 0.0):
+    await asyncio.sleep(delay)
     started = time.perf_counter()
-    if engine == "drpo":
+    if engine.startswith("drpo"):
         # serve wraps the query itself.
         query = messages(i)[1]["content"].split("\n")[1]
         sent = [{"role": "user", "content": query}]
@@ -40,7 +42,7 @@ async def ask(client, engine: str, i: int, max_tokens: int):
         sent = messages(i)
     reply = await client.chat.completions.create(
         model="m", messages=sent, max_tokens=max_tokens, temperature=0,
-        stop=None if engine == "drpo" else ["<END>", "<END", "<|eot_id|>"],
+        stop=None if engine.startswith("drpo") else ["<END>", "<END", "<|eot_id|>"],
     )
     text = reply.choices[0].message.content.strip()
     return i, text, reply.usage.completion_tokens, time.perf_counter() - started
@@ -49,6 +51,7 @@ async def ask(client, engine: str, i: int, max_tokens: int):
 async def main() -> None:
     base_url, engine = sys.argv[1], sys.argv[2]
     concurrency, max_tokens = int(sys.argv[3]), int(sys.argv[4])
+    gap = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=3600)
     alone = {}
     for i in range(concurrency):
@@ -56,7 +59,8 @@ async def main() -> None:
         alone[i] = text
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(ask(client, engine, i, max_tokens) for i in range(concurrency)), return_exceptions=True
+        *(ask(client, engine, i, max_tokens, i * gap) for i in range(concurrency)),
+        return_exceptions=True,
     )
     wall = time.perf_counter() - started
     answered = [r for r in results if not isinstance(r, BaseException)]
@@ -68,6 +72,7 @@ async def main() -> None:
     print(json.dumps({
         "engine": engine,
         "clients": concurrency,
+        "gap_s": gap,
         "wall_s": wall,
         "requests_per_s": len(answered) / wall,
         "completion_tokens_per_s": sum(r[2] for r in answered) / wall,

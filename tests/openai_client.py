@@ -1,12 +1,15 @@
 """The official `openai` client against `drpo-host serve` (run by tests/serve.rs).
 
 Usage: openai_client.py BASE_URL CASE_JSON, where CASE_JSON holds the queries, the answers
-`drpo-host generate` gave them and the max_tokens it used. Checks the model list, each answer
-(plain and streamed) and the errors the client raises; exits non-zero on the first failure.
+`drpo-host generate` gave them and the max_tokens it used, and a long query with its answer.
+Checks the model list, each answer (plain and streamed), that a request sent while the long one
+streams is answered before it ends (it joined the batch being decoded), and the errors the
+client raises; exits non-zero on the first failure.
 """
 
 import json
 import sys
+import threading
 
 import openai
 
@@ -48,6 +51,8 @@ def main() -> None:
         assert len(pieces) > 1 or len(expected) < 8, pieces
         assert usage is not None and usage.total_tokens == reply.usage.total_tokens, usage
 
+    joins_the_batch_being_decoded(client, case)
+
     try:
         client.chat.completions.create(
             model="drpo-aligned",
@@ -66,6 +71,43 @@ def main() -> None:
         assert "messages" in str(error), error
 
     print("openai client: all checks passed")
+
+
+def joins_the_batch_being_decoded(client: openai.OpenAI, case: dict) -> None:
+    """A short request sent once the long one has streamed a few pieces comes back while the
+    long one still streams: it did not wait for the long one's batch to end. Both answers are
+    the ones `generate` gave each alone."""
+    long = client.chat.completions.create(
+        model="drpo-aligned",
+        messages=[{"role": "user", "content": case["long_query"]}],
+        max_tokens=case["long_max_tokens"],
+        temperature=0,
+        stream=True,
+    )
+    short_answer, short_done = [], threading.Event()
+
+    def ask_short() -> None:
+        reply = client.chat.completions.create(
+            model="drpo-aligned",
+            messages=[{"role": "user", "content": case["queries"][0]}],
+            max_tokens=case["max_tokens"],
+            temperature=0,
+        )
+        short_answer.append(reply.choices[0].message.content)
+        short_done.set()
+
+    pieces, short = [], threading.Thread(target=ask_short)
+    answered_while_streaming = False
+    for chunk in long:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) == 3:
+                short.start()
+        answered_while_streaming |= short_done.is_set()
+    short.join()
+    assert "".join(pieces) == case["long_expected"], (pieces, case["long_expected"])
+    assert short_answer == [case["expected"][0]], (short_answer, case["expected"][0])
+    assert answered_while_streaming, "the short request waited for the long one to end"
 
 
 if __name__ == "__main__":

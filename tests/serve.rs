@@ -560,14 +560,26 @@ fn the_official_openai_client_gets_generates_answers_from_the_local_smollm2() {
     let mut flags = vec!["--max-tokens", "40"];
     flags.extend(queries);
     let expected = generate_answers(work.path(), &aligned, &flags);
+    let long_query = "Tell a long story about a lighthouse keeper and a storm.";
+    let long_flags = ["--max-tokens", "160", long_query];
+    let long_work = work.path().join("long");
+    std::fs::create_dir(&long_work).unwrap();
+    let long_expected = generate_answers(&long_work, &aligned, &long_flags).remove(0);
 
     let serving = Serving::start(&cache, &aligned, &[]);
     let script = workspace().join("tests/openai_client.py");
     let mut command = Command::new(python);
-    command
-        .arg(&script)
-        .arg(serving.base_url())
-        .arg(json!({"queries": queries, "expected": expected, "max_tokens": 40}).to_string());
+    command.arg(&script).arg(serving.base_url()).arg(
+        json!({
+            "queries": queries,
+            "expected": expected,
+            "max_tokens": 40,
+            "long_query": long_query,
+            "long_expected": long_expected,
+            "long_max_tokens": 160,
+        })
+        .to_string(),
+    );
     let out = output(&mut command);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

@@ -336,8 +336,9 @@ pub struct ServeArgs {
     /// limit gets. A request asking for more is refused (400).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tokens: u32,
-    /// Most requests answered at once: a local model decodes them together as one batch; an
-    /// upstream endpoint gets at most this many at a time.
+    /// Most requests answered at once: a local model decodes them together, each joining the
+    /// batch under way at its next step (a request takes one row per choice); an upstream
+    /// endpoint gets at most this many at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_concurrent: u32,
     /// Most requests waiting beyond those being answered; more are refused (429) until some

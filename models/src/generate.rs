@@ -14,6 +14,9 @@
 //! follows a schema, else only the greedy choices, taken on the device (and on a GPU, read while
 //! the next step runs).
 //!
+//! [`LocalModel::decode_arrivals`] batches continuously, for a server: requests join the batch
+//! being decoded between two steps and leave it with their answers (`continuous`).
+//!
 //! Sampling is greedy at temperature 0, else temperature then nucleus (top-p) sampling from a
 //! generator seeded with `seed + choice index`: the same request gives the same choices, alone
 //! or in any batch.
@@ -32,6 +35,10 @@ use crate::kernel_options::KernelOptions;
 use crate::llama::{KvCache, Llama, Logits, SlotValues, WeightStorage, in_row_order, int_vector};
 use crate::prefix_cache::{BLOCK, PrefillStats, PrefixCache, plan_groups, shared_prefixes};
 use crate::tokenizer::Tokenizer;
+
+mod continuous;
+
+pub use continuous::{Arrival, ChoiceObserver, Finish};
 
 /// What a request asks the model to continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -509,36 +516,9 @@ impl LocalModel {
         let mut rows = Vec::new();
         let mut prompt_lens = Vec::with_capacity(batch.len());
         for (r, req) in batch.iter().enumerate() {
-            if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
-                return Err(ModelError::Usage(format!(
-                    "temperature must be a finite number >= 0, not {}",
-                    req.temperature
-                )));
-            }
-            if !(req.top_p > 0.0 && req.top_p <= 1.0) {
-                return Err(ModelError::Usage(format!(
-                    "top_p must be in (0, 1], not {}",
-                    req.top_p
-                )));
-            }
-            let prompt = self.prompt_ids(&req.prompt)?;
-            prompt_lens.push(prompt.len() as u32);
-            for i in 0..req.n {
-                rows.push(Row {
-                    request: r,
-                    choice: i,
-                    observer,
-                    prompt: prompt.clone(),
-                    generated: Vec::new(),
-                    rng: SplitMix64(req.seed.wrapping_add(u64::from(i))),
-                    done: req.max_tokens == 0,
-                    cut: None,
-                    constraint: match &req.json_schema {
-                        Some(schema) => Some(self.constraint(schema)?),
-                        None => None,
-                    },
-                });
-            }
+            let (prompt_len, request_rows) = self.rows_of(req, r, observer)?;
+            prompt_lens.push(prompt_len);
+            rows.extend(request_rows);
         }
         for chunk in rows.chunks_mut(self.max_batch_rows) {
             if chunk.iter().any(|r| !r.done) {
@@ -556,23 +536,90 @@ impl LocalModel {
             .collect();
         for row in rows {
             let out = &mut outputs[row.request];
-            out.completion_tokens += row.generated.len() as u32;
-            if let Some(constraint) = &row.constraint {
-                let needed = endgame_tokens(constraint);
-                if batch[row.request].max_tokens as usize <= needed {
-                    out.cramped_by_schema = Some(needed as u32);
-                }
-            }
-            let text = match row.cut {
-                Some(text) => text,
-                None => {
-                    let ids = self.strip_eos(&row.generated);
-                    self.tokenizer.decode(ids, true)?
-                }
-            };
+            let text = self.row_answer(&batch[row.request], &row, out)?;
             out.choices.push(text);
         }
         Ok(outputs)
+    }
+
+    /// The length of `req`'s prompt in tokens and its rows (one per choice), the request being
+    /// `index` in its batch; a request the model cannot take is refused here, before any row
+    /// is decoded.
+    fn rows_of<'o>(
+        &self,
+        req: &GenerationRequest,
+        index: usize,
+        observer: Option<&'o TextObserver<'o>>,
+    ) -> Result<(u32, Vec<Row<'o>>), ModelError> {
+        if !(req.temperature >= 0.0 && req.temperature.is_finite()) {
+            return Err(ModelError::Usage(format!(
+                "temperature must be a finite number >= 0, not {}",
+                req.temperature
+            )));
+        }
+        if !(req.top_p > 0.0 && req.top_p <= 1.0) {
+            return Err(ModelError::Usage(format!(
+                "top_p must be in (0, 1], not {}",
+                req.top_p
+            )));
+        }
+        let prompt = self.prompt_ids(&req.prompt)?;
+        let rows = (0..req.n)
+            .map(|i| {
+                Ok(Row {
+                    request: index,
+                    choice: i,
+                    observer,
+                    prompt: prompt.clone(),
+                    generated: Vec::new(),
+                    rng: SplitMix64(req.seed.wrapping_add(u64::from(i))),
+                    done: req.max_tokens == 0,
+                    cut: None,
+                    constraint: match &req.json_schema {
+                        Some(schema) => Some(self.constraint(schema)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok((prompt.len() as u32, rows))
+    }
+
+    /// `row`'s answer, once it is done, its tokens counted in its request's output `out`.
+    fn row_answer(
+        &self,
+        req: &GenerationRequest,
+        row: &Row,
+        out: &mut GenerationOutput,
+    ) -> Result<String, ModelError> {
+        out.completion_tokens += row.generated.len() as u32;
+        if let Some(constraint) = &row.constraint {
+            let needed = endgame_tokens(constraint);
+            if req.max_tokens as usize <= needed {
+                out.cramped_by_schema = Some(needed as u32);
+            }
+        }
+        match &row.cut {
+            Some(text) => Ok(text.clone()),
+            None => self.tokenizer.decode(self.strip_eos(&row.generated), true),
+        }
+    }
+
+    /// Fails unless a prompt of `tokens` tokens leaves the model's context room to answer.
+    fn fits_context(&self, tokens: usize) -> Result<(), ModelError> {
+        let context = self.decoder.config().max_position_embeddings;
+        if tokens >= context {
+            return Err(ModelError::Usage(format!(
+                "the prompt has {tokens} tokens, the model's context only {context}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The most tokens each row may generate: its request's, within the model's context.
+    fn budget<'a>(&self, asked: &'a [GenerationRequest]) -> impl Fn(&Row) -> usize + Sync + 'a {
+        let context = self.decoder.config().max_position_embeddings;
+        move |row: &Row| (asked[row.request].max_tokens as usize).min(context - row.prompt.len())
     }
 
     fn strip_eos<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
@@ -711,18 +758,12 @@ impl LocalModel {
         batch: &[GenerationRequest],
         rows: &mut [Row],
     ) -> Result<(), ModelError> {
-        let config = model.config();
-        let context = config.max_position_embeddings;
         let longest = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        if longest >= context {
-            return Err(ModelError::Usage(format!(
-                "the prompt has {longest} tokens, the model's context only {context}"
-            )));
-        }
-        let budget = |r: &Row| (batch[r.request].max_tokens as usize).min(context - r.prompt.len());
-        let steps = rows.iter().map(budget).max().unwrap_or(0);
+        self.fits_context(longest)?;
+        let budget = self.budget(batch);
+        let steps = rows.iter().map(&budget).max().unwrap_or(0);
         let prompts: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
-        let (cache, logits) = self.prefill(model, &prompts, longest + steps);
+        let (cache, logits) = self.prefill(model, &prompts, longest, longest + steps);
         let mut decoding = Decoding {
             model,
             cache,
@@ -738,8 +779,9 @@ impl LocalModel {
         }
     }
 
-    /// Prefills `prompts` (one per row) into a cache of `capacity` slots: returns it and each
-    /// row's logits at its last prompt position, `[rows, vocab]`.
+    /// Prefills `prompts` (one per row), left-padded to `width` slots (at least the longest),
+    /// into a cache of `capacity` slots: returns it and each row's logits at its last prompt
+    /// position, `[rows, vocab]`.
     ///
     /// Prefixes that the prefix cache holds are not computed again; prefixes that several rows
     /// share and it does not hold are computed once first (and cached). Rows are then prefilled
@@ -749,6 +791,7 @@ impl LocalModel {
         &self,
         model: &Llama<B>,
         prompts: &[&[u32]],
+        width: usize,
         capacity: usize,
     ) -> (KvCache<B>, Tensor<B, 2>) {
         let shared = {
@@ -770,9 +813,9 @@ impl LocalModel {
                 .map(|&(row, len)| &prompts[row][..len])
                 .collect();
             let longest = shared.iter().map(|p| p.len()).max().unwrap_or(0);
-            self.prefill_groups(model, &shared, longest);
+            self.prefill_groups(model, &shared, longest, longest);
         }
-        let mut parts = self.prefill_groups(model, prompts, capacity);
+        let mut parts = self.prefill_groups(model, prompts, width, capacity);
         // A single group holds its rows by where their computing starts, not in batch order:
         // only a group already in batch order is the batch as it is.
         if let [(rows, _, _)] = parts.as_slice()
@@ -793,7 +836,7 @@ impl LocalModel {
         (KvCache::merge(caches), logits)
     }
 
-    /// Prefills `prompts`, left-padded to the longest, in groups of rows with a forward pass
+    /// Prefills `prompts`, left-padded to `width` slots, in groups of rows with a forward pass
     /// each, every row's cached prefix taken from the prefix cache, and caches each prompt's
     /// whole blocks: per group, its rows (indices into `prompts`), their cache of `capacity`
     /// slots and their last positions' logits.
@@ -801,10 +844,10 @@ impl LocalModel {
         &self,
         model: &Llama<B>,
         prompts: &[&[u32]],
+        width: usize,
         capacity: usize,
     ) -> Vec<(Vec<usize>, KvCache<B>, Tensor<B, 2>)> {
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let pads: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
         let (found, groups) = {
             let mut prefixes = self.prefixes();
             let found: Vec<Vec<Arc<SlotValues>>> = prompts
@@ -817,7 +860,7 @@ impl LocalModel {
                     .zip(&found)
                     .map(|(pad, blocks)| pad + blocks.len() * BLOCK)
                     .collect();
-                plan_groups(&starts, longest)
+                plan_groups(&starts, width)
             } else {
                 vec![(0..prompts.len()).collect()]
             };
@@ -833,22 +876,22 @@ impl LocalModel {
                 let mut cache = model.new_cache_with(&group_pads, capacity, &group_found);
                 cache.set_prefilling(true);
                 let from = cache.len();
-                let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * (longest - from));
+                let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * (width - from));
                 for (&r, &pad) in rows.iter().zip(&group_pads) {
-                    ids.extend((from..longest).map(|slot| match slot.checked_sub(pad) {
+                    ids.extend((from..width).map(|slot| match slot.checked_sub(pad) {
                         Some(i) => prompts[r][i] as i32,
                         None => 0,
                     }));
                 }
                 let input = Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(ids, [rows.len(), longest - from]),
+                    TensorData::new(ids, [rows.len(), width - from]),
                     model.device(),
                 );
                 let logits = model
                     .forward(input, &mut cache, Logits::Last)
                     .reshape([rows.len(), vocab]);
                 let mut prefixes = self.prefixes();
-                prefixes.stats.computed_tokens += (rows.len() * (longest - from)) as u64;
+                prefixes.stats.computed_tokens += (rows.len() * (width - from)) as u64;
                 prefixes.stats.reused_tokens += group_pads
                     .iter()
                     .map(|&pad| from.saturating_sub(pad) as u64)
@@ -1143,7 +1186,11 @@ mod tests {
 
     /// A random-weight model of `preset` with the small tokenizer, in a directory of its own
     /// (returned, for the caller to remove).
-    fn random_model(name: &str, preset: &str, seed: u64) -> (LocalModel, std::path::PathBuf) {
+    pub(super) fn random_model(
+        name: &str,
+        preset: &str,
+        seed: u64,
+    ) -> (LocalModel, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("drpo-generate-{name}-{}", std::process::id()));
         let config = crate::LlamaConfig::preset(preset).unwrap();
         let dtype = crate::load::hf::StoreDtype::F32;
@@ -1153,7 +1200,7 @@ mod tests {
     }
 
     /// A greedy chat request of one user message.
-    fn ask(text: &str, max_tokens: u32) -> GenerationRequest {
+    pub(super) fn ask(text: &str, max_tokens: u32) -> GenerationRequest {
         GenerationRequest::greedy(
             PromptInput::Chat(vec![ChatMessage::new("user", text)]),
             max_tokens,
@@ -1330,7 +1377,7 @@ mod tests {
         let decoder = model.cpu_model().expect("tests load on the CPU");
         let prompts: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         let longest = prompts.iter().map(|p| p.len()).max().unwrap();
-        let (_, logits) = model.prefill(decoder, &prompts, longest + 1);
+        let (_, logits) = model.prefill(decoder, &prompts, longest, longest + 1);
         logits.into_data().into_vec::<f32>().unwrap()
     }
 

@@ -47,7 +47,8 @@ pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use error::ModelError;
 pub use generate::{
-    DECODER_REVISION, GenerationOutput, GenerationRequest, LocalModel, PromptInput, TextObserver,
+    Arrival, ChoiceObserver, DECODER_REVISION, GenerationOutput, GenerationRequest, LocalModel,
+    PromptInput, TextObserver,
 };
 pub use kernel_options::KernelOptions;
 pub use prefix_cache::PrefillStats;

@@ -268,6 +268,45 @@ impl<B: Backend> KvCache<B> {
         self.pad_ids = int_vector(&self.pads, &device);
     }
 
+    /// Moves every row's filled slots `shift` slots later (positive: more left padding, so that
+    /// rows with longer prompts can join) or earlier (negative: drops padding that every row
+    /// has), into slots allocated for `capacity`. Each row's values and positions are
+    /// unchanged, and a row's results do not depend on its padding.
+    ///
+    /// # Panics
+    /// If a row would lose filled slots, or the filled slots would not fit `capacity`.
+    pub fn relocate(&mut self, shift: isize, capacity: usize) {
+        let moved = |at: usize| at.checked_add_signed(shift);
+        let len = moved(self.len).expect("no filled slot moves before the first");
+        assert!(
+            self.pads.iter().all(|&pad| moved(pad).is_some()) && len <= capacity,
+            "relocating the cache by {shift} would drop filled slots or overflow {capacity}"
+        );
+        let slots = capacity.div_ceil(KV_BUCKET).max(1) * KV_BUCKET;
+        let (from, to) = if shift >= 0 {
+            (0..self.len, len - self.len..len)
+        } else {
+            (self.len - len..self.len, 0..len)
+        };
+        for side in self.layers.iter_mut().flat_map(|(k, v)| [k, v]) {
+            let [rows, kv, _, hd] = side.dims();
+            let mut moved = dense(Tensor::zeros([rows, kv, slots, hd], &side.device()));
+            let values = side.clone().slice([0..rows, 0..kv, from.clone(), 0..hd]);
+            write_slots(&mut moved, [0..rows, 0..kv, to.clone(), 0..hd], values);
+            *side = moved;
+        }
+        let device = self.pad_ids.device();
+        self.pads = self
+            .pads
+            .iter()
+            .map(|&pad| moved(pad).expect("checked"))
+            .collect();
+        self.pad_ids = int_vector(&self.pads, &device);
+        self.len = len;
+        self.capacity = capacity;
+        self.slots = slots;
+    }
+
     /// One cache of the rows of `parts`: `parts[i].0` lists the rows (of the result) that
     /// `parts[i].1`'s rows become, in order; together they name every row once. Every part
     /// must hold the same slots, filled to the same length.

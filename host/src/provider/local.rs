@@ -1,14 +1,16 @@
 //! Local models, in process: `local:PATH` names a GGUF file or a Hugging Face directory, run by
 //! `drpo-models` on the CPU, or on a GPU with `--device cuda` (builds with the `cuda` feature).
 //! A request's JSON schema constrains decoding. A batch is decoded together; a model serving
-//! several roles is loaded once (the router hands it every role's requests as one batch).
+//! several roles is loaded once (the router hands it every role's requests as one batch). For
+//! serving, [`Continuous`] lets requests join the batch being decoded.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use drpo_models::{
-    ChatMessage, DeviceSpec, GenerationRequest, KernelOptions, LocalModel, PromptInput,
+    Arrival, ChatMessage, ChoiceObserver, DeviceSpec, GenerationOutput, GenerationRequest,
+    KernelOptions, LocalModel, ModelError, PromptInput,
 };
 use futures::future::BoxFuture;
 
@@ -142,6 +144,29 @@ impl Provider for LocalProvider {
         Some(self.model.generated_tokens())
     }
 
+    /// A handle for requests to join the batch being decoded, on a decoding thread of its own.
+    /// A panic on that thread fails the requests it was decoding; the next ones are decoded
+    /// by a new loop.
+    fn continuous(&self, rows: usize) -> Option<Continuous> {
+        let (arrivals, receiver) = std::sync::mpsc::channel();
+        let model = self.model.clone();
+        std::thread::spawn(move || {
+            loop {
+                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    model.decode_arrivals(&receiver, rows)
+                }));
+                if let Ok(Ok(())) = decoded {
+                    return;
+                }
+            }
+        });
+        Some(Continuous {
+            arrivals,
+            model: self.model.clone(),
+            cramped: self.cramped.clone(),
+        })
+    }
+
     /// Tells `progress` each choice's text after every token the model generates.
     fn complete_observed(
         &self,
@@ -175,36 +200,84 @@ impl LocalProvider {
                 model.generate_observed(&requests, observer)
             })
             .await;
-            let failure = |message: String| {
-                (0..count)
-                    .map(|_| Err(LlmError::Unavailable(message.clone())))
-                    .collect()
-            };
             match generated {
                 Ok(Ok(outputs)) => outputs
                     .into_iter()
-                    .map(|output| {
-                        if let Some(needed) = output.cramped_by_schema {
-                            cramped.answers.fetch_add(1, Ordering::Relaxed);
-                            cramped.most_needed.fetch_max(needed, Ordering::Relaxed);
-                        }
-                        Ok(Completion {
-                            choices: output.choices,
-                            usage: Usage {
-                                prompt_tokens: output.prompt_tokens,
-                                completion_tokens: output.completion_tokens,
-                            },
-                        })
-                    })
+                    .map(|output| Ok(cramped.count(output)))
                     .collect(),
                 Ok(Err(error)) => {
-                    failure(format!("local model {}: {error}", self.model.identity()))
+                    let failed = failed(&self.model, &error);
+                    (0..count).map(|_| Err(failed.clone())).collect()
                 }
-                Err(panic) => failure(format!(
-                    "local model {} failed: {panic}",
-                    self.model.identity()
-                )),
+                Err(panic) => {
+                    let failed = LlmError::Unavailable(format!(
+                        "local model {} failed: {panic}",
+                        self.model.identity()
+                    ));
+                    (0..count).map(|_| Err(failed.clone())).collect()
+                }
             }
         })
+    }
+}
+
+impl Cramped {
+    /// `output` as a completion, counted if its schema left it no room to write.
+    fn count(&self, output: GenerationOutput) -> Completion {
+        if let Some(needed) = output.cramped_by_schema {
+            self.answers.fetch_add(1, Ordering::Relaxed);
+            self.most_needed.fetch_max(needed, Ordering::Relaxed);
+        }
+        Completion {
+            choices: output.choices,
+            usage: Usage {
+                prompt_tokens: output.prompt_tokens,
+                completion_tokens: output.completion_tokens,
+            },
+        }
+    }
+}
+
+/// What a request that `model` could not answer is told.
+fn failed(model: &LocalModel, error: &ModelError) -> LlmError {
+    LlmError::Unavailable(format!("local model {}: {error}", model.identity()))
+}
+
+/// Requests that join the batch a model in process is decoding, between two of its steps
+/// (continuous batching), each answered as soon as its choices are done. One thread decodes
+/// them all, from [`Provider::continuous`] until every clone of its handle is dropped.
+#[derive(Clone)]
+pub struct Continuous {
+    arrivals: std::sync::mpsc::Sender<Arrival>,
+    model: Arc<LocalModel>,
+    cramped: Arc<Cramped>,
+}
+
+impl Continuous {
+    /// The model's answer to `request`, its choices' texts told to `observer` as they grow.
+    pub async fn answer(&self, request: &Request, observer: Option<ChoiceObserver>) -> Answer {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let arrival = Arrival {
+            request: LocalProvider::convert(request),
+            observer,
+            finish: Box::new(move |output| {
+                // A client that has gone no longer waits for its answer.
+                let _ = reply.send(output);
+            }),
+        };
+        let stopped = || {
+            LlmError::Unavailable(format!(
+                "local model {} failed while decoding this request",
+                self.model.identity()
+            ))
+        };
+        if self.arrivals.send(arrival).is_err() {
+            return Err(stopped());
+        }
+        match answer.await {
+            Ok(Ok(output)) => Ok(self.cramped.count(output)),
+            Ok(Err(error)) => Err(failed(&self.model, &error)),
+            Err(_) => Err(stopped()),
+        }
     }
 }

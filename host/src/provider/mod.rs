@@ -195,6 +195,14 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// A handle through which requests join the batch this provider is decoding, between two
+    /// of its steps, up to `rows` rows at once (a model in process), for a server whose
+    /// requests arrive one by one; `None` where requests go to the provider a call at a time.
+    fn continuous(&self, rows: usize) -> Option<local::Continuous> {
+        let _ = rows;
+        None
+    }
+
     /// Answers a batch, in order. Requests are independent; a provider may run them
     /// concurrently or decode them together.
     fn complete(&self, batch: Vec<Request>) -> BoxFuture<'_, Vec<Answer>>;

@@ -36,7 +36,7 @@ use self::dispatch::{Admission, Dispatch};
 use self::prompt::Aligned;
 use self::record::Recorder;
 use super::aligned;
-use crate::bindings::types::{LlmError, Role};
+use crate::bindings::types::LlmError;
 use crate::cli::ServeArgs;
 use crate::config::ModelFlags;
 use crate::endpoints::EndpointFlags;
@@ -79,12 +79,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let concurrent = args.max_concurrent as usize;
-    // A model in process decodes a batch together; a server takes requests one by one.
-    let dispatch = if router.provider(Role::Base).is_remote() {
-        Dispatch::direct(router.clone(), concurrent)
-    } else {
-        Dispatch::batched(router.clone(), concurrent)
-    };
+    // A model in process decodes its requests together; a server takes them one by one.
+    let dispatch = Dispatch::continuous(router.clone(), concurrent)
+        .unwrap_or_else(|| Dispatch::direct(router.clone(), concurrent));
     let aligned = Aligned {
         system_prompt,
         examples,
