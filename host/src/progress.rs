@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use drpo_models::PrefillProgress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::bindings::types::Role;
@@ -62,6 +63,10 @@ pub trait Workers: Send + Sync {
     /// Tokens generated so far by the models in this process (see `Router::tokens_generated`);
     /// `None` when no provider generates in this process.
     fn tokens_generated(&self) -> Option<u64>;
+
+    /// How far the prefills of the models in this process have come (see
+    /// `Router::prefill_progress`); `None` when no provider generates in this process.
+    fn prefill_progress(&self) -> Option<PrefillProgress>;
 }
 
 impl Workers for Calls {
@@ -71,6 +76,10 @@ impl Workers for Calls {
 
     fn tokens_generated(&self) -> Option<u64> {
         self.router().tokens_generated()
+    }
+
+    fn prefill_progress(&self) -> Option<PrefillProgress> {
+        self.router().prefill_progress()
     }
 }
 
@@ -303,6 +312,22 @@ impl Progress {
     }
 }
 
+/// What a batch in flight that has no token yet shows: how much of its prompts the model has
+/// read since `before`, when it says.
+fn prompts_read(before: Option<PrefillProgress>, now: Option<PrefillProgress>) -> String {
+    match (before, now) {
+        (Some(before), Some(now)) if now.planned > before.planned => {
+            let planned = now.planned - before.planned;
+            let read = now.read.saturating_sub(before.read).min(planned);
+            format!(
+                ", reading its prompts: {}% ({read} of {planned} positions), no token yet",
+                read * 100 / planned
+            )
+        }
+        _ => ", no token generated for it yet (prompts being read)".to_owned(),
+    }
+}
+
 /// Where a [`Ticker`] shows its news.
 enum Tick {
     Bar(ProgressBar),
@@ -327,12 +352,13 @@ impl Ticker {
     ) -> Ticker {
         let (stop, stopped) = mpsc::channel::<()>();
         let before = workers.tokens_generated();
+        let read_before = workers.prefill_progress();
         let thread = std::thread::spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let generated = match (before, workers.tokens_generated()) {
                     // A local model reads its prompts (prefill) before the first token.
                     (Some(before), Some(now)) if now == before => {
-                        ", no token generated for it yet (prompts being read)".to_owned()
+                        prompts_read(read_before, workers.prefill_progress())
                     }
                     (Some(before), Some(now)) => {
                         format!(", {} tokens generated for it so far", now - before)
@@ -487,8 +513,14 @@ mod tests {
         }
     }
 
-    /// A model in process that has generated `0` tokens so far.
-    struct Generating(AtomicU64);
+    /// A model in process that has generated `tokens` so far, and whose prefills have planned
+    /// and read `planned` and `read` positions.
+    #[derive(Default)]
+    struct Generating {
+        tokens: AtomicU64,
+        planned: AtomicU64,
+        read: AtomicU64,
+    }
 
     impl Workers for Generating {
         fn report(&self) -> Vec<String> {
@@ -496,7 +528,23 @@ mod tests {
         }
 
         fn tokens_generated(&self) -> Option<u64> {
-            Some(self.0.load(Ordering::SeqCst))
+            Some(self.tokens.load(Ordering::SeqCst))
+        }
+
+        fn prefill_progress(&self) -> Option<PrefillProgress> {
+            Some(PrefillProgress {
+                planned: self.planned.load(Ordering::SeqCst),
+                read: self.read.load(Ordering::SeqCst),
+            })
+        }
+    }
+
+    /// Waits until a line of `shown` passes `test`.
+    fn wait_for(shown: &Mutex<Vec<String>>, test: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !shown.lock().unwrap().iter().any(|l| test(l)) {
+            assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -505,32 +553,26 @@ mod tests {
         let shown = Arc::new(Mutex::new(Vec::<String>::new()));
         let sink = shown.clone();
         let out: LineSink = Arc::new(move |line| sink.lock().unwrap().push(line.to_owned()));
-        // Tokens generated before the batch was sent are not its own.
-        let workers = Arc::new(Generating(AtomicU64::new(100)));
+        // Tokens generated and positions read before the batch was sent are not its own.
+        let workers = Arc::new(Generating {
+            tokens: AtomicU64::new(100),
+            planned: AtomicU64::new(1000),
+            read: AtomicU64::new(1000),
+        });
         let mut progress =
             lines_to(Some(2), out, Duration::from_millis(5)).with_workers(workers.clone());
         let batch = vec![request(Role::Judge), request(Role::Base)];
         progress.on_request(&CallRequest::Complete(batch.clone()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !shown
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("prompts being read"))
-        {
-            assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        workers.0.fetch_add(42, Ordering::SeqCst);
-        let news = |lines: &[String]| {
-            lines.iter().any(|l| {
-                l.contains("(2 requests in flight)") && l.contains(", 42 tokens generated for it")
-            })
-        };
-        while !news(&shown.lock().unwrap()) {
-            assert!(Instant::now() < deadline, "{:?}", shown.lock().unwrap());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(&shown, |l| l.contains("prompts being read"));
+        workers.planned.fetch_add(200, Ordering::SeqCst);
+        workers.read.fetch_add(50, Ordering::SeqCst);
+        wait_for(&shown, |l| {
+            l.contains(", reading its prompts: 25% (50 of 200 positions), no token yet")
+        });
+        workers.tokens.fetch_add(42, Ordering::SeqCst);
+        wait_for(&shown, |l| {
+            l.contains("(2 requests in flight)") && l.contains(", 42 tokens generated for it")
+        });
         let answer = Ok(one_token_each());
         progress.on_call(
             &record(
@@ -540,7 +582,7 @@ mod tests {
             false,
         );
         let lines_then = shown.lock().unwrap().len();
-        workers.0.fetch_add(1, Ordering::SeqCst);
+        workers.tokens.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(50));
         let lines = shown.lock().unwrap();
         assert_eq!(

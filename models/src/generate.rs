@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, backend::Backend};
 use sha2::{Digest, Sha256};
@@ -110,6 +111,23 @@ pub struct GenerationOutput {
 /// it too, so an answer decoded before such a change is never served as the decoder's answer now.
 pub const DECODER_REVISION: u32 = 1;
 
+/// Prompt positions prefilled, counted as the passes go (see [`LocalModel::prefill_progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefillProgress {
+    /// Positions (rows times lengths, padding included) that the passes begun so far compute.
+    pub planned: u64,
+    /// Positions computed through every layer so far; on CUDA, issued to the device.
+    pub read: u64,
+}
+
+/// The counters behind [`PrefillProgress`].
+#[derive(Default)]
+struct PrefillCounters {
+    planned: AtomicU64,
+    /// Positions times layers: each layer of a pass adds its positions.
+    layer_positions: Arc<AtomicU64>,
+}
+
 /// A model loaded for generation, on the CPU or a GPU.
 pub struct LocalModel {
     decoder: Decoder,
@@ -124,6 +142,8 @@ pub struct LocalModel {
     prefix_cache: std::sync::Mutex<PrefixCache>,
     /// Tokens generated since the model was loaded, counted as each is chosen.
     generated_tokens: std::sync::atomic::AtomicU64,
+    /// Prefill positions planned and read so far (see [`LocalModel::prefill_progress`]).
+    prefill_progress: PrefillCounters,
     #[cfg(feature = "structured")]
     structured: std::sync::OnceLock<crate::structured::Structured>,
 }
@@ -345,6 +365,7 @@ impl LocalModel {
             max_batch_rows: decoder.max_batch_rows(),
             prefix_cache: std::sync::Mutex::new(prefix_cache),
             generated_tokens: Default::default(),
+            prefill_progress: PrefillCounters::default(),
             decoder,
             tokenizer,
             template,
@@ -425,6 +446,20 @@ impl LocalModel {
     pub fn generated_tokens(&self) -> u64 {
         self.generated_tokens
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How far the prefills since the model was loaded have come, layer by layer: a long
+    /// prefill's progress is `read` and `planned` now less what they were when it began.
+    pub fn prefill_progress(&self) -> PrefillProgress {
+        let layers = self.decoder.config().num_hidden_layers.max(1) as u64;
+        PrefillProgress {
+            planned: self.prefill_progress.planned.load(Ordering::Relaxed),
+            read: self
+                .prefill_progress
+                .layer_positions
+                .load(Ordering::Relaxed)
+                / layers,
+        }
     }
 
     /// The prefix cache, locked (a panic while it was held left nothing half-done that matters:
@@ -854,16 +889,28 @@ impl LocalModel {
                 .iter()
                 .map(|p| prefixes.lookup(p, p.len() - 1))
                 .collect();
+            // Where each row's computing starts: after its padding and its cached prefix.
+            let starts: Vec<usize> = pads
+                .iter()
+                .zip(&found)
+                .map(|(pad, blocks)| pad + blocks.len() * BLOCK)
+                .collect();
             let groups = if prefixes.is_enabled() {
-                let starts: Vec<usize> = pads
-                    .iter()
-                    .zip(&found)
-                    .map(|(pad, blocks)| pad + blocks.len() * BLOCK)
-                    .collect();
                 plan_groups(&starts, width)
             } else {
                 vec![(0..prompts.len()).collect()]
             };
+            // A group's pass starts where the first of its rows does.
+            let planned: usize = groups
+                .iter()
+                .map(|rows: &Vec<usize>| {
+                    let from = rows.iter().map(|&r| starts[r]).min().unwrap_or(width);
+                    rows.len() * (width - from)
+                })
+                .sum();
+            self.prefill_progress
+                .planned
+                .fetch_add(planned as u64, Ordering::Relaxed);
             (found, groups)
         };
         let vocab = model.config().vocab_size;
@@ -874,6 +921,7 @@ impl LocalModel {
                 let group_found: Vec<Vec<Arc<SlotValues>>> =
                     rows.iter().map(|&r| found[r].clone()).collect();
                 let mut cache = model.new_cache_with(&group_pads, capacity, &group_found);
+                cache.count_layers_into(self.prefill_progress.layer_positions.clone());
                 cache.set_prefilling(true);
                 let from = cache.len();
                 let mut ids: Vec<i32> = Vec::with_capacity(rows.len() * (width - from));
@@ -1490,6 +1538,33 @@ mod tests {
             assert!(model.prefixes().tokens() <= 2 * BLOCK);
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// Prefill progress counts what the passes compute, layer by layer: once a batch is
+    /// answered, every position planned has been read, and they are the positions the prefill
+    /// statistics count as computed, with prefixes from the cache or without; decode steps add
+    /// nothing.
+    #[test]
+    fn prefill_progress_reaches_what_the_passes_computed() {
+        let (model, dir) = random_model("progress", "tiny-llama", 9);
+        assert_eq!(model.prefill_progress(), PrefillProgress::default());
+        let requests = [
+            ask_with_system("Be brief.", "hello world", 2),
+            ask_with_system("Be brief.", "world", 30),
+        ];
+        for round in 1..=2 {
+            model.generate(&requests).unwrap();
+            let progress = model.prefill_progress();
+            let stats = model.prefill_stats();
+            assert!(progress.planned > 0, "round {round}");
+            assert_eq!(progress.read, progress.planned, "round {round}");
+            assert_eq!(progress.planned, stats.computed_tokens, "round {round}");
+        }
+        assert!(
+            model.prefill_stats().reused_tokens > 0,
+            "the second round reused prefixes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use device::DeviceSpec;
 pub use error::ModelError;
 pub use generate::{
     Arrival, ChoiceObserver, DECODER_REVISION, GenerationOutput, GenerationRequest, LocalModel,
-    PromptInput, TextObserver,
+    PrefillProgress, PromptInput, TextObserver,
 };
 pub use kernel_options::KernelOptions;
 pub use prefix_cache::PrefillStats;

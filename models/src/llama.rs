@@ -29,6 +29,7 @@
 
 use std::cell::OnceCell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{
     DType, Distribution, Element, FloatDType, Int, Tensor, TensorData, activation, backend::Backend,
@@ -200,6 +201,9 @@ pub struct KvCache<B: Backend> {
     /// Whether forward passes prefill prompts whose positions must come out the same however
     /// the prompt is cut into passes (see [`KvCache::set_prefilling`]).
     prefilling: bool,
+    /// Counts the positions each layer of a forward pass has been given (see
+    /// [`KvCache::count_layers_into`]).
+    layer_positions: Option<Arc<AtomicU64>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -230,6 +234,14 @@ impl<B: Backend> KvCache<B> {
     /// Decoding after a prefill unmarks it.
     pub fn set_prefilling(&mut self, prefilling: bool) {
         self.prefilling = prefilling;
+    }
+
+    /// Adds to `counter`, as each layer of a prefill pass on this cache (see
+    /// [`Self::set_prefilling`]) is issued, the positions it computes (rows times length): a
+    /// long prefill's progress, layer by layer. On a backend that queues its work (CUDA) the
+    /// count runs ahead of the device.
+    pub fn count_layers_into(&mut self, counter: Arc<AtomicU64>) {
+        self.layer_positions = Some(counter);
     }
 
     /// Row `row`'s keys and values in `slots`, every layer, copied to the host.
@@ -351,6 +363,7 @@ impl<B: Backend> KvCache<B> {
             capacity,
             slots,
             prefilling: false,
+            layer_positions: None,
         }
     }
 }
@@ -569,6 +582,7 @@ impl<B: Backend> Llama<B> {
             capacity,
             slots,
             prefilling: false,
+            layer_positions: None,
         }
     }
 
@@ -653,6 +667,11 @@ impl<B: Backend> Llama<B> {
             let (sum, h) = add_rms_norm(sum, Some(h), &block.mlp_norm, eps, kernels);
             x = sum;
             branch = Some(mlp(h, block, kernels));
+            if cache.prefilling
+                && let Some(counter) = &cache.layer_positions
+            {
+                counter.fetch_add((batch * len) as u64, Ordering::Relaxed);
+            }
         }
         cache.len = end;
 

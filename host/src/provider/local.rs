@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use drpo_models::{
     Arrival, ChatMessage, ChoiceObserver, DeviceSpec, GenerationOutput, GenerationRequest,
-    KernelOptions, LocalModel, ModelError, PromptInput,
+    KernelOptions, LocalModel, ModelError, PrefillProgress, PromptInput,
 };
 use futures::future::BoxFuture;
 
@@ -142,6 +142,10 @@ impl Provider for LocalProvider {
 
     fn tokens_generated(&self) -> Option<u64> {
         Some(self.model.generated_tokens())
+    }
+
+    fn prefill_progress(&self) -> Option<PrefillProgress> {
+        Some(self.model.prefill_progress())
     }
 
     /// A handle for requests to join the batch being decoded, on a decoding thread of its own.

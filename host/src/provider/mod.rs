@@ -14,6 +14,7 @@ pub mod scripted;
 
 use std::sync::Arc;
 
+use drpo_models::PrefillProgress;
 use futures::future::{BoxFuture, join_all};
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +196,13 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// How far this provider's prefills have come in this process, where it reads prompts
+    /// itself (a model in process); `None` otherwise. A display reads it while a long batch's
+    /// prompts are read, before its first token.
+    fn prefill_progress(&self) -> Option<PrefillProgress> {
+        None
+    }
+
     /// A handle through which requests join the batch this provider is decoding, between two
     /// of its steps, up to `rows` rows at once (a model in process), for a server whose
     /// requests arrive one by one; `None` where requests go to the provider a call at a time.
@@ -271,6 +279,18 @@ impl Router {
             .into_iter()
             .filter_map(|(provider, _)| provider.work())
             .collect()
+    }
+
+    /// The prefill progress of the distinct providers that report it, summed
+    /// ([`Provider::prefill_progress`]); `None` when none does.
+    pub fn prefill_progress(&self) -> Option<PrefillProgress> {
+        self.providers_of(&Role::ALL)
+            .into_iter()
+            .filter_map(|(provider, _)| provider.prefill_progress())
+            .reduce(|a, b| PrefillProgress {
+                planned: a.planned + b.planned,
+                read: a.read + b.read,
+            })
     }
 
     /// The tokens generated so far by the distinct providers that count them

@@ -577,6 +577,49 @@ mod tests {
         }
     }
 
+    /// Requests the batch answers without decoding them in it: one with more choices than
+    /// its rows (decoded alone, in chunks), one with no tokens to generate, one with no
+    /// choices; each gets its answer alone.
+    #[test]
+    fn requests_the_batch_cannot_hold_or_need_not_decode_get_their_answers_alone() {
+        let (model, dir) = random_model("join-edges", "tiny-llama", 17);
+        let requests = [
+            GenerationRequest {
+                temperature: 0.9,
+                n: 3,
+                seed: 2,
+                ..ask("hello world", 6)
+            },
+            ask("world", 0),
+            GenerationRequest {
+                n: 0,
+                ..ask("hello", 4)
+            },
+        ];
+        let answers: Answers = Arc::default();
+        let (arrivals, receiver) = mpsc::channel();
+        for (i, request) in requests.iter().enumerate() {
+            arrivals.send(arrival(i, request, &answers, None)).unwrap();
+        }
+        drop(arrivals);
+        model.decode_arrivals(&receiver, 2).unwrap();
+        let answers = answers.lock().unwrap();
+        assert_eq!(answers.len(), requests.len());
+        for (index, answer) in answers.iter() {
+            let alone = model
+                .generate(std::slice::from_ref(&requests[*index]))
+                .map(|mut outputs| outputs.remove(0))
+                .map_err(|e| e.to_string());
+            assert_eq!(answer, &alone, "request {index}");
+        }
+        let choices: Vec<usize> = answers
+            .iter()
+            .map(|(_, a)| a.as_ref().unwrap().choices.len())
+            .collect();
+        assert_eq!(choices, [3, 1, 0]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A request whose prompt is over a bucket of slots longer than the running one's joins
     /// and leaves: the batch drops the padding every row then has, and a request joining after
     /// that still gets its answer alone, as does the running one.
