@@ -673,3 +673,59 @@ fn a_judge_asked_twice_per_answer_reports_its_spread_and_replays() {
         text(&refused)
     );
 }
+
+#[test]
+fn a_pairwise_reward_compares_each_candidate_with_its_parent_and_replays() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let flags = ["--depth", "2", "--n-actions", "2", "--reward", "pairwise"];
+    let out = beam_run(&server, work.path(), "pairwise", &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = work.path().join("pairwise");
+    // The root, then its prompt again beside its two candidates, on the next query.
+    let counts = counts(&dir);
+    assert_eq!(counts.base, 4, "{counts:?}");
+    let mut comparisons = 0;
+    for entry in read_log(&dir.join("run.log")).unwrap().entries {
+        let Entry::Call(call) = entry else { continue };
+        let CallRequest::Complete(batch) = &call.request else {
+            continue;
+        };
+        comparisons += batch
+            .iter()
+            .filter(|r| r.role == Role::Judge)
+            .filter(|r| {
+                r.json_schema
+                    .as_deref()
+                    .is_some_and(|s| s.contains("\"better\""))
+            })
+            .count();
+    }
+    // Each candidate in both orders, beside the four answers' own judgements.
+    assert_eq!(comparisons, 4, "{counts:?}");
+    assert_eq!(counts.judge, 4 + comparisons);
+    let details = &result_json(&dir)["details"];
+    let outcomes = &details["comparisons"];
+    let compared: u64 = ["wins", "ties", "losses", "unusable"]
+        .iter()
+        .map(|k| outcomes[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(compared, 2, "{outcomes}");
+    assert_eq!(details["judgements"]["asked"], 4 + 4);
+    assert!(
+        text(&out).contains("pairwise reward: the candidates won"),
+        "{}",
+        text(&out)
+    );
+    let inspect = drpo_tests::output(host(&work.path().join("cache")).arg("inspect").arg(&dir));
+    assert!(
+        text(&inspect).contains("comparisons    pairwise reward"),
+        "{}",
+        text(&inspect)
+    );
+    assert_replays(&work.path().join("cache"), &dir);
+
+    let refused = beam_run(&server, work.path(), "refused", &["--reward", "relative"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("pairwise"), "{}", text(&refused));
+}

@@ -92,6 +92,14 @@ pub struct SearchFlags {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge_per_aspect: Option<bool>,
+    /// What ranks the search's paths: `absolute`, each answer's mean aspect score (published),
+    /// or `pairwise`, each candidate prompt's answer compared with its parent prompt's answer to
+    /// the same query, in both orders (1 a win, 0.5 a tie, 0 a loss). A small judge that grades
+    /// nearly everything 5 can still tell two answers apart; pairwise asks it that (not
+    /// published; beam).
+    #[arg(long, value_name = "REWARD", value_parser = ["absolute", "pairwise"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<String>,
 }
 
 /// Where the four roles' models come from.

@@ -96,6 +96,12 @@ pub fn judge_spread(outcome: &Outcome) -> Option<String> {
     summary_of(outcome, "judge_spread")
 }
 
+/// How the candidates fared against their parent prompts under a pairwise reward (its
+/// outcome's details' `comparisons.summary`), if the search compared them.
+pub fn comparisons(outcome: &Outcome) -> Option<String> {
+    summary_of(outcome, "comparisons")
+}
+
 fn summary_of(outcome: &Outcome, field: &str) -> Option<String> {
     let details: Value = serde_json::from_str(&outcome.details).ok()?;
     details[field]["summary"].as_str().map(str::to_owned)

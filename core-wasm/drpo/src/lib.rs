@@ -16,6 +16,7 @@
 //!   and the prompt that rewrites the examples' answers;
 //! - [`parse`]: tolerant parsing of the models' JSON answers;
 //! - [`reward`]: the reward, the skip rule and the depth extension;
+//! - [`pairwise`]: two answers to one query compared by the judge, in both orders;
 //! - [`engine`]: the scoring engine every strategy uses: request settings, batched calls and
 //!   the stop rule, aspect selection with its fallback, judging and proposals;
 //! - [`outcome`]: what every strategy reports on how its run went: why it stopped early, and
@@ -35,6 +36,7 @@ pub mod data;
 pub mod engine;
 pub mod icl;
 pub mod outcome;
+pub mod pairwise;
 pub mod parse;
 pub mod patience;
 pub mod prompts;

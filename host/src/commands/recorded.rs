@@ -338,6 +338,9 @@ pub fn inspect(dir: &Path) -> anyhow::Result<()> {
             if let Some(summary) = crate::verdict::judge_spread(outcome) {
                 println!("judge spread   {}", terminal::line(&summary));
             }
+            if let Some(summary) = crate::verdict::comparisons(outcome) {
+                println!("comparisons    {}", terminal::line(&summary));
+            }
             if let Some(judgements) = Judgements::of(outcome) {
                 println!("{}", judgements.line());
             }

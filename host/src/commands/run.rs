@@ -448,6 +448,7 @@ pub(crate) fn print_outcome(dir: &RunDir, outcome: &Outcome, options: &str) {
     for summary in [
         crate::verdict::validation(outcome),
         crate::verdict::judge_spread(outcome),
+        crate::verdict::comparisons(outcome),
     ]
     .into_iter()
     .flatten()

@@ -6,6 +6,8 @@
 //! once more where every candidate was a prompt for the query, then answers and judges each child; aspect selection is one call per new query unless the
 //! metrics cache already holds it. The fewest calls are made when every beam is skipped and no
 //! extra level is granted; the most when no beam is ever skipped and every extra level is.
+//! With `reward: pairwise`, every optimized beam also answers and judges its own prompt again,
+//! and each candidate is compared with it in two more judge requests.
 //! A validation split adds each validated prompt's answers and judgements on the held-out
 //! queries, and their aspect selections ([`drpo_kit::HeldOut::extra_calls`]). The size of each
 //! request is the engine's ([`request_sizes`]).
@@ -13,7 +15,7 @@
 use drpo_kit::drpo::engine::request_sizes;
 use drpo_kit::{Role, RoleEstimate};
 
-use crate::options::Options;
+use crate::options::{Options, Reward};
 
 /// The projection for a beam search with `options`, in [`drpo_kit::Role::ALL`] order.
 pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
@@ -25,13 +27,21 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
         .saturating_sub(1)
         .min(options.num_training_examples.saturating_sub(1)) as u64;
 
-    // Widest search: every active beam proposes n_actions children, beam_size of them survive.
-    let (mut children_max, mut optimizer_max) = (1u64, 0u64);
+    // Widest search: every active beam proposes n_actions children (and keeps its own prompt
+    // beside them under the pairwise reward), beam_size of them survive.
+    let pairwise = options.reward == Reward::Pairwise;
+    let (mut children_max, mut optimizer_max, mut comparisons_max) = (1u64, 0u64, 0u64);
     let mut active = 1u64;
     for _ in 0..levels_max {
         // Each beam's request, and once more where every candidate was about the query.
         optimizer_max += 2 * active;
-        let children = active * options.n_actions.max(1) as u64;
+        let candidates = active * options.n_actions.max(1) as u64;
+        let children = if pairwise {
+            comparisons_max += 2 * candidates;
+            candidates + active
+        } else {
+            candidates
+        };
         children_max += children;
         active = children.min(options.beam_size.max(1) as u64);
     }
@@ -63,7 +73,9 @@ pub fn estimate(options: &Options) -> Vec<RoleEstimate> {
             (min.saturating_add(extra_min), max.saturating_add(extra_max))
         })
         .zip(Role::ALL)
-        .map(|(calls, role)| settings.requests_of(role, calls));
+        .map(|(calls, role)| settings.requests_of(role, calls))
+        .zip([0, 0, comparisons_max, 0])
+        .map(|((min, max), comparisons)| (min, max.saturating_add(comparisons)));
     let lineage = levels_max as usize + 1;
     request_sizes(&settings, &options.initial_system_prompt, lineage)
         .into_iter()
@@ -127,6 +139,22 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(calls(&options), vec![(3, 7), (0, 3), (3, 7), (0, 6)]);
+    }
+
+    #[test]
+    fn the_pairwise_reward_counts_the_kept_prompt_and_two_comparisons_per_candidate() {
+        // depth 3, beam 2, 2 actions: level 1 (1 beam → 2 candidates and the kept prompt), level
+        // 2 (2 beams → 4 candidates and 2 kept) = 1 + 3 + 6 = 10 answers and absolute
+        // judgements, and 2 × (2 + 4) = 12 comparisons. search/tests.rs measures the same run.
+        let options = Options {
+            depth: 3,
+            beam_size: 2,
+            n_actions: 2,
+            max_depth_increase: 0,
+            reward: Reward::Pairwise,
+            ..Options::default()
+        };
+        assert_eq!(calls(&options), vec![(3, 10), (0, 3), (3, 22), (0, 6)]);
     }
 
     #[test]

@@ -26,7 +26,8 @@ optimizer write n_actions better prompts for every beam that is not already good
 above 4.5); the best beam_size paths by mean reward survive. Returns the best prompt, its path's \
 mean reward, the path and the new metrics-cache entries. With `validation` queries held out, the \
 best distinct prompts and the initial one are judged on them at the end, and the best held-out \
-mean wins.";
+mean wins. With `reward: pairwise`, a candidate is ranked by whether the judge, shown its \
+answer beside its parent prompt's answer to the same query in both orders, prefers it.";
 
     fn run<H: StrategyHost>(host: &mut H, options: Options) -> Result<Outcome, String> {
         let held_out = options.held_out.validation;

@@ -60,6 +60,11 @@ pub struct Options {
     pub judge_per_aspect: bool,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
+    /// What ranks the paths: `absolute`, each answer's mean aspect score (published), or
+    /// `pairwise`, each candidate's answer compared with its parent prompt's answer to the same
+    /// query in both orders (1 a win, 0.5 a tie or a flip, 0 a loss; the parent, kept as a
+    /// child, 0.5). Pairwise never keeps a prompt for its high scores: every beam is optimized.
+    pub reward: Reward,
     /// Published behaviour: an unusable judgement counts as a skip that grants an extra level.
     pub unusable_judgement_extends_depth: bool,
     /// End the search once the best path score has not improved for this many levels (0: run
@@ -104,6 +109,7 @@ impl Default for Options {
             judge_repeats: 1,
             judge_per_aspect: false,
             optimizer_max_tokens: 2048,
+            reward: Reward::Absolute,
             unusable_judgement_extends_depth: false,
             patience: 0,
             query_quote_words: RequestSettings::default().query_quote_words,
@@ -112,6 +118,19 @@ impl Default for Options {
             metrics_cache: BTreeMap::new(),
         }
     }
+}
+
+/// What ranks a beam's paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "drpo_kit::schemars")]
+#[serde(rename_all = "lowercase")]
+pub enum Reward {
+    /// Each answer's mean aspect score, 1 to 5, as published.
+    #[default]
+    Absolute,
+    /// Each candidate's answer against its parent prompt's answer to the same query, judged
+    /// side by side in both orders: 1 a win, 0.5 a tie, 0 a loss.
+    Pairwise,
 }
 
 impl Options {
@@ -269,6 +288,17 @@ mod tests {
         assert!(Options::from_json(r#"{"n_actions": "three"}"#).is_err());
         assert!(Options::from_json("[1]").is_err());
         assert!(Options::from_json("{").is_err());
+    }
+
+    #[test]
+    fn the_reward_is_absolute_unless_pairwise_is_asked() {
+        assert_eq!(Options::default().reward, Reward::Absolute);
+        let o = Options::from_json(r#"{"reward": "pairwise"}"#).unwrap();
+        assert_eq!(o.reward, Reward::Pairwise);
+        let err = Options::from_json(r#"{"reward": "relative"}"#).unwrap_err();
+        assert!(err.contains("relative"), "{err}");
+        let schema = Options::schema();
+        assert_eq!(schema["properties"]["reward"]["default"], "absolute");
     }
 
     #[test]

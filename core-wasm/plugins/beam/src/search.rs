@@ -11,6 +11,11 @@
 //!   the best `beam_size` survive each level (a stable sort, so ties keep creation order, as in
 //!   Python); a path stops when its length reaches the depth limit or the queries run out; the
 //!   best terminal path wins.
+//! - With `reward: pairwise` (not published), a node's reward is not its answer's grade but
+//!   how its answer fares against its parent prompt's answer to the same query, judged side by
+//!   side in both orders ([`drpo_kit::drpo::pairwise`]): every optimized beam keeps its prompt
+//!   as one more child (the baseline, 0.5), each candidate scores 1, 0.5 or 0, and high grades
+//!   skip nothing. Every answer is still graded, for the optimizer to read.
 //!
 //! Batching: each level makes one `complete` call with every optimizer request, one with every
 //! base answer (plus the aspect selections still missing for upcoming queries), and one with every
@@ -26,6 +31,7 @@ use drpo_kit::drpo::engine::{
     self, JudgeSpread, Judgements, RequestSettings, Scorer, Selection, Stop, parse_selection_answer,
 };
 use drpo_kit::drpo::icl;
+use drpo_kit::drpo::pairwise::{self, Pair, Preference};
 use drpo_kit::drpo::parse::{self, Judgement};
 use drpo_kit::drpo::patience::Patience;
 use drpo_kit::drpo::prompts;
@@ -37,7 +43,7 @@ use drpo_kit::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::options::Options;
+use crate::options::{Options, Reward};
 
 /// Requests and calls made during a search, per role.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -120,6 +126,8 @@ pub struct SearchResult {
     /// Each level the beam was judged on the held-out queries (`validation_every`): its nodes
     /// and their held-out means.
     pub level_validations: Vec<Value>,
+    /// With `reward: pairwise`, how the candidates fared against their parents.
+    pub comparisons: Option<Comparisons>,
     /// Calls made.
     pub stats: Stats,
 }
@@ -167,6 +175,9 @@ impl SearchResult {
         if !self.level_validations.is_empty() {
             details["level_validations"] = Value::from(self.level_validations.clone());
         }
+        if let Some(comparisons) = &self.comparisons {
+            details["comparisons"] = comparisons.details();
+        }
         details
     }
 
@@ -201,6 +212,44 @@ struct Scored {
     answer: String,
     judgement: Judgement,
     icl: Vec<usize>,
+    /// With `reward: pairwise`: the sibling (an index among the level's children) whose answer,
+    /// under the parent's prompt, this one was compared with, and the comparison.
+    comparison: Option<(usize, Pair)>,
+}
+
+/// How the pairwise comparisons of a search came out, from the candidates' side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Comparisons {
+    /// Candidates whose answer both orders preferred to the parent prompt's.
+    pub wins: u32,
+    /// Ties, flips included.
+    pub ties: u32,
+    /// Candidates whose answer both orders found worse.
+    pub losses: u32,
+    /// Comparisons with an unusable verdict in either order (the candidate scores as a tie).
+    pub unusable: u32,
+}
+
+impl Comparisons {
+    /// The details field `comparisons`: the counts, and a line saying what they mean.
+    fn details(&self) -> Value {
+        let mut details = json!(self);
+        details["summary"] = Value::from(format!(
+            "pairwise reward: the candidates won {}, tied {} and lost {} against their parent \
+             prompts ({} not judged, counted as ties); a path scores the mean, 0 to 1",
+            self.wins, self.ties, self.losses, self.unusable
+        ));
+        details
+    }
+
+    fn count(&mut self, pair: &Pair) {
+        match pair.outcome() {
+            None => self.unusable += 1,
+            Some((Preference::Second, _)) => self.wins += 1,
+            Some((Preference::First, _)) => self.losses += 1,
+            Some((Preference::Tie, _)) => self.ties += 1,
+        }
+    }
 }
 
 enum Retrieval {
@@ -227,6 +276,7 @@ struct Search<'a, H: Host> {
     judgements: Vec<Judgement>,
     judgement_count: Judgements,
     spread: JudgeSpread,
+    comparisons: Comparisons,
     answers: Vec<String>,
     depth: DepthLimit,
     beam: Vec<BeamItem>,
@@ -280,6 +330,7 @@ fn search_with<H: Host>(
         judgements: Vec::new(),
         judgement_count: Judgements::default(),
         spread: JudgeSpread::default(),
+        comparisons: Comparisons::default(),
         answers: Vec::new(),
         depth: DepthLimit::new(options.depth, options.max_depth_increase),
         beam: Vec::new(),
@@ -504,10 +555,7 @@ impl<H: Host> Search<'_, H> {
         );
 
         // The skip rule, and at most one extra level for this level.
-        let decisions: Vec<Decision> = active
-            .iter()
-            .map(|b| reward::decide(&self.judgements[b.node]))
-            .collect();
+        let decisions: Vec<Decision> = active.iter().map(|b| self.decide(b.node)).collect();
         let mut extended = false;
         for (item, decision) in active.iter().zip(&decisions) {
             if let Decision::Skip(reason) = decision {
@@ -591,6 +639,24 @@ impl<H: Host> Search<'_, H> {
         }
         self.beam = next;
         Ok(())
+    }
+
+    /// The skip rule for a node ([`reward::decide`]); with `reward: pairwise` a high score keeps
+    /// no prompt, since the reward asks whether a candidate beats its parent, not how high a
+    /// judge grades it.
+    fn decide(&self, node: usize) -> Decision {
+        self.decide_on(&self.judgements[node])
+    }
+
+    fn decide_on(&self, judgement: &Judgement) -> Decision {
+        match reward::decide(judgement) {
+            Decision::Skip(SkipReason::AllFives | SkipReason::HighMean)
+                if self.options.reward == Reward::Pairwise =>
+            {
+                Decision::Optimize
+            }
+            decision => decision,
+        }
     }
 
     fn validates_during_search(&self) -> bool {
@@ -731,6 +797,10 @@ impl<H: Host> Search<'_, H> {
                     );
                 }
                 prompts.push((self.tree[item.node].prompt.clone(), true));
+            } else if self.options.reward == Reward::Pairwise {
+                // The parent's prompt answers the next query too: the baseline its candidates
+                // are compared with, and a child that survives if none beats it.
+                prompts.insert(0, (self.tree[item.node].prompt.clone(), true));
             }
         }
         Ok(actions)
@@ -1007,14 +1077,88 @@ impl<H: Host> Search<'_, H> {
                 answer,
                 judgement,
                 icl: icl.clone(),
+                comparison: None,
             });
+        }
+        if self.options.reward == Reward::Pairwise {
+            self.compare_with_parents(&children, &mut scored, &query.text, &metrics)?;
         }
 
         let mut ids = Vec::new();
+        let first = self.tree.len();
         for (child, s) in children.into_iter().zip(scored) {
-            ids.push(self.add_node(child, s, query_index, &metrics));
+            ids.push(self.add_node(child, s, query_index, &metrics, first));
         }
         Ok(ids)
+    }
+
+    /// `reward: pairwise`: each candidate's answer compared with the answer of its kept sibling
+    /// (its parent's prompt on the same query), in both orders, in one batch, on the aspects
+    /// chosen for the query.
+    fn compare_with_parents(
+        &mut self,
+        children: &[Child],
+        scored: &mut [Scored],
+        query: &str,
+        metrics: &Selection,
+    ) -> Result<(), Stop> {
+        let weigh = pairwise::aspects_weighing(&metrics.aspects);
+        let mut compared = Vec::new();
+        let mut requests = Vec::new();
+        for (i, child) in children.iter().enumerate() {
+            let baseline = children
+                .iter()
+                .position(|c| c.kept && c.parent == child.parent);
+            let Some(baseline) = baseline.filter(|_| !child.kept) else {
+                continue;
+            };
+            let (ours, theirs) = (&scored[i], &scored[baseline]);
+            if ours.answer.is_empty() || theirs.answer.is_empty() {
+                continue;
+            }
+            requests.extend(pairwise::requests(
+                query,
+                &theirs.answer,
+                &ours.answer,
+                &weigh,
+                &self.requests,
+            ));
+            compared.push((i, baseline));
+        }
+        self.judgement_count.ask(requests.len());
+        let mut verdicts = self.complete(requests)?.into_iter();
+        for (i, baseline) in compared {
+            let pair = pairwise::read_pair(&mut verdicts);
+            self.judgement_count.usable += pair.usable_verdicts() as u32;
+            self.comparisons.count(&pair);
+            for problem in [&pair.in_order, &pair.swapped]
+                .into_iter()
+                .filter_map(|v| v.as_ref().err())
+            {
+                self.log(
+                    LogLevel::Warn,
+                    format!("comparison of a candidate with its parent's prompt: {problem}"),
+                );
+            }
+            scored[i].comparison = Some((baseline, pair));
+        }
+        Ok(())
+    }
+
+    /// A child's reward: its answer's mean aspect score, or with `reward: pairwise` its points
+    /// against its parent's prompt (a kept prompt, or a comparison that could not be judged,
+    /// scores as a tie); 0 without an answer.
+    fn reward_of(&self, child: &Child, s: &Scored) -> f64 {
+        if self.options.reward == Reward::Absolute || child.parent.is_none() {
+            return reward::reward(&s.judgement);
+        }
+        if s.answer.is_empty() {
+            return 0.0;
+        }
+        s.comparison
+            .as_ref()
+            .and_then(|(_, pair)| pair.second_points())
+            .unwrap_or(0.5)
     }
 
     fn add_node(
@@ -1023,10 +1167,11 @@ impl<H: Host> Search<'_, H> {
         s: Scored,
         query_index: usize,
         metrics: &Selection,
+        level_start: usize,
     ) -> usize {
         let id = self.tree.len();
         let depth = child.parent.map(|p| self.tree[p].depth + 1).unwrap_or(0);
-        let reward = reward::reward(&s.judgement);
+        let reward = self.reward_of(&child, &s);
         if !s.judgement.problems.is_empty() {
             let level = if s.judgement.is_usable() {
                 LogLevel::Info
@@ -1038,7 +1183,7 @@ impl<H: Host> Search<'_, H> {
                 format!("node {id} judgement: {}", s.judgement.problems.join("; ")),
             );
         }
-        let skip = match reward::decide(&s.judgement) {
+        let skip = match self.decide_on(&s.judgement) {
             Decision::Skip(reason) => Value::from(reason.name()),
             Decision::Optimize => Value::Null,
         };
@@ -1049,7 +1194,7 @@ impl<H: Host> Search<'_, H> {
             .iter()
             .map(|a| json!({"name": a.aspect.name, "score": a.score, "rationale": a.rationale}))
             .collect();
-        let details = json!({
+        let mut details = json!({
             "query_index": query_index,
             "query_id": query.id,
             "query": query.text,
@@ -1062,6 +1207,14 @@ impl<H: Host> Search<'_, H> {
             "skip": skip,
             "icl_examples": s.icl.iter().map(|&i| self.examples[i].query.clone()).collect::<Vec<_>>(),
         });
+        if self.options.reward == Reward::Pairwise {
+            details["judge_mean"] = Value::from(reward::reward(&s.judgement));
+            if let Some((baseline, pair)) = &s.comparison {
+                let mut compared = pair.to_json();
+                compared["against"] = Value::from(level_start + baseline);
+                details["pairwise"] = compared;
+            }
+        }
         self.tree.push(TreeNode {
             id: id as u32,
             parent: child.parent.map(|p| p as u32),
@@ -1139,6 +1292,7 @@ impl<H: Host> Search<'_, H> {
             spread: self.spread,
             judge_repeats: self.requests.judge_repeats,
             level_validations: self.level_validations,
+            comparisons: (self.options.reward == Reward::Pairwise).then_some(self.comparisons),
             stats: self.stats,
         }
     }

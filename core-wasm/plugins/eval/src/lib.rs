@@ -28,7 +28,7 @@ use drpo_kit::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use pairwise::Pair;
+use drpo_kit::drpo::pairwise::Pair;
 use rubric::Rubric;
 
 /// The aspects of an ordinary query.
@@ -614,19 +614,9 @@ fn compare_pairwise<H: Host>(
         .flat_map(|(a, b)| pairwise::requests(a, b, is_harmful(a), &settings))
         .collect();
     let mut results = send(host, batch)?.into_iter();
-    let mut next = || {
-        pairwise::parse_verdict(
-            results
-                .next()
-                .unwrap_or_else(|| Err(LlmError::Unavailable("the host gave no answer".into()))),
-        )
-    };
     let pairs: Vec<Pair> = first
         .iter()
-        .map(|_| Pair {
-            in_order: next(),
-            swapped: next(),
-        })
+        .map(|_| drpo_kit::drpo::pairwise::read_pair(&mut results))
         .collect();
     let mut judgements = Judgements::default();
     judgements.ask(2 * pairs.len());
@@ -671,7 +661,7 @@ fn compare_pairwise<H: Host>(
                 "id": x.id,
                 "query": x.query,
                 "harmful": is_harmful(x),
-                "pairwise": pairwise::pair_json(pair),
+                "pairwise": pair.to_json(),
             });
             entry[a] = json!({"answer": x.answer});
             entry[b] = json!({"answer": y.answer});

@@ -7,6 +7,10 @@ use drpo_kit::{Prompt, Usage};
 /// How the scripted judge scores: (query text, system prompt of the answer, aspect) → score.
 type ScoreFn = Box<dyn Fn(&str, &str, &str) -> u8>;
 
+/// How the scripted judge compares two answers: (query text, system prompt of the answer shown
+/// first, of the one shown second) → its `better`.
+type PreferFn = Box<dyn Fn(&str, &str, &str) -> &'static str>;
+
 /// A host that answers every request from a script and records what it was asked.
 struct Scripted {
     score: ScoreFn,
@@ -31,6 +35,9 @@ struct Scripted {
     judge_garbage: bool,
     /// An aspect the judge leaves out of its answers, when set.
     judge_drops: Option<&'static str>,
+    /// The comparisons' verdicts; without it, the answer with the higher Helpfulness score
+    /// wins, and equal scores tie.
+    prefer: Option<PreferFn>,
 }
 
 impl Scripted {
@@ -50,6 +57,7 @@ impl Scripted {
             optimizer_garbage: false,
             judge_garbage: false,
             judge_drops: None,
+            prefer: None,
         }
     }
 
@@ -106,6 +114,23 @@ impl Host for Scripted {
                         let system = between(&text, "# instructions\n\n", "\n\n");
                         let query = between(text.rsplit_once("# Query:\n").unwrap().1, "", "\n\n# Answer:");
                         vec![format!("[{system}] says: {query}\n<END>")]
+                    }
+                    Role::Judge if r.json_schema.as_deref().is_some_and(|s| s.contains("\"better\"")) => {
+                        let query = between(&text, "The user's query:\n<<<\n", "\n>>>");
+                        let first = between(&text, "The first reply:\n<<<\n[", "]");
+                        let second = between(&text, "The second reply:\n<<<\n[", "]");
+                        let better = match &self.prefer {
+                            Some(prefer) => prefer(query, first, second),
+                            None => {
+                                let helpful = |system| (self.score)(query, system, "Helpfulness");
+                                match helpful(first).cmp(&helpful(second)) {
+                                    std::cmp::Ordering::Greater => "first",
+                                    std::cmp::Ordering::Less => "second",
+                                    std::cmp::Ordering::Equal => "tie",
+                                }
+                            }
+                        };
+                        vec![json!({"analysis": "compared", "better": better}).to_string()]
                     }
                     Role::Judge => {
                         let query = between(&text, "## Query\n", "\n\n## Reply");
@@ -1309,6 +1334,126 @@ fn a_judge_asked_per_aspect_gives_the_search_the_same_rewards_in_more_requests()
     let dropped = run(&mut dropping, &apart, &queries(5), &examples()).unwrap();
     assert_eq!(dropped.judgements.usable, 0);
     assert!(dropping.warnings("Clarity") > 0);
+}
+
+#[test]
+fn the_pairwise_reward_optimizes_what_the_judge_grades_perfect_and_keeps_a_winner() {
+    // The judge grades every answer 5 on every aspect, but compared side by side it prefers
+    // the answers written under prompt-2 (the optimizer's second candidate) to any other.
+    let prefers_prompt_2 = |_: &str, first: &str, second: &str| match (first, second) {
+        ("prompt-2", "prompt-2") => "tie",
+        ("prompt-2", _) => "first",
+        (_, "prompt-2") => "second",
+        _ => "tie",
+    };
+    let json = r#"{"depth": 3, "beam_size": 2, "n_actions": 2, "max_depth_increase": 0"#;
+    let absolute = options(&format!("{json}}}"));
+    let pairwise = options(&format!(r#"{json}, "reward": "pairwise"}}"#));
+    let mut graded = Scripted::new(|_, _, _| 5);
+    graded.prefer = Some(Box::new(prefers_prompt_2));
+    let kept = run(&mut graded, &absolute, &queries(4), &examples()).unwrap();
+    // Graded alone, every answer is perfect: the prompt is kept and never rewritten.
+    assert_eq!(
+        kept.best_prompt.as_deref(),
+        Some("You are a helpful assistant.")
+    );
+    assert_eq!(graded.requests(Role::Optimizer), 0);
+
+    let mut compared = Scripted::new(|_, _, _| 5);
+    compared.prefer = Some(Box::new(prefers_prompt_2));
+    let r = run(&mut compared, &pairwise, &queries(4), &examples()).unwrap();
+    assert_eq!(r.best_prompt.as_deref(), Some("prompt-2"));
+    // Level 1: prompt-2 won (1) and its parent's prompt, kept beside it, tied (0.5); level 2:
+    // prompt-2 kept (0.5) beat the candidates written from it.
+    assert_eq!(r.best_score, Some(0.75));
+    let best = &r.tree[r.best_path[1] as usize];
+    assert_eq!(best.reward, 1.0);
+    assert_eq!(best.details["pairwise"]["better"], "second");
+    let against = best.details["pairwise"]["against"].as_u64().unwrap() as usize;
+    assert_eq!(r.tree[against].details["origin"], "kept");
+    assert_eq!(r.tree[against].prompt, "You are a helpful assistant.");
+    assert_eq!(r.tree[against].reward, 0.5);
+    assert_eq!(best.details["judge_mean"], 5.0);
+    assert_eq!(
+        r.comparisons,
+        Some(Comparisons {
+            wins: 1,
+            ties: 3,
+            losses: 2,
+            unusable: 0
+        })
+    );
+    assert_eq!(r.details()["comparisons"]["wins"], 1);
+    assert!(
+        r.details()["comparisons"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("won 1, tied 3 and lost 2")
+    );
+    assert!(kept.details().get("comparisons").is_none());
+    // Ten answers, each graded, and six candidates compared in both orders: the most the
+    // estimate projects for these options.
+    assert_eq!(compared.requests(Role::Base), 10);
+    assert_eq!(compared.requests(Role::Judge), 10 + 12);
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 22,
+            usable: 22
+        }
+    );
+    for e in crate::estimate::estimate(&pairwise) {
+        let made = compared.requests(e.role) as u64;
+        assert!(e.min_calls <= made && made <= e.max_calls, "{e:?}: {made}");
+        if e.role != Role::Optimizer {
+            assert_eq!(made, e.max_calls, "{e:?}");
+        }
+    }
+}
+
+#[test]
+fn a_judge_that_only_prefers_a_position_changes_no_prompt() {
+    let pairwise = options(r#"{"depth": 3, "n_actions": 2, "reward": "pairwise"}"#);
+    let mut host = Scripted::plain();
+    host.prefer = Some(Box::new(|_, _, _| "first"));
+    let r = run(&mut host, &pairwise, &queries(4), &examples()).unwrap();
+    assert_eq!(
+        r.best_prompt.as_deref(),
+        Some("You are a helpful assistant.")
+    );
+    assert_eq!(r.best_score, Some(0.5));
+    let comparisons = r.comparisons.unwrap();
+    assert_eq!((comparisons.wins, comparisons.losses), (0, 0));
+    assert_eq!(comparisons.ties, 6);
+    assert!(
+        r.tree
+            .iter()
+            .filter(|n| n.details.get("pairwise").is_some())
+            .all(|n| n.details["pairwise"]["flip"] == true)
+    );
+}
+
+#[test]
+fn comparisons_the_judge_cannot_answer_count_as_ties_and_are_reported() {
+    let pairwise = options(r#"{"depth": 3, "n_actions": 2, "reward": "pairwise"}"#);
+    let mut host = Scripted::plain();
+    host.prefer = Some(Box::new(|_, _, _| "both"));
+    let r = run(&mut host, &pairwise, &queries(4), &examples()).unwrap();
+    assert_eq!(r.comparisons.unwrap().unusable, 6);
+    assert!(
+        r.tree
+            .iter()
+            .filter(|n| n.depth > 0)
+            .all(|n| n.reward == 0.5)
+    );
+    assert_eq!(
+        r.judgements,
+        Judgements {
+            asked: 22,
+            usable: 10
+        }
+    );
+    assert_eq!(host.warnings("comparison of a candidate"), 12);
 }
 
 /// `n` held-out queries, `h0`, `h1`, ...
