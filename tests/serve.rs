@@ -279,6 +279,108 @@ fn a_served_answer_is_generates_answer_and_streams_the_same() {
             .all(|c| c["object"] == "chat.completion.chunk")
     );
     assert_eq!(chunks.last().unwrap()["usage"], reply["usage"]);
+    // Upstream was asked for a stream, and its answer came through piece by piece as it
+    // arrived (it sends four, 20 ms apart), not in one piece once it was whole.
+    assert_eq!(server.chat_requests().pop().unwrap()["stream"], true);
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(pieces >= 3, "{pieces} pieces: {chunks:?}");
+}
+
+#[test]
+fn an_upstream_that_refuses_to_stream_is_asked_again_without_and_its_answer_is_sent_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let server = Server::with_request_script(|incoming| {
+        if incoming.stream {
+            let refusal = json!({"error": {"message": "streaming is not supported",
+                "type": "invalid_request_error"}});
+            return Reply::new(400, refusal.to_string());
+        }
+        Reply::new(
+            200,
+            default_reply(&incoming.path, &incoming.body).to_string(),
+        )
+    });
+    let serving = Serving::start(&cache, &upstream(&server, &["--no-examples"]), &[]);
+    let ask = json!({"model": "m", "messages": [{"role": "user", "content": QUERY}]});
+    let (status, plain) = post_chat(&serving.address, &ask, &[]);
+    assert_eq!(status, 200, "{plain}");
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = http(
+        &serving.address,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &streamed.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{body}");
+    let content: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        content,
+        plain["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let asked: Vec<bool> = server
+        .chat_requests()
+        .iter()
+        .map(|r| r["stream"] == true)
+        .collect();
+    assert_eq!(asked, [false, true, false]);
+}
+
+#[test]
+fn an_upstream_stream_that_breaks_off_ends_the_clients_stream_with_an_error() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    // Every stream stops after its first piece of text, without [DONE] or a finish reason.
+    let server = Server::with_request_script(|incoming| {
+        let whole = default_reply(&incoming.path, &incoming.body);
+        if !incoming.stream {
+            return Reply::new(200, whole.to_string());
+        }
+        let events = drpo_tests::server::streamed(&whole, 4);
+        let cut: Vec<&str> = events.split_inclusive("\n\n").take(2).collect();
+        Reply::new(200, cut.concat())
+    });
+    let serving = Serving::start(&cache, &upstream(&server, &["--no-examples"]), &[]);
+    let ask = json!({"model": "m", "stream": true,
+        "messages": [{"role": "user", "content": QUERY}]});
+    let (status, body) = http(
+        &serving.address,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &ask.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = events(&body);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ended before its answer did")),
+        "{body}"
+    );
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{body}");
+    // The broken stream was tried again, as any transient failure is.
+    assert!(server.chat_requests().len() > 1);
 }
 
 #[test]

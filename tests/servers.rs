@@ -202,6 +202,7 @@ fn every_family_of_server_gives_a_scored_run_that_replays() {
                     path: path.clone(),
                     body: body.clone(),
                     authorization: None,
+                    stream: false,
                 })
                 .is_some()
             })

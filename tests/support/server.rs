@@ -1,6 +1,8 @@
 //! A scripted OpenAI-compatible HTTP server on 127.0.0.1, for exercising the host's logic and
 //! faults. Its default answers are deterministic functions of the request, and any request with
-//! a JSON schema gets an answer that follows the schema.
+//! a JSON schema gets an answer that follows the schema. A request that asks for a stream
+//! (`"stream": true`) gets the answer its request without it gets, as a stream of events, as
+//! real servers do.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,6 +39,9 @@ pub struct Incoming {
     pub body: Value,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// Whether the request asked for a stream; `body` is the request without `stream` and
+    /// `stream_options`, so that a script answers both alike.
+    pub stream: bool,
 }
 
 type Script = dyn Fn(&Incoming) -> Reply + Send + Sync;
@@ -187,7 +192,13 @@ fn serve(stream: TcpStream, state: &State) {
             .push((path.clone(), request.clone()));
         let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let reply = match malformed(&path, &request) {
+        let stream = request["stream"] == true;
+        let mut request = request;
+        if let Some(fields) = request.as_object_mut() {
+            fields.remove("stream");
+            fields.remove("stream_options");
+        }
+        let mut reply = match malformed(&path, &request) {
             Some(why) => Reply {
                 status: 400,
                 body: json!({"error": {"message": why, "type": "invalid_request_error"}})
@@ -199,24 +210,84 @@ fn serve(stream: TcpStream, state: &State) {
                 path,
                 body: request,
                 authorization,
+                stream,
             }),
         };
+        if stream && reply.status == 200 && !reply.body.starts_with("data:") {
+            let whole: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+            if whole["choices"][0]["message"].is_object() {
+                reply.body = streamed(&whole, 4);
+            }
+        }
         std::thread::sleep(reply.delay);
         state.in_flight.fetch_sub(1, Ordering::SeqCst);
         let retry_after = reply
             .retry_after
             .map(|seconds| format!("retry-after: {seconds}\r\n"))
             .unwrap_or_default();
-        let response = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\n{retry_after}content-length: {}\r\n\r\n{}",
+        // A body of server-sent events goes out as a stream does: event by event.
+        let events = reply.body.starts_with("data:");
+        let content_type = if events {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let head = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: {content_type}\r\n{retry_after}content-length: {}\r\n\r\n",
             reply.status,
             reply.body.len(),
-            reply.body
         );
-        if writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(head.as_bytes()).is_err() {
             return;
         }
+        let parts: Vec<&str> = if events {
+            reply.body.split_inclusive("\n\n").collect()
+        } else {
+            vec![&reply.body]
+        };
+        for part in parts {
+            if writer.write_all(part.as_bytes()).is_err() || writer.flush().is_err() {
+                return;
+            }
+            if events {
+                std::thread::sleep(STREAM_GAP);
+            }
+        }
     }
+}
+
+/// The pause between two events of a streamed body.
+const STREAM_GAP: Duration = Duration::from_millis(20);
+
+/// A chat completion `reply` (as [`completion`] makes it) as a server streams it: its first
+/// choice's text in `pieces` chunks (of whole characters), the finish, the usage, `[DONE]`.
+pub fn streamed(reply: &Value, pieces: usize) -> String {
+    let text: Vec<char> = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .collect();
+    let chunk = |choices: Value| {
+        let mut chunk = json!({"id": reply["id"], "model": reply["model"],
+            "object": "chat.completion.chunk", "choices": choices});
+        if choices_are_empty(&chunk) {
+            chunk["usage"] = reply["usage"].clone();
+        }
+        format!("data: {chunk}\n\n")
+    };
+    let mut body = chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}}]));
+    for part in text.chunks(text.len().div_ceil(pieces.max(1)).max(1)) {
+        let content: String = part.iter().collect();
+        body += &chunk(json!([{"index": 0, "delta": {"content": content}, "finish_reason": null}]));
+    }
+    let finish = &reply["choices"][0]["finish_reason"];
+    body += &chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]));
+    body += &chunk(json!([]));
+    body + "data: [DONE]\n\n"
+}
+
+fn choices_are_empty(chunk: &Value) -> bool {
+    chunk["choices"].as_array().is_some_and(Vec::is_empty)
 }
 
 /// Why a real server would refuse this body with a 400, if it would: it is not a JSON object,

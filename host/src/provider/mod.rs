@@ -11,6 +11,7 @@ pub mod local;
 pub mod openai;
 pub mod rate;
 pub mod scripted;
+mod sse;
 
 use std::sync::Arc;
 

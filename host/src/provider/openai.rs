@@ -19,6 +19,10 @@
 //!   stays an error of that request.
 //! - A server that answers one choice whatever `n` asks gets `n` requests of one choice.
 //!
+//! A caller that watches an answer grow (`serve` streaming to its client) gets it streamed from
+//! the server too (`"stream": true`, [`super::sse`]); a server that refuses to stream is asked
+//! again without, and one that answers whole anyway is read whole.
+//!
 //! A refusal is recognised by its status (400, 404, 405, 415, 422, or a 5xx whose body says the
 //! request is invalid), not by one server's wording. Client errors are not retried, except 408,
 //! 409 and 429; nor is a 5xx that says the request is invalid.
@@ -32,7 +36,10 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::rate::{RateLimit, RateLimiter};
-use super::{Answer, Embedder, Evidence, PromptForm, Provider, ServerSettings, StructuredOutput};
+use super::sse::StreamedReply;
+use super::{
+    Answer, Embedder, Evidence, Progress, PromptForm, Provider, ServerSettings, StructuredOutput,
+};
 use crate::bindings::types::{Completion, LlmError, Message, Prompt, Request, Sampling, Usage};
 
 /// Where an OpenAI-compatible model is served.
@@ -133,6 +140,19 @@ impl Failure {
             body: String::new(),
         }
     }
+}
+
+/// Told `(choice, text so far)` as a streamed answer grows.
+type Watch<'a> = dyn Fn(u32, &str) + Send + Sync + 'a;
+type Grown<'a> = &'a Watch<'a>;
+
+/// A request whose answer is read as a stream of events: its prompt form and choices, and who
+/// is told the text as it grows.
+#[derive(Clone, Copy)]
+struct Streaming<'a> {
+    form: PromptForm,
+    choices: usize,
+    grown: Grown<'a>,
 }
 
 /// What a request refused by the server is about.
@@ -253,7 +273,12 @@ impl OpenAiProvider {
 
     /// POSTs `body`, retrying transient failures as the policy says; the last failure is
     /// returned with the endpoint, the status and an excerpt.
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        streaming: Option<Streaming<'_>>,
+    ) -> Result<Value, Failure> {
         let url = self.url(path);
         let mut attempt = 1;
         loop {
@@ -262,7 +287,7 @@ impl OpenAiProvider {
                 let _slot = self.slots.acquire().await.map_err(|_| {
                     Failure::transient(unavailable(&url, "the provider is shutting down".into()))
                 })?;
-                match self.try_post(&url, body).await {
+                match self.try_post(&url, body, streaming).await {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
                 }
@@ -294,7 +319,12 @@ impl OpenAiProvider {
         base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
     }
 
-    async fn try_post(&self, url: &str, body: &Value) -> Result<Value, Failure> {
+    async fn try_post(
+        &self,
+        url: &str,
+        body: &Value,
+        streaming: Option<Streaming<'_>>,
+    ) -> Result<Value, Failure> {
         let mut request = self
             .client
             .post(url)
@@ -316,6 +346,14 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seconds| Duration::from_secs(seconds).min(self.policy.max_backoff));
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if let Some(streaming) = streaming.filter(|_| is_stream && status.is_success()) {
+            return self.read_stream(url, response, streaming).await;
+        }
         let text = self.read_body(url, response).await?;
         if !status.is_success() {
             let message = format!("HTTP {status}: {}", excerpt(&text));
@@ -359,38 +397,60 @@ impl OpenAiProvider {
         mut response: reqwest::Response,
     ) -> Result<String, Failure> {
         let limit = self.policy.max_reply_bytes;
-        let too_large = |bytes: String| Failure {
+        if let Some(declared) = response.content_length().filter(|&len| len > limit) {
+            return Err(self.too_large(url, declared.to_string()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(read_failed(url))? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(self.too_large(url, format!("over {limit}")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    /// A streamed answer, read event by event up to the policy's limit on a reply's bytes (as
+    /// [`Self::read_body`]), into the shape of a reply to a request without `stream`.
+    async fn read_stream(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+        streaming: Streaming<'_>,
+    ) -> Result<Value, Failure> {
+        let limit = self.policy.max_reply_bytes;
+        let broken = |message: String| Failure::transient(unavailable(url, message));
+        let mut reply = StreamedReply::new(streaming.form, streaming.choices);
+        let mut read = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(read_failed(url))? {
+            read += chunk.len() as u64;
+            if read > limit {
+                return Err(self.too_large(url, format!("over {limit}")));
+            }
+            reply
+                .feed(&chunk, &mut |choice, text| (streaming.grown)(choice, text))
+                .map_err(broken)?;
+        }
+        reply.finish().map_err(broken)
+    }
+
+    /// The failure of a reply longer than the policy allows. Not retried: the server has made
+    /// (and billed) the answer, and would likely make it again.
+    fn too_large(&self, url: &str, bytes: String) -> Failure {
+        Failure {
             kind: FailureKind::Permanent,
             error: unavailable(
                 url,
                 format!(
                     "the reply's body is {bytes} bytes, more than the {} MiB a reply may hold \
                      (--max-reply-mib, config key max_reply_mib); it was not read further",
-                    limit >> 20
+                    self.policy.max_reply_bytes >> 20
                 ),
             ),
             retry_after: None,
             body: String::new(),
-        };
-        if let Some(declared) = response.content_length().filter(|&len| len > limit) {
-            return Err(too_large(declared.to_string()));
         }
-        let mut body = Vec::new();
-        loop {
-            let chunk = response.chunk().await.map_err(|e| {
-                Failure::transient(unavailable(
-                    url,
-                    format!("reading the body failed: {}", without_url(&e)),
-                ))
-            })?;
-            let Some(chunk) = chunk else { break };
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(too_large(format!("over {limit}")));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(String::from_utf8(body)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     /// `completion`, if the batch's answers kept so far (`received` bytes) leave room for it;
@@ -419,7 +479,13 @@ impl OpenAiProvider {
 
     /// One request of the strategy: sent the way this server takes it (settling that on a
     /// refusal), its JSON extracted when a schema was asked for.
-    async fn complete_one(&self, request: &Request) -> Result<(Completion, Evidence), LlmError> {
+    /// With `grown`, the answer is streamed and `grown` told its text as it grows, unless a
+    /// schema was asked for (its JSON may yet be extracted from the text).
+    async fn complete_one(
+        &self,
+        request: &Request,
+        grown: Option<Grown<'_>>,
+    ) -> Result<(Completion, Evidence), LlmError> {
         let schema: Option<Value> = match &request.json_schema {
             Some(text) => Some(serde_json::from_str(text).map_err(|e| {
                 LlmError::Rejected(format!("the request's JSON schema is not JSON: {e}"))
@@ -427,7 +493,12 @@ impl OpenAiProvider {
             None => None,
         };
         let (mut completion, evidence) = self
-            .complete_settled(&request.prompt, &request.sampling, schema.as_ref())
+            .complete_settled(
+                &request.prompt,
+                &request.sampling,
+                schema.as_ref(),
+                grown.filter(|_| schema.is_none()),
+            )
             .await?;
         if schema.is_some() {
             for choice in &mut completion.choices {
@@ -442,12 +513,14 @@ impl OpenAiProvider {
     }
 
     /// Sends a request under the current settings; a refusal that teaches something about the
-    /// server settles it and sends again (each setting settles once, so this ends).
+    /// server settles it and sends again (each setting settles once, so this ends). A request
+    /// streamed (with `grown`) and refused is sent again unstreamed first.
     async fn complete_settled(
         &self,
         prompt: &Prompt,
         sampling: &Sampling,
         schema: Option<&Value>,
+        mut grown: Option<Grown<'_>>,
     ) -> Result<(Completion, Evidence), LlmError> {
         let mut extra = Usage {
             prompt_tokens: 0,
@@ -459,10 +532,10 @@ impl OpenAiProvider {
             let rung = settings.structured.unwrap_or(StructuredOutput::JsonSchema);
             let shaped = form.shape(prompt.clone());
             let result = if settings.one_choice_per_request && sampling.n > 1 {
-                self.complete_each_choice(&shaped, sampling, schema, rung)
+                self.complete_each_choice(&shaped, sampling, schema, rung, grown)
                     .await
             } else {
-                self.send(&shaped, sampling, schema, rung).await
+                self.send(&shaped, sampling, schema, rung, grown).await
             };
             let failure = match result {
                 Ok((completion, evidence))
@@ -492,6 +565,9 @@ impl OpenAiProvider {
             if failure.kind != FailureKind::Refused {
                 return Err(failure.error);
             }
+            if grown.take().is_some() {
+                continue;
+            }
             if settings.prompts_as.is_none()
                 && refusal_about(form, &failure.body) == Refusal::PromptForm
             {
@@ -520,6 +596,7 @@ impl OpenAiProvider {
         sampling: &Sampling,
         schema: Option<&Value>,
         rung: StructuredOutput,
+        grown: Option<Grown<'_>>,
     ) -> Result<(Completion, Evidence), Failure> {
         let singles: Vec<Sampling> = (0..u64::from(sampling.n))
             .map(|i| Sampling {
@@ -528,11 +605,14 @@ impl OpenAiProvider {
                 ..sampling.clone()
             })
             .collect();
-        let answers = join_all(
-            singles
-                .iter()
-                .map(|single| self.send(prompt, single, schema, rung)),
-        )
+        // Request i's only choice is choice i of the answer.
+        let watchers: Vec<Box<Watch<'_>>> = (0..sampling.n)
+            .filter_map(|i| grown.map(|grown| Box::new(move |_, text: &str| grown(i, text)) as _))
+            .collect();
+        let answers = join_all(singles.iter().enumerate().map(|(i, single)| {
+            let grown = watchers.get(i).map(|watcher| &**watcher as Grown<'_>);
+            self.send(prompt, single, schema, rung, grown)
+        }))
         .await;
         let mut merged = Completion {
             choices: Vec::with_capacity(singles.len()),
@@ -568,7 +648,10 @@ impl OpenAiProvider {
         }
         let (prompt, sampling, schema) = probe_request();
         for rung in [StructuredOutput::JsonSchema, StructuredOutput::JsonObject] {
-            match self.send(&prompt, &sampling, Some(&schema), rung).await {
+            match self
+                .send(&prompt, &sampling, Some(&schema), rung, None)
+                .await
+            {
                 Ok((completion, _)) => {
                     spent = sum_usage(spent, completion.usage);
                     self.update(|s| s.structured = Some(rung));
@@ -582,13 +665,15 @@ impl OpenAiProvider {
         (Some(StructuredOutput::PromptOnly), spent)
     }
 
-    /// One HTTP request: `prompt` to its endpoint, the schema asked for at `rung`.
+    /// One HTTP request: `prompt` to its endpoint, the schema asked for at `rung`; with
+    /// `grown`, streamed, `grown` told each choice's text as it grows.
     async fn send(
         &self,
         prompt: &Prompt,
         sampling: &Sampling,
         schema: Option<&Value>,
         rung: StructuredOutput,
+        grown: Option<Grown<'_>>,
     ) -> Result<(Completion, Evidence), Failure> {
         let mut body = json!({
             "model": self.endpoint.model,
@@ -639,8 +724,17 @@ impl OpenAiProvider {
                 });
             }
         }
+        let streaming = grown.map(|grown| Streaming {
+            form,
+            choices: sampling.n.max(1) as usize,
+            grown,
+        });
+        if streaming.is_some() {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
         let path = path_of(form);
-        let reply = self.post(path, &body).await?;
+        let reply = self.post(path, &body, streaming).await?;
         let completion =
             parse_completion(&self.url(path), &reply, form).map_err(Failure::transient)?;
         self.rate
@@ -754,21 +848,74 @@ impl Provider for OpenAiProvider {
         &self,
         batch: Vec<Request>,
     ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
-        Box::pin(async move {
-            let received = AtomicU64::new(0);
-            let received = &received;
-            join_all(batch.into_iter().map(|request| async move {
-                match self.complete_one(&request).await {
-                    Ok((completion, evidence)) => {
-                        let kept = self.keep_answer(received, completion);
-                        let evidence = evidence.map(|field| self.redact(field));
-                        (self.scrub_answer(kept), Some(evidence))
+        Box::pin(self.answer_all(batch, None))
+    }
+
+    fn complete_observed(
+        &self,
+        batch: Vec<Request>,
+        progress: Progress,
+    ) -> BoxFuture<'_, Vec<(Answer, Option<Evidence>)>> {
+        Box::pin(self.answer_all(batch, Some(progress)))
+    }
+}
+
+impl OpenAiProvider {
+    /// Every request of a batch, at once; with `progress`, each answer streamed and its text
+    /// told as it grows, with the API key blotted out as the answer's is.
+    async fn answer_all(
+        &self,
+        batch: Vec<Request>,
+        progress: Option<Progress>,
+    ) -> Vec<(Answer, Option<Evidence>)> {
+        let received = AtomicU64::new(0);
+        let received = &received;
+        let progress = progress.as_ref();
+        join_all(
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, request)| async move {
+                    let watcher = progress.map(|progress| {
+                        move |choice, text: &str| progress(i, choice, &self.redact_growing(text))
+                    });
+                    let grown = watcher.as_ref().map(|w| w as Grown<'_>);
+                    match self.complete_one(&request, grown).await {
+                        Ok((completion, evidence)) => {
+                            let kept = self.keep_answer(received, completion);
+                            let evidence = evidence.map(|field| self.redact(field));
+                            (self.scrub_answer(kept), Some(evidence))
+                        }
+                        Err(error) => (Err(self.scrub(error)), None),
                     }
-                    Err(error) => (Err(self.scrub(error)), None),
-                }
-            }))
-            .await
-        })
+                }),
+        )
+        .await
+    }
+
+    /// A growing text with the API key blotted out, and without a tail that may be the start
+    /// of the key: it is told only once the text shows it is not.
+    fn redact_growing(&self, text: &str) -> String {
+        let mut text = self.redact(text.to_owned());
+        if let Some(key) = self.endpoint.api_key.as_deref().filter(|k| !k.is_empty())
+            && let Some(start) = (1..key.len())
+                .rev()
+                .filter(|&k| key.is_char_boundary(k))
+                .find(|&k| text.ends_with(&key[..k]))
+        {
+            text.truncate(text.len() - start);
+        }
+        text
+    }
+}
+
+/// The failure of a reply's body that broke off while it was read.
+fn read_failed(url: &str) -> impl Fn(reqwest::Error) -> Failure + '_ {
+    move |e| {
+        Failure::transient(unavailable(
+            url,
+            format!("reading the body failed: {}", without_url(&e)),
+        ))
     }
 }
 
@@ -789,6 +936,7 @@ impl OpenAiProvider {
                 .post(
                     "embeddings",
                     &json!({"model": self.endpoint.model, "input": texts}),
+                    None,
                 )
                 .await
                 .map_err(|failure| failure.error)?;
@@ -1098,5 +1246,28 @@ mod tests {
             echoed.unwrap().choices,
             ["your key is [api key], [api key]", "none here"]
         );
+    }
+
+    #[test]
+    fn a_streamed_text_never_shows_the_key_or_its_start() {
+        let provider = OpenAiProvider::new(Endpoint {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            api_key: Some("sk-secret".into()),
+        });
+        // The text as it grows: a start of the key is held back until the text moves past it.
+        assert_eq!(provider.redact_growing("your key is sk-se"), "your key is ");
+        assert_eq!(provider.redact_growing("your key is s"), "your key is ");
+        assert_eq!(
+            provider.redact_growing("your key is sk-secret"),
+            "your key is [api key]"
+        );
+        assert_eq!(provider.redact_growing("sk-seven"), "sk-seven");
+        let keyless = OpenAiProvider::new(Endpoint {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            api_key: None,
+        });
+        assert_eq!(keyless.redact_growing("sk-se"), "sk-se");
     }
 }
