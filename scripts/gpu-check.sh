@@ -13,7 +13,9 @@
 #       word of PARITY_OPT_IN (none by default), for checking a kernel that is not yet a default;
 #   (a3) the generation path of drpo-host's `local:` models (LocalModel: batched rows, greedy
 #       choices taken on the device, schema-constrained decoding) on a small random model with a
-#       tokenizer, answer by answer against the CPU; every answer under the schema must parse;
+#       tokenizer, answer by answer against the CPU; every answer under the schema must parse,
+#       and the greedy answers must come out the same when the requests join a running batch
+#       (`serve`'s continuous batching: the device's cache moved and merged);
 #   (b) Mistral-7B-shape random weights on the GPU: decode tok/s at batch 1, 8, 32, prefill
 #       tok/s, peak GPU memory;
 #   (b2) the same model with the defaults, then with one switch changed (the words of SWEEP: by

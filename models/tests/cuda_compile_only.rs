@@ -18,7 +18,9 @@ use std::process::Command;
 
 use drpo_models::cuda::compile_only::{compiled, launch_probe, nvrtc_version};
 use drpo_models::load::hf;
-use drpo_models::{ChatMessage, DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig};
+use drpo_models::{
+    Arrival, ChatMessage, DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig,
+};
 use drpo_models::{LocalModel, PromptInput};
 
 /// Asserts that the report holds a failure that mentions every one of `parts`.
@@ -325,6 +327,44 @@ fn local_model_generation_compiles_for_an_h100() {
         .cloned()
         .collect();
     waited.generate(&greedy).unwrap();
+    let failures = compiled().failures;
+    assert!(
+        failures.iter().all(|f| f.contains("ProbeKernel")),
+        "{failures:#?}"
+    );
+
+    // The requests as `serve` decodes them: the others join the first's batch once it has
+    // been answered (the compile-only device computes nothing, so its answers may end at
+    // once), their cache prefilled, moved right for the longer prompts and merged on the device.
+    let (arrivals, receiver) = std::sync::mpsc::channel::<Arrival>();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let arrival = |request: &GenerationRequest| {
+        let answered = answered.clone();
+        Arrival {
+            request: request.clone(),
+            observer: None,
+            finish: Box::new(move |output| {
+                output.unwrap();
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        }
+    };
+    let mut first = arrival(&ask("hi", 4));
+    let later: Vec<Arrival> = requests.iter().map(arrival).collect();
+    let (sender, finish) = (arrivals.clone(), first.finish);
+    first.finish = Box::new(move |output| {
+        finish(output);
+        for joining in later {
+            sender.send(joining).unwrap();
+        }
+    });
+    arrivals.send(first).unwrap();
+    drop(arrivals);
+    model.decode_arrivals(&receiver, 8).unwrap();
+    assert_eq!(
+        answered.load(std::sync::atomic::Ordering::SeqCst),
+        requests.len() + 1
+    );
     let failures = compiled().failures;
     assert!(
         failures.iter().all(|f| f.contains("ProbeKernel")),

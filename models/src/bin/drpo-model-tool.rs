@@ -29,7 +29,7 @@ use drpo_models::gguf::GgufFile;
 use drpo_models::llama::{Llama, Logits, WeightStorage};
 use drpo_models::load::hf::{self, StoreDtype};
 use drpo_models::{
-    DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig, LocalModel, PromptInput,
+    Arrival, DeviceSpec, GenerationRequest, KernelOptions, LlamaConfig, LocalModel, PromptInput,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -142,8 +142,10 @@ enum Command {
     /// Answer prompts through the generation API that drpo-host's `local:` models use (batched
     /// rows, the KV cache on the device, schema-constrained decoding), greedily: once
     /// unconstrained (the choices taken on the device) and, with --schema, once under the
-    /// schema (the logits read back and masked). With --against, the same on a second device,
-    /// answer by answer. Fails when a run fails or an answer under the schema does not parse.
+    /// schema (the logits read back and masked); then unconstrained again as `serve` decodes,
+    /// the other prompts joining the first's batch after its third token (continuous batching).
+    /// With --against, the same on a second device, answer by answer. Fails when a run fails,
+    /// an answer under the schema does not parse, or a joined answer differs from the batch's.
     Generate {
         /// A GGUF file, or a model directory with a tokenizer (`random-model --tokenizer`).
         #[arg(long)]
@@ -450,11 +452,98 @@ fn generate_on(
                 );
             }
             if d == 0 {
-                first.push(answers);
+                first.push(answers.clone());
+            }
+            if b == 0 {
+                let started = Instant::now();
+                let joined = joined_answers(&model, requests)?;
+                progress::stage(&format!(
+                    "generate: {} answers joining a running batch on {spec} in {:.2} s",
+                    joined.len(),
+                    started.elapsed().as_secs_f64()
+                ));
+                for ((prompt, answer), batched) in prompts.iter().zip(&joined).zip(&answers) {
+                    let same = answer == batched;
+                    if !same {
+                        ok = false;
+                        eprintln!(
+                            "{spec}: the answer to {prompt:?} that joined a running batch differs \
+                             from the batch's:\n  joined: {answer:?}\n  batch: {batched:?}"
+                        );
+                    }
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "kind": "generate", "device": spec.to_string(), "batch": "joined",
+                            "prompt": prompt, "answer": answer, "same_as_batch": same,
+                        })
+                    );
+                }
             }
         }
     }
     Ok(ok)
+}
+
+/// The answers to `requests` (each with one choice) decoded as `serve` decodes: the first
+/// alone, the others joining its batch after its third token (or once it is answered, if it
+/// ends sooner).
+fn joined_answers(model: &LocalModel, requests: &[GenerationRequest]) -> Result<Vec<String>> {
+    use std::sync::{Arc, Mutex, mpsc};
+    let answers = Arc::new(Mutex::new(vec![None; requests.len()]));
+    let arrival = |i: usize, request: &GenerationRequest| {
+        let answers = answers.clone();
+        Arrival {
+            request: request.clone(),
+            observer: None,
+            finish: Box::new(move |output| {
+                let answer = output
+                    .map(|mut o| o.choices.remove(0))
+                    .map_err(|e| e.to_string());
+                answers.lock().expect("answers")[i] = Some(answer);
+            }),
+        }
+    };
+    let (arrivals, receiver) = mpsc::channel();
+    let later: Vec<Arrival> = (1..requests.len())
+        .map(|i| arrival(i, &requests[i]))
+        .collect();
+    let later = Arc::new(Mutex::new(Some(later)));
+    let send_later = {
+        let (later, arrivals) = (later.clone(), arrivals.clone());
+        move || {
+            for joining in later.lock().expect("later").take().into_iter().flatten() {
+                // The loop outlives the requests it is sent.
+                let _ = arrivals.send(joining);
+            }
+        }
+    };
+    let mut first = arrival(0, &requests[0]);
+    let tokens = std::sync::atomic::AtomicUsize::new(0);
+    let on_token = send_later.clone();
+    first.observer = Some(Arc::new(move |_, _: &str| {
+        if tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 3 {
+            on_token();
+        }
+    }));
+    let finish_first = first.finish;
+    first.finish = Box::new(move |output| {
+        finish_first(output);
+        send_later();
+    });
+    arrivals.send(first).expect("the loop has not started");
+    drop(arrivals);
+    model.decode_arrivals(&receiver, requests.len())?;
+    let answers = answers.lock().expect("answers").clone();
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, answer)| match answer {
+            Some(Ok(text)) => Ok(text),
+            Some(Err(e)) => bail!("the joined request {i} failed: {e}"),
+            None => bail!("the joined request {i} was never answered"),
+        })
+        .collect()
 }
 
 /// Where a benchmark's weights come from.
