@@ -173,6 +173,22 @@ fn events(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// Posts a chat request to `address` with `stream: true` added; the `data:` events of its
+/// answer, which must have status 200.
+fn post_stream(address: &str, body: &Value) -> Vec<String> {
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = http(
+        address,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &streamed.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    events(&body)
+}
+
 /// The answers `drpo-host generate` gives with the flags `aligned` and `rest` (the queries, and
 /// any flags of `run` after `--`), its run in `work/generation`.
 fn generate_answers(work: &Path, aligned: &[&str], rest: &[&str]) -> Vec<String> {
@@ -251,18 +267,9 @@ fn a_served_answer_is_generates_answer_and_streams_the_same() {
     let sent_by_serve = server.chat_requests().pop().unwrap();
     assert_eq!(sent_by_serve, sent_by_generate);
 
-    let mut streamed = ask.clone();
-    streamed["stream"] = json!(true);
-    streamed["stream_options"] = json!({"include_usage": true});
-    let (status, body) = http(
-        &serving.address,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &streamed.to_string(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let events = events(&body);
+    let mut with_usage = ask.clone();
+    with_usage["stream_options"] = json!({"include_usage": true});
+    let events = post_stream(&serving.address, &with_usage);
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()
@@ -312,18 +319,8 @@ fn an_upstream_that_refuses_to_stream_is_asked_again_without_and_its_answer_is_s
     let ask = json!({"model": "m", "messages": [{"role": "user", "content": QUERY}]});
     let (status, plain) = post_chat(&serving.address, &ask, &[]);
     assert_eq!(status, 200, "{plain}");
-    let mut streamed = ask.clone();
-    streamed["stream"] = json!(true);
-    let (status, body) = http(
-        &serving.address,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &streamed.to_string(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let events = events(&body);
-    assert_eq!(events.last().unwrap(), "[DONE]", "{body}");
+    let events = post_stream(&serving.address, &ask);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
     let content: String = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
@@ -360,25 +357,16 @@ fn an_upstream_stream_that_breaks_off_ends_the_clients_stream_with_an_error() {
         Reply::new(200, cut.concat())
     });
     let serving = Serving::start(&cache, &upstream(&server, &["--no-examples"]), &[]);
-    let ask = json!({"model": "m", "stream": true,
-        "messages": [{"role": "user", "content": QUERY}]});
-    let (status, body) = http(
-        &serving.address,
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        &ask.to_string(),
-    );
-    assert_eq!(status, 200, "{body}");
-    let events = events(&body);
+    let ask = json!({"model": "m", "messages": [{"role": "user", "content": QUERY}]});
+    let events = post_stream(&serving.address, &ask);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert!(
         last["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("ended before its answer did")),
-        "{body}"
+        "{events:?}"
     );
-    assert!(!events.iter().any(|e| e == "[DONE]"), "{body}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
     // The broken stream was tried again, as any transient failure is.
     assert!(server.chat_requests().len() > 1);
 }

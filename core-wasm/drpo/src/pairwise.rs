@@ -247,18 +247,7 @@ pub fn read_pair(results: &mut impl Iterator<Item = Result<Completion, LlmError>
 mod tests {
     use super::*;
     use crate::aspects;
-    use crate::types::Usage;
-
-    fn said(better: &str) -> Result<Completion, LlmError> {
-        Ok(Completion {
-            choices: vec![json!({"analysis": "because", "better": better}).to_string()],
-            usage: Usage::default(),
-        })
-    }
-
-    fn pair(in_order: &str, swapped: &str) -> Pair {
-        read_pair(&mut [said(in_order), said(swapped)].into_iter())
-    }
+    use crate::testing::{compared as pair, comparison_answer as said};
 
     #[test]
     fn a_win_needs_both_orders_and_a_flip_is_a_tie() {

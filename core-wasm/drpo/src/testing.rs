@@ -33,6 +33,21 @@ pub fn queries(n: usize) -> Vec<Query> {
         .collect()
 }
 
+/// A judge's answer to a pairwise comparison ([`crate::pairwise`]) that names `better`.
+pub fn comparison_answer(better: &str) -> Result<Completion, LlmError> {
+    Ok(Completion {
+        choices: vec![json!({"analysis": "because", "better": better}).to_string()],
+        usage: Usage::default(),
+    })
+}
+
+/// A query compared in both orders, the judge naming `in_order`, then `swapped`.
+pub fn compared(in_order: &str, swapped: &str) -> crate::pairwise::Pair {
+    crate::pairwise::read_pair(
+        &mut [comparison_answer(in_order), comparison_answer(swapped)].into_iter(),
+    )
+}
+
 /// A host whose models are closures.
 pub struct ScriptedHost {
     score: ScoreFn,

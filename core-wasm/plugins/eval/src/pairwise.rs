@@ -69,19 +69,8 @@ pub fn win_rate(pairs: &[Pair], draw: &[usize]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drpo_kit::{Completion, LlmError, Prompt, Usage};
-    use serde_json::json;
-
-    fn said(better: &str) -> Result<Completion, LlmError> {
-        Ok(Completion {
-            choices: vec![json!({"analysis": "because", "better": better}).to_string()],
-            usage: Usage::default(),
-        })
-    }
-
-    fn pair(in_order: &str, swapped: &str) -> Pair {
-        pairwise::read_pair(&mut [said(in_order), said(swapped)].into_iter())
-    }
+    use drpo_kit::Prompt;
+    use drpo_kit::testing::{compared as pair, comparison_answer as said};
 
     #[test]
     fn counts_and_the_win_rate_count_a_tie_as_half() {
