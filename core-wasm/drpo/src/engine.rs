@@ -56,8 +56,9 @@ pub struct RequestSettings {
     /// a batch decodes the aspects side by side.
     pub judge_per_aspect: bool,
     /// An optimizer candidate that repeats this many consecutive words of the query it was
-    /// written from, or paraphrases it with this many of its longer words, is dropped
-    /// ([`parse::check_not_quoting`]); 0 keeps every candidate, as published.
+    /// written from, or paraphrases it with this many of its longer words, or repeats twice this
+    /// many of the answer it was shown, is dropped ([`parse::check_not_quoting`],
+    /// [`parse::check_not_copying_answer`]); 0 keeps every candidate, as published.
     pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     pub optimizer_max_tokens: u32,
@@ -396,7 +397,11 @@ impl Scorer {
         );
         request.sampling.n = n.max(1);
         request.sampling.seed = request.sampling.seed.wrapping_add(attempt);
-        self.ask(host, request, Some(&parent.query.text))
+        let written_from = WrittenFrom {
+            query: &parent.query.text,
+            answer: &parent.answer,
+        };
+        self.ask(host, request, Some(written_from))
     }
 
     /// Runs one optimizer request whose choices follow [`prompts::optimizer_schema`] and returns
@@ -416,7 +421,7 @@ impl Scorer {
         &mut self,
         host: &mut H,
         request: Request,
-        written_from: Option<&str>,
+        written_from: Option<WrittenFrom<'_>>,
     ) -> Result<Vec<String>, Stop> {
         let limit = self.options.query_quote_words;
         let answer = complete_batch(host, vec![request.clone()])?.pop();
@@ -510,6 +515,16 @@ pub fn check_judge_repeats(repeats: u32, temperature: f64) -> Result<(), String>
     Ok(())
 }
 
+/// What an optimizer request was written from: the query, and the base model's answer to it
+/// that the optimizer was shown. A candidate that quotes either is a prompt for that one query.
+#[derive(Clone, Copy, Debug)]
+pub struct WrittenFrom<'a> {
+    /// The query.
+    pub query: &'a str,
+    /// The answer the optimizer was shown.
+    pub answer: &'a str,
+}
+
 /// The usable prompts among the choices `answer` gave to `request` (each with its analysis and
 /// thought logged at debug level; each dropped one warned about, `label` starting every line),
 /// and, when none was usable and one was a prompt for the query it was `written_from`, the
@@ -518,7 +533,7 @@ pub fn usable_prompts<H: Host>(
     host: &mut H,
     request: &Request,
     answer: Option<Result<Completion, LlmError>>,
-    written_from: Option<&str>,
+    written_from: Option<WrittenFrom<'_>>,
     limit: u32,
     label: &str,
 ) -> (Vec<String>, Option<Request>) {
@@ -529,9 +544,15 @@ pub fn usable_prompts<H: Host>(
             for (i, choice) in completion.choices.iter().enumerate() {
                 let dropped = match parse::parse_proposal(choice) {
                     Err(e) => e,
-                    Ok(p) => match written_from
-                        .map(|query| parse::check_not_quoting(&p.new_system_prompt, query, limit))
-                    {
+                    Ok(p) => match written_from.map(|from| {
+                        parse::check_not_quoting(&p.new_system_prompt, from.query, limit).and(
+                            parse::check_not_copying_answer(
+                                &p.new_system_prompt,
+                                from.answer,
+                                limit,
+                            ),
+                        )
+                    }) {
                         Some(Err(why)) => {
                             about_the_query.get_or_insert_with(|| choice.clone());
                             why

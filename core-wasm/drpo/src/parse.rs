@@ -517,6 +517,29 @@ pub fn check_not_quoting(prompt: &str, query: &str, limit: u32) -> Result<(), St
     Ok(())
 }
 
+/// How many times [`check_not_quoting`]'s `limit` a run of words copied from the answer the
+/// optimizer was shown must be before the candidate is dropped: an answer is long, and a prompt
+/// may share a phrase with it ("step by step"), but not a sentence.
+pub const ANSWER_COPY_FACTOR: usize = 2;
+
+/// Whether an optimizer's candidate carries the answer it was written from: it repeats
+/// [`ANSWER_COPY_FACTOR`] × `limit` or more consecutive words of it (`limit` 0 accepts every
+/// candidate). A small optimizer shown an answer pastes it into the prompt, which then answers
+/// that one query. Errs with why.
+pub fn check_not_copying_answer(prompt: &str, answer: &str, limit: u32) -> Result<(), String> {
+    if limit == 0 {
+        return Ok(());
+    }
+    let copied = quoted_query_words(prompt, answer);
+    if copied >= ANSWER_COPY_FACTOR * limit as usize {
+        return Err(format!(
+            "it repeats {copied} consecutive words of the answer it was written from, so it \
+             carries that answer rather than guidance for every query"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses an optimizer candidate. A missing or empty `new_system_prompt` is an error; the other
 /// two fields may be missing.
 pub fn parse_proposal(text: &str) -> Result<Proposal, String> {
@@ -542,6 +565,29 @@ mod tests {
 
     fn sel(names: &[&str]) -> Vec<&'static Aspect> {
         names.iter().map(|n| find(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_candidate_that_pastes_the_answer_it_was_shown_is_refused() {
+        // From the demo's depth-4 pairwise search: the 1.5B optimizer's candidates.
+        let answer = "Managing your time effectively is a skill that can be learned and \
+            mastered. One of the most important things you can do is to set clear goals.";
+        let pasted = "You are a helpful assistant. Managing your time effectively is a skill \
+            that can be learned and mastered. One of the most important things you can do is";
+        let why = check_not_copying_answer(pasted, answer, 6).unwrap_err();
+        assert!(
+            why.contains("repeats 23 consecutive words of the answer"),
+            "{why}"
+        );
+        let general = "You are a helpful assistant. Set clear goals, be specific, and explain \
+            the steps that matter most.";
+        assert!(check_not_copying_answer(general, answer, 6).is_ok());
+        // Eleven words in a row are a phrase, not the answer; twelve are.
+        let eleven = "Remember: managing your time effectively is a skill that can be learned.";
+        assert!(check_not_copying_answer(eleven, answer, 6).is_ok());
+        let twelve = "Remember: managing your time effectively is a skill that can be learned and.";
+        assert!(check_not_copying_answer(twelve, answer, 6).is_err());
+        assert!(check_not_copying_answer(pasted, answer, 0).is_ok());
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub struct Settings {
     pub judge_per_aspect: bool,
     /// Drop an optimizer candidate that repeats this many consecutive words of the query it was
     /// written from, or reuses this many of its words of four letters or more when they are at
-    /// least half of them: a prompt for that query, not for every query. When every candidate is
-    /// dropped so, the optimizer is asked once more, told why (0 keeps every candidate).
+    /// least half of them, or repeats twice this many consecutive words of the answer it was
+    /// shown: a prompt for that query, not for every query. When every candidate is dropped so,
+    /// the optimizer is asked once more, told why (0 keeps every candidate).
     pub query_quote_words: u32,
     /// Token limit of each optimizer candidate.
     #[schemars(range(min = 1))]

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drpo_kit::drpo::aspects;
 use drpo_kit::drpo::engine::{
-    self, JudgeSpread, Judgements, RequestSettings, Scorer, Selection, Stop, parse_selection_answer,
+    self, JudgeSpread, Judgements, RequestSettings, Scorer, Selection, Stop, WrittenFrom,
+    parse_selection_answer,
 };
 use drpo_kit::drpo::icl;
 use drpo_kit::drpo::pairwise::{self, Pair, Preference};
@@ -749,11 +750,15 @@ impl<H: Host> Search<'_, H> {
             }
             let request = requests.next().expect("one request per optimized beam");
             let label = format!("node {} ", item.node);
+            let written_from = WrittenFrom {
+                query,
+                answer: &self.answers[item.node],
+            };
             let (prompts, follow_up) = engine::usable_prompts(
                 self.host,
                 &request,
                 results.next(),
-                Some(query),
+                Some(written_from),
                 limit,
                 &label,
             );
@@ -774,11 +779,15 @@ impl<H: Host> Search<'_, H> {
             let answers = self.complete(requests)?;
             for ((at, node, request), answer) in again.iter().zip(answers) {
                 let label = format!("node {node} asked again: ");
+                let written_from = WrittenFrom {
+                    query,
+                    answer: &self.answers[*node],
+                };
                 let (prompts, _) = engine::usable_prompts(
                     self.host,
                     request,
                     Some(answer),
-                    Some(query),
+                    Some(written_from),
                     limit,
                     &label,
                 );

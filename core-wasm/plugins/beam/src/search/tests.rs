@@ -31,6 +31,9 @@ struct Scripted {
     embed_calls: usize,
     /// Optimizer choices returned verbatim instead of valid JSON, when set.
     optimizer_garbage: bool,
+    /// The optimizer's new prompts are the reply it was shown (up to where it repeats the
+    /// query), when set.
+    optimizer_pastes_reply: bool,
     /// Judge answers returned verbatim instead of valid JSON, when set.
     judge_garbage: bool,
     /// An aspect the judge leaves out of its answers, when set.
@@ -55,6 +58,7 @@ impl Scripted {
             embed: Ok(()),
             embed_calls: 0,
             optimizer_garbage: false,
+            optimizer_pastes_reply: false,
             judge_garbage: false,
             judge_drops: None,
             prefer: None,
@@ -159,6 +163,13 @@ impl Host for Scripted {
                         let key = serde_json::to_string(&r).unwrap();
                         let next_prompt = &mut self.next_prompt;
                         let garbage = self.optimizer_garbage;
+                        let shown = between(
+                            &text,
+                            "## The assistant's reply under the current system prompt\n",
+                            "\n\n## ",
+                        );
+                        let shown = shown.split(" says:").next().unwrap_or_default().to_owned();
+                        let pastes = self.optimizer_pastes_reply;
                         self.optimizer_answers
                             .entry(key)
                             .or_insert_with(|| {
@@ -168,7 +179,12 @@ impl Host for Scripted {
                                         if garbage {
                                             "not json".to_string()
                                         } else {
-                                            json!({"analysis": "a", "thought": "t", "new_system_prompt": format!("prompt-{next_prompt}")})
+                                            let prompt = if pastes {
+                                                shown.clone()
+                                            } else {
+                                                format!("prompt-{next_prompt}")
+                                            };
+                                            json!({"analysis": "a", "thought": "t", "new_system_prompt": prompt})
                                                 .to_string()
                                         }
                                     })
@@ -1454,6 +1470,44 @@ fn comparisons_the_judge_cannot_answer_count_as_ties_and_are_reported() {
         }
     );
     assert_eq!(host.warnings("comparison of a candidate"), 12);
+}
+
+#[test]
+fn candidates_that_paste_the_reply_they_were_shown_are_dropped_and_asked_for_again() {
+    // A long initial prompt, so that the base model's reply (which repeats it) is long.
+    let initial = "You are a careful assistant who answers every question with clear reasons \
+        and plain words for a reader new to the subject";
+    let json = json!({"depth": 2, "n_actions": 2, "initial_system_prompt": initial});
+    let mut host = Scripted::plain();
+    host.optimizer_pastes_reply = true;
+    let r = run(
+        &mut host,
+        &options(&json.to_string()),
+        &queries(3),
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(
+        host.warnings("consecutive words of the answer it was written from"),
+        4
+    );
+    // Asked once more, told why, and its second answer pasted the reply too: the prompt is kept.
+    assert_eq!(host.requests(Role::Optimizer), 2);
+    assert_eq!(r.best_prompt.as_deref(), Some(initial));
+    // With the guard off, the pasted reply is a candidate like any other.
+    let mut off = Scripted::plain();
+    off.optimizer_pastes_reply = true;
+    let unguarded = json!({"depth": 2, "n_actions": 2, "initial_system_prompt": initial,
+        "query_quote_words": 0});
+    let r = run(
+        &mut off,
+        &options(&unguarded.to_string()),
+        &queries(3),
+        &examples(),
+    )
+    .unwrap();
+    assert_eq!(off.requests(Role::Optimizer), 1);
+    assert!(r.tree.iter().any(|n| n.prompt == format!("[{initial}]")));
 }
 
 /// `n` held-out queries, `h0`, `h1`, ...
