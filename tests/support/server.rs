@@ -268,11 +268,8 @@ pub fn streamed(reply: &Value, pieces: usize) -> String {
         .chars()
         .collect();
     let chunk = |choices: Value| {
-        let mut chunk = json!({"id": reply["id"], "model": reply["model"],
+        let chunk = json!({"id": reply["id"], "model": reply["model"],
             "object": "chat.completion.chunk", "choices": choices});
-        if choices_are_empty(&chunk) {
-            chunk["usage"] = reply["usage"].clone();
-        }
         format!("data: {chunk}\n\n")
     };
     let mut body = chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}}]));
@@ -282,12 +279,9 @@ pub fn streamed(reply: &Value, pieces: usize) -> String {
     }
     let finish = &reply["choices"][0]["finish_reason"];
     body += &chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]));
-    body += &chunk(json!([]));
-    body + "data: [DONE]\n\n"
-}
-
-fn choices_are_empty(chunk: &Value) -> bool {
-    chunk["choices"].as_array().is_some_and(Vec::is_empty)
+    let usage = json!({"id": reply["id"], "model": reply["model"],
+        "object": "chat.completion.chunk", "choices": [], "usage": reply["usage"]});
+    body + &format!("data: {usage}\n\ndata: [DONE]\n\n")
 }
 
 /// Why a real server would refuse this body with a 400, if it would: it is not a JSON object,

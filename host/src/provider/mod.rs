@@ -241,6 +241,17 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// How many bytes at the end of a growing `text` may be the start of `needle` (a proper start:
+/// the whole of it is found by searching): what a stream holds back until the text goes on, so
+/// that it never sends half of a stop string or of a secret.
+pub fn unfinished_start(text: &str, needle: &str) -> usize {
+    (1..needle.len())
+        .rev()
+        .filter(|&k| needle.is_char_boundary(k))
+        .find(|&k| text.ends_with(&needle[..k]))
+        .unwrap_or(0)
+}
+
 /// Embeds texts.
 pub trait Embedder: Send + Sync {
     /// Identifies the model and where it runs, as [`Provider::identity`] does.

@@ -388,27 +388,40 @@ impl OpenAiProvider {
         Ok(value)
     }
 
-    /// The body of `response`, read chunk by chunk up to the policy's limit. A body past the
-    /// limit fails the request without another try: the server has made (and billed) the
-    /// answer, and would likely make it again.
-    async fn read_body(
+    /// The body of `response`, read within the policy's limit ([`Self::read_chunks`]).
+    async fn read_body(&self, url: &str, response: reqwest::Response) -> Result<String, Failure> {
+        let mut body = Vec::new();
+        self.read_chunks(url, response, |chunk| {
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(String::from_utf8(body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+
+    /// Hands `take` the body of `response` chunk by chunk, up to the policy's limit on a reply's
+    /// bytes: a body past it fails the request without another try (the server has made, and
+    /// billed, the answer, and would likely make it again).
+    async fn read_chunks(
         &self,
         url: &str,
         mut response: reqwest::Response,
-    ) -> Result<String, Failure> {
+        mut take: impl FnMut(&[u8]) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
         let limit = self.policy.max_reply_bytes;
         if let Some(declared) = response.content_length().filter(|&len| len > limit) {
             return Err(self.too_large(url, declared.to_string()));
         }
-        let mut body = Vec::new();
+        let mut read = 0u64;
         while let Some(chunk) = response.chunk().await.map_err(read_failed(url))? {
-            if (body.len() + chunk.len()) as u64 > limit {
+            read += chunk.len() as u64;
+            if read > limit {
                 return Err(self.too_large(url, format!("over {limit}")));
             }
-            body.extend_from_slice(&chunk);
+            take(&chunk)?;
         }
-        Ok(String::from_utf8(body)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(())
     }
 
     /// A streamed answer, read event by event up to the policy's limit on a reply's bytes (as
@@ -416,27 +429,21 @@ impl OpenAiProvider {
     async fn read_stream(
         &self,
         url: &str,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         streaming: Streaming<'_>,
     ) -> Result<Value, Failure> {
-        let limit = self.policy.max_reply_bytes;
         let broken = |message: String| Failure::transient(unavailable(url, message));
         let mut reply = StreamedReply::new(streaming.form, streaming.choices);
-        let mut read = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(read_failed(url))? {
-            read += chunk.len() as u64;
-            if read > limit {
-                return Err(self.too_large(url, format!("over {limit}")));
-            }
+        self.read_chunks(url, response, |chunk| {
             reply
-                .feed(&chunk, &mut |choice, text| (streaming.grown)(choice, text))
-                .map_err(broken)?;
-        }
+                .feed(chunk, &mut |choice, text| (streaming.grown)(choice, text))
+                .map_err(broken)
+        })
+        .await?;
         reply.finish().map_err(broken)
     }
 
-    /// The failure of a reply longer than the policy allows. Not retried: the server has made
-    /// (and billed) the answer, and would likely make it again.
+    /// The failure of a reply longer than the policy allows ([`Self::read_chunks`]).
     fn too_large(&self, url: &str, bytes: String) -> Failure {
         Failure {
             kind: FailureKind::Permanent,
@@ -897,13 +904,8 @@ impl OpenAiProvider {
     /// of the key: it is told only once the text shows it is not.
     fn redact_growing(&self, text: &str) -> String {
         let mut text = self.redact(text.to_owned());
-        if let Some(key) = self.endpoint.api_key.as_deref().filter(|k| !k.is_empty())
-            && let Some(start) = (1..key.len())
-                .rev()
-                .filter(|&k| key.is_char_boundary(k))
-                .find(|&k| text.ends_with(&key[..k]))
-        {
-            text.truncate(text.len() - start);
+        if let Some(key) = self.endpoint.api_key.as_deref() {
+            text.truncate(text.len() - super::unfinished_start(&text, key));
         }
         text
     }

@@ -463,13 +463,7 @@ impl Sendable {
             let before = safe.len();
             safe = safe.trim_end().trim_end_matches('\u{FFFD}');
             for stop in &self.stops {
-                if let Some(partial) = (1..stop.len())
-                    .rev()
-                    .filter(|&k| stop.is_char_boundary(k))
-                    .find(|&k| safe.ends_with(&stop[..k]))
-                {
-                    safe = &safe[..safe.len() - partial];
-                }
+                safe = &safe[..safe.len() - crate::provider::unfinished_start(safe, stop)];
             }
             if safe.len() == before {
                 break;
