@@ -1,6 +1,8 @@
-//! Speed of the packed CPU matmul alone, on SmolLM2-135M's projection shapes with Q4_1 weights.
+//! Speed of the packed CPU matmul alone, on SmolLM2-135M's projection shapes with Q4_1 weights,
+//! or on Qwen2.5-1.5B's with Q4_K weights (`qwen1.5b`: 1.1 GB of nibble blocks, beyond the
+//! caches, as a decode step of that model reads them).
 //!
-//! `cargo run --release -p drpo-models --example matmul_bench [-- REPEATS]`
+//! `cargo run --release -p drpo-models --example matmul_bench [-- REPEATS [smollm2|qwen1.5b]]`
 //!
 //! For 1 and 8 activation rows, prints each shape's time (best of REPEATS, default 50; each use
 //! a copy of its own) with the weight bytes read per second and the multiply-adds per second,
@@ -25,18 +27,46 @@ fn q4_1(rows: usize, cols: usize) -> PackedMatrix {
     drpo_models::load::gguf::pack(GgmlType::Q4_1, &bytes, rows, cols)
 }
 
+/// `rows × cols` Q4_K weights with varied super-block scales, sub-block scales and nibbles.
+fn q4_k(rows: usize, cols: usize) -> PackedMatrix {
+    let mut bytes = Vec::with_capacity(rows * cols / 256 * 144);
+    for block in 0..rows * cols / 256 {
+        bytes.extend(f16::from_f32(0.001 + 0.0001 * (block % 13) as f32).to_le_bytes());
+        bytes.extend(f16::from_f32(0.002 + 0.0002 * (block % 7) as f32).to_le_bytes());
+        bytes.extend((0..140).map(|j| ((block * 7 + j * 13) % 256) as u8));
+    }
+    drpo_models::load::gguf::pack(GgmlType::Q4K, &bytes, rows, cols)
+}
+
 fn main() {
     let repeats: usize = std::env::args()
         .nth(1)
         .map_or(50, |s| s.parse().expect("REPEATS is a number"));
     // (name, outputs, inputs, uses per token)
-    let shapes = [
-        ("qkv", 960, 576, 30),
-        ("o", 576, 576, 30),
-        ("gate_up", 3072, 576, 30),
-        ("down", 576, 1536, 30),
-        ("lm_head", 49152, 576, 1),
-    ];
+    let (weights, shapes): (fn(usize, usize) -> PackedMatrix, [_; 5]) =
+        match std::env::args().nth(2).as_deref() {
+            None | Some("smollm2") => (
+                q4_1,
+                [
+                    ("qkv", 960, 576, 30),
+                    ("o", 576, 576, 30),
+                    ("gate_up", 3072, 576, 30),
+                    ("down", 576, 1536, 30),
+                    ("lm_head", 49152, 576, 1),
+                ],
+            ),
+            Some("qwen1.5b") => (
+                q4_k,
+                [
+                    ("qkv", 2048, 1536, 28),
+                    ("o", 1536, 1536, 28),
+                    ("gate_up", 17920, 1536, 28),
+                    ("down", 1536, 8960, 28),
+                    ("lm_head", 151936, 1536, 1),
+                ],
+            ),
+            Some(other) => panic!("no shapes named {other}: smollm2 or qwen1.5b"),
+        };
     let kernels = KernelOptions::from_env();
     println!(
         "kernel {}, {} threads",
@@ -48,7 +78,7 @@ fn main() {
         for (name, rows, cols, uses) in shapes {
             // One copy per use, multiplied in turn as a decode step does, so the weights come
             // from memory rather than from a cache that one matrix would fit in.
-            let matrices: Vec<PackedMatrix> = (0..uses).map(|_| q4_1(rows, cols)).collect();
+            let matrices: Vec<PackedMatrix> = (0..uses).map(|_| weights(rows, cols)).collect();
             let matrix = &matrices[0];
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)

@@ -268,22 +268,30 @@ pub fn pack(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> PackedMa
             nibbles.into_matrix(rows, cols)
         }
         GgmlType::Q4K if packable => {
-            let mut nibbles = Nibbles::with_blocks(blocks.len() * 8);
+            let supers = blocks.len();
+            let (mut d, mut dmin) = (Vec::with_capacity(supers), Vec::with_capacity(supers));
+            let (mut sc, mut m) = (
+                Vec::with_capacity(8 * supers),
+                Vec::with_capacity(8 * supers),
+            );
+            let mut quants = Vec::with_capacity(128 * supers);
             for b in blocks {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                d.push(f16_at(b, 0));
+                dmin.push(f16_at(b, 2));
                 let scales = &b[4..16];
                 // Each 32 bytes hold two sub-blocks: one in the low nibbles, one in the high.
                 for (chunk, q) in b[16..144].chunks_exact(32).enumerate() {
                     for (sub, shift) in [(2 * chunk, 0), (2 * chunk + 1, 4)] {
-                        let (sc, m) = scale_min_k4(sub, scales);
-                        let packed: [u8; 16] = std::array::from_fn(|j| {
+                        let (block_scale, block_min) = scale_min_k4(sub, scales);
+                        sc.push(block_scale);
+                        m.push(block_min);
+                        quants.extend((0..16).map(|j| {
                             ((q[j] >> shift) & 0xF) | (((q[j + 16] >> shift) & 0xF) << 4)
-                        });
-                        nibbles.push(d * f32::from(sc), -(dmin * f32::from(m)), packed);
+                        }));
                     }
                 }
             }
-            nibbles.into_matrix(rows, cols)
+            PackedMatrix::from_q4_k(d, dmin, sc, m, quants, rows, cols)
         }
         GgmlType::Q8_0 if packable => {
             let mut scales = Vec::with_capacity(blocks.len());

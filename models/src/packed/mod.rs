@@ -33,7 +33,7 @@ use crate::kernel_options::KernelOptions;
 use kernels::q8::ByteActivations;
 use kernels::{LineAligned, MAX_TILE_ROWS};
 use rows::Row;
-use storage::{Storage, same_kind};
+use storage::{KScales, Storage, same_kind};
 
 /// Weight rows per task (a task's rows go to one thread).
 const ROWS_PER_TASK: usize = 32;
@@ -77,12 +77,60 @@ impl PackedMatrix {
             scales,
             mins,
             quants,
+            k: None,
         };
         Self {
             rows,
             cols,
             groups: vec![(rows, storage)],
         }
+    }
+
+    /// A matrix of Q4_K super-blocks: nibble blocks (as [`from_nibbles`](Self::from_nibbles)
+    /// takes them) whose weight `j` of block `b` in super-block `s` (eight blocks) is
+    /// `d[s] · sc[b] · q − dmin[s] · m[b]`, with `sc` and `m` the 6-bit scales and minimums.
+    /// The f32 products use each block's scale and minimum rounded once, as ggml dequantizes;
+    /// the byte products keep the integers (see `kernels::q8`).
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of 256, or the parts do not hold `rows × cols` weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_q4_k(
+        d: Vec<f32>,
+        dmin: Vec<f32>,
+        sc: Vec<u8>,
+        m: Vec<u8>,
+        quants: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        assert!(
+            cols.is_multiple_of(256),
+            "rows of {cols} weights are not super-blocks of 256"
+        );
+        let blocks = Self::blocks(rows, cols);
+        assert!(
+            d.len() == blocks / 8
+                && dmin.len() == blocks / 8
+                && sc.len() == blocks
+                && m.len() == blocks,
+            "{} super-blocks for {rows}×{cols} weights",
+            blocks / 8
+        );
+        let scales = (0..blocks).map(|b| d[b / 8] * f32::from(sc[b])).collect();
+        let mins = (0..blocks)
+            .map(|b| -(dmin[b / 8] * f32::from(m[b])))
+            .collect();
+        let mut matrix = Self::from_nibbles(scales, mins, quants, rows, cols);
+        if let Storage::Nibbles { k, .. } = &mut matrix.groups[0].1 {
+            *k = Some(KScales {
+                d,
+                dmin: dmin.into_iter().map(|v| -v).collect(),
+                sc,
+                m,
+            });
+        }
+        matrix
     }
 
     /// A matrix of byte blocks: each block of 32 weights is `scale · q` with `q` a signed byte;
@@ -220,7 +268,13 @@ impl PackedMatrix {
                     scales,
                     mins,
                     quants,
-                } => 4 * (scales.len() + mins.len()) + quants.len(),
+                    k,
+                } => {
+                    let k = k.as_ref().map_or(0, |k| {
+                        4 * (k.d.len() + k.dmin.len()) + k.sc.len() + k.m.len()
+                    });
+                    4 * (scales.len() + mins.len()) + quants.len() + k
+                }
                 Storage::Bytes { scales, quants, .. } => 4 * scales.len() + quants.len(),
                 Storage::Dense(values) => 4 * values.len(),
             })
@@ -253,9 +307,13 @@ impl PackedMatrix {
             return Vec::new();
         }
         let kernel = kernels::chosen(options.cpu_matmul_kernel.as_deref());
+        let super_blocks = self
+            .groups
+            .iter()
+            .any(|(_, s)| matches!(s, Storage::Nibbles { k: Some(_), .. }));
         let bytes = options
             .cpu_int8_activations
-            .then(|| ByteActivations::quantize(x, n))
+            .then(|| ByteActivations::quantize(x, n, super_blocks))
             .flatten();
         // The byte products read f32 activations (for f32 weight rows) as they are.
         let arranged = match bytes {
@@ -352,6 +410,23 @@ pub(crate) mod tests {
             .flat_map(|b| (0..16).map(move |j| ((b * 7 + j * 13) % 256) as u8))
             .collect();
         PackedMatrix::from_nibbles(scales, mins, quants, rows, cols)
+    }
+
+    /// A matrix of Q4_K super-blocks with varied scales, minimums and nibbles.
+    pub(crate) fn q4_k_matrix(rows: usize, cols: usize) -> PackedMatrix {
+        let blocks = rows * cols / 32;
+        let d = (0..blocks / 8)
+            .map(|s| 0.001 + 0.0003 * (s % 5) as f32)
+            .collect();
+        let dmin = (0..blocks / 8)
+            .map(|s| 0.002 + 0.0001 * (s % 3) as f32)
+            .collect();
+        let sc = (0..blocks).map(|b| ((b * 11 + 5) % 64) as u8).collect();
+        let m = (0..blocks).map(|b| ((b * 7 + 3) % 64) as u8).collect();
+        let quants = (0..blocks * 16)
+            .map(|i| ((i * 29 + i / 5) % 256) as u8)
+            .collect();
+        PackedMatrix::from_q4_k(d, dmin, sc, m, quants, rows, cols)
     }
 
     /// A matrix of byte blocks with varied bytes and, with `halves`, a scale for each half.
@@ -470,14 +545,47 @@ pub(crate) mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_the_rest_of_the_batch() {
-        let (rows, cols) = (40, 64);
-        let packed = nibble_matrix(rows, cols);
-        let x = activations(7, cols);
-        for options in [KernelOptions::default(), byte_options()] {
-            let batch = packed.matmul(&x, 7, &options);
-            for b in 0..7 {
-                let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
-                assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+        let rows = 40;
+        for packed in [nibble_matrix(rows, 64), q4_k_matrix(rows, 512)] {
+            let cols = packed.cols();
+            let x = activations(7, cols);
+            for options in [KernelOptions::default(), byte_options()] {
+                let batch = packed.matmul(&x, 7, &options);
+                for b in 0..7 {
+                    let alone = packed.matmul(&x[b * cols..(b + 1) * cols], 1, &options);
+                    assert_eq!(alone, batch[b * rows..(b + 1) * rows], "row {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_k_rows_keep_their_integer_scales_through_stacking_and_permuting() {
+        // Q4_K rows after Q4_1 rows (a fused projection of mixed types), permuted so that the
+        // kinds interleave: every row's byte product is the one it has in its own matrix.
+        let cols = 512;
+        let (plain, k) = (nibble_matrix(3, cols), q4_k_matrix(5, cols));
+        assert_eq!(k.row(1), q4_k_matrix(5, cols).to_f32()[cols..2 * cols]);
+        let stacked = PackedMatrix::stack(vec![plain.clone(), k.clone()]);
+        let order = [3, 0, 4, 5, 1, 6, 7, 2];
+        let permuted = stacked.permute_rows(&order);
+        for n in [1, 2, 3] {
+            let x = activations(n, cols);
+            let own: Vec<Vec<f32>> = [&plain, &k]
+                .iter()
+                .map(|m| m.matmul(&x, n, &byte_options()))
+                .collect();
+            let got = permuted.matmul(&x, n, &byte_options());
+            for (i, &from) in order.iter().enumerate() {
+                let (matrix, row) = if from < 3 { (0, from) } else { (1, from - 3) };
+                let rows = [3, 5][matrix];
+                for b in 0..n {
+                    assert_eq!(
+                        got[b * order.len() + i],
+                        own[matrix][b * rows + row],
+                        "n={n} row {i}"
+                    );
+                }
             }
         }
     }

@@ -8,12 +8,24 @@ pub(super) enum Row<'a> {
     Dense(DenseRow<'a>),
 }
 
-/// A row of nibble blocks: per block a scale, a minimum and 16 bytes.
+/// A row of nibble blocks: per block a scale, a minimum and 16 bytes; Q4_K rows also their
+/// integer scales.
 #[derive(Clone, Copy)]
 pub(super) struct NibbleRow<'a> {
     pub(super) scales: &'a [f32],
     pub(super) mins: &'a [f32],
     pub(super) quants: &'a [u8],
+    pub(super) k: Option<KRow<'a>>,
+}
+
+/// A Q4_K row's integer scales (see `storage::KScales`): per super-block of eight blocks `d`
+/// and `dmin` (negated), per block `sc` and `m`.
+#[derive(Clone, Copy)]
+pub(super) struct KRow<'a> {
+    pub(super) d: &'a [f32],
+    pub(super) dmin: &'a [f32],
+    pub(super) sc: &'a [u8],
+    pub(super) m: &'a [u8],
 }
 
 /// A row of byte blocks: 32 bytes per block, and per block one scale (`halves` 0) or one for

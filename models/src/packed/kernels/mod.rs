@@ -3,7 +3,7 @@
 //! giving the same result for a row whatever the tile or batch it is in. One is chosen at run
 //! time ([`chosen`]).
 
-use super::rows::{ByteRow, DenseRow, NibbleRow, OfKind, Row};
+use super::rows::{ByteRow, DenseRow, KRow, NibbleRow, OfKind, Row};
 
 /// Lanes of the dot-product accumulators: one block, so that each lane takes one product per
 /// block and the additions into a lane never wait on each other within a block.

@@ -6,8 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{ByteRow, NibbleRow, OfKind, Row, generic, leading};
-use super::{ByteRows, LANES};
+use super::super::{ByteRow, KRow, NibbleRow, OfKind, Row, generic, leading};
+use super::{ByteRows, LANES, SuperRows};
 
 /// Weight rows per tile.
 const TILE_ROWS: usize = 4;
@@ -42,9 +42,183 @@ fn products_with_features(
                 generic::dots::<super::super::Fused>(row.0, x, &mut out[..n]);
                 1
             }
+            Row::Nibbles(NibbleRow { k: Some(_), .. }) => {
+                leading_super_tile(rest, activations, n, out)
+            }
             Row::Nibbles(_) => leading_tile::<NibbleRow>(rest, activations, n, out),
             Row::Bytes(_) => leading_tile::<ByteRow>(rest, activations, n, out),
         };
+    }
+}
+
+/// A Q4_K row: nibble blocks and their integer scales.
+#[derive(Clone, Copy)]
+struct SuperRow<'a> {
+    quants: &'a [u8],
+    k: KRow<'a>,
+}
+
+impl<'a> OfKind<'a> for SuperRow<'a> {
+    fn of(row: &Row<'a>) -> Option<Self> {
+        match row {
+            Row::Nibbles(NibbleRow {
+                quants, k: Some(k), ..
+            }) => Some(SuperRow { quants, k: *k }),
+            _ => None,
+        }
+    }
+}
+
+/// [`leading_tile`] for Q4_K rows.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn leading_super_tile(rows: &[Row], activations: ByteRows, n: usize, out: &mut [f32]) -> usize {
+    let row = |t: usize| activations.row(t).super_blocks();
+    let tile = |rows: &[SuperRow], out: &mut [f32]| {
+        let mut t = 0;
+        while t < n {
+            let out = &mut out[t..];
+            t += match (rows, n - t) {
+                (&[a, b, c, d], 1) => super_tile::<4, 1>([a, b, c, d], [row(t)], n, out),
+                (&[a, b, c, d], _) => {
+                    super_tile::<4, 2>([a, b, c, d], [row(t), row(t + 1)], n, out)
+                }
+                (&[a], 1) => super_tile::<1, 1>([a], [row(t)], n, out),
+                (&[a], _) => super_tile::<1, 2>([a], [row(t), row(t + 1)], n, out),
+                _ => unreachable!("tiles of four rows or one"),
+            };
+        }
+    };
+    match leading::<SuperRow, TILE_ROWS>(rows) {
+        Some(rows) => {
+            tile(&rows, out);
+            TILE_ROWS
+        }
+        None => {
+            let first = SuperRow::of(&rows[0]).expect("the caller matched a Q4_K row");
+            tile(&[first], out);
+            1
+        }
+    }
+}
+
+/// `out[r · stride + t] = rows[r] · activations[t]` for `R` Q4_K rows and `T` activation rows
+/// rounded per super-block, in the lanes and order of [`super`]'s documentation: per pair of
+/// blocks, one 32-byte load holds both blocks' nibbles; the low nibbles meet the pair's first
+/// 32 activation bytes and the high ones the next 32 in `vpmaddubsw`, and `vpmaddwd` by the
+/// blocks' scales (first block in lanes 0–3, second in 4–7) adds them into 32-bit lanes. Returns
+/// `T`.
+#[inline]
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma")]
+fn super_tile<const R: usize, const T: usize>(
+    rows: [SuperRow; R],
+    activations: [SuperRows; T],
+    stride: usize,
+    out: &mut [f32],
+) -> usize {
+    let supers = rows[0].k.d.len();
+    assert!(rows.iter().all(|r| r.quants.len() == 128 * supers
+        && r.k.sc.len() == 8 * supers
+        && r.k.m.len() == 8 * supers
+        && r.k.dmin.len() == supers));
+    assert!(activations.iter().all(|a| a.quants.len() == 256 * supers
+        && a.scales.len() == supers
+        && a.sums.len() == 8 * supers));
+    assert!(out.len() > (R - 1) * stride + T - 1);
+    let mask = _mm256_set1_epi8(0x0F);
+    // SAFETY: `PAIR_SCALES` holds four vectors.
+    let pair_scales: [__m256i; 4] =
+        std::array::from_fn(|p| unsafe { _mm256_loadu_si256(PAIR_SCALES[p].as_ptr().cast()) });
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut mins = [[0f32; T]; R];
+    for s in 0..supers {
+        let mut lanes = [[_mm256_setzero_si256(); T]; R];
+        let mut scales = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            // SAFETY: the row holds eight scales per super-block (asserted above).
+            let sc = unsafe { _mm_loadl_epi64(rows[r].k.sc.as_ptr().add(8 * s).cast()) };
+            let sc = _mm_cvtepu8_epi16(sc);
+            scales[r] = _mm256_set_m128i(sc, sc);
+        }
+        for p in 0..4 {
+            let mut bytes = [[_mm256_setzero_si256(); 2]; T];
+            for t in 0..T {
+                // SAFETY: 256 bytes per super-block (asserted above).
+                unsafe {
+                    let at = activations[t].quants.as_ptr().add(256 * s + 64 * p);
+                    bytes[t] = [
+                        _mm256_loadu_si256(at.cast()),
+                        _mm256_loadu_si256(at.add(32).cast()),
+                    ];
+                }
+            }
+            for r in 0..R {
+                // SAFETY: 16 bytes a block, eight blocks a super-block (asserted above).
+                let pair = unsafe {
+                    _mm256_loadu_si256(rows[r].quants.as_ptr().add(128 * s + 32 * p).cast())
+                };
+                let low = _mm256_and_si256(pair, mask);
+                let high = _mm256_and_si256(_mm256_srli_epi16(pair, 4), mask);
+                let block_scales = _mm256_shuffle_epi8(scales[r], pair_scales[p]);
+                for t in 0..T {
+                    let first =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(low, bytes[t][0]), block_scales);
+                    let second =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(high, bytes[t][1]), block_scales);
+                    lanes[r][t] = _mm256_add_epi32(lanes[r][t], _mm256_add_epi32(first, second));
+                }
+            }
+        }
+        for r in 0..R {
+            // SAFETY: eight minimums per super-block (asserted above).
+            let m = unsafe { _mm_loadl_epi64(rows[r].k.m.as_ptr().add(8 * s).cast()) };
+            let m = _mm_cvtepu8_epi16(m);
+            for t in 0..T {
+                // SAFETY: eight sums per super-block (asserted above).
+                let sums =
+                    unsafe { _mm_loadu_si128(activations[t].sums.as_ptr().add(8 * s).cast()) };
+                let minimums = integer_sum(_mm_madd_epi16(m, sums));
+                let e = activations[t].scales[s];
+                let scale = _mm256_set1_ps(rows[r].k.d[s] * e);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes[r][t]), scale, acc[r][t]);
+                mins[r][t] = (minimums as f32).mul_add(rows[r].k.dmin[s] * e, mins[r][t]);
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r * stride + t] = lane_sum(acc[r][t]) + mins[r][t];
+        }
+    }
+    T
+}
+
+/// For pair `p` of a super-block's blocks, the `vpshufb` that spreads block `2p`'s 16-bit
+/// scale over the low half of a vector and block `2p + 1`'s over the high half, from the eight
+/// scales repeated in both halves.
+const PAIR_SCALES: [[u8; 32]; 4] = {
+    let mut table = [[0u8; 32]; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut i = 0;
+        while i < 32 {
+            let block = 2 * p + i / 16;
+            table[p][i] = (2 * block + i % 2) as u8;
+            i += 1;
+        }
+        p += 1;
+    }
+    table
+};
+
+/// The sum of four 32-bit integers.
+#[inline(always)]
+fn integer_sum(v: __m128i) -> i32 {
+    // SAFETY: inlined only into the kernels, which have these instructions.
+    unsafe {
+        let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+        _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
     }
 }
 
@@ -58,7 +232,8 @@ fn leading_tile<'a, W: Quants + OfKind<'a>>(
     n: usize,
     out: &mut [f32],
 ) -> usize {
-    match leading::<W, TILE_ROWS>(rows) {
+    // Q4_K rows are nibble rows too, but take the super-block tiles.
+    match leading::<W, TILE_ROWS>(rows).filter(|tile| !tile.iter().any(W::super_blocks)) {
         Some(tile) => batch(&tile, activations, n, out),
         None => {
             let first = [W::of(&rows[0]).expect("the caller matched the first row's kind")];
@@ -102,6 +277,11 @@ fn batch<W: Quants, const R: usize>(
 trait Quants {
     fn blocks(&self) -> usize;
 
+    /// Whether this is a Q4_K row, multiplied by [`super_tile`] instead.
+    fn super_blocks(&self) -> bool {
+        false
+    }
+
     /// Block `b`'s 32 weights as bytes.
     ///
     /// # Safety
@@ -128,6 +308,10 @@ trait Quants {
 impl Quants for NibbleRow<'_> {
     fn blocks(&self) -> usize {
         self.scales.len()
+    }
+
+    fn super_blocks(&self) -> bool {
+        self.k.is_some()
     }
 
     #[inline(always)]
