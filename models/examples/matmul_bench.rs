@@ -16,26 +16,17 @@ use drpo_models::gguf::GgmlType;
 use drpo_models::packed::PackedMatrix;
 use half::f16;
 
-/// `rows × cols` Q4_1 weights with varied scales, minimums and nibbles.
-fn q4_1(rows: usize, cols: usize) -> PackedMatrix {
-    let mut bytes = Vec::with_capacity(rows * cols / 32 * 20);
-    for block in 0..rows * cols / 32 {
+/// `rows × cols` weights of `dtype` (Q4_1 or Q4_K: blocks of two f16 scales, then bytes) with
+/// varied scales and bytes.
+fn weights(dtype: GgmlType, rows: usize, cols: usize) -> PackedMatrix {
+    let (elements, size) = (dtype.block_elements(), dtype.block_bytes());
+    let mut bytes = Vec::with_capacity(rows * cols / elements * size);
+    for block in 0..rows * cols / elements {
         bytes.extend(f16::from_f32(0.01 + 0.001 * (block % 13) as f32).to_le_bytes());
         bytes.extend(f16::from_f32(-0.04 + 0.005 * (block % 7) as f32).to_le_bytes());
-        bytes.extend((0..16).map(|j| ((block * 7 + j * 13) % 256) as u8));
+        bytes.extend((0..size - 4).map(|j| ((block * 7 + j * 13) % 256) as u8));
     }
-    drpo_models::load::gguf::pack(GgmlType::Q4_1, &bytes, rows, cols)
-}
-
-/// `rows × cols` Q4_K weights with varied super-block scales, sub-block scales and nibbles.
-fn q4_k(rows: usize, cols: usize) -> PackedMatrix {
-    let mut bytes = Vec::with_capacity(rows * cols / 256 * 144);
-    for block in 0..rows * cols / 256 {
-        bytes.extend(f16::from_f32(0.001 + 0.0001 * (block % 13) as f32).to_le_bytes());
-        bytes.extend(f16::from_f32(0.002 + 0.0002 * (block % 7) as f32).to_le_bytes());
-        bytes.extend((0..140).map(|j| ((block * 7 + j * 13) % 256) as u8));
-    }
-    drpo_models::load::gguf::pack(GgmlType::Q4K, &bytes, rows, cols)
+    drpo_models::load::gguf::pack(dtype, &bytes, rows, cols)
 }
 
 fn main() {
@@ -43,30 +34,29 @@ fn main() {
         .nth(1)
         .map_or(50, |s| s.parse().expect("REPEATS is a number"));
     // (name, outputs, inputs, uses per token)
-    let (weights, shapes): (fn(usize, usize) -> PackedMatrix, [_; 5]) =
-        match std::env::args().nth(2).as_deref() {
-            None | Some("smollm2") => (
-                q4_1,
-                [
-                    ("qkv", 960, 576, 30),
-                    ("o", 576, 576, 30),
-                    ("gate_up", 3072, 576, 30),
-                    ("down", 576, 1536, 30),
-                    ("lm_head", 49152, 576, 1),
-                ],
-            ),
-            Some("qwen1.5b") => (
-                q4_k,
-                [
-                    ("qkv", 2048, 1536, 28),
-                    ("o", 1536, 1536, 28),
-                    ("gate_up", 17920, 1536, 28),
-                    ("down", 1536, 8960, 28),
-                    ("lm_head", 151936, 1536, 1),
-                ],
-            ),
-            Some(other) => panic!("no shapes named {other}: smollm2 or qwen1.5b"),
-        };
+    let (dtype, shapes) = match std::env::args().nth(2).as_deref() {
+        None | Some("smollm2") => (
+            GgmlType::Q4_1,
+            [
+                ("qkv", 960, 576, 30),
+                ("o", 576, 576, 30),
+                ("gate_up", 3072, 576, 30),
+                ("down", 576, 1536, 30),
+                ("lm_head", 49152, 576, 1),
+            ],
+        ),
+        Some("qwen1.5b") => (
+            GgmlType::Q4K,
+            [
+                ("qkv", 2048, 1536, 28),
+                ("o", 1536, 1536, 28),
+                ("gate_up", 17920, 1536, 28),
+                ("down", 1536, 8960, 28),
+                ("lm_head", 151936, 1536, 1),
+            ],
+        ),
+        Some(other) => panic!("no shapes named {other}: smollm2 or qwen1.5b"),
+    };
     let kernels = KernelOptions::from_env();
     println!(
         "kernel {}, {} threads",
@@ -78,7 +68,8 @@ fn main() {
         for (name, rows, cols, uses) in shapes {
             // One copy per use, multiplied in turn as a decode step does, so the weights come
             // from memory rather than from a cache that one matrix would fit in.
-            let matrices: Vec<PackedMatrix> = (0..uses).map(|_| weights(rows, cols)).collect();
+            let matrices: Vec<PackedMatrix> =
+                (0..uses).map(|_| weights(dtype, rows, cols)).collect();
             let matrix = &matrices[0];
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)

@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use super::{ByteRow, DenseRow, NibbleRow, Row};
+use super::{ByteRow, DenseRow, NibbleRow, PREFETCH_ROWS, Row};
 
 vector_products!("avx2,fma", direct_rows: 1, buffered_rows: 4);
 
@@ -20,9 +20,18 @@ trait BlockRow {
     /// # Safety
     /// Only on a CPU with avx2 and fma; `b` below [`blocks`](Self::blocks).
     unsafe fn block(&self, b: usize) -> [__m256; 4];
+
+    /// Asks the caches for block `b` of the row `rows_ahead` rows on (packed rows only).
+    #[inline(always)]
+    fn prefetch_ahead(&self, _b: usize, _rows_ahead: usize) {}
 }
 
 impl BlockRow for NibbleRow<'_> {
+    #[inline(always)]
+    fn prefetch_ahead(&self, b: usize, rows_ahead: usize) {
+        NibbleRow::prefetch_ahead(self, b, rows_ahead);
+    }
+
     fn blocks(&self) -> usize {
         self.scales.len()
     }
@@ -41,6 +50,11 @@ impl BlockRow for NibbleRow<'_> {
 }
 
 impl BlockRow for ByteRow<'_> {
+    #[inline(always)]
+    fn prefetch_ahead(&self, b: usize, rows_ahead: usize) {
+        ByteRow::prefetch_ahead(self, b, rows_ahead);
+    }
+
     fn blocks(&self) -> usize {
         ByteRow::blocks(self)
     }
@@ -84,6 +98,11 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     assert!(x.len() >= T * cols && out.len() > (R - 1) * stride + T - 1);
     let mut acc = [[[_mm256_setzero_ps(); 4]; T]; R];
     for b in 0..blocks {
+        if b % 2 == 0 {
+            for row in rows {
+                row.prefetch_ahead(b, R.max(PREFETCH_ROWS));
+            }
+        }
         let mut xs = [[_mm256_setzero_ps(); 4]; T];
         for t in 0..T {
             for k in 0..4 {

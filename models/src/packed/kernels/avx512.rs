@@ -1,6 +1,6 @@
 use std::arch::x86_64::*;
 
-use super::{ByteRow, DenseRow, NibbleRow, Row};
+use super::{ByteRow, DenseRow, NibbleRow, PREFETCH_ROWS, Row};
 
 vector_products!("avx512f,avx2,fma", direct_rows: 2, buffered_rows: 2);
 
@@ -16,9 +16,18 @@ trait BlockRow {
     /// # Safety
     /// Only on a CPU with avx512f; `b` below [`blocks`](Self::blocks).
     unsafe fn block(&self, b: usize) -> [__m512; 2];
+
+    /// Asks the caches for block `b` of the row `rows_ahead` rows on (packed rows only).
+    #[inline(always)]
+    fn prefetch_ahead(&self, _b: usize, _rows_ahead: usize) {}
 }
 
 impl BlockRow for NibbleRow<'_> {
+    #[inline(always)]
+    fn prefetch_ahead(&self, b: usize, rows_ahead: usize) {
+        NibbleRow::prefetch_ahead(self, b, rows_ahead);
+    }
+
     fn blocks(&self) -> usize {
         self.scales.len()
     }
@@ -44,6 +53,11 @@ impl BlockRow for NibbleRow<'_> {
 }
 
 impl BlockRow for ByteRow<'_> {
+    #[inline(always)]
+    fn prefetch_ahead(&self, b: usize, rows_ahead: usize) {
+        ByteRow::prefetch_ahead(self, b, rows_ahead);
+    }
+
     fn blocks(&self) -> usize {
         ByteRow::blocks(self)
     }
@@ -140,6 +154,11 @@ fn fused<W: BlockRow, const R: usize, const T: usize>(
     assert!(x.len() >= T * cols && out.len() > (R - 1) * stride + T - 1);
     let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
     for b in 0..blocks {
+        if b % 2 == 0 {
+            for row in rows {
+                row.prefetch_ahead(b, R.max(PREFETCH_ROWS));
+            }
+        }
         let mut xs = [[_mm512_setzero_ps(); 2]; T];
         for t in 0..T {
             // SAFETY: row `t` of `x` holds `cols` values (asserted above).

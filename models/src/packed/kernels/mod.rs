@@ -3,7 +3,7 @@
 //! giving the same result for a row whatever the tile or batch it is in. One is chosen at run
 //! time ([`chosen`]).
 
-use super::rows::{ByteRow, DenseRow, KRow, NibbleRow, OfKind, Row};
+use super::rows::{ByteRow, DenseRow, KRow, NibbleRow, OfKind, PREFETCH_ROWS, Row};
 
 /// Lanes of the dot-product accumulators: one block, so that each lane takes one product per
 /// block and the additions into a lane never wait on each other within a block.
@@ -110,10 +110,15 @@ pub(super) fn available_kernels() -> Vec<Kernel> {
             generic_bytes
         };
         if std::is_x86_feature_detected!("avx512f") {
+            let wide_bytes = avx2 && std::is_x86_feature_detected!("avx512bw");
             kernels.push(Kernel {
                 name: "avx512",
                 products: avx512::products,
-                byte_products: vector_bytes,
+                byte_products: if wide_bytes {
+                    q8::avx2::wide_products
+                } else {
+                    vector_bytes
+                },
                 lane_group: LANES,
             });
         }

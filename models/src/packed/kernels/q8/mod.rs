@@ -31,7 +31,7 @@
 //!   `mins = fma(integer, −dmin[s]·e[s], mins)` in super-block order; added last.
 //!
 //! The super-block activations are kept in the order the vector kernels read them: for each
-//! pair of blocks, the first 16 bytes of each block, then the last 16 of each.
+//! four blocks, the first 16 bytes of each block, then the last 16 of each.
 
 use super::{KRow, MulAdd, NibbleRow, Row, generic, tree_sum};
 
@@ -83,7 +83,7 @@ fn byte_sum(quants: &[i8]) -> i32 {
 
 /// Where element `j` of a super-block's block `b` lies in its [`SuperBytes`] order.
 fn super_position(b: usize, j: usize) -> usize {
-    64 * (b / 2) + 32 * (j / 16) + 16 * (b % 2) + j % 16
+    128 * (b / 4) + 64 * (j / 16) + 16 * (b % 4) + j % 16
 }
 
 impl ByteActivations {
@@ -303,46 +303,61 @@ mod tests {
     use super::super::tests::{every_storage, rows_of};
     use super::super::{Fused, available_kernels};
     use super::*;
+    use crate::packed::PackedMatrix;
     use crate::packed::tests::{activations, q4_k_matrix, reference};
+
+    /// `matrix` times `n` rows of activations rounded to bytes (per super-block too with
+    /// `super_blocks`), by the portable products and by every kernel of this CPU: the portable
+    /// products lie within the rounding's bound of the exact ones (each activation moves by at
+    /// most half its step, `step(rounded, t, c)` for row `t`, column `c`), the vector kernels give
+    /// their bits, and the generic kernel (two roundings where the others fuse) comes close.
+    fn check_every_kernel(
+        matrix: &PackedMatrix,
+        n: usize,
+        super_blocks: bool,
+        step: fn(&ByteActivations, usize, usize) -> f32,
+    ) {
+        let (rows, cols) = (matrix.rows(), matrix.cols());
+        let weights = matrix.to_f32();
+        let matrix_rows = rows_of(matrix);
+        let x = activations(n, cols);
+        let rounded = ByteActivations::quantize(&x, n, super_blocks).expect("whole blocks");
+        let mut portable = vec![0f32; rows * n];
+        products::<Fused>(&matrix_rows, &x, rounded.rows(0, n), n, &mut portable);
+        let want = reference(&weights, &x, rows, cols, n);
+        for (r, out) in portable.chunks_exact(n).enumerate() {
+            for (t, &got) in out.iter().enumerate() {
+                let bound: f32 = (0..cols)
+                    .map(|c| weights[r * cols + c].abs() * step(&rounded, t, c))
+                    .sum::<f32>()
+                    / 2.0;
+                let want = want[t * rows + r];
+                assert!((got - want).abs() <= bound * 1.01 + 1e-4, "n={n} r={r}");
+            }
+        }
+        for kernel in available_kernels() {
+            let mut got = vec![0f32; rows * n];
+            (kernel.byte_products)(&matrix_rows, &x, rounded.rows(0, n), n, &mut got);
+            let name = kernel.name;
+            if name == "generic" {
+                for (g, p) in got.iter().zip(&portable) {
+                    assert!((g - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name} n={n}");
+                }
+            } else {
+                assert_eq!(got, portable, "{name} n={n}");
+            }
+        }
+    }
 
     #[test]
     fn q4_k_rows_take_super_blocks_in_every_kernel_bit_for_bit_near_the_exact_products() {
         // Five rows: a tile of four and a lone row; up to five activation rows: tiles of one
         // and two; two super-blocks a row.
-        let (rows, cols) = (5, 512);
-        let matrix = q4_k_matrix(rows, cols);
-        let weights = matrix.to_f32();
-        let matrix_rows = rows_of(&matrix);
+        let matrix = q4_k_matrix(5, 512);
         for n in 1..=5 {
-            let x = activations(n, cols);
-            let rounded = ByteActivations::quantize(&x, n, true).expect("whole blocks");
-            let coarse = rounded.coarse.as_ref().expect("super-blocks");
-            let mut portable = vec![0f32; rows * n];
-            products::<Fused>(&matrix_rows, &x, rounded.rows(0, n), n, &mut portable);
-            // The rounding moves each activation by at most half its super-block's step.
-            let want = reference(&weights, &x, rows, cols, n);
-            for (r, out) in portable.chunks_exact(n).enumerate() {
-                for (t, &got) in out.iter().enumerate() {
-                    let bound: f32 = (0..cols)
-                        .map(|c| weights[r * cols + c].abs() * coarse.scales[t * 2 + c / 256])
-                        .sum::<f32>()
-                        / 2.0;
-                    let want = want[t * rows + r];
-                    assert!((got - want).abs() <= bound * 1.01 + 1e-5, "n={n} r={r}");
-                }
-            }
-            for kernel in available_kernels() {
-                let mut got = vec![0f32; rows * n];
-                (kernel.byte_products)(&matrix_rows, &x, rounded.rows(0, n), n, &mut got);
-                let name = kernel.name;
-                if name == "generic" {
-                    for (g, p) in got.iter().zip(&portable) {
-                        assert!((g - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name} n={n}");
-                    }
-                } else {
-                    assert_eq!(got, portable, "{name} n={n}");
-                }
-            }
+            check_every_kernel(&matrix, n, true, |rounded, t, c| {
+                rounded.coarse.as_ref().expect("super-blocks").scales[t * 2 + c / 256]
+            });
         }
     }
 
@@ -403,38 +418,10 @@ mod tests {
         // of activation rows and its remainders.
         let (rows, cols) = (5, 96);
         for matrix in &every_storage(rows, cols) {
-            let weights = matrix.to_f32();
-            let matrix_rows = rows_of(matrix);
             for n in 1..=7 {
-                let x = activations(n, cols);
-                let rounded = ByteActivations::quantize(&x, n, false).expect("whole blocks");
-                let mut portable = vec![0f32; rows * n];
-                products::<Fused>(&matrix_rows, &x, rounded.rows(0, n), n, &mut portable);
-                // The rounding moves each activation by at most half its block's step.
-                let want = reference(&weights, &x, rows, cols, n);
-                for (r, out) in portable.chunks_exact(n).enumerate() {
-                    for (t, &got) in out.iter().enumerate() {
-                        let bound: f32 = (0..cols)
-                            .map(|c| weights[r * cols + c].abs() * rounded.scales[t * 3 + c / 32])
-                            .sum::<f32>()
-                            / 2.0;
-                        let want = want[t * rows + r];
-                        assert!((got - want).abs() <= bound * 1.01 + 1e-4, "n={n} r={r}");
-                    }
-                }
-                for kernel in available_kernels() {
-                    let mut got = vec![0f32; rows * n];
-                    (kernel.byte_products)(&matrix_rows, &x, rounded.rows(0, n), n, &mut got);
-                    let name = kernel.name;
-                    if name == "generic" {
-                        // Two roundings where the others fuse: close, not the same bits.
-                        for (g, p) in got.iter().zip(&portable) {
-                            assert!((g - p).abs() <= 1e-4 * (1.0 + p.abs()), "{name} n={n}");
-                        }
-                    } else {
-                        assert_eq!(got, portable, "{name} n={n}");
-                    }
-                }
+                check_every_kernel(matrix, n, false, |rounded, t, c| {
+                    rounded.scales[t * 3 + c / 32]
+                });
             }
         }
     }
