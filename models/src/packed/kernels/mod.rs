@@ -110,15 +110,10 @@ pub(super) fn available_kernels() -> Vec<Kernel> {
             generic_bytes
         };
         if std::is_x86_feature_detected!("avx512f") {
-            let wide_bytes = avx2 && std::is_x86_feature_detected!("avx512bw");
             kernels.push(Kernel {
                 name: "avx512",
                 products: avx512::products,
-                byte_products: if wide_bytes {
-                    q8::avx2::wide_products
-                } else {
-                    vector_bytes
-                },
+                byte_products: vector_bytes,
                 lane_group: LANES,
             });
         }

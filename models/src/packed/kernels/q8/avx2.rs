@@ -23,24 +23,11 @@ pub(in crate::packed) fn products(
     out: &mut [f32],
 ) {
     // SAFETY: the kernel list offers this function only once the CPU showed these features.
-    unsafe { products_with_features::<Narrow>(rows, x, activations, n, out) }
-}
-
-/// [`products`] with Q4_K rows multiplied 512 bits at a time ([`Wide`]).
-pub(in crate::packed) fn wide_products(
-    rows: &[Row],
-    x: &[f32],
-    activations: ByteRows,
-    n: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the kernel list offers this function only once the CPU showed AVX2, FMA,
-    // AVX-512F and AVX-512BW.
-    unsafe { products_with_features::<Wide>(rows, x, activations, n, out) }
+    unsafe { products_with_features(rows, x, activations, n, out) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn products_with_features<I: Integers>(
+fn products_with_features(
     rows: &[Row],
     x: &[f32],
     activations: ByteRows,
@@ -56,7 +43,7 @@ fn products_with_features<I: Integers>(
                 1
             }
             Row::Nibbles(NibbleRow { k: Some(_), .. }) => {
-                leading_super_tile::<I>(rest, activations, n, out)
+                leading_super_tile(rest, activations, n, out)
             }
             Row::Nibbles(_) => leading_tile::<NibbleRow>(rest, activations, n, out),
             Row::Bytes(_) => leading_tile::<ByteRow>(rest, activations, n, out),
@@ -85,22 +72,19 @@ impl<'a> OfKind<'a> for SuperRow<'a> {
 /// [`leading_tile`] for Q4_K rows.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn leading_super_tile<I: Integers>(
-    rows: &[Row],
-    activations: ByteRows,
-    n: usize,
-    out: &mut [f32],
-) -> usize {
+fn leading_super_tile(rows: &[Row], activations: ByteRows, n: usize, out: &mut [f32]) -> usize {
     let row = |t: usize| activations.row(t).super_blocks();
     let tile = |rows: &[SuperRow], out: &mut [f32]| {
         let mut t = 0;
         while t < n {
             let out = &mut out[t..];
             t += match (rows, n - t) {
-                (&[a, b, c, d], 1) => I::tile::<4, 1>([a, b, c, d], [row(t)], n, out),
-                (&[a, b, c, d], _) => I::tile::<4, 2>([a, b, c, d], [row(t), row(t + 1)], n, out),
-                (&[a], 1) => I::tile::<1, 1>([a], [row(t)], n, out),
-                (&[a], _) => I::tile::<1, 2>([a], [row(t), row(t + 1)], n, out),
+                (&[a, b, c, d], 1) => super_tile::<4, 1>([a, b, c, d], [row(t)], n, out),
+                (&[a, b, c, d], _) => {
+                    super_tile::<4, 2>([a, b, c, d], [row(t), row(t + 1)], n, out)
+                }
+                (&[a], 1) => super_tile::<1, 1>([a], [row(t)], n, out),
+                (&[a], _) => super_tile::<1, 2>([a], [row(t), row(t + 1)], n, out),
                 _ => unreachable!("tiles of four rows or one"),
             };
         }
@@ -118,191 +102,16 @@ fn leading_super_tile<I: Integers>(
     }
 }
 
-/// How a tile of Q4_K rows adds a super-block's products into its eight integers:
-/// [`Narrow`] (AVX2) or [`Wide`] (AVX-512, two pairs of blocks a vector).
-trait Integers {
-    /// [`super_tile`] with these integers, compiled for the instructions they need.
-    fn tile<const R: usize, const T: usize>(
-        rows: [SuperRow; R],
-        activations: [SuperRows; T],
-        stride: usize,
-        out: &mut [f32],
-    ) -> usize;
-
-    /// Super-block `s`'s eight integers (module documentation of [`super`]) for each row and
-    /// activation row.
-    ///
-    /// # Safety
-    /// Only on a CPU with the implementation's instructions; the rows and activations hold
-    /// super-block `s`.
-    unsafe fn integers<const R: usize, const T: usize>(
-        rows: &[SuperRow; R],
-        activations: &[SuperRows; T],
-        s: usize,
-    ) -> [[__m256i; T]; R];
-}
-
-/// AVX2: one pair of blocks a vector.
-struct Narrow;
-
-impl Integers for Narrow {
-    fn tile<const R: usize, const T: usize>(
-        rows: [SuperRow; R],
-        activations: [SuperRows; T],
-        stride: usize,
-        out: &mut [f32],
-    ) -> usize {
-        #[target_feature(enable = "avx2,fma")]
-        fn tile<const R: usize, const T: usize>(
-            rows: [SuperRow; R],
-            activations: [SuperRows; T],
-            stride: usize,
-            out: &mut [f32],
-        ) -> usize {
-            super_tile::<Narrow, R, T>(rows, activations, stride, out)
-        }
-        // SAFETY: this kernel runs only once the CPU showed these features.
-        unsafe { tile(rows, activations, stride, out) }
-    }
-
-    /// Per pair of blocks, one 32-byte load holds both blocks' nibbles; the low nibbles meet
-    /// the pair's first 16 activation bytes of each block and the high ones the last 16 in
-    /// `vpmaddubsw`, and `vpmaddwd` by the blocks' scales (the first block's in lanes 0–3, the
-    /// second's in 4–7) adds them into 32-bit lanes.
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn integers<const R: usize, const T: usize>(
-        rows: &[SuperRow; R],
-        activations: &[SuperRows; T],
-        s: usize,
-    ) -> [[__m256i; T]; R] {
-        // SAFETY: the caller checked the CPU and bounds `s`.
-        unsafe {
-            let mask = _mm256_set1_epi8(0x0F);
-            let mut lanes = [[_mm256_setzero_si256(); T]; R];
-            let scales: [__m256i; R] = std::array::from_fn(|r| {
-                let sc =
-                    _mm_cvtepu8_epi16(_mm_loadl_epi64(rows[r].k.sc.as_ptr().add(8 * s).cast()));
-                _mm256_set_m128i(sc, sc)
-            });
-            for p in 0..4 {
-                let spread =
-                    _mm256_loadu_si256(SCALE_SPREAD[p / 2].as_ptr().add(32 * (p % 2)).cast());
-                let bytes: [[__m256i; 2]; T] = std::array::from_fn(|t| {
-                    let at = activations[t]
-                        .quants
-                        .as_ptr()
-                        .add(256 * s + 128 * (p / 2) + 32 * (p % 2));
-                    [
-                        _mm256_loadu_si256(at.cast()),
-                        _mm256_loadu_si256(at.add(64).cast()),
-                    ]
-                });
-                for r in 0..R {
-                    let pair =
-                        _mm256_loadu_si256(rows[r].quants.as_ptr().add(128 * s + 32 * p).cast());
-                    let low = _mm256_and_si256(pair, mask);
-                    let high = _mm256_and_si256(_mm256_srli_epi16(pair, 4), mask);
-                    let block_scales = _mm256_shuffle_epi8(scales[r], spread);
-                    for t in 0..T {
-                        let first =
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(low, bytes[t][0]), block_scales);
-                        let second = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(high, bytes[t][1]),
-                            block_scales,
-                        );
-                        lanes[r][t] =
-                            _mm256_add_epi32(lanes[r][t], _mm256_add_epi32(first, second));
-                    }
-                }
-            }
-            lanes
-        }
-    }
-}
-
-/// AVX-512: two pairs of blocks a vector, [`Narrow`]'s steps twice as wide; the halves'
-/// integers are added at the end of the super-block (exact, so the same integers).
-struct Wide;
-
-impl Integers for Wide {
-    fn tile<const R: usize, const T: usize>(
-        rows: [SuperRow; R],
-        activations: [SuperRows; T],
-        stride: usize,
-        out: &mut [f32],
-    ) -> usize {
-        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-        fn tile<const R: usize, const T: usize>(
-            rows: [SuperRow; R],
-            activations: [SuperRows; T],
-            stride: usize,
-            out: &mut [f32],
-        ) -> usize {
-            super_tile::<Wide, R, T>(rows, activations, stride, out)
-        }
-        // SAFETY: this kernel runs only once the CPU showed these features.
-        unsafe { tile(rows, activations, stride, out) }
-    }
-
-    #[inline(always)]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn integers<const R: usize, const T: usize>(
-        rows: &[SuperRow; R],
-        activations: &[SuperRows; T],
-        s: usize,
-    ) -> [[__m256i; T]; R] {
-        // SAFETY: the caller checked the CPU and bounds `s`.
-        unsafe {
-            let mask = _mm512_set1_epi8(0x0F);
-            let mut lanes = [[_mm512_setzero_si512(); T]; R];
-            let scales: [__m512i; R] = std::array::from_fn(|r| {
-                let sc =
-                    _mm_cvtepu8_epi16(_mm_loadl_epi64(rows[r].k.sc.as_ptr().add(8 * s).cast()));
-                _mm512_broadcast_i32x4(sc)
-            });
-            for q in 0..2 {
-                let spread = _mm512_loadu_si512(SCALE_SPREAD[q].as_ptr().cast());
-                let bytes: [[__m512i; 2]; T] = std::array::from_fn(|t| {
-                    let at = activations[t].quants.as_ptr().add(256 * s + 128 * q);
-                    [
-                        _mm512_loadu_si512(at.cast()),
-                        _mm512_loadu_si512(at.add(64).cast()),
-                    ]
-                });
-                for r in 0..R {
-                    let quad =
-                        _mm512_loadu_si512(rows[r].quants.as_ptr().add(128 * s + 64 * q).cast());
-                    let low = _mm512_and_si512(quad, mask);
-                    let high = _mm512_and_si512(_mm512_srli_epi16(quad, 4), mask);
-                    let block_scales = _mm512_shuffle_epi8(scales[r], spread);
-                    for t in 0..T {
-                        let first =
-                            _mm512_madd_epi16(_mm512_maddubs_epi16(low, bytes[t][0]), block_scales);
-                        let second = _mm512_madd_epi16(
-                            _mm512_maddubs_epi16(high, bytes[t][1]),
-                            block_scales,
-                        );
-                        lanes[r][t] =
-                            _mm512_add_epi32(lanes[r][t], _mm512_add_epi32(first, second));
-                    }
-                }
-            }
-            lanes.map(|row| {
-                row.map(|v| {
-                    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
-                })
-            })
-        }
-    }
-}
-
 /// `out[r · stride + t] = rows[r] · activations[t]` for `R` Q4_K rows and `T` activation rows
-/// rounded per super-block, in the lanes and order of [`super`]'s documentation, the integers
-/// from `I`. Inlined into `I`'s [`Integers::tile`], which has the instructions. Returns `T`.
-#[inline(always)]
+/// rounded per super-block, in the lanes and order of [`super`]'s documentation: per pair of
+/// blocks, one 32-byte load holds both blocks' nibbles; the low nibbles meet the pair's first
+/// 32 activation bytes and the high ones the next 32 in `vpmaddubsw`, and `vpmaddwd` by the
+/// blocks' scales (first block in lanes 0–3, second in 4–7) adds them into 32-bit lanes. Returns
+/// `T`.
+#[inline]
 #[allow(clippy::needless_range_loop)]
-fn super_tile<I: Integers, const R: usize, const T: usize>(
+#[target_feature(enable = "avx2,fma")]
+fn super_tile<const R: usize, const T: usize>(
     rows: [SuperRow; R],
     activations: [SuperRows; T],
     stride: usize,
@@ -317,53 +126,93 @@ fn super_tile<I: Integers, const R: usize, const T: usize>(
         && a.scales.len() == supers
         && a.sums.len() == 8 * supers));
     assert!(out.len() > (R - 1) * stride + T - 1);
-    // SAFETY: only `I::tile` calls this, compiled with AVX2 and FMA and whatever `I` needs, on a
-    // CPU that has them; every load is within the lengths asserted above.
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut mins = [[0f32; T]; R];
-        for s in 0..supers {
-            for row in &rows {
-                for b in [8 * s, 8 * s + 4] {
-                    row.k.prefetch_ahead(row.quants, b, R.max(PREFETCH_ROWS));
+    let mask = _mm256_set1_epi8(0x0F);
+    // SAFETY: `PAIR_SCALES` holds four vectors.
+    let pair_scales: [__m256i; 4] =
+        std::array::from_fn(|p| unsafe { _mm256_loadu_si256(PAIR_SCALES[p].as_ptr().cast()) });
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut mins = [[0f32; T]; R];
+    for s in 0..supers {
+        for row in &rows {
+            for b in [8 * s, 8 * s + 4] {
+                row.k.prefetch_ahead(row.quants, b, R.max(PREFETCH_ROWS));
+            }
+        }
+        let mut lanes = [[_mm256_setzero_si256(); T]; R];
+        let mut scales = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            // SAFETY: the row holds eight scales per super-block (asserted above).
+            let sc = unsafe { _mm_loadl_epi64(rows[r].k.sc.as_ptr().add(8 * s).cast()) };
+            let sc = _mm_cvtepu8_epi16(sc);
+            scales[r] = _mm256_set_m128i(sc, sc);
+        }
+        for p in 0..4 {
+            let mut bytes = [[_mm256_setzero_si256(); 2]; T];
+            for t in 0..T {
+                // SAFETY: 256 bytes per super-block (asserted above).
+                unsafe {
+                    let at = activations[t].quants.as_ptr().add(256 * s + 64 * p);
+                    bytes[t] = [
+                        _mm256_loadu_si256(at.cast()),
+                        _mm256_loadu_si256(at.add(32).cast()),
+                    ];
                 }
             }
-            let lanes = I::integers(&rows, &activations, s);
             for r in 0..R {
-                let m = _mm_cvtepu8_epi16(_mm_loadl_epi64(rows[r].k.m.as_ptr().add(8 * s).cast()));
+                // SAFETY: 16 bytes a block, eight blocks a super-block (asserted above).
+                let pair = unsafe {
+                    _mm256_loadu_si256(rows[r].quants.as_ptr().add(128 * s + 32 * p).cast())
+                };
+                let low = _mm256_and_si256(pair, mask);
+                let high = _mm256_and_si256(_mm256_srli_epi16(pair, 4), mask);
+                let block_scales = _mm256_shuffle_epi8(scales[r], pair_scales[p]);
                 for t in 0..T {
-                    let sums = _mm_loadu_si128(activations[t].sums.as_ptr().add(8 * s).cast());
-                    let minimums = integer_sum(_mm_madd_epi16(m, sums));
-                    let e = activations[t].scales[s];
-                    let scale = _mm256_set1_ps(rows[r].k.d[s] * e);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes[r][t]), scale, acc[r][t]);
-                    mins[r][t] = (minimums as f32).mul_add(rows[r].k.dmin[s] * e, mins[r][t]);
+                    let first =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(low, bytes[t][0]), block_scales);
+                    let second =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(high, bytes[t][1]), block_scales);
+                    lanes[r][t] = _mm256_add_epi32(lanes[r][t], _mm256_add_epi32(first, second));
                 }
             }
         }
         for r in 0..R {
+            // SAFETY: eight minimums per super-block (asserted above).
+            let m = unsafe { _mm_loadl_epi64(rows[r].k.m.as_ptr().add(8 * s).cast()) };
+            let m = _mm_cvtepu8_epi16(m);
             for t in 0..T {
-                out[r * stride + t] = lane_sum(acc[r][t]) + mins[r][t];
+                // SAFETY: eight sums per super-block (asserted above).
+                let sums =
+                    unsafe { _mm_loadu_si128(activations[t].sums.as_ptr().add(8 * s).cast()) };
+                let minimums = integer_sum(_mm_madd_epi16(m, sums));
+                let e = activations[t].scales[s];
+                let scale = _mm256_set1_ps(rows[r].k.d[s] * e);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes[r][t]), scale, acc[r][t]);
+                mins[r][t] = (minimums as f32).mul_add(rows[r].k.dmin[s] * e, mins[r][t]);
             }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r * stride + t] = lane_sum(acc[r][t]) + mins[r][t];
         }
     }
     T
 }
 
-/// For the two halves of a super-block (blocks `4q .. 4q + 4`), the `vpshufb` that spreads block
-/// `4q + k`'s 16-bit scale over 128-bit lane `k`, from the eight scales repeated in every lane.
-/// [`Narrow`] takes its 32-byte halves, one pair of blocks each.
-const SCALE_SPREAD: [[u8; 64]; 2] = {
-    let mut table = [[0u8; 64]; 2];
-    let mut q = 0;
-    while q < 2 {
+/// For pair `p` of a super-block's blocks, the `vpshufb` that spreads block `2p`'s 16-bit
+/// scale over the low half of a vector and block `2p + 1`'s over the high half, from the eight
+/// scales repeated in both halves.
+const PAIR_SCALES: [[u8; 32]; 4] = {
+    let mut table = [[0u8; 32]; 4];
+    let mut p = 0;
+    while p < 4 {
         let mut i = 0;
-        while i < 64 {
-            let block = 4 * q + i / 16;
-            table[q][i] = (2 * block + i % 2) as u8;
+        while i < 32 {
+            let block = 2 * p + i / 16;
+            table[p][i] = (2 * block + i % 2) as u8;
             i += 1;
         }
-        q += 1;
+        p += 1;
     }
     table
 };

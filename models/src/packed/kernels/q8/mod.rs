@@ -31,7 +31,7 @@
 //!   `mins = fma(integer, −dmin[s]·e[s], mins)` in super-block order; added last.
 //!
 //! The super-block activations are kept in the order the vector kernels read them: for each
-//! four blocks, the first 16 bytes of each block, then the last 16 of each.
+//! pair of blocks, the first 16 bytes of each block, then the last 16 of each.
 
 use super::{KRow, MulAdd, NibbleRow, Row, generic, tree_sum};
 
@@ -83,7 +83,7 @@ fn byte_sum(quants: &[i8]) -> i32 {
 
 /// Where element `j` of a super-block's block `b` lies in its [`SuperBytes`] order.
 fn super_position(b: usize, j: usize) -> usize {
-    128 * (b / 4) + 64 * (j / 16) + 16 * (b % 4) + j % 16
+    64 * (b / 2) + 32 * (j / 16) + 16 * (b % 2) + j % 16
 }
 
 impl ByteActivations {
