@@ -23,8 +23,8 @@ pub struct KernelOptions {
     /// or naming one this CPU cannot run, the fastest it can.
     pub cpu_matmul_kernel: Option<String>,
     /// `DRPO_CPU_INT8` (off unless `1`): the packed matmuls round each block of 32 activations
-    /// to signed bytes and multiply them by the quantized weights in integers, as llama.cpp
-    /// does: faster, no longer exact (docs/qwen2.md).
+    /// (of 256, for Q4_K weights) to signed bytes and multiply them by the quantized weights in
+    /// integers, as llama.cpp does: faster at batch 1, no longer exact (docs/qwen2.md).
     pub cpu_int8_activations: bool,
     /// `DRPO_CUDA_FUSED` (on unless `0`): the decoder's own CUDA kernels; off, burn's operations
     /// run instead, whatever the other CUDA switches say.
