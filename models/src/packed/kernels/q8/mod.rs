@@ -264,9 +264,9 @@ fn super_products<F: MulAdd>(quants: &[u8], k: &KRow, a: SuperRows) -> f32 {
     for s in 0..k.d.len() {
         let mut lanes = [0i32; LANES];
         let mut minimums = 0i32;
+        let bytes = &a.quants[256 * s..][..256];
         for b in 8 * s..8 * s + 8 {
             let q = &quants[16 * b..][..16];
-            let bytes = &a.quants[256 * s..][..256];
             let sc = i32::from(k.sc[b]);
             for l in 0..4 {
                 let sum: i32 = (4 * l..4 * l + 4)
